@@ -1,0 +1,182 @@
+//! The global per-CPU counters: one per XDP verdict, one per reason a packet was passed to the
+//! kernel or dropped, and one per datapath event. Indexes [`crate::maps::COUNTERS`].
+
+/// What the datapath does with a packet that carries a reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    Pass,
+    Drop,
+}
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal, )*) => {
+        /// Index into the per-CPU counters array.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Counter {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl Counter {
+            /// Every counter, in index order.
+            pub const ALL: &'static [Counter] = &[ $( Counter::$variant, )* ];
+            pub const COUNT: u32 = Self::ALL.len() as u32;
+
+            /// The stable name used by the CLI, JSON output and metrics.
+            pub const fn name(self) -> &'static str {
+                match self { $( Counter::$variant => $name, )* }
+            }
+        }
+    };
+}
+
+counters! {
+    // ---- XDP verdicts, indexed by the xdp_action value. ----
+    /// An internal fault that "cannot happen"; never because of packet content.
+    XdpAborted = "xdp_aborted",
+    XdpDrop = "xdp_drop",
+    XdpPass = "xdp_pass",
+    XdpTx = "xdp_tx",
+    XdpRedirect = "xdp_redirect",
+
+    // ---- Passed to the kernel untouched: not ours. ----
+    /// Not IPv4 (ARP, IPv6, ...), or an Ethernet frame too short to say.
+    PassNotIpv4 = "pass_not_ipv4",
+    /// An IPv4 header too short or of the wrong version to read addresses from.
+    PassBadIpv4 = "pass_bad_ipv4",
+    /// The destination is no VIP (ingress) / the source no path (return).
+    PassNotForUs = "pass_not_for_us",
+    /// An IPv4 fragment (not translated yet).
+    PassFragment = "pass_fragment",
+    /// TTL would expire: the kernel answers with an ICMP time exceeded.
+    PassTtlExpired = "pass_ttl_expired",
+    /// An ICMP error that quotes no translated flow.
+    PassIcmpNotOurs = "pass_icmp_not_ours",
+
+    // ---- Translated, then handed to the kernel to forward. ----
+    /// The FIB has no neighbour entry for the next hop yet.
+    PassNoNeighbour = "pass_no_neighbour",
+    /// Forwarding is disabled on the ingress interface.
+    PassForwardingOff = "pass_forwarding_off",
+    /// The route needs something XDP cannot do (lightweight tunnel encapsulation).
+    PassFibUnsupported = "pass_fib_unsupported",
+    /// Larger than the egress MTU without DF: the kernel fragments it.
+    PassFragmentNeeded = "pass_fragment_needed",
+    /// The egress interface is not in the devmap.
+    PassNoTxPort = "pass_no_tx_port",
+    /// Arrived with a VLAN tag: the kernel's VLAN devices own the tag.
+    PassVlan = "pass_vlan",
+
+    // ---- Dropped. ----
+    /// IPv4 header inconsistent: IHL < 5, total length beyond the frame or below the header.
+    DropBadIpv4 = "drop_bad_ipv4",
+    /// For a VIP or from a path, but the TCP/UDP/ICMP header is truncated.
+    DropShortL4 = "drop_short_l4",
+    /// For a whole-address VIP, but neither TCP, UDP nor ICMP.
+    DropUnsupportedProto = "drop_unsupported_proto",
+    /// ICMP to or from a translated address that is neither echo nor a translatable error.
+    DropUnsupportedIcmp = "drop_unsupported_icmp",
+    /// An ICMP error whose quoted datagram is truncated or inconsistent.
+    DropBadIcmpQuote = "drop_bad_icmp_quote",
+    /// The target has no usable path (all down and `all_down: drop`).
+    DropNoPath = "drop_no_path",
+    /// The FIB says blackhole, unreachable or prohibited, or has no route.
+    DropNoRoute = "drop_no_route",
+    /// Larger than the egress MTU with DF set (an ICMP "fragmentation needed" is not sent yet).
+    DropFragmentNeeded = "drop_fragment_needed",
+
+    // ---- Events. ----
+    /// A new flow got a path (ingress).
+    FlowNew = "flow_new",
+    /// A packet found its flow on an up path.
+    FlowHit = "flow_hit",
+    /// A flow's path was down, disabled or reassigned: it got a new path.
+    FlowResteer = "flow_resteer",
+    /// A flow opened by the VM itself was recorded (return side).
+    FlowFromPath = "flow_from_path",
+    /// The flow table refused an insert (the packet is still forwarded).
+    FlowInsertFailed = "flow_insert_failed",
+    /// Packets translated VIP → path.
+    NatIngress = "nat_ingress",
+    /// Packets translated path → VIP.
+    NatReturn = "nat_return",
+    /// ICMP errors whose quoted datagram was translated, ingress side.
+    IcmpErrorIngress = "icmp_error_ingress",
+    /// ICMP errors whose quoted datagram was translated, return side.
+    IcmpErrorReturn = "icmp_error_return",
+}
+
+impl Counter {
+    /// The verdict counter of an XDP action value.
+    #[inline(always)]
+    pub const fn verdict(action: u32) -> Counter {
+        match action {
+            1 => Counter::XdpDrop,
+            2 => Counter::XdpPass,
+            3 => Counter::XdpTx,
+            4 => Counter::XdpRedirect,
+            _ => Counter::XdpAborted,
+        }
+    }
+
+    /// For a pass/drop reason, what happens to the packet; `None` for verdicts and events.
+    pub const fn disposition(self) -> Option<Disposition> {
+        let i = self as u32;
+        if i >= Counter::PassNotIpv4 as u32 && i <= Counter::PassVlan as u32 {
+            Some(Disposition::Pass)
+        } else if i >= Counter::DropBadIpv4 as u32 && i <= Counter::DropFragmentNeeded as u32 {
+            Some(Disposition::Drop)
+        } else {
+            None
+        }
+    }
+
+    /// Looks a counter up by its index (user side, when reading the map).
+    pub fn from_index(i: u32) -> Option<Counter> {
+        Self::ALL.get(i as usize).copied()
+    }
+
+    /// Looks a counter up by its name.
+    pub fn from_name(name: &str) -> Option<Counter> {
+        Self::ALL.iter().copied().find(|c| c.name() == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_follow_declaration_order() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as u32, i as u32);
+            assert_eq!(Counter::from_index(i as u32), Some(*c));
+            assert_eq!(Counter::from_name(c.name()), Some(*c));
+        }
+        assert_eq!(Counter::from_index(Counter::COUNT), None);
+    }
+
+    #[test]
+    fn verdicts_match_xdp_action_values() {
+        // XDP_ABORTED=0, XDP_DROP=1, XDP_PASS=2, XDP_TX=3, XDP_REDIRECT=4 (uapi/linux/bpf.h).
+        for (action, c) in Counter::ALL.iter().take(5).enumerate() {
+            assert_eq!(Counter::verdict(action as u32), *c);
+            assert_eq!(*c as u32, action as u32);
+        }
+        assert_eq!(Counter::verdict(99), Counter::XdpAborted);
+    }
+
+    #[test]
+    fn names_are_unique_and_prefixed_by_kind() {
+        for (i, a) in Counter::ALL.iter().enumerate() {
+            for b in Counter::ALL.iter().skip(i + 1) {
+                assert_ne!(a.name(), b.name());
+            }
+            match a.disposition() {
+                Some(Disposition::Pass) => assert!(a.name().starts_with("pass_"), "{a:?}"),
+                Some(Disposition::Drop) => assert!(a.name().starts_with("drop_"), "{a:?}"),
+                None => assert!(!a.name().starts_with("pass_") && !a.name().starts_with("drop_")),
+            }
+        }
+    }
+}

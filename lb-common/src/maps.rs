@@ -1,0 +1,267 @@
+//! The datapath's maps: names, capacities, and key/value layouts.
+//!
+//! Rules every type here follows: `#[repr(C)]`, `Copy`, no implicit padding (explicit `_pad`
+//! fields, always zero), sizes asserted at compile time, addresses and ports in network byte
+//! order as byte arrays, no `bool`/`enum`/`Option` (small integers with named constants
+//! instead; the user side converts with checked `TryFrom`).
+
+use core::{mem::size_of, net::Ipv4Addr};
+
+// ---- Map names: identical to the eBPF statics, at most 15 bytes (the kernel truncates). ----
+
+/// [`EndpointKey`] (VIP address, and protocol+port for a service) → [`VipValue`].
+pub const VIPS: &str = "LB_VIPS";
+/// [`EndpointKey`] (path address, and protocol+port for a service) → [`RevValue`].
+pub const REV_NAT: &str = "LB_REV_NAT";
+/// Target id → [`TargetValue`].
+pub const TARGETS: &str = "LB_TARGETS";
+/// Path id → [`PathValue`].
+pub const PATHS: &str = "LB_PATHS";
+/// `target * RING_SIZE + slot` → path id: the consistent-hash tables of active/active targets.
+pub const RING: &str = "LB_RING";
+/// [`FlowKey`] → [`FlowValue`]: the LRU flow table.
+pub const FLOWS: &str = "LB_FLOWS";
+/// [`crate::hash::addr_slot`] → `FILTER_*` bits: a superset test run before any hash lookup.
+pub const ADDR_FILTER: &str = "LB_ADDR_FILTER";
+/// Interface index → interface index: the devmap the programs redirect through.
+pub const TX_PORTS: &str = "LB_TX_PORTS";
+/// [`crate::Counter`] → `u64`, per CPU.
+pub const COUNTERS: &str = "LB_COUNTERS";
+/// VIP id → [`TrafficStats`], per CPU.
+pub const VIP_STATS: &str = "LB_VIP_STATS";
+/// Path id → [`TrafficStats`], per CPU.
+pub const PATH_STATS: &str = "LB_PATH_STATS";
+
+/// Every map of the object, for the test that checks them against the built object.
+pub const ALL: [&str; 11] = [
+    VIPS,
+    REV_NAT,
+    TARGETS,
+    PATHS,
+    RING,
+    FLOWS,
+    ADDR_FILTER,
+    TX_PORTS,
+    COUNTERS,
+    VIP_STATS,
+    PATH_STATS,
+];
+
+/// Program (function) names in the object.
+pub const PROG_INGRESS: &str = "lb_ingress";
+pub const PROG_RETURN: &str = "lb_return";
+
+// ---- Capacities. ----
+
+/// VIP entries (whole-address and service) and VIP ids.
+pub const MAX_VIPS: u32 = 4096;
+/// Reverse-NAT entries: one per (path, VIP) pair.
+pub const MAX_REV_NAT: u32 = 16384;
+pub const MAX_TARGETS: u32 = 256;
+pub const MAX_PATHS: u32 = 1024;
+/// Slots of one target's consistent-hash table; prime, as Maglev requires.
+pub const RING_SIZE: u32 = 4099;
+pub const RING_ENTRIES: u32 = MAX_TARGETS * RING_SIZE;
+/// Default flow-table capacity. The table is an LRU hash with `BPF_F_NO_COMMON_LRU`: every
+/// CPU evicts from its own list, so each CPU holds about `FLOW_TABLE_SIZE / nr_cpus` flows.
+pub const FLOW_TABLE_SIZE: u32 = 1 << 20;
+/// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists, no shared lock on insert.
+pub const FLOW_TABLE_FLAGS: u32 = 1 << 1;
+pub const ADDR_FILTER_BITS: u32 = 16;
+pub const ADDR_FILTER_SIZE: u32 = 1 << ADDR_FILTER_BITS;
+pub const MAX_TX_PORTS: u32 = 64;
+
+/// Path id / target id meaning "none".
+pub const NO_ID: u32 = u32::MAX;
+
+// ---- Address filter bits. ----
+
+/// Some whole-address VIP hashes to this slot.
+pub const FILTER_VIP_ADDR: u32 = 1 << 0;
+/// Some service VIP hashes to this slot.
+pub const FILTER_VIP_SERVICE: u32 = 1 << 1;
+/// Some path address with a whole-address VIP hashes to this slot.
+pub const FILTER_PATH_ADDR: u32 = 1 << 2;
+/// Some path address with a service VIP hashes to this slot.
+pub const FILTER_PATH_SERVICE: u32 = 1 << 3;
+
+/// An address with an optional protocol and port: keys [`VIPS`] (a VIP) and [`REV_NAT`] (a
+/// path address). `proto == 0 && port == [0, 0]` is the whole-address entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointKey {
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl EndpointKey {
+    /// The key of a whole-address entry.
+    #[inline(always)]
+    pub const fn addr(addr: [u8; 4]) -> Self {
+        Self { addr, port: [0; 2], proto: 0, _pad: 0 }
+    }
+    #[inline(always)]
+    pub const fn service(addr: [u8; 4], proto: u8, port: [u8; 2]) -> Self {
+        Self { addr, port, proto, _pad: 0 }
+    }
+    pub fn new(addr: Ipv4Addr, service: Option<(u8, u16)>) -> Self {
+        match service {
+            None => Self::addr(addr.octets()),
+            Some((proto, port)) => Self::service(addr.octets(), proto, port.to_be_bytes()),
+        }
+    }
+    pub fn ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.addr)
+    }
+    pub fn port(&self) -> u16 {
+        u16::from_be_bytes(self.port)
+    }
+    pub fn is_whole_address(&self) -> bool {
+        self.proto == 0
+    }
+}
+
+/// What a VIP leads to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipValue {
+    /// Index into [`VIP_STATS`].
+    pub id: u32,
+    /// Index into [`TARGETS`].
+    pub target: u32,
+    /// Destination port after translation; `[0, 0]` keeps the client's port.
+    pub target_port: [u8; 2],
+    pub _pad: [u8; 2],
+}
+
+/// Target modes: how the datapath picks a path for a new (or re-steered) flow.
+/// No usable path: new flows are dropped (`Counter::DropNoPath`).
+pub const TARGET_MODE_NONE: u32 = 0;
+/// Every new flow goes to `TargetValue::active` (failover, or `last-known` with all down).
+pub const TARGET_MODE_SINGLE: u32 = 1;
+/// New flows index the target's slice of [`RING`] with the flow hash (active/active).
+pub const TARGET_MODE_RING: u32 = 2;
+
+/// The control plane's current decision for one target.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TargetValue {
+    /// One of `TARGET_MODE_*`.
+    pub mode: u32,
+    /// The path id for `TARGET_MODE_SINGLE`, else [`NO_ID`].
+    pub active: u32,
+}
+
+/// Path states as the datapath sees them. Anything but `PATH_UP` makes flows re-steer.
+pub const PATH_DOWN: u8 = 0;
+pub const PATH_UP: u8 = 1;
+pub const PATH_DISABLED: u8 = 2;
+
+/// One path to a target: the address the VM has on it and its state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathValue {
+    pub addr: [u8; 4],
+    /// One of `PATH_*`.
+    pub state: u8,
+    pub _pad: [u8; 3],
+    /// The target this path belongs to: a flow whose path slot now belongs to another target
+    /// (after a reload) is re-steered.
+    pub target: u32,
+}
+
+/// How a reply from a path address is translated back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevValue {
+    pub vip_addr: [u8; 4],
+    /// Source port to restore; `[0, 0]` keeps the VM's port (whole-address VIPs).
+    pub vip_port: [u8; 2],
+    pub _pad: [u8; 2],
+    pub vip_id: u32,
+    pub path: u32,
+}
+
+/// A flow as the ingress side sees it: client → VIP. ICMP echo flows use the echo identifier
+/// as `sport` and zero as `dport`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    #[inline(always)]
+    pub const fn new(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u8) -> Self {
+        Self { src, dst, sport, dport, proto, _pad: [0; 3] }
+    }
+}
+
+/// The flow was first seen leaving the VM (opened from inside through a whole-address VIP).
+pub const FLOW_F_FROM_PATH: u32 = 1 << 0;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    pub path: u32,
+    /// `FLOW_F_*` bits.
+    pub flags: u32,
+}
+
+/// Per VIP or per path traffic. "in" is toward the VM, "out" is toward the clients.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficStats {
+    pub in_packets: u64,
+    pub in_bytes: u64,
+    pub out_packets: u64,
+    pub out_bytes: u64,
+}
+
+impl TrafficStats {
+    /// Sum over CPUs.
+    pub fn add(&mut self, other: &Self) {
+        self.in_packets += other.in_packets;
+        self.in_bytes += other.in_bytes;
+        self.out_packets += other.out_packets;
+        self.out_bytes += other.out_bytes;
+    }
+}
+
+const _: () = {
+    assert!(size_of::<EndpointKey>() == 8);
+    assert!(size_of::<VipValue>() == 12);
+    assert!(size_of::<TargetValue>() == 8);
+    assert!(size_of::<PathValue>() == 12);
+    assert!(size_of::<RevValue>() == 16);
+    assert!(size_of::<FlowKey>() == 16);
+    assert!(size_of::<FlowValue>() == 8);
+    assert!(size_of::<TrafficStats>() == 32);
+    let mut i = 0;
+    while i < ALL.len() {
+        assert!(ALL[i].len() <= 15, "map names are at most 15 bytes");
+        i += 1;
+    }
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and byte arrays, and
+    // has no implicit padding (sizes asserted above), so every bit pattern is valid.
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for VipValue {}
+    unsafe impl aya::Pod for TargetValue {}
+    unsafe impl aya::Pod for PathValue {}
+    unsafe impl aya::Pod for RevValue {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for TrafficStats {}
+}

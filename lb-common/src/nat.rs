@@ -1,0 +1,144 @@
+//! Header rewrites of the NAT: addresses, ports, TTL, and every checksum they touch, patched
+//! incrementally. Pure functions over header views, so the datapath and the host tests run the
+//! same code.
+
+use crate::{
+    csum,
+    net::{IPPROTO_TCP, IPPROTO_UDP, IcmpHdr, Ipv4Hdr, L4Quote, TcpHdr, UdpHdr},
+};
+
+/// Which end of a header a rewrite changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Src,
+    Dst,
+}
+
+/// The transport header whose checksum (and port on the rewritten side) follows an address
+/// rewrite.
+pub enum L4<'a> {
+    Tcp(&'a mut TcpHdr),
+    Udp(&'a mut UdpHdr),
+    /// ICMP: its checksum covers no pseudo-header, and echo identifiers are not translated.
+    Icmp,
+}
+
+/// UDP over IPv4 sends 0 for "no checksum", so a computed 0 is sent as its other
+/// one's-complement form (RFC 768).
+#[inline(always)]
+fn udp_nonzero(check: [u8; 2]) -> [u8; 2] {
+    if check == [0, 0] { [0xff, 0xff] } else { check }
+}
+
+/// Replaces the address on `side`, keeping the IPv4 header checksum right; returns the old one.
+#[inline(always)]
+pub fn set_addr(ip: &mut Ipv4Hdr, side: Side, new: [u8; 4]) -> [u8; 4] {
+    let field = match side {
+        Side::Src => &mut ip.src,
+        Side::Dst => &mut ip.dst,
+    };
+    let old = *field;
+    *field = new;
+    ip.check = csum::replace32(ip.check, old, new);
+    old
+}
+
+/// Decrements the TTL, keeping the header checksum right. The caller made sure `ttl > 1`.
+#[inline(always)]
+pub fn decrement_ttl(ip: &mut Ipv4Hdr) {
+    let old = [ip.ttl, ip.proto];
+    ip.ttl = ip.ttl.wrapping_sub(1);
+    ip.check = csum::replace16(ip.check, old, [ip.ttl, ip.proto]);
+}
+
+#[inline(always)]
+fn port_field<'a>(sport: &'a mut [u8; 2], dport: &'a mut [u8; 2], side: Side) -> &'a mut [u8; 2] {
+    match side {
+        Side::Src => sport,
+        Side::Dst => dport,
+    }
+}
+
+/// Translates one packet: the address on `side` becomes `addr` and, with `port`, the port on
+/// the same side becomes `port`. The IPv4 checksum and the TCP/UDP checksum (whose
+/// pseudo-header covers the address) are patched; a UDP checksum of 0 ("none") stays 0.
+#[inline(always)]
+pub fn rewrite(ip: &mut Ipv4Hdr, l4: L4<'_>, side: Side, addr: [u8; 4], port: Option<[u8; 2]>) {
+    let old = set_addr(ip, side, addr);
+    match l4 {
+        L4::Tcp(tcp) => {
+            let mut check = csum::replace32(tcp.check, old, addr);
+            if let Some(port) = port {
+                let field = port_field(&mut tcp.sport, &mut tcp.dport, side);
+                check = csum::replace16(check, *field, port);
+                *field = port;
+            }
+            tcp.check = check;
+        }
+        L4::Udp(udp) => {
+            let unchecked = udp.check == [0, 0];
+            let mut check = csum::replace32(udp.check, old, addr);
+            if let Some(port) = port {
+                let field = port_field(&mut udp.sport, &mut udp.dport, side);
+                check = csum::replace16(check, *field, port);
+                *field = port;
+            }
+            if !unchecked {
+                udp.check = udp_nonzero(check);
+            }
+        }
+        L4::Icmp => {}
+    }
+}
+
+/// Translates the datagram quoted by an ICMP error: its address on `side` becomes `addr`, and
+/// with `port` its port on that side becomes `port`.
+///
+/// Kept right: the quoted IPv4 checksum; the quoted UDP checksum (non-zero ones); the quoted TCP
+/// checksum when `tcp_check` points at it (it lies past the 8 bytes an error must quote, so the
+/// caller passes it only when quoted); and the ICMP checksum, which covers every changed byte.
+/// The outer header is the caller's business.
+#[inline(always)]
+pub fn rewrite_icmp_quote(
+    icmp: &mut IcmpHdr,
+    inner: &mut Ipv4Hdr,
+    quote: &mut L4Quote,
+    tcp_check: Option<&mut [u8; 2]>,
+    side: Side,
+    addr: [u8; 4],
+    port: Option<[u8; 2]>,
+) {
+    let inner_check = inner.check;
+    let old = set_addr(inner, side, addr);
+    let mut outer = csum::replace32(icmp.check, old, addr);
+    outer = csum::replace16(outer, inner_check, inner.check);
+
+    let old_port = *port_field(&mut quote.sport, &mut quote.dport, side);
+    let l4_check = |check: [u8; 2]| {
+        let check = csum::replace32(check, old, addr);
+        match port {
+            Some(port) => csum::replace16(check, old_port, port),
+            None => check,
+        }
+    };
+    if inner.proto == IPPROTO_UDP {
+        let [a, b, c0, c1] = quote.rest;
+        if [c0, c1] != [0, 0] {
+            let check = udp_nonzero(l4_check([c0, c1]));
+            outer = csum::replace16(outer, [c0, c1], check);
+            quote.rest = [a, b, check[0], check[1]];
+        }
+    } else if inner.proto == IPPROTO_TCP {
+        if let Some(field) = tcp_check {
+            let check = l4_check(*field);
+            outer = csum::replace16(outer, *field, check);
+            *field = check;
+        }
+    }
+    if let Some(port) = port {
+        let field = port_field(&mut quote.sport, &mut quote.dport, side);
+        outer = csum::replace16(outer, *field, port);
+        *field = port;
+    }
+    icmp.check = outer;
+}

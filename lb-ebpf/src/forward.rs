@@ -1,0 +1,100 @@
+//! Forwarding a translated packet: `bpf_fib_lookup` for the egress interface and next-hop MAC,
+//! then `XDP_TX` (same interface) or `XDP_REDIRECT` through the devmap. What XDP cannot finish
+//! goes to the kernel, counted.
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNSUPP_LWT, bpf_fib_lookup, xdp_action,
+    },
+    helpers::bpf_fib_lookup as fib_lookup,
+    programs::XdpContext,
+};
+use lb_common::{Counter, nat, net::EthHdr, net::Ipv4Hdr};
+
+use crate::{maps::LB_TX_PORTS, parse::L2, stats::Verdict};
+
+const AF_INET: u8 = 2;
+
+/// Where the FIB says a packet goes.
+pub struct Route {
+    ifindex: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+
+/// What to do with a packet once translated.
+pub enum Next {
+    Send(Route),
+    Kernel(Counter),
+}
+
+/// The addresses and ports a packet will carry once translated: what the FIB is asked about.
+pub struct Flow {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+}
+
+/// Looks the translated packet up in the FIB, before anything is rewritten, so a packet that
+/// cannot be forwarded leaves untouched.
+#[inline(always)]
+pub fn route(ctx: &XdpContext, l2: &L2, ip: &Ipv4Hdr, flow: &Flow) -> Result<Next, Counter> {
+    if l2.vlan {
+        // The tag belongs to a kernel VLAN device, which XDP cannot redirect to.
+        return Ok(Next::Kernel(Counter::PassVlan));
+    }
+    // SAFETY: a plain C struct; all-zero is its "unset" state.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = ip.proto;
+    p.sport = u16::from_ne_bytes(flow.sport);
+    p.dport = u16::from_ne_bytes(flow.dport);
+    p.__bindgen_anon_1.tot_len = ip.tot_len();
+    p.__bindgen_anon_2.tos = ip.tos;
+    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(flow.src);
+    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(flow.dst);
+    p.ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: `p` is a valid `bpf_fib_lookup` of the size passed, and `ctx` is the program's.
+    let rc = unsafe {
+        fib_lookup(ctx.as_ptr(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0)
+    };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(Next::Send(Route { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac })),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Next::Kernel(Counter::PassNoNeighbour)),
+        BPF_FIB_LKUP_RET_FWD_DISABLED => Ok(Next::Kernel(Counter::PassForwardingOff)),
+        BPF_FIB_LKUP_RET_UNSUPP_LWT => Ok(Next::Kernel(Counter::PassFibUnsupported)),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED if ip.dont_fragment() => Err(Counter::DropFragmentNeeded),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Ok(Next::Kernel(Counter::PassFragmentNeeded)),
+        _ => Err(Counter::DropNoRoute),
+    }
+}
+
+/// Sends a translated packet on: TTL and MACs for a packet XDP forwards itself; nothing more
+/// for one the kernel forwards (it decrements the TTL, and needs our MAC as destination).
+#[inline(always)]
+pub fn finish(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, next: Next) -> Verdict {
+    let route = match next {
+        Next::Send(route) => route,
+        Next::Kernel(reason) => return Verdict::Kernel(reason),
+    };
+    let action = if route.ifindex as usize == ctx.ingress_ifindex() {
+        xdp_action::XDP_TX
+    } else {
+        match LB_TX_PORTS.redirect(route.ifindex, u64::from(xdp_action::XDP_PASS)) {
+            Ok(action) => action,
+            Err(_) => return Verdict::Kernel(Counter::PassNoTxPort),
+        }
+    };
+    nat::decrement_ttl(ip);
+    // SAFETY: `eth` was bounds-checked by the Ethernet parser.
+    unsafe {
+        (*eth).dst = route.dmac;
+        (*eth).src = route.smac;
+    }
+    Verdict::Sent(action)
+}

@@ -1,0 +1,114 @@
+//! ICMP errors about translated flows (destination unreachable, fragmentation needed, time
+//! exceeded, parameter problem). The quoted datagram is translated like the flow it belongs to,
+//! so the receiving stack matches it to its socket: PMTU discovery works through the NAT.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    Counter,
+    maps::{FILTER_PATH_ADDR, FILTER_PATH_SERVICE, FlowKey},
+    nat::{self, Side},
+    net::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr, Ipv4Hdr, L4Quote},
+};
+
+use crate::{
+    flow,
+    forward::{self, Flow},
+    ingress::{filter, lookup_vip},
+    parse::{self, L2},
+    reverse::lookup_rev,
+    stats::{self, Dir, Outcome, count},
+};
+
+/// The flow ports of a quoted datagram, as (quoted source, quoted destination); an ICMP echo's
+/// identifier stands for its source port. `None` for what lb does not translate.
+#[inline(always)]
+fn quoted_ports(proto: u8, q: &L4Quote) -> Option<([u8; 2], [u8; 2])> {
+    match proto {
+        IPPROTO_TCP | IPPROTO_UDP => Some((q.sport, q.dport)),
+        // Quoted ICMP header: type, code, checksum, then the identifier in `rest`.
+        IPPROTO_ICMP if q.sport[0] == ICMP_ECHO_REQUEST || q.sport[0] == ICMP_ECHO_REPLY => {
+            Some(([q.rest[0], q.rest[1]], [0, 0]))
+        }
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn service_port(proto: u8, port: [u8; 2]) -> Option<[u8; 2]> {
+    matches!(proto, IPPROTO_TCP | IPPROTO_UDP).then_some(port)
+}
+
+/// An ICMP error sent to a VIP, about a datagram the VIP sent (a reply, translated by the
+/// return program). The outer destination and the quoted source go back to the path address.
+#[inline(always)]
+pub fn ingress_error(
+    ctx: &XdpContext,
+    l2: &L2,
+    ip: &mut Ipv4Hdr,
+    icmp: &mut IcmpHdr,
+    l4: usize,
+    end: usize,
+    bits: u32,
+) -> Outcome {
+    let q = parse::icmp_quote(ctx, l4, end).ok_or(Counter::DropBadIcmpQuote)?;
+    if q.ip.src != ip.dst {
+        return Err(Counter::PassIcmpNotOurs);
+    }
+    let (qsport, qdport) = quoted_ports(q.ip.proto, q.l4).ok_or(Counter::PassIcmpNotOurs)?;
+    let vip = lookup_vip(q.ip.src, q.ip.proto, service_port(q.ip.proto, qsport), bits)
+        .ok_or(Counter::PassIcmpNotOurs)?;
+    if ip.ttl <= 1 {
+        return Err(Counter::PassTtlExpired);
+    }
+    // The flow as the ingress side keys it: client → VIP.
+    let (ksport, kdport) = if q.ip.proto == IPPROTO_ICMP { (qsport, qdport) } else { (qdport, qsport) };
+    let key = FlowKey::new(q.ip.dst, q.ip.src, ksport, kdport, q.ip.proto);
+    let path = flow::peek(&key, &vip)?;
+    let new_port = (service_port(q.ip.proto, qsport).is_some() && vip.target_port != [0, 0])
+        .then_some(vip.target_port);
+    let next = forward::route(ctx, l2, ip, &Flow { src: ip.src, dst: path.addr, sport: [0; 2], dport: [0; 2] })?;
+
+    nat::set_addr(ip, Side::Dst, path.addr);
+    nat::rewrite_icmp_quote(icmp, q.ip, q.l4, q.tcp_check, Side::Src, path.addr, new_port);
+    count(Counter::IcmpErrorIngress);
+    stats::traffic(vip.id, path.id, Dir::In, (ctx.data_end() - ctx.data()) as u64);
+    Ok(forward::finish(ctx, l2.eth, ip, next))
+}
+
+/// An ICMP error from the path side (the VM, or a router on the path) about a datagram a client
+/// sent to a VIP, translated on ingress. The quoted destination goes back to the VIP, and so
+/// does the outer source when the VM itself reports.
+#[inline(always)]
+pub fn return_error(
+    ctx: &XdpContext,
+    l2: &L2,
+    ip: &mut Ipv4Hdr,
+    icmp: &mut IcmpHdr,
+    l4: usize,
+    end: usize,
+) -> Outcome {
+    let q = parse::icmp_quote(ctx, l4, end).ok_or(Counter::PassIcmpNotOurs)?;
+    let bits = filter(q.ip.dst);
+    if bits & (FILTER_PATH_ADDR | FILTER_PATH_SERVICE) == 0 || q.ip.src != ip.dst {
+        return Err(Counter::PassIcmpNotOurs);
+    }
+    let (_, qdport) = quoted_ports(q.ip.proto, q.l4).ok_or(Counter::PassIcmpNotOurs)?;
+    let rev = lookup_rev(q.ip.dst, q.ip.proto, service_port(q.ip.proto, qdport), bits)
+        .ok_or(Counter::PassIcmpNotOurs)?;
+    if ip.ttl <= 1 {
+        return Err(Counter::PassTtlExpired);
+    }
+    let from_vm = ip.src == q.ip.dst;
+    let src = if from_vm { rev.vip_addr } else { ip.src };
+    let new_port = (service_port(q.ip.proto, qdport).is_some() && rev.vip_port != [0, 0])
+        .then_some(rev.vip_port);
+    let next = forward::route(ctx, l2, ip, &Flow { src, dst: ip.dst, sport: [0; 2], dport: [0; 2] })?;
+
+    if from_vm {
+        nat::set_addr(ip, Side::Src, rev.vip_addr);
+    }
+    nat::rewrite_icmp_quote(icmp, q.ip, q.l4, q.tcp_check, Side::Dst, rev.vip_addr, new_port);
+    count(Counter::IcmpErrorReturn);
+    stats::traffic(rev.vip_id, rev.path, Dir::Out, (ctx.data_end() - ctx.data()) as u64);
+    Ok(forward::finish(ctx, l2.eth, ip, next))
+}

@@ -1,0 +1,106 @@
+//! The client-facing program: packets for a VIP get the chosen path's address (DNAT).
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    Counter,
+    hash::addr_slot,
+    maps::{EndpointKey, FILTER_VIP_ADDR, FILTER_VIP_SERVICE, FlowKey, VipValue},
+    nat::{self, L4, Side},
+    net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+};
+
+use crate::{
+    flow,
+    forward::{self, Flow},
+    icmp,
+    maps::{LB_ADDR_FILTER, LB_VIPS},
+    parse::{self, Transport},
+    stats::{self, Dir, Outcome, count},
+};
+
+/// The address pre-filter: which kinds of entries may exist for `addr` (a superset).
+#[inline(always)]
+pub fn filter(addr: [u8; 4]) -> u32 {
+    LB_ADDR_FILTER.get(addr_slot(addr)).copied().unwrap_or(0)
+}
+
+/// The VIP a packet to `addr` belongs to: the service (`proto`, `port`) first, then the
+/// whole address. `port` is `None` for protocols without services.
+#[inline(always)]
+pub fn lookup_vip(addr: [u8; 4], proto: u8, port: Option<[u8; 2]>, bits: u32) -> Option<VipValue> {
+    if bits & FILTER_VIP_SERVICE != 0
+        && let Some(port) = port
+        && let Some(v) = LB_VIPS.get_ptr(EndpointKey::service(addr, proto, port))
+    {
+        // SAFETY: a hash map value, read once while the program runs.
+        return Some(unsafe { *v });
+    }
+    if bits & FILTER_VIP_ADDR != 0
+        && let Some(v) = LB_VIPS.get_ptr(EndpointKey::addr(addr))
+    {
+        // SAFETY: as above.
+        return Some(unsafe { *v });
+    }
+    None
+}
+
+#[inline(always)]
+pub fn handle(ctx: &XdpContext) -> Outcome {
+    let l2 = parse::ethernet(ctx)?;
+    let ip = parse::ipv4(ctx, l2.l3)?;
+    let bits = filter(ip.dst);
+    if bits & (FILTER_VIP_ADDR | FILTER_VIP_SERVICE) == 0 {
+        return Err(Counter::PassNotForUs);
+    }
+    let (l4, end) = parse::ipv4_payload(ctx, l2.l3, ip)?;
+    if ip.is_fragment() {
+        return Err(Counter::PassFragment);
+    }
+    let transport = match parse::transport(ctx, ip.proto, l4, end)? {
+        Transport::Icmp(h) if h.is_error() => return icmp::ingress_error(ctx, &l2, ip, h, l4, end, bits),
+        t => t,
+    };
+    // Ports of the flow; `None` for what has no flow (other protocols, other ICMP).
+    let ports = match &transport {
+        Transport::Tcp(h) => Some((h.sport, h.dport)),
+        Transport::Udp(h) => Some((h.sport, h.dport)),
+        Transport::Icmp(h) if h.is_echo() => Some((h.echo_id(), [0, 0])),
+        Transport::Icmp(_) | Transport::Other => None,
+    };
+    let service_port = match ip.proto {
+        IPPROTO_TCP | IPPROTO_UDP => ports.map(|(_, dport)| dport),
+        _ => None,
+    };
+    let vip = lookup_vip(ip.dst, ip.proto, service_port, bits).ok_or(Counter::PassNotForUs)?;
+    let Some((sport, dport)) = ports else {
+        return Err(if ip.proto == IPPROTO_ICMP {
+            Counter::DropUnsupportedIcmp
+        } else {
+            Counter::DropUnsupportedProto
+        });
+    };
+    if ip.ttl <= 1 {
+        // Untranslated, so the kernel's "time exceeded" quotes what the client sent.
+        return Err(Counter::PassTtlExpired);
+    }
+
+    let key = FlowKey::new(ip.src, ip.dst, sport, dport, ip.proto);
+    let path = flow::assign(&key, &vip)?;
+    let new_port = (service_port.is_some() && vip.target_port != [0, 0]).then_some(vip.target_port);
+    let next = forward::route(
+        ctx,
+        &l2,
+        ip,
+        &Flow { src: ip.src, dst: path.addr, sport, dport: new_port.unwrap_or(dport) },
+    )?;
+
+    let l4 = match transport {
+        Transport::Tcp(h) => L4::Tcp(h),
+        Transport::Udp(h) => L4::Udp(h),
+        Transport::Icmp(_) | Transport::Other => L4::Icmp,
+    };
+    nat::rewrite(ip, l4, Side::Dst, path.addr, new_port);
+    count(Counter::NatIngress);
+    stats::traffic(vip.id, path.id, Dir::In, (ctx.data_end() - ctx.data()) as u64);
+    Ok(forward::finish(ctx, l2.eth, ip, next))
+}

@@ -1,0 +1,39 @@
+//! The lb XDP programs. Entry points only: each runs its handler and turns the outcome into an
+//! XDP action, counting both the action and the reason (xdp-tools' `record_action` shape).
+#![no_std]
+#![no_main]
+#![deny(clippy::indexing_slicing, clippy::panic, clippy::unwrap_used)]
+
+mod flow;
+mod forward;
+mod icmp;
+mod ingress;
+mod maps;
+mod parse;
+mod reverse;
+mod stats;
+
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+
+/// Client-facing interface: packets for a VIP are translated to the chosen path's address.
+#[xdp]
+pub fn lb_ingress(ctx: XdpContext) -> u32 {
+    stats::record(ingress::handle(&ctx))
+}
+
+/// Path-facing interface(s): packets from a path address are translated back to the VIP.
+#[xdp]
+pub fn lb_return(ctx: XdpContext) -> u32 {
+    stats::record(reverse::handle(&ctx))
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program: the verifier rejects code that could get here.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

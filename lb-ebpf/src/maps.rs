@@ -1,0 +1,47 @@
+//! The map statics. Names, sizes and layouts come from `lb_common::maps`; the user side reads
+//! the same definitions.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::maps::{
+    ADDR_FILTER_SIZE, EndpointKey, FLOW_TABLE_FLAGS, FLOW_TABLE_SIZE, FlowKey, FlowValue,
+    MAX_PATHS, MAX_REV_NAT, MAX_TARGETS, MAX_TX_PORTS, MAX_VIPS, PathValue, RING_ENTRIES,
+    RevValue, TargetValue, TrafficStats, VipValue,
+};
+
+#[map]
+pub static LB_VIPS: HashMap<EndpointKey, VipValue> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+#[map]
+pub static LB_REV_NAT: HashMap<EndpointKey, RevValue> = HashMap::with_max_entries(MAX_REV_NAT, 0);
+
+#[map]
+pub static LB_TARGETS: Array<TargetValue> = Array::with_max_entries(MAX_TARGETS, 0);
+
+#[map]
+pub static LB_PATHS: Array<PathValue> = Array::with_max_entries(MAX_PATHS, 0);
+
+#[map]
+pub static LB_RING: Array<u32> = Array::with_max_entries(RING_ENTRIES, 0);
+
+#[map]
+pub static LB_FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(FLOW_TABLE_SIZE, FLOW_TABLE_FLAGS);
+
+#[map]
+pub static LB_ADDR_FILTER: Array<u32> = Array::with_max_entries(ADDR_FILTER_SIZE, 0);
+
+#[map]
+pub static LB_TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
+
+#[map]
+pub static LB_COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(lb_common::Counter::COUNT, 0);
+
+#[map]
+pub static LB_VIP_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+#[map]
+pub static LB_PATH_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(MAX_PATHS, 0);

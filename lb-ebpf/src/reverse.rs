@@ -1,0 +1,120 @@
+//! The path-facing program: packets from a path address get the VIP back as source (reverse
+//! NAT). Stateless, from `LB_REV_NAT`, so replies survive flow-table eviction; connections the
+//! VM opens through a whole-address VIP are recorded in the flow table so that their replies
+//! come back over the same path.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
+use lb_common::{
+    Counter,
+    maps::{
+        EndpointKey, FILTER_PATH_ADDR, FILTER_PATH_SERVICE, FLOW_F_FROM_PATH, FlowKey, FlowValue,
+        RevValue,
+    },
+    nat::{self, L4, Side},
+    net::{ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN},
+};
+
+use crate::{
+    forward::{self, Flow},
+    icmp,
+    ingress::filter,
+    maps::{LB_FLOWS, LB_REV_NAT},
+    parse::{self, Transport},
+    stats::{self, Dir, Outcome, count},
+};
+
+/// How to translate a packet from path address `addr`: the service (`proto`, source `port`)
+/// first, then the whole address.
+#[inline(always)]
+pub fn lookup_rev(addr: [u8; 4], proto: u8, port: Option<[u8; 2]>, bits: u32) -> Option<RevValue> {
+    if bits & FILTER_PATH_SERVICE != 0
+        && let Some(port) = port
+        && let Some(v) = LB_REV_NAT.get_ptr(EndpointKey::service(addr, proto, port))
+    {
+        // SAFETY: a hash map value, read once while the program runs.
+        return Some(unsafe { *v });
+    }
+    if bits & FILTER_PATH_ADDR != 0
+        && let Some(v) = LB_REV_NAT.get_ptr(EndpointKey::addr(addr))
+    {
+        // SAFETY: as above.
+        return Some(unsafe { *v });
+    }
+    None
+}
+
+/// Records a flow the VM opens through a whole-address VIP (first packet: TCP SYN, UDP, ICMP
+/// echo request), keyed as the replies will arrive on the ingress side.
+#[inline(always)]
+fn record_outbound(key: &FlowKey, path: u32) {
+    let value = FlowValue { path, flags: FLOW_F_FROM_PATH };
+    if LB_FLOWS.insert(key, &value, u64::from(BPF_NOEXIST)).is_ok() {
+        count(Counter::FlowFromPath);
+    }
+}
+
+#[inline(always)]
+pub fn handle(ctx: &XdpContext) -> Outcome {
+    let l2 = parse::ethernet(ctx)?;
+    let ip = parse::ipv4(ctx, l2.l3)?;
+    let bits = filter(ip.src);
+    let ours = bits & (FILTER_PATH_ADDR | FILTER_PATH_SERVICE) != 0;
+    // ICMP errors come from routers too: they are matched on the datagram they quote.
+    if !ours && ip.proto != IPPROTO_ICMP {
+        return Err(Counter::PassNotForUs);
+    }
+    let (l4, end) = parse::ipv4_payload(ctx, l2.l3, ip)
+        .map_err(|reason| if ours { reason } else { Counter::PassBadIpv4 })?;
+    if ip.is_fragment() {
+        return Err(Counter::PassFragment);
+    }
+    let transport = match parse::transport(ctx, ip.proto, l4, end) {
+        Ok(Transport::Icmp(h)) if h.is_error() => return icmp::return_error(ctx, &l2, ip, h, l4, end),
+        Ok(t) if ours => t,
+        Ok(_) => return Err(Counter::PassNotForUs),
+        Err(reason) => return Err(if ours { reason } else { Counter::PassNotForUs }),
+    };
+    let (ports, opens) = match &transport {
+        Transport::Tcp(h) => (Some((h.sport, h.dport)), h.flags & (TCP_SYN | TCP_ACK) == TCP_SYN),
+        Transport::Udp(h) => (Some((h.sport, h.dport)), true),
+        Transport::Icmp(h) if h.is_echo() => (Some((h.echo_id(), [0, 0])), h.ty == ICMP_ECHO_REQUEST),
+        Transport::Icmp(_) | Transport::Other => (None, false),
+    };
+    let service_port = match ip.proto {
+        IPPROTO_TCP | IPPROTO_UDP => ports.map(|(sport, _)| sport),
+        _ => None,
+    };
+    let rev = lookup_rev(ip.src, ip.proto, service_port, bits).ok_or(Counter::PassNotForUs)?;
+    let Some((sport, dport)) = ports else {
+        return Err(if ip.proto == IPPROTO_ICMP {
+            Counter::DropUnsupportedIcmp
+        } else {
+            Counter::DropUnsupportedProto
+        });
+    };
+    if ip.ttl <= 1 {
+        return Err(Counter::PassTtlExpired);
+    }
+    let new_port = (service_port.is_some() && rev.vip_port != [0, 0]).then_some(rev.vip_port);
+    let next = forward::route(
+        ctx,
+        &l2,
+        ip,
+        &Flow { src: rev.vip_addr, dst: ip.dst, sport: new_port.unwrap_or(sport), dport },
+    )?;
+    if opens && rev.vip_port == [0, 0] {
+        // The reply's flow key: ports swapped, except ICMP echo, keyed (identifier, 0) both ways.
+        let (rsport, rdport) = if ip.proto == IPPROTO_ICMP { (sport, dport) } else { (dport, sport) };
+        record_outbound(&FlowKey::new(ip.dst, rev.vip_addr, rsport, rdport, ip.proto), rev.path);
+    }
+
+    let l4 = match transport {
+        Transport::Tcp(h) => L4::Tcp(h),
+        Transport::Udp(h) => L4::Udp(h),
+        Transport::Icmp(_) | Transport::Other => L4::Icmp,
+    };
+    nat::rewrite(ip, l4, Side::Src, rev.vip_addr, new_port);
+    count(Counter::NatReturn);
+    stats::traffic(rev.vip_id, rev.path, Dir::Out, (ctx.data_end() - ctx.data()) as u64);
+    Ok(forward::finish(ctx, l2.eth, ip, next))
+}

@@ -1,0 +1,212 @@
+//! Typed access to the datapath's maps: one wrapper per map of `lb_common::maps`, writes that
+//! keep the address pre-filter in step with the VIP and reverse-NAT tables, and per-CPU sums.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf,
+    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray},
+};
+use lb_common::{
+    Counter,
+    hash::addr_slot,
+    maps::{
+        self as m, ADDR_FILTER_SIZE, EndpointKey, FILTER_PATH_ADDR, FILTER_PATH_SERVICE,
+        FILTER_VIP_ADDR, FILTER_VIP_SERVICE, FlowKey, FlowValue, PathValue, RING_SIZE, RevValue,
+        TargetValue, TrafficStats, VipValue,
+    },
+};
+
+use crate::dataplane::Error;
+
+fn op<T>(map: &'static str, op: &'static str, r: Result<T, MapError>) -> Result<T, Error> {
+    r.map_err(|source| Error::MapOp { map, op, source })
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(Error::MissingMap { name })?;
+    T::try_from(map).map_err(|source| Error::MapType { name, source })
+}
+
+/// Every map of the datapath, typed.
+pub struct Maps {
+    vips: HashMap<MapData, EndpointKey, VipValue>,
+    rev_nat: HashMap<MapData, EndpointKey, RevValue>,
+    targets: Array<MapData, TargetValue>,
+    paths: Array<MapData, PathValue>,
+    ring: Array<MapData, u32>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    addr_filter: Array<MapData, u32>,
+    tx_ports: DevMapHash<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    vip_stats: PerCpuArray<MapData, TrafficStats>,
+    path_stats: PerCpuArray<MapData, TrafficStats>,
+    /// What `addr_filter` holds, so a refresh writes only the slots that change.
+    filter_shadow: Vec<u32>,
+}
+
+impl Maps {
+    /// Takes the maps out of a freshly loaded object (all empty).
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, Error> {
+        Ok(Self {
+            vips: take(ebpf, m::VIPS)?,
+            rev_nat: take(ebpf, m::REV_NAT)?,
+            targets: take(ebpf, m::TARGETS)?,
+            paths: take(ebpf, m::PATHS)?,
+            ring: take(ebpf, m::RING)?,
+            flows: take(ebpf, m::FLOWS)?,
+            addr_filter: take(ebpf, m::ADDR_FILTER)?,
+            tx_ports: take(ebpf, m::TX_PORTS)?,
+            counters: take(ebpf, m::COUNTERS)?,
+            vip_stats: take(ebpf, m::VIP_STATS)?,
+            path_stats: take(ebpf, m::PATH_STATS)?,
+            filter_shadow: vec![0; ADDR_FILTER_SIZE as usize],
+        })
+    }
+
+    // ---- Configuration tables. ----
+
+    /// Adds or replaces a VIP. Call [`Maps::refresh_filter`] once a batch of changes is in.
+    pub fn set_vip(&mut self, key: EndpointKey, value: VipValue) -> Result<(), Error> {
+        op(m::VIPS, "insert", self.vips.insert(key, value, 0))
+    }
+
+    pub fn remove_vip(&mut self, key: &EndpointKey) -> Result<(), Error> {
+        op(m::VIPS, "remove", self.vips.remove(key))
+    }
+
+    pub fn vips(&self) -> Result<Vec<(EndpointKey, VipValue)>, Error> {
+        op(m::VIPS, "iterate", self.vips.iter().collect())
+    }
+
+    /// Adds or replaces a reverse-NAT entry. Call [`Maps::refresh_filter`] afterwards.
+    pub fn set_rev_nat(&mut self, key: EndpointKey, value: RevValue) -> Result<(), Error> {
+        op(m::REV_NAT, "insert", self.rev_nat.insert(key, value, 0))
+    }
+
+    pub fn remove_rev_nat(&mut self, key: &EndpointKey) -> Result<(), Error> {
+        op(m::REV_NAT, "remove", self.rev_nat.remove(key))
+    }
+
+    pub fn rev_nat(&self) -> Result<Vec<(EndpointKey, RevValue)>, Error> {
+        op(m::REV_NAT, "iterate", self.rev_nat.iter().collect())
+    }
+
+    pub fn set_target(&mut self, id: u32, value: TargetValue) -> Result<(), Error> {
+        op(m::TARGETS, "set", self.targets.set(id, value, 0))
+    }
+
+    pub fn target(&self, id: u32) -> Result<TargetValue, Error> {
+        op(m::TARGETS, "get", self.targets.get(&id, 0))
+    }
+
+    pub fn set_path(&mut self, id: u32, value: PathValue) -> Result<(), Error> {
+        op(m::PATHS, "set", self.paths.set(id, value, 0))
+    }
+
+    pub fn path(&self, id: u32) -> Result<PathValue, Error> {
+        op(m::PATHS, "get", self.paths.get(&id, 0))
+    }
+
+    /// Writes target `target`'s consistent-hash table (`RING_SIZE` path ids), only the slots
+    /// that change, so flows on unchanged slots never see an intermediate state.
+    pub fn set_ring(&mut self, target: u32, slots: &[u32]) -> Result<(), Error> {
+        assert_eq!(slots.len(), RING_SIZE as usize, "a ring has RING_SIZE slots");
+        let base = target * RING_SIZE;
+        for (i, id) in slots.iter().enumerate() {
+            let index = base + i as u32;
+            if op(m::RING, "get", self.ring.get(&index, 0))? != *id {
+                op(m::RING, "set", self.ring.set(index, id, 0))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn ring_slot(&self, target: u32, slot: u32) -> Result<u32, Error> {
+        op(m::RING, "get", self.ring.get(&(target * RING_SIZE + slot), 0))
+    }
+
+    /// Lets the programs redirect to `ifindex`.
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), Error> {
+        self.tx_ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|source| Error::TxPort { ifindex, source })
+    }
+
+    pub fn remove_tx_port(&mut self, ifindex: u32) -> Result<(), Error> {
+        op(m::TX_PORTS, "remove", self.tx_ports.remove(ifindex))
+    }
+
+    /// Recomputes the address pre-filter from the VIP and reverse-NAT tables and writes the
+    /// slots that change. Call it after adding entries (they take effect when their bit is
+    /// set) and after removing them (a stale bit only costs the datapath one lookup).
+    pub fn refresh_filter(&mut self) -> Result<(), Error> {
+        let mut want = vec![0u32; ADDR_FILTER_SIZE as usize];
+        for key in self.vips.keys() {
+            let key = op(m::VIPS, "iterate", key)?;
+            let bit = if key.is_whole_address() { FILTER_VIP_ADDR } else { FILTER_VIP_SERVICE };
+            want[addr_slot(key.addr) as usize] |= bit;
+        }
+        for key in self.rev_nat.keys() {
+            let key = op(m::REV_NAT, "iterate", key)?;
+            let bit = if key.is_whole_address() { FILTER_PATH_ADDR } else { FILTER_PATH_SERVICE };
+            want[addr_slot(key.addr) as usize] |= bit;
+        }
+        for (slot, (bits, old)) in want.iter().zip(self.filter_shadow.iter_mut()).enumerate() {
+            if bits != old {
+                op(m::ADDR_FILTER, "set", self.addr_filter.set(slot as u32, bits, 0))?;
+                *old = *bits;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- The flow table. ----
+
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowValue>, Error> {
+        match self.flows.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(Error::MapOp { map: m::FLOWS, op: "get", source }),
+        }
+    }
+
+    pub fn set_flow(&mut self, key: FlowKey, value: FlowValue) -> Result<(), Error> {
+        op(m::FLOWS, "insert", self.flows.insert(key, value, 0))
+    }
+
+    /// Every flow, up to `limit`.
+    pub fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowValue)>, Error> {
+        op(m::FLOWS, "iterate", self.flows.iter().take(limit).collect())
+    }
+
+    // ---- Counters, summed over CPUs. ----
+
+    pub fn counter(&self, c: Counter) -> Result<u64, Error> {
+        let values = op(m::COUNTERS, "get", self.counters.get(&(c as u32), 0))?;
+        Ok(values.iter().sum())
+    }
+
+    /// Every counter, by name order of declaration.
+    pub fn counters(&self) -> Result<BTreeMap<Counter, u64>, Error> {
+        Counter::ALL.iter().map(|c| Ok((*c, self.counter(*c)?))).collect()
+    }
+
+    pub fn vip_stats(&self, id: u32) -> Result<TrafficStats, Error> {
+        sum(op(m::VIP_STATS, "get", self.vip_stats.get(&id, 0))?.iter())
+    }
+
+    pub fn path_stats(&self, id: u32) -> Result<TrafficStats, Error> {
+        sum(op(m::PATH_STATS, "get", self.path_stats.get(&id, 0))?.iter())
+    }
+}
+
+fn sum<'a>(values: impl Iterator<Item = &'a TrafficStats>) -> Result<TrafficStats, Error> {
+    Ok(values.fold(TrafficStats::default(), |mut acc, v| {
+        acc.add(v);
+        acc
+    }))
+}

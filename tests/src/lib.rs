@@ -1,0 +1,1 @@
+//! The privileged test harness.
