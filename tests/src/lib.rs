@@ -1,1 +1,22 @@
-//! The privileged test harness.
+//! The privileged test harness: the independent packet builder, the fixture environment for
+//! BPF_PROG_TEST_RUN (a private network namespace with fixed routes and neighbours), hex diffs,
+//! and the rule that privileged tests skip on a machine without rights but fail under CI.
+
+pub mod fixture;
+pub mod hexdiff;
+pub mod packet;
+pub mod sys;
+
+/// Whether privileged tests can run here. Without root they are skipped with a message, except
+/// under CI (`CI=true`), where that is a failure: CI must run them.
+pub fn privileged(suite: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{suite}: needs root (BPF, network namespaces) and CI=true: failing instead of skipping");
+    }
+    eprintln!("{suite}: skipped: needs root (BPF, network namespaces); run under sudo or as root");
+    false
+}

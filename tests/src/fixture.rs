@@ -1,0 +1,392 @@
+//! The BPF_PROG_TEST_RUN fixture environment.
+//!
+//! [`Env::create`] moves the process's main thread into a private network namespace (test
+//! threads inherit it) with fixed interfaces, routes and permanent neighbours, so that
+//! `bpf_fib_lookup` answers the same on every machine:
+//!
+//! ```text
+//!   cli0  198.51.100.1/24   clients 198.51.100.10/.11/.77 (permanent neighbours),
+//!                           default via 198.51.100.254
+//!   path0 192.0.2.1/24      VM path addresses .70 .100 .71 .101 .90 (permanent neighbours);
+//!                           .77 has no neighbour; .66 is a blackhole; .90 has MTU 1000
+//!   other0 192.0.2.129/25   .130 (neighbour), not in the devmap
+//!   nofwd0 203.0.113.254/32 forwarding disabled
+//! ```
+//!
+//! [`Fx`] is one loaded datapath (fresh maps and counters) with the standard configuration.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context as _, bail};
+use aya::programs::{TestRun as _, TestRunOptions};
+use lb_common::{
+    Counter,
+    maps::{
+        EndpointKey, PATH_UP, PathValue, RING_SIZE, RevValue, TARGET_MODE_RING,
+        TARGET_MODE_SINGLE, TargetValue, TrafficStats, VipValue,
+    },
+    net::{IPPROTO_TCP, IPPROTO_UDP},
+};
+use lb_user::dataplane::{Dataplane, LoadOptions};
+
+use crate::{
+    hexdiff,
+    sys::{ifindex, ip, sysctl, unshare_netns},
+};
+
+pub const fn mac(last: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0x0c, last]
+}
+
+/// Addresses of the standard configuration.
+pub mod addr {
+    use std::net::Ipv4Addr;
+    pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+    pub const CLIENT2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
+    /// An internet host the VM talks to on its own.
+    pub const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 77);
+    /// A client beyond the default gateway.
+    pub const FAR_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 150);
+    /// A router on a path (sends ICMP errors).
+    pub const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+    /// A router on the internet side.
+    pub const INET_ROUTER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+
+    /// Whole-address VIP → target 0 (failover: NN1 active, NN2 standby).
+    pub const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+    /// Service VIP tcp/443 → target 0, port 8443.
+    pub const VIP_SVC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
+    /// Service VIP udp/53 → target 0, no port translation.
+    pub const VIP_DNS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 12);
+    /// Whole-address VIP → target 1 (active/active over SPREAD_A and SPREAD_B).
+    pub const VIP_SPREAD: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+    /// No VIP.
+    pub const NOT_VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 99);
+
+    pub const NN1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 70);
+    pub const NN2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+    pub const SPREAD_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 71);
+    pub const SPREAD_B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
+    /// Path address with no neighbour entry.
+    pub const NO_NEIGH: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 77);
+    /// Path address behind a blackhole route.
+    pub const BLACKHOLE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 66);
+    /// Path address behind a route with MTU 1000.
+    pub const SMALL_MTU: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 90);
+    /// Path address behind an interface that is not in the devmap.
+    pub const OTHER_PORT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 130);
+}
+
+/// MACs of the neighbours.
+pub mod macs {
+    use super::mac;
+    pub const CLIENT: [u8; 6] = mac(0x10);
+    pub const CLIENT2: [u8; 6] = mac(0x11);
+    pub const REMOTE: [u8; 6] = mac(0x77);
+    pub const GATEWAY: [u8; 6] = mac(0xfe);
+    pub const NN1: [u8; 6] = mac(0x70);
+    pub const NN2: [u8; 6] = mac(0xa0);
+    pub const SPREAD_A: [u8; 6] = mac(0x71);
+    pub const SPREAD_B: [u8; 6] = mac(0xa1);
+    pub const SMALL_MTU: [u8; 6] = mac(0x90);
+    pub const OTHER_PORT: [u8; 6] = mac(0x82);
+    pub const CLI0: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
+    pub const PATH0: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x01];
+    pub const OTHER0: [u8; 6] = [0x02, 0, 0, 0, 0x03, 0x01];
+    pub const NOFWD0: [u8; 6] = [0x02, 0, 0, 0, 0x04, 0x01];
+}
+
+/// An interface of the fixture namespace.
+#[derive(Clone, Copy, Debug)]
+pub struct Iface {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+}
+
+/// The fixture namespace's interfaces.
+#[derive(Clone, Copy, Debug)]
+pub struct Env {
+    pub cli0: Iface,
+    pub path0: Iface,
+    pub other0: Iface,
+    pub nofwd0: Iface,
+}
+
+impl Env {
+    /// Builds the namespace described in the module docs. Call once, from the main thread,
+    /// before any test thread starts.
+    pub fn create() -> anyhow::Result<Self> {
+        unshare_netns()?;
+        ip("link set lo up")?;
+        for (dev, peer, m) in [
+            ("cli0", "cli0p", macs::CLI0),
+            ("path0", "path0p", macs::PATH0),
+            ("other0", "other0p", macs::OTHER0),
+            ("nofwd0", "nofwd0p", macs::NOFWD0),
+        ] {
+            ip(&format!("link add {dev} type veth peer name {peer}"))?;
+            ip(&format!("link set {dev} address {}", fmt_mac(m)))?;
+            ip(&format!("link set {dev} up"))?;
+            ip(&format!("link set {peer} up"))?;
+        }
+        ip("addr add 198.51.100.1/24 dev cli0")?;
+        ip("addr add 192.0.2.1/24 dev path0")?;
+        ip("addr add 192.0.2.129/25 dev other0")?;
+        ip("addr add 203.0.113.254/32 dev nofwd0")?;
+        ip("route add default via 198.51.100.254 dev cli0")?;
+        ip("route add blackhole 192.0.2.66/32")?;
+        ip("route add 192.0.2.90/32 dev path0 mtu lock 1000")?;
+        for (addr, dev, m) in [
+            (addr::CLIENT, "cli0", macs::CLIENT),
+            (addr::CLIENT2, "cli0", macs::CLIENT2),
+            (addr::REMOTE, "cli0", macs::REMOTE),
+            (addr::INET_ROUTER, "cli0", macs::GATEWAY),
+            (addr::NN1, "path0", macs::NN1),
+            (addr::NN2, "path0", macs::NN2),
+            (addr::SPREAD_A, "path0", macs::SPREAD_A),
+            (addr::SPREAD_B, "path0", macs::SPREAD_B),
+            (addr::SMALL_MTU, "path0", macs::SMALL_MTU),
+            (addr::OTHER_PORT, "other0", macs::OTHER_PORT),
+        ] {
+            ip(&format!("neigh replace {addr} lladdr {} dev {dev} nud permanent", fmt_mac(m)))?;
+        }
+        sysctl("net.ipv4.conf.all.forwarding", "1")?;
+        sysctl("net.ipv4.conf.nofwd0.forwarding", "0")?;
+        let iface = |name: &str, mac: [u8; 6]| -> anyhow::Result<Iface> {
+            Ok(Iface { ifindex: ifindex(name)?, mac })
+        };
+        Ok(Self {
+            cli0: iface("cli0", macs::CLI0)?,
+            path0: iface("path0", macs::PATH0)?,
+            other0: iface("other0", macs::OTHER0)?,
+            nofwd0: iface("nofwd0", macs::NOFWD0)?,
+        })
+    }
+}
+
+fn fmt_mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Which program a step runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prog {
+    Ingress,
+    Return,
+}
+
+/// Ids of the standard configuration.
+pub mod ids {
+    pub const TARGET_WEB: u32 = 0;
+    pub const TARGET_SPREAD: u32 = 1;
+    pub const TARGET_SPARE: u32 = 2;
+    pub const PATH_NN1: u32 = 0;
+    pub const PATH_NN2: u32 = 1;
+    pub const PATH_SPREAD_A: u32 = 2;
+    pub const PATH_SPREAD_B: u32 = 3;
+    pub const PATH_SPARE: u32 = 4;
+    pub const VIP: u32 = 0;
+    pub const VIP_SVC: u32 = 1;
+    pub const VIP_DNS: u32 = 2;
+    pub const VIP_SPREAD: u32 = 3;
+    pub const VIP_SPARE: u32 = 4;
+}
+
+/// The result of one program run.
+#[derive(Debug)]
+pub struct Run {
+    pub action: u32,
+    pub frame: Vec<u8>,
+}
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+pub fn action_name(a: u32) -> &'static str {
+    ["XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT"]
+        .get(a as usize)
+        .copied()
+        .unwrap_or("?")
+}
+
+/// One loaded datapath with the standard configuration.
+pub struct Fx {
+    pub env: Env,
+    pub dp: Dataplane,
+}
+
+/// A small flow table: fixtures never need many flows, and loading stays fast.
+const FIXTURE_FLOWS: u32 = 4096;
+
+impl Fx {
+    pub fn new(env: Env) -> anyhow::Result<Self> {
+        let dp = Dataplane::load(&LoadOptions { flow_table_size: Some(FIXTURE_FLOWS) })
+            .context("loading the datapath")?;
+        let mut fx = Self { env, dp };
+        fx.standard()?;
+        Ok(fx)
+    }
+
+    /// The standard configuration (see [`addr`] and [`ids`]).
+    fn standard(&mut self) -> anyhow::Result<()> {
+        use ids::*;
+        self.path(PATH_NN1, addr::NN1, TARGET_WEB, PATH_UP)?;
+        self.path(PATH_NN2, addr::NN2, TARGET_WEB, PATH_UP)?;
+        self.target_single(TARGET_WEB, PATH_NN1)?;
+        self.path(PATH_SPREAD_A, addr::SPREAD_A, TARGET_SPREAD, PATH_UP)?;
+        self.path(PATH_SPREAD_B, addr::SPREAD_B, TARGET_SPREAD, PATH_UP)?;
+        // Alternate slots, so that both paths get flows.
+        let ring: Vec<u32> =
+            (0..RING_SIZE).map(|i| if i % 2 == 0 { PATH_SPREAD_A } else { PATH_SPREAD_B }).collect();
+        self.dp.maps.set_ring(TARGET_SPREAD, &ring)?;
+        self.dp.maps.set_target(TARGET_SPREAD, TargetValue { mode: TARGET_MODE_RING, active: u32::MAX })?;
+
+        let web = [(PATH_NN1, addr::NN1), (PATH_NN2, addr::NN2)];
+        self.expose(VIP, addr::VIP, None, TARGET_WEB, None, &web)?;
+        self.expose(VIP_SVC, addr::VIP_SVC, Some((IPPROTO_TCP, 443)), TARGET_WEB, Some(8443), &web)?;
+        self.expose(VIP_DNS, addr::VIP_DNS, Some((IPPROTO_UDP, 53)), TARGET_WEB, None, &web)?;
+        let spread = [(PATH_SPREAD_A, addr::SPREAD_A), (PATH_SPREAD_B, addr::SPREAD_B)];
+        self.expose(VIP_SPREAD, addr::VIP_SPREAD, None, TARGET_SPREAD, None, &spread)?;
+        self.dp.maps.add_tx_port(self.env.cli0.ifindex)?;
+        self.dp.maps.add_tx_port(self.env.path0.ifindex)?;
+        Ok(())
+    }
+
+    pub fn path(&mut self, id: u32, a: Ipv4Addr, target: u32, state: u8) -> anyhow::Result<()> {
+        self.dp.maps.set_path(id, PathValue { addr: a.octets(), state, _pad: [0; 3], target })?;
+        Ok(())
+    }
+
+    pub fn set_state(&mut self, id: u32, state: u8) -> anyhow::Result<()> {
+        let mut p = self.dp.maps.path(id)?;
+        p.state = state;
+        self.dp.maps.set_path(id, p)?;
+        Ok(())
+    }
+
+    pub fn target_single(&mut self, id: u32, active: u32) -> anyhow::Result<()> {
+        self.dp.maps.set_target(id, TargetValue { mode: TARGET_MODE_SINGLE, active })?;
+        Ok(())
+    }
+
+    /// Publishes a VIP (whole address, or `service` = (proto, port)) for `target`, with reverse
+    /// NAT entries for each of the target's `paths`.
+    pub fn expose(
+        &mut self,
+        id: u32,
+        vip: Ipv4Addr,
+        service: Option<(u8, u16)>,
+        target: u32,
+        target_port: Option<u16>,
+        paths: &[(u32, Ipv4Addr)],
+    ) -> anyhow::Result<()> {
+        let maps = &mut self.dp.maps;
+        for (path, a) in paths {
+            let rev_service = service.map(|(proto, port)| (proto, target_port.unwrap_or(port)));
+            let vip_port = service.map_or([0; 2], |(_, port)| port.to_be_bytes());
+            maps.set_rev_nat(
+                EndpointKey::new(*a, rev_service),
+                RevValue { vip_addr: vip.octets(), vip_port, _pad: [0; 2], vip_id: id, path: *path },
+            )?;
+        }
+        maps.set_vip(
+            EndpointKey::new(vip, service),
+            VipValue { id, target, target_port: target_port.unwrap_or(0).to_be_bytes(), _pad: [0; 2] },
+        )?;
+        maps.refresh_filter()?;
+        Ok(())
+    }
+
+    /// A spare target with one path at `path_addr`, exposed as whole-address `vip`.
+    pub fn spare(&mut self, vip: Ipv4Addr, path_addr: Ipv4Addr) -> anyhow::Result<()> {
+        use ids::*;
+        self.path(PATH_SPARE, path_addr, TARGET_SPARE, PATH_UP)?;
+        self.target_single(TARGET_SPARE, PATH_SPARE)?;
+        self.expose(VIP_SPARE, vip, None, TARGET_SPARE, None, &[(PATH_SPARE, path_addr)])
+    }
+
+    /// Runs `prog` on `frame` as if it arrived on `on`.
+    pub fn run(&self, prog: Prog, on: Iface, frame: &[u8]) -> anyhow::Result<Run> {
+        let p = match prog {
+            Prog::Ingress => self.dp.ingress()?,
+            Prog::Return => self.dp.reverse()?,
+        };
+        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex }: data_end must equal the frame length.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&on.ifindex.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 512];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        let r = p.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+        out.truncate(r.data_size_out as usize);
+        Ok(Run { action: r.return_value, frame: out })
+    }
+
+    /// Runs and checks the action and the output frame (`None`: the input, unchanged).
+    pub fn expect(
+        &self,
+        prog: Prog,
+        on: Iface,
+        input: &[u8],
+        action: u32,
+        output: Option<&[u8]>,
+    ) -> anyhow::Result<()> {
+        let r = self.run(prog, on, input)?;
+        let want = output.unwrap_or(input);
+        if r.action != action {
+            bail!(
+                "{prog:?}: action {} (expected {}); counters: {}",
+                action_name(r.action),
+                action_name(action),
+                self.nonzero_counters()?
+            );
+        }
+        if let Some(d) = hexdiff::diff(want, &r.frame) {
+            bail!("{prog:?}: output frame differs from the expected one:\n{d}");
+        }
+        Ok(())
+    }
+
+    fn nonzero_counters(&self) -> anyhow::Result<String> {
+        Ok(self
+            .dp
+            .maps
+            .counters()?
+            .into_iter()
+            .filter(|(_, v)| *v != 0)
+            .map(|(c, v)| format!("{}={v}", c.name()))
+            .collect::<Vec<_>>()
+            .join(" "))
+    }
+
+    /// Checks that the non-zero counters are exactly `want`.
+    pub fn counters(&self, want: &[(Counter, u64)]) -> anyhow::Result<()> {
+        let got = self.dp.maps.counters()?;
+        let mut bad = Vec::new();
+        for (c, v) in &got {
+            let expected = want.iter().find(|(w, _)| w == c).map_or(0, |(_, n)| *n);
+            if *v != expected {
+                bad.push(format!("{}: {v} (expected {expected})", c.name()));
+            }
+        }
+        if !bad.is_empty() {
+            bail!("counters differ: {}\nall non-zero: {}", bad.join(", "), self.nonzero_counters()?);
+        }
+        Ok(())
+    }
+
+    pub fn vip_stats(&self, id: u32) -> anyhow::Result<TrafficStats> {
+        Ok(self.dp.maps.vip_stats(id)?)
+    }
+
+    pub fn path_stats(&self, id: u32) -> anyhow::Result<TrafficStats> {
+        Ok(self.dp.maps.path_stats(id)?)
+    }
+}

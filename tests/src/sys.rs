@@ -1,0 +1,49 @@
+//! Small system helpers: network namespaces, `ip` commands, interface lookups.
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+/// Moves the calling thread into a new, private network namespace. Threads and processes it
+/// starts afterwards inherit it; it disappears with the last of them, so nothing is left over.
+pub fn unshare_netns() -> anyhow::Result<()> {
+    // SAFETY: unshare has no memory-safety preconditions.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNET)");
+    }
+    Ok(())
+}
+
+/// Runs `ip <args>` (in the caller's network namespace) and fails with its stderr.
+pub fn ip(args: &str) -> anyhow::Result<()> {
+    run("ip", &args.split_whitespace().collect::<Vec<_>>())
+}
+
+/// Runs a command, failing with its stderr.
+pub fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cmd} {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Writes a sysctl of the caller's network namespace.
+pub fn sysctl(key: &str, value: &str) -> anyhow::Result<()> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    std::fs::write(&path, value).with_context(|| format!("writing {path}"))
+}
+
+/// The index of interface `name` in the caller's network namespace.
+pub fn ifindex(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        bail!("no interface {name}");
+    }
+    Ok(i)
+}
