@@ -5,8 +5,8 @@
 //! `bpf_fib_lookup` answers the same on every machine:
 //!
 //! ```text
-//!   cli0  198.51.100.1/24   clients 198.51.100.10/.11/.77 (permanent neighbours),
-//!                           default via 198.51.100.254
+//!   cli0  198.51.100.1/25   clients 198.51.100.10/.11/.77 (permanent neighbours),
+//!                           default via 198.51.100.126 (clients beyond it: .150)
 //!   path0 192.0.2.1/24      VM path addresses .70 .100 .71 .101 .90 (permanent neighbours);
 //!                           .77 has no neighbour; .66 is a blackhole; .90 has MTU 1000
 //!   other0 192.0.2.129/25   .130 (neighbour), not in the devmap
@@ -50,7 +50,7 @@ pub mod addr {
     /// A router on a path (sends ICMP errors).
     pub const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
     /// A router on the internet side.
-    pub const INET_ROUTER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+    pub const INET_ROUTER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 126);
 
     /// Whole-address VIP → target 0 (failover: NN1 active, NN2 standby).
     pub const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
@@ -129,11 +129,11 @@ impl Env {
             ip(&format!("link set {dev} up"))?;
             ip(&format!("link set {peer} up"))?;
         }
-        ip("addr add 198.51.100.1/24 dev cli0")?;
+        ip("addr add 198.51.100.1/25 dev cli0")?;
         ip("addr add 192.0.2.1/24 dev path0")?;
         ip("addr add 192.0.2.129/25 dev other0")?;
         ip("addr add 203.0.113.254/32 dev nofwd0")?;
-        ip("route add default via 198.51.100.254 dev cli0")?;
+        ip("route add default via 198.51.100.126 dev cli0")?;
         ip("route add blackhole 192.0.2.66/32")?;
         ip("route add 192.0.2.90/32 dev path0 mtu lock 1000")?;
         for (addr, dev, m) in [
