@@ -82,7 +82,8 @@ counters! {
     DropNoPath = "drop_no_path",
     /// The FIB says blackhole, unreachable or prohibited, or has no route.
     DropNoRoute = "drop_no_route",
-    /// Larger than the egress MTU with DF set (an ICMP "fragmentation needed" is not sent yet).
+    /// Larger than the egress MTU with DF set, and no "fragmentation needed" could be sent
+    /// (the packet is itself an ICMP error, or the frame could not be reshaped).
     DropFragmentNeeded = "drop_fragment_needed",
 
     // ---- Events. ----
@@ -104,6 +105,9 @@ counters! {
     IcmpErrorIngress = "icmp_error_ingress",
     /// ICMP errors whose quoted datagram was translated, return side.
     IcmpErrorReturn = "icmp_error_return",
+    /// Packets larger than the egress MTU with DF set, answered with an ICMP "fragmentation
+    /// needed" quoting them untranslated (sent back with XDP_TX).
+    IcmpTooBigSent = "icmp_too_big_sent",
 }
 
 impl Counter {

@@ -9,6 +9,7 @@
 pub mod counters;
 pub mod csum;
 pub mod hash;
+pub mod icmp;
 pub mod maps;
 pub mod nat;
 pub mod net;

@@ -30,6 +30,9 @@ pub struct Route {
 pub enum Next {
     Send(Route),
     Kernel(Counter),
+    /// Larger than the egress MTU (the value) with DF set: answer with an ICMP "fragmentation
+    /// needed" instead of translating. Never returned for a packet that is an ICMP error.
+    TooBig(u16),
 }
 
 /// The addresses and ports a packet will carry once translated: what the FIB is asked about.
@@ -44,6 +47,18 @@ pub struct Flow {
 /// cannot be forwarded leaves untouched.
 #[inline(always)]
 pub fn route(ctx: &XdpContext, l2: &L2, ip: &Ipv4Hdr, flow: &Flow) -> Result<Next, Counter> {
+    route_with(ctx, l2, ip, flow, true)
+}
+
+/// [`route`] for a packet that must not be answered with an ICMP error (it is one): too big
+/// with DF is a counted drop.
+#[inline(always)]
+pub fn route_quiet(ctx: &XdpContext, l2: &L2, ip: &Ipv4Hdr, flow: &Flow) -> Result<Next, Counter> {
+    route_with(ctx, l2, ip, flow, false)
+}
+
+#[inline(always)]
+fn route_with(ctx: &XdpContext, l2: &L2, ip: &Ipv4Hdr, flow: &Flow, answer: bool) -> Result<Next, Counter> {
     if l2.vlan {
         // The tag belongs to a kernel VLAN device, which XDP cannot redirect to.
         return Ok(Next::Kernel(Counter::PassVlan));
@@ -68,6 +83,10 @@ pub fn route(ctx: &XdpContext, l2: &L2, ip: &Ipv4Hdr, flow: &Flow) -> Result<Nex
         BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Next::Kernel(Counter::PassNoNeighbour)),
         BPF_FIB_LKUP_RET_FWD_DISABLED => Ok(Next::Kernel(Counter::PassForwardingOff)),
         BPF_FIB_LKUP_RET_UNSUPP_LWT => Ok(Next::Kernel(Counter::PassFibUnsupported)),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED if ip.dont_fragment() && answer => {
+            // SAFETY: on FRAG_NEEDED the kernel wrote the MTU into this union member.
+            Ok(Next::TooBig(unsafe { p.__bindgen_anon_1.mtu_result }))
+        }
         BPF_FIB_LKUP_RET_FRAG_NEEDED if ip.dont_fragment() => Err(Counter::DropFragmentNeeded),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Ok(Next::Kernel(Counter::PassFragmentNeeded)),
         _ => Err(Counter::DropNoRoute),
@@ -81,6 +100,8 @@ pub fn finish(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, next: Next) 
     let route = match next {
         Next::Send(route) => route,
         Next::Kernel(reason) => return Verdict::Kernel(reason),
+        // Handlers answer `TooBig` before translating; reaching here is a bug, not the packet.
+        Next::TooBig(_) => return Verdict::Sent(xdp_action::XDP_ABORTED),
     };
     let action = if route.ifindex as usize == ctx.ingress_ifindex() {
         xdp_action::XDP_TX

@@ -2,19 +2,25 @@
 //! exceeded, parameter problem). The quoted datagram is translated like the flow it belongs to,
 //! so the receiving stack matches it to its socket: PMTU discovery works through the NAT.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
 use lb_common::{
     Counter,
+    icmp::{QUOTE_PAYLOAD, TOO_BIG_OVERHEAD, icmp_checksum_add, too_big_headers},
     maps::{FILTER_PATH_ADDR, FILTER_PATH_SERVICE, FlowKey},
     nat::{self, Side},
-    net::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr, Ipv4Hdr, L4Quote},
+    net::{ETH_HDR_LEN, ETH_P_IP, EthHdr, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr, Ipv4Hdr, L4Quote},
 };
 
 use crate::{
     flow,
     forward::{self, Flow},
     ingress::{filter, lookup_vip},
-    parse::{self, L2},
+    parse::{self, L2, ptr_at},
+    stats::Verdict,
     reverse::lookup_rev,
     stats::{self, Dir, Outcome, count},
 };
@@ -66,7 +72,7 @@ pub fn ingress_error(
     let path = flow::peek(&key, &vip)?;
     let new_port = (service_port(q.ip.proto, qsport).is_some() && vip.target_port != [0, 0])
         .then_some(vip.target_port);
-    let next = forward::route(ctx, l2, ip, &Flow { src: ip.src, dst: path.addr, sport: [0; 2], dport: [0; 2] })?;
+    let next = forward::route_quiet(ctx, l2, ip, &Flow { src: ip.src, dst: path.addr, sport: [0; 2], dport: [0; 2] })?;
 
     nat::set_addr(ip, Side::Dst, path.addr);
     nat::rewrite_icmp_quote(icmp, q.ip, q.l4, q.tcp_check, Side::Src, path.addr, new_port);
@@ -102,7 +108,7 @@ pub fn return_error(
     let src = if from_vm { rev.vip_addr } else { ip.src };
     let new_port = (service_port(q.ip.proto, qdport).is_some() && rev.vip_port != [0, 0])
         .then_some(rev.vip_port);
-    let next = forward::route(ctx, l2, ip, &Flow { src, dst: ip.dst, sport: [0; 2], dport: [0; 2] })?;
+    let next = forward::route_quiet(ctx, l2, ip, &Flow { src, dst: ip.dst, sport: [0; 2], dport: [0; 2] })?;
 
     if from_vm {
         nat::set_addr(ip, Side::Src, rev.vip_addr);
@@ -111,4 +117,59 @@ pub fn return_error(
     count(Counter::IcmpErrorReturn);
     stats::traffic(rev.vip_id, rev.path, Dir::Out, (ctx.data_end() - ctx.data()) as u64);
     Ok(forward::finish(ctx, l2.eth, ip, next))
+}
+
+/// Longest quote: an IPv4 header with 40 bytes of options, plus `QUOTE_PAYLOAD`.
+const MAX_QUOTE_WORDS: usize = (60 + QUOTE_PAYLOAD) / 4;
+
+/// Answers the packet in the frame (untagged, IPv4 at `ETH_HDR_LEN`, its transport header
+/// parsed) with an ICMP "fragmentation needed" announcing `mtu`, quoting its IPv4 header and
+/// first 8 payload bytes untranslated, sent back where it came from with `XDP_TX`.
+///
+/// Reshapes the frame in place: 28 bytes of headroom for the new IPv4 and ICMP headers (the
+/// original IPv4 header then sits right where the quote belongs), and the tail cut after the
+/// quote. Every earlier packet pointer is invalid afterwards.
+#[inline(always)]
+pub fn too_big(ctx: &XdpContext, mtu: u16) -> Outcome {
+    const FAILED: Counter = Counter::DropFragmentNeeded;
+    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(FAILED)?;
+    let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HDR_LEN).ok_or(FAILED)?;
+    // SAFETY: both bounds-checked just above.
+    let (eth, ip) = unsafe { (*eth, *ip) };
+    let quote_len = usize::from(ip.ihl()) * 4 + QUOTE_PAYLOAD;
+    let new_len = ETH_HDR_LEN + TOO_BIG_OVERHEAD + quote_len;
+
+    // SAFETY: `ctx.ctx` is the program's context.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(TOO_BIG_OVERHEAD as i32)) } != 0 {
+        return Err(FAILED);
+    }
+    let delta = new_len as i64 - (ctx.data_end() - ctx.data()) as i64;
+    // SAFETY: as above. The frame holds the parsed transport header, so it is at least
+    // `new_len` long and the tail only shrinks.
+    if delta > 0 || unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta as i32) } != 0 {
+        // The frame is already reshaped: drop it, counted.
+        return Err(FAILED);
+    }
+    let (ip_hdr, icmp_hdr) = too_big_headers(ip.src, ip.dst, quote_len as u16, mtu);
+    let out_eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(FAILED)?;
+    let out_ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HDR_LEN).ok_or(FAILED)?;
+    let out_icmp: *mut IcmpHdr = ptr_at(ctx, ETH_HDR_LEN + lb_common::net::IPV4_HDR_LEN).ok_or(FAILED)?;
+    let mut check = icmp_hdr.check;
+    let quote = ETH_HDR_LEN + TOO_BIG_OVERHEAD;
+    for i in 0..MAX_QUOTE_WORDS {
+        if i * 4 >= quote_len {
+            break;
+        }
+        let word: *const [u8; 4] = ptr_at(ctx, quote + i * 4).ok_or(FAILED)?;
+        // SAFETY: bounds-checked just above.
+        check = icmp_checksum_add(check, unsafe { *word });
+    }
+    // SAFETY: all three bounds-checked after the reshaping.
+    unsafe {
+        *out_eth = EthHdr { dst: eth.src, src: eth.dst, proto: ETH_P_IP.to_be_bytes() };
+        *out_ip = ip_hdr;
+        *out_icmp = IcmpHdr { check, ..icmp_hdr };
+    }
+    count(Counter::IcmpTooBigSent);
+    Ok(Verdict::Sent(xdp_action::XDP_TX))
 }

@@ -11,7 +11,7 @@ use lb_common::{
 
 use crate::{
     flow,
-    forward::{self, Flow},
+    forward::{self, Flow, Next},
     icmp,
     maps::{LB_ADDR_FILTER, LB_VIPS},
     parse::{self, Transport},
@@ -93,6 +93,9 @@ pub fn handle(ctx: &XdpContext) -> Outcome {
         ip,
         &Flow { src: ip.src, dst: path.addr, sport, dport: new_port.unwrap_or(dport) },
     )?;
+    if let Next::TooBig(mtu) = next {
+        return icmp::too_big(ctx, mtu);
+    }
 
     let l4 = match transport {
         Transport::Tcp(h) => L4::Tcp(h),

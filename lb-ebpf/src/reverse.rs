@@ -15,7 +15,7 @@ use lb_common::{
 };
 
 use crate::{
-    forward::{self, Flow},
+    forward::{self, Flow, Next},
     icmp,
     ingress::filter,
     maps::{LB_FLOWS, LB_REV_NAT},
@@ -102,6 +102,9 @@ pub fn handle(ctx: &XdpContext) -> Outcome {
         ip,
         &Flow { src: rev.vip_addr, dst: ip.dst, sport: new_port.unwrap_or(sport), dport },
     )?;
+    if let Next::TooBig(mtu) = next {
+        return icmp::too_big(ctx, mtu);
+    }
     if opens && rev.vip_port == [0, 0] {
         // The reply's flow key: ports swapped, except ICMP echo, keyed (identifier, 0) both ways.
         let (rsport, rdport) = if ip.proto == IPPROTO_ICMP { (sport, dport) } else { (dport, sport) };

@@ -5,7 +5,8 @@
 //! `bpf_fib_lookup` answers the same on every machine:
 //!
 //! ```text
-//!   cli0  198.51.100.1/25   clients 198.51.100.10/.11/.77 (permanent neighbours),
+//!   cli0  198.51.100.1/25   clients 198.51.100.10/.11/.12/.77 (permanent neighbours; .12 has
+//!                           MTU 1000),
 //!                           default via 198.51.100.126 (clients beyond it: .150)
 //!   path0 192.0.2.1/24      VM path addresses .70 .100 .71 .101 .90 (permanent neighbours);
 //!                           .77 has no neighbour; .66 is a blackhole; .90 has MTU 1000
@@ -45,6 +46,8 @@ pub mod addr {
     pub const CLIENT2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
     /// An internet host the VM talks to on its own.
     pub const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 77);
+    /// A client behind a route with MTU 1000.
+    pub const CLIENT_SMALL_MTU: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 12);
     /// A client beyond the default gateway.
     pub const FAR_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 150);
     /// A router on a path (sends ICMP errors).
@@ -82,6 +85,7 @@ pub mod macs {
     use super::mac;
     pub const CLIENT: [u8; 6] = mac(0x10);
     pub const CLIENT2: [u8; 6] = mac(0x11);
+    pub const CLIENT_SMALL_MTU: [u8; 6] = mac(0x12);
     pub const REMOTE: [u8; 6] = mac(0x77);
     pub const GATEWAY: [u8; 6] = mac(0xfe);
     pub const NN1: [u8; 6] = mac(0x70);
@@ -136,9 +140,11 @@ impl Env {
         ip("route add default via 198.51.100.126 dev cli0")?;
         ip("route add blackhole 192.0.2.66/32")?;
         ip("route add 192.0.2.90/32 dev path0 mtu lock 1000")?;
+        ip("route add 198.51.100.12/32 dev cli0 mtu lock 1000")?;
         for (addr, dev, m) in [
             (addr::CLIENT, "cli0", macs::CLIENT),
             (addr::CLIENT2, "cli0", macs::CLIENT2),
+            (addr::CLIENT_SMALL_MTU, "cli0", macs::CLIENT_SMALL_MTU),
             (addr::REMOTE, "cli0", macs::REMOTE),
             (addr::INET_ROUTER, "cli0", macs::GATEWAY),
             (addr::NN1, "path0", macs::NN1),

@@ -31,6 +31,8 @@ pub struct Pkt {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     pub ttl: u8,
+    /// The type-of-service byte (DSCP and ECN).
+    pub tos: u8,
     pub ident: u16,
     pub df: bool,
     pub mf: bool,
@@ -50,6 +52,7 @@ impl Pkt {
             src,
             dst,
             ttl: 64,
+            tos: 0,
             ident: 0x1234,
             df: true,
             mf: false,
@@ -108,6 +111,14 @@ impl Pkt {
         self.ttl = ttl;
         self
     }
+    pub fn tos(mut self, tos: u8) -> Self {
+        self.tos = tos;
+        self
+    }
+    pub fn ident(mut self, ident: u16) -> Self {
+        self.ident = ident;
+        self
+    }
     pub fn vlan(mut self, id: u16) -> Self {
         self.vlan = Some(id);
         self
@@ -155,6 +166,8 @@ impl Pkt {
         let mut ip = Ipv4Header::new(0, self.ttl, IpNumber(0), self.src.octets(), self.dst.octets())
             .expect("a zero payload length is valid");
         ip.identification = self.ident;
+        ip.dscp = etherparse::IpDscp::try_new(self.tos >> 2).expect("6 bits");
+        ip.ecn = etherparse::IpEcn::try_new(self.tos & 3).expect("2 bits");
         ip.dont_fragment = self.df;
         ip.more_fragments = self.mf;
         ip.fragment_offset = IpFragOffset::try_new(self.frag_offset).expect("offset < 8192");

@@ -44,6 +44,12 @@ fn from_path(p: Pkt, path_mac: [u8; 6]) -> Pkt {
     p.eth(path_mac, macs::PATH0)
 }
 
+/// The ICMP fragmentation-needed lb sends back for `p` (IP header of `hlen` bytes), quoting it
+/// as it arrived; link layer left to the caller.
+fn too_big_reply(p: &Pkt, mtu: u16, hlen: usize) -> Pkt {
+    Pkt::icmp_error(p.dst, p.src, frag_needed(mtu), p, hlen + 8).tos(0xc0).ident(0).df(false)
+}
+
 fn frag_needed(mtu: u16) -> Icmpv4Type {
     Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu })
 }
@@ -293,11 +299,31 @@ const CASES: &[(&str, &str, Case)] = &[
         fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&toward(&p, addr::SMALL_MTU, macs::SMALL_MTU).bytes()))?;
         fx.counters(NEW_FLOW_REDIRECT)
     }),
-    ("ingress_mtu_exceeded_df_drops", "larger than the path MTU with DF: dropped untranslated, counted", |fx| {
+    ("ingress_mtu_exceeded_df_answers", "too big for the path with DF: ICMP fragmentation-needed quoting the VIP, sent back (PMTU)", |fx| {
         fx.spare(addr::NOT_VIP, addr::SMALL_MTU)?;
         let p = to_vip(addr::NOT_VIP, 40000, 22).payload(&[7; 1100]);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_DROP, None)?;
-        fx.counters(&[(FlowNew, 1), (DropFragmentNeeded, 1), (XdpDrop, 1)])
+        let reply = too_big_reply(&p, 1000, 20).eth(macs::CLI0, macs::CLIENT);
+        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_TX, Some(&reply.bytes()))?;
+        fx.counters(&[(FlowNew, 1), (IcmpTooBigSent, 1), (XdpTx, 1)])
+    }),
+    ("ingress_mtu_exceeded_with_options", "the fragmentation-needed quotes the whole header, options included", |fx| {
+        fx.spare(addr::NOT_VIP, addr::SMALL_MTU)?;
+        let p = to_vip(addr::NOT_VIP, 40000, 22).options(&[1; 12]).payload(&[7; 1100]);
+        let reply = too_big_reply(&p, 1000, 32).eth(macs::CLI0, macs::CLIENT);
+        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_TX, Some(&reply.bytes()))?;
+        fx.counters(&[(FlowNew, 1), (IcmpTooBigSent, 1), (XdpTx, 1)])
+    }),
+    ("return_mtu_exceeded_df_answers", "a VM reply too big for the client side: fragmentation-needed back to the VM", |fx| {
+        let p = from_path(Pkt::tcp(addr::NN1, 22, addr::CLIENT_SMALL_MTU, 40000).payload(&[3; 1200]), macs::NN1);
+        let reply = too_big_reply(&p, 1000, 20).eth(macs::PATH0, macs::NN1);
+        fx.expect(Return, fx.env.path0, &p.bytes(), XDP_TX, Some(&reply.bytes()))?;
+        fx.counters(&[(IcmpTooBigSent, 1), (XdpTx, 1)])
+    }),
+    ("return_icmp_error_too_big_drops", "an ICMP error too big for the egress is dropped, never answered", |fx| {
+        let sent = Pkt::udp(addr::CLIENT_SMALL_MTU, 33000, addr::NN1, 53).payload(&[1; 1200]);
+        let err = from_path(Pkt::icmp_error(addr::NN1, addr::CLIENT_SMALL_MTU, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port), &sent, 1200), macs::NN1);
+        fx.expect(Return, fx.env.path0, &err.bytes(), XDP_DROP, None)?;
+        fx.counters(&[(DropFragmentNeeded, 1), (XdpDrop, 1)])
     }),
     ("ingress_mtu_exceeded_no_df_kernel_fragments", "larger than the path MTU without DF: translated, the kernel fragments", |fx| {
         fx.spare(addr::NOT_VIP, addr::SMALL_MTU)?;

@@ -1,0 +1,106 @@
+//! The ICMP "fragmentation needed" the datapath sends when a packet does not fit the egress MTU
+//! and may not be fragmented (RFC 1191). It quotes the packet untranslated, as the sender sent
+//! it, so the sender's stack finds its socket: PMTU discovery works through the NAT.
+
+use crate::{
+    csum,
+    net::{ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, IPPROTO_ICMP, IPV4_HDR_LEN, IcmpHdr, Ipv4Hdr, ICMP_HDR_LEN},
+};
+
+/// Bytes of the offending datagram's payload quoted after its header (RFC 792's minimum).
+pub const QUOTE_PAYLOAD: usize = 8;
+/// Bytes the reply adds in front of the quoted datagram.
+pub const TOO_BIG_OVERHEAD: usize = IPV4_HDR_LEN + ICMP_HDR_LEN;
+/// TTL of the replies lb originates.
+pub const REPLY_TTL: u8 = 64;
+
+/// The IPv4 and ICMP headers of a "fragmentation needed" answering a datagram from `src` to
+/// `dst` (sent from `dst` back to `src`) that quotes `quote_len` bytes of it, announcing `mtu`.
+///
+/// The IPv4 checksum is complete. The ICMP checksum covers only the ICMP header: the caller
+/// adds the quoted bytes with [`icmp_checksum_add`].
+pub fn too_big_headers(src: [u8; 4], dst: [u8; 4], quote_len: u16, mtu: u16) -> (Ipv4Hdr, IcmpHdr) {
+    let [m0, m1] = mtu.to_be_bytes();
+    let icmp = IcmpHdr { ty: ICMP_DEST_UNREACH, code: ICMP_FRAG_NEEDED, check: [0; 2], rest: [0, 0, m0, m1] };
+    let tot_len = (TOO_BIG_OVERHEAD as u16).wrapping_add(quote_len);
+    let mut ip = Ipv4Hdr {
+        version_ihl: 0x45,
+        // Internetwork control, as routers send their ICMP errors.
+        tos: 0xc0,
+        tot_len: tot_len.to_be_bytes(),
+        id: [0; 2],
+        frag: [0; 2],
+        ttl: REPLY_TTL,
+        proto: IPPROTO_ICMP,
+        check: [0; 2],
+        src: dst,
+        dst: src,
+    };
+    ip.check = ipv4_header_checksum(&ip);
+    let mut icmp = icmp;
+    icmp.check = (!csum::fold(icmp_words(&icmp))).to_be_bytes();
+    (ip, icmp)
+}
+
+fn icmp_words(h: &IcmpHdr) -> u32 {
+    let [r0, r1, r2, r3] = h.rest;
+    u32::from(u16::from_be_bytes([h.ty, h.code]))
+        + u32::from(u16::from_be_bytes(h.check))
+        + u32::from(u16::from_be_bytes([r0, r1]))
+        + u32::from(u16::from_be_bytes([r2, r3]))
+}
+
+/// The checksum of an option-less IPv4 header (its `check` field is ignored).
+pub fn ipv4_header_checksum(ip: &Ipv4Hdr) -> [u8; 2] {
+    let [t0, t1] = ip.tot_len;
+    let [s0, s1, s2, s3] = ip.src;
+    let [d0, d1, d2, d3] = ip.dst;
+    let sum = u32::from(u16::from_be_bytes([ip.version_ihl, ip.tos]))
+        + u32::from(u16::from_be_bytes([t0, t1]))
+        + u32::from(u16::from_be_bytes(ip.id))
+        + u32::from(u16::from_be_bytes(ip.frag))
+        + u32::from(u16::from_be_bytes([ip.ttl, ip.proto]))
+        + u32::from(u16::from_be_bytes([s0, s1]))
+        + u32::from(u16::from_be_bytes([s2, s3]))
+        + u32::from(u16::from_be_bytes([d0, d1]))
+        + u32::from(u16::from_be_bytes([d2, d3]));
+    (!csum::fold(sum)).to_be_bytes()
+}
+
+/// Adds one 32-bit word of covered data to an ICMP checksum.
+#[inline(always)]
+pub fn icmp_checksum_add(check: [u8; 2], word: [u8; 4]) -> [u8; 2] {
+    let [w0, w1, w2, w3] = word;
+    let sum = u32::from(!u16::from_be_bytes(check))
+        + u32::from(u16::from_be_bytes([w0, w1]))
+        + u32::from(u16::from_be_bytes([w2, w3]));
+    (!csum::fold(sum)).to_be_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_checksum_with_the_quote() {
+        let quote = [0x45u8, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 198, 51, 100, 10, 203, 0, 113, 10, 1, 2, 3, 4, 5, 6, 7, 8];
+        let (ip, mut icmp) = too_big_headers([198, 51, 100, 10], [203, 0, 113, 10], quote.len() as u16, 1400);
+        assert_eq!(ip.src, [203, 0, 113, 10]);
+        assert_eq!(ip.dst, [198, 51, 100, 10]);
+        assert_eq!(u16::from_be_bytes(ip.tot_len), 20 + 8 + 28);
+        // The header verifies: its words, checksum included, sum to 0xffff.
+        let mut hdr = [0u8; 20];
+        // SAFETY: Ipv4Hdr is 20 bytes of plain byte fields.
+        hdr.copy_from_slice(unsafe { core::slice::from_raw_parts((&ip as *const Ipv4Hdr).cast::<u8>(), 20) });
+        assert_eq!(csum::fold(csum::sum_words(0, &hdr)), 0xffff);
+        for w in quote.chunks_exact(4) {
+            icmp.check = icmp_checksum_add(icmp.check, [w[0], w[1], w[2], w[3]]);
+        }
+        let mut msg = [0u8; 36];
+        msg[..4].copy_from_slice(&[icmp.ty, icmp.code, icmp.check[0], icmp.check[1]]);
+        msg[4..8].copy_from_slice(&icmp.rest);
+        msg[8..].copy_from_slice(&quote);
+        assert_eq!(csum::fold(csum::sum_words(0, &msg)), 0xffff);
+        assert_eq!(icmp.rest, [0, 0, 0x05, 0x78]);
+    }
+}
