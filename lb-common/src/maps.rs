@@ -32,7 +32,11 @@ pub const VIP_STATS: &str = "LB_VIP_STATS";
 /// Path id → [`TrafficStats`], per CPU.
 pub const PATH_STATS: &str = "LB_PATH_STATS";
 
-/// Every map of the object, for the test that checks them against the built object.
+/// The ring buffer aya-log-ebpf declares for the programs' (rare) log records.
+pub const AYA_LOGS: &str = "AYA_LOGS";
+
+/// Every map of lb's own, for the test that checks them against the built object (which also
+/// has [`AYA_LOGS`]).
 pub const ALL: [&str; 11] = [
     VIPS,
     REV_NAT,

@@ -18,13 +18,13 @@ use aya_ebpf::{macros::xdp, programs::XdpContext};
 /// Client-facing interface: packets for a VIP are translated to the chosen path's address.
 #[xdp]
 pub fn lb_ingress(ctx: XdpContext) -> u32 {
-    stats::record(ingress::handle(&ctx))
+    stats::record(&ctx, ingress::handle(&ctx))
 }
 
 /// Path-facing interface(s): packets from a path address are translated back to the VIP.
 #[xdp]
 pub fn lb_return(ctx: XdpContext) -> u32 {
-    stats::record(reverse::handle(&ctx))
+    stats::record(&ctx, reverse::handle(&ctx))
 }
 
 #[cfg(not(test))]

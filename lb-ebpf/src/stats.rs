@@ -1,7 +1,8 @@
 //! Counting: verdicts and reasons into `LB_COUNTERS`, traffic into the per VIP / per path
 //! arrays. Per-CPU maps, so plain increments are race-free.
 
-use aya_ebpf::bindings::xdp_action;
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_log_ebpf::error;
 use lb_common::{Counter, counters::Disposition, maps::TrafficStats};
 
 use crate::maps::{LB_COUNTERS, LB_PATH_STATS, LB_VIP_STATS};
@@ -27,7 +28,7 @@ pub fn count(counter: Counter) {
 
 /// Turns a handler's outcome into an XDP action, counting the reason and the verdict.
 #[inline(always)]
-pub fn record(outcome: Outcome) -> u32 {
+pub fn record(ctx: &XdpContext, outcome: Outcome) -> u32 {
     let action = match outcome {
         Ok(Verdict::Sent(action)) => action,
         Ok(Verdict::Kernel(reason)) => {
@@ -40,7 +41,10 @@ pub fn record(outcome: Outcome) -> u32 {
                 Some(Disposition::Pass) => xdp_action::XDP_PASS,
                 Some(Disposition::Drop) => xdp_action::XDP_DROP,
                 // A handler returned an event counter as a reason: a bug, not packet content.
-                None => xdp_action::XDP_ABORTED,
+                None => {
+                    error!(ctx, "internal fault: counter {} used as a drop reason", reason as u32);
+                    xdp_action::XDP_ABORTED
+                }
             }
         }
     };

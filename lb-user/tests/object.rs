@@ -1,0 +1,25 @@
+//! The built XDP object against `lb-common`: every map and program the user side names exists
+//! in the object under that name, and the object has nothing the user side does not know.
+//! Parses the ELF only: no privileges needed.
+
+use std::collections::BTreeSet;
+
+use lb_common::maps::{ALL, AYA_LOGS, PROG_INGRESS, PROG_RETURN};
+
+#[test]
+fn object_maps_and_programs_match_lb_common() {
+    let object = match lb_user::object() {
+        Ok(o) => o,
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("{e}"),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            return;
+        }
+    };
+    let obj = aya_obj::Object::parse(object).expect("the object parses");
+    let maps: BTreeSet<&str> = obj.maps.keys().map(String::as_str).filter(|m| !m.starts_with('.')).collect();
+    let want: BTreeSet<&str> = ALL.iter().copied().chain([AYA_LOGS]).collect();
+    assert_eq!(maps, want, "maps in the object vs lb_common::maps::ALL");
+    let progs: BTreeSet<&str> = obj.programs.keys().map(String::as_str).collect();
+    assert_eq!(progs, BTreeSet::from([PROG_INGRESS, PROG_RETURN]));
+}
