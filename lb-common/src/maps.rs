@@ -9,8 +9,11 @@ use core::{mem::size_of, net::Ipv4Addr};
 
 // ---- Map names: identical to the eBPF statics, at most 15 bytes (the kernel truncates). ----
 
-/// [`EndpointKey`] (VIP address, and protocol+port for a service) → [`VipValue`].
+/// [`EndpointKey`] (VIP address, and protocol+port for a service) → VIP id (`u32`).
 pub const VIPS: &str = "LB_VIPS";
+/// VIP id → [`VipInfo`]. Flows name their VIP by id, so a flow-table hit needs no VIP hash
+/// lookup: the id's entry must still describe the flow's destination (see [`VipInfo::serves`]).
+pub const VIP_INFO: &str = "LB_VIP_INFO";
 /// [`EndpointKey`] (path address, and protocol+port for a service) → [`RevValue`].
 pub const REV_NAT: &str = "LB_REV_NAT";
 /// Target id → [`TargetValue`].
@@ -37,8 +40,9 @@ pub const AYA_LOGS: &str = "AYA_LOGS";
 
 /// Every map of lb's own, for the test that checks them against the built object (which also
 /// has [`AYA_LOGS`]).
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 12] = [
     VIPS,
+    VIP_INFO,
     REV_NAT,
     TARGETS,
     PATHS,
@@ -127,17 +131,28 @@ impl EndpointKey {
     }
 }
 
-/// What a VIP leads to.
+/// A VIP, by id (also its index into [`VIP_STATS`]). An all-zero entry is a free id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VipValue {
-    /// Index into [`VIP_STATS`].
-    pub id: u32,
+pub struct VipInfo {
+    /// The VIP's own key in [`VIPS`].
+    pub key: EndpointKey,
     /// Index into [`TARGETS`].
     pub target: u32,
     /// Destination port after translation; `[0, 0]` keeps the client's port.
     pub target_port: [u8; 2],
     pub _pad: [u8; 2],
+}
+
+impl VipInfo {
+    /// Whether this VIP serves flow `key`: same address, and for a service the same protocol
+    /// and destination port. A flow whose VIP id no longer serves it (removed, or the id given
+    /// to another VIP) is treated as a new flow.
+    #[inline(always)]
+    pub fn serves(&self, key: &FlowKey) -> bool {
+        self.key.addr == key.dst
+            && (self.key.proto == 0 || (self.key.proto == key.proto && self.key.port == key.dport))
+    }
 }
 
 /// Target modes: how the datapath picks a path for a new (or re-steered) flow.
@@ -215,6 +230,8 @@ pub const FLOW_F_FROM_PATH: u32 = 1 << 0;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
     pub path: u32,
+    /// The VIP id the flow belongs to.
+    pub vip: u32,
     /// `FLOW_F_*` bits.
     pub flags: u32,
 }
@@ -241,17 +258,17 @@ impl TrafficStats {
 
 const _: () = {
     assert!(size_of::<EndpointKey>() == 8);
-    assert!(size_of::<VipValue>() == 12);
+    assert!(size_of::<VipInfo>() == 16);
     assert!(size_of::<TargetValue>() == 8);
     assert!(size_of::<PathValue>() == 12);
     assert!(size_of::<RevValue>() == 16);
     assert!(size_of::<FlowKey>() == 16);
-    assert!(size_of::<FlowValue>() == 8);
+    assert!(size_of::<FlowValue>() == 12);
     assert!(size_of::<TrafficStats>() == 32);
-    let mut i = 0;
-    while i < ALL.len() {
-        assert!(ALL[i].len() <= 15, "map names are at most 15 bytes");
-        i += 1;
+    let mut names: &[&str] = &ALL;
+    while let [name, rest @ ..] = names {
+        assert!(name.len() <= 15, "map names are at most 15 bytes");
+        names = rest;
     }
 };
 
@@ -261,7 +278,7 @@ mod pod {
     // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and byte arrays, and
     // has no implicit padding (sizes asserted above), so every bit pattern is valid.
     unsafe impl aya::Pod for EndpointKey {}
-    unsafe impl aya::Pod for VipValue {}
+    unsafe impl aya::Pod for VipInfo {}
     unsafe impl aya::Pod for TargetValue {}
     unsafe impl aya::Pod for PathValue {}
     unsafe impl aya::Pod for RevValue {}

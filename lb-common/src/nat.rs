@@ -128,12 +128,12 @@ pub fn rewrite_icmp_quote(
             outer = csum::replace16(outer, [c0, c1], check);
             quote.rest = [a, b, check[0], check[1]];
         }
-    } else if inner.proto == IPPROTO_TCP {
-        if let Some(field) = tcp_check {
-            let check = l4_check(*field);
-            outer = csum::replace16(outer, *field, check);
-            *field = check;
-        }
+    } else if inner.proto == IPPROTO_TCP
+        && let Some(field) = tcp_check
+    {
+        let check = l4_check(*field);
+        outer = csum::replace16(outer, *field, check);
+        *field = check;
     }
     if let Some(port) = port {
         let field = port_field(&mut quote.sport, &mut quote.dport, side);

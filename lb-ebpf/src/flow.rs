@@ -1,20 +1,47 @@
-//! Path selection: the flow table keeps a flow on its path while the path is up; new and
-//! re-steered flows follow the target's current decision (failover's active path or the
-//! active/active consistent-hash table), which the control plane computed. Lookups only.
+//! Flows and path selection. The flow table is the fast path: a hit names the flow's VIP (by
+//! id, checked against `LB_VIP_INFO`) and its path, so an established flow costs one hash
+//! lookup. A flow stays on its path while the path is up; new and re-steered flows follow the
+//! target's current decision (failover's active path or the active/active consistent-hash
+//! table), which the control plane computed. Lookups only.
 
 use aya_ebpf::bindings::BPF_ANY;
 use lb_common::{
     Counter,
     hash::ring_slot,
     maps::{
-        FlowKey, FlowValue, PATH_UP, RING_SIZE, TARGET_MODE_RING, TARGET_MODE_SINGLE, VipValue,
+        FlowKey, FlowValue, PATH_UP, RING_SIZE, TARGET_MODE_RING, TARGET_MODE_SINGLE, VipInfo,
     },
 };
 
 use crate::{
-    maps::{LB_FLOWS, LB_PATHS, LB_RING, LB_TARGETS},
+    maps::{LB_FLOWS, LB_PATHS, LB_RING, LB_TARGETS, LB_VIP_INFO},
     stats::count,
 };
+
+/// A VIP as the datapath works with it.
+#[derive(Clone, Copy)]
+pub struct Vip {
+    pub id: u32,
+    pub info: VipInfo,
+}
+
+/// The VIP with id `id`, if it exists.
+#[inline(always)]
+pub fn vip(id: u32) -> Option<Vip> {
+    LB_VIP_INFO.get(id).map(|info| Vip { id, info: *info })
+}
+
+/// The flow `key` and its VIP, if the flow table has it and its VIP still serves it.
+#[inline(always)]
+pub fn lookup(key: &FlowKey) -> Option<(&'static mut FlowValue, Vip)> {
+    let flow = LB_FLOWS.get_ptr_mut(key)?;
+    // SAFETY: a value of an LRU hash map, valid during the program's run. A concurrent
+    // eviction can recycle it (the kernel's caveat); the worst outcome is one packet on a stale
+    // path id, which `assign` still validates.
+    let flow = unsafe { &mut *flow };
+    let vip = vip(flow.vip)?;
+    vip.info.serves(key).then_some((flow, vip))
+}
 
 /// A path chosen for a packet.
 #[derive(Clone, Copy)]
@@ -41,25 +68,22 @@ pub fn policy(key: &FlowKey, target: u32) -> Result<Chosen, Counter> {
 
 /// The flow's path if it still holds (up, and still a path of the VIP's target).
 #[inline(always)]
-fn still_valid(id: u32, vip: &VipValue) -> Option<Chosen> {
+fn still_valid(id: u32, vip: &Vip) -> Option<Chosen> {
     let path = LB_PATHS.get(id)?;
-    (path.state == PATH_UP && path.target == vip.target).then_some(Chosen { id, addr: path.addr })
+    (path.state == PATH_UP && path.target == vip.info.target).then_some(Chosen { id, addr: path.addr })
 }
 
-/// The path for a packet of flow `key` to `vip`: its recorded path while that holds, else the
-/// policy's choice, which is recorded (new flow) or written over the stale one (re-steer).
+/// The path for a packet of flow `key` to `vip`: the recorded path of `flow` (from [`lookup`])
+/// while it holds, else the policy's choice, written over the stale one (re-steer) or recorded
+/// (new flow).
 #[inline(always)]
-pub fn assign(key: &FlowKey, vip: &VipValue) -> Result<Chosen, Counter> {
-    if let Some(flow) = LB_FLOWS.get_ptr_mut(key) {
-        // SAFETY: a value of an LRU hash map, valid during the program's run. A concurrent
-        // eviction can recycle it (the kernel's caveat); the worst outcome is one packet on a
-        // stale path id, which the checks below still validate.
-        let flow = unsafe { &mut *flow };
+pub fn assign(key: &FlowKey, vip: &Vip, flow: Option<&mut FlowValue>) -> Result<Chosen, Counter> {
+    if let Some(flow) = flow {
         if let Some(p) = still_valid(flow.path, vip) {
             count(Counter::FlowHit);
             return Ok(p);
         }
-        let p = policy(key, vip.target)?;
+        let p = policy(key, vip.info.target)?;
         if p.id == flow.path {
             // `last-known` keeps sending to a path that is down: nothing to re-steer.
             count(Counter::FlowHit);
@@ -69,8 +93,8 @@ pub fn assign(key: &FlowKey, vip: &VipValue) -> Result<Chosen, Counter> {
         }
         return Ok(p);
     }
-    let p = policy(key, vip.target)?;
-    let value = FlowValue { path: p.id, flags: 0 };
+    let p = policy(key, vip.info.target)?;
+    let value = FlowValue { path: p.id, vip: vip.id, flags: 0 };
     if LB_FLOWS.insert(key, &value, u64::from(BPF_ANY)).is_err() {
         count(Counter::FlowInsertFailed);
     }
@@ -81,13 +105,11 @@ pub fn assign(key: &FlowKey, vip: &VipValue) -> Result<Chosen, Counter> {
 /// The path of an existing flow for a packet that must not create one (an ICMP error): the
 /// recorded path while it holds, else the policy's choice.
 #[inline(always)]
-pub fn peek(key: &FlowKey, vip: &VipValue) -> Result<Chosen, Counter> {
-    if let Some(flow) = LB_FLOWS.get_ptr(key) {
-        // SAFETY: see `assign`.
-        let id = unsafe { (*flow).path };
-        if let Some(p) = still_valid(id, vip) {
-            return Ok(p);
-        }
+pub fn peek(key: &FlowKey, vip: &Vip) -> Result<Chosen, Counter> {
+    if let Some((flow, _)) = lookup(key)
+        && let Some(p) = still_valid(flow.path, vip)
+    {
+        return Ok(p);
     }
-    policy(key, vip.target)
+    policy(key, vip.info.target)
 }

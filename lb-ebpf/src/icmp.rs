@@ -70,8 +70,8 @@ pub fn ingress_error(
     let (ksport, kdport) = if q.ip.proto == IPPROTO_ICMP { (qsport, qdport) } else { (qdport, qsport) };
     let key = FlowKey::new(q.ip.dst, q.ip.src, ksport, kdport, q.ip.proto);
     let path = flow::peek(&key, &vip)?;
-    let new_port = (service_port(q.ip.proto, qsport).is_some() && vip.target_port != [0, 0])
-        .then_some(vip.target_port);
+    let target_port = vip.info.target_port;
+    let new_port = (service_port(q.ip.proto, qsport).is_some() && target_port != [0, 0]).then_some(target_port);
     let next = forward::route_quiet(ctx, l2, ip, &Flow { src: ip.src, dst: path.addr, sport: [0; 2], dport: [0; 2] })?;
 
     nat::set_addr(ip, Side::Dst, path.addr);

@@ -4,13 +4,13 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     Counter,
     hash::addr_slot,
-    maps::{EndpointKey, FILTER_VIP_ADDR, FILTER_VIP_SERVICE, FlowKey, VipValue},
+    maps::{EndpointKey, FILTER_VIP_ADDR, FILTER_VIP_SERVICE, FlowKey},
     nat::{self, L4, Side},
     net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 
 use crate::{
-    flow,
+    flow::{self, Vip},
     forward::{self, Flow, Next},
     icmp,
     maps::{LB_ADDR_FILTER, LB_VIPS},
@@ -24,22 +24,22 @@ pub fn filter(addr: [u8; 4]) -> u32 {
     LB_ADDR_FILTER.get(addr_slot(addr)).copied().unwrap_or(0)
 }
 
-/// The VIP a packet to `addr` belongs to: the service (`proto`, `port`) first, then the
-/// whole address. `port` is `None` for protocols without services.
+/// The VIP a packet to `addr` belongs to, from the VIP table: the service (`proto`, `port`)
+/// first, then the whole address. `port` is `None` for protocols without services.
 #[inline(always)]
-pub fn lookup_vip(addr: [u8; 4], proto: u8, port: Option<[u8; 2]>, bits: u32) -> Option<VipValue> {
+pub fn lookup_vip(addr: [u8; 4], proto: u8, port: Option<[u8; 2]>, bits: u32) -> Option<Vip> {
     if bits & FILTER_VIP_SERVICE != 0
         && let Some(port) = port
-        && let Some(v) = LB_VIPS.get_ptr(EndpointKey::service(addr, proto, port))
+        && let Some(id) = LB_VIPS.get_ptr(EndpointKey::service(addr, proto, port))
     {
         // SAFETY: a hash map value, read once while the program runs.
-        return Some(unsafe { *v });
+        return flow::vip(unsafe { *id });
     }
     if bits & FILTER_VIP_ADDR != 0
-        && let Some(v) = LB_VIPS.get_ptr(EndpointKey::addr(addr))
+        && let Some(id) = LB_VIPS.get_ptr(EndpointKey::addr(addr))
     {
         // SAFETY: as above.
-        return Some(unsafe { *v });
+        return flow::vip(unsafe { *id });
     }
     None
 }
@@ -71,8 +71,16 @@ pub fn handle(ctx: &XdpContext) -> Outcome {
         IPPROTO_TCP | IPPROTO_UDP => ports.map(|(_, dport)| dport),
         _ => None,
     };
-    let vip = lookup_vip(ip.dst, ip.proto, service_port, bits).ok_or(Counter::PassNotForUs)?;
-    let Some((sport, dport)) = ports else {
+    // The flow table first: an established flow names its VIP, no VIP lookup needed.
+    let key = ports.map(|(sport, dport)| FlowKey::new(ip.src, ip.dst, sport, dport, ip.proto));
+    let (flow, vip) = match key.as_ref().and_then(flow::lookup) {
+        Some((flow, vip)) => (Some(flow), vip),
+        None => {
+            let vip = lookup_vip(ip.dst, ip.proto, service_port, bits).ok_or(Counter::PassNotForUs)?;
+            (None, vip)
+        }
+    };
+    let Some(key) = key else {
         return Err(if ip.proto == IPPROTO_ICMP {
             Counter::DropUnsupportedIcmp
         } else {
@@ -84,9 +92,10 @@ pub fn handle(ctx: &XdpContext) -> Outcome {
         return Err(Counter::PassTtlExpired);
     }
 
-    let key = FlowKey::new(ip.src, ip.dst, sport, dport, ip.proto);
-    let path = flow::assign(&key, &vip)?;
-    let new_port = (service_port.is_some() && vip.target_port != [0, 0]).then_some(vip.target_port);
+    let (sport, dport) = (key.sport, key.dport);
+    let path = flow::assign(&key, &vip, flow)?;
+    let target_port = vip.info.target_port;
+    let new_port = (service_port.is_some() && target_port != [0, 0]).then_some(target_port);
     let next = forward::route(
         ctx,
         &l2,

@@ -8,11 +8,14 @@ use aya_ebpf::{
 use lb_common::maps::{
     ADDR_FILTER_SIZE, EndpointKey, FLOW_TABLE_FLAGS, FLOW_TABLE_SIZE, FlowKey, FlowValue,
     MAX_PATHS, MAX_REV_NAT, MAX_TARGETS, MAX_TX_PORTS, MAX_VIPS, PathValue, RING_ENTRIES,
-    RevValue, TargetValue, TrafficStats, VipValue,
+    RevValue, TargetValue, TrafficStats, VipInfo,
 };
 
 #[map]
-pub static LB_VIPS: HashMap<EndpointKey, VipValue> = HashMap::with_max_entries(MAX_VIPS, 0);
+pub static LB_VIPS: HashMap<EndpointKey, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+#[map]
+pub static LB_VIP_INFO: Array<VipInfo> = Array::with_max_entries(MAX_VIPS, 0);
 
 #[map]
 pub static LB_REV_NAT: HashMap<EndpointKey, RevValue> = HashMap::with_max_entries(MAX_REV_NAT, 0);

@@ -46,8 +46,8 @@ pub fn lookup_rev(addr: [u8; 4], proto: u8, port: Option<[u8; 2]>, bits: u32) ->
 /// Records a flow the VM opens through a whole-address VIP (first packet: TCP SYN, UDP, ICMP
 /// echo request), keyed as the replies will arrive on the ingress side.
 #[inline(always)]
-fn record_outbound(key: &FlowKey, path: u32) {
-    let value = FlowValue { path, flags: FLOW_F_FROM_PATH };
+fn record_outbound(key: &FlowKey, rev: &RevValue) {
+    let value = FlowValue { path: rev.path, vip: rev.vip_id, flags: FLOW_F_FROM_PATH };
     if LB_FLOWS.insert(key, &value, u64::from(BPF_NOEXIST)).is_ok() {
         count(Counter::FlowFromPath);
     }
@@ -108,7 +108,7 @@ pub fn handle(ctx: &XdpContext) -> Outcome {
     if opens && rev.vip_port == [0, 0] {
         // The reply's flow key: ports swapped, except ICMP echo, keyed (identifier, 0) both ways.
         let (rsport, rdport) = if ip.proto == IPPROTO_ICMP { (sport, dport) } else { (dport, sport) };
-        record_outbound(&FlowKey::new(ip.dst, rev.vip_addr, rsport, rdport, ip.proto), rev.path);
+        record_outbound(&FlowKey::new(ip.dst, rev.vip_addr, rsport, rdport, ip.proto), &rev);
     }
 
     let l4 = match transport {

@@ -13,7 +13,7 @@ use lb_common::{
     maps::{
         self as m, ADDR_FILTER_SIZE, EndpointKey, FILTER_PATH_ADDR, FILTER_PATH_SERVICE,
         FILTER_VIP_ADDR, FILTER_VIP_SERVICE, FlowKey, FlowValue, PathValue, RING_SIZE, RevValue,
-        TargetValue, TrafficStats, VipValue,
+        TargetValue, TrafficStats, VipInfo,
     },
 };
 
@@ -33,7 +33,8 @@ where
 
 /// Every map of the datapath, typed.
 pub struct Maps {
-    vips: HashMap<MapData, EndpointKey, VipValue>,
+    vips: HashMap<MapData, EndpointKey, u32>,
+    vip_info: Array<MapData, VipInfo>,
     rev_nat: HashMap<MapData, EndpointKey, RevValue>,
     targets: Array<MapData, TargetValue>,
     paths: Array<MapData, PathValue>,
@@ -53,6 +54,7 @@ impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, Error> {
         Ok(Self {
             vips: take(ebpf, m::VIPS)?,
+            vip_info: take(ebpf, m::VIP_INFO)?,
             rev_nat: take(ebpf, m::REV_NAT)?,
             targets: take(ebpf, m::TARGETS)?,
             paths: take(ebpf, m::PATHS)?,
@@ -69,16 +71,29 @@ impl Maps {
 
     // ---- Configuration tables. ----
 
-    /// Adds or replaces a VIP. Call [`Maps::refresh_filter`] once a batch of changes is in.
-    pub fn set_vip(&mut self, key: EndpointKey, value: VipValue) -> Result<(), Error> {
-        op(m::VIPS, "insert", self.vips.insert(key, value, 0))
+    /// Adds or replaces VIP `id`: its description first, then its key, so the datapath never
+    /// finds an id without one. Call [`Maps::refresh_filter`] once a batch of changes is in.
+    pub fn set_vip(&mut self, id: u32, info: VipInfo) -> Result<(), Error> {
+        op(m::VIP_INFO, "set", self.vip_info.set(id, info, 0))?;
+        op(m::VIPS, "insert", self.vips.insert(info.key, id, 0))
     }
 
-    pub fn remove_vip(&mut self, key: &EndpointKey) -> Result<(), Error> {
-        op(m::VIPS, "remove", self.vips.remove(key))
+    /// Removes VIP `id`: its key first, then its description (its flows stop matching it).
+    pub fn remove_vip(&mut self, id: u32) -> Result<(), Error> {
+        let info = self.vip(id)?;
+        match self.vips.remove(&info.key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(source) => return Err(Error::MapOp { map: m::VIPS, op: "remove", source }),
+        }
+        op(m::VIP_INFO, "set", self.vip_info.set(id, VipInfo::default(), 0))
     }
 
-    pub fn vips(&self) -> Result<Vec<(EndpointKey, VipValue)>, Error> {
+    pub fn vip(&self, id: u32) -> Result<VipInfo, Error> {
+        op(m::VIP_INFO, "get", self.vip_info.get(&id, 0))
+    }
+
+    /// Every VIP key and its id.
+    pub fn vips(&self) -> Result<Vec<(EndpointKey, u32)>, Error> {
         op(m::VIPS, "iterate", self.vips.iter().collect())
     }
 

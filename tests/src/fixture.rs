@@ -24,7 +24,7 @@ use lb_common::{
     Counter,
     maps::{
         EndpointKey, PATH_UP, PathValue, RING_SIZE, RevValue, TARGET_MODE_RING,
-        TARGET_MODE_SINGLE, TargetValue, TrafficStats, VipValue,
+        TARGET_MODE_SINGLE, TargetValue, TrafficStats, VipInfo,
     },
     net::{IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -299,8 +299,13 @@ impl Fx {
             )?;
         }
         maps.set_vip(
-            EndpointKey::new(vip, service),
-            VipValue { id, target, target_port: target_port.unwrap_or(0).to_be_bytes(), _pad: [0; 2] },
+            id,
+            VipInfo {
+                key: EndpointKey::new(vip, service),
+                target,
+                target_port: target_port.unwrap_or(0).to_be_bytes(),
+                _pad: [0; 2],
+            },
         )?;
         maps.refresh_filter()?;
         Ok(())

@@ -218,6 +218,22 @@ const CASES: &[(&str, &str, Case)] = &[
         fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&toward(&p, addr::NN2, macs::NN2).bytes()))?;
         fx.counters(&[(FlowNew, 1), (FlowResteer, 1), (NatIngress, 2), (XdpRedirect, 2)])
     }),
+    ("ingress_flow_of_removed_vip_is_not_used", "a VIP removed: its flows no longer translate anything", |fx| {
+        let p = to_vip(addr::VIP, 40000, 22);
+        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&toward(&p, addr::NN1, macs::NN1).bytes()))?;
+        fx.dp.maps.remove_vip(ids::VIP)?;
+        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
+        fx.counters(&[(FlowNew, 1), (NatIngress, 1), (XdpRedirect, 1), (PassNotForUs, 1), (XdpPass, 1)])
+    }),
+    ("ingress_flow_of_reused_vip_id_is_new", "a VIP id given to another VIP: old flows of that id start afresh", |fx| {
+        // A flow names VIP_SVC's id for a destination that id does not serve.
+        let key = FlowKey::new(addr::CLIENT.octets(), addr::VIP.octets(), 40000u16.to_be_bytes(), 22u16.to_be_bytes(), IPPROTO_TCP);
+        fx.dp.maps.set_flow(key, FlowValue { path: ids::PATH_NN2, vip: ids::VIP_SVC, flags: 0 })?;
+        let p = to_vip(addr::VIP, 40000, 22);
+        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&toward(&p, addr::NN1, macs::NN1).bytes()))?;
+        assert_eq!(fx.dp.maps.flow(&key)?, Some(FlowValue { path: ids::PATH_NN1, vip: ids::VIP, flags: 0 }));
+        fx.counters(NEW_FLOW_REDIRECT)
+    }),
     ("ingress_last_known_keeps_down_path", "all_down=last-known: the target still names its down path, flows stay", |fx| {
         let p = to_vip(addr::VIP, 40000, 22);
         fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&toward(&p, addr::NN1, macs::NN1).bytes()))?;
@@ -474,6 +490,9 @@ const CASES: &[(&str, &str, Case)] = &[
     ("return_vm_opened_tcp_replies_follow_path", "a connection the VM opens over NN2 is recorded; its replies come back over NN2", |fx| {
         let syn = from_path(Pkt::tcp_syn(addr::NN2, 50000, addr::REMOTE, 443), macs::NN2);
         fx.expect(Return, fx.env.path0, &syn.bytes(), XDP_REDIRECT, Some(&toward_client(&syn, addr::VIP, macs::REMOTE).bytes()))?;
+        let key = FlowKey::new(addr::REMOTE.octets(), addr::VIP.octets(), 443u16.to_be_bytes(), 50000u16.to_be_bytes(), IPPROTO_TCP);
+        let recorded = FlowValue { path: ids::PATH_NN2, vip: ids::VIP, flags: lb_common::maps::FLOW_F_FROM_PATH };
+        assert_eq!(fx.dp.maps.flow(&key)?, Some(recorded));
         let reply = Pkt::tcp(addr::REMOTE, 443, addr::VIP, 50000).eth(macs::REMOTE, macs::CLI0);
         fx.expect(Ingress, fx.env.cli0, &reply.bytes(), XDP_REDIRECT, Some(&toward(&reply, addr::NN2, macs::NN2).bytes()))?;
         fx.counters(&[(FlowFromPath, 1), (FlowHit, 1), (NatReturn, 1), (NatIngress, 1), (XdpRedirect, 2)])
@@ -494,7 +513,7 @@ const CASES: &[(&str, &str, Case)] = &[
     }),
     ("return_reply_keeps_client_flow", "a reply does not overwrite the flow the client opened", |fx| {
         let key = FlowKey::new(addr::CLIENT.octets(), addr::VIP.octets(), 5000u16.to_be_bytes(), 5001u16.to_be_bytes(), IPPROTO_UDP);
-        fx.dp.maps.set_flow(key, FlowValue { path: ids::PATH_NN1, flags: 0 })?;
+        fx.dp.maps.set_flow(key, FlowValue { path: ids::PATH_NN1, vip: ids::VIP, flags: 0 })?;
         let p = from_path(Pkt::udp(addr::NN2, 5001, addr::CLIENT, 5000), macs::NN2);
         fx.expect(Return, fx.env.path0, &p.bytes(), XDP_REDIRECT, Some(&toward_client(&p, addr::VIP, macs::CLIENT).bytes()))?;
         assert_eq!(fx.dp.maps.flow(&key)?.map(|f| f.path), Some(ids::PATH_NN1));
@@ -549,7 +568,7 @@ const CASES: &[(&str, &str, Case)] = &[
     ("icmp_error_to_vip_follows_flow", "an error sent to the VIP about a reply goes to the flow's path", |fx| {
         // The flow exists on NN2 (the policy would say NN1).
         let key = FlowKey::new(addr::CLIENT.octets(), addr::VIP.octets(), 40000u16.to_be_bytes(), 22u16.to_be_bytes(), IPPROTO_TCP);
-        fx.dp.maps.set_flow(key, FlowValue { path: ids::PATH_NN2, flags: 0 })?;
+        fx.dp.maps.set_flow(key, FlowValue { path: ids::PATH_NN2, vip: ids::VIP, flags: 0 })?;
         let reply = Pkt::tcp(addr::VIP, 22, addr::CLIENT, 40000).ttl(63).payload(&[9; 40]);
         let err = Pkt::icmp_error(addr::INET_ROUTER, addr::VIP, frag_needed(1280), &reply, 20 + 20 + 40).eth(macs::GATEWAY, macs::CLI0);
         let out = Pkt::icmp_error(addr::INET_ROUTER, addr::NN2, frag_needed(1280), &reply.clone().src(addr::NN2), 20 + 20 + 40).ttl(63).eth(macs::PATH0, macs::NN2);

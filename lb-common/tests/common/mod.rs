@@ -5,8 +5,8 @@
 //! etherparse or from the checksum below, never from the code under test.
 
 use etherparse::{
-    EtherType, Ethernet2Header, Icmpv4Type, IpDscp, IpEcn, IpHeaders, Ipv4Header,
-    Ipv4Options, PacketBuilder, TcpHeader, icmpv4::DestUnreachableHeader,
+    EtherType, Ethernet2Header, Icmpv4Type, IpDscp, IpEcn, IpHeaders, Ipv4Header, Ipv4Options,
+    PacketBuilder, TcpHeader, icmpv4::DestUnreachableHeader,
 };
 use lb_common::{
     nat::Side,
@@ -81,6 +81,13 @@ unsafe impl Plain for IcmpHdr {}
 unsafe impl Plain for L4Quote {}
 // SAFETY: as above.
 unsafe impl Plain for [u8; 2] {}
+
+/// The bytes of a header value, as they would sit in a packet.
+pub fn bytes_of<T: Plain>(v: &T) -> &[u8] {
+    // SAFETY: `T: Plain` has no padding and only byte fields, so all `size_of::<T>()` bytes
+    // behind `v` are initialised `u8`s, borrowed for as long as `v`.
+    unsafe { core::slice::from_raw_parts((v as *const T).cast::<u8>(), core::mem::size_of::<T>()) }
+}
 
 /// Walks a packet front to back, handing out disjoint mutable views of its headers (so an IPv4
 /// header and the transport header behind it can be borrowed at once, as the datapath does).
@@ -190,7 +197,16 @@ impl Datagram {
         let ip = PacketBuilder::ip(IpHeaders::Ipv4(self.ip.header(), Default::default()));
         let mut out = Vec::new();
         match &self.l4 {
-            L4Params::Tcp { sport, dport, seq, ack, window, urgent, flags, options } => {
+            L4Params::Tcp {
+                sport,
+                dport,
+                seq,
+                ack,
+                window,
+                urgent,
+                flags,
+                options,
+            } => {
                 let bit = |n: u8| flags & (1 << n) != 0;
                 let mut tcp = TcpHeader::new(*sport, *dport, *seq, *window);
                 tcp.acknowledgment_number = *ack;
@@ -198,10 +214,18 @@ impl Datagram {
                 (tcp.fin, tcp.syn, tcp.rst, tcp.psh) = (bit(0), bit(1), bit(2), bit(3));
                 (tcp.ack, tcp.urg, tcp.ece, tcp.cwr) = (bit(4), bit(5), bit(6), bit(7));
                 tcp.set_options_raw(options).expect("tcp options length");
-                ip.tcp_header(tcp).write(&mut out, &self.payload).expect("tcp datagram");
+                ip.tcp_header(tcp)
+                    .write(&mut out, &self.payload)
+                    .expect("tcp datagram");
             }
-            L4Params::Udp { sport, dport, unchecked } => {
-                ip.udp(*sport, *dport).write(&mut out, &self.payload).expect("udp datagram");
+            L4Params::Udp {
+                sport,
+                dport,
+                unchecked,
+            } => {
+                ip.udp(*sport, *dport)
+                    .write(&mut out, &self.payload)
+                    .expect("udp datagram");
                 if *unchecked {
                     let at = self.ip.header_len() + 6;
                     out[at..at + 2].fill(0);
@@ -286,7 +310,11 @@ impl Datagram {
         // 0), so the low word `0xffff - sum` brings it to exactly 0xffff without a carry.
         let lo = (0xffff - l4_sum(&out.to_bytes())).to_be_bytes();
         let out = out.with_addr(side, [hi[0], hi[1], lo[0], lo[1]]);
-        assert_eq!(l4_sum(&out.to_bytes()), 0xffff, "zero-checksum construction");
+        assert_eq!(
+            l4_sum(&out.to_bytes()),
+            0xffff,
+            "zero-checksum construction"
+        );
         out
     }
 }
@@ -331,7 +359,10 @@ pub fn bytes_eq(what: &str, got: &[u8], want: &[u8]) -> Result<(), TestCaseError
     if got == want {
         Ok(())
     } else {
-        Err(TestCaseError::fail(format!("{what}: bytes differ\n{}", hex_diff(got, want))))
+        Err(TestCaseError::fail(format!(
+            "{what}: bytes differ\n{}",
+            hex_diff(got, want)
+        )))
     }
 }
 
@@ -343,11 +374,23 @@ pub fn side() -> impl Strategy<Value = Side> {
 
 /// Option bytes, a multiple of 4 long; none half the time.
 fn options() -> impl Strategy<Value = Vec<u8>> {
-    prop_oneof![Just(Vec::new()), (1..=10usize).prop_flat_map(|w| vec(any::<u8>(), 4 * w))]
+    prop_oneof![
+        Just(Vec::new()),
+        (1..=10usize).prop_flat_map(|w| vec(any::<u8>(), 4 * w))
+    ]
 }
 
 pub fn ipv4_params(ttl: impl Strategy<Value = u8>) -> impl Strategy<Value = Ipv4Params> {
-    (0..64u8, 0..4u8, any::<u16>(), any::<bool>(), ttl, options(), any::<[u8; 4]>(), any::<[u8; 4]>())
+    (
+        0..64u8,
+        0..4u8,
+        any::<u16>(),
+        any::<bool>(),
+        ttl,
+        options(),
+        any::<[u8; 4]>(),
+        any::<[u8; 4]>(),
+    )
         .prop_map(|(dscp, ecn, id, df, ttl, options, src, dst)| Ipv4Params {
             dscp,
             ecn,
@@ -365,22 +408,27 @@ pub fn tcp_params() -> impl Strategy<Value = L4Params> {
         (any::<u16>(), any::<u16>(), any::<u32>(), any::<u32>()),
         (any::<u16>(), any::<u16>(), any::<u8>(), options()),
     )
-        .prop_map(|((sport, dport, seq, ack), (window, urgent, flags, options))| L4Params::Tcp {
-            sport,
-            dport,
-            seq,
-            ack,
-            window,
-            urgent,
-            flags,
-            options,
-        })
+        .prop_map(
+            |((sport, dport, seq, ack), (window, urgent, flags, options))| L4Params::Tcp {
+                sport,
+                dport,
+                seq,
+                ack,
+                window,
+                urgent,
+                flags,
+                options,
+            },
+        )
 }
 
 /// UDP whose checksum is left out ("none") when `unchecked` says so.
 pub fn udp_params_with(unchecked: impl Strategy<Value = bool>) -> impl Strategy<Value = L4Params> {
-    (any::<u16>(), any::<u16>(), unchecked)
-        .prop_map(|(sport, dport, unchecked)| L4Params::Udp { sport, dport, unchecked })
+    (any::<u16>(), any::<u16>(), unchecked).prop_map(|(sport, dport, unchecked)| L4Params::Udp {
+        sport,
+        dport,
+        unchecked,
+    })
 }
 
 /// UDP, without a checksum a quarter of the time.
@@ -392,8 +440,11 @@ pub fn datagram_with(
     ttl: impl Strategy<Value = u8>,
     l4: impl Strategy<Value = L4Params>,
 ) -> impl Strategy<Value = Datagram> {
-    (ipv4_params(ttl), l4, vec(any::<u8>(), 0..100))
-        .prop_map(|(ip, l4, payload)| Datagram { ip, l4, payload })
+    (ipv4_params(ttl), l4, vec(any::<u8>(), 0..100)).prop_map(|(ip, l4, payload)| Datagram {
+        ip,
+        l4,
+        payload,
+    })
 }
 
 /// A TCP or UDP datagram with any TTL.
@@ -401,7 +452,14 @@ pub fn datagram() -> impl Strategy<Value = Datagram> {
     datagram_with(any::<u8>(), prop_oneof![tcp_params(), udp_params()])
 }
 
+/// A translation to a random address and port, now and then to all-zero or all-one ones (the
+/// words whose complements are the one's-complement edge cases).
 pub fn translation() -> impl Strategy<Value = Translation> {
-    (side(), any::<[u8; 4]>(), proptest::option::of(any::<[u8; 2]>()))
-        .prop_map(|(side, addr, port)| Translation { side, addr, port })
+    let addr = prop_oneof![6 => any::<[u8; 4]>(), 1 => Just([0; 4]), 1 => Just([0xff; 4])];
+    let port = prop_oneof![6 => any::<[u8; 2]>(), 1 => Just([0; 2]), 1 => Just([0xff; 2])];
+    (side(), addr, proptest::option::of(port)).prop_map(|(side, addr, port)| Translation {
+        side,
+        addr,
+        port,
+    })
 }
