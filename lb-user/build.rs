@@ -16,7 +16,11 @@ fn main() -> anyhow::Result<()> {
     let skip = env::var("LB_SKIP_EBPF").is_ok_and(|v| v == "1");
     let linker = which::which("bpf-linker");
     if skip || linker.is_err() {
-        let why = if skip { "LB_SKIP_EBPF=1" } else { "bpf-linker is not installed" };
+        let why = if skip {
+            "LB_SKIP_EBPF=1"
+        } else {
+            "bpf-linker is not installed"
+        };
         println!("cargo:warning={why}: building without the XDP object; run `cargo xtask setup`");
         fs::write(&object, []).context("writing the empty eBPF object")?;
         return Ok(());

@@ -59,13 +59,31 @@ mod tests {
 
     #[test]
     fn flow_hash_depends_on_every_field() {
-        let base = FlowKey::new([198, 51, 100, 1], [203, 0, 113, 10], [0x30, 0x39], [0, 80], 6);
+        let base = FlowKey::new(
+            [198, 51, 100, 1],
+            [203, 0, 113, 10],
+            [0x30, 0x39],
+            [0, 80],
+            6,
+        );
         let h = flow_hash(&base);
         let variants = [
-            FlowKey { src: [198, 51, 100, 2], ..base },
-            FlowKey { dst: [203, 0, 113, 11], ..base },
-            FlowKey { sport: [0x30, 0x3a], ..base },
-            FlowKey { dport: [0, 81], ..base },
+            FlowKey {
+                src: [198, 51, 100, 2],
+                ..base
+            },
+            FlowKey {
+                dst: [203, 0, 113, 11],
+                ..base
+            },
+            FlowKey {
+                sport: [0x30, 0x3a],
+                ..base
+            },
+            FlowKey {
+                dport: [0, 81],
+                ..base
+            },
             FlowKey { proto: 17, ..base },
         ];
         for v in variants {
@@ -77,7 +95,13 @@ mod tests {
     fn ring_slots_spread_evenly_over_source_ports() {
         let mut buckets = [0u32; 8];
         for port in 0..8192u16 {
-            let k = FlowKey::new([198, 51, 100, 7], [203, 0, 113, 10], port.to_be_bytes(), [0, 80], 6);
+            let k = FlowKey::new(
+                [198, 51, 100, 7],
+                [203, 0, 113, 10],
+                port.to_be_bytes(),
+                [0, 80],
+                6,
+            );
             let slot = ring_slot(&k);
             assert!(slot < RING_SIZE);
             buckets[(slot * 8 / RING_SIZE) as usize] += 1;

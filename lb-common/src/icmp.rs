@@ -4,7 +4,10 @@
 
 use crate::{
     csum,
-    net::{ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, IPPROTO_ICMP, IPV4_HDR_LEN, IcmpHdr, Ipv4Hdr, ICMP_HDR_LEN},
+    net::{
+        ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_HDR_LEN, IPPROTO_ICMP, IPV4_HDR_LEN, IcmpHdr,
+        Ipv4Hdr,
+    },
 };
 
 /// Bytes of the offending datagram's payload quoted after its header (RFC 792's minimum).
@@ -21,7 +24,12 @@ pub const REPLY_TTL: u8 = 64;
 /// adds the quoted bytes with [`icmp_checksum_add`].
 pub fn too_big_headers(src: [u8; 4], dst: [u8; 4], quote_len: u16, mtu: u16) -> (Ipv4Hdr, IcmpHdr) {
     let [m0, m1] = mtu.to_be_bytes();
-    let icmp = IcmpHdr { ty: ICMP_DEST_UNREACH, code: ICMP_FRAG_NEEDED, check: [0; 2], rest: [0, 0, m0, m1] };
+    let icmp = IcmpHdr {
+        ty: ICMP_DEST_UNREACH,
+        code: ICMP_FRAG_NEEDED,
+        check: [0; 2],
+        rest: [0, 0, m0, m1],
+    };
     let tot_len = (TOO_BIG_OVERHEAD as u16).wrapping_add(quote_len);
     let mut ip = Ipv4Hdr {
         version_ihl: 0x45,
@@ -83,15 +91,25 @@ mod tests {
 
     #[test]
     fn headers_checksum_with_the_quote() {
-        let quote = [0x45u8, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 198, 51, 100, 10, 203, 0, 113, 10, 1, 2, 3, 4, 5, 6, 7, 8];
-        let (ip, mut icmp) = too_big_headers([198, 51, 100, 10], [203, 0, 113, 10], quote.len() as u16, 1400);
+        let quote = [
+            0x45u8, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 198, 51, 100, 10, 203, 0, 113, 10, 1, 2,
+            3, 4, 5, 6, 7, 8,
+        ];
+        let (ip, mut icmp) = too_big_headers(
+            [198, 51, 100, 10],
+            [203, 0, 113, 10],
+            quote.len() as u16,
+            1400,
+        );
         assert_eq!(ip.src, [203, 0, 113, 10]);
         assert_eq!(ip.dst, [198, 51, 100, 10]);
         assert_eq!(u16::from_be_bytes(ip.tot_len), 20 + 8 + 28);
         // The header verifies: its words, checksum included, sum to 0xffff.
         let mut hdr = [0u8; 20];
         // SAFETY: Ipv4Hdr is 20 bytes of plain byte fields.
-        hdr.copy_from_slice(unsafe { core::slice::from_raw_parts((&ip as *const Ipv4Hdr).cast::<u8>(), 20) });
+        hdr.copy_from_slice(unsafe {
+            core::slice::from_raw_parts((&ip as *const Ipv4Hdr).cast::<u8>(), 20)
+        });
         assert_eq!(csum::fold(csum::sum_words(0, &hdr)), 0xffff);
         for w in quote.chunks_exact(4) {
             icmp.check = icmp_checksum_add(icmp.check, [w[0], w[1], w[2], w[3]]);

@@ -4,7 +4,10 @@
 //!
 //! `#![no_std]` so the eBPF crate can use it; the `user` feature adds `aya::Pod` impls.
 #![no_std]
-#![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::panic, clippy::unwrap_used))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::panic, clippy::unwrap_used)
+)]
 
 pub mod counters;
 pub mod csum;

@@ -108,11 +108,21 @@ impl EndpointKey {
     /// The key of a whole-address entry.
     #[inline(always)]
     pub const fn addr(addr: [u8; 4]) -> Self {
-        Self { addr, port: [0; 2], proto: 0, _pad: 0 }
+        Self {
+            addr,
+            port: [0; 2],
+            proto: 0,
+            _pad: 0,
+        }
     }
     #[inline(always)]
     pub const fn service(addr: [u8; 4], proto: u8, port: [u8; 2]) -> Self {
-        Self { addr, port, proto, _pad: 0 }
+        Self {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        }
     }
     pub fn new(addr: Ipv4Addr, service: Option<(u8, u16)>) -> Self {
         match service {
@@ -218,8 +228,21 @@ pub struct FlowKey {
 
 impl FlowKey {
     #[inline(always)]
-    pub const fn new(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u8) -> Self {
-        Self { src, dst, sport, dport, proto, _pad: [0; 3] }
+    pub const fn new(
+        src: [u8; 4],
+        dst: [u8; 4],
+        sport: [u8; 2],
+        dport: [u8; 2],
+        proto: u8,
+    ) -> Self {
+        Self {
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            _pad: [0; 3],
+        }
     }
 }
 

@@ -8,9 +8,7 @@ use aya_ebpf::bindings::BPF_ANY;
 use lb_common::{
     Counter,
     hash::ring_slot,
-    maps::{
-        FlowKey, FlowValue, PATH_UP, RING_SIZE, TARGET_MODE_RING, TARGET_MODE_SINGLE, VipInfo,
-    },
+    maps::{FlowKey, FlowValue, PATH_UP, RING_SIZE, TARGET_MODE_RING, TARGET_MODE_SINGLE, VipInfo},
 };
 
 use crate::{
@@ -63,14 +61,20 @@ pub fn policy(key: &FlowKey, target: u32) -> Result<Chosen, Counter> {
         return Err(Counter::DropNoPath);
     };
     let path = LB_PATHS.get(id).ok_or(Counter::DropNoPath)?;
-    Ok(Chosen { id, addr: path.addr })
+    Ok(Chosen {
+        id,
+        addr: path.addr,
+    })
 }
 
 /// The flow's path if it still holds (up, and still a path of the VIP's target).
 #[inline(always)]
 fn still_valid(id: u32, vip: &Vip) -> Option<Chosen> {
     let path = LB_PATHS.get(id)?;
-    (path.state == PATH_UP && path.target == vip.info.target).then_some(Chosen { id, addr: path.addr })
+    (path.state == PATH_UP && path.target == vip.info.target).then_some(Chosen {
+        id,
+        addr: path.addr,
+    })
 }
 
 /// The path for a packet of flow `key` to `vip`: the recorded path of `flow` (from [`lookup`])
@@ -94,7 +98,11 @@ pub fn assign(key: &FlowKey, vip: &Vip, flow: Option<&mut FlowValue>) -> Result<
         return Ok(p);
     }
     let p = policy(key, vip.info.target)?;
-    let value = FlowValue { path: p.id, vip: vip.id, flags: 0 };
+    let value = FlowValue {
+        path: p.id,
+        vip: vip.id,
+        flags: 0,
+    };
     if LB_FLOWS.insert(key, &value, u64::from(BPF_ANY)).is_err() {
         count(Counter::FlowInsertFailed);
     }

@@ -58,7 +58,13 @@ pub fn route_quiet(ctx: &XdpContext, l2: &L2, ip: &Ipv4Hdr, flow: &Flow) -> Resu
 }
 
 #[inline(always)]
-fn route_with(ctx: &XdpContext, l2: &L2, ip: &Ipv4Hdr, flow: &Flow, answer: bool) -> Result<Next, Counter> {
+fn route_with(
+    ctx: &XdpContext,
+    l2: &L2,
+    ip: &Ipv4Hdr,
+    flow: &Flow,
+    answer: bool,
+) -> Result<Next, Counter> {
     if l2.vlan {
         // The tag belongs to a kernel VLAN device, which XDP cannot redirect to.
         return Ok(Next::Kernel(Counter::PassVlan));
@@ -75,11 +81,13 @@ fn route_with(ctx: &XdpContext, l2: &L2, ip: &Ipv4Hdr, flow: &Flow, answer: bool
     p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(flow.dst);
     p.ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: `p` is a valid `bpf_fib_lookup` of the size passed, and `ctx` is the program's.
-    let rc = unsafe {
-        fib_lookup(ctx.as_ptr(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0)
-    };
+    let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0) };
     match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => Ok(Next::Send(Route { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac })),
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(Next::Send(Route {
+            ifindex: p.ifindex,
+            smac: p.smac,
+            dmac: p.dmac,
+        })),
         BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Next::Kernel(Counter::PassNoNeighbour)),
         BPF_FIB_LKUP_RET_FWD_DISABLED => Ok(Next::Kernel(Counter::PassForwardingOff)),
         BPF_FIB_LKUP_RET_UNSUPP_LWT => Ok(Next::Kernel(Counter::PassFibUnsupported)),

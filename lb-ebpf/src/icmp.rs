@@ -12,7 +12,10 @@ use lb_common::{
     icmp::{QUOTE_PAYLOAD, TOO_BIG_OVERHEAD, icmp_checksum_add, too_big_headers},
     maps::{FILTER_PATH_ADDR, FILTER_PATH_SERVICE, FlowKey},
     nat::{self, Side},
-    net::{ETH_HDR_LEN, ETH_P_IP, EthHdr, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr, Ipv4Hdr, L4Quote},
+    net::{
+        ETH_HDR_LEN, ETH_P_IP, EthHdr, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP,
+        IPPROTO_TCP, IPPROTO_UDP, IcmpHdr, Ipv4Hdr, L4Quote,
+    },
 };
 
 use crate::{
@@ -20,8 +23,8 @@ use crate::{
     forward::{self, Flow},
     ingress::{filter, lookup_vip},
     parse::{self, L2, ptr_at},
-    stats::Verdict,
     reverse::lookup_rev,
+    stats::Verdict,
     stats::{self, Dir, Outcome, count},
 };
 
@@ -67,17 +70,45 @@ pub fn ingress_error(
         return Err(Counter::PassTtlExpired);
     }
     // The flow as the ingress side keys it: client → VIP.
-    let (ksport, kdport) = if q.ip.proto == IPPROTO_ICMP { (qsport, qdport) } else { (qdport, qsport) };
+    let (ksport, kdport) = if q.ip.proto == IPPROTO_ICMP {
+        (qsport, qdport)
+    } else {
+        (qdport, qsport)
+    };
     let key = FlowKey::new(q.ip.dst, q.ip.src, ksport, kdport, q.ip.proto);
     let path = flow::peek(&key, &vip)?;
     let target_port = vip.info.target_port;
-    let new_port = (service_port(q.ip.proto, qsport).is_some() && target_port != [0, 0]).then_some(target_port);
-    let next = forward::route_quiet(ctx, l2, ip, &Flow { src: ip.src, dst: path.addr, sport: [0; 2], dport: [0; 2] })?;
+    let new_port = (service_port(q.ip.proto, qsport).is_some() && target_port != [0, 0])
+        .then_some(target_port);
+    let next = forward::route_quiet(
+        ctx,
+        l2,
+        ip,
+        &Flow {
+            src: ip.src,
+            dst: path.addr,
+            sport: [0; 2],
+            dport: [0; 2],
+        },
+    )?;
 
     nat::set_addr(ip, Side::Dst, path.addr);
-    nat::rewrite_icmp_quote(icmp, q.ip, q.l4, q.tcp_check, Side::Src, path.addr, new_port);
+    nat::rewrite_icmp_quote(
+        icmp,
+        q.ip,
+        q.l4,
+        q.tcp_check,
+        Side::Src,
+        path.addr,
+        new_port,
+    );
     count(Counter::IcmpErrorIngress);
-    stats::traffic(vip.id, path.id, Dir::In, (ctx.data_end() - ctx.data()) as u64);
+    stats::traffic(
+        vip.id,
+        path.id,
+        Dir::In,
+        (ctx.data_end() - ctx.data()) as u64,
+    );
     Ok(forward::finish(ctx, l2.eth, ip, next))
 }
 
@@ -108,14 +139,37 @@ pub fn return_error(
     let src = if from_vm { rev.vip_addr } else { ip.src };
     let new_port = (service_port(q.ip.proto, qdport).is_some() && rev.vip_port != [0, 0])
         .then_some(rev.vip_port);
-    let next = forward::route_quiet(ctx, l2, ip, &Flow { src, dst: ip.dst, sport: [0; 2], dport: [0; 2] })?;
+    let next = forward::route_quiet(
+        ctx,
+        l2,
+        ip,
+        &Flow {
+            src,
+            dst: ip.dst,
+            sport: [0; 2],
+            dport: [0; 2],
+        },
+    )?;
 
     if from_vm {
         nat::set_addr(ip, Side::Src, rev.vip_addr);
     }
-    nat::rewrite_icmp_quote(icmp, q.ip, q.l4, q.tcp_check, Side::Dst, rev.vip_addr, new_port);
+    nat::rewrite_icmp_quote(
+        icmp,
+        q.ip,
+        q.l4,
+        q.tcp_check,
+        Side::Dst,
+        rev.vip_addr,
+        new_port,
+    );
     count(Counter::IcmpErrorReturn);
-    stats::traffic(rev.vip_id, rev.path, Dir::Out, (ctx.data_end() - ctx.data()) as u64);
+    stats::traffic(
+        rev.vip_id,
+        rev.path,
+        Dir::Out,
+        (ctx.data_end() - ctx.data()) as u64,
+    );
     Ok(forward::finish(ctx, l2.eth, ip, next))
 }
 
@@ -153,7 +207,8 @@ pub fn too_big(ctx: &XdpContext, mtu: u16) -> Outcome {
     let (ip_hdr, icmp_hdr) = too_big_headers(ip.src, ip.dst, quote_len as u16, mtu);
     let out_eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(FAILED)?;
     let out_ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HDR_LEN).ok_or(FAILED)?;
-    let out_icmp: *mut IcmpHdr = ptr_at(ctx, ETH_HDR_LEN + lb_common::net::IPV4_HDR_LEN).ok_or(FAILED)?;
+    let out_icmp: *mut IcmpHdr =
+        ptr_at(ctx, ETH_HDR_LEN + lb_common::net::IPV4_HDR_LEN).ok_or(FAILED)?;
     let mut check = icmp_hdr.check;
     let quote = ETH_HDR_LEN + TOO_BIG_OVERHEAD;
     for i in 0..MAX_QUOTE_WORDS {
@@ -166,7 +221,11 @@ pub fn too_big(ctx: &XdpContext, mtu: u16) -> Outcome {
     }
     // SAFETY: all three bounds-checked after the reshaping.
     unsafe {
-        *out_eth = EthHdr { dst: eth.src, src: eth.dst, proto: ETH_P_IP.to_be_bytes() };
+        *out_eth = EthHdr {
+            dst: eth.src,
+            src: eth.dst,
+            proto: ETH_P_IP.to_be_bytes(),
+        };
         *out_ip = ip_hdr;
         *out_icmp = IcmpHdr { check, ..icmp_hdr };
     }

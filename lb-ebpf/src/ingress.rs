@@ -57,7 +57,9 @@ pub fn handle(ctx: &XdpContext) -> Outcome {
         return Err(Counter::PassFragment);
     }
     let transport = match parse::transport(ctx, ip.proto, l4, end)? {
-        Transport::Icmp(h) if h.is_error() => return icmp::ingress_error(ctx, &l2, ip, h, l4, end, bits),
+        Transport::Icmp(h) if h.is_error() => {
+            return icmp::ingress_error(ctx, &l2, ip, h, l4, end, bits);
+        }
         t => t,
     };
     // Ports of the flow; `None` for what has no flow (other protocols, other ICMP).
@@ -76,7 +78,8 @@ pub fn handle(ctx: &XdpContext) -> Outcome {
     let (flow, vip) = match key.as_ref().and_then(flow::lookup) {
         Some((flow, vip)) => (Some(flow), vip),
         None => {
-            let vip = lookup_vip(ip.dst, ip.proto, service_port, bits).ok_or(Counter::PassNotForUs)?;
+            let vip =
+                lookup_vip(ip.dst, ip.proto, service_port, bits).ok_or(Counter::PassNotForUs)?;
             (None, vip)
         }
     };
@@ -100,7 +103,12 @@ pub fn handle(ctx: &XdpContext) -> Outcome {
         ctx,
         &l2,
         ip,
-        &Flow { src: ip.src, dst: path.addr, sport, dport: new_port.unwrap_or(dport) },
+        &Flow {
+            src: ip.src,
+            dst: path.addr,
+            sport,
+            dport: new_port.unwrap_or(dport),
+        },
     )?;
     if let Next::TooBig(mtu) = next {
         return icmp::too_big(ctx, mtu);
@@ -113,6 +121,11 @@ pub fn handle(ctx: &XdpContext) -> Outcome {
     };
     nat::rewrite(ip, l4, Side::Dst, path.addr, new_port);
     count(Counter::NatIngress);
-    stats::traffic(vip.id, path.id, Dir::In, (ctx.data_end() - ctx.data()) as u64);
+    stats::traffic(
+        vip.id,
+        path.id,
+        Dir::In,
+        (ctx.data_end() - ctx.data()) as u64,
+    );
     Ok(forward::finish(ctx, l2.eth, ip, next))
 }

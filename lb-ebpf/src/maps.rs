@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use lb_common::maps::{
     ADDR_FILTER_SIZE, EndpointKey, FLOW_TABLE_FLAGS, FLOW_TABLE_SIZE, FlowKey, FlowValue,
-    MAX_PATHS, MAX_REV_NAT, MAX_TARGETS, MAX_TX_PORTS, MAX_VIPS, PathValue, RING_ENTRIES,
-    RevValue, TargetValue, TrafficStats, VipInfo,
+    MAX_PATHS, MAX_REV_NAT, MAX_TARGETS, MAX_TX_PORTS, MAX_VIPS, PathValue, RING_ENTRIES, RevValue,
+    TargetValue, TrafficStats, VipInfo,
 };
 
 #[map]

@@ -131,7 +131,10 @@ pub fn icmp_quote(ctx: &XdpContext, icmp: usize, end: usize) -> Option<Quote> {
     // SAFETY: bounds checked by `in_datagram`; see `ipv4` for the lifetime.
     let ip: &mut Ipv4Hdr = unsafe { &mut *in_datagram(ctx, inner, end)? };
     let hlen = usize::from(ip.ihl()) * 4;
-    if ip.version() != 4 || hlen < size_of::<Ipv4Hdr>() || ip.frag_word() & lb_common::net::IP_OFFSET_MASK != 0 {
+    if ip.version() != 4
+        || hlen < size_of::<Ipv4Hdr>()
+        || ip.frag_word() & lb_common::net::IP_OFFSET_MASK != 0
+    {
         return None;
     }
     let l4_off = inner + hlen;
@@ -139,7 +142,8 @@ pub fn icmp_quote(ctx: &XdpContext, icmp: usize, end: usize) -> Option<Quote> {
     let l4: &mut L4Quote = unsafe { &mut *in_datagram(ctx, l4_off, end)? };
     let tcp_check = if ip.proto == IPPROTO_TCP {
         // SAFETY: as above.
-        in_datagram::<[u8; 2]>(ctx, l4_off + offset_of!(TcpHdr, check), end).map(|p| unsafe { &mut *p })
+        in_datagram::<[u8; 2]>(ctx, l4_off + offset_of!(TcpHdr, check), end)
+            .map(|p| unsafe { &mut *p })
     } else {
         None
     };

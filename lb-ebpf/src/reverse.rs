@@ -47,7 +47,11 @@ pub fn lookup_rev(addr: [u8; 4], proto: u8, port: Option<[u8; 2]>, bits: u32) ->
 /// echo request), keyed as the replies will arrive on the ingress side.
 #[inline(always)]
 fn record_outbound(key: &FlowKey, rev: &RevValue) {
-    let value = FlowValue { path: rev.path, vip: rev.vip_id, flags: FLOW_F_FROM_PATH };
+    let value = FlowValue {
+        path: rev.path,
+        vip: rev.vip_id,
+        flags: FLOW_F_FROM_PATH,
+    };
     if LB_FLOWS.insert(key, &value, u64::from(BPF_NOEXIST)).is_ok() {
         count(Counter::FlowFromPath);
     }
@@ -69,15 +73,22 @@ pub fn handle(ctx: &XdpContext) -> Outcome {
         return Err(Counter::PassFragment);
     }
     let transport = match parse::transport(ctx, ip.proto, l4, end) {
-        Ok(Transport::Icmp(h)) if h.is_error() => return icmp::return_error(ctx, &l2, ip, h, l4, end),
+        Ok(Transport::Icmp(h)) if h.is_error() => {
+            return icmp::return_error(ctx, &l2, ip, h, l4, end);
+        }
         Ok(t) if ours => t,
         Ok(_) => return Err(Counter::PassNotForUs),
         Err(reason) => return Err(if ours { reason } else { Counter::PassNotForUs }),
     };
     let (ports, opens) = match &transport {
-        Transport::Tcp(h) => (Some((h.sport, h.dport)), h.flags & (TCP_SYN | TCP_ACK) == TCP_SYN),
+        Transport::Tcp(h) => (
+            Some((h.sport, h.dport)),
+            h.flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        ),
         Transport::Udp(h) => (Some((h.sport, h.dport)), true),
-        Transport::Icmp(h) if h.is_echo() => (Some((h.echo_id(), [0, 0])), h.ty == ICMP_ECHO_REQUEST),
+        Transport::Icmp(h) if h.is_echo() => {
+            (Some((h.echo_id(), [0, 0])), h.ty == ICMP_ECHO_REQUEST)
+        }
         Transport::Icmp(_) | Transport::Other => (None, false),
     };
     let service_port = match ip.proto {
@@ -100,15 +111,27 @@ pub fn handle(ctx: &XdpContext) -> Outcome {
         ctx,
         &l2,
         ip,
-        &Flow { src: rev.vip_addr, dst: ip.dst, sport: new_port.unwrap_or(sport), dport },
+        &Flow {
+            src: rev.vip_addr,
+            dst: ip.dst,
+            sport: new_port.unwrap_or(sport),
+            dport,
+        },
     )?;
     if let Next::TooBig(mtu) = next {
         return icmp::too_big(ctx, mtu);
     }
     if opens && rev.vip_port == [0, 0] {
         // The reply's flow key: ports swapped, except ICMP echo, keyed (identifier, 0) both ways.
-        let (rsport, rdport) = if ip.proto == IPPROTO_ICMP { (sport, dport) } else { (dport, sport) };
-        record_outbound(&FlowKey::new(ip.dst, rev.vip_addr, rsport, rdport, ip.proto), &rev);
+        let (rsport, rdport) = if ip.proto == IPPROTO_ICMP {
+            (sport, dport)
+        } else {
+            (dport, sport)
+        };
+        record_outbound(
+            &FlowKey::new(ip.dst, rev.vip_addr, rsport, rdport, ip.proto),
+            &rev,
+        );
     }
 
     let l4 = match transport {
@@ -118,6 +141,11 @@ pub fn handle(ctx: &XdpContext) -> Outcome {
     };
     nat::rewrite(ip, l4, Side::Src, rev.vip_addr, new_port);
     count(Counter::NatReturn);
-    stats::traffic(rev.vip_id, rev.path, Dir::Out, (ctx.data_end() - ctx.data()) as u64);
+    stats::traffic(
+        rev.vip_id,
+        rev.path,
+        Dir::Out,
+        (ctx.data_end() - ctx.data()) as u64,
+    );
     Ok(forward::finish(ctx, l2.eth, ip, next))
 }

@@ -42,7 +42,10 @@ pub fn record(ctx: &XdpContext, outcome: Outcome) -> u32 {
                 Some(Disposition::Drop) => xdp_action::XDP_DROP,
                 // A handler returned an event counter as a reason: a bug, not packet content.
                 None => {
-                    error!(ctx, "internal fault: counter {} used as a drop reason", reason as u32);
+                    error!(
+                        ctx,
+                        "internal fault: counter {} used as a drop reason", reason as u32
+                    );
                     xdp_action::XDP_ABORTED
                 }
             }

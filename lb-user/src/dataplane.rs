@@ -49,17 +49,11 @@ pub enum Error {
 }
 
 /// How to load the object.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     /// Capacity of the flow table (`None`: the object's default,
     /// [`lb_common::maps::FLOW_TABLE_SIZE`]).
     pub flow_table_size: Option<u32>,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        Self { flow_table_size: None }
-    }
 }
 
 /// The loaded datapath: both programs verified and loaded (not attached), and its maps.
@@ -83,7 +77,8 @@ impl Dataplane {
                 .ok_or(Error::MissingProgram { name })?
                 .try_into()
                 .map_err(|source| Error::Program { name, source })?;
-            prog.load().map_err(|source| Error::Program { name, source })?;
+            prog.load()
+                .map_err(|source| Error::Program { name, source })?;
         }
         let maps = Maps::take(&mut ebpf)?;
         Ok(Self { ebpf, maps })

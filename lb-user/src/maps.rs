@@ -83,9 +83,19 @@ impl Maps {
         let info = self.vip(id)?;
         match self.vips.remove(&info.key) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(source) => return Err(Error::MapOp { map: m::VIPS, op: "remove", source }),
+            Err(source) => {
+                return Err(Error::MapOp {
+                    map: m::VIPS,
+                    op: "remove",
+                    source,
+                });
+            }
         }
-        op(m::VIP_INFO, "set", self.vip_info.set(id, VipInfo::default(), 0))
+        op(
+            m::VIP_INFO,
+            "set",
+            self.vip_info.set(id, VipInfo::default(), 0),
+        )
     }
 
     pub fn vip(&self, id: u32) -> Result<VipInfo, Error> {
@@ -129,7 +139,11 @@ impl Maps {
     /// Writes target `target`'s consistent-hash table (`RING_SIZE` path ids), only the slots
     /// that change, so flows on unchanged slots never see an intermediate state.
     pub fn set_ring(&mut self, target: u32, slots: &[u32]) -> Result<(), Error> {
-        assert_eq!(slots.len(), RING_SIZE as usize, "a ring has RING_SIZE slots");
+        assert_eq!(
+            slots.len(),
+            RING_SIZE as usize,
+            "a ring has RING_SIZE slots"
+        );
         let base = target * RING_SIZE;
         for (i, id) in slots.iter().enumerate() {
             let index = base + i as u32;
@@ -141,7 +155,11 @@ impl Maps {
     }
 
     pub fn ring_slot(&self, target: u32, slot: u32) -> Result<u32, Error> {
-        op(m::RING, "get", self.ring.get(&(target * RING_SIZE + slot), 0))
+        op(
+            m::RING,
+            "get",
+            self.ring.get(&(target * RING_SIZE + slot), 0),
+        )
     }
 
     /// Lets the programs redirect to `ifindex`.
@@ -162,17 +180,29 @@ impl Maps {
         let mut want = vec![0u32; ADDR_FILTER_SIZE as usize];
         for key in self.vips.keys() {
             let key = op(m::VIPS, "iterate", key)?;
-            let bit = if key.is_whole_address() { FILTER_VIP_ADDR } else { FILTER_VIP_SERVICE };
+            let bit = if key.is_whole_address() {
+                FILTER_VIP_ADDR
+            } else {
+                FILTER_VIP_SERVICE
+            };
             want[addr_slot(key.addr) as usize] |= bit;
         }
         for key in self.rev_nat.keys() {
             let key = op(m::REV_NAT, "iterate", key)?;
-            let bit = if key.is_whole_address() { FILTER_PATH_ADDR } else { FILTER_PATH_SERVICE };
+            let bit = if key.is_whole_address() {
+                FILTER_PATH_ADDR
+            } else {
+                FILTER_PATH_SERVICE
+            };
             want[addr_slot(key.addr) as usize] |= bit;
         }
         for (slot, (bits, old)) in want.iter().zip(self.filter_shadow.iter_mut()).enumerate() {
             if bits != old {
-                op(m::ADDR_FILTER, "set", self.addr_filter.set(slot as u32, bits, 0))?;
+                op(
+                    m::ADDR_FILTER,
+                    "set",
+                    self.addr_filter.set(slot as u32, bits, 0),
+                )?;
                 *old = *bits;
             }
         }
@@ -185,7 +215,11 @@ impl Maps {
         match self.flows.get(key, 0) {
             Ok(v) => Ok(Some(v)),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(Error::MapOp { map: m::FLOWS, op: "get", source }),
+            Err(source) => Err(Error::MapOp {
+                map: m::FLOWS,
+                op: "get",
+                source,
+            }),
         }
     }
 
@@ -207,7 +241,10 @@ impl Maps {
 
     /// Every counter, by name order of declaration.
     pub fn counters(&self) -> Result<BTreeMap<Counter, u64>, Error> {
-        Counter::ALL.iter().map(|c| Ok((*c, self.counter(*c)?))).collect()
+        Counter::ALL
+            .iter()
+            .map(|c| Ok((*c, self.counter(*c)?)))
+            .collect()
     }
 
     pub fn vip_stats(&self, id: u32) -> Result<TrafficStats, Error> {

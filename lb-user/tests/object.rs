@@ -17,7 +17,12 @@ fn object_maps_and_programs_match_lb_common() {
         }
     };
     let obj = aya_obj::Object::parse(object).expect("the object parses");
-    let maps: BTreeSet<&str> = obj.maps.keys().map(String::as_str).filter(|m| !m.starts_with('.')).collect();
+    let maps: BTreeSet<&str> = obj
+        .maps
+        .keys()
+        .map(String::as_str)
+        .filter(|m| !m.starts_with('.'))
+        .collect();
     let want: BTreeSet<&str> = ALL.iter().copied().chain([AYA_LOGS]).collect();
     assert_eq!(maps, want, "maps in the object vs lb_common::maps::ALL");
     let progs: BTreeSet<&str> = obj.programs.keys().map(String::as_str).collect();

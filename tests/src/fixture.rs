@@ -23,8 +23,8 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
     Counter,
     maps::{
-        EndpointKey, PATH_UP, PathValue, RING_SIZE, RevValue, TARGET_MODE_RING,
-        TARGET_MODE_SINGLE, TargetValue, TrafficStats, VipInfo,
+        EndpointKey, PATH_UP, PathValue, RING_SIZE, RevValue, TARGET_MODE_RING, TARGET_MODE_SINGLE,
+        TargetValue, TrafficStats, VipInfo,
     },
     net::{IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -154,12 +154,18 @@ impl Env {
             (addr::SMALL_MTU, "path0", macs::SMALL_MTU),
             (addr::OTHER_PORT, "other0", macs::OTHER_PORT),
         ] {
-            ip(&format!("neigh replace {addr} lladdr {} dev {dev} nud permanent", fmt_mac(m)))?;
+            ip(&format!(
+                "neigh replace {addr} lladdr {} dev {dev} nud permanent",
+                fmt_mac(m)
+            ))?;
         }
         sysctl("net.ipv4.conf.all.forwarding", "1")?;
         sysctl("net.ipv4.conf.nofwd0.forwarding", "0")?;
         let iface = |name: &str, mac: [u8; 6]| -> anyhow::Result<Iface> {
-            Ok(Iface { ifindex: ifindex(name)?, mac })
+            Ok(Iface {
+                ifindex: ifindex(name)?,
+                mac,
+            })
         };
         Ok(Self {
             cli0: iface("cli0", macs::CLI0)?,
@@ -171,7 +177,10 @@ impl Env {
 }
 
 fn fmt_mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Which program a step runs.
@@ -212,10 +221,16 @@ pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
 pub fn action_name(a: u32) -> &'static str {
-    ["XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT"]
-        .get(a as usize)
-        .copied()
-        .unwrap_or("?")
+    [
+        "XDP_ABORTED",
+        "XDP_DROP",
+        "XDP_PASS",
+        "XDP_TX",
+        "XDP_REDIRECT",
+    ]
+    .get(a as usize)
+    .copied()
+    .unwrap_or("?")
 }
 
 /// One loaded datapath with the standard configuration.
@@ -229,8 +244,10 @@ const FIXTURE_FLOWS: u32 = 4096;
 
 impl Fx {
     pub fn new(env: Env) -> anyhow::Result<Self> {
-        let dp = Dataplane::load(&LoadOptions { flow_table_size: Some(FIXTURE_FLOWS) })
-            .context("loading the datapath")?;
+        let dp = Dataplane::load(&LoadOptions {
+            flow_table_size: Some(FIXTURE_FLOWS),
+        })
+        .context("loading the datapath")?;
         let mut fx = Self { env, dp };
         fx.standard()?;
         Ok(fx)
@@ -245,24 +262,69 @@ impl Fx {
         self.path(PATH_SPREAD_A, addr::SPREAD_A, TARGET_SPREAD, PATH_UP)?;
         self.path(PATH_SPREAD_B, addr::SPREAD_B, TARGET_SPREAD, PATH_UP)?;
         // Alternate slots, so that both paths get flows.
-        let ring: Vec<u32> =
-            (0..RING_SIZE).map(|i| if i % 2 == 0 { PATH_SPREAD_A } else { PATH_SPREAD_B }).collect();
+        let ring: Vec<u32> = (0..RING_SIZE)
+            .map(|i| {
+                if i.is_multiple_of(2) {
+                    PATH_SPREAD_A
+                } else {
+                    PATH_SPREAD_B
+                }
+            })
+            .collect();
         self.dp.maps.set_ring(TARGET_SPREAD, &ring)?;
-        self.dp.maps.set_target(TARGET_SPREAD, TargetValue { mode: TARGET_MODE_RING, active: u32::MAX })?;
+        self.dp.maps.set_target(
+            TARGET_SPREAD,
+            TargetValue {
+                mode: TARGET_MODE_RING,
+                active: u32::MAX,
+            },
+        )?;
 
         let web = [(PATH_NN1, addr::NN1), (PATH_NN2, addr::NN2)];
         self.expose(VIP, addr::VIP, None, TARGET_WEB, None, &web)?;
-        self.expose(VIP_SVC, addr::VIP_SVC, Some((IPPROTO_TCP, 443)), TARGET_WEB, Some(8443), &web)?;
-        self.expose(VIP_DNS, addr::VIP_DNS, Some((IPPROTO_UDP, 53)), TARGET_WEB, None, &web)?;
-        let spread = [(PATH_SPREAD_A, addr::SPREAD_A), (PATH_SPREAD_B, addr::SPREAD_B)];
-        self.expose(VIP_SPREAD, addr::VIP_SPREAD, None, TARGET_SPREAD, None, &spread)?;
+        self.expose(
+            VIP_SVC,
+            addr::VIP_SVC,
+            Some((IPPROTO_TCP, 443)),
+            TARGET_WEB,
+            Some(8443),
+            &web,
+        )?;
+        self.expose(
+            VIP_DNS,
+            addr::VIP_DNS,
+            Some((IPPROTO_UDP, 53)),
+            TARGET_WEB,
+            None,
+            &web,
+        )?;
+        let spread = [
+            (PATH_SPREAD_A, addr::SPREAD_A),
+            (PATH_SPREAD_B, addr::SPREAD_B),
+        ];
+        self.expose(
+            VIP_SPREAD,
+            addr::VIP_SPREAD,
+            None,
+            TARGET_SPREAD,
+            None,
+            &spread,
+        )?;
         self.dp.maps.add_tx_port(self.env.cli0.ifindex)?;
         self.dp.maps.add_tx_port(self.env.path0.ifindex)?;
         Ok(())
     }
 
     pub fn path(&mut self, id: u32, a: Ipv4Addr, target: u32, state: u8) -> anyhow::Result<()> {
-        self.dp.maps.set_path(id, PathValue { addr: a.octets(), state, _pad: [0; 3], target })?;
+        self.dp.maps.set_path(
+            id,
+            PathValue {
+                addr: a.octets(),
+                state,
+                _pad: [0; 3],
+                target,
+            },
+        )?;
         Ok(())
     }
 
@@ -274,7 +336,13 @@ impl Fx {
     }
 
     pub fn target_single(&mut self, id: u32, active: u32) -> anyhow::Result<()> {
-        self.dp.maps.set_target(id, TargetValue { mode: TARGET_MODE_SINGLE, active })?;
+        self.dp.maps.set_target(
+            id,
+            TargetValue {
+                mode: TARGET_MODE_SINGLE,
+                active,
+            },
+        )?;
         Ok(())
     }
 
@@ -295,7 +363,13 @@ impl Fx {
             let vip_port = service.map_or([0; 2], |(_, port)| port.to_be_bytes());
             maps.set_rev_nat(
                 EndpointKey::new(*a, rev_service),
-                RevValue { vip_addr: vip.octets(), vip_port, _pad: [0; 2], vip_id: id, path: *path },
+                RevValue {
+                    vip_addr: vip.octets(),
+                    vip_port,
+                    _pad: [0; 2],
+                    vip_id: id,
+                    path: *path,
+                },
             )?;
         }
         maps.set_vip(
@@ -316,7 +390,14 @@ impl Fx {
         use ids::*;
         self.path(PATH_SPARE, path_addr, TARGET_SPARE, PATH_UP)?;
         self.target_single(TARGET_SPARE, PATH_SPARE)?;
-        self.expose(VIP_SPARE, vip, None, TARGET_SPARE, None, &[(PATH_SPARE, path_addr)])
+        self.expose(
+            VIP_SPARE,
+            vip,
+            None,
+            TARGET_SPARE,
+            None,
+            &[(PATH_SPARE, path_addr)],
+        )
     }
 
     /// Runs `prog` on `frame` as if it arrived on `on`.
@@ -337,7 +418,10 @@ impl Fx {
         opts.ctx_in = Some(&ctx);
         let r = p.test_run(opts).context("BPF_PROG_TEST_RUN")?;
         out.truncate(r.data_size_out as usize);
-        Ok(Run { action: r.return_value, frame: out })
+        Ok(Run {
+            action: r.return_value,
+            frame: out,
+        })
     }
 
     /// Runs and checks the action and the output frame (`None`: the input, unchanged).
@@ -388,7 +472,11 @@ impl Fx {
             }
         }
         if !bad.is_empty() {
-            bail!("counters differ: {}\nall non-zero: {}", bad.join(", "), self.nonzero_counters()?);
+            bail!(
+                "counters differ: {}\nall non-zero: {}",
+                bad.join(", "),
+                self.nonzero_counters()?
+            );
         }
         Ok(())
     }

@@ -10,17 +10,31 @@ pub fn diff(expected: &[u8], actual: &[u8]) -> Option<String> {
     }
     let mut out = String::new();
     if expected.len() != actual.len() {
-        let _ = writeln!(out, "length: expected {} actual {}", expected.len(), actual.len());
+        let _ = writeln!(
+            out,
+            "length: expected {} actual {}",
+            expected.len(),
+            actual.len()
+        );
     }
     let rows = expected.len().max(actual.len()).div_ceil(16);
     for row in 0..rows {
         let range = row * 16..(row + 1) * 16;
-        let e = expected.get(range.start..range.end.min(expected.len())).unwrap_or(&[]);
-        let a = actual.get(range.start..range.end.min(actual.len())).unwrap_or(&[]);
+        let e = expected
+            .get(range.start..range.end.min(expected.len()))
+            .unwrap_or(&[]);
+        let a = actual
+            .get(range.start..range.end.min(actual.len()))
+            .unwrap_or(&[]);
         if e == a {
             continue;
         }
-        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ");
+        let hex = |b: &[u8]| {
+            b.iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         let marks: String = (0..16)
             .map(|i| if e.get(i) == a.get(i) { "   " } else { "^^ " })
             .collect();
@@ -43,6 +57,10 @@ mod tests {
         assert!(!d.contains("0000 expected"), "{d}");
         assert!(d.contains("^^"), "{d}");
         assert!(super::diff(&e, &e).is_none());
-        assert!(super::diff(&e, &e[..39]).unwrap().contains("length: expected 40 actual 39"));
+        assert!(
+            super::diff(&e, &e[..39])
+                .unwrap()
+                .contains("length: expected 40 actual 39")
+        );
     }
 }

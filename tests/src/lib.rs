@@ -15,7 +15,9 @@ pub fn privileged(suite: &str) -> bool {
         return true;
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{suite}: needs root (BPF, network namespaces) and CI=true: failing instead of skipping");
+        panic!(
+            "{suite}: needs root (BPF, network namespaces) and CI=true: failing instead of skipping"
+        );
     }
     eprintln!("{suite}: skipped: needs root (BPF, network namespaces); run under sudo or as root");
     false

@@ -11,11 +11,27 @@ use etherparse::{
 /// The transport part of a [`Pkt`].
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16, syn: bool, ack: bool, rst: bool },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        syn: bool,
+        ack: bool,
+        rst: bool,
+    },
     /// `zero_csum`: sent without a checksum (0), as UDP over IPv4 allows.
-    Udp { sport: u16, dport: u16, zero_csum: bool },
-    EchoRequest { id: u16, seq: u16 },
-    EchoReply { id: u16, seq: u16 },
+    Udp {
+        sport: u16,
+        dport: u16,
+        zero_csum: bool,
+    },
+    EchoRequest {
+        id: u16,
+        seq: u16,
+    },
+    EchoReply {
+        id: u16,
+        seq: u16,
+    },
     /// Any ICMP message by type; the payload of the [`Pkt`] follows the 8-byte header.
     Icmp(Icmpv4Type),
     /// Another IP protocol, payload only.
@@ -64,15 +80,43 @@ impl Pkt {
     }
 
     pub fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Self {
-        Self::new(src, dst, L4::Tcp { sport, dport, syn: false, ack: true, rst: false })
+        Self::new(
+            src,
+            dst,
+            L4::Tcp {
+                sport,
+                dport,
+                syn: false,
+                ack: true,
+                rst: false,
+            },
+        )
     }
 
     pub fn tcp_syn(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Self {
-        Self::new(src, dst, L4::Tcp { sport, dport, syn: true, ack: false, rst: false })
+        Self::new(
+            src,
+            dst,
+            L4::Tcp {
+                sport,
+                dport,
+                syn: true,
+                ack: false,
+                rst: false,
+            },
+        )
     }
 
     pub fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Self {
-        Self::new(src, dst, L4::Udp { sport, dport, zero_csum: false })
+        Self::new(
+            src,
+            dst,
+            L4::Udp {
+                sport,
+                dport,
+                zero_csum: false,
+            },
+        )
     }
 
     pub fn echo_request(src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> Self {
@@ -84,7 +128,13 @@ impl Pkt {
     }
 
     /// An ICMP error of type `ty` quoting the first `quote_len` bytes of `quoted`'s IP datagram.
-    pub fn icmp_error(src: Ipv4Addr, dst: Ipv4Addr, ty: Icmpv4Type, quoted: &Pkt, quote_len: usize) -> Self {
+    pub fn icmp_error(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        ty: Icmpv4Type,
+        quoted: &Pkt,
+        quote_len: usize,
+    ) -> Self {
         let mut datagram = quoted.ip_datagram();
         datagram.truncate(quote_len);
         let mut p = Self::new(src, dst, L4::Icmp(ty));
@@ -163,8 +213,14 @@ impl Pkt {
     }
 
     fn ip_header(&self) -> Ipv4Header {
-        let mut ip = Ipv4Header::new(0, self.ttl, IpNumber(0), self.src.octets(), self.dst.octets())
-            .expect("a zero payload length is valid");
+        let mut ip = Ipv4Header::new(
+            0,
+            self.ttl,
+            IpNumber(0),
+            self.src.octets(),
+            self.dst.octets(),
+        )
+        .expect("a zero payload length is valid");
         ip.identification = self.ident;
         ip.dscp = etherparse::IpDscp::try_new(self.tos >> 2).expect("6 bits");
         ip.ecn = etherparse::IpEcn::try_new(self.tos & 3).expect("2 bits");
@@ -188,12 +244,20 @@ impl Pkt {
         let eth = PacketBuilder::ethernet2(self.eth_src, self.eth_dst);
         let ip = IpHeaders::Ipv4(self.ip_header(), Ipv4Extensions::default());
         let step = match self.vlan {
-            Some(id) => eth.single_vlan(VlanId::try_new(id).expect("VLAN id < 4096")).ip(ip),
+            Some(id) => eth
+                .single_vlan(VlanId::try_new(id).expect("VLAN id < 4096"))
+                .ip(ip),
             None => eth.ip(ip),
         };
         let payload = &self.payload;
         let written = match &self.l4 {
-            L4::Tcp { sport, dport, syn, ack, rst } => {
+            L4::Tcp {
+                sport,
+                dport,
+                syn,
+                ack,
+                rst,
+            } => {
                 let mut b = step.tcp(*sport, *dport, 1000, 64240);
                 if *syn {
                     b = b.syn();
@@ -207,13 +271,18 @@ impl Pkt {
                 b.write(&mut out, payload)
             }
             L4::Udp { sport, dport, .. } => step.udp(*sport, *dport).write(&mut out, payload),
-            L4::EchoRequest { id, seq } => step.icmpv4_echo_request(*id, *seq).write(&mut out, payload),
+            L4::EchoRequest { id, seq } => {
+                step.icmpv4_echo_request(*id, *seq).write(&mut out, payload)
+            }
             L4::EchoReply { id, seq } => step.icmpv4_echo_reply(*id, *seq).write(&mut out, payload),
             L4::Icmp(ty) => step.icmpv4(ty.clone()).write(&mut out, payload),
             L4::Raw(proto) => step.write(&mut out, IpNumber(*proto), payload),
         };
         written.expect("etherparse builds the frame");
-        if let L4::Udp { zero_csum: true, .. } = self.l4 {
+        if let L4::Udp {
+            zero_csum: true, ..
+        } = self.l4
+        {
             let l4 = out.len() - payload.len() - 8;
             out[l4 + 6] = 0;
             out[l4 + 7] = 0;

@@ -26,7 +26,11 @@ pub fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
         .output()
         .with_context(|| format!("running {cmd} {}", args.join(" ")))?;
     if !out.status.success() {
-        bail!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }

@@ -31,12 +31,18 @@ fn to_vip(dst: Ipv4Addr, sport: u16, dport: u16) -> Pkt {
 
 /// What leaves toward a path: destination rewritten, TTL down, MACs from the FIB.
 fn toward(p: &Pkt, path: Ipv4Addr, path_mac: [u8; 6]) -> Pkt {
-    p.clone().dst(path).ttl(p.ttl - 1).eth(macs::PATH0, path_mac)
+    p.clone()
+        .dst(path)
+        .ttl(p.ttl - 1)
+        .eth(macs::PATH0, path_mac)
 }
 
 /// What leaves toward a client: source rewritten, TTL down, MACs from the FIB.
 fn toward_client(p: &Pkt, vip: Ipv4Addr, client_mac: [u8; 6]) -> Pkt {
-    p.clone().src(vip).ttl(p.ttl - 1).eth(macs::CLI0, client_mac)
+    p.clone()
+        .src(vip)
+        .ttl(p.ttl - 1)
+        .eth(macs::CLI0, client_mac)
 }
 
 /// A reply from a path address, as it arrives on path0.
@@ -47,11 +53,16 @@ fn from_path(p: Pkt, path_mac: [u8; 6]) -> Pkt {
 /// The ICMP fragmentation-needed lb sends back for `p` (IP header of `hlen` bytes), quoting it
 /// as it arrived; link layer left to the caller.
 fn too_big_reply(p: &Pkt, mtu: u16, hlen: usize) -> Pkt {
-    Pkt::icmp_error(p.dst, p.src, frag_needed(mtu), p, hlen + 8).tos(0xc0).ident(0).df(false)
+    Pkt::icmp_error(p.dst, p.src, frag_needed(mtu), p, hlen + 8)
+        .tos(0xc0)
+        .ident(0)
+        .df(false)
 }
 
 fn frag_needed(mtu: u16) -> Icmpv4Type {
-    Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu })
+    Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+        next_hop_mtu: mtu,
+    })
 }
 
 /// A non-IP frame (ARP request) of the given ethertype.
@@ -69,543 +80,1509 @@ const NEW_FLOW_REDIRECT: &[(Counter, u64)] = &[(FlowNew, 1), (NatIngress, 1), (X
 
 const CASES: &[(&str, &str, Case)] = &[
     // ---------------------------------------------------------------- ingress: translation
-    ("ingress_tcp_whole_vip", "TCP to a whole-address VIP goes to the failover active path", |fx| {
-        let p = to_vip(addr::VIP, 40000, 22);
-        let out = toward(&p, addr::NN1, macs::NN1);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&out.bytes()))?;
-        fx.counters(NEW_FLOW_REDIRECT)?;
-        let s = fx.vip_stats(ids::VIP)?;
-        assert_eq!((s.in_packets, s.in_bytes, s.out_packets), (1, p.bytes().len() as u64, 0));
-        assert_eq!(fx.path_stats(ids::PATH_NN1)?.in_packets, 1);
-        assert_eq!(fx.path_stats(ids::PATH_NN2)?.in_packets, 0);
-        Ok(())
-    }),
-    ("ingress_udp_whole_vip", "UDP to a whole-address VIP: address and UDP checksum rewritten", |fx| {
-        let p = Pkt::udp(addr::CLIENT, 5000, addr::VIP, 5001).eth(macs::CLIENT, macs::CLI0);
-        let out = toward(&p, addr::NN1, macs::NN1);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&out.bytes()))?;
-        fx.counters(NEW_FLOW_REDIRECT)
-    }),
-    ("ingress_icmp_echo_whole_vip", "ICMP echo to a whole-address VIP is translated", |fx| {
-        let p = Pkt::echo_request(addr::CLIENT, addr::VIP, 77).eth(macs::CLIENT, macs::CLI0);
-        let out = toward(&p, addr::NN1, macs::NN1);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&out.bytes()))?;
-        fx.counters(NEW_FLOW_REDIRECT)?;
-        let flow = FlowKey::new(addr::CLIENT.octets(), addr::VIP.octets(), 77u16.to_be_bytes(), [0, 0], IPPROTO_ICMP);
-        assert_eq!(fx.dp.maps.flow(&flow)?.map(|f| f.path), Some(ids::PATH_NN1));
-        Ok(())
-    }),
-    ("ingress_service_port_translation", "tcp/443 on a service VIP goes to the path's port 8443", |fx| {
-        let p = to_vip(addr::VIP_SVC, 40000, 443);
-        let out = toward(&p, addr::NN1, macs::NN1).dport(8443);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&out.bytes()))?;
-        fx.counters(NEW_FLOW_REDIRECT)?;
-        assert_eq!(fx.vip_stats(ids::VIP_SVC)?.in_packets, 1);
-        Ok(())
-    }),
-    ("ingress_service_udp_same_port", "udp/53 service without translation keeps the port", |fx| {
-        let p = Pkt::udp(addr::CLIENT, 33000, addr::VIP_DNS, 53).eth(macs::CLIENT, macs::CLI0);
-        let out = toward(&p, addr::NN1, macs::NN1);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&out.bytes()))?;
-        fx.counters(NEW_FLOW_REDIRECT)
-    }),
-    ("ingress_service_other_port_passes", "a port a service VIP does not serve is not ours", |fx| {
-        let p = to_vip(addr::VIP_SVC, 40000, 80);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
-        fx.counters(&[(PassNotForUs, 1), (XdpPass, 1)])
-    }),
-    ("ingress_service_other_proto_passes", "udp/443 on a tcp/443 service VIP is not ours", |fx| {
-        let p = Pkt::udp(addr::CLIENT, 40000, addr::VIP_SVC, 443).eth(macs::CLIENT, macs::CLI0);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
-        fx.counters(&[(PassNotForUs, 1), (XdpPass, 1)])
-    }),
-    ("ingress_not_vip_passes", "traffic to an address that is no VIP leaves untouched", |fx| {
-        let p = to_vip(addr::NOT_VIP, 40000, 22);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
-        fx.counters(&[(PassNotForUs, 1), (XdpPass, 1)])
-    }),
-    ("ingress_arp_passes", "ARP is not IPv4: passed untouched", |fx| {
-        fx.expect(Ingress, fx.env.cli0, &raw_frame(0x0806, 28), XDP_PASS, None)?;
-        fx.counters(&[(PassNotIpv4, 1), (XdpPass, 1)])
-    }),
+    (
+        "ingress_tcp_whole_vip",
+        "TCP to a whole-address VIP goes to the failover active path",
+        |fx| {
+            let p = to_vip(addr::VIP, 40000, 22);
+            let out = toward(&p, addr::NN1, macs::NN1);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&out.bytes()),
+            )?;
+            fx.counters(NEW_FLOW_REDIRECT)?;
+            let s = fx.vip_stats(ids::VIP)?;
+            assert_eq!(
+                (s.in_packets, s.in_bytes, s.out_packets),
+                (1, p.bytes().len() as u64, 0)
+            );
+            assert_eq!(fx.path_stats(ids::PATH_NN1)?.in_packets, 1);
+            assert_eq!(fx.path_stats(ids::PATH_NN2)?.in_packets, 0);
+            Ok(())
+        },
+    ),
+    (
+        "ingress_udp_whole_vip",
+        "UDP to a whole-address VIP: address and UDP checksum rewritten",
+        |fx| {
+            let p = Pkt::udp(addr::CLIENT, 5000, addr::VIP, 5001).eth(macs::CLIENT, macs::CLI0);
+            let out = toward(&p, addr::NN1, macs::NN1);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&out.bytes()),
+            )?;
+            fx.counters(NEW_FLOW_REDIRECT)
+        },
+    ),
+    (
+        "ingress_icmp_echo_whole_vip",
+        "ICMP echo to a whole-address VIP is translated",
+        |fx| {
+            let p = Pkt::echo_request(addr::CLIENT, addr::VIP, 77).eth(macs::CLIENT, macs::CLI0);
+            let out = toward(&p, addr::NN1, macs::NN1);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&out.bytes()),
+            )?;
+            fx.counters(NEW_FLOW_REDIRECT)?;
+            let flow = FlowKey::new(
+                addr::CLIENT.octets(),
+                addr::VIP.octets(),
+                77u16.to_be_bytes(),
+                [0, 0],
+                IPPROTO_ICMP,
+            );
+            assert_eq!(fx.dp.maps.flow(&flow)?.map(|f| f.path), Some(ids::PATH_NN1));
+            Ok(())
+        },
+    ),
+    (
+        "ingress_service_port_translation",
+        "tcp/443 on a service VIP goes to the path's port 8443",
+        |fx| {
+            let p = to_vip(addr::VIP_SVC, 40000, 443);
+            let out = toward(&p, addr::NN1, macs::NN1).dport(8443);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&out.bytes()),
+            )?;
+            fx.counters(NEW_FLOW_REDIRECT)?;
+            assert_eq!(fx.vip_stats(ids::VIP_SVC)?.in_packets, 1);
+            Ok(())
+        },
+    ),
+    (
+        "ingress_service_udp_same_port",
+        "udp/53 service without translation keeps the port",
+        |fx| {
+            let p = Pkt::udp(addr::CLIENT, 33000, addr::VIP_DNS, 53).eth(macs::CLIENT, macs::CLI0);
+            let out = toward(&p, addr::NN1, macs::NN1);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&out.bytes()),
+            )?;
+            fx.counters(NEW_FLOW_REDIRECT)
+        },
+    ),
+    (
+        "ingress_service_other_port_passes",
+        "a port a service VIP does not serve is not ours",
+        |fx| {
+            let p = to_vip(addr::VIP_SVC, 40000, 80);
+            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
+            fx.counters(&[(PassNotForUs, 1), (XdpPass, 1)])
+        },
+    ),
+    (
+        "ingress_service_other_proto_passes",
+        "udp/443 on a tcp/443 service VIP is not ours",
+        |fx| {
+            let p = Pkt::udp(addr::CLIENT, 40000, addr::VIP_SVC, 443).eth(macs::CLIENT, macs::CLI0);
+            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
+            fx.counters(&[(PassNotForUs, 1), (XdpPass, 1)])
+        },
+    ),
+    (
+        "ingress_not_vip_passes",
+        "traffic to an address that is no VIP leaves untouched",
+        |fx| {
+            let p = to_vip(addr::NOT_VIP, 40000, 22);
+            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
+            fx.counters(&[(PassNotForUs, 1), (XdpPass, 1)])
+        },
+    ),
+    (
+        "ingress_arp_passes",
+        "ARP is not IPv4: passed untouched",
+        |fx| {
+            fx.expect(Ingress, fx.env.cli0, &raw_frame(0x0806, 28), XDP_PASS, None)?;
+            fx.counters(&[(PassNotIpv4, 1), (XdpPass, 1)])
+        },
+    ),
     ("ingress_ipv6_passes", "IPv6 is passed untouched", |fx| {
         fx.expect(Ingress, fx.env.cli0, &raw_frame(0x86dd, 60), XDP_PASS, None)?;
         fx.counters(&[(PassNotIpv4, 1), (XdpPass, 1)])
     }),
-    ("ingress_udp_zero_checksum", "a UDP checksum of 0 (none) stays 0", |fx| {
-        let p = Pkt::udp(addr::CLIENT, 5000, addr::VIP, 5001).eth(macs::CLIENT, macs::CLI0).zero_udp_checksum();
-        let out = toward(&p, addr::NN1, macs::NN1);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&out.bytes()))?;
-        fx.counters(NEW_FLOW_REDIRECT)
-    }),
-    ("ingress_ip_options", "IPv4 options (IHL 7): the TCP header is found after them", |fx| {
-        let opts = [0x01, 0x01, 0x01, 0x01, 0x94, 0x04, 0x00, 0x00]; // NOPs, router alert
-        let p = to_vip(addr::VIP, 40000, 22).options(&opts);
-        let out = toward(&p, addr::NN1, macs::NN1);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&out.bytes()))?;
-        fx.counters(NEW_FLOW_REDIRECT)
-    }),
-    ("ingress_ip_options_max", "IPv4 options of 40 bytes (IHL 15) and a service port", |fx| {
-        let p = to_vip(addr::VIP_SVC, 40000, 443).options(&[0x01; 40]);
-        let out = toward(&p, addr::NN1, macs::NN1).dport(8443);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&out.bytes()))?;
-        fx.counters(NEW_FLOW_REDIRECT)
-    }),
-    ("ingress_vlan_translated_to_kernel", "VLAN-tagged: translated, tag kept, forwarded by the kernel", |fx| {
-        let p = to_vip(addr::VIP, 40000, 22).vlan(100);
-        let out = p.clone().dst(addr::NN1);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, Some(&out.bytes()))?;
-        fx.counters(&[(FlowNew, 1), (NatIngress, 1), (PassVlan, 1), (XdpPass, 1)])
-    }),
-    ("ingress_vlan_not_vip_passes", "VLAN-tagged traffic for no VIP leaves untouched", |fx| {
-        let p = to_vip(addr::NOT_VIP, 40000, 22).vlan(7);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
-        fx.counters(&[(PassNotForUs, 1), (XdpPass, 1)])
-    }),
-    ("ingress_ethernet_padding", "a short frame padded to 60 bytes: padding kept, checksums right", |fx| {
-        let p = Pkt::udp(addr::CLIENT, 5000, addr::VIP, 5001).eth(macs::CLIENT, macs::CLI0).payload(b"x");
-        let mut input = p.bytes();
-        let mut want = toward(&p, addr::NN1, macs::NN1).bytes();
-        input.resize(60, 0xaa);
-        want.resize(60, 0xaa);
-        fx.expect(Ingress, fx.env.cli0, &input, XDP_REDIRECT, Some(&want))?;
-        fx.counters(NEW_FLOW_REDIRECT)
-    }),
-    ("ingress_to_far_client_gateway", "a client beyond the gateway: flows keyed by its address", |fx| {
-        let p = Pkt::tcp(addr::FAR_CLIENT, 1234, addr::VIP, 22).eth(macs::GATEWAY, macs::CLI0);
-        let out = toward(&p, addr::NN1, macs::NN1);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&out.bytes()))?;
-        fx.counters(NEW_FLOW_REDIRECT)
-    }),
+    (
+        "ingress_udp_zero_checksum",
+        "a UDP checksum of 0 (none) stays 0",
+        |fx| {
+            let p = Pkt::udp(addr::CLIENT, 5000, addr::VIP, 5001)
+                .eth(macs::CLIENT, macs::CLI0)
+                .zero_udp_checksum();
+            let out = toward(&p, addr::NN1, macs::NN1);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&out.bytes()),
+            )?;
+            fx.counters(NEW_FLOW_REDIRECT)
+        },
+    ),
+    (
+        "ingress_ip_options",
+        "IPv4 options (IHL 7): the TCP header is found after them",
+        |fx| {
+            let opts = [0x01, 0x01, 0x01, 0x01, 0x94, 0x04, 0x00, 0x00]; // NOPs, router alert
+            let p = to_vip(addr::VIP, 40000, 22).options(&opts);
+            let out = toward(&p, addr::NN1, macs::NN1);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&out.bytes()),
+            )?;
+            fx.counters(NEW_FLOW_REDIRECT)
+        },
+    ),
+    (
+        "ingress_ip_options_max",
+        "IPv4 options of 40 bytes (IHL 15) and a service port",
+        |fx| {
+            let p = to_vip(addr::VIP_SVC, 40000, 443).options(&[0x01; 40]);
+            let out = toward(&p, addr::NN1, macs::NN1).dport(8443);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&out.bytes()),
+            )?;
+            fx.counters(NEW_FLOW_REDIRECT)
+        },
+    ),
+    (
+        "ingress_vlan_translated_to_kernel",
+        "VLAN-tagged: translated, tag kept, forwarded by the kernel",
+        |fx| {
+            let p = to_vip(addr::VIP, 40000, 22).vlan(100);
+            let out = p.clone().dst(addr::NN1);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_PASS,
+                Some(&out.bytes()),
+            )?;
+            fx.counters(&[(FlowNew, 1), (NatIngress, 1), (PassVlan, 1), (XdpPass, 1)])
+        },
+    ),
+    (
+        "ingress_vlan_not_vip_passes",
+        "VLAN-tagged traffic for no VIP leaves untouched",
+        |fx| {
+            let p = to_vip(addr::NOT_VIP, 40000, 22).vlan(7);
+            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
+            fx.counters(&[(PassNotForUs, 1), (XdpPass, 1)])
+        },
+    ),
+    (
+        "ingress_ethernet_padding",
+        "a short frame padded to 60 bytes: padding kept, checksums right",
+        |fx| {
+            let p = Pkt::udp(addr::CLIENT, 5000, addr::VIP, 5001)
+                .eth(macs::CLIENT, macs::CLI0)
+                .payload(b"x");
+            let mut input = p.bytes();
+            let mut want = toward(&p, addr::NN1, macs::NN1).bytes();
+            input.resize(60, 0xaa);
+            want.resize(60, 0xaa);
+            fx.expect(Ingress, fx.env.cli0, &input, XDP_REDIRECT, Some(&want))?;
+            fx.counters(NEW_FLOW_REDIRECT)
+        },
+    ),
+    (
+        "ingress_to_far_client_gateway",
+        "a client beyond the gateway: flows keyed by its address",
+        |fx| {
+            let p = Pkt::tcp(addr::FAR_CLIENT, 1234, addr::VIP, 22).eth(macs::GATEWAY, macs::CLI0);
+            let out = toward(&p, addr::NN1, macs::NN1);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&out.bytes()),
+            )?;
+            fx.counters(NEW_FLOW_REDIRECT)
+        },
+    ),
     // ---------------------------------------------------------------- ingress: flows
-    ("ingress_flow_sticks_across_failover_decision", "a flow stays on its up path when the active path changes; new flows follow", |fx| {
-        let p = to_vip(addr::VIP, 40000, 22);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&toward(&p, addr::NN1, macs::NN1).bytes()))?;
-        fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&toward(&p, addr::NN1, macs::NN1).bytes()))?;
-        let q = to_vip(addr::VIP, 40001, 22);
-        fx.expect(Ingress, fx.env.cli0, &q.bytes(), XDP_REDIRECT, Some(&toward(&q, addr::NN2, macs::NN2).bytes()))?;
-        fx.counters(&[(FlowNew, 2), (FlowHit, 1), (NatIngress, 3), (XdpRedirect, 3)])?;
-        assert_eq!(fx.path_stats(ids::PATH_NN1)?.in_packets, 2);
-        assert_eq!(fx.path_stats(ids::PATH_NN2)?.in_packets, 1);
-        Ok(())
-    }),
-    ("ingress_resteer_on_path_down", "a flow whose path went down moves on its next packet, in the datapath", |fx| {
-        let p = to_vip(addr::VIP, 40000, 22);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&toward(&p, addr::NN1, macs::NN1).bytes()))?;
-        fx.set_state(ids::PATH_NN1, PATH_DOWN)?;
-        fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&toward(&p, addr::NN2, macs::NN2).bytes()))?;
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&toward(&p, addr::NN2, macs::NN2).bytes()))?;
-        fx.counters(&[(FlowNew, 1), (FlowResteer, 1), (FlowHit, 1), (NatIngress, 3), (XdpRedirect, 3)])?;
-        let key = FlowKey::new(addr::CLIENT.octets(), addr::VIP.octets(), 40000u16.to_be_bytes(), 22u16.to_be_bytes(), IPPROTO_TCP);
-        assert_eq!(fx.dp.maps.flow(&key)?.map(|f| f.path), Some(ids::PATH_NN2));
-        Ok(())
-    }),
-    ("ingress_resteer_on_path_disabled", "an administratively disabled path is left like a down one", |fx| {
-        let p = to_vip(addr::VIP, 40000, 22);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&toward(&p, addr::NN1, macs::NN1).bytes()))?;
-        fx.set_state(ids::PATH_NN1, PATH_DISABLED)?;
-        fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&toward(&p, addr::NN2, macs::NN2).bytes()))?;
-        fx.counters(&[(FlowNew, 1), (FlowResteer, 1), (NatIngress, 2), (XdpRedirect, 2)])
-    }),
-    ("ingress_resteer_when_path_moved_target", "a flow whose path slot now belongs to another target is re-steered", |fx| {
-        let p = to_vip(addr::VIP, 40000, 22);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&toward(&p, addr::NN1, macs::NN1).bytes()))?;
-        fx.path(ids::PATH_NN1, addr::NN1, ids::TARGET_SPARE, PATH_UP)?;
-        fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&toward(&p, addr::NN2, macs::NN2).bytes()))?;
-        fx.counters(&[(FlowNew, 1), (FlowResteer, 1), (NatIngress, 2), (XdpRedirect, 2)])
-    }),
-    ("ingress_flow_of_removed_vip_is_not_used", "a VIP removed: its flows no longer translate anything", |fx| {
-        let p = to_vip(addr::VIP, 40000, 22);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&toward(&p, addr::NN1, macs::NN1).bytes()))?;
-        fx.dp.maps.remove_vip(ids::VIP)?;
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
-        fx.counters(&[(FlowNew, 1), (NatIngress, 1), (XdpRedirect, 1), (PassNotForUs, 1), (XdpPass, 1)])
-    }),
-    ("ingress_flow_of_reused_vip_id_is_new", "a VIP id given to another VIP: old flows of that id start afresh", |fx| {
-        // A flow names VIP_SVC's id for a destination that id does not serve.
-        let key = FlowKey::new(addr::CLIENT.octets(), addr::VIP.octets(), 40000u16.to_be_bytes(), 22u16.to_be_bytes(), IPPROTO_TCP);
-        fx.dp.maps.set_flow(key, FlowValue { path: ids::PATH_NN2, vip: ids::VIP_SVC, flags: 0 })?;
-        let p = to_vip(addr::VIP, 40000, 22);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&toward(&p, addr::NN1, macs::NN1).bytes()))?;
-        assert_eq!(fx.dp.maps.flow(&key)?, Some(FlowValue { path: ids::PATH_NN1, vip: ids::VIP, flags: 0 }));
-        fx.counters(NEW_FLOW_REDIRECT)
-    }),
-    ("ingress_last_known_keeps_down_path", "all_down=last-known: the target still names its down path, flows stay", |fx| {
-        let p = to_vip(addr::VIP, 40000, 22);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&toward(&p, addr::NN1, macs::NN1).bytes()))?;
-        fx.set_state(ids::PATH_NN1, PATH_DOWN)?;
-        fx.set_state(ids::PATH_NN2, PATH_DOWN)?;
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&toward(&p, addr::NN1, macs::NN1).bytes()))?;
-        fx.counters(&[(FlowNew, 1), (FlowHit, 1), (NatIngress, 2), (XdpRedirect, 2)])
-    }),
-    ("ingress_no_path_drops", "all_down=drop: the target has no path, packets are dropped and counted", |fx| {
-        fx.dp.maps.set_target(ids::TARGET_WEB, TargetValue { mode: TARGET_MODE_NONE, active: u32::MAX })?;
-        let p = to_vip(addr::VIP, 40000, 22);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_DROP, None)?;
-        fx.counters(&[(DropNoPath, 1), (XdpDrop, 1)])
-    }),
-    ("ingress_spread_follows_ring", "active/active: each new flow takes the path of its ring slot", |fx| {
-        let mut seen = [0u32; 2];
-        for sport in 41000..41016u16 {
-            let p = to_vip(addr::VIP_SPREAD, sport, 80);
-            let key = FlowKey::new(addr::CLIENT.octets(), addr::VIP_SPREAD.octets(), sport.to_be_bytes(), 80u16.to_be_bytes(), IPPROTO_TCP);
-            let slot = lb_common::hash::ring_slot(&key);
-            let (path, m, i) = if slot % 2 == 0 { (addr::SPREAD_A, macs::SPREAD_A, 0) } else { (addr::SPREAD_B, macs::SPREAD_B, 1) };
-            seen[i] += 1;
-            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&toward(&p, path, m).bytes()))?;
-        }
-        assert!(seen[0] > 0 && seen[1] > 0, "16 flows all hashed to one path: {seen:?}");
-        fx.counters(&[(FlowNew, 16), (NatIngress, 16), (XdpRedirect, 16)])?;
-        assert_eq!(fx.path_stats(ids::PATH_SPREAD_A)?.in_packets, u64::from(seen[0]));
-        assert_eq!(fx.path_stats(ids::PATH_SPREAD_B)?.in_packets, u64::from(seen[1]));
-        Ok(())
-    }),
-    ("ingress_spread_path_down_moves_only_its_flows", "active/active: a path going down moves its flows; the others stay put", |fx| {
-        let flows: Vec<Pkt> = (42000..42012u16).map(|s| to_vip(addr::VIP_SPREAD, s, 80)).collect();
-        let mut on_a = Vec::new();
-        for p in &flows {
-            let r = fx.run(Ingress, fx.env.cli0, &p.bytes())?;
-            on_a.push(r.frame[30..34] == addr::SPREAD_A.octets());
-        }
-        assert!(on_a.iter().any(|a| *a) && on_a.iter().any(|a| !*a));
-        // A goes down; the control plane rewrites the ring without it.
-        fx.set_state(ids::PATH_SPREAD_A, PATH_DOWN)?;
-        fx.dp.maps.set_ring(ids::TARGET_SPREAD, &vec![ids::PATH_SPREAD_B; lb_common::maps::RING_SIZE as usize])?;
-        for p in &flows {
-            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&toward(p, addr::SPREAD_B, macs::SPREAD_B).bytes()))?;
-        }
-        let moved = on_a.iter().filter(|a| **a).count() as u64;
-        fx.counters(&[(FlowNew, 12), (FlowResteer, moved), (FlowHit, 12 - moved), (NatIngress, 24), (XdpRedirect, 24)])
-    }),
-    ("ingress_ttl_one_passes_untranslated", "TTL 1: passed untouched, so the kernel's time-exceeded quotes the VIP", |fx| {
-        let p = to_vip(addr::VIP, 40000, 22).ttl(1);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
-        fx.counters(&[(PassTtlExpired, 1), (XdpPass, 1)])
-    }),
-    ("ingress_first_fragment_passes", "a first fragment (MF set) goes to the kernel, counted", |fx| {
-        let p = to_vip(addr::VIP, 40000, 22).df(false).fragment(true, 0);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
-        fx.counters(&[(PassFragment, 1), (XdpPass, 1)])
-    }),
-    ("ingress_later_fragment_passes", "a later fragment (offset set) goes to the kernel, counted", |fx| {
-        let p = to_vip(addr::VIP, 40000, 22).df(false).fragment(false, 100);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
-        fx.counters(&[(PassFragment, 1), (XdpPass, 1)])
-    }),
+    (
+        "ingress_flow_sticks_across_failover_decision",
+        "a flow stays on its up path when the active path changes; new flows follow",
+        |fx| {
+            let p = to_vip(addr::VIP, 40000, 22);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
+            )?;
+            fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
+            )?;
+            let q = to_vip(addr::VIP, 40001, 22);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &q.bytes(),
+                XDP_REDIRECT,
+                Some(&toward(&q, addr::NN2, macs::NN2).bytes()),
+            )?;
+            fx.counters(&[
+                (FlowNew, 2),
+                (FlowHit, 1),
+                (NatIngress, 3),
+                (XdpRedirect, 3),
+            ])?;
+            assert_eq!(fx.path_stats(ids::PATH_NN1)?.in_packets, 2);
+            assert_eq!(fx.path_stats(ids::PATH_NN2)?.in_packets, 1);
+            Ok(())
+        },
+    ),
+    (
+        "ingress_resteer_on_path_down",
+        "a flow whose path went down moves on its next packet, in the datapath",
+        |fx| {
+            let p = to_vip(addr::VIP, 40000, 22);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
+            )?;
+            fx.set_state(ids::PATH_NN1, PATH_DOWN)?;
+            fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward(&p, addr::NN2, macs::NN2).bytes()),
+            )?;
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward(&p, addr::NN2, macs::NN2).bytes()),
+            )?;
+            fx.counters(&[
+                (FlowNew, 1),
+                (FlowResteer, 1),
+                (FlowHit, 1),
+                (NatIngress, 3),
+                (XdpRedirect, 3),
+            ])?;
+            let key = FlowKey::new(
+                addr::CLIENT.octets(),
+                addr::VIP.octets(),
+                40000u16.to_be_bytes(),
+                22u16.to_be_bytes(),
+                IPPROTO_TCP,
+            );
+            assert_eq!(fx.dp.maps.flow(&key)?.map(|f| f.path), Some(ids::PATH_NN2));
+            Ok(())
+        },
+    ),
+    (
+        "ingress_resteer_on_path_disabled",
+        "an administratively disabled path is left like a down one",
+        |fx| {
+            let p = to_vip(addr::VIP, 40000, 22);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
+            )?;
+            fx.set_state(ids::PATH_NN1, PATH_DISABLED)?;
+            fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward(&p, addr::NN2, macs::NN2).bytes()),
+            )?;
+            fx.counters(&[
+                (FlowNew, 1),
+                (FlowResteer, 1),
+                (NatIngress, 2),
+                (XdpRedirect, 2),
+            ])
+        },
+    ),
+    (
+        "ingress_resteer_when_path_moved_target",
+        "a flow whose path slot now belongs to another target is re-steered",
+        |fx| {
+            let p = to_vip(addr::VIP, 40000, 22);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
+            )?;
+            fx.path(ids::PATH_NN1, addr::NN1, ids::TARGET_SPARE, PATH_UP)?;
+            fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward(&p, addr::NN2, macs::NN2).bytes()),
+            )?;
+            fx.counters(&[
+                (FlowNew, 1),
+                (FlowResteer, 1),
+                (NatIngress, 2),
+                (XdpRedirect, 2),
+            ])
+        },
+    ),
+    (
+        "ingress_flow_of_removed_vip_is_not_used",
+        "a VIP removed: its flows no longer translate anything",
+        |fx| {
+            let p = to_vip(addr::VIP, 40000, 22);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
+            )?;
+            fx.dp.maps.remove_vip(ids::VIP)?;
+            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
+            fx.counters(&[
+                (FlowNew, 1),
+                (NatIngress, 1),
+                (XdpRedirect, 1),
+                (PassNotForUs, 1),
+                (XdpPass, 1),
+            ])
+        },
+    ),
+    (
+        "ingress_flow_of_reused_vip_id_is_new",
+        "a VIP id given to another VIP: old flows of that id start afresh",
+        |fx| {
+            // A flow names VIP_SVC's id for a destination that id does not serve.
+            let key = FlowKey::new(
+                addr::CLIENT.octets(),
+                addr::VIP.octets(),
+                40000u16.to_be_bytes(),
+                22u16.to_be_bytes(),
+                IPPROTO_TCP,
+            );
+            fx.dp.maps.set_flow(
+                key,
+                FlowValue {
+                    path: ids::PATH_NN2,
+                    vip: ids::VIP_SVC,
+                    flags: 0,
+                },
+            )?;
+            let p = to_vip(addr::VIP, 40000, 22);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
+            )?;
+            assert_eq!(
+                fx.dp.maps.flow(&key)?,
+                Some(FlowValue {
+                    path: ids::PATH_NN1,
+                    vip: ids::VIP,
+                    flags: 0
+                })
+            );
+            fx.counters(NEW_FLOW_REDIRECT)
+        },
+    ),
+    (
+        "ingress_last_known_keeps_down_path",
+        "all_down=last-known: the target still names its down path, flows stay",
+        |fx| {
+            let p = to_vip(addr::VIP, 40000, 22);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
+            )?;
+            fx.set_state(ids::PATH_NN1, PATH_DOWN)?;
+            fx.set_state(ids::PATH_NN2, PATH_DOWN)?;
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
+            )?;
+            fx.counters(&[
+                (FlowNew, 1),
+                (FlowHit, 1),
+                (NatIngress, 2),
+                (XdpRedirect, 2),
+            ])
+        },
+    ),
+    (
+        "ingress_no_path_drops",
+        "all_down=drop: the target has no path, packets are dropped and counted",
+        |fx| {
+            fx.dp.maps.set_target(
+                ids::TARGET_WEB,
+                TargetValue {
+                    mode: TARGET_MODE_NONE,
+                    active: u32::MAX,
+                },
+            )?;
+            let p = to_vip(addr::VIP, 40000, 22);
+            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_DROP, None)?;
+            fx.counters(&[(DropNoPath, 1), (XdpDrop, 1)])
+        },
+    ),
+    (
+        "ingress_spread_follows_ring",
+        "active/active: each new flow takes the path of its ring slot",
+        |fx| {
+            let mut seen = [0u32; 2];
+            for sport in 41000..41016u16 {
+                let p = to_vip(addr::VIP_SPREAD, sport, 80);
+                let key = FlowKey::new(
+                    addr::CLIENT.octets(),
+                    addr::VIP_SPREAD.octets(),
+                    sport.to_be_bytes(),
+                    80u16.to_be_bytes(),
+                    IPPROTO_TCP,
+                );
+                let slot = lb_common::hash::ring_slot(&key);
+                let (path, m, i) = if slot.is_multiple_of(2) {
+                    (addr::SPREAD_A, macs::SPREAD_A, 0)
+                } else {
+                    (addr::SPREAD_B, macs::SPREAD_B, 1)
+                };
+                seen[i] += 1;
+                fx.expect(
+                    Ingress,
+                    fx.env.cli0,
+                    &p.bytes(),
+                    XDP_REDIRECT,
+                    Some(&toward(&p, path, m).bytes()),
+                )?;
+            }
+            assert!(
+                seen[0] > 0 && seen[1] > 0,
+                "16 flows all hashed to one path: {seen:?}"
+            );
+            fx.counters(&[(FlowNew, 16), (NatIngress, 16), (XdpRedirect, 16)])?;
+            assert_eq!(
+                fx.path_stats(ids::PATH_SPREAD_A)?.in_packets,
+                u64::from(seen[0])
+            );
+            assert_eq!(
+                fx.path_stats(ids::PATH_SPREAD_B)?.in_packets,
+                u64::from(seen[1])
+            );
+            Ok(())
+        },
+    ),
+    (
+        "ingress_spread_path_down_moves_only_its_flows",
+        "active/active: a path going down moves its flows; the others stay put",
+        |fx| {
+            let flows: Vec<Pkt> = (42000..42012u16)
+                .map(|s| to_vip(addr::VIP_SPREAD, s, 80))
+                .collect();
+            let mut on_a = Vec::new();
+            for p in &flows {
+                let r = fx.run(Ingress, fx.env.cli0, &p.bytes())?;
+                on_a.push(r.frame[30..34] == addr::SPREAD_A.octets());
+            }
+            assert!(on_a.iter().any(|a| *a) && on_a.iter().any(|a| !*a));
+            // A goes down; the control plane rewrites the ring without it.
+            fx.set_state(ids::PATH_SPREAD_A, PATH_DOWN)?;
+            fx.dp.maps.set_ring(
+                ids::TARGET_SPREAD,
+                &vec![ids::PATH_SPREAD_B; lb_common::maps::RING_SIZE as usize],
+            )?;
+            for p in &flows {
+                fx.expect(
+                    Ingress,
+                    fx.env.cli0,
+                    &p.bytes(),
+                    XDP_REDIRECT,
+                    Some(&toward(p, addr::SPREAD_B, macs::SPREAD_B).bytes()),
+                )?;
+            }
+            let moved = on_a.iter().filter(|a| **a).count() as u64;
+            fx.counters(&[
+                (FlowNew, 12),
+                (FlowResteer, moved),
+                (FlowHit, 12 - moved),
+                (NatIngress, 24),
+                (XdpRedirect, 24),
+            ])
+        },
+    ),
+    (
+        "ingress_ttl_one_passes_untranslated",
+        "TTL 1: passed untouched, so the kernel's time-exceeded quotes the VIP",
+        |fx| {
+            let p = to_vip(addr::VIP, 40000, 22).ttl(1);
+            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
+            fx.counters(&[(PassTtlExpired, 1), (XdpPass, 1)])
+        },
+    ),
+    (
+        "ingress_first_fragment_passes",
+        "a first fragment (MF set) goes to the kernel, counted",
+        |fx| {
+            let p = to_vip(addr::VIP, 40000, 22).df(false).fragment(true, 0);
+            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
+            fx.counters(&[(PassFragment, 1), (XdpPass, 1)])
+        },
+    ),
+    (
+        "ingress_later_fragment_passes",
+        "a later fragment (offset set) goes to the kernel, counted",
+        |fx| {
+            let p = to_vip(addr::VIP, 40000, 22).df(false).fragment(false, 100);
+            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
+            fx.counters(&[(PassFragment, 1), (XdpPass, 1)])
+        },
+    ),
     // ---------------------------------------------------------------- ingress: forwarding
-    ("ingress_no_neighbour_kernel_forwards", "no neighbour entry yet: translated, handed to the kernel", |fx| {
-        fx.spare(addr::NOT_VIP, addr::NO_NEIGH)?;
-        let p = to_vip(addr::NOT_VIP, 40000, 22);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, Some(&p.clone().dst(addr::NO_NEIGH).bytes()))?;
-        fx.counters(&[(FlowNew, 1), (NatIngress, 1), (PassNoNeighbour, 1), (XdpPass, 1)])
-    }),
-    ("ingress_blackhole_drops", "a blackhole route to the path: dropped untranslated, counted", |fx| {
-        fx.spare(addr::NOT_VIP, addr::BLACKHOLE)?;
-        let p = to_vip(addr::NOT_VIP, 40000, 22);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_DROP, None)?;
-        fx.counters(&[(FlowNew, 1), (DropNoRoute, 1), (XdpDrop, 1)])
-    }),
-    ("ingress_mtu_fits", "a packet within the path's MTU is forwarded", |fx| {
-        fx.spare(addr::NOT_VIP, addr::SMALL_MTU)?;
-        let p = to_vip(addr::NOT_VIP, 40000, 22).payload(&[7; 900]);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_REDIRECT, Some(&toward(&p, addr::SMALL_MTU, macs::SMALL_MTU).bytes()))?;
-        fx.counters(NEW_FLOW_REDIRECT)
-    }),
-    ("ingress_mtu_exceeded_df_answers", "too big for the path with DF: ICMP fragmentation-needed quoting the VIP, sent back (PMTU)", |fx| {
-        fx.spare(addr::NOT_VIP, addr::SMALL_MTU)?;
-        let p = to_vip(addr::NOT_VIP, 40000, 22).payload(&[7; 1100]);
-        let reply = too_big_reply(&p, 1000, 20).eth(macs::CLI0, macs::CLIENT);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_TX, Some(&reply.bytes()))?;
-        fx.counters(&[(FlowNew, 1), (IcmpTooBigSent, 1), (XdpTx, 1)])
-    }),
-    ("ingress_mtu_exceeded_with_options", "the fragmentation-needed quotes the whole header, options included", |fx| {
-        fx.spare(addr::NOT_VIP, addr::SMALL_MTU)?;
-        let p = to_vip(addr::NOT_VIP, 40000, 22).options(&[1; 12]).payload(&[7; 1100]);
-        let reply = too_big_reply(&p, 1000, 32).eth(macs::CLI0, macs::CLIENT);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_TX, Some(&reply.bytes()))?;
-        fx.counters(&[(FlowNew, 1), (IcmpTooBigSent, 1), (XdpTx, 1)])
-    }),
-    ("return_mtu_exceeded_df_answers", "a VM reply too big for the client side: fragmentation-needed back to the VM", |fx| {
-        let p = from_path(Pkt::tcp(addr::NN1, 22, addr::CLIENT_SMALL_MTU, 40000).payload(&[3; 1200]), macs::NN1);
-        let reply = too_big_reply(&p, 1000, 20).eth(macs::PATH0, macs::NN1);
-        fx.expect(Return, fx.env.path0, &p.bytes(), XDP_TX, Some(&reply.bytes()))?;
-        fx.counters(&[(IcmpTooBigSent, 1), (XdpTx, 1)])
-    }),
-    ("return_icmp_error_too_big_drops", "an ICMP error too big for the egress is dropped, never answered", |fx| {
-        let sent = Pkt::udp(addr::CLIENT_SMALL_MTU, 33000, addr::NN1, 53).payload(&[1; 1200]);
-        let err = from_path(Pkt::icmp_error(addr::NN1, addr::CLIENT_SMALL_MTU, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port), &sent, 1200), macs::NN1);
-        fx.expect(Return, fx.env.path0, &err.bytes(), XDP_DROP, None)?;
-        fx.counters(&[(DropFragmentNeeded, 1), (XdpDrop, 1)])
-    }),
-    ("ingress_mtu_exceeded_no_df_kernel_fragments", "larger than the path MTU without DF: translated, the kernel fragments", |fx| {
-        fx.spare(addr::NOT_VIP, addr::SMALL_MTU)?;
-        let p = to_vip(addr::NOT_VIP, 40000, 22).payload(&[7; 1100]).df(false);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, Some(&p.clone().dst(addr::SMALL_MTU).bytes()))?;
-        fx.counters(&[(FlowNew, 1), (NatIngress, 1), (PassFragmentNeeded, 1), (XdpPass, 1)])
-    }),
-    ("ingress_egress_not_in_devmap", "the egress interface is not in the devmap: translated, the kernel forwards", |fx| {
-        fx.spare(addr::NOT_VIP, addr::OTHER_PORT)?;
-        let p = to_vip(addr::NOT_VIP, 40000, 22);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, Some(&p.clone().dst(addr::OTHER_PORT).bytes()))?;
-        fx.counters(&[(FlowNew, 1), (NatIngress, 1), (PassNoTxPort, 1), (XdpPass, 1)])
-    }),
-    ("ingress_hairpin_xdp_tx", "leaving by the interface it came in on: XDP_TX", |fx| {
-        let p = to_vip(addr::VIP, 40000, 22).eth(macs::NN2, macs::PATH0);
-        fx.expect(Ingress, fx.env.path0, &p.bytes(), XDP_TX, Some(&toward(&p, addr::NN1, macs::NN1).bytes()))?;
-        fx.counters(&[(FlowNew, 1), (NatIngress, 1), (XdpTx, 1)])
-    }),
-    ("ingress_forwarding_disabled", "forwarding off on the ingress interface: translated, handed to the kernel", |fx| {
-        let p = to_vip(addr::VIP, 40000, 22).eth(macs::CLIENT, macs::NOFWD0);
-        fx.expect(Ingress, fx.env.nofwd0, &p.bytes(), XDP_PASS, Some(&p.clone().dst(addr::NN1).bytes()))?;
-        fx.counters(&[(FlowNew, 1), (NatIngress, 1), (PassForwardingOff, 1), (XdpPass, 1)])
-    }),
+    (
+        "ingress_no_neighbour_kernel_forwards",
+        "no neighbour entry yet: translated, handed to the kernel",
+        |fx| {
+            fx.spare(addr::NOT_VIP, addr::NO_NEIGH)?;
+            let p = to_vip(addr::NOT_VIP, 40000, 22);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_PASS,
+                Some(&p.clone().dst(addr::NO_NEIGH).bytes()),
+            )?;
+            fx.counters(&[
+                (FlowNew, 1),
+                (NatIngress, 1),
+                (PassNoNeighbour, 1),
+                (XdpPass, 1),
+            ])
+        },
+    ),
+    (
+        "ingress_blackhole_drops",
+        "a blackhole route to the path: dropped untranslated, counted",
+        |fx| {
+            fx.spare(addr::NOT_VIP, addr::BLACKHOLE)?;
+            let p = to_vip(addr::NOT_VIP, 40000, 22);
+            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_DROP, None)?;
+            fx.counters(&[(FlowNew, 1), (DropNoRoute, 1), (XdpDrop, 1)])
+        },
+    ),
+    (
+        "ingress_mtu_fits",
+        "a packet within the path's MTU is forwarded",
+        |fx| {
+            fx.spare(addr::NOT_VIP, addr::SMALL_MTU)?;
+            let p = to_vip(addr::NOT_VIP, 40000, 22).payload(&[7; 900]);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward(&p, addr::SMALL_MTU, macs::SMALL_MTU).bytes()),
+            )?;
+            fx.counters(NEW_FLOW_REDIRECT)
+        },
+    ),
+    (
+        "ingress_mtu_exceeded_df_answers",
+        "too big for the path with DF: ICMP fragmentation-needed quoting the VIP, sent back (PMTU)",
+        |fx| {
+            fx.spare(addr::NOT_VIP, addr::SMALL_MTU)?;
+            let p = to_vip(addr::NOT_VIP, 40000, 22).payload(&[7; 1100]);
+            let reply = too_big_reply(&p, 1000, 20).eth(macs::CLI0, macs::CLIENT);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_TX,
+                Some(&reply.bytes()),
+            )?;
+            fx.counters(&[(FlowNew, 1), (IcmpTooBigSent, 1), (XdpTx, 1)])
+        },
+    ),
+    (
+        "ingress_mtu_exceeded_with_options",
+        "the fragmentation-needed quotes the whole header, options included",
+        |fx| {
+            fx.spare(addr::NOT_VIP, addr::SMALL_MTU)?;
+            let p = to_vip(addr::NOT_VIP, 40000, 22)
+                .options(&[1; 12])
+                .payload(&[7; 1100]);
+            let reply = too_big_reply(&p, 1000, 32).eth(macs::CLI0, macs::CLIENT);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_TX,
+                Some(&reply.bytes()),
+            )?;
+            fx.counters(&[(FlowNew, 1), (IcmpTooBigSent, 1), (XdpTx, 1)])
+        },
+    ),
+    (
+        "return_mtu_exceeded_df_answers",
+        "a VM reply too big for the client side: fragmentation-needed back to the VM",
+        |fx| {
+            let p = from_path(
+                Pkt::tcp(addr::NN1, 22, addr::CLIENT_SMALL_MTU, 40000).payload(&[3; 1200]),
+                macs::NN1,
+            );
+            let reply = too_big_reply(&p, 1000, 20).eth(macs::PATH0, macs::NN1);
+            fx.expect(
+                Return,
+                fx.env.path0,
+                &p.bytes(),
+                XDP_TX,
+                Some(&reply.bytes()),
+            )?;
+            fx.counters(&[(IcmpTooBigSent, 1), (XdpTx, 1)])
+        },
+    ),
+    (
+        "return_icmp_error_too_big_drops",
+        "an ICMP error too big for the egress is dropped, never answered",
+        |fx| {
+            let sent = Pkt::udp(addr::CLIENT_SMALL_MTU, 33000, addr::NN1, 53).payload(&[1; 1200]);
+            let err = from_path(
+                Pkt::icmp_error(
+                    addr::NN1,
+                    addr::CLIENT_SMALL_MTU,
+                    Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+                    &sent,
+                    1200,
+                ),
+                macs::NN1,
+            );
+            fx.expect(Return, fx.env.path0, &err.bytes(), XDP_DROP, None)?;
+            fx.counters(&[(DropFragmentNeeded, 1), (XdpDrop, 1)])
+        },
+    ),
+    (
+        "ingress_mtu_exceeded_no_df_kernel_fragments",
+        "larger than the path MTU without DF: translated, the kernel fragments",
+        |fx| {
+            fx.spare(addr::NOT_VIP, addr::SMALL_MTU)?;
+            let p = to_vip(addr::NOT_VIP, 40000, 22)
+                .payload(&[7; 1100])
+                .df(false);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_PASS,
+                Some(&p.clone().dst(addr::SMALL_MTU).bytes()),
+            )?;
+            fx.counters(&[
+                (FlowNew, 1),
+                (NatIngress, 1),
+                (PassFragmentNeeded, 1),
+                (XdpPass, 1),
+            ])
+        },
+    ),
+    (
+        "ingress_egress_not_in_devmap",
+        "the egress interface is not in the devmap: translated, the kernel forwards",
+        |fx| {
+            fx.spare(addr::NOT_VIP, addr::OTHER_PORT)?;
+            let p = to_vip(addr::NOT_VIP, 40000, 22);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_PASS,
+                Some(&p.clone().dst(addr::OTHER_PORT).bytes()),
+            )?;
+            fx.counters(&[
+                (FlowNew, 1),
+                (NatIngress, 1),
+                (PassNoTxPort, 1),
+                (XdpPass, 1),
+            ])
+        },
+    ),
+    (
+        "ingress_hairpin_xdp_tx",
+        "leaving by the interface it came in on: XDP_TX",
+        |fx| {
+            let p = to_vip(addr::VIP, 40000, 22).eth(macs::NN2, macs::PATH0);
+            fx.expect(
+                Ingress,
+                fx.env.path0,
+                &p.bytes(),
+                XDP_TX,
+                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
+            )?;
+            fx.counters(&[(FlowNew, 1), (NatIngress, 1), (XdpTx, 1)])
+        },
+    ),
+    (
+        "ingress_forwarding_disabled",
+        "forwarding off on the ingress interface: translated, handed to the kernel",
+        |fx| {
+            let p = to_vip(addr::VIP, 40000, 22).eth(macs::CLIENT, macs::NOFWD0);
+            fx.expect(
+                Ingress,
+                fx.env.nofwd0,
+                &p.bytes(),
+                XDP_PASS,
+                Some(&p.clone().dst(addr::NN1).bytes()),
+            )?;
+            fx.counters(&[
+                (FlowNew, 1),
+                (NatIngress, 1),
+                (PassForwardingOff, 1),
+                (XdpPass, 1),
+            ])
+        },
+    ),
     // ---------------------------------------------------------------- ingress: malformed
-    ("ingress_unsupported_protocol_drops", "GRE to a whole-address VIP: ours, unsupported, dropped", |fx| {
-        let p = Pkt::new(addr::CLIENT, addr::VIP, L4::Raw(47)).eth(macs::CLIENT, macs::CLI0);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_DROP, None)?;
-        fx.counters(&[(DropUnsupportedProto, 1), (XdpDrop, 1)])
-    }),
-    ("ingress_unsupported_icmp_drops", "ICMP timestamp to a whole-address VIP: dropped", |fx| {
-        let p = Pkt::new(addr::CLIENT, addr::VIP, L4::Icmp(Icmpv4Type::TimestampRequest(etherparse::icmpv4::TimestampMessage { id: 1, seq: 1, originate_timestamp: 0, receive_timestamp: 0, transmit_timestamp: 0 }))).eth(macs::CLIENT, macs::CLI0).payload(&[]);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_DROP, None)?;
-        fx.counters(&[(DropUnsupportedIcmp, 1), (XdpDrop, 1)])
-    }),
-    ("ingress_short_tcp_drops", "a TCP header cut short by the IP length: dropped", |fx| {
-        let p = Pkt::new(addr::CLIENT, addr::VIP, L4::Raw(IPPROTO_TCP)).eth(macs::CLIENT, macs::CLI0).payload(&[0; 12]);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_DROP, None)?;
-        fx.counters(&[(DropShortL4, 1), (XdpDrop, 1)])
-    }),
-    ("ingress_short_udp_drops", "a UDP header cut short by the frame: dropped", |fx| {
-        let p = Pkt::new(addr::CLIENT, addr::VIP, L4::Raw(IPPROTO_UDP)).eth(macs::CLIENT, macs::CLI0).payload(&[0; 5]);
-        fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_DROP, None)?;
-        fx.counters(&[(DropShortL4, 1), (XdpDrop, 1)])
-    }),
-    ("ingress_truncated_frame_drops", "a VIP frame shorter than its IP total length: dropped", |fx| {
-        let mut f = to_vip(addr::VIP, 40000, 22).bytes();
-        f.truncate(14 + 20 + 10);
-        fx.expect(Ingress, fx.env.cli0, &f, XDP_DROP, None)?;
-        fx.counters(&[(DropBadIpv4, 1), (XdpDrop, 1)])
-    }),
-    ("ingress_bad_ihl_drops", "IHL below 5 on a VIP packet: dropped", |fx| {
-        let mut f = to_vip(addr::VIP, 40000, 22).bytes();
-        f[14] = 0x44;
-        fx.expect(Ingress, fx.env.cli0, &f, XDP_DROP, None)?;
-        fx.counters(&[(DropBadIpv4, 1), (XdpDrop, 1)])
-    }),
-    ("ingress_total_length_below_header_drops", "IP total length smaller than the header: dropped", |fx| {
-        let mut f = to_vip(addr::VIP, 40000, 22).bytes();
-        f[16] = 0;
-        f[17] = 16;
-        fx.expect(Ingress, fx.env.cli0, &f, XDP_DROP, None)?;
-        fx.counters(&[(DropBadIpv4, 1), (XdpDrop, 1)])
-    }),
-    ("ingress_short_ip_header_passes", "fewer than 20 bytes of IPv4: not readable, passed", |fx| {
-        let f = to_vip(addr::VIP, 40000, 22).bytes()[..14 + 12].to_vec();
-        fx.expect(Ingress, fx.env.cli0, &f, XDP_PASS, None)?;
-        fx.counters(&[(PassBadIpv4, 1), (XdpPass, 1)])
-    }),
-    ("ingress_ip_version_6_passes", "version 6 under the IPv4 ethertype: passed", |fx| {
-        let mut f = to_vip(addr::VIP, 40000, 22).bytes();
-        f[14] = 0x65;
-        fx.expect(Ingress, fx.env.cli0, &f, XDP_PASS, None)?;
-        fx.counters(&[(PassBadIpv4, 1), (XdpPass, 1)])
-    }),
-    ("ingress_truncated_vlan_passes", "a VLAN tag cut short: passed", |fx| {
-        fx.expect(Ingress, fx.env.cli0, &raw_frame(0x8100, 2), XDP_PASS, None)?;
-        fx.counters(&[(PassNotIpv4, 1), (XdpPass, 1)])
-    }),
+    (
+        "ingress_unsupported_protocol_drops",
+        "GRE to a whole-address VIP: ours, unsupported, dropped",
+        |fx| {
+            let p = Pkt::new(addr::CLIENT, addr::VIP, L4::Raw(47)).eth(macs::CLIENT, macs::CLI0);
+            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_DROP, None)?;
+            fx.counters(&[(DropUnsupportedProto, 1), (XdpDrop, 1)])
+        },
+    ),
+    (
+        "ingress_unsupported_icmp_drops",
+        "ICMP timestamp to a whole-address VIP: dropped",
+        |fx| {
+            let p = Pkt::new(
+                addr::CLIENT,
+                addr::VIP,
+                L4::Icmp(Icmpv4Type::TimestampRequest(
+                    etherparse::icmpv4::TimestampMessage {
+                        id: 1,
+                        seq: 1,
+                        originate_timestamp: 0,
+                        receive_timestamp: 0,
+                        transmit_timestamp: 0,
+                    },
+                )),
+            )
+            .eth(macs::CLIENT, macs::CLI0)
+            .payload(&[]);
+            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_DROP, None)?;
+            fx.counters(&[(DropUnsupportedIcmp, 1), (XdpDrop, 1)])
+        },
+    ),
+    (
+        "ingress_short_tcp_drops",
+        "a TCP header cut short by the IP length: dropped",
+        |fx| {
+            let p = Pkt::new(addr::CLIENT, addr::VIP, L4::Raw(IPPROTO_TCP))
+                .eth(macs::CLIENT, macs::CLI0)
+                .payload(&[0; 12]);
+            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_DROP, None)?;
+            fx.counters(&[(DropShortL4, 1), (XdpDrop, 1)])
+        },
+    ),
+    (
+        "ingress_short_udp_drops",
+        "a UDP header cut short by the frame: dropped",
+        |fx| {
+            let p = Pkt::new(addr::CLIENT, addr::VIP, L4::Raw(IPPROTO_UDP))
+                .eth(macs::CLIENT, macs::CLI0)
+                .payload(&[0; 5]);
+            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_DROP, None)?;
+            fx.counters(&[(DropShortL4, 1), (XdpDrop, 1)])
+        },
+    ),
+    (
+        "ingress_truncated_frame_drops",
+        "a VIP frame shorter than its IP total length: dropped",
+        |fx| {
+            let mut f = to_vip(addr::VIP, 40000, 22).bytes();
+            f.truncate(14 + 20 + 10);
+            fx.expect(Ingress, fx.env.cli0, &f, XDP_DROP, None)?;
+            fx.counters(&[(DropBadIpv4, 1), (XdpDrop, 1)])
+        },
+    ),
+    (
+        "ingress_bad_ihl_drops",
+        "IHL below 5 on a VIP packet: dropped",
+        |fx| {
+            let mut f = to_vip(addr::VIP, 40000, 22).bytes();
+            f[14] = 0x44;
+            fx.expect(Ingress, fx.env.cli0, &f, XDP_DROP, None)?;
+            fx.counters(&[(DropBadIpv4, 1), (XdpDrop, 1)])
+        },
+    ),
+    (
+        "ingress_total_length_below_header_drops",
+        "IP total length smaller than the header: dropped",
+        |fx| {
+            let mut f = to_vip(addr::VIP, 40000, 22).bytes();
+            f[16] = 0;
+            f[17] = 16;
+            fx.expect(Ingress, fx.env.cli0, &f, XDP_DROP, None)?;
+            fx.counters(&[(DropBadIpv4, 1), (XdpDrop, 1)])
+        },
+    ),
+    (
+        "ingress_short_ip_header_passes",
+        "fewer than 20 bytes of IPv4: not readable, passed",
+        |fx| {
+            let f = to_vip(addr::VIP, 40000, 22).bytes()[..14 + 12].to_vec();
+            fx.expect(Ingress, fx.env.cli0, &f, XDP_PASS, None)?;
+            fx.counters(&[(PassBadIpv4, 1), (XdpPass, 1)])
+        },
+    ),
+    (
+        "ingress_ip_version_6_passes",
+        "version 6 under the IPv4 ethertype: passed",
+        |fx| {
+            let mut f = to_vip(addr::VIP, 40000, 22).bytes();
+            f[14] = 0x65;
+            fx.expect(Ingress, fx.env.cli0, &f, XDP_PASS, None)?;
+            fx.counters(&[(PassBadIpv4, 1), (XdpPass, 1)])
+        },
+    ),
+    (
+        "ingress_truncated_vlan_passes",
+        "a VLAN tag cut short: passed",
+        |fx| {
+            fx.expect(Ingress, fx.env.cli0, &raw_frame(0x8100, 2), XDP_PASS, None)?;
+            fx.counters(&[(PassNotIpv4, 1), (XdpPass, 1)])
+        },
+    ),
     // ---------------------------------------------------------------- return program
-    ("return_tcp_whole_vip", "a reply from a path address leaves with the VIP as source", |fx| {
-        let p = from_path(Pkt::tcp(addr::NN1, 22, addr::CLIENT, 40000), macs::NN1);
-        let out = toward_client(&p, addr::VIP, macs::CLIENT);
-        fx.expect(Return, fx.env.path0, &p.bytes(), XDP_REDIRECT, Some(&out.bytes()))?;
-        fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])?;
-        let s = fx.vip_stats(ids::VIP)?;
-        assert_eq!((s.in_packets, s.out_packets, s.out_bytes), (0, 1, p.bytes().len() as u64));
-        assert_eq!(fx.path_stats(ids::PATH_NN1)?.out_packets, 1);
-        Ok(())
-    }),
-    ("return_from_standby_path", "replies over the standby path are translated too", |fx| {
-        let p = from_path(Pkt::tcp(addr::NN2, 22, addr::CLIENT, 40000), macs::NN2);
-        fx.expect(Return, fx.env.path0, &p.bytes(), XDP_REDIRECT, Some(&toward_client(&p, addr::VIP, macs::CLIENT).bytes()))?;
-        fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])?;
-        assert_eq!(fx.path_stats(ids::PATH_NN2)?.out_packets, 1);
-        Ok(())
-    }),
-    ("return_service_port_restored", "a reply from port 8443 leaves as the service VIP's port 443", |fx| {
-        let p = from_path(Pkt::tcp(addr::NN1, 8443, addr::CLIENT, 40000), macs::NN1);
-        let out = toward_client(&p, addr::VIP_SVC, macs::CLIENT).sport(443);
-        fx.expect(Return, fx.env.path0, &p.bytes(), XDP_REDIRECT, Some(&out.bytes()))?;
-        fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])?;
-        assert_eq!(fx.vip_stats(ids::VIP_SVC)?.out_packets, 1);
-        Ok(())
-    }),
-    ("return_service_wins_over_whole_address", "udp from port 53 is the DNS service's; udp from 54 the whole VIP's", |fx| {
-        let p = from_path(Pkt::udp(addr::NN1, 53, addr::CLIENT, 33000), macs::NN1);
-        fx.expect(Return, fx.env.path0, &p.bytes(), XDP_REDIRECT, Some(&toward_client(&p, addr::VIP_DNS, macs::CLIENT).bytes()))?;
-        let q = from_path(Pkt::udp(addr::NN1, 54, addr::CLIENT, 33000), macs::NN1);
-        fx.expect(Return, fx.env.path0, &q.bytes(), XDP_REDIRECT, Some(&toward_client(&q, addr::VIP, macs::CLIENT).bytes()))?;
-        // The whole-address reply is also what a VM-opened UDP flow looks like: recorded.
-        fx.counters(&[(NatReturn, 2), (XdpRedirect, 2), (FlowFromPath, 1)])
-    }),
-    ("return_udp_zero_checksum", "a reply with UDP checksum 0 keeps it 0", |fx| {
-        let p = from_path(Pkt::udp(addr::NN1, 53, addr::CLIENT, 33000).zero_udp_checksum(), macs::NN1);
-        fx.expect(Return, fx.env.path0, &p.bytes(), XDP_REDIRECT, Some(&toward_client(&p, addr::VIP_DNS, macs::CLIENT).bytes()))?;
-        fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])
-    }),
-    ("return_echo_reply", "an echo reply from the VM leaves from the VIP", |fx| {
-        let p = from_path(Pkt::echo_reply(addr::NN1, addr::CLIENT, 77), macs::NN1);
-        fx.expect(Return, fx.env.path0, &p.bytes(), XDP_REDIRECT, Some(&toward_client(&p, addr::VIP, macs::CLIENT).bytes()))?;
-        fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])
-    }),
-    ("return_not_from_a_path_passes", "traffic from an address that is no path leaves untouched", |fx| {
-        let p = from_path(Pkt::tcp(Ipv4Addr::new(192, 0, 2, 5), 22, addr::CLIENT, 40000), macs::NN1);
-        fx.expect(Return, fx.env.path0, &p.bytes(), XDP_PASS, None)?;
-        fx.counters(&[(PassNotForUs, 1), (XdpPass, 1)])
-    }),
-    ("return_ttl_one_passes", "TTL 1 from a path: passed untranslated", |fx| {
-        let p = from_path(Pkt::tcp(addr::NN1, 22, addr::CLIENT, 40000).ttl(1), macs::NN1);
-        fx.expect(Return, fx.env.path0, &p.bytes(), XDP_PASS, None)?;
-        fx.counters(&[(PassTtlExpired, 1), (XdpPass, 1)])
-    }),
-    ("return_fragment_passes", "a fragment from a path goes to the kernel", |fx| {
-        let p = from_path(Pkt::udp(addr::NN1, 22, addr::CLIENT, 40000).df(false).fragment(true, 0), macs::NN1);
-        fx.expect(Return, fx.env.path0, &p.bytes(), XDP_PASS, None)?;
-        fx.counters(&[(PassFragment, 1), (XdpPass, 1)])
-    }),
-    ("return_short_udp_drops", "a truncated UDP header from a path address: dropped", |fx| {
-        let p = from_path(Pkt::new(addr::NN1, addr::CLIENT, L4::Raw(IPPROTO_UDP)).payload(&[1, 2, 3]), macs::NN1);
-        fx.expect(Return, fx.env.path0, &p.bytes(), XDP_DROP, None)?;
-        fx.counters(&[(DropShortL4, 1), (XdpDrop, 1)])
-    }),
-    ("return_to_client_beyond_gateway", "a reply to a far client goes to the gateway's MAC", |fx| {
-        let p = from_path(Pkt::tcp(addr::NN1, 22, addr::FAR_CLIENT, 1234), macs::NN1);
-        fx.expect(Return, fx.env.path0, &p.bytes(), XDP_REDIRECT, Some(&toward_client(&p, addr::VIP, macs::GATEWAY).bytes()))?;
-        fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])
-    }),
-    ("return_vm_opened_tcp_replies_follow_path", "a connection the VM opens over NN2 is recorded; its replies come back over NN2", |fx| {
-        let syn = from_path(Pkt::tcp_syn(addr::NN2, 50000, addr::REMOTE, 443), macs::NN2);
-        fx.expect(Return, fx.env.path0, &syn.bytes(), XDP_REDIRECT, Some(&toward_client(&syn, addr::VIP, macs::REMOTE).bytes()))?;
-        let key = FlowKey::new(addr::REMOTE.octets(), addr::VIP.octets(), 443u16.to_be_bytes(), 50000u16.to_be_bytes(), IPPROTO_TCP);
-        let recorded = FlowValue { path: ids::PATH_NN2, vip: ids::VIP, flags: lb_common::maps::FLOW_F_FROM_PATH };
-        assert_eq!(fx.dp.maps.flow(&key)?, Some(recorded));
-        let reply = Pkt::tcp(addr::REMOTE, 443, addr::VIP, 50000).eth(macs::REMOTE, macs::CLI0);
-        fx.expect(Ingress, fx.env.cli0, &reply.bytes(), XDP_REDIRECT, Some(&toward(&reply, addr::NN2, macs::NN2).bytes()))?;
-        fx.counters(&[(FlowFromPath, 1), (FlowHit, 1), (NatReturn, 1), (NatIngress, 1), (XdpRedirect, 2)])
-    }),
-    ("return_vm_opened_ping_replies_follow_path", "a ping the VM sends over NN2: the echo reply comes back over NN2", |fx| {
-        let req = from_path(Pkt::echo_request(addr::NN2, addr::REMOTE, 9), macs::NN2);
-        fx.expect(Return, fx.env.path0, &req.bytes(), XDP_REDIRECT, Some(&toward_client(&req, addr::VIP, macs::REMOTE).bytes()))?;
-        let reply = Pkt::echo_reply(addr::REMOTE, addr::VIP, 9).eth(macs::REMOTE, macs::CLI0);
-        fx.expect(Ingress, fx.env.cli0, &reply.bytes(), XDP_REDIRECT, Some(&toward(&reply, addr::NN2, macs::NN2).bytes()))?;
-        fx.counters(&[(FlowFromPath, 1), (FlowHit, 1), (NatReturn, 1), (NatIngress, 1), (XdpRedirect, 2)])
-    }),
-    ("return_tcp_ack_records_nothing", "only a SYN opens a recorded flow; other TCP segments do not", |fx| {
-        let p = from_path(Pkt::tcp(addr::NN2, 50000, addr::REMOTE, 443), macs::NN2);
-        fx.expect(Return, fx.env.path0, &p.bytes(), XDP_REDIRECT, Some(&toward_client(&p, addr::VIP, macs::REMOTE).bytes()))?;
-        let key = FlowKey::new(addr::REMOTE.octets(), addr::VIP.octets(), 443u16.to_be_bytes(), 50000u16.to_be_bytes(), IPPROTO_TCP);
-        assert_eq!(fx.dp.maps.flow(&key)?, None);
-        fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])
-    }),
-    ("return_reply_keeps_client_flow", "a reply does not overwrite the flow the client opened", |fx| {
-        let key = FlowKey::new(addr::CLIENT.octets(), addr::VIP.octets(), 5000u16.to_be_bytes(), 5001u16.to_be_bytes(), IPPROTO_UDP);
-        fx.dp.maps.set_flow(key, FlowValue { path: ids::PATH_NN1, vip: ids::VIP, flags: 0 })?;
-        let p = from_path(Pkt::udp(addr::NN2, 5001, addr::CLIENT, 5000), macs::NN2);
-        fx.expect(Return, fx.env.path0, &p.bytes(), XDP_REDIRECT, Some(&toward_client(&p, addr::VIP, macs::CLIENT).bytes()))?;
-        assert_eq!(fx.dp.maps.flow(&key)?.map(|f| f.path), Some(ids::PATH_NN1));
-        fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])
-    }),
+    (
+        "return_tcp_whole_vip",
+        "a reply from a path address leaves with the VIP as source",
+        |fx| {
+            let p = from_path(Pkt::tcp(addr::NN1, 22, addr::CLIENT, 40000), macs::NN1);
+            let out = toward_client(&p, addr::VIP, macs::CLIENT);
+            fx.expect(
+                Return,
+                fx.env.path0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&out.bytes()),
+            )?;
+            fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])?;
+            let s = fx.vip_stats(ids::VIP)?;
+            assert_eq!(
+                (s.in_packets, s.out_packets, s.out_bytes),
+                (0, 1, p.bytes().len() as u64)
+            );
+            assert_eq!(fx.path_stats(ids::PATH_NN1)?.out_packets, 1);
+            Ok(())
+        },
+    ),
+    (
+        "return_from_standby_path",
+        "replies over the standby path are translated too",
+        |fx| {
+            let p = from_path(Pkt::tcp(addr::NN2, 22, addr::CLIENT, 40000), macs::NN2);
+            fx.expect(
+                Return,
+                fx.env.path0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward_client(&p, addr::VIP, macs::CLIENT).bytes()),
+            )?;
+            fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])?;
+            assert_eq!(fx.path_stats(ids::PATH_NN2)?.out_packets, 1);
+            Ok(())
+        },
+    ),
+    (
+        "return_service_port_restored",
+        "a reply from port 8443 leaves as the service VIP's port 443",
+        |fx| {
+            let p = from_path(Pkt::tcp(addr::NN1, 8443, addr::CLIENT, 40000), macs::NN1);
+            let out = toward_client(&p, addr::VIP_SVC, macs::CLIENT).sport(443);
+            fx.expect(
+                Return,
+                fx.env.path0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&out.bytes()),
+            )?;
+            fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])?;
+            assert_eq!(fx.vip_stats(ids::VIP_SVC)?.out_packets, 1);
+            Ok(())
+        },
+    ),
+    (
+        "return_service_wins_over_whole_address",
+        "udp from port 53 is the DNS service's; udp from 54 the whole VIP's",
+        |fx| {
+            let p = from_path(Pkt::udp(addr::NN1, 53, addr::CLIENT, 33000), macs::NN1);
+            fx.expect(
+                Return,
+                fx.env.path0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward_client(&p, addr::VIP_DNS, macs::CLIENT).bytes()),
+            )?;
+            let q = from_path(Pkt::udp(addr::NN1, 54, addr::CLIENT, 33000), macs::NN1);
+            fx.expect(
+                Return,
+                fx.env.path0,
+                &q.bytes(),
+                XDP_REDIRECT,
+                Some(&toward_client(&q, addr::VIP, macs::CLIENT).bytes()),
+            )?;
+            // The whole-address reply is also what a VM-opened UDP flow looks like: recorded.
+            fx.counters(&[(NatReturn, 2), (XdpRedirect, 2), (FlowFromPath, 1)])
+        },
+    ),
+    (
+        "return_udp_zero_checksum",
+        "a reply with UDP checksum 0 keeps it 0",
+        |fx| {
+            let p = from_path(
+                Pkt::udp(addr::NN1, 53, addr::CLIENT, 33000).zero_udp_checksum(),
+                macs::NN1,
+            );
+            fx.expect(
+                Return,
+                fx.env.path0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward_client(&p, addr::VIP_DNS, macs::CLIENT).bytes()),
+            )?;
+            fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])
+        },
+    ),
+    (
+        "return_echo_reply",
+        "an echo reply from the VM leaves from the VIP",
+        |fx| {
+            let p = from_path(Pkt::echo_reply(addr::NN1, addr::CLIENT, 77), macs::NN1);
+            fx.expect(
+                Return,
+                fx.env.path0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward_client(&p, addr::VIP, macs::CLIENT).bytes()),
+            )?;
+            fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])
+        },
+    ),
+    (
+        "return_not_from_a_path_passes",
+        "traffic from an address that is no path leaves untouched",
+        |fx| {
+            let p = from_path(
+                Pkt::tcp(Ipv4Addr::new(192, 0, 2, 5), 22, addr::CLIENT, 40000),
+                macs::NN1,
+            );
+            fx.expect(Return, fx.env.path0, &p.bytes(), XDP_PASS, None)?;
+            fx.counters(&[(PassNotForUs, 1), (XdpPass, 1)])
+        },
+    ),
+    (
+        "return_ttl_one_passes",
+        "TTL 1 from a path: passed untranslated",
+        |fx| {
+            let p = from_path(
+                Pkt::tcp(addr::NN1, 22, addr::CLIENT, 40000).ttl(1),
+                macs::NN1,
+            );
+            fx.expect(Return, fx.env.path0, &p.bytes(), XDP_PASS, None)?;
+            fx.counters(&[(PassTtlExpired, 1), (XdpPass, 1)])
+        },
+    ),
+    (
+        "return_fragment_passes",
+        "a fragment from a path goes to the kernel",
+        |fx| {
+            let p = from_path(
+                Pkt::udp(addr::NN1, 22, addr::CLIENT, 40000)
+                    .df(false)
+                    .fragment(true, 0),
+                macs::NN1,
+            );
+            fx.expect(Return, fx.env.path0, &p.bytes(), XDP_PASS, None)?;
+            fx.counters(&[(PassFragment, 1), (XdpPass, 1)])
+        },
+    ),
+    (
+        "return_short_udp_drops",
+        "a truncated UDP header from a path address: dropped",
+        |fx| {
+            let p = from_path(
+                Pkt::new(addr::NN1, addr::CLIENT, L4::Raw(IPPROTO_UDP)).payload(&[1, 2, 3]),
+                macs::NN1,
+            );
+            fx.expect(Return, fx.env.path0, &p.bytes(), XDP_DROP, None)?;
+            fx.counters(&[(DropShortL4, 1), (XdpDrop, 1)])
+        },
+    ),
+    (
+        "return_to_client_beyond_gateway",
+        "a reply to a far client goes to the gateway's MAC",
+        |fx| {
+            let p = from_path(Pkt::tcp(addr::NN1, 22, addr::FAR_CLIENT, 1234), macs::NN1);
+            fx.expect(
+                Return,
+                fx.env.path0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward_client(&p, addr::VIP, macs::GATEWAY).bytes()),
+            )?;
+            fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])
+        },
+    ),
+    (
+        "return_vm_opened_tcp_replies_follow_path",
+        "a connection the VM opens over NN2 is recorded; its replies come back over NN2",
+        |fx| {
+            let syn = from_path(Pkt::tcp_syn(addr::NN2, 50000, addr::REMOTE, 443), macs::NN2);
+            fx.expect(
+                Return,
+                fx.env.path0,
+                &syn.bytes(),
+                XDP_REDIRECT,
+                Some(&toward_client(&syn, addr::VIP, macs::REMOTE).bytes()),
+            )?;
+            let key = FlowKey::new(
+                addr::REMOTE.octets(),
+                addr::VIP.octets(),
+                443u16.to_be_bytes(),
+                50000u16.to_be_bytes(),
+                IPPROTO_TCP,
+            );
+            let recorded = FlowValue {
+                path: ids::PATH_NN2,
+                vip: ids::VIP,
+                flags: lb_common::maps::FLOW_F_FROM_PATH,
+            };
+            assert_eq!(fx.dp.maps.flow(&key)?, Some(recorded));
+            let reply = Pkt::tcp(addr::REMOTE, 443, addr::VIP, 50000).eth(macs::REMOTE, macs::CLI0);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &reply.bytes(),
+                XDP_REDIRECT,
+                Some(&toward(&reply, addr::NN2, macs::NN2).bytes()),
+            )?;
+            fx.counters(&[
+                (FlowFromPath, 1),
+                (FlowHit, 1),
+                (NatReturn, 1),
+                (NatIngress, 1),
+                (XdpRedirect, 2),
+            ])
+        },
+    ),
+    (
+        "return_vm_opened_ping_replies_follow_path",
+        "a ping the VM sends over NN2: the echo reply comes back over NN2",
+        |fx| {
+            let req = from_path(Pkt::echo_request(addr::NN2, addr::REMOTE, 9), macs::NN2);
+            fx.expect(
+                Return,
+                fx.env.path0,
+                &req.bytes(),
+                XDP_REDIRECT,
+                Some(&toward_client(&req, addr::VIP, macs::REMOTE).bytes()),
+            )?;
+            let reply = Pkt::echo_reply(addr::REMOTE, addr::VIP, 9).eth(macs::REMOTE, macs::CLI0);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &reply.bytes(),
+                XDP_REDIRECT,
+                Some(&toward(&reply, addr::NN2, macs::NN2).bytes()),
+            )?;
+            fx.counters(&[
+                (FlowFromPath, 1),
+                (FlowHit, 1),
+                (NatReturn, 1),
+                (NatIngress, 1),
+                (XdpRedirect, 2),
+            ])
+        },
+    ),
+    (
+        "return_tcp_ack_records_nothing",
+        "only a SYN opens a recorded flow; other TCP segments do not",
+        |fx| {
+            let p = from_path(Pkt::tcp(addr::NN2, 50000, addr::REMOTE, 443), macs::NN2);
+            fx.expect(
+                Return,
+                fx.env.path0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward_client(&p, addr::VIP, macs::REMOTE).bytes()),
+            )?;
+            let key = FlowKey::new(
+                addr::REMOTE.octets(),
+                addr::VIP.octets(),
+                443u16.to_be_bytes(),
+                50000u16.to_be_bytes(),
+                IPPROTO_TCP,
+            );
+            assert_eq!(fx.dp.maps.flow(&key)?, None);
+            fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])
+        },
+    ),
+    (
+        "return_reply_keeps_client_flow",
+        "a reply does not overwrite the flow the client opened",
+        |fx| {
+            let key = FlowKey::new(
+                addr::CLIENT.octets(),
+                addr::VIP.octets(),
+                5000u16.to_be_bytes(),
+                5001u16.to_be_bytes(),
+                IPPROTO_UDP,
+            );
+            fx.dp.maps.set_flow(
+                key,
+                FlowValue {
+                    path: ids::PATH_NN1,
+                    vip: ids::VIP,
+                    flags: 0,
+                },
+            )?;
+            let p = from_path(Pkt::udp(addr::NN2, 5001, addr::CLIENT, 5000), macs::NN2);
+            fx.expect(
+                Return,
+                fx.env.path0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward_client(&p, addr::VIP, macs::CLIENT).bytes()),
+            )?;
+            assert_eq!(fx.dp.maps.flow(&key)?.map(|f| f.path), Some(ids::PATH_NN1));
+            fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])
+        },
+    ),
     // ---------------------------------------------------------------- ICMP errors
-    ("icmp_frag_needed_from_path_router", "a router on the path reports MTU: the quote gets the VIP back (PMTU)", |fx| {
-        let sent = Pkt::tcp(addr::CLIENT, 40000, addr::NN1, 22).ttl(63).payload(&[5; 64]);
-        let err = from_path(Pkt::icmp_error(addr::ROUTER, addr::CLIENT, frag_needed(1400), &sent, 20 + 20 + 64), macs::NN1);
-        let quoted = sent.clone().dst(addr::VIP);
-        let out = Pkt::icmp_error(addr::ROUTER, addr::CLIENT, frag_needed(1400), &quoted, 20 + 20 + 64).ttl(63).eth(macs::CLI0, macs::CLIENT);
-        fx.expect(Return, fx.env.path0, &err.bytes(), XDP_REDIRECT, Some(&out.bytes()))?;
-        fx.counters(&[(IcmpErrorReturn, 1), (XdpRedirect, 1)])
-    }),
-    ("icmp_error_from_vm_service_port", "the VM itself reports: outer source and quoted service port go back to the VIP", |fx| {
-        let sent = Pkt::tcp(addr::CLIENT, 40000, addr::NN1, 8443).ttl(63);
-        let ty = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port);
-        let err = from_path(Pkt::icmp_error(addr::NN1, addr::CLIENT, ty.clone(), &sent, 28), macs::NN1);
-        let quoted = sent.clone().dst(addr::VIP_SVC).dport(443);
-        let out = Pkt::icmp_error(addr::VIP_SVC, addr::CLIENT, ty, &quoted, 28).ttl(63).eth(macs::CLI0, macs::CLIENT);
-        fx.expect(Return, fx.env.path0, &err.bytes(), XDP_REDIRECT, Some(&out.bytes()))?;
-        fx.counters(&[(IcmpErrorReturn, 1), (XdpRedirect, 1)])
-    }),
-    ("icmp_time_exceeded_udp_quote", "time exceeded quoting UDP: the quoted UDP checksum follows", |fx| {
-        let sent = Pkt::udp(addr::CLIENT, 33000, addr::NN1, 53).ttl(1);
-        let ty = Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit);
-        let err = from_path(Pkt::icmp_error(addr::ROUTER, addr::CLIENT, ty.clone(), &sent, 28), macs::NN1);
-        let out = Pkt::icmp_error(addr::ROUTER, addr::CLIENT, ty, &sent.clone().dst(addr::VIP_DNS), 28).ttl(63).eth(macs::CLI0, macs::CLIENT);
-        fx.expect(Return, fx.env.path0, &err.bytes(), XDP_REDIRECT, Some(&out.bytes()))?;
-        fx.counters(&[(IcmpErrorReturn, 1), (XdpRedirect, 1)])
-    }),
-    ("icmp_error_quoting_echo", "an error about a client's ping to the VIP is translated", |fx| {
-        let sent = Pkt::echo_request(addr::CLIENT, addr::NN1, 77).ttl(63);
-        let ty = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host);
-        let err = from_path(Pkt::icmp_error(addr::ROUTER, addr::CLIENT, ty.clone(), &sent, 28), macs::NN1);
-        let out = Pkt::icmp_error(addr::ROUTER, addr::CLIENT, ty, &sent.clone().dst(addr::VIP), 28).ttl(63).eth(macs::CLI0, macs::CLIENT);
-        fx.expect(Return, fx.env.path0, &err.bytes(), XDP_REDIRECT, Some(&out.bytes()))?;
-        fx.counters(&[(IcmpErrorReturn, 1), (XdpRedirect, 1)])
-    }),
-    ("icmp_error_not_ours_passes", "an error quoting traffic to no path address leaves untouched", |fx| {
-        let sent = Pkt::tcp(addr::CLIENT, 40000, Ipv4Addr::new(192, 0, 2, 5), 22);
-        let err = from_path(Pkt::icmp_error(addr::ROUTER, addr::CLIENT, frag_needed(1400), &sent, 28), macs::NN1);
-        fx.expect(Return, fx.env.path0, &err.bytes(), XDP_PASS, None)?;
-        fx.counters(&[(PassIcmpNotOurs, 1), (XdpPass, 1)])
-    }),
-    ("icmp_error_truncated_quote_return_passes", "an error whose quote is cut short, path side: not ours", |fx| {
-        let sent = Pkt::tcp(addr::CLIENT, 40000, addr::NN1, 22);
-        let err = from_path(Pkt::icmp_error(addr::ROUTER, addr::CLIENT, frag_needed(1400), &sent, 24), macs::NN1);
-        fx.expect(Return, fx.env.path0, &err.bytes(), XDP_PASS, None)?;
-        fx.counters(&[(PassIcmpNotOurs, 1), (XdpPass, 1)])
-    }),
-    ("icmp_error_to_vip_follows_flow", "an error sent to the VIP about a reply goes to the flow's path", |fx| {
-        // The flow exists on NN2 (the policy would say NN1).
-        let key = FlowKey::new(addr::CLIENT.octets(), addr::VIP.octets(), 40000u16.to_be_bytes(), 22u16.to_be_bytes(), IPPROTO_TCP);
-        fx.dp.maps.set_flow(key, FlowValue { path: ids::PATH_NN2, vip: ids::VIP, flags: 0 })?;
-        let reply = Pkt::tcp(addr::VIP, 22, addr::CLIENT, 40000).ttl(63).payload(&[9; 40]);
-        let err = Pkt::icmp_error(addr::INET_ROUTER, addr::VIP, frag_needed(1280), &reply, 20 + 20 + 40).eth(macs::GATEWAY, macs::CLI0);
-        let out = Pkt::icmp_error(addr::INET_ROUTER, addr::NN2, frag_needed(1280), &reply.clone().src(addr::NN2), 20 + 20 + 40).ttl(63).eth(macs::PATH0, macs::NN2);
-        fx.expect(Ingress, fx.env.cli0, &err.bytes(), XDP_REDIRECT, Some(&out.bytes()))?;
-        fx.counters(&[(IcmpErrorIngress, 1), (XdpRedirect, 1)])?;
-        assert_eq!(fx.path_stats(ids::PATH_NN2)?.in_packets, 1);
-        Ok(())
-    }),
-    ("icmp_error_to_service_vip", "an error about a service reply: quoted source port back to 8443", |fx| {
-        let reply = Pkt::tcp(addr::VIP_SVC, 443, addr::CLIENT, 40000).ttl(63);
-        let ty = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host);
-        let err = Pkt::icmp_error(addr::INET_ROUTER, addr::VIP_SVC, ty.clone(), &reply, 28).eth(macs::GATEWAY, macs::CLI0);
-        let out = Pkt::icmp_error(addr::INET_ROUTER, addr::NN1, ty, &reply.clone().src(addr::NN1).sport(8443), 28).ttl(63).eth(macs::PATH0, macs::NN1);
-        fx.expect(Ingress, fx.env.cli0, &err.bytes(), XDP_REDIRECT, Some(&out.bytes()))?;
-        fx.counters(&[(IcmpErrorIngress, 1), (XdpRedirect, 1)])
-    }),
-    ("icmp_error_to_vip_udp_quote", "an error about a UDP reply: quoted UDP checksum follows; no flow is created", |fx| {
-        let reply = Pkt::udp(addr::VIP, 5001, addr::CLIENT, 5000).ttl(63);
-        let ty = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port);
-        let err = Pkt::icmp_error(addr::CLIENT, addr::VIP, ty.clone(), &reply, 28 + 18).eth(macs::CLIENT, macs::CLI0);
-        let out = Pkt::icmp_error(addr::CLIENT, addr::NN1, ty, &reply.clone().src(addr::NN1), 28 + 18).ttl(63).eth(macs::PATH0, macs::NN1);
-        fx.expect(Ingress, fx.env.cli0, &err.bytes(), XDP_REDIRECT, Some(&out.bytes()))?;
-        assert!(fx.dp.maps.flows(10)?.is_empty());
-        fx.counters(&[(IcmpErrorIngress, 1), (XdpRedirect, 1)])
-    }),
-    ("icmp_error_to_vip_truncated_quote_drops", "an error to a VIP whose quote is cut short: dropped", |fx| {
-        let reply = Pkt::tcp(addr::VIP, 22, addr::CLIENT, 40000);
-        let err = Pkt::icmp_error(addr::INET_ROUTER, addr::VIP, frag_needed(1280), &reply, 22).eth(macs::GATEWAY, macs::CLI0);
-        fx.expect(Ingress, fx.env.cli0, &err.bytes(), XDP_DROP, None)?;
-        fx.counters(&[(DropBadIcmpQuote, 1), (XdpDrop, 1)])
-    }),
-    ("icmp_error_to_vip_quoting_other_source", "an error to a VIP quoting another source is not ours", |fx| {
-        let other = Pkt::tcp(addr::CLIENT2, 22, addr::CLIENT, 40000);
-        let err = Pkt::icmp_error(addr::INET_ROUTER, addr::VIP, frag_needed(1280), &other, 28).eth(macs::GATEWAY, macs::CLI0);
-        fx.expect(Ingress, fx.env.cli0, &err.bytes(), XDP_PASS, None)?;
-        fx.counters(&[(PassIcmpNotOurs, 1), (XdpPass, 1)])
-    }),
+    (
+        "icmp_frag_needed_from_path_router",
+        "a router on the path reports MTU: the quote gets the VIP back (PMTU)",
+        |fx| {
+            let sent = Pkt::tcp(addr::CLIENT, 40000, addr::NN1, 22)
+                .ttl(63)
+                .payload(&[5; 64]);
+            let err = from_path(
+                Pkt::icmp_error(
+                    addr::ROUTER,
+                    addr::CLIENT,
+                    frag_needed(1400),
+                    &sent,
+                    20 + 20 + 64,
+                ),
+                macs::NN1,
+            );
+            let quoted = sent.clone().dst(addr::VIP);
+            let out = Pkt::icmp_error(
+                addr::ROUTER,
+                addr::CLIENT,
+                frag_needed(1400),
+                &quoted,
+                20 + 20 + 64,
+            )
+            .ttl(63)
+            .eth(macs::CLI0, macs::CLIENT);
+            fx.expect(
+                Return,
+                fx.env.path0,
+                &err.bytes(),
+                XDP_REDIRECT,
+                Some(&out.bytes()),
+            )?;
+            fx.counters(&[(IcmpErrorReturn, 1), (XdpRedirect, 1)])
+        },
+    ),
+    (
+        "icmp_error_from_vm_service_port",
+        "the VM itself reports: outer source and quoted service port go back to the VIP",
+        |fx| {
+            let sent = Pkt::tcp(addr::CLIENT, 40000, addr::NN1, 8443).ttl(63);
+            let ty = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port);
+            let err = from_path(
+                Pkt::icmp_error(addr::NN1, addr::CLIENT, ty.clone(), &sent, 28),
+                macs::NN1,
+            );
+            let quoted = sent.clone().dst(addr::VIP_SVC).dport(443);
+            let out = Pkt::icmp_error(addr::VIP_SVC, addr::CLIENT, ty, &quoted, 28)
+                .ttl(63)
+                .eth(macs::CLI0, macs::CLIENT);
+            fx.expect(
+                Return,
+                fx.env.path0,
+                &err.bytes(),
+                XDP_REDIRECT,
+                Some(&out.bytes()),
+            )?;
+            fx.counters(&[(IcmpErrorReturn, 1), (XdpRedirect, 1)])
+        },
+    ),
+    (
+        "icmp_time_exceeded_udp_quote",
+        "time exceeded quoting UDP: the quoted UDP checksum follows",
+        |fx| {
+            let sent = Pkt::udp(addr::CLIENT, 33000, addr::NN1, 53).ttl(1);
+            let ty = Icmpv4Type::TimeExceeded(
+                etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit,
+            );
+            let err = from_path(
+                Pkt::icmp_error(addr::ROUTER, addr::CLIENT, ty.clone(), &sent, 28),
+                macs::NN1,
+            );
+            let out = Pkt::icmp_error(
+                addr::ROUTER,
+                addr::CLIENT,
+                ty,
+                &sent.clone().dst(addr::VIP_DNS),
+                28,
+            )
+            .ttl(63)
+            .eth(macs::CLI0, macs::CLIENT);
+            fx.expect(
+                Return,
+                fx.env.path0,
+                &err.bytes(),
+                XDP_REDIRECT,
+                Some(&out.bytes()),
+            )?;
+            fx.counters(&[(IcmpErrorReturn, 1), (XdpRedirect, 1)])
+        },
+    ),
+    (
+        "icmp_error_quoting_echo",
+        "an error about a client's ping to the VIP is translated",
+        |fx| {
+            let sent = Pkt::echo_request(addr::CLIENT, addr::NN1, 77).ttl(63);
+            let ty = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host);
+            let err = from_path(
+                Pkt::icmp_error(addr::ROUTER, addr::CLIENT, ty.clone(), &sent, 28),
+                macs::NN1,
+            );
+            let out = Pkt::icmp_error(
+                addr::ROUTER,
+                addr::CLIENT,
+                ty,
+                &sent.clone().dst(addr::VIP),
+                28,
+            )
+            .ttl(63)
+            .eth(macs::CLI0, macs::CLIENT);
+            fx.expect(
+                Return,
+                fx.env.path0,
+                &err.bytes(),
+                XDP_REDIRECT,
+                Some(&out.bytes()),
+            )?;
+            fx.counters(&[(IcmpErrorReturn, 1), (XdpRedirect, 1)])
+        },
+    ),
+    (
+        "icmp_error_not_ours_passes",
+        "an error quoting traffic to no path address leaves untouched",
+        |fx| {
+            let sent = Pkt::tcp(addr::CLIENT, 40000, Ipv4Addr::new(192, 0, 2, 5), 22);
+            let err = from_path(
+                Pkt::icmp_error(addr::ROUTER, addr::CLIENT, frag_needed(1400), &sent, 28),
+                macs::NN1,
+            );
+            fx.expect(Return, fx.env.path0, &err.bytes(), XDP_PASS, None)?;
+            fx.counters(&[(PassIcmpNotOurs, 1), (XdpPass, 1)])
+        },
+    ),
+    (
+        "icmp_error_truncated_quote_return_passes",
+        "an error whose quote is cut short, path side: not ours",
+        |fx| {
+            let sent = Pkt::tcp(addr::CLIENT, 40000, addr::NN1, 22);
+            let err = from_path(
+                Pkt::icmp_error(addr::ROUTER, addr::CLIENT, frag_needed(1400), &sent, 24),
+                macs::NN1,
+            );
+            fx.expect(Return, fx.env.path0, &err.bytes(), XDP_PASS, None)?;
+            fx.counters(&[(PassIcmpNotOurs, 1), (XdpPass, 1)])
+        },
+    ),
+    (
+        "icmp_error_to_vip_follows_flow",
+        "an error sent to the VIP about a reply goes to the flow's path",
+        |fx| {
+            // The flow exists on NN2 (the policy would say NN1).
+            let key = FlowKey::new(
+                addr::CLIENT.octets(),
+                addr::VIP.octets(),
+                40000u16.to_be_bytes(),
+                22u16.to_be_bytes(),
+                IPPROTO_TCP,
+            );
+            fx.dp.maps.set_flow(
+                key,
+                FlowValue {
+                    path: ids::PATH_NN2,
+                    vip: ids::VIP,
+                    flags: 0,
+                },
+            )?;
+            let reply = Pkt::tcp(addr::VIP, 22, addr::CLIENT, 40000)
+                .ttl(63)
+                .payload(&[9; 40]);
+            let err = Pkt::icmp_error(
+                addr::INET_ROUTER,
+                addr::VIP,
+                frag_needed(1280),
+                &reply,
+                20 + 20 + 40,
+            )
+            .eth(macs::GATEWAY, macs::CLI0);
+            let out = Pkt::icmp_error(
+                addr::INET_ROUTER,
+                addr::NN2,
+                frag_needed(1280),
+                &reply.clone().src(addr::NN2),
+                20 + 20 + 40,
+            )
+            .ttl(63)
+            .eth(macs::PATH0, macs::NN2);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &err.bytes(),
+                XDP_REDIRECT,
+                Some(&out.bytes()),
+            )?;
+            fx.counters(&[(IcmpErrorIngress, 1), (XdpRedirect, 1)])?;
+            assert_eq!(fx.path_stats(ids::PATH_NN2)?.in_packets, 1);
+            Ok(())
+        },
+    ),
+    (
+        "icmp_error_to_service_vip",
+        "an error about a service reply: quoted source port back to 8443",
+        |fx| {
+            let reply = Pkt::tcp(addr::VIP_SVC, 443, addr::CLIENT, 40000).ttl(63);
+            let ty = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host);
+            let err = Pkt::icmp_error(addr::INET_ROUTER, addr::VIP_SVC, ty.clone(), &reply, 28)
+                .eth(macs::GATEWAY, macs::CLI0);
+            let out = Pkt::icmp_error(
+                addr::INET_ROUTER,
+                addr::NN1,
+                ty,
+                &reply.clone().src(addr::NN1).sport(8443),
+                28,
+            )
+            .ttl(63)
+            .eth(macs::PATH0, macs::NN1);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &err.bytes(),
+                XDP_REDIRECT,
+                Some(&out.bytes()),
+            )?;
+            fx.counters(&[(IcmpErrorIngress, 1), (XdpRedirect, 1)])
+        },
+    ),
+    (
+        "icmp_error_to_vip_udp_quote",
+        "an error about a UDP reply: quoted UDP checksum follows; no flow is created",
+        |fx| {
+            let reply = Pkt::udp(addr::VIP, 5001, addr::CLIENT, 5000).ttl(63);
+            let ty = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port);
+            let err = Pkt::icmp_error(addr::CLIENT, addr::VIP, ty.clone(), &reply, 28 + 18)
+                .eth(macs::CLIENT, macs::CLI0);
+            let out = Pkt::icmp_error(
+                addr::CLIENT,
+                addr::NN1,
+                ty,
+                &reply.clone().src(addr::NN1),
+                28 + 18,
+            )
+            .ttl(63)
+            .eth(macs::PATH0, macs::NN1);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &err.bytes(),
+                XDP_REDIRECT,
+                Some(&out.bytes()),
+            )?;
+            assert!(fx.dp.maps.flows(10)?.is_empty());
+            fx.counters(&[(IcmpErrorIngress, 1), (XdpRedirect, 1)])
+        },
+    ),
+    (
+        "icmp_error_to_vip_truncated_quote_drops",
+        "an error to a VIP whose quote is cut short: dropped",
+        |fx| {
+            let reply = Pkt::tcp(addr::VIP, 22, addr::CLIENT, 40000);
+            let err = Pkt::icmp_error(addr::INET_ROUTER, addr::VIP, frag_needed(1280), &reply, 22)
+                .eth(macs::GATEWAY, macs::CLI0);
+            fx.expect(Ingress, fx.env.cli0, &err.bytes(), XDP_DROP, None)?;
+            fx.counters(&[(DropBadIcmpQuote, 1), (XdpDrop, 1)])
+        },
+    ),
+    (
+        "icmp_error_to_vip_quoting_other_source",
+        "an error to a VIP quoting another source is not ours",
+        |fx| {
+            let other = Pkt::tcp(addr::CLIENT2, 22, addr::CLIENT, 40000);
+            let err = Pkt::icmp_error(addr::INET_ROUTER, addr::VIP, frag_needed(1280), &other, 28)
+                .eth(macs::GATEWAY, macs::CLI0);
+            fx.expect(Ingress, fx.env.cli0, &err.bytes(), XDP_PASS, None)?;
+            fx.counters(&[(PassIcmpNotOurs, 1), (XdpPass, 1)])
+        },
+    ),
 ];
 
 fn main() {

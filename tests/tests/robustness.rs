@@ -94,10 +94,18 @@ fn checksums(ip: &Ip<'_>) -> (bool, Option<bool>) {
 fn valid_frame(rng: &mut StdRng, ingress: bool) -> Vec<u8> {
     let far = Ipv4Addr::new(198, 51, 100, rng.random_range(1..=254));
     let (src, dst) = if ingress {
-        let dst = if rng.random_bool(0.8) { *VIPS.choose(rng).unwrap() } else { Ipv4Addr::from(rng.random::<u32>()) };
+        let dst = if rng.random_bool(0.8) {
+            *VIPS.choose(rng).unwrap()
+        } else {
+            Ipv4Addr::from(rng.random::<u32>())
+        };
         (far, dst)
     } else {
-        let src = if rng.random_bool(0.8) { *PATHS.choose(rng).unwrap() } else { Ipv4Addr::from(rng.random::<u32>()) };
+        let src = if rng.random_bool(0.8) {
+            *PATHS.choose(rng).unwrap()
+        } else {
+            Ipv4Addr::from(rng.random::<u32>())
+        };
         (src, far)
     };
     let ports = [22, 53, 80, 443, 8443, rng.random::<u16>()];
@@ -110,13 +118,27 @@ fn valid_frame(rng: &mut StdRng, ingress: bool) -> Vec<u8> {
         4 => Pkt::echo_request(src, dst, rng.random()),
         5 => {
             // An ICMP error quoting a datagram in the other direction.
-            let quoted = Pkt::udp(dst, dport, if rng.random_bool(0.5) { far } else { *PATHS.choose(rng).unwrap() }, sport);
-            let ty = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 });
+            let quoted = Pkt::udp(
+                dst,
+                dport,
+                if rng.random_bool(0.5) {
+                    far
+                } else {
+                    *PATHS.choose(rng).unwrap()
+                },
+                sport,
+            );
+            let ty =
+                Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: 1400,
+                });
             Pkt::icmp_error(src, dst, ty, &quoted, rng.random_range(20..=46))
         }
         _ => Pkt::new(src, dst, L4::Raw(*[47u8, 50, 132].choose(rng).unwrap())),
     };
-    p = p.ttl(rng.random_range(0..=255)).payload(&vec![rng.random(); rng.random_range(0..120)]);
+    p = p
+        .ttl(rng.random_range(0..=255))
+        .payload(&vec![rng.random(); rng.random_range(0..120)]);
     if rng.random_bool(0.1) {
         p = p.vlan(rng.random_range(1..4095));
     }
@@ -124,7 +146,9 @@ fn valid_frame(rng: &mut StdRng, ingress: bool) -> Vec<u8> {
         p = p.options(&vec![1u8; 4 * rng.random_range(1..=10)]);
     }
     if rng.random_bool(0.05) {
-        p = p.df(false).fragment(rng.random_bool(0.5), rng.random_range(0..100));
+        p = p
+            .df(false)
+            .fragment(rng.random_bool(0.5), rng.random_range(0..100));
     }
     if let (L4::Udp { .. }, true) = (&p.l4, rng.random_bool(0.2)) {
         p = p.zero_udp_checksum();
@@ -146,7 +170,9 @@ fn frame(rng: &mut StdRng, ingress: bool) -> Vec<u8> {
         6 | 7 => f.truncate(rng.random_range(14..=f.len())),
         8 => f.extend((0..rng.random_range(1..64)).map(|_| rng.random::<u8>())),
         _ => {
-            f = (0..rng.random_range(15..200)).map(|_| rng.random()).collect();
+            f = (0..rng.random_range(15..200))
+                .map(|_| rng.random())
+                .collect();
             if rng.random_bool(0.5) {
                 f[12] = 0x08;
                 f[13] = 0x00;
@@ -157,9 +183,17 @@ fn frame(rng: &mut StdRng, ingress: bool) -> Vec<u8> {
     f
 }
 
-fn check(fx: &Fx, prog: Prog, on: Iface, input: &[u8], tally: &mut BTreeMap<String, u64>) -> anyhow::Result<()> {
+fn check(
+    fx: &Fx,
+    prog: Prog,
+    on: Iface,
+    input: &[u8],
+    tally: &mut BTreeMap<String, u64>,
+) -> anyhow::Result<()> {
     let r = fx.run(prog, on, input)?;
-    *tally.entry(format!("{prog:?} {}", action_name(r.action))).or_default() += 1;
+    *tally
+        .entry(format!("{prog:?} {}", action_name(r.action)))
+        .or_default() += 1;
     let hex = || input.iter().map(|b| format!("{b:02x}")).collect::<String>();
     anyhow::ensure!(r.action != XDP_ABORTED, "{prog:?} aborted on {}", hex());
     let ip = parse(input);
@@ -169,16 +203,31 @@ fn check(fx: &Fx, prog: Prog, on: Iface, input: &[u8], tally: &mut BTreeMap<Stri
         Prog::Return => PATHS.iter().any(|p| p.octets() == ip.src) || ip.proto == 1,
     });
     if !ours {
-        anyhow::ensure!(r.frame == input, "{prog:?} changed a frame that is not ours: {}", hex());
-        anyhow::ensure!(r.action != XDP_TX && r.action != XDP_REDIRECT, "{prog:?} forwarded a frame that is not ours");
+        anyhow::ensure!(
+            r.frame == input,
+            "{prog:?} changed a frame that is not ours: {}",
+            hex()
+        );
+        anyhow::ensure!(
+            r.action != XDP_TX && r.action != XDP_REDIRECT,
+            "{prog:?} forwarded a frame that is not ours"
+        );
     }
     if r.frame != input {
         let before = ip.as_ref().map(checksums);
         let after = parse(&r.frame).map(|ip| checksums(&ip));
         match (before, after) {
             (Some((ip_ok, l4_ok)), Some((ip_ok2, l4_ok2))) => {
-                anyhow::ensure!(!ip_ok || ip_ok2, "{prog:?} broke the IPv4 checksum of {}", hex());
-                anyhow::ensure!(l4_ok != Some(true) || l4_ok2 == Some(true), "{prog:?} broke the transport checksum of {}", hex());
+                anyhow::ensure!(
+                    !ip_ok || ip_ok2,
+                    "{prog:?} broke the IPv4 checksum of {}",
+                    hex()
+                );
+                anyhow::ensure!(
+                    l4_ok != Some(true) || l4_ok2 == Some(true),
+                    "{prog:?} broke the transport checksum of {}",
+                    hex()
+                );
             }
             _ => anyhow::bail!("{prog:?} rewrote a frame it cannot have parsed: {}", hex()),
         }
@@ -192,17 +241,37 @@ fn run(env: Env, frames: u64, seed: u64) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut tally = BTreeMap::new();
     for i in 0..frames {
-        let ingress = i % 2 == 0;
+        let ingress = i.is_multiple_of(2);
         let f = frame(&mut rng, ingress);
-        let (prog, on) = if ingress { (Prog::Ingress, fx.env.cli0) } else { (Prog::Return, fx.env.path0) };
-        check(&fx, prog, on, &f, &mut tally).map_err(|e| e.context(format!("frame {i}, seed {seed}")))?;
+        let (prog, on) = if ingress {
+            (Prog::Ingress, fx.env.cli0)
+        } else {
+            (Prog::Return, fx.env.path0)
+        };
+        check(&fx, prog, on, &f, &mut tally)
+            .map_err(|e| e.context(format!("frame {i}, seed {seed}")))?;
         // Every frame also goes through the other program, where it is mostly not ours.
-        let (prog, on) = if ingress { (Prog::Return, fx.env.path0) } else { (Prog::Ingress, fx.env.cli0) };
-        check(&fx, prog, on, &f, &mut tally).map_err(|e| e.context(format!("frame {i}, seed {seed}")))?;
+        let (prog, on) = if ingress {
+            (Prog::Return, fx.env.path0)
+        } else {
+            (Prog::Ingress, fx.env.cli0)
+        };
+        check(&fx, prog, on, &f, &mut tally)
+            .map_err(|e| e.context(format!("frame {i}, seed {seed}")))?;
     }
     eprintln!("robustness: {frames} frames, seed {seed}: {tally:?}");
-    for needed in ["Ingress rewritten", "Return rewritten", "Ingress XDP_REDIRECT", "Return XDP_REDIRECT", "Ingress XDP_DROP", "Return XDP_PASS"] {
-        anyhow::ensure!(tally.get(needed).copied().unwrap_or(0) > 0, "the generator never produced {needed}: {tally:?}");
+    for needed in [
+        "Ingress rewritten",
+        "Return rewritten",
+        "Ingress XDP_REDIRECT",
+        "Return XDP_REDIRECT",
+        "Ingress XDP_DROP",
+        "Return XDP_PASS",
+    ] {
+        anyhow::ensure!(
+            tally.get(needed).copied().unwrap_or(0) > 0,
+            "the generator never produced {needed}: {tally:?}"
+        );
     }
     Ok(())
 }
@@ -212,10 +281,18 @@ fn main() {
     if !lb_tests::privileged("robustness") {
         return;
     }
-    let frames = std::env::var("LB_FUZZ_FRAMES").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
-    let seed = std::env::var("LB_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
-    });
+    let frames = std::env::var("LB_FUZZ_FRAMES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let seed = std::env::var("LB_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
     let env = Env::create().expect("building the fixture namespace");
     let trial = Trial::test("random_mutated_truncated_frames", move || {
         run(env, frames, seed).map_err(|e| Failed::from(format!("{e:#}")))
