@@ -102,13 +102,7 @@ pub fn ingress_error(
         path.addr,
         new_port,
     );
-    count(Counter::IcmpErrorIngress);
-    stats::traffic(
-        vip.id,
-        path.id,
-        Dir::In,
-        (ctx.data_end() - ctx.data()) as u64,
-    );
+    stats::translated(ctx, Counter::IcmpErrorIngress, vip.id, path.id, Dir::In);
     Ok(forward::finish(ctx, l2.eth, ip, next))
 }
 
@@ -163,12 +157,12 @@ pub fn return_error(
         rev.vip_addr,
         new_port,
     );
-    count(Counter::IcmpErrorReturn);
-    stats::traffic(
+    stats::translated(
+        ctx,
+        Counter::IcmpErrorReturn,
         rev.vip_id,
         rev.path,
         Dir::Out,
-        (ctx.data_end() - ctx.data()) as u64,
     );
     Ok(forward::finish(ctx, l2.eth, ip, next))
 }

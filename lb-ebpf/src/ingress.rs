@@ -5,7 +5,7 @@ use lb_common::{
     Counter,
     hash::addr_slot,
     maps::{EndpointKey, FILTER_VIP_ADDR, FILTER_VIP_SERVICE, FlowKey},
-    nat::{self, L4, Side},
+    nat::{self, Side},
     net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 
@@ -15,7 +15,7 @@ use crate::{
     icmp,
     maps::{LB_ADDR_FILTER, LB_VIPS},
     parse::{self, Transport},
-    stats::{self, Dir, Outcome, count},
+    stats::{self, Dir, Outcome},
 };
 
 /// The address pre-filter: which kinds of entries may exist for `addr` (a superset).
@@ -114,18 +114,7 @@ pub fn handle(ctx: &XdpContext) -> Outcome {
         return icmp::too_big(ctx, mtu);
     }
 
-    let l4 = match transport {
-        Transport::Tcp(h) => L4::Tcp(h),
-        Transport::Udp(h) => L4::Udp(h),
-        Transport::Icmp(_) | Transport::Other => L4::Icmp,
-    };
-    nat::rewrite(ip, l4, Side::Dst, path.addr, new_port);
-    count(Counter::NatIngress);
-    stats::traffic(
-        vip.id,
-        path.id,
-        Dir::In,
-        (ctx.data_end() - ctx.data()) as u64,
-    );
+    nat::rewrite(ip, transport.into_l4(), Side::Dst, path.addr, new_port);
+    stats::translated(ctx, Counter::NatIngress, vip.id, path.id, Dir::In);
     Ok(forward::finish(ctx, l2.eth, ip, next))
 }

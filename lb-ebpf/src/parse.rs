@@ -7,6 +7,7 @@ use core::mem::{offset_of, size_of};
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     Counter,
+    nat::L4,
     net::{
         ETH_HDR_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, EthHdr, ICMP_HDR_LEN, IPPROTO_ICMP,
         IPPROTO_TCP, IPPROTO_UDP, IcmpHdr, Ipv4Hdr, L4Quote, TcpHdr, UdpHdr, VLAN_HDR_LEN, VlanHdr,
@@ -98,6 +99,19 @@ pub enum Transport {
     Icmp(&'static mut IcmpHdr),
     /// Another protocol: not parsed.
     Other,
+}
+
+impl Transport {
+    /// The view the NAT rewrite patches: TCP and UDP checksums cover the addresses, ICMP's
+    /// does not.
+    #[inline(always)]
+    pub fn into_l4(self) -> L4<'static> {
+        match self {
+            Transport::Tcp(h) => L4::Tcp(h),
+            Transport::Udp(h) => L4::Udp(h),
+            Transport::Icmp(_) | Transport::Other => L4::Icmp,
+        }
+    }
 }
 
 /// Parses TCP, UDP or ICMP at `l4`; a header cut short by the frame or by the IP total length

@@ -10,7 +10,7 @@ use lb_common::{
         EndpointKey, FILTER_PATH_ADDR, FILTER_PATH_SERVICE, FLOW_F_FROM_PATH, FlowKey, FlowValue,
         RevValue,
     },
-    nat::{self, L4, Side},
+    nat::{self, Side},
     net::{ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN},
 };
 
@@ -134,18 +134,7 @@ pub fn handle(ctx: &XdpContext) -> Outcome {
         );
     }
 
-    let l4 = match transport {
-        Transport::Tcp(h) => L4::Tcp(h),
-        Transport::Udp(h) => L4::Udp(h),
-        Transport::Icmp(_) | Transport::Other => L4::Icmp,
-    };
-    nat::rewrite(ip, l4, Side::Src, rev.vip_addr, new_port);
-    count(Counter::NatReturn);
-    stats::traffic(
-        rev.vip_id,
-        rev.path,
-        Dir::Out,
-        (ctx.data_end() - ctx.data()) as u64,
-    );
+    nat::rewrite(ip, transport.into_l4(), Side::Src, rev.vip_addr, new_port);
+    stats::translated(ctx, Counter::NatReturn, rev.vip_id, rev.path, Dir::Out);
     Ok(forward::finish(ctx, l2.eth, ip, next))
 }

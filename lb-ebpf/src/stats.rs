@@ -80,9 +80,11 @@ fn add(stats: *mut TrafficStats, dir: Dir, bytes: u64) {
     }
 }
 
-/// Counts one translated packet of `bytes` (whole frame) against its VIP and its path.
+/// Counts one translated packet: the `event`, and the whole frame against its VIP and path.
 #[inline(always)]
-pub fn traffic(vip: u32, path: u32, dir: Dir, bytes: u64) {
+pub fn translated(ctx: &XdpContext, event: Counter, vip: u32, path: u32, dir: Dir) {
+    count(event);
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
     if let Some(s) = LB_VIP_STATS.get_ptr_mut(vip) {
         add(s, dir, bytes);
     }
