@@ -103,7 +103,7 @@ pub fn assign(key: &FlowKey, vip: &Vip, flow: Option<&mut FlowValue>) -> Result<
         vip: vip.id,
         flags: 0,
     };
-    if LB_FLOWS.insert(key, &value, u64::from(BPF_ANY)).is_err() {
+    if LB_FLOWS.insert(key, value, u64::from(BPF_ANY)).is_err() {
         count(Counter::FlowInsertFailed);
     }
     count(Counter::FlowNew);

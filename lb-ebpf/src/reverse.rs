@@ -52,7 +52,7 @@ fn record_outbound(key: &FlowKey, rev: &RevValue) {
         vip: rev.vip_id,
         flags: FLOW_F_FROM_PATH,
     };
-    if LB_FLOWS.insert(key, &value, u64::from(BPF_NOEXIST)).is_ok() {
+    if LB_FLOWS.insert(key, value, u64::from(BPF_NOEXIST)).is_ok() {
         count(Counter::FlowFromPath);
     }
 }

@@ -23,14 +23,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what building and testing need (nightly rust-src, bpf-linker, Debian packages);
-    /// idempotent.
+    /// Install what building and testing need; idempotent.
+    ///
+    /// Checks, and installs only what is missing: the nightly toolchain and its rust-src,
+    /// bpf-linker 0.13 built against that nightly's libLLVM, and (as root) the Debian packages
+    /// the tests drive. Running it again does nothing.
     Setup(setup::Options),
-    /// Build the workspace (the XDP object is built by lb-user's build script).
+    /// Build the workspace.
+    ///
+    /// Sets up the toolchain bits first; lb-user's build script builds the XDP object (lb-ebpf)
+    /// with nightly and bpf-linker.
     Build(build_cmd::Options),
-    /// Run clippy with `-D warnings` on the host crates and on the BPF crate.
+    /// Run clippy, warnings denied, on the host crates and on the BPF crate.
+    ///
+    /// Host crates with all targets; lb-ebpf for bpfel-unknown-none with nightly. Both run even
+    /// when the first fails.
     Clippy(clippy::Options),
-    /// Run every test tier (`cargo test`); the privileged ones need root.
+    /// Run every test tier with one `cargo test`.
+    ///
+    /// Host unit tests, BPF_PROG_TEST_RUN fixtures and netns end-to-end tests; the last two need
+    /// root and skip without it, except under CI=true, where not being root is an error. As
+    /// root, missing Debian packages are installed first.
     Test(test::Options),
 }
 

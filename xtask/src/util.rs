@@ -2,8 +2,9 @@
 //! clear error naming the one that failed, the workspace root, who we run as, step timings.
 
 use std::{
-    env, fmt,
+    env,
     ffi::OsStr,
+    fmt,
     path::Path,
     process::{Command, ExitStatus, Stdio},
     time::{Duration, Instant},
@@ -15,6 +16,11 @@ use anyhow::{Context as _, Result, bail};
 pub fn workspace_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
+
+/// `--workspace` less lb-ebpf, for cargo commands on the host: lb-ebpf builds only for the bpf
+/// target (a `no_std`, `no_main` binary; on the host it fails with "unwinding panics are not
+/// supported without std"), through lb-user's build script.
+pub const HOST_WORKSPACE: &[&str] = &["--workspace", "--exclude", "lb-ebpf"];
 
 /// Whether this process runs as root (needed by apt and by the privileged tests).
 pub fn is_root() -> bool {
@@ -35,8 +41,8 @@ pub fn say(msg: impl fmt::Display) {
 /// A command that ran and exited unsuccessfully; `main` passes its exit code on.
 #[derive(Debug)]
 pub struct CommandFailed {
-    command: String,
-    status: ExitStatus,
+    pub command: String,
+    pub status: ExitStatus,
 }
 
 impl CommandFailed {
@@ -143,5 +149,22 @@ impl Timings {
             eprintln!("  {name:<width$}  {:>8.1}s  {outcome}", took.as_secs_f64());
         }
         eprintln!("  {:<width$}  {:>8.1}s", "total", total.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn displays_a_command_as_a_shell_would_take_it() {
+        let mut cmd = Command::new("cargo");
+        cmd.env("LLVM_PREFIX", "/a b")
+            .env("PATH", "/ignored")
+            .args(["install", "--version", "^0.13", "it's"]);
+        assert_eq!(
+            display(&cmd),
+            r"LLVM_PREFIX='/a b' cargo install --version ^0.13 'it'\''s'"
+        );
     }
 }
