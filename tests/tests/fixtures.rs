@@ -943,6 +943,17 @@ const CASES: &[(&str, &str, Case)] = &[
         },
     ),
     (
+        "ingress_short_icmp_drops",
+        "an ICMP header cut short (4 of 8 bytes) to a whole-address VIP: dropped",
+        |fx| {
+            let p = Pkt::new(addr::CLIENT, addr::VIP, L4::Raw(IPPROTO_ICMP))
+                .eth(macs::CLIENT, macs::CLI0)
+                .payload(&[8, 0, 0, 0]);
+            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_DROP, None)?;
+            fx.counters(&[(DropShortL4, 1), (XdpDrop, 1)])
+        },
+    ),
+    (
         "ingress_truncated_frame_drops",
         "a VIP frame shorter than its IP total length: dropped",
         |fx| {
