@@ -35,12 +35,25 @@ pub const VIP_STATS: &str = "LB_VIP_STATS";
 /// Path id → [`TrafficStats`], per CPU.
 pub const PATH_STATS: &str = "LB_PATH_STATS";
 
+// ---- Control-plane state, pinned beside the datapath's maps. The programs never read these;
+// they live in the object so that one load creates (and one pin directory keeps) everything the
+// daemon and the CLI share, and a daemon restart or the CLI finds names and decisions there. ----
+
+/// Slot 0 → [`ControlMeta`]: the layout this pin directory was created with, the daemon's pid.
+pub const META: &str = "LB_META";
+/// Target id → [`TargetMeta`]: name and policy of each target.
+pub const TARGET_META: &str = "LB_TARGET_META";
+/// Path id → [`PathMeta`]: name, policy inputs and last probe figures of each path.
+pub const PATH_META: &str = "LB_PATH_META";
+/// Path id → `u32`, 1 when an operator disabled (drained) the path. Written by `lb path`.
+pub const ADMIN: &str = "LB_ADMIN";
+
 /// The ring buffer aya-log-ebpf declares for the programs' (rare) log records.
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
 /// Every map of lb's own, for the test that checks them against the built object (which also
 /// has [`AYA_LOGS`]).
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 16] = [
     VIPS,
     VIP_INFO,
     REV_NAT,
@@ -53,6 +66,10 @@ pub const ALL: [&str; 12] = [
     COUNTERS,
     VIP_STATS,
     PATH_STATS,
+    META,
+    TARGET_META,
+    PATH_META,
+    ADMIN,
 ];
 
 /// Program (function) names in the object.
@@ -295,6 +312,139 @@ const _: () = {
     }
 };
 
+/// Bytes of a target or path name, NUL-padded.
+pub const NAME_LEN: usize = 32;
+
+/// The version of everything pinned: bump it with any change of a map's name, type, key, value
+/// or capacity. A daemon refuses to adopt pinned state of another layout (unless told to
+/// replace it).
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// A fingerprint of the layout: the version, and every map's name with the sizes of the types
+/// it holds. Computed at compile time, so a change that forgets the version still changes it.
+pub const LAYOUT: u64 = {
+    const fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+        let mut rest = bytes;
+        while let [b, tail @ ..] = rest {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            rest = tail;
+        }
+        h
+    }
+    let mut h = fnv(0xcbf2_9ce4_8422_2325, &LAYOUT_VERSION.to_le_bytes());
+    let mut names: &[&str] = &ALL;
+    while let [name, rest @ ..] = names {
+        h = fnv(h, name.as_bytes());
+        names = rest;
+    }
+    let sizes = [
+        size_of::<EndpointKey>(),
+        size_of::<VipInfo>(),
+        size_of::<TargetValue>(),
+        size_of::<PathValue>(),
+        size_of::<RevValue>(),
+        size_of::<FlowKey>(),
+        size_of::<FlowValue>(),
+        size_of::<TrafficStats>(),
+        size_of::<ControlMeta>(),
+        size_of::<TargetMeta>(),
+        size_of::<PathMeta>(),
+        MAX_VIPS as usize,
+        MAX_REV_NAT as usize,
+        MAX_TARGETS as usize,
+        MAX_PATHS as usize,
+        RING_SIZE as usize,
+        ADDR_FILTER_SIZE as usize,
+        MAX_TX_PORTS as usize,
+    ];
+    let mut sizes: &[usize] = &sizes;
+    while let [n, rest @ ..] = sizes {
+        h = fnv(h, &(*n as u64).to_le_bytes());
+        sizes = rest;
+    }
+    h
+};
+
+/// [`META`]'s one entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ControlMeta {
+    /// [`LAYOUT`] of the build that created the pinned maps.
+    pub layout: u64,
+    /// The running daemon's pid (0: none has run or it stopped cleanly).
+    pub daemon_pid: u32,
+    pub _pad: u32,
+    /// When the daemon last (re)applied a configuration, Unix nanoseconds.
+    pub applied_ns: u64,
+}
+
+/// Target modes as configured (not the datapath's `TARGET_MODE_*`).
+pub const CONFIG_MODE_FAILOVER: u8 = 0;
+pub const CONFIG_MODE_ACTIVE_ACTIVE: u8 = 1;
+pub const ALL_DOWN_DROP: u8 = 0;
+pub const ALL_DOWN_LAST_KNOWN: u8 = 1;
+
+/// A target as configured. `used == 0`: a free id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TargetMeta {
+    pub name: [u8; NAME_LEN],
+    /// `CONFIG_MODE_*`.
+    pub mode: u8,
+    /// 1: preempt.
+    pub preempt: u8,
+    /// `ALL_DOWN_*`.
+    pub all_down: u8,
+    pub used: u8,
+    pub _pad: [u8; 4],
+}
+
+/// Health as the control plane last saw it (the datapath's [`PathValue::state`] also folds in
+/// administrative state).
+pub const HEALTH_UNKNOWN: u8 = 0;
+pub const HEALTH_UP: u8 = 1;
+pub const HEALTH_DOWN: u8 = 2;
+
+/// A path as configured, and what its probes last said. `used == 0`: a free id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathMeta {
+    pub name: [u8; NAME_LEN],
+    pub priority: u32,
+    pub weight: u32,
+    /// When the state last changed, Unix nanoseconds.
+    pub changed_ns: u64,
+    /// Round-trip time of the last successful probe, microseconds (0: none yet).
+    pub rtt_us: u32,
+    /// `HEALTH_*`.
+    pub health: u8,
+    pub used: u8,
+    pub _pad: [u8; 2],
+}
+
+/// A name as stored in a meta map: the first `NAME_LEN` bytes, NUL-padded.
+pub fn encode_name(name: &str) -> [u8; NAME_LEN] {
+    let mut out = [0u8; NAME_LEN];
+    for (o, b) in out.iter_mut().zip(name.bytes()) {
+        *o = b;
+    }
+    out
+}
+
+/// The name stored by [`encode_name`] (invalid UTF-8 is replaced, never a panic).
+pub fn decode_name(name: &[u8; NAME_LEN]) -> &str {
+    let end = name.iter().position(|b| *b == 0).unwrap_or(NAME_LEN);
+    let bytes = name.get(..end).unwrap_or(&[]);
+    core::str::from_utf8(bytes).unwrap_or("?")
+}
+
+const _: () = {
+    assert!(size_of::<ControlMeta>() == 24);
+    assert!(size_of::<TargetMeta>() == 40);
+    assert!(size_of::<PathMeta>() == 56);
+};
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -308,4 +458,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for TrafficStats {}
+    unsafe impl aya::Pod for ControlMeta {}
+    unsafe impl aya::Pod for TargetMeta {}
+    unsafe impl aya::Pod for PathMeta {}
 }

@@ -6,6 +6,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::maps::{
+    ControlMeta, PathMeta, TargetMeta,
     ADDR_FILTER_SIZE, EndpointKey, FLOW_TABLE_FLAGS, FLOW_TABLE_SIZE, FlowKey, FlowValue,
     MAX_PATHS, MAX_REV_NAT, MAX_TARGETS, MAX_TX_PORTS, MAX_VIPS, PathValue, RING_ENTRIES, RevValue,
     TargetValue, TrafficStats, VipInfo,
@@ -48,3 +49,17 @@ pub static LB_VIP_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entri
 
 #[map]
 pub static LB_PATH_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(MAX_PATHS, 0);
+
+// ---- Control-plane state: never read by the programs (see `lb_common::maps::META`). ----
+
+#[map]
+pub static LB_META: Array<ControlMeta> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static LB_TARGET_META: Array<TargetMeta> = Array::with_max_entries(MAX_TARGETS, 0);
+
+#[map]
+pub static LB_PATH_META: Array<PathMeta> = Array::with_max_entries(MAX_PATHS, 0);
+
+#[map]
+pub static LB_ADMIN: Array<u32> = Array::with_max_entries(MAX_PATHS, 0);

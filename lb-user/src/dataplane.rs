@@ -1,11 +1,30 @@
-//! Loading the XDP object: maps sized, programs through the verifier, and the handles the
-//! control plane, the CLI and the tests work with.
+//! The datapath's lifecycle: loading the XDP object, pinning its maps and links under a pin
+//! directory, adopting what an earlier daemon pinned, attaching and detaching the programs.
+//!
+//! Pin directory layout (one per instance; several instances live side by side):
+//!
+//! ```text
+//! <pin-dir>/maps/<MAP_NAME>          every map of lb_common::maps::ALL, and AYA_LOGS
+//! <pin-dir>/links/<role>@<iface>     the XDP links (role: ingress or return)
+//! ```
+//!
+//! Links are BPF links pinned in bpffs: they keep the programs attached after the daemon
+//! exits, and a new daemon adopts them (and the maps) without detaching anything.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{ProgramError, Xdp},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+    },
 };
-use lb_common::maps::{FLOWS, PROG_INGRESS, PROG_RETURN};
+use lb_common::maps::{self as m, AYA_LOGS, ControlMeta, FLOWS, LAYOUT, PROG_INGRESS, PROG_RETURN};
+use log::{info, warn};
 
 use crate::maps::Maps;
 
@@ -46,50 +65,341 @@ pub enum Error {
         #[source]
         source: ProgramError,
     },
+    #[error("no lb state is pinned in {dir} (is the daemon installed there? see --pin-dir)")]
+    NotInstalled { dir: PathBuf },
+    #[error("opening pinned map {path}")]
+    OpenPin {
+        path: PathBuf,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error(
+        "the state pinned in {dir} has another layout ({found:#018x}, this build {expected:#018x}): \
+         run with --replace to discard it (flows are lost), or run the build that created it"
+    )]
+    LayoutMismatch { dir: PathBuf, found: u64, expected: u64 },
+    #[error("the state pinned in {dir} is incomplete (map {name} is missing): run with --replace")]
+    Incomplete { dir: PathBuf, name: &'static str },
+    #[error("{what} {path}")]
+    Fs {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("attaching {role} to {iface} ({mode})")]
+    Attach {
+        role: Role,
+        iface: String,
+        mode: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("pinning the {role} link of {iface} at {path}")]
+    PinLink {
+        role: Role,
+        iface: String,
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("no interface {iface}")]
+    NoInterface { iface: String },
 }
 
 /// How to load the object.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     /// Capacity of the flow table (`None`: the object's default,
-    /// [`lb_common::maps::FLOW_TABLE_SIZE`]).
+    /// [`lb_common::maps::FLOW_TABLE_SIZE`]). Ignored when pinned maps are adopted.
     pub flow_table_size: Option<u32>,
 }
 
-/// The loaded datapath: both programs verified and loaded (not attached), and its maps.
+/// Which program an interface runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// `lb_ingress`, on client-facing interfaces.
+    Ingress,
+    /// `lb_return`, on path-facing interfaces.
+    Return,
+}
+
+impl Role {
+    pub fn program(self) -> &'static str {
+        match self {
+            Role::Ingress => PROG_INGRESS,
+            Role::Return => PROG_RETURN,
+        }
+    }
+    fn pin_name(self) -> &'static str {
+        match self {
+            Role::Ingress => "ingress",
+            Role::Return => "return",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.program())
+    }
+}
+
+/// XDP attach mode as the operator asks for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AttachMode {
+    /// Native (driver) mode, falling back to generic mode with a warning.
+    #[default]
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode.
+    Skb,
+}
+
+/// Whether `install` created the state or found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Fresh,
+    Adopted,
+}
+
+/// An attachment as `attach` left it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attached {
+    pub role: Role,
+    pub iface: String,
+    /// `None` when an existing pinned link was adopted (its mode is whatever it was).
+    pub mode: Option<&'static str>,
+}
+
+/// The pin directory's paths.
+#[derive(Clone, Debug)]
+pub struct PinDir {
+    root: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn maps(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+    pub fn links(&self) -> PathBuf {
+        self.root.join("links")
+    }
+    fn link(&self, role: Role, iface: &str) -> PathBuf {
+        self.links().join(format!("{}@{iface}", role.pin_name()))
+    }
+    fn installed(&self) -> bool {
+        self.maps().join(m::META).exists()
+    }
+
+    /// The links pinned here, as (role, interface).
+    pub fn attachments(&self) -> Result<Vec<(Role, String)>, Error> {
+        let dir = self.links();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(Error::Fs { what: "reading", path: dir, source }),
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let parsed = match name.split_once('@') {
+                Some(("ingress", iface)) => Some((Role::Ingress, iface.to_string())),
+                Some(("return", iface)) => Some((Role::Return, iface.to_string())),
+                _ => None,
+            };
+            out.extend(parsed);
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Opens the pinned maps (for the CLI), checking the layout.
+    pub fn open(&self) -> Result<Maps, Error> {
+        if !self.installed() {
+            return Err(Error::NotInstalled { dir: self.root.clone() });
+        }
+        let maps = Maps::open(&self.maps())?;
+        let found = maps.meta()?.layout;
+        if found != LAYOUT {
+            return Err(Error::LayoutMismatch { dir: self.root.clone(), found, expected: LAYOUT });
+        }
+        Ok(maps)
+    }
+
+    /// Detaches the program of `role` from `iface` (removing its link pin).
+    pub fn detach(&self, role: Role, iface: &str) -> Result<bool, Error> {
+        let path = self.link(role, iface);
+        if !path.exists() {
+            return Ok(false);
+        }
+        match PinnedLink::from_pin(&path) {
+            // Unpinning drops the last reference: the kernel detaches the program.
+            Ok(link) => drop(link.unpin()),
+            Err(e) => {
+                warn!("{}: not a usable link pin ({e}); removing it", path.display());
+                let _ = fs::remove_file(&path);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Removes everything: detaches every program, unpins every map, removes the directories
+    /// and unmounts the bpffs lb mounted there. Idempotent.
+    pub fn remove(&self) -> Result<(), Error> {
+        for (role, iface) in self.attachments()? {
+            self.detach(role, &iface)?;
+        }
+        for dir in [self.maps(), self.links()] {
+            if let Ok(entries) = fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    let path = e.path();
+                    fs::remove_file(&path).map_err(|source| Error::Fs { what: "removing", path, source })?;
+                }
+            }
+            match fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(Error::Fs { what: "removing", path: dir, source }),
+            }
+        }
+        bpffs::unmount_if_ours(&self.root);
+        Ok(())
+    }
+}
+
+/// The loaded datapath: both programs verified and loaded, and its maps.
 pub struct Dataplane {
     ebpf: Ebpf,
     pub maps: Maps,
+    pin: Option<PinDir>,
 }
 
 impl Dataplane {
+    /// Loads the object with private, unpinned maps (tests, benchmarks).
     pub fn load(opts: &LoadOptions) -> Result<Self, Error> {
-        let LoadOptions { flow_table_size } = opts;
-        let object = crate::object()?;
         let mut loader = EbpfLoader::new();
-        if let Some(size) = flow_table_size {
-            loader.map_max_entries(FLOWS, *size);
+        if let Some(size) = opts.flow_table_size {
+            loader.map_max_entries(FLOWS, size);
         }
-        let mut ebpf = loader.load(object).map_err(Error::Load)?;
-        for name in [PROG_INGRESS, PROG_RETURN] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or(Error::MissingProgram { name })?
-                .try_into()
-                .map_err(|source| Error::Program { name, source })?;
-            prog.load()
-                .map_err(|source| Error::Program { name, source })?;
-        }
-        let maps = Maps::take(&mut ebpf)?;
-        Ok(Self { ebpf, maps })
+        let mut ebpf = loader.load(crate::object()?).map_err(Error::Load)?;
+        load_programs(&mut ebpf)?;
+        let maps = Maps::take(&mut ebpf, true)?;
+        Ok(Self { ebpf, maps, pin: None })
     }
 
-    /// The ingress (client-facing) program.
+    /// Loads the object with its maps pinned in `pin`: adopts the maps (and, through
+    /// [`Dataplane::attach`], the links) an earlier daemon pinned there when their layout
+    /// matches this build; with `replace`, discards state of another layout instead of
+    /// failing. Mounts a bpffs on the directory when it is on none.
+    pub fn install(pin: &PinDir, opts: &LoadOptions, replace: bool) -> Result<(Self, Origin), Error> {
+        bpffs::ensure(pin.root())?;
+        let maps_dir = pin.maps();
+        let mut origin = Origin::Fresh;
+        if pin.installed() {
+            match check_pinned(pin) {
+                Ok(()) => origin = Origin::Adopted,
+                Err(e @ (Error::LayoutMismatch { .. } | Error::Incomplete { .. })) if replace => {
+                    warn!("{e}; replacing it (--replace)");
+                    pin.remove()?;
+                    bpffs::ensure(pin.root())?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for dir in [pin.maps(), pin.links()] {
+            fs::create_dir_all(&dir).map_err(|source| Error::Fs { what: "creating", path: dir, source })?;
+        }
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&'static str, PathBuf)> =
+            m::ALL.iter().chain([&AYA_LOGS]).map(|n| (*n, maps_dir.join(n))).collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        if let Some(size) = opts.flow_table_size {
+            loader.map_max_entries(FLOWS, size);
+        }
+        let mut ebpf = loader.load(crate::object()?).map_err(Error::Load)?;
+        load_programs(&mut ebpf)?;
+        let mut maps = Maps::take(&mut ebpf, origin == Origin::Fresh)?;
+        if origin == Origin::Fresh {
+            maps.set_meta(ControlMeta { layout: LAYOUT, ..ControlMeta::default() })?;
+        } else if let Some(size) = opts.flow_table_size {
+            let pinned = maps.flow_capacity()?;
+            if pinned != size {
+                warn!("the pinned flow table keeps its size {pinned} (configured {size}): changing it needs --replace");
+            }
+        }
+        Ok((Self { ebpf, maps, pin: Some(pin.clone()) }, origin))
+    }
+
+    /// Attaches `role`'s program to `iface` and pins the link; adopts an already pinned link
+    /// instead (nothing is detached, so traffic never stops). Adds the interface to the devmap.
+    pub fn attach(&mut self, role: Role, iface: &str, mode: AttachMode) -> Result<Attached, Error> {
+        let ifindex = crate::ifindex(iface).ok_or_else(|| Error::NoInterface { iface: iface.into() })?;
+        let pin = self.pin.as_ref().map(|p| p.link(role, iface));
+        if let Some(path) = &pin
+            && path.exists()
+            && PinnedLink::from_pin(path).is_ok()
+        {
+            self.maps.add_tx_port(ifindex)?;
+            return Ok(Attached { role, iface: iface.into(), mode: None });
+        }
+        let name = role.program();
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(Error::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| Error::Program { name, source })?;
+        let attempt = |prog: &mut Xdp, mode: XdpMode, label: &'static str| {
+            prog.attach_to_if_index(ifindex, mode).map_err(|source| Error::Attach {
+                role,
+                iface: iface.into(),
+                mode: label,
+                source,
+            })
+        };
+        let (id, used) = match mode {
+            AttachMode::Native => (attempt(prog, XdpMode::Driver, "native")?, "native"),
+            AttachMode::Skb => (attempt(prog, XdpMode::Skb, "skb")?, "skb"),
+            AttachMode::Auto => match attempt(prog, XdpMode::Driver, "native") {
+                Ok(id) => (id, "native"),
+                Err(e) => {
+                    warn!("{iface}: native XDP failed ({}); falling back to generic (skb) mode", error_chain(&e));
+                    (attempt(prog, XdpMode::Skb, "skb")?, "skb")
+                }
+            },
+        };
+        if let Some(path) = pin {
+            let link = prog.take_link(id).map_err(|source| Error::Program { name, source })?;
+            let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::PinLink {
+                role,
+                iface: iface.into(),
+                path: path.clone(),
+                source,
+            };
+            let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| pin_err(Box::new(e)))?;
+            fd.pin(&path).map_err(|e| pin_err(Box::new(e)))?;
+        }
+        self.maps.add_tx_port(ifindex)?;
+        info!("{name} attached to {iface} ({used} mode)");
+        Ok(Attached { role, iface: iface.into(), mode: Some(used) })
+    }
+
+    /// The loaded ingress program (tests run it with `BPF_PROG_TEST_RUN`).
     pub fn ingress(&self) -> Result<&Xdp, Error> {
         self.program(PROG_INGRESS)
     }
 
-    /// The return (path-facing) program.
+    /// The loaded return program.
     pub fn reverse(&self) -> Result<&Xdp, Error> {
         self.program(PROG_RETURN)
     }
@@ -100,5 +410,117 @@ impl Dataplane {
             .ok_or(Error::MissingProgram { name })?
             .try_into()
             .map_err(|source| Error::Program { name, source })
+    }
+
+    /// The object, for aya-log's logger.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    pub fn pin_dir(&self) -> Option<&PinDir> {
+        self.pin.as_ref()
+    }
+}
+
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), Error> {
+    for name in [PROG_INGRESS, PROG_RETURN] {
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or(Error::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| Error::Program { name, source })?;
+        prog.load().map_err(|source| Error::Program { name, source })?;
+    }
+    Ok(())
+}
+
+/// Pinned state is adoptable: every map is there and the layout is this build's.
+fn check_pinned(pin: &PinDir) -> Result<(), Error> {
+    for name in m::ALL {
+        if !pin.maps().join(name).exists() {
+            return Err(Error::Incomplete { dir: pin.root().into(), name });
+        }
+    }
+    pin.open().map(drop)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// bpffs: pins only live on a BPF filesystem.
+mod bpffs {
+    use std::{ffi::CString, fs, os::unix::ffi::OsStrExt as _, path::Path};
+
+    use super::Error;
+
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+    fn is_bpffs(path: &Path) -> bool {
+        let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { return false };
+        // SAFETY: `c` is NUL-terminated; `st` is written by statfs.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        (unsafe { libc::statfs(c.as_ptr(), &mut st) }) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+
+    fn mount(path: &Path) -> Result<(), Error> {
+        let err = |source| Error::Fs { what: "mounting a bpffs on", path: path.into(), source };
+        let target = CString::new(path.as_os_str().as_bytes())
+            .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+        // SAFETY: every pointer is a valid NUL-terminated string.
+        let rc = unsafe {
+            libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, c"mode=0700".as_ptr().cast())
+        };
+        if rc != 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Makes `dir` a directory on a bpffs: the standard `/sys/fs/bpf` when `dir` is below it
+    /// (mounted there when missing), else a bpffs mounted on `dir` itself.
+    ///
+    /// Mounts are per mount namespace: under `ip netns exec` (which gives the process its own
+    /// mounts) a bpffs mounted here is invisible to other processes. Enter only the network
+    /// namespace (`nsenter --net=...`), or pre-mount the bpffs.
+    pub fn ensure(dir: &Path) -> Result<(), Error> {
+        fs::create_dir_all(dir).map_err(|source| Error::Fs { what: "creating", path: dir.into(), source })?;
+        if is_bpffs(dir) {
+            return Ok(());
+        }
+        let sys = Path::new("/sys/fs/bpf");
+        if dir.starts_with(sys) && !is_bpffs(sys) {
+            mount(sys)?;
+            fs::create_dir_all(dir).map_err(|source| Error::Fs { what: "creating", path: dir.into(), source })?;
+            if is_bpffs(dir) {
+                return Ok(());
+            }
+        }
+        mount(dir)
+    }
+
+    /// Unmounts the bpffs on `dir` if lb mounted one right there (not `/sys/fs/bpf`).
+    pub fn unmount_if_ours(dir: &Path) {
+        if dir == Path::new("/sys/fs/bpf") || !is_bpffs(dir) {
+            return;
+        }
+        let parent_is_bpffs = dir.parent().is_some_and(is_bpffs);
+        if parent_is_bpffs {
+            // A plain directory inside a bpffs: just remove it.
+            let _ = fs::remove_dir(dir);
+            return;
+        }
+        if let Ok(c) = CString::new(dir.as_os_str().as_bytes()) {
+            // SAFETY: `c` is NUL-terminated.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
     }
 }

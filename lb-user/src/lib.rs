@@ -1,8 +1,22 @@
 //! The lb control plane as a library: the embedded XDP object, loading and attaching it, and
 //! typed access to its maps. The `lb` binary and the test harness build on it.
 
+pub mod config;
 pub mod dataplane;
+pub mod health;
 pub mod maps;
+pub mod model;
+pub mod policy;
+pub mod probe;
+pub mod tables;
+
+/// The index of interface `name`, if it exists (in this network namespace).
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
 
 /// The XDP object built from `lb-ebpf`, embedded at build time.
 pub fn object() -> Result<&'static [u8], dataplane::Error> {

@@ -1,11 +1,12 @@
 //! Typed access to the datapath's maps: one wrapper per map of `lb_common::maps`, writes that
 //! keep the address pre-filter in step with the VIP and reverse-NAT tables, and per-CPU sums.
+//! The same wrappers serve a freshly loaded object and maps opened from their pins (the CLI).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::Path};
 
 use aya::{
     Ebpf,
-    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray},
 };
 use lb_common::{
     Counter,
@@ -13,7 +14,7 @@ use lb_common::{
     maps::{
         self as m, ADDR_FILTER_SIZE, EndpointKey, FILTER_PATH_ADDR, FILTER_PATH_SERVICE,
         FILTER_VIP_ADDR, FILTER_VIP_SERVICE, FlowKey, FlowValue, PathValue, RING_SIZE, RevValue,
-        TargetValue, TrafficStats, VipInfo,
+        ControlMeta, PathMeta, TargetMeta, TargetValue, TrafficStats, VipInfo,
     },
 };
 
@@ -23,12 +24,30 @@ fn op<T>(map: &'static str, op: &'static str, r: Result<T, MapError>) -> Result<
     r.map_err(|source| Error::MapOp { map, op, source })
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
-where
-    T: TryFrom<aya::maps::Map, Error = MapError>,
-{
-    let map = ebpf.take_map(name).ok_or(Error::MissingMap { name })?;
-    T::try_from(map).map_err(|source| Error::MapType { name, source })
+/// Where the maps come from: a loaded object, or a pin directory.
+enum Source<'a> {
+    Object(&'a mut Ebpf),
+    Pins(&'a Path),
+}
+
+impl Source<'_> {
+    fn get<T>(&mut self, name: &'static str) -> Result<T, Error>
+    where
+        T: TryFrom<Map, Error = MapError>,
+    {
+        let map = match self {
+            Source::Object(ebpf) => ebpf.take_map(name).ok_or(Error::MissingMap { name })?,
+            Source::Pins(dir) => {
+                let path = dir.join(name);
+                let data = MapData::from_pin(&path).map_err(|source| Error::OpenPin {
+                    path: path.clone(),
+                    source,
+                })?;
+                Map::from_map_data(data).map_err(|source| Error::MapType { name, source })?
+            }
+        };
+        T::try_from(map).map_err(|source| Error::MapType { name, source })
+    }
 }
 
 /// Every map of the datapath, typed.
@@ -45,28 +64,95 @@ pub struct Maps {
     counters: PerCpuArray<MapData, u64>,
     vip_stats: PerCpuArray<MapData, TrafficStats>,
     path_stats: PerCpuArray<MapData, TrafficStats>,
+    meta: Array<MapData, ControlMeta>,
+    target_meta: Array<MapData, TargetMeta>,
+    path_meta: Array<MapData, PathMeta>,
+    admin: Array<MapData, u32>,
     /// What `addr_filter` holds, so a refresh writes only the slots that change.
     filter_shadow: Vec<u32>,
 }
 
 impl Maps {
-    /// Takes the maps out of a freshly loaded object (all empty).
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self, Error> {
-        Ok(Self {
-            vips: take(ebpf, m::VIPS)?,
-            vip_info: take(ebpf, m::VIP_INFO)?,
-            rev_nat: take(ebpf, m::REV_NAT)?,
-            targets: take(ebpf, m::TARGETS)?,
-            paths: take(ebpf, m::PATHS)?,
-            ring: take(ebpf, m::RING)?,
-            flows: take(ebpf, m::FLOWS)?,
-            addr_filter: take(ebpf, m::ADDR_FILTER)?,
-            tx_ports: take(ebpf, m::TX_PORTS)?,
-            counters: take(ebpf, m::COUNTERS)?,
-            vip_stats: take(ebpf, m::VIP_STATS)?,
-            path_stats: take(ebpf, m::PATH_STATS)?,
+    /// Takes the maps out of a loaded object. `fresh`: they were just created, all zero; else
+    /// (pinned maps reused) the filter's contents are read back.
+    pub fn take(ebpf: &mut Ebpf, fresh: bool) -> Result<Self, Error> {
+        Self::from_source(Source::Object(ebpf), fresh)
+    }
+
+    /// Opens the maps pinned in `dir` (one file per map, named as in `lb_common::maps`).
+    pub fn open(dir: &Path) -> Result<Self, Error> {
+        Self::from_source(Source::Pins(dir), false)
+    }
+
+    fn from_source(mut src: Source<'_>, fresh: bool) -> Result<Self, Error> {
+        let mut maps = Self {
+            vips: src.get(m::VIPS)?,
+            vip_info: src.get(m::VIP_INFO)?,
+            rev_nat: src.get(m::REV_NAT)?,
+            targets: src.get(m::TARGETS)?,
+            paths: src.get(m::PATHS)?,
+            ring: src.get(m::RING)?,
+            flows: src.get(m::FLOWS)?,
+            addr_filter: src.get(m::ADDR_FILTER)?,
+            tx_ports: src.get(m::TX_PORTS)?,
+            counters: src.get(m::COUNTERS)?,
+            vip_stats: src.get(m::VIP_STATS)?,
+            path_stats: src.get(m::PATH_STATS)?,
+            meta: src.get(m::META)?,
+            target_meta: src.get(m::TARGET_META)?,
+            path_meta: src.get(m::PATH_META)?,
+            admin: src.get(m::ADMIN)?,
             filter_shadow: vec![0; ADDR_FILTER_SIZE as usize],
-        })
+        };
+        if !fresh {
+            for (slot, bits) in maps.addr_filter.iter().enumerate() {
+                if let Some(shadow) = maps.filter_shadow.get_mut(slot) {
+                    *shadow = op(m::ADDR_FILTER, "read", bits)?;
+                }
+            }
+        }
+        Ok(maps)
+    }
+
+    // ---- Control-plane state. ----
+
+    pub fn meta(&self) -> Result<ControlMeta, Error> {
+        op(m::META, "get", self.meta.get(&0, 0))
+    }
+
+    pub fn set_meta(&mut self, value: ControlMeta) -> Result<(), Error> {
+        op(m::META, "set", self.meta.set(0, value, 0))
+    }
+
+    pub fn target_meta(&self, id: u32) -> Result<TargetMeta, Error> {
+        op(m::TARGET_META, "get", self.target_meta.get(&id, 0))
+    }
+
+    pub fn set_target_meta(&mut self, id: u32, value: TargetMeta) -> Result<(), Error> {
+        op(m::TARGET_META, "set", self.target_meta.set(id, value, 0))
+    }
+
+    pub fn path_meta(&self, id: u32) -> Result<PathMeta, Error> {
+        op(m::PATH_META, "get", self.path_meta.get(&id, 0))
+    }
+
+    pub fn set_path_meta(&mut self, id: u32, value: PathMeta) -> Result<(), Error> {
+        op(m::PATH_META, "set", self.path_meta.set(id, value, 0))
+    }
+
+    /// Whether an operator disabled path `id`.
+    pub fn admin_disabled(&self, id: u32) -> Result<bool, Error> {
+        Ok(op(m::ADMIN, "get", self.admin.get(&id, 0))? != 0)
+    }
+
+    pub fn set_admin_disabled(&mut self, id: u32, disabled: bool) -> Result<(), Error> {
+        op(m::ADMIN, "set", self.admin.set(id, u32::from(disabled), 0))
+    }
+
+    /// The flow table's capacity.
+    pub fn flow_capacity(&self) -> Result<u32, Error> {
+        let info = op(m::FLOWS, "info", self.flows.map().info())?;
+        Ok(info.max_entries())
     }
 
     // ---- Configuration tables. ----

@@ -1,0 +1,541 @@
+//! Per-path health: the rise/fall state machine ([`HealthTracker`], pure) and the async loop that
+//! probes one path on an interval and reports every result ([`monitor`]).
+//!
+//! The probe itself (TCP connect, ICMP echo, HTTP GET) is a closure handed to [`monitor`], so the
+//! tests drive the loop with a fake probe under tokio's paused clock; no I/O happens here.
+
+use std::{collections::VecDeque, fmt, future::Future, time::Duration};
+
+use tokio::{
+    sync::mpsc,
+    time::{self, MissedTickBehavior},
+};
+
+/// The health of one path, once known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Health {
+    Up,
+    Down,
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Health::Up => "up",
+            Health::Down => "down",
+        })
+    }
+}
+
+/// A change of a path's health, with the reason for the logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// `None`: the state was unknown (no probe result yet).
+    pub from: Option<Health>,
+    pub to: Health,
+    /// E.g. "3 consecutive failures (fall 3)" or "first probe succeeded".
+    pub reason: String,
+}
+
+/// How many results [`HealthTracker::history`] shows.
+pub const HISTORY_LEN: usize = 16;
+
+/// The rise/fall state machine of one path.
+///
+/// With a known state, `rise` consecutive successes bring a down path up and `fall` consecutive
+/// failures bring an up path down. A result that agrees with the current state resets the
+/// count, so a probe that flaps (ok, fail, ok, ...) never changes a known state unless `rise` or
+/// `fall` is 1.
+///
+/// An unknown state (no result yet, `initial: None`) is decided by the first result alone: there
+/// is nothing to protect yet, waiting `rise` intervals before sending to a path that answers would
+/// drop its traffic for nothing, and waiting `fall` intervals before declaring an unanswering
+/// path down would keep sending to a dead path.
+#[derive(Clone, Debug)]
+pub struct HealthTracker {
+    rise: u32,
+    fall: u32,
+    state: Option<Health>,
+    /// Consecutive results that contradict `state` (reset by one that agrees).
+    streak: u32,
+    /// The last [`HISTORY_LEN`] results, oldest first.
+    history: VecDeque<bool>,
+}
+
+impl HealthTracker {
+    /// `rise` and `fall` of 0 are taken as 1 (one result is the least that can decide).
+    pub fn new(rise: u32, fall: u32, initial: Option<Health>) -> Self {
+        Self {
+            rise: rise.max(1),
+            fall: fall.max(1),
+            state: initial,
+            streak: 0,
+            history: VecDeque::with_capacity(HISTORY_LEN),
+        }
+    }
+
+    /// The current state; `None` until the first result when started unknown.
+    pub fn state(&self) -> Option<Health> {
+        self.state
+    }
+
+    /// The last results, oldest first, `+` a success and `-` a failure (e.g. `"++--+---"`).
+    pub fn history(&self) -> String {
+        self.history
+            .iter()
+            .map(|&ok| if ok { '+' } else { '-' })
+            .collect()
+    }
+
+    /// Takes one probe result; returns the transition it causes, if any.
+    pub fn observe(&mut self, ok: bool) -> Option<Transition> {
+        self.record(ok).1
+    }
+
+    /// [`Self::observe`], also returning the state after the result (known from then on).
+    fn record(&mut self, ok: bool) -> (Health, Option<Transition>) {
+        if self.history.len() == HISTORY_LEN {
+            self.history.pop_front();
+        }
+        self.history.push_back(ok);
+
+        let seen = if ok { Health::Up } else { Health::Down };
+        let Some(state) = self.state else {
+            self.state = Some(seen);
+            self.streak = 0;
+            let outcome = if ok { "succeeded" } else { "failed" };
+            let transition = Transition {
+                from: None,
+                to: seen,
+                reason: format!("first probe {outcome}"),
+            };
+            return (seen, Some(transition));
+        };
+        if seen == state {
+            self.streak = 0;
+            return (state, None);
+        }
+        self.streak += 1;
+        let (needed, results, knob) = if ok {
+            (self.rise, "successes", "rise")
+        } else {
+            (self.fall, "failures", "fall")
+        };
+        if self.streak < needed {
+            return (state, None);
+        }
+        self.state = Some(seen);
+        let count = self.streak;
+        self.streak = 0;
+        let transition = Transition {
+            from: Some(state),
+            to: seen,
+            reason: format!("{count} consecutive {results} ({knob} {needed})"),
+        };
+        (seen, Some(transition))
+    }
+}
+
+/// The outcome of one probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeResult {
+    pub ok: bool,
+    /// Round-trip time, when the probe measured one (normally only on success).
+    pub rtt: Option<Duration>,
+    /// What happened, for the logs (e.g. "connected", "connection refused", "timed out").
+    pub detail: String,
+}
+
+/// What [`monitor`] reports to the daemon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// One probe result of path `path_id`, sent for every probe (the daemon keeps the RTTs).
+    Probe {
+        path_id: u32,
+        result: ProbeResult,
+        /// The state after this result (always known once a result has been seen).
+        state: Health,
+        /// `Some` when this result changed the state: the daemon recomputes its decisions.
+        transition: Option<Transition>,
+        /// [`HealthTracker::history`] after this result.
+        history: String,
+    },
+}
+
+/// Probes one path every `interval` and sends an [`Event::Probe`] per result on `tx`; returns
+/// when `tx`'s receiver is gone.
+///
+/// The first probe runs at once, the next ones on an `interval` grid from the start. The probe
+/// must bound its own duration (its timeout) and should finish well within `interval`; one that
+/// overruns delays the grid ([`MissedTickBehavior::Delay`]): the next probe starts as soon as the
+/// late one ends and the grid restarts from there, so probes never pile up.
+///
+/// Timing under a fake instantaneous probe: a path that starts failing at time T (a tick) is
+/// reported down by the probe at T + (fall - 1) × interval, and up again likewise with `rise`.
+///
+/// An `interval` of zero is taken as 1 ms (tokio's interval panics on zero; the configuration
+/// should never give one).
+pub async fn monitor<F, Fut>(
+    path_id: u32,
+    interval: Duration,
+    mut probe: F,
+    mut tracker: HealthTracker,
+    tx: mpsc::Sender<Event>,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ProbeResult>,
+{
+    let mut ticks = time::interval(interval.max(Duration::from_millis(1)));
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        // Stop waiting (for the tick or a slow probe) as soon as nobody listens.
+        let result = tokio::select! {
+            _ = tx.closed() => return,
+            result = async {
+                ticks.tick().await;
+                probe().await
+            } => result,
+        };
+        let (state, transition) = tracker.record(result.ok);
+        let event = Event::Probe {
+            path_id,
+            result,
+            state,
+            transition,
+            history: tracker.history(),
+        };
+        if tx.send(event).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::time::Instant;
+
+    use super::*;
+
+    fn feed(tracker: &mut HealthTracker, results: &str) -> Vec<Transition> {
+        results
+            .chars()
+            .filter_map(|c| tracker.observe(c == '+'))
+            .collect()
+    }
+
+    #[test]
+    fn unknown_state_is_decided_by_the_first_result() {
+        let mut up = HealthTracker::new(3, 3, None);
+        assert_eq!(up.state(), None);
+        let t = up.observe(true);
+        assert_eq!(
+            t,
+            Some(Transition {
+                from: None,
+                to: Health::Up,
+                reason: "first probe succeeded".into()
+            })
+        );
+        assert_eq!(up.state(), Some(Health::Up));
+
+        let mut down = HealthTracker::new(3, 3, None);
+        let t = down.observe(false).expect("first result decides");
+        assert_eq!((t.from, t.to), (None, Health::Down));
+        assert_eq!(t.reason, "first probe failed");
+        // From then on rise applies: two successes are not enough with rise 3.
+        assert!(feed(&mut down, "++").is_empty());
+        assert_eq!(down.state(), Some(Health::Down));
+    }
+
+    #[test]
+    fn fall_consecutive_failures_bring_up_down() {
+        let mut t = HealthTracker::new(2, 3, Some(Health::Up));
+        assert!(feed(&mut t, "--").is_empty());
+        assert_eq!(t.state(), Some(Health::Up));
+        let down = t.observe(false).expect("third failure");
+        assert_eq!(down.from, Some(Health::Up));
+        assert_eq!(down.to, Health::Down);
+        assert_eq!(down.reason, "3 consecutive failures (fall 3)");
+        // Further failures change nothing.
+        assert!(feed(&mut t, "-----").is_empty());
+    }
+
+    #[test]
+    fn rise_consecutive_successes_bring_down_up() {
+        let mut t = HealthTracker::new(2, 3, Some(Health::Down));
+        assert!(feed(&mut t, "+").is_empty());
+        let up = t.observe(true).expect("second success");
+        assert_eq!((up.from, up.to), (Some(Health::Down), Health::Up));
+        assert_eq!(up.reason, "2 consecutive successes (rise 2)");
+    }
+
+    #[test]
+    fn an_opposite_result_resets_the_streak() {
+        let mut t = HealthTracker::new(3, 3, Some(Health::Up));
+        assert!(feed(&mut t, "--+--+--").is_empty());
+        assert_eq!(t.state(), Some(Health::Up));
+        let down = feed(&mut t, "-");
+        assert_eq!(down.len(), 1, "the third failure in a row");
+        assert!(feed(&mut t, "++-++-++").is_empty());
+        assert_eq!(t.state(), Some(Health::Down));
+    }
+
+    #[test]
+    fn a_flapping_probe_never_flips_a_known_state() {
+        for initial in [Health::Up, Health::Down] {
+            for n in 2..=5 {
+                let mut t = HealthTracker::new(n, n, Some(initial));
+                let flaps = "+-".repeat(50);
+                assert!(feed(&mut t, &flaps).is_empty(), "{initial} rise/fall {n}");
+                assert_eq!(t.state(), Some(initial));
+            }
+        }
+    }
+
+    #[test]
+    fn rise_and_fall_of_zero_act_as_one() {
+        let mut t = HealthTracker::new(0, 0, Some(Health::Up));
+        assert_eq!(feed(&mut t, "-+-").len(), 3);
+    }
+
+    #[test]
+    fn history_shows_the_last_16_results_oldest_first() {
+        let mut t = HealthTracker::new(3, 3, None);
+        assert_eq!(t.history(), "");
+        feed(&mut t, "++--+---");
+        assert_eq!(t.history(), "++--+---");
+        feed(&mut t, "++++----++++");
+        assert_eq!(t.history(), "+---++++----++++");
+        assert_eq!(t.history().len(), HISTORY_LEN);
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// Runs [`monitor`] with a fake instantaneous probe that fails for virtual times in
+    /// `failing` (from the start of the test), until `events` results have been seen; returns
+    /// each event with the virtual time it arrived at.
+    async fn run(
+        tracker: HealthTracker,
+        failing: impl Fn(Duration) -> bool + Send + 'static,
+        events: usize,
+    ) -> Vec<(Duration, Event)> {
+        let start = Instant::now();
+        let probe = move || {
+            let ok = !failing(start.elapsed());
+            async move {
+                ProbeResult {
+                    ok,
+                    rtt: ok.then_some(Duration::from_millis(1)),
+                    detail: if ok { "connected" } else { "timed out" }.into(),
+                }
+            }
+        };
+        let (tx, mut rx) = mpsc::channel(4);
+        let task = tokio::spawn(monitor(7, SECOND, probe, tracker, tx));
+        let mut seen = Vec::new();
+        while seen.len() < events {
+            let event = rx.recv().await.expect("monitor runs until rx is dropped");
+            seen.push((start.elapsed(), event));
+        }
+        drop(rx);
+        task.await.expect("monitor ends once rx is dropped");
+        seen
+    }
+
+    fn transitions(events: &[(Duration, Event)]) -> Vec<(Duration, Transition)> {
+        events
+            .iter()
+            .filter_map(|(at, Event::Probe { transition, .. })| {
+                transition.clone().map(|t| (*at, t))
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn monitor_probes_at_once_then_every_interval() {
+        let events = run(HealthTracker::new(2, 3, None), |_| true, 4).await;
+        let times: Vec<_> = events.iter().map(|(at, _)| at.as_secs_f64()).collect();
+        assert_eq!(times, [0.0, 1.0, 2.0, 3.0]);
+        let (_, first) = &events[0];
+        let Event::Probe {
+            path_id,
+            result,
+            state,
+            transition,
+            history,
+        } = first;
+        assert_eq!(*path_id, 7);
+        assert!(!result.ok);
+        assert_eq!(result.detail, "timed out");
+        assert_eq!(*state, Health::Down);
+        assert_eq!(history, "-");
+        let first = transition
+            .as_ref()
+            .expect("unknown: the first result decides");
+        assert_eq!((first.from, first.to), (None, Health::Down));
+        assert_eq!(transitions(&events).len(), 1);
+        let Event::Probe { history, .. } = &events[3].1;
+        assert_eq!(history, "----");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn monitor_goes_down_after_fall_and_up_after_rise_intervals() {
+        // Fails from T = 5 s (a tick) to 12 s: with probes at 0, 1, 2, ... the failures are seen at
+        // 5, 6, 7 (down at T + (fall - 1) × interval = 7 s) and the successes at 12, 13 (up at
+        // 12 + (rise - 1) × interval = 13 s).
+        let failing = |t: Duration| (5 * SECOND..12 * SECOND).contains(&t);
+        let events = run(HealthTracker::new(2, 3, Some(Health::Up)), failing, 16).await;
+        let got: Vec<_> = transitions(&events)
+            .into_iter()
+            .map(|(at, t)| (at.as_secs(), t.from, t.to, t.reason))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    7,
+                    Some(Health::Up),
+                    Health::Down,
+                    "3 consecutive failures (fall 3)".into()
+                ),
+                (
+                    13,
+                    Some(Health::Down),
+                    Health::Up,
+                    "2 consecutive successes (rise 2)".into()
+                ),
+            ]
+        );
+        // Every result is reported, with its RTT when there is one.
+        assert_eq!(events.len(), 16);
+        for (at, Event::Probe { result, .. }) in &events {
+            assert_eq!(result.ok, !failing(*at));
+            assert_eq!(result.rtt.is_some(), result.ok);
+        }
+        let Event::Probe { history, .. } = &events[15].1;
+        assert_eq!(history, "+++++-------++++");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn monitor_between_ticks_the_failure_is_seen_at_the_next_tick() {
+        // Failing from 4.5 s: first failed probe at 5 s, down at 7 s, within
+        // [T + (fall - 1) × interval, T + fall × interval) = [6.5 s, 7.5 s).
+        let failing = |t: Duration| t >= Duration::from_millis(4500);
+        let events = run(HealthTracker::new(2, 3, Some(Health::Up)), failing, 10).await;
+        let down = transitions(&events);
+        assert_eq!(down.len(), 1);
+        assert_eq!(down[0].0, 7 * SECOND);
+        assert_eq!(down[0].1.to, Health::Down);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn monitor_a_flapping_probe_never_transitions_once_known() {
+        let flapping = |t: Duration| t.as_secs() % 2 == 1;
+        for initial in [Some(Health::Up), Some(Health::Down)] {
+            let events = run(HealthTracker::new(2, 2, initial), flapping, 30).await;
+            assert!(transitions(&events).is_empty(), "{initial:?}");
+            let Event::Probe { history, state, .. } = &events[29].1;
+            assert_eq!(history, &"+-".repeat(8));
+            assert_eq!(Some(*state), initial);
+        }
+        // Unknown: the first result (a success at 0 s) decides, then nothing moves.
+        let events = run(HealthTracker::new(2, 2, None), flapping, 30).await;
+        let got = transitions(&events);
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].0, got[0].1.to), (Duration::ZERO, Health::Up));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn monitor_a_slow_probe_delays_the_grid() {
+        // The second probe (at 1 s) takes 2.5 s: the third starts when it ends (3.5 s), and the
+        // grid goes on from there.
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let start = Instant::now();
+        let probe = {
+            let starts = Arc::clone(&starts);
+            move || {
+                let mut starts = starts.lock().expect("not poisoned");
+                starts.push(start.elapsed());
+                let slow = starts.len() == 2;
+                async move {
+                    if slow {
+                        time::sleep(Duration::from_millis(2500)).await;
+                    }
+                    ProbeResult {
+                        ok: true,
+                        rtt: None,
+                        detail: String::new(),
+                    }
+                }
+            }
+        };
+        let (tx, mut rx) = mpsc::channel(1);
+        let task = tokio::spawn(monitor(
+            1,
+            SECOND,
+            probe,
+            HealthTracker::new(1, 1, None),
+            tx,
+        ));
+        for _ in 0..5 {
+            rx.recv().await.expect("monitor running");
+        }
+        drop(rx);
+        task.await.expect("monitor ends");
+        let starts: Vec<_> = starts.lock().expect("not poisoned").clone();
+        let ms: Vec<_> = starts.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms[..5], [0, 1000, 3500, 4500, 5500]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn monitor_a_zero_interval_is_one_millisecond() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let probe = || async {
+            ProbeResult {
+                ok: true,
+                rtt: None,
+                detail: String::new(),
+            }
+        };
+        let start = Instant::now();
+        let tracker = HealthTracker::new(1, 1, None);
+        let task = tokio::spawn(monitor(1, Duration::ZERO, probe, tracker, tx));
+        for _ in 0..3 {
+            rx.recv().await.expect("monitor running");
+        }
+        assert_eq!(start.elapsed(), Duration::from_millis(2));
+        drop(rx);
+        task.await.expect("monitor ends");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn monitor_ends_when_the_receiver_is_dropped_while_waiting() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let probe = || async {
+            ProbeResult {
+                ok: true,
+                rtt: None,
+                detail: String::new(),
+            }
+        };
+        let interval = Duration::from_secs(3600);
+        let task = tokio::spawn(monitor(
+            1,
+            interval,
+            probe,
+            HealthTracker::new(1, 1, None),
+            tx,
+        ));
+        rx.recv().await.expect("the first probe is immediate");
+        let start = Instant::now();
+        drop(rx);
+        task.await.expect("monitor ends");
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "without waiting for the next tick"
+        );
+    }
+}

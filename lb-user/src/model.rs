@@ -1,0 +1,370 @@
+//! The control plane's view of the world: the configuration, the ids it is given in the maps,
+//! what the probes and the operator said of each path, and the decision in force for each
+//! target. [`Model::tables`] turns it into what the maps must hold; pure, no I/O.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use lb_common::{
+    maps::{
+        ALL_DOWN_DROP, ALL_DOWN_LAST_KNOWN, CONFIG_MODE_ACTIVE_ACTIVE, CONFIG_MODE_FAILOVER,
+        EndpointKey, HEALTH_DOWN, HEALTH_UNKNOWN, HEALTH_UP, MAX_PATHS, MAX_TARGETS, MAX_VIPS,
+        NO_ID, PATH_DISABLED, PATH_DOWN, PATH_UP, PathMeta, PathValue, RevValue, TARGET_MODE_NONE,
+        TARGET_MODE_RING, TARGET_MODE_SINGLE, TargetMeta, TargetValue, VipInfo, decode_name,
+        encode_name,
+    },
+    net::{IPPROTO_TCP, IPPROTO_UDP},
+};
+
+use crate::{
+    config::{AllDown, Config, Mode, Protocol, Target, Vip},
+    health::Health,
+    policy::{self, Decision, PathView},
+    tables::Tables,
+};
+
+/// Ids of targets (by name), paths (by target and path name) and VIPs (by key) in the maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ids {
+    pub targets: BTreeMap<String, u32>,
+    pub paths: BTreeMap<(String, String), u32>,
+    pub vips: BTreeMap<EndpointKey, u32>,
+}
+
+/// Ids for `keys`: what `previous` gave a key it keeps; new keys get the lowest id no kept key
+/// holds. `None` when more than `max` are needed.
+fn assign_ids<K: Ord + Clone>(keys: &[K], previous: &BTreeMap<K, u32>, max: u32) -> Option<BTreeMap<K, u32>> {
+    let mut used: BTreeSet<u32> = keys.iter().filter_map(|k| previous.get(k).copied()).collect();
+    let mut out = BTreeMap::new();
+    for k in keys {
+        let id = match previous.get(k) {
+            Some(id) => *id,
+            None => {
+                let id = (0..max).find(|i| !used.contains(i))?;
+                used.insert(id);
+                id
+            }
+        };
+        out.insert(k.clone(), id);
+    }
+    Some(out)
+}
+
+impl Ids {
+    /// Ids for `config`: what `previous` gave each name keeps its id (so a reload does not move
+    /// flows), new names get the lowest free id. `None` when a table is full (the configuration
+    /// validation keeps within the capacities, so this does not happen for a valid file).
+    pub fn assign(config: &Config, previous: &Ids) -> Option<Ids> {
+        let targets: Vec<String> = config.targets.iter().map(|t| t.name.clone()).collect();
+        let paths: Vec<(String, String)> = config
+            .targets
+            .iter()
+            .flat_map(|t| t.paths.iter().map(|p| (t.name.clone(), p.name.clone())))
+            .collect();
+        let vips: Vec<EndpointKey> = config.vips.iter().map(vip_key).collect();
+        Some(Ids {
+            targets: assign_ids(&targets, &previous.targets, MAX_TARGETS)?,
+            paths: assign_ids(&paths, &previous.paths, MAX_PATHS)?,
+            vips: assign_ids(&vips, &previous.vips, MAX_VIPS)?,
+        })
+    }
+
+    /// The ids pinned maps use, read back from their meta entries.
+    pub fn from_tables(t: &Tables) -> Ids {
+        let mut ids = Ids::default();
+        let mut target_names = BTreeMap::new();
+        for (id, meta) in &t.target_meta {
+            let name = decode_name(&meta.name).to_string();
+            target_names.insert(*id, name.clone());
+            ids.targets.insert(name, *id);
+        }
+        for (id, meta) in &t.path_meta {
+            if let Some(target) = t.paths.get(id).and_then(|p| target_names.get(&p.target)) {
+                ids.paths.insert((target.clone(), decode_name(&meta.name).to_string()), *id);
+            }
+        }
+        for (id, info) in &t.vips {
+            ids.vips.insert(info.key, *id);
+        }
+        ids
+    }
+}
+
+/// The key of a configured VIP in `LB_VIPS`.
+pub fn vip_key(v: &Vip) -> EndpointKey {
+    EndpointKey::new(v.address, v.service.map(|s| (proto(s.protocol), s.port)))
+}
+
+fn proto(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => IPPROTO_TCP,
+        Protocol::Udp => IPPROTO_UDP,
+    }
+}
+
+/// What is known of one path at run time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathState {
+    /// `None`: no probe result yet (and none inherited from pinned state).
+    pub health: Option<Health>,
+    /// Disabled (drained) by an operator.
+    pub disabled: bool,
+    /// Round-trip time of the last successful probe.
+    pub rtt: Option<Duration>,
+    /// When `health` or `disabled` last changed.
+    pub changed: SystemTime,
+}
+
+impl Default for PathState {
+    fn default() -> Self {
+        Self { health: None, disabled: false, rtt: None, changed: UNIX_EPOCH }
+    }
+}
+
+fn unix_ns(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Decode a path's state from pinned meta (restart: never "unknown means down").
+pub fn path_state_from(meta: &PathMeta, admin_disabled: bool) -> PathState {
+    PathState {
+        health: match meta.health {
+            HEALTH_UP => Some(Health::Up),
+            HEALTH_DOWN => Some(Health::Down),
+            _ => None,
+        },
+        disabled: admin_disabled,
+        rtt: (meta.rtt_us != 0).then(|| Duration::from_micros(u64::from(meta.rtt_us))),
+        changed: UNIX_EPOCH + Duration::from_nanos(meta.changed_ns),
+    }
+}
+
+/// Configuration, ids, path states and decisions: everything [`Model::tables`] needs.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub config: Config,
+    pub ids: Ids,
+    /// By path id.
+    pub paths: BTreeMap<u32, PathState>,
+    /// By target id.
+    pub decisions: BTreeMap<u32, Decision>,
+    /// Path addresses as pinned state had them (restart: a path whose address changed in the
+    /// new configuration starts unknown).
+    pub pinned_addresses: BTreeMap<u32, Ipv4Addr>,
+}
+
+impl Model {
+    /// A model for `config`, keeping the ids, path states and decisions `previous` has for the
+    /// same names (a path whose address changed starts unknown). Decisions are then recomputed.
+    pub fn new(config: Config, previous: &Model) -> Option<Model> {
+        let ids = Ids::assign(&config, &previous.ids)?;
+        let mut paths = BTreeMap::new();
+        for t in &config.targets {
+            for p in &t.paths {
+                let Some(id) = ids.paths.get(&(t.name.clone(), p.name.clone())) else { continue };
+                let old_addr = previous.address_of(*id);
+                let state = match previous.paths.get(id) {
+                    Some(s) if old_addr == Some(p.address) => s.clone(),
+                    // An operator's drain survives an address change.
+                    Some(s) => PathState { disabled: s.disabled, ..PathState::default() },
+                    None => PathState::default(),
+                };
+                paths.insert(*id, state);
+            }
+        }
+        let decisions = config
+            .targets
+            .iter()
+            .filter_map(|t| {
+                let id = *ids.targets.get(&t.name)?;
+                Some((id, previous.decisions.get(&id).cloned().unwrap_or(Decision::None)))
+            })
+            .collect();
+        let mut model = Model { config, ids, paths, decisions, pinned_addresses: BTreeMap::new() };
+        model.decide_all();
+        Some(model)
+    }
+
+    /// An empty model (no configuration applied).
+    pub fn empty() -> Model {
+        Model {
+            config: Config {
+                interfaces: crate::config::Interfaces { clients: Vec::new(), paths: Vec::new() },
+                targets: Vec::new(),
+                vips: Vec::new(),
+                flow_table_size: None,
+            },
+            ids: Ids::default(),
+            paths: BTreeMap::new(),
+            decisions: BTreeMap::new(),
+            pinned_addresses: BTreeMap::new(),
+        }
+    }
+
+    /// What pinned maps say: ids, path states (health as last seen, operator drains) and the
+    /// decisions in force; the configuration is empty until one is applied.
+    pub fn from_tables(t: &Tables, admin_disabled: impl Fn(u32) -> bool) -> Model {
+        let mut m = Model::empty();
+        m.ids = Ids::from_tables(t);
+        for (id, meta) in &t.path_meta {
+            m.paths.insert(*id, path_state_from(meta, admin_disabled(*id)));
+        }
+        for (id, value) in &t.targets {
+            let d = match value.mode {
+                TARGET_MODE_SINGLE => Decision::Single(value.active),
+                TARGET_MODE_RING => t.rings.get(id).cloned().map_or(Decision::None, Decision::Ring),
+                _ => Decision::None,
+            };
+            m.decisions.insert(*id, d);
+        }
+        m.pinned_addresses = t.paths.iter().map(|(id, p)| (*id, Ipv4Addr::from(p.addr))).collect();
+        m
+    }
+
+    fn address_of(&self, path: u32) -> Option<Ipv4Addr> {
+        self.config
+            .targets
+            .iter()
+            .flat_map(|t| t.paths.iter().map(move |p| (t, p)))
+            .find(|(t, p)| self.ids.paths.get(&(t.name.clone(), p.name.clone())) == Some(&path))
+            .map(|(_, p)| p.address)
+            .or_else(|| self.pinned_addresses.get(&path).copied())
+    }
+
+    /// Recomputes every target's decision; returns the ids of the targets whose decision
+    /// changed.
+    pub fn decide_all(&mut self) -> Vec<u32> {
+        let names: Vec<String> = self.config.targets.iter().map(|t| t.name.clone()).collect();
+        names.iter().filter_map(|n| self.decide(n)).collect()
+    }
+
+    /// Recomputes the decision of target `name`; `Some(id)` when it changed.
+    pub fn decide(&mut self, name: &str) -> Option<u32> {
+        let t = self.config.targets.iter().find(|t| t.name == name)?;
+        let id = *self.ids.targets.get(name)?;
+        let views: Vec<PathView> = t
+            .paths
+            .iter()
+            .filter_map(|p| {
+                let pid = *self.ids.paths.get(&(t.name.clone(), p.name.clone()))?;
+                let s = self.paths.get(&pid).cloned().unwrap_or_default();
+                Some(PathView {
+                    id: pid,
+                    name: p.name.clone(),
+                    priority: p.priority,
+                    weight: p.weight,
+                    health: s.health,
+                    disabled: s.disabled,
+                })
+            })
+            .collect();
+        let previous = self.decisions.get(&id).cloned().unwrap_or(Decision::None);
+        let next = policy::decide(t.mode, t.preempt, t.all_down, &views, &previous);
+        (next != previous).then(|| {
+            self.decisions.insert(id, next);
+            id
+        })
+    }
+
+    /// The (target name, path name) of path `id`.
+    pub fn path_name(&self, id: u32) -> Option<(&str, &str)> {
+        self.ids.paths.iter().find(|(_, v)| **v == id).map(|((t, p), _)| (t.as_str(), p.as_str()))
+    }
+
+    /// What the maps must hold.
+    pub fn tables(&self) -> Tables {
+        let mut out = Tables::default();
+        for t in &self.config.targets {
+            let Some(&tid) = self.ids.targets.get(&t.name) else { continue };
+            out.target_meta.insert(
+                tid,
+                TargetMeta {
+                    name: encode_name(&t.name),
+                    mode: match t.mode {
+                        Mode::Failover => CONFIG_MODE_FAILOVER,
+                        Mode::ActiveActive => CONFIG_MODE_ACTIVE_ACTIVE,
+                    },
+                    preempt: u8::from(t.preempt),
+                    all_down: match t.all_down {
+                        AllDown::Drop => ALL_DOWN_DROP,
+                        AllDown::LastKnown => ALL_DOWN_LAST_KNOWN,
+                    },
+                    used: 1,
+                    _pad: [0; 4],
+                },
+            );
+            let value = match self.decisions.get(&tid) {
+                Some(Decision::Single(p)) => TargetValue { mode: TARGET_MODE_SINGLE, active: *p },
+                Some(Decision::Ring(ring)) => {
+                    out.rings.insert(tid, ring.clone());
+                    TargetValue { mode: TARGET_MODE_RING, active: NO_ID }
+                }
+                Some(Decision::None) | None => TargetValue { mode: TARGET_MODE_NONE, active: NO_ID },
+            };
+            out.targets.insert(tid, value);
+            for p in &t.paths {
+                let Some(&pid) = self.ids.paths.get(&(t.name.clone(), p.name.clone())) else { continue };
+                let s = self.paths.get(&pid).cloned().unwrap_or_default();
+                let state = if s.disabled {
+                    PATH_DISABLED
+                } else if s.health == Some(Health::Up) {
+                    PATH_UP
+                } else {
+                    PATH_DOWN
+                };
+                out.paths.insert(pid, PathValue { addr: p.address.octets(), state, _pad: [0; 3], target: tid });
+                out.path_meta.insert(
+                    pid,
+                    PathMeta {
+                        name: encode_name(&p.name),
+                        priority: p.priority,
+                        weight: p.weight,
+                        changed_ns: unix_ns(s.changed),
+                        rtt_us: s.rtt.map_or(0, |r| r.as_micros().clamp(1, u128::from(u32::MAX)) as u32),
+                        health: match s.health {
+                            Some(Health::Up) => HEALTH_UP,
+                            Some(Health::Down) => HEALTH_DOWN,
+                            None => HEALTH_UNKNOWN,
+                        },
+                        used: 1,
+                        _pad: [0; 2],
+                    },
+                );
+            }
+        }
+        for v in &self.config.vips {
+            let key = vip_key(v);
+            let (Some(&vid), Some(&tid), Some(t)) =
+                (self.ids.vips.get(&key), self.ids.targets.get(&v.target), self.config.targets.iter().find(|t| t.name == v.target))
+            else {
+                continue;
+            };
+            let target_port = v.service.and_then(|s| s.target_port.filter(|tp| *tp != s.port));
+            out.vips.insert(
+                vid,
+                VipInfo { key, target: tid, target_port: target_port.unwrap_or(0).to_be_bytes(), _pad: [0; 2] },
+            );
+            for p in &t.paths {
+                let Some(&pid) = self.ids.paths.get(&(t.name.clone(), p.name.clone())) else { continue };
+                let rev_key = EndpointKey::new(
+                    p.address,
+                    v.service.map(|s| (proto(s.protocol), s.target_port.unwrap_or(s.port))),
+                );
+                out.rev_nat.insert(
+                    rev_key,
+                    RevValue {
+                        vip_addr: v.address.octets(),
+                        vip_port: v.service.map_or(0, |s| s.port).to_be_bytes(),
+                        _pad: [0; 2],
+                        vip_id: vid,
+                        path: pid,
+                    },
+                );
+            }
+        }
+        out
+    }
+}
