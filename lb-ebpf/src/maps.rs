@@ -6,10 +6,9 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::maps::{
-    ControlMeta, PathMeta, TargetMeta,
-    ADDR_FILTER_SIZE, EndpointKey, FLOW_TABLE_FLAGS, FLOW_TABLE_SIZE, FlowKey, FlowValue,
-    MAX_PATHS, MAX_REV_NAT, MAX_TARGETS, MAX_TX_PORTS, MAX_VIPS, PathValue, RING_ENTRIES, RevValue,
-    TargetValue, TrafficStats, VipInfo,
+    ADDR_FILTER_SIZE, ControlMeta, EndpointKey, FLOW_TABLE_FLAGS, FLOW_TABLE_SIZE, FlowKey,
+    FlowValue, MAX_PATHS, MAX_REV_NAT, MAX_TARGETS, MAX_TX_PORTS, MAX_VIPS, PathMeta, PathValue,
+    RING_ENTRIES, RevValue, TargetMeta, TargetValue, TrafficStats, VipInfo,
 };
 
 #[map]

@@ -4,8 +4,24 @@
 //! Loading is all-or-nothing: [`Config::from_json`] either returns a fully validated model or
 //! one [`ConfigError`] naming the field and the reason; nothing is applied from an invalid
 //! file.
+//!
+//! Two layers: private `Raw*` structs mirror the JSON exactly (`deny_unknown_fields`, every
+//! optional field an `Option`), and a [`Validator`] walks them in file order, with the
+//! location of each value in hand, building the model. Whether the named interfaces exist is
+//! a separate check ([`Config::check_interfaces`]): a file may be checked on another host.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    ffi::CString,
+    fmt,
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::Duration,
+};
+
+use lb_common::maps::{MAX_PATHS, MAX_REV_NAT, MAX_TARGETS, MAX_VIPS};
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::Value;
 
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,7 +72,8 @@ pub struct Path {
     pub name: String,
     /// The VM's address on this path.
     pub address: Ipv4Addr,
-    /// Failover preference: lower is preferred.
+    /// Failover preference: lower is preferred. Defaults to the path's index in its target's
+    /// list, so the listed order is the preference.
     pub priority: u32,
     /// Active/active share (relative).
     pub weight: u32,
@@ -71,7 +88,9 @@ pub struct Path {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Probe {
     pub kind: ProbeKind,
+    /// From the start of one probe to the start of the next.
     pub interval: Duration,
+    /// At most `interval`: a probe ends before the next starts.
     pub timeout: Duration,
     /// Consecutive successes that bring a down path up.
     pub rise: u32,
@@ -86,7 +105,11 @@ pub enum ProbeKind {
     /// An ICMP echo is answered.
     Icmp,
     /// `GET path` on `port` answers with `expect_status`.
-    Http { port: u16, path: String, expect_status: u16 },
+    Http {
+        port: u16,
+        path: String,
+        expect_status: u16,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -108,6 +131,1017 @@ pub struct Vip {
 pub struct Service {
     pub protocol: Protocol,
     pub port: u16,
-    /// The port on the VM; `None`: the same as `port`.
+    /// The port on the VM; `None`: the same as `port` (a `target_port` equal to `port` in the
+    /// file is `None` here).
     pub target_port: Option<u16>,
+}
+
+/// Why a configuration was not loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not JSON.
+    #[error("line {line}, column {column}: {message}")]
+    Syntax {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// JSON, but not a valid configuration. `field` is a JSON-path-like location such as
+    /// `targets[0].paths[1].address` (`top level` for the document itself).
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+impl Config {
+    /// Parses and validates a configuration.
+    pub fn from_json(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_json::from_str(text).map_err(|e| shape_error(text, &e))?;
+        Validator::default().config(raw)
+    }
+
+    /// Reads, parses and validates the configuration file at `path`.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_json(&text)
+    }
+
+    /// The target called `name`.
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+
+    /// Checks that every interface the configuration names exists, by `exists` (in production
+    /// [`interface_exists`]; the file may be validated on another host, so this is not part of
+    /// [`Config::from_json`]). Covers `interfaces.*` and the paths' `interface`.
+    pub fn check_interfaces(&self, exists: impl Fn(&str) -> bool) -> Result<(), ConfigError> {
+        let Interfaces { clients, paths } = &self.interfaces;
+        for (list, names) in [("clients", clients), ("paths", paths)] {
+            for (i, name) in names.iter().enumerate() {
+                if !exists(name) {
+                    return Err(invalid(
+                        format!("interfaces.{list}[{i}]"),
+                        format!("unknown interface {name:?}"),
+                    ));
+                }
+            }
+        }
+        for (i, target) in self.targets.iter().enumerate() {
+            for (j, path) in target.paths.iter().enumerate() {
+                if let Some(name) = &path.interface
+                    && !exists(name)
+                {
+                    return Err(invalid(
+                        format!("targets[{i}].paths[{j}].interface"),
+                        format!("unknown interface {name:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Vip {
+    /// The port on the VM when the service translates it (differs from `port`); `None` for a
+    /// whole-address VIP or an untranslated service.
+    pub fn target_port(&self) -> Option<u16> {
+        let service = self.service?;
+        service.target_port.filter(|&p| p != service.port)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// Whether interface `name` exists in this network namespace.
+pub fn interface_exists(name: &str) -> bool {
+    let Ok(name) = CString::new(name) else {
+        return false;
+    };
+    // SAFETY: `name` is a NUL-terminated string that outlives the call; if_nametoindex only
+    // reads it.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+}
+
+// ---- Limits and defaults. ----
+
+/// `IFNAMSIZ` less the terminating NUL.
+const MAX_IFNAME: usize = 15;
+/// Large enough for any edge; the table is preallocated, so a typo must not eat the memory.
+const MAX_FLOW_TABLE_SIZE: u64 = 64 << 20;
+const MAX_WEIGHT: u32 = 1000;
+/// Rise and fall are counts of probes: more than this is a typo, not a policy.
+const MAX_RISE_FALL: u32 = 100;
+const MIN_INTERVAL_MS: u64 = 10;
+const DEFAULT_INTERVAL: Duration = Duration::from_millis(1000);
+/// Also capped by the interval.
+const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+const DEFAULT_RISE: u32 = 2;
+const DEFAULT_FALL: u32 = 3;
+const DEFAULT_HTTP_PORT: u16 = 80;
+const DEFAULT_HTTP_PATH: &str = "/";
+const DEFAULT_EXPECT_STATUS: u16 = 200;
+const TOP_LEVEL: &str = "top level";
+
+// ---- The raw shape: the JSON exactly as written. ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a configuration object")]
+struct RawConfig {
+    interfaces: RawInterfaces,
+    flow_table_size: Option<u64>,
+    #[serde(default)]
+    targets: Vec<RawTarget>,
+    #[serde(default)]
+    vips: Vec<RawVip>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object with the lists clients and paths"
+)]
+struct RawInterfaces {
+    #[serde(default)]
+    clients: Vec<String>,
+    #[serde(default)]
+    paths: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a target object")]
+struct RawTarget {
+    name: String,
+    mode: Option<RawMode>,
+    preempt: Option<bool>,
+    all_down: Option<RawAllDown>,
+    #[serde(default)]
+    paths: Vec<RawPath>,
+    #[serde(default)]
+    probe: RawProbe,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a path object")]
+struct RawPath {
+    name: String,
+    address: String,
+    priority: Option<u32>,
+    weight: Option<u32>,
+    source: Option<String>,
+    interface: Option<String>,
+    /// Overrides of the target's probe: any subset of its fields.
+    #[serde(default)]
+    probe: RawProbe,
+}
+
+/// A target's probe, or a path's overrides of it: every field optional.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a probe object")]
+struct RawProbe {
+    #[serde(rename = "type")]
+    kind: Option<RawProbeType>,
+    port: Option<u16>,
+    path: Option<String>,
+    expect_status: Option<u16>,
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    rise: Option<u32>,
+    fall: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a VIP object")]
+struct RawVip {
+    address: String,
+    protocol: Option<RawProtocol>,
+    port: Option<u16>,
+    target: String,
+    target_port: Option<u16>,
+}
+
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum RawMode {
+    Failover,
+    ActiveActive,
+}
+
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum RawAllDown {
+    Drop,
+    LastKnown,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawProbeType {
+    Tcp,
+    Icmp,
+    Http,
+}
+
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawProtocol {
+    Tcp,
+    Udp,
+}
+
+impl From<RawMode> for Mode {
+    fn from(raw: RawMode) -> Mode {
+        match raw {
+            RawMode::Failover => Mode::Failover,
+            RawMode::ActiveActive => Mode::ActiveActive,
+        }
+    }
+}
+
+impl From<RawAllDown> for AllDown {
+    fn from(raw: RawAllDown) -> AllDown {
+        match raw {
+            RawAllDown::Drop => AllDown::Drop,
+            RawAllDown::LastKnown => AllDown::LastKnown,
+        }
+    }
+}
+
+impl From<RawProtocol> for Protocol {
+    fn from(raw: RawProtocol) -> Protocol {
+        match raw {
+            RawProtocol::Tcp => Protocol::Tcp,
+            RawProtocol::Udp => Protocol::Udp,
+        }
+    }
+}
+
+impl RawProbeType {
+    fn of(kind: &ProbeKind) -> RawProbeType {
+        match kind {
+            ProbeKind::Tcp { .. } => RawProbeType::Tcp,
+            ProbeKind::Icmp => RawProbeType::Icmp,
+            ProbeKind::Http { .. } => RawProbeType::Http,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            RawProbeType::Tcp => "tcp",
+            RawProbeType::Icmp => "icmp",
+            RawProbeType::Http => "http",
+        }
+    }
+}
+
+// ---- Validation. ----
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Walks a [`RawConfig`] in file order, building the model; the first problem is the error.
+/// Remembers what later sections are checked against.
+#[derive(Default)]
+struct Validator {
+    /// Every path address so far, with the path's location.
+    path_addresses: HashMap<Ipv4Addr, String>,
+    /// Paths so far, over all targets (the datapath's capacity).
+    paths: usize,
+}
+
+impl Validator {
+    fn config(mut self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let RawConfig {
+            interfaces,
+            flow_table_size,
+            targets: raw_targets,
+            vips: raw_vips,
+        } = raw;
+        let interfaces = check_interfaces_section(interfaces, !raw_targets.is_empty())?;
+        let flow_table_size = flow_table_size.map(check_flow_table_size).transpose()?;
+        at_most("targets", "targets", raw_targets.len(), MAX_TARGETS)?;
+        at_most("vips", "VIPs", raw_vips.len(), MAX_VIPS)?;
+
+        let mut targets: Vec<Target> = Vec::with_capacity(raw_targets.len());
+        for (i, raw) in raw_targets.into_iter().enumerate() {
+            let target = self.target(&format!("targets[{i}]"), raw, &targets)?;
+            targets.push(target);
+        }
+        let vips = self.vips(raw_vips, &targets)?;
+        Ok(Config {
+            interfaces,
+            targets,
+            vips,
+            flow_table_size,
+        })
+    }
+
+    fn target(
+        &mut self,
+        at: &str,
+        raw: RawTarget,
+        earlier: &[Target],
+    ) -> Result<Target, ConfigError> {
+        let RawTarget {
+            name,
+            mode,
+            preempt,
+            all_down,
+            paths: raw_paths,
+            probe,
+        } = raw;
+        if name.is_empty() {
+            return Err(invalid(format!("{at}.name"), "a target needs a name"));
+        }
+        if let Some(j) = earlier.iter().position(|t| t.name == name) {
+            return Err(invalid(
+                format!("{at}.name"),
+                format!("{name:?} is already the name of targets[{j}]"),
+            ));
+        }
+        let mode = mode.map_or(Mode::Failover, Mode::from);
+        let probe = check_probe(&format!("{at}.probe"), probe, None)?;
+        if raw_paths.is_empty() {
+            return Err(invalid(
+                format!("{at}.paths"),
+                "a target needs at least one path",
+            ));
+        }
+        let mut paths: Vec<Path> = Vec::with_capacity(raw_paths.len());
+        for (j, raw) in raw_paths.into_iter().enumerate() {
+            let path = self.path(at, j, raw, mode, &probe, &paths)?;
+            paths.push(path);
+        }
+        Ok(Target {
+            name,
+            mode,
+            preempt: preempt.unwrap_or(true),
+            all_down: all_down.map_or(AllDown::Drop, AllDown::from),
+            paths,
+        })
+    }
+
+    /// Path `index` of the target at `target_at`, after `earlier` ones.
+    fn path(
+        &mut self,
+        target_at: &str,
+        index: usize,
+        raw: RawPath,
+        mode: Mode,
+        target_probe: &Probe,
+        earlier: &[Path],
+    ) -> Result<Path, ConfigError> {
+        let RawPath {
+            name,
+            address,
+            priority,
+            weight,
+            source,
+            interface,
+            probe,
+        } = raw;
+        let at = format!("{target_at}.paths[{index}]");
+        self.paths += 1;
+        if self.paths > MAX_PATHS as usize {
+            return Err(invalid(
+                at,
+                format!("more than {MAX_PATHS} paths in all (the datapath's capacity)"),
+            ));
+        }
+        if name.is_empty() {
+            return Err(invalid(format!("{at}.name"), "a path needs a name"));
+        }
+        if let Some(j) = earlier.iter().position(|p| p.name == name) {
+            return Err(invalid(
+                format!("{at}.name"),
+                format!("{name:?} is already the name of {target_at}.paths[{j}]"),
+            ));
+        }
+        let address = unicast(&format!("{at}.address"), &address)?;
+        match self.path_addresses.entry(address) {
+            Entry::Occupied(first) => {
+                return Err(invalid(
+                    format!("{at}.address"),
+                    format!("{address} is already the address of {}", first.get()),
+                ));
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(at.clone());
+            }
+        }
+        // The listed order is the preference; past u32::MAX the capacity check has failed.
+        let priority = priority.unwrap_or_else(|| u32::try_from(index).unwrap_or(u32::MAX));
+        let weight = weight.unwrap_or(1);
+        if weight == 0 && mode == Mode::ActiveActive {
+            return Err(invalid(
+                format!("{at}.weight"),
+                "0 in an active-active target: the path would take no flows",
+            ));
+        }
+        if weight > MAX_WEIGHT {
+            return Err(invalid(
+                format!("{at}.weight"),
+                format!("{weight} is more than the maximum of {MAX_WEIGHT}"),
+            ));
+        }
+        let source = source
+            .map(|s| unicast(&format!("{at}.source"), &s))
+            .transpose()?;
+        if let Some(name) = &interface {
+            check_interface_name(&format!("{at}.interface"), name)?;
+        }
+        let probe = check_probe(&format!("{at}.probe"), probe, Some(target_probe))?;
+        Ok(Path {
+            name,
+            address,
+            priority,
+            weight,
+            probe,
+            source,
+            interface,
+        })
+    }
+
+    fn vips(&self, raw_vips: Vec<RawVip>, targets: &[Target]) -> Result<Vec<Vip>, ConfigError> {
+        // What each key is, for duplicates and reverse-NAT ambiguity: the index of the VIP.
+        let mut by_key: HashMap<(Ipv4Addr, Option<(Protocol, u16)>), usize> = HashMap::new();
+        let mut whole_by_target: HashMap<&str, usize> = HashMap::new();
+        // (target, protocol, port on the VM): the key replies are translated by.
+        let mut service_by_reply: HashMap<(&str, Protocol, u16), usize> = HashMap::new();
+        let mut rev_nat = 0;
+        let mut vips: Vec<Vip> = Vec::with_capacity(raw_vips.len());
+        for (i, raw) in raw_vips.into_iter().enumerate() {
+            let at = format!("vips[{i}]");
+            let (vip, target) = self.vip(&at, raw, targets)?;
+            let key = (vip.address, vip.service.map(|s| (s.protocol, s.port)));
+            if let Some(&k) = by_key.get(&key) {
+                return Err(invalid(
+                    at,
+                    format!("duplicate of vips[{k}] ({})", describe(&vip)),
+                ));
+            }
+            match vip.service {
+                None => {
+                    if let Some(&k) = whole_by_target.get(target.name.as_str()) {
+                        return Err(invalid(
+                            at,
+                            format!(
+                                "target {:?} already has the whole-address VIP vips[{k}] ({}): \
+                                 replies from its paths could not tell which VIP they belong to",
+                                target.name,
+                                describe(&vips[k]),
+                            ),
+                        ));
+                    }
+                    whole_by_target.insert(&target.name, i);
+                }
+                Some(service) => {
+                    let port = service.target_port.unwrap_or(service.port);
+                    let reply = (target.name.as_str(), service.protocol, port);
+                    if let Some(&k) = service_by_reply.get(&reply) {
+                        return Err(invalid(
+                            at,
+                            format!(
+                                "target {:?} already answers vips[{k}] ({}) from {} port {port}: \
+                                 replies could not tell which VIP they belong to",
+                                target.name,
+                                describe(&vips[k]),
+                                service.protocol,
+                            ),
+                        ));
+                    }
+                    service_by_reply.insert(reply, i);
+                }
+            }
+            // One reverse-NAT entry per path of the VIP's target.
+            rev_nat += target.paths.len();
+            if rev_nat > MAX_REV_NAT as usize {
+                return Err(invalid(
+                    at,
+                    format!(
+                        "more than {MAX_REV_NAT} reverse-NAT entries in all (one per VIP and \
+                         path of its target: the datapath's capacity)"
+                    ),
+                ));
+            }
+            by_key.insert(key, i);
+            vips.push(vip);
+        }
+        Ok(vips)
+    }
+
+    /// One VIP on its own (and against the paths), with its target.
+    fn vip<'t>(
+        &self,
+        at: &str,
+        raw: RawVip,
+        targets: &'t [Target],
+    ) -> Result<(Vip, &'t Target), ConfigError> {
+        let RawVip {
+            address,
+            protocol,
+            port,
+            target,
+            target_port,
+        } = raw;
+        let address = unicast(&format!("{at}.address"), &address)?;
+        let service = match (protocol, port) {
+            (None, None) => {
+                if target_port.is_some() {
+                    return Err(invalid(
+                        format!("{at}.target_port"),
+                        "port translation needs a service (protocol and port); a \
+                         whole-address VIP keeps every port",
+                    ));
+                }
+                None
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    format!("{at}.port"),
+                    "a service needs a port with its protocol (or neither, for the whole address)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    format!("{at}.protocol"),
+                    "a service needs a protocol with its port (or neither, for the whole address)",
+                ));
+            }
+            (Some(protocol), Some(port)) => {
+                let port = port_number(&format!("{at}.port"), port)?;
+                let target_port = target_port
+                    .map(|p| port_number(&format!("{at}.target_port"), p))
+                    .transpose()?;
+                Some(Service {
+                    protocol: protocol.into(),
+                    port,
+                    target_port: target_port.filter(|&p| p != port),
+                })
+            }
+        };
+        let Some(found) = targets.iter().find(|t| t.name == target) else {
+            return Err(invalid(
+                format!("{at}.target"),
+                format!("unknown target {target:?}"),
+            ));
+        };
+        if let Some(path) = self.path_addresses.get(&address) {
+            return Err(invalid(
+                format!("{at}.address"),
+                format!("{address} is also the address of {path}"),
+            ));
+        }
+        let vip = Vip {
+            address,
+            service,
+            target,
+        };
+        Ok((vip, found))
+    }
+}
+
+fn check_interfaces_section(
+    raw: RawInterfaces,
+    has_targets: bool,
+) -> Result<Interfaces, ConfigError> {
+    let RawInterfaces { clients, paths } = raw;
+    if clients.is_empty() {
+        return Err(invalid(
+            "interfaces.clients",
+            "at least one interface must face the clients",
+        ));
+    }
+    if paths.is_empty() && has_targets {
+        return Err(invalid(
+            "interfaces.paths",
+            "targets need at least one interface facing the paths (replies are translated there)",
+        ));
+    }
+    let mut seen: HashMap<&str, (&str, usize)> = HashMap::new();
+    for (list, names) in [("clients", &clients), ("paths", &paths)] {
+        for (i, name) in names.iter().enumerate() {
+            let at = format!("interfaces.{list}[{i}]");
+            check_interface_name(&at, name)?;
+            match seen.get(name.as_str()) {
+                Some(&(first, j)) if first == list => {
+                    return Err(invalid(
+                        at,
+                        format!("duplicate of interfaces.{first}[{j}] ({name:?})"),
+                    ));
+                }
+                Some(&(first, j)) => {
+                    return Err(invalid(
+                        at,
+                        format!(
+                            "{name:?} is also interfaces.{first}[{j}]: an interface faces either \
+                             the clients or the paths (it carries one XDP program)"
+                        ),
+                    ));
+                }
+                None => {
+                    seen.insert(name, (list, i));
+                }
+            }
+        }
+    }
+    Ok(Interfaces { clients, paths })
+}
+
+/// A name the kernel would take (`dev_valid_name`).
+fn check_interface_name(at: &str, name: &str) -> Result<(), ConfigError> {
+    if name.len() > MAX_IFNAME {
+        return Err(invalid(
+            at,
+            format!("{name:?} is longer than {MAX_IFNAME} bytes (the kernel's limit)"),
+        ));
+    }
+    let bad = |c: char| c == '/' || c == ':' || c.is_whitespace() || c.is_control();
+    if name.is_empty() || name == "." || name == ".." || name.chars().any(bad) {
+        return Err(invalid(at, format!("{name:?} is not an interface name")));
+    }
+    Ok(())
+}
+
+fn check_flow_table_size(size: u64) -> Result<u32, ConfigError> {
+    const AT: &str = "flow_table_size";
+    if size == 0 {
+        return Err(invalid(
+            AT,
+            "0: the flow table needs room for at least one flow",
+        ));
+    }
+    if size > MAX_FLOW_TABLE_SIZE {
+        return Err(invalid(
+            AT,
+            format!("{size} is more than the maximum of {MAX_FLOW_TABLE_SIZE} (64 Mi)"),
+        ));
+    }
+    u32::try_from(size).map_err(|_| invalid(AT, format!("{size} does not fit in 32 bits")))
+}
+
+fn at_most(at: &str, what: &str, count: usize, max: u32) -> Result<(), ConfigError> {
+    if count > max as usize {
+        return Err(invalid(
+            at,
+            format!("{count} {what}, more than the datapath's capacity of {max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// An address a host can have: IPv4, and not unspecified, broadcast, multicast or loopback.
+fn unicast(at: &str, text: &str) -> Result<Ipv4Addr, ConfigError> {
+    let address: Ipv4Addr = text
+        .parse()
+        .map_err(|_| invalid(at, format!("{text:?} is not an IPv4 address")))?;
+    let what = if address.is_unspecified() {
+        "the unspecified address"
+    } else if address.is_broadcast() {
+        "the broadcast address"
+    } else if address.is_multicast() {
+        "a multicast address"
+    } else if address.is_loopback() {
+        "a loopback address"
+    } else {
+        return Ok(address);
+    };
+    Err(invalid(at, format!("{address} is {what}, not a host's")))
+}
+
+fn port_number(at: &str, port: u16) -> Result<u16, ConfigError> {
+    if port == 0 {
+        return Err(invalid(at, "0 is not a port"));
+    }
+    Ok(port)
+}
+
+/// A probe section resolved against what it inherits: the defaults for a target's probe
+/// (`base` is `None`), the target's probe for a path's overrides.
+///
+/// The type-specific fields (`port`, `path`, `expect_status`) are inherited only while the
+/// type stays the same. A timeout that is not given (a default or an inherited one) never
+/// exceeds the interval; a given one must not.
+fn check_probe(at: &str, raw: RawProbe, base: Option<&Probe>) -> Result<Probe, ConfigError> {
+    let RawProbe {
+        kind,
+        port,
+        path,
+        expect_status,
+        interval_ms,
+        timeout_ms,
+        rise,
+        fall,
+    } = raw;
+    let base_kind = base.map(|b| RawProbeType::of(&b.kind));
+    let ty = kind.or(base_kind).unwrap_or(RawProbeType::Icmp);
+    let inherited = base
+        .filter(|_| kind.is_none() || kind == base_kind)
+        .map(|b| &b.kind);
+    let field = |name: &str| format!("{at}.{name}");
+    let not_for = |name: &str, given: bool, applies_to: &str| {
+        if given {
+            return Err(invalid(
+                field(name),
+                format!("applies only to {applies_to} probes, not {}", ty.name()),
+            ));
+        }
+        Ok(())
+    };
+
+    let kind = match ty {
+        RawProbeType::Icmp => {
+            not_for("port", port.is_some(), "tcp and http")?;
+            not_for("path", path.is_some(), "http")?;
+            not_for("expect_status", expect_status.is_some(), "http")?;
+            ProbeKind::Icmp
+        }
+        RawProbeType::Tcp => {
+            not_for("path", path.is_some(), "http")?;
+            not_for("expect_status", expect_status.is_some(), "http")?;
+            let port = match (port, inherited) {
+                (Some(port), _) => port_number(&field("port"), port)?,
+                (None, Some(&ProbeKind::Tcp { port })) => port,
+                (None, _) => return Err(invalid(field("port"), "a tcp probe needs a port")),
+            };
+            ProbeKind::Tcp { port }
+        }
+        RawProbeType::Http => {
+            let (base_port, base_path, base_status) = match inherited {
+                Some(ProbeKind::Http {
+                    port,
+                    path,
+                    expect_status,
+                }) => (*port, path.as_str(), *expect_status),
+                _ => (DEFAULT_HTTP_PORT, DEFAULT_HTTP_PATH, DEFAULT_EXPECT_STATUS),
+            };
+            let port = port.map_or(Ok(base_port), |p| port_number(&field("port"), p))?;
+            let path = match path {
+                Some(path) => check_http_path(&field("path"), path)?,
+                None => base_path.to_owned(),
+            };
+            let expect_status = expect_status.unwrap_or(base_status);
+            if !(100..=599).contains(&expect_status) {
+                return Err(invalid(
+                    field("expect_status"),
+                    format!("{expect_status} is not an HTTP status (100 to 599)"),
+                ));
+            }
+            ProbeKind::Http {
+                port,
+                path,
+                expect_status,
+            }
+        }
+    };
+
+    let interval = match interval_ms {
+        Some(ms) if ms < MIN_INTERVAL_MS => {
+            return Err(invalid(
+                field("interval_ms"),
+                format!("{ms} is less than the minimum of {MIN_INTERVAL_MS}"),
+            ));
+        }
+        Some(ms) => Duration::from_millis(ms),
+        None => base.map_or(DEFAULT_INTERVAL, |b| b.interval),
+    };
+    let timeout = match timeout_ms {
+        Some(0) => {
+            return Err(invalid(
+                field("timeout_ms"),
+                "0: a probe needs time to be answered",
+            ));
+        }
+        Some(ms) => Duration::from_millis(ms),
+        None => base.map_or(DEFAULT_TIMEOUT, |b| b.timeout).min(interval),
+    };
+    if timeout > interval {
+        let (i, t) = (interval.as_millis(), timeout.as_millis());
+        return Err(match interval_ms {
+            Some(_) => invalid(
+                field("interval_ms"),
+                format!(
+                    "{i} is shorter than timeout_ms {t} (a probe must end before the next starts)"
+                ),
+            ),
+            None => invalid(
+                field("timeout_ms"),
+                format!(
+                    "{t} is longer than interval_ms {i} (a probe must end before the next starts)"
+                ),
+            ),
+        });
+    }
+    let rise = probe_count(&field("rise"), rise, base.map_or(DEFAULT_RISE, |b| b.rise))?;
+    let fall = probe_count(&field("fall"), fall, base.map_or(DEFAULT_FALL, |b| b.fall))?;
+    Ok(Probe {
+        kind,
+        interval,
+        timeout,
+        rise,
+        fall,
+    })
+}
+
+fn check_http_path(at: &str, path: String) -> Result<String, ConfigError> {
+    if !path.starts_with('/') {
+        return Err(invalid(at, format!("{path:?} does not start with '/'")));
+    }
+    // It goes into the request line as it is.
+    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            at,
+            format!("{path:?} has a space or a control character (percent-encode it)"),
+        ));
+    }
+    Ok(path)
+}
+
+/// `rise` or `fall`: given, or else inherited.
+fn probe_count(at: &str, given: Option<u32>, inherited: u32) -> Result<u32, ConfigError> {
+    match given {
+        Some(0) => Err(invalid(at, "0 is less than the minimum of 1")),
+        Some(n) if n > MAX_RISE_FALL => Err(invalid(
+            at,
+            format!("{n} is more than the maximum of {MAX_RISE_FALL}"),
+        )),
+        Some(n) => Ok(n),
+        None => Ok(inherited),
+    }
+}
+
+/// `203.0.113.10` or `203.0.113.10 tcp/443`: the key a VIP is found by.
+fn describe(vip: &Vip) -> String {
+    match vip.service {
+        None => vip.address.to_string(),
+        Some(s) => format!("{} {}/{}", vip.address, s.protocol, s.port),
+    }
+}
+
+// ---- Errors in the JSON's shape. ----
+
+/// A serde_json error as a [`ConfigError`]. Not JSON: a syntax error, with line and column.
+/// JSON of the wrong shape (unknown field, wrong type, missing field): located in the tree.
+fn shape_error(text: &str, error: &serde_json::Error) -> ConfigError {
+    let message = bare_message(error);
+    if !error.is_data() {
+        return ConfigError::Syntax {
+            line: error.line(),
+            column: error.column(),
+            message,
+        };
+    }
+    // serde_json does not say where in the tree it failed, only the line and column: find the
+    // innermost object that does not fit its raw type.
+    let (field, reason) = serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|root| locate(&root))
+        .unwrap_or_else(|| (TOP_LEVEL.to_owned(), message.clone()));
+    // serde_json stops at the first misfit in file order, `locate` at the first in schema
+    // order: the line and column are only worth quoting when both found the same one.
+    let reason = if reason == message {
+        format!(
+            "{reason} (line {}, column {})",
+            error.line(),
+            error.column()
+        )
+    } else {
+        reason
+    };
+    ConfigError::Invalid { field, reason }
+}
+
+/// serde_json's message without its " at line L column C" suffix.
+fn bare_message(error: &serde_json::Error) -> String {
+    let full = error.to_string();
+    let suffix = format!(" at line {} column {}", error.line(), error.column());
+    full.strip_suffix(&suffix).unwrap_or(&full).to_owned()
+}
+
+type Misfit = Option<(String, String)>;
+
+/// The innermost object in `root` that does not fit its raw type, and serde's reason. Walks
+/// the sections in schema order, children before their parent.
+fn locate(root: &Value) -> Misfit {
+    root.get("interfaces")
+        .and_then(|v| misfit::<RawInterfaces>(v, "interfaces"))
+        .or_else(|| each(root.get("targets"), "targets", locate_target))
+        .or_else(|| each(root.get("vips"), "vips", misfit::<RawVip>))
+        .or_else(|| misfit::<RawConfig>(root, TOP_LEVEL))
+}
+
+fn locate_target(target: &Value, at: &str) -> Misfit {
+    each(target.get("paths"), &format!("{at}.paths"), locate_path)
+        .or_else(|| {
+            let probe = target.get("probe")?;
+            misfit::<RawProbe>(probe, &format!("{at}.probe"))
+        })
+        .or_else(|| misfit::<RawTarget>(target, at))
+}
+
+fn locate_path(path: &Value, at: &str) -> Misfit {
+    path.get("probe")
+        .and_then(|probe| misfit::<RawProbe>(probe, &format!("{at}.probe")))
+        .or_else(|| misfit::<RawPath>(path, at))
+}
+
+/// The first misfit among the elements of `list` (when it is an array).
+fn each(list: Option<&Value>, at: &str, locate: impl Fn(&Value, &str) -> Misfit) -> Misfit {
+    list?
+        .as_array()?
+        .iter()
+        .enumerate()
+        .find_map(|(i, v)| locate(v, &format!("{at}[{i}]")))
+}
+
+fn misfit<T: DeserializeOwned>(value: &Value, at: &str) -> Misfit {
+    T::deserialize(value)
+        .err()
+        .map(|e| (at.to_owned(), e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(json: &str, base: Option<&Probe>) -> Result<Probe, ConfigError> {
+        let raw: RawProbe = serde_json::from_str(json).expect("a probe object");
+        check_probe("p", raw, base)
+    }
+
+    #[test]
+    fn probe_defaults() {
+        let p = probe("{}", None).expect("valid");
+        assert_eq!(
+            p,
+            Probe {
+                kind: ProbeKind::Icmp,
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_millis(500),
+                rise: 2,
+                fall: 3,
+            }
+        );
+        // The default timeout is capped by the interval.
+        let p = probe(r#"{"interval_ms": 200}"#, None).expect("valid");
+        assert_eq!(p.timeout, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn override_keeps_type_specific_fields_only_for_the_same_type() {
+        let base = probe(r#"{"type": "http", "port": 8080, "path": "/up"}"#, None).expect("valid");
+        let same = probe(r#"{"expect_status": 204}"#, Some(&base)).expect("valid");
+        assert_eq!(
+            same.kind,
+            ProbeKind::Http {
+                port: 8080,
+                path: "/up".into(),
+                expect_status: 204
+            }
+        );
+        let other = probe(r#"{"type": "tcp"}"#, Some(&base));
+        assert!(
+            matches!(other, Err(ConfigError::Invalid { ref field, .. }) if field == "p.port"),
+            "{other:?}"
+        );
+    }
+
+    #[test]
+    fn bare_message_drops_the_position() {
+        let e = serde_json::from_str::<Value>("{").expect_err("not JSON");
+        assert_eq!(bare_message(&e), "EOF while parsing an object");
+    }
+
+    #[test]
+    fn locate_finds_the_innermost_misfit() {
+        let root: Value = serde_json::from_str(
+            r#"{"interfaces": {"clients": ["eth0"]},
+                "targets": [{"name": "t", "paths": [{"name": "p", "address": "192.0.2.1",
+                             "probe": {"type": "ping"}}]}]}"#,
+        )
+        .expect("JSON");
+        let (at, reason) = locate(&root).expect("a misfit");
+        assert_eq!(at, "targets[0].paths[0].probe");
+        assert!(reason.contains("unknown variant `ping`"), "{reason}");
+    }
 }

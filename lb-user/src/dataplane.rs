@@ -77,7 +77,11 @@ pub enum Error {
         "the state pinned in {dir} has another layout ({found:#018x}, this build {expected:#018x}): \
          run with --replace to discard it (flows are lost), or run the build that created it"
     )]
-    LayoutMismatch { dir: PathBuf, found: u64, expected: u64 },
+    LayoutMismatch {
+        dir: PathBuf,
+        found: u64,
+        expected: u64,
+    },
     #[error("the state pinned in {dir} is incomplete (map {name} is missing): run with --replace")]
     Incomplete { dir: PathBuf, name: &'static str },
     #[error("{what} {path}")]
@@ -205,7 +209,13 @@ impl PinDir {
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(Error::Fs { what: "reading", path: dir, source }),
+            Err(source) => {
+                return Err(Error::Fs {
+                    what: "reading",
+                    path: dir,
+                    source,
+                });
+            }
         };
         let mut out = Vec::new();
         for entry in entries.flatten() {
@@ -224,12 +234,18 @@ impl PinDir {
     /// Opens the pinned maps (for the CLI), checking the layout.
     pub fn open(&self) -> Result<Maps, Error> {
         if !self.installed() {
-            return Err(Error::NotInstalled { dir: self.root.clone() });
+            return Err(Error::NotInstalled {
+                dir: self.root.clone(),
+            });
         }
         let maps = Maps::open(&self.maps())?;
         let found = maps.meta()?.layout;
         if found != LAYOUT {
-            return Err(Error::LayoutMismatch { dir: self.root.clone(), found, expected: LAYOUT });
+            return Err(Error::LayoutMismatch {
+                dir: self.root.clone(),
+                found,
+                expected: LAYOUT,
+            });
         }
         Ok(maps)
     }
@@ -244,7 +260,10 @@ impl PinDir {
             // Unpinning drops the last reference: the kernel detaches the program.
             Ok(link) => drop(link.unpin()),
             Err(e) => {
-                warn!("{}: not a usable link pin ({e}); removing it", path.display());
+                warn!(
+                    "{}: not a usable link pin ({e}); removing it",
+                    path.display()
+                );
                 let _ = fs::remove_file(&path);
             }
         }
@@ -261,13 +280,23 @@ impl PinDir {
             if let Ok(entries) = fs::read_dir(&dir) {
                 for e in entries.flatten() {
                     let path = e.path();
-                    fs::remove_file(&path).map_err(|source| Error::Fs { what: "removing", path, source })?;
+                    fs::remove_file(&path).map_err(|source| Error::Fs {
+                        what: "removing",
+                        path,
+                        source,
+                    })?;
                 }
             }
             match fs::remove_dir(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(Error::Fs { what: "removing", path: dir, source }),
+                Err(source) => {
+                    return Err(Error::Fs {
+                        what: "removing",
+                        path: dir,
+                        source,
+                    });
+                }
             }
         }
         bpffs::unmount_if_ours(&self.root);
@@ -292,14 +321,22 @@ impl Dataplane {
         let mut ebpf = loader.load(crate::object()?).map_err(Error::Load)?;
         load_programs(&mut ebpf)?;
         let maps = Maps::take(&mut ebpf, true)?;
-        Ok(Self { ebpf, maps, pin: None })
+        Ok(Self {
+            ebpf,
+            maps,
+            pin: None,
+        })
     }
 
     /// Loads the object with its maps pinned in `pin`: adopts the maps (and, through
     /// [`Dataplane::attach`], the links) an earlier daemon pinned there when their layout
     /// matches this build; with `replace`, discards state of another layout instead of
     /// failing. Mounts a bpffs on the directory when it is on none.
-    pub fn install(pin: &PinDir, opts: &LoadOptions, replace: bool) -> Result<(Self, Origin), Error> {
+    pub fn install(
+        pin: &PinDir,
+        opts: &LoadOptions,
+        replace: bool,
+    ) -> Result<(Self, Origin), Error> {
         bpffs::ensure(pin.root())?;
         let maps_dir = pin.maps();
         let mut origin = Origin::Fresh;
@@ -315,11 +352,18 @@ impl Dataplane {
             }
         }
         for dir in [pin.maps(), pin.links()] {
-            fs::create_dir_all(&dir).map_err(|source| Error::Fs { what: "creating", path: dir, source })?;
+            fs::create_dir_all(&dir).map_err(|source| Error::Fs {
+                what: "creating",
+                path: dir,
+                source,
+            })?;
         }
         let mut loader = EbpfLoader::new();
-        let paths: Vec<(&'static str, PathBuf)> =
-            m::ALL.iter().chain([&AYA_LOGS]).map(|n| (*n, maps_dir.join(n))).collect();
+        let paths: Vec<(&'static str, PathBuf)> = m::ALL
+            .iter()
+            .chain([&AYA_LOGS])
+            .map(|n| (*n, maps_dir.join(n)))
+            .collect();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -330,27 +374,45 @@ impl Dataplane {
         load_programs(&mut ebpf)?;
         let mut maps = Maps::take(&mut ebpf, origin == Origin::Fresh)?;
         if origin == Origin::Fresh {
-            maps.set_meta(ControlMeta { layout: LAYOUT, ..ControlMeta::default() })?;
+            maps.set_meta(ControlMeta {
+                layout: LAYOUT,
+                ..ControlMeta::default()
+            })?;
         } else if let Some(size) = opts.flow_table_size {
             let pinned = maps.flow_capacity()?;
             if pinned != size {
-                warn!("the pinned flow table keeps its size {pinned} (configured {size}): changing it needs --replace");
+                warn!(
+                    "the pinned flow table keeps its size {pinned} (configured {size}): changing it needs --replace"
+                );
             }
         }
-        Ok((Self { ebpf, maps, pin: Some(pin.clone()) }, origin))
+        Ok((
+            Self {
+                ebpf,
+                maps,
+                pin: Some(pin.clone()),
+            },
+            origin,
+        ))
     }
 
     /// Attaches `role`'s program to `iface` and pins the link; adopts an already pinned link
     /// instead (nothing is detached, so traffic never stops). Adds the interface to the devmap.
     pub fn attach(&mut self, role: Role, iface: &str, mode: AttachMode) -> Result<Attached, Error> {
-        let ifindex = crate::ifindex(iface).ok_or_else(|| Error::NoInterface { iface: iface.into() })?;
+        let ifindex = crate::ifindex(iface).ok_or_else(|| Error::NoInterface {
+            iface: iface.into(),
+        })?;
         let pin = self.pin.as_ref().map(|p| p.link(role, iface));
         if let Some(path) = &pin
             && path.exists()
             && PinnedLink::from_pin(path).is_ok()
         {
             self.maps.add_tx_port(ifindex)?;
-            return Ok(Attached { role, iface: iface.into(), mode: None });
+            return Ok(Attached {
+                role,
+                iface: iface.into(),
+                mode: None,
+            });
         }
         let name = role.program();
         let prog: &mut Xdp = self
@@ -360,12 +422,13 @@ impl Dataplane {
             .try_into()
             .map_err(|source| Error::Program { name, source })?;
         let attempt = |prog: &mut Xdp, mode: XdpMode, label: &'static str| {
-            prog.attach_to_if_index(ifindex, mode).map_err(|source| Error::Attach {
-                role,
-                iface: iface.into(),
-                mode: label,
-                source,
-            })
+            prog.attach_to_if_index(ifindex, mode)
+                .map_err(|source| Error::Attach {
+                    role,
+                    iface: iface.into(),
+                    mode: label,
+                    source,
+                })
         };
         let (id, used) = match mode {
             AttachMode::Native => (attempt(prog, XdpMode::Driver, "native")?, "native"),
@@ -373,25 +436,36 @@ impl Dataplane {
             AttachMode::Auto => match attempt(prog, XdpMode::Driver, "native") {
                 Ok(id) => (id, "native"),
                 Err(e) => {
-                    warn!("{iface}: native XDP failed ({}); falling back to generic (skb) mode", error_chain(&e));
+                    warn!(
+                        "{iface}: native XDP failed ({}); falling back to generic (skb) mode",
+                        error_chain(&e)
+                    );
                     (attempt(prog, XdpMode::Skb, "skb")?, "skb")
                 }
             },
         };
         if let Some(path) = pin {
-            let link = prog.take_link(id).map_err(|source| Error::Program { name, source })?;
+            let link = prog
+                .take_link(id)
+                .map_err(|source| Error::Program { name, source })?;
             let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::PinLink {
                 role,
                 iface: iface.into(),
                 path: path.clone(),
                 source,
             };
-            let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| pin_err(Box::new(e)))?;
+            let fd: FdLink = link
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| pin_err(Box::new(e)))?;
             fd.pin(&path).map_err(|e| pin_err(Box::new(e)))?;
         }
         self.maps.add_tx_port(ifindex)?;
         info!("{name} attached to {iface} ({used} mode)");
-        Ok(Attached { role, iface: iface.into(), mode: Some(used) })
+        Ok(Attached {
+            role,
+            iface: iface.into(),
+            mode: Some(used),
+        })
     }
 
     /// The loaded ingress program (tests run it with `BPF_PROG_TEST_RUN`).
@@ -429,7 +503,8 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), Error> {
             .ok_or(Error::MissingProgram { name })?
             .try_into()
             .map_err(|source| Error::Program { name, source })?;
-        prog.load().map_err(|source| Error::Program { name, source })?;
+        prog.load()
+            .map_err(|source| Error::Program { name, source })?;
     }
     Ok(())
 }
@@ -438,7 +513,10 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), Error> {
 fn check_pinned(pin: &PinDir) -> Result<(), Error> {
     for name in m::ALL {
         if !pin.maps().join(name).exists() {
-            return Err(Error::Incomplete { dir: pin.root().into(), name });
+            return Err(Error::Incomplete {
+                dir: pin.root().into(),
+                name,
+            });
         }
     }
     pin.open().map(drop)
@@ -464,7 +542,9 @@ mod bpffs {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
     fn is_bpffs(path: &Path) -> bool {
-        let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { return false };
+        let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+            return false;
+        };
         // SAFETY: `c` is NUL-terminated; `st` is written by statfs.
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
@@ -472,12 +552,22 @@ mod bpffs {
     }
 
     fn mount(path: &Path) -> Result<(), Error> {
-        let err = |source| Error::Fs { what: "mounting a bpffs on", path: path.into(), source };
+        let err = |source| Error::Fs {
+            what: "mounting a bpffs on",
+            path: path.into(),
+            source,
+        };
         let target = CString::new(path.as_os_str().as_bytes())
             .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
         // SAFETY: every pointer is a valid NUL-terminated string.
         let rc = unsafe {
-            libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, c"mode=0700".as_ptr().cast())
+            libc::mount(
+                c"bpf".as_ptr(),
+                target.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                c"mode=0700".as_ptr().cast(),
+            )
         };
         if rc != 0 {
             return Err(err(std::io::Error::last_os_error()));
@@ -492,14 +582,22 @@ mod bpffs {
     /// mounts) a bpffs mounted here is invisible to other processes. Enter only the network
     /// namespace (`nsenter --net=...`), or pre-mount the bpffs.
     pub fn ensure(dir: &Path) -> Result<(), Error> {
-        fs::create_dir_all(dir).map_err(|source| Error::Fs { what: "creating", path: dir.into(), source })?;
+        fs::create_dir_all(dir).map_err(|source| Error::Fs {
+            what: "creating",
+            path: dir.into(),
+            source,
+        })?;
         if is_bpffs(dir) {
             return Ok(());
         }
         let sys = Path::new("/sys/fs/bpf");
         if dir.starts_with(sys) && !is_bpffs(sys) {
             mount(sys)?;
-            fs::create_dir_all(dir).map_err(|source| Error::Fs { what: "creating", path: dir.into(), source })?;
+            fs::create_dir_all(dir).map_err(|source| Error::Fs {
+                what: "creating",
+                path: dir.into(),
+                source,
+            })?;
             if is_bpffs(dir) {
                 return Ok(());
             }

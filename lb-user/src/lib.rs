@@ -2,13 +2,16 @@
 //! typed access to its maps. The `lb` binary and the test harness build on it.
 
 pub mod config;
+pub mod daemon;
 pub mod dataplane;
 pub mod health;
 pub mod maps;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod probe;
 pub mod tables;
+pub mod view;
 
 /// The index of interface `name`, if it exists (in this network namespace).
 pub fn ifindex(name: &str) -> Option<u32> {

@@ -12,9 +12,9 @@ use lb_common::{
     Counter,
     hash::addr_slot,
     maps::{
-        self as m, ADDR_FILTER_SIZE, EndpointKey, FILTER_PATH_ADDR, FILTER_PATH_SERVICE,
-        FILTER_VIP_ADDR, FILTER_VIP_SERVICE, FlowKey, FlowValue, PathValue, RING_SIZE, RevValue,
-        ControlMeta, PathMeta, TargetMeta, TargetValue, TrafficStats, VipInfo,
+        self as m, ADDR_FILTER_SIZE, ControlMeta, EndpointKey, FILTER_PATH_ADDR,
+        FILTER_PATH_SERVICE, FILTER_VIP_ADDR, FILTER_VIP_SERVICE, FlowKey, FlowValue, PathMeta,
+        PathValue, RING_SIZE, RevValue, TargetMeta, TargetValue, TrafficStats, VipInfo,
     },
 };
 

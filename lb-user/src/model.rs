@@ -36,8 +36,15 @@ pub struct Ids {
 
 /// Ids for `keys`: what `previous` gave a key it keeps; new keys get the lowest id no kept key
 /// holds. `None` when more than `max` are needed.
-fn assign_ids<K: Ord + Clone>(keys: &[K], previous: &BTreeMap<K, u32>, max: u32) -> Option<BTreeMap<K, u32>> {
-    let mut used: BTreeSet<u32> = keys.iter().filter_map(|k| previous.get(k).copied()).collect();
+fn assign_ids<K: Ord + Clone>(
+    keys: &[K],
+    previous: &BTreeMap<K, u32>,
+    max: u32,
+) -> Option<BTreeMap<K, u32>> {
+    let mut used: BTreeSet<u32> = keys
+        .iter()
+        .filter_map(|k| previous.get(k).copied())
+        .collect();
     let mut out = BTreeMap::new();
     for k in keys {
         let id = match previous.get(k) {
@@ -83,7 +90,8 @@ impl Ids {
         }
         for (id, meta) in &t.path_meta {
             if let Some(target) = t.paths.get(id).and_then(|p| target_names.get(&p.target)) {
-                ids.paths.insert((target.clone(), decode_name(&meta.name).to_string()), *id);
+                ids.paths
+                    .insert((target.clone(), decode_name(&meta.name).to_string()), *id);
             }
         }
         for (id, info) in &t.vips {
@@ -120,12 +128,18 @@ pub struct PathState {
 
 impl Default for PathState {
     fn default() -> Self {
-        Self { health: None, disabled: false, rtt: None, changed: UNIX_EPOCH }
+        Self {
+            health: None,
+            disabled: false,
+            rtt: None,
+            changed: UNIX_EPOCH,
+        }
     }
 }
 
 fn unix_ns(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Decode a path's state from pinned meta (restart: never "unknown means down").
@@ -164,12 +178,17 @@ impl Model {
         let mut paths = BTreeMap::new();
         for t in &config.targets {
             for p in &t.paths {
-                let Some(id) = ids.paths.get(&(t.name.clone(), p.name.clone())) else { continue };
+                let Some(id) = ids.paths.get(&(t.name.clone(), p.name.clone())) else {
+                    continue;
+                };
                 let old_addr = previous.address_of(*id);
                 let state = match previous.paths.get(id) {
                     Some(s) if old_addr == Some(p.address) => s.clone(),
                     // An operator's drain survives an address change.
-                    Some(s) => PathState { disabled: s.disabled, ..PathState::default() },
+                    Some(s) => PathState {
+                        disabled: s.disabled,
+                        ..PathState::default()
+                    },
                     None => PathState::default(),
                 };
                 paths.insert(*id, state);
@@ -180,10 +199,23 @@ impl Model {
             .iter()
             .filter_map(|t| {
                 let id = *ids.targets.get(&t.name)?;
-                Some((id, previous.decisions.get(&id).cloned().unwrap_or(Decision::None)))
+                Some((
+                    id,
+                    previous
+                        .decisions
+                        .get(&id)
+                        .cloned()
+                        .unwrap_or(Decision::None),
+                ))
             })
             .collect();
-        let mut model = Model { config, ids, paths, decisions, pinned_addresses: BTreeMap::new() };
+        let mut model = Model {
+            config,
+            ids,
+            paths,
+            decisions,
+            pinned_addresses: BTreeMap::new(),
+        };
         model.decide_all();
         Some(model)
     }
@@ -192,7 +224,10 @@ impl Model {
     pub fn empty() -> Model {
         Model {
             config: Config {
-                interfaces: crate::config::Interfaces { clients: Vec::new(), paths: Vec::new() },
+                interfaces: crate::config::Interfaces {
+                    clients: Vec::new(),
+                    paths: Vec::new(),
+                },
                 targets: Vec::new(),
                 vips: Vec::new(),
                 flow_table_size: None,
@@ -204,23 +239,98 @@ impl Model {
         }
     }
 
-    /// What pinned maps say: ids, path states (health as last seen, operator drains) and the
-    /// decisions in force; the configuration is empty until one is applied.
+    /// What pinned maps say: ids, path states (health as last seen, operator drains), the
+    /// decisions in force, and the configuration as far as the maps record it (targets, paths
+    /// and VIPs; not the probes, nor the interfaces): enough for `lb status` and for `lb path`
+    /// to decide while no daemon runs.
     pub fn from_tables(t: &Tables, admin_disabled: impl Fn(u32) -> bool) -> Model {
         let mut m = Model::empty();
         m.ids = Ids::from_tables(t);
+        let placeholder_probe = crate::config::Probe {
+            kind: crate::config::ProbeKind::Icmp,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise: 2,
+            fall: 3,
+        };
+        for (tid, meta) in &t.target_meta {
+            let paths = t
+                .paths
+                .iter()
+                .filter(|(_, p)| p.target == *tid)
+                .filter_map(|(pid, p)| {
+                    let pm = t.path_meta.get(pid)?;
+                    Some(crate::config::Path {
+                        name: decode_name(&pm.name).to_string(),
+                        address: Ipv4Addr::from(p.addr),
+                        priority: pm.priority,
+                        weight: pm.weight,
+                        probe: placeholder_probe.clone(),
+                        source: None,
+                        interface: None,
+                    })
+                })
+                .collect();
+            m.config.targets.push(Target {
+                name: decode_name(&meta.name).to_string(),
+                mode: if meta.mode == CONFIG_MODE_ACTIVE_ACTIVE {
+                    Mode::ActiveActive
+                } else {
+                    Mode::Failover
+                },
+                preempt: meta.preempt != 0,
+                all_down: if meta.all_down == ALL_DOWN_LAST_KNOWN {
+                    AllDown::LastKnown
+                } else {
+                    AllDown::Drop
+                },
+                paths,
+            });
+        }
+        for info in t.vips.values() {
+            let Some(target) = t.target_meta.get(&info.target) else {
+                continue;
+            };
+            let service = (info.key.proto != 0).then(|| {
+                let port = info.key.port();
+                let tp = u16::from_be_bytes(info.target_port);
+                crate::config::Service {
+                    protocol: if info.key.proto == IPPROTO_UDP {
+                        Protocol::Udp
+                    } else {
+                        Protocol::Tcp
+                    },
+                    port,
+                    target_port: (tp != 0).then_some(tp),
+                }
+            });
+            m.config.vips.push(Vip {
+                address: info.key.ip(),
+                service,
+                target: decode_name(&target.name).to_string(),
+            });
+        }
         for (id, meta) in &t.path_meta {
-            m.paths.insert(*id, path_state_from(meta, admin_disabled(*id)));
+            m.paths
+                .insert(*id, path_state_from(meta, admin_disabled(*id)));
         }
         for (id, value) in &t.targets {
             let d = match value.mode {
                 TARGET_MODE_SINGLE => Decision::Single(value.active),
-                TARGET_MODE_RING => t.rings.get(id).cloned().map_or(Decision::None, Decision::Ring),
+                TARGET_MODE_RING => t
+                    .rings
+                    .get(id)
+                    .cloned()
+                    .map_or(Decision::None, Decision::Ring),
                 _ => Decision::None,
             };
             m.decisions.insert(*id, d);
         }
-        m.pinned_addresses = t.paths.iter().map(|(id, p)| (*id, Ipv4Addr::from(p.addr))).collect();
+        m.pinned_addresses = t
+            .paths
+            .iter()
+            .map(|(id, p)| (*id, Ipv4Addr::from(p.addr)))
+            .collect();
         m
     }
 
@@ -271,14 +381,20 @@ impl Model {
 
     /// The (target name, path name) of path `id`.
     pub fn path_name(&self, id: u32) -> Option<(&str, &str)> {
-        self.ids.paths.iter().find(|(_, v)| **v == id).map(|((t, p), _)| (t.as_str(), p.as_str()))
+        self.ids
+            .paths
+            .iter()
+            .find(|(_, v)| **v == id)
+            .map(|((t, p), _)| (t.as_str(), p.as_str()))
     }
 
     /// What the maps must hold.
     pub fn tables(&self) -> Tables {
         let mut out = Tables::default();
         for t in &self.config.targets {
-            let Some(&tid) = self.ids.targets.get(&t.name) else { continue };
+            let Some(&tid) = self.ids.targets.get(&t.name) else {
+                continue;
+            };
             out.target_meta.insert(
                 tid,
                 TargetMeta {
@@ -297,16 +413,27 @@ impl Model {
                 },
             );
             let value = match self.decisions.get(&tid) {
-                Some(Decision::Single(p)) => TargetValue { mode: TARGET_MODE_SINGLE, active: *p },
+                Some(Decision::Single(p)) => TargetValue {
+                    mode: TARGET_MODE_SINGLE,
+                    active: *p,
+                },
                 Some(Decision::Ring(ring)) => {
                     out.rings.insert(tid, ring.clone());
-                    TargetValue { mode: TARGET_MODE_RING, active: NO_ID }
+                    TargetValue {
+                        mode: TARGET_MODE_RING,
+                        active: NO_ID,
+                    }
                 }
-                Some(Decision::None) | None => TargetValue { mode: TARGET_MODE_NONE, active: NO_ID },
+                Some(Decision::None) | None => TargetValue {
+                    mode: TARGET_MODE_NONE,
+                    active: NO_ID,
+                },
             };
             out.targets.insert(tid, value);
             for p in &t.paths {
-                let Some(&pid) = self.ids.paths.get(&(t.name.clone(), p.name.clone())) else { continue };
+                let Some(&pid) = self.ids.paths.get(&(t.name.clone(), p.name.clone())) else {
+                    continue;
+                };
                 let s = self.paths.get(&pid).cloned().unwrap_or_default();
                 let state = if s.disabled {
                     PATH_DISABLED
@@ -315,7 +442,15 @@ impl Model {
                 } else {
                     PATH_DOWN
                 };
-                out.paths.insert(pid, PathValue { addr: p.address.octets(), state, _pad: [0; 3], target: tid });
+                out.paths.insert(
+                    pid,
+                    PathValue {
+                        addr: p.address.octets(),
+                        state,
+                        _pad: [0; 3],
+                        target: tid,
+                    },
+                );
                 out.path_meta.insert(
                     pid,
                     PathMeta {
@@ -323,7 +458,9 @@ impl Model {
                         priority: p.priority,
                         weight: p.weight,
                         changed_ns: unix_ns(s.changed),
-                        rtt_us: s.rtt.map_or(0, |r| r.as_micros().clamp(1, u128::from(u32::MAX)) as u32),
+                        rtt_us: s
+                            .rtt
+                            .map_or(0, |r| r.as_micros().clamp(1, u128::from(u32::MAX)) as u32),
                         health: match s.health {
                             Some(Health::Up) => HEALTH_UP,
                             Some(Health::Down) => HEALTH_DOWN,
@@ -337,21 +474,33 @@ impl Model {
         }
         for v in &self.config.vips {
             let key = vip_key(v);
-            let (Some(&vid), Some(&tid), Some(t)) =
-                (self.ids.vips.get(&key), self.ids.targets.get(&v.target), self.config.targets.iter().find(|t| t.name == v.target))
-            else {
+            let (Some(&vid), Some(&tid), Some(t)) = (
+                self.ids.vips.get(&key),
+                self.ids.targets.get(&v.target),
+                self.config.targets.iter().find(|t| t.name == v.target),
+            ) else {
                 continue;
             };
-            let target_port = v.service.and_then(|s| s.target_port.filter(|tp| *tp != s.port));
+            let target_port = v
+                .service
+                .and_then(|s| s.target_port.filter(|tp| *tp != s.port));
             out.vips.insert(
                 vid,
-                VipInfo { key, target: tid, target_port: target_port.unwrap_or(0).to_be_bytes(), _pad: [0; 2] },
+                VipInfo {
+                    key,
+                    target: tid,
+                    target_port: target_port.unwrap_or(0).to_be_bytes(),
+                    _pad: [0; 2],
+                },
             );
             for p in &t.paths {
-                let Some(&pid) = self.ids.paths.get(&(t.name.clone(), p.name.clone())) else { continue };
+                let Some(&pid) = self.ids.paths.get(&(t.name.clone(), p.name.clone())) else {
+                    continue;
+                };
                 let rev_key = EndpointKey::new(
                     p.address,
-                    v.service.map(|s| (proto(s.protocol), s.target_port.unwrap_or(s.port))),
+                    v.service
+                        .map(|s| (proto(s.protocol), s.target_port.unwrap_or(s.port))),
                 );
                 out.rev_nat.insert(
                     rev_key,

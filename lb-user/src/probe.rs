@@ -166,6 +166,9 @@ impl Prober {
     }
 
     /// Runs one probe; never takes (much) longer than `spec.timeout`.
+    ///
+    /// The RTT (on success only) is the TCP handshake for TCP, from the start of the connection
+    /// to the complete status line for HTTP, and the echo round trip for ICMP.
     pub async fn probe(&self, spec: &ProbeSpec) -> ProbeResult {
         let run = async {
             match &spec.kind {
@@ -278,7 +281,7 @@ fn failed(detail: impl Into<String>) -> ProbeResult {
 
 /// `250 ms`, or `0.001 ms` below a whole millisecond.
 fn millis(d: Duration) -> String {
-    if d.subsec_nanos() % 1_000_000 == 0 {
+    if d.subsec_nanos().is_multiple_of(1_000_000) {
         format!("{} ms", d.as_millis())
     } else {
         format!("{:.3} ms", d.as_secs_f64() * 1e3)
@@ -438,11 +441,10 @@ async fn read_status_line<'b>(
     buf: &'b mut [u8; STATUS_LINE_MAX],
 ) -> Result<&'b [u8], String> {
     let mut len = 0;
-    loop {
+    let end = loop {
         let got = buf.get(..len).unwrap_or_default();
         if let Some(end) = got.iter().position(|&b| b == b'\n') {
-            let line = got.get(..end).unwrap_or_default();
-            return Ok(line.strip_suffix(b"\r").unwrap_or(line));
+            break end;
         }
         let prefix = got.len().min(HTTP_PREFIX.len());
         if got.get(..prefix) != HTTP_PREFIX.get(..prefix) {
@@ -473,7 +475,9 @@ async fn read_status_line<'b>(
             }
             Err(e) => return Err(format!("read answer: {e}")),
         }
-    }
+    };
+    let line = buf.get(..end).unwrap_or_default();
+    Ok(line.strip_suffix(b"\r").unwrap_or(line))
 }
 
 /// The status code of `HTTP/1.x NNN[ reason]`.
@@ -560,7 +564,9 @@ impl IcmpChannel {
                 .bind(&SocketAddrV4::new(source, 0).into())
                 .map_err(|e| io::Error::new(e.kind(), format!("bind to source {source}: {e}")))?;
         }
-        let socket = Arc::new(AsyncFd::new(socket)?);
+        // SAFETY: `Socket` owns its descriptor (an `OwnedFd`), which stays open, and is the one
+        // `as_raw_fd` returns, until the `AsyncFd` that now owns the `Socket` is dropped.
+        let socket = Arc::new(unsafe { AsyncFd::register(socket) }?);
         let waiters = Arc::new(Waiters::default());
         let receiver =
             tokio::spawn(receive(Arc::clone(&socket), Arc::clone(&waiters), ident)).abort_handle();
@@ -700,10 +706,9 @@ fn echo_request(ident: u16, seq: u16, token: u64, stamp: u64) -> [u8; ECHO_LEN] 
     token_bytes.copy_from_slice(&token.to_be_bytes());
     stamp_bytes.copy_from_slice(&stamp.to_be_bytes());
     let [c0, c1] = csum::checksum(0, &message);
-    if let [_, _, check0, check1, ..] = &mut message {
-        *check0 = c0;
-        *check1 = c1;
-    }
+    let [_, _, check0, check1, ..] = &mut message;
+    *check0 = c0;
+    *check1 = c1;
     message
 }
 
@@ -784,6 +789,28 @@ mod tests {
         ip[10..12].copy_from_slice(&check);
         ip.extend_from_slice(icmp);
         ip
+    }
+
+    /// The daemon shares one prober between tasks and spawns its probes.
+    #[test]
+    fn prober_and_probes_can_be_shared_and_spawned() {
+        fn shared<T: Send + Sync>() {}
+        fn spawnable<T: Send>(_: &T) {}
+        shared::<Prober>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+        let prober = Prober::new().unwrap();
+        let spec = ProbeSpec {
+            kind: ProbeKind::Icmp,
+            address: PEER,
+            source: None,
+            interface: None,
+            timeout: Duration::from_secs(1),
+        };
+        spawnable(&prober.probe(&spec));
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::{
 };
 
 use lb_common::maps::{
-    EndpointKey, NO_ID, PathMeta, PathValue, RING_SIZE, RevValue, TARGET_MODE_NONE, TARGET_MODE_RING, TargetMeta,
-    TargetValue, VipInfo,
+    EndpointKey, NO_ID, PathMeta, PathValue, RING_SIZE, RevValue, TARGET_MODE_NONE,
+    TARGET_MODE_RING, TargetMeta, TargetValue, VipInfo,
 };
 
 use crate::{dataplane::Error, maps::Maps};
@@ -115,12 +115,20 @@ pub fn apply(store: &mut impl Store, current: &Tables, desired: &Tables) -> Resu
     }
 
     let mut removed = false;
-    for id in current.vips.keys().filter(|id| !desired.vips.contains_key(id)) {
+    for id in current
+        .vips
+        .keys()
+        .filter(|id| !desired.vips.contains_key(id))
+    {
         store.remove_vip(*id)?;
         removed = true;
         n += 1;
     }
-    for key in current.rev_nat.keys().filter(|k| !desired.rev_nat.contains_key(k)) {
+    for key in current
+        .rev_nat
+        .keys()
+        .filter(|k| !desired.rev_nat.contains_key(k))
+    {
         store.remove_rev_nat(key)?;
         removed = true;
         n += 1;
@@ -128,19 +136,41 @@ pub fn apply(store: &mut impl Store, current: &Tables, desired: &Tables) -> Resu
     if removed {
         store.refresh_filter()?;
     }
-    for id in current.targets.keys().filter(|id| !desired.targets.contains_key(id)) {
-        store.set_target(*id, TargetValue { mode: TARGET_MODE_NONE, active: NO_ID })?;
+    for id in current
+        .targets
+        .keys()
+        .filter(|id| !desired.targets.contains_key(id))
+    {
+        store.set_target(
+            *id,
+            TargetValue {
+                mode: TARGET_MODE_NONE,
+                active: NO_ID,
+            },
+        )?;
         n += 1;
     }
-    for id in current.target_meta.keys().filter(|id| !desired.target_meta.contains_key(id)) {
+    for id in current
+        .target_meta
+        .keys()
+        .filter(|id| !desired.target_meta.contains_key(id))
+    {
         store.set_target_meta(*id, TargetMeta::default())?;
         n += 1;
     }
-    for id in current.paths.keys().filter(|id| !desired.paths.contains_key(id)) {
+    for id in current
+        .paths
+        .keys()
+        .filter(|id| !desired.paths.contains_key(id))
+    {
         store.set_path(*id, PathValue::default())?;
         n += 1;
     }
-    for id in current.path_meta.keys().filter(|id| !desired.path_meta.contains_key(id)) {
+    for id in current
+        .path_meta
+        .keys()
+        .filter(|id| !desired.path_meta.contains_key(id))
+    {
         store.set_path_meta(*id, PathMeta::default())?;
         n += 1;
     }
@@ -193,8 +223,9 @@ impl Maps {
             }
             let value = self.target(id)?;
             if value.mode == TARGET_MODE_RING {
-                let ring: Result<Vec<u32>, Error> =
-                    (0..RING_SIZE).map(|slot| self.ring_slot(id, slot)).collect();
+                let ring: Result<Vec<u32>, Error> = (0..RING_SIZE)
+                    .map(|slot| self.ring_slot(id, slot))
+                    .collect();
                 t.rings.insert(id, ring?.into());
             }
             t.targets.insert(id, value);
@@ -234,25 +265,61 @@ impl MemStore {
     /// What [`Maps::read_tables`] would read back from maps holding these writes.
     pub fn read(&self) -> Tables {
         let t = &self.tables;
-        let used_targets: BTreeSet<u32> =
-            t.target_meta.iter().filter(|(_, m)| m.used != 0).map(|(id, _)| *id).collect();
-        let used_paths: BTreeSet<u32> =
-            t.path_meta.iter().filter(|(_, m)| m.used != 0).map(|(id, _)| *id).collect();
+        let used_targets: BTreeSet<u32> = t
+            .target_meta
+            .iter()
+            .filter(|(_, m)| m.used != 0)
+            .map(|(id, _)| *id)
+            .collect();
+        let used_paths: BTreeSet<u32> = t
+            .path_meta
+            .iter()
+            .filter(|(_, m)| m.used != 0)
+            .map(|(id, _)| *id)
+            .collect();
         Tables {
-            vips: t.vips.iter().filter(|(_, v)| **v != VipInfo::default()).map(|(k, v)| (*k, *v)).collect(),
+            vips: t
+                .vips
+                .iter()
+                .filter(|(_, v)| **v != VipInfo::default())
+                .map(|(k, v)| (*k, *v))
+                .collect(),
             rev_nat: t.rev_nat.clone(),
-            targets: t.targets.iter().filter(|(id, _)| used_targets.contains(id)).map(|(k, v)| (*k, *v)).collect(),
+            targets: t
+                .targets
+                .iter()
+                .filter(|(id, _)| used_targets.contains(id))
+                .map(|(k, v)| (*k, *v))
+                .collect(),
             rings: t
                 .rings
                 .iter()
                 .filter(|(id, _)| {
-                    used_targets.contains(id) && t.targets.get(id).is_some_and(|v| v.mode == TARGET_MODE_RING)
+                    used_targets.contains(id)
+                        && t.targets
+                            .get(id)
+                            .is_some_and(|v| v.mode == TARGET_MODE_RING)
                 })
                 .map(|(k, v)| (*k, v.clone()))
                 .collect(),
-            paths: t.paths.iter().filter(|(id, _)| used_paths.contains(id)).map(|(k, v)| (*k, *v)).collect(),
-            target_meta: t.target_meta.iter().filter(|(_, m)| m.used != 0).map(|(k, v)| (*k, *v)).collect(),
-            path_meta: t.path_meta.iter().filter(|(_, m)| m.used != 0).map(|(k, v)| (*k, *v)).collect(),
+            paths: t
+                .paths
+                .iter()
+                .filter(|(id, _)| used_paths.contains(id))
+                .map(|(k, v)| (*k, *v))
+                .collect(),
+            target_meta: t
+                .target_meta
+                .iter()
+                .filter(|(_, m)| m.used != 0)
+                .map(|(k, v)| (*k, *v))
+                .collect(),
+            path_meta: t
+                .path_meta
+                .iter()
+                .filter(|(_, m)| m.used != 0)
+                .map(|(k, v)| (*k, *v))
+                .collect(),
         }
     }
 }

@@ -1,0 +1,73 @@
+//! `lb run`: the daemon.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use lb_user::dataplane::AttachMode;
+
+use super::PinArgs;
+
+/// Run the daemon: load (or adopt) the datapath, attach it, probe the paths, keep the maps
+/// current. SIGHUP reloads the configuration; SIGTERM/SIGINT stop the daemon and leave the
+/// datapath forwarding with the last decisions.
+#[derive(clap::Args)]
+pub struct Options {
+    /// Configuration file.
+    #[arg(long, default_value = "/etc/lb/lb.json", value_name = "FILE")]
+    config: PathBuf,
+    #[command(flatten)]
+    pin: PinArgs,
+    /// XDP attach mode: auto tries native and falls back to generic (skb) with a warning.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    xdp_mode: AttachMode,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9109).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Discard pinned state of another layout (its flows are lost) instead of refusing to start.
+    #[arg(long)]
+    replace: bool,
+    /// Remove the programs and pinned maps on exit (default: leave the datapath forwarding).
+    #[arg(long)]
+    detach_on_exit: bool,
+}
+
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    let Options {
+        config,
+        pin,
+        xdp_mode,
+        metrics,
+        replace,
+        detach_on_exit,
+    } = opts;
+    lb_user::daemon::ensure_root()?;
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let opts = lb_user::daemon::Options {
+        config,
+        pin_dir: pin.pin_dir,
+        xdp_mode,
+        metrics,
+        replace,
+        detach_on_exit,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let shutdown = async {
+            use tokio::signal::unix::{SignalKind, signal};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => log::info!("SIGTERM"),
+                        _ = int.recv() => log::info!("SIGINT"),
+                    }
+                }
+                _ => std::future::pending().await,
+            }
+        };
+        lb_user::daemon::run(opts, shutdown).await
+    })
+}

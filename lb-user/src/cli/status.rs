@@ -1,0 +1,67 @@
+//! `lb status`: targets, paths and VIPs, from the pinned maps.
+
+use lb_user::view;
+
+use super::{PinArgs, print_json};
+
+/// Show every target (mode, active path, path states) and every VIP.
+#[derive(clap::Args)]
+pub struct Options {
+    #[command(flatten)]
+    pin: PinArgs,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    let Options { pin, json } = opts;
+    let s = view::status(&pin.open()?)?;
+    if json {
+        return print_json(&s);
+    }
+    match (s.daemon.pid, s.daemon.running) {
+        (Some(pid), true) => println!("daemon: running (pid {pid})"),
+        _ => println!("daemon: not running (the datapath forwards with the last decisions)"),
+    }
+    for t in &s.targets {
+        let choice = match (&t.active, t.shares.is_empty()) {
+            (Some(a), _) => format!("new flows → {a}"),
+            (None, false) => {
+                let shares: Vec<String> =
+                    t.shares.iter().map(|(p, s)| format!("{p} {s}%")).collect();
+                format!("new flows → {}", shares.join(", "))
+            }
+            (None, true) => "no usable path: new flows dropped".into(),
+        };
+        println!(
+            "\ntarget {} ({}, all_down {}): {choice}",
+            t.name, t.mode, t.all_down
+        );
+        for p in &t.paths {
+            let rtt = p.rtt_ms.map_or("-".into(), |r| format!("{r:.2} ms"));
+            println!(
+                "  {:<12} {:<15} {:<9} prio {:<4} weight {:<4} rtt {:<10} since {}",
+                p.name,
+                p.address,
+                p.state,
+                p.priority,
+                p.weight,
+                rtt,
+                p.changed.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    println!();
+    for v in &s.vips {
+        let service = match (v.protocol, v.port) {
+            (Some(proto), Some(port)) => format!("{proto}/{port}"),
+            _ => "all".into(),
+        };
+        let to = v
+            .target_port
+            .map_or(String::new(), |p| format!(" port {p}"));
+        println!("vip {} {service} → {}{to}", v.address, v.target);
+    }
+    Ok(())
+}

@@ -1,0 +1,528 @@
+//! The `lb run` daemon: loads (or adopts) the datapath, applies the configuration, probes every
+//! path, and rewrites the maps the moment a decision changes. Reload on SIGHUP; an operator's
+//! drain (`lb path`) is picked up on SIGUSR1. Its shutdown signal is an argument, so tests can
+//! drive it (mini-redis' shape).
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use lb_common::maps::{ControlMeta, LAYOUT};
+use log::{error, info, warn};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+    task::JoinHandle,
+};
+
+use crate::{
+    config::{Config, interface_exists},
+    dataplane::{AttachMode, Dataplane, LoadOptions, Origin, PinDir, Role},
+    health::{Event, Health, HealthTracker},
+    metrics,
+    model::Model,
+    policy::Decision,
+    probe::{ProbeSpec, Prober},
+    tables::{Tables, apply},
+};
+
+/// `lb run`'s options.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub config: PathBuf,
+    pub pin_dir: PathBuf,
+    pub xdp_mode: AttachMode,
+    pub metrics: Option<SocketAddr>,
+    /// Discard pinned state of another layout instead of refusing to start.
+    pub replace: bool,
+    /// Remove everything (programs, pins) on exit instead of leaving the datapath forwarding.
+    pub detach_on_exit: bool,
+}
+
+/// What the metrics endpoint and the logs want beyond the maps.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub model: Option<Model>,
+    /// State transitions per path id since the daemon started.
+    pub transitions: BTreeMap<u32, u64>,
+    pub reloads: u64,
+    pub reload_failures: u64,
+}
+
+struct ProbeTask {
+    spec: ProbeSpec,
+    interval: Duration,
+    handle: JoinHandle<()>,
+}
+
+struct Daemon {
+    opts: Options,
+    dp: Dataplane,
+    model: Model,
+    /// What the maps hold (as far as the control plane writes them).
+    current: Tables,
+    prober: Arc<Prober>,
+    probes: BTreeMap<u32, ProbeTask>,
+    events: mpsc::Sender<Event>,
+    shared: Arc<Mutex<Shared>>,
+    /// Path meta (RTTs) waits for the next flush; state changes are written at once.
+    dirty: bool,
+}
+
+/// Runs the daemon until `shutdown` completes (or SIGTERM/SIGINT when the caller passes them).
+pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let config = load_config(&opts.config)?;
+    let pin = PinDir::new(&opts.pin_dir);
+    let (mut dp, origin) = Dataplane::install(
+        &pin,
+        &LoadOptions {
+            flow_table_size: config.flow_table_size,
+        },
+        opts.replace,
+    )
+    .with_context(|| format!("installing the datapath in {}", pin.root().display()))?;
+    spawn_ebpf_logger(&mut dp);
+
+    let current = match origin {
+        Origin::Adopted => dp.maps.read_tables().context("reading the pinned state")?,
+        Origin::Fresh => Tables::default(),
+    };
+    let pinned = Model::from_tables(&current, |id| dp.maps.admin_disabled(id).unwrap_or(false));
+    let model = Model::new(config, &pinned)
+        .ok_or_else(|| anyhow!("the configuration does not fit the maps"))?;
+    match origin {
+        Origin::Adopted => info!(
+            "adopted the datapath pinned in {} ({} targets, {} paths, {} VIPs): nothing detached",
+            pin.root().display(),
+            current.targets.len(),
+            current.paths.len(),
+            current.vips.len()
+        ),
+        Origin::Fresh => info!("installed a new datapath in {}", pin.root().display()),
+    }
+
+    let (events, mut rx) = mpsc::channel(1024);
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let prober = Arc::new(Prober::new().context("starting the prober")?);
+    if let Some(why) = prober.icmp_unavailable() {
+        warn!("{why}");
+    }
+    let mut d = Daemon {
+        opts: opts.clone(),
+        dp,
+        model: Model::empty(),
+        current,
+        prober,
+        probes: BTreeMap::new(),
+        events,
+        shared: shared.clone(),
+        dirty: false,
+    };
+    d.switch_to(model).context("applying the configuration")?;
+    d.write_meta(std::process::id())?;
+
+    if let Some(addr) = opts.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+        info!("metrics on http://{addr}/metrics");
+        tokio::spawn(metrics::serve(listener, pin.clone(), shared.clone()));
+    }
+
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
+    let mut flush = tokio::time::interval(Duration::from_secs(1));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            Some(ev) = rx.recv() => d.on_event(ev),
+            _ = hup.recv() => d.reload(),
+            _ = usr1.recv() => d.refresh_admin(),
+            _ = flush.tick() => d.flush(),
+            () = &mut shutdown => break,
+        }
+    }
+
+    for task in d.probes.values() {
+        task.handle.abort();
+    }
+    d.flush();
+    if opts.detach_on_exit {
+        pin.remove()
+            .context("removing the datapath (--detach-on-exit)")?;
+        info!("datapath removed (--detach-on-exit)");
+    } else {
+        d.write_meta(0)?;
+        info!(
+            "stopping; the datapath keeps forwarding with the last decisions (`lb down` removes it)"
+        );
+    }
+    Ok(())
+}
+
+fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    let config = Config::load(path)?;
+    config.check_interfaces(interface_exists)?;
+    Ok(config)
+}
+
+/// Forwards the programs' aya-log records (internal faults only) to the log.
+fn spawn_ebpf_logger(dp: &mut Dataplane) {
+    match aya_log::EbpfLogger::init(dp.ebpf_mut()) {
+        Ok(logger) => {
+            tokio::spawn(async move {
+                // SAFETY: the logger owns its ring buffer's fd, which stays open and the same
+                // for as long as the `AsyncFd` (which owns the logger) lives.
+                let registered = unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        logger,
+                        tokio::io::Interest::READABLE,
+                    )
+                };
+                let Ok(mut fd) = registered else { return };
+                while let Ok(mut guard) = fd.readable_mut().await {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+        }
+        Err(e) => warn!("datapath log records will not be shown: {e}"),
+    }
+}
+
+impl Daemon {
+    /// Applies `next` (attachments, maps, probes), or changes nothing and fails.
+    fn switch_to(&mut self, next: Model) -> anyhow::Result<()> {
+        let wanted: Vec<(Role, String)> = next
+            .config
+            .interfaces
+            .clients
+            .iter()
+            .map(|i| (Role::Ingress, i.clone()))
+            .chain(
+                next.config
+                    .interfaces
+                    .paths
+                    .iter()
+                    .map(|i| (Role::Return, i.clone())),
+            )
+            .collect();
+        let pin = self
+            .dp
+            .pin_dir()
+            .cloned()
+            .ok_or_else(|| anyhow!("the daemon runs pinned"))?;
+        let attached = pin.attachments()?;
+
+        // Maps first, so the first packet of a new attachment finds the configuration; undone
+        // if an attachment fails, so a rejected configuration leaves nothing behind.
+        let desired = next.tables();
+        let previous = self.current.clone();
+        let t0 = Instant::now();
+        let writes =
+            apply(&mut self.dp.maps, &self.current, &desired).context("writing the maps")?;
+        self.current = desired;
+        let mut new = Vec::new();
+        for (role, iface) in &wanted {
+            if attached.contains(&(*role, iface.clone())) {
+                // Adopted as pinned, or already ours: nothing to do.
+                continue;
+            }
+            match self.dp.attach(*role, iface, self.opts.xdp_mode) {
+                Ok(a) => new.push(a),
+                Err(e) => {
+                    for a in &new {
+                        let _ = pin.detach(a.role, &a.iface);
+                    }
+                    if let Err(undo) = apply(&mut self.dp.maps, &self.current, &previous) {
+                        error!("undoing the map writes failed: {undo:#}");
+                    } else {
+                        self.current = previous;
+                    }
+                    return Err(e).context(format!("attaching {role} to {iface}"));
+                }
+            }
+        }
+        for (role, iface) in attached.iter().filter(|a| !wanted.contains(a)) {
+            pin.detach(*role, iface)?;
+            if let Some(i) = crate::ifindex(iface) {
+                let _ = self.dp.maps.remove_tx_port(i);
+            }
+            info!("{role} detached from {iface} (no longer configured)");
+        }
+        // Every configured interface must be a redirect target (attached now or before).
+        for (_, iface) in &wanted {
+            if let Some(i) = crate::ifindex(iface) {
+                self.dp.maps.add_tx_port(i)?;
+            }
+        }
+        info!(
+            "configuration applied: {writes} map writes in {:?}",
+            t0.elapsed()
+        );
+
+        self.restart_probes(&next);
+        self.model = next;
+        self.publish();
+        Ok(())
+    }
+
+    /// Starts probes for new paths or changed probe settings, stops those of removed paths.
+    fn restart_probes(&mut self, next: &Model) {
+        let mut wanted = BTreeMap::new();
+        for t in &next.config.targets {
+            for p in &t.paths {
+                if let Some(id) = next.ids.paths.get(&(t.name.clone(), p.name.clone())) {
+                    wanted.insert(
+                        *id,
+                        (
+                            ProbeSpec::for_path(p),
+                            p.probe.interval,
+                            p.probe.rise,
+                            p.probe.fall,
+                        ),
+                    );
+                }
+            }
+        }
+        self.probes.retain(|id, task| {
+            let keep = wanted.get(id).is_some_and(|(spec, interval, ..)| {
+                *spec == task.spec && *interval == task.interval
+            });
+            if !keep {
+                task.handle.abort();
+            }
+            keep
+        });
+        for (id, (spec, interval, rise, fall)) in wanted {
+            if self.probes.contains_key(&id) {
+                continue;
+            }
+            let initial = next.paths.get(&id).and_then(|s| s.health);
+            let tracker = HealthTracker::new(rise, fall, initial);
+            let prober = self.prober.clone();
+            let probe_spec = spec.clone();
+            let probe = move || {
+                let prober = prober.clone();
+                let spec = probe_spec.clone();
+                async move { prober.probe(&spec).await }
+            };
+            let handle = tokio::spawn(crate::health::monitor(
+                id,
+                interval,
+                probe,
+                tracker,
+                self.events.clone(),
+            ));
+            self.probes.insert(
+                id,
+                ProbeTask {
+                    spec,
+                    interval,
+                    handle,
+                },
+            );
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        let Event::Probe {
+            path_id,
+            result,
+            state: _,
+            transition,
+            history,
+        } = ev;
+        let Some(s) = self.model.paths.get_mut(&path_id) else {
+            return;
+        };
+        if let Some(rtt) = result.rtt.filter(|_| result.ok) {
+            s.rtt = Some(rtt);
+            self.dirty = true;
+        }
+        let Some(transition) = transition else { return };
+        let decided = Instant::now();
+        s.health = Some(transition.to);
+        s.changed = SystemTime::now();
+        let (target, path) = match self.model.path_name(path_id) {
+            Some((t, p)) => (t.to_string(), p.to_string()),
+            None => return,
+        };
+        let changed = self.model.decide(&target);
+        let desired = self.model.tables();
+        match apply(&mut self.dp.maps, &self.current, &desired) {
+            Ok(_) => self.current = desired,
+            Err(e) => {
+                error!(
+                    "writing the maps after {target}/{path} changed: {e:#}; retrying at the next flush"
+                );
+                self.dirty = true;
+            }
+        }
+        let written = decided.elapsed();
+        let from = transition
+            .from
+            .map_or("unknown".to_string(), |h| h.to_string());
+        let decision = match changed.and_then(|id| self.model.decisions.get(&id)) {
+            Some(d) => format!("; {target}: new flows → {}", self.describe(d)),
+            None => String::new(),
+        };
+        info!(
+            "{target}/{path}: {from} → {} ({}; probe: {}; history {history}){decision}; decision to map write {written:?}",
+            transition.to, transition.reason, result.detail
+        );
+        if let Ok(mut sh) = self.shared.lock() {
+            *sh.transitions.entry(path_id).or_default() += 1;
+        }
+        self.publish();
+    }
+
+    fn describe(&self, d: &Decision) -> String {
+        match d {
+            Decision::None => "dropped (no usable path)".into(),
+            Decision::Single(p) => self
+                .model
+                .path_name(*p)
+                .map_or(format!("path {p}"), |(_, n)| n.to_string()),
+            Decision::Ring(ring) => {
+                let mut shares: BTreeMap<u32, usize> = BTreeMap::new();
+                for p in ring.iter() {
+                    *shares.entry(*p).or_default() += 1;
+                }
+                shares
+                    .iter()
+                    .map(|(p, n)| {
+                        let name = self
+                            .model
+                            .path_name(*p)
+                            .map_or(p.to_string(), |(_, n)| n.to_string());
+                        format!(
+                            "{name} {:.0}%",
+                            *n as f64 * 100.0 / ring.len().max(1) as f64
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        }
+    }
+
+    fn reload(&mut self) {
+        info!("reloading {}", self.opts.config.display());
+        let result = load_config(&self.opts.config).and_then(|config| {
+            let next = Model::new(config, &self.model)
+                .ok_or_else(|| anyhow!("the configuration does not fit the maps"))?;
+            self.switch_to(next)
+        });
+        let mut sh = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(()) => sh.reloads += 1,
+            Err(e) => {
+                sh.reload_failures += 1;
+                error!("reload rejected, the running configuration stays: {e:#}");
+            }
+        }
+    }
+
+    /// Picks up drains written by `lb path disable/enable`.
+    fn refresh_admin(&mut self) {
+        let mut changed = false;
+        for (id, s) in self.model.paths.iter_mut() {
+            let disabled = self.dp.maps.admin_disabled(*id).unwrap_or(s.disabled);
+            if disabled != s.disabled {
+                s.disabled = disabled;
+                s.changed = SystemTime::now();
+                changed = true;
+            }
+        }
+        if changed {
+            let ids = self.model.decide_all();
+            let desired = self.model.tables();
+            match apply(&mut self.dp.maps, &self.current, &desired) {
+                Ok(_) => self.current = desired,
+                Err(e) => error!("writing the maps after an operator change: {e:#}"),
+            }
+            for id in ids {
+                if let Some(d) = self.model.decisions.get(&id) {
+                    let name = self
+                        .model
+                        .ids
+                        .targets
+                        .iter()
+                        .find(|(_, v)| **v == id)
+                        .map(|(k, _)| k.clone());
+                    info!(
+                        "{}: new flows → {} (operator change)",
+                        name.unwrap_or_default(),
+                        self.describe(d)
+                    );
+                }
+            }
+            self.publish();
+        }
+    }
+
+    /// Writes what changed without a decision (probe RTTs) once a second.
+    fn flush(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        let desired = self.model.tables();
+        match apply(&mut self.dp.maps, &self.current, &desired) {
+            Ok(_) => {
+                self.current = desired;
+                self.dirty = false;
+            }
+            Err(e) => error!("writing path state: {e:#}"),
+        }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        if let Ok(mut sh) = self.shared.lock() {
+            sh.model = Some(self.model.clone());
+        }
+    }
+
+    fn write_meta(&mut self, pid: u32) -> anyhow::Result<()> {
+        let applied_ns = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        self.dp
+            .maps
+            .set_meta(ControlMeta {
+                layout: LAYOUT,
+                daemon_pid: pid,
+                _pad: 0,
+                applied_ns,
+            })
+            .context("writing the daemon's pid")?;
+        Ok(())
+    }
+}
+
+/// Health as shown to people.
+pub fn health_name(h: Option<Health>) -> &'static str {
+    match h {
+        Some(Health::Up) => "up",
+        Some(Health::Down) => "down",
+        None => "unknown",
+    }
+}
+
+/// Fails with a clear message without root: used by the CLI before anything is touched.
+pub fn ensure_root() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "lb needs root (CAP_BPF, CAP_NET_ADMIN) to load and attach XDP programs and to read pinned maps"
+        );
+    }
+    Ok(())
+}

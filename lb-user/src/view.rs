@@ -1,0 +1,328 @@
+//! What the read commands show (`lb status`, `lb stats`, `lb flows`), built from the pinned
+//! maps alone, so they work while the daemon is down. Serializable: `--json` prints these.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use lb_common::{
+    Counter,
+    maps::{FLOW_F_FROM_PATH, FlowKey, TrafficStats},
+    net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+};
+use serde::Serialize;
+
+use crate::{
+    config::{AllDown, Mode, Protocol},
+    dataplane::Error,
+    health::Health,
+    maps::Maps,
+    model::{Model, vip_key},
+    policy::Decision,
+    tables::Tables,
+};
+
+/// The daemon as the pinned state records it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Daemon {
+    /// Pid of the daemon that last ran, if it is still running.
+    pub pid: Option<u32>,
+    pub running: bool,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Status {
+    pub daemon: Daemon,
+    pub targets: Vec<TargetStatus>,
+    pub vips: Vec<VipStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TargetStatus {
+    pub name: String,
+    /// `failover` or `active-active`.
+    pub mode: &'static str,
+    pub preempt: bool,
+    /// `drop` or `last-known`.
+    pub all_down: &'static str,
+    /// Failover: the path new flows go to; `null` when none (or active/active).
+    pub active: Option<String>,
+    /// Active/active: each path's share of new flows, in percent.
+    pub shares: BTreeMap<String, f64>,
+    pub paths: Vec<PathStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PathStatus {
+    pub name: String,
+    pub address: Ipv4Addr,
+    /// `up`, `down` or `disabled`: what the datapath does with the path.
+    pub state: &'static str,
+    /// What the probes last said: `up`, `down` or `unknown`.
+    pub health: &'static str,
+    pub priority: u32,
+    pub weight: u32,
+    /// When the state last changed (RFC 3339), if it ever did.
+    pub changed: Option<String>,
+    /// Round-trip time of the last successful probe, milliseconds.
+    pub rtt_ms: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct VipStatus {
+    pub address: Ipv4Addr,
+    /// `tcp`, `udp`, or `null` for a whole-address VIP.
+    pub protocol: Option<&'static str>,
+    pub port: Option<u16>,
+    pub target: String,
+    /// The port on the VM, when the service translates it.
+    pub target_port: Option<u16>,
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+fn rfc3339(t: SystemTime) -> Option<String> {
+    (t > UNIX_EPOCH).then(|| humantime::format_rfc3339_seconds(t).to_string())
+}
+
+/// The pid in the pinned meta, and whether a process `lb` with that pid runs.
+pub fn daemon(maps: &Maps) -> Result<Daemon, Error> {
+    let pid = maps.meta()?.daemon_pid;
+    let running = pid != 0 && process_is_lb(pid);
+    Ok(Daemon {
+        pid: (pid != 0).then_some(pid),
+        running,
+    })
+}
+
+fn process_is_lb(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "lb")
+}
+
+/// The pinned state as a [`Model`] (configuration as recorded in the maps) and its tables.
+pub fn model(maps: &Maps) -> Result<(Model, Tables), Error> {
+    let tables = maps.read_tables()?;
+    let model = Model::from_tables(&tables, |id| maps.admin_disabled(id).unwrap_or(false));
+    Ok((model, tables))
+}
+
+pub fn status(maps: &Maps) -> Result<Status, Error> {
+    let (model, _) = model(maps)?;
+    let mut targets = Vec::new();
+    for t in &model.config.targets {
+        let Some(tid) = model.ids.targets.get(&t.name) else {
+            continue;
+        };
+        let name_of = |id: u32| model.path_name(id).map(|(_, p)| p.to_string());
+        let decision = model.decisions.get(tid).cloned().unwrap_or(Decision::None);
+        let (active, shares) = match &decision {
+            Decision::Single(p) => (name_of(*p), BTreeMap::new()),
+            Decision::Ring(ring) => {
+                let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+                for p in ring.iter() {
+                    *counts
+                        .entry(name_of(*p).unwrap_or_else(|| p.to_string()))
+                        .or_default() += 1;
+                }
+                let total = ring.len().max(1) as f64;
+                (
+                    None,
+                    counts
+                        .into_iter()
+                        .map(|(k, n)| (k, (n as f64 * 1000.0 / total).round() / 10.0))
+                        .collect(),
+                )
+            }
+            Decision::None => (None, BTreeMap::new()),
+        };
+        let paths = t
+            .paths
+            .iter()
+            .filter_map(|p| {
+                let pid = model.ids.paths.get(&(t.name.clone(), p.name.clone()))?;
+                let s = model.paths.get(pid).cloned().unwrap_or_default();
+                Some(PathStatus {
+                    name: p.name.clone(),
+                    address: p.address,
+                    state: if s.disabled {
+                        "disabled"
+                    } else if s.health == Some(Health::Up) {
+                        "up"
+                    } else {
+                        "down"
+                    },
+                    health: crate::daemon::health_name(s.health),
+                    priority: p.priority,
+                    weight: p.weight,
+                    changed: rfc3339(s.changed),
+                    rtt_ms: s.rtt.map(|r| r.as_secs_f64() * 1000.0),
+                })
+            })
+            .collect();
+        targets.push(TargetStatus {
+            name: t.name.clone(),
+            mode: match t.mode {
+                Mode::Failover => "failover",
+                Mode::ActiveActive => "active-active",
+            },
+            preempt: t.preempt,
+            all_down: match t.all_down {
+                AllDown::Drop => "drop",
+                AllDown::LastKnown => "last-known",
+            },
+            active,
+            shares,
+            paths,
+        });
+    }
+    let vips = model
+        .config
+        .vips
+        .iter()
+        .map(|v| VipStatus {
+            address: v.address,
+            protocol: v.service.map(|s| protocol_name(s.protocol)),
+            port: v.service.map(|s| s.port),
+            target: v.target.clone(),
+            target_port: v.service.and_then(|s| s.target_port),
+        })
+        .collect();
+    Ok(Status {
+        daemon: daemon(maps)?,
+        targets,
+        vips,
+    })
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Traffic {
+    pub in_packets: u64,
+    pub in_bytes: u64,
+    pub out_packets: u64,
+    pub out_bytes: u64,
+}
+
+impl From<TrafficStats> for Traffic {
+    fn from(s: TrafficStats) -> Self {
+        Self {
+            in_packets: s.in_packets,
+            in_bytes: s.in_bytes,
+            out_packets: s.out_packets,
+            out_bytes: s.out_bytes,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Stats {
+    /// Every counter by name (see docs/DATAPATH.md), zeros included.
+    pub counters: BTreeMap<&'static str, u64>,
+    pub vips: Vec<VipTraffic>,
+    pub paths: Vec<PathTraffic>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct VipTraffic {
+    pub address: Ipv4Addr,
+    pub protocol: Option<&'static str>,
+    pub port: Option<u16>,
+    pub target: String,
+    #[serde(flatten)]
+    pub traffic: Traffic,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PathTraffic {
+    pub target: String,
+    pub path: String,
+    #[serde(flatten)]
+    pub traffic: Traffic,
+}
+
+pub fn stats(maps: &Maps) -> Result<Stats, Error> {
+    let (model, _) = model(maps)?;
+    let counters = maps
+        .counters()?
+        .into_iter()
+        .map(|(c, v)| (Counter::name(c), v))
+        .collect();
+    let mut vips = Vec::new();
+    for v in &model.config.vips {
+        let Some(id) = model.ids.vips.get(&vip_key(v)) else {
+            continue;
+        };
+        vips.push(VipTraffic {
+            address: v.address,
+            protocol: v.service.map(|s| protocol_name(s.protocol)),
+            port: v.service.map(|s| s.port),
+            target: v.target.clone(),
+            traffic: maps.vip_stats(*id)?.into(),
+        });
+    }
+    let mut paths = Vec::new();
+    for ((target, path), id) in &model.ids.paths {
+        paths.push(PathTraffic {
+            target: target.clone(),
+            path: path.clone(),
+            traffic: maps.path_stats(*id)?.into(),
+        });
+    }
+    Ok(Stats {
+        counters,
+        vips,
+        paths,
+    })
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Flow {
+    pub protocol: &'static str,
+    pub client: Ipv4Addr,
+    /// Client port (ICMP echo: the identifier).
+    pub client_port: u16,
+    pub vip: Ipv4Addr,
+    pub vip_port: u16,
+    pub target: Option<String>,
+    pub path: Option<String>,
+    /// The VM opened this flow itself.
+    pub from_vm: bool,
+}
+
+/// Up to `limit` flows of the flow table, in the order the kernel lists them.
+pub fn flows(maps: &Maps, limit: usize) -> Result<Vec<Flow>, Error> {
+    let (model, _) = model(maps)?;
+    Ok(maps
+        .flows(limit)?
+        .into_iter()
+        .map(|(k, v): (FlowKey, _)| {
+            let names = model.path_name(v.path);
+            Flow {
+                protocol: match k.proto {
+                    IPPROTO_TCP => "tcp",
+                    IPPROTO_UDP => "udp",
+                    IPPROTO_ICMP => "icmp",
+                    _ => "?",
+                },
+                client: Ipv4Addr::from(k.src),
+                client_port: u16::from_be_bytes(k.sport),
+                vip: Ipv4Addr::from(k.dst),
+                vip_port: u16::from_be_bytes(k.dport),
+                target: names.map(|(t, _)| t.to_string()),
+                path: names.map(|(_, p)| p.to_string()),
+                from_vm: v.flags & FLOW_F_FROM_PATH != 0,
+            }
+        })
+        .collect())
+}
+
+/// `a - b` per second over `dt` (for `lb stats --watch`).
+pub fn rate(a: u64, b: u64, dt: Duration) -> f64 {
+    a.saturating_sub(b) as f64 / dt.as_secs_f64().max(1e-9)
+}

@@ -1,0 +1,1090 @@
+//! The configuration file: the documented example parses into the expected model (defaults,
+//! per-path probe overrides), and every rejected case names its field and the reason.
+//! Host-only: no privileges, no interfaces (those are checked through a fake).
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use lb_user::config::{
+    AllDown, Config, ConfigError, Interfaces, Mode, Path, Probe, ProbeKind, Protocol, Service,
+    Target, Vip, interface_exists,
+};
+use serde_json::{Value, json};
+
+/// The example of the documentation, without its comments.
+const EXAMPLE: &str = r#"{
+  "interfaces": { "clients": ["eth0"], "paths": ["eth1", "eth2"] },
+  "flow_table_size": 1048576,
+  "targets": [
+    {
+      "name": "web-vm",
+      "mode": "failover",
+      "preempt": true,
+      "all_down": "drop",
+      "paths": [
+        { "name": "nn1", "address": "192.0.2.70",  "priority": 10, "weight": 1 },
+        { "name": "nn2", "address": "192.0.2.100", "priority": 20, "weight": 1,
+          "source": "198.51.100.1", "interface": "eth2",
+          "probe": { "type": "icmp", "interval_ms": 50 } }
+      ],
+      "probe": { "type": "tcp", "port": 22, "interval_ms": 100, "timeout_ms": 80, "rise": 2, "fall": 3 }
+    }
+  ],
+  "vips": [
+    { "address": "203.0.113.10", "target": "web-vm" },
+    { "address": "203.0.113.11", "protocol": "tcp", "port": 443, "target": "web-vm", "target_port": 8443 }
+  ]
+}"#;
+
+fn example() -> Value {
+    serde_json::from_str(EXAMPLE).expect("the example is JSON")
+}
+
+/// The example with `edit` applied, as text.
+fn edited(edit: impl FnOnce(&mut Value)) -> String {
+    let mut v = example();
+    edit(&mut v);
+    v.to_string()
+}
+
+fn push(list: &mut Value, item: Value) {
+    list.as_array_mut().expect("an array").push(item);
+}
+
+/// A small valid configuration: one target `t` with paths p0.., and `vips`.
+fn config_with(paths: usize, vips: Value) -> Value {
+    let paths: Vec<Value> = (0..paths)
+        .map(|j| json!({ "name": format!("p{j}"), "address": format!("192.0.2.{}", j + 1) }))
+        .collect();
+    json!({
+        "interfaces": { "clients": ["eth0"], "paths": ["eth1"] },
+        "targets": [{ "name": "t", "paths": paths }],
+        "vips": vips,
+    })
+}
+
+#[track_caller]
+fn invalid(text: &str) -> (String, String) {
+    match Config::from_json(text) {
+        Err(ConfigError::Invalid { field, reason }) => (field, reason),
+        other => panic!("expected an invalid-configuration error, got {other:?}"),
+    }
+}
+
+/// `text` is rejected at `field`, with a reason containing `phrase`.
+#[track_caller]
+fn rejects(text: &str, field: &str, phrase: &str) {
+    let (f, reason) = invalid(text);
+    assert_eq!(f, field, "location (reason: {reason})");
+    assert!(
+        reason.contains(phrase),
+        "{f}: {reason:?} does not say {phrase:?}"
+    );
+}
+
+#[track_caller]
+fn rejects_edit(edit: impl FnOnce(&mut Value), field: &str, phrase: &str) {
+    rejects(&edited(edit), field, phrase);
+}
+
+#[track_caller]
+fn accepts(text: &str) -> Config {
+    Config::from_json(text).unwrap_or_else(|e| panic!("rejected: {e}"))
+}
+
+// ---- What parses. ----
+
+#[test]
+fn example_parses_into_the_model() {
+    let config = accepts(EXAMPLE);
+    let target_probe = Probe {
+        kind: ProbeKind::Tcp { port: 22 },
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(80),
+        rise: 2,
+        fall: 3,
+    };
+    let want = Config {
+        interfaces: Interfaces {
+            clients: vec!["eth0".into()],
+            paths: vec!["eth1".into(), "eth2".into()],
+        },
+        targets: vec![Target {
+            name: "web-vm".into(),
+            mode: Mode::Failover,
+            preempt: true,
+            all_down: AllDown::Drop,
+            paths: vec![
+                Path {
+                    name: "nn1".into(),
+                    address: Ipv4Addr::new(192, 0, 2, 70),
+                    priority: 10,
+                    weight: 1,
+                    probe: target_probe.clone(),
+                    source: None,
+                    interface: None,
+                },
+                Path {
+                    name: "nn2".into(),
+                    address: Ipv4Addr::new(192, 0, 2, 100),
+                    priority: 20,
+                    weight: 1,
+                    // The type changes: the tcp port is not inherited. The interval is
+                    // overridden; the inherited timeout (80) is capped by it; rise and fall
+                    // are the target's.
+                    probe: Probe {
+                        kind: ProbeKind::Icmp,
+                        interval: Duration::from_millis(50),
+                        timeout: Duration::from_millis(50),
+                        rise: 2,
+                        fall: 3,
+                    },
+                    source: Some(Ipv4Addr::new(198, 51, 100, 1)),
+                    interface: Some("eth2".into()),
+                },
+            ],
+        }],
+        vips: vec![
+            Vip {
+                address: Ipv4Addr::new(203, 0, 113, 10),
+                service: None,
+                target: "web-vm".into(),
+            },
+            Vip {
+                address: Ipv4Addr::new(203, 0, 113, 11),
+                service: Some(Service {
+                    protocol: Protocol::Tcp,
+                    port: 443,
+                    target_port: Some(8443),
+                }),
+                target: "web-vm".into(),
+            },
+        ],
+        flow_table_size: Some(1 << 20),
+    };
+    assert_eq!(config, want);
+    assert_eq!(config.target("web-vm"), Some(&want.targets[0]));
+    assert_eq!(config.target("web"), None);
+    assert_eq!(config.vips[0].target_port(), None);
+    assert_eq!(config.vips[1].target_port(), Some(8443));
+}
+
+#[test]
+fn defaults() {
+    let config = accepts(
+        &json!({
+            "interfaces": { "clients": ["eth0"], "paths": ["eth1"] },
+            "targets": [{ "name": "t", "paths": [
+                { "name": "a", "address": "192.0.2.1" },
+                { "name": "b", "address": "192.0.2.2" },
+            ]}],
+            "vips": [{ "address": "203.0.113.1", "protocol": "udp", "port": 53,
+                       "target": "t", "target_port": 53 }],
+        })
+        .to_string(),
+    );
+    assert_eq!(config.flow_table_size, None);
+    let t = &config.targets[0];
+    assert_eq!(
+        (t.mode, t.preempt, t.all_down),
+        (Mode::Failover, true, AllDown::Drop)
+    );
+    let default_probe = Probe {
+        kind: ProbeKind::Icmp,
+        interval: Duration::from_millis(1000),
+        timeout: Duration::from_millis(500),
+        rise: 2,
+        fall: 3,
+    };
+    for (j, p) in t.paths.iter().enumerate() {
+        // The listed order is the preference.
+        assert_eq!(p.priority, j as u32);
+        assert_eq!(p.weight, 1);
+        assert_eq!(p.probe, default_probe);
+        assert_eq!((p.source, p.interface.as_deref()), (None, None));
+    }
+    // A target port equal to the port is no translation.
+    let s = config.vips[0].service.expect("a service");
+    assert_eq!(s.target_port, None);
+    assert_eq!(config.vips[0].target_port(), None);
+}
+
+#[test]
+fn an_idle_edge_has_no_targets_and_no_vips() {
+    let config = accepts(r#"{ "interfaces": { "clients": ["eth0"] } }"#);
+    assert!(config.targets.is_empty() && config.vips.is_empty());
+    assert!(config.interfaces.paths.is_empty());
+}
+
+#[test]
+fn other_modes_and_options() {
+    let text = edited(|v| {
+        let t = &mut v["targets"][0];
+        t["mode"] = json!("active-active");
+        t["preempt"] = json!(false);
+        t["all_down"] = json!("last-known");
+    });
+    let t = &accepts(&text).targets[0];
+    assert_eq!(
+        (t.mode, t.preempt, t.all_down),
+        (Mode::ActiveActive, false, AllDown::LastKnown)
+    );
+}
+
+#[test]
+fn http_probe_defaults_and_merge() {
+    let text = edited(|v| {
+        v["targets"][0]["probe"] = json!({ "type": "http", "port": 8080, "path": "/health" });
+        v["targets"][0]["paths"][0]["probe"] = json!({ "expect_status": 204, "rise": 5 });
+        v["targets"][0]["paths"][1]["probe"] = json!({ "type": "http" });
+    });
+    let config = accepts(&text);
+    let paths = &config.targets[0].paths;
+    // Same type: the target's port and path are inherited.
+    assert_eq!(
+        paths[0].probe.kind,
+        ProbeKind::Http {
+            port: 8080,
+            path: "/health".into(),
+            expect_status: 204
+        }
+    );
+    assert_eq!(paths[0].probe.rise, 5);
+    assert_eq!(paths[0].probe.fall, 3);
+    // Naming the same type again still inherits.
+    assert_eq!(
+        paths[1].probe.kind,
+        ProbeKind::Http {
+            port: 8080,
+            path: "/health".into(),
+            expect_status: 200
+        }
+    );
+    // Defaults for an http probe with nothing else said.
+    let text = edited(|v| v["targets"][0]["probe"] = json!({ "type": "http" }));
+    assert_eq!(
+        accepts(&text).targets[0].paths[0].probe.kind,
+        ProbeKind::Http {
+            port: 80,
+            path: "/".into(),
+            expect_status: 200
+        }
+    );
+}
+
+#[test]
+fn override_of_a_tcp_port_and_timeout() {
+    let text = edited(|v| {
+        v["targets"][0]["paths"][0]["probe"] = json!({ "port": 2222, "timeout_ms": 100 });
+    });
+    let probe = &accepts(&text).targets[0].paths[0].probe;
+    assert_eq!(probe.kind, ProbeKind::Tcp { port: 2222 });
+    assert_eq!(probe.timeout, Duration::from_millis(100));
+    assert_eq!(probe.interval, Duration::from_millis(100));
+}
+
+#[test]
+fn weight_0_is_allowed_in_failover() {
+    let text = edited(|v| v["targets"][0]["paths"][1]["weight"] = json!(0));
+    assert_eq!(accepts(&text).targets[0].paths[1].weight, 0);
+}
+
+#[test]
+fn the_same_port_over_tcp_and_udp_is_not_ambiguous() {
+    let vips = json!([
+        { "address": "203.0.113.1", "protocol": "tcp", "port": 53, "target": "t" },
+        { "address": "203.0.113.1", "protocol": "udp", "port": 53, "target": "t" },
+        { "address": "203.0.113.2", "protocol": "tcp", "port": 54, "target": "t", "target_port": 55 },
+    ]);
+    assert_eq!(accepts(&config_with(1, vips).to_string()).vips.len(), 3);
+}
+
+#[test]
+fn the_example_file_parses() {
+    let file = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/lb.json"));
+    if !file.exists() {
+        eprintln!("skipped: {} does not exist", file.display());
+        return;
+    }
+    Config::load(file).unwrap_or_else(|e| panic!("{e}"));
+}
+
+// ---- Loading. ----
+
+#[test]
+fn load_reads_the_file() {
+    let file = std::env::temp_dir().join(format!("lb-config-test-{}.json", std::process::id()));
+    std::fs::write(&file, EXAMPLE).expect("writing the temporary file");
+    let loaded = Config::load(&file);
+    std::fs::remove_file(&file).expect("removing the temporary file");
+    assert_eq!(loaded.expect("valid"), accepts(EXAMPLE));
+}
+
+#[test]
+fn load_names_a_missing_file() {
+    let file = std::path::Path::new("/nonexistent/lb.json");
+    let e = Config::load(file).expect_err("no such file");
+    assert!(
+        matches!(&e, ConfigError::Io { path, source }
+            if path == file && source.kind() == std::io::ErrorKind::NotFound),
+        "{e:?}"
+    );
+    assert_eq!(e.to_string(), "reading /nonexistent/lb.json");
+}
+
+// ---- Rejected: not JSON, or JSON of the wrong shape. ----
+
+#[test]
+fn syntax_error_has_line_and_column() {
+    let text = "{\n  \"interfaces\": { \"clients\": [\"eth0\"], },\n}";
+    let e = Config::from_json(text).expect_err("not JSON");
+    assert!(
+        matches!(&e, ConfigError::Syntax { line: 2, column: 40, message } if message == "trailing comma"),
+        "{e:?}"
+    );
+    assert_eq!(e.to_string(), "line 2, column 40: trailing comma");
+}
+
+#[test]
+fn truncated_json_is_a_syntax_error() {
+    let e = Config::from_json(&EXAMPLE[..EXAMPLE.len() / 2]).expect_err("truncated");
+    assert!(
+        matches!(&e, ConfigError::Syntax { message, .. } if message.contains("EOF")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn unknown_field_is_located() {
+    rejects_edit(
+        |v| v["targets"][0]["paths"][1]["prio"] = json!(1),
+        "targets[0].paths[1]",
+        "unknown field `prio`",
+    );
+    rejects_edit(
+        |v| v["targets"][0]["probe"]["retries"] = json!(1),
+        "targets[0].probe",
+        "unknown field `retries`",
+    );
+    rejects_edit(
+        |v| v["vips"][1]["weight"] = json!(1),
+        "vips[1]",
+        "unknown field `weight`",
+    );
+    rejects_edit(
+        |v| v["interface"] = json!({}),
+        "top level",
+        "unknown field `interface`",
+    );
+}
+
+#[test]
+fn shape_errors_quote_the_line_when_it_is_the_same_error() {
+    let text = EXAMPLE.replace(r#""priority": 20"#, r#""priority": "20""#);
+    let (field, reason) = invalid(&text);
+    assert_eq!(field, "targets[0].paths[1]");
+    assert_eq!(
+        reason,
+        r#"invalid type: string "20", expected u32 (line 12, column 67)"#
+    );
+}
+
+#[test]
+fn wrong_type() {
+    rejects_edit(
+        |v| v["targets"][0]["preempt"] = json!("yes"),
+        "targets[0]",
+        "invalid type: string \"yes\", expected a boolean",
+    );
+    rejects_edit(
+        |v| v["flow_table_size"] = json!(-1),
+        "top level",
+        "invalid value: integer `-1`",
+    );
+    rejects_edit(
+        |v| v["vips"][1]["port"] = json!(70000),
+        "vips[1]",
+        "invalid value: integer `70000`, expected u16",
+    );
+    rejects_edit(
+        |v| v["targets"] = json!({}),
+        "top level",
+        "invalid type: map, expected a sequence",
+    );
+    rejects("[]", "top level", "expected a configuration object");
+    rejects_edit(
+        |v| v["targets"][0]["mode"] = json!("round-robin"),
+        "targets[0]",
+        "unknown variant `round-robin`, expected `failover` or `active-active`",
+    );
+    rejects_edit(
+        |v| v["targets"][0]["probe"]["type"] = json!("ping"),
+        "targets[0].probe",
+        "unknown variant `ping`",
+    );
+    rejects_edit(
+        |v| v["vips"][1]["protocol"] = json!("sctp"),
+        "vips[1]",
+        "unknown variant `sctp`",
+    );
+}
+
+#[test]
+fn missing_field() {
+    rejects_edit(
+        |v| {
+            v["targets"][0]["paths"][0]
+                .as_object_mut()
+                .expect("an object")
+                .remove("address");
+        },
+        "targets[0].paths[0]",
+        "missing field `address`",
+    );
+    rejects(
+        r#"{ "targets": [] }"#,
+        "top level",
+        "missing field `interfaces`",
+    );
+}
+
+// ---- Rejected: names and references. ----
+
+#[test]
+fn unknown_target_in_a_vip() {
+    rejects_edit(
+        |v| v["vips"][1]["target"] = json!("web"),
+        "vips[1].target",
+        r#"unknown target "web""#,
+    );
+}
+
+#[test]
+fn duplicate_target_names() {
+    rejects_edit(
+        |v| {
+            push(
+                &mut v["targets"],
+                json!({ "name": "web-vm", "paths": [{ "name": "a", "address": "192.0.2.1" }] }),
+            )
+        },
+        "targets[1].name",
+        r#""web-vm" is already the name of targets[0]"#,
+    );
+}
+
+#[test]
+fn duplicate_path_names() {
+    rejects_edit(
+        |v| v["targets"][0]["paths"][1]["name"] = json!("nn1"),
+        "targets[0].paths[1].name",
+        r#""nn1" is already the name of targets[0].paths[0]"#,
+    );
+}
+
+#[test]
+fn empty_names() {
+    rejects_edit(
+        |v| v["targets"][0]["name"] = json!(""),
+        "targets[0].name",
+        "a target needs a name",
+    );
+    rejects_edit(
+        |v| v["targets"][0]["paths"][0]["name"] = json!(""),
+        "targets[0].paths[0].name",
+        "a path needs a name",
+    );
+}
+
+#[test]
+fn path_address_twice_in_a_target() {
+    rejects_edit(
+        |v| v["targets"][0]["paths"][1]["address"] = json!("192.0.2.70"),
+        "targets[0].paths[1].address",
+        "192.0.2.70 is already the address of targets[0].paths[0]",
+    );
+}
+
+#[test]
+fn path_address_twice_across_targets() {
+    rejects_edit(
+        |v| {
+            push(
+                &mut v["targets"],
+                json!({ "name": "db", "paths": [{ "name": "a", "address": "192.0.2.100" }] }),
+            )
+        },
+        "targets[1].paths[0].address",
+        "192.0.2.100 is already the address of targets[0].paths[1]",
+    );
+}
+
+#[test]
+fn path_address_used_as_a_vip() {
+    rejects_edit(
+        |v| v["vips"][0]["address"] = json!("192.0.2.100"),
+        "vips[0].address",
+        "192.0.2.100 is also the address of targets[0].paths[1]",
+    );
+}
+
+// ---- Rejected: VIPs. ----
+
+#[test]
+fn duplicate_whole_address_vip() {
+    rejects_edit(
+        |v| {
+            push(
+                &mut v["targets"],
+                json!({ "name": "db", "paths": [{ "name": "a", "address": "192.0.2.1" }] }),
+            );
+            push(
+                &mut v["vips"],
+                json!({ "address": "203.0.113.10", "target": "db" }),
+            );
+        },
+        "vips[2]",
+        "duplicate of vips[0] (203.0.113.10)",
+    );
+}
+
+#[test]
+fn duplicate_service_vip() {
+    rejects_edit(
+        |v| {
+            push(
+                &mut v["vips"],
+                json!({ "address": "203.0.113.11", "protocol": "tcp", "port": 443,
+                        "target": "web-vm", "target_port": 9443 }),
+            )
+        },
+        "vips[2]",
+        "duplicate of vips[1] (203.0.113.11 tcp/443)",
+    );
+}
+
+#[test]
+fn port_translation_needs_a_service() {
+    rejects_edit(
+        |v| v["vips"][0]["target_port"] = json!(8080),
+        "vips[0].target_port",
+        "port translation needs a service (protocol and port); a whole-address VIP keeps every port",
+    );
+}
+
+#[test]
+fn protocol_and_port_go_together() {
+    rejects_edit(
+        |v| {
+            v["vips"][1]
+                .as_object_mut()
+                .expect("an object")
+                .remove("port");
+        },
+        "vips[1].port",
+        "a service needs a port with its protocol",
+    );
+    rejects_edit(
+        |v| {
+            v["vips"][1]
+                .as_object_mut()
+                .expect("an object")
+                .remove("protocol");
+        },
+        "vips[1].protocol",
+        "a service needs a protocol with its port",
+    );
+}
+
+#[test]
+fn port_0() {
+    rejects_edit(
+        |v| v["vips"][1]["port"] = json!(0),
+        "vips[1].port",
+        "0 is not a port",
+    );
+    rejects_edit(
+        |v| v["vips"][1]["target_port"] = json!(0),
+        "vips[1].target_port",
+        "0 is not a port",
+    );
+    rejects_edit(
+        |v| v["targets"][0]["probe"]["port"] = json!(0),
+        "targets[0].probe.port",
+        "0 is not a port",
+    );
+}
+
+#[test]
+fn two_whole_address_vips_for_one_target_are_ambiguous() {
+    rejects_edit(
+        |v| {
+            push(
+                &mut v["vips"],
+                json!({ "address": "203.0.113.12", "target": "web-vm" }),
+            )
+        },
+        "vips[2]",
+        r#"target "web-vm" already has the whole-address VIP vips[0] (203.0.113.10): replies from its paths could not tell which VIP they belong to"#,
+    );
+}
+
+#[test]
+fn two_services_answering_from_one_port_are_ambiguous() {
+    // 203.0.113.11 tcp/443 goes to 8443 on the VM; so would this one, untranslated.
+    rejects_edit(
+        |v| {
+            push(
+                &mut v["vips"],
+                json!({ "address": "203.0.113.12", "protocol": "tcp", "port": 8443,
+                        "target": "web-vm" }),
+            )
+        },
+        "vips[2]",
+        r#"target "web-vm" already answers vips[1] (203.0.113.11 tcp/443) from tcp port 8443"#,
+    );
+    // Another port on the same address, translated to the same port on the VM.
+    rejects_edit(
+        |v| {
+            push(
+                &mut v["vips"],
+                json!({ "address": "203.0.113.11", "protocol": "tcp", "port": 444,
+                        "target": "web-vm", "target_port": 8443 }),
+            )
+        },
+        "vips[2]",
+        "replies could not tell which VIP they belong to",
+    );
+}
+
+// ---- Rejected: addresses. ----
+
+#[test]
+fn bad_addresses() {
+    let cases = [
+        ("192.0.2.300", r#""192.0.2.300" is not an IPv4 address"#),
+        ("2001:db8::1", r#""2001:db8::1" is not an IPv4 address"#),
+        ("web", r#""web" is not an IPv4 address"#),
+        ("0.0.0.0", "0.0.0.0 is the unspecified address"),
+        (
+            "255.255.255.255",
+            "255.255.255.255 is the broadcast address",
+        ),
+        ("224.0.0.1", "224.0.0.1 is a multicast address"),
+        ("127.0.0.1", "127.0.0.1 is a loopback address"),
+    ];
+    for (address, phrase) in cases {
+        rejects_edit(
+            |v| v["targets"][0]["paths"][1]["address"] = json!(address),
+            "targets[0].paths[1].address",
+            phrase,
+        );
+        rejects_edit(
+            |v| v["vips"][1]["address"] = json!(address),
+            "vips[1].address",
+            phrase,
+        );
+        rejects_edit(
+            |v| v["targets"][0]["paths"][1]["source"] = json!(address),
+            "targets[0].paths[1].source",
+            phrase,
+        );
+    }
+}
+
+// ---- Rejected: paths. ----
+
+#[test]
+fn a_target_needs_a_path() {
+    rejects_edit(
+        |v| v["targets"][0]["paths"] = json!([]),
+        "targets[0].paths",
+        "a target needs at least one path",
+    );
+    rejects_edit(
+        |v| {
+            v["targets"][0]
+                .as_object_mut()
+                .expect("an object")
+                .remove("paths");
+        },
+        "targets[0].paths",
+        "a target needs at least one path",
+    );
+}
+
+#[test]
+fn weight_0_in_active_active() {
+    rejects_edit(
+        |v| {
+            v["targets"][0]["mode"] = json!("active-active");
+            v["targets"][0]["paths"][1]["weight"] = json!(0);
+        },
+        "targets[0].paths[1].weight",
+        "0 in an active-active target",
+    );
+}
+
+#[test]
+fn weight_above_1000() {
+    rejects_edit(
+        |v| v["targets"][0]["paths"][0]["weight"] = json!(1001),
+        "targets[0].paths[0].weight",
+        "1001 is more than the maximum of 1000",
+    );
+}
+
+// ---- Rejected: probes. ----
+
+#[test]
+fn interval_shorter_than_timeout() {
+    rejects_edit(
+        |v| v["targets"][0]["probe"]["interval_ms"] = json!(50),
+        "targets[0].probe.interval_ms",
+        "50 is shorter than timeout_ms 80 (a probe must end before the next starts)",
+    );
+    // A path's timeout against the interval it inherits.
+    rejects_edit(
+        |v| v["targets"][0]["paths"][0]["probe"] = json!({ "timeout_ms": 200 }),
+        "targets[0].paths[0].probe.timeout_ms",
+        "200 is longer than interval_ms 100",
+    );
+    // A path's interval against its own timeout.
+    rejects_edit(
+        |v| v["targets"][0]["paths"][0]["probe"] = json!({ "interval_ms": 40, "timeout_ms": 60 }),
+        "targets[0].paths[0].probe.interval_ms",
+        "40 is shorter than timeout_ms 60",
+    );
+}
+
+#[test]
+fn interval_below_10_ms() {
+    rejects_edit(
+        |v| v["targets"][0]["probe"]["interval_ms"] = json!(9),
+        "targets[0].probe.interval_ms",
+        "9 is less than the minimum of 10",
+    );
+    rejects_edit(
+        |v| v["targets"][0]["paths"][1]["probe"]["interval_ms"] = json!(5),
+        "targets[0].paths[1].probe.interval_ms",
+        "5 is less than the minimum of 10",
+    );
+}
+
+#[test]
+fn timeout_0() {
+    rejects_edit(
+        |v| v["targets"][0]["probe"]["timeout_ms"] = json!(0),
+        "targets[0].probe.timeout_ms",
+        "0: a probe needs time to be answered",
+    );
+}
+
+#[test]
+fn rise_and_fall_out_of_range() {
+    for field in ["rise", "fall"] {
+        let at = format!("targets[0].probe.{field}");
+        rejects_edit(
+            |v| v["targets"][0]["probe"][field] = json!(0),
+            &at,
+            "0 is less than the minimum of 1",
+        );
+        rejects_edit(
+            |v| v["targets"][0]["probe"][field] = json!(101),
+            &at,
+            "101 is more than the maximum of 100",
+        );
+        rejects_edit(
+            |v| v["targets"][0]["paths"][0]["probe"][field] = json!(0),
+            &format!("targets[0].paths[0].probe.{field}"),
+            "0 is less than the minimum of 1",
+        );
+    }
+}
+
+#[test]
+fn http_path_must_start_with_a_slash() {
+    rejects_edit(
+        |v| v["targets"][0]["probe"] = json!({ "type": "http", "path": "health" }),
+        "targets[0].probe.path",
+        r#""health" does not start with '/'"#,
+    );
+    rejects_edit(
+        |v| v["targets"][0]["probe"] = json!({ "type": "http", "path": "/a b" }),
+        "targets[0].probe.path",
+        "has a space or a control character",
+    );
+}
+
+#[test]
+fn http_expect_status_out_of_range() {
+    for status in [0, 99, 600] {
+        rejects_edit(
+            |v| v["targets"][0]["probe"] = json!({ "type": "http", "expect_status": status }),
+            "targets[0].probe.expect_status",
+            &format!("{status} is not an HTTP status (100 to 599)"),
+        );
+    }
+}
+
+#[test]
+fn tcp_probe_needs_a_port() {
+    rejects_edit(
+        |v| v["targets"][0]["probe"] = json!({ "type": "tcp" }),
+        "targets[0].probe.port",
+        "a tcp probe needs a port",
+    );
+    // A path switching an icmp target to tcp has no port to inherit.
+    rejects_edit(
+        |v| {
+            v["targets"][0]["probe"] = json!({});
+            v["targets"][0]["paths"][0]["probe"] = json!({ "type": "tcp" });
+        },
+        "targets[0].paths[0].probe.port",
+        "a tcp probe needs a port",
+    );
+}
+
+#[test]
+fn fields_that_do_not_apply_to_the_probe_type() {
+    rejects_edit(
+        |v| v["targets"][0]["probe"]["path"] = json!("/"),
+        "targets[0].probe.path",
+        "applies only to http probes, not tcp",
+    );
+    rejects_edit(
+        |v| v["targets"][0]["probe"]["expect_status"] = json!(200),
+        "targets[0].probe.expect_status",
+        "applies only to http probes, not tcp",
+    );
+    rejects_edit(
+        |v| v["targets"][0]["probe"] = json!({ "type": "icmp", "port": 22 }),
+        "targets[0].probe.port",
+        "applies only to tcp and http probes, not icmp",
+    );
+    // An override without a type is checked against the target's type.
+    rejects_edit(
+        |v| v["targets"][0]["paths"][0]["probe"] = json!({ "path": "/health" }),
+        "targets[0].paths[0].probe.path",
+        "applies only to http probes, not tcp",
+    );
+    rejects_edit(
+        |v| v["targets"][0]["paths"][1]["probe"]["port"] = json!(22),
+        "targets[0].paths[1].probe.port",
+        "applies only to tcp and http probes, not icmp",
+    );
+}
+
+// ---- Rejected: interfaces. ----
+
+#[test]
+fn no_client_interface() {
+    rejects_edit(
+        |v| v["interfaces"]["clients"] = json!([]),
+        "interfaces.clients",
+        "at least one interface must face the clients",
+    );
+}
+
+#[test]
+fn no_path_interface_with_targets() {
+    rejects_edit(
+        |v| v["interfaces"]["paths"] = json!([]),
+        "interfaces.paths",
+        "targets need at least one interface facing the paths",
+    );
+}
+
+#[test]
+fn an_interface_in_both_lists() {
+    rejects_edit(
+        |v| v["interfaces"]["paths"][1] = json!("eth0"),
+        "interfaces.paths[1]",
+        r#""eth0" is also interfaces.clients[0]: an interface faces either the clients or the paths"#,
+    );
+}
+
+#[test]
+fn duplicate_interface_names() {
+    rejects_edit(
+        |v| v["interfaces"]["paths"][1] = json!("eth1"),
+        "interfaces.paths[1]",
+        r#"duplicate of interfaces.paths[0] ("eth1")"#,
+    );
+    rejects_edit(
+        |v| v["interfaces"]["clients"] = json!(["eth0", "eth0"]),
+        "interfaces.clients[1]",
+        r#"duplicate of interfaces.clients[0] ("eth0")"#,
+    );
+}
+
+#[test]
+fn interface_names_the_kernel_would_refuse() {
+    rejects_edit(
+        |v| v["interfaces"]["clients"][0] = json!("a-very-long-name"),
+        "interfaces.clients[0]",
+        r#""a-very-long-name" is longer than 15 bytes"#,
+    );
+    rejects_edit(
+        |v| v["targets"][0]["paths"][1]["interface"] = json!("a-very-long-name"),
+        "targets[0].paths[1].interface",
+        "is longer than 15 bytes",
+    );
+    for name in ["", "eth 0", "eth0:1", "a/b", ".."] {
+        rejects_edit(
+            |v| v["interfaces"]["paths"][0] = json!(name),
+            "interfaces.paths[0]",
+            "is not an interface name",
+        );
+    }
+    // 15 bytes is fine.
+    accepts(&edited(|v| {
+        v["interfaces"]["clients"][0] = json!("a-15-bytes-name")
+    }));
+}
+
+// ---- Rejected: capacities. ----
+
+#[test]
+fn too_many_targets() {
+    let targets: Vec<Value> = (0..257)
+        .map(|i| {
+            json!({ "name": format!("t{i}"),
+                    "paths": [{ "name": "p", "address": format!("10.0.{}.{}", i / 200, i % 200 + 1) }] })
+        })
+        .collect();
+    let text = json!({ "interfaces": { "clients": ["eth0"], "paths": ["eth1"] },
+                       "targets": targets })
+    .to_string();
+    rejects(
+        &text,
+        "targets",
+        "257 targets, more than the datapath's capacity of 256",
+    );
+    // 256 fit.
+    let mut v: Value = serde_json::from_str(&text).expect("JSON");
+    v["targets"].as_array_mut().expect("an array").pop();
+    assert_eq!(accepts(&v.to_string()).targets.len(), 256);
+}
+
+#[test]
+fn too_many_paths() {
+    // Four targets of 256 paths fill the table; one more path overflows it.
+    let targets: Vec<Value> = (0..5)
+        .map(|i| {
+            let n = if i < 4 { 256 } else { 1 };
+            let paths: Vec<Value> = (0..n)
+                .map(|j| json!({ "name": format!("p{j}"), "address": format!("10.{i}.{}.{}", j / 200, j % 200 + 1) }))
+                .collect();
+            json!({ "name": format!("t{i}"), "paths": paths })
+        })
+        .collect();
+    let text = json!({ "interfaces": { "clients": ["eth0"], "paths": ["eth1"] },
+                       "targets": targets })
+    .to_string();
+    rejects(&text, "targets[4].paths[0]", "more than 1024 paths in all");
+}
+
+#[test]
+fn too_many_vips() {
+    let vips: Vec<Value> = (0..4097)
+        .map(|i| json!({ "address": "203.0.113.1", "protocol": "tcp", "port": i + 1, "target": "t" }))
+        .collect();
+    rejects(
+        &config_with(1, json!(vips)).to_string(),
+        "vips",
+        "4097 VIPs, more than the datapath's capacity of 4096",
+    );
+}
+
+#[test]
+fn too_many_reverse_nat_entries() {
+    // 8 paths × 2049 services = 16392 > 16384.
+    let vips: Vec<Value> = (0..2049)
+        .map(|i| json!({ "address": "203.0.113.1", "protocol": "tcp", "port": i + 1, "target": "t" }))
+        .collect();
+    rejects(
+        &config_with(8, json!(vips)).to_string(),
+        "vips[2048]",
+        "more than 16384 reverse-NAT entries in all",
+    );
+}
+
+#[test]
+fn flow_table_size_out_of_range() {
+    rejects_edit(
+        |v| v["flow_table_size"] = json!(0),
+        "flow_table_size",
+        "0: the flow table needs room",
+    );
+    rejects_edit(
+        |v| v["flow_table_size"] = json!((64u64 << 20) + 1),
+        "flow_table_size",
+        "67108865 is more than the maximum of 67108864",
+    );
+    let text = edited(|v| v["flow_table_size"] = json!(64u64 << 20));
+    assert_eq!(accepts(&text).flow_table_size, Some(64 << 20));
+}
+
+// ---- Order, display, interfaces on the host. ----
+
+#[test]
+fn the_first_problem_in_file_order_is_reported() {
+    rejects_edit(
+        |v| {
+            v["targets"][0]["paths"][1]["address"] = json!("nope");
+            v["vips"][1]["target"] = json!("web");
+        },
+        "targets[0].paths[1].address",
+        "is not an IPv4 address",
+    );
+}
+
+#[test]
+fn invalid_displays_field_and_reason() {
+    let e =
+        Config::from_json(&edited(|v| v["vips"][1]["target"] = json!("web"))).expect_err("invalid");
+    assert_eq!(e.to_string(), r#"vips[1].target: unknown target "web""#);
+}
+
+#[test]
+fn check_interfaces_with_a_fake_host() {
+    let config = accepts(EXAMPLE);
+    let host = |names: &'static [&'static str]| move |n: &str| names.contains(&n);
+    config
+        .check_interfaces(host(&["eth0", "eth1", "eth2"]))
+        .expect("all there");
+    let e = config
+        .check_interfaces(host(&["eth0", "eth1"]))
+        .expect_err("eth2 missing");
+    assert_eq!(
+        e.to_string(),
+        r#"interfaces.paths[1]: unknown interface "eth2""#
+    );
+    let e = config
+        .check_interfaces(host(&["eth1", "eth2"]))
+        .expect_err("eth0 missing");
+    assert_eq!(
+        e.to_string(),
+        r#"interfaces.clients[0]: unknown interface "eth0""#
+    );
+
+    // A path's probe interface, checked after the lists.
+    let config = accepts(&edited(|v| {
+        v["targets"][0]["paths"][1]["interface"] = json!("eth9")
+    }));
+    let e = config
+        .check_interfaces(host(&["eth0", "eth1", "eth2"]))
+        .expect_err("eth9 missing");
+    assert!(
+        matches!(&e, ConfigError::Invalid { field, reason }
+            if field == "targets[0].paths[1].interface" && reason == r#"unknown interface "eth9""#),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn interface_exists_asks_the_kernel() {
+    assert!(interface_exists("lo"), "every network namespace has lo");
+    assert!(!interface_exists("lb-no-such-if"));
+    assert!(!interface_exists("nul\0inside"));
+}

@@ -1,0 +1,506 @@
+//! The health probes against local servers: TCP and HTTP on 127.0.0.1, ICMP echo to 127.0.0.0/8.
+//!
+//! Nothing leaves the machine. The ICMP tests and those binding to an interface need
+//! `CAP_NET_RAW`: without it they print why and pass, unless `CI=true`, where they fail.
+
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use lb_user::{
+    config::ProbeKind,
+    probe::{ProbeResult, ProbeSpec, Prober},
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+    task::JoinHandle,
+};
+
+const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn spec(kind: ProbeKind, timeout: Duration) -> ProbeSpec {
+    ProbeSpec {
+        kind,
+        address: LOCALHOST,
+        source: None,
+        interface: None,
+        timeout,
+    }
+}
+
+fn http_kind(port: u16, expect_status: u16) -> ProbeKind {
+    ProbeKind::Http {
+        port,
+        path: "/healthz".into(),
+        expect_status,
+    }
+}
+
+/// Whether this process may open raw sockets and bind to devices; if not, says why the test
+/// skips (or fails the test under `CI=true`).
+fn privileged(prober: &Prober, test: &str) -> bool {
+    let Some(why) = prober.icmp_unavailable() else {
+        return true;
+    };
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: {why} (CI=true: privileged tests must run)");
+    }
+    eprintln!("skipping {test}: {why}");
+    false
+}
+
+fn assert_ok(result: &ProbeResult) {
+    assert!(result.ok, "probe failed: {result:?}");
+    assert!(result.rtt.is_some(), "no rtt: {result:?}");
+}
+
+fn assert_failed(result: &ProbeResult, detail: &str) {
+    assert!(!result.ok, "probe succeeded: {result:?}");
+    assert!(
+        result.detail.contains(detail),
+        "detail {:?} does not mention {detail:?}",
+        result.detail
+    );
+}
+
+/// A port on 127.0.0.1 with nothing listening: bound, then closed.
+async fn closed_port() -> u16 {
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A server on 127.0.0.1 that reads each request (up to its blank line), then writes `answer`
+/// if there is one and closes, or keeps the connection open and silent. Every request it read
+/// goes to the channel.
+async fn http_server(
+    answer: Option<&'static [u8]>,
+) -> (u16, mpsc::UnboundedReceiver<String>, JoinHandle<()>) {
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let request = read_request(&stream).await;
+                let _ = tx.send(request);
+                match answer {
+                    Some(answer) => write_all(&stream, answer).await,
+                    // Holds the connection open until the test ends.
+                    None => std::future::pending().await,
+                }
+            });
+        }
+    });
+    (port, rx, server)
+}
+
+async fn read_request(stream: &TcpStream) -> String {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 512];
+    while !request.ends_with(b"\r\n\r\n") && request.len() < 4096 {
+        stream.readable().await.unwrap();
+        match stream.try_read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("server read: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&request).into_owned()
+}
+
+async fn write_all(stream: &TcpStream, mut data: &[u8]) {
+    while !data.is_empty() {
+        stream.writable().await.unwrap();
+        match stream.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("server write: {e}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TCP
+
+#[tokio::test]
+async fn tcp_connects_to_a_listener() {
+    let prober = Prober::new().unwrap();
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+
+    let result = prober.probe(&spec(ProbeKind::Tcp { port }, TIMEOUT)).await;
+    assert_ok(&result);
+    assert_eq!(result.detail, "connected");
+    assert!(result.rtt.unwrap() <= TIMEOUT);
+
+    // The probe's connection completed the handshake and was reset at once (SO_LINGER 0).
+    let (stream, peer) = listener.accept().await.unwrap();
+    assert_eq!(peer.ip(), LOCALHOST);
+    let mut buf = [0u8; 1];
+    stream.readable().await.unwrap();
+    let read = stream.try_read(&mut buf);
+    assert!(
+        matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "expected a reset, got {read:?}"
+    );
+}
+
+#[tokio::test]
+async fn tcp_refused_on_a_closed_port() {
+    let prober = Prober::new().unwrap();
+    let port = closed_port().await;
+    let result = prober.probe(&spec(ProbeKind::Tcp { port }, TIMEOUT)).await;
+    assert_eq!(
+        result,
+        ProbeResult {
+            ok: false,
+            rtt: None,
+            detail: "connection refused".into(),
+        }
+    );
+}
+
+#[tokio::test]
+async fn tcp_from_a_source_address() {
+    let prober = Prober::new().unwrap();
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // 127.0.0.2 is local too (all of 127.0.0.0/8 is): the listener sees it as the peer.
+    let source = Ipv4Addr::new(127, 0, 0, 2);
+    let spec = ProbeSpec {
+        source: Some(source),
+        ..spec(ProbeKind::Tcp { port }, TIMEOUT)
+    };
+
+    assert_ok(&prober.probe(&spec).await);
+    let (_, peer) = listener.accept().await.unwrap();
+    assert_eq!(peer.ip(), source);
+}
+
+#[tokio::test]
+async fn tcp_from_a_foreign_source_address_fails_clearly() {
+    let prober = Prober::new().unwrap();
+    let port = closed_port().await;
+    // Not an address of this host (bind fails before anything is sent).
+    let spec = ProbeSpec {
+        source: Some(Ipv4Addr::new(192, 0, 2, 1)),
+        ..spec(ProbeKind::Tcp { port }, TIMEOUT)
+    };
+    assert_failed(&prober.probe(&spec).await, "bind to source 192.0.2.1");
+}
+
+#[tokio::test]
+async fn tcp_bound_to_the_loopback_interface() {
+    let prober = Prober::new().unwrap();
+    if !privileged(&prober, "tcp_bound_to_the_loopback_interface") {
+        return;
+    }
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let on_lo = ProbeSpec {
+        interface: Some("lo".into()),
+        ..spec(ProbeKind::Tcp { port }, TIMEOUT)
+    };
+    assert_ok(&prober.probe(&on_lo).await);
+
+    let nowhere = ProbeSpec {
+        interface: Some("lb-no-such0".into()),
+        ..spec(ProbeKind::Tcp { port }, TIMEOUT)
+    };
+    assert_failed(
+        &prober.probe(&nowhere).await,
+        "bind to interface lb-no-such0",
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+#[tokio::test]
+async fn http_expected_status() {
+    let prober = Prober::new().unwrap();
+    let (port, mut requests, _server) =
+        http_server(Some(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")).await;
+
+    let result = prober.probe(&spec(http_kind(port, 200), TIMEOUT)).await;
+    assert_ok(&result);
+    assert_eq!(result.detail, "status 200");
+
+    let request = requests.recv().await.unwrap();
+    assert_eq!(
+        request,
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: lb-probe\r\n\
+             Connection: close\r\n\r\n"
+        )
+    );
+}
+
+#[tokio::test]
+async fn http_status_line_split_over_writes() {
+    let prober = Prober::new().unwrap();
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        read_request(&stream).await;
+        for piece in [&b"HTT"[..], b"P/1.0 2", b"04 No Content\r", b"\n\r\n"] {
+            write_all(&stream, piece).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let result = prober.probe(&spec(http_kind(port, 204), TIMEOUT)).await;
+    assert_ok(&result);
+    assert_eq!(result.detail, "status 204");
+}
+
+#[tokio::test]
+async fn http_unexpected_status() {
+    let prober = Prober::new().unwrap();
+    let (port, _requests, _server) =
+        http_server(Some(b"HTTP/1.1 503 Service Unavailable\r\n\r\n")).await;
+    let result = prober.probe(&spec(http_kind(port, 200), TIMEOUT)).await;
+    assert_failed(&result, "503");
+    assert_eq!(result.detail, "status 503, expected 200");
+}
+
+#[tokio::test]
+async fn http_garbage_answer() {
+    let prober = Prober::new().unwrap();
+    let (port, _requests, _server) = http_server(Some(b"SSH-2.0-OpenSSH_9.6\r\n")).await;
+    let result = prober.probe(&spec(http_kind(port, 200), TIMEOUT)).await;
+    assert_failed(&result, "malformed status line \"SSH-2.0-OpenSSH_9.6\"");
+
+    // Garbage with no line end at all, on a connection left open: rejected at once, not
+    // after the timeout.
+    let (port, _requests, _server) = http_server(Some(b"\x00\x01\x02")).await;
+    let started = Instant::now();
+    let result = prober.probe(&spec(http_kind(port, 200), TIMEOUT)).await;
+    assert_failed(&result, "malformed status line \"\\x00\\x01\\x02\"");
+    assert!(started.elapsed() < TIMEOUT / 2);
+
+    // Not HTTP/1.x.
+    let (port, _requests, _server) = http_server(Some(b"HTTP/1.1 2xx OK\r\n\r\n")).await;
+    let result = prober.probe(&spec(http_kind(port, 200), TIMEOUT)).await;
+    assert_failed(&result, "malformed status line");
+}
+
+#[tokio::test]
+async fn http_closed_without_an_answer() {
+    let prober = Prober::new().unwrap();
+    let (port, _requests, _server) = http_server(Some(b"")).await;
+    let result = prober.probe(&spec(http_kind(port, 200), TIMEOUT)).await;
+    assert_failed(&result, "connection closed before the status line");
+}
+
+#[tokio::test]
+async fn http_refused() {
+    let prober = Prober::new().unwrap();
+    let port = closed_port().await;
+    let result = prober.probe(&spec(http_kind(port, 200), TIMEOUT)).await;
+    assert_failed(&result, "connection refused");
+}
+
+/// The connection completes but nothing answers: the timeout fires while reading the status
+/// line (the local stand-in for an unreachable host, which these tests may not use).
+#[tokio::test]
+async fn http_silent_server_times_out() {
+    let prober = Prober::new().unwrap();
+    let (port, mut requests, _server) = http_server(None).await;
+    let timeout = Duration::from_millis(200);
+
+    let started = Instant::now();
+    let result = prober.probe(&spec(http_kind(port, 200), timeout)).await;
+    let took = started.elapsed();
+    assert_eq!(
+        result,
+        ProbeResult {
+            ok: false,
+            rtt: None,
+            detail: "timeout after 200 ms".into(),
+        }
+    );
+    assert!(took >= timeout, "gave up early: {took:?}");
+    assert!(took < timeout + Duration::from_millis(150), "took {took:?}");
+    // The request was sent: the timeout is the server's silence.
+    assert!(requests.recv().await.unwrap().starts_with("GET /healthz "));
+}
+
+#[tokio::test]
+async fn http_path_cannot_inject_headers() {
+    let prober = Prober::new().unwrap();
+    let (port, _requests, _server) = http_server(Some(b"HTTP/1.1 200 OK\r\n\r\n")).await;
+    let kind = ProbeKind::Http {
+        port,
+        path: "/ HTTP/1.1\r\nX-Evil: 1\r\n".into(),
+        expect_status: 200,
+    };
+    assert_failed(
+        &prober.probe(&spec(kind, TIMEOUT)).await,
+        "not printable ascii",
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// ICMP
+
+#[tokio::test]
+async fn icmp_echo_to_loopback() {
+    let prober = Prober::new().unwrap();
+    if !privileged(&prober, "icmp_echo_to_loopback") {
+        return;
+    }
+    let result = prober.probe(&spec(ProbeKind::Icmp, TIMEOUT)).await;
+    assert_ok(&result);
+    assert_eq!(result.detail, "echo reply from 127.0.0.1");
+    assert_eq!(prober.icmp_in_flight(), 0);
+}
+
+/// Without `CAP_NET_RAW` the prober still starts, and ICMP probes say what is missing (only
+/// checked where the privilege is missing).
+#[tokio::test]
+async fn icmp_without_privileges_says_why() {
+    let prober = Prober::new().unwrap();
+    if prober.icmp_unavailable().is_none() {
+        return;
+    }
+    let result = prober.probe(&spec(ProbeKind::Icmp, TIMEOUT)).await;
+    assert_failed(&result, "icmp probes need CAP_NET_RAW");
+    assert_eq!(prober.icmp_in_flight(), 0);
+}
+
+/// 50 probes at once from each of two probers (two sockets, each seeing every reply), each to
+/// its own loopback address: every probe gets its own reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn icmp_concurrent_probes_each_get_their_reply() {
+    let first = Prober::new().unwrap();
+    if !privileged(&first, "icmp_concurrent_probes_each_get_their_reply") {
+        return;
+    }
+    let second = Prober::new().unwrap();
+    let specs: Vec<ProbeSpec> = (1..=50)
+        .map(|i| ProbeSpec {
+            address: Ipv4Addr::new(127, 0, 0, i),
+            ..spec(ProbeKind::Icmp, TIMEOUT)
+        })
+        .collect();
+
+    let probes = specs
+        .iter()
+        .flat_map(|spec| [first.probe(spec), second.probe(spec)]);
+    let results = futures_join_all(probes).await;
+
+    for (i, result) in results.iter().enumerate() {
+        assert_ok(result);
+        let address = Ipv4Addr::new(127, 0, 0, (i / 2 + 1) as u8);
+        assert_eq!(result.detail, format!("echo reply from {address}"));
+    }
+    assert_eq!(first.icmp_in_flight(), 0);
+    assert_eq!(second.icmp_in_flight(), 0);
+}
+
+/// Probes that time out before their reply leave nothing behind, and their late replies
+/// disturb nothing: the next probes succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn icmp_replies_after_the_timeout_are_ignored() {
+    let prober = Prober::new().unwrap();
+    if !privileged(&prober, "icmp_replies_after_the_timeout_are_ignored") {
+        return;
+    }
+    let hasty = spec(ProbeKind::Icmp, Duration::from_micros(1));
+    let results = futures_join_all((0..20).map(|_| prober.probe(&hasty))).await;
+    for result in &results {
+        assert_eq!(
+            *result,
+            ProbeResult {
+                ok: false,
+                rtt: None,
+                detail: "timeout after 0.001 ms".into(),
+            }
+        );
+    }
+    assert_eq!(prober.icmp_in_flight(), 0);
+
+    // The late replies arrive (or have arrived) at the receive task, which drops them.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for _ in 0..3 {
+        let result = prober.probe(&spec(ProbeKind::Icmp, TIMEOUT)).await;
+        assert_ok(&result);
+    }
+    assert_eq!(prober.icmp_in_flight(), 0);
+}
+
+#[tokio::test]
+async fn icmp_from_a_source_on_an_interface() {
+    let prober = Prober::new().unwrap();
+    if !privileged(&prober, "icmp_from_a_source_on_an_interface") {
+        return;
+    }
+    for (source, interface) in [
+        (Some(LOCALHOST), None),
+        (None, Some("lo")),
+        (Some(Ipv4Addr::new(127, 0, 0, 3)), Some("lo")),
+    ] {
+        let spec = ProbeSpec {
+            source,
+            interface: interface.map(str::to_owned),
+            ..spec(ProbeKind::Icmp, TIMEOUT)
+        };
+        // Twice: the second probe reuses the bound socket opened by the first.
+        for _ in 0..2 {
+            let result = prober.probe(&spec).await;
+            assert!(result.ok, "{source:?} on {interface:?}: {result:?}");
+        }
+    }
+    assert_eq!(prober.icmp_in_flight(), 0);
+
+    let nowhere = ProbeSpec {
+        interface: Some("lb-no-such0".into()),
+        ..spec(ProbeKind::Icmp, TIMEOUT)
+    };
+    assert_failed(
+        &prober.probe(&nowhere).await,
+        "bind to interface lb-no-such0",
+    );
+}
+
+#[tokio::test]
+async fn prober_needs_a_runtime() {
+    let error = std::thread::spawn(Prober::new).join().unwrap().unwrap_err();
+    assert!(error.to_string().contains("tokio runtime"), "{error}");
+}
+
+/// Runs the futures concurrently on this task and returns their outputs in order (what
+/// `futures::future::join_all` does, without the dependency).
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (future, output) in pending.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.unwrap()).collect()
+}
