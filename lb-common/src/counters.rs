@@ -52,6 +52,8 @@ counters! {
     PassTtlExpired = "pass_ttl_expired",
     /// An ICMP error that quotes no translated flow.
     PassIcmpNotOurs = "pass_icmp_not_ours",
+    /// Addressed to this host (the reply to a health probe, say): never translated.
+    PassLocal = "pass_local",
 
     // ---- Translated, then handed to the kernel to forward. ----
     /// The FIB has no neighbour entry for the next hop yet.

@@ -357,6 +357,7 @@ pub const LAYOUT: u64 = {
         RING_SIZE as usize,
         ADDR_FILTER_SIZE as usize,
         MAX_TX_PORTS as usize,
+        crate::Counter::COUNT as usize,
     ];
     let mut sizes: &[usize] = &sizes;
     while let [n, rest @ ..] = sizes {

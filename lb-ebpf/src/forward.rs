@@ -8,7 +8,8 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNSUPP_LWT, bpf_fib_lookup, xdp_action,
+        BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNSUPP_LWT,
+        bpf_fib_lookup, xdp_action,
     },
     helpers::bpf_fib_lookup as fib_lookup,
     programs::XdpContext,
@@ -89,6 +90,9 @@ fn route_with(
             dmac: p.dmac,
         })),
         BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Next::Kernel(Counter::PassNoNeighbour)),
+        // A local (or broadcast...) destination: this host's own traffic, e.g. the reply to a
+        // health probe from a path address. Left alone, untranslated.
+        BPF_FIB_LKUP_RET_NOT_FWDED => Err(Counter::PassLocal),
         BPF_FIB_LKUP_RET_FWD_DISABLED => Ok(Next::Kernel(Counter::PassForwardingOff)),
         BPF_FIB_LKUP_RET_UNSUPP_LWT => Ok(Next::Kernel(Counter::PassFibUnsupported)),
         BPF_FIB_LKUP_RET_FRAG_NEEDED if ip.dont_fragment() && answer => {

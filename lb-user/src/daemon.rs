@@ -73,6 +73,8 @@ struct Daemon {
     shared: Arc<Mutex<Shared>>,
     /// Path meta (RTTs) waits for the next flush; state changes are written at once.
     dirty: bool,
+    /// Attachments this daemon made or adopted (and updated to its programs).
+    attached: std::collections::BTreeSet<(Role, String)>,
 }
 
 /// Runs the daemon until `shutdown` completes (or SIGTERM/SIGINT when the caller passes them).
@@ -123,6 +125,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         events,
         shared: shared.clone(),
         dirty: false,
+        attached: Default::default(),
     };
     d.switch_to(model).context("applying the configuration")?;
     d.write_meta(std::process::id())?;
@@ -230,15 +233,22 @@ impl Daemon {
         self.current = desired;
         let mut new = Vec::new();
         for (role, iface) in &wanted {
-            if attached.contains(&(*role, iface.clone())) {
-                // Adopted as pinned, or already ours: nothing to do.
+            if self.attached.contains(&(*role, iface.clone())) {
+                // Attached (or adopted and updated) by this daemon already.
                 continue;
             }
             match self.dp.attach(*role, iface, self.opts.xdp_mode) {
-                Ok(a) => new.push(a),
+                Ok(a) => {
+                    self.attached.insert((a.role, a.iface.clone()));
+                    new.push(a);
+                }
                 Err(e) => {
                     for a in &new {
-                        let _ = pin.detach(a.role, &a.iface);
+                        // Links this round adopted stay (they were there before); new ones go.
+                        if a.mode.is_some() {
+                            let _ = pin.detach(a.role, &a.iface);
+                        }
+                        self.attached.remove(&(a.role, a.iface.clone()));
                     }
                     if let Err(undo) = apply(&mut self.dp.maps, &self.current, &previous) {
                         error!("undoing the map writes failed: {undo:#}");
@@ -251,6 +261,7 @@ impl Daemon {
         }
         for (role, iface) in attached.iter().filter(|a| !wanted.contains(a)) {
             pin.detach(*role, iface)?;
+            self.attached.remove(&(*role, iface.clone()));
             if let Some(i) = crate::ifindex(iface) {
                 let _ = self.dp.maps.remove_tx_port(i);
             }

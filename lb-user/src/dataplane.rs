@@ -396,17 +396,19 @@ impl Dataplane {
         ))
     }
 
-    /// Attaches `role`'s program to `iface` and pins the link; adopts an already pinned link
-    /// instead (nothing is detached, so traffic never stops). Adds the interface to the devmap.
+    /// Attaches `role`'s program to `iface` and pins the link. When a link is already pinned
+    /// there (a previous daemon's), it is kept and its program is replaced atomically by the one
+    /// just loaded (`BPF_LINK_UPDATE`): nothing is detached, not a packet is lost, and the
+    /// running code is this build's. Adds the interface to the devmap.
     pub fn attach(&mut self, role: Role, iface: &str, mode: AttachMode) -> Result<Attached, Error> {
         let ifindex = crate::ifindex(iface).ok_or_else(|| Error::NoInterface {
             iface: iface.into(),
         })?;
         let pin = self.pin.as_ref().map(|p| p.link(role, iface));
         if let Some(path) = &pin
-            && path.exists()
-            && PinnedLink::from_pin(path).is_ok()
+            && let Ok(pinned) = PinnedLink::from_pin(path)
         {
+            self.update_link(role, iface, path, pinned)?;
             self.maps.add_tx_port(ifindex)?;
             return Ok(Attached {
                 role,
@@ -466,6 +468,43 @@ impl Dataplane {
             iface: iface.into(),
             mode: Some(used),
         })
+    }
+
+    /// Swaps the program of a pinned link for the freshly loaded one, keeping the link.
+    fn update_link(
+        &mut self,
+        role: Role,
+        iface: &str,
+        path: &Path,
+        pinned: PinnedLink,
+    ) -> Result<(), Error> {
+        let name = role.program();
+        let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::PinLink {
+            role,
+            iface: iface.into(),
+            path: path.to_path_buf(),
+            source,
+        };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(Error::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| Error::Program { name, source })?;
+        let fd: FdLink = pinned.into();
+        let link = aya::programs::xdp::XdpLink::try_from(fd).map_err(|e| pin_err(Box::new(e)))?;
+        // The pin keeps the link (and the old program) attached while it is updated; the
+        // program object then tracks the link, which must be taken back so that the program's
+        // drop at exit does not detach it.
+        let id = prog
+            .attach_to_link(link)
+            .map_err(|source| Error::Program { name, source })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| Error::Program { name, source })?;
+        drop(FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?);
+        info!("{name} on {iface}: adopted the pinned link, program updated in place");
+        Ok(())
     }
 
     /// The loaded ingress program (tests run it with `BPF_PROG_TEST_RUN`).

@@ -1128,6 +1128,23 @@ const CASES: &[(&str, &str, Case)] = &[
         },
     ),
     (
+        "return_probe_reply_to_this_host_untouched",
+        "a path's reply to this host (a health probe) is never translated",
+        |fx| {
+            let p = from_path(
+                Pkt::tcp(addr::NN1, 22, Ipv4Addr::new(192, 0, 2, 1), 40000),
+                macs::NN1,
+            );
+            fx.expect(Return, fx.env.path0, &p.bytes(), XDP_PASS, None)?;
+            let ping = from_path(
+                Pkt::echo_reply(addr::NN1, Ipv4Addr::new(192, 0, 2, 1), 5),
+                macs::NN1,
+            );
+            fx.expect(Return, fx.env.path0, &ping.bytes(), XDP_PASS, None)?;
+            fx.counters(&[(PassLocal, 2), (XdpPass, 2)])
+        },
+    ),
+    (
         "return_not_from_a_path_passes",
         "traffic from an address that is no path leaves untouched",
         |fx| {
