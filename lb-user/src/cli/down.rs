@@ -10,13 +10,10 @@ use super::PinArgs;
 /// Stop the daemon if it runs, detach the programs and remove the pinned maps. Traffic to the
 /// VIPs is no longer translated afterwards.
 #[derive(clap::Args)]
-pub struct Options {
-    #[command(flatten)]
-    pin: PinArgs,
-}
+pub struct Options {}
 
-pub fn run(opts: Options) -> anyhow::Result<()> {
-    let Options { pin } = opts;
+pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
+    let Options {} = opts;
     lb_user::daemon::ensure_root()?;
     let dir = pin.dir();
     if let Ok(maps) = dir.open() {

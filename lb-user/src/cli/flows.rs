@@ -7,8 +7,6 @@ use super::{PinArgs, print_json};
 /// List the flow table: each flow and the path it is pinned to.
 #[derive(clap::Args)]
 pub struct Options {
-    #[command(flatten)]
-    pin: PinArgs,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -17,8 +15,8 @@ pub struct Options {
     limit: usize,
 }
 
-pub fn run(opts: Options) -> anyhow::Result<()> {
-    let Options { pin, json, limit } = opts;
+pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
+    let Options { json, limit } = opts;
     let flows = view::flows(&pin.open()?, limit)?;
     if json {
         return print_json(&flows);

@@ -19,6 +19,8 @@ use lb_user::{dataplane::PinDir, maps::Maps};
 #[derive(Parser)]
 #[command(name = "lb", version)]
 struct Cli {
+    #[command(flatten)]
+    pin: PinArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,7 +41,12 @@ enum Command {
 #[derive(clap::Args, Clone, Debug)]
 pub struct PinArgs {
     /// Pin directory of the instance (on a bpffs; one per instance).
-    #[arg(long, default_value = "/sys/fs/bpf/lb", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "/sys/fs/bpf/lb",
+        value_name = "DIR"
+    )]
     pub pin_dir: PathBuf,
 }
 
@@ -63,16 +70,16 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Cli { command } = cli;
+    let Cli { pin, command } = cli;
     let result = match command {
-        Command::Run(o) => run::run(o),
+        Command::Run(o) => run::run(o, pin),
         Command::Check(o) => check::run(o),
-        Command::Status(o) => status::run(o),
-        Command::Stats(o) => stats::run(o),
-        Command::Flows(o) => flows::run(o),
-        Command::Path(o) => path::run(o),
-        Command::Reload(o) => reload::run(o),
-        Command::Down(o) => down::run(o),
+        Command::Status(o) => status::run(o, pin),
+        Command::Stats(o) => stats::run(o, pin),
+        Command::Flows(o) => flows::run(o, pin),
+        Command::Path(o) => path::run(o, pin),
+        Command::Reload(o) => reload::run(o, pin),
+        Command::Down(o) => down::run(o, pin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,8 +9,6 @@ use super::PinArgs;
 /// state is pinned: it survives a daemon restart.
 #[derive(clap::Args)]
 pub struct Options {
-    #[command(flatten)]
-    pin: PinArgs,
     #[command(subcommand)]
     action: Action,
 }
@@ -23,8 +21,8 @@ enum Action {
     Enable { target: String, path: String },
 }
 
-pub fn run(opts: Options) -> anyhow::Result<()> {
-    let Options { pin, action } = opts;
+pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
+    let Options { action } = opts;
     let (disabled, target, path) = match action {
         Action::Disable { target, path } => (true, target, path),
         Action::Enable { target, path } => (false, target, path),

@@ -8,13 +8,10 @@ use super::PinArgs;
 /// Make the running daemon re-read and apply its configuration file (SIGHUP). An invalid file
 /// is rejected by the daemon, which keeps its running state (see its log).
 #[derive(clap::Args)]
-pub struct Options {
-    #[command(flatten)]
-    pin: PinArgs,
-}
+pub struct Options {}
 
-pub fn run(opts: Options) -> anyhow::Result<()> {
-    let Options { pin } = opts;
+pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
+    let Options {} = opts;
     let d = view::daemon(&pin.open()?)?;
     let (true, Some(pid)) = (d.running, d.pid) else {
         bail!("no daemon is running for {}", pin.pin_dir.display());

@@ -14,8 +14,6 @@ pub struct Options {
     /// Configuration file.
     #[arg(long, default_value = "/etc/lb/lb.json", value_name = "FILE")]
     config: PathBuf,
-    #[command(flatten)]
-    pin: PinArgs,
     /// XDP attach mode: auto tries native and falls back to generic (skb) with a warning.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     xdp_mode: AttachMode,
@@ -30,10 +28,9 @@ pub struct Options {
     detach_on_exit: bool,
 }
 
-pub fn run(opts: Options) -> anyhow::Result<()> {
+pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
     let Options {
         config,
-        pin,
         xdp_mode,
         metrics,
         replace,

@@ -9,8 +9,6 @@ use super::{PinArgs, print_json};
 /// Show the datapath's counters: verdicts and reasons, per VIP and per path traffic.
 #[derive(clap::Args)]
 pub struct Options {
-    #[command(flatten)]
-    pin: PinArgs,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -25,9 +23,8 @@ pub struct Options {
     count: Option<u64>,
 }
 
-pub fn run(opts: Options) -> anyhow::Result<()> {
+pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
     let Options {
-        pin,
         json,
         watch,
         interval_ms,

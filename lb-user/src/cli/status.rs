@@ -7,15 +7,13 @@ use super::{PinArgs, print_json};
 /// Show every target (mode, active path, path states) and every VIP.
 #[derive(clap::Args)]
 pub struct Options {
-    #[command(flatten)]
-    pin: PinArgs,
     /// Print JSON.
     #[arg(long)]
     json: bool,
 }
 
-pub fn run(opts: Options) -> anyhow::Result<()> {
-    let Options { pin, json } = opts;
+pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
+    let Options { json } = opts;
     let s = view::status(&pin.open()?)?;
     if json {
         return print_json(&s);
