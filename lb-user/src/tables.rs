@@ -239,7 +239,8 @@ impl Maps {
             t.paths.insert(id, self.path(id)?);
             t.path_meta.insert(id, meta);
         }
-        for id in 0..lb_common::maps::MAX_VIPS {
+        // VIP ids through the hash map: a few entries, not MAX_VIPS array reads.
+        for (_, id) in self.vips()? {
             let info = self.vip(id)?;
             if info != VipInfo::default() {
                 t.vips.insert(id, info);

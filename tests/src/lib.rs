@@ -4,8 +4,13 @@
 
 pub mod fixture;
 pub mod hexdiff;
+pub mod lb;
+pub mod netns;
 pub mod packet;
+pub mod servers;
 pub mod sys;
+pub mod topology;
+pub mod traffic;
 
 /// Whether privileged tests can run here. Without root they are skipped with a message, except
 /// under CI (`CI=true`), where that is a failure: CI must run them.

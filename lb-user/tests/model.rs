@@ -1,0 +1,878 @@
+//! The control plane's model and its map writer, host-only (no privileges, no I/O beyond the
+//! in-memory `MemStore`): what `apply` writes and in which order, ids kept across reloads and
+//! restarts, decisions and reverse-NAT entries as the maps see them, and the model the CLI
+//! rebuilds from the maps when no daemon runs.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use lb_common::{
+    maps::{
+        EndpointKey, HEALTH_UNKNOWN, NO_ID, PATH_DISABLED, PATH_DOWN, PATH_UP, PathValue,
+        RING_SIZE, RevValue, TARGET_MODE_NONE, TARGET_MODE_RING, TARGET_MODE_SINGLE, TargetValue,
+    },
+    net::{IPPROTO_TCP, IPPROTO_UDP},
+};
+use lb_user::{
+    config::Config,
+    health::Health,
+    model::{Ids, Model, PathState},
+    policy::Decision,
+    tables::{MemStore, Tables, apply},
+};
+use serde_json::{Value, json};
+
+// ---- Configurations: the JSON an operator writes, built up a piece at a time. ----
+
+/// A configuration under construction.
+#[derive(Clone)]
+struct Cfg(Value);
+
+/// Target options.
+fn failover() -> Value {
+    json!({})
+}
+fn active_active() -> Value {
+    json!({ "mode": "active-active" })
+}
+
+impl Cfg {
+    fn new() -> Cfg {
+        Cfg(json!({
+            "interfaces": { "clients": ["eth0"], "paths": ["eth1"] },
+            "targets": [],
+            "vips": [],
+        }))
+    }
+
+    fn list(&mut self, key: &str) -> &mut Vec<Value> {
+        self.0[key].as_array_mut().expect("a list")
+    }
+
+    /// Adds target `name` with `options` (mode, preempt, all_down) and paths given as
+    /// (name, address, priority).
+    fn target(mut self, name: &str, options: Value, paths: &[(&str, &str, u32)]) -> Cfg {
+        let paths: Vec<Value> = paths
+            .iter()
+            .map(|(n, a, p)| json!({ "name": n, "address": a, "priority": p }))
+            .collect();
+        let mut t = json!({ "name": name, "paths": paths });
+        for (k, v) in options.as_object().expect("options are an object") {
+            t[k.as_str()] = v.clone();
+        }
+        self.list("targets").push(t);
+        self
+    }
+
+    /// Adds a whole-address VIP.
+    fn vip(mut self, address: &str, target: &str) -> Cfg {
+        self.list("vips")
+            .push(json!({ "address": address, "target": target }));
+        self
+    }
+
+    /// Adds a service VIP.
+    fn service(
+        mut self,
+        address: &str,
+        protocol: &str,
+        port: u16,
+        target_port: Option<u16>,
+        target: &str,
+    ) -> Cfg {
+        let mut v =
+            json!({ "address": address, "protocol": protocol, "port": port, "target": target });
+        if let Some(tp) = target_port {
+            v["target_port"] = json!(tp);
+        }
+        self.list("vips").push(v);
+        self
+    }
+
+    /// Without the VIPs on `address`.
+    fn without_vip(mut self, address: &str) -> Cfg {
+        self.list("vips").retain(|v| v["address"] != address);
+        self
+    }
+
+    fn without_target(mut self, name: &str) -> Cfg {
+        self.list("targets").retain(|t| t["name"] != name);
+        self
+    }
+
+    /// Edits path `path` of target `target`.
+    fn edit_path(mut self, target: &str, path: &str, edit: impl FnOnce(&mut Value)) -> Cfg {
+        let t = self
+            .list("targets")
+            .iter_mut()
+            .find(|t| t["name"] == target)
+            .expect("the target exists");
+        let p = t["paths"]
+            .as_array_mut()
+            .expect("paths")
+            .iter_mut()
+            .find(|p| p["name"] == path)
+            .expect("the path exists");
+        edit(p);
+        self
+    }
+
+    fn without_path(mut self, target: &str, path: &str) -> Cfg {
+        let t = self
+            .list("targets")
+            .iter_mut()
+            .find(|t| t["name"] == target)
+            .expect("the target exists");
+        t["paths"]
+            .as_array_mut()
+            .expect("paths")
+            .retain(|p| p["name"] != path);
+        self
+    }
+
+    #[track_caller]
+    fn config(&self) -> Config {
+        Config::from_json(&self.0.to_string()).expect("a valid configuration")
+    }
+}
+
+/// Configuration A: two targets, three VIPs (whole address, translated service, plain
+/// service). Ids in a fresh model: targets web 0, api 1; paths nn1 0, nn2 1, a1 2, a2 3, a3 4;
+/// VIPs in the listed order 0, 1, 2.
+fn config_a() -> Cfg {
+    Cfg::new()
+        .target(
+            "web",
+            failover(),
+            &[("nn1", "192.0.2.1", 10), ("nn2", "192.0.2.2", 20)],
+        )
+        .target(
+            "api",
+            active_active(),
+            &[
+                ("a1", "192.0.2.11", 0),
+                ("a2", "192.0.2.12", 1),
+                ("a3", "192.0.2.13", 2),
+            ],
+        )
+        .vip("203.0.113.10", "web")
+        .service("203.0.113.11", "tcp", 443, Some(8443), "web")
+        .service("203.0.113.20", "udp", 53, None, "api")
+}
+
+/// Configuration B: A without the VIP 203.0.113.11 (id 1) and the path api/a2 (id 3), with a
+/// new target `db` and a VIP on it.
+fn config_b() -> Cfg {
+    config_a()
+        .without_vip("203.0.113.11")
+        .without_path("api", "a2")
+        .target(
+            "db",
+            active_active(),
+            &[("d1", "192.0.2.21", 0), ("d2", "192.0.2.22", 1)],
+        )
+        .service("203.0.113.30", "tcp", 5432, None, "db")
+}
+
+// ---- Models. ----
+
+#[track_caller]
+fn fresh(cfg: &Cfg) -> Model {
+    Model::new(cfg.config(), &Model::empty()).expect("fits the maps")
+}
+
+#[track_caller]
+fn target_id(m: &Model, target: &str) -> u32 {
+    m.ids.targets[target]
+}
+
+#[track_caller]
+fn path_id(m: &Model, target: &str, path: &str) -> u32 {
+    m.ids.paths[&(target.to_string(), path.to_string())]
+}
+
+fn key(address: &str, service: Option<(u8, u16)>) -> EndpointKey {
+    EndpointKey::new(address.parse().expect("an address"), service)
+}
+
+#[track_caller]
+fn vip_id(m: &Model, address: &str, service: Option<(u8, u16)>) -> u32 {
+    m.ids.vips[&key(address, service)]
+}
+
+#[track_caller]
+fn address(m: &Model, target: &str, path: &str) -> Ipv4Addr {
+    let t = m.config.target(target).expect("the target exists");
+    t.paths
+        .iter()
+        .find(|p| p.name == path)
+        .expect("the path exists")
+        .address
+}
+
+#[track_caller]
+fn state<'m>(m: &'m mut Model, target: &str, path: &str) -> &'m mut PathState {
+    let id = path_id(m, target, path);
+    m.paths.get_mut(&id).expect("a configured path has a state")
+}
+
+/// Sets the health of `paths` (target, path), then lets the model decide again.
+fn set_health(m: &mut Model, health: Option<Health>, paths: &[(&str, &str)]) {
+    for (t, p) in paths {
+        state(m, t, p).health = health;
+    }
+    m.decide_all();
+}
+
+/// A with web on nn1 (nn2 down) and api ringed over a1 and a3 (a2 unknown).
+fn model_a() -> Model {
+    let mut m = fresh(&config_a());
+    set_health(
+        &mut m,
+        Some(Health::Up),
+        &[("web", "nn1"), ("api", "a1"), ("api", "a3")],
+    );
+    set_health(&mut m, Some(Health::Down), &[("web", "nn2")]);
+    m
+}
+
+// ---- The store and its log. ----
+
+/// A store holding what applying `t` to empty maps leaves; its log cleared.
+fn store_holding(t: &Tables) -> MemStore {
+    let mut store = MemStore::default();
+    apply(&mut store, &Tables::default(), t).expect("the fake store does not fail");
+    store.log.clear();
+    store
+}
+
+fn positions(log: &[String], entry: &str) -> Vec<usize> {
+    (0..log.len()).filter(|&i| log[i] == entry).collect()
+}
+
+/// `first` and `then` were both written, and every write of `first` came before every write of
+/// `then`.
+#[track_caller]
+fn assert_before(log: &[String], first: &str, then: &str) {
+    let (a, b) = (positions(log, first), positions(log, then));
+    assert!(!a.is_empty(), "{first:?} was not written: {log:?}");
+    assert!(!b.is_empty(), "{then:?} was not written: {log:?}");
+    assert!(
+        a.iter().max() < b.iter().min(),
+        "{first:?} must be written before {then:?}: {log:?}"
+    );
+}
+
+/// The log entries of everything VIP `vip` of `t` leads to: its target's decision, meta and
+/// ring, the target's paths and their meta, and the VIP's reverse-NAT entries.
+fn leads_to(t: &Tables, vip: u32) -> Vec<String> {
+    let target = t.vips[&vip].target;
+    let mut out = vec![format!("target {target}"), format!("target-meta {target}")];
+    if t.rings.contains_key(&target) {
+        out.push(format!("ring {target}"));
+    }
+    for (id, p) in &t.paths {
+        if p.target == target {
+            out.push(format!("path {id}"));
+            out.push(format!("path-meta {id}"));
+        }
+    }
+    for (k, rev) in &t.rev_nat {
+        if rev.vip_id == vip {
+            out.push(format!("rev {}", k.ip()));
+        }
+    }
+    out
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+// ---- 1. Applying tables. ----
+
+/// Guards `apply` against forgetting a kind of entry, and `MemStore::read` (the model of
+/// `Maps::read_tables`) against disagreeing with it: from empty maps everything is written
+/// once and reads back exactly; the same tables again write nothing, whether compared with
+/// what was wanted (a reload) or with what is read back (a restart adopting the maps).
+#[test]
+fn apply_from_empty_writes_everything_once_then_nothing() {
+    let desired = model_a().tables();
+    // Every kind of entry is there.
+    assert_eq!(desired.vips.len(), 3);
+    assert_eq!(desired.rev_nat.len(), 2 * 2 + 3);
+    assert_eq!(desired.rings.len(), 1);
+    assert_eq!((desired.targets.len(), desired.target_meta.len()), (2, 2));
+    assert_eq!((desired.paths.len(), desired.path_meta.len()), (5, 5));
+
+    let mut store = MemStore::default();
+    let n = apply(&mut store, &Tables::default(), &desired).expect("writes");
+    let entries = desired.vips.len()
+        + desired.rev_nat.len()
+        + desired.targets.len()
+        + desired.rings.len()
+        + desired.paths.len()
+        + desired.target_meta.len()
+        + desired.path_meta.len();
+    assert_eq!(n, entries);
+    assert_eq!(store.log.iter().filter(|e| *e != "filter").count(), entries);
+    assert_eq!(store.read(), desired);
+    let keys: BTreeSet<EndpointKey> = desired.vips.values().map(|v| v.key).collect();
+    assert_eq!(store.vip_keys, keys);
+
+    let written = store.log.len();
+    assert_eq!(apply(&mut store, &desired, &desired).expect("writes"), 0);
+    let read = store.read();
+    assert_eq!(apply(&mut store, &read, &desired).expect("writes"), 0);
+    assert_eq!(store.log.len(), written, "not even a filter refresh");
+}
+
+// ---- 2. Write order. ----
+
+/// Guards the order that keeps the datapath from following a VIP to something not there yet:
+/// each new VIP is written after its target (decision, meta, ring), the target's paths and the
+/// VIP's reverse-NAT entries, and the address pre-filter is refreshed after the VIPs. Checked
+/// from empty maps, and for a reload adding a target and a VIP (which writes nothing else).
+#[test]
+fn a_new_vip_is_written_after_everything_it_leads_to() {
+    let a = model_a();
+    let current = a.tables();
+    let mut store = MemStore::default();
+    apply(&mut store, &Tables::default(), &current).expect("writes");
+    for vip in current.vips.keys() {
+        let entry = format!("vip {vip}");
+        for first in leads_to(&current, *vip) {
+            assert_before(&store.log, &first, &entry);
+        }
+        assert_before(&store.log, &entry, "filter");
+    }
+
+    let added = config_a()
+        .target(
+            "db",
+            active_active(),
+            &[("d1", "192.0.2.21", 0), ("d2", "192.0.2.22", 1)],
+        )
+        .service("203.0.113.30", "tcp", 5432, None, "db");
+    let mut next = Model::new(added.config(), &a).expect("fits");
+    set_health(&mut next, Some(Health::Up), &[("db", "d1"), ("db", "d2")]);
+    let desired = next.tables();
+    let mut store = store_holding(&current);
+    apply(&mut store, &current, &desired).expect("writes");
+    let v = vip_id(&next, "203.0.113.30", Some((IPPROTO_TCP, 5432)));
+    let entry = format!("vip {v}");
+    let first = leads_to(&desired, v);
+    assert!(first.contains(&format!("ring {}", target_id(&next, "db"))));
+    for f in &first {
+        assert_before(&store.log, f, &entry);
+    }
+    assert_before(&store.log, &entry, "filter");
+    let mut all = first;
+    all.extend([entry, "filter".into()]);
+    assert_eq!(sorted(store.log.clone()), sorted(all), "nothing else");
+    assert_eq!(store.read(), desired);
+}
+
+/// Guards the removal order: a removed VIP disappears before its reverse-NAT entries, and both
+/// before its target and paths are zeroed (so no packet finds a VIP leading to a zeroed path);
+/// the pre-filter is refreshed once they are gone; the freed slots are left zeroed (state down,
+/// so flows still naming them re-steer).
+#[test]
+fn a_removed_vip_goes_before_what_it_led_to() {
+    let a = model_a();
+    let current = a.tables();
+    let next = Model::new(
+        config_a()
+            .without_vip("203.0.113.20")
+            .without_target("api")
+            .config(),
+        &a,
+    )
+    .expect("fits");
+    let desired = next.tables();
+    let mut store = store_holding(&current);
+    apply(&mut store, &current, &desired).expect("writes");
+    let log = &store.log;
+
+    let gone = format!(
+        "-vip {}",
+        vip_id(&a, "203.0.113.20", Some((IPPROTO_UDP, 53)))
+    );
+    let api = target_id(&a, "api");
+    for p in ["a1", "a2", "a3"] {
+        let id = path_id(&a, "api", p);
+        let rev = format!("-rev {}", address(&a, "api", p));
+        assert_before(log, &gone, &rev);
+        assert_before(log, &rev, "filter");
+        for zeroed in [format!("path {id}"), format!("path-meta {id}")] {
+            assert_before(log, &gone, &zeroed);
+            assert_before(log, &rev, &zeroed);
+        }
+        assert_eq!(store.tables.paths[&id], PathValue::default());
+    }
+    for zeroed in [format!("target {api}"), format!("target-meta {api}")] {
+        assert_before(log, &gone, &zeroed);
+    }
+    assert_eq!(
+        store.tables.targets[&api],
+        TargetValue {
+            mode: TARGET_MODE_NONE,
+            active: NO_ID
+        }
+    );
+    assert_eq!(store.read(), desired);
+}
+
+/// Guards VIP id reuse: B drops VIP 1 (203.0.113.11 tcp/443) and gives id 1 to a new key;
+/// the old key must leave the VIP hash map before the id describes the new one, or the old
+/// address would keep leading to id 1.
+#[test]
+fn a_reused_vip_id_drops_its_old_key_first() {
+    let a = model_a();
+    let b = Model::new(config_b().config(), &a).expect("fits");
+    let old = key("203.0.113.11", Some((IPPROTO_TCP, 443)));
+    let new = key("203.0.113.30", Some((IPPROTO_TCP, 5432)));
+    assert_eq!((a.ids.vips[&old], b.ids.vips[&new]), (1, 1));
+
+    let mut store = store_holding(&a.tables());
+    apply(&mut store, &a.tables(), &b.tables()).expect("writes");
+    assert_before(&store.log, "-vip 1", "vip 1");
+    assert!(!store.vip_keys.contains(&old), "{:?}", store.vip_keys);
+    assert!(store.vip_keys.contains(&new));
+    assert_eq!(store.read(), b.tables());
+}
+
+// ---- 3. Ids across a reload. ----
+
+/// Guards id stability: a reload keeps the id of every target, path and VIP it keeps (flows
+/// and counters are by id), in whatever order the file lists them, and gives new ones the
+/// lowest ids not held by a kept one: a removed id is reused at once (here path 3 and VIP 1).
+/// What the kept paths knew survives, and applying A → B leaves exactly B in the maps.
+#[test]
+fn ids_are_kept_across_a_reload_and_freed_ids_reused() {
+    let a = model_a();
+    let b = Model::new(config_b().config(), &a).expect("fits");
+
+    let names = |list: &[(&str, &str, u32)]| -> BTreeMap<(String, String), u32> {
+        list.iter()
+            .map(|(t, p, id)| ((t.to_string(), p.to_string()), *id))
+            .collect()
+    };
+    let expected = Ids {
+        targets: [("web", 0), ("api", 1), ("db", 2)]
+            .map(|(n, id)| (n.to_string(), id))
+            .into(),
+        paths: names(&[
+            ("web", "nn1", 0),
+            ("web", "nn2", 1),
+            ("api", "a1", 2),
+            ("api", "a3", 4),
+            ("db", "d1", 3),
+            ("db", "d2", 5),
+        ]),
+        vips: [
+            (key("203.0.113.10", None), 0),
+            (key("203.0.113.20", Some((IPPROTO_UDP, 53))), 2),
+            (key("203.0.113.30", Some((IPPROTO_TCP, 5432))), 1),
+        ]
+        .into(),
+    };
+    assert_eq!(b.ids, expected);
+    for (name, id) in &a.ids.paths {
+        if let Some(kept) = b.ids.paths.get(name) {
+            assert_eq!(kept, id, "{name:?}");
+            assert_eq!(b.paths[kept], a.paths[id], "{name:?} keeps its state");
+        }
+    }
+
+    // The order of the file does not matter: B listed backwards gets the same ids.
+    let mut reversed = config_b();
+    reversed.list("targets").reverse();
+    reversed.list("vips").reverse();
+    let r = Model::new(reversed.config(), &a).expect("fits");
+    assert_eq!(r.ids, b.ids);
+
+    let mut store = store_holding(&a.tables());
+    apply(&mut store, &a.tables(), &b.tables()).expect("writes");
+    assert_eq!(store.read(), b.tables());
+    let keys: BTreeSet<EndpointKey> = b.tables().vips.values().map(|v| v.key).collect();
+    assert_eq!(store.vip_keys, keys);
+}
+
+// ---- 4. Restart. ----
+
+/// A model where every kind of state shows: up/down/unknown paths, an RTT with a fraction of
+/// a microsecond, change times to the nanosecond, a drain, and the three decisions: web on
+/// nn1, api ringed, cold none; sticky (no preempt) stays on s2 although s1, preferred, is
+/// back up (a fresh decision would pick s1).
+fn rich_config() -> Cfg {
+    config_a()
+        .target("cold", failover(), &[("c1", "192.0.2.31", 0)])
+        .target(
+            "sticky",
+            json!({ "preempt": false, "all_down": "last-known" }),
+            &[("s1", "192.0.2.41", 0), ("s2", "192.0.2.42", 1)],
+        )
+        .service("203.0.113.40", "udp", 4789, Some(14789), "sticky")
+}
+
+fn rich_model() -> Model {
+    let mut m = fresh(&rich_config());
+    let at = |s: u64, ns: u32| UNIX_EPOCH + Duration::new(s, ns);
+    let up = Some(Health::Up);
+    let down = Some(Health::Down);
+    set_health(
+        &mut m,
+        up,
+        &[
+            ("web", "nn1"),
+            ("api", "a1"),
+            ("api", "a3"),
+            ("sticky", "s2"),
+        ],
+    );
+    set_health(
+        &mut m,
+        down,
+        &[("web", "nn2"), ("cold", "c1"), ("sticky", "s1")],
+    );
+    set_health(&mut m, up, &[("sticky", "s1")]);
+    let nn1 = state(&mut m, "web", "nn1");
+    nn1.rtt = Some(Duration::from_nanos(1_234_567));
+    nn1.changed = at(1_700_000_000, 123_456_789);
+    let nn2 = state(&mut m, "web", "nn2");
+    nn2.disabled = true;
+    nn2.changed = at(1_700_000_001, 1);
+    state(&mut m, "api", "a1").rtt = Some(Duration::from_micros(80));
+    state(&mut m, "cold", "c1").changed = at(1_700_000_002, 999_999_999);
+    m.decide_all();
+    m
+}
+
+/// Guards restarts: the pinned maps alone give back the ids, each path's health (up, down and
+/// unknown), drain, RTT (to the microsecond the maps keep) and change time (to the nanosecond),
+/// and the decisions in force. The restarted daemon's model keeps them: no known path goes back
+/// to unknown (which would mean down until probed), no decision is recomputed from scratch (the
+/// sticky target stays on s2), and nothing needs writing.
+#[test]
+fn a_restart_recovers_ids_states_and_decisions() {
+    let m = rich_model();
+    let nn2 = path_id(&m, "web", "nn2");
+    let decision = |m: &Model, t: &str| m.decisions[&target_id(m, t)].clone();
+    assert_eq!(
+        decision(&m, "web"),
+        Decision::Single(path_id(&m, "web", "nn1"))
+    );
+    assert!(matches!(decision(&m, "api"), Decision::Ring(_)));
+    assert_eq!(decision(&m, "cold"), Decision::None);
+    assert_eq!(
+        decision(&m, "sticky"),
+        Decision::Single(path_id(&m, "sticky", "s2"))
+    );
+    assert_eq!(state(&mut m.clone(), "api", "a2").health, None);
+
+    let pinned = m.tables();
+    let recovered = Model::from_tables(&pinned, |id| id == nn2);
+    assert_eq!(recovered.ids, m.ids);
+    assert_eq!(
+        recovered.paths.keys().collect::<Vec<_>>(),
+        m.paths.keys().collect::<Vec<_>>()
+    );
+    for (id, s) in &m.paths {
+        let r = &recovered.paths[id];
+        let name = m.path_name(*id);
+        assert_eq!(r.health, s.health, "{name:?}");
+        assert_eq!(r.disabled, s.disabled, "{name:?}");
+        assert_eq!(r.changed, s.changed, "{name:?}");
+        match (s.rtt, r.rtt) {
+            (None, None) => {}
+            (Some(a), Some(b)) => assert!(a.abs_diff(b) < Duration::from_micros(1), "{name:?}"),
+            other => panic!("{name:?}: rtt {other:?}"),
+        }
+    }
+    assert_eq!(recovered.decisions, m.decisions);
+
+    let restarted = Model::new(rich_config().config(), &recovered).expect("fits");
+    assert_eq!(restarted.ids, m.ids);
+    for (id, s) in &m.paths {
+        let r = &restarted.paths[id];
+        assert_eq!((r.health, r.disabled), (s.health, s.disabled), "{id}");
+    }
+    assert_eq!(restarted.decisions, m.decisions);
+    assert_eq!(restarted.tables(), pinned);
+    let mut store = store_holding(&pinned);
+    assert_eq!(
+        apply(&mut store, &pinned, &restarted.tables()).ok(),
+        Some(0)
+    );
+}
+
+// ---- 5. Decisions as the maps see them. ----
+
+/// Guards the decisions through the model and `tables()`: a failover target follows priority
+/// (not the listed order, nor the id), writes PATH_DOWN for a down path and SINGLE on the
+/// survivor, and NONE when the only up path is drained and all_down is drop; an active/active
+/// target gets a full ring over its usable paths only.
+#[test]
+fn decisions_reach_the_tables() {
+    // nn2 is listed first, so it has the lower id: only the priority makes nn1 preferred.
+    let cfg = Cfg::new()
+        .target(
+            "vm",
+            failover(),
+            &[("nn2", "192.0.2.2", 20), ("nn1", "192.0.2.1", 10)],
+        )
+        .target(
+            "aa",
+            active_active(),
+            &[
+                ("p1", "192.0.2.11", 0),
+                ("p2", "192.0.2.12", 0),
+                ("p3", "192.0.2.13", 0),
+                ("p4", "192.0.2.14", 0),
+                ("p5", "192.0.2.15", 0),
+            ],
+        )
+        .vip("203.0.113.10", "vm")
+        .vip("203.0.113.11", "aa");
+    let mut m = fresh(&cfg);
+    let (vm, nn1, nn2) = (
+        target_id(&m, "vm"),
+        path_id(&m, "vm", "nn1"),
+        path_id(&m, "vm", "nn2"),
+    );
+    assert!(nn2 < nn1);
+    let single = |active| TargetValue {
+        mode: TARGET_MODE_SINGLE,
+        active,
+    };
+
+    // Nothing known yet: nothing chosen.
+    assert_eq!(m.decisions[&vm], Decision::None);
+    assert_eq!(m.tables().targets[&vm].mode, TARGET_MODE_NONE);
+
+    set_health(&mut m, Some(Health::Up), &[("vm", "nn1"), ("vm", "nn2")]);
+    assert_eq!(m.decisions[&vm], Decision::Single(nn1));
+    assert_eq!(m.tables().targets[&vm], single(nn1));
+
+    set_health(&mut m, Some(Health::Down), &[("vm", "nn1")]);
+    assert_eq!(m.decisions[&vm], Decision::Single(nn2));
+    let t = m.tables();
+    assert_eq!(t.paths[&nn1].state, PATH_DOWN);
+    assert_eq!(t.paths[&nn2].state, PATH_UP);
+    assert_eq!(t.targets[&vm], single(nn2));
+
+    state(&mut m, "vm", "nn2").disabled = true;
+    m.decide_all();
+    assert_eq!(m.decisions[&vm], Decision::None);
+    let t = m.tables();
+    assert_eq!(t.paths[&nn2].state, PATH_DISABLED);
+    assert_eq!(
+        t.targets[&vm],
+        TargetValue {
+            mode: TARGET_MODE_NONE,
+            active: NO_ID
+        }
+    );
+
+    // Active/active: p1 and p5 up; p2 down, p3 unknown, p4 up but drained.
+    set_health(
+        &mut m,
+        Some(Health::Up),
+        &[("aa", "p1"), ("aa", "p4"), ("aa", "p5")],
+    );
+    set_health(&mut m, Some(Health::Down), &[("aa", "p2")]);
+    state(&mut m, "aa", "p4").disabled = true;
+    m.decide_all();
+    let aa = target_id(&m, "aa");
+    let t = m.tables();
+    assert_eq!(
+        t.targets[&aa],
+        TargetValue {
+            mode: TARGET_MODE_RING,
+            active: NO_ID
+        }
+    );
+    let ring = &t.rings[&aa];
+    assert_eq!(ring.len(), RING_SIZE as usize);
+    let used: BTreeSet<u32> = ring.iter().copied().collect();
+    let usable = BTreeSet::from([path_id(&m, "aa", "p1"), path_id(&m, "aa", "p5")]);
+    assert_eq!(used, usable);
+    assert_eq!(m.decisions[&aa], Decision::Ring(ring.clone()));
+    assert_eq!(t.rings.len(), 1, "no ring for a single-mode target");
+}
+
+// ---- 6. Reverse NAT. ----
+
+/// Guards the reverse-NAT entries: a reply is found by (path address, protocol, the port the VM
+/// answers from) and restores the VIP's address and port. Whole address: (addr, 0, 0), port
+/// kept (vip_port 0); translated tcp/443 → 8443: keyed on 8443, restores 443; a service without
+/// translation (none given, or the same port given) keys on its own port.
+#[test]
+fn reverse_nat_entries() {
+    let cfg = Cfg::new()
+        .target(
+            "web",
+            failover(),
+            &[("nn1", "192.0.2.1", 0), ("nn2", "192.0.2.2", 1)],
+        )
+        .vip("203.0.113.10", "web")
+        .service("203.0.113.11", "tcp", 443, Some(8443), "web")
+        .service("203.0.113.12", "udp", 53, None, "web")
+        .service("203.0.113.13", "tcp", 80, Some(80), "web");
+    let m = fresh(&cfg);
+    let t = m.tables();
+    // (address, service, the port on the VM when translated)
+    let vips: [(&str, Option<(u8, u16)>, Option<u16>); 4] = [
+        ("203.0.113.10", None, None),
+        ("203.0.113.11", Some((IPPROTO_TCP, 443)), Some(8443)),
+        ("203.0.113.12", Some((IPPROTO_UDP, 53)), None),
+        ("203.0.113.13", Some((IPPROTO_TCP, 80)), None),
+    ];
+    let mut expected = BTreeMap::new();
+    for (address, service, target_port) in vips {
+        let vid = vip_id(&m, address, service);
+        let info = t.vips[&vid];
+        assert_eq!(info.key, key(address, service));
+        assert_eq!(info.target, target_id(&m, "web"));
+        assert_eq!(info.target_port, target_port.unwrap_or(0).to_be_bytes());
+        for path in ["nn1", "nn2"] {
+            let pid = path_id(&m, "web", path);
+            let addr: Ipv4Addr = t.paths[&pid].addr.into();
+            let reply = service.map(|(proto, port)| (proto, target_port.unwrap_or(port)));
+            expected.insert(
+                EndpointKey::new(addr, reply),
+                RevValue {
+                    vip_addr: address.parse::<Ipv4Addr>().expect("address").octets(),
+                    vip_port: service.map_or(0, |(_, port)| port).to_be_bytes(),
+                    _pad: [0; 2],
+                    vip_id: vid,
+                    path: pid,
+                },
+            );
+        }
+    }
+    assert_eq!(t.rev_nat, expected);
+
+    // The same, spelled out for the translated service on nn1.
+    let rev = t.rev_nat[&EndpointKey::service([192, 0, 2, 1], IPPROTO_TCP, 8443u16.to_be_bytes())];
+    assert_eq!(
+        (rev.vip_addr, u16::from_be_bytes(rev.vip_port)),
+        ([203, 0, 113, 11], 443)
+    );
+    let whole = t.rev_nat[&EndpointKey::addr([192, 0, 2, 2])];
+    assert_eq!(
+        (whole.vip_addr, whole.vip_port),
+        ([203, 0, 113, 10], [0, 0])
+    );
+}
+
+// ---- 7. Address changes. ----
+
+/// Guards a path whose address changes: what was known of the old address means nothing for
+/// the new one (health unknown, RTT forgotten), but an operator's drain stays. Both on a reload
+/// and on a restart (where the old address comes from the pinned maps).
+#[test]
+fn a_changed_address_starts_unknown_but_stays_drained() {
+    let mut a = model_a();
+    let nn1 = path_id(&a, "web", "nn1");
+    let nn2 = path_id(&a, "web", "nn2");
+    let s = state(&mut a, "web", "nn1");
+    s.disabled = true;
+    s.rtt = Some(Duration::from_micros(300));
+    set_health(&mut a, Some(Health::Up), &[("web", "nn2")]);
+    let moved = config_a().edit_path("web", "nn1", |p| p["address"] = json!("192.0.2.101"));
+
+    let restarted_from = Model::from_tables(&a.tables(), |id| id == nn1);
+    for previous in [&a, &restarted_from] {
+        let b = Model::new(moved.config(), previous).expect("fits");
+        assert_eq!(b.ids, a.ids);
+        let s = &b.paths[&nn1];
+        assert_eq!((s.health, s.disabled, s.rtt), (None, true, None));
+        assert_eq!(
+            b.paths[&nn2].health,
+            Some(Health::Up),
+            "the other path keeps"
+        );
+        let t = b.tables();
+        assert_eq!(t.paths[&nn1].addr, [192, 0, 2, 101]);
+        assert_eq!(t.paths[&nn1].state, PATH_DISABLED);
+        assert_eq!(t.path_meta[&nn1].health, HEALTH_UNKNOWN);
+        assert_eq!(t.path_meta[&nn1].rtt_us, 0);
+        assert_eq!(b.decisions[&target_id(&b, "web")], Decision::Single(nn2));
+    }
+}
+
+// ---- 8. The model the CLI rebuilds. ----
+
+/// Guards `Model::from_tables` as the CLI uses it with no daemon (`lb path disable` applies the
+/// rebuilt model's `tables()`): the configuration as the maps record it gives back the very
+/// same tables (no VIP, reverse-NAT entry, ring or meta lost), and deciding on the rebuilt
+/// model after a drain writes what the daemon's model would, and nothing else.
+#[test]
+fn the_model_rebuilt_from_the_maps_gives_the_same_tables() {
+    let m = rich_model();
+    let pinned = m.tables();
+    let rebuilt = Model::from_tables(&pinned, |id| m.paths[&id].disabled);
+    assert_eq!(rebuilt.tables(), pinned);
+
+    // What the maps record of the configuration: everything but probes and interfaces.
+    let shape = |c: &Config| {
+        let mut targets: Vec<String> = c
+            .targets
+            .iter()
+            .map(|t| {
+                let mut paths: Vec<String> = t
+                    .paths
+                    .iter()
+                    .map(|p| format!("{} {} {} {}", p.name, p.address, p.priority, p.weight))
+                    .collect();
+                paths.sort();
+                format!(
+                    "{} {:?} {} {:?} {paths:?}",
+                    t.name, t.mode, t.preempt, t.all_down
+                )
+            })
+            .collect();
+        targets.sort();
+        let mut vips: Vec<String> = c.vips.iter().map(|v| format!("{v:?}")).collect();
+        vips.sort();
+        (targets, vips)
+    };
+    assert_eq!(shape(&rebuilt.config), shape(&m.config));
+
+    // `lb path disable web nn1` with no daemon, against the daemon doing the same.
+    let nn1 = path_id(&m, "web", "nn1");
+    let web = target_id(&m, "web");
+    let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let mut daemon = m.clone();
+    let mut cli = rebuilt;
+    for model in [&mut daemon, &mut cli] {
+        let s = model.paths.get_mut(&nn1).expect("nn1");
+        s.disabled = true;
+        s.changed = at;
+        model.decide("web");
+    }
+    let desired = cli.tables();
+    assert_eq!(desired, daemon.tables());
+    assert_eq!(
+        cli.decisions[&web],
+        Decision::None,
+        "nn2 is down and drained"
+    );
+    let mut store = store_holding(&pinned);
+    apply(&mut store, &pinned, &desired).expect("writes");
+    assert_eq!(
+        sorted(store.log.clone()),
+        sorted(vec![
+            format!("path {nn1}"),
+            format!("path-meta {nn1}"),
+            format!("target {web}"),
+        ])
+    );
+    assert_eq!(store.read(), desired);
+}

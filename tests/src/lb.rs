@@ -1,0 +1,237 @@
+//! Running the real `lb` binary in a test: the daemon in the edge namespace (its own pin
+//! directory, its log in a file), and CLI commands against its pinned state. The guard stops
+//! the daemon and removes everything it pinned, also when the test fails.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::netns::Netns;
+
+/// The `lb` binary, built once per test process (`cargo build -p lb-user --bin lb`, a no-op
+/// when it is fresh), next to the test executables' target directory.
+pub fn lb_bin() -> anyhow::Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "lb-user", "--bin", "lb"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .map_err(|e| format!("running cargo build: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cargo build -p lb-user --bin lb: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        // target/<profile>/deps/<test> → target/<profile>/lb
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let bin = exe
+            .parent()
+            .and_then(Path::parent)
+            .map(|d| d.join("lb"))
+            .ok_or("no target dir")?;
+        if bin.exists() {
+            Ok(bin)
+        } else {
+            Err(format!("{} not found after the build", bin.display()))
+        }
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
+/// Runs `lb <args>` (in the caller's namespace: the CLI only reads pins).
+pub fn lb(args: &[&str]) -> anyhow::Result<Output> {
+    Command::new(lb_bin()?)
+        .args(args)
+        .output()
+        .context("running lb")
+}
+
+/// A daemon started by a test.
+pub struct Daemon {
+    child: Option<Child>,
+    edge_path: String,
+    pub dir: PathBuf,
+    pub pin: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Writes `config` and starts `lb run` in `edge`, waiting (bounded) until it has applied
+    /// the configuration.
+    pub fn start(edge: &Netns, config: &str, extra: &[&str]) -> anyhow::Result<Daemon> {
+        let dir = std::env::temp_dir().join(format!("{}-lb", edge.name()));
+        std::fs::create_dir_all(&dir)?;
+        let d = Daemon {
+            child: None,
+            edge_path: edge.path(),
+            pin: dir.join("pins"),
+            config: dir.join("lb.json"),
+            log: dir.join("lb.log"),
+            dir,
+        };
+        std::fs::write(&d.config, config)?;
+        let mut d = d;
+        d.spawn(extra)?;
+        Ok(d)
+    }
+
+    fn spawn(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.edge_path))
+            .arg("--")
+            .arg(lb_bin()?)
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--pin-dir")
+            .arg(&self.pin)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log));
+        self.child = Some(cmd.spawn().context("starting lb run")?);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.log_text().contains("configuration applied") {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("lb run exited ({status}):\n{}", self.log_text());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "lb run did not apply its configuration within 10 s:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the daemon (SIGTERM), bounded; the datapath stays.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("lb run did not stop within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// Starts the daemon again on the same configuration and pins.
+    pub fn restart(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        self.stop()?;
+        self.spawn(extra)
+    }
+
+    /// Rewrites the configuration file (for a reload).
+    pub fn write_config(&self, config: &str) -> anyhow::Result<()> {
+        Ok(std::fs::write(&self.config, config)?)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `lb --pin-dir <pins> <args>`; fails unless it succeeds.
+    pub fn lb(&self, args: &[&str]) -> anyhow::Result<String> {
+        let pin = self.pin.to_string_lossy().to_string();
+        let mut all = vec!["--pin-dir", pin.as_str()];
+        all.extend(args);
+        let out = lb(&all)?;
+        if !out.status.success() {
+            bail!(
+                "lb {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `lb <args> --json`, parsed.
+    pub fn json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let text = self.lb(&all)?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("parsing the JSON of lb {}", args.join(" ")))
+    }
+
+    /// Polls `lb status --json` until `pred` holds (every 10 ms, at most `timeout`); returns how
+    /// long it took.
+    pub fn wait_status(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        loop {
+            let s = self.json(&["status"])?;
+            if pred(&s) {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "status did not reach the expected state within {timeout:?}: {s:#}\nlog:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.stop();
+        let pin = self.pin.to_string_lossy().to_string();
+        let _ = lb(&["--pin-dir", &pin, "down"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The active path of target `name` in a status JSON.
+pub fn active(status: &serde_json::Value, target: &str) -> Option<String> {
+    status["targets"]
+        .as_array()?
+        .iter()
+        .find(|t| t["name"] == target)?["active"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// The state of path `path` of target `target` in a status JSON.
+pub fn path_state(status: &serde_json::Value, target: &str, path: &str) -> Option<String> {
+    let t = status["targets"]
+        .as_array()?
+        .iter()
+        .find(|t| t["name"] == target)?;
+    t["paths"].as_array()?.iter().find(|p| p["name"] == path)?["state"]
+        .as_str()
+        .map(str::to_string)
+}

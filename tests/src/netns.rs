@@ -1,0 +1,158 @@
+//! Network namespaces as guards: created with a unique name, removed on drop (also when the
+//! test fails), with helpers to run commands, threads and processes inside.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd as _,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+    thread::JoinHandle,
+};
+
+use anyhow::{Context as _, bail};
+
+/// A named network namespace (`/run/netns/<name>`), deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+/// A name no other test (of this or a parallel process) uses: `lbt<pid%100000>-<tag><n>`,
+/// kept short because interface-like names are derived from it.
+pub fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "lbt{}{}{}",
+        std::process::id() % 100_000,
+        tag,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl Netns {
+    pub fn new(name: &str) -> anyhow::Result<Self> {
+        let out = Command::new("ip")
+            .args(["netns", "add", name])
+            .output()
+            .context("running ip netns add")?;
+        if !out.status.success() {
+            bail!(
+                "ip netns add {name}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let ns = Self {
+            name: name.to_string(),
+        };
+        ns.ip("link set lo up")?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// `ip -n <ns> <args>`.
+    pub fn ip(&self, args: &str) -> anyhow::Result<()> {
+        let mut a = vec!["-n", &self.name];
+        a.extend(args.split_whitespace());
+        check(
+            Command::new("ip").args(&a).output(),
+            &format!("ip -n {} {args}", self.name),
+        )
+        .map(drop)
+    }
+
+    /// Runs `cmd args` inside the namespace (`ip netns exec`), failing with its stderr.
+    pub fn exec(&self, cmd: &str, args: &[&str]) -> anyhow::Result<Output> {
+        let mut a = vec!["netns", "exec", &self.name, cmd];
+        a.extend(args);
+        check(
+            Command::new("ip").args(&a).output(),
+            &format!("{cmd} {} (in {})", args.join(" "), self.name),
+        )
+    }
+
+    /// A command that runs `program` in this network namespace only (`nsenter --net`): unlike
+    /// `ip netns exec`, it keeps the caller's mounts, so bpffs pins stay visible to everyone.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path()))
+            .arg("--")
+            .arg(program);
+        c
+    }
+
+    /// Moves the calling thread into the namespace.
+    pub fn enter(&self) -> anyhow::Result<()> {
+        let f = File::open(self.path()).with_context(|| format!("opening {}", self.path()))?;
+        // SAFETY: a valid fd; setns only changes this thread's network namespace.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("setns");
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on a new thread inside the namespace.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> JoinHandle<anyhow::Result<T>> {
+        let path = self.path();
+        std::thread::spawn(move || {
+            let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+            // SAFETY: a valid fd; only this thread moves.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("setns");
+            }
+            f()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+fn check(out: std::io::Result<Output>, what: &str) -> anyhow::Result<Output> {
+    let out = out.with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(out)
+}
+
+/// A veth pair between two namespaces, both ends up.
+pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args([
+            "link",
+            "add",
+            a_name,
+            "netns",
+            a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b_name,
+            "netns",
+            b.name(),
+        ])
+        .output();
+    check(
+        out,
+        &format!("ip link add {a_name} type veth peer {b_name}"),
+    )?;
+    a.ip(&format!("link set {a_name} up"))?;
+    b.ip(&format!("link set {b_name} up"))?;
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! Small servers run inside a namespace for end-to-end tests: an HTTP server that answers with
+//! the address it was reached at (so a test sees which path carried a request), and a UDP echo
+//! server on each VM address (replies leave from the address the request came to). Both stop
+//! when their guard drops; every wait is bounded.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use crate::netns::Netns;
+
+/// A running server; stopped and joined on drop.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<anyhow::Result<()>>>,
+    /// Status the HTTP server answers `/health` with (tests flip it to fail an http probe).
+    pub health_status: Arc<AtomicU16>,
+    /// Datagrams the UDP echo server received, per address index.
+    pub udp_received: Arc<[AtomicU64; 2]>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// HTTP on `0.0.0.0:http_port` and UDP echo on each of `udp_addrs` port `udp_port`, in `ns`.
+pub fn start(
+    ns: &Netns,
+    http_port: u16,
+    udp_addrs: [Ipv4Addr; 2],
+    udp_port: u16,
+) -> anyhow::Result<Server> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let health_status = Arc::new(AtomicU16::new(200));
+    let udp_received: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let mut threads = Vec::new();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    {
+        let (stop, status, ready) = (stop.clone(), health_status.clone(), ready_tx.clone());
+        threads.push(ns.spawn(move || {
+            let l = TcpListener::bind(("0.0.0.0", http_port))?;
+            l.set_nonblocking(true)?;
+            let _ = ready.send(());
+            while !stop.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                        // The whole request head, or nothing (a probe that connected and left).
+                        let mut buf = [0u8; 1024];
+                        let mut n = 0;
+                        while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut buf[n..]) {
+                                Ok(0) | Err(_) => break,
+                                Ok(k) => n += k,
+                            }
+                        }
+                        if n == 0 {
+                            continue;
+                        }
+                        let req = String::from_utf8_lossy(&buf[..n]);
+                        let local = s.local_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+                        let code = if req.starts_with("GET /health") { status.load(Ordering::Relaxed) } else { 200 };
+                        let body = format!("{local}\n");
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        // Close gracefully: FIN first, then wait (bounded) for the client's, so
+                        // nothing unread turns the close into a reset.
+                        let _ = s.shutdown(std::net::Shutdown::Write);
+                        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                        while matches!(s.read(&mut buf), Ok(k) if k > 0) {}
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(2)),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        }));
+    }
+    for (i, addr) in udp_addrs.into_iter().enumerate() {
+        let (stop, received, ready) = (stop.clone(), udp_received.clone(), ready_tx.clone());
+        threads.push(ns.spawn(move || {
+            let s = UdpSocket::bind(SocketAddr::from((addr, udp_port)))?;
+            s.set_read_timeout(Some(Duration::from_millis(20)))?;
+            let _ = ready.send(());
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = s.recv_from(&mut buf) {
+                    received[i].fetch_add(1, Ordering::Relaxed);
+                    let _ = s.send_to(&buf[..n], from);
+                }
+            }
+            Ok(())
+        }));
+    }
+    for _ in 0..3 {
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| anyhow::anyhow!("a test server did not start"))?;
+    }
+    Ok(Server {
+        stop,
+        threads,
+        health_status,
+        udp_received,
+    })
+}

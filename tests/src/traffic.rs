@@ -1,0 +1,115 @@
+//! Client-side traffic for end-to-end tests, run from a thread inside the client namespace:
+//! one HTTP request (which path answered), and a paced UDP stream whose echoes are counted.
+//! Every loop is bounded in count and time.
+
+use std::{
+    collections::BTreeSet,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+
+use crate::netns::Netns;
+
+/// `GET path` to `addr:port` from `ns`; the response body (the servers answer with the address
+/// they were reached at). Fails on timeout or a non-200 status.
+pub fn http_get(
+    ns: &Netns,
+    addr: Ipv4Addr,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let path = path.to_string();
+    ns.spawn(move || {
+        let mut s = TcpStream::connect_timeout(&SocketAddr::from((addr, port)), timeout)
+            .with_context(|| format!("connecting to {addr}:{port}"))?;
+        s.set_read_timeout(Some(timeout))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .with_context(|| format!("sending to {addr}:{port}"))?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)
+            .with_context(|| format!("reading from {addr}:{port}"))?;
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        anyhow::ensure!(
+            head.starts_with("HTTP/1.1 200"),
+            "{addr}:{port}{path}: {head}"
+        );
+        Ok(body.trim().to_string())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the client thread panicked"))?
+}
+
+/// What a UDP stream saw.
+#[derive(Debug, Clone)]
+pub struct StreamReport {
+    pub sent: u64,
+    pub received: u64,
+    /// Sequence numbers never echoed.
+    pub lost: Vec<u64>,
+    /// The longest run of consecutive lost datagrams, in milliseconds of sending time.
+    pub longest_gap: Duration,
+}
+
+/// Sends `count` datagrams to `addr:port`, one every `every`, and counts the echoes (waiting up
+/// to `grace` after the last send for late ones).
+pub fn udp_stream(
+    ns: &Netns,
+    addr: Ipv4Addr,
+    port: u16,
+    count: u64,
+    every: Duration,
+    grace: Duration,
+) -> std::thread::JoinHandle<anyhow::Result<StreamReport>> {
+    ns.spawn(move || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.connect((addr, port))?;
+        s.set_nonblocking(true)?;
+        let mut got = BTreeSet::new();
+        let mut buf = [0u8; 64];
+        let start = Instant::now();
+        let mut drain = |got: &mut BTreeSet<u64>| {
+            while let Ok(n) = s.recv(&mut buf) {
+                if n >= 8 {
+                    got.insert(u64::from_be_bytes(buf[..8].try_into().unwrap_or_default()));
+                }
+            }
+        };
+        for seq in 0..count {
+            let due = start + every * seq as u32;
+            while Instant::now() < due {
+                drain(&mut got);
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            let mut payload = [0u8; 32];
+            payload[..8].copy_from_slice(&seq.to_be_bytes());
+            let _ = s.send(&payload);
+        }
+        let end = Instant::now() + grace;
+        while Instant::now() < end && (got.len() as u64) < count {
+            drain(&mut got);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let lost: Vec<u64> = (0..count).filter(|s| !got.contains(s)).collect();
+        let mut longest = 0u64;
+        let mut run = 0u64;
+        let mut prev = None;
+        for l in &lost {
+            run = if prev == Some(l - 1) { run + 1 } else { 1 };
+            longest = longest.max(run);
+            prev = Some(*l);
+        }
+        Ok(StreamReport {
+            sent: count,
+            received: got.len() as u64,
+            lost,
+            longest_gap: every * longest as u32,
+        })
+    })
+}

@@ -1,0 +1,518 @@
+//! The `lb` daemon and CLI end to end, each test in namespaces it creates (see
+//! `lb_tests::topology`): probes of each type against real listeners, failover timing, restart
+//! adoption and reload without loss, the CLI's JSON against the maps, and clear errors.
+//!
+//! Run one: `cargo test -p lb-tests --test daemon -- failover`.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use lb_tests::{
+    lb::{Daemon, active, lb, path_state},
+    servers,
+    topology::{CLIENT, DualPath, EDGE_CLIENTS, EDGE_NN1, EDGE_NN2, NN1, NN2, VIP, VIP2, VIP3},
+    traffic::{http_get, udp_stream},
+};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+const HTTP: u16 = 8080;
+const UDP: u16 = 9000;
+const T: Duration = Duration::from_secs(2);
+
+/// A configuration for the dual-path topology: failover target `web` (nn1 preferred) with
+/// `probe`, and the given VIPs (JSON array items).
+fn config(probe: &str, extra_target: &str, vips: &str) -> String {
+    format!(
+        r#"{{
+  "interfaces": {{ "clients": ["{EDGE_CLIENTS}"], "paths": ["{EDGE_NN1}", "{EDGE_NN2}"] }},
+  "flow_table_size": 65536,
+  "targets": [
+    {{ "name": "web", "mode": "failover", "preempt": true, "all_down": "drop",
+      "paths": [
+        {{ "name": "nn1", "address": "{NN1}", "priority": 10 {extra_target} }},
+        {{ "name": "nn2", "address": "{NN2}", "priority": 20 }}
+      ],
+      "probe": {probe} }}
+  ],
+  "vips": [ {vips} ]
+}}"#
+    )
+}
+
+/// Probes for tests that are not about timing: tolerant of a loaded CI machine (a path that
+/// flaps under load would re-steer flows and reset connections mid-test).
+const TCP_PROBE: &str = r#"{ "type": "tcp", "port": 8080, "interval_ms": 100, "timeout_ms": 90, "rise": 2, "fall": 5 }"#;
+/// Aggressive probes for the failover timing test: fall × interval = 150 ms.
+const FAST_TCP_PROBE: &str =
+    r#"{ "type": "tcp", "port": 8080, "interval_ms": 50, "timeout_ms": 40, "rise": 2, "fall": 3 }"#;
+const WHOLE_VIP: &str = r#"{ "address": "203.0.113.10", "target": "web" }"#;
+
+/// `http_get` that, on failure, adds the daemon's log and counters to the error.
+fn get(topo: &DualPath, d: &Daemon, vip: std::net::Ipv4Addr, port: u16) -> anyhow::Result<String> {
+    http_get(&topo.client, vip, port, "/", T).map_err(|e| {
+        let stats = d.lb(&["stats"]).unwrap_or_default();
+        e.context(format!("daemon log:\n{}\nstats:\n{stats}", d.log_text()))
+    })
+}
+
+fn setup(cfg: &str) -> anyhow::Result<(DualPath, servers::Server, Daemon)> {
+    let topo = DualPath::new()?;
+    let srv = servers::start(&topo.vm, HTTP, [NN1, NN2], UDP)?;
+    let d = Daemon::start(&topo.edge, cfg, &[])?;
+    d.wait_status(T, |s| active(s, "web").as_deref() == Some("nn1"))?;
+    Ok((topo, srv, d))
+}
+
+fn failover_on_blackhole() -> anyhow::Result<()> {
+    let (topo, _srv, d) = setup(&config(FAST_TCP_PROBE, "", WHOLE_VIP))?;
+    ensure!(
+        get(&topo, &d, VIP, HTTP).context("before")? == NN1.to_string(),
+        "served over nn1 first"
+    );
+
+    topo.blackhole(1)?;
+    let took = d.wait_status(Duration::from_secs(3), |s| {
+        active(s, "web").as_deref() == Some("nn2")
+    })?;
+    // fall × interval = 150 ms; detection lands on a probe tick after the timeout: allow a tick
+    // and the polling around it. (Measured precisely by `cargo xtask bench`.)
+    ensure!(
+        took < Duration::from_millis(150 + 50 + 40 + 150),
+        "failover took {took:?}"
+    );
+    let body = get(&topo, &d, VIP, HTTP).context("after the failover")?;
+    ensure!(
+        body == NN2.to_string(),
+        "served over nn2 after the failover, not {body}"
+    );
+    let log = d.log_text();
+    ensure!(
+        log.contains("web/nn1: up → down (3 consecutive failures (fall 3)"),
+        "transition logged with its reason:\n{log}"
+    );
+    ensure!(log.contains("decision to map write"), "{log}");
+
+    // preempt: nn1 takes new flows back once it has risen again.
+    topo.heal(1)?;
+    d.wait_status(Duration::from_secs(3), |s| {
+        active(s, "web").as_deref() == Some("nn1")
+    })?;
+    let body = http_get(&topo.client, VIP, HTTP, "/", T).context("after the failback")?;
+    ensure!(
+        body == NN1.to_string(),
+        "served over nn1 after the failback, not {body}"
+    );
+    Ok(())
+}
+
+fn probe_types_against_real_listeners() -> anyhow::Result<()> {
+    // nn1 is probed with ICMP echo, nn2 with HTTP GET /health.
+    let probe = r#"{ "type": "http", "port": 8080, "path": "/health", "interval_ms": 100, "timeout_ms": 90, "rise": 2, "fall": 2 }"#;
+    let nn1_icmp = r#", "probe": { "type": "icmp" }"#;
+    let (topo, srv, d) = setup(&config(probe, nn1_icmp, WHOLE_VIP))?;
+    d.wait_status(T, |s| path_state(s, "web", "nn2").as_deref() == Some("up"))?;
+
+    // HTTP answers 503: only the http-probed path goes down.
+    srv.health_status
+        .store(503, std::sync::atomic::Ordering::Relaxed);
+    d.wait_status(T, |s| {
+        path_state(s, "web", "nn2").as_deref() == Some("down")
+    })?;
+    let s = d.json(&["status"])?;
+    ensure!(
+        path_state(&s, "web", "nn1").as_deref() == Some("up"),
+        "icmp path unaffected: {s}"
+    );
+    srv.health_status
+        .store(200, std::sync::atomic::Ordering::Relaxed);
+    d.wait_status(T, |s| path_state(s, "web", "nn2").as_deref() == Some("up"))?;
+
+    // nn1's echo replies vanish: the icmp-probed path goes down, traffic moves to nn2.
+    topo.blackhole(1)?;
+    d.wait_status(T, |s| {
+        path_state(s, "web", "nn1").as_deref() == Some("down")
+            && active(s, "web").as_deref() == Some("nn2")
+    })?;
+    ensure!(http_get(&topo.client, VIP, HTTP, "/", T)? == NN2.to_string());
+    Ok(())
+}
+
+fn restart_adopts_without_loss() -> anyhow::Result<()> {
+    let (topo, _srv, mut d) = setup(&config(TCP_PROBE, "", WHOLE_VIP))?;
+    let links_before = topo
+        .edge
+        .exec("ip", &["-d", "link", "show", EDGE_CLIENTS])?;
+    // 3000 datagrams, one per millisecond, while the daemon stops and starts again.
+    let stream = udp_stream(
+        &topo.client,
+        VIP,
+        UDP,
+        3000,
+        Duration::from_millis(1),
+        Duration::from_millis(500),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    d.stop()?;
+    // Stopped: the datapath keeps forwarding with the last decisions.
+    let s = d.json(&["status"])?;
+    ensure!(
+        s["daemon"]["running"] == false && active(&s, "web").as_deref() == Some("nn1"),
+        "{s}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    d.restart(&[])?;
+    // Path states come from the maps, not from "unknown".
+    let s = d.json(&["status"])?;
+    ensure!(
+        path_state(&s, "web", "nn1").as_deref() == Some("up")
+            && active(&s, "web").as_deref() == Some("nn1"),
+        "{s}"
+    );
+    let report = stream
+        .join()
+        .map_err(|_| anyhow::anyhow!("stream thread"))??;
+    ensure!(
+        report.lost.is_empty(),
+        "lost {} of {} datagrams across the restart: {:?}",
+        report.lost.len(),
+        report.sent,
+        &report.lost[..report.lost.len().min(20)]
+    );
+    let log = d.log_text();
+    ensure!(log.contains("adopted the datapath pinned"), "{log}");
+    ensure!(log.contains("program updated in place"), "{log}");
+    let links_after = topo
+        .edge
+        .exec("ip", &["-d", "link", "show", EDGE_CLIENTS])?;
+    ensure!(
+        String::from_utf8_lossy(&links_after.stdout).contains("prog/xdp"),
+        "still attached"
+    );
+    drop(links_before);
+    Ok(())
+}
+
+fn reload_adds_and_removes_vips_without_loss() -> anyhow::Result<()> {
+    let svc = |addr: &str, port: u16| {
+        format!(
+            r#"{{ "address": "{addr}", "protocol": "tcp", "port": {port}, "target": "web", "target_port": 8080 }}"#
+        )
+    };
+    let before = format!("{WHOLE_VIP}, {}", svc("203.0.113.11", 80));
+    let (topo, _srv, d) = setup(&config(TCP_PROBE, "", &before))?;
+    ensure!(http_get(&topo.client, VIP2, 80, "/", T)? == NN1.to_string());
+
+    let stream = udp_stream(
+        &topo.client,
+        VIP,
+        UDP,
+        2000,
+        Duration::from_millis(1),
+        Duration::from_millis(500),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // Remove 203.0.113.11 tcp/80, add 203.0.113.12 tcp/81.
+    let after = format!("{WHOLE_VIP}, {}", svc("203.0.113.12", 81));
+    d.write_config(&config(TCP_PROBE, "", &after))?;
+    d.lb(&["reload"])?;
+    let deadline = std::time::Instant::now() + T;
+    while !d.log_text().contains("reloading")
+        || d.log_text().matches("configuration applied").count() < 2
+    {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "reload not applied:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ensure!(
+        http_get(&topo.client, VIP3, 81, "/", T)? == NN1.to_string(),
+        "the added VIP answers"
+    );
+    ensure!(
+        http_get(&topo.client, VIP2, 80, "/", Duration::from_millis(300)).is_err(),
+        "the removed VIP no longer answers"
+    );
+
+    // An invalid file is rejected; the running state stays.
+    d.write_config("{ \"interfaces\": ")?;
+    d.lb(&["reload"])?;
+    let deadline = std::time::Instant::now() + T;
+    while !d.log_text().contains("reload rejected") {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no rejection logged:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ensure!(
+        http_get(&topo.client, VIP3, 81, "/", T)? == NN1.to_string(),
+        "still serving after a rejected reload"
+    );
+
+    let report = stream
+        .join()
+        .map_err(|_| anyhow::anyhow!("stream thread"))??;
+    ensure!(
+        report.lost.is_empty(),
+        "lost {} datagrams on the unrelated VIP during the reload",
+        report.lost.len()
+    );
+    Ok(())
+}
+
+fn cli_json_matches_the_traffic() -> anyhow::Result<()> {
+    let (topo, srv, d) = setup(&config(TCP_PROBE, "", WHOLE_VIP))?;
+    let report = udp_stream(
+        &topo.client,
+        VIP,
+        UDP,
+        200,
+        Duration::from_micros(500),
+        Duration::from_millis(300),
+    )
+    .join()
+    .map_err(|_| anyhow::anyhow!("stream thread"))??;
+    ensure!(report.lost.is_empty(), "{report:?}");
+    ensure!(
+        srv.udp_received[0].load(std::sync::atomic::Ordering::Relaxed) == 200,
+        "all over nn1"
+    );
+
+    let stats = d.json(&["stats"])?;
+    let vip = stats["vips"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["address"] == VIP.to_string()))
+        .context("vip in stats")?;
+    ensure!(
+        vip["in_packets"] == 200 && vip["out_packets"] == 200,
+        "vip counters: {vip}"
+    );
+    let nn1 = stats["paths"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["path"] == "nn1"))
+        .context("nn1 in stats")?;
+    ensure!(
+        nn1["in_packets"] == 200 && nn1["out_packets"] == 200,
+        "path counters: {nn1}"
+    );
+    ensure!(
+        stats["counters"]["nat_ingress"] == 200 && stats["counters"]["nat_return"] == 200,
+        "{}",
+        stats["counters"]
+    );
+    ensure!(
+        stats["counters"]["flow_new"] == 1 && stats["counters"]["flow_hit"] == 199,
+        "{}",
+        stats["counters"]
+    );
+
+    let flows = d.json(&["flows"])?;
+    let flows = flows.as_array().context("flows array")?;
+    ensure!(flows.len() == 1, "one flow: {flows:?}");
+    ensure!(
+        flows[0]["client"] == CLIENT.to_string()
+            && flows[0]["vip"] == VIP.to_string()
+            && flows[0]["vip_port"] == UDP
+            && flows[0]["protocol"] == "udp"
+            && flows[0]["path"] == "nn1",
+        "{flows:?}"
+    );
+
+    let s = d.json(&["status"])?;
+    let t = &s["targets"][0];
+    ensure!(
+        t["name"] == "web" && t["mode"] == "failover" && t["active"] == "nn1",
+        "{s}"
+    );
+    ensure!(
+        t["paths"][0]["address"] == NN1.to_string()
+            && t["paths"][0]["state"] == "up"
+            && t["paths"][0]["rtt_ms"].is_number(),
+        "{s}"
+    );
+    ensure!(
+        s["vips"][0]["address"] == VIP.to_string()
+            && s["vips"][0]["target"] == "web"
+            && s["vips"][0]["protocol"].is_null(),
+        "{s}"
+    );
+    ensure!(s["daemon"]["running"] == true, "{s}");
+    Ok(())
+}
+
+fn drain_survives_restart() -> anyhow::Result<()> {
+    let (topo, _srv, mut d) = setup(&config(TCP_PROBE, "", WHOLE_VIP))?;
+    d.lb(&["path", "disable", "web", "nn1"])?;
+    d.wait_status(T, |s| {
+        path_state(s, "web", "nn1").as_deref() == Some("disabled")
+            && active(s, "web").as_deref() == Some("nn2")
+    })?;
+    ensure!(http_get(&topo.client, VIP, HTTP, "/", T)? == NN2.to_string());
+    d.restart(&[])?;
+    let s = d.json(&["status"])?;
+    ensure!(
+        path_state(&s, "web", "nn1").as_deref() == Some("disabled")
+            && active(&s, "web").as_deref() == Some("nn2"),
+        "drain kept: {s}"
+    );
+    // Without a daemon, the CLI applies the change itself.
+    d.stop()?;
+    d.lb(&["path", "enable", "web", "nn1"])?;
+    let s = d.json(&["status"])?;
+    ensure!(active(&s, "web").as_deref() == Some("nn1"), "{s}");
+    ensure!(http_get(&topo.client, VIP, HTTP, "/", T)? == NN1.to_string());
+    Ok(())
+}
+
+fn metrics_endpoint() -> anyhow::Result<()> {
+    let topo = DualPath::new()?;
+    let _srv = servers::start(&topo.vm, HTTP, [NN1, NN2], UDP)?;
+    let d = Daemon::start(
+        &topo.edge,
+        &config(TCP_PROBE, "", WHOLE_VIP),
+        &["--metrics", "127.0.0.1:9109"],
+    )?;
+    d.wait_status(T, |s| active(s, "web").as_deref() == Some("nn1"))?;
+    http_get(&topo.client, VIP, HTTP, "/", T)?;
+    let body = http_get_raw(&topo.edge, "127.0.0.1:9109")?;
+    for want in [
+        "lb_packets_total{counter=\"nat_ingress\"}",
+        "lb_path_up{target=\"web\",path=\"nn1\"} 1",
+        "lb_path_probe_rtt_seconds{target=\"web\",path=\"nn1\"}",
+        "lb_vip_packets_total{vip=\"203.0.113.10\"",
+        "lb_reloads_total",
+    ] {
+        ensure!(body.contains(want), "metrics lack {want}:\n{body}");
+    }
+    Ok(())
+}
+
+fn http_get_raw(ns: &lb_tests::netns::Netns, addr: &'static str) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    ns.spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(T))?;
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread"))?
+}
+
+fn clear_errors_and_nothing_applied() -> anyhow::Result<()> {
+    // No pinned state.
+    let out = lb(&["--pin-dir", "/tmp/lb-no-such-pin-dir", "status"])?;
+    ensure!(out.status.code() == Some(1), "{out:?}");
+    ensure!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no lb state is pinned in /tmp/lb-no-such-pin-dir"),
+        "{out:?}"
+    );
+    // A bad argument: clap's usage error, exit 2.
+    let out = lb(&["status", "--bogus"])?;
+    ensure!(out.status.code() == Some(2), "{out:?}");
+    // Without root: a clear message.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(lb_tests::lb::lb_bin()?)
+        .args(["status"])
+        .output()?;
+    ensure!(
+        out.status.code() == Some(1)
+            && String::from_utf8_lossy(&out.stderr).contains("lb needs root"),
+        "{out:?}"
+    );
+
+    // A bad file and a missing interface: clear errors, nothing created.
+    let topo = DualPath::new()?;
+    for (cfg, want) in [
+        (
+            config(
+                TCP_PROBE,
+                "",
+                r#"{ "address": "203.0.113.10", "target": "nope" }"#,
+            ),
+            "vips[0].target",
+        ),
+        (
+            config(TCP_PROBE, "", WHOLE_VIP).replace("\"e2\"", "\"e9\""),
+            "unknown interface \"e9\"",
+        ),
+    ] {
+        let err = match Daemon::start(&topo.edge, &cfg, &[]) {
+            Ok(_) => anyhow::bail!("lb run accepted a bad configuration"),
+            Err(e) => format!("{e:#}"),
+        };
+        ensure!(err.contains(want), "{err}");
+        let xdp = topo.edge.exec("ip", &["link", "show"])?;
+        ensure!(
+            !String::from_utf8_lossy(&xdp.stdout).contains("xdp"),
+            "nothing attached"
+        );
+    }
+    // `lb check` says the same without touching anything.
+    let bad = std::env::temp_dir().join(format!("lbt-check-{}.json", std::process::id()));
+    std::fs::write(
+        &bad,
+        config(
+            TCP_PROBE,
+            "",
+            r#"{ "address": "203.0.113.10", "target": "nope" }"#,
+        ),
+    )?;
+    let out = lb(&[
+        "check",
+        "--skip-interfaces",
+        "--config",
+        &bad.to_string_lossy(),
+    ])?;
+    let _ = std::fs::remove_file(&bad);
+    ensure!(
+        out.status.code() == Some(1)
+            && String::from_utf8_lossy(&out.stderr).contains("unknown target"),
+        "{out:?}"
+    );
+    Ok(())
+}
+
+type Test = fn() -> anyhow::Result<()>;
+
+fn main() {
+    let args = Arguments::from_args();
+    if !lb_tests::privileged("daemon") {
+        return;
+    }
+    let tests: [(&str, Test); 8] = [
+        ("failover_on_blackhole", failover_on_blackhole),
+        (
+            "probe_types_against_real_listeners",
+            probe_types_against_real_listeners,
+        ),
+        ("restart_adopts_without_loss", restart_adopts_without_loss),
+        (
+            "reload_adds_and_removes_vips_without_loss",
+            reload_adds_and_removes_vips_without_loss,
+        ),
+        ("cli_json_matches_the_traffic", cli_json_matches_the_traffic),
+        ("drain_survives_restart", drain_survives_restart),
+        ("metrics_endpoint", metrics_endpoint),
+        (
+            "clear_errors_and_nothing_applied",
+            clear_errors_and_nothing_applied,
+        ),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, f)| {
+            Trial::test(name, move || {
+                f().map_err(|e| Failed::from(format!("{e:#}")))
+            })
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}
