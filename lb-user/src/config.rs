@@ -239,6 +239,27 @@ pub fn interface_exists(name: &str) -> bool {
     unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
 
+/// Names are kept in the pinned maps (`lb_common::maps::NAME_LEN` bytes, NUL-padded), where
+/// the CLI and a restarted daemon find them: longer ones, or ones with a NUL, would not survive.
+fn check_name(at: &str, name: &str) -> Result<(), ConfigError> {
+    if name.len() > lb_common::maps::NAME_LEN {
+        return Err(invalid(
+            at.to_string(),
+            format!(
+                "{name:?} is longer than {} bytes (names are kept in the pinned maps)",
+                lb_common::maps::NAME_LEN
+            ),
+        ));
+    }
+    if name.contains('\0') {
+        return Err(invalid(
+            at.to_string(),
+            format!("{name:?} contains a NUL byte"),
+        ));
+    }
+    Ok(())
+}
+
 // ---- Limits and defaults. ----
 
 /// `IFNAMSIZ` less the terminating NUL.
@@ -473,6 +494,7 @@ impl Validator {
         if name.is_empty() {
             return Err(invalid(format!("{at}.name"), "a target needs a name"));
         }
+        check_name(&format!("{at}.name"), &name)?;
         if let Some(j) = earlier.iter().position(|t| t.name == name) {
             return Err(invalid(
                 format!("{at}.name"),
@@ -531,6 +553,7 @@ impl Validator {
         if name.is_empty() {
             return Err(invalid(format!("{at}.name"), "a path needs a name"));
         }
+        check_name(&format!("{at}.name"), &name)?;
         if let Some(j) = earlier.iter().position(|p| p.name == name) {
             return Err(invalid(
                 format!("{at}.name"),

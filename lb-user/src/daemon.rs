@@ -230,6 +230,18 @@ impl Daemon {
         let t0 = Instant::now();
         let writes =
             apply(&mut self.dp.maps, &self.current, &desired).context("writing the maps")?;
+        // A removed path's drain goes with it: its id may be given to another path later.
+        for id in self
+            .current
+            .path_meta
+            .keys()
+            .filter(|id| !desired.path_meta.contains_key(id))
+        {
+            self.dp
+                .maps
+                .set_admin_disabled(*id, false)
+                .context("clearing a removed path's drain")?;
+        }
         self.current = desired;
         let mut new = Vec::new();
         for (role, iface) in &wanted {

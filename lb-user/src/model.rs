@@ -181,8 +181,12 @@ impl Model {
                 let Some(id) = ids.paths.get(&(t.name.clone(), p.name.clone())) else {
                     continue;
                 };
+                // Only the same path (by name) inherits: a freed id given to a new path must not
+                // pass on the old path's health or drain.
+                let same_path =
+                    previous.ids.paths.get(&(t.name.clone(), p.name.clone())) == Some(id);
                 let old_addr = previous.address_of(*id);
-                let state = match previous.paths.get(id) {
+                let state = match previous.paths.get(id).filter(|_| same_path) {
                     Some(s) if old_addr == Some(p.address) => s.clone(),
                     // An operator's drain survives an address change.
                     Some(s) => PathState {
