@@ -230,18 +230,12 @@ impl Daemon {
         let t0 = Instant::now();
         let writes =
             apply(&mut self.dp.maps, &self.current, &desired).context("writing the maps")?;
-        // A removed path's drain goes with it: its id may be given to another path later.
-        for id in self
-            .current
+        let removed_paths: Vec<u32> = previous
             .path_meta
             .keys()
             .filter(|id| !desired.path_meta.contains_key(id))
-        {
-            self.dp
-                .maps
-                .set_admin_disabled(*id, false)
-                .context("clearing a removed path's drain")?;
-        }
+            .copied()
+            .collect();
         self.current = desired;
         let mut new = Vec::new();
         for (role, iface) in &wanted {
@@ -270,6 +264,13 @@ impl Daemon {
                     return Err(e).context(format!("attaching {role} to {iface}"));
                 }
             }
+        }
+        // A removed path's drain goes with it: its id may be given to another path later.
+        for id in removed_paths {
+            self.dp
+                .maps
+                .set_admin_disabled(id, false)
+                .context("clearing a removed path's drain")?;
         }
         for (role, iface) in attached.iter().filter(|a| !wanted.contains(a)) {
             pin.detach(*role, iface)?;
