@@ -51,6 +51,8 @@ pub struct Shared {
     pub model: Option<Model>,
     /// State transitions per path id since the daemon started.
     pub transitions: BTreeMap<u32, u64>,
+    /// Probe results per path id since the daemon started (a daemon falling behind shows here).
+    pub probes: BTreeMap<u32, u64>,
     pub reloads: u64,
     pub reload_failures: u64,
 }
@@ -363,6 +365,9 @@ impl Daemon {
             transition,
             history,
         } = ev;
+        if let Ok(mut sh) = self.shared.lock() {
+            *sh.probes.entry(path_id).or_default() += 1;
+        }
         let Some(s) = self.model.paths.get_mut(&path_id) else {
             return;
         };

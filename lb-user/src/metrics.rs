@@ -138,6 +138,7 @@ pub fn render(pin: &PinDir, shared: &Mutex<Shared>) -> anyhow::Result<String> {
     let _ = writeln!(out, "# TYPE lb_path_disabled gauge");
     let _ = writeln!(out, "# TYPE lb_path_probe_rtt_seconds gauge");
     let _ = writeln!(out, "# TYPE lb_path_transitions_total counter");
+    let _ = writeln!(out, "# TYPE lb_path_probes_total counter");
     let _ = writeln!(out, "# TYPE lb_path_packets_total counter");
     let _ = writeln!(out, "# TYPE lb_path_bytes_total counter");
     for ((target, path), id) in &model.ids.paths {
@@ -159,6 +160,11 @@ pub fn render(pin: &PinDir, shared: &Mutex<Shared>) -> anyhow::Result<String> {
             out,
             "lb_path_transitions_total{{{labels}}} {}",
             sh.transitions.get(id).copied().unwrap_or(0)
+        );
+        let _ = writeln!(
+            out,
+            "lb_path_probes_total{{{labels}}} {}",
+            sh.probes.get(id).copied().unwrap_or(0)
         );
         let t = maps.path_stats(*id)?;
         let _ = writeln!(

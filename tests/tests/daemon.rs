@@ -390,6 +390,66 @@ fn metrics_endpoint() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn dozens_of_paths_at_10ms() -> anyhow::Result<()> {
+    // 20 targets × 2 paths, ICMP every 10 ms: 4000 probes a second for one daemon thread.
+    let topo = DualPath::new()?;
+    let mut targets = Vec::new();
+    for i in 0..20u8 {
+        let (a, b) = (
+            format!("192.0.2.{}", 70 + i),
+            format!("192.0.2.{}", 100 + i),
+        );
+        if i > 0 {
+            topo.vm.ip(&format!("addr add {a}/26 dev v1"))?;
+            topo.vm.ip(&format!("addr add {b}/27 dev v2"))?;
+            topo.vm.ip(&format!("rule add from {a} lookup 101"))?;
+            topo.vm.ip(&format!("rule add from {b} lookup 102"))?;
+        }
+        targets.push(format!(
+            r#"{{ "name": "t{i}", "paths": [ {{ "name": "a", "address": "{a}" }}, {{ "name": "b", "address": "{b}" }} ],
+                "probe": {{ "type": "icmp", "interval_ms": 10, "timeout_ms": 8, "rise": 2, "fall": 3 }} }}"#
+        ));
+    }
+    let cfg = format!(
+        r#"{{ "interfaces": {{ "clients": ["{EDGE_CLIENTS}"], "paths": ["{EDGE_NN1}", "{EDGE_NN2}"] }},
+             "targets": [ {} ], "vips": [] }}"#,
+        targets.join(",")
+    );
+    let d = Daemon::start(&topo.edge, &cfg, &["--metrics", "127.0.0.1:9110"])?;
+    d.wait_status(T, |s| {
+        s["targets"]
+            .as_array()
+            .is_some_and(|t| t.len() == 20 && t.iter().all(|t| t["active"] == "a"))
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    let body = http_get_raw(&topo.edge, "127.0.0.1:9110")?;
+    let mut counts = Vec::new();
+    for line in body
+        .lines()
+        .filter(|l| l.starts_with("lb_path_probes_total{"))
+    {
+        counts.push(
+            line.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .context("a count")?,
+        );
+    }
+    ensure!(counts.len() == 40, "40 paths in the metrics: {counts:?}");
+    // ≥ 2.2 s at 10 ms is ≥ 220 probes each; a daemon falling behind would show far fewer.
+    let min = counts.iter().min().copied().unwrap_or(0);
+    ensure!(
+        min >= 180,
+        "a path got only {min} probes in 2.2 s at 10 ms: {counts:?}"
+    );
+    let flaps = body
+        .lines()
+        .filter(|l| l.starts_with("lb_path_transitions_total{") && !l.ends_with(" 1"))
+        .count();
+    ensure!(flaps == 0, "paths flapped under load:\n{body}");
+    Ok(())
+}
+
 fn http_get_raw(ns: &lb_tests::netns::Netns, addr: &'static str) -> anyhow::Result<String> {
     use std::io::{Read as _, Write as _};
     ns.spawn(move || {
@@ -487,7 +547,8 @@ fn main() {
     if !lb_tests::privileged("daemon") {
         return;
     }
-    let tests: [(&str, Test); 8] = [
+    let tests: [(&str, Test); 9] = [
+        ("dozens_of_paths_at_10ms", dozens_of_paths_at_10ms),
         ("failover_on_blackhole", failover_on_blackhole),
         (
             "probe_types_against_real_listeners",
