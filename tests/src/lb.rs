@@ -103,10 +103,13 @@ impl Daemon {
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));
+        // The log is appended across restarts: wait for this run's line.
+        let applied = |text: &str| text.matches("configuration applied").count();
+        let before = applied(&self.log_text());
         self.child = Some(cmd.spawn().context("starting lb run")?);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if self.log_text().contains("configuration applied") {
+            if applied(&self.log_text()) > before {
                 return Ok(());
             }
             if let Some(child) = self.child.as_mut()

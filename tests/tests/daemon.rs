@@ -192,6 +192,38 @@ fn restart_adopts_without_loss() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn restart_refuses_another_layout_unless_replace() -> anyhow::Result<()> {
+    let (topo, _srv, mut d) = setup(&config(TCP_PROBE, "", WHOLE_VIP))?;
+    d.stop()?;
+    // Pretend another build pinned this state: a different layout fingerprint.
+    let mut maps = lb_user::maps::Maps::open(&d.pin.join("maps"))?;
+    let meta = maps.meta()?;
+    maps.set_meta(lb_common::maps::ControlMeta {
+        layout: meta.layout ^ 1,
+        ..meta
+    })?;
+    drop(maps);
+    let err = match d.restart(&[]) {
+        Ok(()) => anyhow::bail!("the daemon adopted state of another layout"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        err.contains("has another layout") && err.contains("--replace"),
+        "{err}"
+    );
+    // Refused, and nothing changed: the old datapath still forwards.
+    ensure!(http_get(&topo.client, VIP, HTTP, "/", T)? == NN1.to_string());
+    d.restart(&["--replace"])?;
+    ensure!(
+        d.log_text().contains("replacing it (--replace)"),
+        "{}",
+        d.log_text()
+    );
+    d.wait_status(T, |s| active(s, "web").as_deref() == Some("nn1"))?;
+    ensure!(http_get(&topo.client, VIP, HTTP, "/", T)? == NN1.to_string());
+    Ok(())
+}
+
 fn reload_adds_and_removes_vips_without_loss() -> anyhow::Result<()> {
     let svc = |addr: &str, port: u16| {
         format!(
@@ -547,7 +579,11 @@ fn main() {
     if !lb_tests::privileged("daemon") {
         return;
     }
-    let tests: [(&str, Test); 9] = [
+    let tests: [(&str, Test); 10] = [
+        (
+            "restart_refuses_another_layout_unless_replace",
+            restart_refuses_another_layout_unless_replace,
+        ),
         ("dozens_of_paths_at_10ms", dozens_of_paths_at_10ms),
         ("failover_on_blackhole", failover_on_blackhole),
         (
