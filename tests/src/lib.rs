@@ -4,12 +4,12 @@
 
 pub mod fixture;
 pub mod hexdiff;
+pub mod lab;
 pub mod lb;
 pub mod netns;
 pub mod packet;
 pub mod servers;
 pub mod sys;
-pub mod topology;
 pub mod traffic;
 
 /// Whether privileged tests can run here. Without root they are skipped with a message, except

@@ -1,7 +1,7 @@
-//! Small servers run inside a namespace for end-to-end tests: an HTTP server that answers with
-//! the address it was reached at (so a test sees which path carried a request), and a UDP echo
-//! server on each VM address (replies leave from the address the request came to). Both stop
-//! when their guard drops; every wait is bounded.
+//! The VM's servers for the lab and the end-to-end tests: an HTTP server that answers with the
+//! address it was reached at (so a client sees which path carried a request), a TCP echo
+//! server, and a UDP echo server on each VM address (replies leave from the address the
+//! request came to). They stop when their guard drops; every wait is bounded.
 
 use std::{
     io::{Read as _, Write as _},
@@ -26,6 +26,14 @@ pub struct Server {
     pub udp_received: Arc<[AtomicU64; 2]>,
 }
 
+/// Ports the servers listen on.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub http: u16,
+    pub echo: u16,
+    pub udp: u16,
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -35,13 +43,15 @@ impl Drop for Server {
     }
 }
 
-/// HTTP on `0.0.0.0:http_port` and UDP echo on each of `udp_addrs` port `udp_port`, in `ns`.
-pub fn start(
-    ns: &Netns,
-    http_port: u16,
-    udp_addrs: [Ipv4Addr; 2],
-    udp_port: u16,
-) -> anyhow::Result<Server> {
+/// HTTP on `0.0.0.0:http`, TCP echo on `0.0.0.0:echo` and UDP echo on each of `addrs` port
+/// `udp`, in `ns`.
+pub fn start(ns: &Netns, ports: Ports, addrs: [Ipv4Addr; 2]) -> anyhow::Result<Server> {
+    let Ports {
+        http: http_port,
+        echo: echo_port,
+        udp: udp_port,
+    } = ports;
+    let udp_addrs = addrs;
     let stop = Arc::new(AtomicBool::new(false));
     let health_status = Arc::new(AtomicU16::new(200));
     let udp_received: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
@@ -92,6 +102,31 @@ pub fn start(
             Ok(())
         }));
     }
+    {
+        let (stop, ready) = (stop.clone(), ready_tx.clone());
+        threads.push(ns.spawn(move || {
+            let l = TcpListener::bind(("0.0.0.0", echo_port))?;
+            l.set_nonblocking(true)?;
+            let _ = ready.send(());
+            let mut conns = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        let stop = stop.clone();
+                        conns.push(std::thread::spawn(move || echo(s, &stop)));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(2))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            for c in conns {
+                let _ = c.join();
+            }
+            Ok(())
+        }));
+    }
     for (i, addr) in udp_addrs.into_iter().enumerate() {
         let (stop, received, ready) = (stop.clone(), udp_received.clone(), ready_tx.clone());
         threads.push(ns.spawn(move || {
@@ -108,7 +143,7 @@ pub fn start(
             Ok(())
         }));
     }
-    for _ in 0..3 {
+    for _ in 0..4 {
         ready_rx
             .recv_timeout(Duration::from_secs(5))
             .map_err(|_| anyhow::anyhow!("a test server did not start"))?;
@@ -119,4 +154,32 @@ pub fn start(
         health_status,
         udp_received,
     })
+}
+
+/// Echoes one TCP connection until EOF, an error, 5 s of silence, or the stop flag.
+fn echo(mut s: std::net::TcpStream, stop: &AtomicBool) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut buf = vec![0u8; 65536];
+    let mut idle = Duration::ZERO;
+    while !stop.load(Ordering::Relaxed) && idle < Duration::from_secs(5) {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                idle = Duration::ZERO;
+                if s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                idle += Duration::from_millis(100);
+            }
+            Err(_) => break,
+        }
+    }
 }

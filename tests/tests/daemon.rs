@@ -1,5 +1,5 @@
 //! The `lb` daemon and CLI end to end, each test in namespaces it creates (see
-//! `lb_tests::topology`): probes of each type against real listeners, failover timing, restart
+//! `lb_tests::lab`): probes of each type against real listeners, failover timing, restart
 //! adoption and reload without loss, the CLI's JSON against the maps, and clear errors.
 //!
 //! Run one: `cargo test -p lb-tests --test daemon -- failover`.
@@ -8,15 +8,22 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use lb_tests::{
+    lab::{CLIENT, EDGE_CLIENTS, EDGE_NN1, EDGE_NN2, Failure, Lab, NN1, NN2, VIP},
     lb::{Daemon, active, lb, path_state},
     servers,
-    topology::{CLIENT, DualPath, EDGE_CLIENTS, EDGE_NN1, EDGE_NN2, NN1, NN2, VIP, VIP2, VIP3},
     traffic::{http_get, udp_stream},
 };
 use libtest_mimic::{Arguments, Failed, Trial};
 
-const HTTP: u16 = 8080;
-const UDP: u16 = 9000;
+const HTTP: u16 = lb_tests::lab::HTTP_PORT;
+const UDP: u16 = lb_tests::lab::UDP_PORT;
+const PORTS: servers::Ports = servers::Ports {
+    http: HTTP,
+    echo: lb_tests::lab::ECHO_PORT,
+    udp: UDP,
+};
+const VIP2: std::net::Ipv4Addr = std::net::Ipv4Addr::new(203, 0, 113, 11);
+const VIP3: std::net::Ipv4Addr = std::net::Ipv4Addr::new(203, 0, 113, 12);
 const T: Duration = Duration::from_secs(2);
 
 /// A configuration for the dual-path topology: failover target `web` (nn1 preferred) with
@@ -48,16 +55,16 @@ const FAST_TCP_PROBE: &str =
 const WHOLE_VIP: &str = r#"{ "address": "203.0.113.10", "target": "web" }"#;
 
 /// `http_get` that, on failure, adds the daemon's log and counters to the error.
-fn get(topo: &DualPath, d: &Daemon, vip: std::net::Ipv4Addr, port: u16) -> anyhow::Result<String> {
+fn get(topo: &Lab, d: &Daemon, vip: std::net::Ipv4Addr, port: u16) -> anyhow::Result<String> {
     http_get(&topo.client, vip, port, "/", T).map_err(|e| {
         let stats = d.lb(&["stats"]).unwrap_or_default();
         e.context(format!("daemon log:\n{}\nstats:\n{stats}", d.log_text()))
     })
 }
 
-fn setup(cfg: &str) -> anyhow::Result<(DualPath, servers::Server, Daemon)> {
-    let topo = DualPath::new()?;
-    let srv = servers::start(&topo.vm, HTTP, [NN1, NN2], UDP)?;
+fn setup(cfg: &str) -> anyhow::Result<(Lab, servers::Server, Daemon)> {
+    let topo = Lab::new()?;
+    let srv = servers::start(&topo.vm, PORTS, [NN1, NN2])?;
     let d = Daemon::start(&topo.edge, cfg, &[])?;
     d.wait_status(T, |s| active(s, "web").as_deref() == Some("nn1"))?;
     Ok((topo, srv, d))
@@ -70,7 +77,7 @@ fn failover_on_blackhole() -> anyhow::Result<()> {
         "served over nn1 first"
     );
 
-    topo.blackhole(1)?;
+    topo.fail(1, Failure::Blackhole)?;
     let took = d.wait_status(Duration::from_secs(3), |s| {
         active(s, "web").as_deref() == Some("nn2")
     })?;
@@ -93,7 +100,7 @@ fn failover_on_blackhole() -> anyhow::Result<()> {
     ensure!(log.contains("decision to map write"), "{log}");
 
     // preempt: nn1 takes new flows back once it has risen again.
-    topo.heal(1)?;
+    topo.heal(1, Failure::Blackhole)?;
     d.wait_status(Duration::from_secs(3), |s| {
         active(s, "web").as_deref() == Some("nn1")
     })?;
@@ -128,7 +135,7 @@ fn probe_types_against_real_listeners() -> anyhow::Result<()> {
     d.wait_status(T, |s| path_state(s, "web", "nn2").as_deref() == Some("up"))?;
 
     // nn1's echo replies vanish: the icmp-probed path goes down, traffic moves to nn2.
-    topo.blackhole(1)?;
+    topo.fail(1, Failure::Blackhole)?;
     d.wait_status(T, |s| {
         path_state(s, "web", "nn1").as_deref() == Some("down")
             && active(s, "web").as_deref() == Some("nn2")
@@ -400,8 +407,8 @@ fn drain_survives_restart() -> anyhow::Result<()> {
 }
 
 fn metrics_endpoint() -> anyhow::Result<()> {
-    let topo = DualPath::new()?;
-    let _srv = servers::start(&topo.vm, HTTP, [NN1, NN2], UDP)?;
+    let topo = Lab::new()?;
+    let _srv = servers::start(&topo.vm, PORTS, [NN1, NN2])?;
     let d = Daemon::start(
         &topo.edge,
         &config(TCP_PROBE, "", WHOLE_VIP),
@@ -424,7 +431,7 @@ fn metrics_endpoint() -> anyhow::Result<()> {
 
 fn dozens_of_paths_at_10ms() -> anyhow::Result<()> {
     // 20 targets × 2 paths, ICMP every 10 ms: 4000 probes a second for one daemon thread.
-    let topo = DualPath::new()?;
+    let topo = Lab::new()?;
     let mut targets = Vec::new();
     for i in 0..20u8 {
         let (a, b) = (
@@ -432,8 +439,8 @@ fn dozens_of_paths_at_10ms() -> anyhow::Result<()> {
             format!("192.0.2.{}", 100 + i),
         );
         if i > 0 {
-            topo.vm.ip(&format!("addr add {a}/26 dev v1"))?;
-            topo.vm.ip(&format!("addr add {b}/27 dev v2"))?;
+            topo.vm.ip(&format!("addr add {a}/26 dev eth0"))?;
+            topo.vm.ip(&format!("addr add {b}/27 dev eth1"))?;
             topo.vm.ip(&format!("rule add from {a} lookup 101"))?;
             topo.vm.ip(&format!("rule add from {b} lookup 102"))?;
         }
@@ -521,7 +528,7 @@ fn clear_errors_and_nothing_applied() -> anyhow::Result<()> {
     );
 
     // A bad file and a missing interface: clear errors, nothing created.
-    let topo = DualPath::new()?;
+    let topo = Lab::new()?;
     for (cfg, want) in [
         (
             config(

@@ -1,0 +1,210 @@
+//! The lab: the dual-path topology with a router per path, in network namespaces, and the
+//! failures it can inject on a path. Used by `cargo xtask lab` (through the `lb-lab` binary)
+//! and by the end-to-end tests; documentation ranges only.
+//!
+//! ```text
+//!                    198.51.100.64/30           192.0.2.64/26
+//!                 ┌─ e1 .65 ──── .66 nn1 .65 ───────── .70 eth0 ─┐
+//!  client ── edge ┤                                              ├─ vm (policy routing:
+//!  .10    e0 .1   └─ e2 .69 ──── .70 nn2 .97 ───────── .100 eth1 ─┘   from .70 → nn1,
+//!  198.51.100.0/26   198.51.100.68/30           192.0.2.96/27          from .100 → nn2)
+//! ```
+//!
+//! VIPs live in 203.0.113.0/24, routed by the client to the edge. The routers' default route
+//! points back to the edge, and on the way to the VM the nn1 router can be given a smaller MTU
+//! (for PMTU discovery through the NAT).
+
+use std::net::Ipv4Addr;
+
+use crate::netns::{Netns, unique, veth};
+
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+pub const NN1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 70);
+pub const NN2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+pub const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const VIP_SVC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
+pub const VIP_SPREAD: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+
+pub const EDGE_CLIENTS: &str = "e0";
+pub const EDGE_NN1: &str = "e1";
+pub const EDGE_NN2: &str = "e2";
+
+/// Ports the VM's servers listen on (both addresses).
+pub const HTTP_PORT: u16 = 8080;
+pub const ECHO_PORT: u16 = 7;
+pub const UDP_PORT: u16 = 9000;
+
+/// Ways a path can fail, and be healed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The router's link toward the edge goes down.
+    LinkDown,
+    /// Link up, every packet silently dropped in the router (nftables): the realistic failure.
+    Blackhole,
+    /// A share of the packets dropped in the router (nftables `numgen`; netem is not needed).
+    Loss(u8),
+    /// The VM's own interface on the path goes down.
+    VmInterfaceDown,
+}
+
+pub struct Lab {
+    pub client: Netns,
+    pub edge: Netns,
+    pub nn1: Netns,
+    pub nn2: Netns,
+    pub vm: Netns,
+}
+
+impl Lab {
+    /// Namespaces with unique names (tests, which run side by side).
+    pub fn new() -> anyhow::Result<Self> {
+        Self::named(|role| unique(&role[..1]))
+    }
+
+    /// Namespaces `<prefix>-client`, `<prefix>-edge`, ... (`cargo xtask lab up`).
+    pub fn with_prefix(prefix: &str) -> anyhow::Result<Self> {
+        Self::named(|role| format!("{prefix}-{role}"))
+    }
+
+    fn named(name: impl Fn(&str) -> String) -> anyhow::Result<Self> {
+        let lab = Self {
+            client: Netns::new(&name("client"))?,
+            edge: Netns::new(&name("edge"))?,
+            nn1: Netns::new(&name("nn1"))?,
+            nn2: Netns::new(&name("nn2"))?,
+            vm: Netns::new(&name("vm"))?,
+        };
+        lab.wire()?;
+        Ok(lab)
+    }
+
+    fn wire(&self) -> anyhow::Result<()> {
+        let Self {
+            client,
+            edge,
+            nn1,
+            nn2,
+            vm,
+        } = self;
+        veth(edge, EDGE_CLIENTS, client, "c0")?;
+        veth(edge, EDGE_NN1, nn1, "up0")?;
+        veth(edge, EDGE_NN2, nn2, "up0")?;
+        veth(nn1, "down0", vm, "eth0")?;
+        veth(nn2, "down0", vm, "eth1")?;
+
+        client.ip("addr add 198.51.100.10/26 dev c0")?;
+        client.ip("route add 203.0.113.0/24 via 198.51.100.1")?;
+        edge.ip("addr add 198.51.100.1/26 dev e0")?;
+        edge.ip("addr add 198.51.100.65/30 dev e1")?;
+        edge.ip("addr add 198.51.100.69/30 dev e2")?;
+        edge.ip("route add 192.0.2.64/26 via 198.51.100.66")?;
+        edge.ip("route add 192.0.2.96/27 via 198.51.100.70")?;
+        nn1.ip("addr add 198.51.100.66/30 dev up0")?;
+        nn1.ip("addr add 192.0.2.65/26 dev down0")?;
+        nn1.ip("route add default via 198.51.100.65")?;
+        nn2.ip("addr add 198.51.100.70/30 dev up0")?;
+        nn2.ip("addr add 192.0.2.97/27 dev down0")?;
+        nn2.ip("route add default via 198.51.100.69")?;
+        vm.ip("addr add 192.0.2.70/26 dev eth0")?;
+        vm.ip("addr add 192.0.2.100/27 dev eth1")?;
+        // A reply leaves by the interface its request came in on.
+        vm.ip("rule add from 192.0.2.70 lookup 101")?;
+        vm.ip("route add default via 192.0.2.65 dev eth0 table 101")?;
+        vm.ip("rule add from 192.0.2.100 lookup 102")?;
+        vm.ip("route add default via 192.0.2.97 dev eth1 table 102")?;
+
+        for ns in [edge, nn1, nn2] {
+            ns.exec("sysctl", &["-qw", "net.ipv4.conf.all.forwarding=1"])?;
+        }
+        for key in ["all", "default", "eth0", "eth1"] {
+            vm.exec(
+                "sysctl",
+                &["-qw", &format!("net.ipv4.conf.{key}.rp_filter=0")],
+            )?;
+        }
+        // Senders compute full checksums (a veth otherwise hands on partial ones, which XDP
+        // cannot finish); receivers of XDP-redirected frames need GRO on their veth.
+        for (ns, dev) in [
+            (client, "c0"),
+            (vm, "eth0"),
+            (vm, "eth1"),
+            (nn1, "up0"),
+            (nn2, "up0"),
+        ] {
+            ns.exec("ethtool", &["-K", dev, "tx", "off", "gro", "on"])?;
+        }
+        for dev in [EDGE_CLIENTS, EDGE_NN1, EDGE_NN2] {
+            edge.exec("ethtool", &["-K", dev, "tx", "off"])?;
+        }
+        Ok(())
+    }
+
+    fn router(&self, nn: u8) -> &Netns {
+        if nn == 1 { &self.nn1 } else { &self.nn2 }
+    }
+
+    /// Injects `failure` on path `nn` (1 or 2).
+    pub fn fail(&self, nn: u8, failure: Failure) -> anyhow::Result<()> {
+        let r = self.router(nn);
+        match failure {
+            Failure::LinkDown => r.ip("link set up0 down"),
+            Failure::Blackhole => nft(r, "lab_fail", "drop"),
+            Failure::Loss(pct) => nft(
+                r,
+                "lab_fail",
+                &format!("numgen random mod 100 < {pct} drop"),
+            ),
+            Failure::VmInterfaceDown => self.vm.ip(&format!("link set eth{} down", nn - 1)),
+        }
+    }
+
+    /// Undoes `failure` on path `nn`.
+    pub fn heal(&self, nn: u8, failure: Failure) -> anyhow::Result<()> {
+        let r = self.router(nn);
+        match failure {
+            Failure::LinkDown => r.ip("link set up0 up"),
+            Failure::Blackhole | Failure::Loss(_) => r
+                .exec("nft", &["delete", "table", "inet", "lab_fail"])
+                .map(drop),
+            Failure::VmInterfaceDown => {
+                let (dev, via, table) = if nn == 1 {
+                    ("eth0", "192.0.2.65", 101)
+                } else {
+                    ("eth1", "192.0.2.97", 102)
+                };
+                self.vm.ip(&format!("link set {dev} up"))?;
+                // The default route of the path's table went with the link: put it back.
+                self.vm.ip(&format!(
+                    "route replace default via {via} dev {dev} table {table}"
+                ))
+            }
+        }
+    }
+
+    /// Gives path `nn`'s router an MTU of `mtu` toward the VM and toward the edge (route MTUs,
+    /// so the router answers too-big packets with ICMP "fragmentation needed").
+    pub fn small_mtu(&self, nn: u8, mtu: u16) -> anyhow::Result<()> {
+        let r = self.router(nn);
+        let (vm_net, edge_gw) = if nn == 1 {
+            ("192.0.2.64/26", "198.51.100.65")
+        } else {
+            ("192.0.2.96/27", "198.51.100.69")
+        };
+        r.ip(&format!("route replace {vm_net} dev down0 mtu lock {mtu}"))?;
+        r.ip(&format!(
+            "route replace default via {edge_gw} mtu lock {mtu}"
+        ))
+    }
+}
+
+/// A filter table `table` in `ns` that applies `rule` to everything forwarded.
+fn nft(ns: &Netns, table: &str, rule: &str) -> anyhow::Result<()> {
+    let text = format!(
+        "table inet {table} {{\n chain lab {{ type filter hook forward priority -300; {rule}; }}\n}}\n"
+    );
+    let file = std::env::temp_dir().join(format!("{}-{table}.nft", ns.name()));
+    std::fs::write(&file, text)?;
+    let r = ns.exec("nft", &["-f", &file.to_string_lossy()]).map(drop);
+    let _ = std::fs::remove_file(&file);
+    r
+}
