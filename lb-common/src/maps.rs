@@ -225,10 +225,16 @@ pub struct RevValue {
     pub vip_addr: [u8; 4],
     /// Source port to restore; `[0, 0]` keeps the VM's port (whole-address VIPs).
     pub vip_port: [u8; 2],
-    pub _pad: [u8; 2],
+    /// `REV_F_*` bits.
+    pub flags: u16,
     pub vip_id: u32,
     pub path: u32,
 }
+
+/// On a service entry: the same path address also has a whole-address VIP, so a reply from
+/// this port may belong to either. The return program asks the flow table: a flow of the
+/// whole-address VIP with these ports means the reply is that VIP's.
+pub const REV_F_SHADOWS_WHOLE: u16 = 1 << 0;
 
 /// A flow as the ingress side sees it: client → VIP. ICMP echo flows use the echo identifier
 /// as `sport` and zero as `dport`.
@@ -318,7 +324,7 @@ pub const NAME_LEN: usize = 32;
 /// The version of everything pinned: bump it with any change of a map's name, type, key, value
 /// or capacity. A daemon refuses to adopt pinned state of another layout (unless told to
 /// replace it).
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// A fingerprint of the layout: the version, and every map's name with the sizes of the types
 /// it holds. Computed at compile time, so a change that forgets the version still changes it.

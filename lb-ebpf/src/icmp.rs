@@ -23,7 +23,7 @@ use crate::{
     forward::{self, Flow},
     ingress::{filter, lookup_vip},
     parse::{self, L2, ptr_at},
-    reverse::lookup_rev,
+    reverse::{disambiguate, lookup_rev},
     stats::Verdict,
     stats::{self, Dir, Outcome, count},
 };
@@ -123,9 +123,10 @@ pub fn return_error(
     if bits & (FILTER_PATH_ADDR | FILTER_PATH_SERVICE) == 0 || q.ip.src != ip.dst {
         return Err(Counter::PassIcmpNotOurs);
     }
-    let (_, qdport) = quoted_ports(q.ip.proto, q.l4).ok_or(Counter::PassIcmpNotOurs)?;
+    let (qsport, qdport) = quoted_ports(q.ip.proto, q.l4).ok_or(Counter::PassIcmpNotOurs)?;
     let rev = lookup_rev(q.ip.dst, q.ip.proto, service_port(q.ip.proto, qdport), bits)
         .ok_or(Counter::PassIcmpNotOurs)?;
+    let rev = disambiguate(rev, q.ip.dst, q.ip.src, qsport, qdport, q.ip.proto);
     if ip.ttl <= 1 {
         return Err(Counter::PassTtlExpired);
     }

@@ -8,7 +8,7 @@ use lb_common::{
     Counter,
     maps::{
         EndpointKey, FILTER_PATH_ADDR, FILTER_PATH_SERVICE, FLOW_F_FROM_PATH, FlowKey, FlowValue,
-        RevValue,
+        REV_F_SHADOWS_WHOLE, RevValue,
     },
     nat::{self, Side},
     net::{ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN},
@@ -41,6 +41,35 @@ pub fn lookup_rev(addr: [u8; 4], proto: u8, port: Option<[u8; 2]>, bits: u32) ->
         return Some(unsafe { *v });
     }
     None
+}
+
+/// A reply from a service port of an address that also has a whole-address VIP
+/// (`REV_F_SHADOWS_WHOLE`) belongs to that VIP when the flow table holds that VIP's flow with
+/// these ports: the client reached the whole address on the service's target port. Otherwise
+/// it is the service's. Costs two lookups, only for such entries.
+#[inline(always)]
+pub fn disambiguate(
+    rev: RevValue,
+    path: [u8; 4],
+    client: [u8; 4],
+    client_port: [u8; 2],
+    path_port: [u8; 2],
+    proto: u8,
+) -> RevValue {
+    if rev.flags & REV_F_SHADOWS_WHOLE == 0 {
+        return rev;
+    }
+    let Some(whole) = LB_REV_NAT.get_ptr(EndpointKey::addr(path)) else {
+        return rev;
+    };
+    // SAFETY: a hash map value, read once while the program runs.
+    let whole = unsafe { *whole };
+    let key = FlowKey::new(client, whole.vip_addr, client_port, path_port, proto);
+    match LB_FLOWS.get_ptr(&key) {
+        // SAFETY: as above.
+        Some(flow) if unsafe { (*flow).vip } == whole.vip_id => whole,
+        _ => rev,
+    }
 }
 
 /// Records a flow the VM opens through a whole-address VIP (first packet: TCP SYN, UDP, ICMP
@@ -103,6 +132,7 @@ pub fn handle(ctx: &XdpContext) -> Outcome {
             Counter::DropUnsupportedProto
         });
     };
+    let rev = disambiguate(rev, ip.src, ip.dst, dport, sport, ip.proto);
     if ip.ttl <= 1 {
         return Err(Counter::PassTtlExpired);
     }

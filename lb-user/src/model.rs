@@ -12,9 +12,9 @@ use lb_common::{
     maps::{
         ALL_DOWN_DROP, ALL_DOWN_LAST_KNOWN, CONFIG_MODE_ACTIVE_ACTIVE, CONFIG_MODE_FAILOVER,
         EndpointKey, HEALTH_DOWN, HEALTH_UNKNOWN, HEALTH_UP, MAX_PATHS, MAX_TARGETS, MAX_VIPS,
-        NO_ID, PATH_DISABLED, PATH_DOWN, PATH_UP, PathMeta, PathValue, RevValue, TARGET_MODE_NONE,
-        TARGET_MODE_RING, TARGET_MODE_SINGLE, TargetMeta, TargetValue, VipInfo, decode_name,
-        encode_name,
+        NO_ID, PATH_DISABLED, PATH_DOWN, PATH_UP, PathMeta, PathValue, REV_F_SHADOWS_WHOLE,
+        RevValue, TARGET_MODE_NONE, TARGET_MODE_RING, TARGET_MODE_SINGLE, TargetMeta, TargetValue,
+        VipInfo, decode_name, encode_name,
     },
     net::{IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -511,11 +511,24 @@ impl Model {
                     RevValue {
                         vip_addr: v.address.octets(),
                         vip_port: v.service.map_or(0, |s| s.port).to_be_bytes(),
-                        _pad: [0; 2],
+                        flags: 0,
                         vip_id: vid,
                         path: pid,
                     },
                 );
+            }
+        }
+        // A service answered from an address that also has a whole-address VIP: replies from
+        // its port need the flow table to tell the two apart.
+        let whole: BTreeSet<[u8; 4]> = out
+            .rev_nat
+            .keys()
+            .filter(|k| k.is_whole_address())
+            .map(|k| k.addr)
+            .collect();
+        for (key, rev) in out.rev_nat.iter_mut() {
+            if !key.is_whole_address() && whole.contains(&key.addr) {
+                rev.flags |= REV_F_SHADOWS_WHOLE;
             }
         }
         out

@@ -760,7 +760,12 @@ fn reverse_nat_entries() {
                 RevValue {
                     vip_addr: address.parse::<Ipv4Addr>().expect("address").octets(),
                     vip_port: service.map_or(0, |(_, port)| port).to_be_bytes(),
-                    _pad: [0; 2],
+                    // Every service shares its path addresses with the whole-address VIP.
+                    flags: if service.is_some() {
+                        lb_common::maps::REV_F_SHADOWS_WHOLE
+                    } else {
+                        0
+                    },
                     vip_id: vid,
                     path: pid,
                 },

@@ -23,8 +23,8 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
     Counter,
     maps::{
-        EndpointKey, PATH_UP, PathValue, RING_SIZE, RevValue, TARGET_MODE_RING, TARGET_MODE_SINGLE,
-        TargetValue, TrafficStats, VipInfo,
+        EndpointKey, PATH_UP, PathValue, REV_F_SHADOWS_WHOLE, RING_SIZE, RevValue,
+        TARGET_MODE_RING, TARGET_MODE_SINGLE, TargetValue, TrafficStats, VipInfo,
     },
     net::{IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -358,15 +358,23 @@ impl Fx {
         paths: &[(u32, Ipv4Addr)],
     ) -> anyhow::Result<()> {
         let maps = &mut self.dp.maps;
+        let whole: Vec<EndpointKey> = maps
+            .rev_nat()?
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.is_whole_address())
+            .collect();
         for (path, a) in paths {
             let rev_service = service.map(|(proto, port)| (proto, target_port.unwrap_or(port)));
             let vip_port = service.map_or([0; 2], |(_, port)| port.to_be_bytes());
+            // As the control plane does: a service on an address with a whole-address VIP.
+            let shadows = service.is_some() && whole.contains(&EndpointKey::new(*a, None));
             maps.set_rev_nat(
                 EndpointKey::new(*a, rev_service),
                 RevValue {
                     vip_addr: vip.octets(),
                     vip_port,
-                    _pad: [0; 2],
+                    flags: if shadows { REV_F_SHADOWS_WHOLE } else { 0 },
                     vip_id: id,
                     path: *path,
                 },

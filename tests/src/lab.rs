@@ -139,6 +139,19 @@ impl Lab {
         Ok(())
     }
 
+    /// Keeps the namespaces after the guard drops (`lab up`).
+    pub fn keep(&mut self) {
+        for ns in [
+            &mut self.client,
+            &mut self.edge,
+            &mut self.nn1,
+            &mut self.nn2,
+            &mut self.vm,
+        ] {
+            ns.keep();
+        }
+    }
+
     fn router(&self, nn: u8) -> &Netns {
         if nn == 1 { &self.nn1 } else { &self.nn2 }
     }
@@ -207,4 +220,31 @@ fn nft(ns: &Netns, table: &str, rule: &str) -> anyhow::Result<()> {
     let r = ns.exec("nft", &["-f", &file.to_string_lossy()]).map(drop);
     let _ = std::fs::remove_file(&file);
     r
+}
+
+/// The lab's `lb` configuration: failover target `web-vm` (nn1 preferred) behind the
+/// whole-address VIP and, on 203.0.113.11, port-translated services (tcp/80 → 8080, udp/53 →
+/// 9000). TCP probes on the HTTP port.
+pub fn config(interval_ms: u32, timeout_ms: u32, rise: u32, fall: u32, preempt: bool) -> String {
+    format!(
+        r#"{{
+  "interfaces": {{ "clients": ["{EDGE_CLIENTS}"], "paths": ["{EDGE_NN1}", "{EDGE_NN2}"] }},
+  "flow_table_size": 65536,
+  "targets": [
+    {{
+      "name": "web-vm", "mode": "failover", "preempt": {preempt}, "all_down": "drop",
+      "paths": [
+        {{ "name": "nn1", "address": "{NN1}", "priority": 10 }},
+        {{ "name": "nn2", "address": "{NN2}", "priority": 20 }}
+      ],
+      "probe": {{ "type": "tcp", "port": {HTTP_PORT}, "interval_ms": {interval_ms}, "timeout_ms": {timeout_ms}, "rise": {rise}, "fall": {fall} }}
+    }}
+  ],
+  "vips": [
+    {{ "address": "{VIP}", "target": "web-vm" }},
+    {{ "address": "{VIP_SVC}", "protocol": "tcp", "port": 80, "target": "web-vm", "target_port": {HTTP_PORT} }},
+    {{ "address": "{VIP_SVC}", "protocol": "udp", "port": 53, "target": "web-vm", "target_port": {UDP_PORT} }}
+  ]
+}}"#
+    )
 }

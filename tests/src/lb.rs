@@ -13,11 +13,14 @@ use anyhow::{Context as _, bail};
 
 use crate::netns::Netns;
 
-/// The `lb` binary, built once per test process (`cargo build -p lb-user --bin lb`, a no-op
-/// when it is fresh), next to the test executables' target directory.
+/// The `lb` binary: `LB_BIN` when set (the lab), else built once per test process (`cargo build
+/// -p lb-user --bin lb`, a no-op when it is fresh) next to the test executables.
 pub fn lb_bin() -> anyhow::Result<PathBuf> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("LB_BIN") {
+            return Ok(PathBuf::from(bin));
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = Command::new(cargo)
             .args(["build", "--quiet", "-p", "lb-user", "--bin", "lb"])

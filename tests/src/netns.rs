@@ -15,6 +15,8 @@ use anyhow::{Context as _, bail};
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    /// Deleted on drop (`false` for namespaces this guard only refers to).
+    owned: bool,
 }
 
 /// A name no other test (of this or a parallel process) uses: `lbt<pid%100000>-<tag><n>`,
@@ -43,9 +45,23 @@ impl Netns {
         }
         let ns = Self {
             name: name.to_string(),
+            owned: true,
         };
         ns.ip("link set lo up")?;
         Ok(ns)
+    }
+
+    /// Refers to an existing namespace without owning it (not deleted on drop).
+    pub fn existing(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            owned: false,
+        }
+    }
+
+    /// Keeps the namespace after this guard drops (`cargo xtask lab up`).
+    pub fn keep(&mut self) {
+        self.owned = false;
     }
 
     pub fn name(&self) -> &str {
@@ -116,9 +132,11 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        if self.owned {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .output();
+        }
     }
 }
 

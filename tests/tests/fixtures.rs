@@ -1071,6 +1071,82 @@ const CASES: &[(&str, &str, Case)] = &[
         },
     ),
     (
+        "return_whole_vip_flow_on_a_service_port",
+        "a client of the whole-address VIP on the service's target port gets the whole VIP's replies",
+        |fx| {
+            // The client reached 203.0.113.10:8443 (whole address), not the tcp/443 service.
+            let p = to_vip(addr::VIP, 40000, 8443);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
+            )?;
+            let reply = from_path(Pkt::tcp(addr::NN1, 8443, addr::CLIENT, 40000), macs::NN1);
+            let out = toward_client(&reply, addr::VIP, macs::CLIENT);
+            fx.expect(
+                Return,
+                fx.env.path0,
+                &reply.bytes(),
+                XDP_REDIRECT,
+                Some(&out.bytes()),
+            )?;
+            // Another client, with no whole-address flow: the service's.
+            let svc = from_path(Pkt::tcp(addr::NN1, 8443, addr::CLIENT2, 40000), macs::NN1);
+            let out = toward_client(&svc, addr::VIP_SVC, macs::CLIENT2).sport(443);
+            fx.expect(
+                Return,
+                fx.env.path0,
+                &svc.bytes(),
+                XDP_REDIRECT,
+                Some(&out.bytes()),
+            )?;
+            fx.counters(&[
+                (FlowNew, 1),
+                (NatIngress, 1),
+                (NatReturn, 2),
+                (XdpRedirect, 3),
+            ])
+        },
+    ),
+    (
+        "icmp_error_quoting_whole_vip_flow_on_a_service_port",
+        "an error about a whole-address flow on the service's target port gets the whole VIP back",
+        |fx| {
+            let p = to_vip(addr::VIP, 40000, 8443);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
+            )?;
+            let sent = Pkt::tcp(addr::CLIENT, 40000, addr::NN1, 8443).ttl(63);
+            let err = from_path(
+                Pkt::icmp_error(addr::ROUTER, addr::CLIENT, frag_needed(1400), &sent, 28),
+                macs::NN1,
+            );
+            let quoted = sent.clone().dst(addr::VIP);
+            let out = Pkt::icmp_error(addr::ROUTER, addr::CLIENT, frag_needed(1400), &quoted, 28)
+                .ttl(63)
+                .eth(macs::CLI0, macs::CLIENT);
+            fx.expect(
+                Return,
+                fx.env.path0,
+                &err.bytes(),
+                XDP_REDIRECT,
+                Some(&out.bytes()),
+            )?;
+            fx.counters(&[
+                (FlowNew, 1),
+                (NatIngress, 1),
+                (IcmpErrorReturn, 1),
+                (XdpRedirect, 2),
+            ])
+        },
+    ),
+    (
         "return_service_wins_over_whole_address",
         "udp from port 53 is the DNS service's; udp from 54 the whole VIP's",
         |fx| {

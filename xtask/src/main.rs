@@ -5,6 +5,8 @@
 
 mod build_cmd;
 mod clippy;
+mod lab;
+mod run;
 mod setup;
 mod test;
 mod util;
@@ -45,6 +47,13 @@ enum Command {
     /// root and skip without it, except under CI=true, where not being root is an error. As
     /// root, missing Debian packages are installed first.
     Test(test::Options),
+    /// The dual-path lab in network namespaces: `story` (default), `up`, `down`.
+    ///
+    /// client ── edge (lb) ──┬── nn1 (router) ── vm eth0; └── nn2 (router) ── vm eth1. The story
+    /// fails a path and heals it with timed output, then tears everything down (also on Ctrl-C).
+    Lab(lab::Options),
+    /// Build `lb` and run it on this host as root: `cargo xtask run -- run --config FILE`.
+    Run(run::Options),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +63,8 @@ fn main() -> ExitCode {
         Command::Build(opts) => build_cmd::run(opts),
         Command::Clippy(opts) => clippy::run(opts),
         Command::Test(opts) => test::run(opts),
+        Command::Lab(opts) => lab::run(opts),
+        Command::Run(opts) => run::run(opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

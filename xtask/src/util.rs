@@ -168,3 +168,19 @@ mod tests {
         );
     }
 }
+
+/// A command running `program` as root: directly when we are root, else through `sudo`
+/// (which asks for a password if it must).
+pub fn as_root(program: &Path) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        say(format!(
+            "{} needs root: running it through sudo",
+            program.display()
+        ));
+        let mut cmd = Command::new("sudo");
+        cmd.arg("--preserve-env=LB_BIN,RUST_LOG").arg(program);
+        cmd
+    }
+}
