@@ -175,7 +175,16 @@ impl Lab {
     pub fn heal(&self, nn: u8, failure: Failure) -> anyhow::Result<()> {
         let r = self.router(nn);
         match failure {
-            Failure::LinkDown => r.ip("link set up0 up"),
+            Failure::LinkDown => {
+                r.ip("link set up0 up")?;
+                // The router's default route (toward the edge) went with the link.
+                let edge = if nn == 1 {
+                    "198.51.100.65"
+                } else {
+                    "198.51.100.69"
+                };
+                r.ip(&format!("route replace default via {edge}"))
+            }
             Failure::Blackhole | Failure::Loss(_) => r
                 .exec("nft", &["delete", "table", "inet", "lab_fail"])
                 .map(drop),

@@ -1,7 +1,7 @@
 //! The VM's servers for the lab and the end-to-end tests: an HTTP server that answers with the
 //! address it was reached at (so a client sees which path carried a request), a TCP echo
 //! server, and a UDP echo server on each VM address (replies leave from the address the
-//! request came to). They stop when their guard drops; every wait is bounded.
+//! request came to, and end with it: 4 more bytes). They stop when their guard drops; every wait is bounded.
 
 use std::{
     io::{Read as _, Write as _},
@@ -137,7 +137,10 @@ pub fn start(ns: &Netns, ports: Ports, addrs: [Ipv4Addr; 2]) -> anyhow::Result<S
             while !stop.load(Ordering::Relaxed) {
                 if let Ok((n, from)) = s.recv_from(&mut buf) {
                     received[i].fetch_add(1, Ordering::Relaxed);
-                    let _ = s.send_to(&buf[..n], from);
+                    // The echo, then the address it was received on: a client sees its path.
+                    let mut reply = buf[..n].to_vec();
+                    reply.extend_from_slice(&addr.octets());
+                    let _ = s.send_to(&reply, from);
                 }
             }
             Ok(())

@@ -113,3 +113,52 @@ pub fn udp_stream(
         })
     })
 }
+
+/// Sends one datagram per socket (each socket a flow, see [`udp_sockets`]) to `addr:port`, and
+/// returns, per flow, the VM address that answered (the lab's echo server appends it), or
+/// `None` for no answer within `timeout`.
+pub fn udp_flows(
+    addr: Ipv4Addr,
+    port: u16,
+    sockets: &[UdpSocket],
+    timeout: Duration,
+) -> anyhow::Result<Vec<Option<Ipv4Addr>>> {
+    for (i, s) in sockets.iter().enumerate() {
+        s.send_to(&(i as u64).to_be_bytes(), (addr, port))?;
+    }
+    let mut out = vec![None; sockets.len()];
+    let end = Instant::now() + timeout;
+    let mut buf = [0u8; 64];
+    while Instant::now() < end && out.iter().any(Option::is_none) {
+        for (i, s) in sockets.iter().enumerate() {
+            if out[i].is_none()
+                && let Ok(n) = s.recv(&mut buf)
+                && n >= 12
+            {
+                out[i] = Some(Ipv4Addr::new(
+                    buf[n - 4],
+                    buf[n - 3],
+                    buf[n - 2],
+                    buf[n - 1],
+                ));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(out)
+}
+
+/// `n` non-blocking UDP sockets bound in `ns` (each its own source port: its own flow).
+pub fn udp_sockets(ns: &Netns, n: usize) -> anyhow::Result<std::sync::Arc<Vec<UdpSocket>>> {
+    ns.spawn(move || {
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.set_nonblocking(true)?;
+            v.push(s);
+        }
+        Ok(std::sync::Arc::new(v))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("socket thread panicked"))?
+}

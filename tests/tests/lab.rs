@@ -1,0 +1,375 @@
+//! End to end on the lab topology (`lb_tests::lab`: a router per path, policy routing in the
+//! VM), each test with its own copy: traffic through both VIP kinds, failover on each kind of
+//! failure with the UDP outage measured, failback with and without preempt, active/active
+//! spreading, orphaned TCP connections reset, and PMTU discovery through the NAT. Restart,
+//! reload, the CLI's JSON and errors are in `daemon.rs`, on the same topology.
+//!
+//! Run one: `cargo test -p lb-tests --test lab -- pmtu`.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use lb_tests::{
+    lab::{self, ECHO_PORT, Failure, HTTP_PORT, Lab, NN1, NN2, UDP_PORT, VIP, VIP_SPREAD, VIP_SVC},
+    lb::{Daemon, active},
+    servers,
+    traffic::{http_get, udp_flows, udp_sockets, udp_stream},
+};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+const PORTS: servers::Ports = servers::Ports {
+    http: HTTP_PORT,
+    echo: ECHO_PORT,
+    udp: UDP_PORT,
+};
+const T: Duration = Duration::from_secs(2);
+/// Aggressive probes: fall × interval = 150 ms.
+const INTERVAL_MS: u32 = 50;
+const FALL: u32 = 3;
+
+fn up(preempt: bool) -> anyhow::Result<(Lab, servers::Server, Daemon)> {
+    let lab = Lab::new()?;
+    let srv = servers::start(&lab.vm, PORTS, [NN1, NN2])?;
+    let d = Daemon::start(
+        &lab.edge,
+        &lab::config(INTERVAL_MS, INTERVAL_MS - 10, 2, FALL, preempt),
+        &[],
+    )?;
+    d.wait_status(T, |s| active(s, "web-vm").as_deref() == Some("nn1"))?;
+    let first = http_get(&lab.client, VIP, HTTP_PORT, "/", T).context("the first request")?;
+    ensure!(first == NN1.to_string(), "first request served by {first}");
+    Ok((lab, srv, d))
+}
+
+/// Sends `data` over a TCP connection to `addr:port` from the client and reads the echo back.
+fn tcp_echo(
+    lab: &Lab,
+    addr: Ipv4Addr,
+    port: u16,
+    data: Vec<u8>,
+    timeout: Duration,
+) -> anyhow::Result<Vec<u8>> {
+    lab.client
+        .spawn(move || {
+            let mut s = TcpStream::connect_timeout(&SocketAddr::from((addr, port)), timeout)?;
+            s.set_read_timeout(Some(timeout))?;
+            let mut w = s.try_clone()?;
+            let len = data.len();
+            let writer = std::thread::spawn(move || w.write_all(&data).map(|()| w));
+            let mut back = vec![0u8; len];
+            s.read_exact(&mut back).context("reading the echo")?;
+            let _ = writer.join();
+            Ok(back)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+}
+
+fn through_both_vip_kinds() -> anyhow::Result<()> {
+    let (lab, _srv, _d) = up(true)?;
+    // Whole address: HTTP, TCP echo of 200 kB (both directions, many segments), UDP echo.
+    ensure!(http_get(&lab.client, VIP, HTTP_PORT, "/", T)? == NN1.to_string());
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    ensure!(
+        tcp_echo(&lab, VIP, ECHO_PORT, data.clone(), T)? == data,
+        "TCP echo through the whole-address VIP"
+    );
+    let socks = udp_sockets(&lab.client, 4)?;
+    ensure!(
+        udp_flows(VIP, UDP_PORT, &socks, T)?
+            .iter()
+            .all(|p| *p == Some(NN1)),
+        "UDP through the whole-address VIP"
+    );
+    // Service VIP with port translation: tcp/80 → 8080 and udp/53 → 9000.
+    ensure!(
+        http_get(&lab.client, VIP_SVC, 80, "/", T)? == NN1.to_string(),
+        "HTTP through the service VIP"
+    );
+    ensure!(
+        udp_flows(VIP_SVC, 53, &socks, T)?
+            .iter()
+            .all(|p| *p == Some(NN1)),
+        "UDP through the service VIP"
+    );
+    // The service does not serve other ports of its address.
+    ensure!(
+        http_get(
+            &lab.client,
+            VIP_SVC,
+            HTTP_PORT,
+            "/",
+            Duration::from_millis(300)
+        )
+        .is_err()
+    );
+    Ok(())
+}
+
+/// Fails nn1 with `kind`; returns (time until a new connection succeeds over nn2, the UDP
+/// stream's longest outage).
+fn fail_and_measure(lab: &Lab, kind: Failure) -> anyhow::Result<(Duration, Duration)> {
+    let stream = udp_stream(
+        &lab.client,
+        VIP,
+        UDP_PORT,
+        2500,
+        Duration::from_millis(1),
+        Duration::from_millis(500),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    lab.fail(1, kind)?;
+    let start = Instant::now();
+    let recovered = loop {
+        if let Ok(body) = http_get(&lab.client, VIP, HTTP_PORT, "/", Duration::from_millis(100))
+            && body == NN2.to_string()
+        {
+            break start.elapsed();
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            bail!("{kind:?}: no new connection over nn2 within 5 s");
+        }
+    };
+    let report = stream
+        .join()
+        .map_err(|_| anyhow::anyhow!("stream thread"))??;
+    Ok((recovered, report.longest_gap))
+}
+
+fn failover_on_each_failure_kind() -> anyhow::Result<()> {
+    let budget = Duration::from_millis(u64::from(FALL * INTERVAL_MS));
+    for kind in [
+        Failure::Blackhole,
+        Failure::LinkDown,
+        Failure::VmInterfaceDown,
+        Failure::Loss(90),
+    ] {
+        let (lab, _srv, d) = up(true)?;
+        let (recovered, gap) = fail_and_measure(&lab, kind)?;
+        eprintln!(
+            "{kind:?}: new connections over nn2 after {recovered:?}; UDP outage {gap:?} (budget fall × interval {budget:?})"
+        );
+        // Detection lands up to one interval plus a probe timeout after fall × interval; the
+        // margin covers that and a loaded machine. `cargo xtask bench` measures it precisely.
+        let bound = if matches!(kind, Failure::Loss(_)) {
+            Duration::from_secs(3)
+        } else {
+            budget + Duration::from_millis(450)
+        };
+        ensure!(
+            recovered <= bound,
+            "{kind:?}: recovered after {recovered:?} (bound {bound:?})\n{}",
+            d.log_text()
+        );
+        ensure!(
+            gap <= bound,
+            "{kind:?}: UDP outage {gap:?} (bound {bound:?})"
+        );
+        lab.heal(1, kind)?;
+        d.wait_status(Duration::from_secs(3), |s| {
+            active(s, "web-vm").as_deref() == Some("nn1")
+        })
+        .with_context(|| format!("failback after {kind:?}"))?;
+        let body = http_get(&lab.client, VIP, HTTP_PORT, "/", T)
+            .with_context(|| format!("{kind:?}: after the heal\n{}", d.log_text()))?;
+        ensure!(body == NN1.to_string(), "{kind:?}: back on nn1");
+    }
+    Ok(())
+}
+
+fn failback_with_and_without_preempt() -> anyhow::Result<()> {
+    for preempt in [true, false] {
+        let (lab, _srv, d) = up(preempt)?;
+        lab.fail(1, Failure::Blackhole)?;
+        d.wait_status(T, |s| active(s, "web-vm").as_deref() == Some("nn2"))?;
+        lab.heal(1, Failure::Blackhole)?;
+        d.wait_status(T, |s| {
+            lb_tests::lb::path_state(s, "web-vm", "nn1").as_deref() == Some("up")
+        })?;
+        // Give a preempting daemon time to move; a non-preempting one must not.
+        std::thread::sleep(Duration::from_millis(300));
+        let s = d.json(&["status"])?;
+        let want = if preempt { "nn1" } else { "nn2" };
+        ensure!(
+            active(&s, "web-vm").as_deref() == Some(want),
+            "preempt {preempt}: {s}"
+        );
+        let body = http_get(&lab.client, VIP, HTTP_PORT, "/", T)?;
+        ensure!(
+            body == if preempt { NN1 } else { NN2 }.to_string(),
+            "preempt {preempt}: new connection served by {body}"
+        );
+    }
+    Ok(())
+}
+
+fn spread_config() -> String {
+    format!(
+        r#"{{
+  "interfaces": {{ "clients": ["{}"], "paths": ["{}", "{}"] }},
+  "targets": [ {{ "name": "spread", "mode": "active-active",
+      "paths": [ {{ "name": "nn1", "address": "{NN1}", "weight": 1 }}, {{ "name": "nn2", "address": "{NN2}", "weight": 3 }} ],
+      "probe": {{ "type": "tcp", "port": {HTTP_PORT}, "interval_ms": 50, "timeout_ms": 40, "rise": 2, "fall": 3 }} }} ],
+  "vips": [ {{ "address": "{VIP_SPREAD}", "target": "spread" }} ]
+}}"#,
+        lab::EDGE_CLIENTS,
+        lab::EDGE_NN1,
+        lab::EDGE_NN2
+    )
+}
+
+fn active_active_spreads_by_weight() -> anyhow::Result<()> {
+    let lab = Lab::new()?;
+    let srv = servers::start(&lab.vm, PORTS, [NN1, NN2])?;
+    let d = Daemon::start(&lab.edge, &spread_config(), &[])?;
+    d.wait_status(T, |s| {
+        s["targets"][0]["shares"]["nn2"]
+            .as_f64()
+            .is_some_and(|x| x > 70.0)
+    })?;
+
+    let flows = 400;
+    let socks = udp_sockets(&lab.client, flows)?;
+    let paths = udp_flows(VIP_SPREAD, UDP_PORT, &socks, T)?;
+    ensure!(paths.iter().all(Option::is_some), "every flow answered");
+    let on_nn2 = paths.iter().filter(|p| **p == Some(NN2)).count();
+    let share = on_nn2 as f64 / flows as f64;
+    eprintln!(
+        "active/active 1:3: {on_nn2} of {flows} flows on nn2 ({:.1}%)",
+        share * 100.0
+    );
+    ensure!(
+        (0.67..=0.83).contains(&share),
+        "nn2's share {share:.3} is not 3/4 ± 8%"
+    );
+    // The datapath's counters agree with what the servers saw.
+    let stats = d.json(&["stats"])?;
+    let got = |p: &str| {
+        stats["paths"]
+            .as_array()
+            .and_then(|v| v.iter().find(|x| x["path"] == p))
+            .map(|x| x["in_packets"].clone())
+    };
+    let seen = |i: usize| srv.udp_received[i].load(std::sync::atomic::Ordering::Relaxed);
+    ensure!(
+        got("nn1") == Some(seen(0).into()) && got("nn2") == Some(seen(1).into()),
+        "counters {stats} vs servers {} / {}",
+        seen(0),
+        seen(1)
+    );
+
+    // nn1 fails: its flows move to nn2; nn2's flows are untouched (no loss, same path).
+    lab.fail(1, Failure::Blackhole)?;
+    d.wait_status(T, |s| {
+        s["targets"][0]["shares"]["nn2"].as_f64() == Some(100.0)
+    })?;
+    let after = udp_flows(VIP_SPREAD, UDP_PORT, &socks, T)?;
+    for (before, now) in paths.iter().zip(&after) {
+        if *before == Some(NN2) {
+            ensure!(
+                *now == Some(NN2),
+                "a flow on the healthy path was disturbed: {now:?}"
+            );
+        } else {
+            ensure!(
+                *now == Some(NN2),
+                "a flow of the failed path did not move: {now:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn orphaned_tcp_connection_is_reset() -> anyhow::Result<()> {
+    let (lab, _srv, d) = up(true)?;
+    let conn = lab
+        .client
+        .spawn(|| {
+            let mut s = TcpStream::connect_timeout(&SocketAddr::from((VIP, ECHO_PORT)), T)?;
+            s.set_read_timeout(Some(T))?;
+            s.write_all(b"hello")?;
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf)?;
+            Ok(s)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread"))??;
+    lab.fail(1, Failure::Blackhole)?;
+    d.wait_status(T, |s| active(s, "web-vm").as_deref() == Some("nn2"))?;
+    // The connection's next segment is re-steered to nn2, where the VM knows no such
+    // connection and answers RST, which reverse NAT brings back: the client learns at once.
+    let mut conn = conn;
+    let start = Instant::now();
+    let _ = conn.write_all(b"again");
+    let mut buf = [0u8; 16];
+    let r = conn.read(&mut buf);
+    let took = start.elapsed();
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => bail!("expected a reset, got {other:?} after {took:?}"),
+    }
+    ensure!(took < Duration::from_secs(1), "the reset took {took:?}");
+    eprintln!("orphaned connection reset after {took:?}");
+    Ok(())
+}
+
+fn pmtu_through_the_nat() -> anyhow::Result<()> {
+    let (lab, _srv, d) = up(true)?;
+    lab.small_mtu(1, 1280)?;
+    // 300 kB each way over nn1, whose router only passes 1280-byte packets: the client learns
+    // the MTU from the router's "fragmentation needed", which crosses the NAT translated.
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    ensure!(
+        tcp_echo(&lab, VIP, ECHO_PORT, data.clone(), Duration::from_secs(10))? == data,
+        "transfer through the small MTU"
+    );
+    let stats = d.json(&["stats"])?;
+    ensure!(
+        stats["counters"]["icmp_error_return"].as_u64().unwrap_or(0) >= 1,
+        "the fragmentation-needed crossed the NAT: {}",
+        stats["counters"]
+    );
+    Ok(())
+}
+
+type Test = fn() -> anyhow::Result<()>;
+
+fn main() {
+    let args = Arguments::from_args();
+    if !lb_tests::privileged("lab") {
+        return;
+    }
+    let tests: [(&str, Test); 6] = [
+        ("through_both_vip_kinds", through_both_vip_kinds),
+        (
+            "failover_on_each_failure_kind",
+            failover_on_each_failure_kind,
+        ),
+        (
+            "failback_with_and_without_preempt",
+            failback_with_and_without_preempt,
+        ),
+        (
+            "active_active_spreads_by_weight",
+            active_active_spreads_by_weight,
+        ),
+        (
+            "orphaned_tcp_connection_is_reset",
+            orphaned_tcp_connection_is_reset,
+        ),
+        ("pmtu_through_the_nat", pmtu_through_the_nat),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, f)| {
+            Trial::test(name, move || {
+                f().map_err(|e| Failed::from(format!("{e:#}")))
+            })
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}
