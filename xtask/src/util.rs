@@ -152,6 +152,22 @@ impl Timings {
     }
 }
 
+/// A command running `program` as root: directly when we are root, else through `sudo`
+/// (which asks for a password if it must).
+pub fn as_root(program: &Path) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        say(format!(
+            "{} needs root: running it through sudo",
+            program.display()
+        ));
+        let mut cmd = Command::new("sudo");
+        cmd.arg("--preserve-env=LB_BIN,RUST_LOG").arg(program);
+        cmd
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,21 +182,5 @@ mod tests {
             display(&cmd),
             r"LLVM_PREFIX='/a b' cargo install --version ^0.13 'it'\''s'"
         );
-    }
-}
-
-/// A command running `program` as root: directly when we are root, else through `sudo`
-/// (which asks for a password if it must).
-pub fn as_root(program: &Path) -> Command {
-    if is_root() {
-        Command::new(program)
-    } else {
-        say(format!(
-            "{} needs root: running it through sudo",
-            program.display()
-        ));
-        let mut cmd = Command::new("sudo");
-        cmd.arg("--preserve-env=LB_BIN,RUST_LOG").arg(program);
-        cmd
     }
 }
