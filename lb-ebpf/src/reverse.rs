@@ -65,7 +65,7 @@ pub fn disambiguate(
     // SAFETY: a hash map value, read once while the program runs.
     let whole = unsafe { *whole };
     let key = FlowKey::new(client, whole.vip_addr, client_port, path_port, proto);
-    match LB_FLOWS.get_ptr(&key) {
+    match LB_FLOWS.get_ptr(key) {
         // SAFETY: as above.
         Some(flow) if unsafe { (*flow).vip } == whole.vip_id => whole,
         _ => rev,
