@@ -48,6 +48,83 @@ pub const PATH_META: &str = "LB_PATH_META";
 /// Path id → `u32`, 1 when an operator disabled (drained) the path. Written by `lb path`.
 pub const ADMIN: &str = "LB_ADMIN";
 
+// ---- Benchmark support (`cargo xtask bench`): in the same object, never loaded by the
+// daemon. ----
+
+/// Slot 0 → [`BenchTemplate`]: the frame the measuring entry points restore, and how to vary it.
+pub const BENCH: &str = "LB_BENCH";
+/// Slot 0 → `u64` per CPU: a sequence the measuring entry points draw new flows from.
+pub const BENCH_SEQ: &str = "LB_BENCH_SEQ";
+/// Slot 0 → `u64` per CPU: frames the sink program counted and dropped.
+pub const BENCH_SINK: &str = "LB_BENCH_SINK";
+/// The benchmark maps.
+pub const BENCH_MAPS: [&str; 3] = [BENCH, BENCH_SEQ, BENCH_SINK];
+
+/// Benchmark programs: the floor (returns XDP_PASS), the restore alone, the two programs behind
+/// a restore, a traffic generator for live frames, a bare redirect, and a counting sink.
+pub const PROG_BENCH_FLOOR: &str = "bench_floor";
+pub const PROG_BENCH_RESTORE: &str = "bench_restore";
+pub const PROG_BENCH_INGRESS: &str = "bench_ingress";
+pub const PROG_BENCH_RETURN: &str = "bench_return";
+pub const PROG_BENCH_GEN: &str = "bench_gen";
+pub const PROG_BENCH_REDIRECT: &str = "bench_redirect";
+pub const PROG_BENCH_SINK: &str = "bench_sink";
+pub const BENCH_PROGRAMS: [&str; 7] = [
+    PROG_BENCH_FLOOR,
+    PROG_BENCH_RESTORE,
+    PROG_BENCH_INGRESS,
+    PROG_BENCH_RETURN,
+    PROG_BENCH_GEN,
+    PROG_BENCH_REDIRECT,
+    PROG_BENCH_SINK,
+];
+
+/// Largest frame a [`BenchTemplate`] holds.
+pub const BENCH_FRAME: usize = 128;
+
+/// How the measuring entry points vary the restored frame's flow (source address low byte and
+/// source port at the IPv4/UDP offsets of an untagged, option-less frame).
+/// The same flow every time (a flow-table hit after the first).
+pub const BENCH_VARY_NONE: u32 = 0;
+/// A new flow every time (sequence; a flow-table miss and insert).
+pub const BENCH_VARY_SEQUENCE: u32 = 1;
+/// A random one of `flows` flows (flow-table hits spread over the table).
+pub const BENCH_VARY_RANDOM: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchTemplate {
+    /// Bytes of `frame` in use: a multiple of 8, at most [`BENCH_FRAME`].
+    pub len: u32,
+    /// `BENCH_VARY_*`.
+    pub vary: u32,
+    /// Flows `BENCH_VARY_RANDOM` picks from, and the modulus of the sequence for the generator.
+    pub flows: u32,
+    /// Interface the redirect program sends to (a key of the devmap).
+    pub port: u32,
+    pub frame: [u8; BENCH_FRAME],
+}
+
+impl Default for BenchTemplate {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            vary: 0,
+            flows: 0,
+            port: 0,
+            frame: [0; BENCH_FRAME],
+        }
+    }
+}
+
+/// The flow (source address, source port) number `i` of a varied frame: source addresses
+/// 198.51.100.0-255 by `i >> 16`, ports by `i & 0xffff`. The same on both sides, so user space
+/// fills the flow table with the flows the datapath then looks up.
+#[inline(always)]
+pub const fn bench_flow(i: u32) -> ([u8; 4], [u8; 2]) {
+    ([198, 51, 100, (i >> 16) as u8], (i as u16).to_be_bytes())
+}
+
 /// The ring buffer aya-log-ebpf declares for the programs' (rare) log records.
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
@@ -447,6 +524,7 @@ pub fn decode_name(name: &[u8; NAME_LEN]) -> &str {
 }
 
 const _: () = {
+    assert!(size_of::<BenchTemplate>() == 16 + BENCH_FRAME);
     assert!(size_of::<ControlMeta>() == 24);
     assert!(size_of::<TargetMeta>() == 40);
     assert!(size_of::<PathMeta>() == 56);
@@ -468,4 +546,5 @@ mod pod {
     unsafe impl aya::Pod for ControlMeta {}
     unsafe impl aya::Pod for TargetMeta {}
     unsafe impl aya::Pod for PathMeta {}
+    unsafe impl aya::Pod for BenchTemplate {}
 }

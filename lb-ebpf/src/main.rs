@@ -4,6 +4,7 @@
 #![no_main]
 #![deny(clippy::indexing_slicing, clippy::panic, clippy::unwrap_used)]
 
+mod bench;
 mod flow;
 mod forward;
 mod icmp;
@@ -25,6 +26,43 @@ pub fn lb_ingress(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lb_return(ctx: XdpContext) -> u32 {
     stats::record(&ctx, reverse::handle(&ctx))
+}
+
+// ---- Benchmark entry points (`cargo xtask bench`; see bench.rs). Never loaded by the daemon.
+
+#[xdp]
+pub fn bench_floor(_ctx: XdpContext) -> u32 {
+    aya_ebpf::bindings::xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn bench_restore(ctx: XdpContext) -> u32 {
+    bench::measured(&ctx, None)
+}
+
+#[xdp]
+pub fn bench_ingress(ctx: XdpContext) -> u32 {
+    bench::measured(&ctx, Some(|ctx| stats::record(ctx, ingress::handle(ctx))))
+}
+
+#[xdp]
+pub fn bench_return(ctx: XdpContext) -> u32 {
+    bench::measured(&ctx, Some(|ctx| stats::record(ctx, reverse::handle(ctx))))
+}
+
+#[xdp]
+pub fn bench_gen(ctx: XdpContext) -> u32 {
+    bench::generate(&ctx)
+}
+
+#[xdp]
+pub fn bench_redirect(ctx: XdpContext) -> u32 {
+    bench::redirect(&ctx)
+}
+
+#[xdp]
+pub fn bench_sink(ctx: XdpContext) -> u32 {
+    bench::sink(&ctx)
 }
 
 #[cfg(not(test))]

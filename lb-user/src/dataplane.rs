@@ -525,6 +525,21 @@ impl Dataplane {
             .map_err(|source| Error::Program { name, source })
     }
 
+    /// Program `name` of the object, loaded (through the verifier) on first use: the
+    /// benchmark's entry points, which the daemon never loads.
+    pub fn program_mut(&mut self, name: &'static str) -> Result<&mut Xdp, Error> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(Error::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| Error::Program { name, source })?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|source| Error::Program { name, source })?;
+        }
+        Ok(prog)
+    }
+
     /// The object, for aya-log's logger.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf

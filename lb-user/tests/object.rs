@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use lb_common::maps::{ALL, AYA_LOGS, PROG_INGRESS, PROG_RETURN};
+use lb_common::maps::{ALL, AYA_LOGS, BENCH_MAPS, BENCH_PROGRAMS, PROG_INGRESS, PROG_RETURN};
 
 #[test]
 fn object_maps_and_programs_match_lb_common() {
@@ -23,8 +23,17 @@ fn object_maps_and_programs_match_lb_common() {
         .map(String::as_str)
         .filter(|m| !m.starts_with('.'))
         .collect();
-    let want: BTreeSet<&str> = ALL.iter().copied().chain([AYA_LOGS]).collect();
+    let want: BTreeSet<&str> = ALL
+        .iter()
+        .chain(&BENCH_MAPS)
+        .copied()
+        .chain([AYA_LOGS])
+        .collect();
     assert_eq!(maps, want, "maps in the object vs lb_common::maps::ALL");
     let progs: BTreeSet<&str> = obj.programs.keys().map(String::as_str).collect();
-    assert_eq!(progs, BTreeSet::from([PROG_INGRESS, PROG_RETURN]));
+    let want: BTreeSet<&str> = [PROG_INGRESS, PROG_RETURN]
+        .into_iter()
+        .chain(BENCH_PROGRAMS)
+        .collect();
+    assert_eq!(progs, want);
 }

@@ -244,10 +244,13 @@ const FIXTURE_FLOWS: u32 = 4096;
 
 impl Fx {
     pub fn new(env: Env) -> anyhow::Result<Self> {
-        let dp = Dataplane::load(&LoadOptions {
-            flow_table_size: Some(FIXTURE_FLOWS),
-        })
-        .context("loading the datapath")?;
+        Self::with_flow_table(env, FIXTURE_FLOWS)
+    }
+
+    /// [`Fx::new`] with a flow table of `flows` entries (benchmarks).
+    pub fn with_flow_table(env: Env, flows: u32) -> anyhow::Result<Self> {
+        let dp = Dataplane::load(&LoadOptions { flow_table_size: Some(flows) })
+            .context("loading the datapath")?;
         let mut fx = Self { env, dp };
         fx.standard()?;
         Ok(fx)

@@ -2,6 +2,7 @@
 //! BPF_PROG_TEST_RUN (a private network namespace with fixed routes and neighbours), hex diffs,
 //! and the rule that privileged tests skip on a machine without rights but fail under CI.
 
+pub mod bench;
 pub mod fixture;
 pub mod hexdiff;
 pub mod lab;

@@ -1,0 +1,187 @@
+//! Per-packet cost with `BPF_PROG_TEST_RUN`.
+//!
+//! Method. `repeat` does not restore the frame between iterations, so the programs are measured
+//! through `bench_*` entry points that copy the template frame back first (and give it a new
+//! flow, or a random one of N, when asked). `bench_restore` does only that copy: its cost over
+//! the empty program (`bench_floor`) is subtracted from every measurement. Each case runs
+//! `repeat` iterations per round, several rounds; reported: the median over rounds, with min
+//! and max. The counters are read before and after each case and must show that every
+//! iteration took the intended path (N translations, N flow hits, N new flows...).
+//!
+//! Everything runs in the fixture namespace (`fixture::Env`), so `bpf_fib_lookup` finds routes
+//! and neighbours, and the forwarding cases end in `XDP_REDIRECT` as in production.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context as _, ensure};
+use aya::{
+    maps::{Array, MapData},
+    programs::{TestRun as _, TestRunOptions},
+};
+use lb_common::{
+    Counter,
+    maps::{
+        BENCH, BENCH_FRAME, BENCH_VARY_NONE, BENCH_VARY_RANDOM, BENCH_VARY_SEQUENCE, BenchTemplate,
+        FlowKey, FlowValue, PROG_BENCH_FLOOR, PROG_BENCH_INGRESS, PROG_BENCH_RESTORE,
+        PROG_BENCH_RETURN, bench_flow,
+    },
+    net::IPPROTO_UDP,
+};
+use serde::Serialize;
+
+use super::Spread;
+use crate::{
+    fixture::{Env, Fx, Iface, XDP_PASS, XDP_REDIRECT, addr, ids, macs},
+    packet::Pkt,
+};
+
+/// One measured case.
+#[derive(Clone, Debug, Serialize)]
+pub struct Case {
+    pub name: &'static str,
+    /// Nanoseconds per packet as measured (restore included, for the `bench_*` cases).
+    pub raw_ns: Spread,
+    /// The program's own cost: raw minus the restore's overhead over the floor.
+    pub ns: f64,
+    /// `ns` over the floor's.
+    pub vs_floor: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Cost {
+    pub repeat: u32,
+    pub rounds: u32,
+    pub floor_ns: Spread,
+    pub restore_ns: Spread,
+    pub ingress_hit: Case,
+    pub ingress_new: Case,
+    pub non_vip: Case,
+    pub return_hit: Case,
+    /// Ingress flow hits spread over tables of 1k, 100k (and 1M) live flows.
+    pub flow_scale: Vec<(u32, Case)>,
+}
+
+struct Bench {
+    fx: Fx,
+    template: Array<MapData, BenchTemplate>,
+    repeat: u32,
+    rounds: u32,
+}
+
+/// A 64-byte UDP frame (checksum 0, so varied ports keep it valid).
+fn frame(p: Pkt) -> Vec<u8> {
+    let mut f = p.zero_udp_checksum().payload(&[0x5a; 22]).bytes();
+    f.resize(64, 0);
+    f
+}
+
+impl Bench {
+    fn new(env: Env, flows: u32, repeat: u32, rounds: u32) -> anyhow::Result<Self> {
+        let mut fx = Fx::with_flow_table(env, flows)?;
+        for p in [PROG_BENCH_FLOOR, PROG_BENCH_RESTORE, PROG_BENCH_INGRESS, PROG_BENCH_RETURN] {
+            fx.dp.program_mut(p).with_context(|| format!("loading {p}"))?;
+        }
+        let map = fx.dp.ebpf_mut().take_map(BENCH).context("the bench map")?;
+        let template = Array::try_from(map)?;
+        Ok(Self { fx, template, repeat, rounds })
+    }
+
+    fn set(&mut self, f: &[u8], vary: u32, flows: u32) -> anyhow::Result<()> {
+        ensure!(f.len() % 8 == 0 && f.len() <= BENCH_FRAME, "template of {} bytes", f.len());
+        let mut t = BenchTemplate { len: f.len() as u32, vary, flows, ..BenchTemplate::default() };
+        t.frame[..f.len()].copy_from_slice(f);
+        self.template.set(0, t, 0)?;
+        Ok(())
+    }
+
+    /// ns/packet of `prog` on `frame` arriving on `on`, per round; checks the action.
+    fn measure(&mut self, prog: &'static str, on: Iface, frame: &[u8], action: u32) -> anyhow::Result<Spread> {
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&on.ifindex.to_ne_bytes());
+        let p = self.fx.dp.program_mut(prog)?;
+        let mut samples = Vec::new();
+        for _ in 0..self.rounds {
+            let mut opts = TestRunOptions::new();
+            opts.data_in = Some(frame);
+            opts.ctx_in = Some(&ctx);
+            opts.repeat = self.repeat;
+            let r = p.test_run(opts).with_context(|| format!("BPF_PROG_TEST_RUN {prog}"))?;
+            ensure!(r.return_value == action, "{prog}: action {} (expected {action})", r.return_value);
+            samples.push(r.duration.as_nanos() as f64);
+        }
+        Ok(Spread::of(&samples))
+    }
+
+    fn counter(&self, c: Counter) -> anyhow::Result<u64> {
+        Ok(self.fx.dp.maps.counter(c)?)
+    }
+
+    /// Runs a case and checks that `counter` grew by one per iteration.
+    fn case(
+        &mut self,
+        name: &'static str,
+        prog: &'static str,
+        on: Iface,
+        f: &[u8],
+        action: u32,
+        counter: Counter,
+        overhead: f64,
+        floor: f64,
+    ) -> anyhow::Result<Case> {
+        let before = self.counter(counter)?;
+        let raw = self.measure(prog, on, f, action)?;
+        let grew = self.counter(counter)? - before;
+        let runs = u64::from(self.repeat) * u64::from(self.rounds);
+        // A first iteration may differ (the first packet of a flow is new, not a hit).
+        ensure!(grew + 1 >= runs, "{name}: {} grew by {grew} over {runs} iterations: the case did not take its path", counter.name());
+        let ns = raw.median - overhead;
+        Ok(Case { name, raw_ns: raw, ns, vs_floor: ns / floor })
+    }
+}
+
+pub fn run(quick: bool) -> anyhow::Result<Cost> {
+    let (repeat, rounds) = if quick { (200_000, 3) } else { (1_000_000, 5) };
+    let env = Env::create()?;
+    // Room for a million new flows on one CPU (each CPU evicts from its own LRU list).
+    let mut b = Bench::new(env, 1 << 21, repeat, rounds)?;
+    let to_vip = frame(Pkt::udp(addr::CLIENT, 40000, addr::VIP, 5001).eth(macs::CLIENT, macs::CLI0));
+    let not_vip = frame(Pkt::udp(addr::CLIENT, 40000, addr::NOT_VIP, 5001).eth(macs::CLIENT, macs::CLI0));
+    let reply = frame(Pkt::udp(addr::NN1, 5001, addr::CLIENT, 40000).eth(macs::NN1, macs::PATH0));
+
+    b.set(&to_vip, BENCH_VARY_NONE, 0)?;
+    let floor = b.measure(PROG_BENCH_FLOOR, b.fx.env.cli0, &to_vip, XDP_PASS)?;
+    let restore = b.measure(PROG_BENCH_RESTORE, b.fx.env.cli0, &to_vip, XDP_PASS)?;
+    let overhead = restore.median - floor.median;
+    let cli0 = b.fx.env.cli0;
+    let ingress_hit = b.case("ingress, flow hit", PROG_BENCH_INGRESS, cli0, &to_vip, XDP_REDIRECT, Counter::FlowHit, overhead, floor.median)?;
+    b.set(&to_vip, BENCH_VARY_SEQUENCE, 0)?;
+    let ingress_new = b.case("ingress, new flow", PROG_BENCH_INGRESS, cli0, &to_vip, XDP_REDIRECT, Counter::FlowNew, overhead, floor.median)?;
+    b.set(&not_vip, BENCH_VARY_NONE, 0)?;
+    let non_vip = b.case("ingress, not for a VIP", PROG_BENCH_INGRESS, cli0, &not_vip, XDP_PASS, Counter::PassNotForUs, overhead, floor.median)?;
+    b.set(&reply, BENCH_VARY_NONE, 0)?;
+    let path0 = b.fx.env.path0;
+    let return_hit = b.case("return", PROG_BENCH_RETURN, path0, &reply, XDP_REDIRECT, Counter::NatReturn, overhead, floor.median)?;
+    drop(b);
+
+    let sizes: &[u32] = if quick { &[1_000, 100_000] } else { &[1_000, 100_000, 1_000_000] };
+    let mut flow_scale = Vec::new();
+    for &n in sizes {
+        let mut b = Bench::new(env, 1 << 21, repeat, rounds)?;
+        for i in 0..n {
+            let (src, sport) = bench_flow(i);
+            let key = FlowKey::new(src, addr::VIP.octets(), sport, 5001u16.to_be_bytes(), IPPROTO_UDP);
+            b.fx.dp.maps.set_flow(key, FlowValue { path: ids::PATH_NN1, vip: ids::VIP, flags: 0 })?;
+        }
+        b.set(&to_vip, BENCH_VARY_RANDOM, n)?;
+        let name: &'static str = match n {
+            1_000 => "ingress, hits over 1k flows",
+            100_000 => "ingress, hits over 100k flows",
+            _ => "ingress, hits over 1M flows",
+        };
+        let c = b.case(name, PROG_BENCH_INGRESS, cli0, &to_vip, XDP_REDIRECT, Counter::FlowHit, overhead, floor.median)?;
+        flow_scale.push((n, c));
+    }
+    let _ = Ipv4Addr::UNSPECIFIED;
+    Ok(Cost { repeat, rounds, floor_ns: floor, restore_ns: restore, ingress_hit, ingress_new, non_vip, return_hit, flow_scale })
+}

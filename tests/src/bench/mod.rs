@@ -1,0 +1,32 @@
+//! `cargo xtask bench`: what users compare us on, each figure a ratio measured side by side in
+//! one run (these machines are noisy). Driven by the `lb-bench` binary.
+//!
+//! - [`cost`]: per-packet cost with `BPF_PROG_TEST_RUN` against the empty program, and its
+//!   growth with the flow table;
+//! - [`throughput`]: forwarding on the veth lab against nftables DNAT and a bare redirect;
+//! - [`outage`]: the failover outage of a UDP stream, and losses across restart and reload.
+
+pub mod cost;
+pub mod outage;
+pub mod throughput;
+
+/// Median, minimum and maximum of some samples.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(samples: &[f64]) -> Spread {
+        let mut v = samples.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let median = match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        };
+        Spread { median, min: v.first().copied().unwrap_or(f64::NAN), max: v.last().copied().unwrap_or(f64::NAN) }
+    }
+}

@@ -1,0 +1,114 @@
+//! `lb-bench`: the measurements behind `cargo xtask bench` (which builds and runs it as root).
+//!
+//! `lb-bench [--quick] [--json FILE] [--svg FILE] [--only cost|throughput|outage]`
+//!
+//! Prints a table per part and the headline ratios; `--json` writes every figure, with the
+//! keys under `ratios`, `failover` and `loss` that runs are compared on. Targets (not
+//! assertions): see docs/BENCHMARKS.md.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use lb_tests::bench::{cost, outage, throughput};
+use serde_json::json;
+
+struct Args {
+    quick: bool,
+    json: Option<PathBuf>,
+    svg: PathBuf,
+    only: Option<String>,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args { quick: false, json: None, svg: PathBuf::from("docs/failover.svg"), only: None };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => a.quick = true,
+            "--json" => a.json = Some(it.next().context("--json FILE")?.into()),
+            "--svg" => a.svg = it.next().context("--svg FILE")?.into(),
+            "--only" => a.only = Some(it.next().context("--only cost|throughput|outage")?),
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lb-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let a = args()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("needs root (BPF, network namespaces); run it through `cargo xtask bench`");
+    }
+    let wants = |part: &str| a.only.as_deref().is_none_or(|o| o == part);
+    let mut out = json!({ "quick": a.quick, "ratios": {}, "failover": {}, "loss": {} });
+
+    if wants("cost") {
+        println!("== per-packet cost (BPF_PROG_TEST_RUN) ==");
+        let c = cost::run(a.quick).context("per-packet cost")?;
+        println!("repeat {} × {} rounds; floor (empty program) {:.1} ns (min {:.1}, max {:.1}); restore overhead {:.1} ns subtracted", c.repeat, c.rounds, c.floor_ns.median, c.floor_ns.min, c.floor_ns.max, c.restore_ns.median - c.floor_ns.median);
+        println!("{:<34} {:>9} {:>9} {:>17}", "case", "ns/pkt", "× floor", "raw median [min–max]");
+        for case in [&c.ingress_hit, &c.ingress_new, &c.non_vip, &c.return_hit].into_iter().chain(c.flow_scale.iter().map(|(_, c)| c)) {
+            println!("{:<34} {:>9.1} {:>9.2} {:>8.1} [{:.1}–{:.1}]", case.name, case.ns, case.vs_floor, case.raw_ns.median, case.raw_ns.min, case.raw_ns.max);
+        }
+        let first = c.flow_scale.first().map(|(_, x)| x.ns);
+        let last = c.flow_scale.last().map(|(n, x)| (*n, x.ns));
+        out["ratios"]["ingress_hit_vs_floor"] = json!(c.ingress_hit.vs_floor);
+        out["ratios"]["ingress_new_vs_floor"] = json!(c.ingress_new.vs_floor);
+        out["ratios"]["non_vip_vs_floor"] = json!(c.non_vip.vs_floor);
+        out["ratios"]["return_vs_floor"] = json!(c.return_hit.vs_floor);
+        if let (Some(first), Some((n, last))) = (first, last) {
+            let key = if n >= 1_000_000 { "flows_1m_vs_1k" } else { "flows_100k_vs_1k" };
+            out["ratios"][key] = json!(last / first);
+        }
+        out["cost"] = serde_json::to_value(&c)?;
+    }
+    if wants("throughput") {
+        println!("\n== forwarding throughput on the veth lab (64-byte UDP, live frames) ==");
+        let t = throughput::run(a.quick).context("throughput")?;
+        println!("{:<40} {:>12}", "edge does", "Mpps");
+        println!("{:<40} {:>12.3}", "bare XDP_REDIRECT (the rig's ceiling)", t.redirect_pps / 1e6);
+        println!("{:<40} {:>12.3}", "lb (XDP DNAT, flows, FIB, redirect)", t.xdp_pps / 1e6);
+        println!("{:<40} {:>12.3}", "kernel forwarding + nftables DNAT", t.nft_pps / 1e6);
+        out["ratios"]["xdp_vs_nft_throughput"] = json!(t.xdp_pps / t.nft_pps);
+        out["ratios"]["xdp_vs_redirect_ceiling"] = json!(t.xdp_pps / t.redirect_pps);
+        out["throughput"] = serde_json::to_value(&t)?;
+    }
+    if wants("outage") {
+        println!("\n== failover outage, restart and reload (UDP stream through the lab) ==");
+        let o = outage::run(a.quick, &a.svg).context("outage")?;
+        println!("{:<22} {:>10} {:>10} {:>8} {:>22}", "probe profile", "budget ms", "outage ms", "lost", "decision→map write µs");
+        for p in &o.profiles {
+            println!("{:<22} {:>10.1} {:>10.1} {:>8} {:>22.1}", p.name, p.budget_ms, p.outage_ms, p.lost, p.decision_to_write_us);
+        }
+        println!("packets lost across a daemon restart: {}; across a reload: {}", o.restart_lost, o.reload_lost);
+        println!("timeline: {}", a.svg.display());
+        // The headline profile: the aggressive one.
+        if let Some(p) = o.profiles.last() {
+            out["failover"]["outage_ms"] = json!(p.outage_ms);
+            out["failover"]["budget_ms"] = json!(p.budget_ms);
+            out["failover"]["lost_packets"] = json!(p.lost);
+            out["failover"]["decision_to_write_us"] = json!(p.decision_to_write_us);
+            out["failover"]["profile"] = json!(p.name);
+        }
+        out["loss"]["restart_packets"] = json!(o.restart_lost);
+        out["loss"]["reload_packets"] = json!(o.reload_lost);
+        out["outage"] = serde_json::to_value(&o)?;
+    }
+    println!("\nratios: {}", serde_json::to_string(&out["ratios"])?);
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&out)?).with_context(|| format!("writing {}", path.display()))?;
+        println!("written: {}", path.display());
+    }
+    Ok(())
+}
