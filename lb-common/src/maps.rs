@@ -128,9 +128,12 @@ pub const fn bench_flow(i: u32) -> ([u8; 4], [u8; 2]) {
 /// The ring buffer aya-log-ebpf declares for the programs' (rare) log records.
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
+/// Path id → [`NextHop`], per CPU: the last FIB answer for a path, reused for a short while.
+pub const NEXTHOPS: &str = "LB_NEXTHOPS";
+
 /// Every map of lb's own, for the test that checks them against the built object (which also
 /// has [`AYA_LOGS`]).
-pub const ALL: [&str; 16] = [
+pub const ALL: [&str; 17] = [
     VIPS,
     VIP_INFO,
     REV_NAT,
@@ -143,6 +146,7 @@ pub const ALL: [&str; 16] = [
     COUNTERS,
     VIP_STATS,
     PATH_STATS,
+    NEXTHOPS,
     META,
     TARGET_META,
     PATH_META,
@@ -433,6 +437,7 @@ pub const LAYOUT: u64 = {
         size_of::<ControlMeta>(),
         size_of::<TargetMeta>(),
         size_of::<PathMeta>(),
+        size_of::<NextHop>(),
         MAX_VIPS as usize,
         MAX_REV_NAT as usize,
         MAX_TARGETS as usize,
@@ -461,6 +466,28 @@ pub struct ControlMeta {
     pub _pad: u32,
     /// When the daemon last (re)applied a configuration, Unix nanoseconds.
     pub applied_ns: u64,
+}
+
+/// How long the ingress program reuses a path's FIB answer ([`NEXTHOPS`]) before asking the
+/// FIB again: a route or neighbour change reaches packets of that path within this time.
+pub const NEXTHOP_TTL_NS: u64 = 50_000_000;
+
+/// A path's next hop as `bpf_fib_lookup` last answered (ingress), per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// `bpf_ktime_get_coarse_ns` after which the entry is stale (0: empty).
+    pub expires_ns: u64,
+    /// The egress interface.
+    pub ifindex: u32,
+    /// The ingress interface the answer was for (forwarding and policy depend on it).
+    pub in_ifindex: u32,
+    /// The largest IPv4 total length the FIB accepted for this path (MTU checks: larger
+    /// packets ask the FIB again).
+    pub max_len: u16,
+    pub _pad: u16,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
 }
 
 /// Target modes as configured (not the datapath's `TARGET_MODE_*`).
@@ -526,6 +553,7 @@ pub fn decode_name(name: &[u8; NAME_LEN]) -> &str {
 const _: () = {
     assert!(size_of::<BenchTemplate>() == 16 + BENCH_FRAME);
     assert!(size_of::<ControlMeta>() == 24);
+    assert!(size_of::<NextHop>() == 32);
     assert!(size_of::<TargetMeta>() == 40);
     assert!(size_of::<PathMeta>() == 56);
 };
@@ -547,4 +575,5 @@ mod pod {
     unsafe impl aya::Pod for TargetMeta {}
     unsafe impl aya::Pod for PathMeta {}
     unsafe impl aya::Pod for BenchTemplate {}
+    unsafe impl aya::Pod for NextHop {}
 }

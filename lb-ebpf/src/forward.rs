@@ -11,12 +11,21 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNSUPP_LWT,
         bpf_fib_lookup, xdp_action,
     },
-    helpers::bpf_fib_lookup as fib_lookup,
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns},
     programs::XdpContext,
 };
-use lb_common::{Counter, nat, net::EthHdr, net::Ipv4Hdr};
+use lb_common::{
+    Counter,
+    maps::{NEXTHOP_TTL_NS, NextHop},
+    nat,
+    net::{EthHdr, Ipv4Hdr},
+};
 
-use crate::{maps::LB_TX_PORTS, parse::L2, stats::Verdict};
+use crate::{
+    maps::{LB_NEXTHOPS, LB_TX_PORTS},
+    parse::L2,
+    stats::Verdict,
+};
 
 const AF_INET: u8 = 2;
 
@@ -103,6 +112,62 @@ fn route_with(
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Ok(Next::Kernel(Counter::PassFragmentNeeded)),
         _ => Err(Counter::DropNoRoute),
     }
+}
+
+/// [`route`] for a packet toward path `path`: the path's last FIB answer is reused (per CPU)
+/// while it is fresh ([`NEXTHOP_TTL_NS`]), came from the same ingress interface, and accepted a
+/// packet at least this long; otherwise the FIB is asked, and a forwarding answer kept. The FIB
+/// lookup is most of the per-packet cost of a flow hit; a route or neighbour change reaches the
+/// path's packets within the TTL.
+#[inline(always)]
+pub fn route_path(
+    ctx: &XdpContext,
+    l2: &L2,
+    ip: &Ipv4Hdr,
+    flow: &Flow,
+    path: u32,
+) -> Result<Next, Counter> {
+    let tot_len = ip.tot_len();
+    let in_ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let cached = LB_NEXTHOPS.get_ptr_mut(path);
+    if !l2.vlan
+        && let Some(c) = cached
+    {
+        // SAFETY: a per-CPU slot, valid for the run and touched by no other CPU.
+        let c = unsafe { &mut *c };
+        if now < c.expires_ns && c.in_ifindex == in_ifindex && tot_len <= c.max_len {
+            return Ok(Next::Send(Route {
+                ifindex: c.ifindex,
+                smac: c.smac,
+                dmac: c.dmac,
+            }));
+        }
+    }
+    let next = route(ctx, l2, ip, flow)?;
+    if let (Next::Send(r), Some(c)) = (&next, cached) {
+        // SAFETY: as above.
+        let c = unsafe { &mut *c };
+        let same = now < c.expires_ns
+            && c.ifindex == r.ifindex
+            && c.in_ifindex == in_ifindex
+            && c.dmac == r.dmac;
+        *c = NextHop {
+            expires_ns: now + NEXTHOP_TTL_NS,
+            ifindex: r.ifindex,
+            in_ifindex,
+            max_len: if same {
+                c.max_len.max(tot_len)
+            } else {
+                tot_len
+            },
+            _pad: 0,
+            smac: r.smac,
+            dmac: r.dmac,
+        };
+    }
+    Ok(next)
 }
 
 /// Sends a translated packet on: TTL and MACs for a packet XDP forwards itself; nothing more

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use lb_common::maps::{
     ADDR_FILTER_SIZE, ControlMeta, EndpointKey, FLOW_TABLE_FLAGS, FLOW_TABLE_SIZE, FlowKey,
-    FlowValue, MAX_PATHS, MAX_REV_NAT, MAX_TARGETS, MAX_TX_PORTS, MAX_VIPS, PathMeta, PathValue,
-    RING_ENTRIES, RevValue, TargetMeta, TargetValue, TrafficStats, VipInfo,
+    FlowValue, MAX_PATHS, MAX_REV_NAT, MAX_TARGETS, MAX_TX_PORTS, MAX_VIPS, NextHop, PathMeta,
+    PathValue, RING_ENTRIES, RevValue, TargetMeta, TargetValue, TrafficStats, VipInfo,
 };
 
 #[map]
@@ -48,6 +48,10 @@ pub static LB_VIP_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entri
 
 #[map]
 pub static LB_PATH_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(MAX_PATHS, 0);
+
+/// Per path id, per CPU: see `forward::route_path`.
+#[map]
+pub static LB_NEXTHOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_PATHS, 0);
 
 // ---- Control-plane state: never read by the programs (see `lb_common::maps::META`). ----
 

@@ -76,6 +76,11 @@ pub fn disambiguate(
 /// echo request), keyed as the replies will arrive on the ingress side.
 #[inline(always)]
 fn record_outbound(key: &FlowKey, rev: &RevValue) {
+    // A lookup first: a reply of a known flow (the common case) must not pay for an LRU insert
+    // attempt, which takes a free element before it finds the key exists.
+    if LB_FLOWS.get_ptr(key).is_some() {
+        return;
+    }
     let value = FlowValue {
         path: rev.path,
         vip: rev.vip_id,

@@ -832,6 +832,75 @@ const CASES: &[(&str, &str, Case)] = &[
         },
     ),
     (
+        "ingress_cached_next_hop_keeps_mtu_checks",
+        "the per-path next-hop cache serves packets up to the size the FIB accepted, no larger",
+        |fx| {
+            fx.spare(addr::NOT_VIP, addr::SMALL_MTU)?;
+            let small = to_vip(addr::NOT_VIP, 40000, 22).payload(&[7; 900]);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &small.bytes(),
+                XDP_REDIRECT,
+                Some(&toward(&small, addr::SMALL_MTU, macs::SMALL_MTU).bytes()),
+            )?;
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &small.bytes(),
+                XDP_REDIRECT,
+                Some(&toward(&small, addr::SMALL_MTU, macs::SMALL_MTU).bytes()),
+            )?;
+            let big = to_vip(addr::NOT_VIP, 40000, 22).payload(&[7; 1100]);
+            let reply = too_big_reply(&big, 1000, 20).eth(macs::CLI0, macs::CLIENT);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &big.bytes(),
+                XDP_TX,
+                Some(&reply.bytes()),
+            )?;
+            fx.counters(&[
+                (FlowNew, 1),
+                (FlowHit, 2),
+                (NatIngress, 2),
+                (XdpRedirect, 2),
+                (IcmpTooBigSent, 1),
+                (XdpTx, 1),
+            ])
+        },
+    ),
+    (
+        "ingress_cached_next_hop_is_per_ingress_interface",
+        "a next hop cached for one ingress interface is not used for another",
+        |fx| {
+            let p = to_vip(addr::VIP, 40000, 22);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &p.bytes(),
+                XDP_REDIRECT,
+                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
+            )?;
+            let q = p.clone().eth(macs::CLIENT, macs::NOFWD0);
+            fx.expect(
+                Ingress,
+                fx.env.nofwd0,
+                &q.bytes(),
+                XDP_PASS,
+                Some(&q.clone().dst(addr::NN1).bytes()),
+            )?;
+            fx.counters(&[
+                (FlowNew, 1),
+                (FlowHit, 1),
+                (NatIngress, 2),
+                (XdpRedirect, 1),
+                (PassForwardingOff, 1),
+                (XdpPass, 1),
+            ])
+        },
+    ),
+    (
         "ingress_egress_not_in_devmap",
         "the egress interface is not in the devmap: translated, the kernel forwards",
         |fx| {
