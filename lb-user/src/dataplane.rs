@@ -535,7 +535,8 @@ impl Dataplane {
             .try_into()
             .map_err(|source| Error::Program { name, source })?;
         if prog.fd().is_err() {
-            prog.load().map_err(|source| Error::Program { name, source })?;
+            prog.load()
+                .map_err(|source| Error::Program { name, source })?;
         }
         Ok(prog)
     }

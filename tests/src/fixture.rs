@@ -249,8 +249,10 @@ impl Fx {
 
     /// [`Fx::new`] with a flow table of `flows` entries (benchmarks).
     pub fn with_flow_table(env: Env, flows: u32) -> anyhow::Result<Self> {
-        let dp = Dataplane::load(&LoadOptions { flow_table_size: Some(flows) })
-            .context("loading the datapath")?;
+        let dp = Dataplane::load(&LoadOptions {
+            flow_table_size: Some(flows),
+        })
+        .context("loading the datapath")?;
         let mut fx = Self { env, dp };
         fx.standard()?;
         Ok(fx)

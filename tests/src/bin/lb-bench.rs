@@ -20,7 +20,12 @@ struct Args {
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut a = Args { quick: false, json: None, svg: PathBuf::from("docs/failover.svg"), only: None };
+    let mut a = Args {
+        quick: false,
+        json: None,
+        svg: PathBuf::from("docs/failover.svg"),
+        only: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -56,10 +61,32 @@ fn run() -> anyhow::Result<()> {
     if wants("cost") {
         println!("== per-packet cost (BPF_PROG_TEST_RUN) ==");
         let c = cost::run(a.quick).context("per-packet cost")?;
-        println!("repeat {} × {} rounds; floor (empty program) {:.1} ns (min {:.1}, max {:.1}); restore overhead {:.1} ns subtracted", c.repeat, c.rounds, c.floor_ns.median, c.floor_ns.min, c.floor_ns.max, c.restore_ns.median - c.floor_ns.median);
-        println!("{:<34} {:>9} {:>9} {:>17}", "case", "ns/pkt", "× floor", "raw median [min–max]");
-        for case in [&c.ingress_hit, &c.ingress_new, &c.non_vip, &c.return_hit].into_iter().chain(c.flow_scale.iter().map(|(_, c)| c)) {
-            println!("{:<34} {:>9.1} {:>9.2} {:>8.1} [{:.1}–{:.1}]", case.name, case.ns, case.vs_floor, case.raw_ns.median, case.raw_ns.min, case.raw_ns.max);
+        println!(
+            "repeat {} × {} rounds; floor (empty program) {:.1} ns (min {:.1}, max {:.1}); restore overhead {:.1} ns subtracted",
+            c.repeat,
+            c.rounds,
+            c.floor_ns.median,
+            c.floor_ns.min,
+            c.floor_ns.max,
+            c.restore_ns.median - c.floor_ns.median
+        );
+        println!(
+            "{:<34} {:>9} {:>9} {:>17}",
+            "case", "ns/pkt", "× floor", "raw median [min–max]"
+        );
+        for case in [&c.ingress_hit, &c.ingress_new, &c.non_vip, &c.return_hit]
+            .into_iter()
+            .chain(c.flow_scale.iter().map(|(_, c)| c))
+        {
+            println!(
+                "{:<34} {:>9.1} {:>9.2} {:>8.1} [{:.1}–{:.1}]",
+                case.name,
+                case.ns,
+                case.vs_floor,
+                case.raw_ns.median,
+                case.raw_ns.min,
+                case.raw_ns.max
+            );
         }
         let first = c.flow_scale.first().map(|(_, x)| x.ns);
         let last = c.flow_scale.last().map(|(n, x)| (*n, x.ns));
@@ -68,7 +95,11 @@ fn run() -> anyhow::Result<()> {
         out["ratios"]["non_vip_vs_floor"] = json!(c.non_vip.vs_floor);
         out["ratios"]["return_vs_floor"] = json!(c.return_hit.vs_floor);
         if let (Some(first), Some((n, last))) = (first, last) {
-            let key = if n >= 1_000_000 { "flows_1m_vs_1k" } else { "flows_100k_vs_1k" };
+            let key = if n >= 1_000_000 {
+                "flows_1m_vs_1k"
+            } else {
+                "flows_100k_vs_1k"
+            };
             out["ratios"][key] = json!(last / first);
         }
         out["cost"] = serde_json::to_value(&c)?;
@@ -77,9 +108,21 @@ fn run() -> anyhow::Result<()> {
         println!("\n== forwarding throughput on the veth lab (64-byte UDP, live frames) ==");
         let t = throughput::run(a.quick).context("throughput")?;
         println!("{:<40} {:>12}", "edge does", "Mpps");
-        println!("{:<40} {:>12.3}", "bare XDP_REDIRECT (the rig's ceiling)", t.redirect_pps / 1e6);
-        println!("{:<40} {:>12.3}", "lb (XDP DNAT, flows, FIB, redirect)", t.xdp_pps / 1e6);
-        println!("{:<40} {:>12.3}", "kernel forwarding + nftables DNAT", t.nft_pps / 1e6);
+        println!(
+            "{:<40} {:>12.3}",
+            "bare XDP_REDIRECT (the rig's ceiling)",
+            t.redirect_pps / 1e6
+        );
+        println!(
+            "{:<40} {:>12.3}",
+            "lb (XDP DNAT, flows, FIB, redirect)",
+            t.xdp_pps / 1e6
+        );
+        println!(
+            "{:<40} {:>12.3}",
+            "kernel forwarding + nftables DNAT",
+            t.nft_pps / 1e6
+        );
         out["ratios"]["xdp_vs_nft_throughput"] = json!(t.xdp_pps / t.nft_pps);
         out["ratios"]["xdp_vs_redirect_ceiling"] = json!(t.xdp_pps / t.redirect_pps);
         out["throughput"] = serde_json::to_value(&t)?;
@@ -87,11 +130,20 @@ fn run() -> anyhow::Result<()> {
     if wants("outage") {
         println!("\n== failover outage, restart and reload (UDP stream through the lab) ==");
         let o = outage::run(a.quick, &a.svg).context("outage")?;
-        println!("{:<22} {:>10} {:>10} {:>8} {:>22}", "probe profile", "budget ms", "outage ms", "lost", "decision→map write µs");
+        println!(
+            "{:<22} {:>10} {:>10} {:>8} {:>22}",
+            "probe profile", "budget ms", "outage ms", "lost", "decision→map write µs"
+        );
         for p in &o.profiles {
-            println!("{:<22} {:>10.1} {:>10.1} {:>8} {:>22.1}", p.name, p.budget_ms, p.outage_ms, p.lost, p.decision_to_write_us);
+            println!(
+                "{:<22} {:>10.1} {:>10.1} {:>8} {:>22.1}",
+                p.name, p.budget_ms, p.outage_ms, p.lost, p.decision_to_write_us
+            );
         }
-        println!("packets lost across a daemon restart: {}; across a reload: {}", o.restart_lost, o.reload_lost);
+        println!(
+            "packets lost across a daemon restart: {}; across a reload: {}",
+            o.restart_lost, o.reload_lost
+        );
         println!("timeline: {}", a.svg.display());
         // The headline profile: the aggressive one.
         if let Some(p) = o.profiles.last() {
@@ -107,7 +159,8 @@ fn run() -> anyhow::Result<()> {
     }
     println!("\nratios: {}", serde_json::to_string(&out["ratios"])?);
     if let Some(path) = &a.json {
-        std::fs::write(path, serde_json::to_string_pretty(&out)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&out)?)
+            .with_context(|| format!("writing {}", path.display()))?;
         println!("written: {}", path.display());
     }
     Ok(())
