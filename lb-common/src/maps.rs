@@ -128,8 +128,12 @@ pub const fn bench_flow(i: u32) -> ([u8; 4], [u8; 2]) {
 /// The ring buffer aya-log-ebpf declares for the programs' (rare) log records.
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
-/// Path id → [`NextHop`], per CPU: the last FIB answer for a path, reused for a short while.
+/// [`NextHop`]s, per CPU: the last FIB answer for a destination, reused for a short while.
+/// Slots `0..MAX_PATHS` by path id (ingress); then [`RETURN_NEXTHOPS`] slots by a hash of the
+/// client's address (return).
 pub const NEXTHOPS: &str = "LB_NEXTHOPS";
+/// Return-side slots of [`NEXTHOPS`] (a power of two).
+pub const RETURN_NEXTHOPS: u32 = 1024;
 
 /// Every map of lb's own, for the test that checks them against the built object (which also
 /// has [`AYA_LOGS`]).
@@ -482,12 +486,15 @@ pub struct NextHop {
     pub ifindex: u32,
     /// The ingress interface the answer was for (forwarding and policy depend on it).
     pub in_ifindex: u32,
+    /// The destination the answer was for.
+    pub dst: [u8; 4],
     /// The largest IPv4 total length the FIB accepted for this path (MTU checks: larger
     /// packets ask the FIB again).
     pub max_len: u16,
     pub _pad: u16,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
+    pub _pad2: [u8; 4],
 }
 
 /// Target modes as configured (not the datapath's `TARGET_MODE_*`).
@@ -553,7 +560,7 @@ pub fn decode_name(name: &[u8; NAME_LEN]) -> &str {
 const _: () = {
     assert!(size_of::<BenchTemplate>() == 16 + BENCH_FRAME);
     assert!(size_of::<ControlMeta>() == 24);
-    assert!(size_of::<NextHop>() == 32);
+    assert!(size_of::<NextHop>() == 40);
     assert!(size_of::<TargetMeta>() == 40);
     assert!(size_of::<PathMeta>() == 56);
 };

@@ -16,7 +16,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     Counter,
-    maps::{NEXTHOP_TTL_NS, NextHop},
+    hash::addr_slot,
+    maps::{MAX_PATHS, NEXTHOP_TTL_NS, NextHop, RETURN_NEXTHOPS},
     nat,
     net::{EthHdr, Ipv4Hdr},
 };
@@ -114,30 +115,47 @@ fn route_with(
     }
 }
 
-/// [`route`] for a packet toward path `path`: the path's last FIB answer is reused (per CPU)
-/// while it is fresh ([`NEXTHOP_TTL_NS`]), came from the same ingress interface, and accepted a
-/// packet at least this long; otherwise the FIB is asked, and a forwarding answer kept. The FIB
-/// lookup is most of the per-packet cost of a flow hit; a route or neighbour change reaches the
-/// path's packets within the TTL.
+/// The next-hop cache slot of a packet toward path `path` (ingress).
 #[inline(always)]
-pub fn route_path(
+pub fn path_slot(path: u32) -> u32 {
+    path
+}
+
+/// The next-hop cache slot of a packet toward client `addr` (return).
+#[inline(always)]
+pub fn client_slot(addr: [u8; 4]) -> u32 {
+    MAX_PATHS + (addr_slot(addr) & (RETURN_NEXTHOPS - 1))
+}
+
+/// [`route`], through a per-CPU cache of FIB answers (`LB_NEXTHOPS`, slot from [`path_slot`]
+/// or [`client_slot`]): an answer is reused while it is fresh ([`NEXTHOP_TTL_NS`]), for the
+/// same destination and ingress interface, and for packets no longer than one the FIB
+/// accepted; otherwise the FIB is asked, and a forwarding answer kept. The FIB lookup is most
+/// of the per-packet cost; a route or neighbour change reaches packets within the TTL. The
+/// cache assumes the route does not depend on the packet's source address.
+#[inline(always)]
+pub fn route_cached(
     ctx: &XdpContext,
     l2: &L2,
     ip: &Ipv4Hdr,
     flow: &Flow,
-    path: u32,
+    slot: u32,
 ) -> Result<Next, Counter> {
     let tot_len = ip.tot_len();
     let in_ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let cached = LB_NEXTHOPS.get_ptr_mut(path);
+    let cached = LB_NEXTHOPS.get_ptr_mut(slot);
     if !l2.vlan
         && let Some(c) = cached
     {
         // SAFETY: a per-CPU slot, valid for the run and touched by no other CPU.
-        let c = unsafe { &mut *c };
-        if now < c.expires_ns && c.in_ifindex == in_ifindex && tot_len <= c.max_len {
+        let c = unsafe { &*c };
+        if now < c.expires_ns
+            && c.dst == flow.dst
+            && c.in_ifindex == in_ifindex
+            && tot_len <= c.max_len
+        {
             return Ok(Next::Send(Route {
                 ifindex: c.ifindex,
                 smac: c.smac,
@@ -150,6 +168,7 @@ pub fn route_path(
         // SAFETY: as above.
         let c = unsafe { &mut *c };
         let same = now < c.expires_ns
+            && c.dst == flow.dst
             && c.ifindex == r.ifindex
             && c.in_ifindex == in_ifindex
             && c.dmac == r.dmac;
@@ -157,6 +176,7 @@ pub fn route_path(
             expires_ns: now + NEXTHOP_TTL_NS,
             ifindex: r.ifindex,
             in_ifindex,
+            dst: flow.dst,
             max_len: if same {
                 c.max_len.max(tot_len)
             } else {
@@ -165,6 +185,7 @@ pub fn route_path(
             _pad: 0,
             smac: r.smac,
             dmac: r.dmac,
+            _pad2: [0; 4],
         };
     }
     Ok(next)

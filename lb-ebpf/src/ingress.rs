@@ -99,7 +99,7 @@ pub fn handle(ctx: &XdpContext) -> Outcome {
     let path = flow::assign(&key, &vip, flow)?;
     let target_port = vip.info.target_port;
     let new_port = (service_port.is_some() && target_port != [0, 0]).then_some(target_port);
-    let next = forward::route_path(
+    let next = forward::route_cached(
         ctx,
         &l2,
         ip,
@@ -109,7 +109,7 @@ pub fn handle(ctx: &XdpContext) -> Outcome {
             sport,
             dport: new_port.unwrap_or(dport),
         },
-        path.id,
+        forward::path_slot(path.id),
     )?;
     if let Next::TooBig(mtu) = next {
         return icmp::too_big(ctx, mtu);

@@ -49,9 +49,10 @@ pub static LB_VIP_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entri
 #[map]
 pub static LB_PATH_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(MAX_PATHS, 0);
 
-/// Per path id, per CPU: see `forward::route_path`.
+/// Per CPU: see `forward::route_cached`.
 #[map]
-pub static LB_NEXTHOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_PATHS, 0);
+pub static LB_NEXTHOPS: PerCpuArray<NextHop> =
+    PerCpuArray::with_max_entries(MAX_PATHS + lb_common::maps::RETURN_NEXTHOPS, 0);
 
 // ---- Control-plane state: never read by the programs (see `lb_common::maps::META`). ----
 

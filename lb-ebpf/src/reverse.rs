@@ -142,7 +142,7 @@ pub fn handle(ctx: &XdpContext) -> Outcome {
         return Err(Counter::PassTtlExpired);
     }
     let new_port = (service_port.is_some() && rev.vip_port != [0, 0]).then_some(rev.vip_port);
-    let next = forward::route(
+    let next = forward::route_cached(
         ctx,
         &l2,
         ip,
@@ -152,6 +152,7 @@ pub fn handle(ctx: &XdpContext) -> Outcome {
             sport: new_port.unwrap_or(sport),
             dport,
         },
+        forward::client_slot(ip.dst),
     )?;
     if let Next::TooBig(mtu) = next {
         return icmp::too_big(ctx, mtu);
