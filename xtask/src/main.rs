@@ -3,6 +3,7 @@
 //! Every subcommand that needs a tool calls the `setup::ensure_*` functions first, so a fresh
 //! machine sets itself up: `cargo xtask test` is all CI runs after `cargo xtask setup`.
 
+mod bench;
 mod build_cmd;
 mod clippy;
 mod lab;
@@ -54,6 +55,9 @@ enum Command {
     Lab(lab::Options),
     /// Build `lb` and run it on this host as root: `cargo xtask run -- run --config FILE`.
     Run(run::Options),
+    /// Measure: per-packet cost, flow-table scale, throughput against nftables DNAT and a bare
+    /// redirect, failover outage, restart and reload losses (docs/BENCHMARKS.md).
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
         Command::Test(opts) => test::run(opts),
         Command::Lab(opts) => lab::run(opts),
         Command::Run(opts) => run::run(opts),
+        Command::Bench(opts) => bench::run(opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
