@@ -28,3 +28,24 @@ pub fn privileged(suite: &str) -> bool {
     eprintln!("{suite}: skipped: needs root (BPF, network namespaces); run under sudo or as root");
     false
 }
+
+/// An end-to-end test: a function that sets up its own namespaces and fails with a message.
+pub type Test = fn() -> anyhow::Result<()>;
+
+/// Runs `tests` as a libtest-mimic suite (names filterable like `cargo test`), after the
+/// privilege check of [`privileged`].
+pub fn run_suite(suite: &str, tests: &[(&'static str, Test)]) {
+    let args = libtest_mimic::Arguments::from_args();
+    if !privileged(suite) {
+        return;
+    }
+    let trials = tests
+        .iter()
+        .map(|&(name, f)| {
+            libtest_mimic::Trial::test(name, move || {
+                f().map_err(|e| libtest_mimic::Failed::from(format!("{e:#}")))
+            })
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}

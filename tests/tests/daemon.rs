@@ -13,7 +13,6 @@ use lb_tests::{
     servers,
     traffic::{http_get, udp_stream},
 };
-use libtest_mimic::{Arguments, Failed, Trial};
 
 const HTTP: u16 = lb_tests::lab::HTTP_PORT;
 const UDP: u16 = lb_tests::lab::UDP_PORT;
@@ -579,44 +578,32 @@ fn clear_errors_and_nothing_applied() -> anyhow::Result<()> {
     Ok(())
 }
 
-type Test = fn() -> anyhow::Result<()>;
-
 fn main() {
-    let args = Arguments::from_args();
-    if !lb_tests::privileged("daemon") {
-        return;
-    }
-    let tests: [(&str, Test); 10] = [
-        (
-            "restart_refuses_another_layout_unless_replace",
-            restart_refuses_another_layout_unless_replace,
-        ),
-        ("dozens_of_paths_at_10ms", dozens_of_paths_at_10ms),
-        ("failover_on_blackhole", failover_on_blackhole),
-        (
-            "probe_types_against_real_listeners",
-            probe_types_against_real_listeners,
-        ),
-        ("restart_adopts_without_loss", restart_adopts_without_loss),
-        (
-            "reload_adds_and_removes_vips_without_loss",
-            reload_adds_and_removes_vips_without_loss,
-        ),
-        ("cli_json_matches_the_traffic", cli_json_matches_the_traffic),
-        ("drain_survives_restart", drain_survives_restart),
-        ("metrics_endpoint", metrics_endpoint),
-        (
-            "clear_errors_and_nothing_applied",
-            clear_errors_and_nothing_applied,
-        ),
-    ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, f)| {
-            Trial::test(name, move || {
-                f().map_err(|e| Failed::from(format!("{e:#}")))
-            })
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
+    lb_tests::run_suite(
+        "daemon",
+        &[
+            (
+                "restart_refuses_another_layout_unless_replace",
+                restart_refuses_another_layout_unless_replace,
+            ),
+            ("dozens_of_paths_at_10ms", dozens_of_paths_at_10ms),
+            ("failover_on_blackhole", failover_on_blackhole),
+            (
+                "probe_types_against_real_listeners",
+                probe_types_against_real_listeners,
+            ),
+            ("restart_adopts_without_loss", restart_adopts_without_loss),
+            (
+                "reload_adds_and_removes_vips_without_loss",
+                reload_adds_and_removes_vips_without_loss,
+            ),
+            ("cli_json_matches_the_traffic", cli_json_matches_the_traffic),
+            ("drain_survives_restart", drain_survives_restart),
+            ("metrics_endpoint", metrics_endpoint),
+            (
+                "clear_errors_and_nothing_applied",
+                clear_errors_and_nothing_applied,
+            ),
+        ],
+    );
 }

@@ -19,7 +19,6 @@ use lb_tests::{
     servers,
     traffic::{http_get, udp_flows, udp_sockets, udp_stream},
 };
-use libtest_mimic::{Arguments, Failed, Trial};
 
 const PORTS: servers::Ports = servers::Ports {
     http: HTTP_PORT,
@@ -336,40 +335,28 @@ fn pmtu_through_the_nat() -> anyhow::Result<()> {
     Ok(())
 }
 
-type Test = fn() -> anyhow::Result<()>;
-
 fn main() {
-    let args = Arguments::from_args();
-    if !lb_tests::privileged("lab") {
-        return;
-    }
-    let tests: [(&str, Test); 6] = [
-        ("through_both_vip_kinds", through_both_vip_kinds),
-        (
-            "failover_on_each_failure_kind",
-            failover_on_each_failure_kind,
-        ),
-        (
-            "failback_with_and_without_preempt",
-            failback_with_and_without_preempt,
-        ),
-        (
-            "active_active_spreads_by_weight",
-            active_active_spreads_by_weight,
-        ),
-        (
-            "orphaned_tcp_connection_is_reset",
-            orphaned_tcp_connection_is_reset,
-        ),
-        ("pmtu_through_the_nat", pmtu_through_the_nat),
-    ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, f)| {
-            Trial::test(name, move || {
-                f().map_err(|e| Failed::from(format!("{e:#}")))
-            })
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
+    lb_tests::run_suite(
+        "lab",
+        &[
+            ("through_both_vip_kinds", through_both_vip_kinds),
+            (
+                "failover_on_each_failure_kind",
+                failover_on_each_failure_kind,
+            ),
+            (
+                "failback_with_and_without_preempt",
+                failback_with_and_without_preempt,
+            ),
+            (
+                "active_active_spreads_by_weight",
+                active_active_spreads_by_weight,
+            ),
+            (
+                "orphaned_tcp_connection_is_reset",
+                orphaned_tcp_connection_is_reset,
+            ),
+            ("pmtu_through_the_nat", pmtu_through_the_nat),
+        ],
+    );
 }
