@@ -66,6 +66,10 @@ struct Bench {
     template: Array<MapData, BenchTemplate>,
     repeat: u32,
     rounds: u32,
+    /// The restore's cost over the floor, subtracted from every case.
+    overhead: f64,
+    /// The floor's cost.
+    floor: f64,
 }
 
 /// A 64-byte UDP frame (checksum 0, so varied ports keep it valid).
@@ -95,12 +99,14 @@ impl Bench {
             template,
             repeat,
             rounds,
+            overhead: 0.0,
+            floor: f64::NAN,
         })
     }
 
     fn set(&mut self, f: &[u8], vary: u32, flows: u32) -> anyhow::Result<()> {
         ensure!(
-            f.len() % 8 == 0 && f.len() <= BENCH_FRAME,
+            f.len().is_multiple_of(8) && f.len() <= BENCH_FRAME,
             "template of {} bytes",
             f.len()
         );
@@ -155,13 +161,10 @@ impl Bench {
         &mut self,
         name: &'static str,
         prog: &'static str,
-        on: Iface,
-        f: &[u8],
-        action: u32,
+        (on, f, action): (Iface, &[u8], u32),
         counter: Counter,
-        overhead: f64,
-        floor: f64,
     ) -> anyhow::Result<Case> {
+        let (overhead, floor) = (self.overhead, self.floor);
         let before = self.counter(counter)?;
         let raw = self.measure(prog, on, f, action)?;
         let grew = self.counter(counter)? - before;
@@ -211,51 +214,37 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
     b.set(&to_vip, BENCH_VARY_NONE, 0)?;
     let floor = b.measure(PROG_BENCH_FLOOR, b.fx.env.cli0, &to_vip, XDP_PASS)?;
     let restore = b.measure(PROG_BENCH_RESTORE, b.fx.env.cli0, &to_vip, XDP_PASS)?;
-    let overhead = restore.median - floor.median;
+    b.overhead = restore.median - floor.median;
+    b.floor = floor.median;
+    let overhead = b.overhead;
     let cli0 = b.fx.env.cli0;
     let ingress_hit = b.case(
         "ingress, flow hit",
         PROG_BENCH_INGRESS,
-        cli0,
-        &to_vip,
-        XDP_REDIRECT,
+        (cli0, &to_vip, XDP_REDIRECT),
         Counter::FlowHit,
-        overhead,
-        floor.median,
     )?;
     b.set(&to_vip, BENCH_VARY_SEQUENCE, 0)?;
     let ingress_new = b.case(
         "ingress, new flow",
         PROG_BENCH_INGRESS,
-        cli0,
-        &to_vip,
-        XDP_REDIRECT,
+        (cli0, &to_vip, XDP_REDIRECT),
         Counter::FlowNew,
-        overhead,
-        floor.median,
     )?;
     b.set(&not_vip, BENCH_VARY_NONE, 0)?;
     let non_vip = b.case(
         "ingress, not for a VIP",
         PROG_BENCH_INGRESS,
-        cli0,
-        &not_vip,
-        XDP_PASS,
+        (cli0, &not_vip, XDP_PASS),
         Counter::PassNotForUs,
-        overhead,
-        floor.median,
     )?;
     b.set(&reply, BENCH_VARY_NONE, 0)?;
     let path0 = b.fx.env.path0;
     let return_hit = b.case(
         "return",
         PROG_BENCH_RETURN,
-        path0,
-        &reply,
-        XDP_REDIRECT,
+        (path0, &reply, XDP_REDIRECT),
         Counter::NatReturn,
-        overhead,
-        floor.median,
     )?;
     drop(b);
 
@@ -267,6 +256,7 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
     let mut flow_scale = Vec::new();
     for &n in sizes {
         let mut b = Bench::new(env, 1 << 21, repeat, rounds)?;
+        (b.overhead, b.floor) = (overhead, floor.median);
         for i in 0..n {
             let (src, sport) = bench_flow(i);
             let key = FlowKey::new(
@@ -294,12 +284,8 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
         let c = b.case(
             name,
             PROG_BENCH_INGRESS,
-            cli0,
-            &to_vip,
-            XDP_REDIRECT,
+            (cli0, &to_vip, XDP_REDIRECT),
             Counter::FlowHit,
-            overhead,
-            floor.median,
         )?;
         flow_scale.push((n, c));
     }
