@@ -103,10 +103,16 @@ pub fn measured(ctx: &XdpContext, handler: Option<fn(&XdpContext) -> u32>) -> u3
     }
 }
 
-/// Live-frames traffic generator: a new source port per frame (modulo `flows`), sent out of
-/// the interface it runs on. The template has UDP checksum 0, so the frame stays valid.
+/// Live-frames traffic generator: the template frame with a new source port per frame (modulo
+/// `flows`), sent out of the interface it runs on. The template has UDP checksum 0, so the
+/// frame stays valid.
 #[inline(always)]
 pub fn generate(ctx: &XdpContext) -> u32 {
+    // Live frames recycle their pages without restoring the bytes: what the edge rewrote in
+    // place would come back. Start from the template every time.
+    if restore(ctx).is_none() {
+        return xdp_action::XDP_ABORTED;
+    }
     let flows = LB_BENCH.get(0).map_or(1, |t| t.flows.max(1));
     let _ = set_flow(ctx, next_seq() % flows, false);
     xdp_action::XDP_TX
