@@ -11,7 +11,6 @@
 //! Everything runs in the fixture namespace (`fixture::Env`), so `bpf_fib_lookup` finds routes
 //! and neighbours, and the forwarding cases end in `XDP_REDIRECT` as in production.
 
-use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, ensure};
 use aya::{
@@ -289,7 +288,6 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
         )?;
         flow_scale.push((n, c));
     }
-    let _ = Ipv4Addr::UNSPECIFIED;
     Ok(Cost {
         repeat,
         rounds,
