@@ -11,7 +11,6 @@
 //! Everything runs in the fixture namespace (`fixture::Env`), so `bpf_fib_lookup` finds routes
 //! and neighbours, and the forwarding cases end in `XDP_REDIRECT` as in production.
 
-
 use anyhow::{Context as _, ensure};
 use aya::{
     maps::{Array, MapData},
