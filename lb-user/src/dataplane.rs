@@ -337,6 +337,8 @@ impl Dataplane {
         opts: &LoadOptions,
         replace: bool,
     ) -> Result<(Self, Origin), Error> {
+        // Before touching anything: a build without the object has nothing to install.
+        let object = crate::object()?;
         bpffs::ensure(pin.root())?;
         let maps_dir = pin.maps();
         let mut origin = Origin::Fresh;
@@ -370,7 +372,7 @@ impl Dataplane {
         if let Some(size) = opts.flow_table_size {
             loader.map_max_entries(FLOWS, size);
         }
-        let mut ebpf = loader.load(crate::object()?).map_err(Error::Load)?;
+        let mut ebpf = loader.load(object).map_err(Error::Load)?;
         load_programs(&mut ebpf)?;
         let mut maps = Maps::take(&mut ebpf, origin == Origin::Fresh)?;
         if origin == Origin::Fresh {
