@@ -129,7 +129,14 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         dirty: false,
         attached: Default::default(),
     };
-    d.switch_to(model).context("applying the configuration")?;
+    if let Err(e) = d.switch_to(model) {
+        // A fresh install that cannot be completed leaves nothing behind; adopted state stays
+        // as it was found (switch_to undoes its own map writes).
+        if origin == Origin::Fresh {
+            let _ = pin.remove();
+        }
+        return Err(e.context("applying the configuration"));
+    }
     d.write_meta(std::process::id())?;
 
     if let Some(addr) = opts.metrics {
