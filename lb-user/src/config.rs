@@ -220,12 +220,19 @@ impl Vip {
     }
 }
 
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Protocol {
+    /// `tcp` or `udp`, as the file spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

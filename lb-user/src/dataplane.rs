@@ -419,12 +419,7 @@ impl Dataplane {
             });
         }
         let name = role.program();
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(Error::MissingProgram { name })?
-            .try_into()
-            .map_err(|source| Error::Program { name, source })?;
+        let prog = xdp_mut(&mut self.ebpf, name)?;
         let attempt = |prog: &mut Xdp, mode: XdpMode, label: &'static str| {
             prog.attach_to_if_index(ifindex, mode)
                 .map_err(|source| Error::Attach {
@@ -487,12 +482,7 @@ impl Dataplane {
             path: path.to_path_buf(),
             source,
         };
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(Error::MissingProgram { name })?
-            .try_into()
-            .map_err(|source| Error::Program { name, source })?;
+        let prog = xdp_mut(&mut self.ebpf, name)?;
         let fd: FdLink = pinned.into();
         let link = aya::programs::xdp::XdpLink::try_from(fd).map_err(|e| pin_err(Box::new(e)))?;
         // The pin keeps the link (and the old program) attached while it is updated; the
@@ -530,12 +520,7 @@ impl Dataplane {
     /// Program `name` of the object, loaded (through the verifier) on first use: the
     /// benchmark's entry points, which the daemon never loads.
     pub fn program_mut(&mut self, name: &'static str) -> Result<&mut Xdp, Error> {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(Error::MissingProgram { name })?
-            .try_into()
-            .map_err(|source| Error::Program { name, source })?;
+        let prog = xdp_mut(&mut self.ebpf, name)?;
         if prog.fd().is_err() {
             prog.load()
                 .map_err(|source| Error::Program { name, source })?;
@@ -553,13 +538,17 @@ impl Dataplane {
     }
 }
 
+/// Program `name` of the object, as the XDP program it must be.
+fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, Error> {
+    ebpf.program_mut(name)
+        .ok_or(Error::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| Error::Program { name, source })
+}
+
 fn load_programs(ebpf: &mut Ebpf) -> Result<(), Error> {
     for name in [PROG_INGRESS, PROG_RETURN] {
-        let prog: &mut Xdp = ebpf
-            .program_mut(name)
-            .ok_or(Error::MissingProgram { name })?
-            .try_into()
-            .map_err(|source| Error::Program { name, source })?;
+        let prog = xdp_mut(ebpf, name)?;
         prog.load()
             .map_err(|source| Error::Program { name, source })?;
     }

@@ -101,9 +101,10 @@ pub fn render(pin: &PinDir, shared: &Mutex<Shared>) -> anyhow::Result<String> {
             continue;
         };
         let s = maps.vip_stats(*id)?;
-        let service = v.service.map_or("all".to_string(), |s| {
-            format!("{:?}/{}", s.protocol, s.port).to_lowercase()
-        });
+        let service = crate::view::service_label(
+            v.service.map(|s| s.protocol.name()),
+            v.service.map(|s| s.port),
+        );
         let labels = format!(
             "vip=\"{}\",service=\"{service}\",target=\"{}\"",
             v.address,

@@ -15,7 +15,7 @@ use lb_common::{
 use serde::Serialize;
 
 use crate::{
-    config::{AllDown, Mode, Protocol},
+    config::{AllDown, Mode},
     dataplane::Error,
     health::Health,
     maps::Maps,
@@ -79,13 +79,6 @@ pub struct VipStatus {
     pub target: String,
     /// The port on the VM, when the service translates it.
     pub target_port: Option<u16>,
-}
-
-fn protocol_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-    }
 }
 
 fn rfc3339(t: SystemTime) -> Option<String> {
@@ -188,7 +181,7 @@ pub fn status(maps: &Maps) -> Result<Status, Error> {
         .iter()
         .map(|v| VipStatus {
             address: v.address,
-            protocol: v.service.map(|s| protocol_name(s.protocol)),
+            protocol: v.service.map(|s| s.protocol.name()),
             port: v.service.map(|s| s.port),
             target: v.target.clone(),
             target_port: v.service.and_then(|s| s.target_port),
@@ -260,7 +253,7 @@ pub fn stats(maps: &Maps) -> Result<Stats, Error> {
         };
         vips.push(VipTraffic {
             address: v.address,
-            protocol: v.service.map(|s| protocol_name(s.protocol)),
+            protocol: v.service.map(|s| s.protocol.name()),
             port: v.service.map(|s| s.port),
             target: v.target.clone(),
             traffic: maps.vip_stats(*id)?.into(),
@@ -320,6 +313,14 @@ pub fn flows(maps: &Maps, limit: usize) -> Result<Vec<Flow>, Error> {
             }
         })
         .collect())
+}
+
+/// How a VIP's service reads: `tcp/443`, or `all` for a whole-address VIP.
+pub fn service_label(protocol: Option<&str>, port: Option<u16>) -> String {
+    match (protocol, port) {
+        (Some(proto), Some(port)) => format!("{proto}/{port}"),
+        _ => "all".into(),
+    }
 }
 
 /// `a - b` per second over `dt` (for `lb stats --watch`).

@@ -145,9 +145,7 @@ fn probe_types_against_real_listeners() -> anyhow::Result<()> {
 
 fn restart_adopts_without_loss() -> anyhow::Result<()> {
     let (topo, _srv, mut d) = setup(&config(TCP_PROBE, "", WHOLE_VIP))?;
-    let links_before = topo
-        .edge
-        .exec("ip", &["-d", "link", "show", EDGE_CLIENTS])?;
+    let prog_before = xdp_prog_id(&topo)?;
     // 3000 datagrams, one per millisecond, while the daemon stops and starts again.
     let stream = udp_stream(
         &topo.client,
@@ -187,15 +185,27 @@ fn restart_adopts_without_loss() -> anyhow::Result<()> {
     let log = d.log_text();
     ensure!(log.contains("adopted the datapath pinned"), "{log}");
     ensure!(log.contains("program updated in place"), "{log}");
-    let links_after = topo
+    // Still attached (the stream never broke), now running the new daemon's program: the
+    // link was updated in place, not re-created.
+    let prog_after = xdp_prog_id(&topo)?;
+    ensure!(
+        prog_after != prog_before,
+        "the program was not updated: id {prog_after}"
+    );
+    Ok(())
+}
+
+/// The id of the XDP program attached to the edge's client-facing interface.
+fn xdp_prog_id(topo: &Lab) -> anyhow::Result<u32> {
+    let out = topo
         .edge
         .exec("ip", &["-d", "link", "show", EDGE_CLIENTS])?;
-    ensure!(
-        String::from_utf8_lossy(&links_after.stdout).contains("prog/xdp"),
-        "still attached"
-    );
-    drop(links_before);
-    Ok(())
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("prog/xdp id ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|id| id.parse().ok())
+        .with_context(|| format!("no XDP program on {EDGE_CLIENTS}: {text}"))
 }
 
 fn restart_refuses_another_layout_unless_replace() -> anyhow::Result<()> {

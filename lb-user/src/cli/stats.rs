@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use lb_user::view::{self, Stats};
+use lb_user::view::{self, Stats, Traffic};
 
 use super::{PinArgs, print_json};
 
@@ -58,62 +58,40 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
 }
 
 fn print(s: &Stats, prev: Option<(&Stats, Duration)>) -> anyhow::Result<()> {
-    let rate = |now: u64, f: &dyn Fn(&Stats) -> u64| match prev {
-        Some((p, dt)) => format!(" ({:.0}/s)", view::rate(now, f(p), dt)),
+    let rate = |now: u64, before: u64| match prev {
+        Some((_, dt)) => format!(" ({:.0}/s)", view::rate(now, before, dt)),
         None => String::new(),
+    };
+    // One line of traffic, with rates against the same entry of the previous refresh.
+    let line = |t: &Traffic, before: Option<&Traffic>| {
+        let before = before.cloned().unwrap_or_default();
+        format!(
+            "in {} pkts{} {} B, out {} pkts{} {} B",
+            t.in_packets,
+            rate(t.in_packets, before.in_packets),
+            t.in_bytes,
+            t.out_packets,
+            rate(t.out_packets, before.out_packets),
+            t.out_bytes
+        )
     };
     println!("counters:");
     for (name, v) in s.counters.iter().filter(|(_, v)| **v != 0) {
-        let name = *name;
-        println!(
-            "  {name:<24} {v}{}",
-            rate(*v, &|p: &Stats| p.counters.get(name).copied().unwrap_or(0))
-        );
+        let before = prev
+            .and_then(|(p, _)| p.counters.get(name).copied())
+            .unwrap_or(0);
+        println!("  {name:<24} {v}{}", rate(*v, before));
     }
     println!("vips:");
     for (i, v) in s.vips.iter().enumerate() {
-        let service = match (v.protocol, v.port) {
-            (Some(proto), Some(port)) => format!("{proto}/{port}"),
-            _ => "all".into(),
-        };
-        let t = &v.traffic;
-        println!(
-            "  {} {service:<8} in {} pkts{} {} B, out {} pkts{} {} B",
-            v.address,
-            t.in_packets,
-            rate(t.in_packets, &|p: &Stats| p
-                .vips
-                .get(i)
-                .map_or(0, |x| x.traffic.in_packets)),
-            t.in_bytes,
-            t.out_packets,
-            rate(t.out_packets, &|p: &Stats| p
-                .vips
-                .get(i)
-                .map_or(0, |x| x.traffic.out_packets)),
-            t.out_bytes
-        );
+        let before = prev.and_then(|(p, _)| p.vips.get(i)).map(|x| &x.traffic);
+        let service = view::service_label(v.protocol, v.port);
+        println!("  {} {service:<8} {}", v.address, line(&v.traffic, before));
     }
     println!("paths:");
     for (i, p) in s.paths.iter().enumerate() {
-        let t = &p.traffic;
-        println!(
-            "  {}/{:<10} in {} pkts{} {} B, out {} pkts{} {} B",
-            p.target,
-            p.path,
-            t.in_packets,
-            rate(t.in_packets, &|s: &Stats| s
-                .paths
-                .get(i)
-                .map_or(0, |x| x.traffic.in_packets)),
-            t.in_bytes,
-            t.out_packets,
-            rate(t.out_packets, &|s: &Stats| s
-                .paths
-                .get(i)
-                .map_or(0, |x| x.traffic.out_packets)),
-            t.out_bytes
-        );
+        let before = prev.and_then(|(x, _)| x.paths.get(i)).map(|x| &x.traffic);
+        println!("  {}/{:<10} {}", p.target, p.path, line(&p.traffic, before));
     }
     Ok(())
 }

@@ -52,10 +52,7 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
     }
     println!();
     for v in &s.vips {
-        let service = match (v.protocol, v.port) {
-            (Some(proto), Some(port)) => format!("{proto}/{port}"),
-            _ => "all".into(),
-        };
+        let service = view::service_label(v.protocol, v.port);
         let to = v
             .target_port
             .map_or(String::new(), |p| format!(" port {p}"));

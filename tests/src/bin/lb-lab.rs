@@ -101,6 +101,23 @@ fn which_path(body: &str) -> &'static str {
     }
 }
 
+/// A request from the client through the VIP; says and returns which path answered.
+fn request(lab: &Lab, t: &Clock) -> anyhow::Result<&'static str> {
+    let body = http_get(
+        &lab.client,
+        VIP,
+        lab::HTTP_PORT,
+        "/",
+        Duration::from_secs(2),
+    )?;
+    let path = which_path(&body);
+    t.say(format!(
+        "client → http://{VIP}:{}/ answered by {body} ({path})",
+        lab::HTTP_PORT
+    ))?;
+    Ok(path)
+}
+
 fn ensure_no_lab() -> anyhow::Result<()> {
     if Path::new(&format!("/run/netns/{PREFIX}-edge")).exists() {
         bail!("a lab is up (namespaces {PREFIX}-*): `cargo xtask lab down` first");
@@ -127,19 +144,7 @@ fn story() -> anyhow::Result<()> {
     })?;
     interrupted()?;
 
-    let body = http_get(
-        &lab.client,
-        VIP,
-        lab::HTTP_PORT,
-        "/",
-        Duration::from_secs(2),
-    )?;
-    t.say(format!(
-        "client → http://{VIP}:{}/ answered by {body} ({})",
-        lab::HTTP_PORT,
-        which_path(&body)
-    ))?;
-    ensure!(which_path(&body) == "nn1");
+    ensure!(request(&lab, &t)? == "nn1");
 
     let stream = udp_stream(
         &lab.client,
@@ -162,19 +167,7 @@ fn story() -> anyhow::Result<()> {
         active(s, "web-vm").as_deref() == Some("nn2")
     })?;
     t.say(format!("lb detected it and swapped: new flows → nn2, {} ms after the failure (budget fall × interval = {} ms)", took.as_millis(), fall * interval))?;
-    let body = http_get(
-        &lab.client,
-        VIP,
-        lab::HTTP_PORT,
-        "/",
-        Duration::from_secs(2),
-    )?;
-    t.say(format!(
-        "client → http://{VIP}:{}/ answered by {body} ({})",
-        lab::HTTP_PORT,
-        which_path(&body)
-    ))?;
-    ensure!(which_path(&body) == "nn2");
+    ensure!(request(&lab, &t)? == "nn2");
     interrupted()?;
 
     let report = stream
@@ -196,18 +189,10 @@ fn story() -> anyhow::Result<()> {
         "lb saw nn1 rise ({rise} good probes) after {} ms: new flows → nn1 again (preempt: true)",
         took.as_millis()
     ))?;
-    let body = http_get(
-        &lab.client,
-        VIP,
-        lab::HTTP_PORT,
-        "/",
-        Duration::from_secs(2),
-    )?;
-    t.say(format!(
-        "client → http://{VIP}:{}/ answered by {body} ({})",
-        lab::HTTP_PORT,
-        which_path(&body)
-    ))?;
+    ensure!(
+        request(&lab, &t)? == "nn1",
+        "failback: preempt brings new flows back to nn1"
+    );
 
     println!("\n$ lb status");
     print!("{}", d.lb(&["status"])?);
