@@ -300,12 +300,9 @@ fn the_same_port_over_tcp_and_udp_is_not_ambiguous() {
 
 #[test]
 fn the_example_file_parses() {
+    // README.md points new users at this file: it must exist and be valid.
     let file = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/lb.json"));
-    if !file.exists() {
-        eprintln!("skipped: {} does not exist", file.display());
-        return;
-    }
-    Config::load(file).unwrap_or_else(|e| panic!("{e}"));
+    Config::load(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
 }
 
 // ---- Loading. ----
@@ -492,6 +489,45 @@ fn empty_names() {
         |v| v["targets"][0]["paths"][0]["name"] = json!(""),
         "targets[0].paths[0].name",
         "a path needs a name",
+    );
+}
+
+/// Names are kept in the pinned maps, `lb_common::maps::NAME_LEN` (32) bytes each: 32 bytes
+/// pass, 33 are rejected with the limit named, and so is a NUL byte.
+#[test]
+fn names_fit_the_pinned_maps() {
+    assert_eq!(lb_common::maps::NAME_LEN, 32);
+    let longest = "a".repeat(32);
+    let config = accepts(&edited(|v| {
+        v["targets"][0]["name"] = json!(longest);
+        v["targets"][0]["paths"][0]["name"] = json!(longest);
+        v["vips"][0]["target"] = json!(longest);
+        v["vips"][1]["target"] = json!(longest);
+    }));
+    assert_eq!(config.targets[0].name, longest);
+    assert_eq!(config.targets[0].paths[0].name, longest);
+
+    let too_long = "a".repeat(33);
+    rejects_edit(
+        |v| v["targets"][0]["name"] = json!(too_long),
+        "targets[0].name",
+        &format!("{too_long:?} is longer than 32 bytes (names are kept in the pinned maps)"),
+    );
+    rejects_edit(
+        |v| v["targets"][0]["paths"][1]["name"] = json!(too_long),
+        "targets[0].paths[1].name",
+        &format!("{too_long:?} is longer than 32 bytes"),
+    );
+    // Bytes, not characters: 11 three-byte characters are 33 bytes.
+    rejects_edit(
+        |v| v["targets"][0]["name"] = json!("€".repeat(11)),
+        "targets[0].name",
+        "is longer than 32 bytes",
+    );
+    rejects_edit(
+        |v| v["targets"][0]["paths"][0]["name"] = json!("nn\u{0}1"),
+        "targets[0].paths[0].name",
+        "contains a NUL byte",
     );
 }
 

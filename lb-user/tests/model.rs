@@ -912,27 +912,35 @@ fn a_new_path_on_a_freed_id_is_not_born_drained() {
     assert_eq!(b.paths[&path_id(&b, "web", "nn3")], PathState::default());
 }
 
-/// Guards names against the maps' `NAME_LEN` (32 bytes): the maps are where a restarted daemon
-/// and the CLI find targets and paths by name, so a name must either survive them or be
-/// rejected by the configuration. Today two 34-byte target names with the same first 32 bytes
-/// are accepted and come back as one target: `lb status` shows one, `lb path` cannot find the
-/// configured name, and the rebuilt model's tables (what `lb path disable` applies without a
-/// daemon) point the VIP of the first at the second and zero the first.
+/// Names reach the maps at up to `NAME_LEN` (32) bytes (longer ones are rejected by the
+/// configuration: `config.rs`, `names_fit_the_pinned_maps`): the maps are where a restarted
+/// daemon and the CLI find targets and paths by name, so two names that differ only in their
+/// 32nd byte must come back from the tables as two, with their own VIPs and paths.
 #[test]
-fn names_survive_the_maps_or_are_rejected() {
+fn names_of_the_full_length_survive_the_maps() {
     let (one, two) = (
-        "customer-production-web-frontend-1",
-        "customer-production-web-frontend-2",
+        "customer-production-web-fronte-1",
+        "customer-production-web-fronte-2",
     );
+    assert_eq!((one.len(), two.len()), (32, 32));
+    let path = "path-name-of-exactly-32-bytes-p1";
+    assert_eq!(path.len(), 32);
     let cfg = Cfg::new()
-        .target(one, failover(), &[("p", "192.0.2.1", 0)])
-        .target(two, failover(), &[("p", "192.0.2.2", 0)])
-        .vip("203.0.113.1", one);
-    let Ok(config) = Config::from_json(&cfg.0.to_string()) else {
-        return; // rejected: fine
-    };
+        .target(one, failover(), &[(path, "192.0.2.1", 0)])
+        .target(two, failover(), &[(path, "192.0.2.2", 0)])
+        .vip("203.0.113.1", one)
+        .vip("203.0.113.2", two);
+    let config = Config::from_json(&cfg.0.to_string()).expect("32-byte names are valid");
     let m = Model::new(config, &Model::empty()).expect("fits");
+    assert_eq!(m.ids.targets.len(), 2);
     let rebuilt = Model::from_tables(&m.tables(), |_| false);
     assert_eq!(rebuilt.ids, m.ids);
     assert_eq!(rebuilt.tables(), m.tables());
+    assert!(rebuilt.ids.targets.contains_key(one) && rebuilt.ids.targets.contains_key(two));
+    assert!(
+        rebuilt
+            .ids
+            .paths
+            .contains_key(&(two.to_owned(), path.to_owned()))
+    );
 }

@@ -1,6 +1,7 @@
 //! The privileged test harness: the independent packet builder, the fixture environment for
 //! BPF_PROG_TEST_RUN (a private network namespace with fixed routes and neighbours), hex diffs,
-//! and the rule that privileged tests skip on a machine without rights but fail under CI.
+//! and the rule that privileged tests skip on a machine without rights but fail under CI
+//! (`lb-ci`).
 
 pub mod bench;
 pub mod fixture;
@@ -13,19 +14,21 @@ pub mod servers;
 pub mod sys;
 pub mod traffic;
 
-/// Whether privileged tests can run here. Without root they are skipped with a message, except
-/// under CI (`CI=true`), where that is a failure: CI must run them.
-pub fn privileged(suite: &str) -> bool {
+/// Whether privileged tests can run here (as root). Without root the `tests` tests of `suite`
+/// are skipped with a line `cargo xtask test` counts, except under CI, where that is a failure
+/// (see [`lb_ci::skip`]): CI must run them.
+pub fn privileged(suite: &str, tests: usize) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "{suite}: needs root (BPF, network namespaces) and CI=true: failing instead of skipping"
-        );
-    }
-    eprintln!("{suite}: skipped: needs root (BPF, network namespaces); run under sudo or as root");
+    lb_ci::skip(
+        lb_ci::Skip::Suite {
+            name: suite.to_owned(),
+            tests,
+        },
+        "needs root (BPF, network namespaces); run under sudo or as root",
+    );
     false
 }
 
@@ -36,7 +39,7 @@ pub type Test = fn() -> anyhow::Result<()>;
 /// privilege check of [`privileged`].
 pub fn run_suite(suite: &str, tests: &[(&'static str, Test)]) {
     let args = libtest_mimic::Arguments::from_args();
-    if !privileged(suite) {
+    if !privileged(suite, tests.len()) {
         return;
     }
     let trials = tests

@@ -1760,7 +1760,7 @@ const CASES: &[(&str, &str, Case)] = &[
 
 fn main() {
     let args = Arguments::from_args();
-    if !lb_tests::privileged("fixtures") {
+    if !lb_tests::privileged("fixtures", CASES.len()) {
         return;
     }
     let env = Env::create().expect("building the fixture namespace");

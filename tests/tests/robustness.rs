@@ -1,15 +1,23 @@
 //! Robustness: hundreds of thousands of random, mutated and truncated frames through both
 //! programs. Never XDP_ABORTED; every rewritten frame whose input checksums were valid has valid
-//! IPv4 and transport checksums; frames not for a VIP (ingress) or not from a path (return)
-//! leave byte-for-byte unchanged.
+//! IPv4 and transport checksums, the quoted datagram of a translated ICMP error included (a UDP
+//! checksum of 0 stays 0, a valid one never becomes 0); frames not for a VIP (ingress) or not
+//! from a path (return) leave byte-for-byte unchanged; over the whole run the counters hold one
+//! verdict a run and one reason for every pass and drop. Most rewritten frames must have had
+//! checksums to verify, or the run fails.
 //!
-//! `LB_FUZZ_FRAMES` sets the number of frames (default 200000), `LB_FUZZ_SEED` the seed.
+//! `LB_FUZZ_FRAMES` sets the number of frames (default 200000), `LB_FUZZ_SEED` the seed (printed
+//! first, and with every failure).
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use etherparse::{Icmpv4Type, icmpv4::DestUnreachableHeader};
+use lb_common::{Counter, counters::Disposition};
 use lb_tests::{
-    fixture::{Env, Fx, Iface, Prog, XDP_ABORTED, XDP_REDIRECT, XDP_TX, action_name, addr},
+    fixture::{
+        Env, Fx, Iface, Prog, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, action_name,
+        addr, macs,
+    },
     packet::{L4, Pkt},
 };
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -71,23 +79,82 @@ fn parse(frame: &[u8]) -> Option<Ip<'_>> {
     })
 }
 
-/// (IPv4 header checksum valid, transport checksum valid if it can be judged).
-fn checksums(ip: &Ip<'_>) -> (bool, Option<bool>) {
+/// What a transport checksum says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum L4Sum {
+    Valid,
+    Invalid,
+    /// UDP over IPv4 sent without a checksum (the field is 0).
+    Absent,
+}
+
+/// The transport checksum of `payload` (a whole TCP, UDP or ICMP message), if it can be judged.
+fn l4_sum(src: [u8; 4], dst: [u8; 4], proto: u8, p: &[u8]) -> Option<L4Sum> {
+    let pseudo = || {
+        let mut acc = ones_sum(0, &src);
+        acc = ones_sum(acc, &dst);
+        acc + u64::from(proto) + p.len() as u64
+    };
+    let valid = |ok: bool| if ok { L4Sum::Valid } else { L4Sum::Invalid };
+    match proto {
+        6 if p.len() >= 20 => Some(valid(folds_to_ffff(ones_sum(pseudo(), p)))),
+        17 if p.len() >= 8 && p[6..8] == [0, 0] => Some(L4Sum::Absent),
+        17 if p.len() >= 8 => Some(valid(folds_to_ffff(ones_sum(pseudo(), p)))),
+        1 if p.len() >= 8 => Some(valid(folds_to_ffff(ones_sum(0, p)))),
+        _ => None,
+    }
+}
+
+/// Every checksum of a datagram that can be judged, the quote of an ICMP error included.
+#[derive(Clone, Copy, Debug)]
+struct Sums {
+    ip: bool,
+    l4: Option<L4Sum>,
+    /// The quoted datagram's IPv4 header (an ICMP error).
+    inner_ip: Option<bool>,
+    /// The quoted datagram's transport checksum, when the whole datagram is quoted.
+    inner_l4: Option<L4Sum>,
+}
+
+fn sums(ip: &Ip<'_>) -> Sums {
     let header_ok = ip.header.len() >= 20 && folds_to_ffff(ones_sum(0, ip.header));
-    let l4 = ip.payload.and_then(|p| {
-        let pseudo = || {
-            let mut acc = ones_sum(0, &ip.src);
-            acc = ones_sum(acc, &ip.dst);
-            acc + u64::from(ip.proto) + p.len() as u64
-        };
-        match ip.proto {
-            6 if p.len() >= 20 => Some(folds_to_ffff(ones_sum(pseudo(), p))),
-            17 if p.len() >= 8 => Some(p[6..8] == [0, 0] || folds_to_ffff(ones_sum(pseudo(), p))),
-            1 if p.len() >= 8 => Some(folds_to_ffff(ones_sum(0, p))),
-            _ => None,
+    let l4 = ip.payload.and_then(|p| l4_sum(ip.src, ip.dst, ip.proto, p));
+    let (mut inner_ip, mut inner_l4) = (None, None);
+    // ICMP destination unreachable, time exceeded, parameter problem: 8 bytes, then the quote.
+    if let Some(p) = ip.payload.filter(|p| ip.proto == 1 && p.len() >= 28)
+        && matches!(p[0], 3 | 11 | 12)
+    {
+        let q = &p[8..];
+        let hlen = usize::from(q[0] & 0xf) * 4;
+        if q[0] >> 4 == 4 && hlen >= 20 && q.len() >= hlen {
+            inner_ip = Some(folds_to_ffff(ones_sum(0, &q[..hlen])));
+            let tot = usize::from(u16::from_be_bytes([q[2], q[3]]));
+            let frag = u16::from_be_bytes([q[6], q[7]]) & 0x3fff != 0;
+            if tot >= hlen && tot <= q.len() && !frag {
+                let (src, dst) = (q[12..16].try_into(), q[16..20].try_into());
+                if let (Ok(src), Ok(dst)) = (src, dst) {
+                    inner_l4 = l4_sum(src, dst, q[9], &q[hlen..tot]);
+                }
+            }
         }
-    });
-    (header_ok, l4)
+    }
+    Sums {
+        ip: header_ok,
+        l4,
+        inner_ip,
+        inner_l4,
+    }
+}
+
+/// A checksum that was right before the rewrite is right after it: a valid one stays valid (a
+/// UDP checksum that became 0 is not: 0 means "none", a computed 0 is sent as 0xFFFF), and a
+/// UDP datagram without one stays without one.
+fn kept(before: Option<L4Sum>, after: Option<L4Sum>) -> bool {
+    match before {
+        Some(L4Sum::Valid) => after == Some(L4Sum::Valid),
+        Some(L4Sum::Absent) => after == Some(L4Sum::Absent),
+        Some(L4Sum::Invalid) | None => true,
+    }
 }
 
 /// A well-formed frame toward the ingress or the return side, fields at random.
@@ -117,28 +184,41 @@ fn valid_frame(rng: &mut StdRng, ingress: bool) -> Vec<u8> {
         3 => Pkt::udp(src, sport, dst, dport),
         4 => Pkt::echo_request(src, dst, rng.random()),
         5 => {
-            // An ICMP error quoting a datagram in the other direction.
-            let quoted = Pkt::udp(
-                dst,
-                dport,
-                if rng.random_bool(0.5) {
-                    far
-                } else {
-                    *PATHS.choose(rng).unwrap()
-                },
-                sport,
-            );
+            // An ICMP error quoting a datagram in the other direction, with a payload of its
+            // own; quoted whole or cut anywhere from its IP header on.
+            let to = if rng.random_bool(0.5) {
+                far
+            } else {
+                *PATHS.choose(rng).unwrap()
+            };
+            let mut quoted = match rng.random_range(0..3) {
+                0 => Pkt::tcp(dst, dport, to, sport),
+                _ => Pkt::udp(dst, dport, to, sport),
+            }
+            .payload(&vec![rng.random(); rng.random_range(0..40)]);
+            if let (L4::Udp { .. }, true) = (&quoted.l4, rng.random_bool(0.2)) {
+                quoted = quoted.zero_udp_checksum();
+            }
+            let whole = quoted.ip_datagram().len();
             let ty =
                 Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
                     next_hop_mtu: 1400,
                 });
-            Pkt::icmp_error(src, dst, ty, &quoted, rng.random_range(20..=46))
+            let quote = if rng.random_bool(0.5) {
+                whole
+            } else {
+                rng.random_range(20..=whole)
+            };
+            Pkt::icmp_error(src, dst, ty, &quoted, quote)
         }
         _ => Pkt::new(src, dst, L4::Raw(*[47u8, 50, 132].choose(rng).unwrap())),
     };
-    p = p
-        .ttl(rng.random_range(0..=255))
-        .payload(&vec![rng.random(); rng.random_range(0..120)]);
+    p = p.ttl(rng.random_range(0..=255));
+    if !matches!(p.l4, L4::Icmp(_)) || rng.random_bool(0.1) {
+        // An ICMP error's payload is its quote: replaced only now and then (then mostly not
+        // a datagram).
+        p = p.payload(&vec![rng.random(); rng.random_range(0..120)]);
+    }
     if rng.random_bool(0.1) {
         p = p.vlan(rng.random_range(1..4095));
     }
@@ -156,9 +236,60 @@ fn valid_frame(rng: &mut StdRng, ingress: bool) -> Vec<u8> {
     p.bytes()
 }
 
+/// A UDP datagram to a VIP (ingress) or from NN1, the failover path (return), whose checksum
+/// once translated (to NN1, or from the VIP) computes to 0, which must be sent as 0xFFFF: the
+/// last two payload bytes are chosen for it. Random frames meet that case once in 65536 UDP
+/// rewrites; this makes it common.
+fn udp_checksum_edge(rng: &mut StdRng, ingress: bool) -> Vec<u8> {
+    let far = Ipv4Addr::new(198, 51, 100, rng.random_range(1..=254));
+    // Not 53 or 8443, the service ports, whose replies a service VIP would claim.
+    let (sport, dport) = (rng.random_range(1024..8000), rng.random_range(1024..8000));
+    let (vip, port) = if ingress && rng.random_bool(0.5) {
+        (addr::VIP_DNS, 53)
+    } else {
+        (addr::VIP, dport)
+    };
+    let mut payload: Vec<u8> = (0..2 * rng.random_range(0..20))
+        .map(|_| rng.random())
+        .collect();
+    payload.extend([0, 0]);
+    let (input, translated) = if ingress {
+        (
+            Pkt::udp(far, sport, vip, port),
+            Pkt::udp(far, sport, addr::NN1, port),
+        )
+    } else {
+        (
+            Pkt::udp(addr::NN1, sport, far, dport),
+            Pkt::udp(vip, sport, far, dport),
+        )
+    };
+    let datagram = translated.payload(&payload).ip_datagram();
+    let mut udp = datagram[20..].to_vec();
+    udp[6..8].copy_from_slice(&[0, 0]);
+    let mut sum = ones_sum(0, &datagram[12..20]) + 17 + udp.len() as u64;
+    sum = ones_sum(sum, &udp);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    // The two bytes that bring the sum to 0xffff, whose complement, the checksum, is 0.
+    let n = payload.len();
+    payload[n - 2..].copy_from_slice(&(0xffff - sum as u16).to_be_bytes());
+    let eth = if ingress {
+        (macs::CLIENT, macs::CLI0)
+    } else {
+        (macs::NN1, macs::PATH0)
+    };
+    input.payload(&payload).eth(eth.0, eth.1).bytes()
+}
+
 /// A frame of one of the kinds: valid, mutated, truncated, extended, or random bytes.
 fn frame(rng: &mut StdRng, ingress: bool) -> Vec<u8> {
-    let mut f = valid_frame(rng, ingress);
+    let mut f = if rng.random_bool(0.05) {
+        udp_checksum_edge(rng, ingress)
+    } else {
+        valid_frame(rng, ingress)
+    };
     match rng.random_range(0..10) {
         0..=2 => {}
         3..=5 => {
@@ -183,17 +314,33 @@ fn frame(rng: &mut StdRng, ingress: bool) -> Vec<u8> {
     f
 }
 
-fn check(
-    fx: &Fx,
-    prog: Prog,
-    on: Iface,
-    input: &[u8],
-    tally: &mut BTreeMap<String, u64>,
-) -> anyhow::Result<()> {
+/// What the whole run saw, beyond each frame's own checks.
+#[derive(Default)]
+struct Tally {
+    /// `"<prog> <action>"` and `"<prog> rewritten"` → frames.
+    kinds: BTreeMap<String, u64>,
+    /// Program runs.
+    runs: u64,
+    /// Rewritten frames whose checksums could all be judged before and after (a valid IPv4
+    /// header and a transport checksum that was valid or, for UDP, absent).
+    verified: u64,
+    /// Of those, translated ICMP errors whose quoted datagram's checksums were judged too.
+    verified_quotes: u64,
+}
+
+impl Tally {
+    fn count(&mut self, what: String) {
+        *self.kinds.entry(what).or_default() += 1;
+    }
+    fn get(&self, what: &str) -> u64 {
+        self.kinds.get(what).copied().unwrap_or(0)
+    }
+}
+
+fn check(fx: &Fx, prog: Prog, on: Iface, input: &[u8], tally: &mut Tally) -> anyhow::Result<()> {
     let r = fx.run(prog, on, input)?;
-    *tally
-        .entry(format!("{prog:?} {}", action_name(r.action)))
-        .or_default() += 1;
+    tally.runs += 1;
+    tally.count(format!("{prog:?} {}", action_name(r.action)));
     let hex = || input.iter().map(|b| format!("{b:02x}")).collect::<String>();
     anyhow::ensure!(r.action != XDP_ABORTED, "{prog:?} aborted on {}", hex());
     let ip = parse(input);
@@ -214,24 +361,90 @@ fn check(
         );
     }
     if r.frame != input {
-        let before = ip.as_ref().map(checksums);
-        let after = parse(&r.frame).map(|ip| checksums(&ip));
-        match (before, after) {
-            (Some((ip_ok, l4_ok)), Some((ip_ok2, l4_ok2))) => {
-                anyhow::ensure!(
-                    !ip_ok || ip_ok2,
-                    "{prog:?} broke the IPv4 checksum of {}",
-                    hex()
-                );
-                anyhow::ensure!(
-                    l4_ok != Some(true) || l4_ok2 == Some(true),
-                    "{prog:?} broke the transport checksum of {}",
-                    hex()
-                );
+        let (Some(before), Some(after)) =
+            (ip.as_ref().map(sums), parse(&r.frame).map(|ip| sums(&ip)))
+        else {
+            anyhow::bail!("{prog:?} rewrote a frame it cannot have parsed: {}", hex());
+        };
+        let what = || format!("{before:?} → {after:?} on {}", hex());
+        anyhow::ensure!(
+            !before.ip || after.ip,
+            "{prog:?} broke the IPv4 checksum: {}",
+            what()
+        );
+        anyhow::ensure!(
+            kept(before.l4, after.l4),
+            "{prog:?} broke the transport checksum: {}",
+            what()
+        );
+        anyhow::ensure!(
+            before.inner_ip != Some(true) || after.inner_ip == Some(true),
+            "{prog:?} broke the quoted IPv4 header's checksum: {}",
+            what()
+        );
+        anyhow::ensure!(
+            kept(before.inner_l4, after.inner_l4),
+            "{prog:?} broke the quoted transport checksum: {}",
+            what()
+        );
+        tally.count(format!("{prog:?} rewritten"));
+        if before.ip && matches!(before.l4, Some(L4Sum::Valid | L4Sum::Absent)) {
+            tally.verified += 1;
+            if before.inner_ip == Some(true)
+                && matches!(before.inner_l4, Some(L4Sum::Valid | L4Sum::Absent))
+            {
+                tally.verified_quotes += 1;
             }
-            _ => anyhow::bail!("{prog:?} rewrote a frame it cannot have parsed: {}", hex()),
         }
-        *tally.entry(format!("{prog:?} rewritten")).or_default() += 1;
+    }
+    Ok(())
+}
+
+/// Over the whole run, the counters agree with what the runs returned: one verdict a run, each
+/// verdict as often as its action came back, and one reason for every pass and every drop.
+fn counters_agree(fx: &Fx, tally: &Tally) -> anyhow::Result<()> {
+    let counters = fx.dp.maps.counters()?;
+    let of = |c: Counter| counters.get(&c).copied().unwrap_or(0);
+    let verdicts = [
+        (Counter::XdpAborted, XDP_ABORTED),
+        (Counter::XdpDrop, XDP_DROP),
+        (Counter::XdpPass, XDP_PASS),
+        (Counter::XdpTx, XDP_TX),
+        (Counter::XdpRedirect, XDP_REDIRECT),
+    ];
+    let total: u64 = verdicts.iter().map(|(c, _)| of(*c)).sum();
+    anyhow::ensure!(
+        total == tally.runs,
+        "{total} verdicts counted for {} runs",
+        tally.runs
+    );
+    for (c, action) in verdicts {
+        let returned = [Prog::Ingress, Prog::Return]
+            .iter()
+            .map(|p| tally.get(&format!("{p:?} {}", action_name(action))))
+            .sum::<u64>();
+        anyhow::ensure!(
+            of(c) == returned,
+            "{}: counted {}, returned {returned} times",
+            c.name(),
+            of(c)
+        );
+    }
+    for (disposition, verdict) in [
+        (Disposition::Pass, Counter::XdpPass),
+        (Disposition::Drop, Counter::XdpDrop),
+    ] {
+        let reasons: u64 = Counter::ALL
+            .iter()
+            .filter(|c| c.disposition() == Some(disposition))
+            .map(|c| of(*c))
+            .sum();
+        anyhow::ensure!(
+            reasons == of(verdict),
+            "{reasons} {disposition:?} reasons counted for {} {}",
+            of(verdict),
+            verdict.name()
+        );
     }
     Ok(())
 }
@@ -239,7 +452,7 @@ fn check(
 fn run(env: Env, frames: u64, seed: u64) -> anyhow::Result<()> {
     let fx = Fx::new(env)?;
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut tally = BTreeMap::new();
+    let mut tally = Tally::default();
     for i in 0..frames {
         let ingress = i.is_multiple_of(2);
         let f = frame(&mut rng, ingress);
@@ -249,7 +462,7 @@ fn run(env: Env, frames: u64, seed: u64) -> anyhow::Result<()> {
             (Prog::Return, fx.env.path0)
         };
         check(&fx, prog, on, &f, &mut tally)
-            .map_err(|e| e.context(format!("frame {i}, seed {seed}")))?;
+            .map_err(|e| e.context(format!("frame {i}, {}", reproduce(seed))))?;
         // Every frame also goes through the other program, where it is mostly not ours.
         let (prog, on) = if ingress {
             (Prog::Return, fx.env.path0)
@@ -257,9 +470,18 @@ fn run(env: Env, frames: u64, seed: u64) -> anyhow::Result<()> {
             (Prog::Ingress, fx.env.cli0)
         };
         check(&fx, prog, on, &f, &mut tally)
-            .map_err(|e| e.context(format!("frame {i}, seed {seed}")))?;
+            .map_err(|e| e.context(format!("frame {i}, {}", reproduce(seed))))?;
     }
-    eprintln!("robustness: {frames} frames, seed {seed}: {tally:?}");
+    let rewritten = tally.get("Ingress rewritten") + tally.get("Return rewritten");
+    eprintln!(
+        "robustness: {frames} frames, {}: {rewritten} rewritten, {} with every checksum \
+         verified ({} of them translated ICMP errors with their quote verified); {:?}",
+        reproduce(seed),
+        tally.verified,
+        tally.verified_quotes,
+        tally.kinds
+    );
+    counters_agree(&fx, &tally).map_err(|e| e.context(reproduce(seed)))?;
     for needed in [
         "Ingress rewritten",
         "Return rewritten",
@@ -269,16 +491,34 @@ fn run(env: Env, frames: u64, seed: u64) -> anyhow::Result<()> {
         "Return XDP_PASS",
     ] {
         anyhow::ensure!(
-            tally.get(needed).copied().unwrap_or(0) > 0,
-            "the generator never produced {needed}: {tally:?}"
+            tally.get(needed) > 0,
+            "the generator never produced {needed}: {:?}",
+            tally.kinds
         );
     }
+    // A rewrite check that judged nothing would pass any datapath: most rewritten frames must
+    // have had checksums to verify, and translated quotes among them.
+    anyhow::ensure!(
+        tally.verified * 2 >= rewritten,
+        "only {} of {rewritten} rewritten frames had verifiable checksums",
+        tally.verified
+    );
+    anyhow::ensure!(
+        tally.verified_quotes * 100 >= tally.verified,
+        "only {} of {} verified rewrites were ICMP errors with a verifiable quote",
+        tally.verified_quotes,
+        tally.verified
+    );
     Ok(())
+}
+
+fn reproduce(seed: u64) -> String {
+    format!("seed {seed} (LB_FUZZ_SEED={seed} reproduces it)")
 }
 
 fn main() {
     let args = Arguments::from_args();
-    if !lb_tests::privileged("robustness") {
+    if !lb_tests::privileged("robustness", 1) {
         return;
     }
     let frames = std::env::var("LB_FUZZ_FRAMES")
@@ -293,6 +533,7 @@ fn main() {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
         });
+    eprintln!("robustness: {frames} frames, {}", reproduce(seed));
     let env = Env::create().expect("building the fixture namespace");
     let trial = Trial::test("random_mutated_truncated_frames", move || {
         run(env, frames, seed).map_err(|e| Failed::from(format!("{e:#}")))

@@ -6,6 +6,7 @@
 mod bench;
 mod build_cmd;
 mod clippy;
+mod fmt;
 mod lab;
 mod run;
 mod setup;
@@ -37,6 +38,8 @@ enum Command {
     /// Sets up the toolchain bits first; lb-user's build script builds the XDP object (lb-ebpf)
     /// with nightly and bpf-linker.
     Build(build_cmd::Options),
+    /// Format every crate with rustfmt; `--check` only reports (CI).
+    Fmt(fmt::Options),
     /// Run clippy, warnings denied, on the host crates and on the BPF crate.
     ///
     /// Host crates with all targets; lb-ebpf for bpfel-unknown-none with nightly. Both run even
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
     let result = match command {
         Command::Setup(opts) => setup::run(opts),
         Command::Build(opts) => build_cmd::run(opts),
+        Command::Fmt(opts) => fmt::run(opts),
         Command::Clippy(opts) => clippy::run(opts),
         Command::Test(opts) => test::run(opts),
         Command::Lab(opts) => lab::run(opts),

@@ -28,11 +28,29 @@ pub const APT_PACKAGES: &[&str] = &[
     "curl",
 ];
 
-/// The toolchain lb-ebpf builds with (aya-build's `Toolchain::Nightly`).
+// ---- The toolchains the build needs: this is the one place that names them. ----
+//
+// - stable (the host crates, xtask): at least the workspace's `rust-version` (Cargo.toml), which
+//   cargo itself enforces and `ensure_toolchain` checks first, so an old stable is one clear line;
+// - nightly (lb-ebpf, for `-Z build-std=core` on the bpf target; aya-build runs
+//   `rustup run nightly`), with its `rust-src`;
+// - bpf-linker, built against that nightly's own libLLVM, which works only while the nightly's
+//   LLVM major is one that bpf-linker release has a feature for.
+
+/// The oldest stable rustc for the host crates: the workspace's `rust-version`.
+pub const STABLE_MIN: &str = env!("CARGO_PKG_RUST_VERSION");
+
+/// The toolchain lb-ebpf builds with (aya-build's `Toolchain::Nightly`). Not a dated nightly:
+/// machines here cannot fetch toolchains, so whatever `nightly` is installed is checked instead.
 pub const NIGHTLY: &str = "nightly";
 
-/// The bpf-linker release line we use; any 0.13.x will do.
+/// The bpf-linker release line we accept when one is installed already.
 const BPF_LINKER_SERIES: &str = "0.13";
+/// The release we install (`cargo install --locked`).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The LLVM majors bpf-linker 0.13.0 has a feature for (`llvm-21` … `llvm-23` in its
+/// Cargo.toml): the nightly's LLVM must be one of them.
+const BPF_LINKER_LLVM: std::ops::RangeInclusive<u32> = 21..=23;
 
 /// Install (and look for) bpf-linker under this root instead of `$CARGO_HOME` and PATH; for
 /// trying the install path without touching a working install.
@@ -110,6 +128,18 @@ pub fn ensure_toolchain() -> Result<Toolchain> {
     )?;
     say(format!("rustup: {}", first_line(&rustup)));
 
+    let stable = util::stdout(
+        Command::new("rustc")
+            .arg("--version")
+            .current_dir(util::workspace_root()),
+    )
+    .context("running rustc (the workspace's default toolchain)")?;
+    let stable = first_line(&stable);
+    check_stable(stable)?;
+    say(format!(
+        "stable: {stable} (workspace needs {STABLE_MIN} or newer)"
+    ));
+
     let nightly = match probe_nightly()? {
         Some(nightly) => {
             say(format!(
@@ -138,6 +168,8 @@ pub fn ensure_toolchain() -> Result<Toolchain> {
         }
     };
 
+    check_nightly_llvm(&nightly)?;
+
     if ensure_component(Some(NIGHTLY), "rust-src")? {
         installed.push(format!("{NIGHTLY} rust-src"));
     }
@@ -165,6 +197,52 @@ pub fn ensure_toolchain() -> Result<Toolchain> {
         bpf_linker_dir,
         installed,
     })
+}
+
+/// `(major, minor, patch)` of `1.95.0` or `1.95`.
+fn version_triple(version: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    let major = parts.next()??;
+    let minor = parts.next()??;
+    let patch = parts.next().unwrap_or(Some(0))?;
+    Some((major, minor, patch))
+}
+
+/// Fails in one line when `rustc --version` (`rustc 1.95.0 (59807616e 2026-04-14)`) is older
+/// than [`STABLE_MIN`].
+fn check_stable(rustc_version: &str) -> Result<()> {
+    let version = rustc_version
+        .split_whitespace()
+        .nth(1)
+        .map(|v| v.split('-').next().unwrap_or(v))
+        .and_then(version_triple)
+        .ok_or_else(|| anyhow!("cannot read the version from {rustc_version:?}"))?;
+    let min = version_triple(STABLE_MIN)
+        .ok_or_else(|| anyhow!("the workspace's rust-version {STABLE_MIN:?} is not a version"))?;
+    if version < min {
+        bail!(
+            "{rustc_version} is older than the workspace needs (rust-version {STABLE_MIN}): \
+             run `rustup update stable`"
+        );
+    }
+    Ok(())
+}
+
+/// Fails in one line when the nightly's LLVM is one bpf-linker cannot be built against.
+fn check_nightly_llvm(nightly: &Nightly) -> Result<()> {
+    if BPF_LINKER_LLVM.contains(&nightly.llvm_major) {
+        return Ok(());
+    }
+    bail!(
+        "{} uses LLVM {}, but bpf-linker {BPF_LINKER_VERSION} builds only against LLVM {} to {}: \
+         install a nightly whose LLVM is one of those, or move BPF_LINKER_VERSION and \
+         BPF_LINKER_LLVM in xtask/src/setup.rs to a bpf-linker release that supports LLVM {}",
+        nightly.release,
+        nightly.llvm_major,
+        BPF_LINKER_LLVM.start(),
+        BPF_LINKER_LLVM.end(),
+        nightly.llvm_major,
+    )
 }
 
 fn first_line(text: &str) -> &str {
@@ -373,7 +451,7 @@ fn install_bpf_linker(nightly: &Nightly, root: &Path, custom_root: bool) -> Resu
     let mut cmd = Command::new("cargo");
     cmd.arg(format!("+{NIGHTLY}"))
         .args(["install", "bpf-linker", "--version"])
-        .arg(format!("^{BPF_LINKER_SERIES}"))
+        .arg(format!("={BPF_LINKER_VERSION}"))
         .args(["--no-default-features", "--features"])
         .arg(format!("llvm-{}", nightly.llvm_major))
         // The versions its authors tested, not whatever is newest today.
@@ -389,8 +467,7 @@ fn install_bpf_linker(nightly: &Nightly, root: &Path, custom_root: bool) -> Resu
     }
     util::run(&mut cmd).with_context(|| {
         format!(
-            "building bpf-linker {BPF_LINKER_SERIES} against {} (feature llvm-{} must exist in that \
-             bpf-linker release)",
+            "building bpf-linker {BPF_LINKER_VERSION} against {} (feature llvm-{})",
             libllvm.display(),
             nightly.llvm_major
         )
@@ -514,6 +591,34 @@ pub fn ensure_apt() -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stable_older_than_the_workspace_is_refused() {
+        assert!(check_stable(&format!("rustc {STABLE_MIN}.0 (abc 2026-04-14)")).is_ok());
+        assert!(check_stable("rustc 99.0.0 (abc 2099-01-01)").is_ok());
+        assert!(check_stable("rustc 1.97.0-nightly (e50aa6fba 2026-05-19)").is_ok());
+        let err = check_stable("rustc 1.80.1 (abc 2024-08-08)").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("rustc 1.80.1 (abc 2024-08-08) is older than the workspace needs"),
+            "{err}"
+        );
+        assert!(check_stable("rustc").is_err());
+    }
+
+    #[test]
+    fn nightly_llvm_must_have_a_bpf_linker_feature() {
+        let nightly = |llvm_major| Nightly {
+            release: "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)".into(),
+            llvm_major,
+        };
+        assert!(check_nightly_llvm(&nightly(22)).is_ok());
+        let err = check_nightly_llvm(&nightly(24)).unwrap_err().to_string();
+        assert!(
+            err.contains("uses LLVM 24, but bpf-linker 0.13.0 builds only against LLVM 21 to 23")
+        );
+        assert!(check_nightly_llvm(&nightly(20)).is_err());
+    }
 
     #[test]
     fn wanted_version_is_the_0_13_series() {

@@ -28,11 +28,6 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Whether we run under CI (`CI=true`, as set by `.ci/run`'s caller and most CI services).
-pub fn is_ci() -> bool {
-    env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
 /// Prints a progress line from xtask (to stderr, like cargo's own status lines).
 pub fn say(msg: impl fmt::Display) {
     eprintln!("xtask: {msg}");
