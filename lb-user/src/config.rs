@@ -12,7 +12,6 @@
 
 use std::{
     collections::{HashMap, hash_map::Entry},
-    ffi::CString,
     fmt,
     net::Ipv4Addr,
     path::PathBuf,
@@ -238,12 +237,7 @@ impl fmt::Display for Protocol {
 
 /// Whether interface `name` exists in this network namespace.
 pub fn interface_exists(name: &str) -> bool {
-    let Ok(name) = CString::new(name) else {
-        return false;
-    };
-    // SAFETY: `name` is a NUL-terminated string that outlives the call; if_nametoindex only
-    // reads it.
-    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+    crate::ifindex(name).is_some()
 }
 
 /// Names are kept in the pinned maps (`lb_common::maps::NAME_LEN` bytes, NUL-padded), where

@@ -11,8 +11,8 @@ fn object_maps_and_programs_match_lb_common() {
     let object = match lb_user::object() {
         Ok(o) => o,
         Err(e) => {
-            lb_ci::skip(
-                lb_ci::Skip::Test {
+            lb_testkit::ci::skip(
+                lb_testkit::ci::Skip::Test {
                     name: "object_maps_and_programs_match_lb_common".into(),
                 },
                 &e.to_string(),

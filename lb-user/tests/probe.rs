@@ -40,12 +40,12 @@ fn http_kind(port: u16, expect_status: u16) -> ProbeKind {
 }
 
 /// Whether this process may open raw sockets and bind to devices; if not, says why the test
-/// skips (or fails the test under CI: `lb_ci::skip`).
+/// skips (or fails the test under CI: `lb_testkit::ci::skip`).
 fn privileged(prober: &Prober, test: &str) -> bool {
     let Some(why) = prober.icmp_unavailable() else {
         return true;
     };
-    lb_ci::skip(lb_ci::Skip::Test { name: test.into() }, why);
+    lb_testkit::ci::skip(lb_testkit::ci::Skip::Test { name: test.into() }, why);
     false
 }
 

@@ -30,10 +30,7 @@ use lb_common::{
 };
 use lb_user::dataplane::{Dataplane, LoadOptions};
 
-use crate::{
-    hexdiff,
-    sys::{ifindex, ip, sysctl, unshare_netns},
-};
+use crate::sys::{ifindex, ip, sysctl, unshare_netns};
 
 pub const fn mac(last: u8) -> [u8; 6] {
     [0x02, 0, 0, 0, 0x0c, last]
@@ -456,7 +453,7 @@ impl Fx {
                 self.nonzero_counters()?
             );
         }
-        if let Some(d) = hexdiff::diff(want, &r.frame) {
+        if let Some(d) = lb_testkit::hexdiff::diff(want, &r.frame) {
             bail!("{prog:?}: output frame differs from the expected one:\n{d}");
         }
         Ok(())

@@ -33,6 +33,12 @@ pub const EDGE_NN2: &str = "e2";
 pub const HTTP_PORT: u16 = 8080;
 pub const ECHO_PORT: u16 = 7;
 pub const UDP_PORT: u16 = 9000;
+/// The VM's servers (`servers::start`) on the lab's ports.
+pub const PORTS: crate::servers::Ports = crate::servers::Ports {
+    http: HTTP_PORT,
+    echo: ECHO_PORT,
+    udp: UDP_PORT,
+};
 
 /// Ways a path can fail, and be healed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,11 +1,10 @@
 //! The privileged test harness: the independent packet builder, the fixture environment for
 //! BPF_PROG_TEST_RUN (a private network namespace with fixed routes and neighbours), hex diffs,
 //! and the rule that privileged tests skip on a machine without rights but fail under CI
-//! (`lb-ci`).
+//! (`lb_testkit::ci`).
 
 pub mod bench;
 pub mod fixture;
-pub mod hexdiff;
 pub mod lab;
 pub mod lb;
 pub mod netns;
@@ -16,14 +15,14 @@ pub mod traffic;
 
 /// Whether privileged tests can run here (as root). Without root the `tests` tests of `suite`
 /// are skipped with a line `cargo xtask test` counts, except under CI, where that is a failure
-/// (see [`lb_ci::skip`]): CI must run them.
+/// (see [`lb_testkit::ci::skip`]): CI must run them.
 pub fn privileged(suite: &str, tests: usize) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    lb_ci::skip(
-        lb_ci::Skip::Suite {
+    lb_testkit::ci::skip(
+        lb_testkit::ci::Skip::Suite {
             name: suite.to_owned(),
             tests,
         },

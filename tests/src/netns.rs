@@ -9,7 +9,9 @@ use std::{
     thread::JoinHandle,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
+
+use crate::sys::output;
 
 /// A named network namespace (`/run/netns/<name>`), deleted on drop.
 #[derive(Debug)]
@@ -33,16 +35,7 @@ pub fn unique(tag: &str) -> String {
 
 impl Netns {
     pub fn new(name: &str) -> anyhow::Result<Self> {
-        let out = Command::new("ip")
-            .args(["netns", "add", name])
-            .output()
-            .context("running ip netns add")?;
-        if !out.status.success() {
-            bail!(
-                "ip netns add {name}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        output(Command::new("ip").args(["netns", "add", name]))?;
         let ns = Self {
             name: name.to_string(),
             owned: true,
@@ -74,22 +67,20 @@ impl Netns {
 
     /// `ip -n <ns> <args>`.
     pub fn ip(&self, args: &str) -> anyhow::Result<()> {
-        let mut a = vec!["-n", &self.name];
-        a.extend(args.split_whitespace());
-        check(
-            Command::new("ip").args(&a).output(),
-            &format!("ip -n {} {args}", self.name),
+        output(
+            Command::new("ip")
+                .args(["-n", &self.name])
+                .args(args.split_whitespace()),
         )
         .map(drop)
     }
 
     /// Runs `cmd args` inside the namespace (`ip netns exec`), failing with its stderr.
     pub fn exec(&self, cmd: &str, args: &[&str]) -> anyhow::Result<Output> {
-        let mut a = vec!["netns", "exec", &self.name, cmd];
-        a.extend(args);
-        check(
-            Command::new("ip").args(&a).output(),
-            &format!("{cmd} {} (in {})", args.join(" "), self.name),
+        output(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name, cmd])
+                .args(args),
         )
     }
 
@@ -140,36 +131,22 @@ impl Drop for Netns {
     }
 }
 
-fn check(out: std::io::Result<Output>, what: &str) -> anyhow::Result<Output> {
-    let out = out.with_context(|| format!("running {what}"))?;
-    if !out.status.success() {
-        bail!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(out)
-}
-
 /// A veth pair between two namespaces, both ends up.
 pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args([
-            "link",
-            "add",
-            a_name,
-            "netns",
-            a.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            b_name,
-            "netns",
-            b.name(),
-        ])
-        .output();
-    check(
-        out,
-        &format!("ip link add {a_name} type veth peer {b_name}"),
-    )?;
+    output(Command::new("ip").args([
+        "link",
+        "add",
+        a_name,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_name,
+        "netns",
+        b.name(),
+    ]))?;
     a.ip(&format!("link set {a_name} up"))?;
     b.ip(&format!("link set {b_name} up"))?;
     Ok(())

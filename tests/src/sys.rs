@@ -1,6 +1,6 @@
 //! Small system helpers: network namespaces, `ip` commands, interface lookups.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 use anyhow::{Context as _, bail};
 
@@ -21,18 +21,23 @@ pub fn ip(args: &str) -> anyhow::Result<()> {
 
 /// Runs a command, failing with its stderr.
 pub fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {cmd} {}", args.join(" ")))?;
+    output(Command::new(cmd).args(args)).map(drop)
+}
+
+/// Runs `cmd` to completion and returns its output; fails naming the command line, with its
+/// stderr, when it cannot start or exits unsuccessfully. Every command the harness runs goes
+/// through here.
+pub fn output(cmd: &mut Command) -> anyhow::Result<Output> {
+    let line = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|w| w.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = cmd.output().with_context(|| format!("running {line}"))?;
     if !out.status.success() {
-        bail!(
-            "{cmd} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{line}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Writes a sysctl of the caller's network namespace.
@@ -43,11 +48,5 @@ pub fn sysctl(key: &str, value: &str) -> anyhow::Result<()> {
 
 /// The index of interface `name` in the caller's network namespace.
 pub fn ifindex(name: &str) -> anyhow::Result<u32> {
-    let c = std::ffi::CString::new(name)?;
-    // SAFETY: `c` is a valid NUL-terminated string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if i == 0 {
-        bail!("no interface {name}");
-    }
-    Ok(i)
+    lb_user::ifindex(name).with_context(|| format!("no interface {name}"))
 }

@@ -15,6 +15,19 @@ use crate::netns::Netns;
 
 /// `GET path` to `addr:port` from `ns`; the response body (the servers answer with the address
 /// they were reached at). Fails on timeout or a non-200 status.
+/// How a request failed when it failed to connect: the kind of the connect error (`None` for
+/// success or any later failure), so a test that expects "nothing listens there" does not
+/// pass on some other error.
+pub fn connect_failure(result: &anyhow::Result<String>) -> Option<std::io::ErrorKind> {
+    let err = result.as_ref().err()?;
+    if !err.to_string().starts_with("connecting to ") {
+        return None;
+    }
+    err.chain()
+        .find_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind)
+}
+
 pub fn http_get(
     ns: &Netns,
     addr: Ipv4Addr,

@@ -14,7 +14,7 @@ use lb_common::{
 };
 use lb_tests::{
     fixture::{
-        Env, Fx,
+        Env, Fx, Iface, Prog,
         Prog::{Ingress, Return},
         XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, addr, ids, macs,
     },
@@ -75,6 +75,83 @@ fn raw_frame(ethertype: u16, body_len: usize) -> Vec<u8> {
     f
 }
 
+/// TCP from `addr::CLIENT` (198.51.100.10) port N to `addr::VIP_SPREAD` (203.0.113.20) port 80:
+/// (N, its slot of the 4099-slot ring). Computed once, outside lb, from the hash's definition
+/// (`lb_common::hash::flow_hash`: murmur3's finaliser chained over seed ^ source, destination,
+/// the ports as one big-endian word and the protocol), so a change of the hash fails here.
+const SPREAD_SLOTS: &[(u16, u32)] = &[
+    (41000, 1101),
+    (41001, 2861),
+    (41002, 2050),
+    (41003, 2618),
+    (41004, 2974),
+    (41005, 36),
+    (41006, 264),
+    (41007, 3681),
+    (41008, 46),
+    (41009, 2410),
+    (41010, 793),
+    (41011, 3427),
+    (41012, 2973),
+    (41013, 3684),
+    (41014, 1193),
+    (41015, 2607),
+];
+
+/// What a program is expected to do with a frame.
+enum Then<'a> {
+    /// Sent on by the program (XDP_REDIRECT) as this frame.
+    Redirect(&'a Pkt),
+    /// Sent back out of the interface it came in on (XDP_TX) as this frame.
+    Tx(&'a Pkt),
+    /// Translated into this frame, then handed to the kernel (XDP_PASS).
+    Kernel(&'a Pkt),
+    /// Handed to the kernel unchanged.
+    Pass,
+    /// Dropped.
+    Dropped,
+}
+use Then::*;
+
+/// Runs `prog` on `input` as it arrives on `on`, expecting `then`.
+fn expect_on(fx: &Fx, prog: Prog, on: Iface, input: &Pkt, then: Then<'_>) -> anyhow::Result<()> {
+    let (action, output) = match then {
+        Redirect(p) => (XDP_REDIRECT, Some(p)),
+        Tx(p) => (XDP_TX, Some(p)),
+        Kernel(p) => (XDP_PASS, Some(p)),
+        Pass => (XDP_PASS, None),
+        Dropped => (XDP_DROP, None),
+    };
+    fx.expect(
+        prog,
+        on,
+        &input.bytes(),
+        action,
+        output.map(Pkt::bytes).as_deref(),
+    )
+}
+
+/// `input` through the ingress program, arriving on the client side (cli0).
+fn ingress(fx: &Fx, input: &Pkt, then: Then<'_>) -> anyhow::Result<()> {
+    expect_on(fx, Ingress, fx.env.cli0, input, then)
+}
+
+/// `input` through the return program, arriving on the path side (path0).
+fn returning(fx: &Fx, input: &Pkt, then: Then<'_>) -> anyhow::Result<()> {
+    expect_on(fx, Return, fx.env.path0, input, then)
+}
+
+/// The flow-table key of a flow (`dport` 0 for ICMP echo, whose identifier is the `sport`).
+fn flow(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> FlowKey {
+    FlowKey::new(
+        src.octets(),
+        dst.octets(),
+        sport.to_be_bytes(),
+        dport.to_be_bytes(),
+        proto,
+    )
+}
+
 /// Redirected to a path: the usual counters of one new translated flow.
 const NEW_FLOW_REDIRECT: &[(Counter, u64)] = &[(FlowNew, 1), (NatIngress, 1), (XdpRedirect, 1)];
 
@@ -86,13 +163,7 @@ const CASES: &[(&str, &str, Case)] = &[
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22);
             let out = toward(&p, addr::NN1, macs::NN1);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&out.bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&out))?;
             fx.counters(NEW_FLOW_REDIRECT)?;
             let s = fx.vip_stats(ids::VIP)?;
             assert_eq!(
@@ -110,13 +181,7 @@ const CASES: &[(&str, &str, Case)] = &[
         |fx| {
             let p = Pkt::udp(addr::CLIENT, 5000, addr::VIP, 5001).eth(macs::CLIENT, macs::CLI0);
             let out = toward(&p, addr::NN1, macs::NN1);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&out.bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&out))?;
             fx.counters(NEW_FLOW_REDIRECT)
         },
     ),
@@ -126,21 +191,9 @@ const CASES: &[(&str, &str, Case)] = &[
         |fx| {
             let p = Pkt::echo_request(addr::CLIENT, addr::VIP, 77).eth(macs::CLIENT, macs::CLI0);
             let out = toward(&p, addr::NN1, macs::NN1);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&out.bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&out))?;
             fx.counters(NEW_FLOW_REDIRECT)?;
-            let flow = FlowKey::new(
-                addr::CLIENT.octets(),
-                addr::VIP.octets(),
-                77u16.to_be_bytes(),
-                [0, 0],
-                IPPROTO_ICMP,
-            );
+            let flow = flow(addr::CLIENT, addr::VIP, 77, 0, IPPROTO_ICMP);
             assert_eq!(fx.dp.maps.flow(&flow)?.map(|f| f.path), Some(ids::PATH_NN1));
             Ok(())
         },
@@ -151,13 +204,7 @@ const CASES: &[(&str, &str, Case)] = &[
         |fx| {
             let p = to_vip(addr::VIP_SVC, 40000, 443);
             let out = toward(&p, addr::NN1, macs::NN1).dport(8443);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&out.bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&out))?;
             fx.counters(NEW_FLOW_REDIRECT)?;
             assert_eq!(fx.vip_stats(ids::VIP_SVC)?.in_packets, 1);
             Ok(())
@@ -169,13 +216,7 @@ const CASES: &[(&str, &str, Case)] = &[
         |fx| {
             let p = Pkt::udp(addr::CLIENT, 33000, addr::VIP_DNS, 53).eth(macs::CLIENT, macs::CLI0);
             let out = toward(&p, addr::NN1, macs::NN1);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&out.bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&out))?;
             fx.counters(NEW_FLOW_REDIRECT)
         },
     ),
@@ -184,7 +225,7 @@ const CASES: &[(&str, &str, Case)] = &[
         "a port a service VIP does not serve is not ours",
         |fx| {
             let p = to_vip(addr::VIP_SVC, 40000, 80);
-            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
+            ingress(fx, &p, Pass)?;
             fx.counters(&[(PassNotForUs, 1), (XdpPass, 1)])
         },
     ),
@@ -193,7 +234,7 @@ const CASES: &[(&str, &str, Case)] = &[
         "udp/443 on a tcp/443 service VIP is not ours",
         |fx| {
             let p = Pkt::udp(addr::CLIENT, 40000, addr::VIP_SVC, 443).eth(macs::CLIENT, macs::CLI0);
-            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
+            ingress(fx, &p, Pass)?;
             fx.counters(&[(PassNotForUs, 1), (XdpPass, 1)])
         },
     ),
@@ -202,7 +243,7 @@ const CASES: &[(&str, &str, Case)] = &[
         "traffic to an address that is no VIP leaves untouched",
         |fx| {
             let p = to_vip(addr::NOT_VIP, 40000, 22);
-            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
+            ingress(fx, &p, Pass)?;
             fx.counters(&[(PassNotForUs, 1), (XdpPass, 1)])
         },
     ),
@@ -226,13 +267,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 .eth(macs::CLIENT, macs::CLI0)
                 .zero_udp_checksum();
             let out = toward(&p, addr::NN1, macs::NN1);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&out.bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&out))?;
             fx.counters(NEW_FLOW_REDIRECT)
         },
     ),
@@ -243,13 +278,7 @@ const CASES: &[(&str, &str, Case)] = &[
             let opts = [0x01, 0x01, 0x01, 0x01, 0x94, 0x04, 0x00, 0x00]; // NOPs, router alert
             let p = to_vip(addr::VIP, 40000, 22).options(&opts);
             let out = toward(&p, addr::NN1, macs::NN1);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&out.bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&out))?;
             fx.counters(NEW_FLOW_REDIRECT)
         },
     ),
@@ -259,13 +288,7 @@ const CASES: &[(&str, &str, Case)] = &[
         |fx| {
             let p = to_vip(addr::VIP_SVC, 40000, 443).options(&[0x01; 40]);
             let out = toward(&p, addr::NN1, macs::NN1).dport(8443);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&out.bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&out))?;
             fx.counters(NEW_FLOW_REDIRECT)
         },
     ),
@@ -275,13 +298,7 @@ const CASES: &[(&str, &str, Case)] = &[
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22).vlan(100);
             let out = p.clone().dst(addr::NN1);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_PASS,
-                Some(&out.bytes()),
-            )?;
+            ingress(fx, &p, Kernel(&out))?;
             fx.counters(&[(FlowNew, 1), (NatIngress, 1), (PassVlan, 1), (XdpPass, 1)])
         },
     ),
@@ -290,7 +307,7 @@ const CASES: &[(&str, &str, Case)] = &[
         "VLAN-tagged traffic for no VIP leaves untouched",
         |fx| {
             let p = to_vip(addr::NOT_VIP, 40000, 22).vlan(7);
-            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
+            ingress(fx, &p, Pass)?;
             fx.counters(&[(PassNotForUs, 1), (XdpPass, 1)])
         },
     ),
@@ -315,13 +332,7 @@ const CASES: &[(&str, &str, Case)] = &[
         |fx| {
             let p = Pkt::tcp(addr::FAR_CLIENT, 1234, addr::VIP, 22).eth(macs::GATEWAY, macs::CLI0);
             let out = toward(&p, addr::NN1, macs::NN1);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&out.bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&out))?;
             fx.counters(NEW_FLOW_REDIRECT)
         },
     ),
@@ -331,29 +342,11 @@ const CASES: &[(&str, &str, Case)] = &[
         "a flow stays on its up path when the active path changes; new flows follow",
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
             fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
             let q = to_vip(addr::VIP, 40001, 22);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &q.bytes(),
-                XDP_REDIRECT,
-                Some(&toward(&q, addr::NN2, macs::NN2).bytes()),
-            )?;
+            ingress(fx, &q, Redirect(&toward(&q, addr::NN2, macs::NN2)))?;
             fx.counters(&[
                 (FlowNew, 2),
                 (FlowHit, 1),
@@ -370,29 +363,11 @@ const CASES: &[(&str, &str, Case)] = &[
         "a flow whose path went down moves on its next packet, in the datapath",
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
             fx.set_state(ids::PATH_NN1, PATH_DOWN)?;
             fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward(&p, addr::NN2, macs::NN2).bytes()),
-            )?;
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward(&p, addr::NN2, macs::NN2).bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN2, macs::NN2)))?;
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN2, macs::NN2)))?;
             fx.counters(&[
                 (FlowNew, 1),
                 (FlowResteer, 1),
@@ -400,13 +375,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 (NatIngress, 3),
                 (XdpRedirect, 3),
             ])?;
-            let key = FlowKey::new(
-                addr::CLIENT.octets(),
-                addr::VIP.octets(),
-                40000u16.to_be_bytes(),
-                22u16.to_be_bytes(),
-                IPPROTO_TCP,
-            );
+            let key = flow(addr::CLIENT, addr::VIP, 40000, 22, IPPROTO_TCP);
             assert_eq!(fx.dp.maps.flow(&key)?.map(|f| f.path), Some(ids::PATH_NN2));
             Ok(())
         },
@@ -416,22 +385,10 @@ const CASES: &[(&str, &str, Case)] = &[
         "an administratively disabled path is left like a down one",
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
             fx.set_state(ids::PATH_NN1, PATH_DISABLED)?;
             fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward(&p, addr::NN2, macs::NN2).bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN2, macs::NN2)))?;
             fx.counters(&[
                 (FlowNew, 1),
                 (FlowResteer, 1),
@@ -445,22 +402,10 @@ const CASES: &[(&str, &str, Case)] = &[
         "a flow whose path slot now belongs to another target is re-steered",
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
             fx.path(ids::PATH_NN1, addr::NN1, ids::TARGET_SPARE, PATH_UP)?;
             fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward(&p, addr::NN2, macs::NN2).bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN2, macs::NN2)))?;
             fx.counters(&[
                 (FlowNew, 1),
                 (FlowResteer, 1),
@@ -474,15 +419,9 @@ const CASES: &[(&str, &str, Case)] = &[
         "a VIP removed: its flows no longer translate anything",
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
             fx.dp.maps.remove_vip(ids::VIP)?;
-            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
+            ingress(fx, &p, Pass)?;
             fx.counters(&[
                 (FlowNew, 1),
                 (NatIngress, 1),
@@ -497,13 +436,7 @@ const CASES: &[(&str, &str, Case)] = &[
         "a VIP id given to another VIP: old flows of that id start afresh",
         |fx| {
             // A flow names VIP_SVC's id for a destination that id does not serve.
-            let key = FlowKey::new(
-                addr::CLIENT.octets(),
-                addr::VIP.octets(),
-                40000u16.to_be_bytes(),
-                22u16.to_be_bytes(),
-                IPPROTO_TCP,
-            );
+            let key = flow(addr::CLIENT, addr::VIP, 40000, 22, IPPROTO_TCP);
             fx.dp.maps.set_flow(
                 key,
                 FlowValue {
@@ -513,13 +446,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 },
             )?;
             let p = to_vip(addr::VIP, 40000, 22);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
             assert_eq!(
                 fx.dp.maps.flow(&key)?,
                 Some(FlowValue {
@@ -536,22 +463,10 @@ const CASES: &[(&str, &str, Case)] = &[
         "all_down=last-known: the target still names its down path, flows stay",
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
             fx.set_state(ids::PATH_NN1, PATH_DOWN)?;
             fx.set_state(ids::PATH_NN2, PATH_DOWN)?;
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
             fx.counters(&[
                 (FlowNew, 1),
                 (FlowHit, 1),
@@ -572,43 +487,28 @@ const CASES: &[(&str, &str, Case)] = &[
                 },
             )?;
             let p = to_vip(addr::VIP, 40000, 22);
-            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_DROP, None)?;
+            ingress(fx, &p, Dropped)?;
             fx.counters(&[(DropNoPath, 1), (XdpDrop, 1)])
         },
     ),
     (
         "ingress_spread_follows_ring",
-        "active/active: each new flow takes the path of its ring slot",
+        "active/active: each new flow takes the path of its ring slot (fixed vectors)",
         |fx| {
             let mut seen = [0u32; 2];
-            for sport in 41000..41016u16 {
+            for &(sport, slot) in SPREAD_SLOTS {
                 let p = to_vip(addr::VIP_SPREAD, sport, 80);
-                let key = FlowKey::new(
-                    addr::CLIENT.octets(),
-                    addr::VIP_SPREAD.octets(),
-                    sport.to_be_bytes(),
-                    80u16.to_be_bytes(),
-                    IPPROTO_TCP,
-                );
-                let slot = lb_common::hash::ring_slot(&key);
-                let (path, m, i) = if slot.is_multiple_of(2) {
+                // The standard ring alternates: even slots A, odd slots B.
+                let (path, m, i) = if slot % 2 == 0 {
                     (addr::SPREAD_A, macs::SPREAD_A, 0)
                 } else {
                     (addr::SPREAD_B, macs::SPREAD_B, 1)
                 };
                 seen[i] += 1;
-                fx.expect(
-                    Ingress,
-                    fx.env.cli0,
-                    &p.bytes(),
-                    XDP_REDIRECT,
-                    Some(&toward(&p, path, m).bytes()),
-                )?;
+                ingress(fx, &p, Redirect(&toward(&p, path, m)))
+                    .map_err(|e| e.context(format!("source port {sport}, ring slot {slot}")))?;
             }
-            assert!(
-                seen[0] > 0 && seen[1] > 0,
-                "16 flows all hashed to one path: {seen:?}"
-            );
+            assert_eq!(seen, [8, 8]);
             fx.counters(&[(FlowNew, 16), (NatIngress, 16), (XdpRedirect, 16)])?;
             assert_eq!(
                 fx.path_stats(ids::PATH_SPREAD_A)?.in_packets,
@@ -641,13 +541,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 &vec![ids::PATH_SPREAD_B; lb_common::maps::RING_SIZE as usize],
             )?;
             for p in &flows {
-                fx.expect(
-                    Ingress,
-                    fx.env.cli0,
-                    &p.bytes(),
-                    XDP_REDIRECT,
-                    Some(&toward(p, addr::SPREAD_B, macs::SPREAD_B).bytes()),
-                )?;
+                ingress(fx, p, Redirect(&toward(p, addr::SPREAD_B, macs::SPREAD_B)))?;
             }
             let moved = on_a.iter().filter(|a| **a).count() as u64;
             fx.counters(&[
@@ -664,7 +558,7 @@ const CASES: &[(&str, &str, Case)] = &[
         "TTL 1: passed untouched, so the kernel's time-exceeded quotes the VIP",
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22).ttl(1);
-            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
+            ingress(fx, &p, Pass)?;
             fx.counters(&[(PassTtlExpired, 1), (XdpPass, 1)])
         },
     ),
@@ -673,7 +567,7 @@ const CASES: &[(&str, &str, Case)] = &[
         "a first fragment (MF set) goes to the kernel, counted",
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22).df(false).fragment(true, 0);
-            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
+            ingress(fx, &p, Pass)?;
             fx.counters(&[(PassFragment, 1), (XdpPass, 1)])
         },
     ),
@@ -682,7 +576,7 @@ const CASES: &[(&str, &str, Case)] = &[
         "a later fragment (offset set) goes to the kernel, counted",
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22).df(false).fragment(false, 100);
-            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_PASS, None)?;
+            ingress(fx, &p, Pass)?;
             fx.counters(&[(PassFragment, 1), (XdpPass, 1)])
         },
     ),
@@ -693,13 +587,7 @@ const CASES: &[(&str, &str, Case)] = &[
         |fx| {
             fx.spare(addr::NOT_VIP, addr::NO_NEIGH)?;
             let p = to_vip(addr::NOT_VIP, 40000, 22);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_PASS,
-                Some(&p.clone().dst(addr::NO_NEIGH).bytes()),
-            )?;
+            ingress(fx, &p, Kernel(&p.clone().dst(addr::NO_NEIGH)))?;
             fx.counters(&[
                 (FlowNew, 1),
                 (NatIngress, 1),
@@ -714,7 +602,7 @@ const CASES: &[(&str, &str, Case)] = &[
         |fx| {
             fx.spare(addr::NOT_VIP, addr::BLACKHOLE)?;
             let p = to_vip(addr::NOT_VIP, 40000, 22);
-            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_DROP, None)?;
+            ingress(fx, &p, Dropped)?;
             fx.counters(&[(FlowNew, 1), (DropNoRoute, 1), (XdpDrop, 1)])
         },
     ),
@@ -724,12 +612,10 @@ const CASES: &[(&str, &str, Case)] = &[
         |fx| {
             fx.spare(addr::NOT_VIP, addr::SMALL_MTU)?;
             let p = to_vip(addr::NOT_VIP, 40000, 22).payload(&[7; 900]);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward(&p, addr::SMALL_MTU, macs::SMALL_MTU).bytes()),
+            ingress(
+                fx,
+                &p,
+                Redirect(&toward(&p, addr::SMALL_MTU, macs::SMALL_MTU)),
             )?;
             fx.counters(NEW_FLOW_REDIRECT)
         },
@@ -741,13 +627,7 @@ const CASES: &[(&str, &str, Case)] = &[
             fx.spare(addr::NOT_VIP, addr::SMALL_MTU)?;
             let p = to_vip(addr::NOT_VIP, 40000, 22).payload(&[7; 1100]);
             let reply = too_big_reply(&p, 1000, 20).eth(macs::CLI0, macs::CLIENT);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_TX,
-                Some(&reply.bytes()),
-            )?;
+            ingress(fx, &p, Tx(&reply))?;
             fx.counters(&[(FlowNew, 1), (IcmpTooBigSent, 1), (XdpTx, 1)])
         },
     ),
@@ -760,13 +640,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 .options(&[1; 12])
                 .payload(&[7; 1100]);
             let reply = too_big_reply(&p, 1000, 32).eth(macs::CLI0, macs::CLIENT);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_TX,
-                Some(&reply.bytes()),
-            )?;
+            ingress(fx, &p, Tx(&reply))?;
             fx.counters(&[(FlowNew, 1), (IcmpTooBigSent, 1), (XdpTx, 1)])
         },
     ),
@@ -779,13 +653,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 macs::NN1,
             );
             let reply = too_big_reply(&p, 1000, 20).eth(macs::PATH0, macs::NN1);
-            fx.expect(
-                Return,
-                fx.env.path0,
-                &p.bytes(),
-                XDP_TX,
-                Some(&reply.bytes()),
-            )?;
+            returning(fx, &p, Tx(&reply))?;
             fx.counters(&[(IcmpTooBigSent, 1), (XdpTx, 1)])
         },
     ),
@@ -804,7 +672,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 ),
                 macs::NN1,
             );
-            fx.expect(Return, fx.env.path0, &err.bytes(), XDP_DROP, None)?;
+            returning(fx, &err, Dropped)?;
             fx.counters(&[(DropFragmentNeeded, 1), (XdpDrop, 1)])
         },
     ),
@@ -816,13 +684,7 @@ const CASES: &[(&str, &str, Case)] = &[
             let p = to_vip(addr::NOT_VIP, 40000, 22)
                 .payload(&[7; 1100])
                 .df(false);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_PASS,
-                Some(&p.clone().dst(addr::SMALL_MTU).bytes()),
-            )?;
+            ingress(fx, &p, Kernel(&p.clone().dst(addr::SMALL_MTU)))?;
             fx.counters(&[
                 (FlowNew, 1),
                 (NatIngress, 1),
@@ -837,29 +699,19 @@ const CASES: &[(&str, &str, Case)] = &[
         |fx| {
             fx.spare(addr::NOT_VIP, addr::SMALL_MTU)?;
             let small = to_vip(addr::NOT_VIP, 40000, 22).payload(&[7; 900]);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &small.bytes(),
-                XDP_REDIRECT,
-                Some(&toward(&small, addr::SMALL_MTU, macs::SMALL_MTU).bytes()),
+            ingress(
+                fx,
+                &small,
+                Redirect(&toward(&small, addr::SMALL_MTU, macs::SMALL_MTU)),
             )?;
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &small.bytes(),
-                XDP_REDIRECT,
-                Some(&toward(&small, addr::SMALL_MTU, macs::SMALL_MTU).bytes()),
+            ingress(
+                fx,
+                &small,
+                Redirect(&toward(&small, addr::SMALL_MTU, macs::SMALL_MTU)),
             )?;
             let big = to_vip(addr::NOT_VIP, 40000, 22).payload(&[7; 1100]);
             let reply = too_big_reply(&big, 1000, 20).eth(macs::CLI0, macs::CLIENT);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &big.bytes(),
-                XDP_TX,
-                Some(&reply.bytes()),
-            )?;
+            ingress(fx, &big, Tx(&reply))?;
             fx.counters(&[
                 (FlowNew, 1),
                 (FlowHit, 2),
@@ -875,20 +727,14 @@ const CASES: &[(&str, &str, Case)] = &[
         "a next hop cached for one ingress interface is not used for another",
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
             let q = p.clone().eth(macs::CLIENT, macs::NOFWD0);
-            fx.expect(
+            expect_on(
+                fx,
                 Ingress,
                 fx.env.nofwd0,
-                &q.bytes(),
-                XDP_PASS,
-                Some(&q.clone().dst(addr::NN1).bytes()),
+                &q,
+                Kernel(&q.clone().dst(addr::NN1)),
             )?;
             fx.counters(&[
                 (FlowNew, 1),
@@ -906,13 +752,7 @@ const CASES: &[(&str, &str, Case)] = &[
         |fx| {
             fx.spare(addr::NOT_VIP, addr::OTHER_PORT)?;
             let p = to_vip(addr::NOT_VIP, 40000, 22);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_PASS,
-                Some(&p.clone().dst(addr::OTHER_PORT).bytes()),
-            )?;
+            ingress(fx, &p, Kernel(&p.clone().dst(addr::OTHER_PORT)))?;
             fx.counters(&[
                 (FlowNew, 1),
                 (NatIngress, 1),
@@ -926,12 +766,12 @@ const CASES: &[(&str, &str, Case)] = &[
         "leaving by the interface it came in on: XDP_TX",
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22).eth(macs::NN2, macs::PATH0);
-            fx.expect(
+            expect_on(
+                fx,
                 Ingress,
                 fx.env.path0,
-                &p.bytes(),
-                XDP_TX,
-                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
+                &p,
+                Tx(&toward(&p, addr::NN1, macs::NN1)),
             )?;
             fx.counters(&[(FlowNew, 1), (NatIngress, 1), (XdpTx, 1)])
         },
@@ -941,12 +781,12 @@ const CASES: &[(&str, &str, Case)] = &[
         "forwarding off on the ingress interface: translated, handed to the kernel",
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22).eth(macs::CLIENT, macs::NOFWD0);
-            fx.expect(
+            expect_on(
+                fx,
                 Ingress,
                 fx.env.nofwd0,
-                &p.bytes(),
-                XDP_PASS,
-                Some(&p.clone().dst(addr::NN1).bytes()),
+                &p,
+                Kernel(&p.clone().dst(addr::NN1)),
             )?;
             fx.counters(&[
                 (FlowNew, 1),
@@ -962,7 +802,7 @@ const CASES: &[(&str, &str, Case)] = &[
         "GRE to a whole-address VIP: ours, unsupported, dropped",
         |fx| {
             let p = Pkt::new(addr::CLIENT, addr::VIP, L4::Raw(47)).eth(macs::CLIENT, macs::CLI0);
-            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_DROP, None)?;
+            ingress(fx, &p, Dropped)?;
             fx.counters(&[(DropUnsupportedProto, 1), (XdpDrop, 1)])
         },
     ),
@@ -985,7 +825,7 @@ const CASES: &[(&str, &str, Case)] = &[
             )
             .eth(macs::CLIENT, macs::CLI0)
             .payload(&[]);
-            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_DROP, None)?;
+            ingress(fx, &p, Dropped)?;
             fx.counters(&[(DropUnsupportedIcmp, 1), (XdpDrop, 1)])
         },
     ),
@@ -996,7 +836,7 @@ const CASES: &[(&str, &str, Case)] = &[
             let p = Pkt::new(addr::CLIENT, addr::VIP, L4::Raw(IPPROTO_TCP))
                 .eth(macs::CLIENT, macs::CLI0)
                 .payload(&[0; 12]);
-            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_DROP, None)?;
+            ingress(fx, &p, Dropped)?;
             fx.counters(&[(DropShortL4, 1), (XdpDrop, 1)])
         },
     ),
@@ -1007,7 +847,7 @@ const CASES: &[(&str, &str, Case)] = &[
             let p = Pkt::new(addr::CLIENT, addr::VIP, L4::Raw(IPPROTO_UDP))
                 .eth(macs::CLIENT, macs::CLI0)
                 .payload(&[0; 5]);
-            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_DROP, None)?;
+            ingress(fx, &p, Dropped)?;
             fx.counters(&[(DropShortL4, 1), (XdpDrop, 1)])
         },
     ),
@@ -1018,7 +858,7 @@ const CASES: &[(&str, &str, Case)] = &[
             let p = Pkt::new(addr::CLIENT, addr::VIP, L4::Raw(IPPROTO_ICMP))
                 .eth(macs::CLIENT, macs::CLI0)
                 .payload(&[8, 0, 0, 0]);
-            fx.expect(Ingress, fx.env.cli0, &p.bytes(), XDP_DROP, None)?;
+            ingress(fx, &p, Dropped)?;
             fx.counters(&[(DropShortL4, 1), (XdpDrop, 1)])
         },
     ),
@@ -1087,13 +927,7 @@ const CASES: &[(&str, &str, Case)] = &[
         |fx| {
             let p = from_path(Pkt::tcp(addr::NN1, 22, addr::CLIENT, 40000), macs::NN1);
             let out = toward_client(&p, addr::VIP, macs::CLIENT);
-            fx.expect(
-                Return,
-                fx.env.path0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&out.bytes()),
-            )?;
+            returning(fx, &p, Redirect(&out))?;
             fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])?;
             let s = fx.vip_stats(ids::VIP)?;
             assert_eq!(
@@ -1109,12 +943,10 @@ const CASES: &[(&str, &str, Case)] = &[
         "replies over the standby path are translated too",
         |fx| {
             let p = from_path(Pkt::tcp(addr::NN2, 22, addr::CLIENT, 40000), macs::NN2);
-            fx.expect(
-                Return,
-                fx.env.path0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward_client(&p, addr::VIP, macs::CLIENT).bytes()),
+            returning(
+                fx,
+                &p,
+                Redirect(&toward_client(&p, addr::VIP, macs::CLIENT)),
             )?;
             fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])?;
             assert_eq!(fx.path_stats(ids::PATH_NN2)?.out_packets, 1);
@@ -1127,13 +959,7 @@ const CASES: &[(&str, &str, Case)] = &[
         |fx| {
             let p = from_path(Pkt::tcp(addr::NN1, 8443, addr::CLIENT, 40000), macs::NN1);
             let out = toward_client(&p, addr::VIP_SVC, macs::CLIENT).sport(443);
-            fx.expect(
-                Return,
-                fx.env.path0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&out.bytes()),
-            )?;
+            returning(fx, &p, Redirect(&out))?;
             fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])?;
             assert_eq!(fx.vip_stats(ids::VIP_SVC)?.out_packets, 1);
             Ok(())
@@ -1145,32 +971,14 @@ const CASES: &[(&str, &str, Case)] = &[
         |fx| {
             // The client reached 203.0.113.10:8443 (whole address), not the tcp/443 service.
             let p = to_vip(addr::VIP, 40000, 8443);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
             let reply = from_path(Pkt::tcp(addr::NN1, 8443, addr::CLIENT, 40000), macs::NN1);
             let out = toward_client(&reply, addr::VIP, macs::CLIENT);
-            fx.expect(
-                Return,
-                fx.env.path0,
-                &reply.bytes(),
-                XDP_REDIRECT,
-                Some(&out.bytes()),
-            )?;
+            returning(fx, &reply, Redirect(&out))?;
             // Another client, with no whole-address flow: the service's.
             let svc = from_path(Pkt::tcp(addr::NN1, 8443, addr::CLIENT2, 40000), macs::NN1);
             let out = toward_client(&svc, addr::VIP_SVC, macs::CLIENT2).sport(443);
-            fx.expect(
-                Return,
-                fx.env.path0,
-                &svc.bytes(),
-                XDP_REDIRECT,
-                Some(&out.bytes()),
-            )?;
+            returning(fx, &svc, Redirect(&out))?;
             fx.counters(&[
                 (FlowNew, 1),
                 (NatIngress, 1),
@@ -1184,13 +992,7 @@ const CASES: &[(&str, &str, Case)] = &[
         "an error about a whole-address flow on the service's target port gets the whole VIP back",
         |fx| {
             let p = to_vip(addr::VIP, 40000, 8443);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward(&p, addr::NN1, macs::NN1).bytes()),
-            )?;
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
             let sent = Pkt::tcp(addr::CLIENT, 40000, addr::NN1, 8443).ttl(63);
             let err = from_path(
                 Pkt::icmp_error(addr::ROUTER, addr::CLIENT, frag_needed(1400), &sent, 28),
@@ -1200,13 +1002,7 @@ const CASES: &[(&str, &str, Case)] = &[
             let out = Pkt::icmp_error(addr::ROUTER, addr::CLIENT, frag_needed(1400), &quoted, 28)
                 .ttl(63)
                 .eth(macs::CLI0, macs::CLIENT);
-            fx.expect(
-                Return,
-                fx.env.path0,
-                &err.bytes(),
-                XDP_REDIRECT,
-                Some(&out.bytes()),
-            )?;
+            returning(fx, &err, Redirect(&out))?;
             fx.counters(&[
                 (FlowNew, 1),
                 (NatIngress, 1),
@@ -1220,20 +1016,16 @@ const CASES: &[(&str, &str, Case)] = &[
         "udp from port 53 is the DNS service's; udp from 54 the whole VIP's",
         |fx| {
             let p = from_path(Pkt::udp(addr::NN1, 53, addr::CLIENT, 33000), macs::NN1);
-            fx.expect(
-                Return,
-                fx.env.path0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward_client(&p, addr::VIP_DNS, macs::CLIENT).bytes()),
+            returning(
+                fx,
+                &p,
+                Redirect(&toward_client(&p, addr::VIP_DNS, macs::CLIENT)),
             )?;
             let q = from_path(Pkt::udp(addr::NN1, 54, addr::CLIENT, 33000), macs::NN1);
-            fx.expect(
-                Return,
-                fx.env.path0,
-                &q.bytes(),
-                XDP_REDIRECT,
-                Some(&toward_client(&q, addr::VIP, macs::CLIENT).bytes()),
+            returning(
+                fx,
+                &q,
+                Redirect(&toward_client(&q, addr::VIP, macs::CLIENT)),
             )?;
             // The whole-address reply is also what a VM-opened UDP flow looks like: recorded.
             fx.counters(&[(NatReturn, 2), (XdpRedirect, 2), (FlowFromPath, 1)])
@@ -1247,12 +1039,10 @@ const CASES: &[(&str, &str, Case)] = &[
                 Pkt::udp(addr::NN1, 53, addr::CLIENT, 33000).zero_udp_checksum(),
                 macs::NN1,
             );
-            fx.expect(
-                Return,
-                fx.env.path0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward_client(&p, addr::VIP_DNS, macs::CLIENT).bytes()),
+            returning(
+                fx,
+                &p,
+                Redirect(&toward_client(&p, addr::VIP_DNS, macs::CLIENT)),
             )?;
             fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])
         },
@@ -1262,12 +1052,10 @@ const CASES: &[(&str, &str, Case)] = &[
         "an echo reply from the VM leaves from the VIP",
         |fx| {
             let p = from_path(Pkt::echo_reply(addr::NN1, addr::CLIENT, 77), macs::NN1);
-            fx.expect(
-                Return,
-                fx.env.path0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward_client(&p, addr::VIP, macs::CLIENT).bytes()),
+            returning(
+                fx,
+                &p,
+                Redirect(&toward_client(&p, addr::VIP, macs::CLIENT)),
             )?;
             fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])
         },
@@ -1280,12 +1068,12 @@ const CASES: &[(&str, &str, Case)] = &[
                 Pkt::tcp(addr::NN1, 22, Ipv4Addr::new(192, 0, 2, 1), 40000),
                 macs::NN1,
             );
-            fx.expect(Return, fx.env.path0, &p.bytes(), XDP_PASS, None)?;
+            returning(fx, &p, Pass)?;
             let ping = from_path(
                 Pkt::echo_reply(addr::NN1, Ipv4Addr::new(192, 0, 2, 1), 5),
                 macs::NN1,
             );
-            fx.expect(Return, fx.env.path0, &ping.bytes(), XDP_PASS, None)?;
+            returning(fx, &ping, Pass)?;
             fx.counters(&[(PassLocal, 2), (XdpPass, 2)])
         },
     ),
@@ -1297,7 +1085,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 Pkt::tcp(Ipv4Addr::new(192, 0, 2, 5), 22, addr::CLIENT, 40000),
                 macs::NN1,
             );
-            fx.expect(Return, fx.env.path0, &p.bytes(), XDP_PASS, None)?;
+            returning(fx, &p, Pass)?;
             fx.counters(&[(PassNotForUs, 1), (XdpPass, 1)])
         },
     ),
@@ -1309,7 +1097,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 Pkt::tcp(addr::NN1, 22, addr::CLIENT, 40000).ttl(1),
                 macs::NN1,
             );
-            fx.expect(Return, fx.env.path0, &p.bytes(), XDP_PASS, None)?;
+            returning(fx, &p, Pass)?;
             fx.counters(&[(PassTtlExpired, 1), (XdpPass, 1)])
         },
     ),
@@ -1323,7 +1111,7 @@ const CASES: &[(&str, &str, Case)] = &[
                     .fragment(true, 0),
                 macs::NN1,
             );
-            fx.expect(Return, fx.env.path0, &p.bytes(), XDP_PASS, None)?;
+            returning(fx, &p, Pass)?;
             fx.counters(&[(PassFragment, 1), (XdpPass, 1)])
         },
     ),
@@ -1335,7 +1123,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 Pkt::new(addr::NN1, addr::CLIENT, L4::Raw(IPPROTO_UDP)).payload(&[1, 2, 3]),
                 macs::NN1,
             );
-            fx.expect(Return, fx.env.path0, &p.bytes(), XDP_DROP, None)?;
+            returning(fx, &p, Dropped)?;
             fx.counters(&[(DropShortL4, 1), (XdpDrop, 1)])
         },
     ),
@@ -1344,12 +1132,10 @@ const CASES: &[(&str, &str, Case)] = &[
         "a reply to a far client goes to the gateway's MAC",
         |fx| {
             let p = from_path(Pkt::tcp(addr::NN1, 22, addr::FAR_CLIENT, 1234), macs::NN1);
-            fx.expect(
-                Return,
-                fx.env.path0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward_client(&p, addr::VIP, macs::GATEWAY).bytes()),
+            returning(
+                fx,
+                &p,
+                Redirect(&toward_client(&p, addr::VIP, macs::GATEWAY)),
             )?;
             fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])
         },
@@ -1359,20 +1145,12 @@ const CASES: &[(&str, &str, Case)] = &[
         "a connection the VM opens over NN2 is recorded; its replies come back over NN2",
         |fx| {
             let syn = from_path(Pkt::tcp_syn(addr::NN2, 50000, addr::REMOTE, 443), macs::NN2);
-            fx.expect(
-                Return,
-                fx.env.path0,
-                &syn.bytes(),
-                XDP_REDIRECT,
-                Some(&toward_client(&syn, addr::VIP, macs::REMOTE).bytes()),
+            returning(
+                fx,
+                &syn,
+                Redirect(&toward_client(&syn, addr::VIP, macs::REMOTE)),
             )?;
-            let key = FlowKey::new(
-                addr::REMOTE.octets(),
-                addr::VIP.octets(),
-                443u16.to_be_bytes(),
-                50000u16.to_be_bytes(),
-                IPPROTO_TCP,
-            );
+            let key = flow(addr::REMOTE, addr::VIP, 443, 50000, IPPROTO_TCP);
             let recorded = FlowValue {
                 path: ids::PATH_NN2,
                 vip: ids::VIP,
@@ -1380,13 +1158,7 @@ const CASES: &[(&str, &str, Case)] = &[
             };
             assert_eq!(fx.dp.maps.flow(&key)?, Some(recorded));
             let reply = Pkt::tcp(addr::REMOTE, 443, addr::VIP, 50000).eth(macs::REMOTE, macs::CLI0);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &reply.bytes(),
-                XDP_REDIRECT,
-                Some(&toward(&reply, addr::NN2, macs::NN2).bytes()),
-            )?;
+            ingress(fx, &reply, Redirect(&toward(&reply, addr::NN2, macs::NN2)))?;
             fx.counters(&[
                 (FlowFromPath, 1),
                 (FlowHit, 1),
@@ -1401,21 +1173,13 @@ const CASES: &[(&str, &str, Case)] = &[
         "a ping the VM sends over NN2: the echo reply comes back over NN2",
         |fx| {
             let req = from_path(Pkt::echo_request(addr::NN2, addr::REMOTE, 9), macs::NN2);
-            fx.expect(
-                Return,
-                fx.env.path0,
-                &req.bytes(),
-                XDP_REDIRECT,
-                Some(&toward_client(&req, addr::VIP, macs::REMOTE).bytes()),
+            returning(
+                fx,
+                &req,
+                Redirect(&toward_client(&req, addr::VIP, macs::REMOTE)),
             )?;
             let reply = Pkt::echo_reply(addr::REMOTE, addr::VIP, 9).eth(macs::REMOTE, macs::CLI0);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &reply.bytes(),
-                XDP_REDIRECT,
-                Some(&toward(&reply, addr::NN2, macs::NN2).bytes()),
-            )?;
+            ingress(fx, &reply, Redirect(&toward(&reply, addr::NN2, macs::NN2)))?;
             fx.counters(&[
                 (FlowFromPath, 1),
                 (FlowHit, 1),
@@ -1430,20 +1194,12 @@ const CASES: &[(&str, &str, Case)] = &[
         "only a SYN opens a recorded flow; other TCP segments do not",
         |fx| {
             let p = from_path(Pkt::tcp(addr::NN2, 50000, addr::REMOTE, 443), macs::NN2);
-            fx.expect(
-                Return,
-                fx.env.path0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward_client(&p, addr::VIP, macs::REMOTE).bytes()),
+            returning(
+                fx,
+                &p,
+                Redirect(&toward_client(&p, addr::VIP, macs::REMOTE)),
             )?;
-            let key = FlowKey::new(
-                addr::REMOTE.octets(),
-                addr::VIP.octets(),
-                443u16.to_be_bytes(),
-                50000u16.to_be_bytes(),
-                IPPROTO_TCP,
-            );
+            let key = flow(addr::REMOTE, addr::VIP, 443, 50000, IPPROTO_TCP);
             assert_eq!(fx.dp.maps.flow(&key)?, None);
             fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])
         },
@@ -1452,13 +1208,7 @@ const CASES: &[(&str, &str, Case)] = &[
         "return_reply_keeps_client_flow",
         "a reply does not overwrite the flow the client opened",
         |fx| {
-            let key = FlowKey::new(
-                addr::CLIENT.octets(),
-                addr::VIP.octets(),
-                5000u16.to_be_bytes(),
-                5001u16.to_be_bytes(),
-                IPPROTO_UDP,
-            );
+            let key = flow(addr::CLIENT, addr::VIP, 5000, 5001, IPPROTO_UDP);
             fx.dp.maps.set_flow(
                 key,
                 FlowValue {
@@ -1468,12 +1218,10 @@ const CASES: &[(&str, &str, Case)] = &[
                 },
             )?;
             let p = from_path(Pkt::udp(addr::NN2, 5001, addr::CLIENT, 5000), macs::NN2);
-            fx.expect(
-                Return,
-                fx.env.path0,
-                &p.bytes(),
-                XDP_REDIRECT,
-                Some(&toward_client(&p, addr::VIP, macs::CLIENT).bytes()),
+            returning(
+                fx,
+                &p,
+                Redirect(&toward_client(&p, addr::VIP, macs::CLIENT)),
             )?;
             assert_eq!(fx.dp.maps.flow(&key)?.map(|f| f.path), Some(ids::PATH_NN1));
             fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])
@@ -1507,13 +1255,7 @@ const CASES: &[(&str, &str, Case)] = &[
             )
             .ttl(63)
             .eth(macs::CLI0, macs::CLIENT);
-            fx.expect(
-                Return,
-                fx.env.path0,
-                &err.bytes(),
-                XDP_REDIRECT,
-                Some(&out.bytes()),
-            )?;
+            returning(fx, &err, Redirect(&out))?;
             fx.counters(&[(IcmpErrorReturn, 1), (XdpRedirect, 1)])
         },
     ),
@@ -1531,13 +1273,7 @@ const CASES: &[(&str, &str, Case)] = &[
             let out = Pkt::icmp_error(addr::VIP_SVC, addr::CLIENT, ty, &quoted, 28)
                 .ttl(63)
                 .eth(macs::CLI0, macs::CLIENT);
-            fx.expect(
-                Return,
-                fx.env.path0,
-                &err.bytes(),
-                XDP_REDIRECT,
-                Some(&out.bytes()),
-            )?;
+            returning(fx, &err, Redirect(&out))?;
             fx.counters(&[(IcmpErrorReturn, 1), (XdpRedirect, 1)])
         },
     ),
@@ -1562,13 +1298,7 @@ const CASES: &[(&str, &str, Case)] = &[
             )
             .ttl(63)
             .eth(macs::CLI0, macs::CLIENT);
-            fx.expect(
-                Return,
-                fx.env.path0,
-                &err.bytes(),
-                XDP_REDIRECT,
-                Some(&out.bytes()),
-            )?;
+            returning(fx, &err, Redirect(&out))?;
             fx.counters(&[(IcmpErrorReturn, 1), (XdpRedirect, 1)])
         },
     ),
@@ -1591,13 +1321,7 @@ const CASES: &[(&str, &str, Case)] = &[
             )
             .ttl(63)
             .eth(macs::CLI0, macs::CLIENT);
-            fx.expect(
-                Return,
-                fx.env.path0,
-                &err.bytes(),
-                XDP_REDIRECT,
-                Some(&out.bytes()),
-            )?;
+            returning(fx, &err, Redirect(&out))?;
             fx.counters(&[(IcmpErrorReturn, 1), (XdpRedirect, 1)])
         },
     ),
@@ -1610,7 +1334,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 Pkt::icmp_error(addr::ROUTER, addr::CLIENT, frag_needed(1400), &sent, 28),
                 macs::NN1,
             );
-            fx.expect(Return, fx.env.path0, &err.bytes(), XDP_PASS, None)?;
+            returning(fx, &err, Pass)?;
             fx.counters(&[(PassIcmpNotOurs, 1), (XdpPass, 1)])
         },
     ),
@@ -1623,7 +1347,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 Pkt::icmp_error(addr::ROUTER, addr::CLIENT, frag_needed(1400), &sent, 24),
                 macs::NN1,
             );
-            fx.expect(Return, fx.env.path0, &err.bytes(), XDP_PASS, None)?;
+            returning(fx, &err, Pass)?;
             fx.counters(&[(PassIcmpNotOurs, 1), (XdpPass, 1)])
         },
     ),
@@ -1632,13 +1356,7 @@ const CASES: &[(&str, &str, Case)] = &[
         "an error sent to the VIP about a reply goes to the flow's path",
         |fx| {
             // The flow exists on NN2 (the policy would say NN1).
-            let key = FlowKey::new(
-                addr::CLIENT.octets(),
-                addr::VIP.octets(),
-                40000u16.to_be_bytes(),
-                22u16.to_be_bytes(),
-                IPPROTO_TCP,
-            );
+            let key = flow(addr::CLIENT, addr::VIP, 40000, 22, IPPROTO_TCP);
             fx.dp.maps.set_flow(
                 key,
                 FlowValue {
@@ -1667,13 +1385,7 @@ const CASES: &[(&str, &str, Case)] = &[
             )
             .ttl(63)
             .eth(macs::PATH0, macs::NN2);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &err.bytes(),
-                XDP_REDIRECT,
-                Some(&out.bytes()),
-            )?;
+            ingress(fx, &err, Redirect(&out))?;
             fx.counters(&[(IcmpErrorIngress, 1), (XdpRedirect, 1)])?;
             assert_eq!(fx.path_stats(ids::PATH_NN2)?.in_packets, 1);
             Ok(())
@@ -1696,13 +1408,7 @@ const CASES: &[(&str, &str, Case)] = &[
             )
             .ttl(63)
             .eth(macs::PATH0, macs::NN1);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &err.bytes(),
-                XDP_REDIRECT,
-                Some(&out.bytes()),
-            )?;
+            ingress(fx, &err, Redirect(&out))?;
             fx.counters(&[(IcmpErrorIngress, 1), (XdpRedirect, 1)])
         },
     ),
@@ -1723,13 +1429,7 @@ const CASES: &[(&str, &str, Case)] = &[
             )
             .ttl(63)
             .eth(macs::PATH0, macs::NN1);
-            fx.expect(
-                Ingress,
-                fx.env.cli0,
-                &err.bytes(),
-                XDP_REDIRECT,
-                Some(&out.bytes()),
-            )?;
+            ingress(fx, &err, Redirect(&out))?;
             assert!(fx.dp.maps.flows(10)?.is_empty());
             fx.counters(&[(IcmpErrorIngress, 1), (XdpRedirect, 1)])
         },
@@ -1741,7 +1441,7 @@ const CASES: &[(&str, &str, Case)] = &[
             let reply = Pkt::tcp(addr::VIP, 22, addr::CLIENT, 40000);
             let err = Pkt::icmp_error(addr::INET_ROUTER, addr::VIP, frag_needed(1280), &reply, 22)
                 .eth(macs::GATEWAY, macs::CLI0);
-            fx.expect(Ingress, fx.env.cli0, &err.bytes(), XDP_DROP, None)?;
+            ingress(fx, &err, Dropped)?;
             fx.counters(&[(DropBadIcmpQuote, 1), (XdpDrop, 1)])
         },
     ),
@@ -1752,28 +1452,49 @@ const CASES: &[(&str, &str, Case)] = &[
             let other = Pkt::tcp(addr::CLIENT2, 22, addr::CLIENT, 40000);
             let err = Pkt::icmp_error(addr::INET_ROUTER, addr::VIP, frag_needed(1280), &other, 28)
                 .eth(macs::GATEWAY, macs::CLI0);
-            fx.expect(Ingress, fx.env.cli0, &err.bytes(), XDP_PASS, None)?;
+            ingress(fx, &err, Pass)?;
             fx.counters(&[(PassIcmpNotOurs, 1), (XdpPass, 1)])
         },
     ),
 ];
 
+/// README.md's table of tiers says how many cases there are: that number is this list's length.
+fn readme_counts_every_case() -> Result<(), Failed> {
+    const README: &str = include_str!("../../README.md");
+    let said = README
+        .lines()
+        .find(|l| l.contains("`tests/tests/fixtures.rs`"))
+        .and_then(|l| l.split(" described cases").next())
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<usize>().ok());
+    match said {
+        Some(n) if n == CASES.len() => Ok(()),
+        said => Err(format!(
+            "README.md's tests table says {said:?} described cases for tests/tests/fixtures.rs; \
+             there are {}",
+            CASES.len()
+        )
+        .into()),
+    }
+}
+
 fn main() {
     let args = Arguments::from_args();
+    // Needs no privileges: runs wherever the binary runs.
+    let readme = Trial::test("readme_counts_every_case", readme_counts_every_case);
     if !lb_tests::privileged("fixtures", CASES.len()) {
-        return;
+        libtest_mimic::run(&args, vec![readme]).exit();
     }
     let env = Env::create().expect("building the fixture namespace");
-    let trials = CASES
-        .iter()
-        .map(|(name, about, case)| {
+    let trials = std::iter::once(readme)
+        .chain(CASES.iter().map(|(name, about, case)| {
             let case = *case;
             let about = *about;
             Trial::test(*name, move || {
                 let mut fx = Fx::new(env).map_err(|e| Failed::from(format!("{e:#}")))?;
                 case(&mut fx).map_err(|e| Failed::from(format!("{about}\n{e:#}")))
             })
-        })
+        }))
         .collect();
     libtest_mimic::run(&args, trials).exit();
 }

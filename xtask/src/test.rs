@@ -29,7 +29,7 @@ pub struct Options {
 pub fn run(opts: Options) -> Result<()> {
     let Options { cargo_args } = opts;
     let root = util::is_root();
-    if lb_ci::is_ci() && !root {
+    if lb_testkit::ci::is_ci() && !root {
         bail!(
             "CI=true but not running as root: the privileged tests (tests crate) must run under \
              CI, not skip"
@@ -41,7 +41,7 @@ pub fn run(opts: Options) -> Result<()> {
     let mut result = run_steps(&mut timings, &mut tally, root, &cargo_args);
     timings.print();
     tally.print_slowest();
-    let problems = tally.problems(lb_ci::is_ci(), cargo_args.is_empty());
+    let problems = tally.problems(lb_testkit::ci::is_ci(), cargo_args.is_empty());
     for problem in &problems {
         say(format!("under CI: {problem}"));
     }
@@ -79,7 +79,7 @@ struct Count {
     skipped: u64,
 }
 
-/// What the test binaries reported: their `test result:` lines and the skip lines of `lb-ci`,
+/// What the test binaries reported: their `test result:` lines and the skip lines of `lb_testkit::ci`,
 /// by tier and by binary.
 #[derive(Default)]
 struct Tally {
@@ -87,7 +87,7 @@ struct Tally {
     binaries: Vec<(String, Duration)>,
     /// The binary running now, as cargo named it.
     current: String,
-    /// Tests libtest counted as passed that said they skipped (`lb_ci::Skip::Test`), by tier.
+    /// Tests libtest counted as passed that said they skipped (`lb_testkit::ci::Skip::Test`), by tier.
     passed_but_skipped: Vec<(&'static str, u64)>,
 }
 
@@ -123,10 +123,10 @@ impl Tally {
             self.current = rest.to_string();
         } else if let Some(rest) = line.strip_prefix("Doc-tests ") {
             self.current = format!("doc-tests {rest}");
-        } else if let Some(skip) = lb_ci::Skip::parse(line) {
+        } else if let Some(skip) = lb_testkit::ci::Skip::parse(line) {
             let tier = tier_of(&self.current);
             self.tier(tier).skipped += skip.tests() as u64;
-            if let lb_ci::Skip::Test { .. } = skip {
+            if let lb_testkit::ci::Skip::Test { .. } = skip {
                 match self.passed_but_skipped.iter_mut().find(|(t, _)| *t == tier) {
                     Some((_, n)) => *n += 1,
                     None => self.passed_but_skipped.push((tier, 1)),
@@ -331,12 +331,12 @@ mod tests {
      Running unittests src/lib.rs (target/debug/deps/lb_common-1)
 test result: ok. 10 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s
      Running tests/probe.rs (target/debug/deps/probe-2)
-lb-ci: skipped test icmp_echo_to_loopback: needs CAP_NET_RAW
+lb-testkit: skipped test icmp_echo_to_loopback: needs CAP_NET_RAW
 test result: ok. 5 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.50s
      Running tests/fixtures.rs (target/debug/deps/fixtures-3)
 test result: ok. 83 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 2.00s
      Running tests/lab.rs (target/debug/deps/lab-4)
-lb-ci: skipped suite lab: 6 tests: needs root
+lb-testkit: skipped suite lab: 6 tests: needs root
    Doc-tests lb_common
 test result: ok. 0 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.00s
 ";

@@ -340,29 +340,11 @@ pub fn icmp_frag_needed_frame(outer: &Ipv4Params, mtu: u16, quote: &[u8]) -> Vec
     out
 }
 
-/// The bytes that differ, one line each, for a readable failure.
-pub fn hex_diff(got: &[u8], want: &[u8]) -> String {
-    let mut out = String::new();
-    if got.len() != want.len() {
-        out += &format!("  length: got {}, want {}\n", got.len(), want.len());
-    }
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        if g != w {
-            out += &format!("  byte {i:3}: got {g:02x}, want {w:02x}\n");
-        }
-    }
-    out
-}
-
-/// Fails the test case, listing the differing bytes, unless `got == want`.
+/// Fails the test case, showing the differing bytes, unless `got == want`.
 pub fn bytes_eq(what: &str, got: &[u8], want: &[u8]) -> Result<(), TestCaseError> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(TestCaseError::fail(format!(
-            "{what}: bytes differ\n{}",
-            hex_diff(got, want)
-        )))
+    match lb_testkit::hexdiff::diff(want, got) {
+        None => Ok(()),
+        Some(diff) => Err(TestCaseError::fail(format!("{what}: bytes differ\n{diff}"))),
     }
 }
 

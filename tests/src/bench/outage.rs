@@ -203,15 +203,7 @@ struct Rig {
 impl Rig {
     fn new(interval_ms: u32, timeout_ms: u32, fall: u32) -> anyhow::Result<Self> {
         let lab = Lab::new()?;
-        let servers = servers::start(
-            &lab.vm,
-            servers::Ports {
-                http: lab::HTTP_PORT,
-                echo: lab::ECHO_PORT,
-                udp: lab::UDP_PORT,
-            },
-            [lab::NN1, lab::NN2],
-        )?;
+        let servers = servers::start(&lab.vm, lab::PORTS, [lab::NN1, lab::NN2])?;
         let config = lab::config(interval_ms, timeout_ms, RISE, fall, true);
         let daemon = Daemon::start(&lab.edge, &config, &[])?;
         daemon.wait_status(Duration::from_secs(10), |s| {

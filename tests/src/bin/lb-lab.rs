@@ -27,12 +27,6 @@ use lb_tests::{
 
 const PREFIX: &str = "lbl";
 const RUN_DIR: &str = "/run/lb-lab";
-const PORTS: servers::Ports = servers::Ports {
-    http: lab::HTTP_PORT,
-    echo: lab::ECHO_PORT,
-    udp: lab::UDP_PORT,
-};
-
 static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
@@ -131,7 +125,7 @@ fn story() -> anyhow::Result<()> {
     let t = Clock(Instant::now());
     t.say(format!("building the lab: namespaces {PREFIX}-client, -edge, -nn1, -nn2, -vm (see tests/src/lab.rs)"))?;
     let lab = Lab::with_prefix(PREFIX)?;
-    let _srv = servers::start(&lab.vm, PORTS, [NN1, NN2])?;
+    let _srv = servers::start(&lab.vm, lab::PORTS, [NN1, NN2])?;
     t.say(format!("vm serves HTTP :{} (answers with the address it was reached at), TCP echo :{}, UDP echo :{}", lab::HTTP_PORT, lab::ECHO_PORT, lab::UDP_PORT))?;
     let d = Daemon::start(
         &lab.edge,
@@ -321,7 +315,7 @@ fn serve(args: &[String]) -> anyhow::Result<()> {
         [flag, name] if flag == "--netns" => Netns::existing(name),
         _ => bail!("usage: lb-lab serve --netns NS"),
     };
-    let _srv = servers::start(&ns, PORTS, [NN1, NN2])?;
+    let _srv = servers::start(&ns, lab::PORTS, [NN1, NN2])?;
     println!(
         "serving in {}: HTTP :{}, TCP echo :{}, UDP echo :{} on {NN1} and {NN2}",
         ns.name(),

@@ -1,9 +1,7 @@
 //! What "under CI" means for this workspace, and the one rule for tests that need something a
 //! machine may not have (root, `CAP_NET_RAW`, the built XDP object): they skip with a line that
-//! `cargo xtask test` counts, and under CI they fail instead.
-//!
-//! xtask and every test crate use this crate, so the rule cannot drift between copies. It has no
-//! dependencies and builds in a moment.
+//! `cargo xtask test` counts, and under CI they fail instead. xtask and every test crate use
+//! this module, so the rule cannot drift between copies.
 
 use std::{fmt::Write as _, io::Write as _};
 
@@ -22,7 +20,7 @@ fn ci_value(value: &str) -> bool {
 }
 
 /// The start of every skip line; what follows is [`Skip`]'s `Display`.
-pub const SKIP_PREFIX: &str = "lb-ci: skipped ";
+pub const SKIP_PREFIX: &str = "lb-testkit: skipped ";
 
 /// What did not run, as a skip line says it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,8 +34,8 @@ pub enum Skip {
 }
 
 impl Skip {
-    /// The line `cargo xtask test` reads: `lb-ci: skipped suite NAME: N tests: WHY` or
-    /// `lb-ci: skipped test NAME: WHY`.
+    /// The line `cargo xtask test` reads: `lb-testkit: skipped suite NAME: N tests: WHY` or
+    /// `lb-testkit: skipped test NAME: WHY`.
     pub fn line(&self, why: &str) -> String {
         let mut line = String::from(SKIP_PREFIX);
         // Writing to a String cannot fail.
@@ -120,13 +118,13 @@ mod tests {
             assert_eq!(Skip::parse(&format!("  {line}\n")), Some(skip));
         }
         assert_eq!(
-            Skip::parse("lb-ci: skipped suite lab: 6 tests: why").map(|s| s.tests()),
+            Skip::parse("lb-testkit: skipped suite lab: 6 tests: why").map(|s| s.tests()),
             Some(6)
         );
         for other in [
             "test result: ok. 3 passed",
-            "lb-ci: skipped suite lab: many tests: why",
-            "lb-ci: skipped nothing",
+            "lb-testkit: skipped suite lab: many tests: why",
+            "lb-testkit: skipped nothing",
             "skipped test x: y",
         ] {
             assert_eq!(Skip::parse(other), None, "{other}");
