@@ -23,7 +23,10 @@ use tokio::{
 
 use crate::{
     config::{Config, interface_exists},
-    dataplane::{AttachMode, Dataplane, LoadOptions, Origin, PinDir, Role},
+    dataplane::{
+        AttachMode, Dataplane, LoadOptions, Origin, PinDir, RedirectTarget, Role,
+        sync_redirect_target,
+    },
     health::{Event, Health, HealthTracker},
     metrics,
     model::Model,
@@ -77,6 +80,8 @@ struct Daemon {
     dirty: bool,
     /// Attachments this daemon made or adopted (and updated to its programs).
     attached: std::collections::BTreeSet<(Role, String)>,
+    /// Whether each configured interface takes XDP redirects, as last logged.
+    redirects: BTreeMap<String, RedirectTarget>,
 }
 
 /// Runs the daemon until `shutdown` completes (or SIGTERM/SIGINT when the caller passes them).
@@ -128,6 +133,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         shared: shared.clone(),
         dirty: false,
         attached: Default::default(),
+        redirects: BTreeMap::new(),
     };
     if let Err(e) = d.switch_to(model) {
         // A fresh install that cannot be completed leaves nothing behind; adopted state stays
@@ -289,12 +295,9 @@ impl Daemon {
             }
             info!("{role} detached from {iface} (no longer configured)");
         }
-        // Every configured interface must be a redirect target (attached now or before).
-        for (_, iface) in &wanted {
-            if let Some(i) = crate::ifindex(iface) {
-                self.dp.maps.add_tx_port(i)?;
-            }
-        }
+        self.redirects
+            .retain(|iface, _| wanted.iter().any(|(_, w)| w == iface));
+        self.sync_redirect_targets(wanted.iter().map(|(_, iface)| iface.clone()))?;
         info!(
             "configuration applied: {writes} map writes in {:?}",
             t0.elapsed()
@@ -504,8 +507,40 @@ impl Daemon {
         }
     }
 
-    /// Writes what changed without a decision (probe RTTs) once a second.
+    /// Every configured interface is a redirect target when frames can be redirected into it
+    /// (attached now or before), and kept out when they would be dropped; a change is logged.
+    fn sync_redirect_targets(
+        &mut self,
+        ifaces: impl IntoIterator<Item = String>,
+    ) -> anyhow::Result<()> {
+        for iface in ifaces {
+            let Some(ifindex) = crate::ifindex(&iface) else {
+                continue;
+            };
+            let now = sync_redirect_target(&mut self.dp.maps, &iface, ifindex)
+                .with_context(|| format!("updating the redirect map for {iface}"))?;
+            if self.redirects.get(&iface) != Some(&now) {
+                match &now {
+                    RedirectTarget::Yes => info!("{iface}: takes XDP redirects"),
+                    RedirectTarget::No { why } => warn!(
+                        "{iface}: frames cannot be XDP-redirected into it ({why}); traffic \
+                         toward it goes through the kernel instead (counted pass_no_tx_port)"
+                    ),
+                }
+                self.redirects.insert(iface, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what changed without a decision (probe RTTs) once a second, and follows the
+    /// interfaces' ability to take redirects.
     fn flush(&mut self) {
+        // A veth's peer may switch GRO or XDP on and off at any time: follow it.
+        let ifaces: Vec<String> = self.redirects.keys().cloned().collect();
+        if let Err(e) = self.sync_redirect_targets(ifaces) {
+            error!("{e:#}");
+        }
         if !self.dirty {
             return;
         }

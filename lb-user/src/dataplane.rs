@@ -401,7 +401,8 @@ impl Dataplane {
     /// Attaches `role`'s program to `iface` and pins the link. When a link is already pinned
     /// there (a previous daemon's), it is kept and its program is replaced atomically by the one
     /// just loaded (`BPF_LINK_UPDATE`): nothing is detached, not a packet is lost, and the
-    /// running code is this build's. Adds the interface to the devmap.
+    /// running code is this build's. The redirect map is the caller's business
+    /// ([`sync_redirect_target`]).
     pub fn attach(&mut self, role: Role, iface: &str, mode: AttachMode) -> Result<Attached, Error> {
         let ifindex = crate::ifindex(iface).ok_or_else(|| Error::NoInterface {
             iface: iface.into(),
@@ -411,7 +412,6 @@ impl Dataplane {
             && let Ok(pinned) = PinnedLink::from_pin(path)
         {
             self.update_link(role, iface, path, pinned)?;
-            self.maps.add_tx_port(ifindex)?;
             return Ok(Attached {
                 role,
                 iface: iface.into(),
@@ -458,7 +458,6 @@ impl Dataplane {
                 .map_err(|e: aya::programs::links::LinkError| pin_err(Box::new(e)))?;
             fd.pin(&path).map_err(|e| pin_err(Box::new(e)))?;
         }
-        self.maps.add_tx_port(ifindex)?;
         info!("{name} attached to {iface} ({used} mode)");
         Ok(Attached {
             role,
@@ -667,4 +666,53 @@ mod bpffs {
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
     }
+}
+
+/// Whether `iface` is in the redirect map (`LB_TX_PORTS`), and why not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedirectTarget {
+    /// Frames are XDP-redirected into it.
+    Yes,
+    /// Kept out: frames toward it go through the kernel (counted `pass_no_tx_port`).
+    No { why: String },
+}
+
+/// Puts `iface` (index `ifindex`) into the redirect map when its driver says frames redirected
+/// into it are sent (`xdp-features`: `NDO_XMIT`), and keeps it out otherwise, so that the
+/// datapath hands its traffic to the kernel instead of redirecting it into a hole. A kernel
+/// that cannot say (before Linux 6.3) gets the interface in the map, as before.
+pub fn sync_redirect_target(
+    maps: &mut Maps,
+    iface: &str,
+    ifindex: u32,
+) -> Result<RedirectTarget, Error> {
+    let target = match crate::netdev::xdp_features(ifindex) {
+        Ok(Some(f)) if f.receives_redirects() => RedirectTarget::Yes,
+        Ok(Some(_)) => RedirectTarget::No {
+            why: if is_veth(iface) {
+                "a veth whose peer runs no XDP program and has GRO off drops redirected \
+                 frames; `ethtool -K <peer> gro on` on the peer lets lb redirect into it"
+                    .into()
+            } else {
+                "its driver cannot transmit redirected frames (no ndo_xdp_xmit)".into()
+            },
+        },
+        Ok(None) => RedirectTarget::Yes,
+        Err(e) => RedirectTarget::No {
+            why: format!("its xdp-features cannot be read ({e})"),
+        },
+    };
+    match target {
+        RedirectTarget::Yes => maps.add_tx_port(ifindex)?,
+        // Absent already is the state we want.
+        RedirectTarget::No { .. } => {
+            let _ = maps.remove_tx_port(ifindex);
+        }
+    }
+    Ok(target)
+}
+
+/// Whether `iface` is a veth.
+fn is_veth(iface: &str) -> bool {
+    crate::netdev::driver(iface).is_ok_and(|d| d == "veth")
 }

@@ -8,6 +8,7 @@ pub mod health;
 pub mod maps;
 pub mod metrics;
 pub mod model;
+pub mod netdev;
 pub mod policy;
 pub mod probe;
 pub mod tables;

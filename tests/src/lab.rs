@@ -61,18 +61,35 @@ pub struct Lab {
     pub vm: Netns,
 }
 
+/// How the lab's veths are set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Veths {
+    /// As a user builds them: no ethtool settings anywhere. Local senders hand on partial
+    /// checksums, and no receiver has GRO, so nothing can be XDP-redirected into the edge's
+    /// veths.
+    Plain,
+    /// Senders compute full checksums (`tx off`) and every receiver has GRO on, so the edge
+    /// XDP-redirects between its veths.
+    Tuned,
+}
+
 impl Lab {
-    /// Namespaces with unique names (tests, which run side by side).
+    /// Namespaces with unique names (tests, which run side by side), tuned veths.
     pub fn new() -> anyhow::Result<Self> {
-        Self::named(|role| unique(&role[..1]))
+        Self::named(|role| unique(&role[..1]), Veths::Tuned)
+    }
+
+    /// [`Lab::new`] with the veths set up as `veths` says.
+    pub fn with_veths(veths: Veths) -> anyhow::Result<Self> {
+        Self::named(|role| unique(&role[..1]), veths)
     }
 
     /// Namespaces `<prefix>-client`, `<prefix>-edge`, ... (`cargo xtask lab up`).
     pub fn with_prefix(prefix: &str) -> anyhow::Result<Self> {
-        Self::named(|role| format!("{prefix}-{role}"))
+        Self::named(|role| format!("{prefix}-{role}"), Veths::Tuned)
     }
 
-    fn named(name: impl Fn(&str) -> String) -> anyhow::Result<Self> {
+    fn named(name: impl Fn(&str) -> String, veths: Veths) -> anyhow::Result<Self> {
         let lab = Self {
             client: Netns::new(&name("client"))?,
             edge: Netns::new(&name("edge"))?,
@@ -80,11 +97,11 @@ impl Lab {
             nn2: Netns::new(&name("nn2"))?,
             vm: Netns::new(&name("vm"))?,
         };
-        lab.wire()?;
+        lab.wire(veths)?;
         Ok(lab)
     }
 
-    fn wire(&self) -> anyhow::Result<()> {
+    fn wire(&self, veths: Veths) -> anyhow::Result<()> {
         let Self {
             client,
             edge,
@@ -127,6 +144,9 @@ impl Lab {
                 "sysctl",
                 &["-qw", &format!("net.ipv4.conf.{key}.rp_filter=0")],
             )?;
+        }
+        if veths == Veths::Plain {
+            return Ok(());
         }
         // Senders compute full checksums (a veth otherwise hands on partial ones, which XDP
         // cannot finish); receivers of XDP-redirected frames need GRO on their veth.

@@ -16,7 +16,7 @@ use anyhow::{Context as _, bail, ensure};
 use lb_tests::{
     lab::{
         self, ECHO_PORT, Failure, HTTP_PORT, Lab, NN1, NN2, PORTS, UDP_PORT, VIP, VIP_SPREAD,
-        VIP_SVC,
+        VIP_SVC, Veths,
     },
     lb::{Daemon, active},
     servers,
@@ -28,7 +28,11 @@ const INTERVAL_MS: u32 = 50;
 const FALL: u32 = 3;
 
 fn up(preempt: bool) -> anyhow::Result<(Lab, servers::Server, Daemon)> {
-    let lab = Lab::new()?;
+    up_on(Veths::Tuned, preempt)
+}
+
+fn up_on(veths: Veths, preempt: bool) -> anyhow::Result<(Lab, servers::Server, Daemon)> {
+    let lab = Lab::with_veths(veths)?;
     let srv = servers::start(&lab.vm, PORTS, [NN1, NN2])?;
     let d = Daemon::start(
         &lab.edge,
@@ -66,7 +70,17 @@ fn tcp_echo(
 }
 
 fn through_both_vip_kinds() -> anyhow::Result<()> {
-    let (lab, _srv, _d) = up(true)?;
+    through_both_vip_kinds_on(Veths::Tuned)
+}
+
+/// On veths as a user builds them: nothing can be XDP-redirected into the edge's veths, so the
+/// daemon keeps them out of the redirect map and the kernel forwards the translated packets.
+fn plain_through_both_vip_kinds() -> anyhow::Result<()> {
+    through_both_vip_kinds_on(Veths::Plain)
+}
+
+fn through_both_vip_kinds_on(veths: Veths) -> anyhow::Result<()> {
+    let (lab, _srv, d) = up_on(veths, true)?;
     // Whole address: HTTP, TCP echo of 200 kB (both directions, many segments), UDP echo.
     ensure!(http_get(&lab.client, VIP, HTTP_PORT, "/", T)? == NN1.to_string());
     let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
@@ -105,6 +119,28 @@ fn through_both_vip_kinds() -> anyhow::Result<()> {
         connect_failure(&other) == Some(std::io::ErrorKind::NetworkUnreachable),
         "another port of a service VIP: {other:?}"
     );
+    // How the translated packets left: redirected by XDP where the receiving veth can take it,
+    // else handed to the kernel, with a line saying why.
+    let counters = d.json(&["stats"])?["counters"].clone();
+    let count = |name: &str| counters[name].as_u64().unwrap_or(0);
+    match veths {
+        Veths::Tuned => ensure!(
+            count("xdp_redirect") > 0 && count("pass_no_tx_port") == 0,
+            "tuned veths take redirects: {counters}"
+        ),
+        Veths::Plain => {
+            ensure!(
+                count("xdp_redirect") == 0 && count("pass_no_tx_port") > 0,
+                "plain veths are no redirect targets: {counters}"
+            );
+            ensure!(
+                d.log_text()
+                    .contains("frames cannot be XDP-redirected into it (a veth whose peer"),
+                "the daemon says why:\n{}",
+                d.log_text()
+            );
+        }
+    }
     Ok(())
 }
 
@@ -139,14 +175,25 @@ fn fail_and_measure(lab: &Lab, kind: Failure) -> anyhow::Result<(Duration, Durat
 }
 
 fn failover_on_each_failure_kind() -> anyhow::Result<()> {
+    failover_on(
+        Veths::Tuned,
+        &[
+            Failure::Blackhole,
+            Failure::LinkDown,
+            Failure::VmInterfaceDown,
+            Failure::Loss(90),
+        ],
+    )
+}
+
+fn plain_failover_on_blackhole_and_link_down() -> anyhow::Result<()> {
+    failover_on(Veths::Plain, &[Failure::Blackhole, Failure::LinkDown])
+}
+
+fn failover_on(veths: Veths, kinds: &[Failure]) -> anyhow::Result<()> {
     let budget = Duration::from_millis(u64::from(FALL * INTERVAL_MS));
-    for kind in [
-        Failure::Blackhole,
-        Failure::LinkDown,
-        Failure::VmInterfaceDown,
-        Failure::Loss(90),
-    ] {
-        let (lab, _srv, d) = up(true)?;
+    for &kind in kinds {
+        let (lab, _srv, d) = up_on(veths, true)?;
         let (recovered, gap) = fail_and_measure(&lab, kind)?;
         eprintln!(
             "{kind:?}: new connections over nn2 after {recovered:?}; UDP outage {gap:?} (budget fall × interval {budget:?})"
@@ -316,7 +363,15 @@ fn orphaned_tcp_connection_is_reset() -> anyhow::Result<()> {
 }
 
 fn pmtu_through_the_nat() -> anyhow::Result<()> {
-    let (lab, _srv, d) = up(true)?;
+    pmtu_through_the_nat_on(Veths::Tuned)
+}
+
+fn plain_pmtu_through_the_nat() -> anyhow::Result<()> {
+    pmtu_through_the_nat_on(Veths::Plain)
+}
+
+fn pmtu_through_the_nat_on(veths: Veths) -> anyhow::Result<()> {
+    let (lab, _srv, d) = up_on(veths, true)?;
     lab.small_mtu(1, 1280)?;
     // 300 kB each way over nn1, whose router only passes 1280-byte packets: the client learns
     // the MTU from the router's "fragmentation needed", which crosses the NAT translated.
@@ -356,6 +411,12 @@ fn main() {
                 orphaned_tcp_connection_is_reset,
             ),
             ("pmtu_through_the_nat", pmtu_through_the_nat),
+            ("plain_through_both_vip_kinds", plain_through_both_vip_kinds),
+            (
+                "plain_failover_on_blackhole_and_link_down",
+                plain_failover_on_blackhole_and_link_down,
+            ),
+            ("plain_pmtu_through_the_nat", plain_pmtu_through_the_nat),
         ],
     );
 }

@@ -1,0 +1,260 @@
+//! What a network device says it can do with XDP: its `xdp-features`, from the kernel's `netdev`
+//! generic netlink family (Linux 6.3 and later). lb asks one question of them: may frames be
+//! `XDP_REDIRECT`ed into this device? A driver without `ndo_xdp_xmit` (bond, VLAN, bridge)
+//! drops every redirected frame after the program has returned, and so does a veth whose peer
+//! runs no XDP program and has GRO off; since Linux 6.4 a veth reports `NETDEV_XDP_ACT_NDO_XMIT`
+//! exactly when its peer can take them. Nothing in an XDP program can see those drops, so the
+//! control plane keeps such devices out of the redirect map (see `dataplane`).
+//!
+//! A small hand-written request: two messages (resolve the family, get the device), each a
+//! netlink header, a generic netlink header and one attribute.
+
+use std::{
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
+
+/// `enum netdev_xdp_act` (uapi/linux/netdev.h).
+pub mod act {
+    pub const BASIC: u64 = 1 << 0;
+    pub const REDIRECT: u64 = 1 << 1;
+    pub const NDO_XMIT: u64 = 1 << 2;
+}
+
+/// A device's XDP feature bits (`act::*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XdpFeatures(pub u64);
+
+impl XdpFeatures {
+    /// Frames may be redirected into the device (`NDO_XMIT`).
+    pub fn receives_redirects(self) -> bool {
+        self.0 & act::NDO_XMIT != 0
+    }
+}
+
+const NLMSG_HDR_LEN: usize = 16;
+const GENL_HDR_LEN: usize = 4;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 1;
+const GENL_ID_CTRL: u16 = 0x10;
+const CTRL_CMD_GETFAMILY: u8 = 3;
+const CTRL_ATTR_FAMILY_ID: u16 = 1;
+const CTRL_ATTR_FAMILY_NAME: u16 = 2;
+const NETDEV_CMD_DEV_GET: u8 = 1;
+const NETDEV_A_DEV_IFINDEX: u16 = 1;
+const NETDEV_A_DEV_XDP_FEATURES: u16 = 3;
+
+/// The XDP features of device `ifindex` (in this thread's network namespace); `Ok(None)` on a
+/// kernel without the `netdev` family (before 6.3), where nothing can be said.
+pub fn xdp_features(ifindex: u32) -> io::Result<Option<XdpFeatures>> {
+    let sock = Socket::open()?;
+    let Some(family) = sock.family_id("netdev")? else {
+        return Ok(None);
+    };
+    let reply = sock.request(
+        family,
+        NETDEV_CMD_DEV_GET,
+        NETDEV_A_DEV_IFINDEX,
+        &ifindex.to_ne_bytes(),
+    )?;
+    let features = attr(&reply, NETDEV_A_DEV_XDP_FEATURES)
+        .and_then(|v| v.try_into().ok())
+        .map(u64::from_ne_bytes)
+        .ok_or_else(|| io::Error::other("netdev dev-get: no xdp-features in the answer"))?;
+    Ok(Some(XdpFeatures(features)))
+}
+
+/// The name of the driver behind `iface` (`veth`, `virtio_net`, ...), from `ETHTOOL_GDRVINFO`
+/// in this thread's network namespace (sysfs may show another namespace's devices).
+pub fn driver(iface: &str) -> io::Result<String> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    /// `struct ethtool_drvinfo` (uapi/linux/ethtool.h): 196 bytes.
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 160],
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut DrvInfo,
+        _pad: [u8; 16],
+    }
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 160],
+    };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut info,
+        _pad: [0; 16],
+    };
+    let name = iface.as_bytes();
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::from_raw_os_error(libc::ENODEV));
+    }
+    req.name[..name.len()].copy_from_slice(name);
+    // SAFETY: plain socket(2); the fd is owned from here on.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: SIOCETHTOOL reads the request and writes `info`, both valid and ours for the call.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), SIOCETHTOOL, &mut req) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let end = info.driver.iter().position(|b| *b == 0).unwrap_or(32);
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+struct Socket(OwnedFd);
+
+impl Socket {
+    fn open() -> io::Result<Socket> {
+        // SAFETY: plain socket(2); the fd is owned from here on.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_GENERIC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
+        Ok(Socket(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// The id of generic netlink family `name`; `None` when the kernel has no such family.
+    fn family_id(&self, name: &str) -> io::Result<Option<u16>> {
+        let mut value = name.as_bytes().to_vec();
+        value.push(0);
+        match self.request(
+            GENL_ID_CTRL,
+            CTRL_CMD_GETFAMILY,
+            CTRL_ATTR_FAMILY_NAME,
+            &value,
+        ) {
+            Ok(reply) => attr(&reply, CTRL_ATTR_FAMILY_ID)
+                .and_then(|v| v.try_into().ok())
+                .map(|v| Some(u16::from_ne_bytes(v)))
+                .ok_or_else(|| io::Error::other("genl getfamily: no family id in the answer")),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends one request with one attribute; returns the attributes of the answer.
+    fn request(&self, family: u16, cmd: u8, attr_type: u16, value: &[u8]) -> io::Result<Vec<u8>> {
+        let attr_len = 4 + value.len();
+        let len = NLMSG_HDR_LEN + GENL_HDR_LEN + align4(attr_len);
+        let mut msg = Vec::with_capacity(len);
+        msg.extend((len as u32).to_ne_bytes());
+        msg.extend(family.to_ne_bytes());
+        msg.extend(NLM_F_REQUEST.to_ne_bytes());
+        msg.extend(1u32.to_ne_bytes()); // sequence number
+        msg.extend(0u32.to_ne_bytes()); // port id: the kernel fills it in
+        msg.extend([cmd, 1, 0, 0]); // genlmsghdr: cmd, version, reserved
+        msg.extend((attr_len as u16).to_ne_bytes());
+        msg.extend(attr_type.to_ne_bytes());
+        msg.extend(value);
+        msg.resize(len, 0);
+        // SAFETY: `msg` is valid for `msg.len()` bytes for the call.
+        let sent = unsafe { libc::send(self.0.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; 8192];
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call.
+        let got = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if got < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        buf.truncate(got as usize);
+        let short = || io::Error::other("netlink: short answer");
+        let header = buf.get(..NLMSG_HDR_LEN).ok_or_else(short)?;
+        let msg_type = u16::from_ne_bytes([header[4], header[5]]);
+        if msg_type == NLMSG_ERROR {
+            let code = buf
+                .get(NLMSG_HDR_LEN..NLMSG_HDR_LEN + 4)
+                .ok_or_else(short)?;
+            let errno = -i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        let msg_len = u32::from_ne_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        buf.get(NLMSG_HDR_LEN + GENL_HDR_LEN..msg_len.min(buf.len()))
+            .map(<[u8]>::to_vec)
+            .ok_or_else(short)
+    }
+}
+
+fn align4(n: usize) -> usize {
+    n.div_ceil(4) * 4
+}
+
+/// The value of the first attribute of type `wanted` in a run of netlink attributes.
+fn attr(mut attrs: &[u8], wanted: u16) -> Option<&[u8]> {
+    while attrs.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+        // The top bits of the type are flags (nested, byte order).
+        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if ty == wanted {
+            return Some(&attrs[4..len]);
+        }
+        attrs = attrs.get(align4(len)..)?;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_are_found_past_padding_and_flags() {
+        let mut attrs = Vec::new();
+        // A 5-byte value (padded to 8), then a u64 with the nested flag set.
+        attrs.extend(9u16.to_ne_bytes());
+        attrs.extend(2u16.to_ne_bytes());
+        attrs.extend(b"lo\0\0\0\0\0\0");
+        attrs.extend(12u16.to_ne_bytes());
+        attrs.extend((3u16 | 0x8000).to_ne_bytes());
+        attrs.extend(7u64.to_ne_bytes());
+        assert_eq!(attr(&attrs, 2), Some(&b"lo\0\0\0"[..]));
+        assert_eq!(attr(&attrs, 3), Some(&7u64.to_ne_bytes()[..]));
+        assert_eq!(attr(&attrs, 4), None);
+        // A length past the end is not believed.
+        assert_eq!(attr(&[200, 0, 3, 0, 1, 2], 3), None);
+    }
+
+    #[test]
+    fn drivers_are_named() {
+        // A name that is no interface is ENODEV, not some other failure or a made-up driver.
+        let missing = driver("lb-no-such-if").unwrap_err();
+        assert_eq!(missing.raw_os_error(), Some(libc::ENODEV), "{missing}");
+    }
+
+    #[test]
+    fn loopback_takes_no_redirects() {
+        let lo = crate::ifindex("lo").expect("every network namespace has lo");
+        match xdp_features(lo) {
+            Ok(Some(f)) => assert!(!f.receives_redirects(), "{f:?}"),
+            Ok(None) => lb_testkit::ci::skip(
+                lb_testkit::ci::Skip::Test {
+                    name: "netdev::tests::loopback_takes_no_redirects".into(),
+                },
+                "this kernel has no netdev generic netlink family (Linux 6.3+)",
+            ),
+            Err(e) => panic!("netdev dev-get for lo: {e}"),
+        }
+    }
+}
