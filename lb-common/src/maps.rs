@@ -160,6 +160,9 @@ pub const ALL: [&str; 17] = [
 /// Program (function) names in the object.
 pub const PROG_INGRESS: &str = "lb_ingress";
 pub const PROG_RETURN: &str = "lb_return";
+/// The same two programs at the TC hook (sched_cls on clsact ingress).
+pub const PROG_INGRESS_TC: &str = "lb_ingress_tc";
+pub const PROG_RETURN_TC: &str = "lb_return_tc";
 
 // ---- Capacities. ----
 

@@ -59,36 +59,72 @@ fn port_field<'a>(sport: &'a mut [u8; 2], dport: &'a mut [u8; 2], side: Side) ->
     }
 }
 
+/// What a rewrite changed among the fields a TCP or UDP checksum covers: the address (in the
+/// pseudo-header) and the port, each as (old, new).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Changed {
+    pub addr: ([u8; 4], [u8; 4]),
+    pub port: Option<([u8; 2], [u8; 2])>,
+}
+
 /// Translates one packet: the address on `side` becomes `addr` and, with `port`, the port on
 /// the same side becomes `port`. The IPv4 checksum and the TCP/UDP checksum (whose
 /// pseudo-header covers the address) are patched; a UDP checksum of 0 ("none") stays 0.
 #[inline(always)]
 pub fn rewrite(ip: &mut Ipv4Hdr, l4: L4<'_>, side: Side, addr: [u8; 4], port: Option<[u8; 2]>) {
-    let old = set_addr(ip, side, addr);
+    let (l4, changed) = rewrite_fields(ip, l4, side, addr, port);
+    let follow = |check: [u8; 2]| {
+        let check = csum::replace32(check, changed.addr.0, changed.addr.1);
+        match changed.port {
+            Some((old, new)) => csum::replace16(check, old, new),
+            None => check,
+        }
+    };
     match l4 {
+        L4::Tcp(tcp) => tcp.check = follow(tcp.check),
+        // A UDP checksum of 0 means none: it stays 0.
+        L4::Udp(udp) if udp.check != [0, 0] => udp.check = udp_nonzero(follow(udp.check)),
+        L4::Udp(_) | L4::Icmp => {}
+    }
+}
+
+/// [`rewrite`] but for the TCP/UDP checksum, which is left as it was; returns the transport
+/// header and what changed under that checksum. For a hook that has the kernel patch it (TC:
+/// an skb may carry a partial checksum, the pseudo-header sum a device completes, which an
+/// incremental update of the finished form would move the wrong way).
+#[inline(always)]
+pub fn rewrite_fields<'a>(
+    ip: &mut Ipv4Hdr,
+    l4: L4<'a>,
+    side: Side,
+    addr: [u8; 4],
+    port: Option<[u8; 2]>,
+) -> (L4<'a>, Changed) {
+    let old = set_addr(ip, side, addr);
+    let mut changed = Changed {
+        addr: (old, addr),
+        port: None,
+    };
+    let l4 = match l4 {
         L4::Tcp(tcp) => {
-            let mut check = csum::replace32(tcp.check, old, addr);
             if let Some(port) = port {
                 let field = port_field(&mut tcp.sport, &mut tcp.dport, side);
-                check = csum::replace16(check, *field, port);
+                changed.port = Some((*field, port));
                 *field = port;
             }
-            tcp.check = check;
+            L4::Tcp(tcp)
         }
         L4::Udp(udp) => {
-            let unchecked = udp.check == [0, 0];
-            let mut check = csum::replace32(udp.check, old, addr);
             if let Some(port) = port {
                 let field = port_field(&mut udp.sport, &mut udp.dport, side);
-                check = csum::replace16(check, *field, port);
+                changed.port = Some((*field, port));
                 *field = port;
             }
-            if !unchecked {
-                udp.check = udp_nonzero(check);
-            }
+            L4::Udp(udp)
         }
-        L4::Icmp => {}
-    }
+        L4::Icmp => L4::Icmp,
+    };
+    (l4, changed)
 }
 
 /// Translates the datagram quoted by an ICMP error: its address on `side` becomes `addr`, and

@@ -5,14 +5,12 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    EbpfContext as _,
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNSUPP_LWT,
-        bpf_fib_lookup, xdp_action,
+        bpf_fib_lookup,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns},
-    programs::XdpContext,
 };
 use lb_common::{
     Counter,
@@ -22,11 +20,7 @@ use lb_common::{
     net::{EthHdr, Ipv4Hdr},
 };
 
-use crate::{
-    maps::{LB_NEXTHOPS, LB_TX_PORTS},
-    parse::L2,
-    stats::Verdict,
-};
+use crate::{ctx::Packet, maps::LB_NEXTHOPS, parse::L2, stats::Verdict};
 
 const AF_INET: u8 = 2;
 
@@ -57,26 +51,31 @@ pub struct Flow {
 /// Looks the translated packet up in the FIB, before anything is rewritten, so a packet that
 /// cannot be forwarded leaves untouched.
 #[inline(always)]
-pub fn route(ctx: &XdpContext, l2: &L2, ip: &Ipv4Hdr, flow: &Flow) -> Result<Next, Counter> {
+pub fn route<C: Packet>(ctx: &C, l2: &L2, ip: &Ipv4Hdr, flow: &Flow) -> Result<Next, Counter> {
     route_with(ctx, l2, ip, flow, true)
 }
 
 /// [`route`] for a packet that must not be answered with an ICMP error (it is one): too big
 /// with DF is a counted drop.
 #[inline(always)]
-pub fn route_quiet(ctx: &XdpContext, l2: &L2, ip: &Ipv4Hdr, flow: &Flow) -> Result<Next, Counter> {
+pub fn route_quiet<C: Packet>(
+    ctx: &C,
+    l2: &L2,
+    ip: &Ipv4Hdr,
+    flow: &Flow,
+) -> Result<Next, Counter> {
     route_with(ctx, l2, ip, flow, false)
 }
 
 #[inline(always)]
-fn route_with(
-    ctx: &XdpContext,
+fn route_with<C: Packet>(
+    ctx: &C,
     l2: &L2,
     ip: &Ipv4Hdr,
     flow: &Flow,
     answer: bool,
 ) -> Result<Next, Counter> {
-    if l2.vlan {
+    if l2.vlan || ctx.vlan_outside() {
         // The tag belongs to a kernel VLAN device, which XDP cannot redirect to.
         return Ok(Next::Kernel(Counter::PassVlan));
     }
@@ -86,11 +85,11 @@ fn route_with(
     p.l4_protocol = ip.proto;
     p.sport = u16::from_ne_bytes(flow.sport);
     p.dport = u16::from_ne_bytes(flow.dport);
-    p.__bindgen_anon_1.tot_len = ip.tot_len();
+    p.__bindgen_anon_1.tot_len = ctx.fib_tot_len(ip.tot_len());
     p.__bindgen_anon_2.tos = ip.tos;
     p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(flow.src);
     p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(flow.dst);
-    p.ifindex = ctx.ingress_ifindex() as u32;
+    p.ifindex = ctx.ingress_ifindex();
     // SAFETY: `p` is a valid `bpf_fib_lookup` of the size passed, and `ctx` is the program's.
     let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0) };
     match rc as u32 {
@@ -134,19 +133,20 @@ pub fn client_slot(addr: [u8; 4]) -> u32 {
 /// of the per-packet cost; a route or neighbour change reaches packets within the TTL. The
 /// cache assumes the route does not depend on the packet's source address.
 #[inline(always)]
-pub fn route_cached(
-    ctx: &XdpContext,
+pub fn route_cached<C: Packet>(
+    ctx: &C,
     l2: &L2,
     ip: &Ipv4Hdr,
     flow: &Flow,
     slot: u32,
 ) -> Result<Next, Counter> {
     let tot_len = ip.tot_len();
-    let in_ifindex = ctx.ingress_ifindex() as u32;
+    let in_ifindex = ctx.ingress_ifindex();
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let cached = LB_NEXTHOPS.get_ptr_mut(slot);
     if !l2.vlan
+        && !ctx.vlan_outside()
         && let Some(c) = cached
     {
         // SAFETY: a per-CPU slot, valid for the run and touched by no other CPU.
@@ -194,20 +194,20 @@ pub fn route_cached(
 /// Sends a translated packet on: TTL and MACs for a packet XDP forwards itself; nothing more
 /// for one the kernel forwards (it decrements the TTL, and needs our MAC as destination).
 #[inline(always)]
-pub fn finish(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, next: Next) -> Verdict {
+pub fn finish<C: Packet>(ctx: &C, eth: *mut EthHdr, ip: &mut Ipv4Hdr, next: Next) -> Verdict {
     let route = match next {
         Next::Send(route) => route,
         Next::Kernel(reason) => return Verdict::Kernel(reason),
         // Handlers answer `TooBig` before translating; reaching here is a bug, not the packet.
-        Next::TooBig(_) => return Verdict::Sent(xdp_action::XDP_ABORTED),
+        Next::TooBig(_) => return Verdict::Fault,
     };
-    let action = if route.ifindex as usize == ctx.ingress_ifindex() {
-        xdp_action::XDP_TX
+    let verdict = if route.ifindex == ctx.ingress_ifindex() {
+        ctx.bounce();
+        Verdict::Tx
+    } else if ctx.redirect(route.ifindex) {
+        Verdict::Redirect
     } else {
-        match LB_TX_PORTS.redirect(route.ifindex, u64::from(xdp_action::XDP_PASS)) {
-            Ok(action) => action,
-            Err(_) => return Verdict::Kernel(Counter::PassNoTxPort),
-        }
+        return Verdict::Kernel(Counter::PassNoTxPort);
     };
     nat::decrement_ttl(ip);
     // SAFETY: `eth` was bounds-checked by the Ethernet parser.
@@ -215,5 +215,5 @@ pub fn finish(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, next: Next) 
         (*eth).dst = route.dmac;
         (*eth).src = route.smac;
     }
-    Verdict::Sent(action)
+    verdict
 }

@@ -2,11 +2,6 @@
 //! exceeded, parameter problem). The quoted datagram is translated like the flow it belongs to,
 //! so the receiving stack matches it to its socket: PMTU discovery works through the NAT.
 
-use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
-    programs::XdpContext,
-};
 use lb_common::{
     Counter,
     icmp::{QUOTE_PAYLOAD, TOO_BIG_OVERHEAD, icmp_checksum_add, too_big_headers},
@@ -19,6 +14,7 @@ use lb_common::{
 };
 
 use crate::{
+    ctx::Packet,
     flow,
     forward::{self, Flow},
     ingress::{filter, lookup_vip},
@@ -50,8 +46,8 @@ fn service_port(proto: u8, port: [u8; 2]) -> Option<[u8; 2]> {
 /// An ICMP error sent to a VIP, about a datagram the VIP sent (a reply, translated by the
 /// return program). The outer destination and the quoted source go back to the path address.
 #[inline(always)]
-pub fn ingress_error(
-    ctx: &XdpContext,
+pub fn ingress_error<C: Packet>(
+    ctx: &C,
     l2: &L2,
     ip: &mut Ipv4Hdr,
     icmp: &mut IcmpHdr,
@@ -110,8 +106,8 @@ pub fn ingress_error(
 /// sent to a VIP, translated on ingress. The quoted destination goes back to the VIP, and so
 /// does the outer source when the VM itself reports.
 #[inline(always)]
-pub fn return_error(
-    ctx: &XdpContext,
+pub fn return_error<C: Packet>(
+    ctx: &C,
     l2: &L2,
     ip: &mut Ipv4Hdr,
     icmp: &mut IcmpHdr,
@@ -179,7 +175,7 @@ const MAX_QUOTE_WORDS: usize = (60 + QUOTE_PAYLOAD) / 4;
 /// original IPv4 header then sits right where the quote belongs), and the tail cut after the
 /// quote. Every earlier packet pointer is invalid afterwards.
 #[inline(always)]
-pub fn too_big(ctx: &XdpContext, mtu: u16) -> Outcome {
+pub fn too_big<C: Packet>(ctx: &C, mtu: u16) -> Outcome {
     const FAILED: Counter = Counter::DropFragmentNeeded;
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(FAILED)?;
     let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HDR_LEN).ok_or(FAILED)?;
@@ -188,15 +184,10 @@ pub fn too_big(ctx: &XdpContext, mtu: u16) -> Outcome {
     let quote_len = usize::from(ip.ihl()) * 4 + QUOTE_PAYLOAD;
     let new_len = ETH_HDR_LEN + TOO_BIG_OVERHEAD + quote_len;
 
-    // SAFETY: `ctx.ctx` is the program's context.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(TOO_BIG_OVERHEAD as i32)) } != 0 {
-        return Err(FAILED);
-    }
-    let delta = new_len as i64 - (ctx.data_end() - ctx.data()) as i64;
-    // SAFETY: as above. The frame holds the parsed transport header, so it is at least
-    // `new_len` long and the tail only shrinks.
-    if delta > 0 || unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta as i32) } != 0 {
-        // The frame is already reshaped: drop it, counted.
+    // The frame holds the parsed transport header, so it is at least `new_len` long once
+    // grown by the overhead, and only shrinks. A failure may leave it reshaped: drop it,
+    // counted.
+    if !ctx.reshape(TOO_BIG_OVERHEAD, new_len) {
         return Err(FAILED);
     }
     let (ip_hdr, icmp_hdr) = too_big_headers(ip.src, ip.dst, quote_len as u16, mtu);
@@ -225,5 +216,6 @@ pub fn too_big(ctx: &XdpContext, mtu: u16) -> Outcome {
         *out_icmp = IcmpHdr { check, ..icmp_hdr };
     }
     count(Counter::IcmpTooBigSent);
-    Ok(Verdict::Sent(xdp_action::XDP_TX))
+    ctx.bounce();
+    Ok(Verdict::Tx)
 }

@@ -1,15 +1,15 @@
 //! The client-facing program: packets for a VIP get the chosen path's address (DNAT).
 
-use aya_ebpf::programs::XdpContext;
 use lb_common::{
     Counter,
     hash::addr_slot,
     maps::{EndpointKey, FILTER_VIP_ADDR, FILTER_VIP_SERVICE, FlowKey},
-    nat::{self, Side},
+    nat::Side,
     net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 
 use crate::{
+    ctx::Packet,
     flow::{self, Vip},
     forward::{self, Flow, Next},
     icmp,
@@ -45,7 +45,7 @@ pub fn lookup_vip(addr: [u8; 4], proto: u8, port: Option<[u8; 2]>, bits: u32) ->
 }
 
 #[inline(always)]
-pub fn handle(ctx: &XdpContext) -> Outcome {
+pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     let l2 = parse::ethernet(ctx)?;
     let ip = parse::ipv4(ctx, l2.l3)?;
     let bits = filter(ip.dst);
@@ -115,7 +115,7 @@ pub fn handle(ctx: &XdpContext) -> Outcome {
         return icmp::too_big(ctx, mtu);
     }
 
-    nat::rewrite(ip, transport.into_l4(), Side::Dst, path.addr, new_port);
+    ctx.rewrite(ip, transport.into_l4(), l4, Side::Dst, path.addr, new_port);
     stats::translated(ctx, Counter::NatIngress, vip.id, path.id, Dir::In);
     Ok(forward::finish(ctx, l2.eth, ip, next))
 }

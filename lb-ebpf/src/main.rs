@@ -1,10 +1,13 @@
-//! The lb XDP programs. Entry points only: each runs its handler and turns the outcome into an
-//! XDP action, counting both the action and the reason (xdp-tools' `record_action` shape).
+//! The lb programs: one datapath at two hooks, XDP and TC (sched_cls on clsact ingress), over
+//! the packet abstraction of `ctx`. Entry points only: each runs its handler and turns the
+//! outcome into the hook's verdict, counting both the verdict and the reason (xdp-tools'
+//! `record_action` shape).
 #![no_std]
 #![no_main]
 #![deny(clippy::indexing_slicing, clippy::panic, clippy::unwrap_used)]
 
 mod bench;
+mod ctx;
 mod flow;
 mod forward;
 mod icmp;
@@ -14,7 +17,12 @@ mod parse;
 mod reverse;
 mod stats;
 
-use aya_ebpf::{macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+
+use crate::ctx::Tc;
 
 /// Client-facing interface: packets for a VIP are translated to the chosen path's address.
 #[xdp]
@@ -26,6 +34,20 @@ pub fn lb_ingress(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lb_return(ctx: XdpContext) -> u32 {
     stats::record(&ctx, reverse::handle(&ctx))
+}
+
+/// [`lb_ingress`] at TC (clsact ingress), for interfaces XDP does not serve well.
+#[classifier]
+pub fn lb_ingress_tc(ctx: TcContext) -> i32 {
+    let ctx = Tc::new(ctx);
+    stats::record(&ctx, ingress::handle(&ctx)) as i32
+}
+
+/// [`lb_return`] at TC (clsact ingress).
+#[classifier]
+pub fn lb_return_tc(ctx: TcContext) -> i32 {
+    let ctx = Tc::new(ctx);
+    stats::record(&ctx, reverse::handle(&ctx)) as i32
 }
 
 // ---- Benchmark entry points (`cargo xtask bench`; see bench.rs). Never loaded by the daemon.

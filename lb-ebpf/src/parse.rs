@@ -4,7 +4,7 @@
 
 use core::mem::{offset_of, size_of};
 
-use aya_ebpf::programs::XdpContext;
+use crate::ctx::Packet;
 use lb_common::{
     Counter,
     nat::L4,
@@ -17,7 +17,7 @@ use lb_common::{
 /// The one bounds-checked primitive: a pointer to a `T` at `off` bytes into the frame, if the
 /// whole `T` lies inside it.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+pub fn ptr_at<T, C: Packet>(ctx: &C, off: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + size_of::<T>() > end {
@@ -37,7 +37,7 @@ pub struct L2 {
 
 /// Ethernet, with at most one VLAN tag. Anything but IPv4 is not ours.
 #[inline(always)]
-pub fn ethernet(ctx: &XdpContext) -> Result<L2, Counter> {
+pub fn ethernet<C: Packet>(ctx: &C) -> Result<L2, Counter> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Counter::PassNotIpv4)?;
     // SAFETY: `ptr_at` checked that the header lies inside the frame.
     let mut proto = unsafe { (*eth).proto };
@@ -58,7 +58,7 @@ pub fn ethernet(ctx: &XdpContext) -> Result<L2, Counter> {
 
 /// The fixed IPv4 header, enough to read the addresses. Too short or not version 4: not ours.
 #[inline(always)]
-pub fn ipv4(ctx: &XdpContext, l3: usize) -> Result<&'static mut Ipv4Hdr, Counter> {
+pub fn ipv4<C: Packet>(ctx: &C, l3: usize) -> Result<&'static mut Ipv4Hdr, Counter> {
     let ip: *mut Ipv4Hdr = ptr_at(ctx, l3).ok_or(Counter::PassBadIpv4)?;
     // SAFETY: bounds checked; the frame outlives the program's run, which is all `'static`
     // means here, and nothing else aliases the header.
@@ -73,7 +73,11 @@ pub fn ipv4(ctx: &XdpContext, l3: usize) -> Result<&'static mut Ipv4Hdr, Counter
 /// and that the total length covers the header and fits in the frame (Ethernet padding may
 /// follow it).
 #[inline(always)]
-pub fn ipv4_payload(ctx: &XdpContext, l3: usize, ip: &Ipv4Hdr) -> Result<(usize, usize), Counter> {
+pub fn ipv4_payload<C: Packet>(
+    ctx: &C,
+    l3: usize,
+    ip: &Ipv4Hdr,
+) -> Result<(usize, usize), Counter> {
     let hlen = usize::from(ip.ihl()) * 4;
     let tot = usize::from(ip.tot_len());
     let frame = ctx.data_end() - ctx.data();
@@ -85,7 +89,7 @@ pub fn ipv4_payload(ctx: &XdpContext, l3: usize, ip: &Ipv4Hdr) -> Result<(usize,
 
 /// A pointer to a `T` at `off` that also lies inside the IP datagram ending at `end`.
 #[inline(always)]
-fn in_datagram<T>(ctx: &XdpContext, off: usize, end: usize) -> Option<*mut T> {
+fn in_datagram<T, C: Packet>(ctx: &C, off: usize, end: usize) -> Option<*mut T> {
     if off + size_of::<T>() > end {
         return None;
     }
@@ -117,7 +121,12 @@ impl Transport {
 /// Parses TCP, UDP or ICMP at `l4`; a header cut short by the frame or by the IP total length
 /// is `DropShortL4`.
 #[inline(always)]
-pub fn transport(ctx: &XdpContext, proto: u8, l4: usize, end: usize) -> Result<Transport, Counter> {
+pub fn transport<C: Packet>(
+    ctx: &C,
+    proto: u8,
+    l4: usize,
+    end: usize,
+) -> Result<Transport, Counter> {
     const SHORT: Counter = Counter::DropShortL4;
     // SAFETY (each arm): `in_datagram` checked the bounds; see `ipv4` for the lifetime.
     Ok(match proto {
@@ -140,7 +149,7 @@ pub struct Quote {
 /// an IPv4 header and the first 8 bytes of its transport header. `None` when truncated, not
 /// IPv4, or a non-first fragment (which quotes no transport header).
 #[inline(always)]
-pub fn icmp_quote(ctx: &XdpContext, icmp: usize, end: usize) -> Option<Quote> {
+pub fn icmp_quote<C: Packet>(ctx: &C, icmp: usize, end: usize) -> Option<Quote> {
     let inner = icmp + ICMP_HDR_LEN;
     // SAFETY: bounds checked by `in_datagram`; see `ipv4` for the lifetime.
     let ip: &mut Ipv4Hdr = unsafe { &mut *in_datagram(ctx, inner, end)? };
@@ -156,7 +165,7 @@ pub fn icmp_quote(ctx: &XdpContext, icmp: usize, end: usize) -> Option<Quote> {
     let l4: &mut L4Quote = unsafe { &mut *in_datagram(ctx, l4_off, end)? };
     let tcp_check = if ip.proto == IPPROTO_TCP {
         // SAFETY: as above.
-        in_datagram::<[u8; 2]>(ctx, l4_off + offset_of!(TcpHdr, check), end)
+        in_datagram::<[u8; 2], C>(ctx, l4_off + offset_of!(TcpHdr, check), end)
             .map(|p| unsafe { &mut *p })
     } else {
         None

@@ -3,18 +3,19 @@
 //! VM opens through a whole-address VIP are recorded in the flow table so that their replies
 //! come back over the same path.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
+use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
     Counter,
     maps::{
         EndpointKey, FILTER_PATH_ADDR, FILTER_PATH_SERVICE, FLOW_F_FROM_PATH, FlowKey, FlowValue,
         REV_F_SHADOWS_WHOLE, RevValue,
     },
-    nat::{self, Side},
+    nat::Side,
     net::{ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN},
 };
 
 use crate::{
+    ctx::Packet,
     forward::{self, Flow, Next},
     icmp,
     ingress::filter,
@@ -92,7 +93,7 @@ fn record_outbound(key: &FlowKey, rev: &RevValue) {
 }
 
 #[inline(always)]
-pub fn handle(ctx: &XdpContext) -> Outcome {
+pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     let l2 = parse::ethernet(ctx)?;
     let ip = parse::ipv4(ctx, l2.l3)?;
     let bits = filter(ip.src);
@@ -170,7 +171,14 @@ pub fn handle(ctx: &XdpContext) -> Outcome {
         );
     }
 
-    nat::rewrite(ip, transport.into_l4(), Side::Src, rev.vip_addr, new_port);
+    ctx.rewrite(
+        ip,
+        transport.into_l4(),
+        l4,
+        Side::Src,
+        rev.vip_addr,
+        new_port,
+    );
     stats::translated(ctx, Counter::NatReturn, rev.vip_id, rev.path, Dir::Out);
     Ok(forward::finish(ctx, l2.eth, ip, next))
 }

@@ -1,7 +1,7 @@
 //! Counting: verdicts and reasons into `LB_COUNTERS`, traffic into the per VIP / per path
 //! arrays. Per-CPU maps, so plain increments are race-free.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use crate::ctx::Packet;
 use aya_log_ebpf::error;
 use lb_common::{Counter, counters::Disposition, maps::TrafficStats};
 
@@ -9,10 +9,15 @@ use crate::maps::{LB_COUNTERS, LB_PATH_STATS, LB_VIP_STATS};
 
 /// A packet the handler dealt with.
 pub enum Verdict {
-    /// Translated and sent on by the program: `XDP_TX` or `XDP_REDIRECT`.
-    Sent(u32),
+    /// Sent back out of the interface it came in on by the program (`XDP_TX`; TC: a redirect
+    /// to that interface).
+    Tx,
+    /// Sent out of another interface by the program (`XDP_REDIRECT`, TC: `TC_ACT_REDIRECT`).
+    Redirect,
     /// Translated, then handed to the kernel to forward, for the reason given.
     Kernel(Counter),
+    /// Something that cannot happen did: a bug, never the packet's content.
+    Fault,
 }
 
 /// `Err(reason)`: not translated; the reason's disposition says pass or drop.
@@ -26,33 +31,45 @@ pub fn count(counter: Counter) {
     }
 }
 
-/// Turns a handler's outcome into an XDP action, counting the reason and the verdict.
+/// The verdict counters (named after XDP's actions; the TC hook counts into the same).
+const fn verdict_counter(verdict: &Result<Verdict, Counter>) -> Counter {
+    match verdict {
+        Ok(Verdict::Tx) => Counter::XdpTx,
+        Ok(Verdict::Redirect) => Counter::XdpRedirect,
+        Ok(Verdict::Kernel(_)) => Counter::XdpPass,
+        Ok(Verdict::Fault) => Counter::XdpAborted,
+        Err(reason) => match reason.disposition() {
+            Some(Disposition::Pass) => Counter::XdpPass,
+            Some(Disposition::Drop) => Counter::XdpDrop,
+            None => Counter::XdpAborted,
+        },
+    }
+}
+
+/// Turns a handler's outcome into the hook's return code, counting the reason and the verdict,
+/// after the hook has completed what it deferred ([`Packet::commit`]).
 #[inline(always)]
-pub fn record(ctx: &XdpContext, outcome: Outcome) -> u32 {
-    let action = match outcome {
-        Ok(Verdict::Sent(action)) => action,
-        Ok(Verdict::Kernel(reason)) => {
-            count(reason);
-            xdp_action::XDP_PASS
-        }
-        Err(reason) => {
-            count(reason);
-            match reason.disposition() {
-                Some(Disposition::Pass) => xdp_action::XDP_PASS,
-                Some(Disposition::Drop) => xdp_action::XDP_DROP,
-                // A handler returned an event counter as a reason: a bug, not packet content.
-                None => {
-                    error!(
-                        ctx,
-                        "internal fault: counter {} used as a drop reason", reason as u32
-                    );
-                    xdp_action::XDP_ABORTED
-                }
-            }
-        }
-    };
-    count(Counter::verdict(action));
-    action
+pub fn record<C: Packet>(ctx: &C, outcome: Outcome) -> u32 {
+    let mut verdict = verdict_counter(&outcome);
+    match outcome {
+        Ok(Verdict::Kernel(reason)) | Err(reason) => count(reason),
+        Ok(_) => {}
+    }
+    if verdict == Counter::XdpAborted {
+        // A handler returned an event counter as a reason, or a fault: a bug.
+        error!(ctx, "internal fault: the handler's outcome has no verdict");
+    } else if !ctx.commit() {
+        error!(ctx, "internal fault: the checksum update was refused");
+        verdict = Counter::XdpAborted;
+    }
+    count(verdict);
+    match verdict {
+        Counter::XdpTx => C::TX,
+        Counter::XdpRedirect => C::REDIRECT,
+        Counter::XdpPass => C::PASS,
+        Counter::XdpDrop => C::DROP,
+        _ => C::ABORTED,
+    }
 }
 
 /// Direction of a translated packet, for the traffic counters.
@@ -82,9 +99,9 @@ fn add(stats: *mut TrafficStats, dir: Dir, bytes: u64) {
 
 /// Counts one translated packet: the `event`, and the whole frame against its VIP and path.
 #[inline(always)]
-pub fn translated(ctx: &XdpContext, event: Counter, vip: u32, path: u32, dir: Dir) {
+pub fn translated<C: Packet>(ctx: &C, event: Counter, vip: u32, path: u32, dir: Dir) {
     count(event);
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let bytes = ctx.len() as u64;
     if let Some(s) = LB_VIP_STATS.get_ptr_mut(vip) {
         add(s, dir, bytes);
     }

@@ -19,11 +19,14 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        ProgramError, Xdp, XdpMode,
+        ProgramError, SchedClassifier, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
     },
 };
-use lb_common::maps::{self as m, AYA_LOGS, ControlMeta, FLOWS, LAYOUT, PROG_INGRESS, PROG_RETURN};
+use lb_common::maps::{
+    self as m, AYA_LOGS, ControlMeta, FLOWS, LAYOUT, PROG_INGRESS, PROG_INGRESS_TC, PROG_RETURN,
+    PROG_RETURN_TC,
+};
 use log::{info, warn};
 
 use crate::maps::Maps;
@@ -508,6 +511,23 @@ impl Dataplane {
         self.program(PROG_RETURN)
     }
 
+    /// The loaded TC programs: ingress (`lb_ingress_tc`) and return (`lb_return_tc`).
+    pub fn ingress_tc(&self) -> Result<&SchedClassifier, Error> {
+        self.tc_program(PROG_INGRESS_TC)
+    }
+
+    pub fn reverse_tc(&self) -> Result<&SchedClassifier, Error> {
+        self.tc_program(PROG_RETURN_TC)
+    }
+
+    fn tc_program(&self, name: &'static str) -> Result<&SchedClassifier, Error> {
+        self.ebpf
+            .program(name)
+            .ok_or(Error::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| Error::Program { name, source })
+    }
+
     fn program(&self, name: &'static str) -> Result<&Xdp, Error> {
         self.ebpf
             .program(name)
@@ -545,9 +565,22 @@ fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, Er
         .map_err(|source| Error::Program { name, source })
 }
 
+fn tc_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, Error> {
+    ebpf.program_mut(name)
+        .ok_or(Error::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| Error::Program { name, source })
+}
+
+/// Loads (verifies) the programs of both hooks: a kernel that refuses either says so at once.
 fn load_programs(ebpf: &mut Ebpf) -> Result<(), Error> {
     for name in [PROG_INGRESS, PROG_RETURN] {
         let prog = xdp_mut(ebpf, name)?;
+        prog.load()
+            .map_err(|source| Error::Program { name, source })?;
+    }
+    for name in [PROG_INGRESS_TC, PROG_RETURN_TC] {
+        let prog = tc_mut(ebpf, name)?;
         prog.load()
             .map_err(|source| Error::Program { name, source })?;
     }

@@ -4,7 +4,10 @@
 
 use std::collections::BTreeSet;
 
-use lb_common::maps::{ALL, AYA_LOGS, BENCH_MAPS, BENCH_PROGRAMS, PROG_INGRESS, PROG_RETURN};
+use lb_common::maps::{
+    ALL, AYA_LOGS, BENCH_MAPS, BENCH_PROGRAMS, PROG_INGRESS, PROG_INGRESS_TC, PROG_RETURN,
+    PROG_RETURN_TC,
+};
 
 #[test]
 fn object_maps_and_programs_match_lb_common() {
@@ -35,7 +38,7 @@ fn object_maps_and_programs_match_lb_common() {
         .collect();
     assert_eq!(maps, want, "maps in the object vs lb_common::maps::ALL");
     let progs: BTreeSet<&str> = obj.programs.keys().map(String::as_str).collect();
-    let want: BTreeSet<&str> = [PROG_INGRESS, PROG_RETURN]
+    let want: BTreeSet<&str> = [PROG_INGRESS, PROG_RETURN, PROG_INGRESS_TC, PROG_RETURN_TC]
         .into_iter()
         .chain(BENCH_PROGRAMS)
         .collect();

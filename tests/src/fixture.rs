@@ -187,6 +187,24 @@ pub enum Prog {
     Return,
 }
 
+/// Which hook's build of the programs a fixture runs: the same datapath at XDP or at TC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Xdp,
+    Tc,
+}
+
+/// `sizeof(struct __sk_buff)` and the offsets of the fields a test run may set.
+const SKB_CTX_LEN: usize = 192;
+const SKB_INGRESS_IFINDEX: usize = 36;
+const SKB_IFINDEX: usize = 40;
+const SKB_GSO_SEGS: usize = 164;
+const SKB_GSO_SIZE: usize = 176;
+/// TC's verdicts (uapi/linux/pkt_cls.h).
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
 /// Ids of the standard configuration.
 pub mod ids {
     pub const TARGET_WEB: u32 = 0;
@@ -234,6 +252,10 @@ pub fn action_name(a: u32) -> &'static str {
 pub struct Fx {
     pub env: Env,
     pub dp: Dataplane,
+    /// The hook whose programs [`Fx::run`] runs.
+    pub hook: Hook,
+    /// TC only: the skb is a GSO packet of segments this large (0: not GSO).
+    pub gso_size: u32,
 }
 
 /// A small flow table: fixtures never need many flows, and loading stays fast.
@@ -250,7 +272,12 @@ impl Fx {
             flow_table_size: Some(flows),
         })
         .context("loading the datapath")?;
-        let mut fx = Self { env, dp };
+        let mut fx = Self {
+            env,
+            dp,
+            hook: Hook::Xdp,
+            gso_size: 0,
+        };
         fx.standard()?;
         Ok(fx)
     }
@@ -410,8 +437,14 @@ impl Fx {
         )
     }
 
-    /// Runs `prog` on `frame` as if it arrived on `on`.
+    /// Runs `prog` on `frame` as if it arrived on `on`, at [`Fx::hook`]. A TC verdict comes
+    /// back as the XDP action of the same meaning (`TC_ACT_REDIRECT` as `XDP_REDIRECT`: the
+    /// test run does not say where to; a redirect back out of `on` is told apart only by the
+    /// counters).
     pub fn run(&self, prog: Prog, on: Iface, frame: &[u8]) -> anyhow::Result<Run> {
+        if self.hook == Hook::Tc {
+            return self.run_tc(prog, on, frame);
+        }
         let p = match prog {
             Prog::Ingress => self.dp.ingress()?,
             Prog::Return => self.dp.reverse()?,
@@ -434,6 +467,35 @@ impl Fx {
         })
     }
 
+    fn run_tc(&self, prog: Prog, on: Iface, frame: &[u8]) -> anyhow::Result<Run> {
+        let p = match prog {
+            Prog::Ingress => self.dp.ingress_tc()?,
+            Prog::Return => self.dp.reverse_tc()?,
+        };
+        let mut ctx = [0u8; SKB_CTX_LEN];
+        ctx[SKB_INGRESS_IFINDEX..SKB_INGRESS_IFINDEX + 4]
+            .copy_from_slice(&on.ifindex.to_ne_bytes());
+        ctx[SKB_IFINDEX..SKB_IFINDEX + 4].copy_from_slice(&on.ifindex.to_ne_bytes());
+        if self.gso_size != 0 {
+            ctx[SKB_GSO_SIZE..SKB_GSO_SIZE + 4].copy_from_slice(&self.gso_size.to_ne_bytes());
+            ctx[SKB_GSO_SEGS..SKB_GSO_SEGS + 4].copy_from_slice(&2u32.to_ne_bytes());
+        }
+        let mut out = vec![0u8; frame.len() + 512];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        let r = p.test_run(opts).context("BPF_PROG_TEST_RUN (sched_cls)")?;
+        out.truncate(r.data_size_out as usize);
+        let action = match r.return_value {
+            TC_ACT_OK => XDP_PASS,
+            TC_ACT_SHOT => XDP_DROP,
+            TC_ACT_REDIRECT => XDP_REDIRECT,
+            other => bail!("{prog:?} at TC returned {other}, no verdict lb uses"),
+        };
+        Ok(Run { action, frame: out })
+    }
+
     /// Runs and checks the action and the output frame (`None`: the input, unchanged).
     pub fn expect(
         &self,
@@ -445,7 +507,10 @@ impl Fx {
     ) -> anyhow::Result<()> {
         let r = self.run(prog, on, input)?;
         let want = output.unwrap_or(input);
-        if r.action != action {
+        // TC sends a packet back out of its interface with a redirect too (see `run`).
+        let same = r.action == action
+            || (self.hook == Hook::Tc && action == XDP_TX && r.action == XDP_REDIRECT);
+        if !same {
             bail!(
                 "{prog:?}: action {} (expected {}); counters: {}",
                 action_name(r.action),

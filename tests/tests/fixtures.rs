@@ -14,7 +14,7 @@ use lb_common::{
 };
 use lb_tests::{
     fixture::{
-        Env, Fx, Iface, Prog,
+        Env, Fx, Hook, Iface, Prog,
         Prog::{Ingress, Return},
         XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, addr, ids, macs,
     },
@@ -747,21 +747,6 @@ const CASES: &[(&str, &str, Case)] = &[
         },
     ),
     (
-        "ingress_egress_not_in_devmap",
-        "the egress interface is not in the devmap: translated, the kernel forwards",
-        |fx| {
-            fx.spare(addr::NOT_VIP, addr::OTHER_PORT)?;
-            let p = to_vip(addr::NOT_VIP, 40000, 22);
-            ingress(fx, &p, Kernel(&p.clone().dst(addr::OTHER_PORT)))?;
-            fx.counters(&[
-                (FlowNew, 1),
-                (NatIngress, 1),
-                (PassNoTxPort, 1),
-                (XdpPass, 1),
-            ])
-        },
-    ),
-    (
         "ingress_hairpin_xdp_tx",
         "leaving by the interface it came in on: XDP_TX",
         |fx| {
@@ -891,15 +876,6 @@ const CASES: &[(&str, &str, Case)] = &[
             f[17] = 16;
             fx.expect(Ingress, fx.env.cli0, &f, XDP_DROP, None)?;
             fx.counters(&[(DropBadIpv4, 1), (XdpDrop, 1)])
-        },
-    ),
-    (
-        "ingress_short_ip_header_passes",
-        "fewer than 20 bytes of IPv4: not readable, passed",
-        |fx| {
-            let f = to_vip(addr::VIP, 40000, 22).bytes()[..14 + 12].to_vec();
-            fx.expect(Ingress, fx.env.cli0, &f, XDP_PASS, None)?;
-            fx.counters(&[(PassBadIpv4, 1), (XdpPass, 1)])
         },
     ),
     (
@@ -1458,6 +1434,68 @@ const CASES: &[(&str, &str, Case)] = &[
     ),
 ];
 
+/// Cases of the XDP hook alone, each saying why.
+const XDP_ONLY: &[(&str, &str, Case)] = &[
+    (
+        "ingress_egress_not_in_devmap",
+        "the egress interface is not in the devmap: translated, the kernel forwards (TC needs no devmap: tc::egress_outside_the_devmap_is_redirected)",
+        |fx| {
+            fx.spare(addr::NOT_VIP, addr::OTHER_PORT)?;
+            let p = to_vip(addr::NOT_VIP, 40000, 22);
+            ingress(fx, &p, Kernel(&p.clone().dst(addr::OTHER_PORT)))?;
+            fx.counters(&[
+                (FlowNew, 1),
+                (NatIngress, 1),
+                (PassNoTxPort, 1),
+                (XdpPass, 1),
+            ])
+        },
+    ),
+    (
+        "ingress_short_ip_header_passes",
+        "fewer than 20 bytes of IPv4: not readable, passed (the TC test run refuses to build an skb of such a frame: EINVAL)",
+        |fx| {
+            let f = to_vip(addr::VIP, 40000, 22).bytes()[..14 + 12].to_vec();
+            fx.expect(Ingress, fx.env.cli0, &f, XDP_PASS, None)?;
+            fx.counters(&[(PassBadIpv4, 1), (XdpPass, 1)])
+        },
+    ),
+];
+
+/// Cases of the TC hook alone.
+const TC_ONLY: &[(&str, &str, Case)] = &[
+    (
+        "egress_outside_the_devmap_is_redirected",
+        "TC redirects into any interface the FIB names: the devmap is XDP's list",
+        |fx| {
+            fx.spare(addr::NOT_VIP, addr::OTHER_PORT)?;
+            let p = to_vip(addr::NOT_VIP, 40000, 22);
+            let out = p
+                .clone()
+                .dst(addr::OTHER_PORT)
+                .ttl(p.ttl - 1)
+                .eth(macs::OTHER0, macs::OTHER_PORT);
+            ingress(fx, &p, Redirect(&out))?;
+            fx.counters(NEW_FLOW_REDIRECT)
+        },
+    ),
+    (
+        "gso_packet_is_checked_by_its_segments",
+        "a GSO skb longer than the route's MTU, of segments that fit, is sent, not answered with fragmentation-needed",
+        |fx| {
+            fx.spare(addr::NOT_VIP, addr::SMALL_MTU)?;
+            fx.gso_size = 900;
+            let p = to_vip(addr::NOT_VIP, 40000, 22).payload(&[7; 1100]);
+            ingress(
+                fx,
+                &p,
+                Redirect(&toward(&p, addr::SMALL_MTU, macs::SMALL_MTU)),
+            )?;
+            fx.counters(NEW_FLOW_REDIRECT)
+        },
+    ),
+];
+
 /// README.md's table of tiers says how many cases there are: that number is this list's length.
 fn readme_counts_every_case() -> Result<(), Failed> {
     const README: &str = include_str!("../../README.md");
@@ -1468,11 +1506,11 @@ fn readme_counts_every_case() -> Result<(), Failed> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|n| n.parse::<usize>().ok());
     match said {
-        Some(n) if n == CASES.len() => Ok(()),
+        Some(n) if n == CASES.len() + XDP_ONLY.len() + TC_ONLY.len() => Ok(()),
         said => Err(format!(
             "README.md's tests table says {said:?} described cases for tests/tests/fixtures.rs; \
              there are {}",
-            CASES.len()
+            CASES.len() + XDP_ONLY.len() + TC_ONLY.len()
         )
         .into()),
     }
@@ -1482,19 +1520,33 @@ fn main() {
     let args = Arguments::from_args();
     // Needs no privileges: runs wherever the binary runs.
     let readme = Trial::test("readme_counts_every_case", readme_counts_every_case);
-    if !lb_tests::privileged("fixtures", CASES.len()) {
+    if !lb_tests::privileged("fixtures", 2 * CASES.len() + XDP_ONLY.len() + TC_ONLY.len()) {
         libtest_mimic::run(&args, vec![readme]).exit();
     }
     let env = Env::create().expect("building the fixture namespace");
+    // Every case at both hooks (XDP under its own name, TC as `tc::<name>`), then the cases
+    // of one hook.
     let trials = std::iter::once(readme)
-        .chain(CASES.iter().map(|(name, about, case)| {
-            let case = *case;
-            let about = *about;
-            Trial::test(*name, move || {
-                let mut fx = Fx::new(env).map_err(|e| Failed::from(format!("{e:#}")))?;
-                case(&mut fx).map_err(|e| Failed::from(format!("{about}\n{e:#}")))
-            })
-        }))
+        .chain(
+            [
+                (Hook::Xdp, "", CASES),
+                (Hook::Tc, "tc::", CASES),
+                (Hook::Xdp, "", XDP_ONLY),
+                (Hook::Tc, "tc::", TC_ONLY),
+            ]
+            .into_iter()
+            .flat_map(|(hook, prefix, cases)| {
+                cases.iter().map(move |(name, about, case)| {
+                    let case = *case;
+                    let about = *about;
+                    Trial::test(format!("{prefix}{name}"), move || {
+                        let mut fx = Fx::new(env).map_err(|e| Failed::from(format!("{e:#}")))?;
+                        fx.hook = hook;
+                        case(&mut fx).map_err(|e| Failed::from(format!("{about}\n{e:#}")))
+                    })
+                })
+            }),
+        )
         .collect();
     libtest_mimic::run(&args, trials).exit();
 }

@@ -1,0 +1,328 @@
+//! One abstraction over the packet, so that the same datapath runs at two hooks: XDP (a raw
+//! frame, `XdpContext`) and TC (an skb on clsact, [`Tc`]). Parsing, lookups, NAT decisions,
+//! ICMP and counters are written once against [`Packet`]; where the hooks must differ (how a
+//! packet is sent on, how the TCP/UDP checksum follows a rewrite, how a packet is reshaped),
+//! the difference lives in the two implementations here, not in branches through the logic
+//! (the shape of Cilium's `ctx_*` layer).
+
+use core::{cell::Cell, ffi::c_void, mem::offset_of};
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action,
+    },
+    helpers::{
+        bpf_l4_csum_replace, bpf_redirect, bpf_skb_change_head, bpf_skb_change_tail,
+        bpf_skb_pull_data, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+    },
+    programs::{TcContext, XdpContext},
+};
+use lb_common::{
+    nat::{self, Changed, L4, Side},
+    net::{Ipv4Hdr, TcpHdr, UdpHdr},
+};
+
+use crate::maps::LB_TX_PORTS;
+
+/// A packet at one of the hooks.
+pub trait Packet: EbpfContext {
+    /// The hook's return codes for each verdict.
+    const PASS: u32;
+    const DROP: u32;
+    const ABORTED: u32;
+    /// Sent back out of the interface it came in on.
+    const TX: u32;
+    /// Sent out of another interface.
+    const REDIRECT: u32;
+
+    /// Start and end of the packet data the program may touch directly.
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// The packet's whole length (an skb's may extend past `data_end`).
+    fn len(&self) -> usize;
+    fn ingress_ifindex(&self) -> u32;
+
+    /// The `tot_len` bpf_fib_lookup checks against the route's MTU, for a packet whose IPv4
+    /// total length is `ip_tot_len`.
+    #[inline(always)]
+    fn fib_tot_len(&self, ip_tot_len: u16) -> u16 {
+        ip_tot_len
+    }
+
+    /// Whether the packet carries a VLAN tag outside its data (an skb's accelerated tag).
+    #[inline(always)]
+    fn vlan_outside(&self) -> bool {
+        false
+    }
+
+    /// Translates the outer header (see [`nat::rewrite`]); the transport header starts at
+    /// `l4_off`.
+    fn rewrite(
+        &self,
+        ip: &mut Ipv4Hdr,
+        l4: L4<'_>,
+        l4_off: usize,
+        side: Side,
+        addr: [u8; 4],
+        port: Option<[u8; 2]>,
+    );
+
+    /// Prepares sending the packet out of `ifindex`; `false` when this hook cannot (the packet
+    /// then goes to the kernel).
+    fn redirect(&self, ifindex: u32) -> bool;
+
+    /// Prepares sending the packet back out of the interface it came in on.
+    fn bounce(&self);
+
+    /// Grows the packet by `head` bytes at the front, then cuts it to `len` bytes (never
+    /// longer than it was). Every packet pointer is invalid afterwards.
+    fn reshape(&self, head: usize, len: usize) -> bool;
+
+    /// Completes what the hook deferred, once the packet's fate is decided: `false` when that
+    /// failed (an internal fault). Every packet pointer is invalid afterwards.
+    #[inline(always)]
+    fn commit(&self) -> bool {
+        true
+    }
+}
+
+impl Packet for XdpContext {
+    const PASS: u32 = xdp_action::XDP_PASS;
+    const DROP: u32 = xdp_action::XDP_DROP;
+    const ABORTED: u32 = xdp_action::XDP_ABORTED;
+    const TX: u32 = xdp_action::XDP_TX;
+    const REDIRECT: u32 = xdp_action::XDP_REDIRECT;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        XdpContext::data_end(self) - XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        XdpContext::ingress_ifindex(self) as u32
+    }
+    /// A frame's checksums are always complete: the incremental update is right.
+    #[inline(always)]
+    fn rewrite(
+        &self,
+        ip: &mut Ipv4Hdr,
+        l4: L4<'_>,
+        _l4_off: usize,
+        side: Side,
+        addr: [u8; 4],
+        port: Option<[u8; 2]>,
+    ) {
+        nat::rewrite(ip, l4, side, addr, port);
+    }
+
+    /// Only into interfaces of the devmap: the control plane keeps out those whose driver would
+    /// drop redirected frames.
+    #[inline(always)]
+    fn redirect(&self, ifindex: u32) -> bool {
+        LB_TX_PORTS
+            .redirect(ifindex, u64::from(xdp_action::XDP_PASS))
+            .is_ok()
+    }
+
+    #[inline(always)]
+    fn bounce(&self) {}
+
+    #[inline(always)]
+    fn reshape(&self, head: usize, len: usize) -> bool {
+        // SAFETY: `self.ctx` is the program's context.
+        if unsafe { bpf_xdp_adjust_head(self.ctx, -(head as i32)) } != 0 {
+            return false;
+        }
+        let delta = len as i64 - Packet::len(self) as i64;
+        // SAFETY: as above; the tail only shrinks.
+        delta <= 0 && unsafe { bpf_xdp_adjust_tail(self.ctx, delta as i32) } == 0
+    }
+}
+
+/// A TCP/UDP checksum update the TC hook leaves to the kernel until the end.
+#[derive(Clone, Copy)]
+struct L4Fix {
+    /// Offset of the checksum field in the packet.
+    off: u32,
+    udp: bool,
+    changed: Changed,
+}
+
+/// An skb at TC (clsact ingress), with what must be done to it before it leaves.
+pub struct Tc {
+    pub ctx: TcContext,
+    pending: Cell<Option<L4Fix>>,
+}
+
+/// Bytes of headers made directly accessible at the start: Ethernet, a VLAN tag, IPv4 with
+/// options, TCP with options, and an ICMP error's quote.
+const TC_PULL: u32 = 256;
+
+impl Tc {
+    /// Wraps the program's context, making the headers directly accessible (an skb's first
+    /// bytes need not all be in its linear part).
+    #[inline(always)]
+    pub fn new(ctx: TcContext) -> Tc {
+        let want = ctx.len().min(TC_PULL);
+        // SAFETY: the program's own skb. A failed pull leaves less to parse: the packet is then
+        // too short to be ours and passes untouched.
+        let _ = unsafe { bpf_skb_pull_data(ctx.skb.skb, want) };
+        Tc {
+            ctx,
+            pending: Cell::new(None),
+        }
+    }
+
+    #[inline(always)]
+    fn skb(&self) -> &aya_ebpf::bindings::__sk_buff {
+        // SAFETY: the program's context, valid for the whole run.
+        unsafe { &*self.ctx.skb.skb }
+    }
+}
+
+impl EbpfContext for Tc {
+    #[inline(always)]
+    fn as_ptr(&self) -> *mut c_void {
+        self.ctx.skb.skb.cast()
+    }
+}
+
+impl Packet for Tc {
+    const PASS: u32 = TC_ACT_OK as u32;
+    const DROP: u32 = TC_ACT_SHOT as u32;
+    /// TC has no "aborted": an internal fault drops the packet (and is counted as aborted).
+    const ABORTED: u32 = TC_ACT_SHOT as u32;
+    const TX: u32 = TC_ACT_REDIRECT as u32;
+    const REDIRECT: u32 = TC_ACT_REDIRECT as u32;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        self.ctx.data()
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        self.ctx.data_end()
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.ctx.len() as usize
+    }
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        self.skb().ingress_ifindex
+    }
+    /// A GSO skb is sent as segments: the kernel checks those against the MTU when `tot_len`
+    /// is 0 (its `is_skb_forwardable`), where the super-packet's own length would fail.
+    #[inline(always)]
+    fn fib_tot_len(&self, ip_tot_len: u16) -> u16 {
+        if self.skb().gso_size != 0 {
+            0
+        } else {
+            ip_tot_len
+        }
+    }
+
+    #[inline(always)]
+    fn vlan_outside(&self) -> bool {
+        self.skb().vlan_present != 0
+    }
+
+    /// Addresses, ports and the IPv4 checksum directly; the TCP/UDP checksum later, by the
+    /// kernel ([`Packet::commit`]), which updates a partial checksum (the pseudo-header sum a
+    /// local sender leaves for the device) and the skb's complete checksum correctly.
+    #[inline(always)]
+    fn rewrite(
+        &self,
+        ip: &mut Ipv4Hdr,
+        l4: L4<'_>,
+        l4_off: usize,
+        side: Side,
+        addr: [u8; 4],
+        port: Option<[u8; 2]>,
+    ) {
+        let (l4, changed) = nat::rewrite_fields(ip, l4, side, addr, port);
+        let fix = match l4 {
+            L4::Tcp(_) => Some((offset_of!(TcpHdr, check), false)),
+            L4::Udp(_) => Some((offset_of!(UdpHdr, check), true)),
+            L4::Icmp => None,
+        };
+        if let Some((check, udp)) = fix {
+            self.pending.set(Some(L4Fix {
+                off: (l4_off + check) as u32,
+                udp,
+                changed,
+            }));
+        }
+    }
+
+    #[inline(always)]
+    fn redirect(&self, ifindex: u32) -> bool {
+        // SAFETY: a helper on scalars; it records the target for the TC_ACT_REDIRECT verdict.
+        unsafe { bpf_redirect(ifindex, 0) == i64::from(TC_ACT_REDIRECT) }
+    }
+
+    #[inline(always)]
+    fn bounce(&self) {
+        // SAFETY: as above; egress of the interface the packet came in on.
+        unsafe { bpf_redirect(self.skb().ingress_ifindex, 0) };
+    }
+
+    #[inline(always)]
+    fn reshape(&self, head: usize, len: usize) -> bool {
+        let skb = self.ctx.skb.skb;
+        // SAFETY: the program's own skb; both helpers check their arguments.
+        unsafe {
+            bpf_skb_change_head(skb, head as u32, 0) == 0
+                && bpf_skb_change_tail(skb, len as u32, 0) == 0
+        }
+    }
+
+    #[inline(always)]
+    fn commit(&self) -> bool {
+        let Some(fix) = self.pending.take() else {
+            return true;
+        };
+        let skb = self.ctx.skb.skb;
+        // A UDP checksum of 0 ("none") stays 0; one that computes to 0 becomes 0xffff.
+        let zero = if fix.udp {
+            u64::from(BPF_F_MARK_MANGLED_0)
+        } else {
+            0
+        };
+        let (old, new) = fix.changed.addr;
+        // SAFETY: the program's own skb; the helper checks the offset against it. Values are
+        // the fields' bytes as they lie in the packet, as the helper expects.
+        let addr = unsafe {
+            bpf_l4_csum_replace(
+                skb,
+                fix.off,
+                u64::from(u32::from_ne_bytes(old)),
+                u64::from(u32::from_ne_bytes(new)),
+                u64::from(BPF_F_PSEUDO_HDR) | zero | 4,
+            )
+        };
+        let port = match fix.changed.port {
+            // SAFETY: as above.
+            Some((old, new)) => unsafe {
+                bpf_l4_csum_replace(
+                    skb,
+                    fix.off,
+                    u64::from(u16::from_ne_bytes(old)),
+                    u64::from(u16::from_ne_bytes(new)),
+                    zero | 2,
+                )
+            },
+            None => 0,
+        };
+        addr == 0 && port == 0
+    }
+}
