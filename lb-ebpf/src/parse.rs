@@ -70,7 +70,7 @@ pub fn ipv4<C: Packet>(ctx: &C, l3: usize) -> Result<&'static mut Ipv4Hdr, Count
 }
 
 /// Where the IPv4 payload lies, for a packet that is ours: `(start, end)` offsets. Checks IHL,
-/// and that the total length covers the header and fits in the frame (Ethernet padding may
+/// and that the total length covers the header and fits in the packet (Ethernet padding may
 /// follow it).
 #[inline(always)]
 pub fn ipv4_payload<C: Packet>(
@@ -80,7 +80,9 @@ pub fn ipv4_payload<C: Packet>(
 ) -> Result<(usize, usize), Counter> {
     let hlen = usize::from(ip.ihl()) * 4;
     let tot = usize::from(ip.tot_len());
-    let frame = ctx.data_end() - ctx.data();
+    // The whole packet: an skb's data may go on past what the program sees directly (and a
+    // GSO skb's IPv4 total length covers all of it); every access is bounds-checked anyway.
+    let frame = ctx.len();
     if hlen < size_of::<Ipv4Hdr>() || tot < hlen || l3 + tot > frame {
         return Err(Counter::DropBadIpv4);
     }

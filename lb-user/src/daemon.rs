@@ -24,7 +24,7 @@ use tokio::{
 use crate::{
     config::{Config, interface_exists},
     dataplane::{
-        AttachMode, Dataplane, LoadOptions, Origin, PinDir, RedirectTarget, Role,
+        AttachMode, Dataplane, Hook, HookChoice, LoadOptions, Origin, PinDir, RedirectTarget, Role,
         sync_redirect_target,
     },
     health::{Event, Health, HealthTracker},
@@ -40,6 +40,9 @@ use crate::{
 pub struct Options {
     pub config: PathBuf,
     pub pin_dir: PathBuf,
+    /// Which hook the programs run at (per interface under `auto`).
+    pub hook: HookChoice,
+    /// With the XDP hook: native, or generic by name.
     pub xdp_mode: AttachMode,
     pub metrics: Option<SocketAddr>,
     /// Discard pinned state of another layout instead of refusing to start.
@@ -79,7 +82,9 @@ struct Daemon {
     /// Path meta (RTTs) waits for the next flush; state changes are written at once.
     dirty: bool,
     /// Attachments this daemon made or adopted (and updated to its programs).
-    attached: std::collections::BTreeSet<(Role, String)>,
+    attached: std::collections::BTreeSet<(Role, Hook, String)>,
+    /// The hook of each configured interface and why, as last logged.
+    hooks: BTreeMap<String, (Hook, String)>,
     /// Whether each configured interface takes XDP redirects, as last logged.
     redirects: BTreeMap<String, RedirectTarget>,
 }
@@ -134,6 +139,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         dirty: false,
         attached: Default::default(),
         redirects: BTreeMap::new(),
+        hooks: BTreeMap::new(),
     };
     if let Err(e) = d.switch_to(model) {
         // A fresh install that cannot be completed leaves nothing behind; adopted state stays
@@ -184,6 +190,37 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
     Ok(())
 }
 
+/// The hook for `iface` under `choice`, and why.
+fn choose_hook(choice: HookChoice, iface: &str) -> (Hook, String) {
+    match choice {
+        HookChoice::Xdp => (Hook::Xdp, "--hook xdp".into()),
+        HookChoice::Tc => (Hook::Tc, "--hook tc".into()),
+        HookChoice::Auto => {
+            if crate::netdev::driver(iface).is_ok_and(|d| d == "veth") {
+                return (
+                    Hook::Tc,
+                    "a veth: its senders are local, their checksums partial, which XDP cannot \
+                     finish"
+                        .into(),
+                );
+            }
+            let features = crate::ifindex(iface).map(crate::netdev::xdp_features);
+            match features {
+                Some(Ok(Some(f))) if f.0 & crate::netdev::act::BASIC != 0 => {
+                    (Hook::Xdp, "the driver runs XDP natively".into())
+                }
+                Some(Ok(Some(_))) => (Hook::Tc, "the driver has no native XDP".into()),
+                Some(Ok(None)) => (
+                    Hook::Xdp,
+                    "this kernel does not report xdp-features; trying native XDP".into(),
+                ),
+                Some(Err(e)) => (Hook::Tc, format!("its xdp-features cannot be read ({e})")),
+                None => (Hook::Xdp, "not found".into()),
+            }
+        }
+    }
+}
+
 fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     let config = Config::load(path)?;
     config.check_interfaces(interface_exists)?;
@@ -217,7 +254,7 @@ fn spawn_ebpf_logger(dp: &mut Dataplane) {
 impl Daemon {
     /// Applies `next` (attachments, maps, probes), or changes nothing and fails.
     fn switch_to(&mut self, next: Model) -> anyhow::Result<()> {
-        let wanted: Vec<(Role, String)> = next
+        let roles: Vec<(Role, String)> = next
             .config
             .interfaces
             .clients
@@ -231,6 +268,15 @@ impl Daemon {
                     .map(|i| (Role::Return, i.clone())),
             )
             .collect();
+        let mut wanted: Vec<(Role, Hook, String)> = Vec::new();
+        for (role, iface) in roles {
+            let (hook, why) = choose_hook(self.opts.hook, &iface);
+            if self.hooks.get(&iface).map(|(h, _)| *h) != Some(hook) {
+                info!("{iface}: {hook} hook ({why})");
+            }
+            self.hooks.insert(iface.clone(), (hook, why));
+            wanted.push((role, hook, iface));
+        }
         let pin = self
             .dp
             .pin_dir()
@@ -253,23 +299,38 @@ impl Daemon {
             .collect();
         self.current = desired;
         let mut new = Vec::new();
-        for (role, iface) in &wanted {
-            if self.attached.contains(&(*role, iface.clone())) {
+        for want in wanted.iter_mut() {
+            let (role, hook, iface) = (want.0, want.1, want.2.clone());
+            if self.attached.contains(&(role, hook, iface.clone())) {
                 // Attached (or adopted and updated) by this daemon already.
                 continue;
             }
-            match self.dp.attach(*role, iface, self.opts.xdp_mode) {
+            let mut result = self.dp.attach(role, hook, &iface, self.opts.xdp_mode);
+            if let Err(e) = &result
+                && hook == Hook::Xdp
+                && self.opts.hook == HookChoice::Auto
+            {
+                // The driver refused native XDP after all: TC serves every interface.
+                warn!("{iface}: native XDP failed ({e:#}); using the tc hook");
+                self.hooks.insert(
+                    iface.clone(),
+                    (Hook::Tc, "native XDP failed when attaching".into()),
+                );
+                want.1 = Hook::Tc;
+                result = self.dp.attach(role, Hook::Tc, &iface, self.opts.xdp_mode);
+            }
+            match result {
                 Ok(a) => {
-                    self.attached.insert((a.role, a.iface.clone()));
+                    self.attached.insert((a.role, a.hook, a.iface.clone()));
                     new.push(a);
                 }
                 Err(e) => {
                     for a in &new {
                         // Links this round adopted stay (they were there before); new ones go.
                         if a.mode.is_some() {
-                            let _ = pin.detach(a.role, &a.iface);
+                            let _ = pin.detach(a.role, a.hook, &a.iface);
                         }
-                        self.attached.remove(&(a.role, a.iface.clone()));
+                        self.attached.remove(&(a.role, a.hook, a.iface.clone()));
                     }
                     if let Err(undo) = apply(&mut self.dp.maps, &self.current, &previous) {
                         error!("undoing the map writes failed: {undo:#}");
@@ -287,17 +348,24 @@ impl Daemon {
                 .set_admin_disabled(id, false)
                 .context("clearing a removed path's drain")?;
         }
-        for (role, iface) in attached.iter().filter(|a| !wanted.contains(a)) {
-            pin.detach(*role, iface)?;
-            self.attached.remove(&(*role, iface.clone()));
-            if let Some(i) = crate::ifindex(iface) {
+        for (role, hook, iface) in attached.iter().filter(|a| !wanted.contains(a)) {
+            pin.detach(*role, *hook, iface)?;
+            self.attached.remove(&(*role, *hook, iface.clone()));
+            let still = wanted.iter().any(|(r, _, i)| r == role && i == iface);
+            if !still && let Some(i) = crate::ifindex(iface) {
                 let _ = self.dp.maps.remove_tx_port(i);
             }
-            info!("{role} detached from {iface} (no longer configured)");
+            if still {
+                info!("{role} at {hook} detached from {iface} (it moved to another hook)");
+            } else {
+                info!("{role} at {hook} detached from {iface} (no longer configured)");
+            }
         }
+        self.hooks
+            .retain(|iface, _| wanted.iter().any(|(_, _, w)| w == iface));
         self.redirects
-            .retain(|iface, _| wanted.iter().any(|(_, w)| w == iface));
-        self.sync_redirect_targets(wanted.iter().map(|(_, iface)| iface.clone()))?;
+            .retain(|iface, _| wanted.iter().any(|(_, _, w)| w == iface));
+        self.sync_redirect_targets(wanted.iter().map(|(_, _, iface)| iface.clone()))?;
         info!(
             "configuration applied: {writes} map writes in {:?}",
             t0.elapsed()

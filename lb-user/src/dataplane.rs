@@ -6,6 +6,7 @@
 //! ```text
 //! <pin-dir>/maps/<MAP_NAME>          every map of lb_common::maps::ALL, and AYA_LOGS
 //! <pin-dir>/links/<role>@<iface>     the XDP links (role: ingress or return)
+//! <pin-dir>/links/<role>-tc@<iface>  the TC links (TCX, clsact ingress; Linux 6.6+)
 //! ```
 //!
 //! Links are BPF links pinned in bpffs: they keep the programs attached after the daemon
@@ -19,7 +20,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        ProgramError, SchedClassifier, Xdp, XdpMode,
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
     },
 };
@@ -138,6 +139,14 @@ impl Role {
             Role::Return => PROG_RETURN,
         }
     }
+    /// The program of this role at `hook`.
+    pub fn program_at(self, hook: Hook) -> &'static str {
+        match (self, hook) {
+            (_, Hook::Xdp) => self.program(),
+            (Role::Ingress, Hook::Tc) => PROG_INGRESS_TC,
+            (Role::Return, Hook::Tc) => PROG_RETURN_TC,
+        }
+    }
     fn pin_name(self) -> &'static str {
         match self {
             Role::Ingress => "ingress",
@@ -152,15 +161,60 @@ impl std::fmt::Display for Role {
     }
 }
 
-/// XDP attach mode as the operator asks for it.
+/// The hook a program runs at on one interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Hook {
+    /// XDP, in the driver: the fastest, where the driver serves it.
+    Xdp,
+    /// TC (sched_cls on clsact ingress, as a TCX link): sees the skb, so it is right for
+    /// partial checksums and GSO packets, and can send into any interface.
+    Tc,
+}
+
+impl Hook {
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Xdp => "xdp",
+            Hook::Tc => "tc",
+        }
+    }
+    fn pin_suffix(self) -> &'static str {
+        match self {
+            Hook::Xdp => "",
+            Hook::Tc => "-tc",
+        }
+    }
+}
+
+impl std::fmt::Display for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The hook as the operator asks for it (`--hook`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum HookChoice {
+    /// Per interface: XDP where the driver runs it natively and its senders hand on complete
+    /// checksums, TC everywhere else (every veth, and drivers without native XDP).
+    #[default]
+    Auto,
+    /// XDP on every interface.
+    Xdp,
+    /// TC on every interface.
+    Tc,
+}
+
+/// XDP attach mode as the operator asks for it (with the XDP hook).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum AttachMode {
-    /// Native (driver) mode, falling back to generic mode with a warning.
+    /// Native (driver) mode; never generic mode by itself.
     #[default]
     Auto,
     /// Native (driver) mode only.
     Native,
-    /// Generic (skb) mode.
+    /// Generic (skb) mode, by name only: packets from local senders carry partial checksums
+    /// there that XDP cannot finish, and their receivers drop them once translated.
     Skb,
 }
 
@@ -175,6 +229,7 @@ pub enum Origin {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attached {
     pub role: Role,
+    pub hook: Hook,
     pub iface: String,
     /// `None` when an existing pinned link was adopted (its mode is whatever it was).
     pub mode: Option<&'static str>,
@@ -199,15 +254,16 @@ impl PinDir {
     pub fn links(&self) -> PathBuf {
         self.root.join("links")
     }
-    fn link(&self, role: Role, iface: &str) -> PathBuf {
-        self.links().join(format!("{}@{iface}", role.pin_name()))
+    fn link(&self, role: Role, hook: Hook, iface: &str) -> PathBuf {
+        self.links()
+            .join(format!("{}{}@{iface}", role.pin_name(), hook.pin_suffix()))
     }
     fn installed(&self) -> bool {
         self.maps().join(m::META).exists()
     }
 
-    /// The links pinned here, as (role, interface).
-    pub fn attachments(&self) -> Result<Vec<(Role, String)>, Error> {
+    /// The links pinned here, as (role, hook, interface).
+    pub fn attachments(&self) -> Result<Vec<(Role, Hook, String)>, Error> {
         let dir = self.links();
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
@@ -224,8 +280,10 @@ impl PinDir {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let parsed = match name.split_once('@') {
-                Some(("ingress", iface)) => Some((Role::Ingress, iface.to_string())),
-                Some(("return", iface)) => Some((Role::Return, iface.to_string())),
+                Some(("ingress", iface)) => Some((Role::Ingress, Hook::Xdp, iface.to_string())),
+                Some(("return", iface)) => Some((Role::Return, Hook::Xdp, iface.to_string())),
+                Some(("ingress-tc", iface)) => Some((Role::Ingress, Hook::Tc, iface.to_string())),
+                Some(("return-tc", iface)) => Some((Role::Return, Hook::Tc, iface.to_string())),
                 _ => None,
             };
             out.extend(parsed);
@@ -253,9 +311,9 @@ impl PinDir {
         Ok(maps)
     }
 
-    /// Detaches the program of `role` from `iface` (removing its link pin).
-    pub fn detach(&self, role: Role, iface: &str) -> Result<bool, Error> {
-        let path = self.link(role, iface);
+    /// Detaches the program of `role` at `hook` from `iface` (removing its link pin).
+    pub fn detach(&self, role: Role, hook: Hook, iface: &str) -> Result<bool, Error> {
+        let path = self.link(role, hook, iface);
         if !path.exists() {
             return Ok(false);
         }
@@ -276,8 +334,8 @@ impl PinDir {
     /// Removes everything: detaches every program, unpins every map, removes the directories
     /// and unmounts the bpffs lb mounted there. Idempotent.
     pub fn remove(&self) -> Result<(), Error> {
-        for (role, iface) in self.attachments()? {
-            self.detach(role, &iface)?;
+        for (role, hook, iface) in self.attachments()? {
+            self.detach(role, hook, &iface)?;
         }
         for dir in [self.maps(), self.links()] {
             if let Ok(entries) = fs::read_dir(&dir) {
@@ -406,20 +464,30 @@ impl Dataplane {
     /// just loaded (`BPF_LINK_UPDATE`): nothing is detached, not a packet is lost, and the
     /// running code is this build's. The redirect map is the caller's business
     /// ([`sync_redirect_target`]).
-    pub fn attach(&mut self, role: Role, iface: &str, mode: AttachMode) -> Result<Attached, Error> {
+    pub fn attach(
+        &mut self,
+        role: Role,
+        hook: Hook,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<Attached, Error> {
         let ifindex = crate::ifindex(iface).ok_or_else(|| Error::NoInterface {
             iface: iface.into(),
         })?;
-        let pin = self.pin.as_ref().map(|p| p.link(role, iface));
+        let pin = self.pin.as_ref().map(|p| p.link(role, hook, iface));
         if let Some(path) = &pin
             && let Ok(pinned) = PinnedLink::from_pin(path)
         {
-            self.update_link(role, iface, path, pinned)?;
+            self.update_link(role, hook, iface, path, pinned)?;
             return Ok(Attached {
                 role,
+                hook,
                 iface: iface.into(),
                 mode: None,
             });
+        }
+        if hook == Hook::Tc {
+            return self.attach_tc(role, iface, pin);
         }
         let name = role.program();
         let prog = xdp_mut(&mut self.ebpf, name)?;
@@ -433,18 +501,17 @@ impl Dataplane {
                 })
         };
         let (id, used) = match mode {
-            AttachMode::Native => (attempt(prog, XdpMode::Driver, "native")?, "native"),
-            AttachMode::Skb => (attempt(prog, XdpMode::Skb, "skb")?, "skb"),
-            AttachMode::Auto => match attempt(prog, XdpMode::Driver, "native") {
-                Ok(id) => (id, "native"),
-                Err(e) => {
-                    warn!(
-                        "{iface}: native XDP failed ({}); falling back to generic (skb) mode",
-                        error_chain(&e)
-                    );
-                    (attempt(prog, XdpMode::Skb, "skb")?, "skb")
-                }
-            },
+            AttachMode::Native | AttachMode::Auto => {
+                (attempt(prog, XdpMode::Driver, "native")?, "native")
+            }
+            AttachMode::Skb => {
+                warn!(
+                    "{iface}: generic (skb) XDP, as asked: packets from local senders carry \
+                     partial checksums there, which XDP cannot finish, and their receivers \
+                     drop them once translated; the TC hook (--hook tc) has neither problem"
+                );
+                (attempt(prog, XdpMode::Skb, "skb")?, "skb")
+            }
         };
         if let Some(path) = pin {
             let link = prog
@@ -464,8 +531,51 @@ impl Dataplane {
         info!("{name} attached to {iface} ({used} mode)");
         Ok(Attached {
             role,
+            hook,
             iface: iface.into(),
             mode: Some(used),
+        })
+    }
+
+    /// [`Dataplane::attach`] at TC: a TCX link on clsact ingress (Linux 6.6+), pinned.
+    fn attach_tc(
+        &mut self,
+        role: Role,
+        iface: &str,
+        pin: Option<PathBuf>,
+    ) -> Result<Attached, Error> {
+        let name = role.program_at(Hook::Tc);
+        let prog = tc_mut(&mut self.ebpf, name)?;
+        let id = prog
+            .attach(iface, TcAttachType::Ingress)
+            .map_err(|source| Error::Attach {
+                role,
+                iface: iface.into(),
+                mode: "tc",
+                source,
+            })?;
+        if let Some(path) = pin {
+            let link = prog
+                .take_link(id)
+                .map_err(|source| Error::Program { name, source })?;
+            let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::PinLink {
+                role,
+                iface: iface.into(),
+                path: path.clone(),
+                source,
+            };
+            // A TCX link; netlink attachments (kernels before 6.6) cannot be pinned.
+            let fd: FdLink = link
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| pin_err(Box::new(e)))?;
+            fd.pin(&path).map_err(|e| pin_err(Box::new(e)))?;
+        }
+        info!("{name} attached to {iface} (tc, clsact ingress)");
+        Ok(Attached {
+            role,
+            hook: Hook::Tc,
+            iface: iface.into(),
+            mode: Some("tc"),
         })
     }
 
@@ -473,30 +583,48 @@ impl Dataplane {
     fn update_link(
         &mut self,
         role: Role,
+        hook: Hook,
         iface: &str,
         path: &Path,
         pinned: PinnedLink,
     ) -> Result<(), Error> {
-        let name = role.program();
+        let name = role.program_at(hook);
         let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::PinLink {
             role,
             iface: iface.into(),
             path: path.to_path_buf(),
             source,
         };
-        let prog = xdp_mut(&mut self.ebpf, name)?;
         let fd: FdLink = pinned.into();
-        let link = aya::programs::xdp::XdpLink::try_from(fd).map_err(|e| pin_err(Box::new(e)))?;
         // The pin keeps the link (and the old program) attached while it is updated; the
         // program object then tracks the link, which must be taken back so that the program's
         // drop at exit does not detach it.
-        let id = prog
-            .attach_to_link(link)
-            .map_err(|source| Error::Program { name, source })?;
-        let link = prog
-            .take_link(id)
-            .map_err(|source| Error::Program { name, source })?;
-        drop(FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?);
+        match hook {
+            Hook::Xdp => {
+                let prog = xdp_mut(&mut self.ebpf, name)?;
+                let link =
+                    aya::programs::xdp::XdpLink::try_from(fd).map_err(|e| pin_err(Box::new(e)))?;
+                let id = prog
+                    .attach_to_link(link)
+                    .map_err(|source| Error::Program { name, source })?;
+                let link = prog
+                    .take_link(id)
+                    .map_err(|source| Error::Program { name, source })?;
+                drop(FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?);
+            }
+            Hook::Tc => {
+                let prog = tc_mut(&mut self.ebpf, name)?;
+                let link = aya::programs::tc::SchedClassifierLink::try_from(fd)
+                    .map_err(|e| pin_err(Box::new(e)))?;
+                let id = prog
+                    .attach_to_link(link)
+                    .map_err(|source| Error::Program { name, source })?;
+                let link = prog
+                    .take_link(id)
+                    .map_err(|source| Error::Program { name, source })?;
+                drop(FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?);
+            }
+        }
         info!("{name} on {iface}: adopted the pinned link, program updated in place");
         Ok(())
     }
@@ -598,17 +726,6 @@ fn check_pinned(pin: &PinDir) -> Result<(), Error> {
         }
     }
     pin.open().map(drop)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// bpffs: pins only live on a BPF filesystem.

@@ -33,6 +33,10 @@ pub const EDGE_NN2: &str = "e2";
 pub const HTTP_PORT: u16 = 8080;
 pub const ECHO_PORT: u16 = 7;
 pub const UDP_PORT: u16 = 9000;
+/// `lb run` arguments for the tuned lab, whose veths are set up for XDP: the XDP hook on every
+/// interface (`--hook auto` would take TC on veths).
+pub const XDP_HOOK: &[&str] = &["--hook", "xdp"];
+
 /// The VM's servers (`servers::start`) on the lab's ports.
 pub const PORTS: crate::servers::Ports = crate::servers::Ports {
     http: HTTP_PORT,

@@ -66,6 +66,8 @@ pub struct Daemon {
     pub pin: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// `--hook X` when the start named one: every restart keeps it.
+    hook: Vec<String>,
 }
 
 impl Daemon {
@@ -81,6 +83,11 @@ impl Daemon {
             config: dir.join("lb.json"),
             log: dir.join("lb.log"),
             dir,
+            hook: extra
+                .windows(2)
+                .find(|w| w[0] == "--hook")
+                .map(|w| vec![w[0].to_owned(), w[1].to_owned()])
+                .unwrap_or_default(),
         };
         std::fs::write(&d.config, config)?;
         let mut d = d;
@@ -148,10 +155,13 @@ impl Daemon {
         Ok(())
     }
 
-    /// Starts the daemon again on the same configuration and pins.
+    /// Starts the daemon again on the same configuration and pins (and hook).
     pub fn restart(&mut self, extra: &[&str]) -> anyhow::Result<()> {
         self.stop()?;
-        self.spawn(extra)
+        let hook = self.hook.clone();
+        let mut args: Vec<&str> = hook.iter().map(String::as_str).collect();
+        args.extend(extra);
+        self.spawn(&args)
     }
 
     /// Rewrites the configuration file (for a reload).

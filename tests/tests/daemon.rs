@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use lb_tests::{
-    lab::{CLIENT, EDGE_CLIENTS, EDGE_NN1, EDGE_NN2, Failure, Lab, NN1, NN2, PORTS, VIP},
+    lab::{CLIENT, EDGE_CLIENTS, EDGE_NN1, EDGE_NN2, Failure, Lab, NN1, NN2, PORTS, VIP, XDP_HOOK},
     lb::{Daemon, active, lb, path_state},
     servers,
     traffic::{connect_failure, http_get, udp_stream},
@@ -59,7 +59,7 @@ fn get(topo: &Lab, d: &Daemon, vip: std::net::Ipv4Addr, port: u16) -> anyhow::Re
 fn setup(cfg: &str) -> anyhow::Result<(Lab, servers::Server, Daemon)> {
     let topo = Lab::new()?;
     let srv = servers::start(&topo.vm, PORTS, [NN1, NN2])?;
-    let d = Daemon::start(&topo.edge, cfg, &[])?;
+    let d = Daemon::start(&topo.edge, cfg, XDP_HOOK)?;
     d.wait_status(T, |s| active(s, "web").as_deref() == Some("nn1"))?;
     Ok((topo, srv, d))
 }
@@ -418,7 +418,7 @@ fn metrics_endpoint() -> anyhow::Result<()> {
     let d = Daemon::start(
         &topo.edge,
         &config(TCP_PROBE, "", WHOLE_VIP),
-        &["--metrics", "127.0.0.1:9109"],
+        &["--hook", "xdp", "--metrics", "127.0.0.1:9109"],
     )?;
     d.wait_status(T, |s| active(s, "web").as_deref() == Some("nn1"))?;
     http_get(&topo.client, VIP, HTTP, "/", T)?;
@@ -460,7 +460,11 @@ fn dozens_of_paths_at_10ms() -> anyhow::Result<()> {
              "targets": [ {} ], "vips": [] }}"#,
         targets.join(",")
     );
-    let d = Daemon::start(&topo.edge, &cfg, &["--metrics", "127.0.0.1:9110"])?;
+    let d = Daemon::start(
+        &topo.edge,
+        &cfg,
+        &["--hook", "xdp", "--metrics", "127.0.0.1:9110"],
+    )?;
     d.wait_status(T, |s| {
         s["targets"]
             .as_array()
@@ -568,7 +572,7 @@ fn clear_errors_and_nothing_applied() -> anyhow::Result<()> {
             "unknown interface \"e9\"",
         ),
     ] {
-        let err = match Daemon::start(&topo.edge, &cfg, &[]) {
+        let err = match Daemon::start(&topo.edge, &cfg, XDP_HOOK) {
             Ok(_) => anyhow::bail!("lb run accepted a bad configuration"),
             Err(e) => format!("{e:#}"),
         };

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use lb_user::dataplane::AttachMode;
+use lb_user::dataplane::{AttachMode, HookChoice};
 
 use super::PinArgs;
 
@@ -14,7 +14,12 @@ pub struct Options {
     /// Configuration file.
     #[arg(long, default_value = "/etc/lb/lb.json", value_name = "FILE")]
     config: PathBuf,
-    /// XDP attach mode: auto tries native and falls back to generic (skb) with a warning.
+    /// Where the programs run: auto picks per interface (XDP where the driver runs it natively
+    /// and senders are not local, TC on veths and everywhere else); xdp or tc for every
+    /// interface. The choice and its reason are logged; `lb status` shows each interface's.
+    #[arg(long, value_enum, default_value_t = HookChoice::Auto)]
+    hook: HookChoice,
+    /// With the XDP hook: native (auto, native), or generic (skb) only when named.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     xdp_mode: AttachMode,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9109).
@@ -31,6 +36,7 @@ pub struct Options {
 pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
     let Options {
         config,
+        hook,
         xdp_mode,
         metrics,
         replace,
@@ -41,6 +47,7 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
     let opts = lb_user::daemon::Options {
         config,
         pin_dir: pin.pin_dir,
+        hook,
         xdp_mode,
         metrics,
         replace,

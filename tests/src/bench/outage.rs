@@ -205,7 +205,7 @@ impl Rig {
         let lab = Lab::new()?;
         let servers = servers::start(&lab.vm, lab::PORTS, [lab::NN1, lab::NN2])?;
         let config = lab::config(interval_ms, timeout_ms, RISE, fall, true);
-        let daemon = Daemon::start(&lab.edge, &config, &[])?;
+        let daemon = Daemon::start(&lab.edge, &config, lab::XDP_HOOK)?;
         daemon.wait_status(Duration::from_secs(10), |s| {
             active(s, "web-vm").as_deref() == Some("nn1")
         })?;

@@ -166,7 +166,11 @@ fn measure_all(packets: u32, rounds: u32) -> anyhow::Result<Throughput> {
 
     let xdp = {
         let _server = servers::start(&lab.vm, lab::PORTS, [lab::NN1, lab::NN2])?;
-        let daemon = Daemon::start(&lab.edge, &lab::config(1000, 500, 1, 100, true), &[])?;
+        let daemon = Daemon::start(
+            &lab.edge,
+            &lab::config(1000, 500, 1, 100, true),
+            lab::XDP_HOOK,
+        )?;
         daemon.wait_status(Duration::from_secs(10), |s| {
             active(s, "web-vm").as_deref() == Some("nn1")
         })?;
