@@ -38,6 +38,17 @@ pub struct Interfaces {
     pub clients: Vec<String>,
     /// Interfaces facing the paths: `lb_return` is attached here.
     pub paths: Vec<String>,
+    /// The hook of some interfaces, overriding `lb run --hook` for them.
+    pub hooks: std::collections::BTreeMap<String, HookSetting>,
+}
+
+/// Where an interface's program runs (`interfaces.hooks`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookSetting {
+    /// As `lb run --hook auto` chooses.
+    Auto,
+    Xdp,
+    Tc,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,7 +194,11 @@ impl Config {
     /// [`interface_exists`]; the file may be validated on another host, so this is not part of
     /// [`Config::from_json`]). Covers `interfaces.*` and the paths' `interface`.
     pub fn check_interfaces(&self, exists: impl Fn(&str) -> bool) -> Result<(), ConfigError> {
-        let Interfaces { clients, paths } = &self.interfaces;
+        let Interfaces {
+            clients,
+            paths,
+            hooks: _,
+        } = &self.interfaces;
         for (list, names) in [("clients", clients), ("paths", paths)] {
             for (i, name) in names.iter().enumerate() {
                 if !exists(name) {
@@ -304,6 +319,9 @@ struct RawInterfaces {
     clients: Vec<String>,
     #[serde(default)]
     paths: Vec<String>,
+    /// Checked by hand, so an unknown hook names its field.
+    #[serde(default)]
+    hooks: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -749,7 +767,11 @@ fn check_interfaces_section(
     raw: RawInterfaces,
     has_targets: bool,
 ) -> Result<Interfaces, ConfigError> {
-    let RawInterfaces { clients, paths } = raw;
+    let RawInterfaces {
+        clients,
+        paths,
+        hooks,
+    } = raw;
     if clients.is_empty() {
         return Err(invalid(
             "interfaces.clients",
@@ -789,7 +811,33 @@ fn check_interfaces_section(
             }
         }
     }
-    Ok(Interfaces { clients, paths })
+    let mut settings = std::collections::BTreeMap::new();
+    for (name, hook) in hooks {
+        let at = format!("interfaces.hooks.{name}");
+        if !seen.contains_key(name.as_str()) {
+            return Err(invalid(
+                at,
+                format!("{name:?} is in neither interfaces.clients nor interfaces.paths"),
+            ));
+        }
+        let setting = match hook.as_str() {
+            "auto" => HookSetting::Auto,
+            "xdp" => HookSetting::Xdp,
+            "tc" => HookSetting::Tc,
+            other => {
+                return Err(invalid(
+                    at,
+                    format!("{other:?} is not a hook: auto, xdp or tc"),
+                ));
+            }
+        };
+        settings.insert(name, setting);
+    }
+    Ok(Interfaces {
+        clients,
+        paths,
+        hooks: settings,
+    })
 }
 
 /// A name the kernel would take (`dev_valid_name`).

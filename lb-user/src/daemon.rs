@@ -22,10 +22,10 @@ use tokio::{
 };
 
 use crate::{
-    config::{Config, interface_exists},
+    config::{Config, HookSetting, interface_exists},
     dataplane::{
         AttachMode, Dataplane, Hook, HookChoice, LoadOptions, Origin, PinDir, RedirectTarget, Role,
-        sync_redirect_target,
+        choose_hook, sync_redirect_target,
     },
     health::{Event, Health, HealthTracker},
     metrics,
@@ -190,37 +190,6 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
     Ok(())
 }
 
-/// The hook for `iface` under `choice`, and why.
-fn choose_hook(choice: HookChoice, iface: &str) -> (Hook, String) {
-    match choice {
-        HookChoice::Xdp => (Hook::Xdp, "--hook xdp".into()),
-        HookChoice::Tc => (Hook::Tc, "--hook tc".into()),
-        HookChoice::Auto => {
-            if crate::netdev::driver(iface).is_ok_and(|d| d == "veth") {
-                return (
-                    Hook::Tc,
-                    "a veth: its senders are local, their checksums partial, which XDP cannot \
-                     finish"
-                        .into(),
-                );
-            }
-            let features = crate::ifindex(iface).map(crate::netdev::xdp_features);
-            match features {
-                Some(Ok(Some(f))) if f.0 & crate::netdev::act::BASIC != 0 => {
-                    (Hook::Xdp, "the driver runs XDP natively".into())
-                }
-                Some(Ok(Some(_))) => (Hook::Tc, "the driver has no native XDP".into()),
-                Some(Ok(None)) => (
-                    Hook::Xdp,
-                    "this kernel does not report xdp-features; trying native XDP".into(),
-                ),
-                Some(Err(e)) => (Hook::Tc, format!("its xdp-features cannot be read ({e})")),
-                None => (Hook::Xdp, "not found".into()),
-            }
-        }
-    }
-}
-
 fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     let config = Config::load(path)?;
     config.check_interfaces(interface_exists)?;
@@ -269,8 +238,20 @@ impl Daemon {
             )
             .collect();
         let mut wanted: Vec<(Role, Hook, String)> = Vec::new();
+        let mut auto = std::collections::BTreeSet::new();
         for (role, iface) in roles {
-            let (hook, why) = choose_hook(self.opts.hook, &iface);
+            // `interfaces.hooks` first, then `--hook`.
+            let (choice, by) = match next.config.interfaces.hooks.get(&iface) {
+                Some(HookSetting::Auto) => (HookChoice::Auto, "interfaces.hooks: "),
+                Some(HookSetting::Xdp) => (HookChoice::Xdp, "interfaces.hooks: "),
+                Some(HookSetting::Tc) => (HookChoice::Tc, "interfaces.hooks: "),
+                None => (self.opts.hook, ""),
+            };
+            if choice == HookChoice::Auto {
+                auto.insert(iface.clone());
+            }
+            let (hook, why) = choose_hook(choice, &iface);
+            let why = format!("{by}{why}");
             if self.hooks.get(&iface).map(|(h, _)| *h) != Some(hook) {
                 info!("{iface}: {hook} hook ({why})");
             }
@@ -308,7 +289,7 @@ impl Daemon {
             let mut result = self.dp.attach(role, hook, &iface, self.opts.xdp_mode);
             if let Err(e) = &result
                 && hook == Hook::Xdp
-                && self.opts.hook == HookChoice::Auto
+                && auto.contains(&iface)
             {
                 // The driver refused native XDP after all: TC serves every interface.
                 warn!("{iface}: native XDP failed ({e:#}); using the tc hook");

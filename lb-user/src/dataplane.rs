@@ -866,3 +866,39 @@ pub fn sync_redirect_target(
 fn is_veth(iface: &str) -> bool {
     crate::netdev::driver(iface).is_ok_and(|d| d == "veth")
 }
+
+/// The hook for `iface` under `choice`, and why.
+pub fn choose_hook(choice: HookChoice, iface: &str) -> (Hook, String) {
+    match choice {
+        HookChoice::Xdp => (Hook::Xdp, "--hook xdp".into()),
+        HookChoice::Tc => (Hook::Tc, "--hook tc".into()),
+        HookChoice::Auto => {
+            if crate::netdev::driver(iface).is_ok_and(|d| d == "veth") {
+                return (
+                    Hook::Tc,
+                    "a veth: its senders are local, their checksums partial, which XDP cannot \
+                     finish"
+                        .into(),
+                );
+            }
+            let features = crate::ifindex(iface).map(crate::netdev::xdp_features);
+            match features {
+                Some(Ok(Some(f))) if f.0 & crate::netdev::act::BASIC != 0 => {
+                    (Hook::Xdp, "the driver runs XDP natively".into())
+                }
+                Some(Ok(Some(_))) => (Hook::Tc, "the driver has no native XDP".into()),
+                Some(Ok(None)) => (
+                    Hook::Xdp,
+                    "this kernel does not report xdp-features; trying native XDP".into(),
+                ),
+                Some(Err(e)) => (Hook::Tc, format!("its xdp-features cannot be read ({e})")),
+                None => (Hook::Xdp, "not found".into()),
+            }
+        }
+    }
+}
+
+/// Whether `ifindex` is in the redirect map (`LB_TX_PORTS`).
+pub fn is_redirect_target(maps: &Maps, ifindex: u32) -> bool {
+    maps.has_tx_port(ifindex)
+}

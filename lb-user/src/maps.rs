@@ -255,6 +255,11 @@ impl Maps {
             .map_err(|source| Error::TxPort { ifindex, source })
     }
 
+    /// Whether `ifindex` is in the redirect map.
+    pub fn has_tx_port(&self, ifindex: u32) -> bool {
+        self.tx_ports.get(ifindex, 0).is_ok()
+    }
+
     pub fn remove_tx_port(&mut self, ifindex: u32) -> Result<(), Error> {
         op(m::TX_PORTS, "remove", self.tx_ports.remove(ifindex))
     }

@@ -231,6 +231,7 @@ impl Model {
                 interfaces: crate::config::Interfaces {
                     clients: Vec::new(),
                     paths: Vec::new(),
+                    hooks: BTreeMap::new(),
                 },
                 targets: Vec::new(),
                 vips: Vec::new(),

@@ -37,6 +37,44 @@ pub struct Status {
     pub daemon: Daemon,
     pub targets: Vec<TargetStatus>,
     pub vips: Vec<VipStatus>,
+    /// Filled by [`interfaces`] (it needs the pin directory, not only the maps).
+    pub interfaces: Vec<Interface>,
+}
+
+/// An interface the datapath is attached to, from the pinned links.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    /// `ingress` (client-facing) or `return` (path-facing).
+    pub role: &'static str,
+    /// `xdp` or `tc`.
+    pub hook: &'static str,
+    /// Whether XDP redirects may go into it (it is in the redirect map); when not, XDP
+    /// traffic toward it goes through the kernel.
+    pub takes_redirects: bool,
+    /// What `--hook auto` chooses for it now, and why.
+    pub auto: String,
+}
+
+/// The attached interfaces, as the pins say.
+pub fn interfaces(pin: &crate::dataplane::PinDir, maps: &Maps) -> Result<Vec<Interface>, Error> {
+    use crate::dataplane::{HookChoice, Role, choose_hook};
+    let mut out = Vec::new();
+    for (role, hook, name) in pin.attachments()? {
+        let (auto, why) = choose_hook(HookChoice::Auto, &name);
+        out.push(Interface {
+            role: match role {
+                Role::Ingress => "ingress",
+                Role::Return => "return",
+            },
+            hook: hook.name(),
+            takes_redirects: crate::ifindex(&name)
+                .is_some_and(|i| crate::dataplane::is_redirect_target(maps, i)),
+            auto: format!("{auto}: {why}"),
+            name,
+        });
+    }
+    Ok(out)
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -189,6 +227,7 @@ pub fn status(maps: &Maps) -> Result<Status, Error> {
         .collect();
     Ok(Status {
         daemon: daemon(maps)?,
+        interfaces: Vec::new(),
         targets,
         vips,
     })

@@ -5,8 +5,8 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use lb_user::config::{
-    AllDown, Config, ConfigError, Interfaces, Mode, Path, Probe, ProbeKind, Protocol, Service,
-    Target, Vip, interface_exists,
+    AllDown, Config, ConfigError, HookSetting, Interfaces, Mode, Path, Probe, ProbeKind, Protocol,
+    Service, Target, Vip, interface_exists,
 };
 use serde_json::{Value, json};
 
@@ -107,6 +107,7 @@ fn example_parses_into_the_model() {
         interfaces: Interfaces {
             clients: vec!["eth0".into()],
             paths: vec!["eth1".into(), "eth2".into()],
+            hooks: Default::default(),
         },
         targets: vec![Target {
             name: "web-vm".into(),
@@ -529,6 +530,31 @@ fn names_fit_the_pinned_maps() {
         "targets[0].paths[0].name",
         "contains a NUL byte",
     );
+}
+
+#[test]
+fn interface_hooks() {
+    let config = accepts(&edited(|v| {
+        v["interfaces"]["hooks"] = json!({ "eth0": "tc", "eth2": "xdp", "eth1": "auto" });
+    }));
+    assert_eq!(
+        config.interfaces.hooks.into_iter().collect::<Vec<_>>(),
+        [
+            ("eth0".to_owned(), HookSetting::Tc),
+            ("eth1".to_owned(), HookSetting::Auto),
+            ("eth2".to_owned(), HookSetting::Xdp),
+        ]
+    );
+    rejects_edit(
+        |v| v["interfaces"]["hooks"] = json!({ "eth9": "tc" }),
+        "interfaces.hooks.eth9",
+        r#""eth9" is in neither interfaces.clients nor interfaces.paths"#,
+    );
+    let (field, reason) = invalid(&edited(|v| {
+        v["interfaces"]["hooks"] = json!({ "eth0": "generic" });
+    }));
+    assert_eq!(field, "interfaces.hooks.eth0", "{reason}");
+    assert!(reason.contains("generic"), "{reason}");
 }
 
 #[test]

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use lb_tests::{
-    lab::{CLIENT, EDGE_CLIENTS, EDGE_NN1, EDGE_NN2, Failure, Lab, NN1, NN2, PORTS, VIP, XDP_HOOK},
+    lab::{
+        CLIENT, EDGE_CLIENTS, EDGE_NN1, EDGE_NN2, Failure, Lab, NN1, NN2, PORTS, VIP, Veths,
+        XDP_HOOK,
+    },
     lb::{Daemon, active, lb, path_state},
     servers,
     traffic::{connect_failure, http_get, udp_stream},
@@ -305,6 +308,107 @@ fn reload_adds_and_removes_vips_without_loss() -> anyhow::Result<()> {
         "lost {} datagrams on the unrelated VIP during the reload",
         report.lost.len()
     );
+    Ok(())
+}
+
+/// The hooks of the attached interfaces, by name, from `lb status --json`.
+fn hooks(d: &Daemon) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let s = d.json(&["status"])?;
+    Ok(s["interfaces"]
+        .as_array()
+        .context("status has interfaces")?
+        .iter()
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap_or_default().to_owned(),
+                i["hook"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect())
+}
+
+/// At TC (plain veths, `--hook auto`): a restart adopts the pinned TCX links without losing a
+/// datagram; then a reload moves the client-facing interface to XDP and back (interfaces.hooks),
+/// the flow table kept and the stream unbroken.
+fn tc_restart_and_hook_moves_without_loss() -> anyhow::Result<()> {
+    let topo = Lab::with_veths(Veths::Plain)?;
+    let _srv = servers::start(&topo.vm, PORTS, [NN1, NN2])?;
+    let cfg = config(TCP_PROBE, "", WHOLE_VIP);
+    let mut d = Daemon::start(&topo.edge, &cfg, &[])?;
+    d.wait_status(T, |s| active(s, "web").as_deref() == Some("nn1"))?;
+    ensure!(
+        hooks(&d)?.values().all(|h| h == "tc"),
+        "plain veths at tc: {:?}",
+        hooks(&d)?
+    );
+    let stream = udp_stream(
+        &topo.client,
+        VIP,
+        UDP,
+        3000,
+        Duration::from_millis(1),
+        Duration::from_millis(500),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    d.restart(&[])?;
+    ensure!(
+        d.log_text().contains(&format!(
+            "lb_ingress_tc on {EDGE_CLIENTS}: adopted the pinned link"
+        )),
+        "{}",
+        d.log_text()
+    );
+    let flows = d.json(&["flows"])?;
+    let applied = |d: &Daemon, n: usize| d.log_text().matches("configuration applied").count() >= n;
+    for (n, setting) in [(3, "xdp"), (4, "tc")] {
+        let moved = cfg.replacen(
+            &format!(r#""paths": ["{EDGE_NN1}", "{EDGE_NN2}"] }}"#),
+            &format!(
+                r#""paths": ["{EDGE_NN1}", "{EDGE_NN2}"], "hooks": {{ "{EDGE_CLIENTS}": "{setting}" }} }}"#
+            ),
+            1,
+        );
+        ensure!(moved != cfg, "the hooks went into the configuration");
+        d.write_config(&moved)?;
+        d.lb(&["reload"])?;
+        let deadline = Instant::now() + T;
+        while !applied(&d, n) {
+            ensure!(
+                Instant::now() < deadline,
+                "reload not applied:\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        ensure!(
+            hooks(&d)?.get(EDGE_CLIENTS).map(String::as_str) == Some(setting),
+            "{EDGE_CLIENTS} at {setting}: {:?}\n{}",
+            hooks(&d)?,
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let report = stream
+        .join()
+        .map_err(|_| anyhow::anyhow!("stream thread"))??;
+    ensure!(
+        report.lost.is_empty(),
+        "lost {} of {} datagrams across the restart and the hook moves: {:?}\n{}",
+        report.lost.len(),
+        report.sent,
+        &report.lost[..report.lost.len().min(20)],
+        d.log_text()
+    );
+    // The flows of before the moves are still there.
+    let after = d.json(&["flows"])?;
+    let before = flows.as_array().cloned().unwrap_or_default();
+    ensure!(!before.is_empty(), "the stream made a flow: {flows}");
+    for flow in before {
+        ensure!(
+            after.as_array().is_some_and(|a| a.contains(&flow)),
+            "flow {flow} lost: {after}"
+        );
+    }
     Ok(())
 }
 
@@ -623,6 +727,10 @@ fn main() {
                 probe_types_against_real_listeners,
             ),
             ("restart_adopts_without_loss", restart_adopts_without_loss),
+            (
+                "tc_restart_and_hook_moves_without_loss",
+                tc_restart_and_hook_moves_without_loss,
+            ),
             (
                 "reload_adds_and_removes_vips_without_loss",
                 reload_adds_and_removes_vips_without_loss,

@@ -132,6 +132,18 @@ fn through_both_vip_kinds_on(veths: Veths) -> anyhow::Result<()> {
         count("xdp_redirect") > 0 && count("pass_no_tx_port") == 0,
         "sent on by the datapath: {counters}"
     );
+    // `lb status` shows each interface's hook (from the pinned links).
+    let want = match veths {
+        Veths::Tuned => "xdp",
+        Veths::Plain => "tc",
+    };
+    let status = d.json(&["status"])?;
+    let interfaces = status["interfaces"].as_array().cloned().unwrap_or_default();
+    ensure!(
+        interfaces.len() == 3 && interfaces.iter().all(|i| i["hook"] == want),
+        "every interface at {want}: {}",
+        status["interfaces"]
+    );
     if veths == Veths::Plain {
         ensure!(
             d.log_text()

@@ -14,7 +14,9 @@ pub struct Options {
 
 pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
     let Options { json } = opts;
-    let s = view::status(&pin.open()?)?;
+    let maps = pin.open()?;
+    let mut s = view::status(&maps)?;
+    s.interfaces = view::interfaces(&pin.dir(), &maps)?;
     if json {
         return print_json(&s);
     }
@@ -49,6 +51,18 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
                 p.changed.as_deref().unwrap_or("-")
             );
         }
+    }
+    println!();
+    for i in &s.interfaces {
+        let redirects = if i.takes_redirects {
+            "takes XDP redirects"
+        } else {
+            "no XDP redirects into it"
+        };
+        println!(
+            "interface {:<15} {:<7} {:<3} {redirects}; auto would take {}",
+            i.name, i.role, i.hook, i.auto
+        );
     }
     println!();
     for v in &s.vips {
