@@ -91,6 +91,9 @@ struct Daemon {
 
 /// Runs the daemon until `shutdown` completes (or SIGTERM/SIGINT when the caller passes them).
 pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if opts.xdp_mode == AttachMode::Skb {
+        bail!("--xdp-mode skb: {}", crate::dataplane::GENERIC_XDP_REFUSED);
+    }
     let config = load_config(&opts.config)?;
     let pin = PinDir::new(&opts.pin_dir);
     let (mut dp, origin) = Dataplane::install(

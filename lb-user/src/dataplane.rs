@@ -113,6 +113,8 @@ pub enum Error {
     },
     #[error("no interface {iface}")]
     NoInterface { iface: String },
+    #[error("{GENERIC_XDP_REFUSED}")]
+    GenericXdp,
 }
 
 /// How to load the object.
@@ -160,6 +162,12 @@ impl std::fmt::Display for Role {
         f.write_str(self.program())
     }
 }
+
+/// Why `--xdp-mode skb` is refused rather than run.
+pub const GENERIC_XDP_REFUSED: &str = "generic (skb) XDP is refused: it runs on skbs whose \
+    TCP/UDP checksums may be partial (local senders, GSO), which an XDP program can neither see \
+    nor finish, so translated packets would leave with wrong checksums; --hook tc runs at the \
+    same place in the stack and handles them";
 
 /// The hook a program runs at on one interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -213,8 +221,7 @@ pub enum AttachMode {
     Auto,
     /// Native (driver) mode only.
     Native,
-    /// Generic (skb) mode, by name only: packets from local senders carry partial checksums
-    /// there that XDP cannot finish, and their receivers drop them once translated.
+    /// Generic (skb) mode: refused, with the reason ([`GENERIC_XDP_REFUSED`]).
     Skb,
 }
 
@@ -504,14 +511,7 @@ impl Dataplane {
             AttachMode::Native | AttachMode::Auto => {
                 (attempt(prog, XdpMode::Driver, "native")?, "native")
             }
-            AttachMode::Skb => {
-                warn!(
-                    "{iface}: generic (skb) XDP, as asked: packets from local senders carry \
-                     partial checksums there, which XDP cannot finish, and their receivers \
-                     drop them once translated; the TC hook (--hook tc) has neither problem"
-                );
-                (attempt(prog, XdpMode::Skb, "skb")?, "skb")
-            }
+            AttachMode::Skb => return Err(Error::GenericXdp),
         };
         if let Some(path) = pin {
             let link = prog

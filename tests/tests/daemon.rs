@@ -687,6 +687,25 @@ fn clear_errors_and_nothing_applied() -> anyhow::Result<()> {
             "nothing attached"
         );
     }
+    // Generic XDP is refused, saying why, before anything is created.
+    let err = match Daemon::start(
+        &topo.edge,
+        &config(TCP_PROBE, "", WHOLE_VIP),
+        &["--hook", "xdp", "--xdp-mode", "skb"],
+    ) {
+        Ok(_) => anyhow::bail!("lb run accepted generic XDP"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        err.contains("--xdp-mode skb: generic (skb) XDP is refused")
+            && err.contains("--hook tc runs at the same place"),
+        "{err}"
+    );
+    let links = topo.edge.exec("ip", &["link", "show"])?;
+    ensure!(
+        !String::from_utf8_lossy(&links.stdout).contains("xdp"),
+        "nothing attached"
+    );
     // `lb check` says the same without touching anything.
     let bad = std::env::temp_dir().join(format!("lbt-check-{}.json", std::process::id()));
     std::fs::write(

@@ -19,7 +19,7 @@ pub struct Options {
     /// interface. The choice and its reason are logged; `lb status` shows each interface's.
     #[arg(long, value_enum, default_value_t = HookChoice::Auto)]
     hook: HookChoice,
-    /// With the XDP hook: native (auto, native), or generic (skb) only when named.
+    /// With the XDP hook: native (auto, native). Generic (skb) is refused, saying why.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     xdp_mode: AttachMode,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9109).
