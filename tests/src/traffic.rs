@@ -180,3 +180,86 @@ pub fn udp_sockets(ns: &Netns, n: usize) -> anyhow::Result<std::sync::Arc<Vec<Ud
     .join()
     .map_err(|_| anyhow::anyhow!("socket thread panicked"))?
 }
+
+/// What an iperf3 TCP run reported (`-J`).
+#[derive(Clone, Debug)]
+pub struct Iperf {
+    /// Bytes the receiving side got.
+    pub bytes: u64,
+    pub bits_per_second: f64,
+    /// TCP retransmissions of the sender, when iperf3 reports them (its client knows them when
+    /// it sends; with `-R` the server's count comes back only sometimes).
+    pub retransmits: Option<u64>,
+}
+
+/// A bounded iperf3 TCP run from `client` to `addr:port`, served by a one-shot iperf3 server in
+/// `server` (`reverse`: the server sends). `secs` of traffic; the whole run, server included,
+/// is cut off after `secs + 15` seconds.
+pub fn iperf3(
+    client: &Netns,
+    server: &Netns,
+    addr: Ipv4Addr,
+    port: u16,
+    reverse: bool,
+    secs: u32,
+) -> anyhow::Result<Iperf> {
+    let limit = (secs + 15).to_string();
+    let port_arg = port.to_string();
+    let mut srv = std::process::Command::new("ip")
+        .args(["netns", "exec", server.name(), "timeout", &limit])
+        .args(["iperf3", "-s", "-1", "-p", &port_arg])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting the iperf3 server")?;
+    let time = secs.to_string();
+    let host = addr.to_string();
+    let mut args = vec![
+        "--foreground",
+        limit.as_str(),
+        "iperf3",
+        "-c",
+        host.as_str(),
+        "-p",
+        port_arg.as_str(),
+        "-t",
+        time.as_str(),
+        "-J",
+    ];
+    if reverse {
+        args.push("-R");
+    }
+    // The server needs a moment to listen: a refused connection is retried, a few times.
+    let mut last = None;
+    let mut out = None;
+    for _ in 0..20 {
+        let run = std::process::Command::new("ip")
+            .args(["netns", "exec", client.name(), "timeout"])
+            .args(&args)
+            .output()
+            .context("running the iperf3 client")?;
+        let text = String::from_utf8_lossy(&run.stdout).into_owned();
+        if run.status.success() {
+            out = Some(text);
+            break;
+        }
+        let refused = text.contains("Connection refused");
+        last = Some(text);
+        if !refused {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = srv.kill();
+    let _ = srv.wait();
+    let text = out.with_context(|| format!("iperf3 failed: {}", last.unwrap_or_default()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).context("iperf3's JSON")?;
+    let end = &json["end"];
+    Ok(Iperf {
+        bytes: end["sum_received"]["bytes"].as_u64().unwrap_or(0),
+        bits_per_second: end["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0),
+        retransmits: end["sum_sent"]["retransmits"].as_u64(),
+    })
+}

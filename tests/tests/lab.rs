@@ -20,7 +20,7 @@ use lb_tests::{
     },
     lb::{Daemon, active},
     servers,
-    traffic::{connect_failure, http_get, udp_flows, udp_sockets, udp_stream},
+    traffic::{connect_failure, http_get, iperf3, udp_flows, udp_sockets, udp_stream},
 };
 const T: Duration = Duration::from_secs(2);
 /// Aggressive probes: fall × interval = 150 ms.
@@ -400,6 +400,56 @@ fn pmtu_through_the_nat_on(veths: Veths) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A real TCP stack's bulk transfer (iperf3, 2 s each way) through the whole-address VIP: on
+/// plain veths with the default hook (TC there), on the tuned ones with XDP, and forced TC.
+fn iperf3_through_the_vip_on_each_hook() -> anyhow::Result<()> {
+    for (veths, hook) in [
+        (Veths::Plain, &[][..]),
+        (Veths::Tuned, lab::XDP_HOOK),
+        (Veths::Tuned, &["--hook", "tc"][..]),
+    ] {
+        let lab = Lab::with_veths(veths)?;
+        // The probes need the lab's servers; iperf3 brings its own.
+        let _srv = servers::start(&lab.vm, PORTS, [NN1, NN2])?;
+        let d = Daemon::start(
+            &lab.edge,
+            &lab::config(INTERVAL_MS, INTERVAL_MS - 10, 2, FALL, true),
+            hook,
+        )?;
+        d.wait_status(T, |s| active(s, "web-vm").as_deref() == Some("nn1"))?;
+        for reverse in [false, true] {
+            let run = iperf3(&lab.client, &lab.vm, VIP, 5201, reverse, 2).with_context(|| {
+                format!(
+                    "{veths:?} veths, {hook:?}, reverse {reverse}\n{}",
+                    d.log_text()
+                )
+            })?;
+            eprintln!(
+                "iperf3 {veths:?} veths {hook:?} {}: {:.2} Gbit/s, {} retransmits",
+                if reverse {
+                    "VM → client"
+                } else {
+                    "client → VM"
+                },
+                run.bits_per_second / 1e9,
+                run.retransmits.map_or("?".into(), |r| r.to_string())
+            );
+            // The client sends: it reports its retransmissions.
+            ensure!(
+                reverse || run.retransmits.is_some(),
+                "{veths:?} {hook:?}: no retransmits reported: {run:?}"
+            );
+            // 2 s of bulk TCP moves far more than this on any machine that forwards at all.
+            ensure!(
+                run.bytes > 10_000_000,
+                "{veths:?} {hook:?} reverse {reverse}: only {} bytes",
+                run.bytes
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     lb_tests::run_suite(
         "lab",
@@ -428,6 +478,10 @@ fn main() {
                 plain_failover_on_blackhole_and_link_down,
             ),
             ("plain_pmtu_through_the_nat", plain_pmtu_through_the_nat),
+            (
+                "iperf3_through_the_vip_on_each_hook",
+                iperf3_through_the_vip_on_each_hook,
+            ),
         ],
     );
 }

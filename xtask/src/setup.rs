@@ -18,7 +18,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use crate::util::{self, say};
 
 /// Debian packages the tests use: `ip` (netns, veth), `nft`, `ping`, `ethtool` (offloads off on
-/// veth), `sysctl`, `curl`.
+/// the tuned lab's veths), `sysctl`, `curl`, and `iperf3`, a real TCP client and server.
 pub const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -26,6 +26,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "procps",
     "curl",
+    "iperf3",
 ];
 
 // ---- The toolchains the build needs: this is the one place that names them. ----
