@@ -46,7 +46,8 @@ counters! {
     PassBadIpv4 = "pass_bad_ipv4",
     /// The destination is no VIP (ingress) / the source no path (return).
     PassNotForUs = "pass_not_for_us",
-    /// An IPv4 fragment (not translated yet).
+    /// An IPv4 fragment lb cannot translate without ports: to a service VIP, or to an
+    /// active/active target's whole-address VIP.
     PassFragment = "pass_fragment",
     /// TTL would expire: the kernel answers with an ICMP time exceeded.
     PassTtlExpired = "pass_ttl_expired",
@@ -84,6 +85,9 @@ counters! {
     DropNoPath = "drop_no_path",
     /// The FIB says blackhole, unreachable or prohibited, or has no route.
     DropNoRoute = "drop_no_route",
+    /// A fragment from a path address that no whole-address VIP covers: it cannot be translated
+    /// without its ports, and must not leave with the path address.
+    DropFragment = "drop_fragment",
     /// Larger than the egress MTU with DF set, and no "fragmentation needed" could be sent
     /// (the packet is itself an ICMP error, or the frame could not be reshaped).
     DropFragmentNeeded = "drop_fragment_needed",

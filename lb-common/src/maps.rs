@@ -412,7 +412,7 @@ pub const NAME_LEN: usize = 32;
 /// The version of everything pinned: bump it with any change of a map's name, type, key, value
 /// or capacity. A daemon refuses to adopt pinned state of another layout (unless told to
 /// replace it).
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// A fingerprint of the layout: the version, and every map's name with the sizes of the types
 /// it holds. Computed at compile time, so a change that forgets the version still changes it.

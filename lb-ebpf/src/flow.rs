@@ -67,6 +67,24 @@ pub fn policy(key: &FlowKey, target: u32) -> Result<Chosen, Counter> {
     })
 }
 
+/// The path of a packet that has no flow key (a fragment, without ports): the target's active
+/// path in failover; an active/active target cannot place it (`not_placeable`).
+#[inline(always)]
+pub fn unkeyed(target: u32, not_placeable: Counter) -> Result<Chosen, Counter> {
+    let t = LB_TARGETS.get(target).ok_or(Counter::DropNoPath)?;
+    if t.mode == TARGET_MODE_RING {
+        return Err(not_placeable);
+    }
+    if t.mode != TARGET_MODE_SINGLE {
+        return Err(Counter::DropNoPath);
+    }
+    let path = LB_PATHS.get(t.active).ok_or(Counter::DropNoPath)?;
+    Ok(Chosen {
+        id: t.active,
+        addr: path.addr,
+    })
+}
+
 /// The flow's path if it still holds (up, and still a path of the VIP's target).
 #[inline(always)]
 fn still_valid(id: u32, vip: &Vip) -> Option<Chosen> {

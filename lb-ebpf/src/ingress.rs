@@ -44,6 +44,50 @@ pub fn lookup_vip(addr: [u8; 4], proto: u8, port: Option<[u8; 2]>, bits: u32) ->
     None
 }
 
+/// An IPv4 fragment to a VIP. Later fragments carry no ports, so only a whole-address VIP's can
+/// be translated, and only where the target's choice needs none (failover: its active path;
+/// active/active is counted and passed). Every fragment of a datagram takes the same path; the
+/// first fragment's TCP/UDP checksum, which covers the whole datagram, follows its address.
+#[inline(always)]
+fn fragment<C: Packet>(
+    ctx: &C,
+    l2: &parse::L2,
+    ip: &'static mut lb_common::net::Ipv4Hdr,
+    l4: usize,
+    end: usize,
+    bits: u32,
+) -> Outcome {
+    let vip = lookup_vip(ip.dst, ip.proto, None, bits).ok_or(Counter::PassFragment)?;
+    if ip.ttl <= 1 {
+        return Err(Counter::PassTtlExpired);
+    }
+    let path = flow::unkeyed(vip.info.target, Counter::PassFragment)?;
+    let transport = if ip.frag_word() & lb_common::net::IP_OFFSET_MASK == 0 {
+        // The first fragment: its transport header is there (or the fragment is malformed).
+        parse::transport(ctx, ip.proto, l4, end)?
+    } else {
+        Transport::Other
+    };
+    let next = forward::route_cached(
+        ctx,
+        l2,
+        ip,
+        &Flow {
+            src: ip.src,
+            dst: path.addr,
+            sport: [0, 0],
+            dport: [0, 0],
+        },
+        forward::path_slot(path.id),
+    )?;
+    if let Next::TooBig(mtu) = next {
+        return icmp::too_big(ctx, mtu);
+    }
+    ctx.rewrite(ip, transport.into_l4(), l4, Side::Dst, path.addr, None);
+    stats::translated(ctx, Counter::NatIngress, vip.id, path.id, Dir::In);
+    Ok(forward::finish(ctx, l2.eth, ip, next))
+}
+
 #[inline(always)]
 pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     let l2 = parse::ethernet(ctx)?;
@@ -54,7 +98,7 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     }
     let (l4, end) = parse::ipv4_payload(ctx, l2.l3, ip)?;
     if ip.is_fragment() {
-        return Err(Counter::PassFragment);
+        return fragment(ctx, &l2, ip, l4, end, bits);
     }
     let transport = match parse::transport(ctx, ip.proto, l4, end)? {
         Transport::Icmp(h) if h.is_error() => {

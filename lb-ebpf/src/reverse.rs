@@ -92,6 +92,49 @@ fn record_outbound(key: &FlowKey, rev: &RevValue) {
     }
 }
 
+/// An IPv4 fragment from a path address. The reverse key of a whole-address VIP is the address
+/// alone, so every fragment is translated statelessly (the first fragment's TCP/UDP checksum,
+/// which covers the whole datagram, follows the address); one that only service VIPs cover
+/// cannot be placed without its ports and is dropped, counted: a fragment never leaves with
+/// the path address.
+#[inline(always)]
+fn fragment<C: Packet>(
+    ctx: &C,
+    l2: &parse::L2,
+    ip: &'static mut lb_common::net::Ipv4Hdr,
+    l4: usize,
+    end: usize,
+    bits: u32,
+) -> Outcome {
+    let rev = lookup_rev(ip.src, ip.proto, None, bits).ok_or(Counter::DropFragment)?;
+    if ip.ttl <= 1 {
+        return Err(Counter::PassTtlExpired);
+    }
+    let transport = if ip.frag_word() & lb_common::net::IP_OFFSET_MASK == 0 {
+        parse::transport(ctx, ip.proto, l4, end)?
+    } else {
+        Transport::Other
+    };
+    let next = forward::route_cached(
+        ctx,
+        l2,
+        ip,
+        &Flow {
+            src: rev.vip_addr,
+            dst: ip.dst,
+            sport: [0, 0],
+            dport: [0, 0],
+        },
+        forward::client_slot(ip.dst),
+    )?;
+    if let Next::TooBig(mtu) = next {
+        return icmp::too_big(ctx, mtu);
+    }
+    ctx.rewrite(ip, transport.into_l4(), l4, Side::Src, rev.vip_addr, None);
+    stats::translated(ctx, Counter::NatReturn, rev.vip_id, rev.path, Dir::Out);
+    Ok(forward::finish(ctx, l2.eth, ip, next))
+}
+
 #[inline(always)]
 pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     let l2 = parse::ethernet(ctx)?;
@@ -105,7 +148,10 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     let (l4, end) = parse::ipv4_payload(ctx, l2.l3, ip)
         .map_err(|reason| if ours { reason } else { Counter::PassBadIpv4 })?;
     if ip.is_fragment() {
-        return Err(Counter::PassFragment);
+        if !ours {
+            return Err(Counter::PassNotForUs);
+        }
+        return fragment(ctx, &l2, ip, l4, end, bits);
     }
     let transport = match parse::transport(ctx, ip.proto, l4, end) {
         Ok(Transport::Icmp(h)) if h.is_error() => {

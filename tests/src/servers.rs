@@ -133,7 +133,8 @@ pub fn start(ns: &Netns, ports: Ports, addrs: [Ipv4Addr; 2]) -> anyhow::Result<S
             let s = UdpSocket::bind(SocketAddr::from((addr, udp_port)))?;
             s.set_read_timeout(Some(Duration::from_millis(20)))?;
             let _ = ready.send(());
-            let mut buf = [0u8; 2048];
+            // Room for a fragmented datagram (the fragment tests send 4000 bytes).
+            let mut buf = vec![0u8; 65536];
             while !stop.load(Ordering::Relaxed) {
                 if let Ok((n, from)) = s.recv_from(&mut buf) {
                     received[i].fetch_add(1, Ordering::Relaxed);

@@ -232,28 +232,39 @@ pub fn iperf3(
     // The server needs a moment to listen: a refused connection is retried, a few times.
     let mut last = None;
     let mut out = None;
-    for _ in 0..20 {
+    for _ in 0..50 {
         let run = std::process::Command::new("ip")
             .args(["netns", "exec", client.name(), "timeout"])
             .args(&args)
             .output()
             .context("running the iperf3 client")?;
         let text = String::from_utf8_lossy(&run.stdout).into_owned();
-        if run.status.success() {
+        // A refused connection (the server not listening yet) is retried, whatever the exit
+        // status says.
+        let refused = text.contains("Connection refused");
+        if run.status.success() && !refused {
             out = Some(text);
             break;
         }
-        let refused = text.contains("Connection refused");
         last = Some(text);
         if !refused {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The one-shot server exits after its test: wait for it (bounded), so that the next run's
+    // server is the one that answers. Killing `timeout` would leave iperf3 running.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while srv.try_wait()?.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let _ = srv.kill();
     let _ = srv.wait();
     let text = out.with_context(|| format!("iperf3 failed: {}", last.unwrap_or_default()))?;
     let json: serde_json::Value = serde_json::from_str(&text).context("iperf3's JSON")?;
+    if let Some(error) = json["error"].as_str() {
+        anyhow::bail!("iperf3: {error}");
+    }
     let end = &json["end"];
     Ok(Iperf {
         bytes: end["sum_received"]["bytes"].as_u64().unwrap_or(0),

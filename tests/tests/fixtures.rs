@@ -563,19 +563,64 @@ const CASES: &[(&str, &str, Case)] = &[
         },
     ),
     (
-        "ingress_first_fragment_passes",
-        "a first fragment (MF set) goes to the kernel, counted",
+        "ingress_first_fragment_whole_vip_translated",
+        "a first fragment (MF set) to a whole-address VIP of a failover target goes to the active path, its TCP checksum following; no flow is made",
         |fx| {
-            let p = to_vip(addr::VIP, 40000, 22).df(false).fragment(true, 0);
+            let p = to_vip(addr::VIP, 40000, 22)
+                .df(false)
+                .fragment(true, 0)
+                .payload(&[5; 64]);
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
+            assert!(fx.dp.maps.flows(10)?.is_empty());
+            fx.counters(&[(NatIngress, 1), (XdpRedirect, 1)])
+        },
+    ),
+    (
+        "ingress_later_fragment_whole_vip_translated",
+        "a later fragment (offset set, no transport header) to a whole-address VIP: only the IPv4 header changes",
+        |fx| {
+            let p = Pkt::new(addr::CLIENT, addr::VIP, L4::Raw(IPPROTO_UDP))
+                .df(false)
+                .fragment(false, 100)
+                .payload(&[9; 80])
+                .eth(macs::CLIENT, macs::CLI0);
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
+            fx.counters(&[(NatIngress, 1), (XdpRedirect, 1)])
+        },
+    ),
+    (
+        "ingress_last_fragment_udp_whole_vip_translated",
+        "the last fragment (MF clear, offset set) follows the same path",
+        |fx| {
+            let p = Pkt::new(addr::CLIENT, addr::VIP, L4::Raw(IPPROTO_UDP))
+                .df(false)
+                .fragment(false, 185)
+                .payload(&[3; 20])
+                .eth(macs::CLIENT, macs::CLI0);
+            fx.set_state(ids::PATH_NN1, PATH_DOWN)?;
+            fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN2, macs::NN2)))?;
+            fx.counters(&[(NatIngress, 1), (XdpRedirect, 1)])
+        },
+    ),
+    (
+        "ingress_fragment_to_service_vip_passes",
+        "a fragment to a service VIP cannot be placed without its ports: passed untranslated, counted",
+        |fx| {
+            let p = to_vip(addr::VIP_SVC, 40000, 443)
+                .df(false)
+                .fragment(true, 0);
             ingress(fx, &p, Pass)?;
             fx.counters(&[(PassFragment, 1), (XdpPass, 1)])
         },
     ),
     (
-        "ingress_later_fragment_passes",
-        "a later fragment (offset set) goes to the kernel, counted",
+        "ingress_fragment_active_active_passes",
+        "a fragment to an active/active target's VIP: its slot needs the ports; passed untranslated, counted",
         |fx| {
-            let p = to_vip(addr::VIP, 40000, 22).df(false).fragment(false, 100);
+            let p = to_vip(addr::VIP_SPREAD, 40000, 80)
+                .df(false)
+                .fragment(false, 100);
             ingress(fx, &p, Pass)?;
             fx.counters(&[(PassFragment, 1), (XdpPass, 1)])
         },
@@ -1078,17 +1123,67 @@ const CASES: &[(&str, &str, Case)] = &[
         },
     ),
     (
-        "return_fragment_passes",
-        "a fragment from a path goes to the kernel",
+        "return_first_fragment_translated",
+        "a first fragment from a path with a whole-address VIP gets the VIP as source, its UDP checksum following",
         |fx| {
             let p = from_path(
                 Pkt::udp(addr::NN1, 22, addr::CLIENT, 40000)
                     .df(false)
-                    .fragment(true, 0),
+                    .fragment(true, 0)
+                    .payload(&[1; 100]),
                 macs::NN1,
             );
-            returning(fx, &p, Pass)?;
-            fx.counters(&[(PassFragment, 1), (XdpPass, 1)])
+            returning(
+                fx,
+                &p,
+                Redirect(&toward_client(&p, addr::VIP, macs::CLIENT)),
+            )?;
+            fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])
+        },
+    ),
+    (
+        "return_later_fragment_translated",
+        "a later fragment from the VM (an EDNS answer's tail, say) never leaves with the path address",
+        |fx| {
+            let p = from_path(
+                Pkt::new(addr::NN1, addr::CLIENT, L4::Raw(IPPROTO_UDP))
+                    .df(false)
+                    .fragment(false, 185)
+                    .payload(&[2; 60]),
+                macs::NN1,
+            );
+            returning(
+                fx,
+                &p,
+                Redirect(&toward_client(&p, addr::VIP, macs::CLIENT)),
+            )?;
+            fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])
+        },
+    ),
+    (
+        "return_fragment_service_only_drops",
+        "a fragment from a path that only a service VIP covers cannot be translated: dropped, counted",
+        |fx| {
+            use ids::*;
+            fx.path(PATH_SPARE, addr::SMALL_MTU, TARGET_SPARE, PATH_UP)?;
+            fx.target_single(TARGET_SPARE, PATH_SPARE)?;
+            fx.expose(
+                VIP_SPARE,
+                addr::NOT_VIP,
+                Some((IPPROTO_UDP, 53)),
+                TARGET_SPARE,
+                None,
+                &[(PATH_SPARE, addr::SMALL_MTU)],
+            )?;
+            let p = from_path(
+                Pkt::new(addr::SMALL_MTU, addr::CLIENT, L4::Raw(IPPROTO_UDP))
+                    .df(false)
+                    .fragment(false, 185)
+                    .payload(&[2; 60]),
+                macs::SMALL_MTU,
+            );
+            returning(fx, &p, Dropped)?;
+            fx.counters(&[(DropFragment, 1), (XdpDrop, 1)])
         },
     ),
     (
