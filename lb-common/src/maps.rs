@@ -45,6 +45,10 @@ pub const META: &str = "LB_META";
 pub const TARGET_META: &str = "LB_TARGET_META";
 /// Path id → [`PathMeta`]: name, policy inputs and last probe figures of each path.
 pub const PATH_META: &str = "LB_PATH_META";
+/// Per path: when the datapath last saw a TCP handshake start toward it and answered from it
+/// ([`PathSeen`]), for the control plane's "datapath suspect" check. Shared across CPUs (a
+/// lost race only shifts a timestamp).
+pub const PATH_SEEN: &str = "LB_PATH_SEEN";
 /// Path id → `u32`, 1 when an operator disabled (drained) the path. Written by `lb path`.
 pub const ADMIN: &str = "LB_ADMIN";
 
@@ -137,7 +141,7 @@ pub const RETURN_NEXTHOPS: u32 = 1024;
 
 /// Every map of lb's own, for the test that checks them against the built object (which also
 /// has [`AYA_LOGS`]).
-pub const ALL: [&str; 17] = [
+pub const ALL: [&str; 18] = [
     VIPS,
     VIP_INFO,
     REV_NAT,
@@ -155,6 +159,7 @@ pub const ALL: [&str; 17] = [
     TARGET_META,
     PATH_META,
     ADMIN,
+    PATH_SEEN,
 ];
 
 /// Program (function) names in the object.
@@ -445,6 +450,7 @@ pub const LAYOUT: u64 = {
         size_of::<TargetMeta>(),
         size_of::<PathMeta>(),
         size_of::<NextHop>(),
+        size_of::<PathSeen>(),
         MAX_VIPS as usize,
         MAX_REV_NAT as usize,
         MAX_TARGETS as usize,
@@ -541,7 +547,31 @@ pub struct PathMeta {
     /// `HEALTH_*`.
     pub health: u8,
     pub used: u8,
-    pub _pad: [u8; 2],
+    /// 1: the control plane flagged the path "datapath suspect" (probes succeed, client TCP
+    /// handshakes go unanswered).
+    pub suspect: u8,
+    pub _pad: u8,
+}
+
+/// What the datapath saw of a path's TCP handshakes, in `bpf_ktime_get_coarse_ns` time
+/// (CLOCK_MONOTONIC_COARSE).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathSeen {
+    /// The first SYN forwarded to the path since its last SYN-ACK came back (0: none).
+    pub syn_pending_ns: u64,
+    /// The last SYN-ACK from the path.
+    pub synack_ns: u64,
+}
+
+impl PathSeen {
+    /// How long a SYN to the path has waited for any SYN-ACK from it, at `now_ns`; `None` when
+    /// none waits. One-way traffic (UDP) never counts: only TCP handshakes, which always get an
+    /// answer from a living VM, are watched.
+    pub fn unanswered_ns(&self, now_ns: u64) -> Option<u64> {
+        (self.syn_pending_ns != 0 && self.syn_pending_ns > self.synack_ns)
+            .then(|| now_ns.saturating_sub(self.syn_pending_ns))
+    }
 }
 
 /// A name as stored in a meta map: the first `NAME_LEN` bytes, NUL-padded.
@@ -566,6 +596,7 @@ const _: () = {
     assert!(size_of::<NextHop>() == 40);
     assert!(size_of::<TargetMeta>() == 40);
     assert!(size_of::<PathMeta>() == 56);
+    assert!(size_of::<PathSeen>() == 16);
 };
 
 #[cfg(feature = "user")]
@@ -582,6 +613,7 @@ mod pod {
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for TrafficStats {}
     unsafe impl aya::Pod for ControlMeta {}
+    unsafe impl aya::Pod for PathSeen {}
     unsafe impl aya::Pod for TargetMeta {}
     unsafe impl aya::Pod for PathMeta {}
     unsafe impl aya::Pod for BenchTemplate {}

@@ -159,6 +159,9 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
         return icmp::too_big(ctx, mtu);
     }
 
+    if let Transport::Tcp(h) = &transport {
+        stats::handshake(path.id, h.flags, Dir::In);
+    }
     ctx.rewrite(ip, transport.into_l4(), l4, Side::Dst, path.addr, new_port);
     stats::translated(ctx, Counter::NatIngress, vip.id, path.id, Dir::In);
     Ok(forward::finish(ctx, l2.eth, ip, next))

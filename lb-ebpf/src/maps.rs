@@ -8,7 +8,7 @@ use aya_ebpf::{
 use lb_common::maps::{
     ADDR_FILTER_SIZE, ControlMeta, EndpointKey, FLOW_TABLE_FLAGS, FLOW_TABLE_SIZE, FlowKey,
     FlowValue, MAX_PATHS, MAX_REV_NAT, MAX_TARGETS, MAX_TX_PORTS, MAX_VIPS, NextHop, PathMeta,
-    PathValue, RING_ENTRIES, RevValue, TargetMeta, TargetValue, TrafficStats, VipInfo,
+    PathSeen, PathValue, RING_ENTRIES, RevValue, TargetMeta, TargetValue, TrafficStats, VipInfo,
 };
 
 #[map]
@@ -67,3 +67,6 @@ pub static LB_PATH_META: Array<PathMeta> = Array::with_max_entries(MAX_PATHS, 0)
 
 #[map]
 pub static LB_ADMIN: Array<u32> = Array::with_max_entries(MAX_PATHS, 0);
+
+#[map]
+pub static LB_PATH_SEEN: Array<PathSeen> = Array::with_max_entries(MAX_PATHS, 0);

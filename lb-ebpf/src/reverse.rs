@@ -216,6 +216,9 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
             &rev,
         );
     }
+    if let Transport::Tcp(h) = &transport {
+        stats::handshake(rev.path, h.flags, Dir::Out);
+    }
 
     ctx.rewrite(
         ip,

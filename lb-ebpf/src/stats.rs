@@ -2,10 +2,16 @@
 //! arrays. Per-CPU maps, so plain increments are race-free.
 
 use crate::ctx::Packet;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use aya_log_ebpf::error;
-use lb_common::{Counter, counters::Disposition, maps::TrafficStats};
+use lb_common::{
+    Counter,
+    counters::Disposition,
+    maps::TrafficStats,
+    net::{TCP_ACK, TCP_SYN},
+};
 
-use crate::maps::{LB_COUNTERS, LB_PATH_STATS, LB_VIP_STATS};
+use crate::maps::{LB_COUNTERS, LB_PATH_SEEN, LB_PATH_STATS, LB_VIP_STATS};
 
 /// A packet the handler dealt with.
 pub enum Verdict {
@@ -107,5 +113,35 @@ pub fn translated<C: Packet>(ctx: &C, event: Counter, vip: u32, path: u32, dir: 
     }
     if let Some(s) = LB_PATH_STATS.get_ptr_mut(path) {
         add(s, dir, bytes);
+    }
+}
+
+/// Records what a TCP segment with `flags`, forwarded to (`Dir::In`) or from (`Dir::Out`)
+/// path `path`, says about the path's datapath: the first SYN waiting for an answer, and the
+/// last SYN-ACK. Writes only when that changes (or once a second for SYN-ACKs), so busy paths
+/// do not bounce the shared cache line between CPUs.
+#[inline(always)]
+pub fn handshake(path: u32, flags: u8, dir: Dir) {
+    let syn = flags & TCP_SYN != 0;
+    let ack = flags & TCP_ACK != 0;
+    if !syn {
+        return;
+    }
+    let Some(seen) = LB_PATH_SEEN.get_ptr_mut(path) else {
+        return;
+    };
+    // SAFETY: an array slot, valid for the program's run. Other CPUs may write it at the same
+    // time; a lost update only shifts a timestamp.
+    let seen = unsafe { &mut *seen };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    match (dir, ack) {
+        (Dir::In, false) if seen.syn_pending_ns <= seen.synack_ns => seen.syn_pending_ns = now,
+        (Dir::Out, true)
+            if seen.syn_pending_ns > seen.synack_ns || now > seen.synack_ns + 1_000_000_000 =>
+        {
+            seen.synack_ns = now;
+        }
+        _ => {}
     }
 }

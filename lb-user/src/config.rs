@@ -30,7 +30,14 @@ pub struct Config {
     pub vips: Vec<Vip>,
     /// Flow-table capacity (`None`: the datapath default).
     pub flow_table_size: Option<u32>,
+    /// How long a client's TCP handshake to an up path may go unanswered before the path is
+    /// flagged "datapath suspect".
+    pub datapath_suspect: Duration,
 }
+
+/// The default of `datapath_suspect_ms`: a client retransmits its SYN after 1 s, so 3 s is two
+/// unanswered tries.
+pub const DEFAULT_DATAPATH_SUSPECT: Duration = Duration::from_secs(3);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Interfaces {
@@ -303,6 +310,7 @@ const TOP_LEVEL: &str = "top level";
 struct RawConfig {
     interfaces: RawInterfaces,
     flow_table_size: Option<u64>,
+    datapath_suspect_ms: Option<u64>,
     #[serde(default)]
     targets: Vec<RawTarget>,
     #[serde(default)]
@@ -474,9 +482,20 @@ impl Validator {
         let RawConfig {
             interfaces,
             flow_table_size,
+            datapath_suspect_ms,
             targets: raw_targets,
             vips: raw_vips,
         } = raw;
+        let datapath_suspect = match datapath_suspect_ms {
+            None => DEFAULT_DATAPATH_SUSPECT,
+            Some(ms) if (100..=3_600_000).contains(&ms) => Duration::from_millis(ms),
+            Some(ms) => {
+                return Err(invalid(
+                    "datapath_suspect_ms",
+                    format!("{ms} is not between 100 and 3600000"),
+                ));
+            }
+        };
         let interfaces = check_interfaces_section(interfaces, !raw_targets.is_empty())?;
         let flow_table_size = flow_table_size.map(check_flow_table_size).transpose()?;
         at_most("targets", "targets", raw_targets.len(), MAX_TARGETS)?;
@@ -493,6 +512,7 @@ impl Validator {
             targets,
             vips,
             flow_table_size,
+            datapath_suspect,
         })
     }
 

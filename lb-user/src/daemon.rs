@@ -331,6 +331,10 @@ impl Daemon {
                 .maps
                 .set_admin_disabled(id, false)
                 .context("clearing a removed path's drain")?;
+            self.dp
+                .maps
+                .clear_path_seen(id)
+                .context("clearing what the datapath saw of a removed path")?;
         }
         for (role, hook, iface) in attached.iter().filter(|a| !wanted.contains(a)) {
             pin.detach(*role, *hook, iface)?;
@@ -587,12 +591,57 @@ impl Daemon {
 
     /// Writes what changed without a decision (probe RTTs) once a second, and follows the
     /// interfaces' ability to take redirects.
+    /// Flags each up path whose probes succeed while a client's TCP handshake toward it has
+    /// gone unanswered for `datapath_suspect` (from the datapath's `LB_PATH_SEEN`), and clears
+    /// the flag at the next answer; a change is logged and reaches status and metrics.
+    fn check_datapath(&mut self) {
+        let window = self.model.config.datapath_suspect;
+        let now = monotonic_coarse_ns();
+        let names: BTreeMap<u32, (String, String)> = self
+            .model
+            .ids
+            .paths
+            .iter()
+            .map(|(name, id)| (*id, name.clone()))
+            .collect();
+        for (id, state) in self.model.paths.iter_mut() {
+            let seen = match self.dp.maps.path_seen(*id) {
+                Ok(seen) => seen,
+                Err(e) => {
+                    error!("reading what the datapath saw of path {id}: {e:#}");
+                    continue;
+                }
+            };
+            let waited = seen.unanswered_ns(now).map(Duration::from_nanos);
+            let suspect = state.health == Some(Health::Up)
+                && !state.disabled
+                && waited.is_some_and(|w| w >= window);
+            if suspect == state.suspect {
+                continue;
+            }
+            let (target, path) = names.get(id).cloned().unwrap_or_default();
+            if suspect {
+                warn!(
+                    "{target}/{path}: datapath suspect: probes succeed, but a client's TCP \
+                     handshake toward it has gone unanswered for {:?} (datapath_suspect_ms {})",
+                    waited.unwrap_or_default(),
+                    window.as_millis()
+                );
+            } else {
+                info!("{target}/{path}: datapath suspect cleared");
+            }
+            state.suspect = suspect;
+            self.dirty = true;
+        }
+    }
+
     fn flush(&mut self) {
         // A veth's peer may switch GRO or XDP on and off at any time: follow it.
         let ifaces: Vec<String> = self.redirects.keys().cloned().collect();
         if let Err(e) = self.sync_redirect_targets(ifaces) {
             error!("{e:#}");
         }
+        self.check_datapath();
         if !self.dirty {
             return;
         }
@@ -648,4 +697,16 @@ pub fn ensure_root() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock of the datapath's
+/// `bpf_ktime_get_coarse_ns`.
+fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -14,7 +14,7 @@ use lb_common::{
     maps::{
         self as m, ADDR_FILTER_SIZE, ControlMeta, EndpointKey, FILTER_PATH_ADDR,
         FILTER_PATH_SERVICE, FILTER_VIP_ADDR, FILTER_VIP_SERVICE, FlowKey, FlowValue, PathMeta,
-        PathValue, RING_SIZE, RevValue, TargetMeta, TargetValue, TrafficStats, VipInfo,
+        PathSeen, PathValue, RING_SIZE, RevValue, TargetMeta, TargetValue, TrafficStats, VipInfo,
     },
 };
 
@@ -68,6 +68,7 @@ pub struct Maps {
     target_meta: Array<MapData, TargetMeta>,
     path_meta: Array<MapData, PathMeta>,
     admin: Array<MapData, u32>,
+    path_seen: Array<MapData, PathSeen>,
     /// What `addr_filter` holds, so a refresh writes only the slots that change.
     filter_shadow: Vec<u32>,
 }
@@ -102,6 +103,7 @@ impl Maps {
             target_meta: src.get(m::TARGET_META)?,
             path_meta: src.get(m::PATH_META)?,
             admin: src.get(m::ADMIN)?,
+            path_seen: src.get(m::PATH_SEEN)?,
             filter_shadow: vec![0; ADDR_FILTER_SIZE as usize],
         };
         if !fresh {
@@ -130,6 +132,20 @@ impl Maps {
 
     pub fn set_target_meta(&mut self, id: u32, value: TargetMeta) -> Result<(), Error> {
         op(m::TARGET_META, "set", self.target_meta.set(id, value, 0))
+    }
+
+    /// What the datapath saw of path `id`'s TCP handshakes.
+    pub fn path_seen(&self, id: u32) -> Result<PathSeen, Error> {
+        op(m::PATH_SEEN, "get", self.path_seen.get(&id, 0))
+    }
+
+    /// Forgets what the datapath saw of path `id` (a freed id must not pass it on).
+    pub fn clear_path_seen(&mut self, id: u32) -> Result<(), Error> {
+        op(
+            m::PATH_SEEN,
+            "set",
+            self.path_seen.set(id, PathSeen::default(), 0),
+        )
     }
 
     pub fn path_meta(&self, id: u32) -> Result<PathMeta, Error> {

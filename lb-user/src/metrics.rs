@@ -137,6 +137,7 @@ pub fn render(pin: &PinDir, shared: &Mutex<Shared>) -> anyhow::Result<String> {
     );
     let _ = writeln!(out, "# TYPE lb_path_up gauge");
     let _ = writeln!(out, "# TYPE lb_path_disabled gauge");
+    let _ = writeln!(out, "# TYPE lb_path_datapath_suspect gauge");
     let _ = writeln!(out, "# TYPE lb_path_probe_rtt_seconds gauge");
     let _ = writeln!(out, "# TYPE lb_path_transitions_total counter");
     let _ = writeln!(out, "# TYPE lb_path_probes_total counter");
@@ -150,6 +151,11 @@ pub fn render(pin: &PinDir, shared: &Mutex<Shared>) -> anyhow::Result<String> {
         let up = s.health == Some(Health::Up) && !s.disabled;
         let _ = writeln!(out, "lb_path_up{{{labels}}} {}", u8::from(up));
         let _ = writeln!(out, "lb_path_disabled{{{labels}}} {}", u8::from(s.disabled));
+        let _ = writeln!(
+            out,
+            "lb_path_datapath_suspect{{{labels}}} {}",
+            u8::from(s.suspect)
+        );
         if let Some(rtt) = s.rtt {
             let _ = writeln!(
                 out,

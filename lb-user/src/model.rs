@@ -124,6 +124,9 @@ pub struct PathState {
     pub rtt: Option<Duration>,
     /// When `health` or `disabled` last changed.
     pub changed: SystemTime,
+    /// Probes succeed, but client TCP handshakes to the path go unanswered (the daemon's
+    /// datapath check).
+    pub suspect: bool,
 }
 
 impl Default for PathState {
@@ -133,6 +136,7 @@ impl Default for PathState {
             disabled: false,
             rtt: None,
             changed: UNIX_EPOCH,
+            suspect: false,
         }
     }
 }
@@ -153,6 +157,7 @@ pub fn path_state_from(meta: &PathMeta, admin_disabled: bool) -> PathState {
         disabled: admin_disabled,
         rtt: (meta.rtt_us != 0).then(|| Duration::from_micros(u64::from(meta.rtt_us))),
         changed: UNIX_EPOCH + Duration::from_nanos(meta.changed_ns),
+        suspect: meta.suspect != 0,
     }
 }
 
@@ -236,6 +241,7 @@ impl Model {
                 targets: Vec::new(),
                 vips: Vec::new(),
                 flow_table_size: None,
+                datapath_suspect: crate::config::DEFAULT_DATAPATH_SUSPECT,
             },
             ids: Ids::default(),
             paths: BTreeMap::new(),
@@ -472,7 +478,8 @@ impl Model {
                             None => HEALTH_UNKNOWN,
                         },
                         used: 1,
-                        _pad: [0; 2],
+                        suspect: u8::from(s.suspect),
+                        _pad: 0,
                     },
                 );
             }

@@ -106,6 +106,8 @@ pub struct PathStatus {
     pub changed: Option<String>,
     /// Round-trip time of the last successful probe, milliseconds.
     pub rtt_ms: Option<f64>,
+    /// Probes succeed, but clients' TCP handshakes to the path go unanswered.
+    pub datapath_suspect: bool,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -194,6 +196,7 @@ pub fn status(maps: &Maps) -> Result<Status, Error> {
                     weight: p.weight,
                     changed: rfc3339(s.changed),
                     rtt_ms: s.rtt.map(|r| r.as_secs_f64() * 1000.0),
+                    datapath_suspect: s.suspect,
                 })
             })
             .collect();

@@ -161,6 +161,7 @@ fn example_parses_into_the_model() {
             },
         ],
         flow_table_size: Some(1 << 20),
+        datapath_suspect: Duration::from_secs(3),
     };
     assert_eq!(config, want);
     assert_eq!(config.target("web-vm"), Some(&want.targets[0]));
@@ -184,6 +185,7 @@ fn defaults() {
         .to_string(),
     );
     assert_eq!(config.flow_table_size, None);
+    assert_eq!(config.datapath_suspect, Duration::from_secs(3));
     let t = &config.targets[0];
     assert_eq!(
         (t.mode, t.preempt, t.all_down),
@@ -530,6 +532,19 @@ fn names_fit_the_pinned_maps() {
         "targets[0].paths[0].name",
         "contains a NUL byte",
     );
+}
+
+#[test]
+fn datapath_suspect_time() {
+    let config = accepts(&edited(|v| v["datapath_suspect_ms"] = json!(1500)));
+    assert_eq!(config.datapath_suspect, Duration::from_millis(1500));
+    for bad in [0, 99, 3_600_001] {
+        rejects_edit(
+            |v| v["datapath_suspect_ms"] = json!(bad),
+            "datapath_suspect_ms",
+            &format!("{bad} is not between 100 and 3600000"),
+        );
+    }
 }
 
 #[test]

@@ -55,6 +55,9 @@ pub enum Failure {
     Loss(u8),
     /// The VM's own interface on the path goes down.
     VmInterfaceDown,
+    /// The router drops what the clients send but passes the edge's own packets (its
+    /// probes): the path looks healthy while its client traffic is lost.
+    ClientsDropped,
 }
 
 pub struct Lab {
@@ -198,6 +201,8 @@ impl Lab {
                 &format!("numgen random mod 100 < {pct} drop"),
             ),
             Failure::VmInterfaceDown => self.vm.ip(&format!("link set eth{} down", nn - 1)),
+            // The clients live in 198.51.100.0/26; the edge probes from its link addresses.
+            Failure::ClientsDropped => nft(r, "lab_fail", "ip saddr 198.51.100.0/26 drop"),
         }
     }
 
@@ -215,7 +220,7 @@ impl Lab {
                 };
                 r.ip(&format!("route replace default via {edge}"))
             }
-            Failure::Blackhole | Failure::Loss(_) => r
+            Failure::Blackhole | Failure::Loss(_) | Failure::ClientsDropped => r
                 .exec("nft", &["delete", "table", "inet", "lab_fail"])
                 .map(drop),
             Failure::VmInterfaceDown => {

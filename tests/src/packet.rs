@@ -107,6 +107,21 @@ impl Pkt {
         )
     }
 
+    /// The answer to a SYN.
+    pub fn tcp_syn_ack(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Self {
+        Self::new(
+            src,
+            dst,
+            L4::Tcp {
+                sport,
+                dport,
+                syn: true,
+                ack: true,
+                rst: false,
+            },
+        )
+    }
+
     pub fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Self {
         Self::new(
             src,

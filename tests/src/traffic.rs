@@ -114,7 +114,11 @@ pub fn udp_stream(
         let mut run = 0u64;
         let mut prev = None;
         for l in &lost {
-            run = if prev == Some(l - 1) { run + 1 } else { 1 };
+            run = if prev.is_some_and(|p: u64| p + 1 == *l) {
+                run + 1
+            } else {
+                1
+            };
             longest = longest.max(run);
             prev = Some(*l);
         }

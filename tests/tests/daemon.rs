@@ -412,6 +412,86 @@ fn tc_restart_and_hook_moves_without_loss() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A path whose probes succeed while its client traffic is dropped (the router drops the
+/// clients' packets only) is flagged "datapath suspect" within `datapath_suspect_ms` plus the
+/// daemon's one-second check, in status, metrics and the log; the flag clears once handshakes
+/// are answered again. UDP alone never raises it.
+fn datapath_suspect_when_clients_go_unanswered() -> anyhow::Result<()> {
+    let cfg = config(TCP_PROBE, "", WHOLE_VIP).replacen(
+        r#""flow_table_size": 65536,"#,
+        r#""flow_table_size": 65536, "datapath_suspect_ms": 1000,"#,
+        1,
+    );
+    let (topo, _srv, d) = setup(&cfg)?;
+    let suspect = |d: &Daemon| -> anyhow::Result<bool> {
+        let s = d.json(&["status"])?;
+        Ok(s["targets"][0]["paths"][0]["datapath_suspect"] == true)
+    };
+    ensure!(!suspect(&d)?, "not suspect at the start");
+    topo.fail(1, Failure::ClientsDropped)?;
+    // One-way UDP to the path, unanswered: not a signal.
+    let udp = udp_stream(
+        &topo.client,
+        VIP,
+        9,
+        200,
+        Duration::from_millis(5),
+        Duration::from_millis(100),
+    )
+    .join()
+    .map_err(|_| anyhow::anyhow!("stream thread"))??;
+    ensure!(udp.received == 0, "the UDP went unanswered: {udp:?}");
+    std::thread::sleep(Duration::from_millis(2500));
+    ensure!(
+        !suspect(&d)?,
+        "unanswered UDP raised the flag:\n{}",
+        d.log_text()
+    );
+    // A TCP client whose SYNs go unanswered: flagged within 1 s + the check's second.
+    let t0 = Instant::now();
+    let tried = http_get(&topo.client, VIP, HTTP, "/", Duration::from_millis(2500));
+    ensure!(
+        tried.is_err(),
+        "the router drops the clients' packets: {tried:?}\n{}",
+        d.log_text()
+    );
+    let deadline = t0 + Duration::from_secs(5);
+    while !suspect(&d)? {
+        ensure!(
+            Instant::now() < deadline,
+            "not flagged after {:?}:\n{}",
+            t0.elapsed(),
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("datapath suspect after {:?}", t0.elapsed());
+    ensure!(
+        d.log_text()
+            .contains("web/nn1: datapath suspect: probes succeed"),
+        "{}",
+        d.log_text()
+    );
+    let s = d.json(&["status"])?;
+    ensure!(
+        path_state(&s, "web", "nn1").as_deref() == Some("up"),
+        "still up (the probes pass): {s}"
+    );
+    topo.heal(1, Failure::ClientsDropped)?;
+    ensure!(http_get(&topo.client, VIP, HTTP, "/", T)? == NN1.to_string());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while suspect(&d)? {
+        ensure!(
+            Instant::now() < deadline,
+            "the flag did not clear:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ensure!(d.log_text().contains("web/nn1: datapath suspect cleared"));
+    Ok(())
+}
+
 fn cli_json_matches_the_traffic() -> anyhow::Result<()> {
     let (topo, srv, d) = setup(&config(TCP_PROBE, "", WHOLE_VIP))?;
     let report = udp_stream(
@@ -749,6 +829,10 @@ fn main() {
             (
                 "tc_restart_and_hook_moves_without_loss",
                 tc_restart_and_hook_moves_without_loss,
+            ),
+            (
+                "datapath_suspect_when_clients_go_unanswered",
+                datapath_suspect_when_clients_go_unanswered,
             ),
             (
                 "reload_adds_and_removes_vips_without_loss",

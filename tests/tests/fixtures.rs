@@ -9,7 +9,10 @@ use std::net::Ipv4Addr;
 use etherparse::{Icmpv4Type, icmpv4::DestUnreachableHeader};
 use lb_common::{
     Counter::{self, *},
-    maps::{FlowKey, FlowValue, PATH_DISABLED, PATH_DOWN, PATH_UP, TARGET_MODE_NONE, TargetValue},
+    maps::{
+        FlowKey, FlowValue, PATH_DISABLED, PATH_DOWN, PATH_UP, PathSeen, TARGET_MODE_NONE,
+        TargetValue,
+    },
     net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 use lb_tests::{
@@ -623,6 +626,48 @@ const CASES: &[(&str, &str, Case)] = &[
                 .fragment(false, 100);
             ingress(fx, &p, Pass)?;
             fx.counters(&[(PassFragment, 1), (XdpPass, 1)])
+        },
+    ),
+    (
+        "handshakes_are_seen_per_path",
+        "a SYN to a path marks a handshake waiting (the first one only), its SYN-ACK answers it; other TCP and UDP leave the marks alone",
+        |fx| {
+            let seen =
+                |fx: &Fx| -> anyhow::Result<PathSeen> { Ok(fx.dp.maps.path_seen(ids::PATH_NN1)?) };
+            assert_eq!(seen(fx)?, PathSeen::default());
+            let data = to_vip(addr::VIP, 40000, 22);
+            ingress(fx, &data, Redirect(&toward(&data, addr::NN1, macs::NN1)))?;
+            let udp = Pkt::udp(addr::CLIENT, 5000, addr::VIP, 5001).eth(macs::CLIENT, macs::CLI0);
+            ingress(fx, &udp, Redirect(&toward(&udp, addr::NN1, macs::NN1)))?;
+            assert_eq!(seen(fx)?, PathSeen::default(), "no SYN yet");
+            let syn =
+                Pkt::tcp_syn(addr::CLIENT, 40001, addr::VIP, 22).eth(macs::CLIENT, macs::CLI0);
+            ingress(fx, &syn, Redirect(&toward(&syn, addr::NN1, macs::NN1)))?;
+            let first = seen(fx)?;
+            assert!(
+                first.syn_pending_ns != 0 && first.synack_ns == 0,
+                "{first:?}"
+            );
+            assert!(first.unanswered_ns(first.syn_pending_ns + 5).is_some());
+            // A second SYN keeps the first one's time: the wait is the longest one.
+            let again =
+                Pkt::tcp_syn(addr::CLIENT, 40002, addr::VIP, 22).eth(macs::CLIENT, macs::CLI0);
+            ingress(fx, &again, Redirect(&toward(&again, addr::NN1, macs::NN1)))?;
+            assert_eq!(seen(fx)?.syn_pending_ns, first.syn_pending_ns);
+            assert_eq!(fx.dp.maps.path_seen(ids::PATH_NN2)?, PathSeen::default());
+            let answer = from_path(
+                Pkt::tcp_syn_ack(addr::NN1, 22, addr::CLIENT, 40001),
+                macs::NN1,
+            );
+            returning(
+                fx,
+                &answer,
+                Redirect(&toward_client(&answer, addr::VIP, macs::CLIENT)),
+            )?;
+            let answered = seen(fx)?;
+            assert!(answered.synack_ns >= first.syn_pending_ns, "{answered:?}");
+            assert_eq!(answered.unanswered_ns(u64::MAX), None);
+            Ok(())
         },
     ),
     // ---------------------------------------------------------------- ingress: forwarding

@@ -50,6 +50,13 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
                 rtt,
                 p.changed.as_deref().unwrap_or("-")
             );
+            if p.datapath_suspect {
+                println!(
+                    "  {:<12} DATAPATH SUSPECT: probes succeed, clients' TCP handshakes go \
+                     unanswered",
+                    ""
+                );
+            }
         }
     }
     println!();
