@@ -400,6 +400,49 @@ fn pmtu_through_the_nat_on(veths: Veths) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Plain veths under `--hook xdp`: no XDP redirect can go into them (their peers have neither
+/// XDP nor GRO), so the daemon keeps them out of the redirect map and says why, and XDP hands
+/// the translated packets to the kernel: nothing is lost in a hole.
+fn plain_veths_under_hook_xdp_take_the_kernel_way() -> anyhow::Result<()> {
+    let lab = Lab::with_veths(Veths::Plain)?;
+    let _srv = servers::start(&lab.vm, PORTS, [NN1, NN2])?;
+    let d = Daemon::start(
+        &lab.edge,
+        &lab::config(INTERVAL_MS, INTERVAL_MS - 10, 2, FALL, true),
+        lab::XDP_HOOK,
+    )?;
+    d.wait_status(T, |s| active(s, "web-vm").as_deref() == Some("nn1"))?;
+    ensure!(http_get(&lab.client, VIP, HTTP_PORT, "/", T)? == NN1.to_string());
+    let socks = udp_sockets(&lab.client, 8)?;
+    ensure!(
+        udp_flows(VIP, UDP_PORT, &socks, T)?
+            .iter()
+            .all(|p| *p == Some(NN1)),
+        "UDP through the whole-address VIP"
+    );
+    let counters = d.json(&["stats"])?["counters"].clone();
+    let count = |name: &str| counters[name].as_u64().unwrap_or(0);
+    ensure!(
+        count("xdp_redirect") == 0 && count("pass_no_tx_port") > 0,
+        "translated, then handed to the kernel: {counters}"
+    );
+    ensure!(
+        d.log_text()
+            .contains("frames cannot be XDP-redirected into it (a veth whose peer"),
+        "the daemon says why:\n{}",
+        d.log_text()
+    );
+    let status = d.json(&["status"])?;
+    ensure!(
+        status["interfaces"]
+            .as_array()
+            .is_some_and(|i| i.iter().all(|i| i["takes_redirects"] == false)),
+        "{}",
+        status["interfaces"]
+    );
+    Ok(())
+}
+
 /// One 4000-byte UDP datagram to the whole-address VIP and its echo (4004 bytes): both cross
 /// the 1500-byte links as fragments, translated fragment by fragment, and arrive whole.
 fn fragmented_udp_echo(lab: &Lab) -> anyhow::Result<Vec<u8>> {
@@ -530,6 +573,10 @@ fn main() {
             (
                 "fragments_through_the_whole_vip_on_each_hook",
                 fragments_through_the_whole_vip_on_each_hook,
+            ),
+            (
+                "plain_veths_under_hook_xdp_take_the_kernel_way",
+                plain_veths_under_hook_xdp_take_the_kernel_way,
             ),
         ],
     );
