@@ -20,7 +20,7 @@ pub struct Options {
     #[arg(long, value_name = "FILE", default_value = "docs/failover.svg")]
     svg: PathBuf,
     /// Run one part only.
-    #[arg(long, value_parser = ["cost", "throughput", "outage"])]
+    #[arg(long, value_parser = ["cost", "throughput", "bulk", "outage"])]
     only: Option<String>,
 }
 

@@ -4,8 +4,11 @@
 //! - [`cost`]: per-packet cost with `BPF_PROG_TEST_RUN` against the empty program, and its
 //!   growth with the flow table;
 //! - [`throughput`]: forwarding on the veth lab against nftables DNAT and a bare redirect;
-//! - [`outage`]: the failover outage of a UDP stream, and losses across restart and reload.
+//! - [`outage`]: the failover outage of a UDP stream, and losses across restart and reload;
+//! - [`bulk`]: bulk TCP (iperf3) through the VIP on plain veths, per hook, against nftables
+//!   DNAT and plain kernel forwarding.
 
+pub mod bulk;
 pub mod cost;
 pub mod outage;
 pub mod throughput;

@@ -411,7 +411,7 @@ fn mac_text(m: [u8; 6]) -> String {
 }
 
 /// Loads an nftables file `text` in `ns`.
-fn nft_file(ns: &Netns, text: &str) -> anyhow::Result<()> {
+pub fn nft_file(ns: &Netns, text: &str) -> anyhow::Result<()> {
     let file = std::env::temp_dir().join(format!("{}-bench.nft", ns.name()));
     std::fs::write(&file, text)?;
     let r = ns.exec("nft", &["-f", &file.to_string_lossy()]).map(drop);

@@ -1,6 +1,6 @@
 //! `lb-bench`: the measurements behind `cargo xtask bench` (which builds and runs it as root).
 //!
-//! `lb-bench [--quick] [--json FILE] [--svg FILE] [--only cost|throughput|outage]`
+//! `lb-bench [--quick] [--json FILE] [--svg FILE] [--only cost|throughput|bulk|outage]`
 //!
 //! Prints a table per part and the headline ratios; `--json` writes every figure, with the
 //! keys under `ratios`, `failover` and `loss` that runs are compared on. Targets (not
@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use lb_tests::bench::{cost, outage, throughput};
+use lb_tests::bench::{bulk, cost, outage, throughput};
 use serde_json::json;
 
 struct Args {
@@ -32,7 +32,7 @@ fn args() -> anyhow::Result<Args> {
             "--quick" => a.quick = true,
             "--json" => a.json = Some(it.next().context("--json FILE")?.into()),
             "--svg" => a.svg = it.next().context("--svg FILE")?.into(),
-            "--only" => a.only = Some(it.next().context("--only cost|throughput|outage")?),
+            "--only" => a.only = Some(it.next().context("--only cost|throughput|bulk|outage")?),
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -126,6 +126,30 @@ fn run() -> anyhow::Result<()> {
         out["ratios"]["xdp_vs_nft_throughput"] = json!(t.xdp_pps / t.nft_pps);
         out["ratios"]["xdp_vs_redirect_ceiling"] = json!(t.xdp_pps / t.redirect_pps);
         out["throughput"] = serde_json::to_value(&t)?;
+    }
+    if wants("bulk") {
+        println!("\n== bulk TCP through the VIP (iperf3, plain veths) ==");
+        let b = bulk::run(a.quick).context("bulk TCP")?;
+        println!(
+            "{:<40} {:>14} {:>14}   ({} s each way)",
+            "edge", "client→VM Gb/s", "VM→client Gb/s", b.seconds
+        );
+        for r in &b.rows {
+            println!(
+                "{:<40} {:>14.2} {:>14.2}",
+                r.edge, r.forward_gbps, r.reverse_gbps
+            );
+        }
+        let mean = |r: &bulk::Row| (r.forward_gbps + r.reverse_gbps) / 2.0;
+        if let (Some(auto), Some(xdp), Some(nft)) = (
+            b.row("lb --hook auto (tc on veths)"),
+            b.row("lb --hook xdp"),
+            b.row("kernel forwarding + nftables DNAT"),
+        ) {
+            out["ratios"]["tcp_bulk_vs_nft"] = json!(mean(auto) / mean(nft));
+            out["ratios"]["tcp_bulk_xdp_vs_nft"] = json!(mean(xdp) / mean(nft));
+        }
+        out["bulk"] = serde_json::to_value(&b)?;
     }
     if wants("outage") {
         println!("\n== failover outage, restart and reload (UDP stream through the lab) ==");
