@@ -673,11 +673,15 @@ fn dozens_of_paths_at_10ms() -> anyhow::Result<()> {
     };
     let probes = delta("lb_path_probes_total");
     ensure!(probes.len() == 40, "40 paths in the metrics: {probes:?}");
-    // 2 s at 10 ms is 200 probes each; a daemon falling behind would show far fewer.
+    // At 10 ms a path gets elapsed / 10 ms probes; a daemon falling behind would show far
+    // fewer. 80 % of them, as before this window was measured on its own: a loaded CI machine
+    // (every end-to-end test runs at once on two cores) delays some. Probe timing proper is
+    // measured by `cargo xtask bench`.
+    let due = (elapsed.as_millis() / 10) as u64;
     let min = probes.iter().map(|(_, n)| *n).min().unwrap_or(0);
     ensure!(
-        min >= 180,
-        "a path got only {min} probes in {elapsed:?} at 10 ms: {probes:?}"
+        min * 10 >= due * 8,
+        "a path got only {min} of {due} probes in {elapsed:?} at 10 ms: {probes:?}"
     );
     let flaps: Vec<_> = delta("lb_path_transitions_total")
         .into_iter()

@@ -1,10 +1,13 @@
 //! Forwarding throughput on the veth lab: lb against kernel forwarding with nftables DNAT and
 //! against a bare XDP redirect, measured side by side in one run.
 //!
-//! Method. One lab ([`Lab::new`]), three edge configurations one after the other:
+//! Method. One lab ([`Lab::new`]), four edge configurations one after the other:
 //!
-//! - **lb**: the real daemon (`lb run` on [`lab::config`]), `lb_ingress` on `e0` translating
-//!   203.0.113.10 to nn1's address and redirecting to `e1`, `lb_return` on the path side;
+//! - **lb**: the real daemon (`lb run --hook xdp` on [`lab::config`]), `lb_ingress` on `e0`
+//!   translating 203.0.113.10 to nn1's address and redirecting to `e1`, `lb_return` on the path
+//!   side;
+//! - **lb at tc**: the same with `--hook tc` (`lb_ingress_tc`, `bpf_redirect`); GRO on `e0`
+//!   so that frames sent into it without XDP there are taken (as for nftables);
 //! - **nftables**: no XDP on the edge at all (what an nftables edge runs), kernel forwarding,
 //!   `ip daddr 203.0.113.10 dnat to 192.0.2.70` in a nat prerouting chain (conntrack). Frames
 //!   redirected into a veth need a NAPI context on the receiving end: GRO is switched on on
@@ -88,8 +91,10 @@ pub struct Throughput {
     /// Frames sent per round.
     pub packets: u64,
     pub flows: u32,
-    /// Median pps of lb (the daemon's `lb_ingress`).
+    /// Median pps of lb (the daemon's `lb_ingress`, XDP hook).
     pub xdp_pps: f64,
+    /// Median pps of lb at the TC hook (`lb_ingress_tc`; GRO on `e0` to take the frames).
+    pub tc_pps: f64,
     /// Median pps of kernel forwarding with nftables DNAT.
     pub nft_pps: f64,
     /// Median pps of the bare redirect.
@@ -98,6 +103,7 @@ pub struct Throughput {
     pub rounds: u32,
     /// pps over the rounds, per configuration.
     pub xdp: Spread,
+    pub tc: Spread,
     pub nft: Spread,
     pub redirect: Spread,
     /// The smallest share of the frames sent that the sink counted in a round, per
@@ -164,49 +170,14 @@ fn measure_all(packets: u32, rounds: u32) -> anyhow::Result<Throughput> {
         m
     };
 
-    let xdp = {
-        let _server = servers::start(&lab.vm, lab::PORTS, [lab::NN1, lab::NN2])?;
-        let daemon = Daemon::start(
-            &lab.edge,
-            &lab::config(1000, 500, 1, 100, true),
-            lab::XDP_HOOK,
-        )?;
-        daemon.wait_status(Duration::from_secs(10), |s| {
-            active(s, "web-vm").as_deref() == Some("nn1")
-        })?;
-        let before = daemon.json(&["stats"])?;
-        let m = rig.rounds(&lab, "lb");
-        let after = daemon.json(&["stats"])?;
-        let grew = |c: &str| {
-            let at = |s: &serde_json::Value| s["counters"][c].as_u64().unwrap_or(0);
-            at(&after).saturating_sub(at(&before))
-        };
-        // The warm-up round counts too: the counters cover every round.
-        let sent = u64::from(rig.packets) * u64::from(rig.rounds) + u64::from(warmup(rig.packets));
-        if grew("pass_not_for_us") > sent / 10 {
-            bail!(
-                "lb: {} of the frames reached e0 no longer addressed to the VIP: the generator sent frames lb had already rewritten (live frames reuse their pages without restoring the data; bench_gen must copy the template back)",
-                grew("pass_not_for_us")
-            );
-        }
-        let m = m?;
-        for c in ["nat_ingress", "xdp_redirect"] {
-            ensure!(
-                grew(c) >= m.sunk && grew(c) <= sent,
-                "lb: {c} grew by {} while the sink counted {} of {sent} frames: the frames were not translated and redirected by lb_ingress",
-                grew(c),
-                m.sunk
-            );
-        }
-        let s = daemon.json(&["status"])?;
-        ensure!(
-            active(&s, "web-vm").as_deref() == Some("nn1"),
-            "lb: nn1 stopped being the active path during the measurement: {s:#}"
-        );
-        // Dropping the guard stops the daemon and removes its programs (`lb down`).
-        drop(daemon);
-        m
-    };
+    let xdp = lb_rounds(&lab, &mut rig, lab::XDP_HOOK, "lb")?;
+    // TC on e0 leaves e0 without XDP: frames the generator sends into it need GRO there, as for
+    // nftables below.
+    lab.edge
+        .exec("ethtool", &["-K", EDGE_CLIENTS, "gro", "on"])?;
+    let tc = lb_rounds(&lab, &mut rig, &["--hook", "tc"], "lb at tc")?;
+    lab.edge
+        .exec("ethtool", &["-K", EDGE_CLIENTS, "gro", "off"])?;
 
     let nft = {
         lab.edge
@@ -230,15 +201,59 @@ fn measure_all(packets: u32, rounds: u32) -> anyhow::Result<Throughput> {
         packets: u64::from(packets),
         flows: FLOWS,
         xdp_pps: spread(&xdp).median,
+        tc_pps: spread(&tc).median,
         nft_pps: spread(&nft).median,
         redirect_pps: spread(&redirect).median,
         rounds,
         xdp: spread(&xdp),
+        tc: spread(&tc),
         nft: spread(&nft),
         redirect: spread(&redirect),
         delivered: [xdp.min_share, nft.min_share, redirect.min_share],
         cpu: CPU,
     })
+}
+
+/// lb's rounds with the daemon run with `hook`: the frames must have been translated and
+/// redirected by lb (its counters grew by what the sink counted).
+fn lb_rounds(lab: &Lab, rig: &mut Rig, hook: &[&str], name: &str) -> anyhow::Result<Measured> {
+    let _server = servers::start(&lab.vm, lab::PORTS, [lab::NN1, lab::NN2])?;
+    let daemon = Daemon::start(&lab.edge, &lab::config(1000, 500, 1, 100, true), hook)?;
+    daemon.wait_status(Duration::from_secs(10), |s| {
+        active(s, "web-vm").as_deref() == Some("nn1")
+    })?;
+    let before = daemon.json(&["stats"])?;
+    let m = rig.rounds(lab, name);
+    let after = daemon.json(&["stats"])?;
+    let grew = |c: &str| {
+        let at = |s: &serde_json::Value| s["counters"][c].as_u64().unwrap_or(0);
+        at(&after).saturating_sub(at(&before))
+    };
+    // The warm-up round counts too: the counters cover every round.
+    let sent = u64::from(rig.packets) * u64::from(rig.rounds) + u64::from(warmup(rig.packets));
+    if grew("pass_not_for_us") > sent / 10 {
+        bail!(
+            "{name}: {} of the frames reached e0 no longer addressed to the VIP: the generator sent frames lb had already rewritten (live frames reuse their pages without restoring the data; bench_gen must copy the template back)",
+            grew("pass_not_for_us")
+        );
+    }
+    let m = m?;
+    for c in ["nat_ingress", "xdp_redirect"] {
+        ensure!(
+            grew(c) >= m.sunk && grew(c) <= sent,
+            "{name}: {c} grew by {} while the sink counted {} of {sent} frames: the frames were not translated and redirected by lb_ingress",
+            grew(c),
+            m.sunk
+        );
+    }
+    let s = daemon.json(&["status"])?;
+    ensure!(
+        active(&s, "web-vm").as_deref() == Some("nn1"),
+        "{name}: nn1 stopped being the active path during the measurement: {s:#}"
+    );
+    // Dropping the guard stops the daemon and removes its programs (`lb down`).
+    drop(daemon);
+    Ok(m)
 }
 
 /// Frames in the warm-up round.
