@@ -62,12 +62,7 @@ fn fragment<C: Packet>(
         return Err(Counter::PassTtlExpired);
     }
     let path = flow::unkeyed(vip.info.target, Counter::PassFragment)?;
-    let transport = if ip.frag_word() & lb_common::net::IP_OFFSET_MASK == 0 {
-        // The first fragment: its transport header is there (or the fragment is malformed).
-        parse::transport(ctx, ip.proto, l4, end)?
-    } else {
-        Transport::Other
-    };
+    let transport = parse::fragment_transport(ctx, ip, l4, end)?;
     let next = forward::route_cached(
         ctx,
         l2,

@@ -139,6 +139,22 @@ pub fn transport<C: Packet>(
     })
 }
 
+/// The transport header of a fragment: the first one carries it (a first fragment cut short
+/// is `DropShortL4`), later ones carry none.
+#[inline(always)]
+pub fn fragment_transport<C: Packet>(
+    ctx: &C,
+    ip: &Ipv4Hdr,
+    l4: usize,
+    end: usize,
+) -> Result<Transport, Counter> {
+    if ip.frag_word() & lb_common::net::IP_OFFSET_MASK == 0 {
+        transport(ctx, ip.proto, l4, end)
+    } else {
+        Ok(Transport::Other)
+    }
+}
+
 /// The datagram an ICMP error quotes.
 pub struct Quote {
     pub ip: &'static mut Ipv4Hdr,

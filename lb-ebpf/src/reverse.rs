@@ -110,11 +110,7 @@ fn fragment<C: Packet>(
     if ip.ttl <= 1 {
         return Err(Counter::PassTtlExpired);
     }
-    let transport = if ip.frag_word() & lb_common::net::IP_OFFSET_MASK == 0 {
-        parse::transport(ctx, ip.proto, l4, end)?
-    } else {
-        Transport::Other
-    };
+    let transport = parse::fragment_transport(ctx, ip, l4, end)?;
     let next = forward::route_cached(
         ctx,
         l2,

@@ -517,16 +517,7 @@ impl Dataplane {
             let link = prog
                 .take_link(id)
                 .map_err(|source| Error::Program { name, source })?;
-            let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::PinLink {
-                role,
-                iface: iface.into(),
-                path: path.clone(),
-                source,
-            };
-            let fd: FdLink = link
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| pin_err(Box::new(e)))?;
-            fd.pin(&path).map_err(|e| pin_err(Box::new(e)))?;
+            pin_link(link, role, iface, path)?;
         }
         info!("{name} attached to {iface} ({used} mode)");
         Ok(Attached {
@@ -558,17 +549,8 @@ impl Dataplane {
             let link = prog
                 .take_link(id)
                 .map_err(|source| Error::Program { name, source })?;
-            let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::PinLink {
-                role,
-                iface: iface.into(),
-                path: path.clone(),
-                source,
-            };
             // A TCX link; netlink attachments (kernels before 6.6) cannot be pinned.
-            let fd: FdLink = link
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| pin_err(Box::new(e)))?;
-            fd.pin(&path).map_err(|e| pin_err(Box::new(e)))?;
+            pin_link(link, role, iface, path)?;
         }
         info!("{name} attached to {iface} (tc, clsact ingress)");
         Ok(Attached {
@@ -816,6 +798,22 @@ mod bpffs {
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
     }
+}
+
+/// Pins a program's link (XDP or TCX) at `path`, so it outlives the daemon.
+fn pin_link<L>(link: L, role: Role, iface: &str, path: PathBuf) -> Result<(), Error>
+where
+    L: TryInto<FdLink, Error = aya::programs::links::LinkError>,
+{
+    let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::PinLink {
+        role,
+        iface: iface.into(),
+        path: path.clone(),
+        source,
+    };
+    let fd: FdLink = link.try_into().map_err(|e| pin_err(Box::new(e)))?;
+    fd.pin(&path).map_err(|e| pin_err(Box::new(e)))?;
+    Ok(())
 }
 
 /// Whether `iface` is in the redirect map (`LB_TX_PORTS`), and why not.
