@@ -173,9 +173,13 @@ impl Tc {
     #[inline(always)]
     pub fn new(ctx: TcContext) -> Tc {
         let want = ctx.len().min(TC_PULL);
-        // SAFETY: the program's own skb. A failed pull leaves less to parse: the packet is then
-        // too short to be ours and passes untouched.
-        let _ = unsafe { bpf_skb_pull_data(ctx.skb.skb, want) };
+        // Only when the linear part is short: most skbs have their headers there already, and
+        // the pull is a helper call (and may copy) on every packet otherwise.
+        if ((ctx.data_end() - ctx.data()) as u32) < want {
+            // SAFETY: the program's own skb. A failed pull leaves less to parse: the packet is
+            // then too short to be ours and passes untouched.
+            let _ = unsafe { bpf_skb_pull_data(ctx.skb.skb, want) };
+        }
         Tc {
             ctx,
             pending: Cell::new(None),

@@ -895,8 +895,3 @@ pub fn choose_hook(choice: HookChoice, iface: &str) -> (Hook, String) {
         }
     }
 }
-
-/// Whether `ifindex` is in the redirect map (`LB_TX_PORTS`).
-pub fn is_redirect_target(maps: &Maps, ifindex: u32) -> bool {
-    maps.has_tx_port(ifindex)
-}

@@ -68,8 +68,7 @@ pub fn interfaces(pin: &crate::dataplane::PinDir, maps: &Maps) -> Result<Vec<Int
                 Role::Return => "return",
             },
             hook: hook.name(),
-            takes_redirects: crate::ifindex(&name)
-                .is_some_and(|i| crate::dataplane::is_redirect_target(maps, i)),
+            takes_redirects: crate::ifindex(&name).is_some_and(|i| maps.has_tx_port(i)),
             auto: format!("{auto}: {why}"),
             name,
         });

@@ -109,17 +109,11 @@ impl Pkt {
 
     /// The answer to a SYN.
     pub fn tcp_syn_ack(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Self {
-        Self::new(
-            src,
-            dst,
-            L4::Tcp {
-                sport,
-                dport,
-                syn: true,
-                ack: true,
-                rst: false,
-            },
-        )
+        let mut p = Self::tcp_syn(src, sport, dst, dport);
+        if let L4::Tcp { ack, .. } = &mut p.l4 {
+            *ack = true;
+        }
+        p
     }
 
     pub fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Self {
