@@ -35,16 +35,38 @@ pub fn privileged(suite: &str, tests: usize) -> bool {
 pub type Test = fn() -> anyhow::Result<()>;
 
 /// Runs `tests` as a libtest-mimic suite (names filterable like `cargo test`), after the
-/// privilege check of [`privileged`].
-pub fn run_suite(suite: &str, tests: &[(&'static str, Test)]) {
+/// privilege check of [`privileged`]. Tests run in parallel, except those named in `alone`:
+/// each of them runs with no other test of the suite beside it. Those are the ones that load
+/// the machine (bulk traffic) or measure timing that a neighbour's load would distort.
+pub fn run_suite(suite: &str, tests: &[(&'static str, Test)], alone: &[&str]) {
+    static LOAD: std::sync::RwLock<()> = std::sync::RwLock::new(());
     let args = libtest_mimic::Arguments::from_args();
     if !privileged(suite, tests.len()) {
         return;
     }
+    for name in alone {
+        assert!(
+            tests.iter().any(|(n, _)| n == name),
+            "{suite}: `alone` names {name}, which is not a test of the suite"
+        );
+    }
     let trials = tests
         .iter()
         .map(|&(name, f)| {
+            let alone = alone.contains(&name);
             libtest_mimic::Trial::test(name, move || {
+                // A failed test poisons the lock; the others still run.
+                let _shared;
+                let _alone;
+                if alone {
+                    _alone = LOAD
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                } else {
+                    _shared = LOAD
+                        .read()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
                 f().map_err(|e| libtest_mimic::Failed::from(format!("{e:#}")))
             })
         })

@@ -674,10 +674,10 @@ fn dozens_of_paths_at_10ms() -> anyhow::Result<()> {
     let probes = delta("lb_path_probes_total");
     ensure!(probes.len() == 40, "40 paths in the metrics: {probes:?}");
     // At 10 ms a path gets elapsed / 10 ms probes; a daemon that stopped keeping up would show
-    // far fewer. 70 % of them: on a loaded CI machine (the other end-to-end tests share the two
-    // cores) the daemon delivered 79-85 % in this window, because its probes share one thread
-    // with everything else. Probes on their own thread are issue 12's work; until then this
-    // bound catches a daemon that falls far behind, and `cargo xtask bench` measures timing.
+    // far fewer. 70 % of them: the test runs alone in its suite, but another suite's build or
+    // a loaded CI machine still delays a few, because the probes share one thread with
+    // everything else (their own thread is issue 12's work). The bound catches a daemon that
+    // falls far behind; `cargo xtask bench` measures timing.
     let due = (elapsed.as_millis() / 10) as u64;
     let min = probes.iter().map(|(_, n)| *n).min().unwrap_or(0);
     ensure!(
@@ -851,5 +851,7 @@ fn main() {
                 clear_errors_and_nothing_applied,
             ),
         ],
+        // It counts the probes sent in a measured window: a neighbour's load would delay them.
+        &["dozens_of_paths_at_10ms"],
     );
 }
