@@ -39,36 +39,35 @@ counters! {
     XdpTx = "xdp_tx",
     XdpRedirect = "xdp_redirect",
 
-    // ---- Passed to the kernel untouched: not ours. ----
+    // ---- Passed to the kernel untouched: not ours, or not forwardable here. ----
     /// Not IPv4 (ARP, IPv6, ...), or an Ethernet frame too short to say.
     PassNotIpv4 = "pass_not_ipv4",
     /// An IPv4 header too short or of the wrong version to read addresses from.
     PassBadIpv4 = "pass_bad_ipv4",
-    /// The destination is no VIP (ingress) / the source no path (return).
+    /// The destination is no VIP (ingress) / the source no path (return); for a later
+    /// fragment, its datagram's first fragment was not ours.
     PassNotForUs = "pass_not_for_us",
-    /// An IPv4 fragment lb cannot translate without ports: to a service VIP, or to an
-    /// active/active target's whole-address VIP.
-    PassFragment = "pass_fragment",
     /// TTL would expire: the kernel answers with an ICMP time exceeded.
     PassTtlExpired = "pass_ttl_expired",
     /// An ICMP error that quotes no translated flow.
     PassIcmpNotOurs = "pass_icmp_not_ours",
     /// Addressed to this host (the reply to a health probe, say): never translated.
     PassLocal = "pass_local",
+    /// Forwarding is disabled on the ingress interface: left to the kernel untranslated, which
+    /// answers as a host that does not forward (ICMP unreachable quoting what was sent).
+    PassForwardingOff = "pass_forwarding_off",
+    /// Arrived with two VLAN tags (802.1ad): left to the kernel's VLAN devices untranslated.
+    PassVlan = "pass_vlan",
 
     // ---- Translated, then handed to the kernel to forward. ----
     /// The FIB has no neighbour entry for the next hop yet.
     PassNoNeighbour = "pass_no_neighbour",
-    /// Forwarding is disabled on the ingress interface.
-    PassForwardingOff = "pass_forwarding_off",
-    /// The route needs something XDP cannot do (lightweight tunnel encapsulation).
+    /// The route needs something the datapath cannot do (lightweight tunnel encapsulation).
     PassFibUnsupported = "pass_fib_unsupported",
     /// Larger than the egress MTU without DF: the kernel fragments it.
     PassFragmentNeeded = "pass_fragment_needed",
-    /// The egress interface is not in the devmap.
+    /// The egress interface is not in the devmap (XDP cannot send into it).
     PassNoTxPort = "pass_no_tx_port",
-    /// Arrived with a VLAN tag: the kernel's VLAN devices own the tag.
-    PassVlan = "pass_vlan",
 
     // ---- Dropped. ----
     /// IPv4 header inconsistent: IHL < 5, total length beyond the frame or below the header.
@@ -85,9 +84,11 @@ counters! {
     DropNoPath = "drop_no_path",
     /// The FIB says blackhole, unreachable or prohibited, or has no route.
     DropNoRoute = "drop_no_route",
-    /// A fragment from a path address that no whole-address VIP covers: it cannot be translated
-    /// without its ports, and must not leave with the path address.
-    DropFragment = "drop_fragment",
+    /// A later fragment (no ports) of a datagram whose first fragment was not seen: to a
+    /// service VIP or an active/active target, or from a path address that no whole-address
+    /// VIP covers. It cannot be placed without the first fragment's ports, and must not leave
+    /// with a path address.
+    DropFragmentUntracked = "drop_fragment_untracked",
     /// Larger than the egress MTU with DF set, and no "fragmentation needed" could be sent
     /// (the packet is itself an ICMP error, or the frame could not be reshaped).
     DropFragmentNeeded = "drop_fragment_needed",
@@ -103,6 +104,11 @@ counters! {
     FlowFromPath = "flow_from_path",
     /// The flow table refused an insert (the packet is still forwarded).
     FlowInsertFailed = "flow_insert_failed",
+    /// A first fragment was recorded, so its datagram's later fragments follow it.
+    FragTracked = "frag_tracked",
+    /// The fragment table refused an insert (the first fragment is still forwarded; later
+    /// ones of a service VIP or an active/active target will be dropped as untracked).
+    FragInsertFailed = "frag_insert_failed",
     /// Packets translated VIP → path.
     NatIngress = "nat_ingress",
     /// Packets translated path → VIP.
@@ -132,7 +138,7 @@ impl Counter {
     /// For a pass/drop reason, what happens to the packet; `None` for verdicts and events.
     pub const fn disposition(self) -> Option<Disposition> {
         let i = self as u32;
-        if i >= Counter::PassNotIpv4 as u32 && i <= Counter::PassVlan as u32 {
+        if i >= Counter::PassNotIpv4 as u32 && i <= Counter::PassNoTxPort as u32 {
             Some(Disposition::Pass)
         } else if i >= Counter::DropBadIpv4 as u32 && i <= Counter::DropFragmentNeeded as u32 {
             Some(Disposition::Drop)

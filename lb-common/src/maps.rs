@@ -34,6 +34,9 @@ pub const COUNTERS: &str = "LB_COUNTERS";
 pub const VIP_STATS: &str = "LB_VIP_STATS";
 /// Path id → [`TrafficStats`], per CPU.
 pub const PATH_STATS: &str = "LB_PATH_STATS";
+/// [`FragKey`] → [`FragValue`]: the fragment-tracking LRU. A datagram's first fragment carries
+/// its ports and decides where the datagram goes; later ones carry none and follow the entry.
+pub const FRAGS: &str = "LB_FRAGS";
 
 // ---- Control-plane state, pinned beside the datapath's maps. The programs never read these;
 // they live in the object so that one load creates (and one pin directory keeps) everything the
@@ -51,6 +54,9 @@ pub const PATH_META: &str = "LB_PATH_META";
 pub const PATH_SEEN: &str = "LB_PATH_SEEN";
 /// Path id → `u32`, 1 when an operator disabled (drained) the path. Written by `lb path`.
 pub const ADMIN: &str = "LB_ADMIN";
+/// Interface name ([`IfaceKey`]) → [`IfaceMeta`]: the hook the daemon attached the interface's
+/// program at, and why (for `lb status`).
+pub const IFACES: &str = "LB_IFACES";
 
 // ---- Benchmark support (`cargo xtask bench`): in the same object, never loaded by the
 // daemon. ----
@@ -141,7 +147,7 @@ pub const RETURN_NEXTHOPS: u32 = 1024;
 
 /// Every map of lb's own, for the test that checks them against the built object (which also
 /// has [`AYA_LOGS`]).
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 20] = [
     VIPS,
     VIP_INFO,
     REV_NAT,
@@ -160,6 +166,8 @@ pub const ALL: [&str; 18] = [
     PATH_META,
     ADMIN,
     PATH_SEEN,
+    FRAGS,
+    IFACES,
 ];
 
 /// Program (function) names in the object.
@@ -188,6 +196,12 @@ pub const FLOW_TABLE_FLAGS: u32 = 1 << 1;
 pub const ADDR_FILTER_BITS: u32 = 16;
 pub const ADDR_FILTER_SIZE: u32 = 1 << ADDR_FILTER_BITS;
 pub const MAX_TX_PORTS: u32 = 64;
+/// Datagrams whose fragments are tracked at once. Shared by all CPUs (one LRU list): the
+/// fragments of a datagram may arrive on different CPUs, since receive hashing sees ports in
+/// the first fragment only.
+pub const FRAG_TABLE_SIZE: u32 = 8192;
+/// Interfaces [`IFACES`] describes (at least every interface lb attaches to).
+pub const MAX_IFACES: u32 = 256;
 
 /// Path id / target id meaning "none".
 pub const NO_ID: u32 = u32::MAX;
@@ -375,6 +389,40 @@ pub struct FlowValue {
     pub flags: u32,
 }
 
+/// A fragmented datagram in one direction: RFC 791's (source, destination, protocol,
+/// identification).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub id: [u8; 2],
+    pub proto: u8,
+    /// `FRAG_DIR_*`: the ingress and return programs keep their datagrams apart.
+    pub dir: u8,
+}
+
+/// A datagram seen by the ingress program (toward a VIP).
+pub const FRAG_DIR_IN: u8 = 0;
+/// A datagram seen by the return program (from a path address).
+pub const FRAG_DIR_OUT: u8 = 1;
+
+/// The datagram is not ours (its first fragment was passed untranslated): neither are its
+/// later fragments.
+pub const FRAG_F_PASS: u32 = 1 << 0;
+
+/// Where a tracked datagram's later fragments go: `addr` replaces the destination (ingress) or
+/// the source (return); `vip` and `path` are the ids its traffic is counted under.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragValue {
+    pub addr: [u8; 4],
+    pub vip: u32,
+    pub path: u32,
+    /// `FRAG_F_*` bits.
+    pub flags: u32,
+}
+
 /// Per VIP or per path traffic. "in" is toward the VM, "out" is toward the clients.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -404,6 +452,8 @@ const _: () = {
     assert!(size_of::<FlowKey>() == 16);
     assert!(size_of::<FlowValue>() == 12);
     assert!(size_of::<TrafficStats>() == 32);
+    assert!(size_of::<FragKey>() == 12);
+    assert!(size_of::<FragValue>() == 16);
     let mut names: &[&str] = &ALL;
     while let [name, rest @ ..] = names {
         assert!(name.len() <= 15, "map names are at most 15 bytes");
@@ -417,7 +467,7 @@ pub const NAME_LEN: usize = 32;
 /// The version of everything pinned: bump it with any change of a map's name, type, key, value
 /// or capacity. A daemon refuses to adopt pinned state of another layout (unless told to
 /// replace it).
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// A fingerprint of the layout: the version, and every map's name with the sizes of the types
 /// it holds. Computed at compile time, so a change that forgets the version still changes it.
@@ -451,6 +501,12 @@ pub const LAYOUT: u64 = {
         size_of::<PathMeta>(),
         size_of::<NextHop>(),
         size_of::<PathSeen>(),
+        size_of::<FragKey>(),
+        size_of::<FragValue>(),
+        size_of::<IfaceKey>(),
+        size_of::<IfaceMeta>(),
+        FRAG_TABLE_SIZE as usize,
+        MAX_IFACES as usize,
         MAX_VIPS as usize,
         MAX_REV_NAT as usize,
         MAX_TARGETS as usize,
@@ -574,20 +630,60 @@ impl PathSeen {
     }
 }
 
-/// A name as stored in a meta map: the first `NAME_LEN` bytes, NUL-padded.
-pub fn encode_name(name: &str) -> [u8; NAME_LEN] {
-    let mut out = [0u8; NAME_LEN];
-    for (o, b) in out.iter_mut().zip(name.bytes()) {
-        *o = b;
+/// Bytes of an interface name (the kernel's `IFNAMSIZ`, NUL included).
+pub const IFNAME_LEN: usize = 16;
+/// Bytes of [`IfaceMeta::why`].
+pub const WHY_LEN: usize = 112;
+
+/// An interface by name, NUL-padded: [`IFACES`]' key (names are what the link pins carry).
+pub type IfaceKey = [u8; IFNAME_LEN];
+
+/// `IfaceMeta::hook`.
+pub const IFACE_HOOK_XDP: u8 = 1;
+pub const IFACE_HOOK_TC: u8 = 2;
+
+/// How the daemon attached an interface's program, as it said in its log.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IfaceMeta {
+    /// `IFACE_HOOK_*`.
+    pub hook: u8,
+    pub _pad: [u8; 7],
+    /// The attach mode (`native` for XDP, `tcx` for TC), NUL-padded.
+    pub mode: [u8; 8],
+    /// Why this hook: the reason the daemon logged, NUL-padded, cut at a character boundary.
+    pub why: [u8; WHY_LEN],
+}
+
+/// A text as stored in a meta map: its first `N` bytes (cut at a character boundary),
+/// NUL-padded.
+pub fn encode_str<const N: usize>(text: &str) -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut end = text.len().min(N);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    for (o, b) in out.iter_mut().zip(text.as_bytes().iter().take(end)) {
+        *o = *b;
     }
     out
 }
 
+/// The text stored by [`encode_str`] (invalid UTF-8 is replaced, never a panic).
+pub fn decode_str<const N: usize>(text: &[u8; N]) -> &str {
+    let end = text.iter().position(|b| *b == 0).unwrap_or(N);
+    let bytes = text.get(..end).unwrap_or(&[]);
+    core::str::from_utf8(bytes).unwrap_or("?")
+}
+
+/// A name as stored in a meta map: the first `NAME_LEN` bytes, NUL-padded.
+pub fn encode_name(name: &str) -> [u8; NAME_LEN] {
+    encode_str(name)
+}
+
 /// The name stored by [`encode_name`] (invalid UTF-8 is replaced, never a panic).
 pub fn decode_name(name: &[u8; NAME_LEN]) -> &str {
-    let end = name.iter().position(|b| *b == 0).unwrap_or(NAME_LEN);
-    let bytes = name.get(..end).unwrap_or(&[]);
-    core::str::from_utf8(bytes).unwrap_or("?")
+    decode_str(name)
 }
 
 const _: () = {
@@ -597,6 +693,7 @@ const _: () = {
     assert!(size_of::<TargetMeta>() == 40);
     assert!(size_of::<PathMeta>() == 56);
     assert!(size_of::<PathSeen>() == 16);
+    assert!(size_of::<IfaceMeta>() == 128);
 };
 
 #[cfg(feature = "user")]
@@ -618,4 +715,7 @@ mod pod {
     unsafe impl aya::Pod for PathMeta {}
     unsafe impl aya::Pod for BenchTemplate {}
     unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragValue {}
+    unsafe impl aya::Pod for IfaceMeta {}
 }

@@ -88,6 +88,12 @@ impl Ipv4Hdr {
     pub fn is_fragment(&self) -> bool {
         self.frag_word() & (IP_MF | IP_OFFSET_MASK) != 0
     }
+    /// True for a fragment that is not the first (offset non-zero): it carries no transport
+    /// header.
+    #[inline(always)]
+    pub fn is_later_fragment(&self) -> bool {
+        self.frag_word() & IP_OFFSET_MASK != 0
+    }
     #[inline(always)]
     pub fn dont_fragment(&self) -> bool {
         self.frag_word() & IP_DF != 0

@@ -14,16 +14,16 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_l4_csum_replace, bpf_redirect, bpf_skb_change_head, bpf_skb_change_tail,
-        bpf_skb_pull_data, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+        bpf_skb_pull_data, bpf_skb_vlan_pop, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
     },
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
     nat::{self, Changed, L4, Side},
-    net::{Ipv4Hdr, TcpHdr, UdpHdr},
+    net::{EthHdr, Ipv4Hdr, TcpHdr, UdpHdr, VLAN_HDR_LEN},
 };
 
-use crate::maps::LB_TX_PORTS;
+use crate::{maps::LB_TX_PORTS, parse::L2};
 
 /// A packet at one of the hooks.
 pub trait Packet: EbpfContext {
@@ -74,6 +74,12 @@ pub trait Packet: EbpfContext {
 
     /// Prepares sending the packet back out of the interface it came in on.
     fn bounce(&self);
+
+    /// Writes the next hop's MACs into a packet that arrived with one VLAN tag (`l2.vlan`, or
+    /// [`Packet::vlan_outside`]) and removes the tag: the packet leaves untagged, as the FIB
+    /// answer for the egress interface means. `false` when that failed (an internal fault).
+    /// Every packet pointer is invalid afterwards.
+    fn untag(&self, l2: &L2, dmac: [u8; 6], smac: [u8; 6]) -> bool;
 
     /// Grows the packet by `head` bytes at the front, then cuts it to `len` bytes (never
     /// longer than it was). Every packet pointer is invalid afterwards.
@@ -135,6 +141,28 @@ impl Packet for XdpContext {
 
     #[inline(always)]
     fn bounce(&self) {}
+
+    /// The tag is in the frame (XDP sees frames as they arrived): the MACs move 4 bytes
+    /// toward the IPv4 header, over the tag, and the frame starts there.
+    #[inline(always)]
+    fn untag(&self, l2: &L2, dmac: [u8; 6], smac: [u8; 6]) -> bool {
+        if !l2.vlan {
+            return true;
+        }
+        // The Ethernet header the frame will have: MACs over the tag, then the tag's inner
+        // EtherType (IPv4), which already lies where the new header's type goes.
+        let Some(inner) = crate::parse::ptr_at::<EthHdr, _>(self, VLAN_HDR_LEN) else {
+            return false;
+        };
+        // SAFETY: bounds-checked just above.
+        unsafe {
+            (*inner).dst = dmac;
+            (*inner).src = smac;
+        }
+        // SAFETY: `self.ctx` is the program's context; the frame shrinks at the front by the
+        // tag, which the parser saw.
+        unsafe { bpf_xdp_adjust_head(self.ctx, VLAN_HDR_LEN as i32) == 0 }
+    }
 
     #[inline(always)]
     fn reshape(&self, head: usize, len: usize) -> bool {
@@ -278,6 +306,20 @@ impl Packet for Tc {
     fn bounce(&self) {
         // SAFETY: as above; egress of the interface the packet came in on.
         unsafe { bpf_redirect(self.skb().ingress_ifindex, 0) };
+    }
+
+    /// The kernel keeps an arriving skb's tag in its metadata (and a test run's in the frame);
+    /// `bpf_skb_vlan_pop` removes either, moving the MACs itself. The deferred checksum update
+    /// goes first: its offset counts a tag in the frame.
+    #[inline(always)]
+    fn untag(&self, l2: &L2, dmac: [u8; 6], smac: [u8; 6]) -> bool {
+        // SAFETY: the parser bounds-checked the Ethernet header.
+        unsafe {
+            (*l2.eth).dst = dmac;
+            (*l2.eth).src = smac;
+        }
+        // SAFETY: the program's own skb.
+        self.commit() && unsafe { bpf_skb_vlan_pop(self.ctx.skb.skb) == 0 }
     }
 
     #[inline(always)]

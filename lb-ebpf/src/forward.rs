@@ -51,34 +51,24 @@ pub struct Flow {
 /// Looks the translated packet up in the FIB, before anything is rewritten, so a packet that
 /// cannot be forwarded leaves untouched.
 #[inline(always)]
-pub fn route<C: Packet>(ctx: &C, l2: &L2, ip: &Ipv4Hdr, flow: &Flow) -> Result<Next, Counter> {
-    route_with(ctx, l2, ip, flow, true)
+pub fn route<C: Packet>(ctx: &C, ip: &Ipv4Hdr, flow: &Flow) -> Result<Next, Counter> {
+    route_with(ctx, ip, flow, true)
 }
 
 /// [`route`] for a packet that must not be answered with an ICMP error (it is one): too big
 /// with DF is a counted drop.
 #[inline(always)]
-pub fn route_quiet<C: Packet>(
-    ctx: &C,
-    l2: &L2,
-    ip: &Ipv4Hdr,
-    flow: &Flow,
-) -> Result<Next, Counter> {
-    route_with(ctx, l2, ip, flow, false)
+pub fn route_quiet<C: Packet>(ctx: &C, ip: &Ipv4Hdr, flow: &Flow) -> Result<Next, Counter> {
+    route_with(ctx, ip, flow, false)
 }
 
 #[inline(always)]
 fn route_with<C: Packet>(
     ctx: &C,
-    l2: &L2,
     ip: &Ipv4Hdr,
     flow: &Flow,
     answer: bool,
 ) -> Result<Next, Counter> {
-    if l2.vlan || ctx.vlan_outside() {
-        // The tag belongs to a kernel VLAN device, which XDP cannot redirect to.
-        return Ok(Next::Kernel(Counter::PassVlan));
-    }
     // SAFETY: a plain C struct; all-zero is its "unset" state.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     p.family = AF_INET;
@@ -89,6 +79,9 @@ fn route_with<C: Packet>(
     p.__bindgen_anon_2.tos = ip.tos;
     p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(flow.src);
     p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(flow.dst);
+    // A tagged packet is looked up as arriving on the interface that carries the tag, not on
+    // its VLAN device: routes and forwarding are the same unless policy rules name the VLAN
+    // device as the input interface (documented).
     p.ifindex = ctx.ingress_ifindex();
     // SAFETY: `p` is a valid `bpf_fib_lookup` of the size passed, and `ctx` is the program's.
     let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0) };
@@ -102,7 +95,8 @@ fn route_with<C: Packet>(
         // A local (or broadcast...) destination: this host's own traffic, e.g. the reply to a
         // health probe from a path address. Left alone, untranslated.
         BPF_FIB_LKUP_RET_NOT_FWDED => Err(Counter::PassLocal),
-        BPF_FIB_LKUP_RET_FWD_DISABLED => Ok(Next::Kernel(Counter::PassForwardingOff)),
+        // Left untranslated: the kernel answers as a host that does not forward.
+        BPF_FIB_LKUP_RET_FWD_DISABLED => Err(Counter::PassForwardingOff),
         BPF_FIB_LKUP_RET_UNSUPP_LWT => Ok(Next::Kernel(Counter::PassFibUnsupported)),
         BPF_FIB_LKUP_RET_FRAG_NEEDED if ip.dont_fragment() && answer => {
             // SAFETY: on FRAG_NEEDED the kernel wrote the MTU into this union member.
@@ -135,7 +129,6 @@ pub fn client_slot(addr: [u8; 4]) -> u32 {
 #[inline(always)]
 pub fn route_cached<C: Packet>(
     ctx: &C,
-    l2: &L2,
     ip: &Ipv4Hdr,
     flow: &Flow,
     slot: u32,
@@ -145,10 +138,7 @@ pub fn route_cached<C: Packet>(
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let cached = LB_NEXTHOPS.get_ptr_mut(slot);
-    if !l2.vlan
-        && !ctx.vlan_outside()
-        && let Some(c) = cached
-    {
+    if let Some(c) = cached {
         // SAFETY: a per-CPU slot, valid for the run and touched by no other CPU.
         let c = unsafe { &*c };
         if now < c.expires_ns
@@ -163,7 +153,7 @@ pub fn route_cached<C: Packet>(
             }));
         }
     }
-    let next = route(ctx, l2, ip, flow)?;
+    let next = route(ctx, ip, flow)?;
     if let (Next::Send(r), Some(c)) = (&next, cached) {
         // SAFETY: as above.
         let c = unsafe { &mut *c };
@@ -191,10 +181,11 @@ pub fn route_cached<C: Packet>(
     Ok(next)
 }
 
-/// Sends a translated packet on: TTL and MACs for a packet XDP forwards itself; nothing more
-/// for one the kernel forwards (it decrements the TTL, and needs our MAC as destination).
+/// Sends a translated packet on: TTL and MACs for a packet the datapath forwards itself (a
+/// VLAN tag it arrived with removed); nothing more for one the kernel forwards (it decrements
+/// the TTL, needs our MAC as destination, and its VLAN device takes the tag).
 #[inline(always)]
-pub fn finish<C: Packet>(ctx: &C, eth: *mut EthHdr, ip: &mut Ipv4Hdr, next: Next) -> Verdict {
+pub fn finish<C: Packet>(ctx: &C, l2: &L2, ip: &mut Ipv4Hdr, next: Next) -> Verdict {
     let route = match next {
         Next::Send(route) => route,
         Next::Kernel(reason) => return Verdict::Kernel(reason),
@@ -210,6 +201,13 @@ pub fn finish<C: Packet>(ctx: &C, eth: *mut EthHdr, ip: &mut Ipv4Hdr, next: Next
         return Verdict::Kernel(Counter::PassNoTxPort);
     };
     nat::decrement_ttl(ip);
+    if l2.vlan || ctx.vlan_outside() {
+        if !ctx.untag(l2, route.dmac, route.smac) {
+            return Verdict::Fault;
+        }
+        return verdict;
+    }
+    let eth: *mut EthHdr = l2.eth;
     // SAFETY: `eth` was bounds-checked by the Ethernet parser.
     unsafe {
         (*eth).dst = route.dmac;

@@ -9,7 +9,7 @@ use lb_common::{
     nat::{self, Side},
     net::{
         ETH_HDR_LEN, ETH_P_IP, EthHdr, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP,
-        IPPROTO_TCP, IPPROTO_UDP, IcmpHdr, Ipv4Hdr, L4Quote,
+        IPPROTO_TCP, IPPROTO_UDP, IcmpHdr, Ipv4Hdr, L4Quote, VLAN_HDR_LEN, VlanHdr,
     },
 };
 
@@ -78,7 +78,6 @@ pub fn ingress_error<C: Packet>(
         .then_some(target_port);
     let next = forward::route_quiet(
         ctx,
-        l2,
         ip,
         &Flow {
             src: ip.src,
@@ -99,7 +98,7 @@ pub fn ingress_error<C: Packet>(
         new_port,
     );
     stats::translated(ctx, Counter::IcmpErrorIngress, vip.id, path.id, Dir::In);
-    Ok(forward::finish(ctx, l2.eth, ip, next))
+    Ok(forward::finish(ctx, l2, ip, next))
 }
 
 /// An ICMP error from the path side (the VM, or a router on the path) about a datagram a client
@@ -132,7 +131,6 @@ pub fn return_error<C: Packet>(
         .then_some(rev.vip_port);
     let next = forward::route_quiet(
         ctx,
-        l2,
         ip,
         &Flow {
             src,
@@ -161,28 +159,36 @@ pub fn return_error<C: Packet>(
         rev.path,
         Dir::Out,
     );
-    Ok(forward::finish(ctx, l2.eth, ip, next))
+    Ok(forward::finish(ctx, l2, ip, next))
 }
 
 /// Longest quote: an IPv4 header with 40 bytes of options, plus `QUOTE_PAYLOAD`.
 const MAX_QUOTE_WORDS: usize = (60 + QUOTE_PAYLOAD) / 4;
 
-/// Answers the packet in the frame (untagged, IPv4 at `ETH_HDR_LEN`, its transport header
-/// parsed) with an ICMP "fragmentation needed" announcing `mtu`, quoting its IPv4 header and
-/// first 8 payload bytes untranslated, sent back where it came from with `XDP_TX`.
+/// Answers the packet in the frame (IPv4 at `l2.l3`, its transport header parsed) with an
+/// ICMP "fragmentation needed" announcing `mtu`, quoting its IPv4 header and first 8 payload
+/// bytes untranslated, sent back where it came from with `XDP_TX`.
 ///
 /// Reshapes the frame in place: 28 bytes of headroom for the new IPv4 and ICMP headers (the
 /// original IPv4 header then sits right where the quote belongs), and the tail cut after the
 /// quote. Every earlier packet pointer is invalid afterwards.
 #[inline(always)]
-pub fn too_big<C: Packet>(ctx: &C, mtu: u16) -> Outcome {
+pub fn too_big<C: Packet>(ctx: &C, l2: &L2, mtu: u16) -> Outcome {
     const FAILED: Counter = Counter::DropFragmentNeeded;
+    // A tag in the frame stays in the reply, which goes back to the same VLAN (an skb's tag
+    // outside the frame stays with the skb).
+    let l3 = if l2.vlan {
+        ETH_HDR_LEN + VLAN_HDR_LEN
+    } else {
+        ETH_HDR_LEN
+    };
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(FAILED)?;
-    let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HDR_LEN).ok_or(FAILED)?;
-    // SAFETY: both bounds-checked just above.
-    let (eth, ip) = unsafe { (*eth, *ip) };
+    let tag: *const VlanHdr = ptr_at(ctx, ETH_HDR_LEN).ok_or(FAILED)?;
+    let ip: *const Ipv4Hdr = ptr_at(ctx, l3).ok_or(FAILED)?;
+    // SAFETY: all three bounds-checked just above.
+    let (eth, tag, ip) = unsafe { (*eth, *tag, *ip) };
     let quote_len = usize::from(ip.ihl()) * 4 + QUOTE_PAYLOAD;
-    let new_len = ETH_HDR_LEN + TOO_BIG_OVERHEAD + quote_len;
+    let new_len = l3 + TOO_BIG_OVERHEAD + quote_len;
 
     // The frame holds the parsed transport header, so it is at least `new_len` long once
     // grown by the overhead, and only shrinks. A failure may leave it reshaped: drop it,
@@ -192,11 +198,11 @@ pub fn too_big<C: Packet>(ctx: &C, mtu: u16) -> Outcome {
     }
     let (ip_hdr, icmp_hdr) = too_big_headers(ip.src, ip.dst, quote_len as u16, mtu);
     let out_eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(FAILED)?;
-    let out_ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HDR_LEN).ok_or(FAILED)?;
-    let out_icmp: *mut IcmpHdr =
-        ptr_at(ctx, ETH_HDR_LEN + lb_common::net::IPV4_HDR_LEN).ok_or(FAILED)?;
+    let out_tag: *mut VlanHdr = ptr_at(ctx, ETH_HDR_LEN).ok_or(FAILED)?;
+    let out_ip: *mut Ipv4Hdr = ptr_at(ctx, l3).ok_or(FAILED)?;
+    let out_icmp: *mut IcmpHdr = ptr_at(ctx, l3 + lb_common::net::IPV4_HDR_LEN).ok_or(FAILED)?;
     let mut check = icmp_hdr.check;
-    let quote = ETH_HDR_LEN + TOO_BIG_OVERHEAD;
+    let quote = l3 + TOO_BIG_OVERHEAD;
     for i in 0..MAX_QUOTE_WORDS {
         if i * 4 >= quote_len {
             break;
@@ -205,13 +211,23 @@ pub fn too_big<C: Packet>(ctx: &C, mtu: u16) -> Outcome {
         // SAFETY: bounds-checked just above.
         check = icmp_checksum_add(check, unsafe { *word });
     }
-    // SAFETY: all three bounds-checked after the reshaping.
+    // SAFETY: all four bounds-checked after the reshaping.
     unsafe {
         *out_eth = EthHdr {
             dst: eth.src,
             src: eth.dst,
-            proto: ETH_P_IP.to_be_bytes(),
+            proto: if l2.vlan {
+                eth.proto
+            } else {
+                ETH_P_IP.to_be_bytes()
+            },
         };
+        if l2.vlan {
+            *out_tag = VlanHdr {
+                tci: tag.tci,
+                proto: ETH_P_IP.to_be_bytes(),
+            };
+        }
         *out_ip = ip_hdr;
         *out_icmp = IcmpHdr { check, ..icmp_hdr };
     }

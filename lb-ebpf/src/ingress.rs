@@ -3,8 +3,8 @@
 use lb_common::{
     Counter,
     hash::addr_slot,
-    maps::{EndpointKey, FILTER_VIP_ADDR, FILTER_VIP_SERVICE, FlowKey},
-    nat::Side,
+    maps::{EndpointKey, FILTER_VIP_ADDR, FILTER_VIP_SERVICE, FRAG_DIR_IN, FlowKey},
+    nat::{L4, Side},
     net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 
@@ -12,7 +12,7 @@ use crate::{
     ctx::Packet,
     flow::{self, Vip},
     forward::{self, Flow, Next},
-    icmp,
+    frag, icmp,
     maps::{LB_ADDR_FILTER, LB_VIPS},
     parse::{self, Transport},
     stats::{self, Dir, Outcome},
@@ -44,43 +44,49 @@ pub fn lookup_vip(addr: [u8; 4], proto: u8, port: Option<[u8; 2]>, bits: u32) ->
     None
 }
 
-/// An IPv4 fragment to a VIP. Later fragments carry no ports, so only a whole-address VIP's can
-/// be translated, and only where the target's choice needs none (failover: its active path;
-/// active/active is counted and passed). Every fragment of a datagram takes the same path; the
-/// first fragment's TCP/UDP checksum, which covers the whole datagram, follows its address.
+/// A later fragment to a VIP (it carries no ports): it follows its datagram's first fragment
+/// (`frag`). Untracked (its first fragment not seen yet, or evicted), only a whole-address
+/// VIP of a failover target can place it (the active path, as the first fragment would go
+/// unless its flow is pinned elsewhere); any other is dropped, counted.
 #[inline(always)]
-fn fragment<C: Packet>(
+fn later_fragment<C: Packet>(
     ctx: &C,
     l2: &parse::L2,
     ip: &'static mut lb_common::net::Ipv4Hdr,
-    l4: usize,
-    end: usize,
     bits: u32,
 ) -> Outcome {
-    let vip = lookup_vip(ip.dst, ip.proto, None, bits).ok_or(Counter::PassFragment)?;
+    let (addr, vip, path) = match frag::follow(ip, FRAG_DIR_IN)? {
+        Some(v) => (v.addr, v.vip, v.path),
+        None => {
+            if !matches!(ip.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP) {
+                return Err(Counter::DropUnsupportedProto);
+            }
+            let vip =
+                lookup_vip(ip.dst, ip.proto, None, bits).ok_or(Counter::DropFragmentUntracked)?;
+            let path = flow::unkeyed(vip.info.target, Counter::DropFragmentUntracked)?;
+            (path.addr, vip.id, path.id)
+        }
+    };
     if ip.ttl <= 1 {
         return Err(Counter::PassTtlExpired);
     }
-    let path = flow::unkeyed(vip.info.target, Counter::PassFragment)?;
-    let transport = parse::fragment_transport(ctx, ip, l4, end)?;
     let next = forward::route_cached(
         ctx,
-        l2,
         ip,
         &Flow {
             src: ip.src,
-            dst: path.addr,
+            dst: addr,
             sport: [0, 0],
             dport: [0, 0],
         },
-        forward::path_slot(path.id),
+        forward::path_slot(path),
     )?;
     if let Next::TooBig(mtu) = next {
-        return icmp::too_big(ctx, mtu);
+        return icmp::too_big(ctx, l2, mtu);
     }
-    ctx.rewrite(ip, transport.into_l4(), l4, Side::Dst, path.addr, None);
-    stats::translated(ctx, Counter::NatIngress, vip.id, path.id, Dir::In);
-    Ok(forward::finish(ctx, l2.eth, ip, next))
+    ctx.rewrite(ip, L4::Icmp, 0, Side::Dst, addr, None);
+    stats::translated(ctx, Counter::NatIngress, vip, path, Dir::In);
+    Ok(forward::finish(ctx, l2, ip, next))
 }
 
 #[inline(always)]
@@ -92,9 +98,12 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
         return Err(Counter::PassNotForUs);
     }
     let (l4, end) = parse::ipv4_payload(ctx, l2.l3, ip)?;
-    if ip.is_fragment() {
-        return fragment(ctx, &l2, ip, l4, end, bits);
+    if ip.is_later_fragment() {
+        return later_fragment(ctx, &l2, ip, bits);
     }
+    // An unfragmented datagram, or a first fragment: it carries the ports, and goes through
+    // like any packet (recorded, so its later fragments follow).
+    let first_fragment = ip.is_fragment();
     let transport = match parse::transport(ctx, ip.proto, l4, end)? {
         Transport::Icmp(h) if h.is_error() => {
             return icmp::ingress_error(ctx, &l2, ip, h, l4, end, bits);
@@ -117,8 +126,12 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     let (flow, vip) = match key.as_ref().and_then(flow::lookup) {
         Some((flow, vip)) => (Some(flow), vip),
         None => {
-            let vip =
-                lookup_vip(ip.dst, ip.proto, service_port, bits).ok_or(Counter::PassNotForUs)?;
+            let Some(vip) = lookup_vip(ip.dst, ip.proto, service_port, bits) else {
+                if first_fragment {
+                    frag::pass(ip, FRAG_DIR_IN);
+                }
+                return Err(Counter::PassNotForUs);
+            };
             (None, vip)
         }
     };
@@ -140,7 +153,6 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     let new_port = (service_port.is_some() && target_port != [0, 0]).then_some(target_port);
     let next = forward::route_cached(
         ctx,
-        &l2,
         ip,
         &Flow {
             src: ip.src,
@@ -151,13 +163,16 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
         forward::path_slot(path.id),
     )?;
     if let Next::TooBig(mtu) = next {
-        return icmp::too_big(ctx, mtu);
+        return icmp::too_big(ctx, &l2, mtu);
     }
 
+    if first_fragment {
+        frag::track(ip, FRAG_DIR_IN, path.addr, vip.id, path.id);
+    }
     if let Transport::Tcp(h) = &transport {
         stats::handshake(path.id, h.flags, Dir::In);
     }
     ctx.rewrite(ip, transport.into_l4(), l4, Side::Dst, path.addr, new_port);
     stats::translated(ctx, Counter::NatIngress, vip.id, path.id, Dir::In);
-    Ok(forward::finish(ctx, l2.eth, ip, next))
+    Ok(forward::finish(ctx, &l2, ip, next))
 }

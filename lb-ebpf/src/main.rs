@@ -10,6 +10,7 @@ mod bench;
 mod ctx;
 mod flow;
 mod forward;
+mod frag;
 mod icmp;
 mod ingress;
 mod maps;

@@ -6,9 +6,10 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::maps::{
-    ADDR_FILTER_SIZE, ControlMeta, EndpointKey, FLOW_TABLE_FLAGS, FLOW_TABLE_SIZE, FlowKey,
-    FlowValue, MAX_PATHS, MAX_REV_NAT, MAX_TARGETS, MAX_TX_PORTS, MAX_VIPS, NextHop, PathMeta,
-    PathSeen, PathValue, RING_ENTRIES, RevValue, TargetMeta, TargetValue, TrafficStats, VipInfo,
+    ADDR_FILTER_SIZE, ControlMeta, EndpointKey, FLOW_TABLE_FLAGS, FLOW_TABLE_SIZE, FRAG_TABLE_SIZE,
+    FlowKey, FlowValue, FragKey, FragValue, IfaceKey, IfaceMeta, MAX_IFACES, MAX_PATHS,
+    MAX_REV_NAT, MAX_TARGETS, MAX_TX_PORTS, MAX_VIPS, NextHop, PathMeta, PathSeen, PathValue,
+    RING_ENTRIES, RevValue, TargetMeta, TargetValue, TrafficStats, VipInfo,
 };
 
 #[map]
@@ -32,6 +33,11 @@ pub static LB_RING: Array<u32> = Array::with_max_entries(RING_ENTRIES, 0);
 #[map]
 pub static LB_FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(FLOW_TABLE_SIZE, FLOW_TABLE_FLAGS);
+
+/// See `frag`.
+#[map]
+pub static LB_FRAGS: LruHashMap<FragKey, FragValue> =
+    LruHashMap::with_max_entries(FRAG_TABLE_SIZE, 0);
 
 #[map]
 pub static LB_ADDR_FILTER: Array<u32> = Array::with_max_entries(ADDR_FILTER_SIZE, 0);
@@ -70,3 +76,6 @@ pub static LB_ADMIN: Array<u32> = Array::with_max_entries(MAX_PATHS, 0);
 
 #[map]
 pub static LB_PATH_SEEN: Array<PathSeen> = Array::with_max_entries(MAX_PATHS, 0);
+
+#[map]
+pub static LB_IFACES: HashMap<IfaceKey, IfaceMeta> = HashMap::with_max_entries(MAX_IFACES, 0);

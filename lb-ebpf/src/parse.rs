@@ -35,7 +35,8 @@ pub struct L2 {
     pub l3: usize,
 }
 
-/// Ethernet, with at most one VLAN tag. Anything but IPv4 is not ours.
+/// Ethernet, with at most one VLAN tag (in the frame, or outside it in an skb's metadata).
+/// Anything but IPv4 is not ours; two tags belong to the kernel's VLAN devices.
 #[inline(always)]
 pub fn ethernet<C: Packet>(ctx: &C) -> Result<L2, Counter> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Counter::PassNotIpv4)?;
@@ -43,12 +44,16 @@ pub fn ethernet<C: Packet>(ctx: &C) -> Result<L2, Counter> {
     let mut proto = unsafe { (*eth).proto };
     let mut l3 = ETH_HDR_LEN;
     let mut vlan = false;
-    if proto == ETH_P_8021Q.to_be_bytes() || proto == ETH_P_8021AD.to_be_bytes() {
+    let is_tag = |p: [u8; 2]| p == ETH_P_8021Q.to_be_bytes() || p == ETH_P_8021AD.to_be_bytes();
+    if is_tag(proto) {
         let tag: *const VlanHdr = ptr_at(ctx, ETH_HDR_LEN).ok_or(Counter::PassNotIpv4)?;
         // SAFETY: bounds checked above.
         proto = unsafe { (*tag).proto };
         l3 += VLAN_HDR_LEN;
         vlan = true;
+        if is_tag(proto) || ctx.vlan_outside() {
+            return Err(Counter::PassVlan);
+        }
     }
     if proto != ETH_P_IP.to_be_bytes() {
         return Err(Counter::PassNotIpv4);
@@ -137,22 +142,6 @@ pub fn transport<C: Packet>(
         IPPROTO_ICMP => Transport::Icmp(unsafe { &mut *in_datagram(ctx, l4, end).ok_or(SHORT)? }),
         _ => Transport::Other,
     })
-}
-
-/// The transport header of a fragment: the first one carries it (a first fragment cut short
-/// is `DropShortL4`), later ones carry none.
-#[inline(always)]
-pub fn fragment_transport<C: Packet>(
-    ctx: &C,
-    ip: &Ipv4Hdr,
-    l4: usize,
-    end: usize,
-) -> Result<Transport, Counter> {
-    if ip.frag_word() & lb_common::net::IP_OFFSET_MASK == 0 {
-        transport(ctx, ip.proto, l4, end)
-    } else {
-        Ok(Transport::Other)
-    }
 }
 
 /// The datagram an ICMP error quotes.

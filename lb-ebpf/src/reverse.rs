@@ -7,17 +7,17 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
     Counter,
     maps::{
-        EndpointKey, FILTER_PATH_ADDR, FILTER_PATH_SERVICE, FLOW_F_FROM_PATH, FlowKey, FlowValue,
-        REV_F_SHADOWS_WHOLE, RevValue,
+        EndpointKey, FILTER_PATH_ADDR, FILTER_PATH_SERVICE, FLOW_F_FROM_PATH, FRAG_DIR_OUT,
+        FlowKey, FlowValue, REV_F_SHADOWS_WHOLE, RevValue,
     },
-    nat::Side,
+    nat::{L4, Side},
     net::{ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN},
 };
 
 use crate::{
     ctx::Packet,
     forward::{self, Flow, Next},
-    icmp,
+    frag, icmp,
     ingress::filter,
     maps::{LB_FLOWS, LB_REV_NAT},
     parse::{self, Transport},
@@ -92,31 +92,33 @@ fn record_outbound(key: &FlowKey, rev: &RevValue) {
     }
 }
 
-/// An IPv4 fragment from a path address. The reverse key of a whole-address VIP is the address
-/// alone, so every fragment is translated statelessly (the first fragment's TCP/UDP checksum,
-/// which covers the whole datagram, follows the address); one that only service VIPs cover
-/// cannot be placed without its ports and is dropped, counted: a fragment never leaves with
-/// the path address.
+/// A later fragment from a path address (it carries no ports): it follows its datagram's
+/// first fragment (`frag`). Untracked, a whole-address VIP's reverse entry (the address alone)
+/// still translates it; one that only service VIPs cover cannot be placed and is dropped,
+/// counted: a fragment never leaves with the path address.
 #[inline(always)]
-fn fragment<C: Packet>(
+fn later_fragment<C: Packet>(
     ctx: &C,
     l2: &parse::L2,
     ip: &'static mut lb_common::net::Ipv4Hdr,
-    l4: usize,
-    end: usize,
     bits: u32,
 ) -> Outcome {
-    let rev = lookup_rev(ip.src, ip.proto, None, bits).ok_or(Counter::DropFragment)?;
+    let (vip_addr, vip, path) = match frag::follow(ip, FRAG_DIR_OUT)? {
+        Some(v) => (v.addr, v.vip, v.path),
+        None => {
+            let rev =
+                lookup_rev(ip.src, ip.proto, None, bits).ok_or(Counter::DropFragmentUntracked)?;
+            (rev.vip_addr, rev.vip_id, rev.path)
+        }
+    };
     if ip.ttl <= 1 {
         return Err(Counter::PassTtlExpired);
     }
-    let transport = parse::fragment_transport(ctx, ip, l4, end)?;
     let next = forward::route_cached(
         ctx,
-        l2,
         ip,
         &Flow {
-            src: rev.vip_addr,
+            src: vip_addr,
             dst: ip.dst,
             sport: [0, 0],
             dport: [0, 0],
@@ -124,11 +126,11 @@ fn fragment<C: Packet>(
         forward::client_slot(ip.dst),
     )?;
     if let Next::TooBig(mtu) = next {
-        return icmp::too_big(ctx, mtu);
+        return icmp::too_big(ctx, l2, mtu);
     }
-    ctx.rewrite(ip, transport.into_l4(), l4, Side::Src, rev.vip_addr, None);
-    stats::translated(ctx, Counter::NatReturn, rev.vip_id, rev.path, Dir::Out);
-    Ok(forward::finish(ctx, l2.eth, ip, next))
+    ctx.rewrite(ip, L4::Icmp, 0, Side::Src, vip_addr, None);
+    stats::translated(ctx, Counter::NatReturn, vip, path, Dir::Out);
+    Ok(forward::finish(ctx, l2, ip, next))
 }
 
 #[inline(always)]
@@ -143,12 +145,15 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     }
     let (l4, end) = parse::ipv4_payload(ctx, l2.l3, ip)
         .map_err(|reason| if ours { reason } else { Counter::PassBadIpv4 })?;
-    if ip.is_fragment() {
+    if ip.is_later_fragment() {
         if !ours {
             return Err(Counter::PassNotForUs);
         }
-        return fragment(ctx, &l2, ip, l4, end, bits);
+        return later_fragment(ctx, &l2, ip, bits);
     }
+    // An unfragmented datagram, or a first fragment: it carries the ports, and goes through
+    // like any packet (recorded, so its later fragments follow).
+    let first_fragment = ip.is_fragment();
     let transport = match parse::transport(ctx, ip.proto, l4, end) {
         Ok(Transport::Icmp(h)) if h.is_error() => {
             return icmp::return_error(ctx, &l2, ip, h, l4, end);
@@ -172,7 +177,12 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
         IPPROTO_TCP | IPPROTO_UDP => ports.map(|(sport, _)| sport),
         _ => None,
     };
-    let rev = lookup_rev(ip.src, ip.proto, service_port, bits).ok_or(Counter::PassNotForUs)?;
+    let Some(rev) = lookup_rev(ip.src, ip.proto, service_port, bits) else {
+        if first_fragment {
+            frag::pass(ip, FRAG_DIR_OUT);
+        }
+        return Err(Counter::PassNotForUs);
+    };
     let Some((sport, dport)) = ports else {
         return Err(if ip.proto == IPPROTO_ICMP {
             Counter::DropUnsupportedIcmp
@@ -187,7 +197,6 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     let new_port = (service_port.is_some() && rev.vip_port != [0, 0]).then_some(rev.vip_port);
     let next = forward::route_cached(
         ctx,
-        &l2,
         ip,
         &Flow {
             src: rev.vip_addr,
@@ -198,7 +207,7 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
         forward::client_slot(ip.dst),
     )?;
     if let Next::TooBig(mtu) = next {
-        return icmp::too_big(ctx, mtu);
+        return icmp::too_big(ctx, &l2, mtu);
     }
     if opens && rev.vip_port == [0, 0] {
         // The reply's flow key: ports swapped, except ICMP echo, keyed (identifier, 0) both ways.
@@ -211,6 +220,9 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
             &FlowKey::new(ip.dst, rev.vip_addr, rsport, rdport, ip.proto),
             &rev,
         );
+    }
+    if first_fragment {
+        frag::track(ip, FRAG_DIR_OUT, rev.vip_addr, rev.vip_id, rev.path);
     }
     if let Transport::Tcp(h) = &transport {
         stats::handshake(rev.path, h.flags, Dir::Out);
@@ -225,5 +237,5 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
         new_port,
     );
     stats::translated(ctx, Counter::NatReturn, rev.vip_id, rev.path, Dir::Out);
-    Ok(forward::finish(ctx, l2.eth, ip, next))
+    Ok(forward::finish(ctx, &l2, ip, next))
 }

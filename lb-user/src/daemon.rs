@@ -347,10 +347,15 @@ impl Daemon {
                 info!("{role} at {hook} detached from {iface} (it moved to another hook)");
             } else {
                 info!("{role} at {hook} detached from {iface} (no longer configured)");
+                self.dp
+                    .maps
+                    .remove_iface(iface)
+                    .context("removing a detached interface's record")?;
             }
         }
         self.hooks
             .retain(|iface, _| wanted.iter().any(|(_, _, w)| w == iface));
+        self.record_hooks(&new)?;
         self.redirects
             .retain(|iface, _| wanted.iter().any(|(_, _, w)| w == iface));
         self.sync_redirect_targets(wanted.iter().map(|(_, _, iface)| iface.clone()))?;
@@ -565,6 +570,41 @@ impl Daemon {
 
     /// Every configured interface is a redirect target when frames can be redirected into it
     /// (attached now or before), and kept out when they would be dropped; a change is logged.
+    /// Records each interface's hook, mode and reason in `LB_IFACES` for `lb status`, and
+    /// warns about interfaces the kernel does not forward on (the datapath then hands their
+    /// VIP traffic to the kernel untranslated, which drops it).
+    fn record_hooks(&mut self, new: &[crate::dataplane::Attached]) -> anyhow::Result<()> {
+        for (iface, (hook, why)) in &self.hooks {
+            let fresh = new.iter().find(|a| &a.iface == iface);
+            let mode = match (fresh.and_then(|a| a.mode), hook) {
+                (Some("tc"), _) | (None, Hook::Tc) => "tcx",
+                (Some(mode), _) => mode,
+                (None, Hook::Xdp) => "native",
+            };
+            let meta = lb_common::maps::IfaceMeta {
+                hook: match hook {
+                    Hook::Xdp => lb_common::maps::IFACE_HOOK_XDP,
+                    Hook::Tc => lb_common::maps::IFACE_HOOK_TC,
+                },
+                _pad: [0; 7],
+                mode: lb_common::maps::encode_str(mode),
+                why: lb_common::maps::encode_str(why),
+            };
+            self.dp
+                .maps
+                .set_iface(iface, meta)
+                .with_context(|| format!("recording the hook of {iface}"))?;
+            if fresh.is_some() && crate::netdev::ipv4_forwarding(iface) == Some(false) {
+                warn!(
+                    "{iface}: IPv4 forwarding is off, so the datapath hands its VIP traffic to \
+                     the kernel untranslated, which does not forward it (counted \
+                     pass_forwarding_off); `sysctl -w net.ipv4.conf.{iface}.forwarding=1`"
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn sync_redirect_targets(
         &mut self,
         ifaces: impl IntoIterator<Item = String>,

@@ -13,8 +13,9 @@ use lb_common::{
     hash::addr_slot,
     maps::{
         self as m, ADDR_FILTER_SIZE, ControlMeta, EndpointKey, FILTER_PATH_ADDR,
-        FILTER_PATH_SERVICE, FILTER_VIP_ADDR, FILTER_VIP_SERVICE, FlowKey, FlowValue, PathMeta,
-        PathSeen, PathValue, RING_SIZE, RevValue, TargetMeta, TargetValue, TrafficStats, VipInfo,
+        FILTER_PATH_SERVICE, FILTER_VIP_ADDR, FILTER_VIP_SERVICE, FlowKey, FlowValue, IfaceKey,
+        IfaceMeta, PathMeta, PathSeen, PathValue, RING_SIZE, RevValue, TargetMeta, TargetValue,
+        TrafficStats, VipInfo,
     },
 };
 
@@ -69,6 +70,7 @@ pub struct Maps {
     path_meta: Array<MapData, PathMeta>,
     admin: Array<MapData, u32>,
     path_seen: Array<MapData, PathSeen>,
+    ifaces: HashMap<MapData, IfaceKey, IfaceMeta>,
     /// What `addr_filter` holds, so a refresh writes only the slots that change.
     filter_shadow: Vec<u32>,
 }
@@ -104,6 +106,7 @@ impl Maps {
             path_meta: src.get(m::PATH_META)?,
             admin: src.get(m::ADMIN)?,
             path_seen: src.get(m::PATH_SEEN)?,
+            ifaces: src.get(m::IFACES)?,
             filter_shadow: vec![0; ADDR_FILTER_SIZE as usize],
         };
         if !fresh {
@@ -163,6 +166,38 @@ impl Maps {
 
     pub fn set_admin_disabled(&mut self, id: u32, disabled: bool) -> Result<(), Error> {
         op(m::ADMIN, "set", self.admin.set(id, u32::from(disabled), 0))
+    }
+
+    /// How the daemon attached `iface`, if it recorded that.
+    pub fn iface(&self, iface: &str) -> Result<Option<IfaceMeta>, Error> {
+        match self.ifaces.get(&m::encode_str(iface), 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(Error::MapOp {
+                map: m::IFACES,
+                op: "get",
+                source,
+            }),
+        }
+    }
+
+    pub fn set_iface(&mut self, iface: &str, meta: IfaceMeta) -> Result<(), Error> {
+        op(
+            m::IFACES,
+            "set",
+            self.ifaces.insert(m::encode_str(iface), meta, 0),
+        )
+    }
+
+    pub fn remove_iface(&mut self, iface: &str) -> Result<(), Error> {
+        match self.ifaces.remove(&m::encode_str(iface)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(Error::MapOp {
+                map: m::IFACES,
+                op: "remove",
+                source,
+            }),
+        }
     }
 
     /// The flow table's capacity.

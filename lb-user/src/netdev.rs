@@ -64,6 +64,14 @@ pub fn xdp_features(ifindex: u32) -> io::Result<Option<XdpFeatures>> {
     Ok(Some(XdpFeatures(features)))
 }
 
+/// Whether IPv4 forwarding is on for `iface` (`net.ipv4.conf.<iface>.forwarding`, in this
+/// process's network namespace); `None` when it cannot be read.
+pub fn ipv4_forwarding(iface: &str) -> Option<bool> {
+    let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(text.trim() != "0")
+}
+
 /// The name of the driver behind `iface` (`veth`, `virtio_net`, ...), from `ETHTOOL_GDRVINFO`
 /// in this thread's network namespace (sysfs may show another namespace's devices).
 pub fn driver(iface: &str) -> io::Result<String> {

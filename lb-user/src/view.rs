@@ -49,6 +49,11 @@ pub struct Interface {
     pub role: &'static str,
     /// `xdp` or `tc`.
     pub hook: &'static str,
+    /// The attach mode: `native` (XDP in the driver) or `tcx` (TC); `null` when the daemon
+    /// that attached it recorded none.
+    pub mode: Option<String>,
+    /// Why the daemon chose this hook, as it logged it (`null` when it recorded none).
+    pub why: Option<String>,
     /// Whether XDP redirects may go into it (it is in the redirect map); when not, XDP
     /// traffic toward it goes through the kernel.
     pub takes_redirects: bool,
@@ -62,7 +67,16 @@ pub fn interfaces(pin: &crate::dataplane::PinDir, maps: &Maps) -> Result<Vec<Int
     let mut out = Vec::new();
     for (role, hook, name) in pin.attachments()? {
         let (auto, why) = choose_hook(HookChoice::Auto, &name);
+        let meta = maps.iface(&name)?;
+        let wanted = match hook {
+            crate::dataplane::Hook::Xdp => lb_common::maps::IFACE_HOOK_XDP,
+            crate::dataplane::Hook::Tc => lb_common::maps::IFACE_HOOK_TC,
+        };
+        // A record of another hook is stale (a link left behind by another daemon).
+        let meta = meta.filter(|m| m.hook == wanted);
         out.push(Interface {
+            mode: meta.map(|m| lb_common::maps::decode_str(&m.mode).to_owned()),
+            why: meta.map(|m| lb_common::maps::decode_str(&m.why).to_owned()),
             role: match role {
                 Role::Ingress => "ingress",
                 Role::Return => "return",

@@ -182,6 +182,10 @@ impl Pkt {
         self.vlan = Some(id);
         self
     }
+    pub fn untagged(mut self) -> Self {
+        self.vlan = None;
+        self
+    }
     pub fn options(mut self, options: &[u8]) -> Self {
         self.options = options.to_vec();
         self

@@ -278,3 +278,44 @@ pub fn iperf3(
         retransmits: end["sum_sent"]["retransmits"].as_u64(),
     })
 }
+
+/// Sends each of `frames` (whole Ethernet frames, a VLAN tag included if they carry one) out
+/// of `iface` in the calling thread's namespace through an `AF_PACKET` socket: traffic no
+/// local socket could send, such as tagged frames where the kernel has no VLAN devices.
+pub fn send_frames(iface: &str, frames: &[Vec<u8>]) -> anyhow::Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let ifindex = crate::sys::ifindex(iface).with_context(|| format!("no interface {iface}"))?;
+    // SAFETY: plain socket(2); the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    anyhow::ensure!(
+        fd >= 0,
+        "AF_PACKET socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `fd` is a fresh descriptor owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    for frame in frames {
+        // SAFETY: all-zero is a valid `sockaddr_ll`; the fields that matter are set below.
+        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        to.sll_family = libc::AF_PACKET as u16;
+        to.sll_ifindex = ifindex as i32;
+        to.sll_halen = 6;
+        // SAFETY: `frame` and `to` are valid for the lengths passed.
+        let n = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const to).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        anyhow::ensure!(
+            n == frame.len() as isize,
+            "sending a frame on {iface}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}

@@ -68,6 +68,31 @@ fn frag_needed(mtu: u16) -> Icmpv4Type {
     })
 }
 
+/// A service-only VIP: `addr::NOT_VIP` udp/53 → a path at `addr::SMALL_MTU` (the target
+/// `TARGET_SPARE`), so replies from that address are covered by the service entry only.
+fn spare_dns(fx: &mut Fx) -> anyhow::Result<()> {
+    use ids::*;
+    fx.path(PATH_SPARE, addr::SMALL_MTU, TARGET_SPARE, PATH_UP)?;
+    fx.target_single(TARGET_SPARE, PATH_SPARE)?;
+    fx.expose(
+        VIP_SPARE,
+        addr::NOT_VIP,
+        Some((IPPROTO_UDP, 53)),
+        TARGET_SPARE,
+        None,
+        &[(PATH_SPARE, addr::SMALL_MTU)],
+    )
+}
+
+/// A later fragment of a UDP datagram (identification `ident`) from `addr::SMALL_MTU`.
+fn dns_later_fragment(ident: u16) -> Pkt {
+    Pkt::new(addr::SMALL_MTU, addr::CLIENT, L4::Raw(IPPROTO_UDP))
+        .ident(ident)
+        .df(false)
+        .fragment(false, 185)
+        .payload(&[2; 60])
+}
+
 /// A non-IP frame (ARP request) of the given ethertype.
 fn raw_frame(ethertype: u16, body_len: usize) -> Vec<u8> {
     let mut f = Vec::new();
@@ -296,13 +321,39 @@ const CASES: &[(&str, &str, Case)] = &[
         },
     ),
     (
-        "ingress_vlan_translated_to_kernel",
-        "VLAN-tagged: translated, tag kept, forwarded by the kernel",
+        "ingress_vlan_translated_and_untagged",
+        "VLAN-tagged: translated and forwarded by the datapath, leaving untagged toward the path",
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22).vlan(100);
-            let out = p.clone().dst(addr::NN1);
-            ingress(fx, &p, Kernel(&out))?;
-            fx.counters(&[(FlowNew, 1), (NatIngress, 1), (PassVlan, 1), (XdpPass, 1)])
+            let out = toward(&p, addr::NN1, macs::NN1).untagged();
+            ingress(fx, &p, Redirect(&out))?;
+            fx.counters(NEW_FLOW_REDIRECT)
+        },
+    ),
+    (
+        "ingress_two_vlan_tags_pass",
+        "two VLAN tags (802.1ad outside 802.1Q): the kernel's VLAN devices own them; passed untranslated",
+        |fx| {
+            let mut f = to_vip(addr::VIP, 40000, 22).vlan(100).bytes();
+            // An outer 802.1ad tag in front of the 802.1Q one.
+            f.splice(12..12, [0x88, 0xa8, 0x00, 0x07]);
+            fx.expect(Ingress, fx.env.cli0, &f, XDP_PASS, None)?;
+            fx.counters(&[(PassVlan, 1), (XdpPass, 1)])
+        },
+    ),
+    (
+        "ingress_vlan_too_big_answers_on_the_vlan",
+        "VLAN-tagged, too big for the path with DF: the fragmentation-needed goes back with the same tag",
+        |fx| {
+            fx.spare(addr::NOT_VIP, addr::SMALL_MTU)?;
+            let p = to_vip(addr::NOT_VIP, 40000, 22)
+                .vlan(100)
+                .payload(&[7; 1100]);
+            let reply = too_big_reply(&p, 1000, 20)
+                .vlan(100)
+                .eth(macs::CLI0, macs::CLIENT);
+            ingress(fx, &p, Tx(&reply))?;
+            fx.counters(&[(FlowNew, 1), (IcmpTooBigSent, 1), (XdpTx, 1)])
         },
     ),
     (
@@ -567,20 +618,25 @@ const CASES: &[(&str, &str, Case)] = &[
     ),
     (
         "ingress_first_fragment_whole_vip_translated",
-        "a first fragment (MF set) to a whole-address VIP of a failover target goes to the active path, its TCP checksum following; no flow is made",
+        "a first fragment (MF set) to a whole-address VIP goes through like any first packet (a flow, the active path, its TCP checksum following) and is tracked",
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22)
                 .df(false)
                 .fragment(true, 0)
                 .payload(&[5; 64]);
             ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
-            assert!(fx.dp.maps.flows(10)?.is_empty());
-            fx.counters(&[(NatIngress, 1), (XdpRedirect, 1)])
+            assert_eq!(fx.dp.maps.flows(10)?.len(), 1);
+            fx.counters(&[
+                (FlowNew, 1),
+                (FragTracked, 1),
+                (NatIngress, 1),
+                (XdpRedirect, 1),
+            ])
         },
     ),
     (
         "ingress_later_fragment_whole_vip_translated",
-        "a later fragment (offset set, no transport header) to a whole-address VIP: only the IPv4 header changes",
+        "an untracked later fragment (offset set, no transport header; its first not seen yet) to a failover target's whole-address VIP: the active path, only the IPv4 header changes",
         |fx| {
             let p = Pkt::new(addr::CLIENT, addr::VIP, L4::Raw(IPPROTO_UDP))
                 .df(false)
@@ -593,7 +649,7 @@ const CASES: &[(&str, &str, Case)] = &[
     ),
     (
         "ingress_last_fragment_udp_whole_vip_translated",
-        "the last fragment (MF clear, offset set) follows the same path",
+        "an untracked last fragment (MF clear, offset set) takes the active path, after a failover too",
         |fx| {
             let p = Pkt::new(addr::CLIENT, addr::VIP, L4::Raw(IPPROTO_UDP))
                 .df(false)
@@ -607,25 +663,142 @@ const CASES: &[(&str, &str, Case)] = &[
         },
     ),
     (
-        "ingress_fragment_to_service_vip_passes",
-        "a fragment to a service VIP cannot be placed without its ports: passed untranslated, counted",
+        "ingress_fragments_follow_a_pinned_flow",
+        "a whole-address VIP's flow pinned to a path that is not the active one: its first fragment and the later ones all go there, not to the active path",
         |fx| {
-            let p = to_vip(addr::VIP_SVC, 40000, 443)
+            let first = to_vip(addr::VIP, 40000, 22)
                 .df(false)
-                .fragment(true, 0);
-            ingress(fx, &p, Pass)?;
-            fx.counters(&[(PassFragment, 1), (XdpPass, 1)])
+                .fragment(true, 0)
+                .payload(&[5; 64]);
+            fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
+            ingress(fx, &first, Redirect(&toward(&first, addr::NN2, macs::NN2)))?;
+            // Failback: new flows go to nn1, this one stays on nn2 (up).
+            fx.target_single(ids::TARGET_WEB, ids::PATH_NN1)?;
+            let again = first.clone().ident(0x5678);
+            ingress(fx, &again, Redirect(&toward(&again, addr::NN2, macs::NN2)))?;
+            let later = Pkt::new(addr::CLIENT, addr::VIP, L4::Raw(IPPROTO_TCP))
+                .ident(0x5678)
+                .df(false)
+                .fragment(false, 11)
+                .payload(&[6; 40])
+                .eth(macs::CLIENT, macs::CLI0);
+            ingress(fx, &later, Redirect(&toward(&later, addr::NN2, macs::NN2)))?;
+            fx.counters(&[
+                (FlowNew, 1),
+                (FlowHit, 1),
+                (FragTracked, 2),
+                (NatIngress, 3),
+                (XdpRedirect, 3),
+            ])
         },
     ),
     (
-        "ingress_fragment_active_active_passes",
-        "a fragment to an active/active target's VIP: its slot needs the ports; passed untranslated, counted",
+        "ingress_service_vip_fragments_follow_the_first",
+        "a service VIP: the first fragment gets address and port (checksum over the whole datagram), the middle and last fragments the address, all to the same path",
         |fx| {
-            let p = to_vip(addr::VIP_SPREAD, 40000, 80)
+            let first = to_vip(addr::VIP_SVC, 40000, 443)
                 .df(false)
-                .fragment(false, 100);
-            ingress(fx, &p, Pass)?;
-            fx.counters(&[(PassFragment, 1), (XdpPass, 1)])
+                .fragment(true, 0)
+                .payload(&[5; 60]);
+            let out = toward(&first, addr::NN1, macs::NN1).dport(8443);
+            ingress(fx, &first, Redirect(&out))?;
+            for (mf, offset) in [(true, 10), (false, 20)] {
+                let p = Pkt::new(addr::CLIENT, addr::VIP_SVC, L4::Raw(IPPROTO_TCP))
+                    .df(false)
+                    .fragment(mf, offset)
+                    .payload(&[6; 80])
+                    .eth(macs::CLIENT, macs::CLI0);
+                ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
+            }
+            fx.counters(&[
+                (FlowNew, 1),
+                (FragTracked, 1),
+                (NatIngress, 3),
+                (XdpRedirect, 3),
+            ])
+        },
+    ),
+    (
+        "ingress_service_vip_fragment_before_the_first_drops",
+        "a service VIP's later fragment that arrives before its first cannot be placed: dropped, counted; once the first is through, the rest follow",
+        |fx| {
+            let later = |offset| {
+                Pkt::new(addr::CLIENT, addr::VIP_SVC, L4::Raw(IPPROTO_TCP))
+                    .df(false)
+                    .fragment(false, offset)
+                    .payload(&[6; 80])
+                    .eth(macs::CLIENT, macs::CLI0)
+            };
+            ingress(fx, &later(20), Dropped)?;
+            let first = to_vip(addr::VIP_SVC, 40000, 443)
+                .df(false)
+                .fragment(true, 0)
+                .payload(&[5; 60]);
+            let out = toward(&first, addr::NN1, macs::NN1).dport(8443);
+            ingress(fx, &first, Redirect(&out))?;
+            let p = later(10);
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
+            fx.counters(&[
+                (DropFragmentUntracked, 1),
+                (XdpDrop, 1),
+                (FlowNew, 1),
+                (FragTracked, 1),
+                (NatIngress, 2),
+                (XdpRedirect, 2),
+            ])
+        },
+    ),
+    (
+        "ingress_active_active_fragments_follow_the_first",
+        "active/active: the first fragment takes its ring slot's path, the later ones follow it; an untracked later fragment is dropped, counted",
+        |fx| {
+            // Source port 41000 is ring slot 1101 (odd: SPREAD_B).
+            let first = to_vip(addr::VIP_SPREAD, 41000, 80)
+                .df(false)
+                .fragment(true, 0)
+                .payload(&[5; 60]);
+            ingress(
+                fx,
+                &first,
+                Redirect(&toward(&first, addr::SPREAD_B, macs::SPREAD_B)),
+            )?;
+            let later = Pkt::new(addr::CLIENT, addr::VIP_SPREAD, L4::Raw(IPPROTO_TCP))
+                .df(false)
+                .fragment(false, 10)
+                .payload(&[6; 80])
+                .eth(macs::CLIENT, macs::CLI0);
+            ingress(
+                fx,
+                &later,
+                Redirect(&toward(&later, addr::SPREAD_B, macs::SPREAD_B)),
+            )?;
+            ingress(fx, &later.clone().ident(0x9999), Dropped)?;
+            fx.counters(&[
+                (FlowNew, 1),
+                (FragTracked, 1),
+                (NatIngress, 2),
+                (XdpRedirect, 2),
+                (DropFragmentUntracked, 1),
+                (XdpDrop, 1),
+            ])
+        },
+    ),
+    (
+        "ingress_fragments_of_a_datagram_not_ours_pass",
+        "fragments to a VIP address on a port no service covers: the first passes untranslated, and so do the later ones (tracked as not ours)",
+        |fx| {
+            let first = to_vip(addr::VIP_SVC, 40000, 444)
+                .df(false)
+                .fragment(true, 0)
+                .payload(&[5; 60]);
+            ingress(fx, &first, Pass)?;
+            let later = Pkt::new(addr::CLIENT, addr::VIP_SVC, L4::Raw(IPPROTO_TCP))
+                .df(false)
+                .fragment(false, 10)
+                .payload(&[6; 80])
+                .eth(macs::CLIENT, macs::CLI0);
+            ingress(fx, &later, Pass)?;
+            fx.counters(&[(FragTracked, 1), (PassNotForUs, 2), (XdpPass, 2)])
         },
     ),
     (
@@ -819,17 +992,11 @@ const CASES: &[(&str, &str, Case)] = &[
             let p = to_vip(addr::VIP, 40000, 22);
             ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
             let q = p.clone().eth(macs::CLIENT, macs::NOFWD0);
-            expect_on(
-                fx,
-                Ingress,
-                fx.env.nofwd0,
-                &q,
-                Kernel(&q.clone().dst(addr::NN1)),
-            )?;
+            expect_on(fx, Ingress, fx.env.nofwd0, &q, Pass)?;
             fx.counters(&[
                 (FlowNew, 1),
                 (FlowHit, 1),
-                (NatIngress, 2),
+                (NatIngress, 1),
                 (XdpRedirect, 1),
                 (PassForwardingOff, 1),
                 (XdpPass, 1),
@@ -853,22 +1020,11 @@ const CASES: &[(&str, &str, Case)] = &[
     ),
     (
         "ingress_forwarding_disabled",
-        "forwarding off on the ingress interface: translated, handed to the kernel",
+        "forwarding off on the ingress interface: handed to the kernel untranslated, so whatever the kernel answers quotes the VIP, never a path address",
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22).eth(macs::CLIENT, macs::NOFWD0);
-            expect_on(
-                fx,
-                Ingress,
-                fx.env.nofwd0,
-                &p,
-                Kernel(&p.clone().dst(addr::NN1)),
-            )?;
-            fx.counters(&[
-                (FlowNew, 1),
-                (NatIngress, 1),
-                (PassForwardingOff, 1),
-                (XdpPass, 1),
-            ])
+            expect_on(fx, Ingress, fx.env.nofwd0, &p, Pass)?;
+            fx.counters(&[(FlowNew, 1), (PassForwardingOff, 1), (XdpPass, 1)])
         },
     ),
     // ---------------------------------------------------------------- ingress: malformed
@@ -1183,12 +1339,17 @@ const CASES: &[(&str, &str, Case)] = &[
                 &p,
                 Redirect(&toward_client(&p, addr::VIP, macs::CLIENT)),
             )?;
-            fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])
+            fx.counters(&[
+                (FlowFromPath, 1),
+                (FragTracked, 1),
+                (NatReturn, 1),
+                (XdpRedirect, 1),
+            ])
         },
     ),
     (
         "return_later_fragment_translated",
-        "a later fragment from the VM (an EDNS answer's tail, say) never leaves with the path address",
+        "an untracked later fragment from the VM (an EDNS answer's tail, say) never leaves with the path address: a whole-address VIP's reverse entry needs no ports",
         |fx| {
             let p = from_path(
                 Pkt::new(addr::NN1, addr::CLIENT, L4::Raw(IPPROTO_UDP))
@@ -1207,28 +1368,69 @@ const CASES: &[(&str, &str, Case)] = &[
     ),
     (
         "return_fragment_service_only_drops",
-        "a fragment from a path that only a service VIP covers cannot be translated: dropped, counted",
+        "an untracked later fragment from a path that only a service VIP covers cannot be translated: dropped, counted",
         |fx| {
-            use ids::*;
-            fx.path(PATH_SPARE, addr::SMALL_MTU, TARGET_SPARE, PATH_UP)?;
-            fx.target_single(TARGET_SPARE, PATH_SPARE)?;
-            fx.expose(
-                VIP_SPARE,
-                addr::NOT_VIP,
-                Some((IPPROTO_UDP, 53)),
-                TARGET_SPARE,
-                None,
-                &[(PATH_SPARE, addr::SMALL_MTU)],
-            )?;
-            let p = from_path(
-                Pkt::new(addr::SMALL_MTU, addr::CLIENT, L4::Raw(IPPROTO_UDP))
+            spare_dns(fx)?;
+            let p = from_path(dns_later_fragment(0x1234), macs::SMALL_MTU);
+            returning(fx, &p, Dropped)?;
+            fx.counters(&[(DropFragmentUntracked, 1), (XdpDrop, 1)])
+        },
+    ),
+    (
+        "return_service_fragments_follow_the_first",
+        "a service VIP's answer in fragments: the first gets the VIP as source (its UDP checksum following), the later ones follow it",
+        |fx| {
+            spare_dns(fx)?;
+            let first = from_path(
+                Pkt::udp(addr::SMALL_MTU, 53, addr::CLIENT, 40000)
                     .df(false)
-                    .fragment(false, 185)
-                    .payload(&[2; 60]),
+                    .fragment(true, 0)
+                    .payload(&[1; 100]),
                 macs::SMALL_MTU,
             );
-            returning(fx, &p, Dropped)?;
-            fx.counters(&[(DropFragment, 1), (XdpDrop, 1)])
+            returning(
+                fx,
+                &first,
+                Redirect(&toward_client(&first, addr::NOT_VIP, macs::CLIENT)),
+            )?;
+            let later = from_path(dns_later_fragment(0x1234), macs::SMALL_MTU);
+            returning(
+                fx,
+                &later,
+                Redirect(&toward_client(&later, addr::NOT_VIP, macs::CLIENT)),
+            )?;
+            fx.counters(&[(FragTracked, 1), (NatReturn, 2), (XdpRedirect, 2)])
+        },
+    ),
+    (
+        "return_fragments_of_a_datagram_not_ours_pass",
+        "fragments from a service-only path address and a port no service covers: the VM's own traffic, passed untranslated, the later ones too",
+        |fx| {
+            spare_dns(fx)?;
+            let first = from_path(
+                Pkt::udp(addr::SMALL_MTU, 5353, addr::CLIENT, 40000)
+                    .df(false)
+                    .fragment(true, 0)
+                    .payload(&[1; 100]),
+                macs::SMALL_MTU,
+            );
+            returning(fx, &first, Pass)?;
+            let later = from_path(dns_later_fragment(0x1234), macs::SMALL_MTU);
+            returning(fx, &later, Pass)?;
+            fx.counters(&[(FragTracked, 1), (PassNotForUs, 2), (XdpPass, 2)])
+        },
+    ),
+    (
+        "return_vlan_translated_and_untagged",
+        "a VLAN-tagged reply from a path: translated and forwarded by the datapath, leaving untagged toward the client",
+        |fx| {
+            let p = from_path(
+                Pkt::tcp(addr::NN1, 22, addr::CLIENT, 40000).vlan(200),
+                macs::NN1,
+            );
+            let out = toward_client(&p, addr::VIP, macs::CLIENT).untagged();
+            returning(fx, &p, Redirect(&out))?;
+            fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])
         },
     ),
     (

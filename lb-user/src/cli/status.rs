@@ -66,10 +66,17 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
         } else {
             "no XDP redirects into it"
         };
+        let hook = match &i.mode {
+            Some(mode) => format!("{} ({mode})", i.hook),
+            None => i.hook.to_owned(),
+        };
         println!(
-            "interface {:<15} {:<7} {:<3} {redirects}; auto would take {}",
-            i.name, i.role, i.hook, i.auto
+            "interface {:<15} {:<7} {hook:<13} {}",
+            i.name,
+            i.role,
+            i.why.as_deref().unwrap_or("(no reason recorded)")
         );
+        println!("  {:<15} {redirects}; auto would take {}", "", i.auto);
     }
     println!();
     for v in &s.vips {
