@@ -92,6 +92,17 @@ counters! {
     /// Larger than the egress MTU with DF set, and no "fragmentation needed" could be sent
     /// (the packet is itself an ICMP error, or the frame could not be reshaped).
     DropFragmentNeeded = "drop_fragment_needed",
+    /// Larger than the egress MTU with DF set, and the "fragmentation needed" answers of this
+    /// CPU are over their rate (`icmp_too_big_per_sec`): dropped unanswered, as a router
+    /// whose ICMP rate limit is reached.
+    DropTooBigRateLimited = "drop_too_big_rate_limited",
+    /// From the client side to a path address its target does not expose (`expose_paths`).
+    DropToPath = "drop_to_path",
+    /// From the client side with a VIP or a path address as source (spoofed, or looping).
+    DropMartian = "drop_martian",
+    /// From a path address, but on an interface its replies are not routed through (a
+    /// spoofer on another segment).
+    DropWrongInterface = "drop_wrong_interface",
 
     // ---- Events. ----
     /// A new flow got a path (ingress).
@@ -100,8 +111,12 @@ counters! {
     FlowHit = "flow_hit",
     /// A flow's path was down, disabled or reassigned: it got a new path.
     FlowResteer = "flow_resteer",
-    /// A flow opened by the VM itself was recorded (return side).
+    /// A flow opened by the VM itself was recorded (return side, in `LB_OUTBOUND`).
     FlowFromPath = "flow_from_path",
+    /// `LB_OUTBOUND` or `LB_SHADOWED` refused an insert (the packet still went through).
+    PinnedInsertFailed = "pinned_insert_failed",
+    /// A whole-address flow on a shadowed port was recorded (`LB_SHADOWED`).
+    FlowShadowed = "flow_shadowed",
     /// The flow table refused an insert (the packet is still forwarded).
     FlowInsertFailed = "flow_insert_failed",
     /// A first fragment was recorded, so its datagram's later fragments follow it.
@@ -140,7 +155,7 @@ impl Counter {
         let i = self as u32;
         if i >= Counter::PassNotIpv4 as u32 && i <= Counter::PassNoTxPort as u32 {
             Some(Disposition::Pass)
-        } else if i >= Counter::DropBadIpv4 as u32 && i <= Counter::DropFragmentNeeded as u32 {
+        } else if i >= Counter::DropBadIpv4 as u32 && i <= Counter::DropWrongInterface as u32 {
             Some(Disposition::Drop)
         } else {
             None

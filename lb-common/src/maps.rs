@@ -34,6 +34,25 @@ pub const COUNTERS: &str = "LB_COUNTERS";
 pub const VIP_STATS: &str = "LB_VIP_STATS";
 /// Path id → [`TrafficStats`], per CPU.
 pub const PATH_STATS: &str = "LB_PATH_STATS";
+/// Address → `ADDR_*` bits: every VIP and path address, exactly (the filter's
+/// [`FILTER_ADDR`] bit is its superset). The ingress program drops client packets from these
+/// addresses (martians) and to path addresses that are not exposed.
+pub const ADDRS: &str = "LB_ADDRS";
+/// Path id → interface index its replies must arrive on (0: not known, any). Written by the
+/// control plane from the FIB (or the path's `interface`); the return program drops a reply
+/// from the path's address that arrives elsewhere (a spoofer on another segment).
+pub const PATH_IFACES: &str = "LB_PATH_IFACES";
+/// Slot 0 → [`Settings`]: datapath settings from the configuration.
+pub const SETTINGS: &str = "LB_SETTINGS";
+/// Slot 0 → [`TokenBucket`], per CPU: the budget of "fragmentation needed" answers.
+pub const TOO_BIG_BUCKET: &str = "LB_TOO_BIG";
+/// [`FlowKey`] → [`FlowValue`]: connections the VM opened through a whole-address VIP, kept
+/// apart from the client flows so that no client traffic can evict them.
+pub const OUTBOUND: &str = "LB_OUTBOUND";
+/// [`FlowKey`] → [`FlowValue`]: client flows of a whole-address VIP on a port that a service
+/// of the same path address answers from, which the return program asks to tell the two
+/// apart. Only traffic to such a port can evict them.
+pub const SHADOWED: &str = "LB_SHADOWED";
 /// [`FragKey`] → [`FragValue`]: the fragment-tracking LRU. A datagram's first fragment carries
 /// its ports and decides where the datagram goes; later ones carry none and follow the entry.
 pub const FRAGS: &str = "LB_FRAGS";
@@ -147,7 +166,7 @@ pub const RETURN_NEXTHOPS: u32 = 1024;
 
 /// Every map of lb's own, for the test that checks them against the built object (which also
 /// has [`AYA_LOGS`]).
-pub const ALL: [&str; 20] = [
+pub const ALL: [&str; 26] = [
     VIPS,
     VIP_INFO,
     REV_NAT,
@@ -168,6 +187,12 @@ pub const ALL: [&str; 20] = [
     PATH_SEEN,
     FRAGS,
     IFACES,
+    ADDRS,
+    PATH_IFACES,
+    SETTINGS,
+    TOO_BIG_BUCKET,
+    OUTBOUND,
+    SHADOWED,
 ];
 
 /// Program (function) names in the object.
@@ -200,8 +225,20 @@ pub const MAX_TX_PORTS: u32 = 64;
 /// fragments of a datagram may arrive on different CPUs, since receive hashing sees ports in
 /// the first fragment only.
 pub const FRAG_TABLE_SIZE: u32 = 8192;
+/// Entries of [`ADDRS`]: every VIP and path address.
+pub const MAX_ADDRS: u32 = MAX_VIPS + MAX_PATHS;
+/// Connections the VM may have open through whole-address VIPs at once ([`OUTBOUND`]).
+pub const OUTBOUND_TABLE_SIZE: u32 = 65536;
+/// Whole-address flows on shadowed ports tracked at once ([`SHADOWED`]).
+pub const SHADOWED_TABLE_SIZE: u32 = 65536;
 /// Interfaces [`IFACES`] describes (at least every interface lb attaches to).
 pub const MAX_IFACES: u32 = 256;
+
+/// Written by the XDP programs into the metadata in front of a packet they translated and
+/// hand to the kernel (a fallback, counted); a TC program of ours on the same interface (there
+/// is one only while a reload moves the interface between hooks) lets such a packet pass
+/// instead of taking it for a client packet to a path address.
+pub const HANDED_OFF: u32 = 0x6c62_4b21;
 
 /// Path id / target id meaning "none".
 pub const NO_ID: u32 = u32::MAX;
@@ -216,6 +253,71 @@ pub const FILTER_VIP_SERVICE: u32 = 1 << 1;
 pub const FILTER_PATH_ADDR: u32 = 1 << 2;
 /// Some path address with a service VIP hashes to this slot.
 pub const FILTER_PATH_SERVICE: u32 = 1 << 3;
+/// Some VIP or path address hashes to this slot (see [`ADDRS`]).
+pub const FILTER_ADDR: u32 = 1 << 4;
+
+// ---- `ADDRS` bits. ----
+
+/// The address is a VIP's.
+pub const ADDR_VIP: u32 = 1 << 0;
+/// The address is a path's.
+pub const ADDR_PATH: u32 = 1 << 1;
+/// A path address its target exposes to the client side (`expose_paths`): client packets to
+/// it pass to the kernel as before.
+pub const ADDR_EXPOSED: u32 = 1 << 2;
+
+/// [`SETTINGS`]' one entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// "Fragmentation needed" answers per second, per CPU (0: settings not written yet, the
+    /// defaults apply).
+    pub too_big_per_sec: u32,
+    /// How many may go out at once after a quiet time.
+    pub too_big_burst: u32,
+}
+
+/// Defaults of [`Settings`], as the kernel's `icmp_msgs_per_sec` and `icmp_msgs_burst`.
+pub const DEFAULT_TOO_BIG_PER_SEC: u32 = 1000;
+pub const DEFAULT_TOO_BIG_BURST: u32 = 50;
+
+/// A token bucket in nanoseconds: `tokens` whole answers may go; `stamp_ns` is when the
+/// bucket was last filled (`bpf_ktime_get_coarse_ns`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    pub tokens: u64,
+    pub stamp_ns: u64,
+}
+
+impl TokenBucket {
+    /// Takes one token at `now_ns` from a bucket filled at `per_sec` up to `burst`; `false`
+    /// when there is none. Time is credited in whole tokens only, so a slow rate still adds up.
+    #[inline(always)]
+    pub fn take(&mut self, now_ns: u64, per_sec: u32, burst: u32) -> bool {
+        let per_sec = u64::from(per_sec.max(1));
+        let burst = u64::from(burst.max(1));
+        let ns_per_token = 1_000_000_000 / per_sec;
+        if self.stamp_ns == 0 {
+            self.tokens = burst;
+            self.stamp_ns = now_ns;
+        }
+        let elapsed = now_ns.saturating_sub(self.stamp_ns);
+        let new = elapsed / ns_per_token.max(1);
+        if new > 0 {
+            self.tokens = (self.tokens + new).min(burst);
+            self.stamp_ns += new * ns_per_token;
+            if self.tokens == burst {
+                self.stamp_ns = now_ns;
+            }
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
 
 /// An address with an optional protocol and port: keys [`VIPS`] (a VIP) and [`REV_NAT`] (a
 /// path address). `proto == 0 && port == [0, 0]` is the whole-address entry.
@@ -467,7 +569,7 @@ pub const NAME_LEN: usize = 32;
 /// The version of everything pinned: bump it with any change of a map's name, type, key, value
 /// or capacity. A daemon refuses to adopt pinned state of another layout (unless told to
 /// replace it).
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// A fingerprint of the layout: the version, and every map's name with the sizes of the types
 /// it holds. Computed at compile time, so a change that forgets the version still changes it.
@@ -507,6 +609,11 @@ pub const LAYOUT: u64 = {
         size_of::<IfaceMeta>(),
         FRAG_TABLE_SIZE as usize,
         MAX_IFACES as usize,
+        size_of::<Settings>(),
+        size_of::<TokenBucket>(),
+        MAX_ADDRS as usize,
+        OUTBOUND_TABLE_SIZE as usize,
+        SHADOWED_TABLE_SIZE as usize,
         MAX_VIPS as usize,
         MAX_REV_NAT as usize,
         MAX_TARGETS as usize,
@@ -694,6 +801,8 @@ const _: () = {
     assert!(size_of::<PathMeta>() == 56);
     assert!(size_of::<PathSeen>() == 16);
     assert!(size_of::<IfaceMeta>() == 128);
+    assert!(size_of::<Settings>() == 8);
+    assert!(size_of::<TokenBucket>() == 16);
 };
 
 #[cfg(feature = "user")]
@@ -718,4 +827,6 @@ mod pod {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
     unsafe impl aya::Pod for IfaceMeta {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for TokenBucket {}
 }

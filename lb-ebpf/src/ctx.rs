@@ -14,7 +14,8 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_l4_csum_replace, bpf_redirect, bpf_skb_change_head, bpf_skb_change_tail,
-        bpf_skb_pull_data, bpf_skb_vlan_pop, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+        bpf_skb_pull_data, bpf_skb_vlan_pop, bpf_xdp_adjust_head, bpf_xdp_adjust_meta,
+        bpf_xdp_adjust_tail,
     },
     programs::{TcContext, XdpContext},
 };
@@ -74,6 +75,11 @@ pub trait Packet: EbpfContext {
 
     /// Prepares sending the packet back out of the interface it came in on.
     fn bounce(&self);
+
+    /// Marks a translated packet the kernel will forward (see `lb_common::maps::HANDED_OFF`).
+    /// Every packet pointer is invalid afterwards.
+    #[inline(always)]
+    fn hand_off(&self) {}
 
     /// Writes the next hop's MACs into a packet that arrived with one VLAN tag (`l2.vlan`, or
     /// [`Packet::vlan_outside`]) and removes the tag: the packet leaves untagged, as the FIB
@@ -141,6 +147,23 @@ impl Packet for XdpContext {
 
     #[inline(always)]
     fn bounce(&self) {}
+
+    /// In the metadata area in front of the frame, which the kernel keeps with the skb it
+    /// builds for `XDP_PASS` (veth and most native drivers). Best effort: a driver without
+    /// metadata support refuses, and nothing else depends on the mark.
+    #[inline(always)]
+    fn hand_off(&self) {
+        // SAFETY: `self.ctx` is the program's context.
+        if unsafe { bpf_xdp_adjust_meta(self.ctx, -4) } != 0 {
+            return;
+        }
+        let meta = self.metadata();
+        if meta + 4 > self.metadata_end() {
+            return;
+        }
+        // SAFETY: bounds-checked just above against the metadata's end (the frame's start).
+        unsafe { *(meta as *mut u32) = lb_common::maps::HANDED_OFF };
+    }
 
     /// The tag is in the frame (XDP sees frames as they arrived): the MACs move 4 bytes
     /// toward the IPv4 header, over the tag, and the frame starts there.
@@ -212,6 +235,19 @@ impl Tc {
             ctx,
             pending: Cell::new(None),
         }
+    }
+
+    /// Whether our XDP program on this interface translated the packet and handed it to the
+    /// kernel ([`Packet::hand_off`]): then it is not a client's or a path's packet to handle.
+    #[inline(always)]
+    pub fn handed_off(&self) -> bool {
+        let meta = self.skb().data_meta as usize;
+        let data = self.ctx.data();
+        if meta + 4 > data {
+            return false;
+        }
+        // SAFETY: bounds-checked just above: four metadata bytes in front of the packet.
+        unsafe { *(meta as *const u32) == lb_common::maps::HANDED_OFF }
     }
 
     #[inline(always)]

@@ -8,11 +8,16 @@ use aya_ebpf::bindings::BPF_ANY;
 use lb_common::{
     Counter,
     hash::ring_slot,
-    maps::{FlowKey, FlowValue, PATH_UP, RING_SIZE, TARGET_MODE_RING, TARGET_MODE_SINGLE, VipInfo},
+    maps::{
+        FILTER_PATH_SERVICE, FlowKey, FlowValue, PATH_UP, REV_F_SHADOWS_WHOLE, RING_SIZE,
+        TARGET_MODE_RING, TARGET_MODE_SINGLE, VipInfo,
+    },
 };
 
 use crate::{
-    maps::{LB_FLOWS, LB_PATHS, LB_RING, LB_TARGETS, LB_VIP_INFO},
+    maps::{
+        LB_FLOWS, LB_OUTBOUND, LB_PATHS, LB_REV_NAT, LB_RING, LB_SHADOWED, LB_TARGETS, LB_VIP_INFO,
+    },
     stats::count,
 };
 
@@ -46,6 +51,54 @@ pub fn lookup(key: &FlowKey) -> Option<(&'static mut FlowValue, Vip)> {
 pub struct Chosen {
     pub id: u32,
     pub addr: [u8; 4],
+}
+
+/// A connection the VM opened through whole-address VIP `vip` that `key` (a packet from the
+/// remote end) belongs to, while its path holds (`LB_OUTBOUND`: apart from the client flows,
+/// which cannot evict it).
+#[inline(always)]
+pub fn outbound(key: &FlowKey, vip: &Vip) -> Option<Chosen> {
+    if !vip.info.key.is_whole_address() {
+        return None;
+    }
+    let flow = LB_OUTBOUND.get_ptr(key)?;
+    // SAFETY: an LRU hash map value, read once while the program runs.
+    let flow = unsafe { *flow };
+    if flow.vip != vip.id {
+        return None;
+    }
+    still_valid(flow.path, vip)
+}
+
+/// Records new flow `key` of whole-address VIP `vip` on `path` in `LB_SHADOWED` when a
+/// service of the same path address answers from the flow's port (`REV_F_SHADOWS_WHOLE`): the
+/// return program asks there whose reply it is. A cheap filter test first; a hash lookup only
+/// for addresses that have services.
+#[inline(always)]
+pub fn note_shadowed(key: &FlowKey, vip: &Vip, path: &Chosen) {
+    if !vip.info.key.is_whole_address()
+        || crate::ingress::filter(path.addr) & FILTER_PATH_SERVICE == 0
+    {
+        return;
+    }
+    let service = lb_common::maps::EndpointKey::service(path.addr, key.proto, key.dport);
+    let Some(rev) = LB_REV_NAT.get_ptr(service) else {
+        return;
+    };
+    // SAFETY: a hash map value, read once while the program runs.
+    if unsafe { (*rev).flags } & REV_F_SHADOWS_WHOLE == 0 {
+        return;
+    }
+    let value = FlowValue {
+        path: path.id,
+        vip: vip.id,
+        flags: 0,
+    };
+    if LB_SHADOWED.insert(key, value, u64::from(BPF_ANY)).is_ok() {
+        count(Counter::FlowShadowed);
+    } else {
+        count(Counter::PinnedInsertFailed);
+    }
 }
 
 /// The target's current choice for a flow, ignoring the flow table.
@@ -135,6 +188,9 @@ pub fn peek(key: &FlowKey, vip: &Vip) -> Result<Chosen, Counter> {
     if let Some((flow, _)) = lookup(key)
         && let Some(p) = still_valid(flow.path, vip)
     {
+        return Ok(p);
+    }
+    if let Some(p) = outbound(key, vip) {
         return Ok(p);
     }
     policy(key, vip.info.target)

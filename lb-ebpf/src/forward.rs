@@ -188,7 +188,10 @@ pub fn route_cached<C: Packet>(
 pub fn finish<C: Packet>(ctx: &C, l2: &L2, ip: &mut Ipv4Hdr, next: Next) -> Verdict {
     let route = match next {
         Next::Send(route) => route,
-        Next::Kernel(reason) => return Verdict::Kernel(reason),
+        Next::Kernel(reason) => {
+            ctx.hand_off();
+            return Verdict::Kernel(reason);
+        }
         // Handlers answer `TooBig` before translating; reaching here is a bug, not the packet.
         Next::TooBig(_) => return Verdict::Fault,
     };
@@ -198,6 +201,7 @@ pub fn finish<C: Packet>(ctx: &C, l2: &L2, ip: &mut Ipv4Hdr, next: Next) -> Verd
     } else if ctx.redirect(route.ifindex) {
         Verdict::Redirect
     } else {
+        ctx.hand_off();
         return Verdict::Kernel(Counter::PassNoTxPort);
     };
     nat::decrement_ttl(ip);

@@ -2,10 +2,14 @@
 //! exceeded, parameter problem). The quoted datagram is translated like the flow it belongs to,
 //! so the receiving stack matches it to its socket: PMTU discovery works through the NAT.
 
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
     Counter,
     icmp::{QUOTE_PAYLOAD, TOO_BIG_OVERHEAD, icmp_checksum_add, too_big_headers},
-    maps::{FILTER_PATH_ADDR, FILTER_PATH_SERVICE, FlowKey},
+    maps::{
+        DEFAULT_TOO_BIG_BURST, DEFAULT_TOO_BIG_PER_SEC, FILTER_PATH_ADDR, FILTER_PATH_SERVICE,
+        FlowKey,
+    },
     nat::{self, Side},
     net::{
         ETH_HDR_LEN, ETH_P_IP, EthHdr, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP,
@@ -18,6 +22,7 @@ use crate::{
     flow,
     forward::{self, Flow},
     ingress::{filter, lookup_vip},
+    maps::{LB_SETTINGS, LB_TOO_BIG},
     parse::{self, L2, ptr_at},
     reverse::{disambiguate, lookup_rev},
     stats::Verdict,
@@ -122,6 +127,8 @@ pub fn return_error<C: Packet>(
     let rev = lookup_rev(q.ip.dst, q.ip.proto, service_port(q.ip.proto, qdport), bits)
         .ok_or(Counter::PassIcmpNotOurs)?;
     let rev = disambiguate(rev, q.ip.dst, q.ip.src, qsport, qdport, q.ip.proto);
+    // From the VM or a router on its path: either way it comes over the path's interface.
+    crate::reverse::check_arrival(rev.path, ctx.ingress_ifindex())?;
     if ip.ttl <= 1 {
         return Err(Counter::PassTtlExpired);
     }
@@ -162,6 +169,24 @@ pub fn return_error<C: Packet>(
     Ok(forward::finish(ctx, l2, ip, next))
 }
 
+/// Takes a token from this CPU's budget of "fragmentation needed" answers (`LB_TOO_BIG`, at
+/// the rate in `LB_SETTINGS`): the kernel's ICMP rate limit does not see what XDP and TC send,
+/// so without one the datapath would answer spoofed sources 1:1 at line rate.
+#[inline(always)]
+fn too_big_allowed() -> bool {
+    let (per_sec, burst) = match LB_SETTINGS.get(0) {
+        Some(s) if s.too_big_per_sec != 0 => (s.too_big_per_sec, s.too_big_burst),
+        _ => (DEFAULT_TOO_BIG_PER_SEC, DEFAULT_TOO_BIG_BURST),
+    };
+    let Some(bucket) = LB_TOO_BIG.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: this CPU's slot, valid for the run and touched by no other CPU.
+    unsafe { (*bucket).take(now, per_sec, burst) }
+}
+
 /// Longest quote: an IPv4 header with 40 bytes of options, plus `QUOTE_PAYLOAD`.
 const MAX_QUOTE_WORDS: usize = (60 + QUOTE_PAYLOAD) / 4;
 
@@ -175,6 +200,9 @@ const MAX_QUOTE_WORDS: usize = (60 + QUOTE_PAYLOAD) / 4;
 #[inline(always)]
 pub fn too_big<C: Packet>(ctx: &C, l2: &L2, mtu: u16) -> Outcome {
     const FAILED: Counter = Counter::DropFragmentNeeded;
+    if !too_big_allowed() {
+        return Err(Counter::DropTooBigRateLimited);
+    }
     // A tag in the frame stays in the reply, which goes back to the same VLAN (an skb's tag
     // outside the frame stays with the skb).
     let l3 = if l2.vlan {

@@ -3,7 +3,10 @@
 use lb_common::{
     Counter,
     hash::addr_slot,
-    maps::{EndpointKey, FILTER_VIP_ADDR, FILTER_VIP_SERVICE, FRAG_DIR_IN, FlowKey},
+    maps::{
+        ADDR_EXPOSED, ADDR_PATH, ADDR_VIP, EndpointKey, FILTER_ADDR, FILTER_VIP_ADDR,
+        FILTER_VIP_SERVICE, FRAG_DIR_IN, FlowKey,
+    },
     nat::{L4, Side},
     net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -13,7 +16,7 @@ use crate::{
     flow::{self, Vip},
     forward::{self, Flow, Next},
     frag, icmp,
-    maps::{LB_ADDR_FILTER, LB_VIPS},
+    maps::{LB_ADDR_FILTER, LB_ADDRS, LB_VIPS},
     parse::{self, Transport},
     stats::{self, Dir, Outcome},
 };
@@ -22,6 +25,28 @@ use crate::{
 #[inline(always)]
 pub fn filter(addr: [u8; 4]) -> u32 {
     LB_ADDR_FILTER.get(addr_slot(addr)).copied().unwrap_or(0)
+}
+
+/// The `ADDR_*` bits of `addr` when it is a VIP or path address (`bits`: its filter slot).
+#[inline(always)]
+fn ours(addr: [u8; 4], bits: u32) -> u32 {
+    if bits & FILTER_ADDR == 0 {
+        return 0;
+    }
+    // SAFETY: a hash map value, read once while the program runs.
+    LB_ADDRS.get_ptr(addr).map_or(0, |b| unsafe { *b })
+}
+
+/// Why a client packet to `dst` (filter slot `bits`) that no VIP covers is not translated: a
+/// path address its target does not expose is dropped; anything else is not ours.
+#[inline(always)]
+fn not_a_vip(dst: [u8; 4], bits: u32) -> Counter {
+    let kind = ours(dst, bits);
+    if kind & ADDR_PATH != 0 && kind & ADDR_EXPOSED == 0 {
+        Counter::DropToPath
+    } else {
+        Counter::PassNotForUs
+    }
 }
 
 /// The VIP a packet to `addr` belongs to, from the VIP table: the service (`proto`, `port`)
@@ -93,9 +118,13 @@ fn later_fragment<C: Packet>(
 pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     let l2 = parse::ethernet(ctx)?;
     let ip = parse::ipv4(ctx, l2.l3)?;
+    // Nothing from the client side comes from one of our addresses: spoofed, or looping.
+    if ours(ip.src, filter(ip.src)) & (ADDR_VIP | ADDR_PATH) != 0 {
+        return Err(Counter::DropMartian);
+    }
     let bits = filter(ip.dst);
     if bits & (FILTER_VIP_ADDR | FILTER_VIP_SERVICE) == 0 {
-        return Err(Counter::PassNotForUs);
+        return Err(not_a_vip(ip.dst, bits));
     }
     let (l4, end) = parse::ipv4_payload(ctx, l2.l3, ip)?;
     if ip.is_later_fragment() {
@@ -127,10 +156,11 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
         Some((flow, vip)) => (Some(flow), vip),
         None => {
             let Some(vip) = lookup_vip(ip.dst, ip.proto, service_port, bits) else {
-                if first_fragment {
+                let reason = not_a_vip(ip.dst, bits);
+                if first_fragment && reason == Counter::PassNotForUs {
                     frag::pass(ip, FRAG_DIR_IN);
                 }
-                return Err(Counter::PassNotForUs);
+                return Err(reason);
             };
             (None, vip)
         }
@@ -148,7 +178,23 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     }
 
     let (sport, dport) = (key.sport, key.dport);
-    let path = flow::assign(&key, &vip, flow)?;
+    // A connection the VM opened (no client flow: it lives in its own table), else the flow
+    // table and the policy; a new whole-address flow on a shadowed port is noted for the
+    // return side.
+    let path = match flow {
+        None => match flow::outbound(&key, &vip) {
+            Some(p) => {
+                stats::count(Counter::FlowHit);
+                p
+            }
+            None => {
+                let p = flow::assign(&key, &vip, None)?;
+                flow::note_shadowed(&key, &vip, &p);
+                p
+            }
+        },
+        flow => flow::assign(&key, &vip, flow)?,
+    };
     let target_port = vip.info.target_port;
     let new_port = (service_port.is_some() && target_port != [0, 0]).then_some(target_port);
     let next = forward::route_cached(

@@ -41,6 +41,9 @@ pub fn lb_return(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn lb_ingress_tc(ctx: TcContext) -> i32 {
     let ctx = Tc::new(ctx);
+    if ctx.handed_off() {
+        return aya_ebpf::bindings::TC_ACT_OK;
+    }
     stats::record(&ctx, ingress::handle(&ctx)) as i32
 }
 
@@ -48,6 +51,9 @@ pub fn lb_ingress_tc(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn lb_return_tc(ctx: TcContext) -> i32 {
     let ctx = Tc::new(ctx);
+    if ctx.handed_off() {
+        return aya_ebpf::bindings::TC_ACT_OK;
+    }
     stats::record(&ctx, reverse::handle(&ctx)) as i32
 }
 

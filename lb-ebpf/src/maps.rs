@@ -7,9 +7,10 @@ use aya_ebpf::{
 };
 use lb_common::maps::{
     ADDR_FILTER_SIZE, ControlMeta, EndpointKey, FLOW_TABLE_FLAGS, FLOW_TABLE_SIZE, FRAG_TABLE_SIZE,
-    FlowKey, FlowValue, FragKey, FragValue, IfaceKey, IfaceMeta, MAX_IFACES, MAX_PATHS,
-    MAX_REV_NAT, MAX_TARGETS, MAX_TX_PORTS, MAX_VIPS, NextHop, PathMeta, PathSeen, PathValue,
-    RING_ENTRIES, RevValue, TargetMeta, TargetValue, TrafficStats, VipInfo,
+    FlowKey, FlowValue, FragKey, FragValue, IfaceKey, IfaceMeta, MAX_ADDRS, MAX_IFACES, MAX_PATHS,
+    MAX_REV_NAT, MAX_TARGETS, MAX_TX_PORTS, MAX_VIPS, NextHop, OUTBOUND_TABLE_SIZE, PathMeta,
+    PathSeen, PathValue, RING_ENTRIES, RevValue, SHADOWED_TABLE_SIZE, Settings, TargetMeta,
+    TargetValue, TokenBucket, TrafficStats, VipInfo,
 };
 
 #[map]
@@ -33,6 +34,28 @@ pub static LB_RING: Array<u32> = Array::with_max_entries(RING_ENTRIES, 0);
 #[map]
 pub static LB_FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(FLOW_TABLE_SIZE, FLOW_TABLE_FLAGS);
+
+#[map]
+pub static LB_ADDRS: HashMap<[u8; 4], u32> = HashMap::with_max_entries(MAX_ADDRS, 0);
+
+#[map]
+pub static LB_PATH_IFACES: Array<u32> = Array::with_max_entries(MAX_PATHS, 0);
+
+#[map]
+pub static LB_SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static LB_TOO_BIG: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
+
+/// One LRU list for all CPUs: the VM's connections are few, and their replies may land on any
+/// CPU.
+#[map]
+pub static LB_OUTBOUND: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(OUTBOUND_TABLE_SIZE, 0);
+
+#[map]
+pub static LB_SHADOWED: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(SHADOWED_TABLE_SIZE, 0);
 
 /// See `frag`.
 #[map]

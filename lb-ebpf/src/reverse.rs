@@ -19,7 +19,7 @@ use crate::{
     forward::{self, Flow, Next},
     frag, icmp,
     ingress::filter,
-    maps::{LB_FLOWS, LB_REV_NAT},
+    maps::{LB_FLOWS, LB_OUTBOUND, LB_PATH_IFACES, LB_REV_NAT, LB_SHADOWED},
     parse::{self, Transport},
     stats::{self, Dir, Outcome, count},
 };
@@ -45,9 +45,10 @@ pub fn lookup_rev(addr: [u8; 4], proto: u8, port: Option<[u8; 2]>, bits: u32) ->
 }
 
 /// A reply from a service port of an address that also has a whole-address VIP
-/// (`REV_F_SHADOWS_WHOLE`) belongs to that VIP when the flow table holds that VIP's flow with
-/// these ports: the client reached the whole address on the service's target port. Otherwise
-/// it is the service's. Costs two lookups, only for such entries.
+/// (`REV_F_SHADOWS_WHOLE`) belongs to that VIP when `LB_SHADOWED` holds that VIP's flow with
+/// these ports (the ingress program notes them): the client reached the whole address on the
+/// service's target port. Otherwise it is the service's. Costs two lookups, only for such
+/// entries.
 #[inline(always)]
 pub fn disambiguate(
     rev: RevValue,
@@ -66,7 +67,7 @@ pub fn disambiguate(
     // SAFETY: a hash map value, read once while the program runs.
     let whole = unsafe { *whole };
     let key = FlowKey::new(client, whole.vip_addr, client_port, path_port, proto);
-    match LB_FLOWS.get_ptr(key) {
+    match LB_SHADOWED.get_ptr(key) {
         // SAFETY: as above.
         Some(flow) if unsafe { (*flow).vip } == whole.vip_id => whole,
         _ => rev,
@@ -74,12 +75,14 @@ pub fn disambiguate(
 }
 
 /// Records a flow the VM opens through a whole-address VIP (first packet: TCP SYN, UDP, ICMP
-/// echo request), keyed as the replies will arrive on the ingress side.
+/// echo request), keyed as the replies will arrive on the ingress side, in `LB_OUTBOUND`,
+/// where no client traffic can evict it. A UDP answer to a client's flow is no such thing:
+/// the client's flow table entry says so.
 #[inline(always)]
 fn record_outbound(key: &FlowKey, rev: &RevValue) {
-    // A lookup first: a reply of a known flow (the common case) must not pay for an LRU insert
+    // Lookups first: a reply of a known flow (the common case) must not pay for an LRU insert
     // attempt, which takes a free element before it finds the key exists.
-    if LB_FLOWS.get_ptr(key).is_some() {
+    if LB_FLOWS.get_ptr(key).is_some() || LB_OUTBOUND.get_ptr(key).is_some() {
         return;
     }
     let value = FlowValue {
@@ -87,8 +90,23 @@ fn record_outbound(key: &FlowKey, rev: &RevValue) {
         vip: rev.vip_id,
         flags: FLOW_F_FROM_PATH,
     };
-    if LB_FLOWS.insert(key, value, u64::from(BPF_NOEXIST)).is_ok() {
+    if LB_OUTBOUND
+        .insert(key, value, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
         count(Counter::FlowFromPath);
+    } else {
+        count(Counter::PinnedInsertFailed);
+    }
+}
+
+/// Whether a packet from path `path` may arrive on `ifindex`: the interface its address is
+/// routed through, as the control plane wrote it (0: not known, any).
+#[inline(always)]
+pub fn check_arrival(path: u32, ifindex: u32) -> Result<(), Counter> {
+    match LB_PATH_IFACES.get(path) {
+        Some(&want) if want != 0 && want != ifindex => Err(Counter::DropWrongInterface),
+        _ => Ok(()),
     }
 }
 
@@ -111,6 +129,7 @@ fn later_fragment<C: Packet>(
             (rev.vip_addr, rev.vip_id, rev.path)
         }
     };
+    check_arrival(path, ctx.ingress_ifindex())?;
     if ip.ttl <= 1 {
         return Err(Counter::PassTtlExpired);
     }
@@ -191,6 +210,7 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
         });
     };
     let rev = disambiguate(rev, ip.src, ip.dst, dport, sport, ip.proto);
+    check_arrival(rev.path, ctx.ingress_ifindex())?;
     if ip.ttl <= 1 {
         return Err(Counter::PassTtlExpired);
     }

@@ -33,6 +33,9 @@ pub struct Config {
     /// How long a client's TCP handshake to an up path may go unanswered before the path is
     /// flagged "datapath suspect".
     pub datapath_suspect: Duration,
+    /// The datapath's "fragmentation needed" answers per second and CPU, and their burst.
+    pub icmp_too_big_per_sec: u32,
+    pub icmp_too_big_burst: u32,
 }
 
 /// The default of `datapath_suspect_ms`: a client retransmits its SYN after 1 s, so 3 s is two
@@ -81,6 +84,9 @@ pub struct Target {
     /// Failover: a recovered preferred path takes new flows back.
     pub preempt: bool,
     pub all_down: AllDown,
+    /// Client packets to the target's path addresses pass to the kernel (else they are
+    /// dropped on the client side).
+    pub expose_paths: bool,
     pub paths: Vec<Path>,
 }
 
@@ -311,6 +317,8 @@ struct RawConfig {
     interfaces: RawInterfaces,
     flow_table_size: Option<u64>,
     datapath_suspect_ms: Option<u64>,
+    icmp_too_big_per_sec: Option<u64>,
+    icmp_too_big_burst: Option<u64>,
     #[serde(default)]
     targets: Vec<RawTarget>,
     #[serde(default)]
@@ -339,6 +347,7 @@ struct RawTarget {
     mode: Option<RawMode>,
     preempt: Option<bool>,
     all_down: Option<RawAllDown>,
+    expose_paths: Option<bool>,
     #[serde(default)]
     paths: Vec<RawPath>,
     #[serde(default)]
@@ -483,9 +492,23 @@ impl Validator {
             interfaces,
             flow_table_size,
             datapath_suspect_ms,
+            icmp_too_big_per_sec,
+            icmp_too_big_burst,
             targets: raw_targets,
             vips: raw_vips,
         } = raw;
+        let icmp_too_big_per_sec = in_range(
+            "icmp_too_big_per_sec",
+            icmp_too_big_per_sec,
+            1..=1_000_000,
+            lb_common::maps::DEFAULT_TOO_BIG_PER_SEC,
+        )?;
+        let icmp_too_big_burst = in_range(
+            "icmp_too_big_burst",
+            icmp_too_big_burst,
+            1..=1_000_000,
+            lb_common::maps::DEFAULT_TOO_BIG_BURST,
+        )?;
         let datapath_suspect = match datapath_suspect_ms {
             None => DEFAULT_DATAPATH_SUSPECT,
             Some(ms) if (100..=3_600_000).contains(&ms) => Duration::from_millis(ms),
@@ -513,6 +536,8 @@ impl Validator {
             vips,
             flow_table_size,
             datapath_suspect,
+            icmp_too_big_per_sec,
+            icmp_too_big_burst,
         })
     }
 
@@ -527,6 +552,7 @@ impl Validator {
             mode,
             preempt,
             all_down,
+            expose_paths,
             paths: raw_paths,
             probe,
         } = raw;
@@ -558,6 +584,7 @@ impl Validator {
             mode,
             preempt: preempt.unwrap_or(true),
             all_down: all_down.map_or(AllDown::Drop, AllDown::from),
+            expose_paths: expose_paths.unwrap_or(false),
             paths,
         })
     }
@@ -873,6 +900,27 @@ fn check_interface_name(at: &str, name: &str) -> Result<(), ConfigError> {
         return Err(invalid(at, format!("{name:?} is not an interface name")));
     }
     Ok(())
+}
+
+/// `value` of field `at` within `range`, or `default` when absent.
+fn in_range(
+    at: &str,
+    value: Option<u64>,
+    range: std::ops::RangeInclusive<u32>,
+    default: u32,
+) -> Result<u32, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => u32::try_from(v)
+            .ok()
+            .filter(|v| range.contains(v))
+            .ok_or_else(|| {
+                invalid(
+                    at,
+                    format!("{v} is not between {} and {}", range.start(), range.end()),
+                )
+            }),
+    }
 }
 
 fn check_flow_table_size(size: u64) -> Result<u32, ConfigError> {

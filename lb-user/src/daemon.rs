@@ -87,6 +87,8 @@ struct Daemon {
     hooks: BTreeMap<String, (Hook, String)>,
     /// Whether each configured interface takes XDP redirects, as last logged.
     redirects: BTreeMap<String, RedirectTarget>,
+    /// The interface each path's replies must arrive on, as written to `LB_PATH_IFACES`.
+    arrivals: BTreeMap<u32, u32>,
 }
 
 /// Runs the daemon until `shutdown` completes (or SIGTERM/SIGINT when the caller passes them).
@@ -143,6 +145,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         attached: Default::default(),
         redirects: BTreeMap::new(),
         hooks: BTreeMap::new(),
+        arrivals: BTreeMap::new(),
     };
     if let Err(e) = d.switch_to(model) {
         // A fresh install that cannot be completed leaves nothing behind; adopted state stays
@@ -359,6 +362,13 @@ impl Daemon {
         self.redirects
             .retain(|iface, _| wanted.iter().any(|(_, _, w)| w == iface));
         self.sync_redirect_targets(wanted.iter().map(|(_, _, iface)| iface.clone()))?;
+        for id in &removed_arrivals(&self.arrivals, &next) {
+            self.dp
+                .maps
+                .set_path_iface(*id, 0)
+                .context("clearing a removed path's interface")?;
+            self.arrivals.remove(id);
+        }
         info!(
             "configuration applied: {writes} map writes in {:?}",
             t0.elapsed()
@@ -605,6 +615,47 @@ impl Daemon {
         Ok(())
     }
 
+    /// Writes, for every path, the interface its replies must arrive on: the path's
+    /// `interface` when configured, else the one the kernel routes its address through. The
+    /// return program drops replies from the path's address that arrive elsewhere. A path
+    /// without a route gets 0 (any), with one log line: its replies could come from anywhere.
+    fn sync_arrivals(&mut self) {
+        let mut want = BTreeMap::new();
+        for t in &self.model.config.targets {
+            for p in &t.paths {
+                let Some(&id) = self.model.ids.paths.get(&(t.name.clone(), p.name.clone())) else {
+                    continue;
+                };
+                let ifindex = match &p.interface {
+                    Some(name) => crate::ifindex(name),
+                    None => crate::netdev::route_oif(p.address).ok().flatten(),
+                };
+                want.insert(id, (ifindex.unwrap_or(0), format!("{}/{}", t.name, p.name)));
+            }
+        }
+        for (id, (ifindex, name)) in want {
+            if self.arrivals.get(&id) == Some(&ifindex) {
+                continue;
+            }
+            if let Err(e) = self.dp.maps.set_path_iface(id, ifindex) {
+                error!("writing the arrival interface of {name}: {e:#}");
+                continue;
+            }
+            if ifindex == 0 {
+                warn!(
+                    "{name}: no route to its address, so its replies are accepted on any \
+                     path-facing interface until there is one"
+                );
+            } else {
+                info!(
+                    "{name}: replies accepted on {} only",
+                    crate::ifname(ifindex).unwrap_or_else(|| ifindex.to_string())
+                );
+            }
+            self.arrivals.insert(id, ifindex);
+        }
+    }
+
     fn sync_redirect_targets(
         &mut self,
         ifaces: impl IntoIterator<Item = String>,
@@ -681,6 +732,7 @@ impl Daemon {
         if let Err(e) = self.sync_redirect_targets(ifaces) {
             error!("{e:#}");
         }
+        self.sync_arrivals();
         self.check_datapath();
         if !self.dirty {
             return;
@@ -749,4 +801,14 @@ fn monotonic_coarse_ns() -> u64 {
     // SAFETY: `ts` is a valid timespec for the call to write.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Paths whose arrival interface was written but which `next` no longer has.
+fn removed_arrivals(arrivals: &BTreeMap<u32, u32>, next: &Model) -> Vec<u32> {
+    let live: std::collections::BTreeSet<u32> = next.ids.paths.values().copied().collect();
+    arrivals
+        .keys()
+        .filter(|id| !live.contains(id))
+        .copied()
+        .collect()
 }

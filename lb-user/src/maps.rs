@@ -12,10 +12,10 @@ use lb_common::{
     Counter,
     hash::addr_slot,
     maps::{
-        self as m, ADDR_FILTER_SIZE, ControlMeta, EndpointKey, FILTER_PATH_ADDR,
+        self as m, ADDR_FILTER_SIZE, ControlMeta, EndpointKey, FILTER_ADDR, FILTER_PATH_ADDR,
         FILTER_PATH_SERVICE, FILTER_VIP_ADDR, FILTER_VIP_SERVICE, FlowKey, FlowValue, IfaceKey,
-        IfaceMeta, PathMeta, PathSeen, PathValue, RING_SIZE, RevValue, TargetMeta, TargetValue,
-        TrafficStats, VipInfo,
+        IfaceMeta, PathMeta, PathSeen, PathValue, RING_SIZE, RevValue, Settings, TargetMeta,
+        TargetValue, TrafficStats, VipInfo,
     },
 };
 
@@ -71,6 +71,10 @@ pub struct Maps {
     admin: Array<MapData, u32>,
     path_seen: Array<MapData, PathSeen>,
     ifaces: HashMap<MapData, IfaceKey, IfaceMeta>,
+    addrs: HashMap<MapData, [u8; 4], u32>,
+    path_ifaces: Array<MapData, u32>,
+    settings: Array<MapData, Settings>,
+    outbound: HashMap<MapData, FlowKey, FlowValue>,
     /// What `addr_filter` holds, so a refresh writes only the slots that change.
     filter_shadow: Vec<u32>,
 }
@@ -107,6 +111,10 @@ impl Maps {
             admin: src.get(m::ADMIN)?,
             path_seen: src.get(m::PATH_SEEN)?,
             ifaces: src.get(m::IFACES)?,
+            addrs: src.get(m::ADDRS)?,
+            path_ifaces: src.get(m::PATH_IFACES)?,
+            settings: src.get(m::SETTINGS)?,
+            outbound: src.get(m::OUTBOUND)?,
             filter_shadow: vec![0; ADDR_FILTER_SIZE as usize],
         };
         if !fresh {
@@ -166,6 +174,57 @@ impl Maps {
 
     pub fn set_admin_disabled(&mut self, id: u32, disabled: bool) -> Result<(), Error> {
         op(m::ADMIN, "set", self.admin.set(id, u32::from(disabled), 0))
+    }
+
+    // ---- Addresses, settings, arrival interfaces. ----
+
+    pub fn set_addr(&mut self, addr: [u8; 4], kind: u32) -> Result<(), Error> {
+        op(m::ADDRS, "set", self.addrs.insert(addr, kind, 0))
+    }
+
+    pub fn remove_addr(&mut self, addr: [u8; 4]) -> Result<(), Error> {
+        match self.addrs.remove(&addr) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(Error::MapOp {
+                map: m::ADDRS,
+                op: "remove",
+                source,
+            }),
+        }
+    }
+
+    /// Every VIP and path address with its `ADDR_*` bits.
+    pub fn addrs(&self) -> Result<Vec<([u8; 4], u32)>, Error> {
+        self.addrs
+            .iter()
+            .map(|r| op(m::ADDRS, "iterate", r))
+            .collect()
+    }
+
+    pub fn settings(&self) -> Result<Settings, Error> {
+        op(m::SETTINGS, "get", self.settings.get(&0, 0))
+    }
+
+    pub fn set_settings(&mut self, value: Settings) -> Result<(), Error> {
+        op(m::SETTINGS, "set", self.settings.set(0, value, 0))
+    }
+
+    /// The interface path `id`'s replies must arrive on (0: any).
+    pub fn path_iface(&self, id: u32) -> Result<u32, Error> {
+        op(m::PATH_IFACES, "get", self.path_ifaces.get(&id, 0))
+    }
+
+    pub fn set_path_iface(&mut self, id: u32, ifindex: u32) -> Result<(), Error> {
+        op(m::PATH_IFACES, "set", self.path_ifaces.set(id, ifindex, 0))
+    }
+
+    /// Connections the VM opened through whole-address VIPs, at most `limit` of them.
+    pub fn outbound(&self, limit: usize) -> Result<Vec<(FlowKey, FlowValue)>, Error> {
+        self.outbound
+            .iter()
+            .take(limit)
+            .map(|r| op(m::OUTBOUND, "iterate", r))
+            .collect()
     }
 
     /// How the daemon attached `iface`, if it recorded that.
@@ -337,6 +396,10 @@ impl Maps {
                 FILTER_PATH_SERVICE
             };
             want[addr_slot(key.addr) as usize] |= bit;
+        }
+        for key in self.addrs.keys() {
+            let addr = op(m::ADDRS, "iterate", key)?;
+            want[addr_slot(addr) as usize] |= FILTER_ADDR;
         }
         for (slot, (bits, old)) in want.iter().zip(self.filter_shadow.iter_mut()).enumerate() {
             if bits != old {

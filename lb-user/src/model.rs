@@ -242,6 +242,8 @@ impl Model {
                 vips: Vec::new(),
                 flow_table_size: None,
                 datapath_suspect: crate::config::DEFAULT_DATAPATH_SUSPECT,
+                icmp_too_big_per_sec: lb_common::maps::DEFAULT_TOO_BIG_PER_SEC,
+                icmp_too_big_burst: lb_common::maps::DEFAULT_TOO_BIG_BURST,
             },
             ids: Ids::default(),
             paths: BTreeMap::new(),
@@ -257,6 +259,10 @@ impl Model {
     pub fn from_tables(t: &Tables, admin_disabled: impl Fn(u32) -> bool) -> Model {
         let mut m = Model::empty();
         m.ids = Ids::from_tables(t);
+        if t.settings.too_big_per_sec != 0 {
+            m.config.icmp_too_big_per_sec = t.settings.too_big_per_sec;
+            m.config.icmp_too_big_burst = t.settings.too_big_burst;
+        }
         let placeholder_probe = crate::config::Probe {
             kind: crate::config::ProbeKind::Icmp,
             interval: Duration::from_secs(1),
@@ -281,8 +287,14 @@ impl Model {
                         interface: None,
                     })
                 })
-                .collect();
+                .collect::<Vec<crate::config::Path>>();
+            let expose_paths = paths.iter().any(|p| {
+                t.addrs
+                    .get(&p.address.octets())
+                    .is_some_and(|k| k & lb_common::maps::ADDR_EXPOSED != 0)
+            });
             m.config.targets.push(Target {
+                expose_paths,
                 name: decode_name(&meta.name).to_string(),
                 mode: if meta.mode == CONFIG_MODE_ACTIVE_ACTIVE {
                     Mode::ActiveActive
@@ -401,7 +413,26 @@ impl Model {
 
     /// What the maps must hold.
     pub fn tables(&self) -> Tables {
-        let mut out = Tables::default();
+        let mut out = Tables {
+            settings: lb_common::maps::Settings {
+                too_big_per_sec: self.config.icmp_too_big_per_sec,
+                too_big_burst: self.config.icmp_too_big_burst,
+            },
+            ..Tables::default()
+        };
+        for v in &self.config.vips {
+            *out.addrs.entry(v.address.octets()).or_default() |= lb_common::maps::ADDR_VIP;
+        }
+        for t in &self.config.targets {
+            let kind = if t.expose_paths {
+                lb_common::maps::ADDR_PATH | lb_common::maps::ADDR_EXPOSED
+            } else {
+                lb_common::maps::ADDR_PATH
+            };
+            for p in &t.paths {
+                *out.addrs.entry(p.address.octets()).or_default() |= kind;
+            }
+        }
         for t in &self.config.targets {
             let Some(&tid) = self.ids.targets.get(&t.name) else {
                 continue;

@@ -124,12 +124,16 @@ struct Socket(OwnedFd);
 
 impl Socket {
     fn open() -> io::Result<Socket> {
+        Socket::open_protocol(libc::NETLINK_GENERIC)
+    }
+
+    fn open_protocol(protocol: libc::c_int) -> io::Result<Socket> {
         // SAFETY: plain socket(2); the fd is owned from here on.
         let fd = unsafe {
             libc::socket(
                 libc::AF_NETLINK,
                 libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_GENERIC,
+                protocol,
             )
         };
         if fd < 0 {
@@ -173,6 +177,16 @@ impl Socket {
         msg.extend(attr_type.to_ne_bytes());
         msg.extend(value);
         msg.resize(len, 0);
+        let reply = self.exchange(&msg)?;
+        reply
+            .get(NLMSG_HDR_LEN + GENL_HDR_LEN..)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| io::Error::other("netlink: short answer"))
+    }
+
+    /// Sends one message, returns the first message of the answer (its netlink header
+    /// included); an error answer is the error.
+    fn exchange(&self, msg: &[u8]) -> io::Result<Vec<u8>> {
         // SAFETY: `msg` is valid for `msg.len()` bytes for the call.
         let sent = unsafe { libc::send(self.0.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
         if sent < 0 {
@@ -196,10 +210,50 @@ impl Socket {
             return Err(io::Error::from_raw_os_error(errno));
         }
         let msg_len = u32::from_ne_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        buf.get(NLMSG_HDR_LEN + GENL_HDR_LEN..msg_len.min(buf.len()))
-            .map(<[u8]>::to_vec)
-            .ok_or_else(short)
+        buf.truncate(msg_len.min(buf.len()));
+        Ok(buf)
     }
+}
+
+/// The interface the kernel routes `addr` through (`ip route get`: RTM_GETROUTE, its
+/// `RTA_OIF`), in this thread's network namespace; `Ok(None)` when there is no route.
+pub fn route_oif(addr: std::net::Ipv4Addr) -> io::Result<Option<u32>> {
+    const RTM_GETROUTE: u16 = 26;
+    const RTMSG_LEN: usize = 12;
+    const RTA_DST: u16 = 1;
+    const RTA_OIF: u16 = 4;
+    let len = NLMSG_HDR_LEN + RTMSG_LEN + 8;
+    let mut msg = Vec::with_capacity(len);
+    msg.extend((len as u32).to_ne_bytes());
+    msg.extend(RTM_GETROUTE.to_ne_bytes());
+    msg.extend(NLM_F_REQUEST.to_ne_bytes());
+    msg.extend(1u32.to_ne_bytes()); // sequence number
+    msg.extend(0u32.to_ne_bytes()); // port id: the kernel fills it in
+    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type; flags.
+    msg.extend([libc::AF_INET as u8, 32, 0, 0, 0, 0, 0, 0]);
+    msg.extend(0u32.to_ne_bytes());
+    msg.extend(8u16.to_ne_bytes());
+    msg.extend(RTA_DST.to_ne_bytes());
+    msg.extend(addr.octets());
+    let sock = Socket::open_protocol(libc::NETLINK_ROUTE)?;
+    let reply = match sock.exchange(&msg) {
+        Ok(r) => r,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::ESRCH)
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let attrs = reply
+        .get(NLMSG_HDR_LEN + RTMSG_LEN..)
+        .ok_or_else(|| io::Error::other("rtnetlink: short answer"))?;
+    Ok(attr(attrs, RTA_OIF)
+        .and_then(|v| v.try_into().ok())
+        .map(u32::from_ne_bytes))
 }
 
 fn align4(n: usize) -> usize {
@@ -226,6 +280,15 @@ fn attr(mut attrs: &[u8], wanted: u16) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_loopback_address_is_routed_through_lo() {
+        let lo = crate::ifindex("lo").expect("every namespace has lo");
+        assert_eq!(
+            route_oif(std::net::Ipv4Addr::LOCALHOST).expect("rtnetlink answers"),
+            Some(lo)
+        );
+    }
 
     #[test]
     fn attributes_are_found_past_padding_and_flags() {

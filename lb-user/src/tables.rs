@@ -9,7 +9,7 @@ use std::{
 };
 
 use lb_common::maps::{
-    EndpointKey, NO_ID, PathMeta, PathValue, RING_SIZE, RevValue, TARGET_MODE_NONE,
+    EndpointKey, NO_ID, PathMeta, PathValue, RING_SIZE, RevValue, Settings, TARGET_MODE_NONE,
     TARGET_MODE_RING, TargetMeta, TargetValue, VipInfo,
 };
 
@@ -26,6 +26,9 @@ pub struct Tables {
     pub paths: BTreeMap<u32, PathValue>,
     pub target_meta: BTreeMap<u32, TargetMeta>,
     pub path_meta: BTreeMap<u32, PathMeta>,
+    /// Every VIP and path address → `ADDR_*` bits.
+    pub addrs: BTreeMap<[u8; 4], u32>,
+    pub settings: Settings,
 }
 
 /// Where [`apply`] writes. Removing an entry means writing its zero value for arrays.
@@ -39,6 +42,9 @@ pub trait Store {
     fn set_path(&mut self, id: u32, value: PathValue) -> Result<(), Error>;
     fn set_target_meta(&mut self, id: u32, value: TargetMeta) -> Result<(), Error>;
     fn set_path_meta(&mut self, id: u32, value: PathMeta) -> Result<(), Error>;
+    fn set_addr(&mut self, addr: [u8; 4], kind: u32) -> Result<(), Error>;
+    fn remove_addr(&mut self, addr: [u8; 4]) -> Result<(), Error>;
+    fn set_settings(&mut self, value: Settings) -> Result<(), Error>;
     fn refresh_filter(&mut self) -> Result<(), Error>;
 }
 
@@ -59,6 +65,10 @@ pub fn apply(store: &mut impl Store, current: &Tables, desired: &Tables) -> Resu
     }
     let mut n = 0;
 
+    if current.settings != desired.settings {
+        store.set_settings(desired.settings)?;
+        n += 1;
+    }
     for (id, meta) in &desired.path_meta {
         if changed(current.path_meta.get(id), meta) {
             store.set_path_meta(*id, *meta)?;
@@ -90,6 +100,13 @@ pub fn apply(store: &mut impl Store, current: &Tables, desired: &Tables) -> Resu
         }
     }
     let mut filter = false;
+    for (addr, kind) in &desired.addrs {
+        if changed(current.addrs.get(addr), kind) {
+            store.set_addr(*addr, *kind)?;
+            filter = true;
+            n += 1;
+        }
+    }
     for (key, rev) in &desired.rev_nat {
         if changed(current.rev_nat.get(key), rev) {
             store.set_rev_nat(*key, *rev)?;
@@ -130,6 +147,15 @@ pub fn apply(store: &mut impl Store, current: &Tables, desired: &Tables) -> Resu
         .filter(|k| !desired.rev_nat.contains_key(k))
     {
         store.remove_rev_nat(key)?;
+        removed = true;
+        n += 1;
+    }
+    for addr in current
+        .addrs
+        .keys()
+        .filter(|a| !desired.addrs.contains_key(*a))
+    {
+        store.remove_addr(*addr)?;
         removed = true;
         n += 1;
     }
@@ -205,6 +231,15 @@ impl Store for Maps {
     fn set_path_meta(&mut self, id: u32, value: PathMeta) -> Result<(), Error> {
         Maps::set_path_meta(self, id, value)
     }
+    fn set_addr(&mut self, addr: [u8; 4], kind: u32) -> Result<(), Error> {
+        Maps::set_addr(self, addr, kind)
+    }
+    fn remove_addr(&mut self, addr: [u8; 4]) -> Result<(), Error> {
+        Maps::remove_addr(self, addr)
+    }
+    fn set_settings(&mut self, value: Settings) -> Result<(), Error> {
+        Maps::set_settings(self, value)
+    }
     fn refresh_filter(&mut self) -> Result<(), Error> {
         Maps::refresh_filter(self)
     }
@@ -247,6 +282,8 @@ impl Maps {
             }
         }
         t.rev_nat = self.rev_nat()?.into_iter().collect();
+        t.addrs = self.addrs()?.into_iter().collect();
+        t.settings = self.settings()?;
         Ok(t)
     }
 }
@@ -321,6 +358,8 @@ impl MemStore {
                 .filter(|(_, m)| m.used != 0)
                 .map(|(k, v)| (*k, *v))
                 .collect(),
+            addrs: t.addrs.clone(),
+            settings: t.settings,
         }
     }
 }
@@ -372,6 +411,23 @@ impl Store for MemStore {
     fn set_path_meta(&mut self, id: u32, value: PathMeta) -> Result<(), Error> {
         self.tables.path_meta.insert(id, value);
         self.log.push(format!("path-meta {id}"));
+        Ok(())
+    }
+    fn set_addr(&mut self, addr: [u8; 4], kind: u32) -> Result<(), Error> {
+        self.tables.addrs.insert(addr, kind);
+        self.log
+            .push(format!("addr {}", std::net::Ipv4Addr::from(addr)));
+        Ok(())
+    }
+    fn remove_addr(&mut self, addr: [u8; 4]) -> Result<(), Error> {
+        self.tables.addrs.remove(&addr);
+        self.log
+            .push(format!("-addr {}", std::net::Ipv4Addr::from(addr)));
+        Ok(())
+    }
+    fn set_settings(&mut self, value: Settings) -> Result<(), Error> {
+        self.tables.settings = value;
+        self.log.push("settings".into());
         Ok(())
     }
     fn refresh_filter(&mut self) -> Result<(), Error> {

@@ -343,11 +343,14 @@ pub struct Flow {
     pub from_vm: bool,
 }
 
-/// Up to `limit` flows of the flow table, in the order the kernel lists them.
+/// Up to `limit` flows: the flow table's, then the connections the VM opened (their own
+/// table), in the order the kernel lists them.
 pub fn flows(maps: &Maps, limit: usize) -> Result<Vec<Flow>, Error> {
     let (model, _) = model(maps)?;
-    Ok(maps
-        .flows(limit)?
+    let mut all = maps.flows(limit)?;
+    let rest = limit.saturating_sub(all.len());
+    all.extend(maps.outbound(rest)?);
+    Ok(all
         .into_iter()
         .map(|(k, v): (FlowKey, _)| {
             let names = model.path_name(v.path);

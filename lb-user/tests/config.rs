@@ -114,6 +114,7 @@ fn example_parses_into_the_model() {
             mode: Mode::Failover,
             preempt: true,
             all_down: AllDown::Drop,
+            expose_paths: false,
             paths: vec![
                 Path {
                     name: "nn1".into(),
@@ -162,6 +163,8 @@ fn example_parses_into_the_model() {
         ],
         flow_table_size: Some(1 << 20),
         datapath_suspect: Duration::from_secs(3),
+        icmp_too_big_per_sec: 1000,
+        icmp_too_big_burst: 50,
     };
     assert_eq!(config, want);
     assert_eq!(config.target("web-vm"), Some(&want.targets[0]));
@@ -186,10 +189,15 @@ fn defaults() {
     );
     assert_eq!(config.flow_table_size, None);
     assert_eq!(config.datapath_suspect, Duration::from_secs(3));
+    // As the kernel's icmp_msgs_per_sec and icmp_msgs_burst.
+    assert_eq!(
+        (config.icmp_too_big_per_sec, config.icmp_too_big_burst),
+        (1000, 50)
+    );
     let t = &config.targets[0];
     assert_eq!(
-        (t.mode, t.preempt, t.all_down),
-        (Mode::Failover, true, AllDown::Drop)
+        (t.mode, t.preempt, t.all_down, t.expose_paths),
+        (Mode::Failover, true, AllDown::Drop, false)
     );
     let default_probe = Probe {
         kind: ProbeKind::Icmp,
@@ -545,6 +553,38 @@ fn datapath_suspect_time() {
             &format!("{bad} is not between 100 and 3600000"),
         );
     }
+}
+
+#[test]
+fn icmp_too_big_rate() {
+    let config = accepts(&edited(|v| {
+        v["icmp_too_big_per_sec"] = json!(10);
+        v["icmp_too_big_burst"] = json!(2);
+    }));
+    assert_eq!(
+        (config.icmp_too_big_per_sec, config.icmp_too_big_burst),
+        (10, 2)
+    );
+    for field in ["icmp_too_big_per_sec", "icmp_too_big_burst"] {
+        for bad in [0u64, 1_000_001, 1 << 40] {
+            rejects_edit(
+                |v| v[field] = json!(bad),
+                field,
+                &format!("{bad} is not between 1 and 1000000"),
+            );
+        }
+    }
+}
+
+#[test]
+fn expose_paths() {
+    let config = accepts(&edited(|v| v["targets"][0]["expose_paths"] = json!(true)));
+    assert!(config.targets[0].expose_paths);
+    rejects_edit(
+        |v| v["targets"][0]["expose_paths"] = json!("yes"),
+        "targets[0]",
+        "expected a boolean",
+    );
 }
 
 #[test]

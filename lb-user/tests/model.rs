@@ -328,7 +328,10 @@ fn apply_from_empty_writes_everything_once_then_nothing() {
         + desired.rings.len()
         + desired.paths.len()
         + desired.target_meta.len()
-        + desired.path_meta.len();
+        + desired.path_meta.len()
+        + desired.addrs.len()
+        // The settings.
+        + 1;
     assert_eq!(n, entries);
     assert_eq!(store.log.iter().filter(|e| *e != "filter").count(), entries);
     assert_eq!(store.read(), desired);
@@ -384,6 +387,14 @@ fn a_new_vip_is_written_after_everything_it_leads_to() {
     assert_before(&store.log, &entry, "filter");
     let mut all = first;
     all.extend([entry, "filter".into()]);
+    // And the new addresses: the VIP's and its paths'.
+    all.extend(
+        desired
+            .addrs
+            .keys()
+            .filter(|a| !current.addrs.contains_key(*a))
+            .map(|a| format!("addr {}", std::net::Ipv4Addr::from(*a))),
+    );
     assert_eq!(sorted(store.log.clone()), sorted(all), "nothing else");
     assert_eq!(store.read(), desired);
 }

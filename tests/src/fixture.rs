@@ -227,6 +227,8 @@ pub mod ids {
 pub struct Run {
     pub action: u32,
     pub frame: Vec<u8>,
+    /// XDP only: the metadata the program left in front of the frame.
+    pub meta: Vec<u8>,
 }
 
 pub const XDP_ABORTED: u32 = 0;
@@ -354,6 +356,20 @@ impl Fx {
                 target,
             },
         )?;
+        self.add_addr(a, lb_common::maps::ADDR_PATH)
+    }
+
+    /// Marks `a` in `LB_ADDRS` (as the control plane does for every VIP and path address).
+    pub fn add_addr(&mut self, a: Ipv4Addr, kind: u32) -> anyhow::Result<()> {
+        let had = self
+            .dp
+            .maps
+            .addrs()?
+            .into_iter()
+            .find(|(k, _)| *k == a.octets())
+            .map_or(0, |(_, v)| v);
+        self.dp.maps.set_addr(a.octets(), had | kind)?;
+        self.dp.maps.refresh_filter()?;
         Ok(())
     }
 
@@ -418,8 +434,7 @@ impl Fx {
                 _pad: [0; 2],
             },
         )?;
-        maps.refresh_filter()?;
-        Ok(())
+        self.add_addr(vip, lb_common::maps::ADDR_VIP)
     }
 
     /// A spare target with one path at `path_addr`, exposed as whole-address `vip`.
@@ -455,15 +470,21 @@ impl Fx {
         ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&on.ifindex.to_ne_bytes());
         let mut out = vec![0u8; frame.len() + 512];
+        let mut ctx_out = [0u8; 24];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.data_out = Some(&mut out);
         opts.ctx_in = Some(&ctx);
+        opts.ctx_out = Some(&mut ctx_out);
         let r = p.test_run(opts).context("BPF_PROG_TEST_RUN")?;
         out.truncate(r.data_size_out as usize);
+        // The output starts at the metadata; the context says where the frame begins.
+        let meta_len = u32::from_ne_bytes([ctx_out[0], ctx_out[1], ctx_out[2], ctx_out[3]]);
+        let frame = out.split_off((meta_len as usize).min(out.len()));
         Ok(Run {
             action: r.return_value,
-            frame: out,
+            frame,
+            meta: out,
         })
     }
 
@@ -493,7 +514,11 @@ impl Fx {
             TC_ACT_REDIRECT => XDP_REDIRECT,
             other => bail!("{prog:?} at TC returned {other}, no verdict lb uses"),
         };
-        Ok(Run { action, frame: out })
+        Ok(Run {
+            action,
+            frame: out,
+            meta: Vec::new(),
+        })
     }
 
     /// Runs and checks the action and the output frame (`None`: the input, unchanged).
@@ -520,6 +545,20 @@ impl Fx {
         }
         if let Some(d) = lb_testkit::hexdiff::diff(want, &r.frame) {
             bail!("{prog:?}: output frame differs from the expected one:\n{d}");
+        }
+        // A translated packet XDP hands to the kernel carries the mark a TC program of ours
+        // on the same interface lets pass (lb_common::maps::HANDED_OFF); no other does.
+        let handed_off = self.hook == Hook::Xdp && action == XDP_PASS && output.is_some();
+        let want_meta = if handed_off {
+            lb_common::maps::HANDED_OFF.to_ne_bytes().to_vec()
+        } else {
+            Vec::new()
+        };
+        if r.meta != want_meta {
+            bail!(
+                "{prog:?}: metadata {:02x?} in front of the frame (expected {want_meta:02x?})",
+                r.meta
+            );
         }
         Ok(())
     }

@@ -50,3 +50,28 @@ pub fn sysctl(key: &str, value: &str) -> anyhow::Result<()> {
 pub fn ifindex(name: &str) -> anyhow::Result<u32> {
     lb_user::ifindex(name).with_context(|| format!("no interface {name}"))
 }
+
+/// Runs `f` with the calling thread pinned to the CPU it is on (per-CPU state, such as a
+/// per-CPU token bucket, then sees one CPU), and restores the thread's CPU set afterwards.
+pub fn on_one_cpu<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    // SAFETY: all-zero is an empty cpu_set_t; the calls get valid pointers and sizes.
+    unsafe {
+        let mut was: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        if libc::sched_getaffinity(0, size, &mut was) != 0 {
+            bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+        }
+        let cpu = libc::sched_getcpu();
+        if cpu < 0 {
+            bail!("sched_getcpu: {}", std::io::Error::last_os_error());
+        }
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut one);
+        if libc::sched_setaffinity(0, size, &one) != 0 {
+            bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
+        }
+        let out = f();
+        libc::sched_setaffinity(0, size, &was);
+        out
+    }
+}

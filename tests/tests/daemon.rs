@@ -393,10 +393,13 @@ fn tc_restart_and_hook_moves_without_loss() -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("stream thread"))??;
     ensure!(
         report.lost.is_empty(),
-        "lost {} of {} datagrams across the restart and the hook moves: {:?}\n{}",
+        "lost {} of {} datagrams across the restart and the hook moves: {:?}\ncounters: {}\n{}",
         report.lost.len(),
         report.sent,
         &report.lost[..report.lost.len().min(20)],
+        d.json(&["stats"])
+            .map(|s| s["counters"].to_string())
+            .unwrap_or_default(),
         d.log_text()
     );
     // The flows of before the moves are still there.

@@ -1142,7 +1142,95 @@ const CASES: &[(&str, &str, Case)] = &[
             fx.counters(&[(PassNotIpv4, 1), (XdpPass, 1)])
         },
     ),
+    // ---------------------------------------------------------------- ingress: what is not ours
+    (
+        "ingress_to_a_path_address_drops",
+        "from the client side to a path address: dropped, counted, so no host beyond the edge reaches the VM's ports that no VIP exposes",
+        |fx| {
+            let p = to_vip(addr::NN1, 40000, 22);
+            ingress(fx, &p, Dropped)?;
+            fx.counters(&[(DropToPath, 1), (XdpDrop, 1)])
+        },
+    ),
+    (
+        "ingress_to_an_exposed_path_address_passes",
+        "a target with expose_paths: client packets to its path addresses pass to the kernel untouched, as before",
+        |fx| {
+            fx.add_addr(addr::NN1, lb_common::maps::ADDR_EXPOSED)?;
+            let p = to_vip(addr::NN1, 40000, 22);
+            ingress(fx, &p, Pass)?;
+            fx.counters(&[(PassNotForUs, 1), (XdpPass, 1)])
+        },
+    ),
+    (
+        "ingress_martians_drop",
+        "from the client side with a VIP or a path address as source: dropped, counted (a VIP-to-VIP packet would loop through the upstream router)",
+        |fx| {
+            for src in [addr::VIP_SVC, addr::NN2] {
+                let p = Pkt::tcp(src, 40000, addr::VIP, 22).eth(macs::CLIENT, macs::CLI0);
+                ingress(fx, &p, Dropped)?;
+            }
+            fx.counters(&[(DropMartian, 2), (XdpDrop, 2)])
+        },
+    ),
+    (
+        "ingress_too_big_answers_are_rate_limited",
+        "a burst of too-big packets: at most the burst is answered (per CPU, at the configured rate); the rest are dropped, counted",
+        |fx| {
+            fx.spare(addr::NOT_VIP, addr::SMALL_MTU)?;
+            fx.dp.maps.set_settings(lb_common::maps::Settings {
+                too_big_per_sec: 1,
+                too_big_burst: 3,
+            })?;
+            let p = to_vip(addr::NOT_VIP, 40000, 22).payload(&[7; 1100]);
+            let reply = too_big_reply(&p, 1000, 20).eth(macs::CLI0, macs::CLIENT);
+            // One CPU's budget: the bucket is per CPU.
+            lb_tests::sys::on_one_cpu(|| {
+                for i in 0..10 {
+                    if i < 3 {
+                        ingress(fx, &p, Tx(&reply))?;
+                    } else {
+                        ingress(fx, &p, Dropped)?;
+                    }
+                }
+                Ok(())
+            })?;
+            fx.counters(&[
+                (FlowNew, 1),
+                (FlowHit, 9),
+                (IcmpTooBigSent, 3),
+                (XdpTx, 3),
+                (DropTooBigRateLimited, 7),
+                (XdpDrop, 7),
+            ])
+        },
+    ),
     // ---------------------------------------------------------------- return program
+    (
+        "return_on_the_wrong_interface_drops",
+        "a reply from a path address arriving on an interface its address is not routed through (a spoofer on another segment): dropped, counted; on its own interface, translated",
+        |fx| {
+            let p = from_path(Pkt::tcp(addr::NN1, 22, addr::CLIENT, 40000), macs::NN1);
+            fx.dp
+                .maps
+                .set_path_iface(ids::PATH_NN1, fx.env.cli0.ifindex)?;
+            returning(fx, &p, Dropped)?;
+            fx.dp
+                .maps
+                .set_path_iface(ids::PATH_NN1, fx.env.path0.ifindex)?;
+            returning(
+                fx,
+                &p,
+                Redirect(&toward_client(&p, addr::VIP, macs::CLIENT)),
+            )?;
+            fx.counters(&[
+                (DropWrongInterface, 1),
+                (XdpDrop, 1),
+                (NatReturn, 1),
+                (XdpRedirect, 1),
+            ])
+        },
+    ),
     (
         "return_tcp_whole_vip",
         "a reply from a path address leaves with the VIP as source",
@@ -1203,6 +1291,7 @@ const CASES: &[(&str, &str, Case)] = &[
             returning(fx, &svc, Redirect(&out))?;
             fx.counters(&[
                 (FlowNew, 1),
+                (FlowShadowed, 1),
                 (NatIngress, 1),
                 (NatReturn, 2),
                 (XdpRedirect, 3),
@@ -1227,6 +1316,7 @@ const CASES: &[(&str, &str, Case)] = &[
             returning(fx, &err, Redirect(&out))?;
             fx.counters(&[
                 (FlowNew, 1),
+                (FlowShadowed, 1),
                 (NatIngress, 1),
                 (IcmpErrorReturn, 1),
                 (XdpRedirect, 2),
@@ -1460,7 +1550,7 @@ const CASES: &[(&str, &str, Case)] = &[
     ),
     (
         "return_vm_opened_tcp_replies_follow_path",
-        "a connection the VM opens over NN2 is recorded; its replies come back over NN2",
+        "a connection the VM opens over NN2 is recorded in its own table (not the flow table); its replies come back over NN2",
         |fx| {
             let syn = from_path(Pkt::tcp_syn(addr::NN2, 50000, addr::REMOTE, 443), macs::NN2);
             returning(
@@ -1474,7 +1564,8 @@ const CASES: &[(&str, &str, Case)] = &[
                 vip: ids::VIP,
                 flags: lb_common::maps::FLOW_F_FROM_PATH,
             };
-            assert_eq!(fx.dp.maps.flow(&key)?, Some(recorded));
+            assert_eq!(fx.dp.maps.outbound(10)?, [(key, recorded)]);
+            assert_eq!(fx.dp.maps.flow(&key)?, None);
             let reply = Pkt::tcp(addr::REMOTE, 443, addr::VIP, 50000).eth(macs::REMOTE, macs::CLI0);
             ingress(fx, &reply, Redirect(&toward(&reply, addr::NN2, macs::NN2)))?;
             fx.counters(&[
@@ -1519,6 +1610,7 @@ const CASES: &[(&str, &str, Case)] = &[
             )?;
             let key = flow(addr::REMOTE, addr::VIP, 443, 50000, IPPROTO_TCP);
             assert_eq!(fx.dp.maps.flow(&key)?, None);
+            assert!(fx.dp.maps.outbound(10)?.is_empty());
             fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])
         },
     ),
@@ -1542,6 +1634,8 @@ const CASES: &[(&str, &str, Case)] = &[
                 Redirect(&toward_client(&p, addr::VIP, macs::CLIENT)),
             )?;
             assert_eq!(fx.dp.maps.flow(&key)?.map(|f| f.path), Some(ids::PATH_NN1));
+            // A UDP answer to a client's flow is not a connection the VM opened.
+            assert!(fx.dp.maps.outbound(10)?.is_empty());
             fx.counters(&[(NatReturn, 1), (XdpRedirect, 1)])
         },
     ),
@@ -1778,6 +1872,43 @@ const CASES: &[(&str, &str, Case)] = &[
 
 /// Cases of the XDP hook alone, each saying why.
 const XDP_ONLY: &[(&str, &str, Case)] = &[
+    (
+        "a_flood_of_client_flows_leaves_the_vms_connections",
+        "a million new client flows through a 4,096-flow table evict client flows, never a connection the VM opened: its replies still come back over its path",
+        |fx| {
+            let syn = from_path(Pkt::tcp_syn(addr::NN2, 50000, addr::REMOTE, 443), macs::NN2);
+            returning(
+                fx,
+                &syn,
+                Redirect(&toward_client(&syn, addr::VIP, macs::REMOTE)),
+            )?;
+            // 16 sources × 65,536 source ports, UDP without checksum (valid over IPv4).
+            let mut flooded = 0u64;
+            for host in 0..16u8 {
+                let src = Ipv4Addr::new(198, 51, 100, 100 + host);
+                let mut frame = Pkt::udp(src, 0, addr::VIP, 5001)
+                    .eth(macs::CLIENT, macs::CLI0)
+                    .bytes();
+                frame[40..42].copy_from_slice(&[0, 0]);
+                for port in 0..=u16::MAX {
+                    frame[34..36].copy_from_slice(&port.to_be_bytes());
+                    fx.run(Ingress, fx.env.cli0, &frame)?;
+                    flooded += 1;
+                }
+            }
+            assert!(flooded >= 1_000_000);
+            let key = flow(addr::REMOTE, addr::VIP, 443, 50000, IPPROTO_TCP);
+            assert_eq!(
+                fx.dp.maps.outbound(10)?.len(),
+                1,
+                "the VM's connection is kept"
+            );
+            let reply = Pkt::tcp(addr::REMOTE, 443, addr::VIP, 50000).eth(macs::REMOTE, macs::CLI0);
+            ingress(fx, &reply, Redirect(&toward(&reply, addr::NN2, macs::NN2)))?;
+            assert_eq!(fx.dp.maps.flow(&key)?, None);
+            Ok(())
+        },
+    ),
     (
         "ingress_egress_not_in_devmap",
         "the egress interface is not in the devmap: translated, the kernel forwards (TC needs no devmap: tc::egress_outside_the_devmap_is_redirected)",

@@ -406,6 +406,28 @@ fn pmtu_through_the_nat_on(veths: Veths) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The VM's path addresses are out of the clients' reach (only the VIPs are): a connection
+/// from the client to a path address goes nowhere, dropped by the datapath and counted.
+fn path_addresses_unreachable_from_clients() -> anyhow::Result<()> {
+    let (lab, _srv, d) = up_on(Veths::Plain, true)?;
+    // A client that knows where the paths are and routes to them through the edge.
+    lab.client.ip("route add 192.0.2.0/24 via 198.51.100.1")?;
+    let direct = http_get(&lab.client, NN1, HTTP_PORT, "/", Duration::from_millis(500));
+    ensure!(
+        direct.is_err(),
+        "reached the VM at {NN1} directly: {direct:?}"
+    );
+    let counters = d.json(&["stats"])?["counters"].clone();
+    ensure!(
+        counters["drop_to_path"].as_u64().unwrap_or(0) >= 1,
+        "dropped by the datapath: {counters}"
+    );
+    // The VIP still works.
+    let body = http_get(&lab.client, VIP, HTTP_PORT, "/", T)?;
+    ensure!(body == NN1.to_string(), "served by {body}");
+    Ok(())
+}
+
 /// The MAC address of `dev` in `ns`.
 fn mac_of(ns: &lb_tests::netns::Netns, dev: &str) -> anyhow::Result<[u8; 6]> {
     let out = ns.exec("cat", &[&format!("/sys/class/net/{dev}/address")])?;
@@ -648,6 +670,10 @@ fn main() {
             (
                 "fragments_through_both_vip_kinds_on_each_hook",
                 fragments_through_both_vip_kinds_on_each_hook,
+            ),
+            (
+                "path_addresses_unreachable_from_clients",
+                path_addresses_unreachable_from_clients,
             ),
             (
                 "vlan_tagged_clients_on_each_hook",
