@@ -169,6 +169,14 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// Writable by every user: a root daemon must not take its orders from such a file.
+    #[error(
+        "{} is writable by every user (mode {mode:o}); the daemon runs as root and does what \
+         this file says, so it refuses it: `chmod o-w {}`",
+        path.display(),
+        path.display()
+    )]
+    WorldWritable { path: PathBuf, mode: u32 },
     /// Not JSON.
     #[error("line {line}, column {column}: {message}")]
     Syntax {
@@ -191,10 +199,22 @@ impl Config {
 
     /// Reads, parses and validates the configuration file at `path`.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        use std::{io::Read as _, os::unix::fs::MetadataExt as _};
+        let io = |source| ConfigError::Io {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        // The mode of the file as opened, so a swap between the check and the read is moot.
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let mode = file.metadata().map_err(io)?.mode();
+        if mode & 0o002 != 0 {
+            return Err(ConfigError::WorldWritable {
+                path: path.to_owned(),
+                mode: mode & 0o7777,
+            });
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(io)?;
         Config::from_json(&text)
     }
 

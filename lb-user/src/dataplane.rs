@@ -113,6 +113,12 @@ pub enum Error {
     },
     #[error("no interface {iface}")]
     NoInterface { iface: String },
+    #[error(
+        "{path} is {why}: lb does not trust pinned state another user could have written \
+         (pins and their directories must be owned by root and writable by no one else); \
+         check who changed it, then fix it or start over with `lb down`"
+    )]
+    UnsafePin { path: PathBuf, why: String },
     #[error("{GENERIC_XDP_REFUSED}")]
     GenericXdp,
 }
@@ -269,6 +275,54 @@ impl PinDir {
         self.maps().join(m::META).exists()
     }
 
+    /// Refuses pinned state another user could have written: the directory, `maps/`,
+    /// `links/` and every pin in them must be owned by root and writable by neither group nor
+    /// others.
+    pub fn check_ownership(&self) -> Result<(), Error> {
+        use std::os::unix::fs::MetadataExt as _;
+        let mut paths = vec![self.root.clone()];
+        for dir in [self.maps(), self.links()] {
+            if !dir.exists() {
+                continue;
+            }
+            paths.push(dir.clone());
+            let entries = fs::read_dir(&dir).map_err(|source| Error::Fs {
+                what: "reading",
+                path: dir.clone(),
+                source,
+            })?;
+            paths.extend(entries.flatten().map(|e| e.path()));
+        }
+        for path in paths {
+            let meta = fs::symlink_metadata(&path).map_err(|source| Error::Fs {
+                what: "inspecting",
+                path: path.clone(),
+                source,
+            })?;
+            let why = if meta.file_type().is_symlink() {
+                Some("a symbolic link".to_owned())
+            } else if meta.uid() != 0 {
+                Some(format!("owned by uid {}, not root", meta.uid()))
+            } else if meta.mode() & 0o022 != 0 {
+                Some(format!(
+                    "writable by {} (mode {:o})",
+                    if meta.mode() & 0o002 != 0 {
+                        "every user"
+                    } else {
+                        "its group"
+                    },
+                    meta.mode() & 0o7777
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(Error::UnsafePin { path, why });
+            }
+        }
+        Ok(())
+    }
+
     /// The links pinned here, as (role, hook, interface).
     pub fn attachments(&self) -> Result<Vec<(Role, Hook, String)>, Error> {
         let dir = self.links();
@@ -306,6 +360,7 @@ impl PinDir {
                 dir: self.root.clone(),
             });
         }
+        self.check_ownership()?;
         let maps = Maps::open(&self.maps())?;
         let found = maps.meta()?.layout;
         if found != LAYOUT {
@@ -411,6 +466,7 @@ impl Dataplane {
         let maps_dir = pin.maps();
         let mut origin = Origin::Fresh;
         if pin.installed() {
+            pin.check_ownership()?;
             match check_pinned(pin) {
                 Ok(()) => origin = Origin::Adopted,
                 Err(e @ (Error::LayoutMismatch { .. } | Error::Incomplete { .. })) if replace => {
@@ -422,11 +478,7 @@ impl Dataplane {
             }
         }
         for dir in [pin.maps(), pin.links()] {
-            fs::create_dir_all(&dir).map_err(|source| Error::Fs {
-                what: "creating",
-                path: dir,
-                source,
-            })?;
+            private_dir(&dir)?;
         }
         let mut loader = EbpfLoader::new();
         let paths: Vec<(&'static str, PathBuf)> = m::ALL
@@ -759,22 +811,14 @@ mod bpffs {
     /// mounts) a bpffs mounted here is invisible to other processes. Enter only the network
     /// namespace (`nsenter --net=...`), or pre-mount the bpffs.
     pub fn ensure(dir: &Path) -> Result<(), Error> {
-        fs::create_dir_all(dir).map_err(|source| Error::Fs {
-            what: "creating",
-            path: dir.into(),
-            source,
-        })?;
+        super::private_dir(dir)?;
         if is_bpffs(dir) {
             return Ok(());
         }
         let sys = Path::new("/sys/fs/bpf");
         if dir.starts_with(sys) && !is_bpffs(sys) {
             mount(sys)?;
-            fs::create_dir_all(dir).map_err(|source| Error::Fs {
-                what: "creating",
-                path: dir.into(),
-                source,
-            })?;
+            super::private_dir(dir)?;
             if is_bpffs(dir) {
                 return Ok(());
             }
@@ -798,6 +842,22 @@ mod bpffs {
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
     }
+}
+
+/// Creates `dir` (and its parents) and makes it root's alone (0700), whatever the umask.
+fn private_dir(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let err = |what, source| Error::Fs {
+        what,
+        path: dir.into(),
+        source,
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| err("creating", e))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| err("securing", e))
 }
 
 /// Pins a program's link (XDP or TCX) at `path`, so it outlives the daemon.

@@ -1205,3 +1205,24 @@ fn interface_exists_asks_the_kernel() {
     assert!(!interface_exists("lb-no-such-if"));
     assert!(!interface_exists("nul\0inside"));
 }
+
+#[test]
+fn a_world_writable_file_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = std::env::temp_dir().join(format!("lb-config-{}.json", std::process::id()));
+    std::fs::write(&path, EXAMPLE).expect("writing a temporary file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let err = Config::load(&path).expect_err("a world-writable file");
+    let text = err.to_string();
+    assert!(
+        matches!(err, ConfigError::WorldWritable { mode: 0o666, .. })
+            && text.contains("writable by every user")
+            && text.contains(&format!("chmod o-w {}", path.display())),
+        "{text}"
+    );
+    // Group-writable is the operator's business; only "everyone" is refused.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).expect("chmod");
+    let loaded = Config::load(&path);
+    std::fs::remove_file(&path).ok();
+    loaded.expect("a file only root's group can write");
+}

@@ -68,6 +68,8 @@ pub struct Daemon {
     pub log: PathBuf,
     /// `--hook X` when the start named one: every restart keeps it.
     hook: Vec<String>,
+    /// The file-mode mask the daemon runs under (`None`: the test process's).
+    pub umask: Option<u32>,
 }
 
 impl Daemon {
@@ -88,6 +90,7 @@ impl Daemon {
                 .find(|w| w[0] == "--hook")
                 .map(|w| vec![w[0].to_owned(), w[1].to_owned()])
                 .unwrap_or_default(),
+            umask: None,
         };
         std::fs::write(&d.config, config)?;
         let mut d = d;
@@ -113,6 +116,16 @@ impl Daemon {
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));
+        if let Some(mask) = self.umask {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: umask is async-signal-safe and touches no memory.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::umask(mask);
+                    Ok(())
+                });
+            }
+        }
         // The log is appended across restarts: wait for this run's line.
         let applied = |text: &str| text.matches("configuration applied").count();
         let before = applied(&self.log_text());

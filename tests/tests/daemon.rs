@@ -724,6 +724,96 @@ fn http_get_raw(ns: &lb_tests::netns::Netns, addr: &'static str) -> anyhow::Resu
     .map_err(|_| anyhow::anyhow!("thread"))?
 }
 
+/// Pinned state another user could have written is refused, naming the file: a pin made
+/// writable by others, a pin owned by another user, a group-writable directory. Put right,
+/// the same state is adopted again. Pins and directories are created root's alone whatever
+/// the umask.
+fn pins_with_wrong_owners_or_modes_are_refused() -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let topo = Lab::new()?;
+    let _srv = servers::start(&topo.vm, PORTS, [NN1, NN2])?;
+    let cfg = config(TCP_PROBE, "", WHOLE_VIP);
+    let mut d = Daemon::start(&topo.edge, &cfg, &[])?;
+    // From scratch under a permissive umask.
+    d.stop()?;
+    d.lb(&["down"])?;
+    d.umask = Some(0);
+    d.restart(&[])?;
+    d.wait_status(T, |s| active(s, "web").as_deref() == Some("nn1"))?;
+    let pins = d.pin.clone();
+    for sub in ["", "maps", "links", "maps/LB_VIPS"] {
+        let mode = std::fs::metadata(pins.join(sub))?.mode() & 0o777;
+        ensure!(mode & 0o077 == 0, "{sub}: mode {mode:o} under umask 0");
+    }
+    d.stop()?;
+    let pin = pins.join("maps/LB_VIPS");
+    let links = pins.join("links");
+    type Change = Box<dyn Fn() -> std::io::Result<()>>;
+    let cases: Vec<(&str, std::path::PathBuf, Change, Change)> = vec![
+        (
+            "writable by every user",
+            pin.clone(),
+            Box::new({
+                let p = pin.clone();
+                move || std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666))
+            }),
+            Box::new({
+                let p = pin.clone();
+                move || std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+            }),
+        ),
+        (
+            "owned by uid 65534",
+            pin.clone(),
+            Box::new({
+                let p = pin.clone();
+                move || std::os::unix::fs::chown(&p, Some(65534), Some(65534))
+            }),
+            Box::new({
+                let p = pin.clone();
+                move || std::os::unix::fs::chown(&p, Some(0), Some(0))
+            }),
+        ),
+        (
+            "writable by its group",
+            links.clone(),
+            Box::new({
+                let p = links.clone();
+                move || std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o770))
+            }),
+            Box::new({
+                let p = links.clone();
+                move || std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))
+            }),
+        ),
+    ];
+    for (why, path, spoil, fix) in cases {
+        spoil()?;
+        let err = d
+            .restart(&[])
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        ensure!(
+            err.contains(&format!("{} is {why}", path.display())),
+            "{why}: the daemon must refuse, naming {}: {err}\n{}",
+            path.display(),
+            d.log_text()
+        );
+        let status = d.lb(&["status"]);
+        ensure!(status.is_err(), "{why}: the CLI refuses too");
+        fix()?;
+    }
+    d.restart(&[])?;
+    d.wait_status(T, |s| active(s, "web").as_deref() == Some("nn1"))?;
+    ensure!(
+        d.log_text().contains("adopted the datapath"),
+        "put right, the state is adopted:\n{}",
+        d.log_text()
+    );
+    Ok(())
+}
+
 fn clear_errors_and_nothing_applied() -> anyhow::Result<()> {
     // No pinned state.
     let out = lb(&["--pin-dir", "/tmp/lb-no-such-pin-dir", "status"])?;
@@ -736,17 +826,52 @@ fn clear_errors_and_nothing_applied() -> anyhow::Result<()> {
     // A bad argument: clap's usage error, exit 2.
     let out = lb(&["status", "--bogus"])?;
     ensure!(out.status.code() == Some(2), "{out:?}");
-    // Without root: a clear message.
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(lb_tests::lb::lb_bin()?)
-        .args(["status"])
-        .output()?;
-    ensure!(
-        out.status.code() == Some(1)
-            && String::from_utf8_lossy(&out.stderr).contains("lb needs root"),
-        "{out:?}"
-    );
+    // Without root, or as root without capabilities: every command that needs them says so,
+    // naming itself and what it lacks, before touching anything.
+    let fresh = "/tmp/lb-unprivileged-pins";
+    let _ = std::fs::remove_dir_all(fresh);
+    let cfg_path = "/tmp/lb-unprivileged.json";
+    std::fs::write(cfg_path, config(TCP_PROBE, "", WHOLE_VIP))?;
+    for (who, setpriv) in [
+        (
+            "nobody",
+            &["--reuid=65534", "--regid=65534", "--clear-groups"][..],
+        ),
+        (
+            "root without capabilities",
+            &["--inh-caps=-all", "--bounding-set=-all"][..],
+        ),
+    ] {
+        for (args, lacks) in [
+            (&["status"][..], "CAP_BPF"),
+            (&["stats"][..], "CAP_BPF"),
+            (&["flows"][..], "CAP_BPF"),
+            (&["path", "disable", "web", "nn1"][..], "CAP_BPF"),
+            (&["reload"][..], "CAP_BPF"),
+            (&["down"][..], "CAP_BPF, CAP_NET_ADMIN"),
+            (&["run", "--config", cfg_path][..], "CAP_BPF, CAP_NET_ADMIN"),
+        ] {
+            let out = std::process::Command::new("setpriv")
+                .args(setpriv)
+                .arg("--")
+                .arg(lb_tests::lb::lb_bin()?)
+                .args(["--pin-dir", fresh])
+                .args(args)
+                .output()?;
+            let err = String::from_utf8_lossy(&out.stderr);
+            ensure!(
+                out.status.code() == Some(1)
+                    && err.contains(&format!("lb {} needs root (or CAP_BPF", args[0]))
+                    && err.contains(&format!("this process lacks {lacks}")),
+                "{who}, lb {args:?}: {out:?}"
+            );
+        }
+        ensure!(
+            !std::path::Path::new(fresh).exists(),
+            "{who}: nothing may be created"
+        );
+    }
+    let _ = std::fs::remove_file(cfg_path);
 
     // A bad file and a missing interface: clear errors, nothing created.
     let topo = Lab::new()?;
@@ -852,6 +977,10 @@ fn main() {
             (
                 "clear_errors_and_nothing_applied",
                 clear_errors_and_nothing_applied,
+            ),
+            (
+                "pins_with_wrong_owners_or_modes_are_refused",
+                pins_with_wrong_owners_or_modes_are_refused,
             ),
         ],
         // It counts the probes sent in a measured window: a neighbour's load would delay them.

@@ -14,7 +14,6 @@ pub struct Options {}
 
 pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
     let Options {} = opts;
-    lb_user::daemon::ensure_root()?;
     let dir = pin.dir();
     if let Ok(maps) = dir.open() {
         let d = view::daemon(&maps)?;

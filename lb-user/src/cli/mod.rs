@@ -55,9 +55,8 @@ impl PinArgs {
         PinDir::new(&self.pin_dir)
     }
 
-    /// The pinned maps, after checking for root (a clear message instead of EPERM).
+    /// The pinned maps (the command checked its privileges first, in [`main`]).
     pub fn open(&self) -> anyhow::Result<Maps> {
-        lb_user::daemon::ensure_root()?;
         Ok(self.dir().open()?)
     }
 }
@@ -71,6 +70,36 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let Cli { pin, command } = cli;
+    // Before anything is touched: a clear message instead of an EPERM halfway through.
+    use lb_user::daemon::{Cap, require};
+    let needs: Option<(&str, &str, &[Cap])> = match &command {
+        Command::Run(_) => Some((
+            "run",
+            "load and attach the programs and keep their maps",
+            &[Cap::Bpf, Cap::NetAdmin],
+        )),
+        Command::Check(_) => None,
+        Command::Status(_) => Some(("status", "read the pinned maps", &[Cap::Bpf])),
+        Command::Stats(_) => Some(("stats", "read the pinned maps", &[Cap::Bpf])),
+        Command::Flows(_) => Some(("flows", "read the pinned maps", &[Cap::Bpf])),
+        Command::Path(_) => Some(("path", "write the pinned maps", &[Cap::Bpf])),
+        Command::Reload(_) => Some((
+            "reload",
+            "find the daemon through the pinned maps",
+            &[Cap::Bpf],
+        )),
+        Command::Down(_) => Some((
+            "down",
+            "detach the programs and remove the pinned state",
+            &[Cap::Bpf, Cap::NetAdmin],
+        )),
+    };
+    if let Some((name, what, caps)) = needs
+        && let Err(e) = require(name, what, caps)
+    {
+        eprintln!("lb: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match command {
         Command::Run(o) => run::run(o, pin),
         Command::Check(o) => check::run(o),

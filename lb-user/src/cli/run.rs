@@ -42,7 +42,6 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
         replace,
         detach_on_exit,
     } = opts;
-    lb_user::daemon::ensure_root()?;
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let opts = lb_user::daemon::Options {
         config,
