@@ -8,7 +8,7 @@ use std::{
     future::Future,
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -51,18 +51,6 @@ pub struct Options {
     pub detach_on_exit: bool,
 }
 
-/// What the metrics endpoint and the logs want beyond the maps.
-#[derive(Debug, Default)]
-pub struct Shared {
-    pub model: Option<Model>,
-    /// State transitions per path id since the daemon started.
-    pub transitions: BTreeMap<u32, u64>,
-    /// Probe results per path id since the daemon started (a daemon falling behind shows here).
-    pub probes: BTreeMap<u32, u64>,
-    pub reloads: u64,
-    pub reload_failures: u64,
-}
-
 struct ProbeTask {
     spec: ProbeSpec,
     interval: Duration,
@@ -78,7 +66,9 @@ struct Daemon {
     prober: Arc<Prober>,
     probes: BTreeMap<u32, ProbeTask>,
     events: mpsc::Sender<Event>,
-    shared: Arc<Mutex<Shared>>,
+    /// What the metrics thread reads: [`Daemon::snap`] as last published.
+    shared: metrics::Shared,
+    snap: metrics::Snapshot,
     /// Path meta (RTTs) waits for the next flush; state changes are written at once.
     dirty: bool,
     /// Attachments this daemon made or adopted (and updated to its programs).
@@ -127,7 +117,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
     }
 
     let (events, mut rx) = mpsc::channel(1024);
-    let shared = Arc::new(Mutex::new(Shared::default()));
+    let shared: metrics::Shared = Default::default();
     let prober = Arc::new(Prober::new().context("starting the prober")?);
     if let Some(why) = prober.icmp_unavailable() {
         warn!("{why}");
@@ -141,6 +131,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         probes: BTreeMap::new(),
         events,
         shared: shared.clone(),
+        snap: metrics::Snapshot::default(),
         dirty: false,
         attached: Default::default(),
         redirects: BTreeMap::new(),
@@ -158,11 +149,8 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
     d.write_meta(std::process::id())?;
 
     if let Some(addr) = opts.metrics {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the metrics endpoint {addr}"))?;
-        info!("metrics on http://{addr}/metrics");
-        tokio::spawn(metrics::serve(listener, pin.clone(), shared.clone()));
+        metrics::start(addr, pin.clone(), shared.clone())
+            .with_context(|| format!("starting the metrics endpoint on {addr}"))?;
     }
 
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -446,9 +434,8 @@ impl Daemon {
             transition,
             history,
         } = ev;
-        if let Ok(mut sh) = self.shared.lock() {
-            *sh.probes.entry(path_id).or_default() += 1;
-        }
+        *self.snap.probes.entry(path_id).or_default() += 1;
+        self.shared.store(Arc::new(self.snap.clone()));
         let Some(s) = self.model.paths.get_mut(&path_id) else {
             return;
         };
@@ -487,9 +474,7 @@ impl Daemon {
             "{target}/{path}: {from} → {} ({}; probe: {}; history {history}){decision}; decision to map write {written:?}",
             transition.to, transition.reason, result.detail
         );
-        if let Ok(mut sh) = self.shared.lock() {
-            *sh.transitions.entry(path_id).or_default() += 1;
-        }
+        *self.snap.transitions.entry(path_id).or_default() += 1;
         self.publish();
     }
 
@@ -530,14 +515,14 @@ impl Daemon {
                 .ok_or_else(|| anyhow!("the configuration does not fit the maps"))?;
             self.switch_to(next)
         });
-        let mut sh = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         match result {
-            Ok(()) => sh.reloads += 1,
+            Ok(()) => self.snap.reloads += 1,
             Err(e) => {
-                sh.reload_failures += 1;
+                self.snap.reload_failures += 1;
                 error!("reload rejected, the running configuration stays: {e:#}");
             }
         }
+        self.publish();
     }
 
     /// Picks up drains written by `lb path disable/enable`.
@@ -748,10 +733,11 @@ impl Daemon {
         self.publish();
     }
 
-    fn publish(&self) {
-        if let Ok(mut sh) = self.shared.lock() {
-            sh.model = Some(self.model.clone());
-        }
+    /// Hands the metrics thread a fresh snapshot (it never waits for the daemon, nor the
+    /// daemon for it).
+    fn publish(&mut self) {
+        self.snap.model = Some(Arc::new(self.model.clone()));
+        self.shared.store(Arc::new(self.snap.clone()));
     }
 
     fn write_meta(&mut self, pid: u32) -> anyhow::Result<()> {

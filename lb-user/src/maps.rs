@@ -77,6 +77,15 @@ pub struct Maps {
     outbound: HashMap<MapData, FlowKey, FlowValue>,
     /// What `addr_filter` holds, so a refresh writes only the slots that change.
     filter_shadow: Vec<u32>,
+    /// Whether `filter_shadow` was read (maps opened from pins skip its 65,536 reads until a
+    /// refresh needs them: readers such as the CLI and the metrics never do).
+    filter_known: bool,
+}
+
+impl std::fmt::Debug for Maps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Maps")
+    }
 }
 
 impl Maps {
@@ -92,6 +101,7 @@ impl Maps {
     }
 
     fn from_source(mut src: Source<'_>, fresh: bool) -> Result<Self, Error> {
+        let read_filter = !fresh && matches!(src, Source::Object(_));
         let mut maps = Self {
             vips: src.get(m::VIPS)?,
             vip_info: src.get(m::VIP_INFO)?,
@@ -116,15 +126,22 @@ impl Maps {
             settings: src.get(m::SETTINGS)?,
             outbound: src.get(m::OUTBOUND)?,
             filter_shadow: vec![0; ADDR_FILTER_SIZE as usize],
+            filter_known: fresh,
         };
-        if !fresh {
-            for (slot, bits) in maps.addr_filter.iter().enumerate() {
-                if let Some(shadow) = maps.filter_shadow.get_mut(slot) {
-                    *shadow = op(m::ADDR_FILTER, "read", bits)?;
-                }
-            }
+        if read_filter {
+            maps.read_filter()?;
         }
         Ok(maps)
+    }
+
+    fn read_filter(&mut self) -> Result<(), Error> {
+        for (slot, bits) in self.addr_filter.iter().enumerate() {
+            if let Some(shadow) = self.filter_shadow.get_mut(slot) {
+                *shadow = op(m::ADDR_FILTER, "read", bits)?;
+            }
+        }
+        self.filter_known = true;
+        Ok(())
     }
 
     // ---- Control-plane state. ----
@@ -378,6 +395,9 @@ impl Maps {
     /// slots that change. Call it after adding entries (they take effect when their bit is
     /// set) and after removing them (a stale bit only costs the datapath one lookup).
     pub fn refresh_filter(&mut self) -> Result<(), Error> {
+        if !self.filter_known {
+            self.read_filter()?;
+        }
         let mut want = vec![0u32; ADDR_FILTER_SIZE as usize];
         for key in self.vips.keys() {
             let key = op(m::VIPS, "iterate", key)?;

@@ -1,103 +1,348 @@
-//! `--metrics ADDR`: the Prometheus text exposition of the counters, per VIP and per path
-//! traffic, path states, probe RTTs, transitions and reloads. A minimal HTTP/1.1 server: one
-//! GET at a time per connection, anything else answered 404.
+//! `--metrics [ADDR:]PORT`: the OpenMetrics exposition (prometheus-client) of the datapath's
+//! counters, per VIP and per path traffic, path states, probe RTTs, transitions and reloads,
+//! served over HTTP/1.1 (hyper) on `/metrics`.
+//!
+//! The server keeps out of the daemon's way: it runs on a thread and runtime of its own, so a
+//! scrape never runs where probes and map writes do; it reads the daemon's state from a
+//! lock-free snapshot ([`Snapshot`], published through `arc-swap`), so no probe result ever
+//! waits for a scrape; it opens the pinned maps once and reads only what it exports (never the
+//! 65,536 address-filter slots). It bounds what a client can hold: [`MAX_CONNECTIONS`] at
+//! once (more are closed at once), [`REQUEST_TIMEOUT`] for a whole request, one request per
+//! connection; an accept error is logged once and waited out, never spun on.
 
 use std::{
-    fmt::Write as _,
+    collections::BTreeMap,
+    convert::Infallible,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
+use arc_swap::ArcSwap;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
 use lb_common::Counter;
-use log::warn;
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpListener,
+use log::{error, info, warn};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
 };
 
-use crate::{daemon::Shared, dataplane::PinDir, health::Health};
+use crate::{dataplane::PinDir, health::Health, maps::Maps, model::Model};
 
-pub async fn serve(listener: TcpListener, pin: PinDir, shared: Arc<Mutex<Shared>>) {
+/// Connections served at once; more are closed as soon as they are accepted.
+pub const MAX_CONNECTIONS: usize = 64;
+/// The longest a connection may take, from accept to the last byte of the answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the daemon publishes for the scrape: its model and its own counters.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub model: Option<Arc<Model>>,
+    /// State transitions per path id since the daemon started.
+    pub transitions: BTreeMap<u32, u64>,
+    /// Probe results per path id since the daemon started (a daemon falling behind shows here).
+    pub probes: BTreeMap<u32, u64>,
+    pub reloads: u64,
+    pub reload_failures: u64,
+}
+
+/// The daemon's side: it stores, the scrape loads, neither waits.
+pub type Shared = Arc<ArcSwap<Snapshot>>;
+
+/// A metric family: name (counters get `_total` on their samples), help, type.
+pub struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: MetricType,
+}
+
+const fn family(name: &'static str, help: &'static str, kind: MetricType) -> Family {
+    Family { name, help, kind }
+}
+
+const PACKETS: Family = family(
+    "lb_packets",
+    "Datapath packets by verdict, reason and event (see docs/DATAPATH.md).",
+    MetricType::Counter,
+);
+const VIP_PACKETS: Family = family(
+    "lb_vip_packets",
+    "Translated packets per VIP; in: toward the VM.",
+    MetricType::Counter,
+);
+const VIP_BYTES: Family = family(
+    "lb_vip_bytes",
+    "Translated bytes per VIP; in: toward the VM.",
+    MetricType::Counter,
+);
+const PATH_UP: Family = family(
+    "lb_path_up",
+    "1 when the path is up and not disabled.",
+    MetricType::Gauge,
+);
+const PATH_DISABLED: Family = family(
+    "lb_path_disabled",
+    "1 when an operator disabled (drained) the path.",
+    MetricType::Gauge,
+);
+const PATH_SUSPECT: Family = family(
+    "lb_path_datapath_suspect",
+    "1 when the path's probes succeed while its clients' TCP handshakes go unanswered.",
+    MetricType::Gauge,
+);
+const PATH_RTT: Family = family(
+    "lb_path_probe_rtt_seconds",
+    "Round-trip time of the path's last successful probe.",
+    MetricType::Gauge,
+);
+const PATH_TRANSITIONS: Family = family(
+    "lb_path_transitions",
+    "Up/down transitions of the path since the daemon started.",
+    MetricType::Counter,
+);
+const PATH_PROBES: Family = family(
+    "lb_path_probes",
+    "Probe results of the path since the daemon started.",
+    MetricType::Counter,
+);
+const PATH_PACKETS: Family = family(
+    "lb_path_packets",
+    "Translated packets per path; in: toward the VM.",
+    MetricType::Counter,
+);
+const PATH_BYTES: Family = family(
+    "lb_path_bytes",
+    "Translated bytes per path; in: toward the VM.",
+    MetricType::Counter,
+);
+const RELOADS: Family = family(
+    "lb_reloads",
+    "Configuration reloads by result (ok, rejected).",
+    MetricType::Counter,
+);
+
+/// Every family exported (README lists each).
+pub const FAMILIES: &[Family] = &[
+    PACKETS,
+    VIP_PACKETS,
+    VIP_BYTES,
+    PATH_UP,
+    PATH_DISABLED,
+    PATH_SUSPECT,
+    PATH_RTT,
+    PATH_TRANSITIONS,
+    PATH_PROBES,
+    PATH_PACKETS,
+    PATH_BYTES,
+    RELOADS,
+];
+
+/// `--metrics`' value: `PORT` (on 127.0.0.1) or `ADDR:PORT`.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    text.parse::<SocketAddr>()
+        .map_err(|_| format!("{text:?} is neither a port nor an address:port"))
+}
+
+/// Binds `addr` and serves on a thread of its own; the bind error is the caller's.
+pub fn start(addr: SocketAddr, pin: PinDir, shared: Shared) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let collector = Scrape {
+        pin,
+        shared,
+        maps: Mutex::new(None),
+    };
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(collector));
+    let registry = Arc::new(registry);
+    std::thread::Builder::new()
+        .name("lb-metrics".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    error!("metrics: no runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => serve(listener, registry).await,
+                    Err(e) => error!("metrics: {e}"),
+                }
+            });
+        })?;
+    info!("metrics on http://{addr}/metrics");
+    Ok(())
+}
+
+async fn serve(listener: tokio::net::TcpListener, registry: Arc<Registry>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut accept_failing = false;
     loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                accept_failing = false;
+                stream
+            }
+            Err(e) => {
+                // Out of descriptors, say: say it once, wait, and try again.
+                if !accept_failing {
+                    warn!("metrics: accepting a connection: {e}");
+                    accept_failing = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Full: this one is closed at once; the ones holding slots time out.
+            drop(stream);
             continue;
         };
-        let pin = pin.clone();
-        let shared = shared.clone();
+        let registry = registry.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut len = 0;
-            // Read the request head (bounded).
-            while len < buf.len() {
-                match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    conn.read(&mut buf[len..]),
-                )
-                .await
-                {
-                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => return,
-                    Ok(Ok(n)) => len += n,
-                }
-                if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
-            }
-            let head = String::from_utf8_lossy(&buf[..len]);
-            let (status, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET / ")
-            {
-                match render(&pin, &shared) {
-                    Ok(body) => ("200 OK", body),
-                    Err(e) => ("500 Internal Server Error", format!("# error: {e:#}\n")),
-                }
-            } else {
-                ("404 Not Found", "try /metrics\n".to_string())
-            };
-            let reply = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if let Err(e) = conn.write_all(reply.as_bytes()).await {
-                warn!("metrics: writing the answer: {e}");
-            }
+            let _slot = slot;
+            let service = service_fn(move |req| {
+                let registry = registry.clone();
+                async move { Ok::<_, Infallible>(answer(&registry, &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            // A whole request, not each read: a slow client cannot hold a slot for long.
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, conn).await;
         });
     }
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// The exposition text: counters from the pinned maps, the rest from the daemon's model.
-pub fn render(pin: &PinDir, shared: &Mutex<Shared>) -> anyhow::Result<String> {
-    let maps = pin.open()?;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP lb_packets_total Datapath packets by verdict, reason and event (see docs/DATAPATH.md)."
-    );
-    let _ = writeln!(out, "# TYPE lb_packets_total counter");
-    for (c, v) in maps.counters()? {
-        let _ = writeln!(
-            out,
-            "lb_packets_total{{counter=\"{}\"}} {v}",
-            Counter::name(c)
+fn answer<B>(registry: &Registry, req: &Request<B>) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, content_type: &str, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        if let Ok(v) = content_type.parse() {
+            r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+        }
+        r
+    };
+    if req.method() != Method::GET {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET /metrics\n".into(),
         );
     }
-    let sh = shared.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(model) = &sh.model else {
-        return Ok(out);
+    if !matches!(req.uri().path(), "/metrics" | "/") {
+        return reply(StatusCode::NOT_FOUND, "text/plain", "try /metrics\n".into());
+    }
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, registry) {
+        Ok(()) => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body,
+        ),
+        Err(_) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            "the exposition could not be encoded (see the daemon's log)\n".into(),
+        ),
+    }
+}
+
+/// Reads what a scrape exports: the counters and traffic from the pinned maps (opened once,
+/// reopened after an error), the rest from the daemon's snapshot.
+#[derive(Debug)]
+struct Scrape {
+    pin: PinDir,
+    shared: Shared,
+    maps: Mutex<Option<Maps>>,
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        // Only the metrics thread takes this lock.
+        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        if maps.is_none() {
+            match self.pin.open() {
+                Ok(m) => *maps = Some(m),
+                Err(e) => error!("metrics: opening the pinned maps: {e:#}"),
+            }
+        }
+        let snap = self.shared.load();
+        let result = encode_all(&mut encoder, maps.as_ref(), &snap);
+        if let Err(e) = &result {
+            error!("metrics: reading the maps: {e:#}");
+            // A map error drops the handles; the next scrape opens them again.
+            *maps = None;
+        }
+        Ok(())
+    }
+}
+
+/// A sample's labels, in order.
+type Labels = Vec<(&'static str, String)>;
+/// Samples by family name.
+type Rows<N> = BTreeMap<&'static str, Vec<(Labels, N)>>;
+
+/// Rows of one gauge family.
+fn gauge<N>(
+    enc: &mut DescriptorEncoder<'_>,
+    f: &Family,
+    rows: &[(Labels, N)],
+) -> Result<(), std::fmt::Error>
+where
+    N: prometheus_client::encoding::EncodeGaugeValue + Copy + std::fmt::Debug,
+{
+    let mut fam = enc.encode_descriptor(f.name, f.help, None, f.kind)?;
+    for (labels, v) in rows {
+        ConstGauge::new(*v).encode(fam.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// Encodes every family; a map read error ends the exposition early (what was encoded
+/// stays).
+fn encode_all(
+    encoder: &mut DescriptorEncoder<'_>,
+    maps: Option<&Maps>,
+    snap: &Snapshot,
+) -> anyhow::Result<()> {
+    let counter = |enc: &mut DescriptorEncoder<'_>,
+                   f: &Family,
+                   rows: &[(Labels, u64)]|
+     -> Result<(), std::fmt::Error> {
+        let mut fam = enc.encode_descriptor(f.name, f.help, None, f.kind)?;
+        for (labels, v) in rows {
+            ConstCounter::new(*v).encode(fam.encode_family(labels)?)?;
+        }
+        Ok(())
+    };
+    let Some(maps) = maps else {
+        return Ok(());
+    };
+    let rows: Vec<_> = maps
+        .counters()?
+        .into_iter()
+        .map(|(c, v)| (vec![("counter", Counter::name(c).to_owned())], v))
+        .collect();
+    counter(encoder, &PACKETS, &rows)?;
+    let Some(model) = &snap.model else {
+        return Ok(());
     };
 
-    let _ = writeln!(
-        out,
-        "# HELP lb_vip_packets_total Translated packets per VIP; in: toward the VM."
-    );
-    let _ = writeln!(out, "# TYPE lb_vip_packets_total counter");
-    let _ = writeln!(out, "# TYPE lb_vip_bytes_total counter");
+    let (mut packets, mut bytes) = (Vec::new(), Vec::new());
     for v in &model.config.vips {
-        let key = crate::model::vip_key(v);
-        let Some(id) = model.ids.vips.get(&key) else {
+        let Some(id) = model.ids.vips.get(&crate::model::vip_key(v)) else {
             continue;
         };
         let s = maps.vip_stats(*id)?;
@@ -105,102 +350,84 @@ pub fn render(pin: &PinDir, shared: &Mutex<Shared>) -> anyhow::Result<String> {
             v.service.map(|s| s.protocol.name()),
             v.service.map(|s| s.port),
         );
-        let labels = format!(
-            "vip=\"{}\",service=\"{service}\",target=\"{}\"",
-            v.address,
-            escape(&v.target)
-        );
-        let _ = writeln!(
-            out,
-            "lb_vip_packets_total{{{labels},direction=\"in\"}} {}",
-            s.in_packets
-        );
-        let _ = writeln!(
-            out,
-            "lb_vip_packets_total{{{labels},direction=\"out\"}} {}",
-            s.out_packets
-        );
-        let _ = writeln!(
-            out,
-            "lb_vip_bytes_total{{{labels},direction=\"in\"}} {}",
-            s.in_bytes
-        );
-        let _ = writeln!(
-            out,
-            "lb_vip_bytes_total{{{labels},direction=\"out\"}} {}",
-            s.out_bytes
-        );
+        let labels = |direction: &str| {
+            vec![
+                ("vip", v.address.to_string()),
+                ("service", service.clone()),
+                ("target", v.target.clone()),
+                ("direction", direction.to_owned()),
+            ]
+        };
+        packets.push((labels("in"), s.in_packets));
+        packets.push((labels("out"), s.out_packets));
+        bytes.push((labels("in"), s.in_bytes));
+        bytes.push((labels("out"), s.out_bytes));
     }
-    let _ = writeln!(
-        out,
-        "# HELP lb_path_up 1 when the path is up and not disabled."
-    );
-    let _ = writeln!(out, "# TYPE lb_path_up gauge");
-    let _ = writeln!(out, "# TYPE lb_path_disabled gauge");
-    let _ = writeln!(out, "# TYPE lb_path_datapath_suspect gauge");
-    let _ = writeln!(out, "# TYPE lb_path_probe_rtt_seconds gauge");
-    let _ = writeln!(out, "# TYPE lb_path_transitions_total counter");
-    let _ = writeln!(out, "# TYPE lb_path_probes_total counter");
-    let _ = writeln!(out, "# TYPE lb_path_packets_total counter");
-    let _ = writeln!(out, "# TYPE lb_path_bytes_total counter");
+    counter(encoder, &VIP_PACKETS, &packets)?;
+    counter(encoder, &VIP_BYTES, &bytes)?;
+
+    let mut flags: Rows<i64> = BTreeMap::new();
+    let mut rtts: Vec<(Labels, f64)> = Vec::new();
+    let mut counts: Rows<u64> = BTreeMap::new();
     for ((target, path), id) in &model.ids.paths {
         let Some(s) = model.paths.get(id) else {
             continue;
         };
-        let labels = format!("target=\"{}\",path=\"{}\"", escape(target), escape(path));
+        let labels = vec![("target", target.clone()), ("path", path.clone())];
+        let with_dir = |d: &str| {
+            let mut l = labels.clone();
+            l.push(("direction", d.to_owned()));
+            l
+        };
         let up = s.health == Some(Health::Up) && !s.disabled;
-        let _ = writeln!(out, "lb_path_up{{{labels}}} {}", u8::from(up));
-        let _ = writeln!(out, "lb_path_disabled{{{labels}}} {}", u8::from(s.disabled));
-        let _ = writeln!(
-            out,
-            "lb_path_datapath_suspect{{{labels}}} {}",
-            u8::from(s.suspect)
-        );
+        let mut g = |f: &Family, v: bool| {
+            flags
+                .entry(f.name)
+                .or_default()
+                .push((labels.clone(), v.into()))
+        };
+        g(&PATH_UP, up);
+        g(&PATH_DISABLED, s.disabled);
+        g(&PATH_SUSPECT, s.suspect);
         if let Some(rtt) = s.rtt {
-            let _ = writeln!(
-                out,
-                "lb_path_probe_rtt_seconds{{{labels}}} {}",
-                rtt.as_secs_f64()
-            );
+            rtts.push((labels.clone(), rtt.as_secs_f64()));
         }
-        let _ = writeln!(
-            out,
-            "lb_path_transitions_total{{{labels}}} {}",
-            sh.transitions.get(id).copied().unwrap_or(0)
-        );
-        let _ = writeln!(
-            out,
-            "lb_path_probes_total{{{labels}}} {}",
-            sh.probes.get(id).copied().unwrap_or(0)
-        );
         let t = maps.path_stats(*id)?;
-        let _ = writeln!(
-            out,
-            "lb_path_packets_total{{{labels},direction=\"in\"}} {}",
-            t.in_packets
+        let mut c = |f: &Family, l: Labels, v: u64| {
+            counts.entry(f.name).or_default().push((l, v));
+        };
+        c(
+            &PATH_TRANSITIONS,
+            labels.clone(),
+            snap.transitions.get(id).copied().unwrap_or(0),
         );
-        let _ = writeln!(
-            out,
-            "lb_path_packets_total{{{labels},direction=\"out\"}} {}",
-            t.out_packets
+        c(
+            &PATH_PROBES,
+            labels.clone(),
+            snap.probes.get(id).copied().unwrap_or(0),
         );
-        let _ = writeln!(
-            out,
-            "lb_path_bytes_total{{{labels},direction=\"in\"}} {}",
-            t.in_bytes
-        );
-        let _ = writeln!(
-            out,
-            "lb_path_bytes_total{{{labels},direction=\"out\"}} {}",
-            t.out_bytes
-        );
+        c(&PATH_PACKETS, with_dir("in"), t.in_packets);
+        c(&PATH_PACKETS, with_dir("out"), t.out_packets);
+        c(&PATH_BYTES, with_dir("in"), t.in_bytes);
+        c(&PATH_BYTES, with_dir("out"), t.out_bytes);
     }
-    let _ = writeln!(out, "# TYPE lb_reloads_total counter");
-    let _ = writeln!(out, "lb_reloads_total{{result=\"ok\"}} {}", sh.reloads);
-    let _ = writeln!(
-        out,
-        "lb_reloads_total{{result=\"rejected\"}} {}",
-        sh.reload_failures
-    );
-    Ok(out)
+    for f in [&PATH_UP, &PATH_DISABLED, &PATH_SUSPECT] {
+        gauge(encoder, f, flags.get(f.name).map_or(&[], Vec::as_slice))?;
+    }
+    gauge(encoder, &PATH_RTT, &rtts)?;
+    for f in [&PATH_TRANSITIONS, &PATH_PROBES, &PATH_PACKETS, &PATH_BYTES] {
+        counter(encoder, f, counts.get(f.name).map_or(&[], Vec::as_slice))?;
+    }
+    counter(
+        encoder,
+        &RELOADS,
+        &[
+            (vec![("result", "ok".to_owned())], snap.reloads),
+            (
+                vec![("result", "rejected".to_owned())],
+                snap.reload_failures,
+            ),
+        ],
+    )?;
+    Ok(())
 }

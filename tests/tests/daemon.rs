@@ -605,7 +605,7 @@ fn metrics_endpoint() -> anyhow::Result<()> {
     let d = Daemon::start(
         &topo.edge,
         &config(TCP_PROBE, "", WHOLE_VIP),
-        &["--hook", "xdp", "--metrics", "127.0.0.1:9109"],
+        &["--hook", "xdp", "--metrics", "9109"],
     )?;
     d.wait_status(T, |s| active(s, "web").as_deref() == Some("nn1"))?;
     http_get(&topo.client, VIP, HTTP, "/", T)?;
@@ -619,6 +619,91 @@ fn metrics_endpoint() -> anyhow::Result<()> {
     ] {
         ensure!(body.contains(want), "metrics lack {want}:\n{body}");
     }
+    Ok(())
+}
+
+/// 500 idle connections to the metrics port: the probes keep their interval (measured at the
+/// VM, from the accept times of a listener that stands in for the probed service) and a scrape
+/// still answers. The server is on its own thread and closes what it cannot take.
+fn metrics_idle_connections_delay_no_probe() -> anyhow::Result<()> {
+    const PORT: u16 = 7777;
+    const INTERVAL: Duration = Duration::from_millis(50);
+    let topo = Lab::new()?;
+    // The probed service: records when each probe connects to nn1's address.
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let accepts = topo.vm.spawn(move || {
+        let l = std::net::TcpListener::bind(("0.0.0.0", PORT))?;
+        l.set_nonblocking(true)?;
+        let mut times = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while stop_rx.try_recv().is_err() && Instant::now() < deadline {
+            match l.accept() {
+                Ok((c, _)) => {
+                    if c.local_addr()?.ip() == std::net::IpAddr::V4(NN1) {
+                        times.push(Instant::now());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(times)
+    });
+    let probe = format!(
+        r#"{{ "type": "tcp", "port": {PORT}, "interval_ms": {}, "timeout_ms": 40, "rise": 2, "fall": 3 }}"#,
+        INTERVAL.as_millis()
+    );
+    let d = Daemon::start(
+        &topo.edge,
+        &config(&probe, "", WHOLE_VIP),
+        &["--metrics", "9109"],
+    )?;
+    d.wait_status(T, |s| active(s, "web").as_deref() == Some("nn1"))?;
+    // 500 connections that send nothing, held for 3 s.
+    let idle = topo.edge.spawn(|| {
+        let mut held = Vec::new();
+        for _ in 0..500 {
+            if let Ok(c) = std::net::TcpStream::connect("127.0.0.1:9109") {
+                held.push(c);
+            }
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        Ok(held.len())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // A scrape answers while they are held (after a retry if it found the slots full).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let body = loop {
+        match http_get_raw(&topo.edge, "127.0.0.1:9109") {
+            Ok(b) if b.contains("lb_path_up") => break b,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            other => anyhow::bail!(
+                "no scrape answered within 5 s beside 500 idle connections: {other:?}"
+            ),
+        }
+    };
+    ensure!(body.starts_with("HTTP/1.1 200"), "{body}");
+    let held = idle
+        .join()
+        .map_err(|_| anyhow::anyhow!("idle connections thread"))??;
+    ensure!(held >= 64, "only {held} idle connections were made");
+    let _ = stop_tx.send(());
+    let times = accepts
+        .join()
+        .map_err(|_| anyhow::anyhow!("listener thread"))??;
+    ensure!(times.len() > 40, "{} probes seen", times.len());
+    let worst = times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    // A probe delayed beyond its interval shows as a gap of more than two intervals.
+    ensure!(
+        worst < 2 * INTERVAL,
+        "a probe was delayed: {worst:?} between two probes at {INTERVAL:?}"
+    );
     Ok(())
 }
 
@@ -975,6 +1060,10 @@ fn main() {
             ("drain_survives_restart", drain_survives_restart),
             ("metrics_endpoint", metrics_endpoint),
             (
+                "metrics_idle_connections_delay_no_probe",
+                metrics_idle_connections_delay_no_probe,
+            ),
+            (
                 "clear_errors_and_nothing_applied",
                 clear_errors_and_nothing_applied,
             ),
@@ -984,6 +1073,9 @@ fn main() {
             ),
         ],
         // It counts the probes sent in a measured window: a neighbour's load would delay them.
-        &["dozens_of_paths_at_10ms"],
+        &[
+            "dozens_of_paths_at_10ms",
+            "metrics_idle_connections_delay_no_probe",
+        ],
     );
 }

@@ -22,8 +22,9 @@ pub struct Options {
     /// With the XDP hook: native (auto, native). Generic (skb) is refused, saying why.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     xdp_mode: AttachMode,
-    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9109).
-    #[arg(long, value_name = "ADDR")]
+    /// Serve Prometheus metrics on this port of 127.0.0.1 (`9109`), or on an address given
+    /// with it (`0.0.0.0:9109`).
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = lb_user::metrics::parse_listen)]
     metrics: Option<SocketAddr>,
     /// Discard pinned state of another layout (its flows are lost) instead of refusing to start.
     #[arg(long)]
