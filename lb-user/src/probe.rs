@@ -480,8 +480,8 @@ async fn read_status_line<'b>(
     Ok(line.strip_suffix(b"\r").unwrap_or(line))
 }
 
-/// The status code of `HTTP/1.x NNN[ reason]`.
-fn parse_status_line(line: &[u8]) -> Option<u16> {
+/// The status code of `HTTP/1.x NNN[ reason]` (public for the fuzz targets).
+pub fn parse_status_line(line: &[u8]) -> Option<u16> {
     let rest = line.strip_prefix(HTTP_PREFIX)?;
     let [minor, b' ', d0, d1, d2, after @ ..] = rest else {
         return None;
@@ -712,20 +712,21 @@ fn echo_request(ident: u16, seq: u16, token: u64, stamp: u64) -> [u8; ECHO_LEN] 
     message
 }
 
-/// The fields of an echo reply that matter for matching it to a probe.
+/// The fields of an echo reply that matter for matching it to a probe (public for the fuzz
+/// targets).
 #[derive(Debug, PartialEq, Eq)]
-struct EchoReply {
-    source: Ipv4Addr,
-    ident: u16,
-    seq: u16,
+pub struct EchoReply {
+    pub source: Ipv4Addr,
+    pub ident: u16,
+    pub seq: u16,
     /// The first 8 payload bytes, if there are as many.
-    token: Option<u64>,
+    pub token: Option<u64>,
 }
 
 impl EchoReply {
     /// Parses an IPv4 datagram as received on a raw socket: `None` unless it is an echo reply
     /// with a valid checksum.
-    fn parse(packet: &[u8]) -> Option<Self> {
+    pub fn parse(packet: &[u8]) -> Option<Self> {
         let [version_ihl, ..] = packet else {
             return None;
         };

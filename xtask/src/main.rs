@@ -7,6 +7,7 @@ mod bench;
 mod build_cmd;
 mod clippy;
 mod fmt;
+mod fuzz;
 mod lab;
 mod run;
 mod setup;
@@ -58,6 +59,11 @@ enum Command {
     Lab(lab::Options),
     /// Build `lb` and run it on this host as root: `cargo xtask run -- run --config FILE`.
     Run(run::Options),
+    /// Fuzz the host-side parsers and the shared packet arithmetic (cargo-fuzz, libFuzzer).
+    ///
+    /// Every target of fuzz/ (config, http_status, icmp_reply, nat) for --time seconds from
+    /// its corpus in fuzz/corpus/; installs cargo-fuzz first when it is missing.
+    Fuzz(fuzz::Options),
     /// Measure: per-packet cost, flow-table scale, throughput against nftables DNAT and a bare
     /// redirect, failover outage, restart and reload losses (docs/BENCHMARKS.md).
     Bench(bench::Options),
@@ -74,6 +80,7 @@ fn main() -> ExitCode {
         Command::Lab(opts) => lab::run(opts),
         Command::Run(opts) => run::run(opts),
         Command::Bench(opts) => bench::run(opts),
+        Command::Fuzz(opts) => fuzz::run(opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -68,6 +68,9 @@ pub fn run(opts: Options) -> Result<()> {
     let Options { no_apt } = opts;
     let toolchain = ensure_toolchain()?;
     let mut installed = toolchain.installed;
+    if ensure_cargo_fuzz()?.fresh {
+        installed.push("cargo-fuzz".to_owned());
+    }
     if no_apt {
         say("Debian packages: skipped (--no-apt)");
     } else {
@@ -317,6 +320,60 @@ pub fn ensure_component(toolchain: Option<&str>, component: &str) -> Result<bool
     util::run(&mut add)
         .with_context(|| format!("installing {component} for the {name} toolchain"))?;
     Ok(true)
+}
+
+/// The cargo-fuzz release line installed when none is (`cargo xtask fuzz`).
+const CARGO_FUZZ_VERSION: &str = "^0.13";
+
+/// A working cargo-fuzz.
+pub struct CargoFuzz {
+    dir: PathBuf,
+    /// Installed by this call.
+    pub fresh: bool,
+}
+
+impl CargoFuzz {
+    /// PATH with cargo-fuzz's directory first, for `cargo fuzz`.
+    pub fn path_env(&self) -> OsString {
+        path_with_first(&self.dir)
+    }
+}
+
+/// Ensures cargo-fuzz, installing it (`cargo install --locked`) when missing or broken.
+pub fn ensure_cargo_fuzz() -> Result<CargoFuzz> {
+    let bin = cargo_home()?.join("bin");
+    let works = |p: &Path| {
+        Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let found = which::which("cargo-fuzz")
+        .ok()
+        .into_iter()
+        .chain([bin.join("cargo-fuzz")])
+        .find(|p| works(p));
+    if let Some(p) = found {
+        let dir = p.parent().map_or_else(|| bin.clone(), Path::to_path_buf);
+        say(format!("cargo-fuzz: present ({})", p.display()));
+        return Ok(CargoFuzz { dir, fresh: false });
+    }
+    say("cargo-fuzz: missing, installing it");
+    util::run(
+        Command::new("cargo")
+            .args(["install", "cargo-fuzz", "--locked", "--version"])
+            .arg(CARGO_FUZZ_VERSION)
+            // Away from the workspace, so its .cargo/config.toml cannot change the install.
+            .current_dir(env::temp_dir()),
+    )
+    .context("installing cargo-fuzz")?;
+    if !works(&bin.join("cargo-fuzz")) {
+        bail!("cargo-fuzz does not run after installing it");
+    }
+    Ok(CargoFuzz {
+        dir: bin,
+        fresh: true,
+    })
 }
 
 /// Where `cargo install` puts binaries by default.
