@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{setup, util};
 
 /// Every target in `fuzz/Cargo.toml`.
-pub const TARGETS: &[&str] = &["config", "http_status", "icmp_reply", "nat"];
+pub const TARGETS: &[&str] = &["config", "http_status", "icmp_reply", "nat", "icmp_quote"];
 
 #[derive(clap::Parser)]
 pub struct Options {
