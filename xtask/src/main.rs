@@ -62,8 +62,7 @@ enum Command {
     /// Fuzz the host-side parsers and the shared packet arithmetic (cargo-fuzz, libFuzzer).
     ///
     /// Every target of fuzz/ (config, http_status, icmp_reply, nat, icmp_quote) for --time
-    /// seconds from
-    /// its corpus in fuzz/corpus/; installs cargo-fuzz first when it is missing.
+    /// seconds from its corpus in fuzz/corpus/; installs cargo-fuzz first when it is missing.
     Fuzz(fuzz::Options),
     /// Measure: per-packet cost, flow-table scale, throughput against nftables DNAT and a bare
     /// redirect, failover outage, restart and reload losses (docs/BENCHMARKS.md).
