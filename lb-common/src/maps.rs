@@ -98,7 +98,16 @@ pub const PROG_BENCH_RETURN: &str = "bench_return";
 pub const PROG_BENCH_GEN: &str = "bench_gen";
 pub const PROG_BENCH_REDIRECT: &str = "bench_redirect";
 pub const PROG_BENCH_SINK: &str = "bench_sink";
-pub const BENCH_PROGRAMS: [&str; 7] = [
+/// The stateless-NAT reference: the job of a flow hit (parse, rewrite the destination, fix the
+/// checksums and TTL, write MACs, redirect) with no lookup, no flow and no FIB: the physical
+/// limit of this job on the machine at hand, which the per-packet costs are compared with.
+pub const PROG_BENCH_NAT_REF: &str = "bench_nat_ref";
+/// What the reference writes: the destination a flow hit to `VIP` gets (the fixtures' path
+/// NN1) and the next hop's MACs.
+pub const BENCH_NAT_REF_DST: [u8; 4] = [192, 0, 2, 70];
+pub const BENCH_NAT_REF_SMAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
+pub const BENCH_NAT_REF_DMAC: [u8; 6] = [2, 0, 0, 0, 0, 0x46];
+pub const BENCH_PROGRAMS: [&str; 8] = [
     PROG_BENCH_FLOOR,
     PROG_BENCH_RESTORE,
     PROG_BENCH_INGRESS,
@@ -106,6 +115,7 @@ pub const BENCH_PROGRAMS: [&str; 7] = [
     PROG_BENCH_GEN,
     PROG_BENCH_REDIRECT,
     PROG_BENCH_SINK,
+    PROG_BENCH_NAT_REF,
 ];
 
 /// Largest frame a [`BenchTemplate`] holds.

@@ -13,8 +13,13 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-use lb_common::maps::{
-    BENCH_FRAME, BENCH_VARY_NONE, BENCH_VARY_RANDOM, BENCH_VARY_SEQUENCE, BenchTemplate, bench_flow,
+use lb_common::{
+    maps::{
+        BENCH_FRAME, BENCH_NAT_REF_DMAC, BENCH_NAT_REF_DST, BENCH_NAT_REF_SMAC, BENCH_VARY_NONE,
+        BENCH_VARY_RANDOM, BENCH_VARY_SEQUENCE, BenchTemplate, bench_flow,
+    },
+    nat::{self, L4, Side},
+    net::{ETH_HDR_LEN, ETH_P_IP, EthHdr, IPPROTO_UDP, Ipv4Hdr, UdpHdr},
 };
 
 use crate::{maps::LB_TX_PORTS, parse::ptr_at};
@@ -135,4 +140,33 @@ pub fn sink(_ctx: &XdpContext) -> u32 {
         unsafe { *p += 1 };
     }
     xdp_action::XDP_DROP
+}
+
+/// The stateless-NAT reference (`lb_common::maps::PROG_BENCH_NAT_REF`): an untagged IPv4/UDP
+/// frame gets a fixed destination, its checksums (the same incremental arithmetic as the
+/// datapath), TTL and MACs, and goes to the template's `port` through the devmap. No flow, no
+/// VIP, no FIB: what a flow hit would cost if the datapath did nothing else.
+#[inline(always)]
+pub fn nat_ref(ctx: &XdpContext) -> u32 {
+    let (Some(eth), Some(ip)) = (
+        ptr_at::<EthHdr, _>(ctx, 0),
+        ptr_at::<Ipv4Hdr, _>(ctx, ETH_HDR_LEN),
+    ) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: both bounds-checked just above.
+    let (eth, ip) = unsafe { (&mut *eth, &mut *ip) };
+    if eth.proto != ETH_P_IP.to_be_bytes() || ip.version_ihl != 0x45 || ip.proto != IPPROTO_UDP {
+        return xdp_action::XDP_PASS;
+    }
+    let Some(udp) = ptr_at::<UdpHdr, _>(ctx, ETH_HDR_LEN + 20) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: bounds-checked just above.
+    let udp = unsafe { &mut *udp };
+    nat::rewrite(ip, L4::Udp(udp), Side::Dst, BENCH_NAT_REF_DST, None);
+    nat::decrement_ttl(ip);
+    eth.dst = BENCH_NAT_REF_DMAC;
+    eth.src = BENCH_NAT_REF_SMAC;
+    redirect(ctx)
 }

@@ -90,6 +90,11 @@ pub fn bench_redirect(ctx: XdpContext) -> u32 {
 }
 
 #[xdp]
+pub fn bench_nat_ref(ctx: XdpContext) -> u32 {
+    bench::measured(&ctx, Some(bench::nat_ref))
+}
+
+#[xdp]
 pub fn bench_sink(ctx: XdpContext) -> u32 {
     bench::sink(&ctx)
 }

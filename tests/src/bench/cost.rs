@@ -20,8 +20,8 @@ use lb_common::{
     Counter,
     maps::{
         BENCH, BENCH_FRAME, BENCH_VARY_NONE, BENCH_VARY_RANDOM, BENCH_VARY_SEQUENCE, BenchTemplate,
-        FlowKey, FlowValue, PROG_BENCH_FLOOR, PROG_BENCH_INGRESS, PROG_BENCH_RESTORE,
-        PROG_BENCH_RETURN, bench_flow,
+        FlowKey, FlowValue, PROG_BENCH_FLOOR, PROG_BENCH_INGRESS, PROG_BENCH_NAT_REF,
+        PROG_BENCH_RESTORE, PROG_BENCH_RETURN, bench_flow,
     },
     net::IPPROTO_UDP,
 };
@@ -43,6 +43,8 @@ pub struct Case {
     pub ns: f64,
     /// `ns` over the floor's.
     pub vs_floor: f64,
+    /// `ns` over the stateless-NAT reference's (`None` for the reference itself).
+    pub vs_nat_ref: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -51,6 +53,8 @@ pub struct Cost {
     pub rounds: u32,
     pub floor_ns: Spread,
     pub restore_ns: Spread,
+    /// The stateless-NAT reference: the same job with no lookups (`bench_nat_ref`).
+    pub nat_ref: Case,
     pub ingress_hit: Case,
     pub ingress_new: Case,
     pub non_vip: Case,
@@ -68,6 +72,8 @@ struct Bench {
     overhead: f64,
     /// The floor's cost.
     floor: f64,
+    /// The stateless-NAT reference's cost, once measured.
+    nat_ref: Option<f64>,
 }
 
 /// A 64-byte UDP frame (checksum 0, so varied ports keep it valid).
@@ -85,6 +91,7 @@ impl Bench {
             PROG_BENCH_RESTORE,
             PROG_BENCH_INGRESS,
             PROG_BENCH_RETURN,
+            PROG_BENCH_NAT_REF,
         ] {
             fx.dp
                 .program_mut(p)
@@ -99,10 +106,16 @@ impl Bench {
             rounds,
             overhead: 0.0,
             floor: f64::NAN,
+            nat_ref: None,
         })
     }
 
     fn set(&mut self, f: &[u8], vary: u32, flows: u32) -> anyhow::Result<()> {
+        self.set_to(f, vary, flows, 0)
+    }
+
+    /// [`Bench::set`], with the interface the redirecting programs send to.
+    fn set_to(&mut self, f: &[u8], vary: u32, flows: u32, port: u32) -> anyhow::Result<()> {
         ensure!(
             f.len().is_multiple_of(8) && f.len() <= BENCH_FRAME,
             "template of {} bytes",
@@ -112,6 +125,7 @@ impl Bench {
             len: f.len() as u32,
             vary,
             flows,
+            port,
             ..BenchTemplate::default()
         };
         t.frame[..f.len()].copy_from_slice(f);
@@ -154,31 +168,35 @@ impl Bench {
         Ok(self.fx.dp.maps.counter(c)?)
     }
 
-    /// Runs a case and checks that `counter` grew by one per iteration.
+    /// Runs a case and checks that `counter` grew by one per iteration (the reference counts
+    /// nothing: its action alone is checked).
     fn case(
         &mut self,
         name: &'static str,
         prog: &'static str,
         (on, f, action): (Iface, &[u8], u32),
-        counter: Counter,
+        counter: Option<Counter>,
     ) -> anyhow::Result<Case> {
         let (overhead, floor) = (self.overhead, self.floor);
-        let before = self.counter(counter)?;
+        let before = counter.map(|c| self.counter(c)).transpose()?;
         let raw = self.measure(prog, on, f, action)?;
-        let grew = self.counter(counter)? - before;
-        let runs = u64::from(self.repeat) * u64::from(self.rounds);
-        // A first iteration may differ (the first packet of a flow is new, not a hit).
-        ensure!(
-            grew + 1 >= runs,
-            "{name}: {} grew by {grew} over {runs} iterations: the case did not take its path",
-            counter.name()
-        );
+        if let (Some(c), Some(before)) = (counter, before) {
+            let grew = self.counter(c)? - before;
+            let runs = u64::from(self.repeat) * u64::from(self.rounds);
+            // A first iteration may differ (the first packet of a flow is new, not a hit).
+            ensure!(
+                grew + 1 >= runs,
+                "{name}: {} grew by {grew} over {runs} iterations: the case did not take its path",
+                c.name()
+            );
+        }
         let ns = raw.median - overhead;
         Ok(Case {
             name,
             raw_ns: raw,
             ns,
             vs_floor: ns / floor,
+            vs_nat_ref: self.nat_ref.map(|r| ns / r),
         })
     }
 }
@@ -216,34 +234,44 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
     b.floor = floor.median;
     let overhead = b.overhead;
     let cli0 = b.fx.env.cli0;
+    let path0 = b.fx.env.path0;
+    b.set_to(&to_vip, BENCH_VARY_NONE, 0, path0.ifindex)?;
+    let nat_ref = b.case(
+        "stateless-NAT reference",
+        PROG_BENCH_NAT_REF,
+        (cli0, &to_vip, XDP_REDIRECT),
+        None,
+    )?;
+    b.nat_ref = Some(nat_ref.ns);
+    b.set(&to_vip, BENCH_VARY_NONE, 0)?;
     let ingress_hit = b.case(
         "ingress, flow hit",
         PROG_BENCH_INGRESS,
         (cli0, &to_vip, XDP_REDIRECT),
-        Counter::FlowHit,
+        Some(Counter::FlowHit),
     )?;
     b.set(&to_vip, BENCH_VARY_SEQUENCE, 0)?;
     let ingress_new = b.case(
         "ingress, new flow",
         PROG_BENCH_INGRESS,
         (cli0, &to_vip, XDP_REDIRECT),
-        Counter::FlowNew,
+        Some(Counter::FlowNew),
     )?;
     b.set(&not_vip, BENCH_VARY_NONE, 0)?;
     let non_vip = b.case(
         "ingress, not for a VIP",
         PROG_BENCH_INGRESS,
         (cli0, &not_vip, XDP_PASS),
-        Counter::PassNotForUs,
+        Some(Counter::PassNotForUs),
     )?;
     b.set(&reply, BENCH_VARY_NONE, 0)?;
-    let path0 = b.fx.env.path0;
     let return_hit = b.case(
         "return",
         PROG_BENCH_RETURN,
         (path0, &reply, XDP_REDIRECT),
-        Counter::NatReturn,
+        Some(Counter::NatReturn),
     )?;
+    let nat_ref_ns = b.nat_ref;
     drop(b);
 
     let sizes: &[u32] = if quick {
@@ -254,7 +282,7 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
     let mut flow_scale = Vec::new();
     for &n in sizes {
         let mut b = Bench::new(env, 1 << 21, repeat, rounds)?;
-        (b.overhead, b.floor) = (overhead, floor.median);
+        (b.overhead, b.floor, b.nat_ref) = (overhead, floor.median, nat_ref_ns);
         for i in 0..n {
             let (src, sport) = bench_flow(i);
             let key = FlowKey::new(
@@ -283,7 +311,7 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
             name,
             PROG_BENCH_INGRESS,
             (cli0, &to_vip, XDP_REDIRECT),
-            Counter::FlowHit,
+            Some(Counter::FlowHit),
         )?;
         flow_scale.push((n, c));
     }
@@ -292,6 +320,7 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
         rounds,
         floor_ns: floor,
         restore_ns: restore,
+        nat_ref,
         ingress_hit,
         ingress_new,
         non_vip,

@@ -71,18 +71,28 @@ fn run() -> anyhow::Result<()> {
             c.restore_ns.median - c.floor_ns.median
         );
         println!(
-            "{:<34} {:>9} {:>9} {:>17}",
-            "case", "ns/pkt", "× floor", "raw median [min–max]"
+            "{:<34} {:>9} {:>9} {:>9} {:>17}",
+            "case", "ns/pkt", "× floor", "× NAT ref", "raw median [min–max]"
         );
-        for case in [&c.ingress_hit, &c.ingress_new, &c.non_vip, &c.return_hit]
-            .into_iter()
-            .chain(c.flow_scale.iter().map(|(_, c)| c))
+        for case in [
+            &c.nat_ref,
+            &c.ingress_hit,
+            &c.ingress_new,
+            &c.non_vip,
+            &c.return_hit,
+        ]
+        .into_iter()
+        .chain(c.flow_scale.iter().map(|(_, c)| c))
         {
+            let vs_ref = case
+                .vs_nat_ref
+                .map_or("-".to_owned(), |r| format!("{r:.2}"));
             println!(
-                "{:<34} {:>9.1} {:>9.2} {:>8.1} [{:.1}–{:.1}]",
+                "{:<34} {:>9.1} {:>9.2} {:>9} {:>8.1} [{:.1}–{:.1}]",
                 case.name,
                 case.ns,
                 case.vs_floor,
+                vs_ref,
                 case.raw_ns.median,
                 case.raw_ns.min,
                 case.raw_ns.max
@@ -94,6 +104,10 @@ fn run() -> anyhow::Result<()> {
         out["ratios"]["ingress_new_vs_floor"] = json!(c.ingress_new.vs_floor);
         out["ratios"]["non_vip_vs_floor"] = json!(c.non_vip.vs_floor);
         out["ratios"]["return_vs_floor"] = json!(c.return_hit.vs_floor);
+        out["ratios"]["nat_ref_vs_floor"] = json!(c.nat_ref.vs_floor);
+        out["ratios"]["ingress_hit_vs_nat_ref"] = json!(c.ingress_hit.vs_nat_ref);
+        out["ratios"]["ingress_new_vs_nat_ref"] = json!(c.ingress_new.vs_nat_ref);
+        out["ratios"]["return_vs_nat_ref"] = json!(c.return_hit.vs_nat_ref);
         if let (Some(first), Some((n, last))) = (first, last) {
             let key = if n >= 1_000_000 {
                 "flows_1m_vs_1k"
