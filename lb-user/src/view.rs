@@ -121,6 +121,9 @@ pub struct PathStatus {
     pub rtt_ms: Option<f64>,
     /// Probes succeed, but clients' TCP handshakes to the path go unanswered.
     pub datapath_suspect: bool,
+    /// The interface the path's replies are accepted on (`null`: any, while its address has
+    /// no route; replies arriving elsewhere are dropped, `drop_wrong_interface`).
+    pub replies_on: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -210,6 +213,11 @@ pub fn status(maps: &Maps) -> Result<Status, Error> {
                     changed: rfc3339(s.changed),
                     rtt_ms: s.rtt.map(|r| r.as_secs_f64() * 1000.0),
                     datapath_suspect: s.suspect,
+                    replies_on: maps
+                        .path_iface(*pid)
+                        .ok()
+                        .filter(|i| *i != 0)
+                        .map(|i| crate::ifname(i).unwrap_or_else(|| format!("ifindex {i}"))),
                 })
             })
             .collect();

@@ -186,12 +186,18 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// `lb --pin-dir <pins> <args>`; fails unless it succeeds.
+    /// `lb --pin-dir <pins> <args>` in the edge's network namespace, as an operator on the
+    /// edge runs it (interface names and indexes are the edge's); fails unless it succeeds.
     pub fn lb(&self, args: &[&str]) -> anyhow::Result<String> {
-        let pin = self.pin.to_string_lossy().to_string();
-        let mut all = vec!["--pin-dir", pin.as_str()];
-        all.extend(args);
-        let out = lb(&all)?;
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.edge_path))
+            .arg("--")
+            .arg(lb_bin()?)
+            .arg("--pin-dir")
+            .arg(&self.pin)
+            .args(args)
+            .output()
+            .context("running lb")?;
         if !out.status.success() {
             bail!(
                 "lb {}: {}",

@@ -565,6 +565,11 @@ fn cli_json_matches_the_traffic() -> anyhow::Result<()> {
             && t["paths"][0]["rtt_ms"].is_number(),
         "{s}"
     );
+    // Each path's replies are accepted on the interface its address is routed through.
+    ensure!(
+        t["paths"][0]["replies_on"] == EDGE_NN1 && t["paths"][1]["replies_on"] == EDGE_NN2,
+        "{s}"
+    );
     ensure!(
         s["vips"][0]["address"] == VIP.to_string()
             && s["vips"][0]["target"] == "web"

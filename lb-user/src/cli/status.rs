@@ -41,13 +41,14 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
         for p in &t.paths {
             let rtt = p.rtt_ms.map_or("-".into(), |r| format!("{r:.2} ms"));
             println!(
-                "  {:<12} {:<15} {:<9} prio {:<4} weight {:<4} rtt {:<10} since {}",
+                "  {:<12} {:<15} {:<9} prio {:<4} weight {:<4} rtt {:<10} replies on {:<8} since {}",
                 p.name,
                 p.address,
                 p.state,
                 p.priority,
                 p.weight,
                 rtt,
+                p.replies_on.as_deref().unwrap_or("any"),
                 p.changed.as_deref().unwrap_or("-")
             );
             if p.datapath_suspect {
