@@ -25,6 +25,19 @@ fn op<T>(map: &'static str, op: &'static str, r: Result<T, MapError>) -> Result<
     r.map_err(|source| Error::MapOp { map, op, source })
 }
 
+/// [`op`] for a lookup or removal where an absent key is an answer, not an error.
+fn op_absent<T>(
+    map: &'static str,
+    op: &'static str,
+    r: Result<T, MapError>,
+) -> Result<Option<T>, Error> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(source) => Err(Error::MapOp { map, op, source }),
+    }
+}
+
 /// Where the maps come from: a loaded object, or a pin directory.
 enum Source<'a> {
     Object(&'a mut Ebpf),
@@ -200,14 +213,7 @@ impl Maps {
     }
 
     pub fn remove_addr(&mut self, addr: [u8; 4]) -> Result<(), Error> {
-        match self.addrs.remove(&addr) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(Error::MapOp {
-                map: m::ADDRS,
-                op: "remove",
-                source,
-            }),
-        }
+        op_absent(m::ADDRS, "remove", self.addrs.remove(&addr)).map(drop)
     }
 
     /// Every VIP and path address with its `ADDR_*` bits.
@@ -246,15 +252,7 @@ impl Maps {
 
     /// How the daemon attached `iface`, if it recorded that.
     pub fn iface(&self, iface: &str) -> Result<Option<IfaceMeta>, Error> {
-        match self.ifaces.get(&m::encode_str(iface), 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(Error::MapOp {
-                map: m::IFACES,
-                op: "get",
-                source,
-            }),
-        }
+        op_absent(m::IFACES, "get", self.ifaces.get(&m::encode_str(iface), 0))
     }
 
     pub fn set_iface(&mut self, iface: &str, meta: IfaceMeta) -> Result<(), Error> {
@@ -266,14 +264,12 @@ impl Maps {
     }
 
     pub fn remove_iface(&mut self, iface: &str) -> Result<(), Error> {
-        match self.ifaces.remove(&m::encode_str(iface)) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(Error::MapOp {
-                map: m::IFACES,
-                op: "remove",
-                source,
-            }),
-        }
+        op_absent(
+            m::IFACES,
+            "remove",
+            self.ifaces.remove(&m::encode_str(iface)),
+        )
+        .map(drop)
     }
 
     /// The flow table's capacity.
@@ -294,16 +290,7 @@ impl Maps {
     /// Removes VIP `id`: its key first, then its description (its flows stop matching it).
     pub fn remove_vip(&mut self, id: u32) -> Result<(), Error> {
         let info = self.vip(id)?;
-        match self.vips.remove(&info.key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(source) => {
-                return Err(Error::MapOp {
-                    map: m::VIPS,
-                    op: "remove",
-                    source,
-                });
-            }
-        }
+        op_absent(m::VIPS, "remove", self.vips.remove(&info.key))?;
         op(
             m::VIP_INFO,
             "set",
@@ -437,15 +424,7 @@ impl Maps {
     // ---- The flow table. ----
 
     pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowValue>, Error> {
-        match self.flows.get(key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(Error::MapOp {
-                map: m::FLOWS,
-                op: "get",
-                source,
-            }),
-        }
+        op_absent(m::FLOWS, "get", self.flows.get(key, 0))
     }
 
     pub fn set_flow(&mut self, key: FlowKey, value: FlowValue) -> Result<(), Error> {

@@ -167,11 +167,7 @@ impl Socket {
         let attr_len = 4 + value.len();
         let len = NLMSG_HDR_LEN + GENL_HDR_LEN + align4(attr_len);
         let mut msg = Vec::with_capacity(len);
-        msg.extend((len as u32).to_ne_bytes());
-        msg.extend(family.to_ne_bytes());
-        msg.extend(NLM_F_REQUEST.to_ne_bytes());
-        msg.extend(1u32.to_ne_bytes()); // sequence number
-        msg.extend(0u32.to_ne_bytes()); // port id: the kernel fills it in
+        request_header(&mut msg, len, family);
         msg.extend([cmd, 1, 0, 0]); // genlmsghdr: cmd, version, reserved
         msg.extend((attr_len as u16).to_ne_bytes());
         msg.extend(attr_type.to_ne_bytes());
@@ -224,11 +220,7 @@ pub fn route_oif(addr: std::net::Ipv4Addr) -> io::Result<Option<u32>> {
     const RTA_OIF: u16 = 4;
     let len = NLMSG_HDR_LEN + RTMSG_LEN + 8;
     let mut msg = Vec::with_capacity(len);
-    msg.extend((len as u32).to_ne_bytes());
-    msg.extend(RTM_GETROUTE.to_ne_bytes());
-    msg.extend(NLM_F_REQUEST.to_ne_bytes());
-    msg.extend(1u32.to_ne_bytes()); // sequence number
-    msg.extend(0u32.to_ne_bytes()); // port id: the kernel fills it in
+    request_header(&mut msg, len, RTM_GETROUTE);
     // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type; flags.
     msg.extend([libc::AF_INET as u8, 32, 0, 0, 0, 0, 0, 0]);
     msg.extend(0u32.to_ne_bytes());
@@ -254,6 +246,15 @@ pub fn route_oif(addr: std::net::Ipv4Addr) -> io::Result<Option<u32>> {
     Ok(attr(attrs, RTA_OIF)
         .and_then(|v| v.try_into().ok())
         .map(u32::from_ne_bytes))
+}
+
+/// A request's netlink header: total length `len`, message type `ty`.
+fn request_header(msg: &mut Vec<u8>, len: usize, ty: u16) {
+    msg.extend((len as u32).to_ne_bytes());
+    msg.extend(ty.to_ne_bytes());
+    msg.extend(NLM_F_REQUEST.to_ne_bytes());
+    msg.extend(1u32.to_ne_bytes()); // sequence number
+    msg.extend(0u32.to_ne_bytes()); // port id: the kernel fills it in
 }
 
 fn align4(n: usize) -> usize {
