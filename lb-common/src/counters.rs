@@ -105,20 +105,28 @@ counters! {
     DropWrongInterface = "drop_wrong_interface",
 
     // ---- Events. ----
-    /// A new flow got a path (ingress).
-    FlowNew = "flow_new",
-    /// A packet found its flow on an up path.
-    FlowHit = "flow_hit",
-    /// A flow's path was down, disabled or reassigned: it got a new path.
-    FlowResteer = "flow_resteer",
-    /// A flow opened by the VM itself was recorded (return side, in `LB_OUTBOUND`).
-    FlowFromPath = "flow_from_path",
-    /// `LB_OUTBOUND` or `LB_SHADOWED` refused an insert (the packet still went through).
-    PinnedInsertFailed = "pinned_insert_failed",
+    /// A packet followed its target's current decision: no exception, no state (ingress).
+    FlowDecided = "flow_decided",
+    /// A packet of an established TCP connection without an exception followed its target's
+    /// previous decision, whose path is still up (ingress, during a transition).
+    FlowPrevious = "flow_previous",
+    /// A packet followed its flow's exception (ingress).
+    ExceptionHit = "exception_hit",
+    /// A client packet pinned its connection to the previous decision's path (`LB_FLOWS`).
+    ExceptionPinned = "exception_pinned",
+    /// A packet of the VM's pinned its flow to the path it left by (`LB_OUTBOUND`): a
+    /// connection the VM opened, or a SYN-ACK the decision rules would not follow.
+    ExceptionFromVm = "exception_from_vm",
+    /// A pin was refused: this CPU's pins are over their rate (`flows.pins_per_sec`). The
+    /// packet still went to the path it pins to.
+    ExceptionRateLimited = "exception_rate_limited",
+    /// An exception table refused an insert (full). The packet still went through.
+    ExceptionInsertFailed = "exception_insert_failed",
+    /// An exception whose path is no longer usable (down, disabled, another target's) was
+    /// removed; the packet followed the decision rules.
+    ExceptionStale = "exception_stale",
     /// A whole-address flow on a shadowed port was recorded (`LB_SHADOWED`).
     FlowShadowed = "flow_shadowed",
-    /// The flow table refused an insert (the packet is still forwarded).
-    FlowInsertFailed = "flow_insert_failed",
     /// A first fragment was recorded, so its datagram's later fragments follow it.
     FragTracked = "frag_tracked",
     /// The fragment table refused an insert (the first fragment is still forwarded; later

@@ -20,10 +20,21 @@ pub const REV_NAT: &str = "LB_REV_NAT";
 pub const TARGETS: &str = "LB_TARGETS";
 /// Path id → [`PathValue`].
 pub const PATHS: &str = "LB_PATHS";
-/// `target * RING_SIZE + slot` → path id: the consistent-hash tables of active/active targets.
+/// [`ring_index`] → path id: the consistent-hash tables of active/active targets, two per
+/// target (the current one and, during a transition, the previous one; [`TargetValue::ring_half`]).
 pub const RING: &str = "LB_RING";
-/// [`FlowKey`] → [`FlowValue`]: the LRU flow table.
+/// [`FlowKey`] → [`FlowValue`]: the exception table of flows pinned by a client's packet (an
+/// established TCP connection kept on the previous decision's path). A plain hash map: nothing
+/// evicts an entry; the control plane expires idle ones. Consulted only while the target's
+/// [`EXC_SEQ`] says exceptions may exist.
 pub const FLOWS: &str = "LB_FLOWS";
+/// Target id → `u64`: how many exceptions the datapath has pinned for the target (atomic
+/// adds). The datapath consults the exception tables for a target only while this is at least
+/// the target's [`TargetValue::exc_clear`]; the control plane raises that past this count once
+/// a sweep found none of the target's exceptions left (see `docs/DATAPATH.md`).
+pub const EXC_SEQ: &str = "LB_EXC_SEQ";
+/// Slot 0 → [`TokenBucket`], per CPU: the budget of exceptions client packets may pin.
+pub const PIN_BUCKET: &str = "LB_PIN_BUCKET";
 /// [`crate::hash::addr_slot`] → `FILTER_*` bits: a superset test run before any hash lookup.
 pub const ADDR_FILTER: &str = "LB_ADDR_FILTER";
 /// Interface index → interface index: the devmap the programs redirect through.
@@ -46,8 +57,11 @@ pub const PATH_IFACES: &str = "LB_PATH_IFACES";
 pub const SETTINGS: &str = "LB_SETTINGS";
 /// Slot 0 → [`TokenBucket`], per CPU: the budget of "fragmentation needed" answers.
 pub const TOO_BIG_BUCKET: &str = "LB_TOO_BIG";
-/// [`FlowKey`] → [`FlowValue`]: connections the VM opened through a whole-address VIP, kept
-/// apart from the client flows so that no client traffic can evict them.
+/// [`FlowKey`] → [`FlowValue`]: exceptions pinned by a VM's packet, kept apart from the ones
+/// client packets pin so that no client traffic can crowd them out: connections the VM opened
+/// over a path the current decision does not choose for them, and connections a TCP SYN-ACK
+/// shows were accepted on a path the decision rules would not send their next packets to. A
+/// plain hash map, expired by the control plane.
 pub const OUTBOUND: &str = "LB_OUTBOUND";
 /// [`FlowKey`] → [`FlowValue`]: client flows of a whole-address VIP on a port that a service
 /// of the same path address answers from, which the return program asks to tell the two
@@ -176,7 +190,7 @@ pub const RETURN_NEXTHOPS: u32 = 1024;
 
 /// Every map of lb's own, for the test that checks them against the built object (which also
 /// has [`AYA_LOGS`]).
-pub const ALL: [&str; 26] = [
+pub const ALL: [&str; 28] = [
     VIPS,
     VIP_INFO,
     REV_NAT,
@@ -203,6 +217,8 @@ pub const ALL: [&str; 26] = [
     TOO_BIG_BUCKET,
     OUTBOUND,
     SHADOWED,
+    EXC_SEQ,
+    PIN_BUCKET,
 ];
 
 /// Program (function) names in the object.
@@ -222,12 +238,20 @@ pub const MAX_TARGETS: u32 = 256;
 pub const MAX_PATHS: u32 = 1024;
 /// Slots of one target's consistent-hash table; prime, as Maglev requires.
 pub const RING_SIZE: u32 = 4099;
-pub const RING_ENTRIES: u32 = MAX_TARGETS * RING_SIZE;
-/// Default flow-table capacity. The table is an LRU hash with `BPF_F_NO_COMMON_LRU`: every
-/// CPU evicts from its own list, so each CPU holds about `FLOW_TABLE_SIZE / nr_cpus` flows.
-pub const FLOW_TABLE_SIZE: u32 = 1 << 20;
-/// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists, no shared lock on insert.
-pub const FLOW_TABLE_FLAGS: u32 = 1 << 1;
+/// Two tables per target: the current one and the previous one ([`TargetValue::ring_half`]).
+pub const RING_ENTRIES: u32 = MAX_TARGETS * 2 * RING_SIZE;
+
+/// The index into [`RING`] of `slot` of target `target`'s table in half `half` (0 or 1).
+#[inline(always)]
+pub const fn ring_index(target: u32, half: u8, slot: u32) -> u32 {
+    (target.wrapping_mul(2).wrapping_add((half & 1) as u32))
+        .wrapping_mul(RING_SIZE)
+        .wrapping_add(slot)
+}
+
+/// Default capacity of the exception table ([`FLOWS`]; `flow_table_size` in the
+/// configuration). Only flows that must not follow their target's current decision are kept.
+pub const FLOW_TABLE_SIZE: u32 = 1 << 18;
 pub const ADDR_FILTER_BITS: u32 = 16;
 pub const ADDR_FILTER_SIZE: u32 = 1 << ADDR_FILTER_BITS;
 pub const MAX_TX_PORTS: u32 = 64;
@@ -237,8 +261,8 @@ pub const MAX_TX_PORTS: u32 = 64;
 pub const FRAG_TABLE_SIZE: u32 = 8192;
 /// Entries of [`ADDRS`]: every VIP and path address.
 pub const MAX_ADDRS: u32 = MAX_VIPS + MAX_PATHS;
-/// Connections the VM may have open through whole-address VIPs at once ([`OUTBOUND`]).
-pub const OUTBOUND_TABLE_SIZE: u32 = 65536;
+/// Exceptions the VM's packets may pin at once ([`OUTBOUND`]).
+pub const OUTBOUND_TABLE_SIZE: u32 = 1 << 18;
 /// Whole-address flows on shadowed ports tracked at once ([`SHADOWED`]).
 pub const SHADOWED_TABLE_SIZE: u32 = 65536;
 /// Interfaces [`IFACES`] describes (at least every interface lb attaches to).
@@ -285,11 +309,20 @@ pub struct Settings {
     pub too_big_per_sec: u32,
     /// How many may go out at once after a quiet time.
     pub too_big_burst: u32,
+    /// Exceptions client packets may pin per second, per CPU (0: the default).
+    pub pin_per_sec: u32,
+    /// How many at once after a quiet time.
+    pub pin_burst: u32,
 }
 
 /// Defaults of [`Settings`], as the kernel's `icmp_msgs_per_sec` and `icmp_msgs_burst`.
 pub const DEFAULT_TOO_BIG_PER_SEC: u32 = 1000;
 pub const DEFAULT_TOO_BIG_BURST: u32 = 50;
+/// Defaults of the pin budget: every old connection of a busy target pins once, on its first
+/// packet after a decision change; one refused goes to its path anyway and tries again on its
+/// next packet.
+pub const DEFAULT_PIN_PER_SEC: u32 = 10_000;
+pub const DEFAULT_PIN_BURST: u32 = 10_000;
 
 /// A token bucket in nanoseconds: `tokens` whole answers may go; `stamp_ns` is when the
 /// bucket was last filled (`bpf_ktime_get_coarse_ns`).
@@ -401,22 +434,74 @@ impl VipInfo {
     }
 }
 
-/// Target modes: how the datapath picks a path for a new (or re-steered) flow.
-/// No usable path: new flows are dropped (`Counter::DropNoPath`).
-pub const TARGET_MODE_NONE: u32 = 0;
-/// Every new flow goes to `TargetValue::active` (failover, or `last-known` with all down).
-pub const TARGET_MODE_SINGLE: u32 = 1;
-/// New flows index the target's slice of [`RING`] with the flow hash (active/active).
-pub const TARGET_MODE_RING: u32 = 2;
+/// Target modes: how the datapath picks a path for a flow.
+/// No usable path: packets are dropped (`Counter::DropNoPath`).
+pub const TARGET_MODE_NONE: u8 = 0;
+/// Every flow goes to `TargetValue::active` (failover, or `last-known` with all down).
+pub const TARGET_MODE_SINGLE: u8 = 1;
+/// Flows index the target's table in [`RING`] with the flow hash (active/active).
+pub const TARGET_MODE_RING: u8 = 2;
 
-/// The control plane's current decision for one target.
+/// The control plane's decision for one target: the current one and, during a transition, the
+/// previous one, which established TCP connections without an exception keep following while
+/// its path is up (see `docs/DATAPATH.md`, "Stateless by default").
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TargetValue {
     /// One of `TARGET_MODE_*`.
-    pub mode: u32,
+    pub mode: u8,
+    /// The previous decision's `TARGET_MODE_*`; `TARGET_MODE_NONE`: no transition.
+    pub prev_mode: u8,
+    /// The half of the target's [`RING`] tables the current ring is in; a previous ring is in
+    /// the other half.
+    pub ring_half: u8,
+    pub _pad: u8,
     /// The path id for `TARGET_MODE_SINGLE`, else [`NO_ID`].
     pub active: u32,
+    /// The previous decision's path id for `TARGET_MODE_SINGLE`, else [`NO_ID`].
+    pub prev_active: u32,
+    pub _pad2: u32,
+    /// The datapath consults the exception tables while the target's [`EXC_SEQ`] is at least
+    /// this (0: always).
+    pub exc_clear: u64,
+}
+
+impl TargetValue {
+    /// No usable path.
+    pub const fn none() -> Self {
+        Self::new(TARGET_MODE_NONE, NO_ID, 0)
+    }
+    /// Every flow to path `active`.
+    pub const fn single(active: u32) -> Self {
+        Self::new(TARGET_MODE_SINGLE, active, 0)
+    }
+    /// Flows by the ring in half `half`.
+    pub const fn ring(half: u8) -> Self {
+        Self::new(TARGET_MODE_RING, NO_ID, half)
+    }
+    const fn new(mode: u8, active: u32, ring_half: u8) -> Self {
+        Self {
+            mode,
+            prev_mode: TARGET_MODE_NONE,
+            ring_half,
+            _pad: 0,
+            active,
+            prev_active: NO_ID,
+            _pad2: 0,
+            exc_clear: 0,
+        }
+    }
+    /// This decision, with `prev` (its current part) as the previous one. A previous ring is
+    /// the other half's: `prev` must name the other half.
+    pub const fn with_previous(mut self, prev: &TargetValue) -> Self {
+        self.prev_mode = prev.mode;
+        self.prev_active = prev.active;
+        self
+    }
+    /// Whether a transition is in force (a previous decision kept).
+    pub const fn in_transition(&self) -> bool {
+        self.prev_mode != TARGET_MODE_NONE
+    }
 }
 
 /// Path states as the datapath sees them. Anything but `PATH_UP` makes flows re-steer.
@@ -488,9 +573,16 @@ impl FlowKey {
     }
 }
 
-/// The flow was first seen leaving the VM (opened from inside through a whole-address VIP).
+/// Pinned by a packet of the VM's ([`OUTBOUND`]): a connection it opened, or a SYN-ACK.
 pub const FLOW_F_FROM_PATH: u32 = 1 << 0;
+/// The other side has answered since the pin (for a client's pin: a packet from the path; for
+/// the VM's: one from the client).
+pub const FLOW_F_REPLIED: u32 = 1 << 1;
+/// A TCP FIN or RST was seen: the connection is closing, its exception expires soon.
+pub const FLOW_F_CLOSING: u32 = 1 << 2;
 
+/// An exception: where flow `key` goes instead of its target's decision ([`FLOWS`],
+/// [`OUTBOUND`], [`SHADOWED`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
@@ -499,7 +591,27 @@ pub struct FlowValue {
     pub vip: u32,
     /// `FLOW_F_*` bits.
     pub flags: u32,
+    pub _pad: u32,
+    /// When a packet of the flow was last seen (`bpf_ktime_get_coarse_ns`, refreshed at most
+    /// every [`SEEN_GRANULARITY_NS`]).
+    pub seen_ns: u64,
 }
+
+impl FlowValue {
+    pub const fn new(path: u32, vip: u32, flags: u32, seen_ns: u64) -> Self {
+        Self {
+            path,
+            vip,
+            flags,
+            _pad: 0,
+            seen_ns,
+        }
+    }
+}
+
+/// How stale [`FlowValue::seen_ns`] may get before a packet refreshes it: a busy exception does
+/// not write its entry on every packet.
+pub const SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
 
 /// A fragmented datagram in one direction: RFC 791's (source, destination, protocol,
 /// identification).
@@ -558,11 +670,11 @@ impl TrafficStats {
 const _: () = {
     assert!(size_of::<EndpointKey>() == 8);
     assert!(size_of::<VipInfo>() == 16);
-    assert!(size_of::<TargetValue>() == 8);
+    assert!(size_of::<TargetValue>() == 24);
     assert!(size_of::<PathValue>() == 12);
     assert!(size_of::<RevValue>() == 16);
     assert!(size_of::<FlowKey>() == 16);
-    assert!(size_of::<FlowValue>() == 12);
+    assert!(size_of::<FlowValue>() == 24);
     assert!(size_of::<TrafficStats>() == 32);
     assert!(size_of::<FragKey>() == 12);
     assert!(size_of::<FragValue>() == 16);
@@ -579,7 +691,7 @@ pub const NAME_LEN: usize = 32;
 /// The version of everything pinned: bump it with any change of a map's name, type, key, value
 /// or capacity. A daemon refuses to adopt pinned state of another layout (unless told to
 /// replace it).
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// A fingerprint of the layout: the version, and every map's name with the sizes of the types
 /// it holds. Computed at compile time, so a change that forgets the version still changes it.
@@ -698,6 +810,9 @@ pub struct TargetMeta {
     pub all_down: u8,
     pub used: u8,
     pub _pad: [u8; 4],
+    /// When the transition in force began (the decision changed with a previous one kept),
+    /// Unix nanoseconds; 0: none.
+    pub transition_ns: u64,
 }
 
 /// Health as the control plane last saw it (the datapath's [`PathValue::state`] also folds in
@@ -807,11 +922,11 @@ const _: () = {
     assert!(size_of::<BenchTemplate>() == 16 + BENCH_FRAME);
     assert!(size_of::<ControlMeta>() == 24);
     assert!(size_of::<NextHop>() == 40);
-    assert!(size_of::<TargetMeta>() == 40);
+    assert!(size_of::<TargetMeta>() == 48);
     assert!(size_of::<PathMeta>() == 56);
     assert!(size_of::<PathSeen>() == 16);
     assert!(size_of::<IfaceMeta>() == 128);
-    assert!(size_of::<Settings>() == 8);
+    assert!(size_of::<Settings>() == 16);
     assert!(size_of::<TokenBucket>() == 16);
 };
 

@@ -1,22 +1,45 @@
-//! Flows and path selection. The flow table is the fast path: a hit names the flow's VIP (by
-//! id, checked against `LB_VIP_INFO`) and its path, so an established flow costs one hash
-//! lookup. A flow stays on its path while the path is up; new and re-steered flows follow the
-//! target's current decision (failover's active path or the active/active consistent-hash
-//! table), which the control plane computed. Lookups only.
+//! Path selection, stateless by default. A packet's path follows from its target's current
+//! decision (failover's active path, or the consistent-hash ring), the same for every packet
+//! of a flow while the decision holds: no flow table, no insert. State exists only for the
+//! exceptions, the flows that must not follow the current decision, and is consulted only
+//! while the target's exception count ([`LB_EXC_SEQ`]) says some may exist:
+//!
+//! - during a transition (the control plane keeps the previous decision beside the current
+//!   one), a TCP packet that is not a SYN belongs to a connection older than the change: it
+//!   follows the previous decision while that path is up, and pins itself there (`LB_FLOWS`,
+//!   rate-limited per CPU) so that a later change does not move it;
+//! - a packet of the VM's that leaves by a path the rules would not send its flow's next
+//!   packets to pins the flow there (`LB_OUTBOUND`, see `reverse`): a connection the VM opened
+//!   over a standby path, a connection accepted (SYN-ACK) on the current path of a flow whose
+//!   previous decision differs;
+//! - whole-address flows on a port a service of the same path address answers from
+//!   (`LB_SHADOWED`, for the return side).
+//!
+//! Lookups and pins only; the control plane expires exceptions and ends transitions.
 
-use aya_ebpf::bindings::BPF_ANY;
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_ktime_get_coarse_ns,
+    maps::HashMap,
+};
 use lb_common::{
     Counter,
     hash::ring_slot,
     maps::{
-        FILTER_PATH_SERVICE, FlowKey, FlowValue, PATH_UP, REV_F_SHADOWS_WHOLE, RING_SIZE,
-        TARGET_MODE_RING, TARGET_MODE_SINGLE, VipInfo,
+        DEFAULT_PIN_BURST, DEFAULT_PIN_PER_SEC, FILTER_PATH_SERVICE, FLOW_F_CLOSING,
+        FLOW_F_REPLIED, FlowKey, FlowValue, NO_ID, PATH_UP, REV_F_SHADOWS_WHOLE,
+        SEEN_GRANULARITY_NS, TARGET_MODE_RING, TARGET_MODE_SINGLE, TargetValue, VipInfo,
+        ring_index,
     },
+    net::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 use crate::{
     maps::{
-        LB_FLOWS, LB_OUTBOUND, LB_PATHS, LB_REV_NAT, LB_RING, LB_SHADOWED, LB_TARGETS, LB_VIP_INFO,
+        LB_EXC_SEQ, LB_FLOWS, LB_OUTBOUND, LB_PATHS, LB_PIN_BUCKET, LB_REV_NAT, LB_RING,
+        LB_SETTINGS, LB_SHADOWED, LB_TARGETS, LB_VIP_INFO,
     },
     stats::count,
 };
@@ -34,18 +57,6 @@ pub fn vip(id: u32) -> Option<Vip> {
     LB_VIP_INFO.get(id).map(|info| Vip { id, info: *info })
 }
 
-/// The flow `key` and its VIP, if the flow table has it and its VIP still serves it.
-#[inline(always)]
-pub fn lookup(key: &FlowKey) -> Option<(&'static mut FlowValue, Vip)> {
-    let flow = LB_FLOWS.get_ptr_mut(key)?;
-    // SAFETY: a value of an LRU hash map, valid during the program's run. A concurrent
-    // eviction can recycle it (the kernel's caveat); the worst outcome is one packet on a stale
-    // path id, which `assign` still validates.
-    let flow = unsafe { &mut *flow };
-    let vip = vip(flow.vip)?;
-    vip.info.serves(key).then_some((flow, vip))
-}
-
 /// A path chosen for a packet.
 #[derive(Clone, Copy)]
 pub struct Chosen {
@@ -53,21 +64,351 @@ pub struct Chosen {
     pub addr: [u8; 4],
 }
 
-/// A connection the VM opened through whole-address VIP `vip` that `key` (a packet from the
-/// remote end) belongs to, while its path holds (`LB_OUTBOUND`: apart from the client flows,
-/// which cannot evict it).
+/// What a TCP segment's flags say about its connection, for path selection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Segment {
+    /// Not TCP: follows the current decision.
+    NotTcp,
+    /// A SYN without ACK: a new connection, follows the current decision.
+    Syn,
+    /// Any other segment: a connection that exists already.
+    Established { closing: bool },
+}
+
+impl Segment {
+    #[inline(always)]
+    pub fn tcp(flags: u8) -> Self {
+        if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            Segment::Syn
+        } else {
+            Segment::Established {
+                closing: flags & (TCP_FIN | TCP_RST) != 0,
+            }
+        }
+    }
+}
+
 #[inline(always)]
-pub fn outbound(key: &FlowKey, vip: &Vip) -> Option<Chosen> {
-    if !vip.info.key.is_whole_address() {
+fn now_ns() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Whether exceptions of target `target` (decision `t`) may exist: its pin count has not been
+/// cleared past by the control plane.
+#[inline(always)]
+pub fn exceptions_may_exist(target: u32, t: &TargetValue) -> bool {
+    match LB_EXC_SEQ.get_ptr(target) {
+        // SAFETY: an array slot, valid for the program's run; other CPUs add to it atomically.
+        Some(seq) => (unsafe { core::ptr::read_volatile(seq) }) >= t.exc_clear,
+        None => true,
+    }
+}
+
+/// Counts one pin of target `target`'s, after its entry is in: from now on the datapath
+/// consults the exception tables for it (the control plane clears only past counts it saw
+/// before its sweep began).
+#[inline(always)]
+fn note_pin(target: u32) {
+    if let Some(seq) = LB_EXC_SEQ.get_ptr_mut(target) {
+        // SAFETY: an array slot, valid and aligned for the program's run; shared by the CPUs,
+        // so added to atomically. The BPF target has no compare-and-swap, so `AtomicU64` offers
+        // no `fetch_add`; the intrinsic is the instruction itself (BPF_ATOMIC | BPF_ADD).
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(seq, 1) };
+    }
+}
+
+/// Path `id` when it can carry a flow of target `target`: up, and still that target's.
+#[inline(always)]
+fn usable(id: u32, target: u32) -> Option<Chosen> {
+    let path = LB_PATHS.get(id)?;
+    (path.state == PATH_UP && path.target == target).then_some(Chosen {
+        id,
+        addr: path.addr,
+    })
+}
+
+/// The path id a decision (`mode`, `active`, ring `half`) of target `target` gives flow `key`.
+#[inline(always)]
+fn pick(mode: u8, active: u32, half: u8, target: u32, key: &FlowKey) -> Option<u32> {
+    if mode == TARGET_MODE_SINGLE {
+        Some(active)
+    } else if mode == TARGET_MODE_RING {
+        LB_RING
+            .get(ring_index(target, half, ring_slot(key)))
+            .copied()
+    } else {
+        None
+    }
+}
+
+/// The current decision's path for `key` (no state check: `last-known` keeps naming a path
+/// that is down).
+#[inline(always)]
+fn current(t: &TargetValue, target: u32, key: &FlowKey) -> Result<Chosen, Counter> {
+    let id = pick(t.mode, t.active, t.ring_half, target, key).ok_or(Counter::DropNoPath)?;
+    let path = LB_PATHS.get(id).ok_or(Counter::DropNoPath)?;
+    Ok(Chosen {
+        id,
+        addr: path.addr,
+    })
+}
+
+/// The previous decision's path for `key` while a transition is in force, when it differs
+/// from the current one's (`current`) and is still usable.
+#[inline(always)]
+fn previous(t: &TargetValue, target: u32, key: &FlowKey, current: u32) -> Option<Chosen> {
+    if !t.in_transition() {
         return None;
     }
-    let flow = LB_OUTBOUND.get_ptr(key)?;
-    // SAFETY: an LRU hash map value, read once while the program runs.
-    let flow = unsafe { *flow };
-    if flow.vip != vip.id {
+    let id = pick(t.prev_mode, t.prev_active, t.ring_half ^ 1, target, key)?;
+    if id == current || id == NO_ID {
         return None;
     }
-    still_valid(flow.path, vip)
+    usable(id, target)
+}
+
+/// Where the decision rules send packets of flow `key` (target `target`, decision `t`) that
+/// have no exception: an established TCP connection's to the previous decision's path while it
+/// differs and is up, anything else to the current decision's. `Err` when the target has no
+/// path at all.
+#[inline(always)]
+pub fn by_rules(
+    t: &TargetValue,
+    target: u32,
+    key: &FlowKey,
+    segment: Segment,
+) -> Result<(Chosen, bool), Counter> {
+    let cur = current(t, target, key)?;
+    if let Segment::Established { .. } = segment
+        && let Some(p) = previous(t, target, key, cur.id)
+    {
+        return Ok((p, true));
+    }
+    Ok((cur, false))
+}
+
+/// An exception of flow `key` to `vip` in `map` while its path is usable: refreshed (last
+/// seen, closing, `answered` marks it replied). One whose path is no longer usable is removed.
+#[inline(always)]
+fn exception(
+    map: &HashMap<FlowKey, FlowValue>,
+    key: &FlowKey,
+    vip: u32,
+    target: u32,
+    segment: Segment,
+    answered: bool,
+) -> Option<Chosen> {
+    let e = map.get_ptr_mut(key)?;
+    // SAFETY: a hash map value, valid during the program's run. Another CPU may refresh it at
+    // the same time: a lost update only shifts a timestamp or a flag by one packet.
+    let e = unsafe { &mut *e };
+    if e.vip != vip {
+        return None;
+    }
+    let Some(p) = usable(e.path, target) else {
+        let _ = map.remove(key);
+        count(Counter::ExceptionStale);
+        return None;
+    };
+    touch(e, segment, answered);
+    Some(p)
+}
+
+/// Refreshes exception `e` for a packet of its flow.
+#[inline(always)]
+fn touch(e: &mut FlowValue, segment: Segment, answered: bool) {
+    let mut flags = e.flags;
+    if answered {
+        flags |= FLOW_F_REPLIED;
+    }
+    if let Segment::Established { closing: true } = segment {
+        flags |= FLOW_F_CLOSING;
+    }
+    if flags != e.flags {
+        e.flags = flags;
+    }
+    let now = now_ns();
+    if now > e.seen_ns.wrapping_add(SEEN_GRANULARITY_NS) {
+        e.seen_ns = now;
+    }
+}
+
+/// Takes one token from this CPU's pin budget.
+#[inline(always)]
+fn pin_allowed() -> bool {
+    let (per_sec, burst) = match LB_SETTINGS.get(0) {
+        Some(s) if s.pin_per_sec != 0 => (s.pin_per_sec, s.pin_burst),
+        _ => (DEFAULT_PIN_PER_SEC, DEFAULT_PIN_BURST),
+    };
+    let Some(bucket) = LB_PIN_BUCKET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a per-CPU array slot, valid for the program's run and touched by no other CPU.
+    unsafe { &mut *bucket }.take(now_ns(), per_sec, burst)
+}
+
+/// Pins flow `key` (of VIP `vip`, target `target`) to path `path` in `map`; `Ok` when it is
+/// in. An entry already there (another CPU's) is left as it is.
+#[inline(always)]
+fn pin(
+    map: &HashMap<FlowKey, FlowValue>,
+    key: &FlowKey,
+    vip: u32,
+    target: u32,
+    path: u32,
+    flags: u32,
+) -> bool {
+    let value = FlowValue::new(path, vip, flags, now_ns());
+    if map.insert(key, value, u64::from(BPF_NOEXIST)).is_err() {
+        if map.get_ptr(key).is_none() {
+            count(Counter::ExceptionInsertFailed);
+        }
+        return false;
+    }
+    note_pin(target);
+    true
+}
+
+/// The path for a packet of flow `key` to `vip` from a client (ingress).
+#[inline(always)]
+pub fn choose(key: &FlowKey, vip: &Vip, segment: Segment) -> Result<Chosen, Counter> {
+    let target = vip.info.target;
+    let t = LB_TARGETS.get(target).ok_or(Counter::DropNoPath)?;
+    if exceptions_may_exist(target, t) {
+        let found = match exception(&LB_FLOWS, key, vip.id, target, segment, false) {
+            Some(p) => Some(p),
+            None => exception(&LB_OUTBOUND, key, vip.id, target, segment, true),
+        };
+        if let Some(p) = found {
+            count(Counter::ExceptionHit);
+            return Ok(p);
+        }
+    }
+    let (p, previous) = by_rules(t, target, key, segment)?;
+    if previous {
+        count(Counter::FlowPrevious);
+        if !pin_allowed() {
+            count(Counter::ExceptionRateLimited);
+        } else if pin(&LB_FLOWS, key, vip.id, target, p.id, 0) {
+            count(Counter::ExceptionPinned);
+        }
+    } else {
+        count(Counter::FlowDecided);
+    }
+    Ok(p)
+}
+
+/// The path of an existing flow for a packet that must not create state (an ICMP error):
+/// its exception, else the decision rules for an established flow.
+#[inline(always)]
+pub fn peek(key: &FlowKey, vip: &Vip) -> Result<Chosen, Counter> {
+    let target = vip.info.target;
+    let t = LB_TARGETS.get(target).ok_or(Counter::DropNoPath)?;
+    let segment = if key.proto == lb_common::net::IPPROTO_TCP {
+        Segment::Established { closing: false }
+    } else {
+        Segment::NotTcp
+    };
+    if exceptions_may_exist(target, t) {
+        for map in [&LB_FLOWS, &LB_OUTBOUND] {
+            if let Some(e) = map.get_ptr(key) {
+                // SAFETY: a hash map value, read once while the program runs.
+                let e = unsafe { *e };
+                if e.vip == vip.id
+                    && let Some(p) = usable(e.path, target)
+                {
+                    return Ok(p);
+                }
+            }
+        }
+    }
+    by_rules(t, target, key, segment).map(|(p, _)| p)
+}
+
+/// The path of a packet that has no flow key (a fragment, without ports): the target's active
+/// path in failover; an active/active target cannot place it (`not_placeable`).
+#[inline(always)]
+pub fn unkeyed(target: u32, not_placeable: Counter) -> Result<Chosen, Counter> {
+    let t = LB_TARGETS.get(target).ok_or(Counter::DropNoPath)?;
+    if t.mode == TARGET_MODE_RING {
+        return Err(not_placeable);
+    }
+    if t.mode != TARGET_MODE_SINGLE {
+        return Err(Counter::DropNoPath);
+    }
+    let path = LB_PATHS.get(t.active).ok_or(Counter::DropNoPath)?;
+    Ok(Chosen {
+        id: t.active,
+        addr: path.addr,
+    })
+}
+
+/// A packet of the VM's from path `path` (return side), of flow `key` as the client's packets
+/// carry it (VIP `vip`, `segment` its TCP flags; `opens` when it may open a flow: a SYN, or for
+/// a whole-address VIP a UDP datagram or an ICMP echo request). Refreshes the flow's exception
+/// when there is one; otherwise pins the flow to `path` when it opens and the decision rules
+/// would send its next packets elsewhere.
+#[inline(always)]
+pub fn from_vm(key: &FlowKey, vip: u32, path: u32, segment: Segment, opens: bool) {
+    let Some(p) = LB_PATHS.get(path) else {
+        return;
+    };
+    let target = p.target;
+    let Some(t) = LB_TARGETS.get(target) else {
+        return;
+    };
+    let consult = exceptions_may_exist(target, t);
+    if consult && segment != Segment::NotTcp {
+        // A reply confirms (or closes) the client's pin and the VM's own.
+        for (map, answered) in [(&LB_FLOWS, true), (&LB_OUTBOUND, false)] {
+            if let Some(e) = map.get_ptr_mut(key) {
+                // SAFETY: a hash map value, valid during the program's run; see `exception`.
+                let e = unsafe { &mut *e };
+                if e.vip == vip && e.path == path {
+                    touch(e, segment, answered);
+                    return;
+                }
+            }
+        }
+    }
+    if !opens {
+        return;
+    }
+    // Where the flow's next packets from the client would go. A SYN-ACK or the VM's own SYN:
+    // those of an established connection. UDP and ICMP follow the current decision, except
+    // right after a change, when a datagram from the previous decision's path is taken for
+    // a reply already in flight, not a new flow.
+    let rules_segment = match segment {
+        Segment::NotTcp => Segment::NotTcp,
+        _ => Segment::Established { closing: false },
+    };
+    let Ok((rule, _)) = by_rules(t, target, key, rules_segment) else {
+        return;
+    };
+    if rule.id == path {
+        return;
+    }
+    if segment == Segment::NotTcp
+        && let Ok(cur) = current(t, target, key)
+        && previous(t, target, key, cur.id).is_some_and(|p| p.id == path)
+    {
+        return;
+    }
+    if consult && (LB_FLOWS.get_ptr(key).is_some() || LB_OUTBOUND.get_ptr(key).is_some()) {
+        // The client's own exception, or one pinned already: never overwritten.
+        return;
+    }
+    if pin(
+        &LB_OUTBOUND,
+        key,
+        vip,
+        target,
+        path,
+        lb_common::maps::FLOW_F_FROM_PATH,
+    ) {
+        count(Counter::ExceptionFromVm);
+    }
 }
 
 /// Records new flow `key` of whole-address VIP `vip` on `path` in `LB_SHADOWED` when a
@@ -89,109 +430,16 @@ pub fn note_shadowed(key: &FlowKey, vip: &Vip, path: &Chosen) {
     if unsafe { (*rev).flags } & REV_F_SHADOWS_WHOLE == 0 {
         return;
     }
-    let value = FlowValue {
-        path: path.id,
-        vip: vip.id,
-        flags: 0,
-    };
+    // SAFETY: as above.
+    if let Some(e) = LB_SHADOWED.get_ptr(key)
+        && unsafe { (*e).vip == vip.id && (*e).path == path.id }
+    {
+        return;
+    }
+    let value = FlowValue::new(path.id, vip.id, 0, now_ns());
     if LB_SHADOWED.insert(key, value, u64::from(BPF_ANY)).is_ok() {
         count(Counter::FlowShadowed);
     } else {
-        count(Counter::PinnedInsertFailed);
+        count(Counter::ExceptionInsertFailed);
     }
-}
-
-/// The target's current choice for a flow, ignoring the flow table.
-#[inline(always)]
-pub fn policy(key: &FlowKey, target: u32) -> Result<Chosen, Counter> {
-    let t = LB_TARGETS.get(target).ok_or(Counter::DropNoPath)?;
-    let id = if t.mode == TARGET_MODE_SINGLE {
-        t.active
-    } else if t.mode == TARGET_MODE_RING {
-        let slot = target.wrapping_mul(RING_SIZE).wrapping_add(ring_slot(key));
-        *LB_RING.get(slot).ok_or(Counter::DropNoPath)?
-    } else {
-        return Err(Counter::DropNoPath);
-    };
-    let path = LB_PATHS.get(id).ok_or(Counter::DropNoPath)?;
-    Ok(Chosen {
-        id,
-        addr: path.addr,
-    })
-}
-
-/// The path of a packet that has no flow key (a fragment, without ports): the target's active
-/// path in failover; an active/active target cannot place it (`not_placeable`).
-#[inline(always)]
-pub fn unkeyed(target: u32, not_placeable: Counter) -> Result<Chosen, Counter> {
-    let t = LB_TARGETS.get(target).ok_or(Counter::DropNoPath)?;
-    if t.mode == TARGET_MODE_RING {
-        return Err(not_placeable);
-    }
-    if t.mode != TARGET_MODE_SINGLE {
-        return Err(Counter::DropNoPath);
-    }
-    let path = LB_PATHS.get(t.active).ok_or(Counter::DropNoPath)?;
-    Ok(Chosen {
-        id: t.active,
-        addr: path.addr,
-    })
-}
-
-/// The flow's path if it still holds (up, and still a path of the VIP's target).
-#[inline(always)]
-fn still_valid(id: u32, vip: &Vip) -> Option<Chosen> {
-    let path = LB_PATHS.get(id)?;
-    (path.state == PATH_UP && path.target == vip.info.target).then_some(Chosen {
-        id,
-        addr: path.addr,
-    })
-}
-
-/// The path for a packet of flow `key` to `vip`: the recorded path of `flow` (from [`lookup`])
-/// while it holds, else the policy's choice, written over the stale one (re-steer) or recorded
-/// (new flow).
-#[inline(always)]
-pub fn assign(key: &FlowKey, vip: &Vip, flow: Option<&mut FlowValue>) -> Result<Chosen, Counter> {
-    if let Some(flow) = flow {
-        if let Some(p) = still_valid(flow.path, vip) {
-            count(Counter::FlowHit);
-            return Ok(p);
-        }
-        let p = policy(key, vip.info.target)?;
-        if p.id == flow.path {
-            // `last-known` keeps sending to a path that is down: nothing to re-steer.
-            count(Counter::FlowHit);
-        } else {
-            flow.path = p.id;
-            count(Counter::FlowResteer);
-        }
-        return Ok(p);
-    }
-    let p = policy(key, vip.info.target)?;
-    let value = FlowValue {
-        path: p.id,
-        vip: vip.id,
-        flags: 0,
-    };
-    if LB_FLOWS.insert(key, value, u64::from(BPF_ANY)).is_err() {
-        count(Counter::FlowInsertFailed);
-    }
-    count(Counter::FlowNew);
-    Ok(p)
-}
-
-/// The path of an existing flow for a packet that must not create one (an ICMP error): the
-/// recorded path while it holds, else the policy's choice.
-#[inline(always)]
-pub fn peek(key: &FlowKey, vip: &Vip) -> Result<Chosen, Counter> {
-    if let Some((flow, _)) = lookup(key)
-        && let Some(p) = still_valid(flow.path, vip)
-    {
-        return Ok(p);
-    }
-    if let Some(p) = outbound(key, vip) {
-        return Ok(p);
-    }
-    policy(key, vip.info.target)
 }

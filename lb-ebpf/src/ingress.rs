@@ -13,7 +13,7 @@ use lb_common::{
 
 use crate::{
     ctx::Packet,
-    flow::{self, Vip},
+    flow::{self, Segment, Vip},
     forward::{self, Flow, Next},
     frag, icmp,
     maps::{LB_ADDR_FILTER, LB_ADDRS, LB_VIPS},
@@ -150,21 +150,14 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
         IPPROTO_TCP | IPPROTO_UDP => ports.map(|(_, dport)| dport),
         _ => None,
     };
-    // The flow table first: an established flow names its VIP, no VIP lookup needed.
-    let key = ports.map(|(sport, dport)| FlowKey::new(ip.src, ip.dst, sport, dport, ip.proto));
-    let (flow, vip) = match key.as_ref().and_then(flow::lookup) {
-        Some((flow, vip)) => (Some(flow), vip),
-        None => {
-            let Some(vip) = lookup_vip(ip.dst, ip.proto, service_port, bits) else {
-                let reason = not_a_vip(ip.dst, bits);
-                if first_fragment && reason == Counter::PassNotForUs {
-                    frag::pass(ip, FRAG_DIR_IN);
-                }
-                return Err(reason);
-            };
-            (None, vip)
+    let Some(vip) = lookup_vip(ip.dst, ip.proto, service_port, bits) else {
+        let reason = not_a_vip(ip.dst, bits);
+        if first_fragment && reason == Counter::PassNotForUs {
+            frag::pass(ip, FRAG_DIR_IN);
         }
+        return Err(reason);
     };
+    let key = ports.map(|(sport, dport)| FlowKey::new(ip.src, ip.dst, sport, dport, ip.proto));
     let Some(key) = key else {
         return Err(if ip.proto == IPPROTO_ICMP {
             Counter::DropUnsupportedIcmp
@@ -178,23 +171,14 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     }
 
     let (sport, dport) = (key.sport, key.dport);
-    // A connection the VM opened (no client flow: it lives in its own table), else the flow
-    // table and the policy; a new whole-address flow on a shadowed port is noted for the
-    // return side.
-    let path = match flow {
-        None => match flow::outbound(&key, &vip) {
-            Some(p) => {
-                stats::count(Counter::FlowHit);
-                p
-            }
-            None => {
-                let p = flow::assign(&key, &vip, None)?;
-                flow::note_shadowed(&key, &vip, &p);
-                p
-            }
-        },
-        flow => flow::assign(&key, &vip, flow)?,
+    let segment = match &transport {
+        Transport::Tcp(h) => Segment::tcp(h.flags),
+        _ => Segment::NotTcp,
     };
+    // The target's decision, or the flow's exception; a whole-address flow on a shadowed port
+    // is noted for the return side.
+    let path = flow::choose(&key, &vip, segment)?;
+    flow::note_shadowed(&key, &vip, &path);
     let target_port = vip.info.target_port;
     let new_port = (service_port.is_some() && target_port != [0, 0]).then_some(target_port);
     let next = forward::route_cached(

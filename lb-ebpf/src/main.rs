@@ -4,6 +4,9 @@
 //! `record_action` shape).
 #![no_std]
 #![no_main]
+// `flow::note_pin`: an atomic add, which `AtomicU64` does not offer on a target without CAS.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![deny(clippy::indexing_slicing, clippy::panic, clippy::unwrap_used)]
 
 mod bench;

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::maps::{
-    ADDR_FILTER_SIZE, ControlMeta, EndpointKey, FLOW_TABLE_FLAGS, FLOW_TABLE_SIZE, FRAG_TABLE_SIZE,
-    FlowKey, FlowValue, FragKey, FragValue, IfaceKey, IfaceMeta, MAX_ADDRS, MAX_IFACES, MAX_PATHS,
+    ADDR_FILTER_SIZE, ControlMeta, EndpointKey, FLOW_TABLE_SIZE, FRAG_TABLE_SIZE, FlowKey,
+    FlowValue, FragKey, FragValue, IfaceKey, IfaceMeta, MAX_ADDRS, MAX_IFACES, MAX_PATHS,
     MAX_REV_NAT, MAX_TARGETS, MAX_TX_PORTS, MAX_VIPS, NextHop, OUTBOUND_TABLE_SIZE, PathMeta,
     PathSeen, PathValue, RING_ENTRIES, RevValue, SHADOWED_TABLE_SIZE, Settings, TargetMeta,
     TargetValue, TokenBucket, TrafficStats, VipInfo,
@@ -31,9 +31,16 @@ pub static LB_PATHS: Array<PathValue> = Array::with_max_entries(MAX_PATHS, 0);
 #[map]
 pub static LB_RING: Array<u32> = Array::with_max_entries(RING_ENTRIES, 0);
 
+/// A plain hash map: a flood cannot evict an exception (see `flow`).
 #[map]
-pub static LB_FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(FLOW_TABLE_SIZE, FLOW_TABLE_FLAGS);
+pub static LB_FLOWS: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(FLOW_TABLE_SIZE, 0);
+
+/// See `flow`.
+#[map]
+pub static LB_EXC_SEQ: Array<u64> = Array::with_max_entries(MAX_TARGETS, 0);
+
+#[map]
+pub static LB_PIN_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static LB_ADDRS: HashMap<[u8; 4], u32> = HashMap::with_max_entries(MAX_ADDRS, 0);
@@ -47,11 +54,10 @@ pub static LB_SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 #[map]
 pub static LB_TOO_BIG: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
 
-/// One LRU list for all CPUs: the VM's connections are few, and their replies may land on any
-/// CPU.
+/// A plain hash map, apart from `LB_FLOWS`: client packets cannot crowd it (see `flow`).
 #[map]
-pub static LB_OUTBOUND: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(OUTBOUND_TABLE_SIZE, 0);
+pub static LB_OUTBOUND: HashMap<FlowKey, FlowValue> =
+    HashMap::with_max_entries(OUTBOUND_TABLE_SIZE, 0);
 
 #[map]
 pub static LB_SHADOWED: LruHashMap<FlowKey, FlowValue> =

@@ -1,27 +1,27 @@
 //! The path-facing program: packets from a path address get the VIP back as source (reverse
-//! NAT). Stateless, from `LB_REV_NAT`, so replies survive flow-table eviction; connections the
-//! VM opens through a whole-address VIP are recorded in the flow table so that their replies
-//! come back over the same path.
+//! NAT). Stateless, from `LB_REV_NAT`; a packet of the VM's that leaves by a path the decision
+//! rules would not send its flow's next client packets to (a connection the VM opened over a
+//! standby path, a SYN-ACK during a transition) pins the flow there (`flow::from_vm`).
 
-use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
     Counter,
     maps::{
-        EndpointKey, FILTER_PATH_ADDR, FILTER_PATH_SERVICE, FLOW_F_FROM_PATH, FRAG_DIR_OUT,
-        FlowKey, FlowValue, REV_F_SHADOWS_WHOLE, RevValue,
+        EndpointKey, FILTER_PATH_ADDR, FILTER_PATH_SERVICE, FRAG_DIR_OUT, FlowKey,
+        REV_F_SHADOWS_WHOLE, RevValue,
     },
     nat::{L4, Side},
-    net::{ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN},
+    net::{ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_SYN},
 };
 
 use crate::{
     ctx::Packet,
+    flow::{self, Segment},
     forward::{self, Flow, Next},
     frag, icmp,
     ingress::filter,
-    maps::{LB_FLOWS, LB_OUTBOUND, LB_PATH_IFACES, LB_REV_NAT, LB_SHADOWED},
+    maps::{LB_PATH_IFACES, LB_REV_NAT, LB_SHADOWED},
     parse::{self, Transport},
-    stats::{self, Dir, Outcome, count},
+    stats::{self, Dir, Outcome},
 };
 
 /// How to translate a packet from path address `addr`: the service (`proto`, source `port`)
@@ -71,32 +71,6 @@ pub fn disambiguate(
         // SAFETY: as above.
         Some(flow) if unsafe { (*flow).vip } == whole.vip_id => whole,
         _ => rev,
-    }
-}
-
-/// Records a flow the VM opens through a whole-address VIP (first packet: TCP SYN, UDP, ICMP
-/// echo request), keyed as the replies will arrive on the ingress side, in `LB_OUTBOUND`,
-/// where no client traffic can evict it. A UDP answer to a client's flow is no such thing:
-/// the client's flow table entry says so.
-#[inline(always)]
-fn record_outbound(key: &FlowKey, rev: &RevValue) {
-    // Lookups first: a reply of a known flow (the common case) must not pay for an LRU insert
-    // attempt, which takes a free element before it finds the key exists.
-    if LB_FLOWS.get_ptr(key).is_some() || LB_OUTBOUND.get_ptr(key).is_some() {
-        return;
-    }
-    let value = FlowValue {
-        path: rev.path,
-        vip: rev.vip_id,
-        flags: FLOW_F_FROM_PATH,
-    };
-    if LB_OUTBOUND
-        .insert(key, value, u64::from(BPF_NOEXIST))
-        .is_ok()
-    {
-        count(Counter::FlowFromPath);
-    } else {
-        count(Counter::PinnedInsertFailed);
     }
 }
 
@@ -181,16 +155,21 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
         Ok(_) => return Err(Counter::PassNotForUs),
         Err(reason) => return Err(if ours { reason } else { Counter::PassNotForUs }),
     };
-    let (ports, opens) = match &transport {
+    // `opens`: the packet may open a flow of the VM's (TCP: a SYN, with or without ACK; UDP
+    // and ICMP echo requests only through a whole-address VIP, checked below).
+    let (ports, segment, opens) = match &transport {
         Transport::Tcp(h) => (
             Some((h.sport, h.dport)),
-            h.flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+            Segment::tcp(h.flags),
+            h.flags & TCP_SYN != 0,
         ),
-        Transport::Udp(h) => (Some((h.sport, h.dport)), true),
-        Transport::Icmp(h) if h.is_echo() => {
-            (Some((h.echo_id(), [0, 0])), h.ty == ICMP_ECHO_REQUEST)
-        }
-        Transport::Icmp(_) | Transport::Other => (None, false),
+        Transport::Udp(h) => (Some((h.sport, h.dport)), Segment::NotTcp, true),
+        Transport::Icmp(h) if h.is_echo() => (
+            Some((h.echo_id(), [0, 0])),
+            Segment::NotTcp,
+            h.ty == ICMP_ECHO_REQUEST,
+        ),
+        Transport::Icmp(_) | Transport::Other => (None, Segment::NotTcp, false),
     };
     let service_port = match ip.proto {
         IPPROTO_TCP | IPPROTO_UDP => ports.map(|(sport, _)| sport),
@@ -229,16 +208,21 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     if let Next::TooBig(mtu) = next {
         return icmp::too_big(ctx, &l2, mtu);
     }
-    if opens && rev.vip_port == [0, 0] {
-        // The reply's flow key: ports swapped, except ICMP echo, keyed (identifier, 0) both ways.
+    {
+        // The flow as the client's packets key it: ports swapped (the VIP's port for a
+        // service), except ICMP echo, keyed (identifier, 0) both ways.
         let (rsport, rdport) = if ip.proto == IPPROTO_ICMP {
             (sport, dport)
         } else {
-            (dport, sport)
+            (dport, new_port.unwrap_or(sport))
         };
-        record_outbound(
+        let opens = opens && (segment != Segment::NotTcp || rev.vip_port == [0, 0]);
+        flow::from_vm(
             &FlowKey::new(ip.dst, rev.vip_addr, rsport, rdport, ip.proto),
-            &rev,
+            rev.vip_id,
+            rev.path,
+            segment,
+            opens,
         );
     }
     if first_fragment {

@@ -36,6 +36,42 @@ pub struct Config {
     /// The datapath's "fragmentation needed" answers per second and CPU, and their burst.
     pub icmp_too_big_per_sec: u32,
     pub icmp_too_big_burst: u32,
+    /// Exceptions: how long they live, how fast client packets may pin them.
+    pub flows: Flows,
+}
+
+/// The `flows` section: the lifetimes of exceptions (flows that must not follow their target's
+/// current decision) and the budget of pins client packets may make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flows {
+    /// An established TCP connection idle this long is forgotten: its exception expires, and a
+    /// transition (the previous decision kept for connections older than a change) ends this
+    /// long after the change.
+    pub tcp_idle: Duration,
+    /// After a FIN or RST.
+    pub tcp_closing: Duration,
+    /// A TCP exception the other side has not answered (a client's pin without a reply from
+    /// the VM, the VM's SYN-ACK without the client's next packet).
+    pub unreplied: Duration,
+    pub udp_idle: Duration,
+    pub icmp_idle: Duration,
+    /// Pins client packets may make per second and CPU, and at once.
+    pub pins_per_sec: u32,
+    pub pins_burst: u32,
+}
+
+impl Default for Flows {
+    fn default() -> Self {
+        Self {
+            tcp_idle: Duration::from_secs(7200),
+            tcp_closing: Duration::from_secs(10),
+            unreplied: Duration::from_secs(30),
+            udp_idle: Duration::from_secs(120),
+            icmp_idle: Duration::from_secs(30),
+            pins_per_sec: lb_common::maps::DEFAULT_PIN_PER_SEC,
+            pins_burst: lb_common::maps::DEFAULT_PIN_BURST,
+        }
+    }
 }
 
 /// The default of `datapath_suspect_ms`: a client retransmits its SYN after 1 s, so 3 s is two
@@ -339,6 +375,7 @@ struct RawConfig {
     datapath_suspect_ms: Option<u64>,
     icmp_too_big_per_sec: Option<u64>,
     icmp_too_big_burst: Option<u64>,
+    flows: Option<RawFlows>,
     #[serde(default)]
     targets: Vec<RawTarget>,
     #[serde(default)]
@@ -358,6 +395,18 @@ struct RawInterfaces {
     /// Checked by hand, so an unknown hook names its field.
     #[serde(default)]
     hooks: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a flows object")]
+struct RawFlows {
+    tcp_idle_s: Option<u64>,
+    tcp_closing_s: Option<u64>,
+    unreplied_s: Option<u64>,
+    udp_idle_s: Option<u64>,
+    icmp_idle_s: Option<u64>,
+    pins_per_sec: Option<u64>,
+    pins_burst: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -514,9 +563,11 @@ impl Validator {
             datapath_suspect_ms,
             icmp_too_big_per_sec,
             icmp_too_big_burst,
+            flows,
             targets: raw_targets,
             vips: raw_vips,
         } = raw;
+        let flows = check_flows(flows)?;
         let icmp_too_big_per_sec = in_range(
             "icmp_too_big_per_sec",
             icmp_too_big_per_sec,
@@ -558,6 +609,7 @@ impl Validator {
             datapath_suspect,
             icmp_too_big_per_sec,
             icmp_too_big_burst,
+            flows,
         })
     }
 
@@ -941,6 +993,42 @@ fn in_range(
                 )
             }),
     }
+}
+
+/// The `flows` section; every field optional.
+fn check_flows(raw: Option<RawFlows>) -> Result<Flows, ConfigError> {
+    let d = Flows::default();
+    let Some(RawFlows {
+        tcp_idle_s,
+        tcp_closing_s,
+        unreplied_s,
+        udp_idle_s,
+        icmp_idle_s,
+        pins_per_sec,
+        pins_burst,
+    }) = raw
+    else {
+        return Ok(d);
+    };
+    // A week: longer is a typo (and TCP keepalive probes an idle connection every 2 hours).
+    const MAX_S: u32 = 7 * 24 * 3600;
+    let secs = |at: &str, v: Option<u64>, default: Duration| {
+        in_range(at, v, 1..=MAX_S, default.as_secs() as u32).map(|s| Duration::from_secs(s.into()))
+    };
+    Ok(Flows {
+        tcp_idle: secs("flows.tcp_idle_s", tcp_idle_s, d.tcp_idle)?,
+        tcp_closing: secs("flows.tcp_closing_s", tcp_closing_s, d.tcp_closing)?,
+        unreplied: secs("flows.unreplied_s", unreplied_s, d.unreplied)?,
+        udp_idle: secs("flows.udp_idle_s", udp_idle_s, d.udp_idle)?,
+        icmp_idle: secs("flows.icmp_idle_s", icmp_idle_s, d.icmp_idle)?,
+        pins_per_sec: in_range(
+            "flows.pins_per_sec",
+            pins_per_sec,
+            1..=10_000_000,
+            d.pins_per_sec,
+        )?,
+        pins_burst: in_range("flows.pins_burst", pins_burst, 1..=10_000_000, d.pins_burst)?,
+    })
 }
 
 fn check_flow_table_size(size: u64) -> Result<u32, ConfigError> {

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use lb_common::maps::{ControlMeta, LAYOUT};
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
@@ -79,7 +79,12 @@ struct Daemon {
     redirects: BTreeMap<String, RedirectTarget>,
     /// The interface each path's replies must arrive on, as written to `LB_PATH_IFACES`.
     arrivals: BTreeMap<u32, u32>,
+    /// When the exception tables were last swept.
+    swept: Instant,
 }
+
+/// How often the exception tables are swept (expiry, and the targets that have none left).
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs the daemon until `shutdown` completes (or SIGTERM/SIGINT when the caller passes them).
 pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -137,6 +142,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         redirects: BTreeMap::new(),
         hooks: BTreeMap::new(),
         arrivals: BTreeMap::new(),
+        swept: Instant::now(),
     };
     if let Err(e) = d.switch_to(model) {
         // A fresh install that cannot be completed leaves nothing behind; adopted state stays
@@ -719,6 +725,10 @@ impl Daemon {
         }
         self.sync_arrivals();
         self.check_datapath();
+        if self.swept.elapsed() >= SWEEP_EVERY {
+            self.swept = Instant::now();
+            self.sweep_exceptions();
+        }
         if !self.dirty {
             return;
         }
@@ -731,6 +741,61 @@ impl Daemon {
             Err(e) => error!("writing path state: {e:#}"),
         }
         self.publish();
+    }
+
+    /// Ends the transitions older than `flows.tcp_idle`, expires exceptions, and lets the
+    /// datapath stop consulting the exception tables for targets that have none left.
+    fn sweep_exceptions(&mut self) {
+        let flows = self.model.config.flows;
+        for id in self
+            .model
+            .end_transitions(SystemTime::now(), flows.tcp_idle)
+        {
+            let name = self
+                .model
+                .ids
+                .targets
+                .iter()
+                .find(|(_, v)| **v == id)
+                .map_or(id.to_string(), |(n, _)| n.clone());
+            info!(
+                "{name}: transition ended ({:?} after the change): the previous decision is dropped",
+                flows.tcp_idle
+            );
+            self.dirty = true;
+        }
+        let t0 = Instant::now();
+        let model = &self.model;
+        let vips = &self.current.vips;
+        let swept = crate::exceptions::sweep(
+            &mut self.dp.maps,
+            model.ids.targets.values().copied(),
+            |vip| vips.get(&vip).map(|v| v.target),
+            |tid, key, value| model.rule_path(tid, key) == Some(value.path),
+            monotonic_coarse_ns(),
+            &flows,
+        );
+        let swept = match swept {
+            Ok(s) => s,
+            Err(e) => {
+                error!("sweeping the exception tables: {e:#}");
+                return;
+            }
+        };
+        if swept.removed > 0 {
+            debug!(
+                "exceptions: {} removed, {} left, in {:?}",
+                swept.removed,
+                swept.left.values().sum::<usize>(),
+                t0.elapsed()
+            );
+        }
+        for (id, clear) in swept.clear {
+            if self.model.exc_clear.get(&id) != Some(&clear) {
+                self.model.exc_clear.insert(id, clear);
+                self.dirty = true;
+            }
+        }
     }
 
     /// Hands the metrics thread a fresh snapshot (it never waits for the daemon, nor the

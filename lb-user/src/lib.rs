@@ -4,6 +4,7 @@
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod exceptions;
 pub mod health;
 pub mod maps;
 pub mod metrics;

@@ -88,6 +88,7 @@ pub struct Maps {
     path_ifaces: Array<MapData, u32>,
     settings: Array<MapData, Settings>,
     outbound: HashMap<MapData, FlowKey, FlowValue>,
+    exc_seq: Array<MapData, u64>,
     /// What `addr_filter` holds, so a refresh writes only the slots that change.
     filter_shadow: Vec<u32>,
     /// Whether `filter_shadow` was read (maps opened from pins skip its 65,536 reads until a
@@ -138,6 +139,7 @@ impl Maps {
             path_ifaces: src.get(m::PATH_IFACES)?,
             settings: src.get(m::SETTINGS)?,
             outbound: src.get(m::OUTBOUND)?,
+            exc_seq: src.get(m::EXC_SEQ)?,
             filter_shadow: vec![0; ADDR_FILTER_SIZE as usize],
             filter_known: fresh,
         };
@@ -241,7 +243,7 @@ impl Maps {
         op(m::PATH_IFACES, "set", self.path_ifaces.set(id, ifindex, 0))
     }
 
-    /// Connections the VM opened through whole-address VIPs, at most `limit` of them.
+    /// Exceptions the VM's packets pinned (`LB_OUTBOUND`), at most `limit` of them.
     pub fn outbound(&self, limit: usize) -> Result<Vec<(FlowKey, FlowValue)>, Error> {
         self.outbound
             .iter()
@@ -336,17 +338,17 @@ impl Maps {
         op(m::PATHS, "get", self.paths.get(&id, 0))
     }
 
-    /// Writes target `target`'s consistent-hash table (`RING_SIZE` path ids), only the slots
-    /// that change, so flows on unchanged slots never see an intermediate state.
-    pub fn set_ring(&mut self, target: u32, slots: &[u32]) -> Result<(), Error> {
+    /// Writes target `target`'s consistent-hash table in half `half` (`RING_SIZE` path ids),
+    /// only the slots that change. The datapath switches halves with the target's decision, so
+    /// it never follows a half-written current ring.
+    pub fn set_ring(&mut self, target: u32, half: u8, slots: &[u32]) -> Result<(), Error> {
         assert_eq!(
             slots.len(),
             RING_SIZE as usize,
             "a ring has RING_SIZE slots"
         );
-        let base = target * RING_SIZE;
         for (i, id) in slots.iter().enumerate() {
-            let index = base + i as u32;
+            let index = m::ring_index(target, half, i as u32);
             if op(m::RING, "get", self.ring.get(&index, 0))? != *id {
                 op(m::RING, "set", self.ring.set(index, id, 0))?;
             }
@@ -354,11 +356,11 @@ impl Maps {
         Ok(())
     }
 
-    pub fn ring_slot(&self, target: u32, slot: u32) -> Result<u32, Error> {
+    pub fn ring_slot(&self, target: u32, half: u8, slot: u32) -> Result<u32, Error> {
         op(
             m::RING,
             "get",
-            self.ring.get(&(target * RING_SIZE + slot), 0),
+            self.ring.get(&m::ring_index(target, half, slot), 0),
         )
     }
 
@@ -431,9 +433,23 @@ impl Maps {
         op(m::FLOWS, "insert", self.flows.insert(key, value, 0))
     }
 
-    /// Every flow, up to `limit`.
+    /// Every exception client packets pinned (`LB_FLOWS`), up to `limit`.
     pub fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowValue)>, Error> {
         op(m::FLOWS, "iterate", self.flows.iter().take(limit).collect())
+    }
+
+    /// Removes an exception from `LB_FLOWS` (`outbound`: from `LB_OUTBOUND`); absent is fine.
+    pub fn remove_exception(&mut self, outbound: bool, key: &FlowKey) -> Result<(), Error> {
+        if outbound {
+            op_absent(m::OUTBOUND, "remove", self.outbound.remove(key)).map(drop)
+        } else {
+            op_absent(m::FLOWS, "remove", self.flows.remove(key)).map(drop)
+        }
+    }
+
+    /// How many exceptions the datapath has pinned for target `id` (`LB_EXC_SEQ`).
+    pub fn exc_seq(&self, id: u32) -> Result<u64, Error> {
+        op(m::EXC_SEQ, "get", self.exc_seq.get(&id, 0))
     }
 
     // ---- Counters, summed over CPUs. ----

@@ -12,9 +12,9 @@ use lb_common::{
     maps::{
         ALL_DOWN_DROP, ALL_DOWN_LAST_KNOWN, CONFIG_MODE_ACTIVE_ACTIVE, CONFIG_MODE_FAILOVER,
         EndpointKey, HEALTH_DOWN, HEALTH_UNKNOWN, HEALTH_UP, MAX_PATHS, MAX_TARGETS, MAX_VIPS,
-        NO_ID, PATH_DISABLED, PATH_DOWN, PATH_UP, PathMeta, PathValue, REV_F_SHADOWS_WHOLE,
-        RevValue, TARGET_MODE_NONE, TARGET_MODE_RING, TARGET_MODE_SINGLE, TargetMeta, TargetValue,
-        VipInfo, decode_name, encode_name,
+        PATH_DISABLED, PATH_DOWN, PATH_UP, PathMeta, PathValue, REV_F_SHADOWS_WHOLE, RevValue,
+        TARGET_MODE_RING, TARGET_MODE_SINGLE, TargetMeta, TargetValue, VipInfo, decode_name,
+        encode_name,
     },
     net::{IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -161,6 +161,15 @@ pub fn path_state_from(meta: &PathMeta, admin_disabled: bool) -> PathState {
     }
 }
 
+/// A previous decision kept beside the current one: established TCP connections without an
+/// exception follow it while its path is up (`docs/DATAPATH.md`, "Stateless by default").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub previous: Decision,
+    /// When the decision changed.
+    pub since: SystemTime,
+}
+
 /// Configuration, ids, path states and decisions: everything [`Model::tables`] needs.
 #[derive(Clone, Debug)]
 pub struct Model {
@@ -170,6 +179,12 @@ pub struct Model {
     pub paths: BTreeMap<u32, PathState>,
     /// By target id.
     pub decisions: BTreeMap<u32, Decision>,
+    /// By target id: the transition in force, if any.
+    pub transitions: BTreeMap<u32, Transition>,
+    /// By target id: the half of its ring tables the current ring is in.
+    pub ring_half: BTreeMap<u32, u8>,
+    /// By target id: [`TargetValue::exc_clear`], as the last exception sweep left it.
+    pub exc_clear: BTreeMap<u32, u64>,
     /// Path addresses as pinned state had them (restart: a path whose address changed in the
     /// new configuration starts unknown).
     pub pinned_addresses: BTreeMap<u32, Ipv4Addr>,
@@ -203,26 +218,41 @@ impl Model {
                 paths.insert(*id, state);
             }
         }
-        let decisions = config
+        // A target keeps its decision, transition and ring half only under the same name: an id
+        // freed and given to another target starts afresh.
+        let kept: BTreeSet<u32> = config
             .targets
             .iter()
             .filter_map(|t| {
                 let id = *ids.targets.get(&t.name)?;
-                Some((
-                    id,
-                    previous
-                        .decisions
-                        .get(&id)
-                        .cloned()
-                        .unwrap_or(Decision::None),
-                ))
+                (previous.ids.targets.get(&t.name) == Some(&id)).then_some(id)
             })
             .collect();
+        let decisions = ids
+            .targets
+            .values()
+            .map(|id| {
+                let d = kept
+                    .contains(id)
+                    .then(|| previous.decisions.get(id).cloned())
+                    .flatten();
+                (*id, d.unwrap_or(Decision::None))
+            })
+            .collect();
+        fn keep<T: Clone>(m: &BTreeMap<u32, T>, kept: &BTreeSet<u32>) -> BTreeMap<u32, T> {
+            m.iter()
+                .filter(|(id, _)| kept.contains(id))
+                .map(|(k, v)| (*k, v.clone()))
+                .collect()
+        }
         let mut model = Model {
             config,
             ids,
             paths,
             decisions,
+            transitions: keep(&previous.transitions, &kept),
+            ring_half: keep(&previous.ring_half, &kept),
+            exc_clear: keep(&previous.exc_clear, &kept),
             pinned_addresses: BTreeMap::new(),
         };
         model.decide_all();
@@ -244,10 +274,14 @@ impl Model {
                 datapath_suspect: crate::config::DEFAULT_DATAPATH_SUSPECT,
                 icmp_too_big_per_sec: lb_common::maps::DEFAULT_TOO_BIG_PER_SEC,
                 icmp_too_big_burst: lb_common::maps::DEFAULT_TOO_BIG_BURST,
+                flows: crate::config::Flows::default(),
             },
             ids: Ids::default(),
             paths: BTreeMap::new(),
             decisions: BTreeMap::new(),
+            transitions: BTreeMap::new(),
+            ring_half: BTreeMap::new(),
+            exc_clear: BTreeMap::new(),
             pinned_addresses: BTreeMap::new(),
         }
     }
@@ -262,6 +296,10 @@ impl Model {
         if t.settings.too_big_per_sec != 0 {
             m.config.icmp_too_big_per_sec = t.settings.too_big_per_sec;
             m.config.icmp_too_big_burst = t.settings.too_big_burst;
+        }
+        if t.settings.pin_per_sec != 0 {
+            m.config.flows.pins_per_sec = t.settings.pin_per_sec;
+            m.config.flows.pins_burst = t.settings.pin_burst;
         }
         let placeholder_probe = crate::config::Probe {
             kind: crate::config::ProbeKind::Icmp,
@@ -338,16 +376,29 @@ impl Model {
                 .insert(*id, path_state_from(meta, admin_disabled(*id)));
         }
         for (id, value) in &t.targets {
-            let d = match value.mode {
-                TARGET_MODE_SINGLE => Decision::Single(value.active),
+            let decision = |mode: u8, active: u32, half: u8| match mode {
+                TARGET_MODE_SINGLE => Decision::Single(active),
                 TARGET_MODE_RING => t
                     .rings
-                    .get(id)
+                    .get(&(*id, half))
                     .cloned()
                     .map_or(Decision::None, Decision::Ring),
                 _ => Decision::None,
             };
-            m.decisions.insert(*id, d);
+            m.decisions
+                .insert(*id, decision(value.mode, value.active, value.ring_half));
+            m.ring_half.insert(*id, value.ring_half);
+            m.exc_clear.insert(*id, value.exc_clear);
+            if value.in_transition() {
+                let since = t.target_meta.get(id).map_or(0, |m| m.transition_ns);
+                m.transitions.insert(
+                    *id,
+                    Transition {
+                        previous: decision(value.prev_mode, value.prev_active, value.ring_half ^ 1),
+                        since: UNIX_EPOCH + Duration::from_nanos(since),
+                    },
+                );
+            }
         }
         m.pinned_addresses = t
             .paths
@@ -396,10 +447,66 @@ impl Model {
             .collect();
         let previous = self.decisions.get(&id).cloned().unwrap_or(Decision::None);
         let next = policy::decide(t.mode, t.preempt, t.all_down, &views, &previous);
-        (next != previous).then(|| {
-            self.decisions.insert(id, next);
-            id
-        })
+        if next == previous {
+            return None;
+        }
+        // The decision in force becomes the previous one when some of its flows may still be
+        // on a usable path: a ring (the datapath checks each path), or a single path that is up
+        // and not disabled. Otherwise no connection could be kept: no transition.
+        let keeps_flows = match &previous {
+            Decision::Ring(_) => true,
+            Decision::Single(p) => views
+                .iter()
+                .any(|v| v.id == *p && v.health == Some(Health::Up) && !v.disabled),
+            Decision::None => false,
+        };
+        let half = self.ring_half.get(&id).copied().unwrap_or(0);
+        if let Decision::Ring(_) = previous {
+            // The new ring goes to the other half; the previous one stays where it is.
+            self.ring_half.insert(id, half ^ 1);
+        }
+        if keeps_flows {
+            self.transitions.insert(
+                id,
+                Transition {
+                    previous,
+                    since: SystemTime::now(),
+                },
+            );
+        } else {
+            self.transitions.remove(&id);
+        }
+        self.decisions.insert(id, next);
+        Some(id)
+    }
+
+    /// Ends the transitions that began more than `hold` before `now`: a connection idle since
+    /// its target's decision changed that long ago is forgotten, as its exception would be.
+    /// Returns the targets whose transition ended.
+    pub fn end_transitions(&mut self, now: SystemTime, hold: Duration) -> Vec<u32> {
+        let ended: Vec<u32> = self
+            .transitions
+            .iter()
+            .filter(|(_, t)| now.duration_since(t.since).is_ok_and(|d| d >= hold))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ended {
+            self.transitions.remove(id);
+        }
+        ended
+    }
+
+    /// The path the decision rules give flow `key` of target `tid` when no transition is in
+    /// force (an exception to it is redundant); `None` during a transition or without a path.
+    pub fn rule_path(&self, tid: u32, key: &lb_common::maps::FlowKey) -> Option<u32> {
+        if self.transitions.contains_key(&tid) {
+            return None;
+        }
+        match self.decisions.get(&tid)? {
+            Decision::Single(p) => Some(*p),
+            Decision::Ring(r) => r.get(lb_common::hash::ring_slot(key) as usize).copied(),
+            Decision::None => None,
+        }
     }
 
     /// The (target name, path name) of path `id`.
@@ -417,6 +524,8 @@ impl Model {
             settings: lb_common::maps::Settings {
                 too_big_per_sec: self.config.icmp_too_big_per_sec,
                 too_big_burst: self.config.icmp_too_big_burst,
+                pin_per_sec: self.config.flows.pins_per_sec,
+                pin_burst: self.config.flows.pins_burst,
             },
             ..Tables::default()
         };
@@ -452,25 +561,27 @@ impl Model {
                     },
                     used: 1,
                     _pad: [0; 4],
+                    transition_ns: self
+                        .transitions
+                        .get(&tid)
+                        .map_or(0, |t| unix_ns(t.since).max(1)),
                 },
             );
-            let value = match self.decisions.get(&tid) {
-                Some(Decision::Single(p)) => TargetValue {
-                    mode: TARGET_MODE_SINGLE,
-                    active: *p,
-                },
+            let half = self.ring_half.get(&tid).copied().unwrap_or(0);
+            let mut encode = |d: Option<&Decision>, half: u8| match d {
+                Some(Decision::Single(p)) => TargetValue::single(*p),
                 Some(Decision::Ring(ring)) => {
-                    out.rings.insert(tid, ring.clone());
-                    TargetValue {
-                        mode: TARGET_MODE_RING,
-                        active: NO_ID,
-                    }
+                    out.rings.insert((tid, half), ring.clone());
+                    TargetValue::ring(half)
                 }
-                Some(Decision::None) | None => TargetValue {
-                    mode: TARGET_MODE_NONE,
-                    active: NO_ID,
-                },
+                Some(Decision::None) | None => TargetValue::none(),
             };
+            let mut value = encode(self.decisions.get(&tid), half);
+            if let Some(t) = self.transitions.get(&tid) {
+                value = value.with_previous(&encode(Some(&t.previous), half ^ 1));
+            }
+            value.ring_half = half;
+            value.exc_clear = self.exc_clear.get(&tid).copied().unwrap_or(0);
             out.targets.insert(tid, value);
             for p in &t.paths {
                 let Some(&pid) = self.ids.paths.get(&(t.name.clone(), p.name.clone())) else {

@@ -21,8 +21,9 @@ pub struct Tables {
     pub vips: BTreeMap<u32, VipInfo>,
     pub rev_nat: BTreeMap<EndpointKey, RevValue>,
     pub targets: BTreeMap<u32, TargetValue>,
-    /// Consistent-hash tables of the targets in `TARGET_MODE_RING`.
-    pub rings: BTreeMap<u32, Arc<[u32]>>,
+    /// Consistent-hash tables by (target, half): the current ring of the targets in
+    /// `TARGET_MODE_RING`, and the previous one of those in a transition from a ring.
+    pub rings: BTreeMap<(u32, u8), Arc<[u32]>>,
     pub paths: BTreeMap<u32, PathValue>,
     pub target_meta: BTreeMap<u32, TargetMeta>,
     pub path_meta: BTreeMap<u32, PathMeta>,
@@ -38,7 +39,7 @@ pub trait Store {
     fn set_rev_nat(&mut self, key: EndpointKey, value: RevValue) -> Result<(), Error>;
     fn remove_rev_nat(&mut self, key: &EndpointKey) -> Result<(), Error>;
     fn set_target(&mut self, id: u32, value: TargetValue) -> Result<(), Error>;
-    fn set_ring(&mut self, target: u32, slots: &[u32]) -> Result<(), Error>;
+    fn set_ring(&mut self, target: u32, half: u8, slots: &[u32]) -> Result<(), Error>;
     fn set_path(&mut self, id: u32, value: PathValue) -> Result<(), Error>;
     fn set_target_meta(&mut self, id: u32, value: TargetMeta) -> Result<(), Error>;
     fn set_path_meta(&mut self, id: u32, value: PathMeta) -> Result<(), Error>;
@@ -87,9 +88,21 @@ pub fn apply(store: &mut impl Store, current: &Tables, desired: &Tables) -> Resu
             n += 1;
         }
     }
-    for (id, ring) in &desired.rings {
-        if changed(current.rings.get(id), ring) {
-            store.set_ring(*id, ring)?;
+    for ((id, half), ring) in &desired.rings {
+        if changed(current.rings.get(&(*id, *half)), ring) {
+            // The datapath may be reading this half as the target's previous ring: end that
+            // transition first, so no old connection sees a half-written table.
+            if let Some(t) = current.targets.get(id)
+                && t.prev_mode == TARGET_MODE_RING
+                && t.ring_half ^ 1 == *half
+            {
+                let mut interim = *t;
+                interim.prev_mode = TARGET_MODE_NONE;
+                interim.prev_active = NO_ID;
+                store.set_target(*id, interim)?;
+                n += 1;
+            }
+            store.set_ring(*id, *half, ring)?;
             n += 1;
         }
     }
@@ -167,13 +180,7 @@ pub fn apply(store: &mut impl Store, current: &Tables, desired: &Tables) -> Resu
         .keys()
         .filter(|id| !desired.targets.contains_key(id))
     {
-        store.set_target(
-            *id,
-            TargetValue {
-                mode: TARGET_MODE_NONE,
-                active: NO_ID,
-            },
-        )?;
+        store.set_target(*id, TargetValue::none())?;
         n += 1;
     }
     for id in current
@@ -219,8 +226,8 @@ impl Store for Maps {
     fn set_target(&mut self, id: u32, value: TargetValue) -> Result<(), Error> {
         Maps::set_target(self, id, value)
     }
-    fn set_ring(&mut self, target: u32, slots: &[u32]) -> Result<(), Error> {
-        Maps::set_ring(self, target, slots)
+    fn set_ring(&mut self, target: u32, half: u8, slots: &[u32]) -> Result<(), Error> {
+        Maps::set_ring(self, target, half, slots)
     }
     fn set_path(&mut self, id: u32, value: PathValue) -> Result<(), Error> {
         Maps::set_path(self, id, value)
@@ -257,11 +264,16 @@ impl Maps {
                 continue;
             }
             let value = self.target(id)?;
-            if value.mode == TARGET_MODE_RING {
-                let ring: Result<Vec<u32>, Error> = (0..RING_SIZE)
-                    .map(|slot| self.ring_slot(id, slot))
-                    .collect();
-                t.rings.insert(id, ring?.into());
+            for (mode, half) in [
+                (value.mode, value.ring_half),
+                (value.prev_mode, value.ring_half ^ 1),
+            ] {
+                if mode == TARGET_MODE_RING {
+                    let ring: Result<Vec<u32>, Error> = (0..RING_SIZE)
+                        .map(|slot| self.ring_slot(id, half, slot))
+                        .collect();
+                    t.rings.insert((id, half & 1), ring?.into());
+                }
             }
             t.targets.insert(id, value);
             t.target_meta.insert(id, meta);
@@ -332,11 +344,12 @@ impl MemStore {
             rings: t
                 .rings
                 .iter()
-                .filter(|(id, _)| {
+                .filter(|((id, half), _)| {
                     used_targets.contains(id)
-                        && t.targets
-                            .get(id)
-                            .is_some_and(|v| v.mode == TARGET_MODE_RING)
+                        && t.targets.get(id).is_some_and(|v| {
+                            (v.mode == TARGET_MODE_RING && v.ring_half == *half)
+                                || (v.prev_mode == TARGET_MODE_RING && v.ring_half ^ 1 == *half)
+                        })
                 })
                 .map(|(k, v)| (*k, v.clone()))
                 .collect(),
@@ -393,9 +406,9 @@ impl Store for MemStore {
         self.log.push(format!("target {id}"));
         Ok(())
     }
-    fn set_ring(&mut self, target: u32, slots: &[u32]) -> Result<(), Error> {
-        self.tables.rings.insert(target, slots.into());
-        self.log.push(format!("ring {target}"));
+    fn set_ring(&mut self, target: u32, half: u8, slots: &[u32]) -> Result<(), Error> {
+        self.tables.rings.insert((target, half), slots.into());
+        self.log.push(format!("ring {target}/{half}"));
         Ok(())
     }
     fn set_path(&mut self, id: u32, value: PathValue) -> Result<(), Error> {

@@ -165,6 +165,7 @@ fn example_parses_into_the_model() {
         datapath_suspect: Duration::from_secs(3),
         icmp_too_big_per_sec: 1000,
         icmp_too_big_burst: 50,
+        flows: lb_user::config::Flows::default(),
     };
     assert_eq!(config, want);
     assert_eq!(config.target("web-vm"), Some(&want.targets[0]));

@@ -12,7 +12,7 @@ use std::{
 use lb_common::{
     maps::{
         EndpointKey, HEALTH_UNKNOWN, NO_ID, PATH_DISABLED, PATH_DOWN, PATH_UP, PathValue,
-        RING_SIZE, RevValue, TARGET_MODE_NONE, TARGET_MODE_RING, TARGET_MODE_SINGLE, TargetValue,
+        RING_SIZE, RevValue, TARGET_MODE_NONE, TARGET_MODE_RING, TargetValue,
     },
     net::{IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -282,8 +282,10 @@ fn assert_before(log: &[String], first: &str, then: &str) {
 fn leads_to(t: &Tables, vip: u32) -> Vec<String> {
     let target = t.vips[&vip].target;
     let mut out = vec![format!("target {target}"), format!("target-meta {target}")];
-    if t.rings.contains_key(&target) {
-        out.push(format!("ring {target}"));
+    for (id, half) in t.rings.keys() {
+        if *id == target {
+            out.push(format!("ring {target}/{half}"));
+        }
     }
     for (id, p) in &t.paths {
         if p.target == target {
@@ -380,7 +382,8 @@ fn a_new_vip_is_written_after_everything_it_leads_to() {
     let v = vip_id(&next, "203.0.113.30", Some((IPPROTO_TCP, 5432)));
     let entry = format!("vip {v}");
     let first = leads_to(&desired, v);
-    assert!(first.contains(&format!("ring {}", target_id(&next, "db"))));
+    let db = target_id(&next, "db");
+    assert!(first.iter().any(|f| f.starts_with(&format!("ring {db}/"))));
     for f in &first {
         assert_before(&store.log, f, &entry);
     }
@@ -439,13 +442,7 @@ fn a_removed_vip_goes_before_what_it_led_to() {
     for zeroed in [format!("target {api}"), format!("target-meta {api}")] {
         assert_before(log, &gone, &zeroed);
     }
-    assert_eq!(
-        store.tables.targets[&api],
-        TargetValue {
-            mode: TARGET_MODE_NONE,
-            active: NO_ID
-        }
-    );
+    assert_eq!(store.tables.targets[&api], TargetValue::none());
     assert_eq!(store.read(), desired);
 }
 
@@ -668,10 +665,7 @@ fn decisions_reach_the_tables() {
         path_id(&m, "vm", "nn2"),
     );
     assert!(nn2 < nn1);
-    let single = |active| TargetValue {
-        mode: TARGET_MODE_SINGLE,
-        active,
-    };
+    let single = TargetValue::single;
 
     // Nothing known yet: nothing chosen.
     assert_eq!(m.decisions[&vm], Decision::None);
@@ -693,13 +687,7 @@ fn decisions_reach_the_tables() {
     assert_eq!(m.decisions[&vm], Decision::None);
     let t = m.tables();
     assert_eq!(t.paths[&nn2].state, PATH_DISABLED);
-    assert_eq!(
-        t.targets[&vm],
-        TargetValue {
-            mode: TARGET_MODE_NONE,
-            active: NO_ID
-        }
-    );
+    assert_eq!(t.targets[&vm], TargetValue::none());
 
     // Active/active: p1 and p5 up; p2 down, p3 unknown, p4 up but drained.
     set_health(
@@ -712,20 +700,18 @@ fn decisions_reach_the_tables() {
     m.decide_all();
     let aa = target_id(&m, "aa");
     let t = m.tables();
-    assert_eq!(
-        t.targets[&aa],
-        TargetValue {
-            mode: TARGET_MODE_RING,
-            active: NO_ID
-        }
-    );
-    let ring = &t.rings[&aa];
+    assert_eq!(t.targets[&aa].mode, TARGET_MODE_RING);
+    assert_eq!(t.targets[&aa].active, NO_ID);
+    let ring = &t.rings[&(aa, t.targets[&aa].ring_half)];
     assert_eq!(ring.len(), RING_SIZE as usize);
     let used: BTreeSet<u32> = ring.iter().copied().collect();
     let usable = BTreeSet::from([path_id(&m, "aa", "p1"), path_id(&m, "aa", "p5")]);
     assert_eq!(used, usable);
     assert_eq!(m.decisions[&aa], Decision::Ring(ring.clone()));
-    assert_eq!(t.rings.len(), 1, "no ring for a single-mode target");
+    assert!(
+        t.rings.keys().all(|(id, _)| *id == aa),
+        "no ring for a single-mode target"
+    );
 }
 
 // ---- 6. Reverse NAT. ----
@@ -954,4 +940,77 @@ fn names_of_the_full_length_survive_the_maps() {
             .paths
             .contains_key(&(two.to_owned(), path.to_owned()))
     );
+}
+
+/// A decision that moves away from a path still up keeps the one in force as the previous
+/// decision (failback with preempt, a ring change); one whose path went down or was disabled
+/// keeps none. Rings alternate halves so the previous one stays where the datapath reads it.
+#[test]
+fn decision_changes_keep_the_previous_decision_while_its_path_is_up() {
+    let cfg = Cfg::new()
+        .target(
+            "vm",
+            failover(),
+            &[("nn1", "192.0.2.1", 10), ("nn2", "192.0.2.2", 20)],
+        )
+        .target(
+            "aa",
+            active_active(),
+            &[("p1", "192.0.2.11", 0), ("p2", "192.0.2.12", 0)],
+        )
+        .vip("203.0.113.10", "vm")
+        .vip("203.0.113.11", "aa");
+    let mut m = fresh(&cfg);
+    let (vm, nn1, nn2) = (
+        target_id(&m, "vm"),
+        path_id(&m, "vm", "nn1"),
+        path_id(&m, "vm", "nn2"),
+    );
+    set_health(&mut m, Some(Health::Up), &[("vm", "nn1"), ("vm", "nn2")]);
+    assert!(
+        !m.transitions.contains_key(&vm),
+        "from nothing: no transition"
+    );
+    // nn1 fails: its connections cannot be kept, no transition.
+    set_health(&mut m, Some(Health::Down), &[("vm", "nn1")]);
+    assert_eq!(m.tables().targets[&vm], TargetValue::single(nn2));
+    // nn1 heals, preempt moves back while nn2 is up: nn2 is the previous decision.
+    set_health(&mut m, Some(Health::Up), &[("vm", "nn1")]);
+    let t = m.tables();
+    assert_eq!(
+        t.targets[&vm],
+        TargetValue::single(nn1).with_previous(&TargetValue::single(nn2))
+    );
+    assert_ne!(t.target_meta[&vm].transition_ns, 0);
+    // Ended after `tcp_idle`: the previous decision goes.
+    let since = m.transitions[&vm].since;
+    assert!(
+        m.end_transitions(since + Duration::from_secs(1), Duration::from_secs(2))
+            .is_empty()
+    );
+    assert_eq!(
+        m.end_transitions(since + Duration::from_secs(2), Duration::from_secs(2)),
+        [vm]
+    );
+    assert_eq!(m.tables().targets[&vm], TargetValue::single(nn1));
+    assert_eq!(m.tables().target_meta[&vm].transition_ns, 0);
+
+    // Active/active: p2 joins a ring of p1; the new ring goes to the other half, the old one
+    // stays as the previous decision.
+    let aa = target_id(&m, "aa");
+    set_health(&mut m, Some(Health::Up), &[("aa", "p1")]);
+    let first = m.tables().targets[&aa];
+    assert!(!first.in_transition());
+    set_health(&mut m, Some(Health::Up), &[("aa", "p2")]);
+    let t = m.tables();
+    let v = t.targets[&aa];
+    assert_eq!((v.mode, v.prev_mode), (TARGET_MODE_RING, TARGET_MODE_RING));
+    assert_eq!(v.ring_half, first.ring_half ^ 1);
+    let p1 = path_id(&m, "aa", "p1");
+    assert!(t.rings[&(aa, v.ring_half ^ 1)].iter().all(|p| *p == p1));
+    assert!(t.rings[&(aa, v.ring_half)].iter().any(|p| *p != p1));
+    // The model read back from the maps has the same transition.
+    let back = Model::from_tables(&t, |_| false);
+    assert_eq!(back.tables().targets[&aa], v);
+    assert_eq!(back.tables().rings, t.rings);
 }

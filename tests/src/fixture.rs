@@ -23,8 +23,8 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
     Counter,
     maps::{
-        EndpointKey, PATH_UP, PathValue, REV_F_SHADOWS_WHOLE, RING_SIZE, RevValue,
-        TARGET_MODE_RING, TARGET_MODE_SINGLE, TargetValue, TrafficStats, VipInfo,
+        EndpointKey, PATH_UP, PathValue, REV_F_SHADOWS_WHOLE, RING_SIZE, RevValue, TargetValue,
+        TrafficStats, VipInfo,
     },
     net::{IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -302,14 +302,10 @@ impl Fx {
                 }
             })
             .collect();
-        self.dp.maps.set_ring(TARGET_SPREAD, &ring)?;
-        self.dp.maps.set_target(
-            TARGET_SPREAD,
-            TargetValue {
-                mode: TARGET_MODE_RING,
-                active: u32::MAX,
-            },
-        )?;
+        self.dp.maps.set_ring(TARGET_SPREAD, 0, &ring)?;
+        self.dp
+            .maps
+            .set_target(TARGET_SPREAD, TargetValue::ring(0))?;
 
         let web = [(PATH_NN1, addr::NN1), (PATH_NN2, addr::NN2)];
         self.expose(VIP, addr::VIP, None, TARGET_WEB, None, &web)?;
@@ -380,14 +376,19 @@ impl Fx {
         Ok(())
     }
 
+    /// Target `id` sends every flow to `active`, with no transition.
     pub fn target_single(&mut self, id: u32, active: u32) -> anyhow::Result<()> {
-        self.dp.maps.set_target(
-            id,
-            TargetValue {
-                mode: TARGET_MODE_SINGLE,
-                active,
-            },
-        )?;
+        self.dp.maps.set_target(id, TargetValue::single(active))?;
+        Ok(())
+    }
+
+    /// Target `id`'s decision changes to `active`, keeping the decision in force as the
+    /// previous one (what the control plane does when that decision's path is still up).
+    pub fn change_single(&mut self, id: u32, active: u32) -> anyhow::Result<()> {
+        let now = self.dp.maps.target(id)?;
+        self.dp
+            .maps
+            .set_target(id, TargetValue::single(active).with_previous(&now))?;
         Ok(())
     }
 

@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use lb_tests::{
-    lab::{
-        CLIENT, EDGE_CLIENTS, EDGE_NN1, EDGE_NN2, Failure, Lab, NN1, NN2, PORTS, VIP, Veths,
-        XDP_HOOK,
-    },
+    lab::{EDGE_CLIENTS, EDGE_NN1, EDGE_NN2, Failure, Lab, NN1, NN2, PORTS, VIP, Veths, XDP_HOOK},
     lb::{Daemon, active, lb, path_state},
     servers,
     traffic::{connect_failure, http_get, udp_stream},
@@ -402,16 +399,12 @@ fn tc_restart_and_hook_moves_without_loss() -> anyhow::Result<()> {
             .unwrap_or_default(),
         d.log_text()
     );
-    // The flows of before the moves are still there.
+    // Stateless: there was no flow state to lose, before the moves or after.
     let after = d.json(&["flows"])?;
-    let before = flows.as_array().cloned().unwrap_or_default();
-    ensure!(!before.is_empty(), "the stream made a flow: {flows}");
-    for flow in before {
-        ensure!(
-            after.as_array().is_some_and(|a| a.contains(&flow)),
-            "flow {flow} lost: {after}"
-        );
-    }
+    ensure!(
+        flows.as_array().is_some_and(Vec::is_empty) && after.as_array().is_some_and(Vec::is_empty),
+        "no exceptions expected: {flows} / {after}"
+    );
     Ok(())
 }
 
@@ -536,22 +529,15 @@ fn cli_json_matches_the_traffic() -> anyhow::Result<()> {
         stats["counters"]
     );
     ensure!(
-        stats["counters"]["flow_new"] == 1 && stats["counters"]["flow_hit"] == 199,
+        stats["counters"]["flow_decided"] == 200 && stats["counters"]["exception_hit"] == 0,
         "{}",
         stats["counters"]
     );
 
     let flows = d.json(&["flows"])?;
     let flows = flows.as_array().context("flows array")?;
-    ensure!(flows.len() == 1, "one flow: {flows:?}");
-    ensure!(
-        flows[0]["client"] == CLIENT.to_string()
-            && flows[0]["vip"] == VIP.to_string()
-            && flows[0]["vip_port"] == UDP
-            && flows[0]["protocol"] == "udp"
-            && flows[0]["path"] == "nn1",
-        "{flows:?}"
-    );
+    // Stateless: the stream followed the decision, no exception was made.
+    ensure!(flows.is_empty(), "no exceptions: {flows:?}");
 
     let s = d.json(&["status"])?;
     let t = &s["targets"][0];

@@ -9,10 +9,7 @@ use std::net::Ipv4Addr;
 use etherparse::{Icmpv4Type, icmpv4::DestUnreachableHeader};
 use lb_common::{
     Counter::{self, *},
-    maps::{
-        FlowKey, FlowValue, PATH_DISABLED, PATH_DOWN, PATH_UP, PathSeen, TARGET_MODE_NONE,
-        TargetValue,
-    },
+    maps::{FlowKey, FlowValue, PATH_DISABLED, PATH_DOWN, PATH_UP, PathSeen, TargetValue},
     net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 use lb_tests::{
@@ -181,7 +178,7 @@ fn flow(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> Flow
 }
 
 /// Redirected to a path: the usual counters of one new translated flow.
-const NEW_FLOW_REDIRECT: &[(Counter, u64)] = &[(FlowNew, 1), (NatIngress, 1), (XdpRedirect, 1)];
+const NEW_FLOW_REDIRECT: &[(Counter, u64)] = &[(FlowDecided, 1), (NatIngress, 1), (XdpRedirect, 1)];
 
 const CASES: &[(&str, &str, Case)] = &[
     // ---------------------------------------------------------------- ingress: translation
@@ -221,8 +218,7 @@ const CASES: &[(&str, &str, Case)] = &[
             let out = toward(&p, addr::NN1, macs::NN1);
             ingress(fx, &p, Redirect(&out))?;
             fx.counters(NEW_FLOW_REDIRECT)?;
-            let flow = flow(addr::CLIENT, addr::VIP, 77, 0, IPPROTO_ICMP);
-            assert_eq!(fx.dp.maps.flow(&flow)?.map(|f| f.path), Some(ids::PATH_NN1));
+            assert!(fx.dp.maps.flows(10)?.is_empty(), "no flow state");
             Ok(())
         },
     ),
@@ -353,7 +349,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 .vlan(100)
                 .eth(macs::CLI0, macs::CLIENT);
             ingress(fx, &p, Tx(&reply))?;
-            fx.counters(&[(FlowNew, 1), (IcmpTooBigSent, 1), (XdpTx, 1)])
+            fx.counters(&[(FlowDecided, 1), (IcmpTooBigSent, 1), (XdpTx, 1)])
         },
     ),
     (
@@ -392,24 +388,272 @@ const CASES: &[(&str, &str, Case)] = &[
     ),
     // ---------------------------------------------------------------- ingress: flows
     (
-        "ingress_flow_sticks_across_failover_decision",
-        "a flow stays on its up path when the active path changes; new flows follow",
+        "ingress_stateless_by_default",
+        "no transition, no exception: every packet follows the decision and nothing is stored",
+        |fx| {
+            for sport in [40000, 40001] {
+                let p = to_vip(addr::VIP, sport, 22);
+                ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
+                let syn =
+                    Pkt::tcp_syn(addr::CLIENT, sport, addr::VIP, 22).eth(macs::CLIENT, macs::CLI0);
+                ingress(fx, &syn, Redirect(&toward(&syn, addr::NN1, macs::NN1)))?;
+            }
+            assert!(fx.dp.maps.flows(10)?.is_empty());
+            assert!(fx.dp.maps.outbound(10)?.is_empty());
+            fx.counters(&[(FlowDecided, 4), (NatIngress, 4), (XdpRedirect, 4)])
+        },
+    ),
+    (
+        "ingress_failback_keeps_old_connections",
+        "failback with preempt (nn2 → nn1, nn2 still up): an established connection stays on nn2, pinning itself once; a SYN follows the new decision to nn1 and creates nothing",
+        |fx| {
+            fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
+            let p = to_vip(addr::VIP, 40000, 22);
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN2, macs::NN2)))?;
+            fx.change_single(ids::TARGET_WEB, ids::PATH_NN1)?;
+            for _ in 0..3 {
+                ingress(fx, &p, Redirect(&toward(&p, addr::NN2, macs::NN2)))?;
+            }
+            let key = flow(addr::CLIENT, addr::VIP, 40000, 22, IPPROTO_TCP);
+            let pinned = fx.dp.maps.flow(&key)?.expect("the connection is pinned");
+            assert_eq!((pinned.path, pinned.vip), (ids::PATH_NN2, ids::VIP));
+            let syn =
+                Pkt::tcp_syn(addr::CLIENT, 40001, addr::VIP, 22).eth(macs::CLIENT, macs::CLI0);
+            ingress(fx, &syn, Redirect(&toward(&syn, addr::NN1, macs::NN1)))?;
+            assert_eq!(fx.dp.maps.flows(10)?.len(), 1, "a SYN creates no state");
+            fx.counters(&[
+                (FlowDecided, 2),
+                (FlowPrevious, 1),
+                (ExceptionPinned, 1),
+                (ExceptionHit, 2),
+                (NatIngress, 5),
+                (XdpRedirect, 5),
+            ])?;
+            // A second change (nn1 → nn2 → nn1 again): the pinned connection stays on nn2.
+            fx.change_single(ids::TARGET_WEB, ids::PATH_NN2)?;
+            fx.change_single(ids::TARGET_WEB, ids::PATH_NN1)?;
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN2, macs::NN2)))?;
+            Ok(())
+        },
+    ),
+    (
+        "ingress_new_connection_during_a_transition",
+        "during a transition a connection accepted on the new path (its SYN-ACK from nn1, the previous decision nn2) is pinned there by the VM's SYN-ACK, so its next packets do not follow the previous decision",
+        |fx| {
+            fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
+            fx.change_single(ids::TARGET_WEB, ids::PATH_NN1)?;
+            let syn =
+                Pkt::tcp_syn(addr::CLIENT, 40001, addr::VIP, 22).eth(macs::CLIENT, macs::CLI0);
+            ingress(fx, &syn, Redirect(&toward(&syn, addr::NN1, macs::NN1)))?;
+            let synack = from_path(
+                Pkt::tcp_syn_ack(addr::NN1, 22, addr::CLIENT, 40001),
+                macs::NN1,
+            );
+            returning(
+                fx,
+                &synack,
+                Redirect(&toward_client(&synack, addr::VIP, macs::CLIENT)),
+            )?;
+            let key = flow(addr::CLIENT, addr::VIP, 40001, 22, IPPROTO_TCP);
+            let pin = fx.dp.maps.outbound(10)?;
+            assert_eq!(pin.len(), 1);
+            assert_eq!((pin[0].0, pin[0].1.path), (key, ids::PATH_NN1));
+            let ack = to_vip(addr::VIP, 40001, 22);
+            ingress(fx, &ack, Redirect(&toward(&ack, addr::NN1, macs::NN1)))?;
+            assert!(
+                fx.dp.maps.flows(10)?.is_empty(),
+                "nothing pinned by the client"
+            );
+            fx.counters(&[
+                (FlowDecided, 1),
+                (ExceptionFromVm, 1),
+                (ExceptionHit, 1),
+                (NatIngress, 2),
+                (NatReturn, 1),
+                (XdpRedirect, 3),
+            ])?;
+            // Without a transition the same SYN-ACK pins nothing.
+            fx.target_single(ids::TARGET_WEB, ids::PATH_NN1)?;
+            let synack = from_path(
+                Pkt::tcp_syn_ack(addr::NN1, 22, addr::CLIENT, 40002),
+                macs::NN1,
+            );
+            returning(
+                fx,
+                &synack,
+                Redirect(&toward_client(&synack, addr::VIP, macs::CLIENT)),
+            )?;
+            assert_eq!(fx.dp.maps.outbound(10)?.len(), 1);
+            Ok(())
+        },
+    ),
+    (
+        "ingress_udp_follows_the_current_decision",
+        "UDP has no handshake: during a transition its datagrams follow the current decision, pinning nothing",
+        |fx| {
+            fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
+            fx.change_single(ids::TARGET_WEB, ids::PATH_NN1)?;
+            let p = Pkt::udp(addr::CLIENT, 40000, addr::VIP, 5353).eth(macs::CLIENT, macs::CLI0);
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
+            // A datagram still in flight from the previous path is a reply, not a new flow.
+            let late = from_path(Pkt::udp(addr::NN2, 5353, addr::CLIENT, 40000), macs::NN2);
+            returning(
+                fx,
+                &late,
+                Redirect(&toward_client(&late, addr::VIP, macs::CLIENT)),
+            )?;
+            assert!(fx.dp.maps.flows(10)?.is_empty());
+            assert!(fx.dp.maps.outbound(10)?.is_empty());
+            fx.counters(&[
+                (FlowDecided, 1),
+                (NatIngress, 1),
+                (NatReturn, 1),
+                (XdpRedirect, 2),
+            ])
+        },
+    ),
+    (
+        "ingress_pins_are_rate_limited",
+        "a flood of non-SYN packets during a transition: pins beyond the per-CPU budget are refused and counted, the packets still go to the previous path",
+        |fx| {
+            fx.dp.maps.set_settings(lb_common::maps::Settings {
+                too_big_per_sec: 0,
+                too_big_burst: 0,
+                pin_per_sec: 1,
+                pin_burst: 2,
+            })?;
+            fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
+            fx.change_single(ids::TARGET_WEB, ids::PATH_NN1)?;
+            for sport in 40000..40005u16 {
+                let p = to_vip(addr::VIP, sport, 22);
+                ingress(fx, &p, Redirect(&toward(&p, addr::NN2, macs::NN2)))?;
+            }
+            assert_eq!(fx.dp.maps.flows(10)?.len(), 2);
+            fx.counters(&[
+                (FlowPrevious, 5),
+                (ExceptionPinned, 2),
+                (ExceptionRateLimited, 3),
+                (NatIngress, 5),
+                (XdpRedirect, 5),
+            ])
+        },
+    ),
+    (
+        "ingress_exceptions_not_consulted_once_cleared",
+        "a target whose exceptions the control plane cleared (exc_clear past its pin count) is stateless again: its entries are not looked at; a new pin makes the datapath consult them again",
+        |fx| {
+            let key = flow(addr::CLIENT, addr::VIP, 40000, 22, IPPROTO_TCP);
+            fx.dp
+                .maps
+                .set_flow(key, FlowValue::new(ids::PATH_NN2, ids::VIP, 0, 0))?;
+            let p = to_vip(addr::VIP, 40000, 22);
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN2, macs::NN2)))?;
+            let seq = fx.dp.maps.exc_seq(ids::TARGET_WEB)?;
+            let mut t = TargetValue::single(ids::PATH_NN1);
+            t.exc_clear = seq + 1;
+            fx.dp.maps.set_target(ids::TARGET_WEB, t)?;
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
+            // A transition, and another connection pins itself: the tables count again.
+            let mut t = TargetValue::single(ids::PATH_NN1)
+                .with_previous(&TargetValue::single(ids::PATH_NN2));
+            t.exc_clear = seq + 1;
+            fx.dp.maps.set_target(ids::TARGET_WEB, t)?;
+            let q = to_vip(addr::VIP, 40001, 22);
+            ingress(fx, &q, Redirect(&toward(&q, addr::NN2, macs::NN2)))?;
+            assert_eq!(fx.dp.maps.exc_seq(ids::TARGET_WEB)?, seq + 1);
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN2, macs::NN2)))?;
+            fx.counters(&[
+                (ExceptionHit, 2),
+                (FlowDecided, 1),
+                (FlowPrevious, 1),
+                (ExceptionPinned, 1),
+                (NatIngress, 4),
+                (XdpRedirect, 4),
+            ])
+        },
+    ),
+    (
+        "sweep_expires_exceptions_and_returns_the_target_to_stateless",
+        "the control plane's sweep keeps a live pin, removes it once idle past its timeout, then sets the bound that stops the datapath consulting the tables for the target",
+        |fx| {
+            use lb_user::{config::Flows, exceptions::sweep};
+            fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
+            fx.change_single(ids::TARGET_WEB, ids::PATH_NN1)?;
+            let p = to_vip(addr::VIP, 40000, 22);
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN2, macs::NN2)))?;
+            let (_, pin) = fx.dp.maps.flows(10)?[0];
+            let seq = fx.dp.maps.exc_seq(ids::TARGET_WEB)?;
+            assert_eq!(seq, 1);
+            let t = Flows::default();
+            let targets = [ids::TARGET_WEB, ids::TARGET_SPREAD];
+            let vip_target = |v: u32| (v == ids::VIP).then_some(ids::TARGET_WEB);
+            let never = |_: u32, _: &FlowKey, _: &FlowValue| false;
+            // Unanswered (no reply from the VM yet): live for `unreplied`.
+            let live = pin.seen_ns + t.unreplied.as_nanos() as u64 - 1;
+            let s = sweep(&mut fx.dp.maps, targets, vip_target, never, live, &t)?;
+            assert_eq!((s.removed, s.left.get(&ids::TARGET_WEB)), (0, Some(&1)));
+            assert!(!s.clear.contains_key(&ids::TARGET_WEB));
+            assert_eq!(
+                s.clear.get(&ids::TARGET_SPREAD),
+                Some(&1),
+                "no exceptions at all"
+            );
+            let gone = pin.seen_ns + t.unreplied.as_nanos() as u64;
+            let s = sweep(&mut fx.dp.maps, targets, vip_target, never, gone, &t)?;
+            assert_eq!(s.removed, 1);
+            assert!(fx.dp.maps.flows(10)?.is_empty());
+            assert_eq!(s.clear.get(&ids::TARGET_WEB), Some(&(seq + 1)));
+            // The transition over and the bound written: the target is stateless again.
+            let mut v = TargetValue::single(ids::PATH_NN1);
+            v.exc_clear = seq + 1;
+            fx.dp.maps.set_target(ids::TARGET_WEB, v)?;
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
+            // A redundant exception (the rules give its path anyway) goes too.
+            fx.change_single(ids::TARGET_WEB, ids::PATH_NN1)?;
+            let key = flow(addr::CLIENT, addr::VIP, 40001, 22, IPPROTO_TCP);
+            fx.dp.maps.set_flow(
+                key,
+                FlowValue::new(
+                    ids::PATH_NN1,
+                    ids::VIP,
+                    lb_common::maps::FLOW_F_REPLIED,
+                    gone,
+                ),
+            )?;
+            let redundant = |_: u32, _: &FlowKey, v: &FlowValue| v.path == ids::PATH_NN1;
+            let s = sweep(&mut fx.dp.maps, targets, vip_target, redundant, gone, &t)?;
+            assert_eq!(s.removed, 1);
+            fx.counters(&[
+                (FlowPrevious, 1),
+                (ExceptionPinned, 1),
+                (FlowDecided, 1),
+                (NatIngress, 2),
+                (XdpRedirect, 2),
+            ])
+        },
+    ),
+    (
+        "ingress_drain_keeps_connections_disable_moves_them",
+        "the decision moves off nn1 while it stays up (a drain): its connections stay; once nn1 is disabled, their exceptions are stale, removed, and they follow the decision",
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22);
             ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
-            fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
+            fx.change_single(ids::TARGET_WEB, ids::PATH_NN2)?;
             ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
-            let q = to_vip(addr::VIP, 40001, 22);
-            ingress(fx, &q, Redirect(&toward(&q, addr::NN2, macs::NN2)))?;
+            fx.set_state(ids::PATH_NN1, PATH_DISABLED)?;
+            ingress(fx, &p, Redirect(&toward(&p, addr::NN2, macs::NN2)))?;
+            assert!(
+                fx.dp.maps.flows(10)?.is_empty(),
+                "the stale exception is gone"
+            );
             fx.counters(&[
-                (FlowNew, 2),
-                (FlowHit, 1),
+                (FlowDecided, 2),
+                (FlowPrevious, 1),
+                (ExceptionPinned, 1),
+                (ExceptionStale, 1),
                 (NatIngress, 3),
                 (XdpRedirect, 3),
-            ])?;
-            assert_eq!(fx.path_stats(ids::PATH_NN1)?.in_packets, 2);
-            assert_eq!(fx.path_stats(ids::PATH_NN2)?.in_packets, 1);
-            Ok(())
+            ])
         },
     ),
     (
@@ -419,18 +663,12 @@ const CASES: &[(&str, &str, Case)] = &[
             let p = to_vip(addr::VIP, 40000, 22);
             ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
             fx.set_state(ids::PATH_NN1, PATH_DOWN)?;
-            fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
+            // Even with the previous decision kept: its path is down.
+            fx.change_single(ids::TARGET_WEB, ids::PATH_NN2)?;
             ingress(fx, &p, Redirect(&toward(&p, addr::NN2, macs::NN2)))?;
             ingress(fx, &p, Redirect(&toward(&p, addr::NN2, macs::NN2)))?;
-            fx.counters(&[
-                (FlowNew, 1),
-                (FlowResteer, 1),
-                (FlowHit, 1),
-                (NatIngress, 3),
-                (XdpRedirect, 3),
-            ])?;
-            let key = flow(addr::CLIENT, addr::VIP, 40000, 22, IPPROTO_TCP);
-            assert_eq!(fx.dp.maps.flow(&key)?.map(|f| f.path), Some(ids::PATH_NN2));
+            fx.counters(&[(FlowDecided, 3), (NatIngress, 3), (XdpRedirect, 3)])?;
+            assert!(fx.dp.maps.flows(10)?.is_empty());
             Ok(())
         },
     ),
@@ -441,14 +679,9 @@ const CASES: &[(&str, &str, Case)] = &[
             let p = to_vip(addr::VIP, 40000, 22);
             ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
             fx.set_state(ids::PATH_NN1, PATH_DISABLED)?;
-            fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
+            fx.change_single(ids::TARGET_WEB, ids::PATH_NN2)?;
             ingress(fx, &p, Redirect(&toward(&p, addr::NN2, macs::NN2)))?;
-            fx.counters(&[
-                (FlowNew, 1),
-                (FlowResteer, 1),
-                (NatIngress, 2),
-                (XdpRedirect, 2),
-            ])
+            fx.counters(&[(FlowDecided, 2), (NatIngress, 2), (XdpRedirect, 2)])
         },
     ),
     (
@@ -458,14 +691,9 @@ const CASES: &[(&str, &str, Case)] = &[
             let p = to_vip(addr::VIP, 40000, 22);
             ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
             fx.path(ids::PATH_NN1, addr::NN1, ids::TARGET_SPARE, PATH_UP)?;
-            fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
+            fx.change_single(ids::TARGET_WEB, ids::PATH_NN2)?;
             ingress(fx, &p, Redirect(&toward(&p, addr::NN2, macs::NN2)))?;
-            fx.counters(&[
-                (FlowNew, 1),
-                (FlowResteer, 1),
-                (NatIngress, 2),
-                (XdpRedirect, 2),
-            ])
+            fx.counters(&[(FlowDecided, 2), (NatIngress, 2), (XdpRedirect, 2)])
         },
     ),
     (
@@ -477,7 +705,7 @@ const CASES: &[(&str, &str, Case)] = &[
             fx.dp.maps.remove_vip(ids::VIP)?;
             ingress(fx, &p, Pass)?;
             fx.counters(&[
-                (FlowNew, 1),
+                (FlowDecided, 1),
                 (NatIngress, 1),
                 (XdpRedirect, 1),
                 (PassNotForUs, 1),
@@ -486,29 +714,16 @@ const CASES: &[(&str, &str, Case)] = &[
         },
     ),
     (
-        "ingress_flow_of_reused_vip_id_is_new",
-        "a VIP id given to another VIP: old flows of that id start afresh",
+        "ingress_exception_of_another_vip_is_ignored",
+        "an exception naming another VIP id (the id was reused) is not followed",
         |fx| {
-            // A flow names VIP_SVC's id for a destination that id does not serve.
+            // An exception names VIP_SVC's id for a destination that id does not serve.
             let key = flow(addr::CLIENT, addr::VIP, 40000, 22, IPPROTO_TCP);
-            fx.dp.maps.set_flow(
-                key,
-                FlowValue {
-                    path: ids::PATH_NN2,
-                    vip: ids::VIP_SVC,
-                    flags: 0,
-                },
-            )?;
+            let stale = FlowValue::new(ids::PATH_NN2, ids::VIP_SVC, 0, 0);
+            fx.dp.maps.set_flow(key, stale)?;
             let p = to_vip(addr::VIP, 40000, 22);
             ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
-            assert_eq!(
-                fx.dp.maps.flow(&key)?,
-                Some(FlowValue {
-                    path: ids::PATH_NN1,
-                    vip: ids::VIP,
-                    flags: 0
-                })
-            );
+            assert_eq!(fx.dp.maps.flow(&key)?, Some(stale), "left to the sweep");
             fx.counters(NEW_FLOW_REDIRECT)
         },
     ),
@@ -521,25 +736,16 @@ const CASES: &[(&str, &str, Case)] = &[
             fx.set_state(ids::PATH_NN1, PATH_DOWN)?;
             fx.set_state(ids::PATH_NN2, PATH_DOWN)?;
             ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
-            fx.counters(&[
-                (FlowNew, 1),
-                (FlowHit, 1),
-                (NatIngress, 2),
-                (XdpRedirect, 2),
-            ])
+            fx.counters(&[(FlowDecided, 2), (NatIngress, 2), (XdpRedirect, 2)])
         },
     ),
     (
         "ingress_no_path_drops",
         "all_down=drop: the target has no path, packets are dropped and counted",
         |fx| {
-            fx.dp.maps.set_target(
-                ids::TARGET_WEB,
-                TargetValue {
-                    mode: TARGET_MODE_NONE,
-                    active: u32::MAX,
-                },
-            )?;
+            fx.dp
+                .maps
+                .set_target(ids::TARGET_WEB, TargetValue::none())?;
             let p = to_vip(addr::VIP, 40000, 22);
             ingress(fx, &p, Dropped)?;
             fx.counters(&[(DropNoPath, 1), (XdpDrop, 1)])
@@ -563,7 +769,7 @@ const CASES: &[(&str, &str, Case)] = &[
                     .map_err(|e| e.context(format!("source port {sport}, ring slot {slot}")))?;
             }
             assert_eq!(seen, [8, 8]);
-            fx.counters(&[(FlowNew, 16), (NatIngress, 16), (XdpRedirect, 16)])?;
+            fx.counters(&[(FlowDecided, 16), (NatIngress, 16), (XdpRedirect, 16)])?;
             assert_eq!(
                 fx.path_stats(ids::PATH_SPREAD_A)?.in_packets,
                 u64::from(seen[0])
@@ -588,23 +794,26 @@ const CASES: &[(&str, &str, Case)] = &[
                 on_a.push(r.frame[30..34] == addr::SPREAD_A.octets());
             }
             assert!(on_a.iter().any(|a| *a) && on_a.iter().any(|a| !*a));
-            // A goes down; the control plane rewrites the ring without it.
+            // A goes down; the control plane writes a ring without it into the other half and
+            // keeps the old one as the previous decision (whose path A is down).
             fx.set_state(ids::PATH_SPREAD_A, PATH_DOWN)?;
             fx.dp.maps.set_ring(
                 ids::TARGET_SPREAD,
+                1,
                 &vec![ids::PATH_SPREAD_B; lb_common::maps::RING_SIZE as usize],
+            )?;
+            fx.dp.maps.set_target(
+                ids::TARGET_SPREAD,
+                TargetValue::ring(1).with_previous(&TargetValue::ring(0)),
             )?;
             for p in &flows {
                 ingress(fx, p, Redirect(&toward(p, addr::SPREAD_B, macs::SPREAD_B)))?;
             }
-            let moved = on_a.iter().filter(|a| **a).count() as u64;
-            fx.counters(&[
-                (FlowNew, 12),
-                (FlowResteer, moved),
-                (FlowHit, 12 - moved),
-                (NatIngress, 24),
-                (XdpRedirect, 24),
-            ])
+            assert!(
+                fx.dp.maps.flows(10)?.is_empty(),
+                "nothing to pin: A is down"
+            );
+            fx.counters(&[(FlowDecided, 24), (NatIngress, 24), (XdpRedirect, 24)])
         },
     ),
     (
@@ -625,9 +834,9 @@ const CASES: &[(&str, &str, Case)] = &[
                 .fragment(true, 0)
                 .payload(&[5; 64]);
             ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
-            assert_eq!(fx.dp.maps.flows(10)?.len(), 1);
+            assert!(fx.dp.maps.flows(10)?.is_empty(), "no flow state");
             fx.counters(&[
-                (FlowNew, 1),
+                (FlowDecided, 1),
                 (FragTracked, 1),
                 (NatIngress, 1),
                 (XdpRedirect, 1),
@@ -673,7 +882,7 @@ const CASES: &[(&str, &str, Case)] = &[
             fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
             ingress(fx, &first, Redirect(&toward(&first, addr::NN2, macs::NN2)))?;
             // Failback: new flows go to nn1, this one stays on nn2 (up).
-            fx.target_single(ids::TARGET_WEB, ids::PATH_NN1)?;
+            fx.change_single(ids::TARGET_WEB, ids::PATH_NN1)?;
             let again = first.clone().ident(0x5678);
             ingress(fx, &again, Redirect(&toward(&again, addr::NN2, macs::NN2)))?;
             let later = Pkt::new(addr::CLIENT, addr::VIP, L4::Raw(IPPROTO_TCP))
@@ -684,8 +893,9 @@ const CASES: &[(&str, &str, Case)] = &[
                 .eth(macs::CLIENT, macs::CLI0);
             ingress(fx, &later, Redirect(&toward(&later, addr::NN2, macs::NN2)))?;
             fx.counters(&[
-                (FlowNew, 1),
-                (FlowHit, 1),
+                (FlowDecided, 1),
+                (FlowPrevious, 1),
+                (ExceptionPinned, 1),
                 (FragTracked, 2),
                 (NatIngress, 3),
                 (XdpRedirect, 3),
@@ -711,7 +921,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
             }
             fx.counters(&[
-                (FlowNew, 1),
+                (FlowDecided, 1),
                 (FragTracked, 1),
                 (NatIngress, 3),
                 (XdpRedirect, 3),
@@ -741,7 +951,7 @@ const CASES: &[(&str, &str, Case)] = &[
             fx.counters(&[
                 (DropFragmentUntracked, 1),
                 (XdpDrop, 1),
-                (FlowNew, 1),
+                (FlowDecided, 1),
                 (FragTracked, 1),
                 (NatIngress, 2),
                 (XdpRedirect, 2),
@@ -774,7 +984,7 @@ const CASES: &[(&str, &str, Case)] = &[
             )?;
             ingress(fx, &later.clone().ident(0x9999), Dropped)?;
             fx.counters(&[
-                (FlowNew, 1),
+                (FlowDecided, 1),
                 (FragTracked, 1),
                 (NatIngress, 2),
                 (XdpRedirect, 2),
@@ -852,7 +1062,7 @@ const CASES: &[(&str, &str, Case)] = &[
             let p = to_vip(addr::NOT_VIP, 40000, 22);
             ingress(fx, &p, Kernel(&p.clone().dst(addr::NO_NEIGH)))?;
             fx.counters(&[
-                (FlowNew, 1),
+                (FlowDecided, 1),
                 (NatIngress, 1),
                 (PassNoNeighbour, 1),
                 (XdpPass, 1),
@@ -866,7 +1076,7 @@ const CASES: &[(&str, &str, Case)] = &[
             fx.spare(addr::NOT_VIP, addr::BLACKHOLE)?;
             let p = to_vip(addr::NOT_VIP, 40000, 22);
             ingress(fx, &p, Dropped)?;
-            fx.counters(&[(FlowNew, 1), (DropNoRoute, 1), (XdpDrop, 1)])
+            fx.counters(&[(FlowDecided, 1), (DropNoRoute, 1), (XdpDrop, 1)])
         },
     ),
     (
@@ -891,7 +1101,7 @@ const CASES: &[(&str, &str, Case)] = &[
             let p = to_vip(addr::NOT_VIP, 40000, 22).payload(&[7; 1100]);
             let reply = too_big_reply(&p, 1000, 20).eth(macs::CLI0, macs::CLIENT);
             ingress(fx, &p, Tx(&reply))?;
-            fx.counters(&[(FlowNew, 1), (IcmpTooBigSent, 1), (XdpTx, 1)])
+            fx.counters(&[(FlowDecided, 1), (IcmpTooBigSent, 1), (XdpTx, 1)])
         },
     ),
     (
@@ -904,7 +1114,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 .payload(&[7; 1100]);
             let reply = too_big_reply(&p, 1000, 32).eth(macs::CLI0, macs::CLIENT);
             ingress(fx, &p, Tx(&reply))?;
-            fx.counters(&[(FlowNew, 1), (IcmpTooBigSent, 1), (XdpTx, 1)])
+            fx.counters(&[(FlowDecided, 1), (IcmpTooBigSent, 1), (XdpTx, 1)])
         },
     ),
     (
@@ -949,7 +1159,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 .df(false);
             ingress(fx, &p, Kernel(&p.clone().dst(addr::SMALL_MTU)))?;
             fx.counters(&[
-                (FlowNew, 1),
+                (FlowDecided, 1),
                 (NatIngress, 1),
                 (PassFragmentNeeded, 1),
                 (XdpPass, 1),
@@ -976,8 +1186,7 @@ const CASES: &[(&str, &str, Case)] = &[
             let reply = too_big_reply(&big, 1000, 20).eth(macs::CLI0, macs::CLIENT);
             ingress(fx, &big, Tx(&reply))?;
             fx.counters(&[
-                (FlowNew, 1),
-                (FlowHit, 2),
+                (FlowDecided, 3),
                 (NatIngress, 2),
                 (XdpRedirect, 2),
                 (IcmpTooBigSent, 1),
@@ -994,8 +1203,7 @@ const CASES: &[(&str, &str, Case)] = &[
             let q = p.clone().eth(macs::CLIENT, macs::NOFWD0);
             expect_on(fx, Ingress, fx.env.nofwd0, &q, Pass)?;
             fx.counters(&[
-                (FlowNew, 1),
-                (FlowHit, 1),
+                (FlowDecided, 2),
                 (NatIngress, 1),
                 (XdpRedirect, 1),
                 (PassForwardingOff, 1),
@@ -1015,7 +1223,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 &p,
                 Tx(&toward(&p, addr::NN1, macs::NN1)),
             )?;
-            fx.counters(&[(FlowNew, 1), (NatIngress, 1), (XdpTx, 1)])
+            fx.counters(&[(FlowDecided, 1), (NatIngress, 1), (XdpTx, 1)])
         },
     ),
     (
@@ -1024,7 +1232,7 @@ const CASES: &[(&str, &str, Case)] = &[
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22).eth(macs::CLIENT, macs::NOFWD0);
             expect_on(fx, Ingress, fx.env.nofwd0, &p, Pass)?;
-            fx.counters(&[(FlowNew, 1), (PassForwardingOff, 1), (XdpPass, 1)])
+            fx.counters(&[(FlowDecided, 1), (PassForwardingOff, 1), (XdpPass, 1)])
         },
     ),
     // ---------------------------------------------------------------- ingress: malformed
@@ -1181,6 +1389,8 @@ const CASES: &[(&str, &str, Case)] = &[
             fx.dp.maps.set_settings(lb_common::maps::Settings {
                 too_big_per_sec: 1,
                 too_big_burst: 3,
+                pin_per_sec: 0,
+                pin_burst: 0,
             })?;
             let p = to_vip(addr::NOT_VIP, 40000, 22).payload(&[7; 1100]);
             let reply = too_big_reply(&p, 1000, 20).eth(macs::CLI0, macs::CLIENT);
@@ -1196,8 +1406,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 Ok(())
             })?;
             fx.counters(&[
-                (FlowNew, 1),
-                (FlowHit, 9),
+                (FlowDecided, 10),
                 (IcmpTooBigSent, 3),
                 (XdpTx, 3),
                 (DropTooBigRateLimited, 7),
@@ -1290,7 +1499,7 @@ const CASES: &[(&str, &str, Case)] = &[
             let out = toward_client(&svc, addr::VIP_SVC, macs::CLIENT2).sport(443);
             returning(fx, &svc, Redirect(&out))?;
             fx.counters(&[
-                (FlowNew, 1),
+                (FlowDecided, 1),
                 (FlowShadowed, 1),
                 (NatIngress, 1),
                 (NatReturn, 2),
@@ -1315,7 +1524,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 .eth(macs::CLI0, macs::CLIENT);
             returning(fx, &err, Redirect(&out))?;
             fx.counters(&[
-                (FlowNew, 1),
+                (FlowDecided, 1),
                 (FlowShadowed, 1),
                 (NatIngress, 1),
                 (IcmpErrorReturn, 1),
@@ -1339,8 +1548,10 @@ const CASES: &[(&str, &str, Case)] = &[
                 &q,
                 Redirect(&toward_client(&q, addr::VIP, macs::CLIENT)),
             )?;
-            // The whole-address reply is also what a VM-opened UDP flow looks like: recorded.
-            fx.counters(&[(NatReturn, 2), (XdpRedirect, 2), (FlowFromPath, 1)])
+            // The whole-address reply comes from the path the decision chooses: nothing pinned.
+            fx.counters(&[(NatReturn, 2), (XdpRedirect, 2)])?;
+            assert!(fx.dp.maps.outbound(10)?.is_empty());
+            Ok(())
         },
     ),
     (
@@ -1429,12 +1640,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 &p,
                 Redirect(&toward_client(&p, addr::VIP, macs::CLIENT)),
             )?;
-            fx.counters(&[
-                (FlowFromPath, 1),
-                (FragTracked, 1),
-                (NatReturn, 1),
-                (XdpRedirect, 1),
-            ])
+            fx.counters(&[(FragTracked, 1), (NatReturn, 1), (XdpRedirect, 1)])
         },
     ),
     (
@@ -1559,18 +1765,24 @@ const CASES: &[(&str, &str, Case)] = &[
                 Redirect(&toward_client(&syn, addr::VIP, macs::REMOTE)),
             )?;
             let key = flow(addr::REMOTE, addr::VIP, 443, 50000, IPPROTO_TCP);
-            let recorded = FlowValue {
-                path: ids::PATH_NN2,
-                vip: ids::VIP,
-                flags: lb_common::maps::FLOW_F_FROM_PATH,
-            };
-            assert_eq!(fx.dp.maps.outbound(10)?, [(key, recorded)]);
+            let recorded = fx.dp.maps.outbound(10)?;
+            assert_eq!(recorded.len(), 1);
+            let (k, v) = recorded[0];
+            assert_eq!(
+                (k, v.path, v.vip, v.flags),
+                (
+                    key,
+                    ids::PATH_NN2,
+                    ids::VIP,
+                    lb_common::maps::FLOW_F_FROM_PATH
+                )
+            );
             assert_eq!(fx.dp.maps.flow(&key)?, None);
             let reply = Pkt::tcp(addr::REMOTE, 443, addr::VIP, 50000).eth(macs::REMOTE, macs::CLI0);
             ingress(fx, &reply, Redirect(&toward(&reply, addr::NN2, macs::NN2)))?;
             fx.counters(&[
-                (FlowFromPath, 1),
-                (FlowHit, 1),
+                (ExceptionFromVm, 1),
+                (ExceptionHit, 1),
                 (NatReturn, 1),
                 (NatIngress, 1),
                 (XdpRedirect, 2),
@@ -1590,8 +1802,8 @@ const CASES: &[(&str, &str, Case)] = &[
             let reply = Pkt::echo_reply(addr::REMOTE, addr::VIP, 9).eth(macs::REMOTE, macs::CLI0);
             ingress(fx, &reply, Redirect(&toward(&reply, addr::NN2, macs::NN2)))?;
             fx.counters(&[
-                (FlowFromPath, 1),
-                (FlowHit, 1),
+                (ExceptionFromVm, 1),
+                (ExceptionHit, 1),
                 (NatReturn, 1),
                 (NatIngress, 1),
                 (XdpRedirect, 2),
@@ -1619,14 +1831,9 @@ const CASES: &[(&str, &str, Case)] = &[
         "a reply does not overwrite the flow the client opened",
         |fx| {
             let key = flow(addr::CLIENT, addr::VIP, 5000, 5001, IPPROTO_UDP);
-            fx.dp.maps.set_flow(
-                key,
-                FlowValue {
-                    path: ids::PATH_NN1,
-                    vip: ids::VIP,
-                    flags: 0,
-                },
-            )?;
+            fx.dp
+                .maps
+                .set_flow(key, FlowValue::new(ids::PATH_NN1, ids::VIP, 0, 0))?;
             let p = from_path(Pkt::udp(addr::NN2, 5001, addr::CLIENT, 5000), macs::NN2);
             returning(
                 fx,
@@ -1769,14 +1976,9 @@ const CASES: &[(&str, &str, Case)] = &[
         |fx| {
             // The flow exists on NN2 (the policy would say NN1).
             let key = flow(addr::CLIENT, addr::VIP, 40000, 22, IPPROTO_TCP);
-            fx.dp.maps.set_flow(
-                key,
-                FlowValue {
-                    path: ids::PATH_NN2,
-                    vip: ids::VIP,
-                    flags: 0,
-                },
-            )?;
+            fx.dp
+                .maps
+                .set_flow(key, FlowValue::new(ids::PATH_NN2, ids::VIP, 0, 0))?;
             let reply = Pkt::tcp(addr::VIP, 22, addr::CLIENT, 40000)
                 .ttl(63)
                 .payload(&[9; 40]);
@@ -1874,7 +2076,7 @@ const CASES: &[(&str, &str, Case)] = &[
 const XDP_ONLY: &[(&str, &str, Case)] = &[
     (
         "a_flood_of_client_flows_leaves_the_vms_connections",
-        "a million new client flows through a 4,096-flow table evict client flows, never a connection the VM opened: its replies still come back over its path",
+        "a million new client flows (UDP, and TCP segments without SYN during a transition, which try to pin) through a 4,096-entry exception table: the UDP ones create nothing, the TCP pins are rate-limited and then refused, and a connection the VM opened is never evicted: its replies still come back over its path",
         |fx| {
             let syn = from_path(Pkt::tcp_syn(addr::NN2, 50000, addr::REMOTE, 443), macs::NN2);
             returning(
@@ -1882,30 +2084,42 @@ const XDP_ONLY: &[(&str, &str, Case)] = &[
                 &syn,
                 Redirect(&toward_client(&syn, addr::VIP, macs::REMOTE)),
             )?;
-            // 16 sources × 65,536 source ports, UDP without checksum (valid over IPv4).
+            fx.change_single(ids::TARGET_WEB, ids::PATH_NN2)?;
+            fx.change_single(ids::TARGET_WEB, ids::PATH_NN1)?;
+            // 8 sources × 65,536 source ports of UDP without checksum (valid over IPv4), then 8
+            // × 65,536 of TCP ACKs (the datapath patches checksums, it never checks them).
             let mut flooded = 0u64;
             for host in 0..16u8 {
                 let src = Ipv4Addr::new(198, 51, 100, 100 + host);
-                let mut frame = Pkt::udp(src, 0, addr::VIP, 5001)
-                    .eth(macs::CLIENT, macs::CLI0)
-                    .bytes();
-                frame[40..42].copy_from_slice(&[0, 0]);
+                let (mut frame, port_at) = if host < 8 {
+                    let mut f = Pkt::udp(src, 0, addr::VIP, 5001)
+                        .eth(macs::CLIENT, macs::CLI0)
+                        .bytes();
+                    f[40..42].copy_from_slice(&[0, 0]);
+                    (f, 34)
+                } else {
+                    (to_vip(addr::VIP, 0, 5001).src(src).bytes(), 34)
+                };
                 for port in 0..=u16::MAX {
-                    frame[34..36].copy_from_slice(&port.to_be_bytes());
+                    frame[port_at..port_at + 2].copy_from_slice(&port.to_be_bytes());
                     fx.run(Ingress, fx.env.cli0, &frame)?;
                     flooded += 1;
                 }
             }
             assert!(flooded >= 1_000_000);
+            let pinned = fx.dp.maps.flows(usize::MAX)?.len() as u64;
+            assert!(pinned <= 4096, "{pinned} pins in a 4,096-entry table");
+            let c = fx.dp.maps.counters()?;
+            assert_eq!(c[&FlowDecided], 8 * 65536, "UDP follows the decision");
+            assert_eq!(c[&FlowPrevious], 8 * 65536);
+            assert_eq!(c[&ExceptionPinned], pinned);
+            assert!(c[&ExceptionRateLimited] + c[&ExceptionInsertFailed] >= 8 * 65536 - 4096);
             let key = flow(addr::REMOTE, addr::VIP, 443, 50000, IPPROTO_TCP);
-            assert_eq!(
-                fx.dp.maps.outbound(10)?.len(),
-                1,
-                "the VM's connection is kept"
-            );
+            let kept = fx.dp.maps.outbound(10)?;
+            assert_eq!(kept.len(), 1, "the VM's connection is kept");
+            assert_eq!(kept[0].0, key);
             let reply = Pkt::tcp(addr::REMOTE, 443, addr::VIP, 50000).eth(macs::REMOTE, macs::CLI0);
             ingress(fx, &reply, Redirect(&toward(&reply, addr::NN2, macs::NN2)))?;
-            assert_eq!(fx.dp.maps.flow(&key)?, None);
             Ok(())
         },
     ),
@@ -1917,7 +2131,7 @@ const XDP_ONLY: &[(&str, &str, Case)] = &[
             let p = to_vip(addr::NOT_VIP, 40000, 22);
             ingress(fx, &p, Kernel(&p.clone().dst(addr::OTHER_PORT)))?;
             fx.counters(&[
-                (FlowNew, 1),
+                (FlowDecided, 1),
                 (NatIngress, 1),
                 (PassNoTxPort, 1),
                 (XdpPass, 1),

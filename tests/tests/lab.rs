@@ -244,16 +244,74 @@ fn failover_on(veths: Veths, kinds: &[Failure]) -> anyhow::Result<()> {
 }
 
 fn failback_with_and_without_preempt() -> anyhow::Result<()> {
+    failback_on(Veths::Tuned)
+}
+
+fn plain_failback_with_and_without_preempt() -> anyhow::Result<()> {
+    failback_on(Veths::Plain)
+}
+
+/// An echo connection to the VIP, opened from the client's namespace.
+fn echo_conn(lab: &Lab) -> anyhow::Result<TcpStream> {
+    lab.client
+        .spawn(|| {
+            let s = TcpStream::connect_timeout(&SocketAddr::from((VIP, ECHO_PORT)), T)?;
+            s.set_read_timeout(Some(T))?;
+            Ok(s)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread"))?
+}
+
+/// One round trip over an echo connection.
+fn echo_once(s: &mut TcpStream, what: &[u8]) -> anyhow::Result<()> {
+    s.write_all(what)?;
+    let mut back = vec![0u8; what.len()];
+    s.read_exact(&mut back)?;
+    ensure!(back == what, "echo mismatch");
+    Ok(())
+}
+
+/// Failover to nn2, then nn1 heals. With preempt the decision moves back to nn1 while nn2
+/// stays up: TCP connections established on nn2 (one busy through the failback, one idle
+/// across it) keep working, new ones go to nn1. Without preempt nothing moves.
+fn failback_on(veths: Veths) -> anyhow::Result<()> {
     for preempt in [true, false] {
-        let (lab, _srv, d) = up(preempt)?;
+        let (lab, _srv, d) = up_on(veths, preempt)?;
         lab.fail(1, Failure::Blackhole)?;
         d.wait_status(T, |s| active(s, "web-vm").as_deref() == Some("nn2"))?;
+        let mut idle = echo_conn(&lab).context("the idle connection")?;
+        echo_once(&mut idle, b"idle, before")?;
+        let mut busy = echo_conn(&lab).context("the busy connection")?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let busy_loop = {
+            let stop = stop.clone();
+            std::thread::spawn(move || -> anyhow::Result<u32> {
+                let mut n = 0;
+                // Bounded: at most 200 round trips, one every 20 ms.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 200 {
+                    echo_once(&mut busy, format!("busy {n}").as_bytes())
+                        .with_context(|| format!("round trip {n}"))?;
+                    n += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(n)
+            })
+        };
         lab.heal(1, Failure::Blackhole)?;
         d.wait_status(T, |s| {
             lb_tests::lb::path_state(s, "web-vm", "nn1").as_deref() == Some("up")
         })?;
         // Give a preempting daemon time to move; a non-preempting one must not.
         std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let rounds = busy_loop
+            .join()
+            .map_err(|_| anyhow::anyhow!("busy thread"))?
+            .with_context(|| format!("preempt {preempt}: the busy connection\n{}", d.log_text()))?;
+        ensure!(rounds > 5, "preempt {preempt}: only {rounds} round trips");
+        echo_once(&mut idle, b"idle, after")
+            .with_context(|| format!("preempt {preempt}: the idle connection\n{}", d.log_text()))?;
         let s = d.json(&["status"])?;
         let want = if preempt { "nn1" } else { "nn2" };
         ensure!(
@@ -265,6 +323,8 @@ fn failback_with_and_without_preempt() -> anyhow::Result<()> {
             body == if preempt { NN1 } else { NN2 }.to_string(),
             "preempt {preempt}: new connection served by {body}"
         );
+        // Still working after the new connection (a SYN during the transition).
+        echo_once(&mut idle, b"idle, last")?;
     }
     Ok(())
 }
@@ -647,6 +707,10 @@ fn main() {
             (
                 "failback_with_and_without_preempt",
                 failback_with_and_without_preempt,
+            ),
+            (
+                "plain_failback_with_and_without_preempt",
+                plain_failback_with_and_without_preempt,
             ),
             (
                 "active_active_spreads_by_weight",
