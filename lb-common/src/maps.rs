@@ -29,9 +29,9 @@ pub const RING: &str = "LB_RING";
 /// [`EXC_SEQ`] says exceptions may exist.
 pub const FLOWS: &str = "LB_FLOWS";
 /// Target id → `u64`: how many exceptions the datapath has pinned for the target (atomic
-/// adds). The datapath consults the exception tables for a target only while this is at least
-/// the target's [`TargetValue::exc_clear`]; the control plane raises that past this count once
-/// a sweep found none of the target's exceptions left (see `docs/DATAPATH.md`).
+/// adds). The datapath consults the exception tables for a target only while this is above
+/// the target's [`TargetValue::exc_clear`]; the control plane raises that to this count once a
+/// sweep found none of the target's exceptions left (see `docs/DATAPATH.md`).
 pub const EXC_SEQ: &str = "LB_EXC_SEQ";
 /// Slot 0 → [`TokenBucket`], per CPU: the budget of exceptions client packets may pin.
 pub const PIN_BUCKET: &str = "LB_PIN_BUCKET";
@@ -461,8 +461,9 @@ pub struct TargetValue {
     /// The previous decision's path id for `TARGET_MODE_SINGLE`, else [`NO_ID`].
     pub prev_active: u32,
     pub _pad2: u32,
-    /// The datapath consults the exception tables while the target's [`EXC_SEQ`] is at least
-    /// this (0: always).
+    /// The datapath consults the exception tables while the target's [`EXC_SEQ`] is above
+    /// this: the pin count at which the control plane last found none of the target's
+    /// exceptions (0: a new target, which has none).
     pub exc_clear: u64,
 }
 

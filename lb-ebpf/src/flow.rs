@@ -94,13 +94,13 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// Whether exceptions of target `target` (decision `t`) may exist: its pin count has not been
-/// cleared past by the control plane.
+/// Whether exceptions of target `target` (decision `t`) may exist: the datapath has pinned
+/// some since the pin count the control plane last found none at.
 #[inline(always)]
 pub fn exceptions_may_exist(target: u32, t: &TargetValue) -> bool {
     match LB_EXC_SEQ.get_ptr(target) {
         // SAFETY: an array slot, valid for the program's run; other CPUs add to it atomically.
-        Some(seq) => (unsafe { core::ptr::read_volatile(seq) }) >= t.exc_clear,
+        Some(seq) => (unsafe { core::ptr::read_volatile(seq) }) > t.exc_clear,
         None => true,
     }
 }

@@ -36,8 +36,8 @@ pub struct Swept {
     /// Exceptions left, by target id.
     pub left: BTreeMap<u32, usize>,
     /// For each target with none left: the `exc_clear` that stops the datapath consulting the
-    /// tables for it (its pin count before the sweep began, plus one: a pin made during the
-    /// sweep raises the count past it).
+    /// tables for it (its pin count before the sweep began: a pin made during the sweep raises
+    /// the count above it).
     pub clear: BTreeMap<u32, u64>,
 }
 
@@ -79,7 +79,6 @@ pub fn sweep(
     out.clear = before
         .into_iter()
         .filter(|(id, _)| !out.left.contains_key(id))
-        .map(|(id, seq)| (id, seq + 1))
         .collect();
     Ok(out)
 }

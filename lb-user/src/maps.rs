@@ -447,6 +447,12 @@ impl Maps {
         }
     }
 
+    /// Sets target `id`'s pin count (`LB_EXC_SEQ`, the datapath's): for tests that place
+    /// exceptions by hand.
+    pub fn set_exc_seq(&mut self, id: u32, seq: u64) -> Result<(), Error> {
+        op(m::EXC_SEQ, "set", self.exc_seq.set(id, seq, 0))
+    }
+
     /// How many exceptions the datapath has pinned for target `id` (`LB_EXC_SEQ`).
     pub fn exc_seq(&self, id: u32) -> Result<u64, Error> {
         op(m::EXC_SEQ, "get", self.exc_seq.get(&id, 0))

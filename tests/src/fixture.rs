@@ -376,6 +376,20 @@ impl Fx {
         Ok(())
     }
 
+    /// Places exception `value` for flow `key` of target `target` in `LB_FLOWS` by hand, and
+    /// counts it as the datapath counts a pin, so the datapath consults the table.
+    pub fn pin(
+        &mut self,
+        target: u32,
+        key: lb_common::maps::FlowKey,
+        value: lb_common::maps::FlowValue,
+    ) -> anyhow::Result<()> {
+        self.dp.maps.set_flow(key, value)?;
+        let seq = self.dp.maps.exc_seq(target)?;
+        self.dp.maps.set_exc_seq(target, seq + 1)?;
+        Ok(())
+    }
+
     /// Target `id` sends every flow to `active`, with no transition.
     pub fn target_single(&mut self, id: u32, active: u32) -> anyhow::Result<()> {
         self.dp.maps.set_target(id, TargetValue::single(active))?;

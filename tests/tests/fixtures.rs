@@ -543,20 +543,22 @@ const CASES: &[(&str, &str, Case)] = &[
         "a target whose exceptions the control plane cleared (exc_clear past its pin count) is stateless again: its entries are not looked at; a new pin makes the datapath consult them again",
         |fx| {
             let key = flow(addr::CLIENT, addr::VIP, 40000, 22, IPPROTO_TCP);
-            fx.dp
-                .maps
-                .set_flow(key, FlowValue::new(ids::PATH_NN2, ids::VIP, 0, 0))?;
+            fx.pin(
+                ids::TARGET_WEB,
+                key,
+                FlowValue::new(ids::PATH_NN2, ids::VIP, 0, 0),
+            )?;
             let p = to_vip(addr::VIP, 40000, 22);
             ingress(fx, &p, Redirect(&toward(&p, addr::NN2, macs::NN2)))?;
             let seq = fx.dp.maps.exc_seq(ids::TARGET_WEB)?;
             let mut t = TargetValue::single(ids::PATH_NN1);
-            t.exc_clear = seq + 1;
+            t.exc_clear = seq;
             fx.dp.maps.set_target(ids::TARGET_WEB, t)?;
             ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
             // A transition, and another connection pins itself: the tables count again.
             let mut t = TargetValue::single(ids::PATH_NN1)
                 .with_previous(&TargetValue::single(ids::PATH_NN2));
-            t.exc_clear = seq + 1;
+            t.exc_clear = seq;
             fx.dp.maps.set_target(ids::TARGET_WEB, t)?;
             let q = to_vip(addr::VIP, 40001, 22);
             ingress(fx, &q, Redirect(&toward(&q, addr::NN2, macs::NN2)))?;
@@ -595,23 +597,24 @@ const CASES: &[(&str, &str, Case)] = &[
             assert!(!s.clear.contains_key(&ids::TARGET_WEB));
             assert_eq!(
                 s.clear.get(&ids::TARGET_SPREAD),
-                Some(&1),
+                Some(&0),
                 "no exceptions at all"
             );
             let gone = pin.seen_ns + t.unreplied.as_nanos() as u64;
             let s = sweep(&mut fx.dp.maps, targets, vip_target, never, gone, &t)?;
             assert_eq!(s.removed, 1);
             assert!(fx.dp.maps.flows(10)?.is_empty());
-            assert_eq!(s.clear.get(&ids::TARGET_WEB), Some(&(seq + 1)));
+            assert_eq!(s.clear.get(&ids::TARGET_WEB), Some(&seq));
             // The transition over and the bound written: the target is stateless again.
             let mut v = TargetValue::single(ids::PATH_NN1);
-            v.exc_clear = seq + 1;
+            v.exc_clear = seq;
             fx.dp.maps.set_target(ids::TARGET_WEB, v)?;
             ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
             // A redundant exception (the rules give its path anyway) goes too.
             fx.change_single(ids::TARGET_WEB, ids::PATH_NN1)?;
             let key = flow(addr::CLIENT, addr::VIP, 40001, 22, IPPROTO_TCP);
-            fx.dp.maps.set_flow(
+            fx.pin(
+                ids::TARGET_WEB,
                 key,
                 FlowValue::new(
                     ids::PATH_NN1,
@@ -720,7 +723,7 @@ const CASES: &[(&str, &str, Case)] = &[
             // An exception names VIP_SVC's id for a destination that id does not serve.
             let key = flow(addr::CLIENT, addr::VIP, 40000, 22, IPPROTO_TCP);
             let stale = FlowValue::new(ids::PATH_NN2, ids::VIP_SVC, 0, 0);
-            fx.dp.maps.set_flow(key, stale)?;
+            fx.pin(ids::TARGET_WEB, key, stale)?;
             let p = to_vip(addr::VIP, 40000, 22);
             ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
             assert_eq!(fx.dp.maps.flow(&key)?, Some(stale), "left to the sweep");
@@ -1831,9 +1834,11 @@ const CASES: &[(&str, &str, Case)] = &[
         "a reply does not overwrite the flow the client opened",
         |fx| {
             let key = flow(addr::CLIENT, addr::VIP, 5000, 5001, IPPROTO_UDP);
-            fx.dp
-                .maps
-                .set_flow(key, FlowValue::new(ids::PATH_NN1, ids::VIP, 0, 0))?;
+            fx.pin(
+                ids::TARGET_WEB,
+                key,
+                FlowValue::new(ids::PATH_NN1, ids::VIP, 0, 0),
+            )?;
             let p = from_path(Pkt::udp(addr::NN2, 5001, addr::CLIENT, 5000), macs::NN2);
             returning(
                 fx,
@@ -1976,9 +1981,11 @@ const CASES: &[(&str, &str, Case)] = &[
         |fx| {
             // The flow exists on NN2 (the policy would say NN1).
             let key = flow(addr::CLIENT, addr::VIP, 40000, 22, IPPROTO_TCP);
-            fx.dp
-                .maps
-                .set_flow(key, FlowValue::new(ids::PATH_NN2, ids::VIP, 0, 0))?;
+            fx.pin(
+                ids::TARGET_WEB,
+                key,
+                FlowValue::new(ids::PATH_NN2, ids::VIP, 0, 0),
+            )?;
             let reply = Pkt::tcp(addr::VIP, 22, addr::CLIENT, 40000)
                 .ttl(63)
                 .payload(&[9; 40]);
