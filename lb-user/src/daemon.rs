@@ -790,6 +790,10 @@ impl Daemon {
                 t0.elapsed()
             );
         }
+        if self.snap.exceptions != swept.left {
+            self.snap.exceptions = swept.left.clone();
+            self.publish();
+        }
         for (id, clear) in swept.clear {
             if self.model.exc_clear.get(&id) != Some(&clear) {
                 self.model.exc_clear.insert(id, clear);

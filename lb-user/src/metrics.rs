@@ -47,6 +47,9 @@ pub struct Snapshot {
     pub probes: BTreeMap<u32, u64>,
     pub reloads: u64,
     pub reload_failures: u64,
+    /// Exceptions per target id as the last sweep left them (`docs/DATAPATH.md`, "Stateless by
+    /// default"); a target without an entry has none.
+    pub exceptions: BTreeMap<u32, usize>,
 }
 
 /// The daemon's side: it stores, the scrape loads, neither waits.
@@ -118,6 +121,16 @@ const PATH_BYTES: Family = family(
     "Translated bytes per path; in: toward the VM.",
     MetricType::Counter,
 );
+const TARGET_EXCEPTIONS: Family = family(
+    "lb_target_exceptions",
+    "Flows of the target pinned away from its decision (exceptions), as of the last sweep; 0: the target is stateless.",
+    MetricType::Gauge,
+);
+const TARGET_TRANSITION: Family = family(
+    "lb_target_in_transition",
+    "1 while the target keeps its previous decision for connections older than its last change.",
+    MetricType::Gauge,
+);
 const RELOADS: Family = family(
     "lb_reloads",
     "Configuration reloads by result (ok, rejected).",
@@ -137,6 +150,8 @@ pub const FAMILIES: &[Family] = &[
     PATH_PROBES,
     PATH_PACKETS,
     PATH_BYTES,
+    TARGET_EXCEPTIONS,
+    TARGET_TRANSITION,
     RELOADS,
 ];
 
@@ -418,6 +433,15 @@ fn encode_all(
     for f in [&PATH_TRANSITIONS, &PATH_PROBES, &PATH_PACKETS, &PATH_BYTES] {
         counter(encoder, f, counts.get(f.name).map_or(&[], Vec::as_slice))?;
     }
+    let (mut exceptions, mut transition) = (Vec::new(), Vec::new());
+    for (name, id) in &model.ids.targets {
+        let labels = vec![("target", name.clone())];
+        let n = snap.exceptions.get(id).copied().unwrap_or(0);
+        exceptions.push((labels.clone(), n as i64));
+        transition.push((labels, i64::from(model.transitions.contains_key(id))));
+    }
+    gauge(encoder, &TARGET_EXCEPTIONS, &exceptions)?;
+    gauge(encoder, &TARGET_TRANSITION, &transition)?;
     counter(
         encoder,
         &RELOADS,

@@ -347,12 +347,18 @@ pub struct Flow {
     pub vip_port: u16,
     pub target: Option<String>,
     pub path: Option<String>,
-    /// The VM opened this flow itself.
+    /// Pinned by a packet of the VM's (a connection it opened, or a SYN-ACK during a
+    /// transition); otherwise by the client's first packet after a decision change.
     pub from_vm: bool,
+    /// The other side has answered since the pin.
+    pub replied: bool,
+    /// A FIN or RST went by: the exception expires soon.
+    pub closing: bool,
 }
 
-/// Up to `limit` flows: the flow table's, then the connections the VM opened (their own
-/// table), in the order the kernel lists them.
+/// Up to `limit` exceptions (flows pinned away from their target's decision): those client
+/// packets pinned, then those the VM's packets pinned, in the order the kernel lists them.
+/// Every other flow follows its target's decision and is stored nowhere.
 pub fn flows(maps: &Maps, limit: usize) -> Result<Vec<Flow>, Error> {
     let (model, _) = model(maps)?;
     let mut all = maps.flows(limit)?;
@@ -376,6 +382,8 @@ pub fn flows(maps: &Maps, limit: usize) -> Result<Vec<Flow>, Error> {
                 target: names.map(|(t, _)| t.to_string()),
                 path: names.map(|(_, p)| p.to_string()),
                 from_vm: v.flags & FLOW_F_FROM_PATH != 0,
+                replied: v.flags & lb_common::maps::FLOW_F_REPLIED != 0,
+                closing: v.flags & lb_common::maps::FLOW_F_CLOSING != 0,
             }
         })
         .collect())

@@ -58,8 +58,13 @@ pub struct Cost {
     pub ingress_new: Case,
     pub non_vip: Case,
     pub return_hit: Case,
-    /// Ingress flow hits spread over tables of 1k, 100k (and 1M) live flows.
+    /// Ingress packets spread over 1k, 100k (and 1M) flows in the steady state: no exception,
+    /// every packet follows its target's decision.
     pub flow_scale: Vec<(u32, Case)>,
+    /// The same flows as TCP segments without SYN just after a decision change: every flow's
+    /// first packet follows the previous decision and pins itself, later ones hit their
+    /// exception.
+    pub after_change: Vec<(u32, Case)>,
 }
 
 struct Bench {
@@ -224,6 +229,15 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
         frame(Pkt::udp(addr::CLIENT, 40000, addr::VIP, 5001).eth(macs::CLIENT, macs::CLI0));
     let not_vip =
         frame(Pkt::udp(addr::CLIENT, 40000, addr::NOT_VIP, 5001).eth(macs::CLIENT, macs::CLI0));
+    // A TCP segment without SYN (an established connection), 64 bytes.
+    let to_vip_tcp = {
+        let mut f = Pkt::tcp(addr::CLIENT, 40000, addr::VIP, 5001)
+            .eth(macs::CLIENT, macs::CLI0)
+            .payload(&[0x5a; 10])
+            .bytes();
+        f.resize(64, 0);
+        f
+    };
     let reply = frame(Pkt::udp(addr::NN1, 5001, addr::CLIENT, 40000).eth(macs::NN1, macs::PATH0));
 
     b.set(&to_vip, BENCH_VARY_NONE, 0)?;
@@ -285,9 +299,9 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
         // The steady state: no exceptions, every flow follows the target's decision.
         b.set(&to_vip, BENCH_VARY_RANDOM, n)?;
         let name: &'static str = match n {
-            1_000 => "ingress, hits over 1k flows",
-            100_000 => "ingress, hits over 100k flows",
-            _ => "ingress, hits over 1M flows",
+            1_000 => "ingress, 1k flows, steady state",
+            100_000 => "ingress, 100k flows, steady state",
+            _ => "ingress, 1M flows, steady state",
         };
         let c = b.case(
             name,
@@ -296,6 +310,40 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
             Some(Counter::FlowDecided),
         )?;
         flow_scale.push((n, c));
+    }
+    let mut after_change = Vec::new();
+    for &n in sizes {
+        let mut b = Bench::new(env, 1 << 21, repeat, rounds)?;
+        (b.overhead, b.floor, b.nat_ref) = (overhead, floor.median, nat_ref_ns);
+        // nn2 was the decision, nn1 is: established connections stay on nn2 and pin there,
+        // at whatever rate they come (the budget is the datapath's defence, not measured here).
+        b.fx.dp.maps.set_settings(lb_common::maps::Settings {
+            too_big_per_sec: 0,
+            too_big_burst: 0,
+            pin_per_sec: 10_000_000,
+            pin_burst: 10_000_000,
+        })?;
+        b.fx.target_single(
+            crate::fixture::ids::TARGET_WEB,
+            crate::fixture::ids::PATH_NN2,
+        )?;
+        b.fx.change_single(
+            crate::fixture::ids::TARGET_WEB,
+            crate::fixture::ids::PATH_NN1,
+        )?;
+        b.set(&to_vip_tcp, BENCH_VARY_RANDOM, n)?;
+        let name: &'static str = match n {
+            1_000 => "ingress, 1k flows after a change",
+            100_000 => "ingress, 100k flows after a change",
+            _ => "ingress, 1M flows after a change",
+        };
+        let c = b.case(
+            name,
+            PROG_BENCH_INGRESS,
+            (cli0, &to_vip_tcp, XDP_REDIRECT),
+            Some(Counter::NatIngress),
+        )?;
+        after_change.push((n, c));
     }
     Ok(Cost {
         repeat,
@@ -308,5 +356,6 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
         non_vip,
         return_hit,
         flow_scale,
+        after_change,
     })
 }

@@ -83,6 +83,7 @@ fn run() -> anyhow::Result<()> {
         ]
         .into_iter()
         .chain(c.flow_scale.iter().map(|(_, c)| c))
+        .chain(c.after_change.iter().map(|(_, c)| c))
         {
             let vs_ref = case
                 .vs_nat_ref
@@ -115,6 +116,17 @@ fn run() -> anyhow::Result<()> {
                 "flows_100k_vs_1k"
             };
             out["ratios"][key] = json!(last / first);
+        }
+        if let (Some((_, first)), Some((n, last))) = (c.after_change.first(), c.after_change.last())
+        {
+            let key = if *n >= 1_000_000 {
+                "flows_1m_after_change_vs_1k"
+            } else {
+                "flows_100k_after_change_vs_1k"
+            };
+            out["ratios"][key] = json!(last.ns / first.ns);
+            out["ratios"]["flows_1k_after_change_vs_steady"] =
+                json!(first.ns / c.flow_scale.first().map_or(f64::NAN, |(_, x)| x.ns));
         }
         out["cost"] = serde_json::to_value(&c)?;
     }
