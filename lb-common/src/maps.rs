@@ -543,7 +543,11 @@ pub const REV_F_SHADOWS_WHOLE: u16 = 1 << 0;
 
 /// A flow as the ingress side sees it: client → VIP. ICMP echo flows use the echo identifier
 /// as `sport` and zero as `dport`.
-#[repr(C)]
+///
+/// Aligned to 4 so the BPF compiler moves its address fields as words, not bytes; the padding
+/// is two scalars, not a `[u8; 3]`, whose zeroing the BPF target compiles to a call of a
+/// byte-wise `memset` on every packet (measured: `llvm-objdump -d` of `bench_ingress`).
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     pub src: [u8; 4],
@@ -551,7 +555,8 @@ pub struct FlowKey {
     pub sport: [u8; 2],
     pub dport: [u8; 2],
     pub proto: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 
 impl FlowKey {
@@ -569,7 +574,8 @@ impl FlowKey {
             sport,
             dport,
             proto,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         }
     }
 }

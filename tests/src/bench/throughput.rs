@@ -70,8 +70,9 @@ use crate::{
     servers,
 };
 
-/// Source ports the generator cycles through.
-pub const FLOWS: u32 = 1024;
+/// Source ports the generator cycles through: 64 k flows, so the stateful references
+/// (nftables' conntrack) and lb are measured over as many flows as an edge sees, not a handful.
+pub const FLOWS: u32 = 65536;
 /// Frames per live-frames batch (the kernel's default, `NAPI_POLL_WEIGHT`): a batch is flushed
 /// into a veth ring of 256 frames.
 pub const BATCH: u32 = 64;
