@@ -270,12 +270,14 @@ fn pin(
     true
 }
 
-/// The path for a packet of flow `key` to `vip` from a client (ingress).
+/// The path for a packet of flow `key` to `vip` from a client (ingress). A SYN opens a new
+/// connection: it follows the current decision without looking at the exceptions (an
+/// exception of its 5-tuple belongs to an earlier connection; the VM's SYN-ACK replaces it).
 #[inline(always)]
 pub fn choose(key: &FlowKey, vip: &Vip, segment: Segment) -> Result<Chosen, Counter> {
     let target = vip.info.target;
     let t = LB_TARGETS.get(target).ok_or(Counter::DropNoPath)?;
-    if exceptions_may_exist(target, t) {
+    if segment != Segment::Syn && exceptions_may_exist(target, t) {
         let found = match exception(&LB_FLOWS, key, vip.id, target, segment, false) {
             Some(p) => Some(p),
             None => exception(&LB_OUTBOUND, key, vip.id, target, segment, true),
@@ -360,7 +362,9 @@ pub fn from_vm(key: &FlowKey, vip: u32, path: u32, segment: Segment, opens: bool
     };
     let consult = exceptions_may_exist(target, t);
     if consult && segment != Segment::NotTcp {
-        // A reply confirms (or closes) the client's pin and the VM's own.
+        // A reply confirms (or closes) the client's pin and the VM's own. A SYN-ACK from
+        // another path than an exception's: the VM accepted a new connection on this 5-tuple,
+        // the exception belonged to an earlier one.
         for (map, answered) in [(&LB_FLOWS, true), (&LB_OUTBOUND, false)] {
             if let Some(e) = map.get_ptr_mut(key) {
                 // SAFETY: a hash map value, valid during the program's run; see `exception`.
@@ -368,6 +372,10 @@ pub fn from_vm(key: &FlowKey, vip: u32, path: u32, segment: Segment, opens: bool
                 if e.vip == vip && e.path == path {
                     touch(e, segment, answered);
                     return;
+                }
+                if opens {
+                    let _ = map.remove(key);
+                    count(Counter::ExceptionStale);
                 }
             }
         }

@@ -820,6 +820,82 @@ const CASES: &[(&str, &str, Case)] = &[
         },
     ),
     (
+        "ingress_ring_change_keeps_old_connections",
+        "active/active: the ring changes while both paths stay up (B re-weighted to 0): established connections on B stay there, pinning themselves; a SYN of a flow whose slot moved follows the new ring to A",
+        |fx| {
+            let flows: Vec<(u16, u32)> = SPREAD_SLOTS.iter().copied().take(8).collect();
+            let on_b: Vec<u16> = flows
+                .iter()
+                .filter(|(_, slot)| slot % 2 == 1)
+                .map(|(sport, _)| *sport)
+                .collect();
+            assert!(!on_b.is_empty());
+            fx.dp.maps.set_ring(
+                ids::TARGET_SPREAD,
+                1,
+                &vec![ids::PATH_SPREAD_A; lb_common::maps::RING_SIZE as usize],
+            )?;
+            fx.dp.maps.set_target(
+                ids::TARGET_SPREAD,
+                TargetValue::ring(1).with_previous(&TargetValue::ring(0)),
+            )?;
+            for &sport in &on_b {
+                let p = to_vip(addr::VIP_SPREAD, sport, 80);
+                ingress(
+                    fx,
+                    &p,
+                    Redirect(&toward(&p, addr::SPREAD_B, macs::SPREAD_B)),
+                )?;
+                ingress(
+                    fx,
+                    &p,
+                    Redirect(&toward(&p, addr::SPREAD_B, macs::SPREAD_B)),
+                )?;
+            }
+            let n = on_b.len() as u64;
+            assert_eq!(fx.dp.maps.flows(100)?.len() as u64, n);
+            // The old connections close; new ones reuse their 5-tuples: each SYN follows the
+            // new ring, and the VM's SYN-ACK from A replaces the stale exception to B.
+            for &sport in &on_b {
+                let syn = Pkt::tcp_syn(addr::CLIENT, sport, addr::VIP_SPREAD, 80)
+                    .eth(macs::CLIENT, macs::CLI0);
+                ingress(
+                    fx,
+                    &syn,
+                    Redirect(&toward(&syn, addr::SPREAD_A, macs::SPREAD_A)),
+                )?;
+                let synack = from_path(
+                    Pkt::tcp_syn_ack(addr::SPREAD_A, 80, addr::CLIENT, sport),
+                    macs::SPREAD_A,
+                );
+                returning(
+                    fx,
+                    &synack,
+                    Redirect(&toward_client(&synack, addr::VIP_SPREAD, macs::CLIENT)),
+                )?;
+                let ack = to_vip(addr::VIP_SPREAD, sport, 80);
+                ingress(
+                    fx,
+                    &ack,
+                    Redirect(&toward(&ack, addr::SPREAD_A, macs::SPREAD_A)),
+                )?;
+            }
+            assert!(fx.dp.maps.flows(100)?.is_empty(), "the stale pins are gone");
+            assert_eq!(fx.dp.maps.outbound(100)?.len() as u64, n);
+            fx.counters(&[
+                (FlowPrevious, n),
+                (ExceptionPinned, n),
+                (ExceptionHit, 2 * n),
+                (FlowDecided, n),
+                (ExceptionStale, n),
+                (ExceptionFromVm, n),
+                (NatIngress, 4 * n),
+                (NatReturn, n),
+                (XdpRedirect, 5 * n),
+            ])
+        },
+    ),
+    (
         "ingress_ttl_one_passes_untranslated",
         "TTL 1: passed untouched, so the kernel's time-exceeded quotes the VIP",
         |fx| {
