@@ -9,10 +9,11 @@ use core::{mem::size_of, net::Ipv4Addr};
 
 // ---- Map names: identical to the eBPF statics, at most 15 bytes (the kernel truncates). ----
 
-/// [`EndpointKey`] (VIP address, and protocol+port for a service) → VIP id (`u32`).
+/// [`EndpointKey`] (VIP address, and protocol+port for a service) → [`VipValue`]: everything a
+/// packet to the VIP needs, in one lookup.
 pub const VIPS: &str = "LB_VIPS";
-/// VIP id → [`VipInfo`]. Flows name their VIP by id, so a flow-table hit needs no VIP hash
-/// lookup: the id's entry must still describe the flow's destination (see [`VipInfo::serves`]).
+/// VIP id → [`VipInfo`]: the control plane's record of each VIP id (the programs never read
+/// it; they have [`VipValue`]).
 pub const VIP_INFO: &str = "LB_VIP_INFO";
 /// [`EndpointKey`] (path address, and protocol+port for a service) → [`RevValue`].
 pub const REV_NAT: &str = "LB_REV_NAT";
@@ -423,6 +424,43 @@ pub struct VipInfo {
     pub _pad: [u8; 2],
 }
 
+/// [`VIPS`]' value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipValue {
+    /// The VIP's id (its index into [`VIP_STATS`]).
+    pub id: u32,
+    /// Index into [`TARGETS`].
+    pub target: u32,
+    /// Destination port after translation; `[0, 0]` keeps the client's port.
+    pub target_port: [u8; 2],
+    /// `VIP_F_*` bits.
+    pub flags: u16,
+}
+
+/// A whole-address VIP (not a service).
+pub const VIP_F_WHOLE: u16 = 1 << 0;
+
+impl VipValue {
+    /// What [`VIPS`] holds for VIP `id` described by `info`.
+    pub fn of(id: u32, info: &VipInfo) -> Self {
+        Self {
+            id,
+            target: info.target,
+            target_port: info.target_port,
+            flags: if info.key.is_whole_address() {
+                VIP_F_WHOLE
+            } else {
+                0
+            },
+        }
+    }
+    #[inline(always)]
+    pub const fn is_whole_address(&self) -> bool {
+        self.flags & VIP_F_WHOLE != 0
+    }
+}
+
 impl VipInfo {
     /// Whether this VIP serves flow `key`: same address, and for a service the same protocol
     /// and destination port. A flow whose VIP id no longer serves it (removed, or the id given
@@ -677,6 +715,7 @@ impl TrafficStats {
 const _: () = {
     assert!(size_of::<EndpointKey>() == 8);
     assert!(size_of::<VipInfo>() == 16);
+    assert!(size_of::<VipValue>() == 12);
     assert!(size_of::<TargetValue>() == 24);
     assert!(size_of::<PathValue>() == 12);
     assert!(size_of::<RevValue>() == 16);
@@ -721,6 +760,7 @@ pub const LAYOUT: u64 = {
     let sizes = [
         size_of::<EndpointKey>(),
         size_of::<VipInfo>(),
+        size_of::<VipValue>(),
         size_of::<TargetValue>(),
         size_of::<PathValue>(),
         size_of::<RevValue>(),
@@ -944,6 +984,7 @@ mod pod {
     // has no implicit padding (sizes asserted above), so every bit pattern is valid.
     unsafe impl aya::Pod for EndpointKey {}
     unsafe impl aya::Pod for VipInfo {}
+    unsafe impl aya::Pod for VipValue {}
     unsafe impl aya::Pod for TargetValue {}
     unsafe impl aya::Pod for PathValue {}
     unsafe impl aya::Pod for RevValue {}

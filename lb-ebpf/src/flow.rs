@@ -30,7 +30,7 @@ use lb_common::{
     maps::{
         DEFAULT_PIN_BURST, DEFAULT_PIN_PER_SEC, FILTER_PATH_SERVICE, FLOW_F_CLOSING,
         FLOW_F_REPLIED, FlowKey, FlowValue, NO_ID, PATH_UP, REV_F_SHADOWS_WHOLE,
-        SEEN_GRANULARITY_NS, TARGET_MODE_RING, TARGET_MODE_SINGLE, TargetValue, VipInfo,
+        SEEN_GRANULARITY_NS, TARGET_MODE_RING, TARGET_MODE_SINGLE, TargetValue, VipValue,
         ring_index,
     },
     net::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
@@ -39,23 +39,13 @@ use lb_common::{
 use crate::{
     maps::{
         LB_EXC_SEQ, LB_FLOWS, LB_OUTBOUND, LB_PATHS, LB_PIN_BUCKET, LB_REV_NAT, LB_RING,
-        LB_SETTINGS, LB_SHADOWED, LB_TARGETS, LB_VIP_INFO,
+        LB_SETTINGS, LB_SHADOWED, LB_TARGETS,
     },
     stats::count,
 };
 
-/// A VIP as the datapath works with it.
-#[derive(Clone, Copy)]
-pub struct Vip {
-    pub id: u32,
-    pub info: VipInfo,
-}
-
-/// The VIP with id `id`, if it exists.
-#[inline(always)]
-pub fn vip(id: u32) -> Option<Vip> {
-    LB_VIP_INFO.get(id).map(|info| Vip { id, info: *info })
-}
+/// A VIP as the datapath works with it: its `LB_VIPS` value.
+pub type Vip = VipValue;
 
 /// A path chosen for a packet.
 #[derive(Clone, Copy)]
@@ -275,7 +265,7 @@ fn pin(
 /// exception of its 5-tuple belongs to an earlier connection; the VM's SYN-ACK replaces it).
 #[inline(always)]
 pub fn choose(key: &FlowKey, vip: &Vip, segment: Segment) -> Result<Chosen, Counter> {
-    let target = vip.info.target;
+    let target = vip.target;
     let t = LB_TARGETS.get(target).ok_or(Counter::DropNoPath)?;
     if segment != Segment::Syn && exceptions_may_exist(target, t) {
         let found = match exception(&LB_FLOWS, key, vip.id, target, segment, false) {
@@ -305,7 +295,7 @@ pub fn choose(key: &FlowKey, vip: &Vip, segment: Segment) -> Result<Chosen, Coun
 /// its exception, else the decision rules for an established flow.
 #[inline(always)]
 pub fn peek(key: &FlowKey, vip: &Vip) -> Result<Chosen, Counter> {
-    let target = vip.info.target;
+    let target = vip.target;
     let t = LB_TARGETS.get(target).ok_or(Counter::DropNoPath)?;
     let segment = if key.proto == lb_common::net::IPPROTO_TCP {
         Segment::Established { closing: false }
@@ -425,9 +415,7 @@ pub fn from_vm(key: &FlowKey, vip: u32, path: u32, segment: Segment, opens: bool
 /// for addresses that have services.
 #[inline(always)]
 pub fn note_shadowed(key: &FlowKey, vip: &Vip, path: &Chosen) {
-    if !vip.info.key.is_whole_address()
-        || crate::ingress::filter(path.addr) & FILTER_PATH_SERVICE == 0
-    {
+    if !vip.is_whole_address() || crate::ingress::filter(path.addr) & FILTER_PATH_SERVICE == 0 {
         return;
     }
     let service = lb_common::maps::EndpointKey::service(path.addr, key.proto, key.dport);

@@ -78,7 +78,7 @@ pub fn ingress_error<C: Packet>(
     };
     let key = FlowKey::new(q.ip.dst, q.ip.src, ksport, kdport, q.ip.proto);
     let path = flow::peek(&key, &vip)?;
-    let target_port = vip.info.target_port;
+    let target_port = vip.target_port;
     let new_port = (service_port(q.ip.proto, qsport).is_some() && target_port != [0, 0])
         .then_some(target_port);
     let next = forward::route_quiet(

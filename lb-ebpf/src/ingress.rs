@@ -55,16 +55,16 @@ fn not_a_vip(dst: [u8; 4], bits: u32) -> Counter {
 pub fn lookup_vip(addr: [u8; 4], proto: u8, port: Option<[u8; 2]>, bits: u32) -> Option<Vip> {
     if bits & FILTER_VIP_SERVICE != 0
         && let Some(port) = port
-        && let Some(id) = LB_VIPS.get_ptr(EndpointKey::service(addr, proto, port))
+        && let Some(v) = LB_VIPS.get_ptr(EndpointKey::service(addr, proto, port))
     {
         // SAFETY: a hash map value, read once while the program runs.
-        return flow::vip(unsafe { *id });
+        return Some(unsafe { *v });
     }
     if bits & FILTER_VIP_ADDR != 0
-        && let Some(id) = LB_VIPS.get_ptr(EndpointKey::addr(addr))
+        && let Some(v) = LB_VIPS.get_ptr(EndpointKey::addr(addr))
     {
         // SAFETY: as above.
-        return flow::vip(unsafe { *id });
+        return Some(unsafe { *v });
     }
     None
 }
@@ -88,7 +88,7 @@ fn later_fragment<C: Packet>(
             }
             let vip =
                 lookup_vip(ip.dst, ip.proto, None, bits).ok_or(Counter::DropFragmentUntracked)?;
-            let path = flow::unkeyed(vip.info.target, Counter::DropFragmentUntracked)?;
+            let path = flow::unkeyed(vip.target, Counter::DropFragmentUntracked)?;
             (path.addr, vip.id, path.id)
         }
     };
@@ -179,7 +179,7 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     // is noted for the return side.
     let path = flow::choose(&key, &vip, segment)?;
     flow::note_shadowed(&key, &vip, &path);
-    let target_port = vip.info.target_port;
+    let target_port = vip.target_port;
     let new_port = (service_port.is_some() && target_port != [0, 0]).then_some(target_port);
     let next = forward::route_cached(
         ctx,

@@ -10,11 +10,11 @@ use lb_common::maps::{
     FlowValue, FragKey, FragValue, IfaceKey, IfaceMeta, MAX_ADDRS, MAX_IFACES, MAX_PATHS,
     MAX_REV_NAT, MAX_TARGETS, MAX_TX_PORTS, MAX_VIPS, NextHop, OUTBOUND_TABLE_SIZE, PathMeta,
     PathSeen, PathValue, RING_ENTRIES, RevValue, SHADOWED_TABLE_SIZE, Settings, TargetMeta,
-    TargetValue, TokenBucket, TrafficStats, VipInfo,
+    TargetValue, TokenBucket, TrafficStats, VipInfo, VipValue,
 };
 
 #[map]
-pub static LB_VIPS: HashMap<EndpointKey, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
+pub static LB_VIPS: HashMap<EndpointKey, VipValue> = HashMap::with_max_entries(MAX_VIPS, 0);
 
 #[map]
 pub static LB_VIP_INFO: Array<VipInfo> = Array::with_max_entries(MAX_VIPS, 0);

@@ -15,7 +15,7 @@ use lb_common::{
         self as m, ADDR_FILTER_SIZE, ControlMeta, EndpointKey, FILTER_ADDR, FILTER_PATH_ADDR,
         FILTER_PATH_SERVICE, FILTER_VIP_ADDR, FILTER_VIP_SERVICE, FlowKey, FlowValue, IfaceKey,
         IfaceMeta, PathMeta, PathSeen, PathValue, RING_SIZE, RevValue, Settings, TargetMeta,
-        TargetValue, TrafficStats, VipInfo,
+        TargetValue, TrafficStats, VipInfo, VipValue,
     },
 };
 
@@ -66,7 +66,7 @@ impl Source<'_> {
 
 /// Every map of the datapath, typed.
 pub struct Maps {
-    vips: HashMap<MapData, EndpointKey, u32>,
+    vips: HashMap<MapData, EndpointKey, VipValue>,
     vip_info: Array<MapData, VipInfo>,
     rev_nat: HashMap<MapData, EndpointKey, RevValue>,
     targets: Array<MapData, TargetValue>,
@@ -286,7 +286,11 @@ impl Maps {
     /// finds an id without one. Call [`Maps::refresh_filter`] once a batch of changes is in.
     pub fn set_vip(&mut self, id: u32, info: VipInfo) -> Result<(), Error> {
         op(m::VIP_INFO, "set", self.vip_info.set(id, info, 0))?;
-        op(m::VIPS, "insert", self.vips.insert(info.key, id, 0))
+        op(
+            m::VIPS,
+            "insert",
+            self.vips.insert(info.key, VipValue::of(id, &info), 0),
+        )
     }
 
     /// Removes VIP `id`: its key first, then its description (its flows stop matching it).
@@ -306,7 +310,10 @@ impl Maps {
 
     /// Every VIP key and its id.
     pub fn vips(&self) -> Result<Vec<(EndpointKey, u32)>, Error> {
-        op(m::VIPS, "iterate", self.vips.iter().collect())
+        self.vips
+            .iter()
+            .map(|r| op(m::VIPS, "iterate", r).map(|(k, v)| (k, v.id)))
+            .collect()
     }
 
     /// Adds or replaces a reverse-NAT entry. Call [`Maps::refresh_filter`] afterwards.

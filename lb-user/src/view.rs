@@ -102,7 +102,18 @@ pub struct TargetStatus {
     pub active: Option<String>,
     /// Active/active: each path's share of new flows, in percent.
     pub shares: BTreeMap<String, f64>,
+    /// The transition in force: the previous decision, which established TCP connections older
+    /// than the last change keep following while its paths are up (docs/DATAPATH.md).
+    pub transition: Option<TransitionStatus>,
     pub paths: Vec<PathStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct TransitionStatus {
+    /// Failover: the previous decision's path; active/active: `ring`.
+    pub previous: String,
+    /// When the decision changed (RFC 3339).
+    pub since: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -221,6 +232,14 @@ pub fn status(maps: &Maps) -> Result<Status, Error> {
                 })
             })
             .collect();
+        let transition = model.transitions.get(tid).map(|tr| TransitionStatus {
+            previous: match &tr.previous {
+                Decision::Single(p) => name_of(*p).unwrap_or_else(|| p.to_string()),
+                Decision::Ring(_) => "ring".into(),
+                Decision::None => "none".into(),
+            },
+            since: rfc3339(tr.since),
+        });
         targets.push(TargetStatus {
             name: t.name.clone(),
             mode: match t.mode {
@@ -234,6 +253,7 @@ pub fn status(maps: &Maps) -> Result<Status, Error> {
             },
             active,
             shares,
+            transition,
             paths,
         });
     }

@@ -318,6 +318,17 @@ fn failback_on(veths: Veths) -> anyhow::Result<()> {
             active(&s, "web-vm").as_deref() == Some(want),
             "preempt {preempt}: {s}"
         );
+        // The failback is a transition (nn2 still up): status says what old connections keep.
+        let web = s["targets"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["name"] == "web-vm"))
+            .context("web-vm in status")?;
+        let previous = web["transition"]["previous"].as_str();
+        ensure!(
+            previous == preempt.then_some("nn2"),
+            "preempt {preempt}: transition {}",
+            web["transition"]
+        );
         let body = http_get(&lab.client, VIP, HTTP_PORT, "/", T)?;
         ensure!(
             body == if preempt { NN1 } else { NN2 }.to_string(),

@@ -38,6 +38,13 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
             "\ntarget {} ({}, all_down {}): {choice}",
             t.name, t.mode, t.all_down
         );
+        if let Some(tr) = &t.transition {
+            println!(
+                "  connections older than {} stay on the previous decision ({}) while it is up",
+                tr.since.as_deref().unwrap_or("the last change"),
+                tr.previous
+            );
+        }
         for p in &t.paths {
             let rtt = p.rtt_ms.map_or("-".into(), |r| format!("{r:.2} ms"));
             println!(
