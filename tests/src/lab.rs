@@ -274,6 +274,7 @@ pub fn config(interval_ms: u32, timeout_ms: u32, rise: u32, fall: u32, preempt: 
         r#"{{
   "interfaces": {{ "clients": ["{EDGE_CLIENTS}"], "paths": ["{EDGE_NN1}", "{EDGE_NN2}"] }},
   "flow_table_size": 65536,
+  "flows": {{ "tcp_closing_s": 1, "unreplied_s": 5 }},
   "targets": [
     {{
       "name": "web-vm", "mode": "failover", "preempt": {preempt}, "all_down": "drop",

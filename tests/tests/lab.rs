@@ -336,6 +336,28 @@ fn failback_on(veths: Veths) -> anyhow::Result<()> {
         );
         // Still working after the new connection (a SYN during the transition).
         echo_once(&mut idle, b"idle, last")?;
+        if preempt {
+            // The pins are the exceptions; once the connections close (FIN: 1 s in the lab's
+            // configuration), the sweep (every 5 s) removes them.
+            let pinned = d.json(&["flows"])?;
+            ensure!(
+                pinned.as_array().is_some_and(|a| !a.is_empty()),
+                "the old connections are pinned: {pinned}"
+            );
+            drop(idle);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let left = d.json(&["flows"])?;
+                if left.as_array().is_some_and(Vec::is_empty) {
+                    break;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "exceptions left 15 s after their connections closed: {left}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
     }
     Ok(())
 }
