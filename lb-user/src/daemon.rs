@@ -81,7 +81,19 @@ struct Daemon {
     arrivals: BTreeMap<u32, u32>,
     /// When the exception tables were last swept.
     swept: Instant,
+    /// The maps handle the sweep uses on its blocking thread, while it is not away.
+    sweep_maps: Option<crate::maps::Maps>,
 }
+
+/// A sweep of the exception tables running on a blocking thread: the maps handle comes back
+/// with the result. Walking a table of a few hundred thousand exceptions takes a syscall per
+/// entry; the daemon's loop (probes, map writes) never waits for it.
+type Sweep = tokio::task::JoinHandle<(
+    crate::maps::Maps,
+    BTreeMap<String, u32>,
+    Result<crate::exceptions::Swept, crate::dataplane::Error>,
+    Duration,
+)>;
 
 /// How often the exception tables are swept (expiry, and the targets that have none left).
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -143,6 +155,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         hooks: BTreeMap::new(),
         arrivals: BTreeMap::new(),
         swept: Instant::now(),
+        sweep_maps: None,
     };
     if let Err(e) = d.switch_to(model) {
         // A fresh install that cannot be completed leaves nothing behind; adopted state stays
@@ -162,13 +175,24 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     let mut flush = tokio::time::interval(Duration::from_secs(1));
+    let mut sweeping: Option<Sweep> = None;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             Some(ev) = rx.recv() => d.on_event(ev),
             _ = hup.recv() => d.reload(),
             _ = usr1.recv() => d.refresh_admin(),
-            _ = flush.tick() => d.flush(),
+            _ = flush.tick() => {
+                d.flush();
+                if sweeping.is_none() && d.swept.elapsed() >= SWEEP_EVERY {
+                    d.swept = Instant::now();
+                    sweeping = d.start_sweep();
+                }
+            }
+            done = async { sweeping.as_mut().expect("guarded").await }, if sweeping.is_some() => {
+                sweeping = None;
+                d.finish_sweep(done);
+            }
             () = &mut shutdown => break,
         }
     }
@@ -725,10 +749,6 @@ impl Daemon {
         }
         self.sync_arrivals();
         self.check_datapath();
-        if self.swept.elapsed() >= SWEEP_EVERY {
-            self.swept = Instant::now();
-            self.sweep_exceptions();
-        }
         if !self.dirty {
             return;
         }
@@ -743,14 +763,14 @@ impl Daemon {
         self.publish();
     }
 
-    /// Ends the transitions older than `flows.tcp_idle`, expires exceptions, and lets the
-    /// datapath stop consulting the exception tables for targets that have none left.
-    fn sweep_exceptions(&mut self) {
+    /// Ends the transitions older than `flows.tcp_idle`, and starts a sweep of the exception
+    /// tables on a blocking thread (see [`Sweep`]); `None` when the maps cannot be opened.
+    fn start_sweep(&mut self) -> Option<Sweep> {
         let flows = self.model.config.flows;
-        for id in self
+        let ended = self
             .model
-            .end_transitions(SystemTime::now(), flows.tcp_idle)
-        {
+            .end_transitions(SystemTime::now(), flows.tcp_idle);
+        for id in ended {
             let name = self
                 .model
                 .ids
@@ -764,17 +784,50 @@ impl Daemon {
             );
             self.dirty = true;
         }
-        let t0 = Instant::now();
-        let model = &self.model;
-        let vips = &self.current.vips;
-        let swept = crate::exceptions::sweep(
-            &mut self.dp.maps,
-            model.ids.targets.values().copied(),
-            |vip| vips.get(&vip).map(|v| v.target),
-            |tid, key, value| model.rule_path(tid, key) == Some(value.path),
-            monotonic_coarse_ns(),
-            &flows,
-        );
+        let mut maps = match self.sweep_maps.take() {
+            Some(m) => m,
+            None => match PinDir::new(&self.opts.pin_dir).open() {
+                Ok(m) => m,
+                Err(e) => {
+                    error!("opening the maps to sweep the exception tables: {e:#}");
+                    return None;
+                }
+            },
+        };
+        let model = Arc::new(self.model.clone());
+        let vips: BTreeMap<u32, u32> = self
+            .current
+            .vips
+            .iter()
+            .map(|(id, v)| (*id, v.target))
+            .collect();
+        let ids = model.ids.targets.clone();
+        Some(tokio::task::spawn_blocking(move || {
+            let t0 = Instant::now();
+            let swept = crate::exceptions::sweep(
+                &mut maps,
+                ids.values().copied(),
+                |vip| vips.get(&vip).copied(),
+                |tid, key, value| model.rule_path(tid, key) == Some(value.path),
+                monotonic_coarse_ns(),
+                &flows,
+            );
+            (maps, ids, swept, t0.elapsed())
+        }))
+    }
+
+    /// Takes a finished sweep's result: the exceptions left per target (metrics), and the
+    /// bound that stops the datapath consulting the tables for targets with none left, for the
+    /// targets that still have the id they had when the sweep began.
+    fn finish_sweep(&mut self, done: <Sweep as Future>::Output) {
+        let (maps, ids, swept, took) = match done {
+            Ok(d) => d,
+            Err(e) => {
+                error!("the exception sweep failed: {e}");
+                return;
+            }
+        };
+        self.sweep_maps = Some(maps);
         let swept = match swept {
             Ok(s) => s,
             Err(e) => {
@@ -784,10 +837,9 @@ impl Daemon {
         };
         if swept.removed > 0 {
             debug!(
-                "exceptions: {} removed, {} left, in {:?}",
+                "exceptions: {} removed, {} left, in {took:?}",
                 swept.removed,
                 swept.left.values().sum::<usize>(),
-                t0.elapsed()
             );
         }
         if self.snap.exceptions != swept.left {
@@ -795,7 +847,10 @@ impl Daemon {
             self.publish();
         }
         for (id, clear) in swept.clear {
-            if self.model.exc_clear.get(&id) != Some(&clear) {
+            let same = ids
+                .iter()
+                .any(|(name, v)| *v == id && self.model.ids.targets.get(name) == Some(&id));
+            if same && self.model.exc_clear.get(&id) != Some(&clear) {
                 self.model.exc_clear.insert(id, clear);
                 self.dirty = true;
             }
