@@ -138,11 +138,11 @@ pub const BENCH_FRAME: usize = 128;
 
 /// How the measuring entry points vary the restored frame's flow (source address low byte and
 /// source port at the IPv4/UDP offsets of an untagged, option-less frame).
-/// The same flow every time (a flow-table hit after the first).
+/// The same flow every time.
 pub const BENCH_VARY_NONE: u32 = 0;
-/// A new flow every time (sequence; a flow-table miss and insert).
+/// A new flow every time (sequence).
 pub const BENCH_VARY_SEQUENCE: u32 = 1;
-/// A random one of `flows` flows (flow-table hits spread over the table).
+/// A random one of `flows` flows.
 pub const BENCH_VARY_RANDOM: u32 = 2;
 
 #[repr(C)]
@@ -543,7 +543,8 @@ impl TargetValue {
     }
 }
 
-/// Path states as the datapath sees them. Anything but `PATH_UP` makes flows re-steer.
+/// Path states as the datapath sees them. Anything but `PATH_UP`: no exception or previous
+/// decision sends a flow there.
 pub const PATH_DOWN: u8 = 0;
 pub const PATH_UP: u8 = 1;
 pub const PATH_DISABLED: u8 = 2;
@@ -556,8 +557,8 @@ pub struct PathValue {
     /// One of `PATH_*`.
     pub state: u8,
     pub _pad: [u8; 3],
-    /// The target this path belongs to: a flow whose path slot now belongs to another target
-    /// (after a reload) is re-steered.
+    /// The target this path belongs to: an exception whose path slot now belongs to another
+    /// target (after a reload) is stale.
     pub target: u32,
 }
 
@@ -575,7 +576,7 @@ pub struct RevValue {
 }
 
 /// On a service entry: the same path address also has a whole-address VIP, so a reply from
-/// this port may belong to either. The return program asks the flow table: a flow of the
+/// this port may belong to either. The return program asks `LB_SHADOWED`: an entry of the
 /// whole-address VIP with these ports means the reply is that VIP's.
 pub const REV_F_SHADOWS_WHOLE: u16 = 1 << 0;
 

@@ -28,7 +28,7 @@ pub struct Config {
     pub interfaces: Interfaces,
     pub targets: Vec<Target>,
     pub vips: Vec<Vip>,
-    /// Flow-table capacity (`None`: the datapath default).
+    /// Exception-table capacity (`None`: the datapath default).
     pub flow_table_size: Option<u32>,
     /// How long a client's TCP handshake to an up path may go unanswered before the path is
     /// flagged "datapath suspect".
@@ -1036,7 +1036,7 @@ fn check_flow_table_size(size: u64) -> Result<u32, ConfigError> {
     if size == 0 {
         return Err(invalid(
             AT,
-            "0: the flow table needs room for at least one flow",
+            "0: the exception table needs room for at least one flow",
         ));
     }
     if size > MAX_FLOW_TABLE_SIZE {

@@ -126,7 +126,7 @@ pub enum Error {
 /// How to load the object.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
-    /// Capacity of the flow table (`None`: the object's default,
+    /// Capacity of the exception table (`None`: the object's default,
     /// [`lb_common::maps::FLOW_TABLE_SIZE`]). Ignored when pinned maps are adopted.
     pub flow_table_size: Option<u32>,
 }
@@ -504,7 +504,7 @@ impl Dataplane {
             let pinned = maps.flow_capacity()?;
             if pinned != size {
                 warn!(
-                    "the pinned flow table keeps its size {pinned} (configured {size}): changing it needs --replace"
+                    "the pinned exception table keeps its size {pinned} (configured {size}): changing it needs --replace"
                 );
             }
         }

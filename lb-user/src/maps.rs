@@ -274,7 +274,7 @@ impl Maps {
         .map(drop)
     }
 
-    /// The flow table's capacity.
+    /// The exception table's capacity (`LB_FLOWS`, `flow_table_size`).
     pub fn flow_capacity(&self) -> Result<u32, Error> {
         let info = op(m::FLOWS, "info", self.flows.map().info())?;
         Ok(info.max_entries())
@@ -430,7 +430,7 @@ impl Maps {
         Ok(())
     }
 
-    // ---- The flow table. ----
+    // ---- The exception tables. ----
 
     pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowValue>, Error> {
         op_absent(m::FLOWS, "get", self.flows.get(key, 0))

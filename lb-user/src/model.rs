@@ -669,7 +669,7 @@ impl Model {
             }
         }
         // A service answered from an address that also has a whole-address VIP: replies from
-        // its port need the flow table to tell the two apart.
+        // its port need `LB_SHADOWED` to tell the two apart.
         let whole: BTreeSet<[u8; 4]> = out
             .rev_nat
             .keys()

@@ -59,7 +59,7 @@ pub trait Store {
 ///    VIP leads to exists before the VIP does;
 /// 2. then removals, the other way round: VIPs, reverse NAT, pre-filter, targets, paths.
 ///
-/// A removed path's slot is written down (state 0), so flows still naming it re-steer.
+/// A removed path's slot is written down (state 0), so exceptions still naming it go stale.
 pub fn apply(store: &mut impl Store, current: &Tables, desired: &Tables) -> Result<usize, Error> {
     fn changed<T: PartialEq>(current: Option<&T>, desired: &T) -> bool {
         current != Some(desired)

@@ -1132,7 +1132,7 @@ fn flow_table_size_out_of_range() {
     rejects_edit(
         |v| v["flow_table_size"] = json!(0),
         "flow_table_size",
-        "0: the flow table needs room",
+        "0: the exception table needs room",
     );
     rejects_edit(
         |v| v["flow_table_size"] = json!((64u64 << 20) + 1),

@@ -260,7 +260,7 @@ pub struct Fx {
     pub gso_size: u32,
 }
 
-/// A small flow table: fixtures never need many flows, and loading stays fast.
+/// A small exception table: fixtures never need many, and loading stays fast.
 const FIXTURE_FLOWS: u32 = 4096;
 
 impl Fx {
@@ -268,7 +268,7 @@ impl Fx {
         Self::with_flow_table(env, FIXTURE_FLOWS)
     }
 
-    /// [`Fx::new`] with a flow table of `flows` entries (benchmarks).
+    /// [`Fx::new`] with an exception table of `flows` entries (benchmarks).
     pub fn with_flow_table(env: Env, flows: u32) -> anyhow::Result<Self> {
         let dp = Dataplane::load(&LoadOptions {
             flow_table_size: Some(flows),

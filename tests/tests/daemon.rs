@@ -326,7 +326,7 @@ fn hooks(d: &Daemon) -> anyhow::Result<std::collections::BTreeMap<String, String
 
 /// At TC (plain veths, `--hook auto`): a restart adopts the pinned TCX links without losing a
 /// datagram; then a reload moves the client-facing interface to XDP and back (interfaces.hooks),
-/// the flow table kept and the stream unbroken.
+/// the exception tables kept and the stream unbroken.
 fn tc_restart_and_hook_moves_without_loss() -> anyhow::Result<()> {
     let topo = Lab::with_veths(Veths::Plain)?;
     let _srv = servers::start(&topo.vm, PORTS, [NN1, NN2])?;

@@ -166,7 +166,7 @@ fn returning(fx: &Fx, input: &Pkt, then: Then<'_>) -> anyhow::Result<()> {
     expect_on(fx, Return, fx.env.path0, input, then)
 }
 
-/// The flow-table key of a flow (`dport` 0 for ICMP echo, whose identifier is the `sport`).
+/// The key of a flow (`dport` 0 for ICMP echo, whose identifier is the `sport`).
 fn flow(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> FlowKey {
     FlowKey::new(
         src.octets(),
@@ -660,7 +660,7 @@ const CASES: &[(&str, &str, Case)] = &[
         },
     ),
     (
-        "ingress_resteer_on_path_down",
+        "ingress_path_down_moves_its_flows",
         "a flow whose path went down moves on its next packet, in the datapath",
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22);
@@ -676,7 +676,7 @@ const CASES: &[(&str, &str, Case)] = &[
         },
     ),
     (
-        "ingress_resteer_on_path_disabled",
+        "ingress_path_disabled_moves_its_flows",
         "an administratively disabled path is left like a down one",
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22);
@@ -688,8 +688,8 @@ const CASES: &[(&str, &str, Case)] = &[
         },
     ),
     (
-        "ingress_resteer_when_path_moved_target",
-        "a flow whose path slot now belongs to another target is re-steered",
+        "ingress_path_moved_to_another_target_moves_its_flows",
+        "a flow whose previous path slot now belongs to another target follows the current decision",
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22);
             ingress(fx, &p, Redirect(&toward(&p, addr::NN1, macs::NN1)))?;
@@ -906,7 +906,7 @@ const CASES: &[(&str, &str, Case)] = &[
     ),
     (
         "ingress_first_fragment_whole_vip_translated",
-        "a first fragment (MF set) to a whole-address VIP goes through like any first packet (a flow, the active path, its TCP checksum following) and is tracked",
+        "a first fragment (MF set) to a whole-address VIP goes through like any first packet (the active path, its TCP checksum following) and is tracked",
         |fx| {
             let p = to_vip(addr::VIP, 40000, 22)
                 .df(false)
@@ -1835,7 +1835,7 @@ const CASES: &[(&str, &str, Case)] = &[
     ),
     (
         "return_vm_opened_tcp_replies_follow_path",
-        "a connection the VM opens over NN2 is recorded in its own table (not the flow table); its replies come back over NN2",
+        "a connection the VM opens over NN2 (not the active path) is pinned in its own table (not the client pins'); its replies come back over NN2",
         |fx| {
             let syn = from_path(Pkt::tcp_syn(addr::NN2, 50000, addr::REMOTE, 443), macs::NN2);
             returning(

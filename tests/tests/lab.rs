@@ -455,8 +455,9 @@ fn orphaned_tcp_connection_is_reset() -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("client thread"))??;
     lab.fail(1, Failure::Blackhole)?;
     d.wait_status(T, |s| active(s, "web-vm").as_deref() == Some("nn2"))?;
-    // The connection's next segment is re-steered to nn2, where the VM knows no such
-    // connection and answers RST, which reverse NAT brings back: the client learns at once.
+    // The connection's next segment follows the decision to nn2 (nn1 is down: no transition),
+    // where the VM knows no such connection and answers RST, which reverse NAT brings back:
+    // the client learns at once.
     let mut conn = conn;
     let start = Instant::now();
     let _ = conn.write_all(b"again");

@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: what users compare us on, each figure a ratio measured side by side in
 //! one run (these machines are noisy). Driven by the `lb-bench` binary.
 //!
-//! - [`cost`]: per-packet cost with `BPF_PROG_TEST_RUN` against the empty program, and its
-//!   growth with the flow table;
+//! - [`cost`]: per-packet cost with `BPF_PROG_TEST_RUN` against the empty program and the
+//!   stateless-NAT reference, over many flows in the steady state and just after a decision
+//!   change;
 //! - [`throughput`]: forwarding on the veth lab against nftables DNAT and a bare redirect;
 //! - [`outage`]: the failover outage of a UDP stream, and losses across restart and reload;
 //! - [`bulk`]: bulk TCP (iperf3) through the VIP on plain veths, per hook, against nftables
