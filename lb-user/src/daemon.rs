@@ -575,13 +575,7 @@ impl Daemon {
             }
             for id in ids {
                 if let Some(d) = self.model.decisions.get(&id) {
-                    let name = self
-                        .model
-                        .ids
-                        .targets
-                        .iter()
-                        .find(|(_, v)| **v == id)
-                        .map(|(k, _)| k.clone());
+                    let name = self.model.target_name(id).map(str::to_string);
                     info!(
                         "{}: new flows → {} (operator change)",
                         name.unwrap_or_default(),
@@ -773,11 +767,8 @@ impl Daemon {
         for id in ended {
             let name = self
                 .model
-                .ids
-                .targets
-                .iter()
-                .find(|(_, v)| **v == id)
-                .map_or(id.to_string(), |(n, _)| n.clone());
+                .target_name(id)
+                .map_or(id.to_string(), str::to_string);
             info!(
                 "{name}: transition ended ({:?} after the change): the previous decision is dropped",
                 flows.tcp_idle

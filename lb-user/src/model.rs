@@ -509,6 +509,15 @@ impl Model {
         }
     }
 
+    /// The name of target `id`.
+    pub fn target_name(&self, id: u32) -> Option<&str> {
+        self.ids
+            .targets
+            .iter()
+            .find(|(_, v)| **v == id)
+            .map(|(n, _)| n.as_str())
+    }
+
     /// The (target name, path name) of path `id`.
     pub fn path_name(&self, id: u32) -> Option<(&str, &str)> {
         self.ids
