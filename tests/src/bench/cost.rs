@@ -78,8 +78,6 @@ struct Bench {
     overhead: f64,
     /// The floor's cost.
     floor: f64,
-    /// The stateless-NAT reference's cost, once measured.
-    nat_ref: Option<f64>,
 }
 
 /// A 64-byte UDP frame (checksum 0, so varied ports keep it valid).
@@ -112,16 +110,12 @@ impl Bench {
             rounds,
             overhead: 0.0,
             floor: f64::NAN,
-            nat_ref: None,
         })
     }
 
-    fn set(&mut self, f: &[u8], vary: u32, flows: u32) -> anyhow::Result<()> {
-        self.set_to(f, vary, flows, 0)
-    }
-
-    /// [`Bench::set`], with the interface the redirecting programs send to.
-    fn set_to(&mut self, f: &[u8], vary: u32, flows: u32, port: u32) -> anyhow::Result<()> {
+    /// Puts `spec`'s frame into the template the `bench_*` programs restore.
+    fn set(&mut self, spec: &Spec) -> anyhow::Result<()> {
+        let f = spec.frame;
         ensure!(
             f.len().is_multiple_of(8) && f.len() <= BENCH_FRAME,
             "template of {} bytes",
@@ -129,9 +123,9 @@ impl Bench {
         );
         let mut t = BenchTemplate {
             len: f.len() as u32,
-            vary,
-            flows,
-            port,
+            vary: spec.vary,
+            flows: spec.flows,
+            port: spec.port,
             ..BenchTemplate::default()
         };
         t.frame[..f.len()].copy_from_slice(f);
@@ -139,71 +133,113 @@ impl Bench {
         Ok(())
     }
 
-    /// ns/packet of `prog` on `frame` arriving on `on`, per round; checks the action.
-    fn measure(
-        &mut self,
-        prog: &'static str,
-        on: Iface,
-        frame: &[u8],
-        action: u32,
-    ) -> anyhow::Result<Spread> {
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&on.ifindex.to_ne_bytes());
-        let p = self.fx.dp.program_mut(prog)?;
-        let mut samples = Vec::new();
+    /// ns/packet of each case, `rounds` rounds of `repeat` iterations, the cases taking turns
+    /// round by round. Checks every round's action, and that the case's counter grew by one per
+    /// iteration (a first iteration may differ: a flow's first packet).
+    fn interleaved(&mut self, specs: &[Spec]) -> anyhow::Result<Vec<Spread>> {
+        let mut samples = vec![Vec::new(); specs.len()];
         for _ in 0..self.rounds {
-            let mut opts = TestRunOptions::new();
-            opts.data_in = Some(frame);
-            opts.ctx_in = Some(&ctx);
-            opts.repeat = self.repeat;
-            let r = p
-                .test_run(opts)
-                .with_context(|| format!("BPF_PROG_TEST_RUN {prog}"))?;
-            ensure!(
-                r.return_value == action || (action == 4 && r.return_value == 3),
-                "{prog}: action {} (expected {action})",
-                r.return_value
-            );
-            samples.push(r.duration.as_nanos() as f64);
+            for (spec, samples) in specs.iter().zip(&mut samples) {
+                self.set(spec)?;
+                let before = spec.counter.map(|c| self.counter(c)).transpose()?;
+                samples.push(self.round(spec)?);
+                if let (Some(c), Some(before)) = (spec.counter, before) {
+                    let grew = self.counter(c)? - before;
+                    ensure!(
+                        grew + 1 >= u64::from(self.repeat),
+                        "{}: {} grew by {grew} over {} iterations: the case did not take its path",
+                        spec.name,
+                        c.name(),
+                        self.repeat
+                    );
+                }
+            }
         }
-        Ok(Spread::of(&samples))
+        Ok(samples.iter().map(|s| Spread::of(s)).collect())
+    }
+
+    /// One round of `spec`: ns/packet; checks the action.
+    fn round(&mut self, spec: &Spec) -> anyhow::Result<f64> {
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(spec.frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&spec.on.ifindex.to_ne_bytes());
+        let p = self.fx.dp.program_mut(spec.prog)?;
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(spec.frame);
+        opts.ctx_in = Some(&ctx);
+        opts.repeat = self.repeat;
+        let r = p
+            .test_run(opts)
+            .with_context(|| format!("BPF_PROG_TEST_RUN {}", spec.prog))?;
+        ensure!(
+            r.return_value == spec.action || (spec.action == 4 && r.return_value == 3),
+            "{}: action {} (expected {})",
+            spec.name,
+            r.return_value,
+            spec.action
+        );
+        Ok(r.duration.as_nanos() as f64)
     }
 
     fn counter(&self, c: Counter) -> anyhow::Result<u64> {
         Ok(self.fx.dp.maps.counter(c)?)
     }
 
-    /// Runs a case and checks that `counter` grew by one per iteration (the reference counts
-    /// nothing: its action alone is checked).
-    fn case(
-        &mut self,
-        name: &'static str,
-        prog: &'static str,
-        (on, f, action): (Iface, &[u8], u32),
-        counter: Option<Counter>,
-    ) -> anyhow::Result<Case> {
-        let (overhead, floor) = (self.overhead, self.floor);
-        let before = counter.map(|c| self.counter(c)).transpose()?;
-        let raw = self.measure(prog, on, f, action)?;
-        if let (Some(c), Some(before)) = (counter, before) {
-            let grew = self.counter(c)? - before;
-            let runs = u64::from(self.repeat) * u64::from(self.rounds);
-            // A first iteration may differ (the first packet of a flow is new, not a hit).
-            ensure!(
-                grew + 1 >= runs,
-                "{name}: {} grew by {grew} over {runs} iterations: the case did not take its path",
-                c.name()
-            );
-        }
-        let ns = raw.min - overhead;
-        Ok(Case {
+    /// A measured case: its best round, less the restore's overhead.
+    fn case(&self, name: &'static str, raw: Spread) -> Case {
+        let ns = raw.min - self.overhead;
+        Case {
             name,
             raw_ns: raw,
             ns,
-            vs_floor: ns / floor,
-            vs_nat_ref: self.nat_ref.map(|r| ns / r),
-        })
+            vs_floor: ns / self.floor,
+            vs_nat_ref: None,
+        }
+    }
+}
+
+/// `case` with its ratio to the stateless-NAT reference's `nat_ref` ns.
+fn with_ref(case: Case, nat_ref: Option<f64>) -> Case {
+    Case {
+        vs_nat_ref: nat_ref.map(|r| case.ns / r),
+        ..case
+    }
+}
+
+/// What one case runs: `prog` on `frame` (the template the `bench_*` programs restore, varied
+/// as `vary` and `flows` say, sent to `port` by the redirecting ones) arriving on `on`.
+struct Spec<'a> {
+    name: &'static str,
+    prog: &'static str,
+    on: Iface,
+    frame: &'a [u8],
+    vary: u32,
+    flows: u32,
+    port: u32,
+    action: u32,
+    /// The counter that must grow by one per iteration (`None`: the action alone is checked).
+    counter: Option<Counter>,
+}
+
+impl<'a> Spec<'a> {
+    fn new(
+        name: &'static str,
+        prog: &'static str,
+        on: Iface,
+        frame: &'a [u8],
+        action: u32,
+    ) -> Self {
+        Spec {
+            name,
+            prog,
+            on,
+            frame,
+            vary: BENCH_VARY_NONE,
+            flows: 0,
+            port: 0,
+            action,
+            counter: None,
+        }
     }
 }
 
@@ -249,81 +285,124 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
     };
     let reply = frame(Pkt::udp(addr::NN1, 5001, addr::CLIENT, 40000).eth(macs::NN1, macs::PATH0));
 
-    b.set(&to_vip, BENCH_VARY_NONE, 0)?;
-    let floor = b.measure(PROG_BENCH_FLOOR, b.fx.env.cli0, &to_vip, XDP_PASS)?;
-    let restore = b.measure(PROG_BENCH_RESTORE, b.fx.env.cli0, &to_vip, XDP_PASS)?;
-    b.overhead = restore.min - floor.min;
-    b.floor = floor.min;
-    let overhead = b.overhead;
     let cli0 = b.fx.env.cli0;
     let path0 = b.fx.env.path0;
-    b.set_to(&to_vip, BENCH_VARY_NONE, 0, path0.ifindex)?;
-    let nat_ref = b.case(
-        "stateless-NAT reference",
-        PROG_BENCH_NAT_REF,
-        (cli0, &to_vip, XDP_REDIRECT),
-        None,
-    )?;
-    b.nat_ref = Some(nat_ref.ns);
-    b.set(&to_vip, BENCH_VARY_NONE, 0)?;
-    let ingress_hit = b.case(
-        "ingress, flow hit",
-        PROG_BENCH_INGRESS,
-        (cli0, &to_vip, XDP_REDIRECT),
-        Some(Counter::FlowDecided),
-    )?;
-    b.set(&to_vip, BENCH_VARY_SEQUENCE, 0)?;
-    let ingress_new = b.case(
-        "ingress, new flow",
-        PROG_BENCH_INGRESS,
-        (cli0, &to_vip, XDP_REDIRECT),
-        Some(Counter::FlowDecided),
-    )?;
-    b.set(&not_vip, BENCH_VARY_NONE, 0)?;
-    let non_vip = b.case(
-        "ingress, not for a VIP",
-        PROG_BENCH_INGRESS,
-        (cli0, &not_vip, XDP_PASS),
-        Some(Counter::PassNotForUs),
-    )?;
-    b.set(&reply, BENCH_VARY_NONE, 0)?;
-    let return_hit = b.case(
-        "return",
-        PROG_BENCH_RETURN,
-        (path0, &reply, XDP_REDIRECT),
-        Some(Counter::NatReturn),
-    )?;
-    let nat_ref_ns = b.nat_ref;
-    drop(b);
-
     let sizes: &[u32] = if quick {
         &[1_000, 100_000]
     } else {
         &[1_000, 100_000, 1_000_000]
     };
-    let mut flow_scale = Vec::new();
+    // Every case of one fixture, interleaved round by round: a slow spell of the VM then
+    // touches all of them, and the ratios between them hold.
+    let mut specs = vec![
+        Spec::new(
+            "empty program (floor)",
+            PROG_BENCH_FLOOR,
+            cli0,
+            &to_vip,
+            XDP_PASS,
+        ),
+        Spec::new("restore", PROG_BENCH_RESTORE, cli0, &to_vip, XDP_PASS),
+        Spec {
+            port: path0.ifindex,
+            ..Spec::new(
+                "stateless-NAT reference",
+                PROG_BENCH_NAT_REF,
+                cli0,
+                &to_vip,
+                XDP_REDIRECT,
+            )
+        },
+        Spec {
+            counter: Some(Counter::FlowDecided),
+            ..Spec::new(
+                "ingress, flow hit",
+                PROG_BENCH_INGRESS,
+                cli0,
+                &to_vip,
+                XDP_REDIRECT,
+            )
+        },
+        Spec {
+            counter: Some(Counter::FlowDecided),
+            vary: BENCH_VARY_SEQUENCE,
+            ..Spec::new(
+                "ingress, new flow",
+                PROG_BENCH_INGRESS,
+                cli0,
+                &to_vip,
+                XDP_REDIRECT,
+            )
+        },
+        Spec {
+            counter: Some(Counter::PassNotForUs),
+            ..Spec::new(
+                "ingress, not for a VIP",
+                PROG_BENCH_INGRESS,
+                cli0,
+                &not_vip,
+                XDP_PASS,
+            )
+        },
+        Spec {
+            counter: Some(Counter::NatReturn),
+            ..Spec::new("return", PROG_BENCH_RETURN, path0, &reply, XDP_REDIRECT)
+        },
+    ];
+    // The steady state over N flows: no exceptions, every flow follows the target's decision.
     for &n in sizes {
-        let mut b = Bench::new(env, 1 << 21, repeat, rounds)?;
-        (b.overhead, b.floor, b.nat_ref) = (overhead, floor.min, nat_ref_ns);
-        // The steady state: no exceptions, every flow follows the target's decision.
-        b.set(&to_vip, BENCH_VARY_RANDOM, n)?;
         let name: &'static str = match n {
             1_000 => "ingress, 1k flows, steady state",
             100_000 => "ingress, 100k flows, steady state",
             _ => "ingress, 1M flows, steady state",
         };
-        let c = b.case(
-            name,
-            PROG_BENCH_INGRESS,
-            (cli0, &to_vip, XDP_REDIRECT),
-            Some(Counter::FlowDecided),
-        )?;
-        flow_scale.push((n, c));
+        specs.push(Spec {
+            counter: Some(Counter::FlowDecided),
+            vary: BENCH_VARY_RANDOM,
+            flows: n,
+            ..Spec::new(name, PROG_BENCH_INGRESS, cli0, &to_vip, XDP_REDIRECT)
+        });
     }
+    let spreads = b.interleaved(&specs)?;
+    let [floor, restore, ..] = spreads[..] else {
+        anyhow::bail!("the floor and the restore were not measured");
+    };
+    b.overhead = restore.min - floor.min;
+    b.floor = floor.min;
+    let overhead = b.overhead;
+    let mut cases = specs
+        .iter()
+        .zip(&spreads)
+        .skip(2)
+        .map(|(spec, raw)| b.case(spec.name, *raw));
+    let mut next = || cases.next().context("a case was not measured");
+    let nat_ref = next()?;
+    let ingress_hit = next()?;
+    let ingress_new = next()?;
+    let non_vip = next()?;
+    let return_hit = next()?;
+    let mut flow_scale = Vec::new();
+    for &n in sizes {
+        flow_scale.push((n, next()?));
+    }
+    drop(cases);
+    let nat_ref_ns = Some(nat_ref.ns);
+    let (ingress_hit, ingress_new, non_vip, return_hit) = (
+        with_ref(ingress_hit, nat_ref_ns),
+        with_ref(ingress_new, nat_ref_ns),
+        with_ref(non_vip, nat_ref_ns),
+        with_ref(return_hit, nat_ref_ns),
+    );
+    let flow_scale = flow_scale
+        .into_iter()
+        .map(|(n, c)| (n, with_ref(c, nat_ref_ns)))
+        .collect();
+    drop(b);
+
     let mut after_change = Vec::new();
     for &n in sizes {
         let mut b = Bench::new(env, 1 << 21, repeat, rounds)?;
-        (b.overhead, b.floor, b.nat_ref) = (overhead, floor.min, nat_ref_ns);
+        (b.overhead, b.floor) = (overhead, floor.min);
         // nn2 was the decision, nn1 is: established connections stay on nn2 and pin there,
         // at whatever rate they come (the budget is the datapath's defence, not measured here).
         b.fx.dp.maps.set_settings(lb_common::maps::Settings {
@@ -340,19 +419,20 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
             crate::fixture::ids::TARGET_WEB,
             crate::fixture::ids::PATH_NN1,
         )?;
-        b.set(&to_vip_tcp, BENCH_VARY_RANDOM, n)?;
         let name: &'static str = match n {
             1_000 => "ingress, 1k flows after a change",
             100_000 => "ingress, 100k flows after a change",
             _ => "ingress, 1M flows after a change",
         };
-        let c = b.case(
-            name,
-            PROG_BENCH_INGRESS,
-            (cli0, &to_vip_tcp, XDP_REDIRECT),
-            Some(Counter::NatIngress),
-        )?;
-        after_change.push((n, c));
+        let spec = Spec {
+            counter: Some(Counter::NatIngress),
+            vary: BENCH_VARY_RANDOM,
+            flows: n,
+            ..Spec::new(name, PROG_BENCH_INGRESS, cli0, &to_vip_tcp, XDP_REDIRECT)
+        };
+        let raw = b.interleaved(std::slice::from_ref(&spec))?;
+        let c = b.case(name, raw[0]);
+        after_change.push((n, with_ref(c, nat_ref_ns)));
     }
     Ok(Cost {
         repeat,
