@@ -42,10 +42,10 @@ pub const ADDR_FILTER: &str = "LB_ADDR_FILTER";
 pub const TX_PORTS: &str = "LB_TX_PORTS";
 /// [`crate::Counter`] → `u64`, per CPU.
 pub const COUNTERS: &str = "LB_COUNTERS";
-/// VIP id → [`TrafficStats`], per CPU.
-pub const VIP_STATS: &str = "LB_VIP_STATS";
-/// Path id → [`TrafficStats`], per CPU.
-pub const PATH_STATS: &str = "LB_PATH_STATS";
+/// [`pair_slot`] (path id, VIP rank) → [`TrafficStats`], per CPU: a translated packet's one
+/// traffic slot. A VIP's traffic is the sum over its target's paths at its rank, a path's the
+/// sum over the ranks.
+pub const PAIR_STATS: &str = "LB_PAIR_STATS";
 /// Address → `ADDR_*` bits: every VIP and path address, exactly (the filter's
 /// [`FILTER_ADDR`] bit is its superset). The ingress program drops client packets from these
 /// addresses (martians) and to path addresses that are not exposed.
@@ -191,7 +191,7 @@ pub const RETURN_NEXTHOPS: u32 = 1024;
 
 /// Every map of lb's own, for the test that checks them against the built object (which also
 /// has [`AYA_LOGS`]).
-pub const ALL: [&str; 28] = [
+pub const ALL: [&str; 27] = [
     VIPS,
     VIP_INFO,
     REV_NAT,
@@ -202,8 +202,7 @@ pub const ALL: [&str; 28] = [
     ADDR_FILTER,
     TX_PORTS,
     COUNTERS,
-    VIP_STATS,
-    PATH_STATS,
+    PAIR_STATS,
     NEXTHOPS,
     META,
     TARGET_META,
@@ -233,6 +232,20 @@ pub const PROG_RETURN_TC: &str = "lb_return_tc";
 
 /// VIP entries (whole-address and service) and VIP ids.
 pub const MAX_VIPS: u32 = 4096;
+/// VIPs (whole-address and service) one target may serve: each has a rank below this among
+/// its target's VIPs, the column of its traffic in [`PAIR_STATS`].
+pub const MAX_VIPS_PER_TARGET: u32 = 16;
+/// Slots of [`PAIR_STATS`]: one per (path, VIP rank).
+pub const MAX_PAIRS: u32 = MAX_PATHS * MAX_VIPS_PER_TARGET;
+// A reverse-NAT entry per (VIP, path of its target): within the table whatever the
+// configuration, so the configuration checks the VIPs per target alone.
+const _: () = assert!(MAX_PAIRS <= MAX_REV_NAT && MAX_VIPS_PER_TARGET.is_power_of_two());
+
+/// The [`PAIR_STATS`] slot of the traffic of VIP rank `rank` over path `path`.
+#[inline(always)]
+pub const fn pair_slot(path: u32, rank: u8) -> u32 {
+    path.wrapping_mul(MAX_VIPS_PER_TARGET) | (rank as u32 & (MAX_VIPS_PER_TARGET - 1))
+}
 /// Reverse-NAT entries: one per (path, VIP) pair.
 pub const MAX_REV_NAT: u32 = 16384;
 pub const MAX_TARGETS: u32 = 256;
@@ -421,25 +434,29 @@ pub struct VipInfo {
     pub target: u32,
     /// Destination port after translation; `[0, 0]` keeps the client's port.
     pub target_port: [u8; 2],
-    pub _pad: [u8; 2],
+    /// The VIP's rank among its target's VIPs ([`pair_slot`]).
+    pub rank: u8,
+    pub _pad: u8,
 }
 
 /// [`VIPS`]' value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipValue {
-    /// The VIP's id (its index into [`VIP_STATS`]).
+    /// The VIP's id (its index into [`VIP_INFO`]).
     pub id: u32,
     /// Index into [`TARGETS`].
     pub target: u32,
     /// Destination port after translation; `[0, 0]` keeps the client's port.
     pub target_port: [u8; 2],
     /// `VIP_F_*` bits.
-    pub flags: u16,
+    pub flags: u8,
+    /// The VIP's rank among its target's VIPs ([`pair_slot`]).
+    pub rank: u8,
 }
 
 /// A whole-address VIP (not a service).
-pub const VIP_F_WHOLE: u16 = 1 << 0;
+pub const VIP_F_WHOLE: u8 = 1 << 0;
 
 impl VipValue {
     /// What [`VIPS`] holds for VIP `id` described by `info`.
@@ -453,6 +470,7 @@ impl VipValue {
             } else {
                 0
             },
+            rank: info.rank,
         }
     }
     #[inline(always)]
@@ -570,7 +588,9 @@ pub struct RevValue {
     /// Source port to restore; `[0, 0]` keeps the VM's port (whole-address VIPs).
     pub vip_port: [u8; 2],
     /// `REV_F_*` bits.
-    pub flags: u16,
+    pub flags: u8,
+    /// The VIP's rank among its target's VIPs ([`pair_slot`]).
+    pub vip_rank: u8,
     pub vip_id: u32,
     pub path: u32,
 }
@@ -578,7 +598,7 @@ pub struct RevValue {
 /// On a service entry: the same path address also has a whole-address VIP, so a reply from
 /// this port may belong to either. The return program asks `LB_SHADOWED`: an entry of the
 /// whole-address VIP with these ports means the reply is that VIP's.
-pub const REV_F_SHADOWS_WHOLE: u16 = 1 << 0;
+pub const REV_F_SHADOWS_WHOLE: u8 = 1 << 0;
 
 /// A flow as the ingress side sees it: client → VIP. ICMP echo flows use the echo identifier
 /// as `sport` and zero as `dport`.
@@ -679,7 +699,7 @@ pub const FRAG_DIR_OUT: u8 = 1;
 
 /// The datagram is not ours (its first fragment was passed untranslated): neither are its
 /// later fragments.
-pub const FRAG_F_PASS: u32 = 1 << 0;
+pub const FRAG_F_PASS: u8 = 1 << 0;
 
 /// Where a tracked datagram's later fragments go: `addr` replaces the destination (ingress) or
 /// the source (return); `vip` and `path` are the ids its traffic is counted under.
@@ -690,7 +710,10 @@ pub struct FragValue {
     pub vip: u32,
     pub path: u32,
     /// `FRAG_F_*` bits.
-    pub flags: u32,
+    pub flags: u8,
+    /// The VIP's rank among its target's VIPs ([`pair_slot`]).
+    pub vip_rank: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Per VIP or per path traffic. "in" is toward the VM, "out" is toward the clients.
@@ -738,7 +761,7 @@ pub const NAME_LEN: usize = 32;
 /// The version of everything pinned: bump it with any change of a map's name, type, key, value
 /// or capacity. A daemon refuses to adopt pinned state of another layout (unless told to
 /// replace it).
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// A fingerprint of the layout: the version, and every map's name with the sizes of the types
 /// it holds. Computed at compile time, so a change that forgets the version still changes it.

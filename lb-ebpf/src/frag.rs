@@ -26,9 +26,9 @@ pub fn key(ip: &Ipv4Hdr, dir: u8) -> FragKey {
 }
 
 /// Records where the datagram of first fragment `ip` went: `addr` for later fragments to
-/// write, `vip` and `path` to count them under.
+/// write, `vip` (of rank `vip_rank`) and `path` to count them under.
 #[inline(always)]
-pub fn track(ip: &Ipv4Hdr, dir: u8, addr: [u8; 4], vip: u32, path: u32) {
+pub fn track(ip: &Ipv4Hdr, dir: u8, addr: [u8; 4], (vip, vip_rank): (u32, u8), path: u32) {
     insert(
         ip,
         dir,
@@ -36,7 +36,8 @@ pub fn track(ip: &Ipv4Hdr, dir: u8, addr: [u8; 4], vip: u32, path: u32) {
             addr,
             vip,
             path,
-            flags: 0,
+            vip_rank,
+            ..FragValue::default()
         },
     );
 }

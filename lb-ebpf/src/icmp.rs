@@ -102,7 +102,7 @@ pub fn ingress_error<C: Packet>(
         path.addr,
         new_port,
     );
-    stats::translated(ctx, Counter::IcmpErrorIngress, vip.id, path.id, Dir::In);
+    stats::translated(ctx, Counter::IcmpErrorIngress, vip.rank, path.id, Dir::In);
     Ok(forward::finish(ctx, l2, ip, next))
 }
 
@@ -162,7 +162,7 @@ pub fn return_error<C: Packet>(
     stats::translated(
         ctx,
         Counter::IcmpErrorReturn,
-        rev.vip_id,
+        rev.vip_rank,
         rev.path,
         Dir::Out,
     );

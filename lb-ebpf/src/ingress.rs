@@ -80,8 +80,8 @@ fn later_fragment<C: Packet>(
     ip: &'static mut lb_common::net::Ipv4Hdr,
     bits: u32,
 ) -> Outcome {
-    let (addr, vip, path) = match frag::follow(ip, FRAG_DIR_IN)? {
-        Some(v) => (v.addr, v.vip, v.path),
+    let (addr, rank, path) = match frag::follow(ip, FRAG_DIR_IN)? {
+        Some(v) => (v.addr, v.vip_rank, v.path),
         None => {
             if !matches!(ip.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP) {
                 return Err(Counter::DropUnsupportedProto);
@@ -89,7 +89,7 @@ fn later_fragment<C: Packet>(
             let vip =
                 lookup_vip(ip.dst, ip.proto, None, bits).ok_or(Counter::DropFragmentUntracked)?;
             let path = flow::unkeyed(vip.target, Counter::DropFragmentUntracked)?;
-            (path.addr, vip.id, path.id)
+            (path.addr, vip.rank, path.id)
         }
     };
     if ip.ttl <= 1 {
@@ -110,7 +110,7 @@ fn later_fragment<C: Packet>(
         return icmp::too_big(ctx, l2, mtu);
     }
     ctx.rewrite(ip, L4::Icmp, 0, Side::Dst, addr, None);
-    stats::translated(ctx, Counter::NatIngress, vip, path, Dir::In);
+    stats::translated(ctx, Counter::NatIngress, rank, path, Dir::In);
     Ok(forward::finish(ctx, l2, ip, next))
 }
 
@@ -197,12 +197,12 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     }
 
     if first_fragment {
-        frag::track(ip, FRAG_DIR_IN, path.addr, vip.id, path.id);
+        frag::track(ip, FRAG_DIR_IN, path.addr, (vip.id, vip.rank), path.id);
     }
     if let Transport::Tcp(h) = &transport {
         stats::handshake(path.id, h.flags, Dir::In);
     }
     ctx.rewrite(ip, transport.into_l4(), l4, Side::Dst, path.addr, new_port);
-    stats::translated(ctx, Counter::NatIngress, vip.id, path.id, Dir::In);
+    stats::translated(ctx, Counter::NatIngress, vip.rank, path.id, Dir::In);
     Ok(forward::finish(ctx, &l2, ip, next))
 }

@@ -7,10 +7,10 @@ use aya_ebpf::{
 };
 use lb_common::maps::{
     ADDR_FILTER_SIZE, ControlMeta, EndpointKey, FLOW_TABLE_SIZE, FRAG_TABLE_SIZE, FlowKey,
-    FlowValue, FragKey, FragValue, IfaceKey, IfaceMeta, MAX_ADDRS, MAX_IFACES, MAX_PATHS,
-    MAX_REV_NAT, MAX_TARGETS, MAX_TX_PORTS, MAX_VIPS, NextHop, OUTBOUND_TABLE_SIZE, PathMeta,
-    PathSeen, PathValue, RING_ENTRIES, RevValue, SHADOWED_TABLE_SIZE, Settings, TargetMeta,
-    TargetValue, TokenBucket, TrafficStats, VipInfo, VipValue,
+    FlowValue, FragKey, FragValue, IfaceKey, IfaceMeta, MAX_ADDRS, MAX_IFACES, MAX_PAIRS,
+    MAX_PATHS, MAX_REV_NAT, MAX_TARGETS, MAX_TX_PORTS, MAX_VIPS, NextHop, OUTBOUND_TABLE_SIZE,
+    PathMeta, PathSeen, PathValue, RING_ENTRIES, RevValue, SHADOWED_TABLE_SIZE, Settings,
+    TargetMeta, TargetValue, TokenBucket, TrafficStats, VipInfo, VipValue,
 };
 
 #[map]
@@ -79,10 +79,7 @@ pub static LB_COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(lb_common::Counter::COUNT, 0);
 
 #[map]
-pub static LB_VIP_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
-
-#[map]
-pub static LB_PATH_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(MAX_PATHS, 0);
+pub static LB_PAIR_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(MAX_PAIRS, 0);
 
 /// Per CPU: see `forward::route_cached`.
 #[map]

@@ -95,12 +95,12 @@ fn later_fragment<C: Packet>(
     ip: &'static mut lb_common::net::Ipv4Hdr,
     bits: u32,
 ) -> Outcome {
-    let (vip_addr, vip, path) = match frag::follow(ip, FRAG_DIR_OUT)? {
-        Some(v) => (v.addr, v.vip, v.path),
+    let (vip_addr, rank, path) = match frag::follow(ip, FRAG_DIR_OUT)? {
+        Some(v) => (v.addr, v.vip_rank, v.path),
         None => {
             let rev =
                 lookup_rev(ip.src, ip.proto, None, bits).ok_or(Counter::DropFragmentUntracked)?;
-            (rev.vip_addr, rev.vip_id, rev.path)
+            (rev.vip_addr, rev.vip_rank, rev.path)
         }
     };
     check_arrival(path, ctx.ingress_ifindex())?;
@@ -122,7 +122,7 @@ fn later_fragment<C: Packet>(
         return icmp::too_big(ctx, l2, mtu);
     }
     ctx.rewrite(ip, L4::Icmp, 0, Side::Src, vip_addr, None);
-    stats::translated(ctx, Counter::NatReturn, vip, path, Dir::Out);
+    stats::translated(ctx, Counter::NatReturn, rank, path, Dir::Out);
     Ok(forward::finish(ctx, l2, ip, next))
 }
 
@@ -226,7 +226,13 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
         );
     }
     if first_fragment {
-        frag::track(ip, FRAG_DIR_OUT, rev.vip_addr, rev.vip_id, rev.path);
+        frag::track(
+            ip,
+            FRAG_DIR_OUT,
+            rev.vip_addr,
+            (rev.vip_id, rev.vip_rank),
+            rev.path,
+        );
     }
     if let Transport::Tcp(h) = &transport {
         stats::handshake(rev.path, h.flags, Dir::Out);
@@ -240,6 +246,6 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
         rev.vip_addr,
         new_port,
     );
-    stats::translated(ctx, Counter::NatReturn, rev.vip_id, rev.path, Dir::Out);
+    stats::translated(ctx, Counter::NatReturn, rev.vip_rank, rev.path, Dir::Out);
     Ok(forward::finish(ctx, &l2, ip, next))
 }

@@ -7,11 +7,11 @@ use aya_log_ebpf::error;
 use lb_common::{
     Counter,
     counters::Disposition,
-    maps::TrafficStats,
+    maps::{TrafficStats, pair_slot},
     net::{TCP_ACK, TCP_SYN},
 };
 
-use crate::maps::{LB_COUNTERS, LB_PATH_SEEN, LB_PATH_STATS, LB_VIP_STATS};
+use crate::maps::{LB_COUNTERS, LB_PAIR_STATS, LB_PATH_SEEN};
 
 /// A packet the handler dealt with.
 pub enum Verdict {
@@ -103,16 +103,13 @@ fn add(stats: *mut TrafficStats, dir: Dir, bytes: u64) {
     }
 }
 
-/// Counts one translated packet: the `event`, and the whole frame against its VIP and path.
+/// Counts one translated packet: the `event`, and the whole frame in its one traffic slot,
+/// (path `path`, VIP rank `vip_rank`): the VIP's and the path's traffic are sums of those.
 #[inline(always)]
-pub fn translated<C: Packet>(ctx: &C, event: Counter, vip: u32, path: u32, dir: Dir) {
+pub fn translated<C: Packet>(ctx: &C, event: Counter, vip_rank: u8, path: u32, dir: Dir) {
     count(event);
-    let bytes = ctx.len() as u64;
-    if let Some(s) = LB_VIP_STATS.get_ptr_mut(vip) {
-        add(s, dir, bytes);
-    }
-    if let Some(s) = LB_PATH_STATS.get_ptr_mut(path) {
-        add(s, dir, bytes);
+    if let Some(s) = LB_PAIR_STATS.get_ptr_mut(pair_slot(path, vip_rank)) {
+        add(s, dir, ctx.len() as u64);
     }
 }
 

@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use lb_common::maps::{MAX_PATHS, MAX_REV_NAT, MAX_TARGETS, MAX_VIPS};
+use lb_common::maps::{MAX_PATHS, MAX_TARGETS, MAX_VIPS, MAX_VIPS_PER_TARGET};
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::Value;
 
@@ -749,7 +749,7 @@ impl Validator {
         let mut whole_by_target: HashMap<&str, usize> = HashMap::new();
         // (target, protocol, port on the VM): the key replies are translated by.
         let mut service_by_reply: HashMap<(&str, Protocol, u16), usize> = HashMap::new();
-        let mut rev_nat = 0;
+        let mut per_target: HashMap<&str, usize> = HashMap::new();
         let mut vips: Vec<Vip> = Vec::with_capacity(raw_vips.len());
         for (i, raw) in raw_vips.into_iter().enumerate() {
             let at = format!("vips[{i}]");
@@ -794,14 +794,16 @@ impl Validator {
                     service_by_reply.insert(reply, i);
                 }
             }
-            // One reverse-NAT entry per path of the VIP's target.
-            rev_nat += target.paths.len();
-            if rev_nat > MAX_REV_NAT as usize {
+            let served = per_target.entry(&target.name).or_default();
+            *served += 1;
+            if *served > MAX_VIPS_PER_TARGET as usize {
                 return Err(invalid(
                     at,
                     format!(
-                        "more than {MAX_REV_NAT} reverse-NAT entries in all (one per VIP and \
-                         path of its target: the datapath's capacity)"
+                        "target {:?} would serve more than {MAX_VIPS_PER_TARGET} VIPs (the \
+                         datapath counts each VIP's traffic per path in that many columns): \
+                         a whole-address VIP serves every port",
+                        target.name
                     ),
                 ));
             }

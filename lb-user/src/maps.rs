@@ -76,8 +76,7 @@ pub struct Maps {
     addr_filter: Array<MapData, u32>,
     tx_ports: DevMapHash<MapData>,
     counters: PerCpuArray<MapData, u64>,
-    vip_stats: PerCpuArray<MapData, TrafficStats>,
-    path_stats: PerCpuArray<MapData, TrafficStats>,
+    pair_stats: PerCpuArray<MapData, TrafficStats>,
     meta: Array<MapData, ControlMeta>,
     target_meta: Array<MapData, TargetMeta>,
     path_meta: Array<MapData, PathMeta>,
@@ -127,8 +126,7 @@ impl Maps {
             addr_filter: src.get(m::ADDR_FILTER)?,
             tx_ports: src.get(m::TX_PORTS)?,
             counters: src.get(m::COUNTERS)?,
-            vip_stats: src.get(m::VIP_STATS)?,
-            path_stats: src.get(m::PATH_STATS)?,
+            pair_stats: src.get(m::PAIR_STATS)?,
             meta: src.get(m::META)?,
             target_meta: src.get(m::TARGET_META)?,
             path_meta: src.get(m::PATH_META)?,
@@ -480,12 +478,32 @@ impl Maps {
             .collect()
     }
 
-    pub fn vip_stats(&self, id: u32) -> Result<TrafficStats, Error> {
-        sum(op(m::VIP_STATS, "get", self.vip_stats.get(&id, 0))?.iter())
+    /// The traffic of VIP rank `rank` over path `path`, all CPUs.
+    pub fn pair_stats(&self, path: u32, rank: u8) -> Result<TrafficStats, Error> {
+        let slot = m::pair_slot(path, rank);
+        sum(op(m::PAIR_STATS, "get", self.pair_stats.get(&slot, 0))?.iter())
     }
 
-    pub fn path_stats(&self, id: u32) -> Result<TrafficStats, Error> {
-        sum(op(m::PATH_STATS, "get", self.path_stats.get(&id, 0))?.iter())
+    /// A VIP's traffic (rank `rank`): over the paths of its target (`paths`).
+    pub fn vip_stats(
+        &self,
+        rank: u8,
+        paths: impl IntoIterator<Item = u32>,
+    ) -> Result<TrafficStats, Error> {
+        let mut total = TrafficStats::default();
+        for path in paths {
+            total.add(&self.pair_stats(path, rank)?);
+        }
+        Ok(total)
+    }
+
+    /// A path's traffic: over every VIP rank.
+    pub fn path_stats(&self, path: u32) -> Result<TrafficStats, Error> {
+        let mut total = TrafficStats::default();
+        for rank in 0..m::MAX_VIPS_PER_TARGET as u8 {
+            total.add(&self.pair_stats(path, rank)?);
+        }
+        Ok(total)
     }
 }
 

@@ -357,10 +357,10 @@ fn encode_all(
 
     let (mut packets, mut bytes) = (Vec::new(), Vec::new());
     for v in &model.config.vips {
-        let Some(id) = model.ids.vips.get(&crate::model::vip_key(v)) else {
+        if !model.ids.vips.contains_key(&crate::model::vip_key(v)) {
             continue;
-        };
-        let s = maps.vip_stats(*id)?;
+        }
+        let s = crate::view::vip_traffic(maps, model, v)?;
         let service = crate::view::service_label(
             v.service.map(|s| s.protocol.name()),
             v.service.map(|s| s.port),

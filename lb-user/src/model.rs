@@ -12,9 +12,9 @@ use lb_common::{
     maps::{
         ALL_DOWN_DROP, ALL_DOWN_LAST_KNOWN, CONFIG_MODE_ACTIVE_ACTIVE, CONFIG_MODE_FAILOVER,
         EndpointKey, HEALTH_DOWN, HEALTH_UNKNOWN, HEALTH_UP, MAX_PATHS, MAX_TARGETS, MAX_VIPS,
-        PATH_DISABLED, PATH_DOWN, PATH_UP, PathMeta, PathValue, REV_F_SHADOWS_WHOLE, RevValue,
-        TARGET_MODE_RING, TARGET_MODE_SINGLE, TargetMeta, TargetValue, VipInfo, decode_name,
-        encode_name,
+        MAX_VIPS_PER_TARGET, PATH_DISABLED, PATH_DOWN, PATH_UP, PathMeta, PathValue,
+        REV_F_SHADOWS_WHOLE, RevValue, TARGET_MODE_RING, TARGET_MODE_SINGLE, TargetMeta,
+        TargetValue, VipInfo, decode_name, encode_name,
     },
     net::{IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -32,6 +32,8 @@ pub struct Ids {
     pub targets: BTreeMap<String, u32>,
     pub paths: BTreeMap<(String, String), u32>,
     pub vips: BTreeMap<EndpointKey, u32>,
+    /// Each VIP's rank among its target's VIPs: its column in `LB_PAIR_STATS`.
+    pub vip_ranks: BTreeMap<EndpointKey, u8>,
 }
 
 /// Ids for `keys`: what `previous` gave a key it keeps; new keys get the lowest id no kept key
@@ -72,10 +74,34 @@ impl Ids {
             .flat_map(|t| t.paths.iter().map(|p| (t.name.clone(), p.name.clone())))
             .collect();
         let vips: Vec<EndpointKey> = config.vips.iter().map(vip_key).collect();
+        let mut vip_ranks = BTreeMap::new();
+        for t in &config.targets {
+            let keys: Vec<EndpointKey> = config
+                .vips
+                .iter()
+                .filter(|v| v.target == t.name)
+                .map(vip_key)
+                .collect();
+            // What each kept VIP had, unless another of this target's VIPs (one that moved
+            // here from another target) holds it already.
+            let mut kept = BTreeMap::new();
+            let mut taken = BTreeSet::new();
+            for k in &keys {
+                if let Some(&r) = previous.vip_ranks.get(k)
+                    && taken.insert(r)
+                {
+                    kept.insert(*k, u32::from(r));
+                }
+            }
+            for (k, r) in assign_ids(&keys, &kept, MAX_VIPS_PER_TARGET)? {
+                vip_ranks.insert(k, u8::try_from(r).ok()?);
+            }
+        }
         Some(Ids {
             targets: assign_ids(&targets, &previous.targets, MAX_TARGETS)?,
             paths: assign_ids(&paths, &previous.paths, MAX_PATHS)?,
             vips: assign_ids(&vips, &previous.vips, MAX_VIPS)?,
+            vip_ranks,
         })
     }
 
@@ -96,6 +122,7 @@ impl Ids {
         }
         for (id, info) in &t.vips {
             ids.vips.insert(info.key, *id);
+            ids.vip_ranks.insert(info.key, info.rank);
         }
         ids
     }
@@ -647,13 +674,15 @@ impl Model {
             let target_port = v
                 .service
                 .and_then(|s| s.target_port.filter(|tp| *tp != s.port));
+            let rank = self.ids.vip_ranks.get(&key).copied().unwrap_or(0);
             out.vips.insert(
                 vid,
                 VipInfo {
                     key,
                     target: tid,
                     target_port: target_port.unwrap_or(0).to_be_bytes(),
-                    _pad: [0; 2],
+                    rank,
+                    _pad: 0,
                 },
             );
             for p in &t.paths {
@@ -671,6 +700,7 @@ impl Model {
                         vip_addr: v.address.octets(),
                         vip_port: v.service.map_or(0, |s| s.port).to_be_bytes(),
                         flags: 0,
+                        vip_rank: rank,
                         vip_id: vid,
                         path: pid,
                     },

@@ -15,7 +15,7 @@ use lb_common::{
 use serde::Serialize;
 
 use crate::{
-    config::{AllDown, Mode},
+    config::{AllDown, Mode, Vip},
     dataplane::Error,
     health::Health,
     maps::Maps,
@@ -322,6 +322,19 @@ pub struct PathTraffic {
     pub traffic: Traffic,
 }
 
+/// VIP `v`'s traffic: its column of `LB_PAIR_STATS` over its target's paths.
+pub fn vip_traffic(maps: &Maps, model: &Model, v: &Vip) -> Result<TrafficStats, Error> {
+    let key = vip_key(v);
+    let rank = model.ids.vip_ranks.get(&key).copied().unwrap_or(0);
+    let paths = model
+        .ids
+        .paths
+        .iter()
+        .filter(|((target, _), _)| *target == v.target)
+        .map(|(_, id)| *id);
+    maps.vip_stats(rank, paths)
+}
+
 pub fn stats(maps: &Maps) -> Result<Stats, Error> {
     let (model, _) = model(maps)?;
     let counters = maps
@@ -331,15 +344,15 @@ pub fn stats(maps: &Maps) -> Result<Stats, Error> {
         .collect();
     let mut vips = Vec::new();
     for v in &model.config.vips {
-        let Some(id) = model.ids.vips.get(&vip_key(v)) else {
+        if !model.ids.vips.contains_key(&vip_key(v)) {
             continue;
-        };
+        }
         vips.push(VipTraffic {
             address: v.address,
             protocol: v.service.map(|s| s.protocol.name()),
             port: v.service.map(|s| s.port),
             target: v.target.clone(),
-            traffic: maps.vip_stats(*id)?.into(),
+            traffic: vip_traffic(maps, &model, v)?.into(),
         });
     }
     let mut paths = Vec::new();

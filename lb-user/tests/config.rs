@@ -1114,16 +1114,20 @@ fn too_many_vips() {
     );
 }
 
+/// Each VIP of a target has its own column of traffic counters: 16 fit, the 17th does not
+/// (and with it the reverse-NAT table can never overflow: 16 × 1024 paths is its size).
 #[test]
-fn too_many_reverse_nat_entries() {
-    // 8 paths × 2049 services = 16392 > 16384.
-    let vips: Vec<Value> = (0..2049)
+fn too_many_vips_on_one_target() {
+    let vips: Vec<Value> = (0..17)
         .map(|i| json!({ "address": "203.0.113.1", "protocol": "tcp", "port": i + 1, "target": "t" }))
         .collect();
+    let mut sixteen = config_with(2, json!(vips));
+    sixteen["vips"].as_array_mut().expect("a list").pop();
+    accepts(&sixteen.to_string());
     rejects(
-        &config_with(8, json!(vips)).to_string(),
-        "vips[2048]",
-        "more than 16384 reverse-NAT entries in all",
+        &config_with(2, json!(vips)).to_string(),
+        "vips[16]",
+        "target \"t\" would serve more than 16 VIPs",
     );
 }
 

@@ -467,6 +467,72 @@ fn a_reused_vip_id_drops_its_old_key_first() {
 
 // ---- 3. Ids across a reload. ----
 
+/// Guards the traffic columns (`LB_PAIR_STATS`): a VIP keeps its rank among its target's VIPs
+/// across a reload, a new VIP takes the lowest rank free on its target, and a VIP that moves
+/// to a target where its rank is taken gets another: two VIPs of one target never share a
+/// column, so neither's traffic counts as the other's. The tables carry the rank in the VIP's
+/// info and in every reverse-NAT entry of it.
+#[test]
+fn vip_ranks_are_kept_per_target_and_never_shared() {
+    let a = model_a();
+    let rank = |m: &Model, address: &str, service: Service| m.ids.vip_ranks[&key(address, service)];
+    assert_eq!(rank(&a, "203.0.113.10", None), 0);
+    assert_eq!(rank(&a, "203.0.113.11", Some((IPPROTO_TCP, 443))), 1);
+    assert_eq!(rank(&a, "203.0.113.20", Some((IPPROTO_UDP, 53))), 0);
+
+    // .10 leaves web; .20 moves from api to web, where its rank 0 is free now; a new VIP on
+    // web takes the lowest rank left.
+    let b = Model::new(
+        config_a()
+            .without_vip("203.0.113.10")
+            .without_vip("203.0.113.20")
+            .service("203.0.113.20", "udp", 53, None, "web")
+            .service("203.0.113.40", "udp", 123, None, "web")
+            .config(),
+        &a,
+    )
+    .expect("fits");
+    assert_eq!(rank(&b, "203.0.113.11", Some((IPPROTO_TCP, 443))), 1);
+    assert_eq!(rank(&b, "203.0.113.20", Some((IPPROTO_UDP, 53))), 0);
+    assert_eq!(rank(&b, "203.0.113.40", Some((IPPROTO_UDP, 123))), 2);
+
+    // Back: .20 returns to api (rank 0 there); .10 comes back to web, where rank 0 is .20's
+    // no more, .11 keeps 1 and .40 keeps 2.
+    let c = Model::new(
+        config_a()
+            .service("203.0.113.40", "udp", 123, None, "web")
+            .config(),
+        &b,
+    )
+    .expect("fits");
+    let mut per_target: BTreeMap<String, BTreeSet<u8>> = BTreeMap::new();
+    for v in &c.config.vips {
+        let r = c.ids.vip_ranks[&lb_user::model::vip_key(v)];
+        assert!(
+            per_target.entry(v.target.clone()).or_default().insert(r),
+            "rank {r} twice on {}",
+            v.target
+        );
+    }
+    assert_eq!(rank(&c, "203.0.113.11", Some((IPPROTO_TCP, 443))), 1);
+    assert_eq!(rank(&c, "203.0.113.40", Some((IPPROTO_UDP, 123))), 2);
+
+    let t = c.tables();
+    for v in &c.config.vips {
+        let k = lb_user::model::vip_key(v);
+        let (id, r) = (c.ids.vips[&k], c.ids.vip_ranks[&k]);
+        assert_eq!(t.vips[&id].rank, r);
+        let revs: Vec<_> = t.rev_nat.values().filter(|rv| rv.vip_id == id).collect();
+        assert!(!revs.is_empty());
+        assert!(revs.iter().all(|rv| rv.vip_rank == r));
+    }
+    // The pinned tables give the ranks back (a restart keeps them).
+    assert_eq!(
+        lb_user::model::Ids::from_tables(&t).vip_ranks,
+        c.ids.vip_ranks
+    );
+}
+
 /// Guards id stability: a reload keeps the id of every target, path and VIP it keeps (flows
 /// and counters are by id), in whatever order the file lists them, and gives new ones the
 /// lowest ids not held by a kept one: a removed id is reused at once (here path 3 and VIP 1).
@@ -497,6 +563,13 @@ fn ids_are_kept_across_a_reload_and_freed_ids_reused() {
             (key("203.0.113.10", None), 0),
             (key("203.0.113.20", Some((IPPROTO_UDP, 53))), 2),
             (key("203.0.113.30", Some((IPPROTO_TCP, 5432))), 1),
+        ]
+        .into(),
+        // One VIP left on each target.
+        vip_ranks: [
+            (key("203.0.113.10", None), 0),
+            (key("203.0.113.20", Some((IPPROTO_UDP, 53))), 0),
+            (key("203.0.113.30", Some((IPPROTO_TCP, 5432))), 0),
         ]
         .into(),
     };
@@ -763,6 +836,7 @@ fn reverse_nat_entries() {
                     } else {
                         0
                     },
+                    vip_rank: m.ids.vip_ranks[&key(address, service)],
                     vip_id: vid,
                     path: pid,
                 },

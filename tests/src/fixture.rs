@@ -435,6 +435,7 @@ impl Fx {
                     vip_addr: vip.octets(),
                     vip_port,
                     flags: if shadows { REV_F_SHADOWS_WHOLE } else { 0 },
+                    vip_rank: Self::rank(id),
                     vip_id: id,
                     path: *path,
                 },
@@ -446,7 +447,8 @@ impl Fx {
                 key: EndpointKey::new(vip, service),
                 target,
                 target_port: target_port.unwrap_or(0).to_be_bytes(),
-                _pad: [0; 2],
+                rank: Self::rank(id),
+                _pad: 0,
             },
         )?;
         self.add_addr(vip, lb_common::maps::ADDR_VIP)
@@ -610,8 +612,22 @@ impl Fx {
         Ok(())
     }
 
+    /// The rank the fixture gives VIP `id` among its target's VIPs (fixture ids are small).
+    pub fn rank(id: u32) -> u8 {
+        (id % lb_common::maps::MAX_VIPS_PER_TARGET) as u8
+    }
+
+    /// VIP `id`'s traffic, over every path of its target.
     pub fn vip_stats(&self, id: u32) -> anyhow::Result<TrafficStats> {
-        Ok(self.dp.maps.vip_stats(id)?)
+        let maps = &self.dp.maps;
+        let info = maps.vip(id)?;
+        let mut paths = Vec::new();
+        for p in 0..lb_common::maps::MAX_PATHS {
+            if maps.path(p)?.target == info.target {
+                paths.push(p);
+            }
+        }
+        Ok(maps.vip_stats(info.rank, paths)?)
     }
 
     pub fn path_stats(&self, id: u32) -> anyhow::Result<TrafficStats> {
