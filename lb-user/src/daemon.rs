@@ -464,12 +464,14 @@ impl Daemon {
             transition,
             history,
         } = ev;
-        *self.snap.probes.entry(path_id).or_default() += 1;
-        self.shared.store(Arc::new(self.snap.clone()));
+        if result.is_some() {
+            *self.snap.probes.entry(path_id).or_default() += 1;
+            self.shared.store(Arc::new(self.snap.clone()));
+        }
         let Some(s) = self.model.paths.get_mut(&path_id) else {
             return;
         };
-        if let Some(rtt) = result.rtt.filter(|_| result.ok) {
+        if let Some(rtt) = result.as_ref().filter(|r| r.ok).and_then(|r| r.rtt) {
             s.rtt = Some(rtt);
             self.dirty = true;
         }
@@ -502,7 +504,11 @@ impl Daemon {
         };
         info!(
             "{target}/{path}: {from} → {} ({}; probe: {}; history {history}){decision}; decision to map write {written:?}",
-            transition.to, transition.reason, result.detail
+            transition.to,
+            transition.reason,
+            result
+                .as_ref()
+                .map_or("none answered", |r| r.detail.as_str())
         );
         *self.snap.transitions.entry(path_id).or_default() += 1;
         self.publish();

@@ -8,7 +8,7 @@ use std::{collections::VecDeque, fmt, future::Future, time::Duration};
 
 use tokio::{
     sync::mpsc,
-    time::{self, MissedTickBehavior},
+    time::{self, Instant, MissedTickBehavior},
 };
 
 /// The health of one path, once known.
@@ -43,7 +43,8 @@ pub const HISTORY_LEN: usize = 16;
 /// The rise/fall state machine of one path.
 ///
 /// With a known state, `rise` consecutive successes bring a down path up and `fall` consecutive
-/// failures bring an up path down. A result that agrees with the current state resets the
+/// failures bring an up path down; so does the hold timer [`monitor`] keeps
+/// ([`HealthTracker::hold_expired`]). A result that agrees with the current state resets the
 /// count, so a probe that flaps (ok, fail, ok, ...) never changes a known state unless `rise` or
 /// `fall` is 1.
 ///
@@ -85,6 +86,26 @@ impl HealthTracker {
             .iter()
             .map(|&ok| if ok { '+' } else { '-' })
             .collect()
+    }
+
+    /// The `fall` in force.
+    pub fn fall(&self) -> u32 {
+        self.fall
+    }
+
+    /// No probe has succeeded for the hold time (BFD's detection time): an up path goes down,
+    /// with `reason`. Anything else is left as it is.
+    pub fn hold_expired(&mut self, reason: String) -> Option<Transition> {
+        if self.state != Some(Health::Up) {
+            return None;
+        }
+        self.state = Some(Health::Down);
+        self.streak = 0;
+        Some(Transition {
+            from: Some(Health::Up),
+            to: Health::Down,
+            reason,
+        })
     }
 
     /// Takes one probe result; returns the transition it causes, if any.
@@ -149,10 +170,11 @@ pub struct ProbeResult {
 /// What [`monitor`] reports to the daemon.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// One probe result of path `path_id`, sent for every probe (the daemon keeps the RTTs).
+    /// One probe result of path `path_id`, sent for every probe (the daemon keeps the RTTs), or
+    /// the hold timer's expiry (`result` `None`).
     Probe {
         path_id: u32,
-        result: ProbeResult,
+        result: Option<ProbeResult>,
         /// The state after this result (always known once a result has been seen).
         state: Health,
         /// `Some` when this result changed the state: the daemon recomputes its decisions.
@@ -170,8 +192,15 @@ pub enum Event {
 /// overruns delays the grid ([`MissedTickBehavior::Delay`]): the next probe starts as soon as the
 /// late one ends and the grid restarts from there, so probes never pile up.
 ///
-/// Timing under a fake instantaneous probe: a path that starts failing at time T (a tick) is
-/// reported down by the probe at T + (fall - 1) × interval, and up again likewise with `rise`.
+/// Down, two ways, whichever comes first:
+/// - **the hold timer** (BFD's detection time): no probe has succeeded for `fall × interval`,
+///   counted from the time the last successful probe was *sent* (or from the start, for a path
+///   that starts up). A path that fails just after a successful probe left is down `fall ×
+///   interval` later at worst, whatever the probe timeout: the budget is the worst case;
+/// - `fall` consecutive failed results (a refusal or an error answers faster than a timeout).
+///
+/// Up: `rise` consecutive successes. At a tie, a result is taken before the timer: an answer is
+/// evidence of life.
 ///
 /// An `interval` of zero is taken as 1 ms (tokio's interval panics on zero; the configuration
 /// should never give one).
@@ -185,28 +214,65 @@ pub async fn monitor<F, Fut>(
     F: FnMut() -> Fut,
     Fut: Future<Output = ProbeResult>,
 {
-    let mut ticks = time::interval(interval.max(Duration::from_millis(1)));
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        // Stop waiting (for the tick or a slow probe) as soon as nobody listens.
-        let result = tokio::select! {
-            _ = tx.closed() => return,
-            result = async {
-                ticks.tick().await;
-                probe().await
-            } => result,
-        };
-        let (state, transition) = tracker.record(result.ok);
-        let event = Event::Probe {
-            path_id,
-            result,
-            state,
-            transition,
-            history: tracker.history(),
-        };
-        if tx.send(event).await.is_err() {
-            return;
+    let interval = interval.max(Duration::from_millis(1));
+    let hold = interval.saturating_mul(tracker.fall());
+    let (results_tx, mut results) = mpsc::channel::<(Instant, ProbeResult)>(1);
+    // The probes, on their grid; each result with the time its probe was sent.
+    let prober = async move {
+        let mut ticks = time::interval(interval);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let sent = Instant::now();
+            let result = probe().await;
+            if results_tx.send((sent, result)).await.is_err() {
+                return;
+            }
         }
+    };
+    // The state: results as they come, and the hold timer between them.
+    let decider = async {
+        let mut last_ok = Instant::now();
+        loop {
+            let armed = tracker.state() == Some(Health::Up);
+            let (result, transition) = tokio::select! {
+                biased;
+                _ = tx.closed() => return,
+                got = results.recv() => {
+                    let Some((sent, result)) = got else { return };
+                    if result.ok {
+                        last_ok = last_ok.max(sent);
+                    }
+                    let (_, transition) = tracker.record(result.ok);
+                    (Some(result), transition)
+                }
+                _ = time::sleep_until(last_ok + hold), if armed => {
+                    let reason = format!(
+                        "no successful probe for {hold:?} (fall {} × interval {interval:?})",
+                        tracker.fall()
+                    );
+                    (None, tracker.hold_expired(reason))
+                }
+            };
+            let Some(state) = tracker.state() else {
+                continue;
+            };
+            let event = Event::Probe {
+                path_id,
+                result,
+                state,
+                transition,
+                history: tracker.history(),
+            };
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        () = prober => {}
+        () = decider => {}
     }
 }
 
@@ -312,6 +378,7 @@ mod tests {
     }
 
     const SECOND: Duration = Duration::from_secs(1);
+    const MS: Duration = Duration::from_millis(1);
 
     /// Runs [`monitor`] with a fake instantaneous probe that fails for virtual times in
     /// `failing` (from the start of the test), until `events` results have been seen; returns
@@ -367,6 +434,7 @@ mod tests {
             history,
         } = first;
         assert_eq!(*path_id, 7);
+        let result = result.as_ref().expect("a probe's result");
         assert!(!result.ok);
         assert_eq!(result.detail, "timed out");
         assert_eq!(*state, Health::Down);
@@ -411,6 +479,7 @@ mod tests {
         // Every result is reported, with its RTT when there is one.
         assert_eq!(events.len(), 16);
         for (at, Event::Probe { result, .. }) in &events {
+            let result = result.as_ref().expect("every event a probe's result");
             assert_eq!(result.ok, !failing(*at));
             assert_eq!(result.rtt.is_some(), result.ok);
         }
@@ -476,7 +545,8 @@ mod tests {
             1,
             SECOND,
             probe,
-            HealthTracker::new(1, 1, None),
+            // A hold time (fall × interval) longer than the slow probe: grid timing alone.
+            HealthTracker::new(1, 100, None),
             tx,
         ));
         for _ in 0..5 {
@@ -487,6 +557,110 @@ mod tests {
         let starts: Vec<_> = starts.lock().expect("not poisoned").clone();
         let ms: Vec<_> = starts.iter().map(Duration::as_millis).collect();
         assert_eq!(ms[..5], [0, 1000, 3500, 4500, 5500]);
+    }
+
+    /// Probes that fail by timing out (`timeout` after they were sent): the events and when
+    /// each came, for a path that fails from `fails_at` on.
+    async fn run_timing_out(
+        fall: u32,
+        timeout: Duration,
+        fails_at: Duration,
+        events: usize,
+    ) -> Vec<(Duration, Event)> {
+        let start = Instant::now();
+        let probe = move || {
+            let ok = start.elapsed() < fails_at;
+            async move {
+                if !ok {
+                    time::sleep(timeout).await;
+                }
+                ProbeResult {
+                    ok,
+                    rtt: ok.then_some(Duration::from_millis(1)),
+                    detail: if ok { "connected" } else { "timed out" }.into(),
+                }
+            }
+        };
+        let (tx, mut rx) = mpsc::channel(4);
+        let tracker = HealthTracker::new(2, fall, Some(Health::Up));
+        let task = tokio::spawn(monitor(7, SECOND, probe, tracker, tx));
+        let mut seen = Vec::new();
+        while seen.len() < events {
+            let event = rx.recv().await.expect("monitor runs until rx is dropped");
+            seen.push((start.elapsed(), event));
+        }
+        drop(rx);
+        task.await.expect("monitor ends once rx is dropped");
+        seen
+    }
+
+    /// Guards the hold timer: a path whose probes time out is down `fall × interval` after the
+    /// last successful probe was sent, wherever the failure falls between two probes, never
+    /// later: the budget is the worst case (counting three timed-out results would have taken
+    /// it down at 7.8 s, 3.8 s after the last success). The hold expiry carries no result.
+    #[tokio::test(start_paused = true)]
+    async fn monitor_hold_timer_takes_a_path_down_within_fall_intervals() {
+        let timeout = Duration::from_millis(800);
+        for fails_at_ms in [4001, 4500, 4999] {
+            let fails_at = Duration::from_millis(fails_at_ms);
+            // Successes at 0..=4 s, failures reported at 5.8 and 6.8 s, the hold expiry at 7 s.
+            let events = run_timing_out(3, timeout, fails_at, 8).await;
+            let down = transitions(&events);
+            assert_eq!(down.len(), 1, "{fails_at_ms}: {down:?}");
+            let (at, t) = &down[0];
+            assert_eq!(*at, 7 * SECOND, "{fails_at_ms}");
+            assert!(
+                *at - fails_at <= 3 * SECOND,
+                "{fails_at_ms}: past the budget"
+            );
+            assert_eq!((t.from, t.to), (Some(Health::Up), Health::Down));
+            assert_eq!(
+                t.reason,
+                "no successful probe for 3s (fall 3 × interval 1s)"
+            );
+            let hold_event = events
+                .iter()
+                .find(|(_, e)| {
+                    matches!(
+                        e,
+                        Event::Probe {
+                            transition: Some(_),
+                            ..
+                        }
+                    )
+                })
+                .map(|(_, e)| e.clone());
+            let Some(Event::Probe { result, state, .. }) = hold_event else {
+                unreachable!("a transition was found above")
+            };
+            assert_eq!((result, state), (None, Health::Down));
+        }
+    }
+
+    /// The failures go on being reported once the path is down, and a path that recovers comes
+    /// back with `rise` successes; the timer is not armed while the path is down.
+    #[tokio::test(start_paused = true)]
+    async fn monitor_after_the_hold_timer_results_go_on() {
+        let events = run_timing_out(2, Duration::from_millis(300), 2500 * MS, 8).await;
+        // Successes at 0, 1, 2 s; down at 2 + 2 = 4 s; failures reported at 3.3, 4.3, ... s.
+        let down = transitions(&events);
+        assert_eq!(down.len(), 1);
+        assert_eq!(down[0].0, 4 * SECOND);
+        let after: Vec<_> = events
+            .iter()
+            .filter(|(at, _)| *at > 4 * SECOND)
+            .map(|(at, e)| {
+                let Event::Probe { result, state, .. } = e;
+                (at.as_millis(), result.as_ref().map(|r| r.ok), *state)
+            })
+            .collect();
+        assert_eq!(
+            after[..2],
+            [
+                (4300, Some(false), Health::Down),
+                (5300, Some(false), Health::Down)
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]
