@@ -149,8 +149,9 @@ pub struct Probe {
     pub kind: ProbeKind,
     /// From the start of one probe to the start of the next.
     pub interval: Duration,
-    /// At most `interval`: a probe ends before the next starts.
-    pub timeout: Duration,
+    /// At most `interval`: a probe ends before the next starts. `None`: adapted to the path's
+    /// measured round trip (`probe::ProbeTimeout`).
+    pub timeout: Option<Duration>,
     /// Consecutive successes that bring a down path up.
     pub rise: u32,
     /// Consecutive failures that bring an up path down.
@@ -357,7 +358,6 @@ const MAX_RISE_FALL: u32 = 100;
 const MIN_INTERVAL_MS: u64 = 10;
 const DEFAULT_INTERVAL: Duration = Duration::from_millis(1000);
 /// Also capped by the interval.
-const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
 const DEFAULT_RISE: u32 = 2;
 const DEFAULT_FALL: u32 = 3;
 const DEFAULT_HTTP_PORT: u16 = 80;
@@ -1182,10 +1182,13 @@ fn check_probe(at: &str, raw: RawProbe, base: Option<&Probe>) -> Result<Probe, C
                 "0: a probe needs time to be answered",
             ));
         }
-        Some(ms) => Duration::from_millis(ms),
-        None => base.map_or(DEFAULT_TIMEOUT, |b| b.timeout).min(interval),
+        Some(ms) => Some(Duration::from_millis(ms)),
+        // An inherited one is capped by this interval; none at all adapts to the round trip.
+        None => base.and_then(|b| b.timeout).map(|t| t.min(interval)),
     };
-    if timeout > interval {
+    if let Some(timeout) = timeout
+        && timeout > interval
+    {
         let (i, t) = (interval.as_millis(), timeout.as_millis());
         return Err(match interval_ms {
             Some(_) => invalid(
@@ -1347,14 +1350,15 @@ mod tests {
             Probe {
                 kind: ProbeKind::Icmp,
                 interval: Duration::from_secs(1),
-                timeout: Duration::from_millis(500),
+                timeout: None,
                 rise: 2,
                 fall: 3,
             }
         );
-        // The default timeout is capped by the interval.
-        let p = probe(r#"{"interval_ms": 200}"#, None).expect("valid");
-        assert_eq!(p.timeout, Duration::from_millis(200));
+        // An inherited timeout is capped by the interval.
+        let base = probe(r#"{"timeout_ms": 500}"#, None).expect("valid");
+        let p = probe(r#"{"interval_ms": 200}"#, Some(&base)).expect("valid");
+        assert_eq!(p.timeout, Some(Duration::from_millis(200)));
     }
 
     #[test]

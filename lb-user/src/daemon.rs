@@ -31,7 +31,7 @@ use crate::{
     metrics,
     model::Model,
     policy::Decision,
-    probe::{ProbeSpec, Prober},
+    probe::{ProbeSpec, ProbeTimeout, Prober},
     tables::{Tables, apply},
 };
 
@@ -54,6 +54,8 @@ pub struct Options {
 struct ProbeTask {
     spec: ProbeSpec,
     interval: Duration,
+    /// The configured timeout (`None`: adaptive).
+    timeout: Option<Duration>,
     handle: JoinHandle<()>,
 }
 
@@ -411,21 +413,24 @@ impl Daemon {
                             p.probe.interval,
                             p.probe.rise,
                             p.probe.fall,
+                            p.probe.timeout,
                         ),
                     );
                 }
             }
         }
         self.probes.retain(|id, task| {
-            let keep = wanted.get(id).is_some_and(|(spec, interval, ..)| {
-                *spec == task.spec && *interval == task.interval
-            });
+            let keep = wanted
+                .get(id)
+                .is_some_and(|(spec, interval, _, _, timeout)| {
+                    *spec == task.spec && *interval == task.interval && *timeout == task.timeout
+                });
             if !keep {
                 task.handle.abort();
             }
             keep
         });
-        for (id, (spec, interval, rise, fall)) in wanted {
+        for (id, (spec, interval, rise, fall, configured)) in wanted {
             if self.probes.contains_key(&id) {
                 continue;
             }
@@ -433,10 +438,23 @@ impl Daemon {
             let tracker = HealthTracker::new(rise, fall, initial);
             let prober = self.prober.clone();
             let probe_spec = spec.clone();
+            let timeout = Arc::new(std::sync::Mutex::new(ProbeTimeout::new(
+                configured, interval,
+            )));
             let probe = move || {
                 let prober = prober.clone();
-                let spec = probe_spec.clone();
-                async move { prober.probe(&spec).await }
+                let timeout = Arc::clone(&timeout);
+                let mut spec = probe_spec.clone();
+                spec.timeout = timeout.lock().map_or(spec.timeout, |t| t.current());
+                async move {
+                    let result = prober.probe(&spec).await;
+                    if let (true, Some(rtt)) = (result.ok, result.rtt)
+                        && let Ok(mut t) = timeout.lock()
+                    {
+                        t.sample(rtt);
+                    }
+                    result
+                }
             };
             let handle = tokio::spawn(crate::health::monitor(
                 id,
@@ -450,6 +468,7 @@ impl Daemon {
                 ProbeTask {
                     spec,
                     interval,
+                    timeout: configured,
                     handle,
                 },
             );

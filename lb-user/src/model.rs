@@ -331,7 +331,7 @@ impl Model {
         let placeholder_probe = crate::config::Probe {
             kind: crate::config::ProbeKind::Icmp,
             interval: Duration::from_secs(1),
-            timeout: Duration::from_millis(500),
+            timeout: None,
             rise: 2,
             fall: 3,
         };

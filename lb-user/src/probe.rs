@@ -82,7 +82,7 @@ impl ProbeSpec {
         } = path;
         let Probe {
             kind,
-            interval: _,
+            interval,
             timeout,
             rise: _,
             fall: _,
@@ -92,8 +92,60 @@ impl ProbeSpec {
             address: *address,
             source: *source,
             interface: interface.clone(),
-            timeout: *timeout,
+            timeout: ProbeTimeout::new(*timeout, *interval).current(),
         }
+    }
+}
+
+/// The timeout of one path's probes: the configured one, or one adapted to the path's round
+/// trip as TCP adapts its retransmission timeout (RFC 6298: `srtt + 4 × rttvar`, from the RTTs
+/// of successful probes), kept within [1 ms, interval]. Until the first success it is the
+/// interval. A path whose round trip grows keeps up (the variance term widens the timeout);
+/// the hold timer, not the timeout, bounds how long a dead path goes unnoticed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeTimeout {
+    fixed: Option<Duration>,
+    max: Duration,
+    srtt: Option<Duration>,
+    rttvar: Duration,
+}
+
+impl ProbeTimeout {
+    const MIN: Duration = Duration::from_millis(1);
+
+    /// `fixed`: the configured timeout (`None`: adaptive); `interval`: the probe interval.
+    pub fn new(fixed: Option<Duration>, interval: Duration) -> Self {
+        Self {
+            fixed,
+            max: interval.max(Self::MIN),
+            srtt: None,
+            rttvar: Duration::ZERO,
+        }
+    }
+
+    /// The timeout for the next probe.
+    pub fn current(&self) -> Duration {
+        if let Some(fixed) = self.fixed {
+            return fixed;
+        }
+        match self.srtt {
+            None => self.max,
+            Some(srtt) => (srtt + 4 * self.rttvar).clamp(Self::MIN, self.max),
+        }
+    }
+
+    /// Takes the RTT of a successful probe.
+    pub fn sample(&mut self, rtt: Duration) {
+        self.srtt = Some(match self.srtt {
+            None => {
+                self.rttvar = rtt / 2;
+                rtt
+            }
+            Some(srtt) => {
+                self.rttvar = (3 * self.rttvar + srtt.abs_diff(rtt)) / 4;
+                (7 * srtt + rtt) / 8
+            }
+        });
     }
 }
 
@@ -768,6 +820,42 @@ mod tests {
     const PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 7);
     const IDENT: u16 = 0x1234;
     const NONCE: u64 = 0xdead_beef_0000_0000;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Guards the adaptive timeout (RFC 6298's estimator): the interval until a first success,
+    /// then srtt + 4 × rttvar, which narrows towards the RTT while it is steady, widens at once
+    /// when it jumps, and stays within [1 ms, interval]; a configured timeout never moves.
+    #[test]
+    fn probe_timeout_adapts_to_the_round_trip_within_bounds() {
+        let interval = 100 * MS;
+        let mut t = ProbeTimeout::new(None, interval);
+        assert_eq!(t.current(), interval);
+        t.sample(10 * MS);
+        // srtt 10, rttvar 5.
+        assert_eq!(t.current(), 30 * MS);
+        for _ in 0..40 {
+            t.sample(10 * MS);
+        }
+        let steady = t.current();
+        assert!(steady >= 10 * MS && steady < 11 * MS, "{steady:?}");
+        // A jump to 40 ms widens it past the new RTT at once.
+        t.sample(40 * MS);
+        assert!(t.current() > 40 * MS, "{:?}", t.current());
+        // Bounds.
+        let mut slow = ProbeTimeout::new(None, interval);
+        slow.sample(90 * MS);
+        assert_eq!(slow.current(), interval);
+        let mut fast = ProbeTimeout::new(None, interval);
+        for _ in 0..40 {
+            fast.sample(Duration::from_micros(50));
+        }
+        assert_eq!(fast.current(), MS);
+        // Configured: fixed.
+        let mut fixed = ProbeTimeout::new(Some(80 * MS), interval);
+        fixed.sample(MS);
+        assert_eq!(fixed.current(), 80 * MS);
+    }
 
     /// The reply a host sends to `request` (type 0, checksum recomputed) inside an IPv4 header
     /// from `from`, as a raw socket delivers it.

@@ -99,7 +99,7 @@ fn example_parses_into_the_model() {
     let target_probe = Probe {
         kind: ProbeKind::Tcp { port: 22 },
         interval: Duration::from_millis(100),
-        timeout: Duration::from_millis(80),
+        timeout: Some(Duration::from_millis(80)),
         rise: 2,
         fall: 3,
     };
@@ -136,7 +136,7 @@ fn example_parses_into_the_model() {
                     probe: Probe {
                         kind: ProbeKind::Icmp,
                         interval: Duration::from_millis(50),
-                        timeout: Duration::from_millis(50),
+                        timeout: Some(Duration::from_millis(50)),
                         rise: 2,
                         fall: 3,
                     },
@@ -203,7 +203,8 @@ fn defaults() {
     let default_probe = Probe {
         kind: ProbeKind::Icmp,
         interval: Duration::from_millis(1000),
-        timeout: Duration::from_millis(500),
+        // Not given: adapted to the round trip.
+        timeout: None,
         rise: 2,
         fall: 3,
     };
@@ -290,7 +291,7 @@ fn override_of_a_tcp_port_and_timeout() {
     });
     let probe = &accepts(&text).targets[0].paths[0].probe;
     assert_eq!(probe.kind, ProbeKind::Tcp { port: 2222 });
-    assert_eq!(probe.timeout, Duration::from_millis(100));
+    assert_eq!(probe.timeout, Some(Duration::from_millis(100)));
     assert_eq!(probe.interval, Duration::from_millis(100));
 }
 
