@@ -56,6 +56,8 @@ struct ProbeTask {
     interval: Duration,
     /// The configured timeout (`None`: adaptive).
     timeout: Option<Duration>,
+    rise: u32,
+    fall: u32,
     handle: JoinHandle<()>,
 }
 
@@ -420,10 +422,19 @@ impl Daemon {
             }
         }
         self.probes.retain(|id, task| {
+            // Anything the probe task was started with: a reload that changes only rise or fall
+            // restarts it too (its tracker starts from the path's known state).
             let keep = wanted
                 .get(id)
-                .is_some_and(|(spec, interval, _, _, timeout)| {
-                    *spec == task.spec && *interval == task.interval && *timeout == task.timeout
+                .is_some_and(|(spec, interval, rise, fall, timeout)| {
+                    (spec, *interval, *rise, *fall, *timeout)
+                        == (
+                            &task.spec,
+                            task.interval,
+                            task.rise,
+                            task.fall,
+                            task.timeout,
+                        )
                 });
             if !keep {
                 task.handle.abort();
@@ -469,6 +480,8 @@ impl Daemon {
                     spec,
                     interval,
                     timeout: configured,
+                    rise,
+                    fall,
                     handle,
                 },
             );

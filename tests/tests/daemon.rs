@@ -237,6 +237,44 @@ fn restart_refuses_another_layout_unless_replace() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Guards reloads of probe counts: a reload that changes only `rise` and `fall` takes effect
+/// (the probes used to keep the counts they started with). With fall 100 at 50 ms, nn1 would
+/// stay up for 5 s after the blackhole; with the reloaded fall 2, 100 ms.
+fn reload_applies_new_rise_and_fall() -> anyhow::Result<()> {
+    let probe = |fall: u32| {
+        format!(
+            r#"{{ "type": "tcp", "port": 8080, "interval_ms": 50, "timeout_ms": 40, "rise": 2, "fall": {fall} }}"#
+        )
+    };
+    let (topo, _srv, d) = setup(&config(&probe(100), "", WHOLE_VIP))?;
+    d.write_config(&config(&probe(2), "", WHOLE_VIP))?;
+    d.lb(&["reload"])?;
+    let deadline = std::time::Instant::now() + T;
+    while d.log_text().matches("configuration applied").count() < 2 {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "reload not applied:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    topo.fail(1, Failure::Blackhole)?;
+    let took = d.wait_status(Duration::from_secs(3), |s| {
+        active(s, "web").as_deref() == Some("nn2")
+    })?;
+    ensure!(
+        took < Duration::from_millis(100 + 50 + 40 + 300),
+        "failover took {took:?}: the reloaded fall is not in force\n{}",
+        d.log_text()
+    );
+    let log = d.log_text();
+    ensure!(
+        log.contains("web/nn1: up → down (no successful probe for 100ms (fall 2 × interval 50ms)"),
+        "the transition names the reloaded fall:\n{log}"
+    );
+    Ok(())
+}
+
 fn reload_adds_and_removes_vips_without_loss() -> anyhow::Result<()> {
     let svc = |addr: &str, port: u16| {
         format!(
@@ -1048,6 +1086,10 @@ fn main() {
             (
                 "reload_adds_and_removes_vips_without_loss",
                 reload_adds_and_removes_vips_without_loss,
+            ),
+            (
+                "reload_applies_new_rise_and_fall",
+                reload_applies_new_rise_and_fall,
             ),
             ("cli_json_matches_the_traffic", cli_json_matches_the_traffic),
             ("drain_survives_restart", drain_survives_restart),
