@@ -107,6 +107,11 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
     if opts.xdp_mode == AttachMode::Skb {
         bail!("--xdp-mode skb: {}", crate::dataplane::GENERIC_XDP_REFUSED);
     }
+    // Before anything is touched: a SIGHUP or SIGUSR1 during start-up waits for the loop (their
+    // default action would kill the daemon mid-apply). The caller installs SIGTERM's and
+    // SIGINT's the same way, before calling.
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     let config = load_config(&opts.config)?;
     let pin = PinDir::new(&opts.pin_dir);
     let (mut dp, origin) = Dataplane::install(
@@ -176,8 +181,6 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
             .with_context(|| format!("starting the metrics endpoint on {addr}"))?;
     }
 
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     let mut flush = tokio::time::interval(Duration::from_secs(1));
     let mut sweeping: Option<Sweep> = None;
     tokio::pin!(shutdown);

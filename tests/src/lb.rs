@@ -76,6 +76,17 @@ impl Daemon {
     /// Writes `config` and starts `lb run` in `edge`, waiting (bounded) until it has applied
     /// the configuration.
     pub fn start(edge: &Netns, config: &str, extra: &[&str]) -> anyhow::Result<Daemon> {
+        Self::start_signalled(edge, config, extra, None)
+    }
+
+    /// [`Daemon::start`], sending `signal` to the daemon as soon as its log shows `marker`, while
+    /// it is still starting (`at`: `(marker, signal)`).
+    pub fn start_signalled(
+        edge: &Netns,
+        config: &str,
+        extra: &[&str],
+        at: Option<(&str, i32)>,
+    ) -> anyhow::Result<Daemon> {
         let dir = std::env::temp_dir().join(format!("{}-lb", edge.name()));
         std::fs::create_dir_all(&dir)?;
         let d = Daemon {
@@ -94,11 +105,37 @@ impl Daemon {
         };
         std::fs::write(&d.config, config)?;
         let mut d = d;
-        d.spawn(extra)?;
+        d.spawn(extra, at)?;
         Ok(d)
     }
 
-    fn spawn(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+    /// Whether the daemon's process is still running.
+    pub fn running(&mut self) -> anyhow::Result<bool> {
+        Ok(match self.child.as_mut() {
+            Some(child) => child.try_wait()?.is_none(),
+            None => false,
+        })
+    }
+
+    /// Waits (bounded by `within`) for the daemon's process to end on its own: its status.
+    pub fn wait_exit(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("no daemon process");
+        };
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("lb run did not end within {within:?}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn spawn(&mut self, extra: &[&str], mut at: Option<(&str, i32)>) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -129,10 +166,21 @@ impl Daemon {
         // The log is appended across restarts: wait for this run's line.
         let applied = |text: &str| text.matches("configuration applied").count();
         let before = applied(&self.log_text());
+        let marks = |text: &str, marker: &str| text.matches(marker).count();
+        let marked_before = at.map_or(0, |(marker, _)| marks(&self.log_text(), marker));
         self.child = Some(cmd.spawn().context("starting lb run")?);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if applied(&self.log_text()) > before {
+            let text = self.log_text();
+            if let Some((marker, signal)) = at
+                && marks(&text, marker) > marked_before
+                && let Some(child) = self.child.as_ref()
+            {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(child.id() as i32, signal) };
+                at = None;
+            }
+            if applied(&text) > before {
                 return Ok(());
             }
             if let Some(child) = self.child.as_mut()
@@ -146,7 +194,7 @@ impl Daemon {
                     self.log_text()
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(if at.is_some() { 1 } else { 20 }));
         }
     }
 
@@ -174,7 +222,7 @@ impl Daemon {
         let hook = self.hook.clone();
         let mut args: Vec<&str> = hook.iter().map(String::as_str).collect();
         args.extend(extra);
-        self.spawn(&args)
+        self.spawn(&args, None)
     }
 
     /// Rewrites the configuration file (for a reload).

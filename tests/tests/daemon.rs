@@ -237,6 +237,40 @@ fn restart_refuses_another_layout_unless_replace() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Guards start-up against signals: a SIGHUP or SIGUSR1 that arrives while the daemon is
+/// installing its datapath and applying its configuration is handled once it runs (a reload, a
+/// refresh), and a SIGTERM lets the start-up finish, then stops cleanly. Their default action
+/// used to kill it there, mid-apply (and systemd does not restart a unit killed by SIGHUP).
+fn signals_during_startup_are_handled() -> anyhow::Result<()> {
+    let topo = Lab::new()?;
+    let _srv = servers::start(&topo.vm, PORTS, [NN1, NN2])?;
+    let cfg = config(TCP_PROBE, "", WHOLE_VIP);
+    // Logged once the datapath is installed, before the configuration is applied.
+    const STARTING: &str = "installed a new datapath";
+    for (name, sig) in [("SIGHUP", libc::SIGHUP), ("SIGUSR1", libc::SIGUSR1)] {
+        let mut d = Daemon::start_signalled(&topo.edge, &cfg, XDP_HOOK, Some((STARTING, sig)))
+            .with_context(|| format!("{name} during start-up"))?;
+        std::thread::sleep(Duration::from_millis(200));
+        ensure!(
+            d.running()?,
+            "{name} during start-up ended the daemon:\n{}",
+            d.log_text()
+        );
+        d.wait_status(T, |s| active(s, "web").as_deref() == Some("nn1"))?;
+        drop(d);
+    }
+    let mut d =
+        Daemon::start_signalled(&topo.edge, &cfg, XDP_HOOK, Some((STARTING, libc::SIGTERM)))
+            .context("SIGTERM during start-up")?;
+    let status = d.wait_exit(Duration::from_secs(10))?;
+    let log = d.log_text();
+    ensure!(
+        status.success() && log.contains("stopping"),
+        "SIGTERM during start-up: {status}, not a clean stop:\n{log}"
+    );
+    Ok(())
+}
+
 /// Guards reloads of probe counts: a reload that changes only `rise` and `fall` takes effect
 /// (the probes used to keep the counts they started with). With fall 100 at 50 ms, nn1 would
 /// stay up for 5 s after the blackhole; with the reloaded fall 2, 100 ms.
@@ -1090,6 +1124,10 @@ fn main() {
             (
                 "reload_applies_new_rise_and_fall",
                 reload_applies_new_rise_and_fall,
+            ),
+            (
+                "signals_during_startup_are_handled",
+                signals_during_startup_are_handled,
             ),
             ("cli_json_matches_the_traffic", cli_json_matches_the_traffic),
             ("drain_survives_restart", drain_survives_restart),

@@ -57,19 +57,16 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let shutdown = async {
-            use tokio::signal::unix::{SignalKind, signal};
-            match (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) {
-                (Ok(mut term), Ok(mut int)) => {
-                    tokio::select! {
-                        _ = term.recv() => log::info!("SIGTERM"),
-                        _ = int.recv() => log::info!("SIGINT"),
-                    }
-                }
-                _ => std::future::pending().await,
+        use anyhow::Context as _;
+        use tokio::signal::unix::{SignalKind, signal};
+        // Installed now, not when the daemon's loop first waits on them: a SIGTERM during
+        // start-up lets the start-up finish, then stops the daemon cleanly.
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => log::info!("SIGTERM"),
+                _ = int.recv() => log::info!("SIGINT"),
             }
         };
         lb_user::daemon::run(opts, shutdown).await
