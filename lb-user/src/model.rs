@@ -36,8 +36,12 @@ pub struct Ids {
     pub vip_ranks: BTreeMap<EndpointKey, u8>,
 }
 
-/// Ids for `keys`: what `previous` gave a key it keeps; new keys get the lowest id no kept key
-/// holds. `None` when more than `max` are needed.
+/// Ids for `keys`: what `previous` gave a key it keeps; new keys get the lowest id neither a
+/// kept key holds nor a dropped one held: an id freed by this change is quarantined for one
+/// generation, so that packets and state of what it named (a removed target's VIP in flight, a
+/// flow pinned to a removed path) never meet what replaces it within one apply. Only when the
+/// table would otherwise be full does a new key take a quarantined id. `None` when more than
+/// `max` are needed.
 fn assign_ids<K: Ord + Clone>(
     keys: &[K],
     previous: &BTreeMap<K, u32>,
@@ -47,12 +51,19 @@ fn assign_ids<K: Ord + Clone>(
         .iter()
         .filter_map(|k| previous.get(k).copied())
         .collect();
+    let freed: BTreeSet<u32> = previous
+        .values()
+        .copied()
+        .filter(|id| !used.contains(id))
+        .collect();
     let mut out = BTreeMap::new();
     for k in keys {
         let id = match previous.get(k) {
             Some(id) => *id,
             None => {
-                let id = (0..max).find(|i| !used.contains(i))?;
+                let id = (0..max)
+                    .find(|i| !used.contains(i) && !freed.contains(i))
+                    .or_else(|| (0..max).find(|i| !used.contains(i)))?;
                 used.insert(id);
                 id
             }

@@ -446,23 +446,31 @@ fn a_removed_vip_goes_before_what_it_led_to() {
     assert_eq!(store.read(), desired);
 }
 
-/// Guards VIP id reuse: B drops VIP 1 (203.0.113.11 tcp/443) and gives id 1 to a new key;
-/// the old key must leave the VIP hash map before the id describes the new one, or the old
-/// address would keep leading to id 1.
+/// Guards VIP id reuse: B drops VIP 1 (203.0.113.11 tcp/443), and C (a generation later, the
+/// id out of quarantine) gives id 1 to a new key. Applied straight from maps that still hold
+/// A (a B that never made it to the maps), the old key must leave the VIP hash map before the
+/// id describes the new one, or the old address would keep leading to id 1.
 #[test]
 fn a_reused_vip_id_drops_its_old_key_first() {
     let a = model_a();
     let b = Model::new(config_b().config(), &a).expect("fits");
     let old = key("203.0.113.11", Some((IPPROTO_TCP, 443)));
-    let new = key("203.0.113.30", Some((IPPROTO_TCP, 5432)));
-    assert_eq!((a.ids.vips[&old], b.ids.vips[&new]), (1, 1));
+    let new = key("203.0.113.31", Some((IPPROTO_TCP, 80)));
+    let c = Model::new(
+        config_b()
+            .service("203.0.113.31", "tcp", 80, None, "db")
+            .config(),
+        &b,
+    )
+    .expect("fits");
+    assert_eq!((a.ids.vips[&old], c.ids.vips[&new]), (1, 1));
 
     let mut store = store_holding(&a.tables());
-    apply(&mut store, &a.tables(), &b.tables()).expect("writes");
+    apply(&mut store, &a.tables(), &c.tables()).expect("writes");
     assert_before(&store.log, "-vip 1", "vip 1");
     assert!(!store.vip_keys.contains(&old), "{:?}", store.vip_keys);
     assert!(store.vip_keys.contains(&new));
-    assert_eq!(store.read(), b.tables());
+    assert_eq!(store.read(), c.tables());
 }
 
 // ---- 3. Ids across a reload. ----
@@ -535,8 +543,10 @@ fn vip_ranks_are_kept_per_target_and_never_shared() {
 
 /// Guards id stability: a reload keeps the id of every target, path and VIP it keeps (flows
 /// and counters are by id), in whatever order the file lists them, and gives new ones the
-/// lowest ids not held by a kept one: a removed id is reused at once (here path 3 and VIP 1).
-/// What the kept paths knew survives, and applying A → B leaves exactly B in the maps.
+/// lowest ids neither held by a kept one nor freed by this reload (here path 3 and VIP 1 are
+/// freed: quarantined for one generation, so that nothing in flight for the removed path or
+/// VIP reaches what replaces it), reused at the next. What the kept paths knew survives, and
+/// applying A → B leaves exactly B in the maps.
 #[test]
 fn ids_are_kept_across_a_reload_and_freed_ids_reused() {
     let a = model_a();
@@ -556,13 +566,13 @@ fn ids_are_kept_across_a_reload_and_freed_ids_reused() {
             ("web", "nn2", 1),
             ("api", "a1", 2),
             ("api", "a3", 4),
-            ("db", "d1", 3),
-            ("db", "d2", 5),
+            ("db", "d1", 5),
+            ("db", "d2", 6),
         ]),
         vips: [
             (key("203.0.113.10", None), 0),
             (key("203.0.113.20", Some((IPPROTO_UDP, 53))), 2),
-            (key("203.0.113.30", Some((IPPROTO_TCP, 5432))), 1),
+            (key("203.0.113.30", Some((IPPROTO_TCP, 5432))), 3),
         ]
         .into(),
         // One VIP left on each target.
@@ -593,6 +603,18 @@ fn ids_are_kept_across_a_reload_and_freed_ids_reused() {
     assert_eq!(store.read(), b.tables());
     let keys: BTreeSet<EndpointKey> = b.tables().vips.values().map(|v| v.key).collect();
     assert_eq!(store.vip_keys, keys);
+
+    // A generation later, the freed ids are the lowest free ones again.
+    let c = Model::new(
+        config_b()
+            .add_path("db", ("d3", "192.0.2.23", 2))
+            .service("203.0.113.31", "tcp", 80, None, "db")
+            .config(),
+        &b,
+    )
+    .expect("fits");
+    assert_eq!(path_id(&c, "db", "d3"), 3);
+    assert_eq!(c.ids.vips[&key("203.0.113.31", Some((IPPROTO_TCP, 80)))], 1);
 }
 
 // ---- 4. Restart. ----
@@ -963,24 +985,35 @@ fn the_model_rebuilt_from_the_maps_gives_the_same_tables() {
     );
     assert_eq!(store.read(), desired);
 }
-// ---- Known bugs, reported; `cargo test -p lb-user --test model -- --ignored` runs them. ----
+// ---- Freed ids and names at the edge of the maps. ----
 
 /// Guards a drain against outliving its path: a reload that removes the drained web/nn2 and
-/// adds web/nn3 in the same go gives nn3 the freed id 1, and nn3 must not start drained (nobody
-/// drained it). Today `Model::new` carries `disabled` over by id when the address differs, and
-/// `LB_ADMIN` is never cleared for a removed path, so the drain would come back from the pins on
-/// the next `lb path` signal or restart as well.
+/// adds web/nn3 in the same go does not give nn3 the freed id 1 (quarantined for this
+/// generation), and nn3 does not start drained; the next reload may give id 1 to a new path,
+/// which does not start drained either (nobody drained it).
 #[test]
 fn a_new_path_on_a_freed_id_is_not_born_drained() {
     let mut a = model_a();
     state(&mut a, "web", "nn2").disabled = true;
     a.decide_all();
+    let freed = path_id(&a, "web", "nn2");
     let next = config_a()
         .without_path("web", "nn2")
         .add_path("web", ("nn3", "192.0.2.3", 30));
     let b = Model::new(next.config(), &a).expect("fits");
-    assert_eq!(path_id(&b, "web", "nn3"), path_id(&a, "web", "nn2"));
+    assert_ne!(
+        path_id(&b, "web", "nn3"),
+        freed,
+        "quarantined for one generation"
+    );
     assert_eq!(b.paths[&path_id(&b, "web", "nn3")], PathState::default());
+    let c = Model::new(next.add_path("web", ("nn4", "192.0.2.4", 40)).config(), &b).expect("fits");
+    assert_eq!(
+        path_id(&c, "web", "nn4"),
+        freed,
+        "free again a generation later"
+    );
+    assert_eq!(c.paths[&freed], PathState::default());
 }
 
 /// Names reach the maps at up to `NAME_LEN` (32) bytes (longer ones are rejected by the
