@@ -582,6 +582,16 @@ impl Daemon {
     fn reload(&mut self) {
         info!("reloading {}", self.opts.config.display());
         let result = load_config(&self.opts.config).and_then(|config| {
+            let size = config
+                .flow_table_size
+                .unwrap_or(lb_common::maps::FLOW_TABLE_SIZE);
+            if let Ok(pinned) = self.dp.maps.flow_capacity()
+                && pinned != size
+            {
+                warn!(
+                    "flow_table_size {size} is not applied by a reload: the exception table keeps its size {pinned} (a map's size is fixed when it is created; restart with --replace to apply it)"
+                );
+            }
             let next = Model::new(config, &self.model)
                 .ok_or_else(|| anyhow!("the configuration does not fit the maps"))?;
             self.switch_to(next)

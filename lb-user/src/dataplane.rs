@@ -500,11 +500,22 @@ impl Dataplane {
                 layout: LAYOUT,
                 ..ControlMeta::default()
             })?;
-        } else if let Some(size) = opts.flow_table_size {
+        } else {
+            let size = opts.flow_table_size.unwrap_or(m::FLOW_TABLE_SIZE);
             let pinned = maps.flow_capacity()?;
+            if pinned != size && replace {
+                // A map's size is fixed when it is created: only a new datapath has the new one.
+                warn!(
+                    "the pinned exception table has {pinned} entries, flow_table_size says {size}: replacing the datapath (--replace)"
+                );
+                drop(maps);
+                drop(ebpf);
+                pin.remove()?;
+                return Self::install(pin, opts, false);
+            }
             if pinned != size {
                 warn!(
-                    "the pinned exception table keeps its size {pinned} (configured {size}): changing it needs --replace"
+                    "the pinned exception table keeps its size {pinned} (flow_table_size {size}): changing it needs a restart with --replace"
                 );
             }
         }

@@ -271,6 +271,61 @@ fn signals_during_startup_are_handled() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Guards `flow_table_size`: a map's size is fixed when it is created, so a reload that changes
+/// it says that it is not applied (it used to be silent), a restart with `--replace` applies it
+/// (a new datapath), and a restart after that adopts the new size without a word.
+fn flow_table_size_reload_says_so_and_replace_applies_it() -> anyhow::Result<()> {
+    let small = config(TCP_PROBE, "", WHOLE_VIP);
+    let (topo, _srv, mut d) = setup(&small)?;
+    let large = small.replace(
+        r#""flow_table_size": 65536"#,
+        r#""flow_table_size": 131072"#,
+    );
+    ensure!(
+        large != small,
+        "the test's configuration names its flow_table_size"
+    );
+    d.write_config(&large)?;
+    d.lb(&["reload"])?;
+    let deadline = std::time::Instant::now() + T;
+    while d.log_text().matches("configuration applied").count() < 2 {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "reload not applied:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log = d.log_text();
+    ensure!(
+        log.contains("flow_table_size 131072 is not applied by a reload: the exception table keeps its size 65536"),
+        "the reload says the size is not applied:\n{log}"
+    );
+
+    d.restart(&["--replace"])?;
+    let log = d.log_text();
+    ensure!(
+        log.contains("replacing the datapath (--replace)")
+            && log.matches("installed a new datapath").count() == 2,
+        "--replace installs a datapath of the new size:\n{log}"
+    );
+    d.wait_status(T, |s| active(s, "web").as_deref() == Some("nn1"))?;
+    ensure!(
+        get(&topo, &d, VIP, HTTP)? == NN1.to_string(),
+        "serving after the replacement"
+    );
+
+    d.restart(&[])?;
+    let log = d.log_text();
+    // This run's lines: after the last stop.
+    let run = log.rsplit("stopping;").next().unwrap_or_default();
+    ensure!(
+        run.contains("adopted the datapath") && !run.contains("keeps its size"),
+        "the new size is the pinned one:\n{log}"
+    );
+    Ok(())
+}
+
 /// Guards reloads of probe counts: a reload that changes only `rise` and `fall` takes effect
 /// (the probes used to keep the counts they started with). With fall 100 at 50 ms, nn1 would
 /// stay up for 5 s after the blackhole; with the reloaded fall 2, 100 ms.
@@ -1124,6 +1179,10 @@ fn main() {
             (
                 "reload_applies_new_rise_and_fall",
                 reload_applies_new_rise_and_fall,
+            ),
+            (
+                "flow_table_size_reload_says_so_and_replace_applies_it",
+                flow_table_size_reload_says_so_and_replace_applies_it,
             ),
             (
                 "signals_during_startup_are_handled",
