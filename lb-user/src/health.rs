@@ -388,10 +388,25 @@ mod tests {
         failing: impl Fn(Duration) -> bool + Send + 'static,
         events: usize,
     ) -> Vec<(Duration, Event)> {
+        run_probing(tracker, failing, Duration::ZERO, events).await
+    }
+
+    /// Runs [`monitor`] (path 7, every second) with a fake probe that fails while `failing`
+    /// says so of the time it is sent, `fail_after` after it was sent (a timeout), and
+    /// succeeds at once otherwise: the first `events` events, and when each came.
+    async fn run_probing(
+        tracker: HealthTracker,
+        failing: impl Fn(Duration) -> bool + Send + 'static,
+        fail_after: Duration,
+        events: usize,
+    ) -> Vec<(Duration, Event)> {
         let start = Instant::now();
         let probe = move || {
             let ok = !failing(start.elapsed());
             async move {
+                if !ok {
+                    time::sleep(fail_after).await;
+                }
                 ProbeResult {
                     ok,
                     rtt: ok.then_some(Duration::from_millis(1)),
@@ -559,39 +574,16 @@ mod tests {
         assert_eq!(ms[..5], [0, 1000, 3500, 4500, 5500]);
     }
 
-    /// Probes that fail by timing out (`timeout` after they were sent): the events and when
-    /// each came, for a path that fails from `fails_at` on.
+    /// Probes that fail by timing out (`timeout` after they were sent), from `fails_at` on, of
+    /// a path that starts up (rise 2).
     async fn run_timing_out(
         fall: u32,
         timeout: Duration,
         fails_at: Duration,
         events: usize,
     ) -> Vec<(Duration, Event)> {
-        let start = Instant::now();
-        let probe = move || {
-            let ok = start.elapsed() < fails_at;
-            async move {
-                if !ok {
-                    time::sleep(timeout).await;
-                }
-                ProbeResult {
-                    ok,
-                    rtt: ok.then_some(Duration::from_millis(1)),
-                    detail: if ok { "connected" } else { "timed out" }.into(),
-                }
-            }
-        };
-        let (tx, mut rx) = mpsc::channel(4);
         let tracker = HealthTracker::new(2, fall, Some(Health::Up));
-        let task = tokio::spawn(monitor(7, SECOND, probe, tracker, tx));
-        let mut seen = Vec::new();
-        while seen.len() < events {
-            let event = rx.recv().await.expect("monitor runs until rx is dropped");
-            seen.push((start.elapsed(), event));
-        }
-        drop(rx);
-        task.await.expect("monitor ends once rx is dropped");
-        seen
+        run_probing(tracker, move |t| t >= fails_at, timeout, events).await
     }
 
     /// Guards the hold timer: a path whose probes time out is down `fall × interval` after the
