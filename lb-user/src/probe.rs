@@ -99,9 +99,14 @@ impl ProbeSpec {
 
 /// The timeout of one path's probes: the configured one, or one adapted to the path's round
 /// trip as TCP adapts its retransmission timeout (RFC 6298: `srtt + 4 × rttvar`, from the RTTs
-/// of successful probes), kept within [1 ms, interval]. Until the first success it is the
-/// interval. A path whose round trip grows keeps up (the variance term widens the timeout);
-/// the hold timer, not the timeout, bounds how long a dead path goes unnoticed.
+/// of successful probes), kept within [1 ms, interval − 1 ms]. Until the first success it is
+/// that maximum. A path whose round trip grows keeps up (the variance term widens the
+/// timeout); the hold timer, not the timeout, bounds how long a dead path goes unnoticed.
+///
+/// Either way it ends a millisecond before the next probe is due: a timeout of the whole
+/// interval fires at or just past the next tick (timers have a millisecond's granularity), the
+/// late tick restarts the grid from there, and the schedule drifts by a little every probe of
+/// a dead path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeTimeout {
     fixed: Option<Duration>,
@@ -117,7 +122,7 @@ impl ProbeTimeout {
     pub fn new(fixed: Option<Duration>, interval: Duration) -> Self {
         Self {
             fixed,
-            max: interval.max(Self::MIN),
+            max: interval.saturating_sub(Self::MIN).max(Self::MIN),
             srtt: None,
             rttvar: Duration::ZERO,
         }
@@ -126,7 +131,7 @@ impl ProbeTimeout {
     /// The timeout for the next probe.
     pub fn current(&self) -> Duration {
         if let Some(fixed) = self.fixed {
-            return fixed;
+            return fixed.min(self.max);
         }
         match self.srtt {
             None => self.max,
@@ -829,8 +834,9 @@ mod tests {
     #[test]
     fn probe_timeout_adapts_to_the_round_trip_within_bounds() {
         let interval = 100 * MS;
+        let max = interval - MS;
         let mut t = ProbeTimeout::new(None, interval);
-        assert_eq!(t.current(), interval);
+        assert_eq!(t.current(), max);
         t.sample(10 * MS);
         // srtt 10, rttvar 5.
         assert_eq!(t.current(), 30 * MS);
@@ -845,7 +851,7 @@ mod tests {
         // Bounds.
         let mut slow = ProbeTimeout::new(None, interval);
         slow.sample(90 * MS);
-        assert_eq!(slow.current(), interval);
+        assert_eq!(slow.current(), max);
         let mut fast = ProbeTimeout::new(None, interval);
         for _ in 0..40 {
             fast.sample(Duration::from_micros(50));
@@ -855,6 +861,21 @@ mod tests {
         let mut fixed = ProbeTimeout::new(Some(80 * MS), interval);
         fixed.sample(MS);
         assert_eq!(fixed.current(), 80 * MS);
+    }
+
+    /// Guards the schedule: a timeout of the whole interval (allowed by the configuration)
+    /// ends a millisecond before the next probe is due, so that a dead path's timed-out probes
+    /// do not push every next probe a little later.
+    #[test]
+    fn probe_timeout_ends_before_the_next_probe() {
+        let interval = 100 * MS;
+        assert_eq!(
+            ProbeTimeout::new(Some(interval), interval).current(),
+            99 * MS
+        );
+        assert_eq!(ProbeTimeout::new(None, interval).current(), 99 * MS);
+        // A 1 ms interval (the least a configuration allows is more) still gets 1 ms.
+        assert_eq!(ProbeTimeout::new(None, MS).current(), MS);
     }
 
     /// The reply a host sends to `request` (type 0, checksum recomputed) inside an IPv4 header
