@@ -702,12 +702,11 @@ pub const FRAG_DIR_OUT: u8 = 1;
 pub const FRAG_F_PASS: u8 = 1 << 0;
 
 /// Where a tracked datagram's later fragments go: `addr` replaces the destination (ingress) or
-/// the source (return); `vip` and `path` are the ids its traffic is counted under.
+/// the source (return); `path` and `vip_rank` are the traffic slot it is counted in.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FragValue {
     pub addr: [u8; 4],
-    pub vip: u32,
     pub path: u32,
     /// `FRAG_F_*` bits.
     pub flags: u8,
@@ -747,7 +746,7 @@ const _: () = {
     assert!(size_of::<FlowValue>() == 24);
     assert!(size_of::<TrafficStats>() == 32);
     assert!(size_of::<FragKey>() == 12);
-    assert!(size_of::<FragValue>() == 16);
+    assert!(size_of::<FragValue>() == 12);
     let mut names: &[&str] = &ALL;
     while let [name, rest @ ..] = names {
         assert!(name.len() <= 15, "map names are at most 15 bytes");

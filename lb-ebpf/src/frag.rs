@@ -26,15 +26,14 @@ pub fn key(ip: &Ipv4Hdr, dir: u8) -> FragKey {
 }
 
 /// Records where the datagram of first fragment `ip` went: `addr` for later fragments to
-/// write, `vip` (of rank `vip_rank`) and `path` to count them under.
+/// write, `path` and the VIP's rank `vip_rank` to count them under.
 #[inline(always)]
-pub fn track(ip: &Ipv4Hdr, dir: u8, addr: [u8; 4], (vip, vip_rank): (u32, u8), path: u32) {
+pub fn track(ip: &Ipv4Hdr, dir: u8, addr: [u8; 4], vip_rank: u8, path: u32) {
     insert(
         ip,
         dir,
         FragValue {
             addr,
-            vip,
             path,
             vip_rank,
             ..FragValue::default()

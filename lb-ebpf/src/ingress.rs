@@ -197,7 +197,7 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     }
 
     if first_fragment {
-        frag::track(ip, FRAG_DIR_IN, path.addr, (vip.id, vip.rank), path.id);
+        frag::track(ip, FRAG_DIR_IN, path.addr, vip.rank, path.id);
     }
     if let Transport::Tcp(h) = &transport {
         stats::handshake(path.id, h.flags, Dir::In);

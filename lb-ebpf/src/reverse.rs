@@ -226,13 +226,7 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
         );
     }
     if first_fragment {
-        frag::track(
-            ip,
-            FRAG_DIR_OUT,
-            rev.vip_addr,
-            (rev.vip_id, rev.vip_rank),
-            rev.path,
-        );
+        frag::track(ip, FRAG_DIR_OUT, rev.vip_addr, rev.vip_rank, rev.path);
     }
     if let Transport::Tcp(h) = &transport {
         stats::handshake(rev.path, h.flags, Dir::Out);
