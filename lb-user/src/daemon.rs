@@ -32,6 +32,7 @@ use crate::{
     model::Model,
     policy::Decision,
     probe::{ProbeSpec, ProbeTimeout, Prober},
+    probe_thread::{ProbeStats, ProbeThread},
     tables::{Tables, apply},
 };
 
@@ -69,7 +70,9 @@ struct Daemon {
     current: Tables,
     prober: Arc<Prober>,
     probes: BTreeMap<u32, ProbeTask>,
-    events: mpsc::Sender<Event>,
+    events: mpsc::UnboundedSender<Event>,
+    /// Probes per path and their scheduling lag, for the metrics.
+    probe_stats: Arc<ProbeStats>,
     /// What the metrics thread reads: [`Daemon::snap`] as last published.
     shared: metrics::Shared,
     snap: metrics::Snapshot,
@@ -87,6 +90,8 @@ struct Daemon {
     swept: Instant,
     /// The maps handle the sweep uses on its blocking thread, while it is not away.
     sweep_maps: Option<crate::maps::Maps>,
+    /// Where the probe tasks run (last: it stops them when the daemon is dropped).
+    probe_thread: ProbeThread,
 }
 
 /// A sweep of the exception tables running on a blocking thread: the maps handle comes back
@@ -142,9 +147,15 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         Origin::Fresh => info!("installed a new datapath in {}", pin.root().display()),
     }
 
-    let (events, mut rx) = mpsc::channel(1024);
+    let (events, mut rx) = mpsc::unbounded_channel();
     let shared: metrics::Shared = Default::default();
-    let prober = Arc::new(Prober::new().context("starting the prober")?);
+    let probe_stats: Arc<ProbeStats> = Default::default();
+    let probe_thread = ProbeThread::start().context("starting the probe thread")?;
+    let prober = {
+        // Its sockets belong to the probe thread's reactor.
+        let _on = probe_thread.handle().enter();
+        Arc::new(Prober::new().context("starting the prober")?)
+    };
     if let Some(why) = prober.icmp_unavailable() {
         warn!("{why}");
     }
@@ -156,6 +167,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         prober,
         probes: BTreeMap::new(),
         events,
+        probe_stats: Arc::clone(&probe_stats),
         shared: shared.clone(),
         snap: metrics::Snapshot::default(),
         dirty: false,
@@ -165,6 +177,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         arrivals: BTreeMap::new(),
         swept: Instant::now(),
         sweep_maps: None,
+        probe_thread,
     };
     if let Err(e) = d.switch_to(model) {
         // A fresh install that cannot be completed leaves nothing behind; adopted state stays
@@ -177,7 +190,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
     d.write_meta(std::process::id())?;
 
     if let Some(addr) = opts.metrics {
-        metrics::start(addr, pin.clone(), shared.clone())
+        metrics::start(addr, pin.clone(), shared.clone(), probe_stats)
             .with_context(|| format!("starting the metrics endpoint on {addr}"))?;
     }
 
@@ -470,7 +483,7 @@ impl Daemon {
                     result
                 }
             };
-            let handle = tokio::spawn(crate::health::monitor(
+            let handle = self.probe_thread.handle().spawn(crate::health::monitor(
                 id,
                 interval,
                 probe,
@@ -498,10 +511,10 @@ impl Daemon {
             state: _,
             transition,
             history,
+            lag,
         } = ev;
-        if result.is_some() {
-            *self.snap.probes.entry(path_id).or_default() += 1;
-            self.shared.store(Arc::new(self.snap.clone()));
+        if let Some(lag) = lag {
+            self.probe_stats.record(path_id, lag, Instant::now());
         }
         let Some(s) = self.model.paths.get_mut(&path_id) else {
             return;

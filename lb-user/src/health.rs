@@ -181,11 +181,15 @@ pub enum Event {
         transition: Option<Transition>,
         /// [`HealthTracker::history`] after this result.
         history: String,
+        /// How late this probe was sent after its place on the grid (`None` with the hold
+        /// timer's expiry): the probe scheduling lag.
+        lag: Option<Duration>,
     },
 }
 
 /// Probes one path every `interval` and sends an [`Event::Probe`] per result on `tx`; returns
-/// when `tx`'s receiver is gone.
+/// when `tx`'s receiver is gone. `tx` is unbounded so that a receiver that is busy for a while
+/// never holds the probes back (the daemon runs them on their own thread for that).
 ///
 /// The first probe runs at once, the next ones on an `interval` grid from the start. The probe
 /// must bound its own duration (its timeout) and should finish well within `interval`; one that
@@ -195,8 +199,12 @@ pub enum Event {
 /// Down, two ways, whichever comes first:
 /// - **the hold timer** (BFD's detection time): no probe has succeeded for `fall × interval`,
 ///   counted from the time the last successful probe was *sent* (or from the start, for a path
-///   that starts up). A path that fails just after a successful probe left is down `fall ×
-///   interval` later at worst, whatever the probe timeout: the budget is the worst case;
+///   that starts up), and the `fall − 1` probes sent since have failed. A path that fails just
+///   after a successful probe left is down `fall × interval` later at worst: each probe's
+///   timeout ends before the next one is due, so on the grid those `fall − 1` failures are in
+///   by then and the budget is the worst case. Off the grid (a stalled host delayed the
+///   probes), the timer waits for the probes it counts on: a path is never declared down for
+///   probes that were not sent, and a stall of the whole thread is not a failure of the path;
 /// - `fall` consecutive failed results (a refusal or an error answers faster than a timeout).
 ///
 /// Up: `rise` consecutive successes. At a tie, a result is taken before the timer: an answer is
@@ -209,23 +217,28 @@ pub async fn monitor<F, Fut>(
     interval: Duration,
     mut probe: F,
     mut tracker: HealthTracker,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::UnboundedSender<Event>,
 ) where
     F: FnMut() -> Fut,
     Fut: Future<Output = ProbeResult>,
 {
     let interval = interval.max(Duration::from_millis(1));
     let hold = interval.saturating_mul(tracker.fall());
-    let (results_tx, mut results) = mpsc::channel::<(Instant, ProbeResult)>(1);
-    // The probes, on their grid; each result with the time its probe was sent.
+    let (results_tx, mut results) = mpsc::channel::<(Instant, Duration, ProbeResult)>(1);
+    // The probes, on their grid; each result with the time its probe was sent and how late
+    // that was.
     let prober = async move {
         let mut ticks = time::interval(interval);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            ticks.tick().await;
+            let due = ticks.tick().await;
             let sent = Instant::now();
             let result = probe().await;
-            if results_tx.send((sent, result)).await.is_err() {
+            if results_tx
+                .send((sent, sent.saturating_duration_since(due), result))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -233,25 +246,31 @@ pub async fn monitor<F, Fut>(
     // The state: results as they come, and the hold timer between them.
     let decider = async {
         let mut last_ok = Instant::now();
+        // Failed results of probes sent after `last_ok` (results come in the order sent).
+        let mut failed_since_ok = 0u32;
         loop {
-            let armed = tracker.state() == Some(Health::Up);
-            let (result, transition) = tokio::select! {
+            let armed = tracker.state() == Some(Health::Up)
+                && failed_since_ok.saturating_add(1) >= tracker.fall();
+            let (result, lag, transition) = tokio::select! {
                 biased;
                 _ = tx.closed() => return,
                 got = results.recv() => {
-                    let Some((sent, result)) = got else { return };
+                    let Some((sent, lag, result)) = got else { return };
                     if result.ok {
                         last_ok = last_ok.max(sent);
+                        failed_since_ok = 0;
+                    } else {
+                        failed_since_ok = failed_since_ok.saturating_add(1);
                     }
                     let (_, transition) = tracker.record(result.ok);
-                    (Some(result), transition)
+                    (Some(result), Some(lag), transition)
                 }
                 _ = time::sleep_until(last_ok + hold), if armed => {
                     let reason = format!(
                         "no successful probe for {hold:?} (fall {} × interval {interval:?})",
                         tracker.fall()
                     );
-                    (None, tracker.hold_expired(reason))
+                    (None, None, tracker.hold_expired(reason))
                 }
             };
             let Some(state) = tracker.state() else {
@@ -263,8 +282,9 @@ pub async fn monitor<F, Fut>(
                 state,
                 transition,
                 history: tracker.history(),
+                lag,
             };
-            if tx.send(event).await.is_err() {
+            if tx.send(event).is_err() {
                 return;
             }
         }
@@ -414,7 +434,7 @@ mod tests {
                 }
             }
         };
-        let (tx, mut rx) = mpsc::channel(4);
+        let (tx, mut rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(monitor(7, SECOND, probe, tracker, tx));
         let mut seen = Vec::new();
         while seen.len() < events {
@@ -447,6 +467,7 @@ mod tests {
             state,
             transition,
             history,
+            lag,
         } = first;
         assert_eq!(*path_id, 7);
         let result = result.as_ref().expect("a probe's result");
@@ -454,6 +475,7 @@ mod tests {
         assert_eq!(result.detail, "timed out");
         assert_eq!(*state, Health::Down);
         assert_eq!(history, "-");
+        assert_eq!(*lag, Some(Duration::ZERO), "on the grid");
         let first = transition
             .as_ref()
             .expect("unknown: the first result decides");
@@ -555,7 +577,7 @@ mod tests {
                 }
             }
         };
-        let (tx, mut rx) = mpsc::channel(1);
+        let (tx, mut rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(monitor(
             1,
             SECOND,
@@ -564,14 +586,67 @@ mod tests {
             HealthTracker::new(1, 100, None),
             tx,
         ));
+        let mut lags = Vec::new();
         for _ in 0..5 {
-            rx.recv().await.expect("monitor running");
+            let Event::Probe { lag, .. } = rx.recv().await.expect("monitor running");
+            lags.push(lag.expect("a probe's result").as_millis());
         }
         drop(rx);
         task.await.expect("monitor ends");
         let starts: Vec<_> = starts.lock().expect("not poisoned").clone();
         let ms: Vec<_> = starts.iter().map(Duration::as_millis).collect();
         assert_eq!(ms[..5], [0, 1000, 3500, 4500, 5500]);
+        // The third probe was due at 2 s: the lag the daemon exports.
+        assert_eq!(lags, [0, 0, 1500, 0, 0]);
+    }
+
+    /// Guards the hold timer against a late grid: the probe sent at 1 s takes 3.5 s to
+    /// succeed (as if the thread had stalled), so no probe is sent from 1 s to 4.5 s. The hold
+    /// time (3 s from the success sent at 0 s) passes with no probe failed: the path stays up.
+    #[tokio::test(start_paused = true)]
+    async fn monitor_the_hold_timer_waits_for_the_probes_it_counts_on() {
+        let calls = Arc::new(Mutex::new(0u32));
+        let probe = {
+            let calls = Arc::clone(&calls);
+            move || {
+                let mut calls = calls.lock().expect("not poisoned");
+                *calls += 1;
+                let slow = *calls == 2;
+                async move {
+                    if slow {
+                        time::sleep(Duration::from_millis(3500)).await;
+                    }
+                    ProbeResult {
+                        ok: true,
+                        rtt: Some(MS),
+                        detail: "connected".into(),
+                    }
+                }
+            }
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let start = Instant::now();
+        let task = tokio::spawn(monitor(
+            1,
+            SECOND,
+            probe,
+            HealthTracker::new(2, 3, Some(Health::Up)),
+            tx,
+        ));
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            let event = rx.recv().await.expect("monitor running");
+            seen.push((start.elapsed(), event));
+        }
+        drop(rx);
+        task.await.expect("monitor ends");
+        assert!(transitions(&seen).is_empty(), "{seen:?}");
+        let Event::Probe { lag, .. } = &seen[2].1;
+        assert_eq!(
+            *lag,
+            Some(Duration::from_millis(2500)),
+            "due at 2 s, sent at 4.5 s"
+        );
     }
 
     /// Probes that fail by timing out (`timeout` after they were sent), from `fails_at` on, of
@@ -657,7 +732,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn monitor_a_zero_interval_is_one_millisecond() {
-        let (tx, mut rx) = mpsc::channel(1);
+        let (tx, mut rx) = mpsc::unbounded_channel();
         let probe = || async {
             ProbeResult {
                 ok: true,
@@ -678,7 +753,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn monitor_ends_when_the_receiver_is_dropped_while_waiting() {
-        let (tx, mut rx) = mpsc::channel(1);
+        let (tx, mut rx) = mpsc::unbounded_channel();
         let probe = || async {
             ProbeResult {
                 ok: true,

@@ -12,6 +12,7 @@ pub mod model;
 pub mod netdev;
 pub mod policy;
 pub mod probe;
+pub mod probe_thread;
 pub mod tables;
 pub mod view;
 

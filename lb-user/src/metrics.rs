@@ -30,7 +30,9 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{dataplane::PinDir, health::Health, maps::Maps, model::Model};
+use crate::{
+    dataplane::PinDir, health::Health, maps::Maps, model::Model, probe_thread::ProbeStats,
+};
 
 /// Connections served at once; more are closed as soon as they are accepted.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -43,8 +45,6 @@ pub struct Snapshot {
     pub model: Option<Arc<Model>>,
     /// State transitions per path id since the daemon started.
     pub transitions: BTreeMap<u32, u64>,
-    /// Probe results per path id since the daemon started (a daemon falling behind shows here).
-    pub probes: BTreeMap<u32, u64>,
     pub reloads: u64,
     pub reload_failures: u64,
     /// Exceptions per target id as the last sweep left them (`docs/DATAPATH.md`, "Stateless by
@@ -111,6 +111,11 @@ const PATH_PROBES: Family = family(
     "Probe results of the path since the daemon started.",
     MetricType::Counter,
 );
+const PROBE_LAG: Family = family(
+    "lb_probe_lag_seconds",
+    "How late probes were sent after they were due, over the last 10 s; quantile 1 is the worst.",
+    MetricType::Gauge,
+);
 const PATH_PACKETS: Family = family(
     "lb_path_packets",
     "Translated packets per path; in: toward the VM.",
@@ -148,6 +153,7 @@ pub const FAMILIES: &[Family] = &[
     PATH_RTT,
     PATH_TRANSITIONS,
     PATH_PROBES,
+    PROBE_LAG,
     PATH_PACKETS,
     PATH_BYTES,
     TARGET_EXCEPTIONS,
@@ -165,12 +171,18 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
 }
 
 /// Binds `addr` and serves on a thread of its own; the bind error is the caller's.
-pub fn start(addr: SocketAddr, pin: PinDir, shared: Shared) -> anyhow::Result<()> {
+pub fn start(
+    addr: SocketAddr,
+    pin: PinDir,
+    shared: Shared,
+    probes: Arc<ProbeStats>,
+) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let collector = Scrape {
         pin,
         shared,
+        probes,
         maps: Mutex::new(None),
     };
     let mut registry = Registry::default();
@@ -280,6 +292,7 @@ fn answer<B>(registry: &Registry, req: &Request<B>) -> Response<Full<Bytes>> {
 struct Scrape {
     pin: PinDir,
     shared: Shared,
+    probes: Arc<ProbeStats>,
     maps: Mutex<Option<Maps>>,
 }
 
@@ -294,7 +307,7 @@ impl Collector for Scrape {
             }
         }
         let snap = self.shared.load();
-        let result = encode_all(&mut encoder, maps.as_ref(), &snap);
+        let result = encode_all(&mut encoder, maps.as_ref(), &snap, &self.probes);
         if let Err(e) = &result {
             error!("metrics: reading the maps: {e:#}");
             // A map error drops the handles; the next scrape opens them again.
@@ -331,6 +344,7 @@ fn encode_all(
     encoder: &mut DescriptorEncoder<'_>,
     maps: Option<&Maps>,
     snap: &Snapshot,
+    probes: &ProbeStats,
 ) -> anyhow::Result<()> {
     let counter = |enc: &mut DescriptorEncoder<'_>,
                    f: &Family,
@@ -384,6 +398,7 @@ fn encode_all(
     let mut flags: Rows<i64> = BTreeMap::new();
     let mut rtts: Vec<(Labels, f64)> = Vec::new();
     let mut counts: Rows<u64> = BTreeMap::new();
+    let probed = probes.probes();
     for ((target, path), id) in &model.ids.paths {
         let Some(s) = model.paths.get(id) else {
             continue;
@@ -419,7 +434,7 @@ fn encode_all(
         c(
             &PATH_PROBES,
             labels.clone(),
-            snap.probes.get(id).copied().unwrap_or(0),
+            probed.get(id).copied().unwrap_or(0),
         );
         c(&PATH_PACKETS, with_dir("in"), t.in_packets);
         c(&PATH_PACKETS, with_dir("out"), t.out_packets);
@@ -433,6 +448,16 @@ fn encode_all(
     for f in [&PATH_TRANSITIONS, &PATH_PROBES, &PATH_PACKETS, &PATH_BYTES] {
         counter(encoder, f, counts.get(f.name).map_or(&[], Vec::as_slice))?;
     }
+    let lag: Vec<(Labels, f64)> = probes
+        .lag(std::time::Instant::now())
+        .map(|lag| {
+            [("0.5", lag.p50), ("0.99", lag.p99), ("1", lag.max)]
+                .into_iter()
+                .map(|(q, v)| (vec![("quantile", q.to_owned())], v.as_secs_f64()))
+                .collect()
+        })
+        .unwrap_or_default();
+    gauge(encoder, &PROBE_LAG, &lag)?;
     let (mut exceptions, mut transition) = (Vec::new(), Vec::new());
     for (name, id) in &model.ids.targets {
         let labels = vec![("target", name.clone())];
