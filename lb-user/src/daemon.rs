@@ -27,7 +27,7 @@ use crate::{
         AttachMode, Dataplane, Hook, HookChoice, LoadOptions, Origin, PinDir, RedirectTarget, Role,
         choose_hook, sync_redirect_target,
     },
-    health::{Event, Health, HealthTracker},
+    health::{Event, Health, HealthTracker, Verdict},
     metrics,
     model::Model,
     policy::Decision,
@@ -59,6 +59,8 @@ struct ProbeTask {
     timeout: Option<Duration>,
     rise: u32,
     fall: u32,
+    /// Tags its events: those of a task a reload replaced are told apart and dropped.
+    epoch: u64,
     handle: JoinHandle<()>,
 }
 
@@ -90,6 +92,8 @@ struct Daemon {
     swept: Instant,
     /// The maps handle the sweep uses on its blocking thread, while it is not away.
     sweep_maps: Option<crate::maps::Maps>,
+    /// The epoch of the next probe task started.
+    next_epoch: u64,
     /// Where the probe tasks run (last: it stops them when the daemon is dropped).
     probe_thread: ProbeThread,
 }
@@ -177,6 +181,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         arrivals: BTreeMap::new(),
         swept: Instant::now(),
         sweep_maps: None,
+        next_epoch: 1,
         probe_thread,
     };
     if let Err(e) = d.switch_to(model) {
@@ -483,8 +488,11 @@ impl Daemon {
                     result
                 }
             };
+            let epoch = self.next_epoch;
+            self.next_epoch += 1;
             let handle = self.probe_thread.handle().spawn(crate::health::monitor(
                 id,
+                epoch,
                 interval,
                 probe,
                 tracker,
@@ -498,6 +506,7 @@ impl Daemon {
                     timeout: configured,
                     rise,
                     fall,
+                    epoch,
                     handle,
                 },
             );
@@ -505,14 +514,20 @@ impl Daemon {
     }
 
     fn on_event(&mut self, ev: Event) {
+        let current = self.probes.get(&ev.path_id()).map(|t| t.epoch);
+        let known = self.model.paths.get(&ev.path_id()).and_then(|s| s.health);
+        let verdict = crate::health::judge(&ev, current, known);
         let Event::Probe {
             path_id,
             result,
-            state: _,
-            transition,
-            history,
             lag,
+            history,
+            ..
         } = ev;
+        if verdict == Verdict::Stale {
+            debug!("path {path_id}: a result of a replaced probe task, ignored");
+            return;
+        }
         if let Some(lag) = lag {
             self.probe_stats.record(path_id, lag, Instant::now());
         }
@@ -523,7 +538,9 @@ impl Daemon {
             s.rtt = Some(rtt);
             self.dirty = true;
         }
-        let Some(transition) = transition else { return };
+        let Verdict::Change(transition) = verdict else {
+            return;
+        };
         let decided = Instant::now();
         s.health = Some(transition.to);
         s.changed = SystemTime::now();

@@ -174,6 +174,9 @@ pub enum Event {
     /// the hold timer's expiry (`result` `None`).
     Probe {
         path_id: u32,
+        /// Which probe task of the path sent it ([`monitor`]'s `epoch`): a task replaced by a
+        /// reload may still have results on their way, which [`judge`] drops.
+        epoch: u64,
         result: Option<ProbeResult>,
         /// The state after this result (always known once a result has been seen).
         state: Health,
@@ -185,6 +188,52 @@ pub enum Event {
         /// timer's expiry): the probe scheduling lag.
         lag: Option<Duration>,
     },
+}
+
+impl Event {
+    pub fn path_id(&self) -> u32 {
+        let Event::Probe { path_id, .. } = self;
+        *path_id
+    }
+}
+
+/// What a probe event does to the daemon's view of its path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// From a probe task that was replaced (a reload changed the path's probe): ignored, since
+    /// the task now in charge started from the state the daemon had.
+    Stale,
+    /// The path's health stays as the daemon has it.
+    Same,
+    /// The path's health changes.
+    Change(Transition),
+}
+
+/// Judges `event` for a path whose probe task now in charge has `current` epoch (`None`: the
+/// path has none, it was removed) and whose health the daemon has as `known`.
+///
+/// The event's `state` is the probe task's own: when it differs from `known` without a
+/// transition (the two drifted apart), it is taken as a change all the same, so the daemon
+/// always ends up with the state of the task in charge.
+pub fn judge(event: &Event, current: Option<u64>, known: Option<Health>) -> Verdict {
+    let Event::Probe {
+        epoch,
+        state,
+        transition,
+        ..
+    } = event;
+    if current != Some(*epoch) {
+        return Verdict::Stale;
+    }
+    match transition {
+        Some(t) if known != Some(t.to) => Verdict::Change(t.clone()),
+        _ if known != Some(*state) => Verdict::Change(Transition {
+            from: known,
+            to: *state,
+            reason: "the probe task's state".into(),
+        }),
+        _ => Verdict::Same,
+    }
 }
 
 /// Probes one path every `interval` and sends an [`Event::Probe`] per result on `tx`; returns
@@ -214,6 +263,7 @@ pub enum Event {
 /// should never give one).
 pub async fn monitor<F, Fut>(
     path_id: u32,
+    epoch: u64,
     interval: Duration,
     mut probe: F,
     mut tracker: HealthTracker,
@@ -278,6 +328,7 @@ pub async fn monitor<F, Fut>(
             };
             let event = Event::Probe {
                 path_id,
+                epoch,
                 result,
                 state,
                 transition,
@@ -400,6 +451,64 @@ mod tests {
     const SECOND: Duration = Duration::from_secs(1);
     const MS: Duration = Duration::from_millis(1);
 
+    fn event(epoch: u64, state: Health, transition: Option<Transition>) -> Event {
+        Event::Probe {
+            path_id: 1,
+            epoch,
+            result: None,
+            state,
+            transition,
+            history: String::new(),
+            lag: None,
+        }
+    }
+
+    /// Guards the reload race: a reload replaced the probe task (epoch 1 → 2) while the old
+    /// task's "down" was queued; the new task started from "up" and would never send it again,
+    /// so applying the old one would leave a live path down for good.
+    #[test]
+    fn results_of_a_replaced_probe_task_are_dropped() {
+        let down = Transition {
+            from: Some(Health::Up),
+            to: Health::Down,
+            reason: "3 consecutive failures (fall 3)".into(),
+        };
+        let stale = event(1, Health::Down, Some(down.clone()));
+        assert_eq!(judge(&stale, Some(2), Some(Health::Up)), Verdict::Stale);
+        assert_eq!(
+            judge(&stale, None, Some(Health::Up)),
+            Verdict::Stale,
+            "path removed"
+        );
+        assert_eq!(
+            judge(&stale, Some(1), Some(Health::Up)),
+            Verdict::Change(down),
+            "from the task in charge"
+        );
+        let same = event(2, Health::Up, None);
+        assert_eq!(judge(&same, Some(2), Some(Health::Up)), Verdict::Same);
+    }
+
+    #[test]
+    fn a_task_whose_state_drifted_from_the_daemons_is_followed() {
+        let drifted = event(3, Health::Up, None);
+        let Verdict::Change(t) = judge(&drifted, Some(3), Some(Health::Down)) else {
+            panic!("the task's state wins");
+        };
+        assert_eq!((t.from, t.to), (Some(Health::Down), Health::Up));
+        // A transition the daemon already has changes nothing.
+        let again = event(
+            3,
+            Health::Up,
+            Some(Transition {
+                from: Some(Health::Down),
+                to: Health::Up,
+                reason: String::new(),
+            }),
+        );
+        assert_eq!(judge(&again, Some(3), Some(Health::Up)), Verdict::Same);
+    }
+
     /// Runs [`monitor`] with a fake instantaneous probe that fails for virtual times in
     /// `failing` (from the start of the test), until `events` results have been seen; returns
     /// each event with the virtual time it arrived at.
@@ -435,7 +544,7 @@ mod tests {
             }
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(monitor(7, SECOND, probe, tracker, tx));
+        let task = tokio::spawn(monitor(7, 0, SECOND, probe, tracker, tx));
         let mut seen = Vec::new();
         while seen.len() < events {
             let event = rx.recv().await.expect("monitor runs until rx is dropped");
@@ -463,13 +572,14 @@ mod tests {
         let (_, first) = &events[0];
         let Event::Probe {
             path_id,
+            epoch,
             result,
             state,
             transition,
             history,
             lag,
         } = first;
-        assert_eq!(*path_id, 7);
+        assert_eq!((*path_id, *epoch), (7, 0));
         let result = result.as_ref().expect("a probe's result");
         assert!(!result.ok);
         assert_eq!(result.detail, "timed out");
@@ -580,6 +690,7 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(monitor(
             1,
+            0,
             SECOND,
             probe,
             // A hold time (fall × interval) longer than the slow probe: grid timing alone.
@@ -628,6 +739,7 @@ mod tests {
         let start = Instant::now();
         let task = tokio::spawn(monitor(
             1,
+            0,
             SECOND,
             probe,
             HealthTracker::new(2, 3, Some(Health::Up)),
@@ -742,7 +854,7 @@ mod tests {
         };
         let start = Instant::now();
         let tracker = HealthTracker::new(1, 1, None);
-        let task = tokio::spawn(monitor(1, Duration::ZERO, probe, tracker, tx));
+        let task = tokio::spawn(monitor(1, 0, Duration::ZERO, probe, tracker, tx));
         for _ in 0..3 {
             rx.recv().await.expect("monitor running");
         }
@@ -764,6 +876,7 @@ mod tests {
         let interval = Duration::from_secs(3600);
         let task = tokio::spawn(monitor(
             1,
+            0,
             interval,
             probe,
             HealthTracker::new(1, 1, None),
