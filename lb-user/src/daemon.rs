@@ -28,6 +28,7 @@ use crate::{
         choose_hook, sync_redirect_target,
     },
     health::{Event, Health, HealthTracker, Verdict},
+    lock::{PinLock, Role as LockRole},
     metrics,
     model::Model,
     policy::Decision,
@@ -121,6 +122,9 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
     // SIGINT's the same way, before calling.
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
+    // One daemon per pin directory, and no command changing it beside the daemon: held until
+    // the daemon returns. A command holding it briefly is waited for.
+    let _lock = PinLock::acquire(&opts.pin_dir, LockRole::Daemon, Duration::from_secs(5))?;
     let config = load_config(&opts.config)?;
     let pin = PinDir::new(&opts.pin_dir);
     let (mut dp, origin) = Dataplane::install(

@@ -24,11 +24,12 @@ use crate::{
     tables::Tables,
 };
 
-/// The daemon as the pinned state records it.
+/// The daemon of a pin directory.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Daemon {
-    /// Pid of the daemon that last ran, if it is still running.
+    /// The running daemon's pid; when none runs, the last one's as the maps recorded it.
     pub pid: Option<u32>,
+    /// A daemon holds the pin directory's lock ([`crate::lock`]).
     pub running: bool,
 }
 
@@ -152,18 +153,22 @@ fn rfc3339(t: SystemTime) -> Option<String> {
     (t > UNIX_EPOCH).then(|| humantime::format_rfc3339_seconds(t).to_string())
 }
 
-/// The pid in the pinned meta, and whether a process `lb` with that pid runs.
-pub fn daemon(maps: &Maps) -> Result<Daemon, Error> {
-    let pid = maps.meta()?.daemon_pid;
-    let running = pid != 0 && process_is_lb(pid);
-    Ok(Daemon {
-        pid: (pid != 0).then_some(pid),
-        running,
-    })
-}
-
-fn process_is_lb(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "lb")
+/// Whether a daemon runs on pin directory `pin` (it holds its lock), and its pid.
+pub fn daemon(pin: &std::path::Path, maps: &Maps) -> anyhow::Result<Daemon> {
+    use crate::lock::{PinLock, Role};
+    match PinLock::holder(pin)? {
+        Some(h) if h.role == Role::Daemon => Ok(Daemon {
+            pid: Some(h.pid),
+            running: true,
+        }),
+        _ => {
+            let pid = maps.meta()?.daemon_pid;
+            Ok(Daemon {
+                pid: (pid != 0).then_some(pid),
+                running: false,
+            })
+        }
+    }
 }
 
 /// The pinned state as a [`Model`] (configuration as recorded in the maps) and its tables.
@@ -173,7 +178,7 @@ pub fn model(maps: &Maps) -> Result<(Model, Tables), Error> {
     Ok((model, tables))
 }
 
-pub fn status(maps: &Maps) -> Result<Status, Error> {
+pub fn status(pin: &std::path::Path, maps: &Maps) -> anyhow::Result<Status> {
     let (model, _) = model(maps)?;
     let mut targets = Vec::new();
     for t in &model.config.targets {
@@ -270,7 +275,7 @@ pub fn status(maps: &Maps) -> Result<Status, Error> {
         })
         .collect();
     Ok(Status {
-        daemon: daemon(maps)?,
+        daemon: daemon(pin, maps)?,
         interfaces: Vec::new(),
         targets,
         vips,

@@ -718,6 +718,70 @@ fn drain_survives_restart() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pin directory's lock decides who applies changes. A second daemon on the same pins is
+/// refused at once, naming the first, which goes on. Once no daemon runs, `lb path` applies
+/// the change itself, even when the pid the maps recorded belongs to a live process called
+/// `lb` (a reused pid): before the lock it signalled that process (killing it) and claimed
+/// the daemon would apply the change, which nobody did.
+fn the_pin_lock_decides_who_applies() -> anyhow::Result<()> {
+    let (topo, _srv, mut d) = setup(&config(TCP_PROBE, "", WHOLE_VIP))?;
+    let first = d.json(&["status"])?["daemon"]["pid"].as_u64();
+    let second = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", topo.edge.path()))
+        .arg("--")
+        .arg(lb_tests::lb::lb_bin()?)
+        .args(["run", "--hook", "xdp", "--config"])
+        .arg(&d.config)
+        .arg("--pin-dir")
+        .arg(&d.pin)
+        .env("RUST_LOG", "info")
+        .output()?;
+    let err = String::from_utf8_lossy(&second.stderr);
+    ensure!(!second.status.success(), "a second daemon started: {err}");
+    let pid = first.context("the first daemon's pid")?;
+    ensure!(
+        err.contains(&format!("in use by the lb daemon (pid {pid})")),
+        "the refusal names the daemon: {err}"
+    );
+    ensure!(d.running()?, "the first daemon goes on");
+    d.lb(&["path", "disable", "web", "nn1"])?;
+    d.wait_status(T, |s| active(s, "web").as_deref() == Some("nn2"))?;
+
+    // No daemon, and a process named `lb` with the pid the maps record.
+    d.stop()?;
+    let fake = d.dir.join("lb");
+    std::fs::copy("/bin/sleep", &fake)?;
+    let mut reused = KillOnDrop(std::process::Command::new(&fake).arg("30").spawn()?);
+    {
+        let mut maps = lb_user::dataplane::PinDir::new(&d.pin).open()?;
+        let mut meta = maps.meta()?;
+        meta.daemon_pid = reused.0.id();
+        maps.set_meta(meta)?;
+    }
+    let s = d.json(&["status"])?;
+    ensure!(s["daemon"]["running"] == false, "no daemon runs: {s}");
+    let out = d.lb(&["path", "enable", "web", "nn1"])?;
+    ensure!(out.contains("applied directly"), "{out}");
+    let s = d.json(&["status"])?;
+    ensure!(active(&s, "web").as_deref() == Some("nn1"), "applied: {s}");
+    ensure!(
+        reused.0.try_wait()?.is_none(),
+        "the process with the recorded pid was left alone"
+    );
+    ensure!(http_get(&topo.client, VIP, HTTP, "/", T)? == NN1.to_string());
+    Ok(())
+}
+
+/// A child process, killed when the test ends however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn metrics_endpoint() -> anyhow::Result<()> {
     let topo = Lab::new()?;
     let _srv = servers::start(&topo.vm, PORTS, [NN1, NN2])?;
@@ -1202,6 +1266,10 @@ fn main() {
             ),
             ("cli_json_matches_the_traffic", cli_json_matches_the_traffic),
             ("drain_survives_restart", drain_survives_restart),
+            (
+                "the_pin_lock_decides_who_applies",
+                the_pin_lock_decides_who_applies,
+            ),
             ("metrics_endpoint", metrics_endpoint),
             (
                 "metrics_idle_connections_delay_no_probe",

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use lb_user::view;
+use lb_user::lock::{self, PinLock, Role};
 
 use super::PinArgs;
 
@@ -15,25 +15,35 @@ pub struct Options {}
 pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
     let Options {} = opts;
     let dir = pin.dir();
-    if let Ok(maps) = dir.open() {
-        let d = view::daemon(&maps)?;
-        if let (true, Some(pid)) = (d.running, d.pid) {
+    let lock = match PinLock::acquire(&pin.pin_dir, Role::Command, Duration::from_secs(5)) {
+        Ok(lock) => lock,
+        Err(lock::Error::HeldByDaemon { holder, .. }) => {
+            let pid = holder.pid;
             // SAFETY: kill has no memory-safety preconditions.
             if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
                 return Err(std::io::Error::last_os_error())
                     .context(format!("stopping the daemon (pid {pid})"));
             }
+            // It lets go of the lock when it has stopped.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                if Instant::now() > deadline {
-                    bail!("the daemon (pid {pid}) did not stop within 10 s");
+            loop {
+                match PinLock::acquire(&pin.pin_dir, Role::Command, Duration::from_secs(5)) {
+                    Ok(lock) => break lock,
+                    Err(lock::Error::HeldByDaemon { .. }) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(lock::Error::HeldByDaemon { .. }) => {
+                        bail!("the daemon (pid {pid}) did not stop within 10 s")
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                std::thread::sleep(Duration::from_millis(50));
             }
         }
-    }
+        Err(e) => return Err(e.into()),
+    };
     dir.remove()
         .with_context(|| format!("removing {}", pin.pin_dir.display()))?;
+    drop(lock);
     println!("removed everything pinned in {}", pin.pin_dir.display());
     Ok(())
 }

@@ -1,7 +1,13 @@
 //! `lb path disable|enable`: administrative drain of a path.
 
+use std::time::{Duration, Instant};
+
 use anyhow::{Context as _, anyhow};
-use lb_user::{tables::apply, view};
+use lb_user::{
+    lock::{self, PinLock, Role},
+    tables::apply,
+    view,
+};
 
 use super::PinArgs;
 
@@ -27,34 +33,63 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
         Action::Disable { target, path } => (true, target, path),
         Action::Enable { target, path } => (false, target, path),
     };
-    let mut maps = pin.open()?;
-    let (mut model, tables) = view::model(&maps)?;
-    let id = *model
-        .ids
-        .paths
-        .get(&(target.clone(), path.clone()))
-        .ok_or_else(|| anyhow!("no path {path} in target {target} (see `lb status`)"))?;
-    maps.set_admin_disabled(id, disabled)
-        .context("writing the drain state")?;
-    let daemon = view::daemon(&maps)?;
     let verb = if disabled { "disabled" } else { "enabled" };
-    if let (true, Some(pid)) = (daemon.running, daemon.pid) {
-        // The daemon owns the decisions while it runs: tell it to pick the change up.
-        // SAFETY: kill has no memory-safety preconditions.
-        if unsafe { libc::kill(pid as i32, libc::SIGUSR1) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .context(format!("signalling the daemon (pid {pid})"));
+    let mut maps = pin.open()?;
+    // Who decides is who holds the pin directory's lock: the daemon, or this command when no
+    // daemon runs (a daemon starting meanwhile waits for it, then adopts the change).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let lock = match PinLock::acquire(&pin.pin_dir, Role::Command, Duration::ZERO) {
+            Ok(lock) => lock,
+            Err(lock::Error::HeldByDaemon { holder, .. }) if holder.pid != 0 => {
+                let id = path_id(&maps, &target, &path)?;
+                maps.set_admin_disabled(id, disabled)
+                    .context("writing the drain state")?;
+                // The daemon owns the decisions while it runs: tell it to pick the change up.
+                // SAFETY: kill has no memory-safety preconditions.
+                if unsafe { libc::kill(holder.pid as i32, libc::SIGUSR1) } == 0 {
+                    println!(
+                        "{target}/{path} {verb}; the daemon (pid {}) applies it",
+                        holder.pid
+                    );
+                    return Ok(());
+                }
+                // It stopped between the two steps: decide here (the drain state is written).
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            Err(lock::Error::HeldByCommand { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // No daemon: decide here, with the same policy code, from what the maps record.
+        let (mut model, tables) = view::model(&maps)?;
+        let id = path_id(&maps, &target, &path)?;
+        maps.set_admin_disabled(id, disabled)
+            .context("writing the drain state")?;
+        if let Some(s) = model.paths.get_mut(&id) {
+            s.disabled = disabled;
+            s.changed = std::time::SystemTime::now();
         }
-        println!("{target}/{path} {verb}; the daemon (pid {pid}) applies it");
+        model.decide(&target);
+        apply(&mut maps, &tables, &model.tables()).context("writing the maps")?;
+        drop(lock);
+        println!("{target}/{path} {verb} (no daemon running: applied directly)");
         return Ok(());
     }
-    // No daemon: decide here, with the same policy code, from what the maps record.
-    if let Some(s) = model.paths.get_mut(&id) {
-        s.disabled = disabled;
-        s.changed = std::time::SystemTime::now();
-    }
-    model.decide(&target);
-    apply(&mut maps, &tables, &model.tables()).context("writing the maps")?;
-    println!("{target}/{path} {verb} (no daemon running: applied directly)");
-    Ok(())
+}
+
+/// How long a command waits for another command that holds the pin directory.
+const WAIT: Duration = Duration::from_secs(5);
+
+fn path_id(maps: &lb_user::maps::Maps, target: &str, path: &str) -> anyhow::Result<u32> {
+    let (model, _) = view::model(maps)?;
+    model
+        .ids
+        .paths
+        .get(&(target.to_owned(), path.to_owned()))
+        .copied()
+        .ok_or_else(|| anyhow!("no path {path} in target {target} (see `lb status`)"))
 }

@@ -12,7 +12,7 @@ pub struct Options {}
 
 pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
     let Options {} = opts;
-    let d = view::daemon(&pin.open()?)?;
+    let d = view::daemon(&pin.pin_dir, &pin.open()?)?;
     let (true, Some(pid)) = (d.running, d.pid) else {
         bail!("no daemon is running for {}", pin.pin_dir.display());
     };

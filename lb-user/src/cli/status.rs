@@ -15,7 +15,7 @@ pub struct Options {
 pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
     let Options { json } = opts;
     let maps = pin.open()?;
-    let mut s = view::status(&maps)?;
+    let mut s = view::status(&pin.pin_dir, &maps)?;
     s.interfaces = view::interfaces(&pin.dir(), &maps)?;
     if json {
         return print_json(&s);
