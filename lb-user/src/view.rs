@@ -17,7 +17,6 @@ use serde::Serialize;
 use crate::{
     config::{AllDown, Mode, Vip},
     dataplane::Error,
-    health::Health,
     maps::Maps,
     model::{Model, vip_key},
     policy::Decision,
@@ -121,8 +120,12 @@ pub struct TransitionStatus {
 pub struct PathStatus {
     pub name: String,
     pub address: Ipv4Addr,
-    /// `up`, `down` or `disabled`: what the datapath does with the path.
+    /// `up`, `down` or `disabled`: what the datapath does with the path, as its path table
+    /// says.
     pub state: &'static str,
+    /// An operator's drain (`lb path disable`) is recorded. It differs from `state ==
+    /// "disabled"` while no daemon has applied it yet (a daemon that is stuck, or busy).
+    pub drain_requested: bool,
     /// What the probes last said: `up`, `down` or `unknown`.
     pub health: &'static str,
     pub priority: u32,
@@ -179,7 +182,7 @@ pub fn model(maps: &Maps) -> Result<(Model, Tables), Error> {
 }
 
 pub fn status(pin: &std::path::Path, maps: &Maps) -> anyhow::Result<Status> {
-    let (model, _) = model(maps)?;
+    let (model, tables) = model(maps)?;
     let mut targets = Vec::new();
     for t in &model.config.targets {
         let Some(tid) = model.ids.targets.get(&t.name) else {
@@ -216,13 +219,12 @@ pub fn status(pin: &std::path::Path, maps: &Maps) -> anyhow::Result<Status> {
                 Some(PathStatus {
                     name: p.name.clone(),
                     address: p.address,
-                    state: if s.disabled {
-                        "disabled"
-                    } else if s.health == Some(Health::Up) {
-                        "up"
-                    } else {
-                        "down"
+                    state: match tables.paths.get(pid).map(|v| v.state) {
+                        Some(lb_common::maps::PATH_UP) => "up",
+                        Some(lb_common::maps::PATH_DISABLED) => "disabled",
+                        _ => "down",
                     },
+                    drain_requested: s.disabled,
                     health: crate::daemon::health_name(s.health),
                     priority: p.priority,
                     weight: p.weight,

@@ -772,6 +772,44 @@ fn the_pin_lock_decides_who_applies() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `lb status` shows what the datapath does, not what was asked: with the daemon stopped
+/// (SIGSTOP), a drain is recorded but not applied, and status says so (it used to show the path
+/// "disabled" while the datapath still sent it every new flow); once the daemon goes on, it
+/// applies the drain.
+fn status_shows_what_the_datapath_does() -> anyhow::Result<()> {
+    let (topo, _srv, d) = setup(&config(TCP_PROBE, "", WHOLE_VIP))?;
+    let pid = d.json(&["status"])?["daemon"]["pid"]
+        .as_u64()
+        .context("the daemon's pid")? as i32;
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let stopped = d.lb(&["path", "disable", "web", "nn1"]);
+    let s = d.json(&["status"]);
+    let text = d.lb(&["status"]);
+    let served = http_get(&topo.client, VIP, HTTP, "/", T);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    stopped?;
+    let (s, text) = (s?, text?);
+    ensure!(served? == NN1.to_string(), "still served over nn1");
+    let nn1 = &s["targets"][0]["paths"][0];
+    ensure!(
+        nn1["name"] == "nn1" && nn1["state"] == "up" && nn1["drain_requested"] == true,
+        "recorded, not applied: {s}"
+    );
+    ensure!(active(&s, "web").as_deref() == Some("nn1"), "{s}");
+    ensure!(
+        text.contains("disable recorded, not applied yet"),
+        "the text says so: {text}"
+    );
+    d.wait_status(T, |s| {
+        path_state(s, "web", "nn1").as_deref() == Some("disabled")
+            && active(s, "web").as_deref() == Some("nn2")
+    })?;
+    ensure!(http_get(&topo.client, VIP, HTTP, "/", T)? == NN2.to_string());
+    Ok(())
+}
+
 /// A child process, killed when the test ends however it ends.
 struct KillOnDrop(std::process::Child);
 
@@ -1266,6 +1304,10 @@ fn main() {
             ),
             ("cli_json_matches_the_traffic", cli_json_matches_the_traffic),
             ("drain_survives_restart", drain_survives_restart),
+            (
+                "status_shows_what_the_datapath_does",
+                status_shows_what_the_datapath_does,
+            ),
             (
                 "the_pin_lock_decides_who_applies",
                 the_pin_lock_decides_who_applies,

@@ -47,6 +47,11 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
         }
         for p in &t.paths {
             let rtt = p.rtt_ms.map_or("-".into(), |r| format!("{r:.2} ms"));
+            let pending = match (p.drain_requested, p.state == "disabled") {
+                (true, false) => " (disable recorded, not applied yet)",
+                (false, true) => " (enable recorded, not applied yet)",
+                _ => "",
+            };
             println!(
                 "  {:<12} {:<15} {:<9} prio {:<4} weight {:<4} rtt {:<10} replies on {:<8} since {}",
                 p.name,
@@ -58,6 +63,9 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
                 p.replies_on.as_deref().unwrap_or("any"),
                 p.changed.as_deref().unwrap_or("-")
             );
+            if !pending.is_empty() {
+                println!("  {:<12}{pending}", "");
+            }
             if p.datapath_suspect {
                 println!(
                     "  {:<12} DATAPATH SUSPECT: probes succeed, clients' TCP handshakes go \
