@@ -323,15 +323,15 @@ impl Daemon {
         let desired = next.tables();
         let previous = self.current.clone();
         let t0 = Instant::now();
-        let writes =
-            apply(&mut self.dp.maps, &self.current, &desired).context("writing the maps")?;
+        let writes = self
+            .write_tables(desired.clone())
+            .context("writing the maps")?;
         let removed_paths: Vec<u32> = previous
             .path_meta
             .keys()
             .filter(|id| !desired.path_meta.contains_key(id))
             .copied()
             .collect();
-        self.current = desired;
         let mut new = Vec::new();
         for want in wanted.iter_mut() {
             let (role, hook, iface) = (want.0, want.1, want.2.clone());
@@ -366,10 +366,8 @@ impl Daemon {
                         }
                         self.attached.remove(&(a.role, a.hook, a.iface.clone()));
                     }
-                    if let Err(undo) = apply(&mut self.dp.maps, &self.current, &previous) {
-                        error!("undoing the map writes failed: {undo:#}");
-                    } else {
-                        self.current = previous;
+                    if let Err(undo) = self.write_tables(previous) {
+                        error!("undoing the map writes of the configuration failed: {undo:#}");
                     }
                     return Err(e).context(format!("attaching {role} to {iface}"));
                 }
@@ -554,14 +552,11 @@ impl Daemon {
         };
         let changed = self.model.decide(&target);
         let desired = self.model.tables();
-        match apply(&mut self.dp.maps, &self.current, &desired) {
-            Ok(_) => self.current = desired,
-            Err(e) => {
-                error!(
-                    "writing the maps after {target}/{path} changed: {e:#}; retrying at the next flush"
-                );
-                self.dirty = true;
-            }
+        if let Err(e) = self.write_tables(desired) {
+            error!(
+                "writing the maps after {target}/{path} changed: {e:#}; retrying at the next flush"
+            );
+            self.dirty = true;
         }
         let written = decided.elapsed();
         let from = transition
@@ -654,9 +649,11 @@ impl Daemon {
         if changed {
             let ids = self.model.decide_all();
             let desired = self.model.tables();
-            match apply(&mut self.dp.maps, &self.current, &desired) {
-                Ok(_) => self.current = desired,
-                Err(e) => error!("writing the maps after an operator change: {e:#}"),
+            if let Err(e) = self.write_tables(desired) {
+                error!(
+                    "writing the maps after an operator change: {e:#}; retrying at the next flush"
+                );
+                self.dirty = true;
             }
             for id in ids {
                 if let Some(d) = self.model.decisions.get(&id) {
@@ -832,11 +829,8 @@ impl Daemon {
             return;
         }
         let desired = self.model.tables();
-        match apply(&mut self.dp.maps, &self.current, &desired) {
-            Ok(_) => {
-                self.current = desired;
-                self.dirty = false;
-            }
+        match self.write_tables(desired) {
+            Ok(_) => self.dirty = false,
             Err(e) => error!("writing path state: {e:#}"),
         }
         self.publish();
@@ -929,6 +923,21 @@ impl Daemon {
             if same && self.model.exc_clear.get(&id) != Some(&clear) {
                 self.model.exc_clear.insert(id, clear);
                 self.dirty = true;
+            }
+        }
+    }
+
+    /// Writes `desired` into the maps (planned, then committed; undone on a failure) and keeps
+    /// [`Daemon::current`] what the maps hold either way.
+    fn write_tables(&mut self, desired: Tables) -> Result<usize, Box<crate::tables::ApplyError>> {
+        match apply(&mut self.dp.maps, &self.current, &desired) {
+            Ok(n) => {
+                self.current = desired;
+                Ok(n)
+            }
+            Err(e) => {
+                self.current = e.holds.clone();
+                Err(e)
             }
         }
     }

@@ -320,7 +320,7 @@ impl Maps {
     }
 
     pub fn remove_rev_nat(&mut self, key: &EndpointKey) -> Result<(), Error> {
-        op(m::REV_NAT, "remove", self.rev_nat.remove(key))
+        op_absent(m::REV_NAT, "remove", self.rev_nat.remove(key)).map(drop)
     }
 
     pub fn rev_nat(&self) -> Result<Vec<(EndpointKey, RevValue)>, Error> {

@@ -1,7 +1,8 @@
 //! Everything the control plane writes into the maps, as plain data ([`Tables`]), and the one
-//! place that writes it: [`apply`] compares what the maps hold with what is wanted and writes
-//! only the difference, in an order that never shows the datapath a half-made entry, through
-//! the [`Store`] trait (the real maps, or an in-memory fake in tests).
+//! place that writes it: [`apply`] compares what the maps hold with what is wanted, plans the
+//! difference as exact writes ([`Plan`]) in an order that never shows the datapath a half-made
+//! entry, then commits them through the [`Store`] trait (the real maps, or an in-memory fake in
+//! tests), undoing what was written when a write fails.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -47,10 +48,130 @@ pub trait Store {
     fn remove_addr(&mut self, addr: [u8; 4]) -> Result<(), Error>;
     fn set_settings(&mut self, value: Settings) -> Result<(), Error>;
     fn refresh_filter(&mut self) -> Result<(), Error>;
+    /// What the store holds, read back (after a failed undo).
+    fn read(&self) -> Result<Tables, Error>;
 }
 
-/// Writes what differs between `current` (what the maps hold) and `desired`; returns how many
-/// entries were written.
+/// One map write of a [`Plan`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    Settings(Settings),
+    PathMeta(u32, PathMeta),
+    Path(u32, PathValue),
+    TargetMeta(u32, TargetMeta),
+    Ring(u32, u8, Arc<[u32]>),
+    Target(u32, TargetValue),
+    Addr([u8; 4], u32),
+    RemoveAddr([u8; 4]),
+    RevNat(EndpointKey, RevValue),
+    RemoveRevNat(EndpointKey),
+    Vip(u32, VipInfo),
+    RemoveVip(u32),
+    /// Rebuild the address pre-filter from what the maps hold.
+    RefreshFilter,
+}
+
+impl Write {
+    fn write(&self, store: &mut impl Store) -> Result<(), Error> {
+        match self {
+            Write::Settings(v) => store.set_settings(*v),
+            Write::PathMeta(id, v) => store.set_path_meta(*id, *v),
+            Write::Path(id, v) => store.set_path(*id, *v),
+            Write::TargetMeta(id, v) => store.set_target_meta(*id, *v),
+            Write::Ring(id, half, slots) => store.set_ring(*id, *half, slots),
+            Write::Target(id, v) => store.set_target(*id, *v),
+            Write::Addr(addr, kind) => store.set_addr(*addr, *kind),
+            Write::RemoveAddr(addr) => store.remove_addr(*addr),
+            Write::RevNat(key, v) => store.set_rev_nat(*key, *v),
+            Write::RemoveRevNat(key) => store.remove_rev_nat(key),
+            Write::Vip(id, v) => store.set_vip(*id, *v),
+            Write::RemoveVip(id) => store.remove_vip(*id),
+            Write::RefreshFilter => store.refresh_filter(),
+        }
+    }
+
+    /// What the write does to tables holding what the maps hold (the zero values that stand
+    /// for "removed" in the arrays remove the entry, as [`Maps::read_tables`] would not see it).
+    fn land(&self, t: &mut Tables) {
+        match self {
+            Write::Settings(v) => t.settings = *v,
+            Write::PathMeta(id, v) if *v == PathMeta::default() => {
+                t.path_meta.remove(id);
+            }
+            Write::PathMeta(id, v) => {
+                t.path_meta.insert(*id, *v);
+            }
+            Write::Path(id, v) if *v == PathValue::default() => {
+                t.paths.remove(id);
+            }
+            Write::Path(id, v) => {
+                t.paths.insert(*id, *v);
+            }
+            Write::TargetMeta(id, v) if *v == TargetMeta::default() => {
+                t.target_meta.remove(id);
+            }
+            Write::TargetMeta(id, v) => {
+                t.target_meta.insert(*id, *v);
+            }
+            Write::Ring(id, half, slots) => {
+                t.rings.insert((*id, *half), slots.clone());
+            }
+            Write::Target(id, v) if *v == TargetValue::none() => {
+                t.targets.remove(id);
+            }
+            Write::Target(id, v) => {
+                t.targets.insert(*id, *v);
+            }
+            Write::Addr(addr, kind) => {
+                t.addrs.insert(*addr, *kind);
+            }
+            Write::RemoveAddr(addr) => {
+                t.addrs.remove(addr);
+            }
+            Write::RevNat(key, v) => {
+                t.rev_nat.insert(*key, *v);
+            }
+            Write::RemoveRevNat(key) => {
+                t.rev_nat.remove(key);
+            }
+            Write::Vip(id, v) => {
+                t.vips.insert(*id, *v);
+            }
+            Write::RemoveVip(id) => {
+                t.vips.remove(id);
+            }
+            Write::RefreshFilter => {}
+        }
+    }
+}
+
+impl std::fmt::Display for Write {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::net::Ipv4Addr;
+        match self {
+            Write::Settings(_) => write!(f, "settings"),
+            Write::PathMeta(id, _) => write!(f, "path {id}'s description"),
+            Write::Path(id, v) if *v == PathValue::default() => write!(f, "path {id} (removal)"),
+            Write::Path(id, _) => write!(f, "path {id}"),
+            Write::TargetMeta(id, _) => write!(f, "target {id}'s description"),
+            Write::Ring(id, half, _) => write!(f, "target {id}'s ring {half}"),
+            Write::Target(id, v) if *v == TargetValue::none() => {
+                write!(f, "target {id} (removal)")
+            }
+            Write::Target(id, _) => write!(f, "target {id}'s decision"),
+            Write::Addr(addr, _) => write!(f, "address {}", Ipv4Addr::from(*addr)),
+            Write::RemoveAddr(addr) => write!(f, "address {} (removal)", Ipv4Addr::from(*addr)),
+            Write::RevNat(key, _) => write!(f, "reverse NAT of {}", key.ip()),
+            Write::RemoveRevNat(key) => write!(f, "reverse NAT of {} (removal)", key.ip()),
+            Write::Vip(id, v) => write!(f, "VIP {id} ({})", v.key.ip()),
+            Write::RemoveVip(id) => write!(f, "VIP {id} (removal)"),
+            Write::RefreshFilter => write!(f, "the address pre-filter"),
+        }
+    }
+}
+
+/// The exact map writes that take maps holding `current` to `desired`, computed from the
+/// tables alone before anything is written ([`Plan::new`]), then made ([`Plan::commit`]).
 ///
 /// Order, so the datapath never follows a reference to something not yet there, nor keeps
 /// using something already gone:
@@ -60,154 +181,249 @@ pub trait Store {
 /// 2. then removals, the other way round: VIPs, reverse NAT, pre-filter, targets, paths.
 ///
 /// A removed path's slot is written down (state 0), so exceptions still naming it go stale.
-pub fn apply(store: &mut impl Store, current: &Tables, desired: &Tables) -> Result<usize, Error> {
-    fn changed<T: PartialEq>(current: Option<&T>, desired: &T) -> bool {
-        current != Some(desired)
-    }
-    let mut n = 0;
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub writes: Vec<Write>,
+}
 
-    if current.settings != desired.settings {
-        store.set_settings(desired.settings)?;
-        n += 1;
-    }
-    for (id, meta) in &desired.path_meta {
-        if changed(current.path_meta.get(id), meta) {
-            store.set_path_meta(*id, *meta)?;
-            n += 1;
+impl Plan {
+    pub fn new(current: &Tables, desired: &Tables) -> Plan {
+        fn changed<T: PartialEq>(current: Option<&T>, desired: &T) -> bool {
+            current != Some(desired)
         }
-    }
-    for (id, path) in &desired.paths {
-        if changed(current.paths.get(id), path) {
-            store.set_path(*id, *path)?;
-            n += 1;
+        let mut w = Vec::new();
+
+        if current.settings != desired.settings {
+            w.push(Write::Settings(desired.settings));
         }
-    }
-    for (id, meta) in &desired.target_meta {
-        if changed(current.target_meta.get(id), meta) {
-            store.set_target_meta(*id, *meta)?;
-            n += 1;
-        }
-    }
-    for ((id, half), ring) in &desired.rings {
-        if changed(current.rings.get(&(*id, *half)), ring) {
-            // The datapath may be reading this half as the target's previous ring: end that
-            // transition first, so no old connection sees a half-written table.
-            if let Some(t) = current.targets.get(id)
-                && t.prev_mode == TARGET_MODE_RING
-                && t.ring_half ^ 1 == *half
-            {
-                let mut interim = *t;
-                interim.prev_mode = TARGET_MODE_NONE;
-                interim.prev_active = NO_ID;
-                store.set_target(*id, interim)?;
-                n += 1;
+        for (id, meta) in &desired.path_meta {
+            if changed(current.path_meta.get(id), meta) {
+                w.push(Write::PathMeta(*id, *meta));
             }
-            store.set_ring(*id, *half, ring)?;
-            n += 1;
         }
-    }
-    for (id, target) in &desired.targets {
-        if changed(current.targets.get(id), target) {
-            store.set_target(*id, *target)?;
-            n += 1;
-        }
-    }
-    let mut filter = false;
-    for (addr, kind) in &desired.addrs {
-        if changed(current.addrs.get(addr), kind) {
-            store.set_addr(*addr, *kind)?;
-            filter = true;
-            n += 1;
-        }
-    }
-    for (key, rev) in &desired.rev_nat {
-        if changed(current.rev_nat.get(key), rev) {
-            store.set_rev_nat(*key, *rev)?;
-            filter = true;
-            n += 1;
-        }
-    }
-    for (id, vip) in &desired.vips {
-        if changed(current.vips.get(id), vip) {
-            // A VIP id moving to another key: drop the old key first (set_vip writes the new).
-            if let Some(old) = current.vips.get(id)
-                && old.key != vip.key
-            {
-                store.remove_vip(*id)?;
+        for (id, path) in &desired.paths {
+            if changed(current.paths.get(id), path) {
+                w.push(Write::Path(*id, *path));
             }
-            store.set_vip(*id, *vip)?;
-            filter = true;
-            n += 1;
         }
-    }
-    if filter {
-        store.refresh_filter()?;
+        for (id, meta) in &desired.target_meta {
+            if changed(current.target_meta.get(id), meta) {
+                w.push(Write::TargetMeta(*id, *meta));
+            }
+        }
+        for ((id, half), ring) in &desired.rings {
+            if changed(current.rings.get(&(*id, *half)), ring) {
+                // The datapath may be reading this half as the target's previous ring: end
+                // that transition first, so no old connection sees a half-written table.
+                if let Some(t) = current.targets.get(id)
+                    && t.prev_mode == TARGET_MODE_RING
+                    && t.ring_half ^ 1 == *half
+                {
+                    let mut interim = *t;
+                    interim.prev_mode = TARGET_MODE_NONE;
+                    interim.prev_active = NO_ID;
+                    w.push(Write::Target(*id, interim));
+                }
+                w.push(Write::Ring(*id, *half, ring.clone()));
+            }
+        }
+        for (id, target) in &desired.targets {
+            if changed(current.targets.get(id), target) {
+                w.push(Write::Target(*id, *target));
+            }
+        }
+        let mut filter = false;
+        for (addr, kind) in &desired.addrs {
+            if changed(current.addrs.get(addr), kind) {
+                w.push(Write::Addr(*addr, *kind));
+                filter = true;
+            }
+        }
+        for (key, rev) in &desired.rev_nat {
+            if changed(current.rev_nat.get(key), rev) {
+                w.push(Write::RevNat(*key, *rev));
+                filter = true;
+            }
+        }
+        for (id, vip) in &desired.vips {
+            if changed(current.vips.get(id), vip) {
+                // A VIP id moving to another key: drop the old key first (a VIP write adds the
+                // new one).
+                if let Some(old) = current.vips.get(id)
+                    && old.key != vip.key
+                {
+                    w.push(Write::RemoveVip(*id));
+                }
+                w.push(Write::Vip(*id, *vip));
+                filter = true;
+            }
+        }
+        if filter {
+            w.push(Write::RefreshFilter);
+        }
+
+        let mut removed = false;
+        for id in current
+            .vips
+            .keys()
+            .filter(|id| !desired.vips.contains_key(id))
+        {
+            w.push(Write::RemoveVip(*id));
+            removed = true;
+        }
+        for key in current
+            .rev_nat
+            .keys()
+            .filter(|k| !desired.rev_nat.contains_key(k))
+        {
+            w.push(Write::RemoveRevNat(*key));
+            removed = true;
+        }
+        for addr in current
+            .addrs
+            .keys()
+            .filter(|a| !desired.addrs.contains_key(*a))
+        {
+            w.push(Write::RemoveAddr(*addr));
+            removed = true;
+        }
+        if removed {
+            w.push(Write::RefreshFilter);
+        }
+        for id in current
+            .targets
+            .keys()
+            .filter(|id| !desired.targets.contains_key(id))
+        {
+            w.push(Write::Target(*id, TargetValue::none()));
+        }
+        for id in current
+            .target_meta
+            .keys()
+            .filter(|id| !desired.target_meta.contains_key(id))
+        {
+            w.push(Write::TargetMeta(*id, TargetMeta::default()));
+        }
+        for id in current
+            .paths
+            .keys()
+            .filter(|id| !desired.paths.contains_key(id))
+        {
+            w.push(Write::Path(*id, PathValue::default()));
+        }
+        for id in current
+            .path_meta
+            .keys()
+            .filter(|id| !desired.path_meta.contains_key(id))
+        {
+            w.push(Write::PathMeta(*id, PathMeta::default()));
+        }
+        Plan { writes: w }
     }
 
-    let mut removed = false;
-    for id in current
-        .vips
-        .keys()
-        .filter(|id| !desired.vips.contains_key(id))
-    {
-        store.remove_vip(*id)?;
-        removed = true;
-        n += 1;
+    /// Makes the writes in order, on maps holding `current`. When one fails, what was written
+    /// is undone (a plan from where the maps got back to `current`, the failed write counted
+    /// as made since it may be half made): the error says whether that worked and what the
+    /// maps hold.
+    pub fn commit(
+        &self,
+        store: &mut impl Store,
+        current: &Tables,
+    ) -> Result<usize, Box<ApplyError>> {
+        let mut reached = current.clone();
+        for (i, w) in self.writes.iter().enumerate() {
+            if let Err(source) = w.write(store) {
+                w.land(&mut reached);
+                let undo = Plan::new(&reached, current);
+                let (undone, holds) = match undo.commit_once(store) {
+                    Ok(()) => (Ok(()), current.clone()),
+                    // What the maps hold is no longer known from here: read it.
+                    Err(e) => (Err(e), store.read().unwrap_or(reached)),
+                };
+                return Err(Box::new(ApplyError {
+                    failed: w.to_string(),
+                    index: i,
+                    total: self.writes.len(),
+                    source,
+                    undone,
+                    holds,
+                }));
+            }
+            w.land(&mut reached);
+        }
+        Ok(self.entries())
     }
-    for key in current
-        .rev_nat
-        .keys()
-        .filter(|k| !desired.rev_nat.contains_key(k))
-    {
-        store.remove_rev_nat(key)?;
-        removed = true;
-        n += 1;
+
+    /// How many entries the plan writes (a pre-filter refresh is not one).
+    pub fn entries(&self) -> usize {
+        self.writes
+            .iter()
+            .filter(|w| **w != Write::RefreshFilter)
+            .count()
     }
-    for addr in current
-        .addrs
-        .keys()
-        .filter(|a| !desired.addrs.contains_key(*a))
-    {
-        store.remove_addr(*addr)?;
-        removed = true;
-        n += 1;
+
+    /// The writes in order, stopping at the first failure (an undo is not undone).
+    fn commit_once(&self, store: &mut impl Store) -> Result<(), Error> {
+        self.writes.iter().try_for_each(|w| w.write(store))
     }
-    if removed {
-        store.refresh_filter()?;
+}
+
+/// A [`Plan`] that failed partway.
+#[derive(Debug)]
+pub struct ApplyError {
+    /// The write that failed, as the log shows it.
+    pub failed: String,
+    pub index: usize,
+    pub total: usize,
+    pub source: Error,
+    /// Whether the writes before it were undone; if not, why.
+    pub undone: Result<(), Error>,
+    /// What the maps hold now: the tables before the plan when undone, else as read back.
+    pub holds: Tables,
+}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "map write {} of {} ({}) failed: {}; ",
+            self.index + 1,
+            self.total,
+            self.failed,
+            self.source
+        )?;
+        match &self.undone {
+            Ok(()) if self.index == 0 => {
+                write!(f, "nothing was written: the previous state is in force")
+            }
+            Ok(()) => write!(
+                f,
+                "the {} writes before it were undone: the previous state is in force",
+                self.index
+            ),
+            Err(e) => write!(
+                f,
+                "undoing the {} writes before it failed too ({e}): the maps hold a mix of the previous and the new state, read back for the next attempt",
+                self.index
+            ),
+        }
     }
-    for id in current
-        .targets
-        .keys()
-        .filter(|id| !desired.targets.contains_key(id))
-    {
-        store.set_target(*id, TargetValue::none())?;
-        n += 1;
+}
+
+impl std::error::Error for ApplyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
     }
-    for id in current
-        .target_meta
-        .keys()
-        .filter(|id| !desired.target_meta.contains_key(id))
-    {
-        store.set_target_meta(*id, TargetMeta::default())?;
-        n += 1;
-    }
-    for id in current
-        .paths
-        .keys()
-        .filter(|id| !desired.paths.contains_key(id))
-    {
-        store.set_path(*id, PathValue::default())?;
-        n += 1;
-    }
-    for id in current
-        .path_meta
-        .keys()
-        .filter(|id| !desired.path_meta.contains_key(id))
-    {
-        store.set_path_meta(*id, PathMeta::default())?;
-        n += 1;
-    }
-    Ok(n)
+}
+
+/// Writes what differs between `current` (what the maps hold) and `desired` ([`Plan`]: planned
+/// first, then committed, undone on a failure); returns how many entries were written.
+pub fn apply(
+    store: &mut impl Store,
+    current: &Tables,
+    desired: &Tables,
+) -> Result<usize, Box<ApplyError>> {
+    Plan::new(current, desired).commit(store, current)
 }
 
 impl Store for Maps {
@@ -249,6 +465,9 @@ impl Store for Maps {
     }
     fn refresh_filter(&mut self) -> Result<(), Error> {
         Maps::refresh_filter(self)
+    }
+    fn read(&self) -> Result<Tables, Error> {
+        self.read_tables()
     }
 }
 
@@ -309,9 +528,26 @@ pub struct MemStore {
     pub log: Vec<String>,
     /// VIP keys as the hash map holds them.
     pub vip_keys: BTreeSet<EndpointKey>,
+    /// Writes made or tried so far.
+    pub calls: usize,
+    /// The writes (by their number in `calls`, from 0) that fail, leaving nothing written.
+    pub fail: BTreeSet<usize>,
 }
 
 impl MemStore {
+    fn call(&mut self) -> Result<(), Error> {
+        let n = self.calls;
+        self.calls += 1;
+        if self.fail.contains(&n) {
+            return Err(Error::MapOp {
+                map: "MemStore",
+                op: "write",
+                source: aya::maps::MapError::KeyNotFound,
+            });
+        }
+        Ok(())
+    }
+
     /// What [`Maps::read_tables`] would read back from maps holding these writes.
     pub fn read(&self) -> Tables {
         let t = &self.tables;
@@ -379,12 +615,14 @@ impl MemStore {
 
 impl Store for MemStore {
     fn set_vip(&mut self, id: u32, info: VipInfo) -> Result<(), Error> {
+        self.call()?;
         self.vip_keys.insert(info.key);
         self.tables.vips.insert(id, info);
         self.log.push(format!("vip {id}"));
         Ok(())
     }
     fn remove_vip(&mut self, id: u32) -> Result<(), Error> {
+        self.call()?;
         if let Some(info) = self.tables.vips.remove(&id) {
             self.vip_keys.remove(&info.key);
         }
@@ -392,59 +630,73 @@ impl Store for MemStore {
         Ok(())
     }
     fn set_rev_nat(&mut self, key: EndpointKey, value: RevValue) -> Result<(), Error> {
+        self.call()?;
         self.tables.rev_nat.insert(key, value);
         self.log.push(format!("rev {}", key.ip()));
         Ok(())
     }
     fn remove_rev_nat(&mut self, key: &EndpointKey) -> Result<(), Error> {
+        self.call()?;
         self.tables.rev_nat.remove(key);
         self.log.push(format!("-rev {}", key.ip()));
         Ok(())
     }
     fn set_target(&mut self, id: u32, value: TargetValue) -> Result<(), Error> {
+        self.call()?;
         self.tables.targets.insert(id, value);
         self.log.push(format!("target {id}"));
         Ok(())
     }
     fn set_ring(&mut self, target: u32, half: u8, slots: &[u32]) -> Result<(), Error> {
+        self.call()?;
         self.tables.rings.insert((target, half), slots.into());
         self.log.push(format!("ring {target}/{half}"));
         Ok(())
     }
     fn set_path(&mut self, id: u32, value: PathValue) -> Result<(), Error> {
+        self.call()?;
         self.tables.paths.insert(id, value);
         self.log.push(format!("path {id}"));
         Ok(())
     }
     fn set_target_meta(&mut self, id: u32, value: TargetMeta) -> Result<(), Error> {
+        self.call()?;
         self.tables.target_meta.insert(id, value);
         self.log.push(format!("target-meta {id}"));
         Ok(())
     }
     fn set_path_meta(&mut self, id: u32, value: PathMeta) -> Result<(), Error> {
+        self.call()?;
         self.tables.path_meta.insert(id, value);
         self.log.push(format!("path-meta {id}"));
         Ok(())
     }
     fn set_addr(&mut self, addr: [u8; 4], kind: u32) -> Result<(), Error> {
+        self.call()?;
         self.tables.addrs.insert(addr, kind);
         self.log
             .push(format!("addr {}", std::net::Ipv4Addr::from(addr)));
         Ok(())
     }
     fn remove_addr(&mut self, addr: [u8; 4]) -> Result<(), Error> {
+        self.call()?;
         self.tables.addrs.remove(&addr);
         self.log
             .push(format!("-addr {}", std::net::Ipv4Addr::from(addr)));
         Ok(())
     }
     fn set_settings(&mut self, value: Settings) -> Result<(), Error> {
+        self.call()?;
         self.tables.settings = value;
         self.log.push("settings".into());
         Ok(())
     }
     fn refresh_filter(&mut self) -> Result<(), Error> {
+        self.call()?;
         self.log.push("filter".into());
         Ok(())
+    }
+    fn read(&self) -> Result<Tables, Error> {
+        Ok(MemStore::read(self))
     }
 }

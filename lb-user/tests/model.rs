@@ -1121,3 +1121,69 @@ fn decision_changes_keep_the_previous_decision_while_its_path_is_up() {
     assert_eq!(back.tables().targets[&aa], v);
     assert_eq!(back.tables().rings, t.rings);
 }
+
+// ---- Failed writes: planned, committed, undone. ----
+
+/// Guards the commit: wherever a plan from A to C (VIPs, paths and a whole target added and
+/// removed, a ring rebuilt, a VIP id reused) fails, what was written before is undone and the
+/// maps hold A again, as the error says; nothing is left half-applied.
+#[test]
+fn a_failed_write_is_undone_wherever_it_fails() {
+    let a = model_a();
+    let b = Model::new(config_b().config(), &a).expect("fits");
+    let c = Model::new(
+        config_b()
+            .service("203.0.113.31", "tcp", 80, None, "db")
+            .config(),
+        &b,
+    )
+    .expect("fits");
+    let (from, to) = (a.tables(), c.tables());
+    let plan = lb_user::tables::Plan::new(&from, &to);
+    assert!(plan.writes.len() > 10, "{:?}", plan.writes);
+    for k in 0..plan.writes.len() {
+        let mut store = store_holding(&from);
+        store.fail = BTreeSet::from([store.calls + k]);
+        let e = apply(&mut store, &from, &to).expect_err("the write fails");
+        assert_eq!((e.index, e.total), (k, plan.writes.len()));
+        assert!(e.undone.is_ok(), "write {k}: {e}");
+        assert_eq!(store.read(), from, "write {k} ({}): undone", e.failed);
+        assert_eq!(e.holds, from);
+        let said = e.to_string();
+        let in_force = if k == 0 {
+            "nothing was written: the previous state is in force"
+        } else {
+            "were undone: the previous state is in force"
+        };
+        assert!(said.contains(in_force), "{said}");
+        assert!(said.contains(&plan.writes[k].to_string()), "{said}");
+    }
+    // And without a failure, the plan is what `apply` writes.
+    let mut store = store_holding(&from);
+    assert_eq!(
+        apply(&mut store, &from, &to).expect("writes"),
+        plan.entries()
+    );
+    assert_eq!(store.read(), to);
+}
+
+/// When the undo fails too, the error says the maps hold a mix, and carries what they hold as
+/// read back, so the next attempt starts from the truth.
+#[test]
+fn a_failed_undo_reads_back_what_the_maps_hold() {
+    let a = model_a();
+    let b = Model::new(config_b().config(), &a).expect("fits");
+    let (from, to) = (a.tables(), b.tables());
+    let mut store = store_holding(&from);
+    // The fourth write fails, then the first write of its undo.
+    store.fail = BTreeSet::from([store.calls + 3, store.calls + 4]);
+    let e = apply(&mut store, &from, &to).expect_err("fails");
+    assert!(e.undone.is_err());
+    assert!(e.to_string().contains("hold a mix"), "{e}");
+    assert_eq!(e.holds, store.read());
+    assert_ne!(e.holds, from, "three writes stayed");
+    // From there, a plan reaches either state.
+    let holds = e.holds.clone();
+    apply(&mut store, &holds, &to).expect("writes");
+    assert_eq!(store.read(), to);
+}
