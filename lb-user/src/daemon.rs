@@ -89,6 +89,9 @@ struct Daemon {
     redirects: BTreeMap<String, RedirectTarget>,
     /// The interface each path's replies must arrive on, as written to `LB_PATH_IFACES`.
     arrivals: BTreeMap<u32, u32>,
+    /// The index of each configured interface as last attached: a link event for another
+    /// index is another device of that name.
+    ifindexes: BTreeMap<String, u32>,
     /// When the exception tables were last swept.
     swept: Instant,
     /// The maps handle the sweep uses on its blocking thread, while it is not away.
@@ -155,6 +158,8 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         Origin::Fresh => info!("installed a new datapath in {}", pin.root().display()),
     }
 
+    // Before the first attachment, so an interface that goes during start-up is seen.
+    let mut links = crate::links::watch().context("watching interfaces over rtnetlink")?;
     let (events, mut rx) = mpsc::unbounded_channel();
     let shared: metrics::Shared = Default::default();
     let probe_stats: Arc<ProbeStats> = Default::default();
@@ -183,6 +188,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         redirects: BTreeMap::new(),
         hooks: BTreeMap::new(),
         arrivals: BTreeMap::new(),
+        ifindexes: BTreeMap::new(),
         swept: Instant::now(),
         sweep_maps: None,
         next_epoch: 1,
@@ -209,6 +215,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
     loop {
         tokio::select! {
             Some(ev) = rx.recv() => d.on_event(ev),
+            Some(link) = links.recv() => d.on_link(link),
             _ = hup.recv() => d.reload(),
             _ = usr1.recv() => d.refresh_admin(),
             _ = flush.tick() => {
@@ -339,6 +346,12 @@ impl Daemon {
                 // Attached (or adopted and updated) by this daemon already.
                 continue;
             }
+            if crate::ifindex(&iface).is_none() {
+                // Gone since the configuration was checked: attached when it is back
+                // (`on_link`); the other interfaces are served meanwhile.
+                warn!("{iface}: no such interface now; {role} is attached when it appears");
+                continue;
+            }
             let mut result = self.dp.attach(role, hook, &iface, self.opts.xdp_mode);
             if let Err(e) = &result
                 && hook == Hook::Xdp
@@ -403,6 +416,11 @@ impl Daemon {
         }
         self.hooks
             .retain(|iface, _| wanted.iter().any(|(_, _, w)| w == iface));
+        self.ifindexes = wanted
+            .iter()
+            .filter(|(role, hook, iface)| self.attached.contains(&(*role, *hook, iface.clone())))
+            .filter_map(|(_, _, iface)| Some((iface.clone(), crate::ifindex(iface)?)))
+            .collect();
         self.record_hooks(&new)?;
         self.redirects
             .retain(|iface, _| wanted.iter().any(|(_, _, w)| w == iface));
@@ -576,6 +594,72 @@ impl Daemon {
         );
         *self.snap.transitions.entry(path_id).or_default() += 1;
         self.publish();
+    }
+
+    /// Follows a configured interface going and coming back: its programs go with the device,
+    /// and the device that comes back under its name (a new index) gets them again, with its
+    /// redirect entry and the paths' arrival interface.
+    fn on_link(&mut self, ev: crate::links::LinkEvent) {
+        use crate::links::LinkEvent;
+        let ifaces = &self.model.config.interfaces;
+        let configured = |name: &str| {
+            ifaces
+                .clients
+                .iter()
+                .chain(&ifaces.paths)
+                .any(|i| i == name)
+        };
+        match ev {
+            LinkEvent::Gone { name, ifindex } if configured(&name) => {
+                if self.ifindexes.get(&name) != Some(&ifindex) {
+                    return;
+                }
+                warn!(
+                    "{name} is gone (ifindex {ifindex}): its programs went with it; they are attached again when it comes back"
+                );
+                self.forget_iface(&name, ifindex);
+            }
+            LinkEvent::New { name, ifindex } if configured(&name) => {
+                match self.ifindexes.get(&name).copied() {
+                    // A change of flags or addresses of the device served.
+                    Some(known) if known == ifindex => return,
+                    // The deletion was not seen (the socket overran): the old device is gone.
+                    Some(old) => self.forget_iface(&name, old),
+                    None => {}
+                }
+                info!("{name} is here (ifindex {ifindex}): attaching");
+                let model = self.model.clone();
+                match self.switch_to(model) {
+                    Ok(()) => self.sync_arrivals(),
+                    Err(e) => error!("{name}: attaching failed: {e:#}"),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Drops what this daemon knows of interface `name` (index `ifindex`), whose device is
+    /// gone: its link pins (dead links) and its redirect entry.
+    fn forget_iface(&mut self, name: &str, ifindex: u32) {
+        let gone: Vec<(Role, Hook, String)> = self
+            .attached
+            .iter()
+            .filter(|(_, _, iface)| iface == name)
+            .cloned()
+            .collect();
+        if let Some(pin) = self.dp.pin_dir().cloned() {
+            for (role, hook, iface) in &gone {
+                if let Err(e) = pin.detach(*role, *hook, iface) {
+                    warn!("{iface}: removing the pin of a dead link: {e}");
+                }
+            }
+        }
+        for a in &gone {
+            self.attached.remove(a);
+        }
+        let _ = self.dp.maps.remove_tx_port(ifindex);
+        self.ifindexes.remove(name);
+        self.redirects.remove(name);
     }
 
     fn describe(&self, d: &Decision) -> String {

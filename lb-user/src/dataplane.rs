@@ -548,13 +548,25 @@ impl Dataplane {
         if let Some(path) = &pin
             && let Ok(pinned) = PinnedLink::from_pin(path)
         {
-            self.update_link(role, hook, iface, path, pinned)?;
-            return Ok(Attached {
-                role,
-                hook,
-                iface: iface.into(),
-                mode: None,
-            });
+            match self.update_link(role, hook, iface, path, pinned) {
+                Ok(()) => {
+                    return Ok(Attached {
+                        role,
+                        hook,
+                        iface: iface.into(),
+                        mode: None,
+                    });
+                }
+                // The link's device was deleted (an interface of this name came back as a new
+                // device): the pin holds a dead link. It goes; a new one is made below.
+                Err(e) if caused_by_errno(&e, libc::ENOLINK) => {
+                    warn!(
+                        "{iface}: the pinned link of {role} belongs to a deleted device; attaching anew"
+                    );
+                    let _ = fs::remove_file(path);
+                }
+                Err(e) => return Err(e),
+            }
         }
         if hook == Hook::Tc {
             return self.attach_tc(role, iface, pin);
@@ -853,6 +865,21 @@ mod bpffs {
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
     }
+}
+
+/// Whether an OS error `errno` is somewhere in `e`'s chain of causes.
+fn caused_by_errno(e: &(dyn std::error::Error + 'static), errno: i32) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+            == Some(errno)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Creates `dir` (and its parents) and makes it root's alone (0700), whatever the umask.

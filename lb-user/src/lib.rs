@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod exceptions;
 pub mod health;
+pub mod links;
 pub mod lock;
 pub mod maps;
 pub mod metrics;

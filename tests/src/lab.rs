@@ -66,6 +66,7 @@ pub struct Lab {
     pub nn1: Netns,
     pub nn2: Netns,
     pub vm: Netns,
+    veths: Veths,
 }
 
 /// How the lab's veths are set up.
@@ -103,6 +104,7 @@ impl Lab {
             nn1: Netns::new(&name("nn1"))?,
             nn2: Netns::new(&name("nn2"))?,
             vm: Netns::new(&name("vm"))?,
+            veths,
         };
         lab.wire(veths)?;
         Ok(lab)
@@ -115,6 +117,7 @@ impl Lab {
             nn1,
             nn2,
             vm,
+            ..
         } = self;
         veth(edge, EDGE_CLIENTS, client, "c0")?;
         veth(edge, EDGE_NN1, nn1, "up0")?;
@@ -187,6 +190,31 @@ impl Lab {
 
     fn router(&self, nn: u8) -> &Netns {
         if nn == 1 { &self.nn1 } else { &self.nn2 }
+    }
+
+    /// Deletes the edge's interface toward path `nn` (1 or 2) and makes it again, with the
+    /// same name, addresses and routes, as the lab first did: a new device with a new index, as
+    /// after a VF reset or a recreated veth. Whatever was attached to the old one is gone.
+    pub fn replug(&self, nn: u8) -> anyhow::Result<()> {
+        let (dev, edge_addr, router_addr, vm_net) = if nn == 1 {
+            (EDGE_NN1, "198.51.100.65", "198.51.100.66", "192.0.2.64/26")
+        } else {
+            (EDGE_NN2, "198.51.100.69", "198.51.100.70", "192.0.2.96/27")
+        };
+        let r = self.router(nn);
+        self.edge.ip(&format!("link del {dev}"))?;
+        veth(&self.edge, dev, r, "up0")?;
+        self.edge
+            .ip(&format!("addr add {edge_addr}/30 dev {dev}"))?;
+        self.edge
+            .ip(&format!("route add {vm_net} via {router_addr}"))?;
+        r.ip(&format!("addr add {router_addr}/30 dev up0"))?;
+        r.ip(&format!("route add default via {edge_addr}"))?;
+        if self.veths == Veths::Tuned {
+            r.exec("ethtool", &["-K", "up0", "tx", "off", "gro", "on"])?;
+            self.edge.exec("ethtool", &["-K", dev, "tx", "off"])?;
+        }
+        Ok(())
     }
 
     /// Injects `failure` on path `nn` (1 or 2).

@@ -810,6 +810,66 @@ fn status_shows_what_the_datapath_does() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An interface that is deleted and comes back (a new device of the same name) is attached
+/// again, with its redirect entry and its paths' arrival interface, and served: while the
+/// daemon runs (it follows rtnetlink), and across a restart that finds the dead link pinned
+/// (adoption used to fail on it). Plain veths, the default hook.
+fn an_interface_that_comes_back_is_attached_again() -> anyhow::Result<()> {
+    let topo = Lab::with_veths(Veths::Plain)?;
+    let _srv = servers::start(&topo.vm, PORTS, [NN1, NN2])?;
+    let mut d = Daemon::start(&topo.edge, &config(TCP_PROBE, "", WHOLE_VIP), &[])?;
+    d.wait_status(T, |s| active(s, "web").as_deref() == Some("nn1"))?;
+    let served_by_nn1 = |d: &Daemon, what: &str| -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match http_get(&topo.client, VIP, HTTP, "/", T) {
+                Ok(body) if body == NN1.to_string() => return Ok(()),
+                other if Instant::now() > deadline => {
+                    anyhow::bail!("{what}: not served over nn1: {other:?}\n{}", d.log_text())
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    };
+    served_by_nn1(&d, "before")?;
+
+    topo.replug(1)?;
+    let deadline = Instant::now() + T;
+    while !d.log_text().contains(&format!("{EDGE_NN1} is here")) {
+        ensure!(
+            Instant::now() < deadline,
+            "not re-attached:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ensure!(
+        d.log_text().contains(&format!("{EDGE_NN1} is gone")),
+        "the loss is logged:\n{}",
+        d.log_text()
+    );
+    d.wait_status(Duration::from_secs(5), |s| {
+        active(s, "web").as_deref() == Some("nn1")
+    })?;
+    served_by_nn1(&d, "after the interface came back")?;
+
+    // Stopped, the interface replaced, started again: the pinned link is a dead one.
+    d.stop()?;
+    topo.replug(1)?;
+    d.restart(&[])?;
+    ensure!(
+        d.log_text()
+            .contains("belongs to a deleted device; attaching anew"),
+        "{}",
+        d.log_text()
+    );
+    d.wait_status(Duration::from_secs(5), |s| {
+        active(s, "web").as_deref() == Some("nn1")
+    })?;
+    served_by_nn1(&d, "after a restart on a dead link")?;
+    Ok(())
+}
+
 /// A child process, killed when the test ends however it ends.
 struct KillOnDrop(std::process::Child);
 
@@ -1304,6 +1364,10 @@ fn main() {
             ),
             ("cli_json_matches_the_traffic", cli_json_matches_the_traffic),
             ("drain_survives_restart", drain_survives_restart),
+            (
+                "an_interface_that_comes_back_is_attached_again",
+                an_interface_that_comes_back_is_attached_again,
+            ),
             (
                 "status_shows_what_the_datapath_does",
                 status_shows_what_the_datapath_does,
