@@ -27,11 +27,21 @@
 //!
 //! A result that arrives after the timeout is a timeout even when tokio's timer (1 ms
 //! granularity) had not fired yet: `ok` implies `rtt <= timeout`.
+//!
+//! **Times are the kernel's.** A probe judges the path, not this process: a thread that was
+//! descheduled for a while (a loaded host, a VM's stolen time) must not turn an answer that
+//! came in time into a timeout. An echo reply carries the time the kernel received it
+//! (`SO_TIMESTAMPNS`; the kernel switches its receive timestamps on a moment after the first
+//! socket asks, so the prober's first replies may be timed when read), and when a probe's
+//! deadline passes, the socket is read once more before
+//! it is called a timeout, so a reply that waited there is still counted. A TCP handshake's
+//! round trip is the kernel's measure of it (`TCP_INFO`), not the time until this thread saw
+//! the connection complete.
 
 use std::{
     collections::HashMap,
     hash::BuildHasher,
-    io::{self, Read},
+    io,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     os::fd::{AsFd, AsRawFd},
     sync::{
@@ -238,9 +248,13 @@ impl Prober {
                 ProbeKind::Icmp => self.icmp(spec).await,
             }
         };
+        if spec.kind == ProbeKind::Icmp {
+            // It keeps its own deadline, measured on the kernel's clock.
+            return run.await;
+        }
         match tokio::time::timeout(spec.timeout, run).await {
             Ok(result) if result.rtt.is_none_or(|rtt| rtt <= spec.timeout) => result,
-            _ => failed(format!("timeout after {}", millis(spec.timeout))),
+            _ => timed_out(spec.timeout),
         }
     }
 
@@ -269,13 +283,26 @@ impl Prober {
         if let Err(e) = send {
             return failed(format!("send echo request: {e}"));
         }
-        match reply.await {
-            Ok(received) => succeeded(
-                received.saturating_duration_since(sent),
-                format!("echo reply from {}", spec.address),
-            ),
-            // The receive task ended (it only does when the prober is dropped).
-            Err(_) => failed("icmp receive task stopped"),
+        let mut reply = reply;
+        let received = tokio::select! {
+            biased;
+            got = &mut reply => match got {
+                Ok(at) => Some(at),
+                // The receive task ended (it only does when the prober is dropped).
+                Err(_) => return failed("icmp receive task stopped"),
+            },
+            () = tokio::time::sleep_until((sent + spec.timeout).into()) => {
+                // A reply the kernel took in time may wait in the socket while this thread
+                // was held up: read it before calling the probe a timeout.
+                channel.drain(self.ident);
+                reply.try_recv().ok()
+            }
+        };
+        match received.map(|at| at.saturating_duration_since(sent)) {
+            Some(rtt) if rtt <= spec.timeout => {
+                succeeded(rtt, format!("echo reply from {}", spec.address))
+            }
+            _ => timed_out(spec.timeout),
         }
         // `registration` drops here, or earlier with the future on timeout: either way no waiter
         // is left behind.
@@ -326,6 +353,10 @@ fn succeeded(rtt: Duration, detail: impl Into<String>) -> ProbeResult {
         rtt: Some(rtt),
         detail: detail.into(),
     }
+}
+
+fn timed_out(timeout: Duration) -> ProbeResult {
+    failed(format!("timeout after {}", millis(timeout)))
 }
 
 fn failed(detail: impl Into<String>) -> ProbeResult {
@@ -413,7 +444,30 @@ async fn connect(spec: &ProbeSpec, port: u16) -> Result<(TcpStream, Duration), S
         .connect(SocketAddr::from((spec.address, port)))
         .await
         .map_err(|e| connect_detail(&e))?;
-    Ok((stream, start.elapsed()))
+    let seen = start.elapsed();
+    // The kernel's round trip of the handshake; this thread may have seen the completion late.
+    let rtt = handshake_rtt(&stream).map_or(seen, |rtt| rtt.min(seen));
+    Ok((stream, rtt))
+}
+
+/// The kernel's smoothed round-trip time of a connection (`TCP_INFO`): right after the
+/// handshake, the handshake's. `None` when the kernel has none.
+fn handshake_rtt(stream: &TcpStream) -> Option<Duration> {
+    // SAFETY: `tcp_info` is plain old data; all zeros is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the descriptor is an open TCP socket borrowed for the call; `info` and `len`
+    // point to live values and `len` holds `info`'s size, which the kernel does not exceed.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && info.tcpi_rtt != 0).then(|| Duration::from_micros(u64::from(info.tcpi_rtt)))
 }
 
 fn bind_detail(what: &str, e: &io::Error) -> String {
@@ -609,6 +663,9 @@ impl IcmpChannel {
         // replies, in the kernel (the parser checks the type again).
         setsockopt_u32(&socket, libc::SOL_RAW, ICMP_FILTER, !(1 << ICMP_ECHO_REPLY))
             .map_err(|e| io::Error::new(e.kind(), format!("set ICMP_FILTER: {e}")))?;
+        // Each reply with the time the kernel received it.
+        setsockopt_u32(&socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
+            .map_err(|e| io::Error::new(e.kind(), format!("set SO_TIMESTAMPNS: {e}")))?;
         if let Some(interface) = interface {
             socket
                 .bind_device(Some(interface.as_bytes()))
@@ -635,16 +692,71 @@ impl IcmpChannel {
     }
 }
 
+impl IcmpChannel {
+    /// Hands every reply waiting in the socket to its probe, now, without waiting for more.
+    fn drain(&self, ident: u16) {
+        let mut buf = [0u8; RECV_BUF];
+        while let Ok((n, at)) = recv_stamped(self.socket.get_ref(), &mut buf) {
+            self.waiters
+                .deliver(ident, buf.get(..n).unwrap_or_default(), at);
+        }
+    }
+}
+
+/// Receives one datagram without waiting: its length and when the kernel received it (from
+/// `SO_TIMESTAMPNS`, as an [`Instant`]; now, when the kernel gave no time).
+fn recv_stamped(socket: &Socket, buf: &mut [u8]) -> io::Result<(usize, Instant)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // Room for one `SCM_TIMESTAMPNS` (a timespec) and its header, 8-byte aligned.
+    let mut control = [0u64; 8];
+    // SAFETY: `msghdr` is plain old data; all zeros is a valid (empty) value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: `msg` points to a live iovec over `buf` and to `control`, with their sizes; the
+    // kernel writes within them.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    let mut at = now;
+    // SAFETY: the CMSG macros walk the control buffer the kernel filled, within
+    // `msg_controllen`; a timestamp's data is a `timespec`, read unaligned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                let kernel = UNIX_EPOCH
+                    + Duration::new(
+                        ts.tv_sec.max(0) as u64,
+                        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+                    );
+                // Its age on the wall clock, taken off the monotonic one.
+                let age = wall.duration_since(kernel).unwrap_or_default();
+                at = now.checked_sub(age).unwrap_or(now);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n as usize, at))
+}
+
 /// The receive task of one ICMP socket: hands each matching echo reply to its probe.
 async fn receive(socket: Arc<AsyncFd<Socket>>, waiters: Arc<Waiters>, ident: u16) {
     let mut buf = [0u8; RECV_BUF];
     loop {
         let received = socket
-            .async_io(Interest::READABLE, |mut s: &Socket| s.read(&mut buf))
+            .async_io(Interest::READABLE, |s: &Socket| recv_stamped(s, &mut buf))
             .await;
         match received {
-            Ok(n) => {
-                let at = Instant::now();
+            Ok((n, at)) => {
                 waiters.deliver(ident, buf.get(..n).unwrap_or_default(), at);
             }
             Err(e) => {

@@ -361,6 +361,46 @@ async fn icmp_echo_to_loopback() {
     assert_eq!(prober.icmp_in_flight(), 0);
 }
 
+/// A thread held up past a probe's deadline (a loaded host) does not make a timeout of a reply
+/// the kernel received in time: the reply carries the kernel's receive time, and the socket is
+/// read once more when the deadline passes. The same for a TCP handshake, whose round trip is
+/// the kernel's. (Both used to fail: the reply was timed when this thread got to it.)
+#[tokio::test]
+async fn a_held_up_thread_does_not_turn_answers_into_timeouts() {
+    let prober = Prober::new().unwrap();
+    if !privileged(
+        &prober,
+        "a_held_up_thread_does_not_turn_answers_into_timeouts",
+    ) {
+        return;
+    }
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // The kernel turns receive timestamps on a moment after a socket first asks for them (a
+    // deferred switch); until then it times a datagram when it is read. A daemon's prober has
+    // been up long before.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let timeout = Duration::from_millis(10);
+    for kind in [ProbeKind::Icmp, ProbeKind::Tcp { port }] {
+        let spec = spec(kind.clone(), timeout);
+        let probe = prober.probe(&spec);
+        let hold_up = async {
+            // Once the probe has sent (it runs first and then waits), the only thread of
+            // this runtime stops for five timeouts.
+            tokio::task::yield_now().await;
+            std::thread::sleep(timeout * 5);
+        };
+        let (result, ()) = tokio::join!(probe, hold_up);
+        assert!(result.ok, "{kind:?}: {result:?}");
+        let rtt = result.rtt.expect("an rtt");
+        assert!(
+            rtt <= timeout,
+            "{kind:?}: the kernel's round trip, not the wait: {rtt:?}"
+        );
+    }
+    assert_eq!(prober.icmp_in_flight(), 0);
+}
+
 /// Without `CAP_NET_RAW` the prober still starts, and ICMP probes say what is missing.
 #[tokio::test]
 async fn icmp_without_privileges_says_why() {
