@@ -86,6 +86,9 @@ pub const PATH_META: &str = "LB_PATH_META";
 /// ([`PathSeen`]), for the control plane's "datapath suspect" check. Shared across CPUs (a
 /// lost race only shifts a timestamp).
 pub const PATH_SEEN: &str = "LB_PATH_SEEN";
+/// A ring buffer of [`PassiveEvent`]s: the datapath's word that a path's client traffic goes
+/// unanswered (the passive trigger). The daemon probes the path at once.
+pub const EVENTS: &str = "LB_EVENTS";
 /// Path id → `u32`, 1 when an operator disabled (drained) the path. Written by `lb path`.
 pub const ADMIN: &str = "LB_ADMIN";
 /// Interface name ([`IfaceKey`]) → [`IfaceMeta`]: the hook the daemon attached the interface's
@@ -191,7 +194,7 @@ pub const RETURN_NEXTHOPS: u32 = 1024;
 
 /// Every map of lb's own, for the test that checks them against the built object (which also
 /// has [`AYA_LOGS`]).
-pub const ALL: [&str; 27] = [
+pub const ALL: [&str; 28] = [
     VIPS,
     VIP_INFO,
     REV_NAT,
@@ -209,6 +212,7 @@ pub const ALL: [&str; 27] = [
     PATH_META,
     ADMIN,
     PATH_SEEN,
+    EVENTS,
     FRAGS,
     IFACES,
     ADDRS,
@@ -578,6 +582,9 @@ pub struct PathValue {
     /// The target this path belongs to: an exception whose path slot now belongs to another
     /// target (after a reload) is stale.
     pub target: u32,
+    /// The passive trigger's threshold, microseconds (0: off): client traffic toward the path
+    /// unanswered for longer raises a [`PassiveEvent`].
+    pub passive_us: u32,
 }
 
 /// How a reply from a path address is translated back.
@@ -740,7 +747,7 @@ const _: () = {
     assert!(size_of::<VipInfo>() == 16);
     assert!(size_of::<VipValue>() == 12);
     assert!(size_of::<TargetValue>() == 24);
-    assert!(size_of::<PathValue>() == 12);
+    assert!(size_of::<PathValue>() == 16);
     assert!(size_of::<RevValue>() == 16);
     assert!(size_of::<FlowKey>() == 16);
     assert!(size_of::<FlowValue>() == 24);
@@ -760,7 +767,7 @@ pub const NAME_LEN: usize = 32;
 /// The version of everything pinned: bump it with any change of a map's name, type, key, value
 /// or capacity. A daemon refuses to adopt pinned state of another layout (unless told to
 /// replace it).
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// A fingerprint of the layout: the version, and every map's name with the sizes of the types
 /// it holds. Computed at compile time, so a change that forgets the version still changes it.
@@ -795,6 +802,7 @@ pub const LAYOUT: u64 = {
         size_of::<PathMeta>(),
         size_of::<NextHop>(),
         size_of::<PathSeen>(),
+        size_of::<PassiveEvent>(),
         size_of::<FragKey>(),
         size_of::<FragValue>(),
         size_of::<IfaceKey>(),
@@ -920,6 +928,47 @@ pub struct PathSeen {
     pub syn_pending_ns: u64,
     /// The last SYN-ACK from the path.
     pub synack_ns: u64,
+    /// The first packet forwarded to the path since one last came back from it.
+    pub in_pending_ns: u64,
+    /// A packet from the path last came back (written at most once per clock tick).
+    pub out_ns: u64,
+    /// The last [`PassiveEvent`] about the path.
+    pub signalled_ns: u64,
+}
+
+/// What a [`PassiveEvent`] saw.
+pub const PASSIVE_SYN: u32 = 1;
+pub const PASSIVE_SILENCE: u32 = 2;
+/// The least time between two [`PassiveEvent`]s about one path.
+pub const PASSIVE_EVENT_GAP_NS: u64 = 10_000_000;
+/// Bytes of the [`EVENTS`] ring buffer (a page: events are few and small).
+pub const EVENTS_BYTES: u32 = 4096;
+
+/// The datapath's word (ring buffer [`EVENTS`]) that path `path`'s client traffic has gone
+/// unanswered for `waited_ns`, past the path's `passive_us`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassiveEvent {
+    pub path: u32,
+    /// `PASSIVE_SYN`: a TCP SYN waits for its SYN-ACK; `PASSIVE_SILENCE`: packets go to the
+    /// path and none comes back.
+    pub kind: u32,
+    pub waited_ns: u64,
+}
+
+impl PassiveEvent {
+    /// The event as the ring buffer holds it (native byte order), or `None` when `bytes` is
+    /// not one.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let path = u32::from_ne_bytes(bytes.get(0..4)?.try_into().ok()?);
+        let kind = u32::from_ne_bytes(bytes.get(4..8)?.try_into().ok()?);
+        let waited_ns = u64::from_ne_bytes(bytes.get(8..16)?.try_into().ok()?);
+        Some(Self {
+            path,
+            kind,
+            waited_ns,
+        })
+    }
 }
 
 impl PathSeen {
@@ -994,7 +1043,8 @@ const _: () = {
     assert!(size_of::<NextHop>() == 40);
     assert!(size_of::<TargetMeta>() == 48);
     assert!(size_of::<PathMeta>() == 56);
-    assert!(size_of::<PathSeen>() == 16);
+    assert!(size_of::<PathSeen>() == 40);
+    assert!(size_of::<PassiveEvent>() == 16);
     assert!(size_of::<IfaceMeta>() == 128);
     assert!(size_of::<Settings>() == 16);
     assert!(size_of::<TokenBucket>() == 16);

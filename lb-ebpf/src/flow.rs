@@ -52,6 +52,8 @@ pub type Vip = VipValue;
 pub struct Chosen {
     pub id: u32,
     pub addr: [u8; 4],
+    /// The path's passive-trigger threshold (`PathValue::passive_us`).
+    pub passive_us: u32,
 }
 
 /// What a TCP segment's flags say about its connection, for path selection.
@@ -115,6 +117,7 @@ fn usable(id: u32, target: u32) -> Option<Chosen> {
     (path.state == PATH_UP && path.target == target).then_some(Chosen {
         id,
         addr: path.addr,
+        passive_us: path.passive_us,
     })
 }
 
@@ -141,6 +144,7 @@ fn current(t: &TargetValue, target: u32, key: &FlowKey) -> Result<Chosen, Counte
     Ok(Chosen {
         id,
         addr: path.addr,
+        passive_us: path.passive_us,
     })
 }
 
@@ -333,6 +337,7 @@ pub fn unkeyed(target: u32, not_placeable: Counter) -> Result<Chosen, Counter> {
     Ok(Chosen {
         id: t.active,
         addr: path.addr,
+        passive_us: path.passive_us,
     })
 }
 

@@ -199,9 +199,11 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     if first_fragment {
         frag::track(ip, FRAG_DIR_IN, path.addr, vip.rank, path.id);
     }
-    if let Transport::Tcp(h) = &transport {
-        stats::handshake(path.id, h.flags, Dir::In);
-    }
+    let tcp_flags = match &transport {
+        Transport::Tcp(h) => Some(h.flags),
+        _ => None,
+    };
+    stats::path_seen(path.id, tcp_flags, Dir::In, path.passive_us);
     ctx.rewrite(ip, transport.into_l4(), l4, Side::Dst, path.addr, new_port);
     stats::translated(ctx, Counter::NatIngress, vip.rank, path.id, Dir::In);
     Ok(forward::finish(ctx, &l2, ip, next))

@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::maps::{
-    ADDR_FILTER_SIZE, ControlMeta, EndpointKey, FLOW_TABLE_SIZE, FRAG_TABLE_SIZE, FlowKey,
-    FlowValue, FragKey, FragValue, IfaceKey, IfaceMeta, MAX_ADDRS, MAX_IFACES, MAX_PAIRS,
+    ADDR_FILTER_SIZE, ControlMeta, EVENTS_BYTES, EndpointKey, FLOW_TABLE_SIZE, FRAG_TABLE_SIZE,
+    FlowKey, FlowValue, FragKey, FragValue, IfaceKey, IfaceMeta, MAX_ADDRS, MAX_IFACES, MAX_PAIRS,
     MAX_PATHS, MAX_REV_NAT, MAX_TARGETS, MAX_TX_PORTS, MAX_VIPS, NextHop, OUTBOUND_TABLE_SIZE,
     PathMeta, PathSeen, PathValue, RING_ENTRIES, RevValue, SHADOWED_TABLE_SIZE, Settings,
     TargetMeta, TargetValue, TokenBucket, TrafficStats, VipInfo, VipValue,
@@ -102,6 +102,10 @@ pub static LB_ADMIN: Array<u32> = Array::with_max_entries(MAX_PATHS, 0);
 
 #[map]
 pub static LB_PATH_SEEN: Array<PathSeen> = Array::with_max_entries(MAX_PATHS, 0);
+
+/// See `stats::path_seen`.
+#[map]
+pub static LB_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 #[map]
 pub static LB_IFACES: HashMap<IfaceKey, IfaceMeta> = HashMap::with_max_entries(MAX_IFACES, 0);

@@ -228,9 +228,11 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     if first_fragment {
         frag::track(ip, FRAG_DIR_OUT, rev.vip_addr, rev.vip_rank, rev.path);
     }
-    if let Transport::Tcp(h) = &transport {
-        stats::handshake(rev.path, h.flags, Dir::Out);
-    }
+    let tcp_flags = match &transport {
+        Transport::Tcp(h) => Some(h.flags),
+        _ => None,
+    };
+    stats::path_seen(rev.path, tcp_flags, Dir::Out, 0);
 
     ctx.rewrite(
         ip,

@@ -7,11 +7,13 @@ use aya_log_ebpf::error;
 use lb_common::{
     Counter,
     counters::Disposition,
-    maps::{TrafficStats, pair_slot},
+    maps::{
+        PASSIVE_EVENT_GAP_NS, PASSIVE_SILENCE, PASSIVE_SYN, PassiveEvent, TrafficStats, pair_slot,
+    },
     net::{TCP_ACK, TCP_SYN},
 };
 
-use crate::maps::{LB_COUNTERS, LB_PAIR_STATS, LB_PATH_SEEN};
+use crate::maps::{LB_COUNTERS, LB_EVENTS, LB_PAIR_STATS, LB_PATH_SEEN};
 
 /// A packet the handler dealt with.
 pub enum Verdict {
@@ -113,17 +115,18 @@ pub fn translated<C: Packet>(ctx: &C, event: Counter, vip_rank: u8, path: u32, d
     }
 }
 
-/// Records what a TCP segment with `flags`, forwarded to (`Dir::In`) or from (`Dir::Out`)
-/// path `path`, says about the path's datapath: the first SYN waiting for an answer, and the
-/// last SYN-ACK. Writes only when that changes (or once a second for SYN-ACKs), so busy paths
-/// do not bounce the shared cache line between CPUs.
+/// Records what forwarding one packet to (`Dir::In`) or from (`Dir::Out`) path `path` says
+/// about the path's datapath (`tcp_flags`: the segment's, for TCP): the first SYN waiting for
+/// an answer and the last SYN-ACK; the first packet toward the path since one came back, and
+/// when one last came back. Writes only when that changes (or once per clock tick for packets
+/// coming back), so busy paths do not bounce the shared cache line between CPUs.
+///
+/// The passive trigger: toward a path with a threshold (`passive_us`, 0: off), a packet finding
+/// a SYN or any traffic unanswered for longer raises a [`PassiveEvent`] on `LB_EVENTS`, at most
+/// one per path every `PASSIVE_EVENT_GAP_NS`. The daemon then probes the path at once; the
+/// event decides nothing by itself.
 #[inline(always)]
-pub fn handshake(path: u32, flags: u8, dir: Dir) {
-    let syn = flags & TCP_SYN != 0;
-    let ack = flags & TCP_ACK != 0;
-    if !syn {
-        return;
-    }
+pub fn path_seen(path: u32, tcp_flags: Option<u8>, dir: Dir, passive_us: u32) {
     let Some(seen) = LB_PATH_SEEN.get_ptr_mut(path) else {
         return;
     };
@@ -132,13 +135,58 @@ pub fn handshake(path: u32, flags: u8, dir: Dir) {
     let seen = unsafe { &mut *seen };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    match (dir, ack) {
-        (Dir::In, false) if seen.syn_pending_ns <= seen.synack_ns => seen.syn_pending_ns = now,
-        (Dir::Out, true)
-            if seen.syn_pending_ns > seen.synack_ns || now > seen.synack_ns + 1_000_000_000 =>
-        {
-            seen.synack_ns = now;
+    let flags = tcp_flags.unwrap_or(0);
+    let syn = flags & TCP_SYN != 0;
+    let ack = flags & TCP_ACK != 0;
+    match dir {
+        Dir::In => {
+            if syn && !ack && seen.syn_pending_ns <= seen.synack_ns {
+                seen.syn_pending_ns = now;
+            }
+            if seen.in_pending_ns <= seen.out_ns && seen.in_pending_ns != now {
+                seen.in_pending_ns = now;
+            }
+            if passive_us == 0 {
+                return;
+            }
+            let syn_wait = if seen.syn_pending_ns > seen.synack_ns {
+                now.saturating_sub(seen.syn_pending_ns)
+            } else {
+                0
+            };
+            let silence = if seen.in_pending_ns > seen.out_ns {
+                now.saturating_sub(seen.in_pending_ns)
+            } else {
+                0
+            };
+            let (kind, waited) = if syn_wait >= silence {
+                (PASSIVE_SYN, syn_wait)
+            } else {
+                (PASSIVE_SILENCE, silence)
+            };
+            if waited > u64::from(passive_us) * 1000
+                && now > seen.signalled_ns + PASSIVE_EVENT_GAP_NS
+            {
+                seen.signalled_ns = now;
+                let event = PassiveEvent {
+                    path,
+                    kind,
+                    waited_ns: waited,
+                };
+                // A full ring only loses this word; the next packet says it again.
+                let _ = LB_EVENTS.output::<PassiveEvent>(&event, 0);
+            }
         }
-        _ => {}
+        Dir::Out => {
+            if syn
+                && ack
+                && (seen.syn_pending_ns > seen.synack_ns || now > seen.synack_ns + 1_000_000_000)
+            {
+                seen.synack_ns = now;
+            }
+            if seen.in_pending_ns > seen.out_ns || now > seen.out_ns {
+                seen.out_ns = now;
+            }
+        }
     }
 }

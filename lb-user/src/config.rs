@@ -156,6 +156,42 @@ pub struct Probe {
     pub rise: u32,
     /// Consecutive failures that bring an up path down.
     pub fall: u32,
+    /// When the datapath's word that client traffic goes unanswered makes the daemon probe
+    /// at once (`passive_ms`).
+    pub passive: Passive,
+}
+
+/// The passive trigger's threshold (`probe.passive_ms`): how long client traffic toward a path
+/// may go unanswered before the daemon probes it at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Passive {
+    /// A few milliseconds above the path's round trip ([`Passive::threshold`]).
+    Auto,
+    /// Never (`passive_ms: 0`).
+    Off,
+    /// This long.
+    After(Duration),
+}
+
+/// What [`Passive::Auto`] adds to the path's round trip.
+pub const PASSIVE_MARGIN: Duration = Duration::from_millis(3);
+
+impl Passive {
+    /// The threshold for a path whose probes last measured `rtt`, under `probe`; zero: off.
+    /// Auto is the round trip plus [`PASSIVE_MARGIN`] in whole milliseconds (so jitter does
+    /// not rewrite it), at most the interval.
+    pub fn threshold(self, probe_interval: Duration, rtt: Option<Duration>) -> Duration {
+        match self {
+            Passive::Off => Duration::ZERO,
+            Passive::After(d) => d,
+            Passive::Auto => {
+                let ms = (rtt.unwrap_or_default() + PASSIVE_MARGIN)
+                    .as_micros()
+                    .div_ceil(1000) as u64;
+                Duration::from_millis(ms).min(probe_interval)
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -450,6 +486,7 @@ struct RawProbe {
     timeout_ms: Option<u64>,
     rise: Option<u32>,
     fall: Option<u32>,
+    passive_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -1102,6 +1139,7 @@ fn check_probe(at: &str, raw: RawProbe, base: Option<&Probe>) -> Result<Probe, C
         timeout_ms,
         rise,
         fall,
+        passive_ms,
     } = raw;
     let base_kind = base.map(|b| RawProbeType::of(&b.kind));
     let ty = kind.or(base_kind).unwrap_or(RawProbeType::Icmp);
@@ -1207,12 +1245,30 @@ fn check_probe(at: &str, raw: RawProbe, base: Option<&Probe>) -> Result<Probe, C
     }
     let rise = probe_count(&field("rise"), rise, base.map_or(DEFAULT_RISE, |b| b.rise))?;
     let fall = probe_count(&field("fall"), fall, base.map_or(DEFAULT_FALL, |b| b.fall))?;
+    let passive = match passive_ms {
+        Some(0) => Passive::Off,
+        Some(ms) => {
+            let hold = interval.saturating_mul(fall);
+            if Duration::from_millis(ms) >= hold {
+                return Err(invalid(
+                    field("passive_ms"),
+                    format!(
+                        "{ms} is not shorter than fall × interval_ms ({} ms): the hold timer would always decide first (0 turns the passive trigger off)",
+                        hold.as_millis()
+                    ),
+                ));
+            }
+            Passive::After(Duration::from_millis(ms))
+        }
+        None => base.map_or(Passive::Auto, |b| b.passive),
+    };
     Ok(Probe {
         kind,
         interval,
         timeout,
         rise,
         fall,
+        passive,
     })
 }
 
@@ -1353,12 +1409,43 @@ mod tests {
                 timeout: None,
                 rise: 2,
                 fall: 3,
+                passive: Passive::Auto,
             }
         );
         // An inherited timeout is capped by the interval.
         let base = probe(r#"{"timeout_ms": 500}"#, None).expect("valid");
         let p = probe(r#"{"interval_ms": 200}"#, Some(&base)).expect("valid");
         assert_eq!(p.timeout, Some(Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn passive_threshold() {
+        let p = probe(r#"{"passive_ms": 0}"#, None).expect("valid");
+        assert_eq!(p.passive, Passive::Off);
+        let q = probe("{}", Some(&p)).expect("valid");
+        assert_eq!(q.passive, Passive::Off, "inherited");
+        let fixed = probe(r#"{"passive_ms": 7}"#, None).expect("valid");
+        assert_eq!(fixed.passive, Passive::After(Duration::from_millis(7)));
+        let e = probe(
+            r#"{"interval_ms": 100, "fall": 3, "passive_ms": 300}"#,
+            None,
+        )
+        .expect_err("not shorter than the hold time");
+        assert!(e.to_string().contains("fall × interval_ms (300 ms)"), "{e}");
+        let ms = Duration::from_millis;
+        // Auto: the round trip plus 3 ms, whole milliseconds, at most the interval.
+        let auto = Passive::Auto;
+        assert_eq!(auto.threshold(ms(100), None), ms(3));
+        assert_eq!(
+            auto.threshold(ms(100), Some(Duration::from_micros(120))),
+            ms(4)
+        );
+        assert_eq!(
+            auto.threshold(ms(100), Some(Duration::from_micros(180))),
+            ms(4)
+        );
+        assert_eq!(auto.threshold(ms(10), Some(ms(40))), ms(10));
+        assert_eq!(Passive::Off.threshold(ms(100), Some(ms(1))), Duration::ZERO);
     }
 
     #[test]

@@ -76,6 +76,8 @@ struct Daemon {
     events: mpsc::UnboundedSender<Event>,
     /// Probes per path and their scheduling lag, for the metrics.
     probe_stats: Arc<ProbeStats>,
+    /// Each probe task's passive-trigger channel, for the ring buffer's reader.
+    triggers: crate::passive::Triggers,
     /// What the metrics thread reads: [`Daemon::snap`] as last published.
     shared: metrics::Shared,
     snap: metrics::Snapshot,
@@ -164,9 +166,15 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
     let shared: metrics::Shared = Default::default();
     let probe_stats: Arc<ProbeStats> = Default::default();
     let probe_thread = ProbeThread::start().context("starting the probe thread")?;
+    let triggers = crate::passive::Triggers::default();
     let prober = {
-        // Its sockets belong to the probe thread's reactor.
+        // Its sockets, and the passive trigger's reader, belong to the probe thread.
         let _on = probe_thread.handle().enter();
+        let ring = dp
+            .take_events()
+            .context("opening the passive trigger's ring buffer")?;
+        crate::passive::listen(ring, Arc::clone(&triggers), Arc::clone(&probe_stats))
+            .context("reading the passive trigger's ring buffer")?;
         Arc::new(Prober::new().context("starting the prober")?)
     };
     if let Some(why) = prober.icmp_unavailable() {
@@ -181,6 +189,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         probes: BTreeMap::new(),
         events,
         probe_stats: Arc::clone(&probe_stats),
+        triggers,
         shared: shared.clone(),
         snap: metrics::Snapshot::default(),
         dirty: false,
@@ -482,6 +491,13 @@ impl Daemon {
             }
             keep
         });
+        {
+            let live = &self.probes;
+            self.triggers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|id, _| live.contains_key(id));
+        }
         for (id, (spec, interval, rise, fall, configured)) in wanted {
             if self.probes.contains_key(&id) {
                 continue;
@@ -493,11 +509,18 @@ impl Daemon {
             let timeout = Arc::new(std::sync::Mutex::new(ProbeTimeout::new(
                 configured, interval,
             )));
-            let probe = move || {
+            let probe = move |cause: crate::health::Cause| {
                 let prober = prober.clone();
                 let timeout = Arc::clone(&timeout);
                 let mut spec = probe_spec.clone();
                 spec.timeout = timeout.lock().map_or(spec.timeout, |t| t.current());
+                if cause == crate::health::Cause::Trigger {
+                    // Back to back: one hiccup of the host must not fail them all.
+                    spec.timeout = spec
+                        .timeout
+                        .max(crate::probe::BURST_TIMEOUT_FLOOR)
+                        .min(interval.saturating_sub(Duration::from_millis(1)));
+                }
                 async move {
                     let result = prober.probe(&spec).await;
                     if let (true, Some(rtt)) = (result.ok, result.rtt)
@@ -510,12 +533,18 @@ impl Daemon {
             };
             let epoch = self.next_epoch;
             self.next_epoch += 1;
+            let (trigger_tx, trigger_rx) = mpsc::channel(1);
+            self.triggers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, trigger_tx);
             let handle = self.probe_thread.handle().spawn(crate::health::monitor(
                 id,
                 epoch,
                 interval,
                 probe,
                 tracker,
+                trigger_rx,
                 self.events.clone(),
             ));
             self.probes.insert(
@@ -548,7 +577,7 @@ impl Daemon {
             debug!("path {path_id}: a result of a replaced probe task, ignored");
             return;
         }
-        if let Some(lag) = lag {
+        if result.is_some() {
             self.probe_stats.record(path_id, lag, Instant::now());
         }
         let Some(s) = self.model.paths.get_mut(&path_id) else {

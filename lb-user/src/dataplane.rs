@@ -737,6 +737,18 @@ impl Dataplane {
         &mut self.ebpf
     }
 
+    /// The passive trigger's ring buffer (`LB_EVENTS`), taken out of the object: one reader.
+    pub fn take_events(&mut self) -> Result<aya::maps::RingBuf<aya::maps::MapData>, Error> {
+        let map = self
+            .ebpf
+            .take_map(m::EVENTS)
+            .ok_or(Error::MissingMap { name: m::EVENTS })?;
+        aya::maps::RingBuf::try_from(map).map_err(|source| Error::MapType {
+            name: m::EVENTS,
+            source,
+        })
+    }
+
     pub fn pin_dir(&self) -> Option<&PinDir> {
         self.pin.as_ref()
     }

@@ -4,7 +4,13 @@
 //! The probe itself (TCP connect, ICMP echo, HTTP GET) is a closure handed to [`monitor`], so the
 //! tests drive the loop with a fake probe under tokio's paused clock; no I/O happens here.
 
-use std::{collections::VecDeque, fmt, future::Future, time::Duration};
+use std::{
+    collections::VecDeque,
+    fmt,
+    future::Future,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use tokio::{
     sync::mpsc,
@@ -184,8 +190,9 @@ pub enum Event {
         transition: Option<Transition>,
         /// [`HealthTracker::history`] after this result.
         history: String,
-        /// How late this probe was sent after its place on the grid (`None` with the hold
-        /// timer's expiry): the probe scheduling lag.
+        /// How late this probe was sent after its place on the grid: the probe scheduling
+        /// lag. `None` for the hold timer's expiry and for probes sent at once on a
+        /// [`Trigger`] (off the grid).
         lag: Option<Duration>,
     },
 }
@@ -195,6 +202,15 @@ impl Event {
         let Event::Probe { path_id, .. } = self;
         *path_id
     }
+}
+
+/// The datapath's word that a path's client traffic goes unanswered (the passive trigger):
+/// [`monitor`] probes the path at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trigger {
+    /// What went unanswered, for the logs ("a SYN", "traffic").
+    pub what: &'static str,
+    pub waited: Duration,
 }
 
 /// What a probe event does to the daemon's view of its path.
@@ -259,6 +275,13 @@ pub fn judge(event: &Event, current: Option<u64>, known: Option<Health>) -> Verd
 /// Up: `rise` consecutive successes. At a tie, a result is taken before the timer: an answer is
 /// evidence of life.
 ///
+/// **The passive trigger**: a [`Trigger`] on `triggers` (the datapath saw the path's client
+/// traffic go unanswered) makes an up path be probed at once, `fall` times back to back until
+/// one succeeds, so a dead path goes down in `fall` timeouts instead of waiting for its grid.
+/// The probes alone decide: a trigger on a live path (one-way UDP, a VM that drops a SYN)
+/// costs a probe and changes nothing. One burst per `interval` at most; triggers that come
+/// meanwhile are dropped, and so are those about a path that is down.
+///
 /// An `interval` of zero is taken as 1 ms (tokio's interval panics on zero; the configuration
 /// should never give one).
 pub async fn monitor<F, Fut>(
@@ -267,30 +290,73 @@ pub async fn monitor<F, Fut>(
     interval: Duration,
     mut probe: F,
     mut tracker: HealthTracker,
+    mut triggers: mpsc::Receiver<Trigger>,
     tx: mpsc::UnboundedSender<Event>,
 ) where
-    F: FnMut() -> Fut,
+    F: FnMut(Cause) -> Fut,
     Fut: Future<Output = ProbeResult>,
 {
     let interval = interval.max(Duration::from_millis(1));
     let hold = interval.saturating_mul(tracker.fall());
-    let (results_tx, mut results) = mpsc::channel::<(Instant, Duration, ProbeResult)>(1);
-    // The probes, on their grid; each result with the time its probe was sent and how late
-    // that was.
-    let prober = async move {
+    let fall = tracker.fall();
+    // Whether the path is up, as the decider last knew it (for the prober's bursts).
+    let up = AtomicBool::new(tracker.state() == Some(Health::Up));
+    let (results_tx, mut results) = mpsc::channel::<ProbeSent>(1);
+    // The probes, on their grid and in bursts on a trigger; each result with the time its
+    // probe was sent and how late that was.
+    let prober = async {
         let mut ticks = time::interval(interval);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut listening = true;
+        let mut last_burst: Option<Instant> = None;
         loop {
-            let due = ticks.tick().await;
-            let sent = Instant::now();
-            let result = probe().await;
-            if results_tx
-                .send((sent, sent.saturating_duration_since(due), result))
-                .await
-                .is_err()
-            {
-                return;
+            let trigger = tokio::select! {
+                biased;
+                due = ticks.tick() => {
+                    let sent = Instant::now();
+                    let result = probe(Cause::Grid).await;
+                    let lag = Some(sent.saturating_duration_since(due));
+                    if results_tx.send(ProbeSent { sent, lag, trigger: None, result }).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                got = triggers.recv(), if listening => match got {
+                    Some(trigger) => trigger,
+                    None => {
+                        listening = false;
+                        continue;
+                    }
+                },
+            };
+            let now = Instant::now();
+            if !up.load(Ordering::Relaxed) || last_burst.is_some_and(|t| now - t < interval) {
+                continue;
             }
+            last_burst = Some(now);
+            for _ in 0..fall {
+                let sent = Instant::now();
+                let result = probe(Cause::Trigger).await;
+                let ok = result.ok;
+                let trigger = Some(trigger.clone());
+                if results_tx
+                    .send(ProbeSent {
+                        sent,
+                        lag: None,
+                        trigger,
+                        result,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if ok {
+                    break;
+                }
+            }
+            // What came during the burst is answered by it.
+            while triggers.try_recv().is_ok() {}
         }
     };
     // The state: results as they come, and the hold timer between them.
@@ -305,15 +371,21 @@ pub async fn monitor<F, Fut>(
                 biased;
                 _ = tx.closed() => return,
                 got = results.recv() => {
-                    let Some((sent, lag, result)) = got else { return };
+                    let Some(ProbeSent { sent, lag, trigger, result }) = got else { return };
                     if result.ok {
                         last_ok = last_ok.max(sent);
                         failed_since_ok = 0;
                     } else {
                         failed_since_ok = failed_since_ok.saturating_add(1);
                     }
-                    let (_, transition) = tracker.record(result.ok);
-                    (Some(result), Some(lag), transition)
+                    let (_, mut transition) = tracker.record(result.ok);
+                    if let (Some(t), Some(trigger)) = (transition.as_mut(), trigger) {
+                        t.reason = format!(
+                            "{}, probed at once: {} unanswered for {:?}",
+                            t.reason, trigger.what, trigger.waited
+                        );
+                    }
+                    (Some(result), lag, transition)
                 }
                 _ = time::sleep_until(last_ok + hold), if armed => {
                     let reason = format!(
@@ -326,6 +398,7 @@ pub async fn monitor<F, Fut>(
             let Some(state) = tracker.state() else {
                 continue;
             };
+            up.store(state == Health::Up, Ordering::Relaxed);
             let event = Event::Probe {
                 path_id,
                 epoch,
@@ -345,6 +418,25 @@ pub async fn monitor<F, Fut>(
         () = prober => {}
         () = decider => {}
     }
+}
+
+/// Why [`monitor`] runs a probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// Its place on the interval grid.
+    Grid,
+    /// A [`Trigger`]'s burst: the probe may want a timeout that a host's hiccup cannot reach,
+    /// since the burst's probes follow each other within milliseconds.
+    Trigger,
+}
+
+/// A probe's result as the prober hands it to the decider.
+struct ProbeSent {
+    sent: Instant,
+    /// `None`: sent at once on `trigger`, off the grid.
+    lag: Option<Duration>,
+    trigger: Option<Trigger>,
+    result: ProbeResult,
 }
 
 #[cfg(test)]
@@ -451,6 +543,11 @@ mod tests {
     const SECOND: Duration = Duration::from_secs(1);
     const MS: Duration = Duration::from_millis(1);
 
+    /// A trigger channel that never carries one (its sender is gone).
+    fn no_triggers() -> mpsc::Receiver<Trigger> {
+        mpsc::channel(1).1
+    }
+
     fn event(epoch: u64, state: Health, transition: Option<Transition>) -> Event {
         Event::Probe {
             path_id: 1,
@@ -530,7 +627,7 @@ mod tests {
         events: usize,
     ) -> Vec<(Duration, Event)> {
         let start = Instant::now();
-        let probe = move || {
+        let probe = move |_: Cause| {
             let ok = !failing(start.elapsed());
             async move {
                 if !ok {
@@ -544,7 +641,7 @@ mod tests {
             }
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(monitor(7, 0, SECOND, probe, tracker, tx));
+        let task = tokio::spawn(monitor(7, 0, SECOND, probe, tracker, no_triggers(), tx));
         let mut seen = Vec::new();
         while seen.len() < events {
             let event = rx.recv().await.expect("monitor runs until rx is dropped");
@@ -671,7 +768,7 @@ mod tests {
         let start = Instant::now();
         let probe = {
             let starts = Arc::clone(&starts);
-            move || {
+            move |_: Cause| {
                 let mut starts = starts.lock().expect("not poisoned");
                 starts.push(start.elapsed());
                 let slow = starts.len() == 2;
@@ -695,6 +792,7 @@ mod tests {
             probe,
             // A hold time (fall × interval) longer than the slow probe: grid timing alone.
             HealthTracker::new(1, 100, None),
+            no_triggers(),
             tx,
         ));
         let mut lags = Vec::new();
@@ -719,7 +817,7 @@ mod tests {
         let calls = Arc::new(Mutex::new(0u32));
         let probe = {
             let calls = Arc::clone(&calls);
-            move || {
+            move |_: Cause| {
                 let mut calls = calls.lock().expect("not poisoned");
                 *calls += 1;
                 let slow = *calls == 2;
@@ -743,6 +841,7 @@ mod tests {
             SECOND,
             probe,
             HealthTracker::new(2, 3, Some(Health::Up)),
+            no_triggers(),
             tx,
         ));
         let mut seen = Vec::new();
@@ -842,10 +941,100 @@ mod tests {
         );
     }
 
+    /// Runs [`monitor`] (every second, fall 3, starting up) with a probe that fails, 10 ms after
+    /// it is sent, from `fails_at` on, sending a trigger at each of `triggers` (virtual times);
+    /// returns the events until `until`, and the times the probes were sent.
+    async fn run_triggered(
+        fails_at: Duration,
+        triggers: &[Duration],
+        until: Duration,
+    ) -> (Vec<(Duration, Event)>, Vec<Duration>) {
+        let start = Instant::now();
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let probe = {
+            let sent = Arc::clone(&sent);
+            move |_: Cause| {
+                let at = start.elapsed();
+                sent.lock().expect("not poisoned").push(at);
+                let ok = at < fails_at;
+                async move {
+                    if !ok {
+                        time::sleep(10 * MS).await;
+                    }
+                    ProbeResult {
+                        ok,
+                        rtt: ok.then_some(MS),
+                        detail: if ok { "connected" } else { "timed out" }.into(),
+                    }
+                }
+            }
+        };
+        let (trigger_tx, trigger_rx) = mpsc::channel(1);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let tracker = HealthTracker::new(2, 3, Some(Health::Up));
+        let task = tokio::spawn(monitor(7, 0, SECOND, probe, tracker, trigger_rx, tx));
+        let mut pending: VecDeque<Duration> = triggers.iter().copied().collect();
+        let mut seen = Vec::new();
+        loop {
+            let next = pending.front().copied().unwrap_or(until).min(until);
+            tokio::select! {
+                event = rx.recv() => seen.push((start.elapsed(), event.expect("running"))),
+                () = time::sleep_until(start + next) => {
+                    if start.elapsed() >= until {
+                        break;
+                    }
+                    pending.pop_front();
+                    let _ = trigger_tx.try_send(Trigger { what: "a SYN", waited: 8 * MS });
+                }
+            }
+        }
+        drop(rx);
+        task.await.expect("monitor ends");
+        let sent = sent.lock().expect("not poisoned").clone();
+        (seen, sent)
+    }
+
+    /// Guards the passive trigger: a path failing at 0.5 s is probed at once on the trigger,
+    /// three times back to back, and is down 30 ms later (the hold timer alone would take it
+    /// down at 3 s), saying why.
+    #[tokio::test(start_paused = true)]
+    async fn monitor_a_trigger_probes_at_once_fall_times() {
+        let (events, sent) = run_triggered(500 * MS, &[500 * MS], 2 * SECOND).await;
+        let down = transitions(&events);
+        assert_eq!(down.len(), 1, "{down:?}");
+        assert_eq!(down[0].0, 530 * MS);
+        assert_eq!(
+            down[0].1.reason,
+            "3 consecutive failures (fall 3), probed at once: a SYN unanswered for 8ms"
+        );
+        assert_eq!(sent[..4], [Duration::ZERO, 500 * MS, 510 * MS, 520 * MS]);
+        // The burst's results carry no lag (off the grid); the grid's do.
+        let lags: Vec<_> = events
+            .iter()
+            .map(|(_, Event::Probe { lag, .. })| lag.is_some())
+            .collect();
+        assert_eq!(lags[..4], [true, false, false, false]);
+    }
+
+    /// A trigger about a live path costs one probe and changes nothing; one that comes within an
+    /// interval of the last burst is dropped, and so is one about a path that is down.
+    #[tokio::test(start_paused = true)]
+    async fn monitor_a_trigger_decides_nothing_by_itself() {
+        let (events, sent) =
+            run_triggered(10 * SECOND, &[300 * MS, 600 * MS], SECOND + 500 * MS).await;
+        assert!(transitions(&events).is_empty());
+        assert_eq!(sent, [Duration::ZERO, 300 * MS, SECOND]);
+
+        // Down by the hold timer at 3 s (failing from 0.5 s): triggers after that are dropped.
+        let (events, sent) = run_triggered(500 * MS, &[3500 * MS], 3800 * MS).await;
+        assert_eq!(transitions(&events).len(), 1);
+        assert_eq!(sent, [0, 1, 2, 3].map(|s| s * SECOND));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn monitor_a_zero_interval_is_one_millisecond() {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let probe = || async {
+        let probe = |_: Cause| async {
             ProbeResult {
                 ok: true,
                 rtt: None,
@@ -854,7 +1043,15 @@ mod tests {
         };
         let start = Instant::now();
         let tracker = HealthTracker::new(1, 1, None);
-        let task = tokio::spawn(monitor(1, 0, Duration::ZERO, probe, tracker, tx));
+        let task = tokio::spawn(monitor(
+            1,
+            0,
+            Duration::ZERO,
+            probe,
+            tracker,
+            no_triggers(),
+            tx,
+        ));
         for _ in 0..3 {
             rx.recv().await.expect("monitor running");
         }
@@ -866,7 +1063,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn monitor_ends_when_the_receiver_is_dropped_while_waiting() {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let probe = || async {
+        let probe = |_: Cause| async {
             ProbeResult {
                 ok: true,
                 rtt: None,
@@ -880,6 +1077,7 @@ mod tests {
             interval,
             probe,
             HealthTracker::new(1, 1, None),
+            no_triggers(),
             tx,
         ));
         rx.recv().await.expect("the first probe is immediate");

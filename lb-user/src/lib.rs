@@ -12,6 +12,7 @@ pub mod maps;
 pub mod metrics;
 pub mod model;
 pub mod netdev;
+pub mod passive;
 pub mod policy;
 pub mod probe;
 pub mod probe_thread;

@@ -182,11 +182,12 @@ impl Maps {
 
     /// Forgets what the datapath saw of path `id` (a freed id must not pass it on).
     pub fn clear_path_seen(&mut self, id: u32) -> Result<(), Error> {
-        op(
-            m::PATH_SEEN,
-            "set",
-            self.path_seen.set(id, PathSeen::default(), 0),
-        )
+        self.set_path_seen(id, PathSeen::default())
+    }
+
+    /// Overwrites what the datapath saw of path `id` (tests set up a past).
+    pub fn set_path_seen(&mut self, id: u32, seen: PathSeen) -> Result<(), Error> {
+        op(m::PATH_SEEN, "set", self.path_seen.set(id, seen, 0))
     }
 
     pub fn path_meta(&self, id: u32) -> Result<PathMeta, Error> {

@@ -111,6 +111,11 @@ const PATH_PROBES: Family = family(
     "Probe results of the path since the daemon started.",
     MetricType::Counter,
 );
+const PATH_TRIGGERS: Family = family(
+    "lb_path_passive_triggers",
+    "Times the datapath saw the path's client traffic go unanswered and the daemon probed it at once.",
+    MetricType::Counter,
+);
 const PROBE_LAG: Family = family(
     "lb_probe_lag_seconds",
     "How late probes were sent after they were due, over the last 10 s; quantile 1 is the worst.",
@@ -153,6 +158,7 @@ pub const FAMILIES: &[Family] = &[
     PATH_RTT,
     PATH_TRANSITIONS,
     PATH_PROBES,
+    PATH_TRIGGERS,
     PROBE_LAG,
     PATH_PACKETS,
     PATH_BYTES,
@@ -399,6 +405,7 @@ fn encode_all(
     let mut rtts: Vec<(Labels, f64)> = Vec::new();
     let mut counts: Rows<u64> = BTreeMap::new();
     let probed = probes.probes();
+    let triggered = probes.triggers();
     for ((target, path), id) in &model.ids.paths {
         let Some(s) = model.paths.get(id) else {
             continue;
@@ -436,6 +443,11 @@ fn encode_all(
             labels.clone(),
             probed.get(id).copied().unwrap_or(0),
         );
+        c(
+            &PATH_TRIGGERS,
+            labels.clone(),
+            triggered.get(id).copied().unwrap_or(0),
+        );
         c(&PATH_PACKETS, with_dir("in"), t.in_packets);
         c(&PATH_PACKETS, with_dir("out"), t.out_packets);
         c(&PATH_BYTES, with_dir("in"), t.in_bytes);
@@ -445,7 +457,13 @@ fn encode_all(
         gauge(encoder, f, flags.get(f.name).map_or(&[], Vec::as_slice))?;
     }
     gauge(encoder, &PATH_RTT, &rtts)?;
-    for f in [&PATH_TRANSITIONS, &PATH_PROBES, &PATH_PACKETS, &PATH_BYTES] {
+    for f in [
+        &PATH_TRANSITIONS,
+        &PATH_PROBES,
+        &PATH_TRIGGERS,
+        &PATH_PACKETS,
+        &PATH_BYTES,
+    ] {
         counter(encoder, f, counts.get(f.name).map_or(&[], Vec::as_slice))?;
     }
     let lag: Vec<(Labels, f64)> = probes

@@ -345,6 +345,7 @@ impl Model {
             timeout: None,
             rise: 2,
             fall: 3,
+            passive: crate::config::Passive::Auto,
         };
         for (tid, meta) in &t.target_meta {
             let paths = t
@@ -358,7 +359,16 @@ impl Model {
                         address: Ipv4Addr::from(p.addr),
                         priority: pm.priority,
                         weight: pm.weight,
-                        probe: placeholder_probe.clone(),
+                        // The threshold as written, so the tables come out the same.
+                        probe: crate::config::Probe {
+                            passive: match p.passive_us {
+                                0 => crate::config::Passive::Off,
+                                us => crate::config::Passive::After(Duration::from_micros(
+                                    u64::from(us),
+                                )),
+                            },
+                            ..placeholder_probe.clone()
+                        },
                         source: None,
                         interface: None,
                     })
@@ -649,6 +659,12 @@ impl Model {
                         state,
                         _pad: [0; 3],
                         target: tid,
+                        passive_us: p
+                            .probe
+                            .passive
+                            .threshold(p.probe.interval, s.rtt)
+                            .as_micros()
+                            .min(u128::from(u32::MAX)) as u32,
                     },
                 );
                 out.path_meta.insert(

@@ -64,6 +64,11 @@ use crate::config::{Path, Probe, ProbeKind};
 /// The outcome of one probe, shared with the health monitor.
 pub use crate::health::ProbeResult;
 
+/// The least timeout of a passive trigger's burst probes (`health::Cause::Trigger`): they
+/// follow each other within milliseconds, so a host that stalls for a moment would otherwise
+/// fail them all at once.
+pub const BURST_TIMEOUT_FLOOR: Duration = Duration::from_millis(3);
+
 /// What one probe checks, and how long it may take.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeSpec {
@@ -96,6 +101,7 @@ impl ProbeSpec {
             timeout,
             rise: _,
             fall: _,
+            passive: _,
         } = probe;
         Self {
             kind: kind.clone(),

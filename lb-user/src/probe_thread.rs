@@ -83,19 +83,37 @@ pub struct ProbeStats {
 #[derive(Debug, Default)]
 struct Inner {
     probes: BTreeMap<u32, u64>,
+    /// Passive triggers per path, and the last one's time.
+    triggers: BTreeMap<u32, (u64, Option<Instant>)>,
     /// (when recorded, lag), oldest first.
     lags: VecDeque<(Instant, Duration)>,
 }
 
 impl ProbeStats {
-    /// One probe result of `path`, sent `lag` after it was due, recorded at `now`.
-    pub fn record(&self, path: u32, lag: Duration, now: Instant) {
+    /// One probe result of `path`, sent `lag` after it was due (`None`: off the grid, on a
+    /// passive trigger), recorded at `now`.
+    pub fn record(&self, path: u32, lag: Option<Duration>, now: Instant) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         *inner.probes.entry(path).or_default() += 1;
+        let Some(lag) = lag else { return };
         if inner.lags.len() == LAG_SAMPLES {
             inner.lags.pop_front();
         }
         inner.lags.push_back((now, lag));
+    }
+
+    /// A passive trigger about `path` came at `now`.
+    pub fn trigger(&self, path: u32, now: Instant) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = inner.triggers.entry(path).or_default();
+        entry.0 += 1;
+        entry.1 = Some(now);
+    }
+
+    /// Passive triggers per path id since the daemon started.
+    pub fn triggers(&self) -> BTreeMap<u32, u64> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.triggers.iter().map(|(p, (n, _))| (*p, *n)).collect()
     }
 
     /// Probe results per path id since the daemon started.
@@ -149,7 +167,7 @@ mod tests {
         assert_eq!(stats.lag(now), None);
         // 1..=100 ms, recorded out of order.
         for i in (1..=100u32).rev() {
-            stats.record(i % 3, MS * i, now);
+            stats.record(i % 3, Some(MS * i), now);
         }
         let lag = stats.lag(now).expect("samples");
         assert_eq!((lag.p50, lag.p99, lag.max), (MS * 50, MS * 99, MS * 100));
@@ -163,7 +181,7 @@ mod tests {
     fn one_sample_is_every_quantile() {
         let stats = ProbeStats::default();
         let now = Instant::now();
-        stats.record(1, MS * 7, now);
+        stats.record(1, Some(MS * 7), now);
         let lag = stats.lag(now).expect("a sample");
         assert_eq!((lag.p50, lag.p99, lag.max), (MS * 7, MS * 7, MS * 7));
     }
@@ -172,9 +190,9 @@ mod tests {
     fn old_samples_leave_the_window_and_counts_stay() {
         let stats = ProbeStats::default();
         let start = Instant::now();
-        stats.record(1, MS * 500, start);
+        stats.record(1, Some(MS * 500), start);
         let later = start + LAG_WINDOW + MS;
-        stats.record(1, MS, later);
+        stats.record(1, Some(MS), later);
         let lag = stats.lag(later).expect("the recent sample");
         assert_eq!((lag.max, lag.samples), (MS, 1));
         assert_eq!(stats.probes()[&1], 2, "counts are since the start");
@@ -185,9 +203,9 @@ mod tests {
     fn only_the_newest_samples_are_kept() {
         let stats = ProbeStats::default();
         let now = Instant::now();
-        stats.record(1, Duration::from_secs(1), now);
+        stats.record(1, Some(Duration::from_secs(1)), now);
         for _ in 0..LAG_SAMPLES {
-            stats.record(1, MS, now);
+            stats.record(1, Some(MS), now);
         }
         let lag = stats.lag(now).expect("samples");
         assert_eq!((lag.max, lag.samples), (MS, LAG_SAMPLES));

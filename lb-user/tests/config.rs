@@ -5,8 +5,8 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use lb_user::config::{
-    AllDown, Config, ConfigError, HookSetting, Interfaces, Mode, Path, Probe, ProbeKind, Protocol,
-    Service, Target, Vip, interface_exists,
+    AllDown, Config, ConfigError, HookSetting, Interfaces, Mode, Passive, Path, Probe, ProbeKind,
+    Protocol, Service, Target, Vip, interface_exists,
 };
 use serde_json::{Value, json};
 
@@ -102,6 +102,7 @@ fn example_parses_into_the_model() {
         timeout: Some(Duration::from_millis(80)),
         rise: 2,
         fall: 3,
+        passive: Passive::Auto,
     };
     let want = Config {
         interfaces: Interfaces {
@@ -139,6 +140,7 @@ fn example_parses_into_the_model() {
                         timeout: Some(Duration::from_millis(50)),
                         rise: 2,
                         fall: 3,
+                        passive: Passive::Auto,
                     },
                     source: Some(Ipv4Addr::new(198, 51, 100, 1)),
                     interface: Some("eth2".into()),
@@ -207,6 +209,7 @@ fn defaults() {
         timeout: None,
         rise: 2,
         fall: 3,
+        passive: Passive::Auto,
     };
     for (j, p) in t.paths.iter().enumerate() {
         // The listed order is the preference.

@@ -350,12 +350,21 @@ impl Fx {
                 state,
                 _pad: [0; 3],
                 target,
+                passive_us: 0,
             },
         )?;
         self.add_addr(a, lb_common::maps::ADDR_PATH)
     }
 
     /// Marks `a` in `LB_ADDRS` (as the control plane does for every VIP and path address).
+    /// Gives path `id` a passive-trigger threshold of `us` microseconds.
+    pub fn set_passive(&mut self, id: u32, us: u32) -> anyhow::Result<()> {
+        let mut value = self.dp.maps.path(id)?;
+        value.passive_us = us;
+        self.dp.maps.set_path(id, value)?;
+        Ok(())
+    }
+
     pub fn add_addr(&mut self, a: Ipv4Addr, kind: u32) -> anyhow::Result<()> {
         let had = self
             .dp
@@ -633,4 +642,15 @@ impl Fx {
     pub fn path_stats(&self, id: u32) -> anyhow::Result<TrafficStats> {
         Ok(self.dp.maps.path_stats(id)?)
     }
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the datapath's `bpf_ktime_get_coarse_ns`.
+pub fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }

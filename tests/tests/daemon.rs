@@ -870,6 +870,87 @@ fn an_interface_that_comes_back_is_attached_again() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The passive trigger, on plain veths with slow probes (every second, fall 3: the hold timer
+/// alone takes 3 s). One-way UDP that nothing answers makes the datapath raise triggers; the
+/// probes that follow succeed and nothing moves. Then, with an echoed UDP stream flowing, nn1
+/// is blackholed: its unanswered traffic gets it probed at once and it is out of use well
+/// before its grid could have noticed.
+fn passive_trigger_fails_over_under_traffic() -> anyhow::Result<()> {
+    let topo = Lab::with_veths(Veths::Plain)?;
+    let _srv = servers::start(&topo.vm, PORTS, [NN1, NN2])?;
+    let slow = r#"{ "type": "tcp", "port": 8080, "interval_ms": 1000, "rise": 2, "fall": 3 }"#;
+    let d = Daemon::start(
+        &topo.edge,
+        &config(slow, "", WHOLE_VIP),
+        &["--metrics", "127.0.0.1:9111"],
+    )?;
+    d.wait_status(T, |s| active(s, "web").as_deref() == Some("nn1"))?;
+    let metric = |name: &str| -> anyhow::Result<u64> {
+        let series = format!("{name}{{target=\"web\",path=\"nn1\"}}");
+        Ok(metric_values(&http_get_raw(&topo.edge, "127.0.0.1:9111")?)
+            .get(&series)
+            .copied()
+            .unwrap_or(0))
+    };
+
+    // One-way: datagrams to a port nothing listens on (the VM's "port unreachable" is not a
+    // reply the datapath counts).
+    let transitions = metric("lb_path_transitions_total")?;
+    let one_way = udp_stream(
+        &topo.client,
+        VIP,
+        9,
+        600,
+        Duration::from_millis(2),
+        Duration::from_millis(100),
+    );
+    one_way
+        .join()
+        .map_err(|_| anyhow::anyhow!("stream panicked"))??;
+    let triggers = metric("lb_path_passive_triggers_total")?;
+    ensure!(
+        triggers > 0,
+        "one-way traffic raised no trigger:\n{}",
+        d.log_text()
+    );
+    ensure!(
+        metric("lb_path_transitions_total")? == transitions,
+        "a trigger moved a live path:\n{}",
+        d.log_text()
+    );
+
+    let stream = udp_stream(
+        &topo.client,
+        VIP,
+        UDP,
+        2500,
+        Duration::from_millis(1),
+        Duration::from_millis(300),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    topo.fail(1, Failure::Blackhole)?;
+    let took = d.wait_status(Duration::from_secs(3), |s| {
+        active(s, "web").as_deref() == Some("nn2")
+    })?;
+    let report = stream
+        .join()
+        .map_err(|_| anyhow::anyhow!("stream panicked"))??;
+    ensure!(
+        d.log_text().contains("probed at once: traffic unanswered"),
+        "the transition says why:\n{}",
+        d.log_text()
+    );
+    // The hold timer alone would take 3 s; the bound leaves room for a loaded CI machine
+    // (`cargo xtask bench` measures the outage).
+    ensure!(
+        took < Duration::from_secs(1) && report.longest_gap < Duration::from_secs(1),
+        "failover took {took:?}, the stream lost {:?} at once:\n{}",
+        report.longest_gap,
+        d.log_text()
+    );
+    Ok(())
+}
+
 /// A child process, killed when the test ends however it ends.
 struct KillOnDrop(std::process::Child);
 
@@ -1364,6 +1445,10 @@ fn main() {
             ),
             ("cli_json_matches_the_traffic", cli_json_matches_the_traffic),
             ("drain_survives_restart", drain_survives_restart),
+            (
+                "passive_trigger_fails_over_under_traffic",
+                passive_trigger_fails_over_under_traffic,
+            ),
             (
                 "an_interface_that_comes_back_is_attached_again",
                 an_interface_that_comes_back_is_attached_again,

@@ -9,14 +9,17 @@ use std::net::Ipv4Addr;
 use etherparse::{Icmpv4Type, icmpv4::DestUnreachableHeader};
 use lb_common::{
     Counter::{self, *},
-    maps::{FlowKey, FlowValue, PATH_DISABLED, PATH_DOWN, PATH_UP, PathSeen, TargetValue},
+    maps::{
+        FlowKey, FlowValue, PASSIVE_SILENCE, PASSIVE_SYN, PATH_DISABLED, PATH_DOWN, PATH_UP,
+        PassiveEvent, PathSeen, TargetValue,
+    },
     net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 use lb_tests::{
     fixture::{
         Env, Fx, Hook, Iface, Prog,
         Prog::{Ingress, Return},
-        XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, addr, ids, macs,
+        XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, addr, coarse_now_ns, ids, macs,
     },
     packet::{L4, Pkt},
 };
@@ -1101,7 +1104,16 @@ const CASES: &[(&str, &str, Case)] = &[
             ingress(fx, &data, Redirect(&toward(&data, addr::NN1, macs::NN1)))?;
             let udp = Pkt::udp(addr::CLIENT, 5000, addr::VIP, 5001).eth(macs::CLIENT, macs::CLI0);
             ingress(fx, &udp, Redirect(&toward(&udp, addr::NN1, macs::NN1)))?;
-            assert_eq!(seen(fx)?, PathSeen::default(), "no SYN yet");
+            let before = seen(fx)?;
+            assert_eq!(
+                (before.syn_pending_ns, before.synack_ns),
+                (0, 0),
+                "no SYN yet"
+            );
+            assert!(
+                before.in_pending_ns != 0,
+                "traffic waits for an answer: {before:?}"
+            );
             let syn =
                 Pkt::tcp_syn(addr::CLIENT, 40001, addr::VIP, 22).eth(macs::CLIENT, macs::CLI0);
             ingress(fx, &syn, Redirect(&toward(&syn, addr::NN1, macs::NN1)))?;
@@ -1129,6 +1141,71 @@ const CASES: &[(&str, &str, Case)] = &[
             let answered = seen(fx)?;
             assert!(answered.synack_ns >= first.syn_pending_ns, "{answered:?}");
             assert_eq!(answered.unanswered_ns(u64::MAX), None);
+            assert!(
+                answered.out_ns >= answered.in_pending_ns,
+                "answered: {answered:?}"
+            );
+            Ok(())
+        },
+    ),
+    (
+        "passive_trigger_fires_past_the_threshold",
+        "toward a path with a threshold, a packet finding a SYN or any traffic unanswered for longer raises one event on LB_EVENTS, then none for PASSIVE_EVENT_GAP_NS; a packet back from the path answers; without a threshold, nothing",
+        |fx| {
+            let mut ring = fx.dp.take_events()?;
+            let mut drain = || -> Vec<PassiveEvent> {
+                let mut out = Vec::new();
+                while let Some(item) = ring.next() {
+                    out.extend(PassiveEvent::from_bytes(&item));
+                }
+                out
+            };
+            const S: u64 = 1_000_000_000;
+            let now = coarse_now_ns();
+            let udp = Pkt::udp(addr::CLIENT, 5000, addr::VIP, 5001).eth(macs::CLIENT, macs::CLI0);
+            let send =
+                |fx: &mut Fx| ingress(fx, &udp, Redirect(&toward(&udp, addr::NN1, macs::NN1)));
+            let waiting_syn = PathSeen {
+                syn_pending_ns: now - 10 * S,
+                ..PathSeen::default()
+            };
+            fx.dp.maps.set_path_seen(ids::PATH_NN1, waiting_syn)?;
+            send(fx)?;
+            assert_eq!(drain(), [], "no threshold, no event");
+
+            fx.set_passive(ids::PATH_NN1, 5_000)?;
+            send(fx)?;
+            let got = drain();
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert_eq!((got[0].path, got[0].kind), (ids::PATH_NN1, PASSIVE_SYN));
+            assert!(got[0].waited_ns >= 10 * S, "{got:?}");
+            send(fx)?;
+            assert_eq!(drain(), [], "one event per gap");
+
+            // Traffic unanswered (the SYN was answered long ago).
+            let silent = PathSeen {
+                syn_pending_ns: now - 30 * S,
+                synack_ns: now - 20 * S,
+                in_pending_ns: now - 10 * S,
+                out_ns: now - 20 * S,
+                signalled_ns: 0,
+            };
+            fx.dp.maps.set_path_seen(ids::PATH_NN1, silent)?;
+            send(fx)?;
+            let got = drain();
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert_eq!(got[0].kind, PASSIVE_SILENCE);
+
+            // A packet back from the path answers the traffic before it.
+            fx.dp.maps.set_path_seen(ids::PATH_NN1, silent)?;
+            let reply = from_path(Pkt::udp(addr::NN1, 5001, addr::CLIENT, 5000), macs::NN1);
+            returning(
+                fx,
+                &reply,
+                Redirect(&toward_client(&reply, addr::VIP, macs::CLIENT)),
+            )?;
+            send(fx)?;
+            assert_eq!(drain(), [], "answered");
             Ok(())
         },
     ),

@@ -187,14 +187,36 @@ fn run() -> anyhow::Result<()> {
         println!("\n== failover outage, restart and reload (UDP stream through the lab) ==");
         let o = outage::run(a.quick, &a.svg).context("outage")?;
         println!(
-            "{:<22} {:>10} {:>10} {:>8} {:>22}",
-            "probe profile", "budget ms", "outage ms", "lost", "decision→map write µs"
+            "{:<12} {:>4} {:>10} {:>11} {:>11} {:>6} {:>22}",
+            "profile",
+            "runs",
+            "budget ms",
+            "worst ms",
+            "median ms",
+            "lost",
+            "decision→map write µs"
         );
         for p in &o.profiles {
             println!(
-                "{:<22} {:>10.1} {:>10.1} {:>8} {:>22.1}",
-                p.name, p.budget_ms, p.outage_ms, p.lost, p.decision_to_write_us
+                "{:<12} {:>4} {:>10.1} {:>11.1} {:>11.1} {:>6} {:>22.1}",
+                p.name,
+                p.runs.len(),
+                p.budget_ms,
+                p.worst_outage_ms,
+                p.median_outage_ms,
+                p.lost,
+                p.decision_to_write_us
             );
+            out["failover"][p.name.as_str()] = json!({
+                "worst_outage_ms": p.worst_outage_ms,
+                "median_outage_ms": p.median_outage_ms,
+                "budget_ms": p.budget_ms,
+                "runs": p.runs.len(),
+            });
+        }
+        if let Some(p) = o.profiles.iter().find(|p| p.passive) {
+            out["failover"]["passive_outage_ms"] = json!(p.median_outage_ms);
+            out["failover"]["passive_worst_outage_ms"] = json!(p.worst_outage_ms);
         }
         println!(
             "packets lost across a daemon restart: {}; across a reload: {}",
@@ -202,8 +224,10 @@ fn run() -> anyhow::Result<()> {
         );
         println!("timeline: {}", a.svg.display());
         // The headline profile: the aggressive one.
-        if let Some(p) = o.profiles.last() {
+        if let Some(p) = o.profiles.iter().find(|p| p.name == "aggressive") {
             out["failover"]["outage_ms"] = json!(p.outage_ms);
+            out["failover"]["worst_outage_ms"] = json!(p.worst_outage_ms);
+            out["failover"]["median_outage_ms"] = json!(p.median_outage_ms);
             out["failover"]["budget_ms"] = json!(p.budget_ms);
             out["failover"]["lost_packets"] = json!(p.lost);
             out["failover"]["decision_to_write_us"] = json!(p.decision_to_write_us);
