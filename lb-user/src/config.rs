@@ -174,7 +174,7 @@ pub enum Passive {
 }
 
 /// What [`Passive::Auto`] adds to the path's round trip.
-pub const PASSIVE_MARGIN: Duration = Duration::from_millis(3);
+pub const PASSIVE_MARGIN: Duration = Duration::from_millis(2);
 
 impl Passive {
     /// The threshold for a path whose probes last measured `rtt`, under `probe`; zero: off.
@@ -1433,16 +1433,16 @@ mod tests {
         .expect_err("not shorter than the hold time");
         assert!(e.to_string().contains("fall × interval_ms (300 ms)"), "{e}");
         let ms = Duration::from_millis;
-        // Auto: the round trip plus 3 ms, whole milliseconds, at most the interval.
+        // Auto: the round trip plus 2 ms, whole milliseconds, at most the interval.
         let auto = Passive::Auto;
-        assert_eq!(auto.threshold(ms(100), None), ms(3));
+        assert_eq!(auto.threshold(ms(100), None), ms(2));
         assert_eq!(
             auto.threshold(ms(100), Some(Duration::from_micros(120))),
-            ms(4)
+            ms(3)
         );
         assert_eq!(
             auto.threshold(ms(100), Some(Duration::from_micros(180))),
-            ms(4)
+            ms(3)
         );
         assert_eq!(auto.threshold(ms(10), Some(ms(40))), ms(10));
         assert_eq!(Passive::Off.threshold(ms(100), Some(ms(1))), Duration::ZERO);
