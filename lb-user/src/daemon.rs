@@ -538,10 +538,12 @@ impl Daemon {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(id, trigger_tx);
+            // Probes go out a little more often than every interval, so that `fall` of them
+            // fit in the hold time with their timeouts (an adaptive one is taken as at most a
+            // quarter of the interval).
+            let lead = configured.unwrap_or(interval / 4).min(interval / 2) / fall.max(1);
             let handle = self.probe_thread.handle().spawn(crate::health::monitor(
-                id,
-                epoch,
-                interval,
+                crate::health::Schedule::new(id, epoch, interval, lead),
                 probe,
                 tracker,
                 trigger_rx,

@@ -275,6 +275,13 @@ pub fn judge(event: &Event, current: Option<u64>, known: Option<Health>) -> Verd
 /// Up: `rise` consecutive successes. At a tie, a result is taken before the timer: an answer is
 /// evidence of life.
 ///
+/// **Fitting `fall` probes in the hold time**: probes go out every `interval − lead`, not every
+/// `interval`. With `lead` the probe timeout divided by `fall`, the `fall`-th probe after a
+/// success is answered (or times out) by the time the hold timer would expire, so `fall − 1`
+/// lost probes never take a path down; BFD sends its packets early (by up to a quarter of the
+/// interval) for the same reason. Without it the `fall`-th probe would leave exactly at the
+/// deadline, and `fall − 1` losses in a row (1 % of the time at 10 % loss) would be enough.
+///
 /// **The passive trigger**: a [`Trigger`] on `triggers` (the datapath saw the path's client
 /// traffic go unanswered) makes an up path be probed at once, `fall` times back to back until
 /// one succeeds, so a dead path goes down in `fall` timeouts instead of waiting for its grid.
@@ -285,9 +292,7 @@ pub fn judge(event: &Event, current: Option<u64>, known: Option<Health>) -> Verd
 /// An `interval` of zero is taken as 1 ms (tokio's interval panics on zero; the configuration
 /// should never give one).
 pub async fn monitor<F, Fut>(
-    path_id: u32,
-    epoch: u64,
-    interval: Duration,
+    schedule: Schedule,
     mut probe: F,
     mut tracker: HealthTracker,
     mut triggers: mpsc::Receiver<Trigger>,
@@ -296,6 +301,12 @@ pub async fn monitor<F, Fut>(
     F: FnMut(Cause) -> Fut,
     Fut: Future<Output = ProbeResult>,
 {
+    let Schedule {
+        path_id,
+        epoch,
+        interval,
+        lead,
+    } = schedule;
     let interval = interval.max(Duration::from_millis(1));
     let hold = interval.saturating_mul(tracker.fall());
     let fall = tracker.fall();
@@ -305,7 +316,7 @@ pub async fn monitor<F, Fut>(
     // The probes, on their grid and in bursts on a trigger; each result with the time its
     // probe was sent and how late that was.
     let prober = async {
-        let mut ticks = time::interval(interval);
+        let mut ticks = time::interval(interval.saturating_sub(lead).max(Duration::from_millis(1)));
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut listening = true;
         let mut last_burst: Option<Instant> = None;
@@ -428,6 +439,29 @@ pub enum Cause {
     /// A [`Trigger`]'s burst: the probe may want a timeout that a host's hiccup cannot reach,
     /// since the burst's probes follow each other within milliseconds.
     Trigger,
+}
+
+/// Which path [`monitor`] probes, as which task, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    pub path_id: u32,
+    /// Tags the events ([`Event::Probe`]'s `epoch`).
+    pub epoch: u64,
+    /// The hold time is `fall × interval`.
+    pub interval: Duration,
+    /// Probes go out every `interval − lead` (see [`monitor`]).
+    pub lead: Duration,
+}
+
+impl Schedule {
+    pub fn new(path_id: u32, epoch: u64, interval: Duration, lead: Duration) -> Self {
+        Self {
+            path_id,
+            epoch,
+            interval,
+            lead,
+        }
+    }
 }
 
 /// A probe's result as the prober hands it to the decider.
@@ -641,7 +675,13 @@ mod tests {
             }
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(monitor(7, 0, SECOND, probe, tracker, no_triggers(), tx));
+        let task = tokio::spawn(monitor(
+            Schedule::new(7, 0, SECOND, Duration::ZERO),
+            probe,
+            tracker,
+            no_triggers(),
+            tx,
+        ));
         let mut seen = Vec::new();
         while seen.len() < events {
             let event = rx.recv().await.expect("monitor runs until rx is dropped");
@@ -786,9 +826,7 @@ mod tests {
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(monitor(
-            1,
-            0,
-            SECOND,
+            Schedule::new(1, 0, SECOND, Duration::ZERO),
             probe,
             // A hold time (fall × interval) longer than the slow probe: grid timing alone.
             HealthTracker::new(1, 100, None),
@@ -836,9 +874,7 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let start = Instant::now();
         let task = tokio::spawn(monitor(
-            1,
-            0,
-            SECOND,
+            Schedule::new(1, 0, SECOND, Duration::ZERO),
             probe,
             HealthTracker::new(2, 3, Some(Health::Up)),
             no_triggers(),
@@ -941,6 +977,52 @@ mod tests {
         );
     }
 
+    /// Guards the lead: with probes every second less 100 ms (a 300 ms timeout over fall 3), two
+    /// probes timing out after a success are not enough to take the path down: the third,
+    /// sent at 2.7 s, answers before the hold time (3 s) runs out. Without the lead it would
+    /// leave at 3 s, exactly when the timer fires, and the path would go down on two losses.
+    #[tokio::test(start_paused = true)]
+    async fn monitor_fall_minus_one_losses_never_take_a_path_down() {
+        for (lead, downs) in [(100 * MS, 0), (Duration::ZERO, 1)] {
+            let start = Instant::now();
+            let probe = move |_: Cause| {
+                // Sent at 0.9 s and 1.8 s (with the lead) or 1 s and 2 s: lost.
+                let t = start.elapsed();
+                let lost = (800 * MS..2500 * MS).contains(&t);
+                async move {
+                    // An answer takes a round trip; a loss, the timeout.
+                    time::sleep(if lost { 300 * MS } else { MS }).await;
+                    ProbeResult {
+                        ok: !lost,
+                        rtt: (!lost).then_some(MS),
+                        detail: String::new(),
+                    }
+                }
+            };
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let tracker = HealthTracker::new(2, 3, Some(Health::Up));
+            let task = tokio::spawn(monitor(
+                Schedule::new(1, 0, SECOND, lead),
+                probe,
+                tracker,
+                no_triggers(),
+                tx,
+            ));
+            let mut seen = Vec::new();
+            while start.elapsed() < 3500 * MS {
+                let event = rx.recv().await.expect("running");
+                seen.push((start.elapsed(), event));
+            }
+            drop(rx);
+            task.await.expect("monitor ends");
+            let got: Vec<_> = transitions(&seen)
+                .into_iter()
+                .filter(|(_, t)| t.to == Health::Down)
+                .collect();
+            assert_eq!(got.len(), downs, "lead {lead:?}: {got:?}");
+        }
+    }
+
     /// Runs [`monitor`] (every second, fall 3, starting up) with a probe that fails, 10 ms after
     /// it is sent, from `fails_at` on, sending a trigger at each of `triggers` (virtual times);
     /// returns the events until `until`, and the times the probes were sent.
@@ -972,7 +1054,13 @@ mod tests {
         let (trigger_tx, trigger_rx) = mpsc::channel(1);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let tracker = HealthTracker::new(2, 3, Some(Health::Up));
-        let task = tokio::spawn(monitor(7, 0, SECOND, probe, tracker, trigger_rx, tx));
+        let task = tokio::spawn(monitor(
+            Schedule::new(7, 0, SECOND, Duration::ZERO),
+            probe,
+            tracker,
+            trigger_rx,
+            tx,
+        ));
         let mut pending: VecDeque<Duration> = triggers.iter().copied().collect();
         let mut seen = Vec::new();
         loop {
@@ -1044,9 +1132,7 @@ mod tests {
         let start = Instant::now();
         let tracker = HealthTracker::new(1, 1, None);
         let task = tokio::spawn(monitor(
-            1,
-            0,
-            Duration::ZERO,
+            Schedule::new(1, 0, Duration::ZERO, Duration::ZERO),
             probe,
             tracker,
             no_triggers(),
@@ -1072,9 +1158,7 @@ mod tests {
         };
         let interval = Duration::from_secs(3600);
         let task = tokio::spawn(monitor(
-            1,
-            0,
-            interval,
+            Schedule::new(1, 0, interval, Duration::ZERO),
             probe,
             HealthTracker::new(1, 1, None),
             no_triggers(),

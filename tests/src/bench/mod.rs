@@ -7,11 +7,14 @@
 //! - [`throughput`]: forwarding on the veth lab against nftables DNAT and a bare redirect;
 //! - [`outage`]: the failover outage of a UDP stream, and losses across restart and reload;
 //! - [`bulk`]: bulk TCP (iperf3) through the VIP on plain veths, per hook, against nftables
-//!   DNAT and plain kernel forwarding.
+//!   DNAT and plain kernel forwarding;
+//! - [`scale`]: decision → map write with 1,000 paths in 256 targets, and transitions of a path
+//!   with 5 % loss.
 
 pub mod bulk;
 pub mod cost;
 pub mod outage;
+pub mod scale;
 pub mod throughput;
 
 /// Median, minimum and maximum of some samples.

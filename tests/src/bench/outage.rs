@@ -268,7 +268,10 @@ impl Rig {
         let mut config = lab::config(interval_ms, timeout_ms, RISE, fall, true);
         if timeout_ms == 0 {
             let adaptive = config.replacen(&format!("\"timeout_ms\": {timeout_ms}, "), "", 1);
-            ensure!(adaptive != config, "no probe timeout in the lab's configuration");
+            ensure!(
+                adaptive != config,
+                "no probe timeout in the lab's configuration"
+            );
             config = adaptive;
         }
         if !spec.passive {

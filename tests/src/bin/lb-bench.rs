@@ -1,6 +1,6 @@
 //! `lb-bench`: the measurements behind `cargo xtask bench` (which builds and runs it as root).
 //!
-//! `lb-bench [--quick] [--json FILE] [--svg FILE] [--only cost|throughput|bulk|outage]`
+//! `lb-bench [--quick] [--json FILE] [--svg FILE] [--only cost|throughput|bulk|outage|scale]`
 //!
 //! Prints a table per part and the headline ratios; `--json` writes every figure, with the
 //! keys under `ratios`, `failover` and `loss` that runs are compared on. Targets (not
@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use lb_tests::bench::{bulk, cost, outage, throughput};
+use lb_tests::bench::{bulk, cost, outage, scale, throughput};
 use serde_json::json;
 
 struct Args {
@@ -32,7 +32,12 @@ fn args() -> anyhow::Result<Args> {
             "--quick" => a.quick = true,
             "--json" => a.json = Some(it.next().context("--json FILE")?.into()),
             "--svg" => a.svg = it.next().context("--svg FILE")?.into(),
-            "--only" => a.only = Some(it.next().context("--only cost|throughput|bulk|outage")?),
+            "--only" => {
+                a.only = Some(
+                    it.next()
+                        .context("--only cost|throughput|bulk|outage|scale")?,
+                )
+            }
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -236,6 +241,31 @@ fn run() -> anyhow::Result<()> {
         out["loss"]["restart_packets"] = json!(o.restart_lost);
         out["loss"]["reload_packets"] = json!(o.reload_lost);
         out["outage"] = serde_json::to_value(&o)?;
+    }
+    if wants("scale") {
+        println!("\n== the control plane at scale ==");
+        let sc = scale::run(a.quick).context("scale")?;
+        println!(
+            "decision → map write, {} paths in {} targets, {} changes: p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs ({} entries written, median)",
+            sc.paths,
+            sc.targets,
+            sc.changes,
+            sc.decision_to_write_p50_us,
+            sc.decision_to_write_p99_us,
+            sc.decision_to_write_max_us,
+            sc.writes_p50
+        );
+        println!(
+            "transitions of a path with {} % loss over {} s (probes 100 ms × 3): {}",
+            sc.no_flap_loss_percent, sc.no_flap_s, sc.no_flap_transitions
+        );
+        for line in &sc.no_flap_lines {
+            println!("  {line}");
+        }
+        out["failover"]["decision_to_write_1000_paths_p50_us"] = json!(sc.decision_to_write_p50_us);
+        out["failover"]["decision_to_write_1000_paths_p99_us"] = json!(sc.decision_to_write_p99_us);
+        out["failover"]["lossy_path_transitions"] = json!(sc.no_flap_transitions);
+        out["scale"] = serde_json::to_value(&sc)?;
     }
     println!("\nratios: {}", serde_json::to_string(&out["ratios"])?);
     if let Some(path) = &a.json {
