@@ -10,7 +10,9 @@
 //! The lock file is not in the pin directory, which is on a bpffs (only pinned objects live
 //! there, and `--replace` or `lb down` unmount it): it is `/run/lock/lb/<the directory's path,
 //! escaped>.lock`, in a directory of root's alone. It holds the holder's role and pid, which
-//! the holder writes right after taking the lock and clears before releasing it.
+//! the holder writes right after taking the lock and clears before releasing it. `lb down`
+//! removes it with the rest of the instance; a taker that locked the removed file sees so and
+//! opens the path again.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -72,6 +74,7 @@ pub enum Error {
 #[derive(Debug)]
 pub struct PinLock {
     file: File,
+    path: PathBuf,
 }
 
 /// The lock file of pin directory `pin`, in `dir`.
@@ -126,19 +129,22 @@ impl PinLock {
             path: path.clone(),
             source,
         };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|e| io_err("opening the lock", e))?;
         let deadline = Instant::now() + wait;
-        loop {
+        let mut file = loop {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(|e| io_err("opening the lock", e))?;
             match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
-                Ok(()) => break,
+                // Held, unless `lb down` removed the file meanwhile (a lock on a file no longer
+                // at the path locks nothing another process would take): open it again.
+                Ok(()) if same_file(&file, &path) => break file,
+                Ok(()) => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Unreadable: the holder took it a moment ago; it is written in soon.
                     let holder = read_holder(&mut file).unwrap_or(Holder {
@@ -156,13 +162,20 @@ impl PinLock {
                 }
                 Err(e) => return Err(io_err("locking", e)),
             }
-        }
+        };
         let me = format!("{} {}\n", role.name(), std::process::id());
         file.set_len(0)
             .and_then(|()| file.rewind())
             .and_then(|()| file.write_all(me.as_bytes()))
             .map_err(|e| io_err("writing the lock's holder", e))?;
-        Ok(Self { file })
+        Ok(Self { file, path })
+    }
+
+    /// Removes the lock file, then lets go (`lb down`: nothing of the instance is left). A
+    /// process waiting on the removed file finds it gone once it has the lock, and opens the
+    /// path again.
+    pub fn remove(self) {
+        let _ = fs::remove_file(&self.path);
     }
 
     /// Who holds the lock of `pin` now; `None` when nobody does.
@@ -221,6 +234,15 @@ impl Drop for PinLock {
     fn drop(&mut self) {
         // Cleared first, so nobody reads a gone holder; the lock goes with the descriptor.
         let _ = self.file.set_len(0);
+    }
+}
+
+/// Whether `file` is the file at `path` now.
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (file.metadata(), fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 
@@ -362,6 +384,28 @@ mod tests {
         let got = PinLock::acquire_in(&dir, pin, Role::Daemon, Duration::from_secs(5));
         release.join().expect("released");
         assert!(got.is_ok(), "{got:?}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_removed_lock_file_is_made_again_by_the_next_taker() {
+        let dir = scratch("removed");
+        let pin = Path::new("/nonexistent/pin");
+        let held = PinLock::acquire_in(&dir, pin, Role::Command, Duration::ZERO).expect("free");
+        let path = lock_path(&dir, pin);
+        assert!(path.exists());
+        held.remove();
+        assert!(!path.exists(), "removed");
+        let again = PinLock::acquire_in(&dir, pin, Role::Daemon, Duration::ZERO).expect("free");
+        assert!(path.exists(), "made again");
+        assert_eq!(
+            PinLock::holder_in(&dir, pin).expect("readable"),
+            Some(Holder {
+                role: Role::Daemon,
+                pid: std::process::id()
+            })
+        );
+        drop(again);
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -43,7 +43,7 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
     };
     dir.remove()
         .with_context(|| format!("removing {}", pin.pin_dir.display()))?;
-    drop(lock);
+    lock.remove();
     println!("removed everything pinned in {}", pin.pin_dir.display());
     Ok(())
 }
