@@ -1160,7 +1160,7 @@ pub fn require(command: &str, what: &str, caps: &[Cap]) -> anyhow::Result<()> {
 
 /// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock of the datapath's
 /// `bpf_ktime_get_coarse_ns`.
-fn monotonic_coarse_ns() -> u64 {
+pub fn monotonic_coarse_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

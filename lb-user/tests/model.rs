@@ -446,6 +446,17 @@ fn a_removed_vip_goes_before_what_it_led_to() {
     assert_eq!(store.read(), desired);
 }
 
+/// Configuration C, a generation after B: B plus a new service whose VIP takes B's freed id 1.
+fn model_c(b: &Model) -> Model {
+    Model::new(
+        config_b()
+            .service("203.0.113.31", "tcp", 80, None, "db")
+            .config(),
+        b,
+    )
+    .expect("fits")
+}
+
 /// Guards VIP id reuse: B drops VIP 1 (203.0.113.11 tcp/443), and C (a generation later, the
 /// id out of quarantine) gives id 1 to a new key. Applied straight from maps that still hold
 /// A (a B that never made it to the maps), the old key must leave the VIP hash map before the
@@ -456,13 +467,7 @@ fn a_reused_vip_id_drops_its_old_key_first() {
     let b = Model::new(config_b().config(), &a).expect("fits");
     let old = key("203.0.113.11", Some((IPPROTO_TCP, 443)));
     let new = key("203.0.113.31", Some((IPPROTO_TCP, 80)));
-    let c = Model::new(
-        config_b()
-            .service("203.0.113.31", "tcp", 80, None, "db")
-            .config(),
-        &b,
-    )
-    .expect("fits");
+    let c = model_c(&b);
     assert_eq!((a.ids.vips[&old], c.ids.vips[&new]), (1, 1));
 
     let mut store = store_holding(&a.tables());
@@ -1131,13 +1136,7 @@ fn decision_changes_keep_the_previous_decision_while_its_path_is_up() {
 fn a_failed_write_is_undone_wherever_it_fails() {
     let a = model_a();
     let b = Model::new(config_b().config(), &a).expect("fits");
-    let c = Model::new(
-        config_b()
-            .service("203.0.113.31", "tcp", 80, None, "db")
-            .config(),
-        &b,
-    )
-    .expect("fits");
+    let c = model_c(&b);
     let (from, to) = (a.tables(), c.tables());
     let plan = lb_user::tables::Plan::new(&from, &to);
     assert!(plan.writes.len() > 10, "{:?}", plan.writes);

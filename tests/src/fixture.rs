@@ -643,14 +643,3 @@ impl Fx {
         Ok(self.dp.maps.path_stats(id)?)
     }
 }
-
-/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the datapath's `bpf_ktime_get_coarse_ns`.
-pub fn coarse_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec for the call to write.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}

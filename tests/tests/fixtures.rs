@@ -19,7 +19,7 @@ use lb_tests::{
     fixture::{
         Env, Fx, Hook, Iface, Prog,
         Prog::{Ingress, Return},
-        XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, addr, coarse_now_ns, ids, macs,
+        XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, addr, ids, macs,
     },
     packet::{L4, Pkt},
 };
@@ -1161,7 +1161,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 out
             };
             const S: u64 = 1_000_000_000;
-            let now = coarse_now_ns();
+            let now = lb_user::daemon::monotonic_coarse_ns();
             let udp = Pkt::udp(addr::CLIENT, 5000, addr::VIP, 5001).eth(macs::CLIENT, macs::CLI0);
             let send =
                 |fx: &mut Fx| ingress(fx, &udp, Redirect(&toward(&udp, addr::NN1, macs::NN1)));
