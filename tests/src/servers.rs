@@ -63,41 +63,25 @@ pub fn start(ns: &Netns, ports: Ports, addrs: [Ipv4Addr; 2]) -> anyhow::Result<S
             let l = TcpListener::bind(("0.0.0.0", http_port))?;
             l.set_nonblocking(true)?;
             let _ = ready.send(());
+            let mut conns = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 match l.accept() {
-                    Ok((mut s, _)) => {
-                        let _ = s.set_nonblocking(false);
-                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                        // The whole request head, or nothing (a probe that connected and left).
-                        let mut buf = [0u8; 1024];
-                        let mut n = 0;
-                        while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                            match s.read(&mut buf[n..]) {
-                                Ok(0) | Err(_) => break,
-                                Ok(k) => n += k,
-                            }
-                        }
-                        if n == 0 {
-                            continue;
-                        }
-                        let req = String::from_utf8_lossy(&buf[..n]);
-                        let local = s.local_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-                        let code = if req.starts_with("GET /health") { status.load(Ordering::Relaxed) } else { 200 };
-                        let body = format!("{local}\n");
-                        let _ = write!(
-                            s,
-                            "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                        // Close gracefully: FIN first, then wait (bounded) for the client's, so
-                        // nothing unread turns the close into a reset.
-                        let _ = s.shutdown(std::net::Shutdown::Write);
-                        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-                        while matches!(s.read(&mut buf), Ok(k) if k > 0) {}
+                    // One thread per connection, as a real server serves them: a client that
+                    // went silent (its reset lost on a lossy path) must not stall everyone
+                    // else's handshakes behind a full accept queue.
+                    Ok((s, _)) => {
+                        let status = status.clone();
+                        conns.retain(|c: &JoinHandle<()>| !c.is_finished());
+                        conns.push(std::thread::spawn(move || http(s, &status)));
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(2)),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(2))
+                    }
                     Err(e) => return Err(e.into()),
                 }
+            }
+            for c in conns {
+                let _ = c.join();
             }
             Ok(())
         }));
@@ -158,6 +142,46 @@ pub fn start(ns: &Netns, ports: Ports, addrs: [Ipv4Addr; 2]) -> anyhow::Result<S
         health_status,
         udp_received,
     })
+}
+
+/// Answers one HTTP request with the address it was reached at (`/health` with `status`), then
+/// closes: every read is bounded.
+fn http(mut s: std::net::TcpStream, status: &AtomicU16) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    // The whole request head, or nothing (a probe that connected and left).
+    let mut buf = [0u8; 1024];
+    let mut n = 0;
+    while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    if n == 0 {
+        return;
+    }
+    let req = String::from_utf8_lossy(&buf[..n]);
+    let local = s
+        .local_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    let code = if req.starts_with("GET /health") {
+        status.load(Ordering::Relaxed)
+    } else {
+        200
+    };
+    let body = format!("{local}\n");
+    let _ = write!(
+        s,
+        "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // Close gracefully: FIN first, then wait (bounded) for the client's, so nothing unread
+    // turns the close into a reset.
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    while matches!(s.read(&mut buf), Ok(k) if k > 0) {}
 }
 
 /// Echoes one TCP connection until EOF, an error, 5 s of silence, or the stop flag.

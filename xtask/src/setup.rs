@@ -18,7 +18,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use crate::util::{self, say};
 
 /// Debian packages the tests use: `ip` (netns, veth), `nft`, `ping`, `ethtool` (offloads off on
-/// the tuned lab's veths), `sysctl`, `curl`, and `iperf3`, a real TCP client and server.
+/// the tuned lab's veths), `sysctl`, `curl`, `iperf3`, a real TCP client and server, and
+/// `tcpdump`, for looking at the lab's traffic when a test or a bench surprises.
 pub const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -27,6 +28,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "procps",
     "curl",
     "iperf3",
+    "tcpdump",
 ];
 
 // ---- The toolchains the build needs: this is the one place that names them. ----
