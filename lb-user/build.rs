@@ -1,5 +1,5 @@
 //! Builds the XDP object (`lb-ebpf`, for the bpf target, with the nightly toolchain and
-//! bpf-linker) into `OUT_DIR/lb`, which `lb_user::object` embeds.
+//! bpf-linker) into `OUT_DIR/lb`, which `lb_user::datapath::object` embeds.
 //!
 //! Without bpf-linker (or with `LB_SKIP_EBPF=1`) the host crates still build, for clippy and
 //! docs: an empty object is embedded, and everything that needs the datapath says to run

@@ -1,22 +1,27 @@
-//! The lb control plane as a library: the embedded XDP object, loading and attaching it, and
-//! typed access to its maps. The `lb` binary and the test harness build on it.
+//! The lb control plane as a library. The `lb` binary (its CLI in `src/cli/`) and the test
+//! harness build on it.
+//!
+//! Each concern has its folder, and the layers only look down:
+//!
+//! - [`config`]: the configuration file, parsed and validated (depends on nothing here);
+//! - [`datapath`]: the embedded object, loading and attaching it, the pin directory and its
+//!   lock, typed map access, the control plane's tables and the planned writes that apply them,
+//!   interfaces and the link watch, exception expiry (depends on `config`);
+//! - [`control`]: the model built from a configuration, the failover and consistent-hash
+//!   policy, per-path health and the probe loop that decides it (depends on `config`,
+//!   `datapath`'s tables);
+//! - [`probe`]: the probes themselves (TCP, HTTP, ICMP), the thread they run on and the
+//!   passive trigger's listener (depends on `config`, `control`);
+//! - [`view`]: what the CLI and the metrics read from the pinned maps; [`metrics`]: the
+//!   Prometheus endpoint (depend on the layers above);
+//! - [`daemon`]: wires everything together; nothing below it reaches back up.
 
 pub mod config;
+pub mod control;
 pub mod daemon;
-pub mod dataplane;
-pub mod exceptions;
-pub mod health;
-pub mod links;
-pub mod lock;
-pub mod maps;
+pub mod datapath;
 pub mod metrics;
-pub mod model;
-pub mod netdev;
-pub mod passive;
-pub mod policy;
 pub mod probe;
-pub mod probe_thread;
-pub mod tables;
 pub mod view;
 
 /// The index of interface `name`, if it exists (in this network namespace).
@@ -38,13 +43,4 @@ pub fn ifname(ifindex: u32) -> Option<String> {
     // SAFETY: on success `buf` holds a NUL-terminated name.
     let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
     Some(name.to_string_lossy().into_owned())
-}
-
-/// The XDP object built from `lb-ebpf`, embedded at build time.
-pub fn object() -> Result<&'static [u8], dataplane::Error> {
-    static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
-    if OBJECT.is_empty() {
-        return Err(dataplane::Error::NoObject);
-    }
-    Ok(OBJECT)
 }

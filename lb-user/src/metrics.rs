@@ -31,7 +31,9 @@ use prometheus_client::{
 };
 
 use crate::{
-    dataplane::PinDir, health::Health, maps::Maps, model::Model, probe_thread::ProbeStats,
+    control::{health::Health, model::Model},
+    datapath::{PinDir, maps::Maps},
+    probe::thread::ProbeStats,
 };
 
 /// Connections served at once; more are closed as soon as they are accepted.
@@ -377,7 +379,11 @@ fn encode_all(
 
     let (mut packets, mut bytes) = (Vec::new(), Vec::new());
     for v in &model.config.vips {
-        if !model.ids.vips.contains_key(&crate::model::vip_key(v)) {
+        if !model
+            .ids
+            .vips
+            .contains_key(&crate::control::model::vip_key(v))
+        {
             continue;
         }
         let s = crate::view::vip_traffic(maps, model, v)?;

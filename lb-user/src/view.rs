@@ -16,11 +16,11 @@ use serde::Serialize;
 
 use crate::{
     config::{AllDown, Mode, Vip},
-    dataplane::Error,
-    maps::Maps,
-    model::{Model, vip_key},
-    policy::Decision,
-    tables::Tables,
+    control::{
+        model::{Model, vip_key},
+        policy::Decision,
+    },
+    datapath::{Error, maps::Maps, tables::Tables},
 };
 
 /// The daemon of a pin directory.
@@ -28,7 +28,7 @@ use crate::{
 pub struct Daemon {
     /// The running daemon's pid; when none runs, the last one's as the maps recorded it.
     pub pid: Option<u32>,
-    /// A daemon holds the pin directory's lock ([`crate::lock`]).
+    /// A daemon holds the pin directory's lock ([`crate::datapath::lock`]).
     pub running: bool,
 }
 
@@ -62,15 +62,15 @@ pub struct Interface {
 }
 
 /// The attached interfaces, as the pins say.
-pub fn interfaces(pin: &crate::dataplane::PinDir, maps: &Maps) -> Result<Vec<Interface>, Error> {
-    use crate::dataplane::{HookChoice, Role, choose_hook};
+pub fn interfaces(pin: &crate::datapath::PinDir, maps: &Maps) -> Result<Vec<Interface>, Error> {
+    use crate::datapath::{HookChoice, Role, choose_hook};
     let mut out = Vec::new();
     for (role, hook, name) in pin.attachments()? {
         let (auto, why) = choose_hook(HookChoice::Auto, &name);
         let meta = maps.iface(&name)?;
         let wanted = match hook {
-            crate::dataplane::Hook::Xdp => lb_common::maps::IFACE_HOOK_XDP,
-            crate::dataplane::Hook::Tc => lb_common::maps::IFACE_HOOK_TC,
+            crate::datapath::Hook::Xdp => lb_common::maps::IFACE_HOOK_XDP,
+            crate::datapath::Hook::Tc => lb_common::maps::IFACE_HOOK_TC,
         };
         // A record of another hook is stale (a link left behind by another daemon).
         let meta = meta.filter(|m| m.hook == wanted);
@@ -158,7 +158,7 @@ fn rfc3339(t: SystemTime) -> Option<String> {
 
 /// Whether a daemon runs on pin directory `pin` (it holds its lock), and its pid.
 pub fn daemon(pin: &std::path::Path, maps: &Maps) -> anyhow::Result<Daemon> {
-    use crate::lock::{PinLock, Role};
+    use crate::datapath::lock::{PinLock, Role};
     match PinLock::holder(pin)? {
         Some(h) if h.role == Role::Daemon => Ok(Daemon {
             pid: Some(h.pid),
@@ -225,7 +225,7 @@ pub fn status(pin: &std::path::Path, maps: &Maps) -> anyhow::Result<Status> {
                         _ => "down",
                     },
                     drain_requested: s.disabled,
-                    health: crate::daemon::health_name(s.health),
+                    health: crate::control::health::health_name(s.health),
                     priority: p.priority,
                     weight: p.weight,
                     changed: rfc3339(s.changed),

@@ -18,10 +18,10 @@ use lb_common::{
 };
 use lb_user::{
     config::Config,
-    health::Health,
-    model::{Ids, Model, PathState},
-    policy::Decision,
-    tables::{MemStore, Tables, apply},
+    control::health::Health,
+    control::model::{Ids, Model, PathState},
+    control::policy::Decision,
+    datapath::tables::{MemStore, Tables, apply},
 };
 use serde_json::{Value, json};
 
@@ -520,7 +520,7 @@ fn vip_ranks_are_kept_per_target_and_never_shared() {
     .expect("fits");
     let mut per_target: BTreeMap<String, BTreeSet<u8>> = BTreeMap::new();
     for v in &c.config.vips {
-        let r = c.ids.vip_ranks[&lb_user::model::vip_key(v)];
+        let r = c.ids.vip_ranks[&lb_user::control::model::vip_key(v)];
         assert!(
             per_target.entry(v.target.clone()).or_default().insert(r),
             "rank {r} twice on {}",
@@ -532,7 +532,7 @@ fn vip_ranks_are_kept_per_target_and_never_shared() {
 
     let t = c.tables();
     for v in &c.config.vips {
-        let k = lb_user::model::vip_key(v);
+        let k = lb_user::control::model::vip_key(v);
         let (id, r) = (c.ids.vips[&k], c.ids.vip_ranks[&k]);
         assert_eq!(t.vips[&id].rank, r);
         let revs: Vec<_> = t.rev_nat.values().filter(|rv| rv.vip_id == id).collect();
@@ -541,7 +541,7 @@ fn vip_ranks_are_kept_per_target_and_never_shared() {
     }
     // The pinned tables give the ranks back (a restart keeps them).
     assert_eq!(
-        lb_user::model::Ids::from_tables(&t).vip_ranks,
+        lb_user::control::model::Ids::from_tables(&t).vip_ranks,
         c.ids.vip_ranks
     );
 }
@@ -1138,7 +1138,7 @@ fn a_failed_write_is_undone_wherever_it_fails() {
     let b = Model::new(config_b().config(), &a).expect("fits");
     let c = model_c(&b);
     let (from, to) = (a.tables(), c.tables());
-    let plan = lb_user::tables::Plan::new(&from, &to);
+    let plan = lb_user::datapath::tables::Plan::new(&from, &to);
     assert!(plan.writes.len() > 10, "{:?}", plan.writes);
     for k in 0..plan.writes.len() {
         let mut store = store_holding(&from);

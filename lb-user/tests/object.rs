@@ -11,7 +11,7 @@ use lb_common::maps::{
 
 #[test]
 fn object_maps_and_programs_match_lb_common() {
-    let object = match lb_user::object() {
+    let object = match lb_user::datapath::object() {
         Ok(o) => o,
         Err(e) => {
             lb_testkit::ci::skip(

@@ -28,7 +28,7 @@ use lb_common::{
     },
     net::{IPPROTO_TCP, IPPROTO_UDP},
 };
-use lb_user::dataplane::{Dataplane, LoadOptions};
+use lb_user::datapath::{Dataplane, LoadOptions};
 
 use crate::sys::{ifindex, ip, sysctl, unshare_netns};
 

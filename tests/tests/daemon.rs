@@ -209,7 +209,7 @@ fn restart_refuses_another_layout_unless_replace() -> anyhow::Result<()> {
     let (topo, _srv, mut d) = setup(&config(TCP_PROBE, "", WHOLE_VIP))?;
     d.stop()?;
     // Pretend another build pinned this state: a different layout fingerprint.
-    let mut maps = lb_user::maps::Maps::open(&d.pin.join("maps"))?;
+    let mut maps = lb_user::datapath::maps::Maps::open(&d.pin.join("maps"))?;
     let meta = maps.meta()?;
     maps.set_meta(lb_common::maps::ControlMeta {
         layout: meta.layout ^ 1,
@@ -753,7 +753,7 @@ fn the_pin_lock_decides_who_applies() -> anyhow::Result<()> {
     std::fs::copy("/bin/sleep", &fake)?;
     let mut reused = KillOnDrop(std::process::Command::new(&fake).arg("30").spawn()?);
     {
-        let mut maps = lb_user::dataplane::PinDir::new(&d.pin).open()?;
+        let mut maps = lb_user::datapath::PinDir::new(&d.pin).open()?;
         let mut meta = maps.meta()?;
         meta.daemon_pid = reused.0.id();
         maps.set_meta(meta)?;

@@ -581,7 +581,7 @@ const CASES: &[(&str, &str, Case)] = &[
         "sweep_expires_exceptions_and_returns_the_target_to_stateless",
         "the control plane's sweep keeps a live pin, removes it once idle past its timeout, then sets the bound that stops the datapath consulting the tables for the target",
         |fx| {
-            use lb_user::{config::Flows, exceptions::sweep};
+            use lb_user::{config::Flows, datapath::exceptions::sweep};
             fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
             fx.change_single(ids::TARGET_WEB, ids::PATH_NN1)?;
             let p = to_vip(addr::VIP, 40000, 22);
@@ -1161,7 +1161,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 out
             };
             const S: u64 = 1_000_000_000;
-            let now = lb_user::daemon::monotonic_coarse_ns();
+            let now = lb_user::datapath::monotonic_coarse_ns();
             let udp = Pkt::udp(addr::CLIENT, 5000, addr::VIP, 5001).eth(macs::CLIENT, macs::CLI0);
             let send =
                 |fx: &mut Fx| ingress(fx, &udp, Redirect(&toward(&udp, addr::NN1, macs::NN1)));

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use lb_user::lock::{self, PinLock, Role};
+use lb_user::datapath::lock::{self, PinLock, Role};
 
 use super::PinArgs;
 

@@ -13,7 +13,7 @@ mod status;
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use lb_user::{dataplane::PinDir, maps::Maps};
+use lb_user::{datapath::PinDir, datapath::maps::Maps};
 
 /// XDP edge load balancer: one stable VIP for VMs reachable over redundant network paths.
 #[derive(Parser)]

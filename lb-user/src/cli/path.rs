@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
 use lb_user::{
-    lock::{self, PinLock, Role},
-    tables::apply,
+    datapath::lock::{self, PinLock, Role},
+    datapath::tables::apply,
     view,
 };
 
@@ -84,7 +84,7 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
 /// How long a command waits for another command that holds the pin directory.
 const WAIT: Duration = Duration::from_secs(5);
 
-fn path_id(maps: &lb_user::maps::Maps, target: &str, path: &str) -> anyhow::Result<u32> {
+fn path_id(maps: &lb_user::datapath::maps::Maps, target: &str, path: &str) -> anyhow::Result<u32> {
     let (model, _) = view::model(maps)?;
     model
         .ids

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use lb_user::dataplane::{AttachMode, HookChoice};
+use lb_user::datapath::{AttachMode, HookChoice};
 
 use super::PinArgs;
 

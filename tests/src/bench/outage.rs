@@ -52,7 +52,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use lb_common::maps::{MAX_PATHS, decode_name};
-use lb_user::dataplane::PinDir;
+use lb_user::datapath::PinDir;
 use rand::{Rng as _, SeedableRng as _};
 use serde::Serialize;
 

@@ -22,10 +22,10 @@ use std::{
 use anyhow::{Context as _, ensure};
 use lb_user::{
     config::Config,
-    dataplane::{Dataplane, LoadOptions},
-    health::Health,
-    model::Model,
-    tables::{Tables, apply},
+    control::health::Health,
+    control::model::Model,
+    datapath::tables::{Tables, apply},
+    datapath::{Dataplane, LoadOptions},
 };
 use rand::{Rng as _, SeedableRng as _};
 use serde::Serialize;

@@ -58,7 +58,7 @@ use lb_common::maps::{
     BENCH, BENCH_SINK, BENCH_VARY_NONE, BenchTemplate, PROG_BENCH_GEN, PROG_BENCH_REDIRECT,
     PROG_BENCH_SINK,
 };
-use lb_user::dataplane::{Dataplane, LoadOptions};
+use lb_user::datapath::{Dataplane, LoadOptions};
 use serde::Serialize;
 
 use super::Spread;

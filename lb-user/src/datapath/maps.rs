@@ -19,7 +19,7 @@ use lb_common::{
     },
 };
 
-use crate::dataplane::Error;
+use crate::datapath::Error;
 
 fn op<T>(map: &'static str, op: &'static str, r: Result<T, MapError>) -> Result<T, Error> {
     r.map_err(|source| Error::MapOp { map, op, source })

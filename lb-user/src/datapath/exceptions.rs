@@ -10,7 +10,10 @@ use lb_common::{
     net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 
-use crate::{config::Flows, dataplane::Error, maps::Maps};
+use crate::{
+    config::Flows,
+    datapath::{Error, maps::Maps},
+};
 
 /// Whether exception `v` of flow `key` has expired at `now_ns` (the datapath's clock,
 /// `CLOCK_MONOTONIC_COARSE`): closing TCP after `tcp_closing`, unanswered TCP after

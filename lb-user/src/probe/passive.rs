@@ -1,7 +1,7 @@
 //! The passive trigger's daemon side: the datapath writes a [`PassiveEvent`] to its `LB_EVENTS`
 //! ring buffer when a path's client traffic goes unanswered past the path's threshold
 //! (`PathValue::passive_us`); [`listen`] hands each one to that path's probe task, which probes
-//! the path at once ([`crate::health::monitor`]). No polling: the ring buffer's descriptor wakes
+//! the path at once ([`crate::control::health::monitor`]). No polling: the ring buffer's descriptor wakes
 //! the task.
 
 use std::{
@@ -14,7 +14,7 @@ use aya::maps::{MapData, RingBuf};
 use lb_common::maps::{PASSIVE_SYN, PassiveEvent};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
-use crate::{health::Trigger, probe_thread::ProbeStats};
+use crate::{control::health::Trigger, probe::thread::ProbeStats};
 
 /// Each path's probe task, by path id, as the daemon started them.
 pub type Triggers = Arc<Mutex<HashMap<u32, mpsc::Sender<Trigger>>>>;

@@ -1,0 +1,404 @@
+//! The configuration file (JSON): the raw serde shape, and the validated model the daemon
+//! works with. Every field is documented in README.md ("Configuration").
+//!
+//! Loading is all-or-nothing: [`Config::from_json`] either returns a fully validated model or
+//! one [`ConfigError`] naming the field and the reason; nothing is applied from an invalid
+//! file.
+//!
+//! Two layers: private `Raw*` structs mirror the JSON exactly (`deny_unknown_fields`, every
+//! optional field an `Option`), and a [`Validator`] walks them in file order, with the
+//! location of each value in hand, building the model. Whether the named interfaces exist is
+//! a separate check ([`Config::check_interfaces`]): a file may be checked on another host.
+
+use std::{fmt, net::Ipv4Addr, path::PathBuf, time::Duration};
+
+use crate::config::{
+    raw::{RawConfig, shape_error},
+    validate::{Validator, invalid},
+};
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub interfaces: Interfaces,
+    pub targets: Vec<Target>,
+    pub vips: Vec<Vip>,
+    /// Exception-table capacity (`None`: the datapath default).
+    pub flow_table_size: Option<u32>,
+    /// How long a client's TCP handshake to an up path may go unanswered before the path is
+    /// flagged "datapath suspect".
+    pub datapath_suspect: Duration,
+    /// The datapath's "fragmentation needed" answers per second and CPU, and their burst.
+    pub icmp_too_big_per_sec: u32,
+    pub icmp_too_big_burst: u32,
+    /// Exceptions: how long they live, how fast client packets may pin them.
+    pub flows: Flows,
+}
+
+/// The `flows` section: the lifetimes of exceptions (flows that must not follow their target's
+/// current decision) and the budget of pins client packets may make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flows {
+    /// An established TCP connection idle this long is forgotten: its exception expires, and a
+    /// transition (the previous decision kept for connections older than a change) ends this
+    /// long after the change.
+    pub tcp_idle: Duration,
+    /// After a FIN or RST.
+    pub tcp_closing: Duration,
+    /// A TCP exception the other side has not answered (a client's pin without a reply from
+    /// the VM, the VM's SYN-ACK without the client's next packet).
+    pub unreplied: Duration,
+    pub udp_idle: Duration,
+    pub icmp_idle: Duration,
+    /// Pins client packets may make per second and CPU, and at once.
+    pub pins_per_sec: u32,
+    pub pins_burst: u32,
+}
+
+impl Default for Flows {
+    fn default() -> Self {
+        Self {
+            tcp_idle: Duration::from_secs(7200),
+            tcp_closing: Duration::from_secs(10),
+            unreplied: Duration::from_secs(30),
+            udp_idle: Duration::from_secs(120),
+            icmp_idle: Duration::from_secs(30),
+            pins_per_sec: lb_common::maps::DEFAULT_PIN_PER_SEC,
+            pins_burst: lb_common::maps::DEFAULT_PIN_BURST,
+        }
+    }
+}
+
+/// The default of `datapath_suspect_ms`: a client retransmits its SYN after 1 s, so 3 s is two
+/// unanswered tries.
+pub const DEFAULT_DATAPATH_SUSPECT: Duration = Duration::from_secs(3);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interfaces {
+    /// Interfaces facing the clients: `lb_ingress` is attached here.
+    pub clients: Vec<String>,
+    /// Interfaces facing the paths: `lb_return` is attached here.
+    pub paths: Vec<String>,
+    /// The hook of some interfaces, overriding `lb run --hook` for them.
+    pub hooks: std::collections::BTreeMap<String, HookSetting>,
+}
+
+/// Where an interface's program runs (`interfaces.hooks`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookSetting {
+    /// As `lb run --hook auto` chooses.
+    Auto,
+    Xdp,
+    Tc,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The up path with the lowest priority number carries all new flows.
+    Failover,
+    /// New flows spread over all up paths by weight (consistent hashing).
+    ActiveActive,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllDown {
+    /// New flows (and flows on down paths) are dropped, counted.
+    Drop,
+    /// Keep sending to the last active path(s).
+    LastKnown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub name: String,
+    pub mode: Mode,
+    /// Failover: a recovered preferred path takes new flows back.
+    pub preempt: bool,
+    pub all_down: AllDown,
+    /// Client packets to the target's path addresses pass to the kernel (else they are
+    /// dropped on the client side).
+    pub expose_paths: bool,
+    pub paths: Vec<Path>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Path {
+    pub name: String,
+    /// The VM's address on this path.
+    pub address: Ipv4Addr,
+    /// Failover preference: lower is preferred. Defaults to the path's index in its target's
+    /// list, so the listed order is the preference.
+    pub priority: u32,
+    /// Active/active share (relative).
+    pub weight: u32,
+    /// The effective probe: the target's, with this path's overrides applied.
+    pub probe: Probe,
+    /// Source address the probes are sent from.
+    pub source: Option<Ipv4Addr>,
+    /// Interface the probes are bound to.
+    pub interface: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub kind: ProbeKind,
+    /// From the start of one probe to the start of the next.
+    pub interval: Duration,
+    /// At most `interval`: a probe ends before the next starts. `None`: adapted to the path's
+    /// measured round trip (`probe::ProbeTimeout`).
+    pub timeout: Option<Duration>,
+    /// Consecutive successes that bring a down path up.
+    pub rise: u32,
+    /// Consecutive failures that bring an up path down.
+    pub fall: u32,
+    /// When the datapath's word that client traffic goes unanswered makes the daemon probe
+    /// at once (`passive_ms`).
+    pub passive: Passive,
+}
+
+/// The passive trigger's threshold (`probe.passive_ms`): how long client traffic toward a path
+/// may go unanswered before the daemon probes it at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Passive {
+    /// A few milliseconds above the path's round trip ([`Passive::threshold`]).
+    Auto,
+    /// Never (`passive_ms: 0`).
+    Off,
+    /// This long.
+    After(Duration),
+}
+
+/// What [`Passive::Auto`] adds to the path's round trip.
+pub const PASSIVE_MARGIN: Duration = Duration::from_millis(2);
+
+impl Passive {
+    /// The threshold for a path whose probes last measured `rtt`, under `probe`; zero: off.
+    /// Auto is the round trip plus [`PASSIVE_MARGIN`] in whole milliseconds (so jitter does
+    /// not rewrite it), at most the interval.
+    pub fn threshold(self, probe_interval: Duration, rtt: Option<Duration>) -> Duration {
+        match self {
+            Passive::Off => Duration::ZERO,
+            Passive::After(d) => d,
+            Passive::Auto => {
+                let ms = (rtt.unwrap_or_default() + PASSIVE_MARGIN)
+                    .as_micros()
+                    .div_ceil(1000) as u64;
+                Duration::from_millis(ms).min(probe_interval)
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// A TCP connection to `port` completes.
+    Tcp { port: u16 },
+    /// An ICMP echo is answered.
+    Icmp,
+    /// `GET path` on `port` answers with `expect_status`.
+    Http {
+        port: u16,
+        path: String,
+        expect_status: u16,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vip {
+    pub address: Ipv4Addr,
+    /// `None`: the whole address (every TCP/UDP port and ICMP echo).
+    pub service: Option<Service>,
+    /// Name of the target.
+    pub target: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub protocol: Protocol,
+    pub port: u16,
+    /// The port on the VM; `None`: the same as `port` (a `target_port` equal to `port` in the
+    /// file is `None` here).
+    pub target_port: Option<u16>,
+}
+
+/// Why a configuration was not loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writable by every user: a root daemon must not take its orders from such a file.
+    #[error(
+        "{} is writable by every user (mode {mode:o}); the daemon runs as root and does what \
+         this file says, so it refuses it: `chmod o-w {}`",
+        path.display(),
+        path.display()
+    )]
+    WorldWritable { path: PathBuf, mode: u32 },
+    /// Not JSON.
+    #[error("line {line}, column {column}: {message}")]
+    Syntax {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// JSON, but not a valid configuration. `field` is a JSON-path-like location such as
+    /// `targets[0].paths[1].address` (`top level` for the document itself).
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+impl Config {
+    /// Parses and validates a configuration.
+    pub fn from_json(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_json::from_str(text).map_err(|e| shape_error(text, &e))?;
+        Validator::default().config(raw)
+    }
+
+    /// Reads, parses and validates the configuration file at `path`.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        use std::{io::Read as _, os::unix::fs::MetadataExt as _};
+        let io = |source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        // The mode of the file as opened, so a swap between the check and the read is moot.
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let mode = file.metadata().map_err(io)?.mode();
+        if mode & 0o002 != 0 {
+            return Err(ConfigError::WorldWritable {
+                path: path.to_owned(),
+                mode: mode & 0o7777,
+            });
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(io)?;
+        Config::from_json(&text)
+    }
+
+    /// The target called `name`.
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+
+    /// Checks that every interface the configuration names exists, by `exists` (in production
+    /// [`interface_exists`]; the file may be validated on another host, so this is not part of
+    /// [`Config::from_json`]). Covers `interfaces.*` and the paths' `interface`.
+    pub fn check_interfaces(&self, exists: impl Fn(&str) -> bool) -> Result<(), ConfigError> {
+        let Interfaces {
+            clients,
+            paths,
+            hooks: _,
+        } = &self.interfaces;
+        for (list, names) in [("clients", clients), ("paths", paths)] {
+            for (i, name) in names.iter().enumerate() {
+                if !exists(name) {
+                    return Err(invalid(
+                        format!("interfaces.{list}[{i}]"),
+                        format!("unknown interface {name:?}"),
+                    ));
+                }
+            }
+        }
+        for (i, target) in self.targets.iter().enumerate() {
+            for (j, path) in target.paths.iter().enumerate() {
+                if let Some(name) = &path.interface
+                    && !exists(name)
+                {
+                    return Err(invalid(
+                        format!("targets[{i}].paths[{j}].interface"),
+                        format!("unknown interface {name:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Vip {
+    /// The port on the VM when the service translates it (differs from `port`); `None` for a
+    /// whole-address VIP or an untranslated service.
+    pub fn target_port(&self) -> Option<u16> {
+        let service = self.service?;
+        service.target_port.filter(|&p| p != service.port)
+    }
+}
+
+impl Protocol {
+    /// `tcp` or `udp`, as the file spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Whether interface `name` exists in this network namespace.
+pub fn interface_exists(name: &str) -> bool {
+    crate::ifindex(name).is_some()
+}
+
+/// Names are kept in the pinned maps (`lb_common::maps::NAME_LEN` bytes, NUL-padded), where
+/// the CLI and a restarted daemon find them: longer ones, or ones with a NUL, would not survive.
+pub(crate) fn check_name(at: &str, name: &str) -> Result<(), ConfigError> {
+    if name.len() > lb_common::maps::NAME_LEN {
+        return Err(invalid(
+            at.to_string(),
+            format!(
+                "{name:?} is longer than {} bytes (names are kept in the pinned maps)",
+                lb_common::maps::NAME_LEN
+            ),
+        ));
+    }
+    if name.contains('\0') {
+        return Err(invalid(
+            at.to_string(),
+            format!("{name:?} contains a NUL byte"),
+        ));
+    }
+    Ok(())
+}
+
+// ---- Limits and defaults. ----
+
+/// `IFNAMSIZ` less the terminating NUL.
+pub(crate) const MAX_IFNAME: usize = 15;
+/// Large enough for any edge; the table is preallocated, so a typo must not eat the memory.
+pub(crate) const MAX_FLOW_TABLE_SIZE: u64 = 64 << 20;
+pub(crate) const MAX_WEIGHT: u32 = 1000;
+/// Rise and fall are counts of probes: more than this is a typo, not a policy.
+pub(crate) const MAX_RISE_FALL: u32 = 100;
+pub(crate) const MIN_INTERVAL_MS: u64 = 10;
+pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_millis(1000);
+/// Also capped by the interval.
+pub(crate) const DEFAULT_RISE: u32 = 2;
+pub(crate) const DEFAULT_FALL: u32 = 3;
+pub(crate) const DEFAULT_HTTP_PORT: u16 = 80;
+pub(crate) const DEFAULT_HTTP_PATH: &str = "/";
+pub(crate) const DEFAULT_EXPECT_STATUS: u16 = 200;
+pub(crate) const TOP_LEVEL: &str = "top level";
+
+mod probe;
+mod raw;
+mod validate;
+
+#[cfg(test)]
+mod tests;

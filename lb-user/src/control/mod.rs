@@ -1,0 +1,7 @@
+//! Deciding: the model a configuration describes, the policy that picks each target's paths,
+//! and every path's health (the rise/fall tracker and the probe loop that feeds it).
+
+pub mod health;
+pub mod model;
+pub mod monitor;
+pub mod policy;

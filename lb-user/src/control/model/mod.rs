@@ -1,0 +1,332 @@
+//! The control plane's view of the world: the configuration, the ids it is given in the maps,
+//! what the probes and the operator said of each path, and the decision in force for each
+//! target. [`Model::tables`] turns it into what the maps must hold; pure, no I/O.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use lb_common::{
+    maps::{EndpointKey, HEALTH_DOWN, HEALTH_UP, PathMeta},
+    net::{IPPROTO_TCP, IPPROTO_UDP},
+};
+
+use crate::{
+    config::{Config, Protocol, Vip},
+    control::{
+        health::Health,
+        policy::{self, Decision, PathView},
+    },
+};
+
+/// The key of a configured VIP in `LB_VIPS`.
+pub fn vip_key(v: &Vip) -> EndpointKey {
+    EndpointKey::new(v.address, v.service.map(|s| (proto(s.protocol), s.port)))
+}
+
+pub(crate) fn proto(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => IPPROTO_TCP,
+        Protocol::Udp => IPPROTO_UDP,
+    }
+}
+
+/// What is known of one path at run time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathState {
+    /// `None`: no probe result yet (and none inherited from pinned state).
+    pub health: Option<Health>,
+    /// Disabled (drained) by an operator.
+    pub disabled: bool,
+    /// Round-trip time of the last successful probe.
+    pub rtt: Option<Duration>,
+    /// When `health` or `disabled` last changed.
+    pub changed: SystemTime,
+    /// Probes succeed, but client TCP handshakes to the path go unanswered (the daemon's
+    /// datapath check).
+    pub suspect: bool,
+}
+
+impl Default for PathState {
+    fn default() -> Self {
+        Self {
+            health: None,
+            disabled: false,
+            rtt: None,
+            changed: UNIX_EPOCH,
+            suspect: false,
+        }
+    }
+}
+
+pub(crate) fn unix_ns(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Decode a path's state from pinned meta (restart: never "unknown means down").
+pub fn path_state_from(meta: &PathMeta, admin_disabled: bool) -> PathState {
+    PathState {
+        health: match meta.health {
+            HEALTH_UP => Some(Health::Up),
+            HEALTH_DOWN => Some(Health::Down),
+            _ => None,
+        },
+        disabled: admin_disabled,
+        rtt: (meta.rtt_us != 0).then(|| Duration::from_micros(u64::from(meta.rtt_us))),
+        changed: UNIX_EPOCH + Duration::from_nanos(meta.changed_ns),
+        suspect: meta.suspect != 0,
+    }
+}
+
+/// A previous decision kept beside the current one: established TCP connections without an
+/// exception follow it while its path is up (`docs/DATAPATH.md`, "Stateless by default").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub previous: Decision,
+    /// When the decision changed.
+    pub since: SystemTime,
+}
+
+/// Configuration, ids, path states and decisions: everything [`Model::tables`] needs.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub config: Config,
+    pub ids: Ids,
+    /// By path id.
+    pub paths: BTreeMap<u32, PathState>,
+    /// By target id.
+    pub decisions: BTreeMap<u32, Decision>,
+    /// By target id: the transition in force, if any.
+    pub transitions: BTreeMap<u32, Transition>,
+    /// By target id: the half of its ring tables the current ring is in.
+    pub ring_half: BTreeMap<u32, u8>,
+    /// By target id: [`TargetValue::exc_clear`], as the last exception sweep left it.
+    pub exc_clear: BTreeMap<u32, u64>,
+    /// Path addresses as pinned state had them (restart: a path whose address changed in the
+    /// new configuration starts unknown).
+    pub pinned_addresses: BTreeMap<u32, Ipv4Addr>,
+}
+
+impl Model {
+    /// A model for `config`, keeping the ids, path states and decisions `previous` has for the
+    /// same names (a path whose address changed starts unknown). Decisions are then recomputed.
+    pub fn new(config: Config, previous: &Model) -> Option<Model> {
+        let ids = Ids::assign(&config, &previous.ids)?;
+        let mut paths = BTreeMap::new();
+        for t in &config.targets {
+            for p in &t.paths {
+                let Some(id) = ids.paths.get(&(t.name.clone(), p.name.clone())) else {
+                    continue;
+                };
+                // Only the same path (by name) inherits: a freed id given to a new path must not
+                // pass on the old path's health or drain.
+                let same_path =
+                    previous.ids.paths.get(&(t.name.clone(), p.name.clone())) == Some(id);
+                let old_addr = previous.address_of(*id);
+                let state = match previous.paths.get(id).filter(|_| same_path) {
+                    Some(s) if old_addr == Some(p.address) => s.clone(),
+                    // An operator's drain survives an address change.
+                    Some(s) => PathState {
+                        disabled: s.disabled,
+                        ..PathState::default()
+                    },
+                    None => PathState::default(),
+                };
+                paths.insert(*id, state);
+            }
+        }
+        // A target keeps its decision, transition and ring half only under the same name: an id
+        // freed and given to another target starts afresh.
+        let kept: BTreeSet<u32> = config
+            .targets
+            .iter()
+            .filter_map(|t| {
+                let id = *ids.targets.get(&t.name)?;
+                (previous.ids.targets.get(&t.name) == Some(&id)).then_some(id)
+            })
+            .collect();
+        let decisions = ids
+            .targets
+            .values()
+            .map(|id| {
+                let d = kept
+                    .contains(id)
+                    .then(|| previous.decisions.get(id).cloned())
+                    .flatten();
+                (*id, d.unwrap_or(Decision::None))
+            })
+            .collect();
+        fn keep<T: Clone>(m: &BTreeMap<u32, T>, kept: &BTreeSet<u32>) -> BTreeMap<u32, T> {
+            m.iter()
+                .filter(|(id, _)| kept.contains(id))
+                .map(|(k, v)| (*k, v.clone()))
+                .collect()
+        }
+        let mut model = Model {
+            config,
+            ids,
+            paths,
+            decisions,
+            transitions: keep(&previous.transitions, &kept),
+            ring_half: keep(&previous.ring_half, &kept),
+            exc_clear: keep(&previous.exc_clear, &kept),
+            pinned_addresses: BTreeMap::new(),
+        };
+        model.decide_all();
+        Some(model)
+    }
+
+    /// An empty model (no configuration applied).
+    pub fn empty() -> Model {
+        Model {
+            config: Config {
+                interfaces: crate::config::Interfaces {
+                    clients: Vec::new(),
+                    paths: Vec::new(),
+                    hooks: BTreeMap::new(),
+                },
+                targets: Vec::new(),
+                vips: Vec::new(),
+                flow_table_size: None,
+                datapath_suspect: crate::config::DEFAULT_DATAPATH_SUSPECT,
+                icmp_too_big_per_sec: lb_common::maps::DEFAULT_TOO_BIG_PER_SEC,
+                icmp_too_big_burst: lb_common::maps::DEFAULT_TOO_BIG_BURST,
+                flows: crate::config::Flows::default(),
+            },
+            ids: Ids::default(),
+            paths: BTreeMap::new(),
+            decisions: BTreeMap::new(),
+            transitions: BTreeMap::new(),
+            ring_half: BTreeMap::new(),
+            exc_clear: BTreeMap::new(),
+            pinned_addresses: BTreeMap::new(),
+        }
+    }
+
+    fn address_of(&self, path: u32) -> Option<Ipv4Addr> {
+        self.config
+            .targets
+            .iter()
+            .flat_map(|t| t.paths.iter().map(move |p| (t, p)))
+            .find(|(t, p)| self.ids.paths.get(&(t.name.clone(), p.name.clone())) == Some(&path))
+            .map(|(_, p)| p.address)
+            .or_else(|| self.pinned_addresses.get(&path).copied())
+    }
+
+    /// Recomputes every target's decision; returns the ids of the targets whose decision
+    /// changed.
+    pub fn decide_all(&mut self) -> Vec<u32> {
+        let names: Vec<String> = self.config.targets.iter().map(|t| t.name.clone()).collect();
+        names.iter().filter_map(|n| self.decide(n)).collect()
+    }
+
+    /// Recomputes the decision of target `name`; `Some(id)` when it changed.
+    pub fn decide(&mut self, name: &str) -> Option<u32> {
+        let t = self.config.targets.iter().find(|t| t.name == name)?;
+        let id = *self.ids.targets.get(name)?;
+        let views: Vec<PathView> = t
+            .paths
+            .iter()
+            .filter_map(|p| {
+                let pid = *self.ids.paths.get(&(t.name.clone(), p.name.clone()))?;
+                let s = self.paths.get(&pid).cloned().unwrap_or_default();
+                Some(PathView {
+                    id: pid,
+                    name: p.name.clone(),
+                    priority: p.priority,
+                    weight: p.weight,
+                    health: s.health,
+                    disabled: s.disabled,
+                })
+            })
+            .collect();
+        let previous = self.decisions.get(&id).cloned().unwrap_or(Decision::None);
+        let next = policy::decide(t.mode, t.preempt, t.all_down, &views, &previous);
+        if next == previous {
+            return None;
+        }
+        // The decision in force becomes the previous one when some of its flows may still be
+        // on a usable path: a ring (the datapath checks each path), or a single path that is up
+        // and not disabled. Otherwise no connection could be kept: no transition.
+        let keeps_flows = match &previous {
+            Decision::Ring(_) => true,
+            Decision::Single(p) => views
+                .iter()
+                .any(|v| v.id == *p && v.health == Some(Health::Up) && !v.disabled),
+            Decision::None => false,
+        };
+        let half = self.ring_half.get(&id).copied().unwrap_or(0);
+        if let Decision::Ring(_) = previous {
+            // The new ring goes to the other half; the previous one stays where it is.
+            self.ring_half.insert(id, half ^ 1);
+        }
+        if keeps_flows {
+            self.transitions.insert(
+                id,
+                Transition {
+                    previous,
+                    since: SystemTime::now(),
+                },
+            );
+        } else {
+            self.transitions.remove(&id);
+        }
+        self.decisions.insert(id, next);
+        Some(id)
+    }
+
+    /// Ends the transitions that began more than `hold` before `now`: a connection idle since
+    /// its target's decision changed that long ago is forgotten, as its exception would be.
+    /// Returns the targets whose transition ended.
+    pub fn end_transitions(&mut self, now: SystemTime, hold: Duration) -> Vec<u32> {
+        let ended: Vec<u32> = self
+            .transitions
+            .iter()
+            .filter(|(_, t)| now.duration_since(t.since).is_ok_and(|d| d >= hold))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ended {
+            self.transitions.remove(id);
+        }
+        ended
+    }
+
+    /// The path the decision rules give flow `key` of target `tid` when no transition is in
+    /// force (an exception to it is redundant); `None` during a transition or without a path.
+    pub fn rule_path(&self, tid: u32, key: &lb_common::maps::FlowKey) -> Option<u32> {
+        if self.transitions.contains_key(&tid) {
+            return None;
+        }
+        match self.decisions.get(&tid)? {
+            Decision::Single(p) => Some(*p),
+            Decision::Ring(r) => r.get(lb_common::hash::ring_slot(key) as usize).copied(),
+            Decision::None => None,
+        }
+    }
+
+    /// The name of target `id`.
+    pub fn target_name(&self, id: u32) -> Option<&str> {
+        self.ids
+            .targets
+            .iter()
+            .find(|(_, v)| **v == id)
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// The (target name, path name) of path `id`.
+    pub fn path_name(&self, id: u32) -> Option<(&str, &str)> {
+        self.ids
+            .paths
+            .iter()
+            .find(|(_, v)| **v == id)
+            .map(|((t, p), _)| (t.as_str(), p.as_str()))
+    }
+}
+
+mod ids;
+mod tables;
+
+pub use ids::Ids;

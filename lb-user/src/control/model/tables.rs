@@ -1,0 +1,336 @@
+//! A model to the tables the maps must hold, and back (a restarted daemon adopts them).
+
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use lb_common::{
+    maps::{
+        ALL_DOWN_DROP, ALL_DOWN_LAST_KNOWN, CONFIG_MODE_ACTIVE_ACTIVE, CONFIG_MODE_FAILOVER,
+        EndpointKey, HEALTH_DOWN, HEALTH_UNKNOWN, HEALTH_UP, PATH_DISABLED, PATH_DOWN, PATH_UP,
+        PathMeta, PathValue, REV_F_SHADOWS_WHOLE, RevValue, TARGET_MODE_RING, TARGET_MODE_SINGLE,
+        TargetMeta, TargetValue, VipInfo, decode_name, encode_name,
+    },
+    net::IPPROTO_UDP,
+};
+
+use crate::{
+    config::{AllDown, Mode, Protocol, Target, Vip},
+    control::{
+        health::Health,
+        model::{Model, Transition, ids::Ids, path_state_from, proto, unix_ns, vip_key},
+        policy::Decision,
+    },
+    datapath::tables::Tables,
+};
+
+impl Model {
+    /// What pinned maps say: ids, path states (health as last seen, operator drains), the
+    /// decisions in force, and the configuration as far as the maps record it (targets, paths
+    /// and VIPs; not the probes, nor the interfaces): enough for `lb status` and for `lb path`
+    /// to decide while no daemon runs.
+    pub fn from_tables(t: &Tables, admin_disabled: impl Fn(u32) -> bool) -> Model {
+        let mut m = Model::empty();
+        m.ids = Ids::from_tables(t);
+        if t.settings.too_big_per_sec != 0 {
+            m.config.icmp_too_big_per_sec = t.settings.too_big_per_sec;
+            m.config.icmp_too_big_burst = t.settings.too_big_burst;
+        }
+        if t.settings.pin_per_sec != 0 {
+            m.config.flows.pins_per_sec = t.settings.pin_per_sec;
+            m.config.flows.pins_burst = t.settings.pin_burst;
+        }
+        let placeholder_probe = crate::config::Probe {
+            kind: crate::config::ProbeKind::Icmp,
+            interval: Duration::from_secs(1),
+            timeout: None,
+            rise: 2,
+            fall: 3,
+            passive: crate::config::Passive::Auto,
+        };
+        for (tid, meta) in &t.target_meta {
+            let paths = t
+                .paths
+                .iter()
+                .filter(|(_, p)| p.target == *tid)
+                .filter_map(|(pid, p)| {
+                    let pm = t.path_meta.get(pid)?;
+                    Some(crate::config::Path {
+                        name: decode_name(&pm.name).to_string(),
+                        address: Ipv4Addr::from(p.addr),
+                        priority: pm.priority,
+                        weight: pm.weight,
+                        // The threshold as written, so the tables come out the same.
+                        probe: crate::config::Probe {
+                            passive: match p.passive_us {
+                                0 => crate::config::Passive::Off,
+                                us => crate::config::Passive::After(Duration::from_micros(
+                                    u64::from(us),
+                                )),
+                            },
+                            ..placeholder_probe.clone()
+                        },
+                        source: None,
+                        interface: None,
+                    })
+                })
+                .collect::<Vec<crate::config::Path>>();
+            let expose_paths = paths.iter().any(|p| {
+                t.addrs
+                    .get(&p.address.octets())
+                    .is_some_and(|k| k & lb_common::maps::ADDR_EXPOSED != 0)
+            });
+            m.config.targets.push(Target {
+                expose_paths,
+                name: decode_name(&meta.name).to_string(),
+                mode: if meta.mode == CONFIG_MODE_ACTIVE_ACTIVE {
+                    Mode::ActiveActive
+                } else {
+                    Mode::Failover
+                },
+                preempt: meta.preempt != 0,
+                all_down: if meta.all_down == ALL_DOWN_LAST_KNOWN {
+                    AllDown::LastKnown
+                } else {
+                    AllDown::Drop
+                },
+                paths,
+            });
+        }
+        for info in t.vips.values() {
+            let Some(target) = t.target_meta.get(&info.target) else {
+                continue;
+            };
+            let service = (info.key.proto != 0).then(|| {
+                let port = info.key.port();
+                let tp = u16::from_be_bytes(info.target_port);
+                crate::config::Service {
+                    protocol: if info.key.proto == IPPROTO_UDP {
+                        Protocol::Udp
+                    } else {
+                        Protocol::Tcp
+                    },
+                    port,
+                    target_port: (tp != 0).then_some(tp),
+                }
+            });
+            m.config.vips.push(Vip {
+                address: info.key.ip(),
+                service,
+                target: decode_name(&target.name).to_string(),
+            });
+        }
+        for (id, meta) in &t.path_meta {
+            m.paths
+                .insert(*id, path_state_from(meta, admin_disabled(*id)));
+        }
+        for (id, value) in &t.targets {
+            let decision = |mode: u8, active: u32, half: u8| match mode {
+                TARGET_MODE_SINGLE => Decision::Single(active),
+                TARGET_MODE_RING => t
+                    .rings
+                    .get(&(*id, half))
+                    .cloned()
+                    .map_or(Decision::None, Decision::Ring),
+                _ => Decision::None,
+            };
+            m.decisions
+                .insert(*id, decision(value.mode, value.active, value.ring_half));
+            m.ring_half.insert(*id, value.ring_half);
+            m.exc_clear.insert(*id, value.exc_clear);
+            if value.in_transition() {
+                let since = t.target_meta.get(id).map_or(0, |m| m.transition_ns);
+                m.transitions.insert(
+                    *id,
+                    Transition {
+                        previous: decision(value.prev_mode, value.prev_active, value.ring_half ^ 1),
+                        since: UNIX_EPOCH + Duration::from_nanos(since),
+                    },
+                );
+            }
+        }
+        m.pinned_addresses = t
+            .paths
+            .iter()
+            .map(|(id, p)| (*id, Ipv4Addr::from(p.addr)))
+            .collect();
+        m
+    }
+
+    /// What the maps must hold.
+    pub fn tables(&self) -> Tables {
+        let mut out = Tables {
+            settings: lb_common::maps::Settings {
+                too_big_per_sec: self.config.icmp_too_big_per_sec,
+                too_big_burst: self.config.icmp_too_big_burst,
+                pin_per_sec: self.config.flows.pins_per_sec,
+                pin_burst: self.config.flows.pins_burst,
+            },
+            ..Tables::default()
+        };
+        for v in &self.config.vips {
+            *out.addrs.entry(v.address.octets()).or_default() |= lb_common::maps::ADDR_VIP;
+        }
+        for t in &self.config.targets {
+            let kind = if t.expose_paths {
+                lb_common::maps::ADDR_PATH | lb_common::maps::ADDR_EXPOSED
+            } else {
+                lb_common::maps::ADDR_PATH
+            };
+            for p in &t.paths {
+                *out.addrs.entry(p.address.octets()).or_default() |= kind;
+            }
+        }
+        for t in &self.config.targets {
+            let Some(&tid) = self.ids.targets.get(&t.name) else {
+                continue;
+            };
+            out.target_meta.insert(
+                tid,
+                TargetMeta {
+                    name: encode_name(&t.name),
+                    mode: match t.mode {
+                        Mode::Failover => CONFIG_MODE_FAILOVER,
+                        Mode::ActiveActive => CONFIG_MODE_ACTIVE_ACTIVE,
+                    },
+                    preempt: u8::from(t.preempt),
+                    all_down: match t.all_down {
+                        AllDown::Drop => ALL_DOWN_DROP,
+                        AllDown::LastKnown => ALL_DOWN_LAST_KNOWN,
+                    },
+                    used: 1,
+                    _pad: [0; 4],
+                    transition_ns: self
+                        .transitions
+                        .get(&tid)
+                        .map_or(0, |t| unix_ns(t.since).max(1)),
+                },
+            );
+            let half = self.ring_half.get(&tid).copied().unwrap_or(0);
+            let mut encode = |d: Option<&Decision>, half: u8| match d {
+                Some(Decision::Single(p)) => TargetValue::single(*p),
+                Some(Decision::Ring(ring)) => {
+                    out.rings.insert((tid, half), ring.clone());
+                    TargetValue::ring(half)
+                }
+                Some(Decision::None) | None => TargetValue::none(),
+            };
+            let mut value = encode(self.decisions.get(&tid), half);
+            if let Some(t) = self.transitions.get(&tid) {
+                value = value.with_previous(&encode(Some(&t.previous), half ^ 1));
+            }
+            value.ring_half = half;
+            value.exc_clear = self.exc_clear.get(&tid).copied().unwrap_or(0);
+            out.targets.insert(tid, value);
+            for p in &t.paths {
+                let Some(&pid) = self.ids.paths.get(&(t.name.clone(), p.name.clone())) else {
+                    continue;
+                };
+                let s = self.paths.get(&pid).cloned().unwrap_or_default();
+                let state = if s.disabled {
+                    PATH_DISABLED
+                } else if s.health == Some(Health::Up) {
+                    PATH_UP
+                } else {
+                    PATH_DOWN
+                };
+                out.paths.insert(
+                    pid,
+                    PathValue {
+                        addr: p.address.octets(),
+                        state,
+                        _pad: [0; 3],
+                        target: tid,
+                        passive_us: p
+                            .probe
+                            .passive
+                            .threshold(p.probe.interval, s.rtt)
+                            .as_micros()
+                            .min(u128::from(u32::MAX)) as u32,
+                    },
+                );
+                out.path_meta.insert(
+                    pid,
+                    PathMeta {
+                        name: encode_name(&p.name),
+                        priority: p.priority,
+                        weight: p.weight,
+                        changed_ns: unix_ns(s.changed),
+                        rtt_us: s
+                            .rtt
+                            .map_or(0, |r| r.as_micros().clamp(1, u128::from(u32::MAX)) as u32),
+                        health: match s.health {
+                            Some(Health::Up) => HEALTH_UP,
+                            Some(Health::Down) => HEALTH_DOWN,
+                            None => HEALTH_UNKNOWN,
+                        },
+                        used: 1,
+                        suspect: u8::from(s.suspect),
+                        _pad: 0,
+                    },
+                );
+            }
+        }
+        for v in &self.config.vips {
+            let key = vip_key(v);
+            let (Some(&vid), Some(&tid), Some(t)) = (
+                self.ids.vips.get(&key),
+                self.ids.targets.get(&v.target),
+                self.config.targets.iter().find(|t| t.name == v.target),
+            ) else {
+                continue;
+            };
+            let target_port = v
+                .service
+                .and_then(|s| s.target_port.filter(|tp| *tp != s.port));
+            let rank = self.ids.vip_ranks.get(&key).copied().unwrap_or(0);
+            out.vips.insert(
+                vid,
+                VipInfo {
+                    key,
+                    target: tid,
+                    target_port: target_port.unwrap_or(0).to_be_bytes(),
+                    rank,
+                    _pad: 0,
+                },
+            );
+            for p in &t.paths {
+                let Some(&pid) = self.ids.paths.get(&(t.name.clone(), p.name.clone())) else {
+                    continue;
+                };
+                let rev_key = EndpointKey::new(
+                    p.address,
+                    v.service
+                        .map(|s| (proto(s.protocol), s.target_port.unwrap_or(s.port))),
+                );
+                out.rev_nat.insert(
+                    rev_key,
+                    RevValue {
+                        vip_addr: v.address.octets(),
+                        vip_port: v.service.map_or(0, |s| s.port).to_be_bytes(),
+                        flags: 0,
+                        vip_rank: rank,
+                        vip_id: vid,
+                        path: pid,
+                    },
+                );
+            }
+        }
+        // A service answered from an address that also has a whole-address VIP: replies from
+        // its port need `LB_SHADOWED` to tell the two apart.
+        let whole: BTreeSet<[u8; 4]> = out
+            .rev_nat
+            .keys()
+            .filter(|k| k.is_whole_address())
+            .map(|k| k.addr)
+            .collect();
+        for (key, rev) in out.rev_nat.iter_mut() {
+            if !key.is_whole_address() && whole.contains(&key.addr) {
+                rev.flags |= REV_F_SHADOWS_WHOLE;
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,252 @@
+use lb_common::csum;
+
+use super::*;
+use crate::probe::{
+    icmp::{
+        ECHO_LEN, EchoReply, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, Registration, Waiters,
+        echo_request,
+    },
+    tcp::{QUOTE_MAX, parse_status_line, quote},
+};
+
+const PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 7);
+const IDENT: u16 = 0x1234;
+const NONCE: u64 = 0xdead_beef_0000_0000;
+
+const MS: Duration = Duration::from_millis(1);
+
+/// Guards the adaptive timeout (RFC 6298's estimator): the interval until a first success,
+/// then srtt + 4 × rttvar, which narrows towards the RTT while it is steady, widens at once
+/// when it jumps, and stays within [1 ms, interval]; a configured timeout never moves.
+#[test]
+fn probe_timeout_adapts_to_the_round_trip_within_bounds() {
+    let interval = 100 * MS;
+    let max = interval - MS;
+    let mut t = ProbeTimeout::new(None, interval);
+    assert_eq!(t.current(), max);
+    t.sample(10 * MS);
+    // srtt 10, rttvar 5.
+    assert_eq!(t.current(), 30 * MS);
+    for _ in 0..40 {
+        t.sample(10 * MS);
+    }
+    let steady = t.current();
+    assert!(steady >= 10 * MS && steady < 11 * MS, "{steady:?}");
+    // A jump to 40 ms widens it past the new RTT at once.
+    t.sample(40 * MS);
+    assert!(t.current() > 40 * MS, "{:?}", t.current());
+    // Bounds.
+    let mut slow = ProbeTimeout::new(None, interval);
+    slow.sample(90 * MS);
+    assert_eq!(slow.current(), max);
+    let mut fast = ProbeTimeout::new(None, interval);
+    for _ in 0..40 {
+        fast.sample(Duration::from_micros(50));
+    }
+    assert_eq!(fast.current(), MS);
+    // Configured: fixed.
+    let mut fixed = ProbeTimeout::new(Some(80 * MS), interval);
+    fixed.sample(MS);
+    assert_eq!(fixed.current(), 80 * MS);
+}
+
+/// Guards the schedule: a timeout of the whole interval (allowed by the configuration)
+/// ends a millisecond before the next probe is due, so that a dead path's timed-out probes
+/// do not push every next probe a little later.
+#[test]
+fn probe_timeout_ends_before_the_next_probe() {
+    let interval = 100 * MS;
+    assert_eq!(
+        ProbeTimeout::new(Some(interval), interval).current(),
+        99 * MS
+    );
+    assert_eq!(ProbeTimeout::new(None, interval).current(), 99 * MS);
+    // A 1 ms interval (the least a configuration allows is more) still gets 1 ms.
+    assert_eq!(ProbeTimeout::new(None, MS).current(), MS);
+}
+
+/// The reply a host sends to `request` (type 0, checksum recomputed) inside an IPv4 header
+/// from `from`, as a raw socket delivers it.
+fn reply_datagram(request: &[u8], from: Ipv4Addr) -> Vec<u8> {
+    let mut icmp = request.to_vec();
+    icmp[0] = ICMP_ECHO_REPLY;
+    icmp[2..4].copy_from_slice(&[0, 0]);
+    let check = csum::checksum(0, &icmp);
+    icmp[2..4].copy_from_slice(&check);
+    datagram(&icmp, from)
+}
+
+fn datagram(icmp: &[u8], from: Ipv4Addr) -> Vec<u8> {
+    let total = (20 + icmp.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&from.octets());
+    ip.extend_from_slice(&[127, 0, 0, 1]);
+    let check = csum::checksum(0, &ip);
+    ip[10..12].copy_from_slice(&check);
+    ip.extend_from_slice(icmp);
+    ip
+}
+
+/// The daemon shares one prober between tasks and spawns its probes.
+#[test]
+fn prober_and_probes_can_be_shared_and_spawned() {
+    fn shared<T: Send + Sync>() {}
+    fn spawnable<T: Send>(_: &T) {}
+    shared::<Prober>();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    let prober = Prober::new().unwrap();
+    let spec = ProbeSpec {
+        kind: ProbeKind::Icmp,
+        address: PEER,
+        source: None,
+        interface: None,
+        timeout: Duration::from_secs(1),
+    };
+    spawnable(&prober.probe(&spec));
+}
+
+#[test]
+fn status_lines() {
+    assert_eq!(parse_status_line(b"HTTP/1.1 200 OK"), Some(200));
+    assert_eq!(
+        parse_status_line(b"HTTP/1.0 503 Service Unavailable"),
+        Some(503)
+    );
+    assert_eq!(parse_status_line(b"HTTP/1.1 204"), Some(204));
+    assert_eq!(parse_status_line(b"HTTP/1.1 200OK"), None);
+    assert_eq!(parse_status_line(b"HTTP/1.1 20"), None);
+    assert_eq!(parse_status_line(b"HTTP/2 200 OK"), None);
+    assert_eq!(parse_status_line(b"HTTP/1.x 200 OK"), None);
+    assert_eq!(parse_status_line(b"SSH-2.0-OpenSSH_9.6"), None);
+    assert_eq!(parse_status_line(b""), None);
+}
+
+#[test]
+fn quotes_are_short_and_printable() {
+    assert_eq!(quote(b"ab\x00\r"), "ab\\x00\\r");
+    let long = [b'x'; 100];
+    assert_eq!(quote(&long), format!("{}...", "x".repeat(QUOTE_MAX)));
+}
+
+#[test]
+fn millis_formats() {
+    assert_eq!(millis(Duration::from_millis(250)), "250 ms");
+    assert_eq!(millis(Duration::from_micros(1)), "0.001 ms");
+}
+
+#[test]
+fn echo_request_checksum_verifies() {
+    let request = echo_request(IDENT, 7, 42, 99);
+    assert_eq!(csum::checksum(0, &request), [0, 0]);
+    assert_eq!(request[0], ICMP_ECHO_REQUEST);
+    assert_eq!(request[4..8], [0x12, 0x34, 0, 7]);
+}
+
+#[test]
+fn parses_a_reply_and_ignores_the_rest() {
+    let request = echo_request(IDENT, 7, 42, 99);
+    let reply = reply_datagram(&request, PEER);
+    assert_eq!(
+        EchoReply::parse(&reply),
+        Some(EchoReply {
+            source: PEER,
+            ident: IDENT,
+            seq: 7,
+            token: Some(42),
+        })
+    );
+    // The request itself, as the raw socket sees it on loopback.
+    assert_eq!(EchoReply::parse(&datagram(&request, PEER)), None);
+    // A corrupted reply.
+    let mut bad = reply.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    assert_eq!(EchoReply::parse(&bad), None);
+    // Truncated anywhere.
+    for len in 0..28 {
+        assert_eq!(EchoReply::parse(&reply[..len]), None, "{len} bytes");
+    }
+    // Destination unreachable.
+    let mut unreachable = vec![3, 1, 0, 0, 0, 0, 0, 0];
+    let check = csum::checksum(0, &unreachable);
+    unreachable[2..4].copy_from_slice(&check);
+    assert_eq!(EchoReply::parse(&datagram(&unreachable, PEER)), None);
+}
+
+/// The request a registered probe would send.
+fn request_for(registration: &Registration<'_>) -> [u8; ECHO_LEN] {
+    echo_request(IDENT, registration.seq, registration.token, 0)
+}
+
+#[test]
+fn delivers_only_the_matching_reply() {
+    let waiters = Waiters::default();
+    let counter = AtomicU64::new(0);
+    let (first, mut first_rx) = waiters.register(&counter, NONCE, PEER).unwrap();
+    let (second, mut second_rx) = waiters.register(&counter, NONCE, PEER).unwrap();
+    assert_eq!(waiters.len(), 2);
+    let now = Instant::now();
+
+    // Another process's ping, another address, another token: all ignored.
+    let other_ident = echo_request(IDENT + 1, first.seq, first.token, 0);
+    assert!(!waiters.deliver(IDENT, &reply_datagram(&other_ident, PEER), now));
+    let elsewhere = reply_datagram(&request_for(&first), Ipv4Addr::new(10, 0, 0, 8));
+    assert!(!waiters.deliver(IDENT, &elsewhere, now));
+    let stale = echo_request(IDENT, first.seq, first.token ^ 1, 0);
+    assert!(!waiters.deliver(IDENT, &reply_datagram(&stale, PEER), now));
+    assert_eq!(waiters.len(), 2);
+
+    // The second probe's reply goes to the second probe only.
+    assert!(waiters.deliver(IDENT, &reply_datagram(&request_for(&second), PEER), now));
+    assert_eq!(second_rx.try_recv().unwrap(), now);
+    assert!(first_rx.try_recv().is_err());
+    // A duplicate reply finds nobody.
+    assert!(!waiters.deliver(IDENT, &reply_datagram(&request_for(&second), PEER), now));
+    drop(second);
+    assert_eq!(waiters.len(), 1);
+    drop(first);
+    assert_eq!(waiters.len(), 0);
+}
+
+#[test]
+fn a_late_reply_is_ignored() {
+    let waiters = Waiters::default();
+    let counter = AtomicU64::new(0);
+    let (registration, _rx) = waiters.register(&counter, NONCE, PEER).unwrap();
+    let late = reply_datagram(&request_for(&registration), PEER);
+    // The probe times out: its future, and so its registration, is dropped.
+    drop(registration);
+    assert_eq!(waiters.len(), 0);
+    assert!(!waiters.deliver(IDENT, &late, Instant::now()));
+    assert_eq!(waiters.len(), 0);
+}
+
+#[test]
+fn a_reply_racing_the_timeout_is_harmless() {
+    let waiters = Waiters::default();
+    let counter = AtomicU64::new(0);
+    let (registration, rx) = waiters.register(&counter, NONCE, PEER).unwrap();
+    let reply = reply_datagram(&request_for(&registration), PEER);
+    // The receiver is gone (the probe future is being dropped) but the registration not yet.
+    drop(rx);
+    assert!(!waiters.deliver(IDENT, &reply, Instant::now()));
+    drop(registration);
+    assert_eq!(waiters.len(), 0);
+}
+
+#[test]
+fn sequence_numbers_in_use_are_skipped() {
+    let waiters = Waiters::default();
+    let counter = AtomicU64::new(0);
+    let (old, _old_rx) = waiters.register(&counter, NONCE, PEER).unwrap();
+    // 65536 probes later the sequence number comes round while the old one still waits.
+    counter.store(1 << 16, Ordering::Relaxed);
+    let (new, _new_rx) = waiters.register(&counter, NONCE, PEER).unwrap();
+    assert_eq!(old.seq, 0);
+    assert_eq!(new.seq, 1);
+    assert_ne!(old.token, new.token);
+}
