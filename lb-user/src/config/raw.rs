@@ -1,8 +1,9 @@
 //! The raw shape: the JSON exactly as written, and where a JSON of the wrong shape went wrong.
 
-use crate::config::{AllDown, ConfigError, Mode, ProbeKind, Protocol, TOP_LEVEL};
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::Value;
+
+use crate::config::{AllDown, ConfigError, Mode, ProbeKind, Protocol, TOP_LEVEL};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a configuration object")]

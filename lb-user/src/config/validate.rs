@@ -6,6 +6,8 @@ use std::{
     time::Duration,
 };
 
+use lb_common::maps::{MAX_PATHS, MAX_TARGETS, MAX_VIPS, MAX_VIPS_PER_TARGET};
+
 use crate::config::{
     AllDown, Config, ConfigError, DEFAULT_DATAPATH_SUSPECT, Flows, HookSetting, Interfaces,
     MAX_FLOW_TABLE_SIZE, MAX_IFNAME, MAX_WEIGHT, Mode, Path, Probe, Protocol, Service, Target, Vip,
@@ -13,7 +15,6 @@ use crate::config::{
     probe::check_probe,
     raw::{RawConfig, RawFlows, RawInterfaces, RawPath, RawTarget, RawVip},
 };
-use lb_common::maps::{MAX_PATHS, MAX_TARGETS, MAX_VIPS, MAX_VIPS_PER_TARGET};
 
 pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {

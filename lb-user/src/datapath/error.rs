@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
-use crate::datapath::hook::Role;
 use aya::programs::ProgramError;
+
+use crate::datapath::hook::Role;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -53,11 +53,11 @@ use std::{
 use socket2::SockAddr;
 use tokio::io::Interest;
 
+use self::icmp::{BoundChannel, IcmpChannel, echo_request};
 use crate::config::{Path, Probe, ProbeKind};
 
 /// The outcome of one probe, shared with the health monitor.
 pub use crate::control::health::ProbeResult;
-use icmp::{BoundChannel, IcmpChannel, echo_request};
 
 /// The least timeout of a passive trigger's burst probes (`health::Cause::Trigger`): they
 /// follow each other within milliseconds, so a host that stalls for a moment would otherwise

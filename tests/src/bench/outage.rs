@@ -72,6 +72,7 @@ pub struct Profile {
     pub fall: u32,
     /// The passive trigger was on.
     pub passive: bool,
+    pub traffic: Traffic,
     /// The worst and the median outage over the runs.
     pub worst_outage_ms: f64,
     pub median_outage_ms: f64,
@@ -120,16 +121,28 @@ struct Spec {
     timeout_ms: u32,
     fall: u32,
     passive: bool,
+    traffic: Traffic,
     every: Duration,
 }
 
-const PROFILES: [Spec; 3] = [
+/// What the client sends through the VIP while a path fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Traffic {
+    /// A paced stream of numbered datagrams to the VM's UDP echo.
+    Udp,
+    /// A paced series of new TCP connections to the VM's HTTP server, one request each.
+    Tcp,
+}
+
+const PROFILES: [Spec; 4] = [
     Spec {
         name: "default",
         interval_ms: 100,
         timeout_ms: 80,
         fall: 3,
         passive: false,
+        traffic: Traffic::Udp,
         every: Duration::from_millis(1),
     },
     Spec {
@@ -138,6 +151,7 @@ const PROFILES: [Spec; 3] = [
         timeout_ms: 8,
         fall: 3,
         passive: false,
+        traffic: Traffic::Udp,
         every: Duration::from_micros(500),
     },
     // The configuration's own timeout (adaptive): a burst of three 80 ms timeouts would cost
@@ -148,6 +162,17 @@ const PROFILES: [Spec; 3] = [
         timeout_ms: 0,
         fall: 3,
         passive: true,
+        traffic: Traffic::Udp,
+        every: Duration::from_millis(1),
+    },
+    // The same with TCP: the trigger sees SYNs go out without a SYN-ACK coming back.
+    Spec {
+        name: "passive-tcp",
+        interval_ms: 100,
+        timeout_ms: 0,
+        fall: 3,
+        passive: true,
+        traffic: Traffic::Tcp,
         every: Duration::from_millis(1),
     },
 ];
@@ -210,6 +235,7 @@ pub fn run(quick: bool, svg: &Path) -> anyhow::Result<Outage> {
             timeout_ms: spec.timeout_ms,
             fall: spec.fall,
             passive: spec.passive,
+            traffic: spec.traffic,
             worst_outage_ms,
             median_outage_ms: outage_ms,
             budget_ms: f64::from(spec.interval_ms * spec.fall),
@@ -307,7 +333,7 @@ fn failover(rig: &Rig, spec: &Spec, quick: bool) -> anyhow::Result<Measured> {
         (Duration::from_secs(1), worst * 3 + Duration::from_secs(1))
     };
     let count = ((warm + tail).as_micros() / spec.every.as_micros()) as u64;
-    let stream = Stream::start(&rig.lab.client, count, spec.every)?;
+    let stream = Stream::start(&rig.lab.client, count, spec.every, spec.traffic)?;
     sleep_until(stream.start + warm);
     let failed_at = stream.start.elapsed();
     rig.lab.fail(1, Failure::Blackhole)?;
@@ -370,7 +396,7 @@ fn restart_and_reload(quick: bool) -> anyhow::Result<((Record, Duration), (Recor
     };
     let count = (length.as_micros() / default.every.as_micros()) as u64;
 
-    let stream = Stream::start(&rig.lab.client, count, default.every)?;
+    let stream = Stream::start(&rig.lab.client, count, default.every, Traffic::Udp)?;
     sleep_until(stream.start + lead);
     let began = Instant::now();
     rig.daemon.restart(&[])?;
@@ -398,7 +424,7 @@ fn restart_and_reload(quick: bool) -> anyhow::Result<((Record, Duration), (Recor
         1,
     );
     ensure!(more != config, "no VIP list in the lab's configuration");
-    let stream = Stream::start(&rig.lab.client, count, default.every)?;
+    let stream = Stream::start(&rig.lab.client, count, default.every, Traffic::Udp)?;
     sleep_until(stream.start + lead);
     rig.daemon.write_config(&more)?;
     let began = Instant::now();
@@ -448,9 +474,23 @@ struct Stream {
 }
 
 impl Stream {
+    /// Starts `count` exchanges of `traffic` through the VIP, one every `every`. Returns once
+    /// the first is due.
+    fn start(
+        client: &Netns,
+        count: u64,
+        every: Duration,
+        traffic: Traffic,
+    ) -> anyhow::Result<Self> {
+        match traffic {
+            Traffic::Udp => Self::udp(client, count, every),
+            Traffic::Tcp => Self::tcp(client, count, every),
+        }
+    }
+
     /// Sends `count` datagrams to the VIP's UDP echo, one every `every`, and listens until
-    /// [`GRACE`] after the last one. Returns once the first datagram is due.
-    fn start(client: &Netns, count: u64, every: Duration) -> anyhow::Result<Self> {
+    /// [`GRACE`] after the last one.
+    fn udp(client: &Netns, count: u64, every: Duration) -> anyhow::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let thread = client.spawn(move || {
             let s = UdpSocket::bind("0.0.0.0:0")?;
@@ -519,10 +559,146 @@ impl Stream {
         Ok(Self { start, thread })
     }
 
+    /// Opens `count` TCP connections to the VIP's HTTP port, one every `every`, each sending
+    /// one request and reading the answer (the VM's address the request reached: the path).
+    /// All of it on one thread with non-blocking sockets, so the pacing holds while connections
+    /// hang: one that is not answered within [`TCP_GIVE_UP`] is dropped (lost).
+    fn tcp(client: &Netns, count: u64, every: Duration) -> anyhow::Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        let thread = client.spawn(move || {
+            let n = usize::try_from(count)?;
+            let mut rec = Record {
+                start_unix_ns: 0,
+                sent: vec![None; n],
+                echo: vec![None; n],
+            };
+            let start = Instant::now();
+            rec.start_unix_ns = SystemTime::now()
+                .duration_since(UNIX_EPOCH)?
+                .as_nanos()
+                .try_into()?;
+            let _ = tx.send(start);
+            let mut open: Vec<Exchange> = Vec::new();
+            let mut next = 0usize;
+            let end_by = start + every * count as u32 + TCP_GIVE_UP;
+            // Bounded: every connection is given up after TCP_GIVE_UP, and the loop after the
+            // last one's.
+            while (next < n || !open.is_empty()) && Instant::now() < end_by {
+                if next < n && Instant::now() >= start + every * next as u32 {
+                    let at = start.elapsed();
+                    if let Ok(x) = Exchange::open(next, at) {
+                        rec.sent[next] = Some(at);
+                        open.push(x);
+                    }
+                    next += 1;
+                }
+                open.retain_mut(|x| match x.poll() {
+                    Poll::Pending if start.elapsed() - x.opened < TCP_GIVE_UP => true,
+                    Poll::Pending | Poll::Failed => false,
+                    Poll::Answered(from) => {
+                        let path = if from == lab::NN1 {
+                            1
+                        } else if from == lab::NN2 {
+                            2
+                        } else {
+                            0
+                        };
+                        rec.echo[x.seq] = Some((start.elapsed(), path));
+                        false
+                    }
+                });
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            Ok(rec)
+        });
+        let start = rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| anyhow!("the client connections did not start"))?;
+        Ok(Self { start, thread })
+    }
+
     fn join(self) -> anyhow::Result<Record> {
         self.thread
             .join()
             .map_err(|_| anyhow!("the client stream panicked"))?
+    }
+}
+
+/// How long a TCP exchange may take before it counts as lost (the lab's round trip is well
+/// under a millisecond; a SYN's first retransmission would come after a second).
+const TCP_GIVE_UP: Duration = Duration::from_millis(150);
+
+/// One TCP exchange of [`Stream::tcp`], driven by polling.
+struct Exchange {
+    seq: usize,
+    opened: Duration,
+    socket: socket2::Socket,
+    sent_request: bool,
+    answer: Vec<u8>,
+}
+
+enum Poll {
+    Pending,
+    Failed,
+    /// The VM's address the answer names.
+    Answered(Ipv4Addr),
+}
+
+impl Exchange {
+    fn open(seq: usize, opened: Duration) -> std::io::Result<Self> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_nonblocking(true)?;
+        match socket.connect(&std::net::SocketAddr::from((lab::VIP, lab::HTTP_PORT)).into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(Self {
+            seq,
+            opened,
+            socket,
+            sent_request: false,
+            answer: Vec::new(),
+        })
+    }
+
+    fn poll(&mut self) -> Poll {
+        use std::io::Read as _;
+        if !self.sent_request {
+            if let Ok(Some(_)) | Err(_) = self.socket.take_error() {
+                return Poll::Failed;
+            }
+            if self.socket.peer_addr().is_err() {
+                return Poll::Pending; // still connecting
+            }
+            match self.socket.send(b"GET / HTTP/1.0\r\n\r\n") {
+                Ok(_) => self.sent_request = true,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Poll::Pending,
+                Err(_) => return Poll::Failed,
+            }
+        }
+        let mut buf = [0u8; 512];
+        loop {
+            match (&self.socket).read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) if self.answer.len() + k <= 4096 => self.answer.extend_from_slice(&buf[..k]),
+                Ok(_) => return Poll::Failed,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Poll::Pending,
+                Err(_) => return Poll::Failed,
+            }
+        }
+        // The body is the address the request reached, on its own line.
+        let text = String::from_utf8_lossy(&self.answer);
+        match text
+            .rsplit("\r\n\r\n")
+            .next()
+            .map(str::trim)
+            .and_then(|b| b.parse().ok())
+        {
+            Some(from) => Poll::Answered(from),
+            None => Poll::Failed,
+        }
     }
 }
 

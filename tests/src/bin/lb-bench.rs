@@ -219,9 +219,21 @@ fn run() -> anyhow::Result<()> {
                 "runs": p.runs.len(),
             });
         }
-        if let Some(p) = o.profiles.iter().find(|p| p.passive) {
+        if let Some(p) = o
+            .profiles
+            .iter()
+            .find(|p| p.passive && p.traffic == outage::Traffic::Udp)
+        {
             out["failover"]["passive_outage_ms"] = json!(p.median_outage_ms);
             out["failover"]["passive_worst_outage_ms"] = json!(p.worst_outage_ms);
+        }
+        if let Some(p) = o
+            .profiles
+            .iter()
+            .find(|p| p.passive && p.traffic == outage::Traffic::Tcp)
+        {
+            out["failover"]["passive_tcp_outage_ms"] = json!(p.median_outage_ms);
+            out["failover"]["passive_tcp_worst_outage_ms"] = json!(p.worst_outage_ms);
         }
         println!(
             "packets lost across a daemon restart: {}; across a reload: {}",

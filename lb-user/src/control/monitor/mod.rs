@@ -9,11 +9,13 @@ use std::{
     time::Duration,
 };
 
-use crate::control::health::{Event, Health, HealthTracker, ProbeResult, Trigger};
+use futures_util::{StreamExt as _, stream::FuturesOrdered};
 use tokio::{
     sync::mpsc,
     time::{self, Instant, MissedTickBehavior},
 };
+
+use crate::control::health::{Event, Health, HealthTracker, ProbeResult, Trigger};
 
 /// Probes one path every `interval` and sends an [`Event::Probe`] per result on `tx`; returns
 /// when `tx`'s receiver is gone. `tx` is unbounded so that a receiver that is busy for a while
@@ -46,8 +48,10 @@ use tokio::{
 /// deadline, and `fall − 1` losses in a row (1 % of the time at 10 % loss) would be enough.
 ///
 /// **The passive trigger**: a [`Trigger`] on `triggers` (the datapath saw the path's client
-/// traffic go unanswered) makes an up path be probed at once, `fall` times back to back until
-/// one succeeds, so a dead path goes down in `fall` timeouts instead of waiting for its grid.
+/// traffic go unanswered) makes an up path be probed at once, `fall` times in quick succession
+/// ([`BURST_SPACING`] apart, each without waiting for the one before) until one succeeds, so a
+/// dead path goes down one timeout and `(fall − 1) × BURST_SPACING` after the trigger instead
+/// of waiting for its grid.
 /// The probes alone decide: a trigger on a live path (one-way UDP, a VM that drops a SYN)
 /// costs a probe and changes nothing. One burst per `interval` at most; triggers that come
 /// meanwhile are dropped, and so are those about a path that is down.
@@ -108,25 +112,33 @@ pub async fn monitor<F, Fut>(
                 continue;
             }
             last_burst = Some(now);
-            for _ in 0..fall {
-                let sent = Instant::now();
-                let result = probe(Cause::Trigger).await;
-                let ok = result.ok;
-                let trigger = Some(trigger.clone());
-                if results_tx
-                    .send(ProbeSent {
-                        sent,
-                        lag: None,
-                        trigger,
-                        result,
-                    })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                if ok {
-                    break;
+            // `fall` probes, BURST_SPACING apart, each sent without waiting for the one before
+            // (results still reach the decider in the order sent); the first success ends it.
+            let mut inflight = FuturesOrdered::new();
+            let mut launched = 0u32;
+            let mut next_at = now;
+            loop {
+                tokio::select! {
+                    biased;
+                    Some((sent, result)) = inflight.next(), if !inflight.is_empty() => {
+                        let result: ProbeResult = result; // (for inference: pushed below)
+                        let ok = result.ok;
+                        let trigger = Some(trigger.clone());
+                        let done = ProbeSent { sent, lag: None, trigger, result };
+                        if results_tx.send(done).await.is_err() {
+                            return;
+                        }
+                        if ok || (launched >= fall && inflight.is_empty()) {
+                            break;
+                        }
+                    }
+                    () = time::sleep_until(next_at), if launched < fall => {
+                        let sent = Instant::now();
+                        let result = probe(Cause::Trigger);
+                        inflight.push_back(async move { (sent, result.await) });
+                        launched += 1;
+                        next_at = sent + BURST_SPACING;
+                    }
                 }
             }
             // What came during the burst is answered by it.
@@ -193,6 +205,11 @@ pub async fn monitor<F, Fut>(
         () = decider => {}
     }
 }
+
+/// How far apart a trigger's burst probes leave. Apart rather than at once, so that one lost
+/// burst of packets is less likely to fail them all; not one after another's timeout, which
+/// would make the burst `fall` timeouts long.
+pub const BURST_SPACING: Duration = Duration::from_millis(1);
 
 /// Why [`monitor`] runs a probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -457,19 +457,20 @@ async fn run_triggered(
 }
 
 /// Guards the passive trigger: a path failing at 0.5 s is probed at once on the trigger,
-/// three times back to back, and is down 30 ms later (the hold timer alone would take it
-/// down at 3 s), saying why.
+/// three times 1 ms apart (each without waiting for the one before to time out), and is down
+/// one timeout (10 ms) and 2 ms later (the hold timer alone would take it down at 3 s), saying
+/// why.
 #[tokio::test(start_paused = true)]
 async fn monitor_a_trigger_probes_at_once_fall_times() {
     let (events, sent) = run_triggered(500 * MS, &[500 * MS], 2 * SECOND).await;
     let down = transitions(&events);
     assert_eq!(down.len(), 1, "{down:?}");
-    assert_eq!(down[0].0, 530 * MS);
+    assert_eq!(down[0].0, 512 * MS);
     assert_eq!(
         down[0].1.reason,
         "3 consecutive failures (fall 3), probed at once: a SYN unanswered for 8ms"
     );
-    assert_eq!(sent[..4], [Duration::ZERO, 500 * MS, 510 * MS, 520 * MS]);
+    assert_eq!(sent[..4], [Duration::ZERO, 500 * MS, 501 * MS, 502 * MS]);
     // The burst's results carry no lag (off the grid); the grid's do.
     let lags: Vec<_> = events
         .iter()
