@@ -161,6 +161,7 @@ async fn tcp_refused_on_a_closed_port() {
             ok: false,
             rtt: None,
             detail: "connection refused".into(),
+            timed_out: false,
         }
     );
 }
@@ -323,6 +324,7 @@ async fn http_silent_server_times_out() {
             ok: false,
             rtt: None,
             detail: "timeout after 200 ms".into(),
+            timed_out: true,
         }
     );
     assert!(took >= timeout, "gave up early: {took:?}");
@@ -467,6 +469,7 @@ async fn icmp_replies_after_the_timeout_are_ignored() {
                 ok: false,
                 rtt: None,
                 detail: "timeout after 0.001 ms".into(),
+                timed_out: true,
             }
         );
     }

@@ -100,6 +100,21 @@ impl HealthTracker {
         })
     }
 
+    /// Takes a probe that timed out on its grid. While the path is up it is shown in the history
+    /// and counts for nothing else: silence is the hold timer's to judge, which random loss
+    /// rarely fools, while `fall` timeouts in a row it does often (10 % of round trips lost
+    /// makes three in a row about once in a thousand probes). Otherwise it is a failure.
+    pub(crate) fn record_timeout(&mut self) -> (Health, Option<Transition>) {
+        if self.state != Some(Health::Up) {
+            return self.record(false);
+        }
+        if self.history.len() == HISTORY_LEN {
+            self.history.pop_front();
+        }
+        self.history.push_back(false);
+        (Health::Up, None)
+    }
+
     /// Takes one probe result; returns the transition it causes, if any.
     pub fn observe(&mut self, ok: bool) -> Option<Transition> {
         self.record(ok).1
@@ -157,6 +172,9 @@ pub struct ProbeResult {
     pub rtt: Option<Duration>,
     /// What happened, for the logs (e.g. "connected", "connection refused", "timed out").
     pub detail: String,
+    /// No answer came within the timeout (as opposed to an explicit failure: refused,
+    /// unreachable, a wrong HTTP status).
+    pub timed_out: bool,
 }
 
 /// What [`monitor`] reports to the daemon.
@@ -332,6 +350,33 @@ mod tests {
     fn rise_and_fall_of_zero_act_as_one() {
         let mut t = HealthTracker::new(0, 0, Some(Health::Up));
         assert_eq!(feed(&mut t, "-+-").len(), 3);
+    }
+
+    /// Guards the split between the hold timer and `fall`: a timeout on the grid of an up path
+    /// is shown but neither counts toward `fall` nor breaks a streak of explicit failures; of a
+    /// path that is down, or not known yet, it is a failure.
+    #[test]
+    fn a_timeout_of_an_up_path_is_the_hold_timers_to_judge() {
+        let mut up = HealthTracker::new(2, 3, Some(Health::Up));
+        for _ in 0..10 {
+            assert_eq!(up.record_timeout(), (Health::Up, None));
+        }
+        assert_eq!(up.history(), "-".repeat(10));
+        // Two explicit failures, a timeout, a third explicit failure: down.
+        assert_eq!(up.observe(false), None);
+        assert_eq!(up.observe(false), None);
+        assert_eq!(up.record_timeout(), (Health::Up, None));
+        let t = up.observe(false).expect("the third explicit failure");
+        assert_eq!(t.to, Health::Down);
+        // Down: a timeout resets the streak of successes.
+        assert_eq!(up.observe(true), None);
+        assert_eq!(up.record_timeout(), (Health::Down, None));
+        assert_eq!(up.observe(true), None);
+        assert!(up.observe(true).is_some(), "rise 2 after the timeout");
+        // Unknown: a timeout decides.
+        let mut unknown = HealthTracker::new(2, 3, None);
+        let (state, t) = unknown.record_timeout();
+        assert_eq!((state, t.map(|t| t.to)), (Health::Down, Some(Health::Down)));
     }
 
     #[test]

@@ -2,8 +2,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Instant, SystemTime},
 };
 
 use anyhow::{Context as _, anyhow};
@@ -16,14 +15,14 @@ use crate::{
     control::{
         health::HealthTracker,
         model::Model,
-        monitor::{Cause, monitor},
+        monitor::{Cause, Schedule, monitor},
     },
     daemon::{Daemon, ProbeTask, load_config},
     datapath::{
         Hook, HookChoice, RedirectTarget, Role, choose_hook, sync_redirect_target,
         tables::{Tables, apply},
     },
-    probe::{ProbeSpec, ProbeTimeout},
+    probe::{PathProbe, ProbeSpec},
 };
 
 impl Daemon {
@@ -241,33 +240,9 @@ impl Daemon {
             }
             let initial = next.paths.get(&id).and_then(|s| s.health);
             let tracker = HealthTracker::new(rise, fall, initial);
-            let prober = self.prober.clone();
-            let probe_spec = spec.clone();
-            let timeout = Arc::new(std::sync::Mutex::new(ProbeTimeout::new(
-                configured, interval,
-            )));
-            let probe = move |cause: Cause| {
-                let prober = prober.clone();
-                let timeout = Arc::clone(&timeout);
-                let mut spec = probe_spec.clone();
-                spec.timeout = timeout.lock().map_or(spec.timeout, |t| t.current());
-                if cause == Cause::Trigger {
-                    // Back to back: one hiccup of the host must not fail them all.
-                    spec.timeout = spec
-                        .timeout
-                        .max(crate::probe::BURST_TIMEOUT_FLOOR)
-                        .min(interval.saturating_sub(Duration::from_millis(1)));
-                }
-                async move {
-                    let result = prober.probe(&spec).await;
-                    if let (true, Some(rtt)) = (result.ok, result.rtt)
-                        && let Ok(mut t) = timeout.lock()
-                    {
-                        t.sample(rtt);
-                    }
-                    result
-                }
-            };
+            let path_probe =
+                PathProbe::new(self.prober.clone(), spec.clone(), interval, configured);
+            let probe = move |cause: Cause| path_probe.probe(cause);
             let epoch = self.next_epoch;
             self.next_epoch += 1;
             let (trigger_tx, trigger_rx) = mpsc::channel(1);
@@ -275,12 +250,8 @@ impl Daemon {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(id, trigger_tx);
-            // Probes go out a little more often than every interval, so that `fall` of them
-            // fit in the hold time with their timeouts (an adaptive one is taken as at most a
-            // quarter of the interval).
-            let lead = configured.unwrap_or(interval / 4).min(interval / 2) / fall.max(1);
             let handle = self.probe_thread.handle().spawn(monitor(
-                crate::control::monitor::Schedule::new(id, epoch, interval, lead),
+                Schedule::for_probe(id, epoch, interval, configured, fall),
                 probe,
                 tracker,
                 trigger_rx,

@@ -54,7 +54,10 @@ use socket2::SockAddr;
 use tokio::io::Interest;
 
 use self::icmp::{BoundChannel, IcmpChannel, echo_request};
-use crate::config::{Path, Probe, ProbeKind};
+use crate::{
+    config::{Path, Probe, ProbeKind},
+    control::monitor::Cause,
+};
 
 /// The outcome of one probe, shared with the health monitor.
 pub use crate::control::health::ProbeResult;
@@ -162,6 +165,56 @@ impl ProbeTimeout {
                 (7 * srtt + rtt) / 8
             }
         });
+    }
+}
+
+/// One path's probe as its monitor runs it ([`crate::control::monitor::monitor`]'s closure):
+/// `spec` with the path's timeout, adaptive unless configured (each success's RTT feeds it),
+/// and for a trigger's burst at least [`BURST_TIMEOUT_FLOOR`].
+#[derive(Clone)]
+pub struct PathProbe {
+    prober: Arc<Prober>,
+    spec: ProbeSpec,
+    interval: Duration,
+    timeout: Arc<Mutex<ProbeTimeout>>,
+}
+
+impl PathProbe {
+    /// `configured`: the configuration's timeout (`None`: adaptive).
+    pub fn new(
+        prober: Arc<Prober>,
+        spec: ProbeSpec,
+        interval: Duration,
+        configured: Option<Duration>,
+    ) -> Self {
+        Self {
+            prober,
+            spec,
+            interval,
+            timeout: Arc::new(Mutex::new(ProbeTimeout::new(configured, interval))),
+        }
+    }
+
+    /// Runs the probe once.
+    pub fn probe(&self, cause: Cause) -> impl Future<Output = ProbeResult> + Send + use<> {
+        let prober = Arc::clone(&self.prober);
+        let timeout = Arc::clone(&self.timeout);
+        let mut spec = self.spec.clone();
+        spec.timeout = lock(&timeout).current();
+        if cause == Cause::Trigger {
+            // Quick succession: one hiccup of the host must not fail them all.
+            spec.timeout = spec
+                .timeout
+                .max(BURST_TIMEOUT_FLOOR)
+                .min(self.interval.saturating_sub(Duration::from_millis(1)));
+        }
+        async move {
+            let result = prober.probe(&spec).await;
+            if let (true, Some(rtt)) = (result.ok, result.rtt) {
+                lock(&timeout).sample(rtt);
+            }
+            result
+        }
     }
 }
 
@@ -353,11 +406,15 @@ pub(crate) fn succeeded(rtt: Duration, detail: impl Into<String>) -> ProbeResult
         ok: true,
         rtt: Some(rtt),
         detail: detail.into(),
+        timed_out: false,
     }
 }
 
 fn timed_out(timeout: Duration) -> ProbeResult {
-    failed(format!("timeout after {}", millis(timeout)))
+    ProbeResult {
+        timed_out: true,
+        ..failed(format!("timeout after {}", millis(timeout)))
+    }
 }
 
 pub(crate) fn failed(detail: impl Into<String>) -> ProbeResult {
@@ -365,6 +422,7 @@ pub(crate) fn failed(detail: impl Into<String>) -> ProbeResult {
         ok: false,
         rtt: None,
         detail: detail.into(),
+        timed_out: false,
     }
 }
 

@@ -10,22 +10,39 @@
 //! 198.18.0.0/15 (RFC 2544's benchmarking range; the documentation ranges hold 768 addresses,
 //! fewer than 1,000).
 //!
+//! **Probe lag at 1,000 paths** (in-process, the daemon's own pieces: [`ProbeThread`],
+//! [`Prober`], [`PathProbe`], [`monitor`] with [`Schedule::for_probe`]): 1,000 paths probed by
+//! ICMP every 10 ms (fall 3, adaptive timeout), that is over 100,000 probes a second on the
+//! probe thread, for 10 s (quick: 3 s) after a second of warm-up; then the same every 20 ms. The addresses are 640 of the
+//! documentation ranges (198.51.100.0/24, 203.0.113.0/24, 192.0.2.128/25, so some are probed by
+//! two paths), answered by a second namespace through a veth, where they are local routes
+//! (`ip route add local … dev lo`). The figure is how late each probe left after its place on
+//! the grid (`lb_probe_lag_seconds`), p50, p99 and the worst, with the probes that failed and
+//! the transitions (both should be 0).
+//!
 //! **No flap**: the lab with the default probes (tcp, 100 ms × 3, rise 2), 5 % of the packets
 //! through nn1's router dropped both ways ([`Failure::Loss`]) for 60 s (quick: 10 s); the
 //! number of transitions of nn1 is the figure (aim 0).
 
 use std::{
     net::Ipv4Addr,
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, ensure};
 use lb_user::{
-    config::Config,
-    control::health::Health,
-    control::model::Model,
-    datapath::tables::{Tables, apply},
-    datapath::{Dataplane, LoadOptions},
+    config::{Config, ProbeKind},
+    control::{
+        health::{Event, Health, HealthTracker},
+        model::Model,
+        monitor::{Schedule, monitor},
+    },
+    datapath::{
+        Dataplane, LoadOptions,
+        tables::{Tables, apply},
+    },
+    probe::{PathProbe, ProbeSpec, Prober, thread::ProbeThread},
 };
 use rand::{Rng as _, SeedableRng as _};
 use serde::Serialize;
@@ -33,6 +50,7 @@ use serde::Serialize;
 use crate::{
     lab::{self, Failure, Lab},
     lb::{Daemon, active},
+    netns::{self, Netns},
     servers,
 };
 
@@ -47,12 +65,28 @@ pub struct Scale {
     pub decision_to_write_max_us: f64,
     /// Map entries written per change, median.
     pub writes_p50: usize,
+    /// The probe lag at 1,000 paths, every 10 ms (the figure) and every 20 ms.
+    pub lag: Vec<ProbeLag>,
     /// The no-flap run: its length and the transitions of the lossy path.
     pub no_flap_s: u64,
     pub no_flap_loss_percent: u8,
     pub no_flap_transitions: u64,
     /// The log lines of the first few, for the reasons.
     pub no_flap_lines: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeLag {
+    pub paths: usize,
+    pub interval_ms: u64,
+    pub seconds: u64,
+    /// Probe results seen after the warm-up.
+    pub probes: u64,
+    pub failed: u64,
+    pub transitions: u64,
+    pub lag_p50_us: f64,
+    pub lag_p99_us: f64,
+    pub lag_max_us: f64,
 }
 
 const TARGETS: usize = 256;
@@ -150,6 +184,13 @@ pub fn run(quick: bool) -> anyhow::Result<Scale> {
     writes.sort();
     let at = |q: f64| took[((q * took.len() as f64).ceil() as usize).clamp(1, took.len()) - 1];
     let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let lag = [10, 20]
+        .into_iter()
+        .map(|ms| {
+            probe_lag(quick, Duration::from_millis(ms))
+                .with_context(|| format!("the probe lag at 1,000 paths every {ms} ms"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let (no_flap_s, loss, transitions, lines) = no_flap(quick).context("the no-flap run")?;
     Ok(Scale {
         targets: TARGETS,
@@ -159,10 +200,116 @@ pub fn run(quick: bool) -> anyhow::Result<Scale> {
         decision_to_write_p99_us: us(at(0.99)),
         decision_to_write_max_us: us(at(1.0)),
         writes_p50: writes[writes.len() / 2],
+        lag,
         no_flap_s,
         no_flap_loss_percent: loss,
         no_flap_transitions: transitions,
         no_flap_lines: lines,
+    })
+}
+
+/// 1,000 paths probed every `interval`: how late the probes leave (see the module notes).
+fn probe_lag(quick: bool, interval: Duration) -> anyhow::Result<ProbeLag> {
+    const FALL: u32 = 3;
+    let warm_up = Duration::from_secs(1);
+    let length = Duration::from_secs(if quick { 3 } else { 10 });
+    let prober_ns = Netns::new(&netns::unique("lag-probe"))?;
+    let far = Netns::new(&netns::unique("lag-far"))?;
+    netns::veth(&prober_ns, "p0", &far, "p1")?;
+    prober_ns.ip("addr add 192.0.2.1/32 dev p0")?;
+    prober_ns.ip("route add 192.0.2.2/32 dev p0")?;
+    far.ip("addr add 192.0.2.2/32 dev p1")?;
+    far.ip("route add 192.0.2.1/32 dev p1")?;
+    let ranges = [
+        (Ipv4Addr::new(198, 51, 100, 0), 24, 256u32),
+        (Ipv4Addr::new(203, 0, 113, 0), 24, 256),
+        (Ipv4Addr::new(192, 0, 2, 128), 25, 128),
+    ];
+    let mut addresses = Vec::new();
+    for (net, len, n) in ranges {
+        far.ip(&format!("route add local {net}/{len} dev lo"))?;
+        prober_ns.ip(&format!("route add {net}/{len} via 192.0.2.2 dev p0"))?;
+        // Not the network and broadcast addresses of the /24s.
+        addresses.extend(
+            (0..n)
+                .map(|i| Ipv4Addr::from(u32::from(net) + i))
+                .filter(|a| {
+                    let last = a.octets()[3];
+                    !(len == 24 && (last == 0 || last == 255))
+                }),
+        );
+    }
+    let run = prober_ns.spawn(move || {
+        let thread = ProbeThread::start()?;
+        let prober = {
+            let _on = thread.handle().enter();
+            Arc::new(Prober::new()?)
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut tasks = Vec::new();
+        for id in 0..PATHS {
+            let spec = ProbeSpec {
+                kind: ProbeKind::Icmp,
+                address: addresses[id % addresses.len()],
+                source: None,
+                interface: None,
+                timeout: interval,
+            };
+            let path_probe = PathProbe::new(Arc::clone(&prober), spec, interval, None);
+            let (_trigger_tx, trigger_rx) = tokio::sync::mpsc::channel(1);
+            tasks.push(thread.handle().spawn(monitor(
+                Schedule::for_probe(id as u32, 0, interval, None, FALL),
+                move |cause| path_probe.probe(cause),
+                HealthTracker::new(2, FALL, Some(Health::Up)),
+                trigger_rx,
+                tx.clone(),
+            )));
+        }
+        let start = Instant::now();
+        let (mut lags, mut probes, mut failed, mut transitions) = (Vec::new(), 0u64, 0u64, 0u64);
+        // Bounded by the clock: the receiver is polled until the run's end.
+        while start.elapsed() < warm_up + length {
+            let Ok(Event::Probe {
+                result,
+                transition,
+                lag,
+                ..
+            }) = rx.try_recv()
+            else {
+                std::thread::sleep(Duration::from_micros(200));
+                continue;
+            };
+            if start.elapsed() < warm_up {
+                continue;
+            }
+            probes += 1;
+            failed += u64::from(result.is_some_and(|r| !r.ok));
+            transitions += u64::from(transition.is_some());
+            lags.extend(lag);
+        }
+        for t in tasks {
+            t.abort();
+        }
+        drop(thread);
+        Ok((lags, probes, failed, transitions))
+    });
+    let (mut lags, probes, failed, transitions) = run
+        .join()
+        .map_err(|_| anyhow::anyhow!("the probe-lag run panicked"))??;
+    ensure!(!lags.is_empty(), "no probe left on its grid");
+    lags.sort();
+    let at = |q: f64| lags[((q * lags.len() as f64).ceil() as usize).clamp(1, lags.len()) - 1];
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    Ok(ProbeLag {
+        paths: PATHS,
+        interval_ms: interval.as_millis() as u64,
+        seconds: length.as_secs(),
+        probes,
+        failed,
+        transitions,
+        lag_p50_us: us(at(0.5)),
+        lag_p99_us: us(at(0.99)),
+        lag_max_us: us(at(1.0)),
     })
 }
 

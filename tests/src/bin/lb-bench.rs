@@ -267,6 +267,20 @@ fn run() -> anyhow::Result<()> {
             sc.decision_to_write_max_us,
             sc.writes_p50
         );
+        for l in &sc.lag {
+            println!(
+                "probe lag, {} paths every {} ms for {} s ({} probes, {} failed, {} transitions): p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+                l.paths,
+                l.interval_ms,
+                l.seconds,
+                l.probes,
+                l.failed,
+                l.transitions,
+                l.lag_p50_us,
+                l.lag_p99_us,
+                l.lag_max_us
+            );
+        }
         println!(
             "transitions of a path with {} % loss over {} s (probes 100 ms × 3): {}",
             sc.no_flap_loss_percent, sc.no_flap_s, sc.no_flap_transitions
@@ -277,6 +291,10 @@ fn run() -> anyhow::Result<()> {
         out["failover"]["decision_to_write_1000_paths_p50_us"] = json!(sc.decision_to_write_p50_us);
         out["failover"]["decision_to_write_1000_paths_p99_us"] = json!(sc.decision_to_write_p99_us);
         out["failover"]["lossy_path_transitions"] = json!(sc.no_flap_transitions);
+        for l in &sc.lag {
+            out["failover"][format!("probe_lag_1000_paths_{}ms_p99_us", l.interval_ms)] =
+                json!(l.lag_p99_us);
+        }
         out["scale"] = serde_json::to_value(&sc)?;
     }
     println!("\nratios: {}", serde_json::to_string(&out["ratios"])?);

@@ -4,15 +4,19 @@
 //! tests drive the loop with a fake probe under tokio's paused clock; no I/O happens here.
 
 use std::{
+    collections::VecDeque,
     future::Future,
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
-use futures_util::{StreamExt as _, stream::FuturesOrdered};
+use futures_util::{
+    StreamExt as _,
+    stream::{FuturesOrdered, FuturesUnordered},
+};
 use tokio::{
     sync::mpsc,
-    time::{self, Instant, MissedTickBehavior},
+    time::{self, Instant},
 };
 
 use crate::control::health::{Event, Health, HealthTracker, ProbeResult, Trigger};
@@ -21,10 +25,13 @@ use crate::control::health::{Event, Health, HealthTracker, ProbeResult, Trigger}
 /// when `tx`'s receiver is gone. `tx` is unbounded so that a receiver that is busy for a while
 /// never holds the probes back (the daemon runs them on their own thread for that).
 ///
-/// The first probe runs at once, the next ones on an `interval` grid from the start. The probe
-/// must bound its own duration (its timeout) and should finish well within `interval`; one that
-/// overruns delays the grid ([`MissedTickBehavior::Delay`]): the next probe starts as soon as the
-/// late one ends and the grid restarts from there, so probes never pile up.
+/// The first probe runs at once, the next ones on a grid from the start. The probe must bound
+/// its own duration (its timeout, less than `interval`). A probe does not wait for the one
+/// before it to end: up to `fall + 1` are out at once, so one that times out never delays the
+/// next. Past that the grid waits: the next probe starts as soon as one ends and the grid
+/// restarts from there (tokio's `MissedTickBehavior::Delay`), so probes never pile up. Results
+/// are taken as they come; a failure of a probe sent before the last success is reported but
+/// counts for nothing.
 ///
 /// Down, two ways, whichever comes first:
 /// - **the hold timer** (BFD's detection time): no probe has succeeded for `fall × interval`,
@@ -35,17 +42,21 @@ use crate::control::health::{Event, Health, HealthTracker, ProbeResult, Trigger}
 ///   by then and the budget is the worst case. Off the grid (a stalled host delayed the
 ///   probes), the timer waits for the probes it counts on: a path is never declared down for
 ///   probes that were not sent, and a stall of the whole thread is not a failure of the path;
-/// - `fall` consecutive failed results (a refusal or an error answers faster than a timeout).
+/// - `fall` consecutive explicit failures: a refusal, an unreachable, a wrong HTTP status
+///   (they answer faster than the hold time). A probe that timed out on the grid is not one:
+///   silence is the hold timer's to judge (see [`HealthTracker::record_timeout`]).
 ///
 /// Up: `rise` consecutive successes. At a tie, a result is taken before the timer: an answer is
 /// evidence of life.
 ///
-/// **Fitting `fall` probes in the hold time**: probes go out every `interval − lead`, not every
+/// **Fitting probes in the hold time**: probes go out every `interval − lead`, not every
 /// `interval`. With `lead` the probe timeout divided by `fall`, the `fall`-th probe after a
-/// success is answered (or times out) by the time the hold timer would expire, so `fall − 1`
-/// lost probes never take a path down; BFD sends its packets early (by up to a quarter of the
-/// interval) for the same reason. Without it the `fall`-th probe would leave exactly at the
-/// deadline, and `fall − 1` losses in a row (1 % of the time at 10 % loss) would be enough.
+/// success is answered (or times out) by the time the hold timer would expire; BFD sends its
+/// packets early (by up to a quarter of the interval) for the same reason. And after a probe
+/// timed out, while the path is up, they go out `fall` times as often until one succeeds
+/// (HAProxy's `fastinter`): a path that lost a probe or two to random loss is asked again and
+/// again before its hold time runs out, so it takes many losses in a row, not `fall`, to take
+/// it down, while a dead path still goes down when the hold time runs out.
 ///
 /// **The passive trigger**: a [`Trigger`] on `triggers` (the datapath saw the path's client
 /// traffic go unanswered) makes an up path be probed at once, `fall` times in quick succession
@@ -81,90 +92,127 @@ pub async fn monitor<F, Fut>(
     let up = AtomicBool::new(tracker.state() == Some(Health::Up));
     let (results_tx, mut results) = mpsc::channel::<ProbeSent>(1);
     // The probes, on their grid and in bursts on a trigger; each result with the time its
-    // probe was sent and how late that was.
+    // probe was sent and how late that was. A probe does not wait for the one before it (see
+    // GRID_IN_FLIGHT), so results may come out of the order sent.
     let prober = async {
-        let mut ticks = time::interval(interval.saturating_sub(lead).max(Duration::from_millis(1)));
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The grid: every `period`, or every `fast` after a probe timed out while the path is
+        // up, until one succeeds (HAProxy's `fastinter`), so that the hold time sees many
+        // probes rather than `fall` of them before it judges. (An explicit failure is no
+        // accident of loss: it keeps the grid.)
+        let period = interval.saturating_sub(lead).max(Duration::from_millis(1));
+        let fast = (period / fall).max(Duration::from_millis(1));
+        let mut hurry = false;
+        let mut due = Instant::now();
         let mut listening = true;
         let mut last_burst: Option<Instant> = None;
+        let mut grid = FuturesUnordered::new();
+        let in_flight = fall as usize + 1;
+        // The burst in progress: its trigger, its probes, how many have left and when the next
+        // one leaves.
+        let mut burst: Option<Trigger> = None;
+        let mut bursting = FuturesOrdered::new();
+        let mut launched = 0u32;
+        let mut next_at = Instant::now();
         loop {
-            let trigger = tokio::select! {
+            tokio::select! {
                 biased;
-                due = ticks.tick() => {
-                    let sent = Instant::now();
-                    let result = probe(Cause::Grid).await;
-                    let lag = Some(sent.saturating_duration_since(due));
-                    if results_tx.send(ProbeSent { sent, lag, trigger: None, result }).await.is_err() {
+                Some(done) = grid.next(), if !grid.is_empty() => {
+                    let done: ProbeSent = done; // (for inference: pushed below)
+                    if done.result.ok {
+                        hurry = false;
+                    } else if done.result.timed_out && !hurry && up.load(Ordering::Relaxed) {
+                        hurry = true;
+                        due = due.min(Instant::now() + fast);
+                    }
+                    if results_tx.send(done).await.is_err() {
                         return;
                     }
-                    continue;
                 }
-                got = triggers.recv(), if listening => match got {
-                    Some(trigger) => trigger,
-                    None => {
-                        listening = false;
-                        continue;
+                Some(done) = bursting.next(), if !bursting.is_empty() => {
+                    let done: ProbeSent = done;
+                    let ok = done.result.ok;
+                    if results_tx.send(done).await.is_err() {
+                        return;
                     }
+                    if ok || (launched >= fall && bursting.is_empty()) {
+                        // The first success ends it; what came during it is answered by it.
+                        burst = None;
+                        bursting = FuturesOrdered::new();
+                        while triggers.try_recv().is_ok() {}
+                    }
+                }
+                () = time::sleep_until(next_at), if burst.is_some() && launched < fall => {
+                    let sent = Instant::now();
+                    let result = probe(Cause::Trigger);
+                    let trigger = burst.clone();
+                    bursting.push_back(async move {
+                        ProbeSent { sent, lag: None, trigger, result: result.await }
+                    });
+                    launched += 1;
+                    next_at = sent + BURST_SPACING;
+                }
+                () = time::sleep_until(due), if grid.len() < in_flight => {
+                    let sent = Instant::now();
+                    let lag = Some(sent.saturating_duration_since(due));
+                    // A late probe restarts the grid from when it left (MissedTickBehavior::Delay).
+                    let step = if hurry && up.load(Ordering::Relaxed) { fast } else { period };
+                    due = if due + step > sent { due + step } else { sent + step };
+                    let result = probe(Cause::Grid);
+                    grid.push(async move {
+                        ProbeSent { sent, lag, trigger: None, result: result.await }
+                    });
+                }
+                got = triggers.recv(), if listening && burst.is_none() => match got {
+                    Some(trigger) => {
+                        let now = Instant::now();
+                        if up.load(Ordering::Relaxed)
+                            && last_burst.is_none_or(|t| now - t >= interval)
+                        {
+                            // `fall` probes, BURST_SPACING apart, each sent without waiting for
+                            // the one before (their results reach the decider in the order
+                            // sent); the first success ends the burst.
+                            last_burst = Some(now);
+                            burst = Some(trigger);
+                            launched = 0;
+                            next_at = now;
+                        }
+                    }
+                    None => listening = false,
                 },
-            };
-            let now = Instant::now();
-            if !up.load(Ordering::Relaxed) || last_burst.is_some_and(|t| now - t < interval) {
-                continue;
             }
-            last_burst = Some(now);
-            // `fall` probes, BURST_SPACING apart, each sent without waiting for the one before
-            // (results still reach the decider in the order sent); the first success ends it.
-            let mut inflight = FuturesOrdered::new();
-            let mut launched = 0u32;
-            let mut next_at = now;
-            loop {
-                tokio::select! {
-                    biased;
-                    Some((sent, result)) = inflight.next(), if !inflight.is_empty() => {
-                        let result: ProbeResult = result; // (for inference: pushed below)
-                        let ok = result.ok;
-                        let trigger = Some(trigger.clone());
-                        let done = ProbeSent { sent, lag: None, trigger, result };
-                        if results_tx.send(done).await.is_err() {
-                            return;
-                        }
-                        if ok || (launched >= fall && inflight.is_empty()) {
-                            break;
-                        }
-                    }
-                    () = time::sleep_until(next_at), if launched < fall => {
-                        let sent = Instant::now();
-                        let result = probe(Cause::Trigger);
-                        inflight.push_back(async move { (sent, result.await) });
-                        launched += 1;
-                        next_at = sent + BURST_SPACING;
-                    }
-                }
-            }
-            // What came during the burst is answered by it.
-            while triggers.try_recv().is_ok() {}
         }
     };
     // The state: results as they come, and the hold timer between them.
     let decider = async {
         let mut last_ok = Instant::now();
-        // Failed results of probes sent after `last_ok` (results come in the order sent).
-        let mut failed_since_ok = 0u32;
+        // When the failed probes sent after `last_ok` were sent (the latest `fall` of them).
+        let mut failed_since_ok: VecDeque<Instant> = VecDeque::new();
         loop {
-            let armed = tracker.state() == Some(Health::Up)
-                && failed_since_ok.saturating_add(1) >= tracker.fall();
+            let armed =
+                tracker.state() == Some(Health::Up) && failed_since_ok.len() + 1 >= fall as usize;
             let (result, lag, transition) = tokio::select! {
                 biased;
                 _ = tx.closed() => return,
                 got = results.recv() => {
                     let Some(ProbeSent { sent, lag, trigger, result }) = got else { return };
+                    let mut transition = None;
                     if result.ok {
                         last_ok = last_ok.max(sent);
-                        failed_since_ok = 0;
-                    } else {
-                        failed_since_ok = failed_since_ok.saturating_add(1);
+                        failed_since_ok.retain(|&f| f >= last_ok);
+                        transition = tracker.record(true).1;
+                    } else if sent >= last_ok {
+                        failed_since_ok.push_back(sent);
+                        if failed_since_ok.len() > fall as usize {
+                            failed_since_ok.pop_front();
+                        }
+                        // A burst's timeouts count: the burst is there to decide at once.
+                        transition = if result.timed_out && trigger.is_none() {
+                            tracker.record_timeout().1
+                        } else {
+                            tracker.record(false).1
+                        };
                     }
-                    let (_, mut transition) = tracker.record(result.ok);
+                    // (A failure of a probe sent before the last success says nothing new.)
                     if let (Some(t), Some(trigger)) = (transition.as_mut(), trigger) {
                         t.reason = format!(
                             "{}, probed at once: {} unanswered for {:?}",
@@ -241,6 +289,21 @@ impl Schedule {
             interval,
             lead,
         }
+    }
+
+    /// The schedule of a path probed every `interval` with `timeout` (`None`: adaptive, taken
+    /// as at most a quarter of the interval) and `fall`: probes go out early by the timeout
+    /// over `fall` (at most half the interval in all), so that `fall` of them fit in the hold
+    /// time with their timeouts.
+    pub fn for_probe(
+        path_id: u32,
+        epoch: u64,
+        interval: Duration,
+        timeout: Option<Duration>,
+        fall: u32,
+    ) -> Self {
+        let lead = timeout.unwrap_or(interval / 4).min(interval / 2) / fall.max(1);
+        Self::new(path_id, epoch, interval, lead)
     }
 }
 

@@ -47,6 +47,7 @@ async fn run_probing(
                 ok,
                 rtt: ok.then_some(Duration::from_millis(1)),
                 detail: if ok { "connected" } else { "timed out" }.into(),
+                timed_out: !ok && fail_after > Duration::ZERO,
             }
         }
     };
@@ -174,56 +175,69 @@ async fn monitor_a_flapping_probe_never_transitions_once_known() {
     assert_eq!((got[0].0, got[0].1.to), (Duration::ZERO, Health::Up));
 }
 
+/// Guards the grid against a lost probe: a probe that takes long (here 3.5 s, as a timeout
+/// would) does not delay the next one; only `fall + 1` slow ones at once do.
 #[tokio::test(start_paused = true)]
-async fn monitor_a_slow_probe_delays_the_grid() {
-    // The second probe (at 1 s) takes 2.5 s: the third starts when it ends (3.5 s), and the
-    // grid goes on from there.
-    let starts = Arc::new(Mutex::new(Vec::new()));
-    let start = Instant::now();
-    let probe = {
-        let starts = Arc::clone(&starts);
-        move |_: Cause| {
-            let mut starts = starts.lock().expect("not poisoned");
-            starts.push(start.elapsed());
-            let slow = starts.len() == 2;
-            async move {
-                if slow {
-                    time::sleep(Duration::from_millis(2500)).await;
-                }
-                ProbeResult {
-                    ok: true,
-                    rtt: None,
-                    detail: String::new(),
+async fn monitor_a_slow_probe_does_not_delay_the_grid_two_do() {
+    for slow_ones in [vec![2], vec![2, 3, 4]] {
+        // The second probe (at 1 s) takes 3.5 s, and with it (second case) the next two.
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let start = Instant::now();
+        let probe = {
+            let starts = Arc::clone(&starts);
+            let slow_ones = slow_ones.clone();
+            move |_: Cause| {
+                let mut starts = starts.lock().expect("not poisoned");
+                starts.push(start.elapsed());
+                let slow = slow_ones.contains(&starts.len());
+                async move {
+                    if slow {
+                        time::sleep(Duration::from_millis(3500)).await;
+                    }
+                    ProbeResult {
+                        ok: true,
+                        rtt: None,
+                        detail: String::new(),
+                        timed_out: false,
+                    }
                 }
             }
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(monitor(
+            Schedule::new(1, 0, SECOND, Duration::ZERO),
+            probe,
+            // Fall 2: three probes out at once. No failure, so no hold timer: grid timing alone.
+            HealthTracker::new(1, 2, None),
+            no_triggers(),
+            tx,
+        ));
+        let mut lags = Vec::new();
+        for _ in 0..5 {
+            let Event::Probe { lag, .. } = rx.recv().await.expect("monitor running");
+            lags.push(lag.expect("a probe's result").as_millis());
         }
-    };
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(monitor(
-        Schedule::new(1, 0, SECOND, Duration::ZERO),
-        probe,
-        // A hold time (fall × interval) longer than the slow probe: grid timing alone.
-        HealthTracker::new(1, 100, None),
-        no_triggers(),
-        tx,
-    ));
-    let mut lags = Vec::new();
-    for _ in 0..5 {
-        let Event::Probe { lag, .. } = rx.recv().await.expect("monitor running");
-        lags.push(lag.expect("a probe's result").as_millis());
+        drop(rx);
+        task.await.expect("monitor ends");
+        let starts: Vec<_> = starts.lock().expect("not poisoned").clone();
+        let ms: Vec<_> = starts.iter().map(Duration::as_millis).collect();
+        if slow_ones.len() == 1 {
+            assert_eq!(ms[..5], [0, 1000, 2000, 3000, 4000]);
+            lags.sort_unstable();
+            assert_eq!(lags, [0, 0, 0, 0, 0]);
+        } else {
+            // The fifth was due at 4 s and left when the second ended (4.5 s): the grid goes
+            // on from there.
+            assert_eq!(ms[..5], [0, 1000, 2000, 3000, 4500]);
+            assert!(lags.contains(&500), "{lags:?}");
+        }
     }
-    drop(rx);
-    task.await.expect("monitor ends");
-    let starts: Vec<_> = starts.lock().expect("not poisoned").clone();
-    let ms: Vec<_> = starts.iter().map(Duration::as_millis).collect();
-    assert_eq!(ms[..5], [0, 1000, 3500, 4500, 5500]);
-    // The third probe was due at 2 s: the lag the daemon exports.
-    assert_eq!(lags, [0, 0, 1500, 0, 0]);
 }
 
-/// Guards the hold timer against a late grid: the probe sent at 1 s takes 3.5 s to
-/// succeed (as if the thread had stalled), so no probe is sent from 1 s to 4.5 s. The hold
-/// time (3 s from the success sent at 0 s) passes with no probe failed: the path stays up.
+/// Guards the hold timer against a late grid: the probes sent at 1, 2, 3 and 4 s take 4.5 s
+/// to succeed (as if the thread had stalled), so no success comes from 0 s to 5.5 s and the
+/// probe due at 5 s leaves at 5.5 s. The hold time (3 s from the success sent at 0 s) passes
+/// with no probe failed: the path stays up.
 #[tokio::test(start_paused = true)]
 async fn monitor_the_hold_timer_waits_for_the_probes_it_counts_on() {
     let calls = Arc::new(Mutex::new(0u32));
@@ -232,15 +246,16 @@ async fn monitor_the_hold_timer_waits_for_the_probes_it_counts_on() {
         move |_: Cause| {
             let mut calls = calls.lock().expect("not poisoned");
             *calls += 1;
-            let slow = *calls == 2;
+            let slow = (2..=5).contains(&*calls);
             async move {
                 if slow {
-                    time::sleep(Duration::from_millis(3500)).await;
+                    time::sleep(Duration::from_millis(4500)).await;
                 }
                 ProbeResult {
                     ok: true,
                     rtt: Some(MS),
                     detail: "connected".into(),
+                    timed_out: false,
                 }
             }
         }
@@ -262,12 +277,10 @@ async fn monitor_the_hold_timer_waits_for_the_probes_it_counts_on() {
     drop(rx);
     task.await.expect("monitor ends");
     assert!(transitions(&seen).is_empty(), "{seen:?}");
-    let Event::Probe { lag, .. } = &seen[2].1;
-    assert_eq!(
-        *lag,
-        Some(Duration::from_millis(2500)),
-        "due at 2 s, sent at 4.5 s"
-    );
+    let late = seen
+        .iter()
+        .any(|(_, Event::Probe { lag, .. })| *lag == Some(Duration::from_millis(500)));
+    assert!(late, "one probe was due at 5 s and sent at 5.5 s: {seen:?}");
 }
 
 /// Probes that fail by timing out (`timeout` after they were sent), from `fails_at` on, of
@@ -330,7 +343,8 @@ async fn monitor_hold_timer_takes_a_path_down_within_fall_intervals() {
 #[tokio::test(start_paused = true)]
 async fn monitor_after_the_hold_timer_results_go_on() {
     let events = run_timing_out(2, Duration::from_millis(300), 2500 * MS, 8).await;
-    // Successes at 0, 1, 2 s; down at 2 + 2 = 4 s; failures reported at 3.3, 4.3, ... s.
+    // Successes at 0, 1, 2 s; down at 2 + 2 = 4 s. Failures reported at 3.3 s, then (probes
+    // every 0.5 s after a timeout while up) 4.1 s, then (down: every second again) 4.6, 5.6 s.
     let down = transitions(&events);
     assert_eq!(down.len(), 1);
     assert_eq!(down[0].0, 4 * SECOND);
@@ -345,19 +359,21 @@ async fn monitor_after_the_hold_timer_results_go_on() {
     assert_eq!(
         after[..2],
         [
-            (4300, Some(false), Health::Down),
-            (5300, Some(false), Health::Down)
+            (4100, Some(false), Health::Down),
+            (4600, Some(false), Health::Down)
         ]
     );
 }
 
-/// Guards the lead: with probes every second less 100 ms (a 300 ms timeout over fall 3), two
-/// probes timing out after a success are not enough to take the path down: the third,
-/// sent at 2.7 s, answers before the hold time (3 s) runs out. Without the lead it would
-/// leave at 3 s, exactly when the timer fires, and the path would go down on two losses.
+/// Guards the lead and the faster probes after a timeout: with probes every second less 100 ms
+/// (a 300 ms timeout over fall 3), or every second, probes timing out after a success are not
+/// enough to take the path down while a probe answers before the hold time (3 s) runs out:
+/// after the first timeout, probes go out three times as often, and the first one sent after
+/// 2.5 s answers in time. (Counting three timeouts in a row, or waiting a whole interval, the
+/// path would have gone down on the losses of 0.9, 1.8 and 2.7 s, or 1, 2 and 3 s.)
 #[tokio::test(start_paused = true)]
 async fn monitor_fall_minus_one_losses_never_take_a_path_down() {
-    for (lead, downs) in [(100 * MS, 0), (Duration::ZERO, 1)] {
+    for (lead, downs) in [(100 * MS, 0), (Duration::ZERO, 0)] {
         let start = Instant::now();
         let probe = move |_: Cause| {
             // Sent at 0.9 s and 1.8 s (with the lead) or 1 s and 2 s: lost.
@@ -370,6 +386,7 @@ async fn monitor_fall_minus_one_losses_never_take_a_path_down() {
                     ok: !lost,
                     rtt: (!lost).then_some(MS),
                     detail: String::new(),
+                    timed_out: lost,
                 }
             }
         };
@@ -397,6 +414,55 @@ async fn monitor_fall_minus_one_losses_never_take_a_path_down() {
     }
 }
 
+/// Guards against flaps under random loss: every probe sent from 0.5 s to 2.5 s is lost
+/// (it times out after 800 ms), four or more in a row; the first probe sent after 2.5 s
+/// answers before the hold time (3 s from the success sent at 0) runs out, so the path stays
+/// up. Timeouts on the grid are the hold timer's to judge, not `fall`'s: counting them, the
+/// path would have gone down on the third.
+#[tokio::test(start_paused = true)]
+async fn monitor_a_timed_out_probe_does_not_hold_back_the_next() {
+    let timeout = 800 * MS;
+    let start = Instant::now();
+    let probe = move |_: Cause| {
+        let t = start.elapsed();
+        let lost = (500 * MS..2500 * MS).contains(&t);
+        async move {
+            time::sleep(if lost { timeout } else { MS }).await;
+            ProbeResult {
+                ok: !lost,
+                rtt: (!lost).then_some(MS),
+                detail: String::new(),
+                timed_out: lost,
+            }
+        }
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(monitor(
+        Schedule::for_probe(1, 0, SECOND, Some(timeout), 3),
+        probe,
+        HealthTracker::new(2, 3, Some(Health::Up)),
+        no_triggers(),
+        tx,
+    ));
+    let mut seen = Vec::new();
+    while start.elapsed() < 3500 * MS {
+        let event = rx.recv().await.expect("running");
+        seen.push((start.elapsed(), event));
+    }
+    drop(rx);
+    task.await.expect("monitor ends");
+    assert!(transitions(&seen).is_empty(), "{seen:?}");
+    // The losses were all reported (as they ended: the last two after the answer that came
+    // in time), and so were the answers after them.
+    let results: String = seen
+        .iter()
+        .filter_map(|(_, Event::Probe { result, .. })| result.as_ref())
+        .map(|r| if r.ok { '+' } else { '-' })
+        .collect();
+    assert_eq!(results.matches('-').count(), 4, "{results}");
+    assert!(results.ends_with('+'), "{results}");
+}
+
 /// Runs [`monitor`] (every second, fall 3, starting up) with a probe that fails, 10 ms after
 /// it is sent, from `fails_at` on, sending a trigger at each of `triggers` (virtual times);
 /// returns the events until `until`, and the times the probes were sent.
@@ -421,6 +487,7 @@ async fn run_triggered(
                     ok,
                     rtt: ok.then_some(MS),
                     detail: if ok { "connected" } else { "timed out" }.into(),
+                    timed_out: !ok,
                 }
             }
         }
@@ -487,10 +554,22 @@ async fn monitor_a_trigger_decides_nothing_by_itself() {
     assert!(transitions(&events).is_empty());
     assert_eq!(sent, [Duration::ZERO, 300 * MS, SECOND]);
 
-    // Down by the hold timer at 3 s (failing from 0.5 s): triggers after that are dropped.
+    // Down by the hold timer at 3 s (failing from 0.5 s, timing out from the probe at 1 s on,
+    // then probed every third of a second): a trigger after that (3.5 s) is dropped, and the
+    // grid is back to every second.
     let (events, sent) = run_triggered(500 * MS, &[3500 * MS], 3800 * MS).await;
-    assert_eq!(transitions(&events).len(), 1);
-    assert_eq!(sent, [0, 1, 2, 3].map(|s| s * SECOND));
+    let down = transitions(&events);
+    assert_eq!(down.len(), 1);
+    assert_eq!(down[0].0, 3 * SECOND);
+    assert!(
+        sent.iter()
+            .filter(|t| (SECOND..3 * SECOND).contains(*t))
+            .count()
+            >= 5,
+        "{sent:?}"
+    );
+    let after: Vec<_> = sent.iter().filter(|t| **t > 3 * SECOND).collect();
+    assert!(after.len() <= 1, "{sent:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -501,6 +580,7 @@ async fn monitor_a_zero_interval_is_one_millisecond() {
             ok: true,
             rtt: None,
             detail: String::new(),
+            timed_out: false,
         }
     };
     let start = Instant::now();
@@ -528,6 +608,7 @@ async fn monitor_ends_when_the_receiver_is_dropped_while_waiting() {
             ok: true,
             rtt: None,
             detail: String::new(),
+            timed_out: false,
         }
     };
     let interval = Duration::from_secs(3600);
