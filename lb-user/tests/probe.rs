@@ -550,3 +550,14 @@ async fn futures_join_all<F: std::future::Future>(
     .await;
     outputs.into_iter().map(|o| o.unwrap()).collect()
 }
+
+/// The fuzz targets (`fuzz/`, outside the workspace, built only by `cargo xtask fuzz`) call these
+/// by these paths: a move that hides them fails here, not only there.
+#[test]
+fn the_fuzz_targets_entry_points_stay_public() {
+    assert_eq!(
+        lb_user::probe::parse_status_line(b"HTTP/1.1 200 OK"),
+        Some(200)
+    );
+    assert!(lb_user::probe::EchoReply::parse(&[]).is_none());
+}

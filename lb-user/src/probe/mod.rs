@@ -59,6 +59,8 @@ use crate::{
     control::monitor::Cause,
 };
 
+/// For the fuzz targets.
+pub use self::{http::parse_status_line, icmp::EchoReply};
 /// The outcome of one probe, shared with the health monitor.
 pub use crate::control::health::ProbeResult;
 
@@ -298,7 +300,7 @@ impl Prober {
                     port,
                     path,
                     expect_status,
-                } => tcp::http(spec, *port, path, *expect_status).await,
+                } => http::http(spec, *port, path, *expect_status).await,
                 ProbeKind::Icmp => self.icmp(spec).await,
             }
         };
@@ -466,6 +468,7 @@ pub(crate) fn setsockopt_u32(
     }
 }
 
+mod http;
 mod icmp;
 pub mod passive;
 mod tcp;

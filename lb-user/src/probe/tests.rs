@@ -2,11 +2,11 @@ use lb_common::csum;
 
 use super::*;
 use crate::probe::{
+    http::{QUOTE_MAX, parse_status_line, quote},
     icmp::{
         ECHO_LEN, EchoReply, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, Registration, Waiters,
         echo_request,
     },
-    tcp::{QUOTE_MAX, parse_status_line, quote},
 };
 
 const PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 7);
