@@ -44,7 +44,7 @@ use crate::control::health::{Event, Health, HealthTracker, ProbeResult, Trigger}
 ///   probes that were not sent, and a stall of the whole thread is not a failure of the path;
 /// - `fall` consecutive explicit failures: a refusal, an unreachable, a wrong HTTP status
 ///   (they answer faster than the hold time). A probe that timed out on the grid is not one:
-///   silence is the hold timer's to judge (see [`HealthTracker::record_timeout`]).
+///   silence is the hold timer's to judge (see `HealthTracker::record_timeout`).
 ///
 /// Up: `rise` consecutive successes. At a tie, a result is taken before the timer: an answer is
 /// evidence of life.
@@ -92,8 +92,8 @@ pub async fn monitor<F, Fut>(
     let up = AtomicBool::new(tracker.state() == Some(Health::Up));
     let (results_tx, mut results) = mpsc::channel::<ProbeSent>(1);
     // The probes, on their grid and in bursts on a trigger; each result with the time its
-    // probe was sent and how late that was. A probe does not wait for the one before it (see
-    // GRID_IN_FLIGHT), so results may come out of the order sent.
+    // probe was sent and how late that was. A probe does not wait for the one before it (up to
+    // `fall + 1` are out at once), so results may come out of the order sent.
     let prober = async {
         // The grid: every `period`, or every `fast` after a probe timed out while the path is
         // up, until one succeeds (HAProxy's `fastinter`), so that the hold time sees many
