@@ -454,6 +454,21 @@ struct Record {
 }
 
 impl Record {
+    /// An empty record of `n` exchanges starting now, and the instant it starts at.
+    fn start(n: usize) -> anyhow::Result<(Self, Instant)> {
+        let start = Instant::now();
+        let start_unix_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)?
+            .as_nanos()
+            .try_into()?;
+        let rec = Record {
+            start_unix_ns,
+            sent: vec![None; n],
+            echo: vec![None; n],
+        };
+        Ok((rec, start))
+    }
+
     fn sent(&self) -> u64 {
         self.sent.iter().flatten().count() as u64
     }
@@ -497,16 +512,7 @@ impl Stream {
             s.connect((lab::VIP, lab::UDP_PORT))?;
             s.set_nonblocking(true)?;
             let n = usize::try_from(count)?;
-            let mut rec = Record {
-                start_unix_ns: 0,
-                sent: vec![None; n],
-                echo: vec![None; n],
-            };
-            let start = Instant::now();
-            rec.start_unix_ns = SystemTime::now()
-                .duration_since(UNIX_EPOCH)?
-                .as_nanos()
-                .try_into()?;
+            let (mut rec, start) = Record::start(n)?;
             let _ = tx.send(start);
             let mut buf = [0u8; 64];
             let mut drain = |rec: &mut Record| {
@@ -520,13 +526,7 @@ impl Stream {
                     let seq = u64::from_be_bytes(buf[..8].try_into().unwrap_or_default());
                     let from =
                         Ipv4Addr::new(buf[len - 4], buf[len - 3], buf[len - 2], buf[len - 1]);
-                    let path = if from == lab::NN1 {
-                        1
-                    } else if from == lab::NN2 {
-                        2
-                    } else {
-                        0
-                    };
+                    let path = path_of(from);
                     if let Some(slot) = usize::try_from(seq).ok().and_then(|i| rec.echo.get_mut(i))
                     {
                         *slot = Some((at, path));
@@ -567,16 +567,7 @@ impl Stream {
         let (tx, rx) = mpsc::channel();
         let thread = client.spawn(move || {
             let n = usize::try_from(count)?;
-            let mut rec = Record {
-                start_unix_ns: 0,
-                sent: vec![None; n],
-                echo: vec![None; n],
-            };
-            let start = Instant::now();
-            rec.start_unix_ns = SystemTime::now()
-                .duration_since(UNIX_EPOCH)?
-                .as_nanos()
-                .try_into()?;
+            let (mut rec, start) = Record::start(n)?;
             let _ = tx.send(start);
             let mut open: Vec<Exchange> = Vec::new();
             let mut next = 0usize;
@@ -596,14 +587,7 @@ impl Stream {
                     Poll::Pending if start.elapsed() - x.opened < TCP_GIVE_UP => true,
                     Poll::Pending | Poll::Failed => false,
                     Poll::Answered(from) => {
-                        let path = if from == lab::NN1 {
-                            1
-                        } else if from == lab::NN2 {
-                            2
-                        } else {
-                            0
-                        };
-                        rec.echo[x.seq] = Some((start.elapsed(), path));
+                        rec.echo[x.seq] = Some((start.elapsed(), path_of(from)));
                         false
                     }
                 });
@@ -699,6 +683,17 @@ impl Exchange {
             Some(from) => Poll::Answered(from),
             None => Poll::Failed,
         }
+    }
+}
+
+/// The path a VM address belongs to: 1 (nn1), 2 (nn2), or 0.
+fn path_of(vm_address: Ipv4Addr) -> u8 {
+    if vm_address == lab::NN1 {
+        1
+    } else if vm_address == lab::NN2 {
+        2
+    } else {
+        0
     }
 }
 
