@@ -69,6 +69,24 @@ async fn run_probing(
     seen
 }
 
+/// The events of a running monitor until `until` after `start`, each with when it came; then
+/// stops the monitor (drops the receiver) and waits for it to end.
+async fn events_until(
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    task: tokio::task::JoinHandle<()>,
+    start: Instant,
+    until: Duration,
+) -> Vec<(Duration, Event)> {
+    let mut seen = Vec::new();
+    while start.elapsed() < until {
+        let event = rx.recv().await.expect("running");
+        seen.push((start.elapsed(), event));
+    }
+    drop(rx);
+    task.await.expect("monitor ends");
+    seen
+}
+
 fn transitions(events: &[(Duration, Event)]) -> Vec<(Duration, Transition)> {
     events
         .iter()
@@ -390,7 +408,7 @@ async fn monitor_fall_minus_one_losses_never_take_a_path_down() {
                 }
             }
         };
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded_channel();
         let tracker = HealthTracker::new(2, 3, Some(Health::Up));
         let task = tokio::spawn(monitor(
             Schedule::new(1, 0, SECOND, lead),
@@ -399,13 +417,7 @@ async fn monitor_fall_minus_one_losses_never_take_a_path_down() {
             no_triggers(),
             tx,
         ));
-        let mut seen = Vec::new();
-        while start.elapsed() < 3500 * MS {
-            let event = rx.recv().await.expect("running");
-            seen.push((start.elapsed(), event));
-        }
-        drop(rx);
-        task.await.expect("monitor ends");
+        let seen = events_until(rx, task, start, 3500 * MS).await;
         let got: Vec<_> = transitions(&seen)
             .into_iter()
             .filter(|(_, t)| t.to == Health::Down)
@@ -436,7 +448,7 @@ async fn monitor_a_timed_out_probe_does_not_hold_back_the_next() {
             }
         }
     };
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(monitor(
         Schedule::for_probe(1, 0, SECOND, Some(timeout), 3),
         probe,
@@ -444,13 +456,7 @@ async fn monitor_a_timed_out_probe_does_not_hold_back_the_next() {
         no_triggers(),
         tx,
     ));
-    let mut seen = Vec::new();
-    while start.elapsed() < 3500 * MS {
-        let event = rx.recv().await.expect("running");
-        seen.push((start.elapsed(), event));
-    }
-    drop(rx);
-    task.await.expect("monitor ends");
+    let seen = events_until(rx, task, start, 3500 * MS).await;
     assert!(transitions(&seen).is_empty(), "{seen:?}");
     // The losses were all reported (as they ended: the last two after the answer that came
     // in time), and so were the answers after them.
