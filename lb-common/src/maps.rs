@@ -440,8 +440,13 @@ pub struct VipInfo {
     pub target_port: [u8; 2],
     /// The VIP's rank among its target's VIPs ([`pair_slot`]).
     pub rank: u8,
-    pub _pad: u8,
+    /// `VIP_INFO_F_*`: how the control plane treats the VIP.
+    pub flags: u8,
 }
+
+/// [`VipInfo::flags`]: the VIP's state does not decide its address's announcement
+/// (`announce: false`).
+pub const VIP_INFO_F_NO_ANNOUNCE: u8 = 1 << 0;
 
 /// [`VIPS`]' value.
 #[repr(C)]
@@ -767,7 +772,7 @@ pub const NAME_LEN: usize = 32;
 /// The version of everything pinned: bump it with any change of a map's name, type, key, value
 /// or capacity. A daemon refuses to adopt pinned state of another layout (unless told to
 /// replace it).
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// A fingerprint of the layout: the version, and every map's name with the sizes of the types
 /// it holds. Computed at compile time, so a change that forgets the version still changes it.
@@ -839,9 +844,14 @@ pub struct ControlMeta {
     pub layout: u64,
     /// The running daemon's pid (0: none has run or it stopped cleanly).
     pub daemon_pid: u32,
-    pub _pad: u32,
+    /// The routing table the daemon keeps the servable VIPs' host routes in (`announce.table`;
+    /// with `announce_protocol` 0: none). `lb status` and `lb down` find the routes here.
+    pub announce_table: u32,
     /// When the daemon last (re)applied a configuration, Unix nanoseconds.
     pub applied_ns: u64,
+    /// The route protocol of those routes (`announce.protocol`); 0: the daemon keeps none.
+    pub announce_protocol: u8,
+    pub _pad: [u8; 7],
 }
 
 /// How long the ingress program reuses a path's FIB answer ([`NEXTHOPS`]) before asking the
@@ -1039,7 +1049,7 @@ pub fn decode_name(name: &[u8; NAME_LEN]) -> &str {
 
 const _: () = {
     assert!(size_of::<BenchTemplate>() == 16 + BENCH_FRAME);
-    assert!(size_of::<ControlMeta>() == 24);
+    assert!(size_of::<ControlMeta>() == 32);
     assert!(size_of::<NextHop>() == 40);
     assert!(size_of::<TargetMeta>() == 48);
     assert!(size_of::<PathMeta>() == 56);

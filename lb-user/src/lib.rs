@@ -12,10 +12,13 @@
 //!   `datapath`'s tables);
 //! - [`probe`]: the probes themselves (TCP, HTTP, ICMP), the thread they run on and the
 //!   passive trigger's listener (depends on `config`, `control`);
+//! - [`announce`]: the host routes of the servable VIPs, for a routing daemon to export over
+//!   BGP (depends on `config`);
 //! - [`view`]: what the CLI and the metrics read from the pinned maps; [`metrics`]: the
 //!   Prometheus endpoint (depend on the layers above);
 //! - [`daemon`]: wires everything together; nothing below it reaches back up.
 
+pub mod announce;
 pub mod config;
 pub mod control;
 pub mod daemon;

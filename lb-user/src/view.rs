@@ -39,6 +39,28 @@ pub struct Status {
     pub vips: Vec<VipStatus>,
     /// Filled by [`interfaces`] (it needs the pin directory, not only the maps).
     pub interfaces: Vec<Interface>,
+    /// The VIP addresses' host routes for the routing daemon (`null`: announcements are off).
+    pub announce: Option<Announcements>,
+}
+
+/// Where the daemon keeps the servable VIPs' host routes, and each address's state.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Announcements {
+    pub table: u32,
+    pub protocol: u8,
+    /// Every address with a VIP whose state counts (`announce` not `false`).
+    pub addresses: Vec<AddressAnnouncement>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AddressAnnouncement {
+    pub address: Ipv4Addr,
+    /// The table holds its route: the routing daemon announces it.
+    pub announced: bool,
+    /// Every target of its VIPs has a path for new flows (the rule the daemon follows).
+    pub servable: bool,
+    /// Why it is not announced, or why its state is not what the rule says.
+    pub why: Option<String>,
 }
 
 /// An interface the datapath is attached to, from the pinned links.
@@ -150,6 +172,8 @@ pub struct VipStatus {
     pub target: String,
     /// The port on the VM, when the service translates it.
     pub target_port: Option<u16>,
+    /// The VIP's state decides its address's announcement (`announce` in the configuration).
+    pub announce: bool,
 }
 
 fn rfc3339(t: SystemTime) -> Option<String> {
@@ -274,13 +298,70 @@ pub fn status(pin: &std::path::Path, maps: &Maps) -> anyhow::Result<Status> {
             port: v.service.map(|s| s.port),
             target: v.target.clone(),
             target_port: v.service.and_then(|s| s.target_port),
+            announce: v.announce,
         })
         .collect();
+    let daemon = daemon(pin, maps)?;
+    let meta = maps.meta()?;
+    let announce = match (meta.announce_protocol, meta.announce_table) {
+        (0, _) => None,
+        (protocol, table) => Some(announcements(
+            &model,
+            crate::config::Announce { table, protocol },
+            daemon.running,
+        )?),
+    };
     Ok(Status {
-        daemon: daemon(pin, maps)?,
+        daemon,
         interfaces: Vec::new(),
         targets,
         vips,
+        announce,
+    })
+}
+
+/// The announcement of every counting address: the routes `announce`'s table holds, beside
+/// what the daemon's rule says of each (`crate::control::announce`).
+pub fn announcements(
+    model: &Model,
+    announce: crate::config::Announce,
+    daemon_running: bool,
+) -> anyhow::Result<Announcements> {
+    use anyhow::Context as _;
+    let routes =
+        crate::announce::list_blocking(announce).context("reading the VIPs' host routes")?;
+    let addresses = crate::control::announce::addresses(model, true)
+        .into_iter()
+        .map(|(address, rule)| {
+            let announced = routes.contains(&address);
+            let why = match (&rule, announced) {
+                (Err(w), false) => Some(w.to_string()),
+                (Ok(()), false) if daemon_running => Some(
+                    "servable, but not announced: a client interface lacks the datapath".into(),
+                ),
+                (Ok(()), false) => Some("servable, but no daemon runs to announce it".into()),
+                (Err(w), true) => Some(format!(
+                    "announced although not servable ({w}): {}",
+                    if daemon_running {
+                        "the daemon withdraws it within moments"
+                    } else {
+                        "no daemon runs to withdraw it"
+                    }
+                )),
+                (Ok(()), true) => None,
+            };
+            AddressAnnouncement {
+                address,
+                announced,
+                servable: rule.is_ok(),
+                why,
+            }
+        })
+        .collect();
+    Ok(Announcements {
+        table: announce.table,
+        protocol: announce.protocol,
+        addresses,
     })
 }
 

@@ -5,8 +5,8 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use lb_user::config::{
-    AllDown, Config, ConfigError, HookSetting, Interfaces, Mode, Passive, Path, Probe, ProbeKind,
-    Protocol, Service, Target, Vip, interface_exists,
+    AllDown, Announce, Config, ConfigError, HookSetting, Interfaces, Mode, Passive, Path, Probe,
+    ProbeKind, Protocol, Service, Target, Vip, interface_exists,
 };
 use serde_json::{Value, json};
 
@@ -152,6 +152,7 @@ fn example_parses_into_the_model() {
                 address: Ipv4Addr::new(203, 0, 113, 10),
                 service: None,
                 target: "web-vm".into(),
+                announce: true,
             },
             Vip {
                 address: Ipv4Addr::new(203, 0, 113, 11),
@@ -161,6 +162,7 @@ fn example_parses_into_the_model() {
                     target_port: Some(8443),
                 }),
                 target: "web-vm".into(),
+                announce: true,
             },
         ],
         flow_table_size: Some(1 << 20),
@@ -168,6 +170,7 @@ fn example_parses_into_the_model() {
         icmp_too_big_per_sec: 1000,
         icmp_too_big_burst: 50,
         flows: lb_user::config::Flows::default(),
+        announce: None,
     };
     assert_eq!(config, want);
     assert_eq!(config.target("web-vm"), Some(&want.targets[0]));
@@ -1234,4 +1237,129 @@ fn a_world_writable_file_is_refused() {
     let loaded = Config::load(&path);
     std::fs::remove_file(&path).ok();
     loaded.expect("a file only root's group can write");
+}
+
+// ---- Announcements (`announce`). ----
+
+#[test]
+fn announce_is_off_without_its_section_and_defaults_to_table_200_protocol_250() {
+    let config = accepts(EXAMPLE);
+    assert_eq!(config.announce, None);
+    assert!(
+        config.vips.iter().all(|v| v.announce),
+        "VIPs count by default"
+    );
+    let config = accepts(&edited(|v| v["announce"] = json!({})));
+    assert_eq!(
+        config.announce,
+        Some(Announce {
+            table: 200,
+            protocol: 250
+        })
+    );
+    let config = accepts(&edited(|v| {
+        v["announce"] = json!({ "table": 4_000_000_000u64, "protocol": 99 });
+        v["vips"][1]["announce"] = json!(false);
+    }));
+    assert_eq!(
+        config.announce,
+        Some(Announce {
+            table: 4_000_000_000,
+            protocol: 99
+        })
+    );
+    assert!(config.vips[0].announce && !config.vips[1].announce);
+}
+
+#[test]
+fn announce_refuses_tables_and_protocols_others_own() {
+    for (table, phrase) in [
+        (0u64, "no table"),
+        (253, "default table"),
+        (254, "main table"),
+        (255, "local table"),
+        (1 << 32, "not a routing table number"),
+    ] {
+        rejects_edit(
+            |v| v["announce"] = json!({ "table": table }),
+            "announce.table",
+            phrase,
+        );
+    }
+    for (protocol, phrase) in [
+        (0u64, "the kernel's or `ip route`'s own"),
+        (2, "the kernel's or `ip route`'s own"),
+        (4, "the kernel's or `ip route`'s own"),
+        (11, "FRR's own"),
+        (12, "BIRD's own"),
+        (186, "FRR's own"),
+        (198, "FRR's own"),
+        (256, "not a route protocol number"),
+    ] {
+        rejects_edit(
+            |v| v["announce"] = json!({ "protocol": protocol }),
+            "announce.protocol",
+            phrase,
+        );
+    }
+    rejects_edit(
+        |v| v["announce"] = json!({ "tabel": 200 }),
+        "announce",
+        "unknown field `tabel`",
+    );
+    rejects_edit(
+        |v| v["vips"][0]["announce"] = json!("no"),
+        "vips[0]",
+        "expected a boolean",
+    );
+}
+
+#[test]
+fn announce_warns_of_history_dependent_choices_and_shared_addresses() {
+    assert!(
+        accepts(EXAMPLE).warnings().is_empty(),
+        "no announce section"
+    );
+    let config = accepts(&edited(|v| {
+        v["announce"] = json!({});
+        v["targets"][0]["preempt"] = json!(false);
+    }));
+    let w = config.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("preempt: false") && w[0].contains("web-vm"),
+        "{w:?}"
+    );
+
+    let config = accepts(&edited(|v| {
+        v["announce"] = json!({});
+        push(
+            &mut v["targets"],
+            json!({ "name": "db", "paths": [{ "name": "a", "address": "192.0.2.9" }] }),
+        );
+        push(
+            &mut v["vips"],
+            json!({ "address": "203.0.113.11", "protocol": "udp", "port": 53, "target": "db" }),
+        );
+    }));
+    let w = config.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("203.0.113.11") && w[0].contains("web-vm, db"),
+        "{w:?}"
+    );
+    // Opting the other target's VIP out removes the coupling.
+    let config = accepts(&edited(|v| {
+        v["announce"] = json!({});
+        push(
+            &mut v["targets"],
+            json!({ "name": "db", "paths": [{ "name": "a", "address": "192.0.2.9" }] }),
+        );
+        push(
+            &mut v["vips"],
+            json!({ "address": "203.0.113.11", "protocol": "udp", "port": 53, "target": "db",
+                    "announce": false }),
+        );
+    }));
+    assert!(config.warnings().is_empty());
 }

@@ -15,14 +15,17 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("datapath", &["config"][..]),
         ("control", &["config", "datapath"][..]),
         ("probe", &["config", "control"][..]),
-        ("view", &["config", "control", "datapath"][..]),
+        ("announce", &["config"][..]),
+        ("view", &["config", "control", "datapath", "announce"][..]),
         (
             "metrics",
             &["config", "control", "datapath", "probe", "view"][..],
         ),
         (
             "daemon",
-            &["config", "control", "datapath", "probe", "view", "metrics"][..],
+            &[
+                "config", "control", "datapath", "probe", "announce", "view", "metrics",
+            ][..],
         ),
     ])
 }

@@ -457,7 +457,7 @@ impl Fx {
                 target,
                 target_port: target_port.unwrap_or(0).to_be_bytes(),
                 rank: Self::rank(id),
-                _pad: 0,
+                flags: 0,
             },
         )?;
         self.add_addr(vip, lb_common::maps::ADDR_VIP)

@@ -292,8 +292,11 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.stop();
-        let pin = self.pin.to_string_lossy().to_string();
-        let _ = lb(&["--pin-dir", &pin, "down"]);
+        // In the edge's namespace: `lb down` also withdraws the VIPs' routes there.
+        if self.lb(&["down"]).is_err() {
+            let pin = self.pin.to_string_lossy().to_string();
+            let _ = lb(&["--pin-dir", &pin, "down"]);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

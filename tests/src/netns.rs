@@ -75,6 +75,37 @@ impl Netns {
         .map(drop)
     }
 
+    /// The `/32` destinations of routing table `table` with route protocol `proto` (lb's
+    /// announcements), sorted; an absent table is empty.
+    pub fn host_routes(&self, table: u32, proto: u8) -> anyhow::Result<Vec<std::net::Ipv4Addr>> {
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "-j", "-4", "route", "show", "table"])
+            .arg(table.to_string())
+            .args(["proto", &proto.to_string()])
+            .output()
+            .context("running ip route show")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            // A table that was never made.
+            if err.contains("does not exist") || err.contains("No such file") {
+                return Ok(Vec::new());
+            }
+            anyhow::bail!("ip route show table {table}: {err}");
+        }
+        let routes: Vec<serde_json::Value> = if text.trim().is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_str(&text).with_context(|| format!("parsing {text}"))?
+        };
+        let mut out: Vec<std::net::Ipv4Addr> = routes
+            .iter()
+            .filter_map(|r| r["dst"].as_str()?.parse().ok())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     /// Runs `cmd args` inside the namespace (`ip netns exec`), failing with its stderr.
     pub fn exec(&self, cmd: &str, args: &[&str]) -> anyhow::Result<Output> {
         output(

@@ -1404,6 +1404,129 @@ fn clear_errors_and_nothing_applied() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Polls the edge's host routes of `table` (protocol 250) until they are `want` (bounded by
+/// `within`); how long it took.
+fn wait_routes(
+    topo: &Lab,
+    d: &Daemon,
+    table: u32,
+    want: &[std::net::Ipv4Addr],
+    within: Duration,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    loop {
+        let have = topo.edge.host_routes(table, 250)?;
+        if have == want {
+            return Ok(start.elapsed());
+        }
+        ensure!(
+            start.elapsed() < within,
+            "table {table} holds {have:?}, not {want:?}, after {within:?}:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The `announce` section end to end: a host route for each servable VIP address in the
+/// table (not for an opted-out one, nor before a path has risen); withdrawn when every path of
+/// the target is down, announced again when one is back; a daemon stop and restart leave it in
+/// place (watched with `ip monitor`: never deleted); a reload to another table moves it; `lb
+/// down` removes it. `lb status` says each address's state and why.
+fn announces_servable_vips() -> anyhow::Result<()> {
+    let vips = format!(
+        r#"{WHOLE_VIP}, {{ "address": "{VIP2}", "protocol": "tcp", "port": 80, "target": "web",
+            "target_port": {HTTP}, "announce": false }}"#
+    );
+    let cfg = |table: u32| {
+        config(TCP_PROBE, "", &vips).replacen(
+            '{',
+            &format!(r#"{{ "announce": {{ "table": {table}, "protocol": 250 }},"#),
+            1,
+        )
+    };
+    let (topo, _srv, mut d) = setup(&cfg(200))?;
+    wait_routes(&topo, &d, 200, &[VIP], T)?;
+    let s = d.json(&["status"])?;
+    let a = &s["announce"];
+    ensure!(a["table"] == 200 && a["protocol"] == 250, "{a}");
+    ensure!(
+        a["addresses"]
+            == serde_json::json!([{ "address": "203.0.113.10", "announced": true,
+                                    "servable": true, "why": null }]),
+        "{a}"
+    );
+    ensure!(s["vips"][1]["announce"] == false, "{s}");
+
+    // Both paths down: nothing serves the VIP here, the route goes.
+    topo.fail(1, Failure::Blackhole)?;
+    topo.fail(2, Failure::Blackhole)?;
+    wait_routes(&topo, &d, 200, &[], Duration::from_secs(3))?;
+    let s = d.json(&["status"])?;
+    let addr = &s["announce"]["addresses"][0];
+    ensure!(
+        addr["announced"] == false && addr["why"] == "no usable path for target web",
+        "{addr}"
+    );
+    ensure!(
+        d.log_text().contains("withdrew 203.0.113.10"),
+        "{}",
+        d.log_text()
+    );
+    // One back (after rise): announced again.
+    topo.heal(2, Failure::Blackhole)?;
+    wait_routes(&topo, &d, 200, &[VIP], Duration::from_secs(3))?;
+    topo.heal(1, Failure::Blackhole)?;
+
+    // Stop and restart: the route never leaves the table.
+    let mut monitor = topo
+        .edge
+        .command("ip")
+        .args(["monitor", "route"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("ip monitor route")?;
+    std::thread::sleep(Duration::from_millis(200));
+    // The monitor's own check: a change it must see.
+    topo.edge
+        .ip("route add blackhole 203.0.113.99/32 table 299")?;
+    d.stop()?;
+    ensure!(topo.edge.host_routes(200, 250)? == [VIP], "after the stop");
+    let s = d.json(&["status"])?;
+    ensure!(s["announce"]["addresses"][0]["announced"] == true, "{s}");
+    d.restart(&[])?;
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = monitor.kill();
+    let seen = monitor.wait_with_output()?;
+    let seen = String::from_utf8_lossy(&seen.stdout);
+    ensure!(
+        seen.contains("203.0.113.99"),
+        "ip monitor saw nothing: {seen}"
+    );
+    ensure!(
+        !seen.contains("203.0.113.10"),
+        "the route changed across the restart:\n{seen}\n{}",
+        d.log_text()
+    );
+    ensure!(
+        topo.edge.host_routes(200, 250)? == [VIP],
+        "after the restart"
+    );
+
+    // A reload to another table moves the route.
+    d.write_config(&cfg(201))?;
+    reload_and_wait(&d)?;
+    wait_routes(&topo, &d, 201, &[VIP], T)?;
+    wait_routes(&topo, &d, 200, &[], T)?;
+    ensure!(d.json(&["status"])?["announce"]["table"] == 201);
+
+    // `lb down` withdraws it.
+    let out = d.lb(&["down"])?;
+    ensure!(out.contains("withdrew 203.0.113.10 (table 201)"), "{out}");
+    ensure!(topo.edge.host_routes(201, 250)?.is_empty());
+    Ok(())
+}
+
 fn main() {
     lb_tests::run_suite(
         "daemon",
@@ -1414,6 +1537,7 @@ fn main() {
             ),
             ("dozens_of_paths_at_10ms", dozens_of_paths_at_10ms),
             ("failover_on_blackhole", failover_on_blackhole),
+            ("announces_servable_vips", announces_servable_vips),
             (
                 "probe_types_against_real_listeners",
                 probe_types_against_real_listeners,

@@ -25,6 +25,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     if !skip_interfaces {
         c.check_interfaces(interface_exists)?;
     }
+    for w in c.warnings() {
+        println!("warning: {w}");
+    }
     let paths: usize = c.targets.iter().map(|t| t.paths.len()).sum();
     println!(
         "{}: ok ({} targets, {paths} paths, {} VIPs)",

@@ -7,8 +7,8 @@ use lb_user::datapath::lock::{self, PinLock, Role};
 
 use super::PinArgs;
 
-/// Stop the daemon if it runs, detach the programs and remove the pinned maps. Traffic to the
-/// VIPs is no longer translated afterwards.
+/// Stop the daemon if it runs, withdraw the VIPs' host routes (`announce`), detach the programs
+/// and remove the pinned maps. Traffic to the VIPs is no longer translated afterwards.
 #[derive(clap::Args)]
 pub struct Options {}
 
@@ -41,6 +41,25 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
+    // The routes first: nothing may be announced that nothing serves.
+    let meta = dir.open().ok().and_then(|maps| maps.meta().ok());
+    if let Some(meta) = meta
+        && meta.announce_protocol != 0
+    {
+        let announce = lb_user::config::Announce {
+            table: meta.announce_table,
+            protocol: meta.announce_protocol,
+        };
+        let gone = lb_user::announce::remove_all_blocking(announce).with_context(|| {
+            format!(
+                "withdrawing the VIPs' host routes from table {} (nothing was removed)",
+                announce.table
+            )
+        })?;
+        for vip in gone {
+            println!("withdrew {vip} (table {})", announce.table);
+        }
+    }
     dir.remove()
         .with_context(|| format!("removing {}", pin.pin_dir.display()))?;
     lock.remove();

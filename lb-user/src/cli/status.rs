@@ -100,7 +100,28 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
         let to = v
             .target_port
             .map_or(String::new(), |p| format!(" port {p}"));
-        println!("vip {} {service} → {}{to}", v.address, v.target);
+        let counts = if v.announce { "" } else { " (announce: false)" };
+        println!("vip {} {service} → {}{to}{counts}", v.address, v.target);
+    }
+    match &s.announce {
+        None => println!("\nannouncements: off (no `announce` section)"),
+        Some(a) => {
+            println!(
+                "\nannouncements: host routes in table {} (protocol {})",
+                a.table, a.protocol
+            );
+            for addr in &a.addresses {
+                let state = if addr.announced {
+                    "announced"
+                } else {
+                    "withdrawn"
+                };
+                match &addr.why {
+                    Some(why) => println!("  {:<15} {state:<9} {why}", addr.address),
+                    None => println!("  {:<15} {state}", addr.address),
+                }
+            }
+        }
     }
     Ok(())
 }

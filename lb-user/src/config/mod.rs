@@ -33,7 +33,34 @@ pub struct Config {
     pub icmp_too_big_burst: u32,
     /// Exceptions: how long they live, how fast client packets may pin them.
     pub flows: Flows,
+    /// Where the servable VIPs' host routes go, for a routing daemon to announce (`None`: no
+    /// routes are kept).
+    pub announce: Option<Announce>,
 }
+
+/// The `announce` section: `lb` keeps a host route (`/32`, type blackhole) for each servable VIP
+/// address in routing table `table` with route protocol `protocol`, and a routing daemon (BIRD,
+/// FRR) announces that table over BGP. No rule selects the table, so its routes never forward
+/// anything on this host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Announce {
+    pub table: u32,
+    pub protocol: u8,
+}
+
+impl Default for Announce {
+    fn default() -> Self {
+        Self {
+            table: DEFAULT_ANNOUNCE_TABLE,
+            protocol: DEFAULT_ANNOUNCE_PROTOCOL,
+        }
+    }
+}
+
+/// Within 1–252, which FRR 8's `ip import-table` takes (BIRD takes any table).
+pub const DEFAULT_ANNOUNCE_TABLE: u32 = 200;
+/// Unassigned in the kernel's list (`/etc/iproute2/rt_protos`); neither BIRD's nor FRR's own.
+pub const DEFAULT_ANNOUNCE_PROTOCOL: u8 = 250;
 
 /// The `flows` section: the lifetimes of exceptions (flows that must not follow their target's
 /// current decision) and the budget of pins client packets may make.
@@ -216,6 +243,9 @@ pub struct Vip {
     pub service: Option<Service>,
     /// Name of the target.
     pub target: String,
+    /// Whether the VIP's state decides its address's announcement (`announce: false` in the
+    /// file: it does not; an address none of whose VIPs count is not announced).
+    pub announce: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -284,6 +314,42 @@ impl Config {
         let mut text = String::new();
         file.read_to_string(&mut text).map_err(io)?;
         Config::from_json(&text)
+    }
+
+    /// What is valid but likely not what an operator of several edges wants; `lb check` prints
+    /// these and the daemon logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.announce.is_some() {
+            for t in &self.targets {
+                if t.mode == Mode::Failover && !t.preempt {
+                    out.push(format!(
+                        "target {:?}: with `preempt: false` the active path depends on the order \
+                         in which paths came and went, which edges see differently: edges \
+                         announcing the same VIP may choose different paths, and a connection \
+                         moving between them is reset (`preempt: true` makes the choice \
+                         depend on the path states alone)",
+                        t.name
+                    ));
+                }
+            }
+            let mut targets_of: std::collections::BTreeMap<Ipv4Addr, Vec<&str>> =
+                Default::default();
+            for v in self.vips.iter().filter(|v| v.announce) {
+                let ts = targets_of.entry(v.address).or_default();
+                if !ts.contains(&v.target.as_str()) {
+                    ts.push(&v.target);
+                }
+            }
+            for (address, ts) in targets_of.iter().filter(|(_, ts)| ts.len() > 1) {
+                out.push(format!(
+                    "{address}: its VIPs go to targets {}; one host route covers the address, \
+                     so it is withdrawn when any of them has no usable path",
+                    ts.join(", ")
+                ));
+            }
+        }
+        out
     }
 
     /// The target called `name`.

@@ -14,6 +14,7 @@ pub(crate) struct RawConfig {
     pub(super) icmp_too_big_per_sec: Option<u64>,
     pub(super) icmp_too_big_burst: Option<u64>,
     pub(super) flows: Option<RawFlows>,
+    pub(super) announce: Option<RawAnnounce>,
     #[serde(default)]
     pub(super) targets: Vec<RawTarget>,
     #[serde(default)]
@@ -45,6 +46,13 @@ pub(crate) struct RawFlows {
     pub(super) icmp_idle_s: Option<u64>,
     pub(super) pins_per_sec: Option<u64>,
     pub(super) pins_burst: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an announce object")]
+pub(crate) struct RawAnnounce {
+    pub(super) table: Option<u64>,
+    pub(super) protocol: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -99,6 +107,7 @@ pub(crate) struct RawVip {
     pub(super) port: Option<u16>,
     pub(super) target: String,
     pub(super) target_port: Option<u16>,
+    pub(super) announce: Option<bool>,
 }
 
 #[derive(Clone, Copy, Deserialize)]
@@ -222,6 +231,10 @@ type Misfit = Option<(String, String)>;
 pub(crate) fn locate(root: &Value) -> Misfit {
     root.get("interfaces")
         .and_then(|v| misfit::<RawInterfaces>(v, "interfaces"))
+        .or_else(|| {
+            root.get("announce")
+                .and_then(|v| misfit::<RawAnnounce>(v, "announce"))
+        })
         .or_else(|| each(root.get("targets"), "targets", locate_target))
         .or_else(|| each(root.get("vips"), "vips", misfit::<RawVip>))
         .or_else(|| misfit::<RawConfig>(root, TOP_LEVEL))

@@ -9,11 +9,11 @@ use std::{
 use lb_common::maps::{MAX_PATHS, MAX_TARGETS, MAX_VIPS, MAX_VIPS_PER_TARGET};
 
 use crate::config::{
-    AllDown, Config, ConfigError, DEFAULT_DATAPATH_SUSPECT, Flows, HookSetting, Interfaces,
-    MAX_FLOW_TABLE_SIZE, MAX_IFNAME, MAX_WEIGHT, Mode, Path, Probe, Protocol, Service, Target, Vip,
-    check_name,
+    AllDown, Announce, Config, ConfigError, DEFAULT_DATAPATH_SUSPECT, Flows, HookSetting,
+    Interfaces, MAX_FLOW_TABLE_SIZE, MAX_IFNAME, MAX_WEIGHT, Mode, Path, Probe, Protocol, Service,
+    Target, Vip, check_name,
     probe::check_probe,
-    raw::{RawConfig, RawFlows, RawInterfaces, RawPath, RawTarget, RawVip},
+    raw::{RawAnnounce, RawConfig, RawFlows, RawInterfaces, RawPath, RawTarget, RawVip},
 };
 
 pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -42,10 +42,12 @@ impl Validator {
             icmp_too_big_per_sec,
             icmp_too_big_burst,
             flows,
+            announce,
             targets: raw_targets,
             vips: raw_vips,
         } = raw;
         let flows = check_flows(flows)?;
+        let announce = announce.map(check_announce).transpose()?;
         let icmp_too_big_per_sec = in_range(
             "icmp_too_big_per_sec",
             icmp_too_big_per_sec,
@@ -88,6 +90,7 @@ impl Validator {
             icmp_too_big_per_sec,
             icmp_too_big_burst,
             flows,
+            announce,
         })
     }
 
@@ -304,7 +307,9 @@ impl Validator {
             port,
             target,
             target_port,
+            announce,
         } = raw;
+        let announce = announce.unwrap_or(true);
         let address = unicast(&format!("{at}.address"), &address)?;
         let service = match (protocol, port) {
             (None, None) => {
@@ -357,6 +362,7 @@ impl Validator {
             address,
             service,
             target,
+            announce,
         };
         Ok((vip, found))
     }
@@ -473,6 +479,67 @@ fn in_range(
                 )
             }),
     }
+}
+
+/// The `announce` section; both fields optional. Refuses the tables and route protocols that
+/// others own: a route there would be deleted, overwritten or used for forwarding.
+fn check_announce(raw: RawAnnounce) -> Result<Announce, ConfigError> {
+    let RawAnnounce { table, protocol } = raw;
+    let d = Announce::default();
+    let table = match table {
+        None => d.table,
+        Some(t @ (0 | 253..=255)) => {
+            return Err(invalid(
+                "announce.table",
+                format!(
+                    "{t} is {}: lb needs a table of its own, which no rule selects for forwarding",
+                    match t {
+                        0 => "no table (RT_TABLE_UNSPEC)",
+                        253 => "the kernel's default table",
+                        254 => "the main table",
+                        _ => "the local table",
+                    }
+                ),
+            ));
+        }
+        Some(t) => u32::try_from(t).map_err(|_| {
+            invalid(
+                "announce.table",
+                format!("{t} is not a routing table number (1 to 4294967295)"),
+            )
+        })?,
+    };
+    let protocol = match protocol {
+        None => d.protocol,
+        Some(p @ 0..=4) => {
+            return Err(invalid(
+                "announce.protocol",
+                format!(
+                    "{p} is the kernel's or `ip route`'s own route protocol (0 unspec, 1 redirect, \
+                     2 kernel, 3 boot, 4 static): lb's routes must be told apart from them"
+                ),
+            ));
+        }
+        Some(12) => {
+            return Err(invalid(
+                "announce.protocol",
+                "12 is BIRD's own route protocol: BIRD deletes such routes it did not make",
+            ));
+        }
+        Some(p @ (11 | 186..=198)) => {
+            return Err(invalid(
+                "announce.protocol",
+                format!("{p} is one of FRR's own route protocols: zebra sweeps such routes"),
+            ));
+        }
+        Some(p) => u8::try_from(p).map_err(|_| {
+            invalid(
+                "announce.protocol",
+                format!("{p} is not a route protocol number (5 to 255)"),
+            )
+        })?,
+    };
+    Ok(Announce { table, protocol })
 }
 
 /// The `flows` section; every field optional.

@@ -290,7 +290,13 @@ impl Daemon {
             self.switch_to(next)
         });
         match result {
-            Ok(()) => self.snap.reloads += 1,
+            Ok(()) => {
+                self.snap.reloads += 1;
+                // Where the routes are kept may have changed: `lb status` and `lb down` read it.
+                if let Err(e) = self.write_meta(std::process::id()) {
+                    error!("{e:#}");
+                }
+            }
             Err(e) => {
                 self.snap.reload_failures += 1;
                 error!("reload rejected, the running configuration stays: {e:#}");
@@ -420,6 +426,7 @@ impl Daemon {
     }
 
     pub(super) fn write_meta(&mut self, pid: u32) -> anyhow::Result<()> {
+        let announce = self.model.config.announce;
         let applied_ns = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -428,8 +435,10 @@ impl Daemon {
             .set_meta(ControlMeta {
                 layout: LAYOUT,
                 daemon_pid: pid,
-                _pad: 0,
+                announce_table: announce.map_or(0, |a| a.table),
                 applied_ns,
+                announce_protocol: announce.map_or(0, |a| a.protocol),
+                _pad: [0; 7],
             })
             .context("writing the daemon's pid")?;
         Ok(())

@@ -146,6 +146,7 @@ impl Daemon {
         let _ = self.dp.maps.remove_tx_port(ifindex);
         self.ifindexes.remove(name);
         self.redirects.remove(name);
+        self.announce();
     }
 
     pub(super) fn describe(&self, d: &Decision) -> String {
@@ -373,5 +374,21 @@ impl Daemon {
     pub(super) fn publish(&mut self) {
         self.snap.model = Some(Arc::new(self.model.clone()));
         self.shared.store(Arc::new(self.snap.clone()));
+        self.announce();
+    }
+
+    /// Hands the announcer the addresses this edge can serve now (see
+    /// [`crate::control::announce`]); it acts only on a change.
+    pub(super) fn announce(&mut self) {
+        let clients = &self.model.config.interfaces.clients;
+        let attached = clients.iter().all(|iface| {
+            self.attached
+                .iter()
+                .any(|(role, _, i)| *role == Role::Ingress && i == iface)
+        });
+        self.announcer.want(crate::announce::Wanted {
+            announce: self.model.config.announce,
+            addresses: crate::control::announce::announced(&self.model, attached),
+        });
     }
 }

@@ -98,6 +98,8 @@ struct Daemon {
     sweep_maps: Option<crate::datapath::maps::Maps>,
     /// The epoch of the next probe task started.
     next_epoch: u64,
+    /// Keeps the servable VIPs' host routes (`announce`).
+    announcer: crate::announce::Announcer,
     /// Where the probe tasks run (last: it stops them when the daemon is dropped).
     probe_thread: ProbeThread,
 }
@@ -144,6 +146,11 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         Origin::Adopted => dp.maps.read_tables().context("reading the pinned state")?,
         Origin::Fresh => Tables::default(),
     };
+    // Where an earlier run kept its routes: they move if the configuration says elsewhere.
+    let recorded = match origin {
+        Origin::Adopted => dp.maps.meta().ok().and_then(|m| recorded_announce(&m)),
+        Origin::Fresh => None,
+    };
     let pinned = Model::from_tables(&current, |id| dp.maps.admin_disabled(id).unwrap_or(false));
     let model = Model::new(config, &pinned)
         .ok_or_else(|| anyhow!("the configuration does not fit the maps"))?;
@@ -179,6 +186,8 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
     if let Some(why) = prober.icmp_unavailable() {
         warn!("{why}");
     }
+    let announcer = crate::announce::Announcer::start(recorded)
+        .context("opening a netlink socket for the VIPs' routes")?;
     let mut d = Daemon {
         opts: opts.clone(),
         dp,
@@ -200,6 +209,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         swept: Instant::now(),
         sweep_maps: None,
         next_epoch: 1,
+        announcer,
         probe_thread,
     };
     if let Err(e) = d.switch_to(model) {
@@ -245,7 +255,21 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         task.handle.abort();
     }
     d.flush();
+    let announce = d.model.config.announce;
+    // The routes stay with the datapath: a stopped daemon's edge still forwards.
+    d.announcer.stop();
     if opts.detach_on_exit {
+        // Nothing is announced that nothing serves: routes first, then the datapath.
+        if let Some(a) = announce {
+            let routes = crate::announce::Routes::connect()?;
+            for vip in routes
+                .remove_all(a)
+                .await
+                .context("withdrawing the VIPs (--detach-on-exit)")?
+            {
+                info!("withdrew {vip} (--detach-on-exit)");
+            }
+        }
         pin.remove()
             .context("removing the datapath (--detach-on-exit)")?;
         info!("datapath removed (--detach-on-exit)");
@@ -258,9 +282,20 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
     Ok(())
 }
 
+/// The announcement settings pinned state records (`None`: its daemon kept no routes).
+fn recorded_announce(meta: &lb_common::maps::ControlMeta) -> Option<crate::config::Announce> {
+    (meta.announce_protocol != 0).then_some(crate::config::Announce {
+        table: meta.announce_table,
+        protocol: meta.announce_protocol,
+    })
+}
+
 pub(crate) fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     let config = Config::load(path)?;
     config.check_interfaces(interface_exists)?;
+    for w in config.warnings() {
+        warn!("{}: {w}", path.display());
+    }
     Ok(config)
 }
 

@@ -195,6 +195,7 @@ impl Model {
                 icmp_too_big_per_sec: lb_common::maps::DEFAULT_TOO_BIG_PER_SEC,
                 icmp_too_big_burst: lb_common::maps::DEFAULT_TOO_BIG_BURST,
                 flows: crate::config::Flows::default(),
+                announce: None,
             },
             ids: Ids::default(),
             paths: BTreeMap::new(),

@@ -120,6 +120,7 @@ impl Model {
                 address: info.key.ip(),
                 service,
                 target: decode_name(&target.name).to_string(),
+                announce: info.flags & lb_common::maps::VIP_INFO_F_NO_ANNOUNCE == 0,
             });
         }
         for (id, meta) in &t.path_meta {
@@ -293,7 +294,11 @@ impl Model {
                     target: tid,
                     target_port: target_port.unwrap_or(0).to_be_bytes(),
                     rank,
-                    _pad: 0,
+                    flags: if v.announce {
+                        0
+                    } else {
+                        lb_common::maps::VIP_INFO_F_NO_ANNOUNCE
+                    },
                 },
             );
             for p in &t.paths {

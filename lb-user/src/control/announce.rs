@@ -1,0 +1,188 @@
+//! Which VIP addresses this edge may announce: the rule, pure. The daemon keeps a host route per
+//! announced address (the `announce` module); `lb status` shows the same rule's answer beside the
+//! routes it finds.
+//!
+//! An address is **servable** when the datapath is attached on every client-facing interface
+//! and every VIP on it whose state counts (`announce` not `false`) has a target with a decision
+//! to send new flows somewhere: at least one path up, or `all_down: last-known` keeping the last
+//! one. A route covers an address, not a service: an address whose services belong to several
+//! targets is withdrawn when any of them cannot be served (the upstream then sends it to an
+//! edge that serves them all). An address none of whose VIPs count is never announced.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use crate::control::{model::Model, policy::Decision};
+
+/// Why an address with counting VIPs is not announced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Withdrawn {
+    /// A client-facing interface has no program attached (gone, or not yet attached).
+    NotAttached,
+    /// These targets (of VIPs on the address) have no path to send new flows to.
+    NoUsablePath(Vec<String>),
+}
+
+impl std::fmt::Display for Withdrawn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Withdrawn::NotAttached => {
+                f.write_str("the datapath is not attached on every client interface")
+            }
+            Withdrawn::NoUsablePath(targets) => {
+                let s = if targets.len() == 1 { "" } else { "s" };
+                write!(f, "no usable path for target{s} {}", targets.join(", "))
+            }
+        }
+    }
+}
+
+/// Every address with a VIP whose state counts: `Ok` when it is to be announced, else why not.
+/// `attached`: the datapath is attached on every client-facing interface.
+pub fn addresses(model: &Model, attached: bool) -> BTreeMap<Ipv4Addr, Result<(), Withdrawn>> {
+    let mut out: BTreeMap<Ipv4Addr, Result<(), Withdrawn>> = BTreeMap::new();
+    for vip in model.config.vips.iter().filter(|v| v.announce) {
+        let entry = out.entry(vip.address).or_insert(Ok(()));
+        if !attached {
+            *entry = Err(Withdrawn::NotAttached);
+            continue;
+        }
+        let servable = model
+            .ids
+            .targets
+            .get(&vip.target)
+            .and_then(|id| model.decisions.get(id))
+            .is_some_and(|d| *d != Decision::None);
+        if servable {
+            continue;
+        }
+        match entry {
+            Err(Withdrawn::NotAttached) => {}
+            Err(Withdrawn::NoUsablePath(targets)) => {
+                if !targets.contains(&vip.target) {
+                    targets.push(vip.target.clone());
+                }
+            }
+            Ok(()) => *entry = Err(Withdrawn::NoUsablePath(vec![vip.target.clone()])),
+        }
+    }
+    out
+}
+
+/// The addresses to announce.
+pub fn announced(model: &Model, attached: bool) -> std::collections::BTreeSet<Ipv4Addr> {
+    addresses(model, attached)
+        .into_iter()
+        .filter_map(|(a, r)| r.is_ok().then_some(a))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::Config, control::health::Health};
+
+    const A: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+    const B: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
+    const C: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 12);
+
+    /// Targets `web` (failover, drop), `db` (active/active, last-known); VIPs: A whole → web,
+    /// B tcp/80 → web and udp/53 → db, C → db with `announce: false`.
+    fn model() -> Model {
+        let config = Config::from_json(
+            r#"{
+              "interfaces": { "clients": ["c0"], "paths": ["p0"] },
+              "announce": {},
+              "targets": [
+                { "name": "web", "paths": [
+                    { "name": "n1", "address": "192.0.2.1" },
+                    { "name": "n2", "address": "192.0.2.2" } ] },
+                { "name": "db", "mode": "active-active", "all_down": "last-known", "paths": [
+                    { "name": "n1", "address": "192.0.2.11" },
+                    { "name": "n2", "address": "192.0.2.12" } ] }
+              ],
+              "vips": [
+                { "address": "203.0.113.10", "target": "web" },
+                { "address": "203.0.113.11", "protocol": "tcp", "port": 80, "target": "web" },
+                { "address": "203.0.113.11", "protocol": "udp", "port": 53, "target": "db" },
+                { "address": "203.0.113.12", "target": "db", "announce": false }
+              ]
+            }"#,
+        )
+        .unwrap();
+        Model::new(config, &Model::empty()).unwrap()
+    }
+
+    fn set(m: &mut Model, target: &str, path: &str, health: Health) {
+        let id = m.ids.paths[&(target.to_string(), path.to_string())];
+        m.paths.get_mut(&id).unwrap().health = Some(health);
+        m.decide(target);
+    }
+
+    #[test]
+    fn nothing_is_announced_before_a_path_has_risen() {
+        let m = model();
+        assert!(announced(&m, true).is_empty());
+        assert_eq!(
+            addresses(&m, true)[&B],
+            Err(Withdrawn::NoUsablePath(vec!["web".into(), "db".into()]))
+        );
+    }
+
+    #[test]
+    fn an_address_is_announced_when_every_target_on_it_is_servable() {
+        let mut m = model();
+        set(&mut m, "web", "n2", Health::Up);
+        assert_eq!(announced(&m, true), [A].into());
+        assert_eq!(
+            addresses(&m, true)[&B],
+            Err(Withdrawn::NoUsablePath(vec!["db".into()]))
+        );
+        set(&mut m, "db", "n1", Health::Up);
+        assert_eq!(announced(&m, true), [A, B].into());
+    }
+
+    #[test]
+    fn all_down_withdraws_unless_last_known_keeps_sending() {
+        let mut m = model();
+        set(&mut m, "web", "n1", Health::Up);
+        set(&mut m, "db", "n1", Health::Up);
+        set(&mut m, "web", "n1", Health::Down);
+        set(&mut m, "db", "n1", Health::Down);
+        // web drops (withdrawn, and B with it); db keeps its last ring (last-known).
+        assert!(announced(&m, true).is_empty());
+        assert_eq!(
+            addresses(&m, true)[&A],
+            Err(Withdrawn::NoUsablePath(vec!["web".into()]))
+        );
+        set(&mut m, "web", "n2", Health::Up);
+        assert_eq!(announced(&m, true), [A, B].into());
+    }
+
+    #[test]
+    fn an_opted_out_vip_neither_announces_nor_withdraws() {
+        let mut m = model();
+        set(&mut m, "web", "n1", Health::Up);
+        set(&mut m, "db", "n1", Health::Up);
+        assert!(!addresses(&m, true).contains_key(&C));
+        assert!(!announced(&m, true).contains(&C));
+    }
+
+    #[test]
+    fn nothing_is_announced_while_a_client_interface_lacks_the_datapath() {
+        let mut m = model();
+        set(&mut m, "web", "n1", Health::Up);
+        set(&mut m, "db", "n1", Health::Up);
+        assert!(announced(&m, false).is_empty());
+        assert_eq!(addresses(&m, false)[&A], Err(Withdrawn::NotAttached));
+    }
+
+    #[test]
+    fn a_disabled_path_is_not_servable() {
+        let mut m = model();
+        set(&mut m, "web", "n1", Health::Up);
+        let id = m.ids.paths[&("web".to_string(), "n1".to_string())];
+        m.paths.get_mut(&id).unwrap().disabled = true;
+        m.decide("web");
+        assert!(!announced(&m, true).contains(&A));
+    }
+}
