@@ -337,7 +337,9 @@ pub fn announcements(
             let why = match (&rule, announced) {
                 (Err(w), false) => Some(w.to_string()),
                 (Ok(()), false) if daemon_running => Some(
-                    "servable, but not announced: a client interface lacks the datapath".into(),
+                    "servable, but not announced: a client interface lacks the datapath, or a \
+                     target came back and settles ((rise + 1) × interval)"
+                        .into(),
                 ),
                 (Ok(()), false) => Some("servable, but no daemon runs to announce it".into()),
                 (Err(w), true) => Some(format!(

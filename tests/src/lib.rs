@@ -4,6 +4,7 @@
 //! (`lb_testkit::ci`).
 
 pub mod bench;
+pub mod edges;
 pub mod fixture;
 pub mod lab;
 pub mod lb;

@@ -80,17 +80,44 @@ pub fn udp_stream(
     every: Duration,
     grace: Duration,
 ) -> std::thread::JoinHandle<anyhow::Result<StreamReport>> {
+    let streams = udp_streams(ns, addr, port, 1, count, every, grace);
+    std::thread::spawn(move || {
+        let mut reports = streams
+            .join()
+            .map_err(|_| anyhow::anyhow!("the stream thread panicked"))??;
+        reports.pop().context("one stream")
+    })
+}
+
+/// [`udp_stream`] over `flows` sockets at once (each its own source port: its own flow, which
+/// an ECMP router hashes on its own), from one thread: each sends `count` datagrams, one every
+/// `every`. A report per flow.
+pub fn udp_streams(
+    ns: &Netns,
+    addr: Ipv4Addr,
+    port: u16,
+    flows: usize,
+    count: u64,
+    every: Duration,
+    grace: Duration,
+) -> std::thread::JoinHandle<anyhow::Result<Vec<StreamReport>>> {
     ns.spawn(move || {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
-        s.connect((addr, port))?;
-        s.set_nonblocking(true)?;
-        let mut got = BTreeSet::new();
+        let mut sockets = Vec::with_capacity(flows);
+        for _ in 0..flows {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.connect((addr, port))?;
+            s.set_nonblocking(true)?;
+            sockets.push(s);
+        }
+        let mut got = vec![BTreeSet::new(); flows];
         let mut buf = [0u8; 64];
         let start = Instant::now();
-        let mut drain = |got: &mut BTreeSet<u64>| {
-            while let Ok(n) = s.recv(&mut buf) {
-                if n >= 8 {
-                    got.insert(u64::from_be_bytes(buf[..8].try_into().unwrap_or_default()));
+        let mut drain = |got: &mut [BTreeSet<u64>]| {
+            for (s, got) in sockets.iter().zip(got.iter_mut()) {
+                while let Ok(n) = s.recv(&mut buf) {
+                    if n >= 8 {
+                        got.insert(u64::from_be_bytes(buf[..8].try_into().unwrap_or_default()));
+                    }
                 }
             }
         };
@@ -102,33 +129,144 @@ pub fn udp_stream(
             }
             let mut payload = [0u8; 32];
             payload[..8].copy_from_slice(&seq.to_be_bytes());
-            let _ = s.send(&payload);
+            for s in &sockets {
+                let _ = s.send(&payload);
+            }
         }
         let end = Instant::now() + grace;
-        while Instant::now() < end && (got.len() as u64) < count {
+        while Instant::now() < end && got.iter().any(|g| (g.len() as u64) < count) {
             drain(&mut got);
             std::thread::sleep(Duration::from_millis(1));
         }
-        let lost: Vec<u64> = (0..count).filter(|s| !got.contains(s)).collect();
-        let mut longest = 0u64;
-        let mut run = 0u64;
-        let mut prev = None;
-        for l in &lost {
-            run = if prev.is_some_and(|p: u64| p + 1 == *l) {
-                run + 1
-            } else {
-                1
-            };
-            longest = longest.max(run);
-            prev = Some(*l);
-        }
-        Ok(StreamReport {
-            sent: count,
-            received: got.len() as u64,
-            lost,
-            longest_gap: every * longest as u32,
-        })
+        Ok(got
+            .iter()
+            .map(|got| {
+                let lost: Vec<u64> = (0..count).filter(|s| !got.contains(s)).collect();
+                let mut longest = 0u64;
+                let mut run = 0u64;
+                let mut prev = None;
+                for l in &lost {
+                    run = if prev.is_some_and(|p: u64| p + 1 == *l) {
+                        run + 1
+                    } else {
+                        1
+                    };
+                    longest = longest.max(run);
+                    prev = Some(*l);
+                }
+                StreamReport {
+                    sent: count,
+                    received: got.len() as u64,
+                    lost,
+                    longest_gap: every * longest as u32,
+                }
+            })
+            .collect())
     })
+}
+
+/// Established TCP connections kept busy: each sends 8 bytes and reads the echo back, round
+/// after round, until [`TcpChatter::finish`]. A connection that fails (reset, closed, no echo
+/// within 5 s) is noted and not used again.
+pub struct TcpChatter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<anyhow::Result<ChatterReport>>,
+}
+
+/// What [`TcpChatter`] saw.
+#[derive(Clone, Debug)]
+pub struct ChatterReport {
+    pub connections: usize,
+    /// Rounds in which every live connection echoed.
+    pub rounds: u64,
+    /// The connections that failed: index, and how.
+    pub failed: Vec<(usize, String)>,
+}
+
+impl TcpChatter {
+    /// Opens `n` connections from `ns` to `addrs` (round robin) and starts the rounds, one
+    /// every `every`. Fails if a connection cannot be opened.
+    pub fn start(
+        ns: &Netns,
+        addrs: Vec<SocketAddr>,
+        n: usize,
+        every: Duration,
+    ) -> anyhow::Result<TcpChatter> {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let thread = ns.spawn(move || {
+            let mut conns = Vec::with_capacity(n);
+            for i in 0..n {
+                let to = addrs[i % addrs.len()];
+                let c = TcpStream::connect_timeout(&to, Duration::from_secs(3));
+                let c = match c {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("connection {i} to {to}: {e}")));
+                        return Err(anyhow::anyhow!("connection {i} to {to}: {e}"));
+                    }
+                };
+                c.set_read_timeout(Some(Duration::from_secs(5)))?;
+                c.set_nodelay(true)?;
+                conns.push(Some(c));
+            }
+            let _ = ready_tx.send(Ok(()));
+            let mut failed = Vec::new();
+            let mut rounds = 0u64;
+            // Bounded: the caller stops it; two minutes at most regardless.
+            let end = Instant::now() + Duration::from_secs(120);
+            loop {
+                let last = flag.load(Ordering::Relaxed) || Instant::now() > end;
+                let mut all = true;
+                for (i, slot) in conns.iter_mut().enumerate() {
+                    let Some(c) = slot else { continue };
+                    let msg = (rounds * n as u64 + i as u64).to_be_bytes();
+                    let mut back = [0u8; 8];
+                    let r = c.write_all(&msg).and_then(|()| c.read_exact(&mut back));
+                    let why = match r {
+                        Ok(()) if back == msg => None,
+                        Ok(()) => Some(format!("echo {back:?} for {msg:?}")),
+                        Err(e) => Some(format!("{:?}: {e}", e.kind())),
+                    };
+                    if let Some(why) = why {
+                        failed.push((i, why));
+                        *slot = None;
+                        all = false;
+                    }
+                }
+                if all {
+                    rounds += 1;
+                }
+                if last {
+                    break;
+                }
+                std::thread::sleep(every);
+            }
+            Ok(ChatterReport {
+                connections: n,
+                rounds,
+                failed,
+            })
+        });
+        match ready_rx.recv_timeout(Duration::from_secs(10) + Duration::from_secs(3) * n as u32) {
+            Ok(Ok(())) => Ok(TcpChatter { stop, thread }),
+            Ok(Err(e)) => Err(anyhow::anyhow!(e)),
+            Err(_) => Err(anyhow::anyhow!("the connections did not open")),
+        }
+    }
+
+    /// Stops the rounds after one more; the report.
+    pub fn finish(self) -> anyhow::Result<ChatterReport> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the chatter thread panicked"))?
+    }
 }
 
 /// Sends one datagram per socket (each socket a flow, see [`udp_sockets`]) to `addr:port`, and

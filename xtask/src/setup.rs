@@ -29,6 +29,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "curl",
     "iperf3",
     "tcpdump",
+    // The routing daemon of the multi-edge lab and tests (BGP, BFD, ECMP upstream).
+    "bird2",
 ];
 
 // ---- The toolchains the build needs: this is the one place that names them. ----

@@ -58,7 +58,7 @@ pub fn run(opts: Options) -> Result<()> {
 
 /// The privileged tiers: the `tests` crate's test binaries (`tests/Cargo.toml`), each its own
 /// tier; every other test binary (unit tests, `lb-user/tests`, doc-tests) is the host tier.
-const PRIVILEGED_TIERS: &[&str] = &["fixtures", "robustness", "daemon", "lab"];
+const PRIVILEGED_TIERS: &[&str] = &["fixtures", "robustness", "daemon", "lab", "edges"];
 const HOST_TIER: &str = "host";
 
 /// The tier of a test binary from cargo's `Running tests/fixtures.rs (target/…)` line.

@@ -20,18 +20,23 @@ pub enum Withdrawn {
     NotAttached,
     /// These targets (of VIPs on the address) have no path to send new flows to.
     NoUsablePath(Vec<String>),
+    /// These targets have just come back from having no usable path and settle first
+    /// (`Model::settle`).
+    Settling(Vec<String>),
 }
 
 impl std::fmt::Display for Withdrawn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |f: &mut std::fmt::Formatter<'_>, what: &str, targets: &[String]| {
+            let s = if targets.len() == 1 { "" } else { "s" };
+            write!(f, "{what} target{s} {}", targets.join(", "))
+        };
         match self {
             Withdrawn::NotAttached => {
                 f.write_str("the datapath is not attached on every client interface")
             }
-            Withdrawn::NoUsablePath(targets) => {
-                let s = if targets.len() == 1 { "" } else { "s" };
-                write!(f, "no usable path for target{s} {}", targets.join(", "))
-            }
+            Withdrawn::NoUsablePath(targets) => list(f, "no usable path for", targets),
+            Withdrawn::Settling(targets) => list(f, "settling after coming back:", targets),
         }
     }
 }
@@ -46,23 +51,33 @@ pub fn addresses(model: &Model, attached: bool) -> BTreeMap<Ipv4Addr, Result<(),
             *entry = Err(Withdrawn::NotAttached);
             continue;
         }
-        let servable = model
-            .ids
-            .targets
-            .get(&vip.target)
+        let tid = model.ids.targets.get(&vip.target);
+        let usable = tid
             .and_then(|id| model.decisions.get(id))
             .is_some_and(|d| *d != Decision::None);
-        if servable {
+        let settling = tid.is_some_and(|id| model.settling.contains_key(id));
+        let target = vip.target.clone();
+        if usable && !settling {
             continue;
         }
         match entry {
             Err(Withdrawn::NotAttached) => {}
-            Err(Withdrawn::NoUsablePath(targets)) => {
-                if !targets.contains(&vip.target) {
-                    targets.push(vip.target.clone());
+            Err(Withdrawn::NoUsablePath(ts)) => {
+                if !usable && !ts.contains(&target) {
+                    ts.push(target);
                 }
             }
-            Ok(()) => *entry = Err(Withdrawn::NoUsablePath(vec![vip.target.clone()])),
+            Err(Withdrawn::Settling(ts)) if usable => {
+                if !ts.contains(&target) {
+                    ts.push(target);
+                }
+            }
+            Err(Withdrawn::Settling(_)) | Ok(()) if !usable => {
+                *entry = Err(Withdrawn::NoUsablePath(vec![target]));
+            }
+            Err(Withdrawn::Settling(_)) | Ok(()) => {
+                *entry = Err(Withdrawn::Settling(vec![target]));
+            }
         }
     }
     out
@@ -78,6 +93,8 @@ pub fn announced(model: &Model, attached: bool) -> std::collections::BTreeSet<Ip
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, SystemTime};
+
     use super::*;
     use crate::{config::Config, control::health::Health};
 
@@ -112,10 +129,70 @@ mod tests {
         Model::new(config, &Model::empty()).unwrap()
     }
 
+    /// Path `target`/`path` goes `health`, and whatever settles has settled.
     fn set(m: &mut Model, target: &str, path: &str, health: Health) {
+        set_only(m, target, path, health);
+        m.settle(SystemTime::now() + Duration::from_secs(3600));
+    }
+
+    fn set_only(m: &mut Model, target: &str, path: &str, health: Health) {
         let id = m.ids.paths[&(target.to_string(), path.to_string())];
         m.paths.get_mut(&id).unwrap().health = Some(health);
         m.decide(target);
+    }
+
+    /// An edge whose paths come back one after the other (its links up again) announces only
+    /// once its decision has settled, and then without the transition the order of their rise
+    /// made: a connection moving here from another edge follows the decision every edge makes.
+    #[test]
+    fn a_target_coming_back_settles_before_it_is_announced() {
+        let mut m = model();
+        let web = m.ids.targets["web"];
+        // Probes every second, rise 2 (the defaults): (rise + 1) × interval.
+        assert_eq!(m.settle_time(web), Duration::from_secs(3));
+        let t0 = SystemTime::now();
+        set_only(&mut m, "web", "n2", Health::Up);
+        assert!(m.settling.contains_key(&web));
+        assert_eq!(
+            addresses(&m, true)[&A],
+            Err(Withdrawn::Settling(vec!["web".into()]))
+        );
+        // n1, preferred, rises next: a failback, with n2 as the previous decision.
+        set_only(&mut m, "web", "n1", Health::Up);
+        assert!(m.transitions.contains_key(&web));
+        assert_eq!(
+            m.settle(t0 + Duration::from_millis(2900)),
+            Vec::<u32>::new()
+        );
+        assert!(!announced(&m, true).contains(&A));
+        assert_eq!(m.settle(t0 + Duration::from_secs(4)), vec![web]);
+        assert!(!m.transitions.contains_key(&web), "dropped when settled");
+        assert_eq!(announced(&m, true), [A].into());
+        // B waits for db too; a settling target never hides one with no path.
+        assert_eq!(
+            addresses(&m, true)[&B],
+            Err(Withdrawn::NoUsablePath(vec!["db".into()]))
+        );
+        set_only(&mut m, "db", "n1", Health::Up);
+        assert_eq!(
+            addresses(&m, true)[&B],
+            Err(Withdrawn::Settling(vec!["db".into()]))
+        );
+        // A change between usable paths of an announced target settles nothing.
+        set_only(&mut m, "web", "n1", Health::Down);
+        assert!(!m.settling.contains_key(&web));
+        assert!(announced(&m, true).contains(&A));
+    }
+
+    #[test]
+    fn without_announcements_nothing_settles() {
+        let mut m = model();
+        m.config.announce = None;
+        set_only(&mut m, "web", "n2", Health::Up);
+        set_only(&mut m, "web", "n1", Health::Up);
+        assert!(m.settling.is_empty());
+        let web = m.ids.targets["web"];
+        assert!(m.transitions.contains_key(&web), "the transition stays");
     }
 
     #[test]

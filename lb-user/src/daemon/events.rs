@@ -377,6 +377,38 @@ impl Daemon {
         self.announce();
     }
 
+    /// Ends the settling of the targets that came back (see `Model::settle`): their addresses
+    /// are announced, and a transition their paths' order of rising made is dropped.
+    pub(super) fn settle(&mut self) {
+        if self.model.settling.is_empty() {
+            return;
+        }
+        let before: Vec<u32> = self.model.settling.keys().copied().collect();
+        let dropped = self.model.settle(SystemTime::now());
+        if !dropped.is_empty() {
+            let desired = self.model.tables();
+            if let Err(e) = self.write_tables(desired) {
+                error!(
+                    "writing the maps after a target settled: {e:#}; retrying at the next flush"
+                );
+                self.dirty = true;
+            }
+        }
+        for tid in before
+            .iter()
+            .filter(|t| !self.model.settling.contains_key(t))
+        {
+            let name = self.model.target_name(*tid).unwrap_or("?").to_string();
+            let transition = if dropped.contains(tid) {
+                " (the transition of its paths' rising dropped: no client came here under it)"
+            } else {
+                ""
+            };
+            info!("{name}: settled after coming back; its VIPs may be announced{transition}");
+        }
+        self.publish();
+    }
+
     /// Hands the announcer the addresses this edge can serve now (see
     /// [`crate::control::announce`]); it acts only on a change.
     pub(super) fn announce(&mut self) {

@@ -114,6 +114,9 @@ pub(crate) type Sweep = tokio::task::JoinHandle<(
     Duration,
 )>;
 
+/// How often the daemon checks whether a target that came back has settled.
+const SETTLE_CHECK: Duration = Duration::from_millis(50);
+
 /// How often the exception tables are swept (expiry, and the targets that have none left).
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -228,6 +231,8 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
     }
 
     let mut flush = tokio::time::interval(Duration::from_secs(1));
+    // Targets that came back settle in a few probe intervals: checked at a finer grain.
+    let mut settle = tokio::time::interval(SETTLE_CHECK);
     let mut sweeping: Option<Sweep> = None;
     tokio::pin!(shutdown);
     loop {
@@ -236,6 +241,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
             Some(link) = links.recv() => d.on_link(link),
             _ = hup.recv() => d.reload(),
             _ = usr1.recv() => d.refresh_admin(),
+            _ = settle.tick() => d.settle(),
             _ = flush.tick() => {
                 d.flush();
                 if sweeping.is_none() && d.swept.elapsed() >= SWEEP_EVERY {

@@ -101,6 +101,9 @@ pub struct Model {
     pub decisions: BTreeMap<u32, Decision>,
     /// By target id: the transition in force, if any.
     pub transitions: BTreeMap<u32, Transition>,
+    /// By target id: when a target with announcements on went from no usable path to one; its
+    /// addresses wait [`Model::settle_time`] before they are announced (see [`Model::settle`]).
+    pub settling: BTreeMap<u32, SystemTime>,
     /// By target id: the half of its ring tables the current ring is in.
     pub ring_half: BTreeMap<u32, u8>,
     /// By target id: [`TargetValue::exc_clear`], as the last exception sweep left it.
@@ -171,6 +174,7 @@ impl Model {
             paths,
             decisions,
             transitions: keep(&previous.transitions, &kept),
+            settling: keep(&previous.settling, &kept),
             ring_half: keep(&previous.ring_half, &kept),
             exc_clear: keep(&previous.exc_clear, &kept),
             pinned_addresses: BTreeMap::new(),
@@ -201,6 +205,7 @@ impl Model {
             paths: BTreeMap::new(),
             decisions: BTreeMap::new(),
             transitions: BTreeMap::new(),
+            settling: BTreeMap::new(),
             ring_half: BTreeMap::new(),
             exc_clear: BTreeMap::new(),
             pinned_addresses: BTreeMap::new(),
@@ -249,6 +254,16 @@ impl Model {
         if next == previous {
             return None;
         }
+        // Announced, a target that comes back from no usable path settles first (`settle`).
+        match (&previous, &next) {
+            (Decision::None, _) if self.config.announce.is_some() => {
+                self.settling.insert(id, SystemTime::now());
+            }
+            (_, Decision::None) => {
+                self.settling.remove(&id);
+            }
+            _ => {}
+        }
         // The decision in force becomes the previous one when some of its flows may still be
         // on a usable path: a ring (the datapath checks each path), or a single path that is up
         // and not disabled. Otherwise no connection could be kept: no transition.
@@ -277,6 +292,50 @@ impl Model {
         }
         self.decisions.insert(id, next);
         Some(id)
+    }
+
+    /// How long a target that came back from no usable path settles before its addresses are
+    /// announced: `(rise + 1) × interval` of its slowest path, so that paths recovering
+    /// together (an edge's links coming back) have all risen and its decision is the one
+    /// every edge makes.
+    pub fn settle_time(&self, tid: u32) -> Duration {
+        let Some(t) = self
+            .target_name(tid)
+            .and_then(|name| self.config.target(name))
+        else {
+            return Duration::ZERO;
+        };
+        t.paths
+            .iter()
+            .map(|p| p.probe.interval * (p.probe.rise + 1))
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Ends the settling of the targets that have settled by `now`: their addresses may be
+    /// announced. A transition that began while a target settled is dropped: no client
+    /// reached this edge under its previous decision (the address was not announced), and a
+    /// connection that moves here from another edge must follow the decision every edge
+    /// makes, not this edge's history. Returns the targets whose transition was dropped (their
+    /// entries change).
+    pub fn settle(&mut self, now: SystemTime) -> Vec<u32> {
+        let settled: Vec<u32> = self
+            .settling
+            .iter()
+            .filter(|(tid, since)| {
+                now.duration_since(**since)
+                    .is_ok_and(|d| d >= self.settle_time(**tid))
+            })
+            .map(|(tid, _)| *tid)
+            .collect();
+        let mut changed = Vec::new();
+        for tid in settled {
+            self.settling.remove(&tid);
+            if self.transitions.remove(&tid).is_some() {
+                changed.push(tid);
+            }
+        }
+        changed
     }
 
     /// Ends the transitions that began more than `hold` before `now`: a connection idle since

@@ -1,0 +1,555 @@
+//! The scale-out topology: two edges running `lb` with the same configuration and BIRD, an
+//! upstream router spreading flows over them by ECMP, the two path routers and the VM, in
+//! network namespaces; the edge failures it can inject. Used by `cargo xtask lab scale-out`
+//! (the `lb-lab` driver), the end-to-end tests (`tests/tests/edges.rs`) and the bench.
+//! Documentation ranges only; veths as a user builds them (no ethtool anywhere).
+//!
+//! ```text
+//!                               198.51.100.128/30   198.51.100.64/28         192.0.2.64/26
+//!                              ┌ u1 .129 ── .130 up0 edge1 p1 .65 ── .66 e1 nn1 down0 .65 ── .70 eth0 ┐
+//!  client ── u0 .1 upstream ───┤                        p2 .69 ── .70 e1 nn2                           ├ vm
+//!  .10 c0   198.51.100.0/26    └ u2 .133 ── .134 up0 edge2 p1 .73 ── .74 e2 nn1                        │ (.71 on eth0,
+//!                               198.51.100.132/30       p2 .77 ── .78 e2 nn2 down0 .97 ── .100 eth1 ┘  .101 on eth1)
+//!                                                                             192.0.2.96/27
+//! ```
+//!
+//! Routing is BGP with BFD everywhere, BIRD in every router, from the configurations in
+//! `examples/bird/` (edge 1's, the upstream's and nn1's as they are; edge 2's and nn2's by
+//! their addresses):
+//! - each edge's `lb` keeps a host route per servable VIP in table 200; its BIRD announces them
+//!   to the upstream, which merges the equal routes into one ECMP route (L4 hash);
+//! - the upstream passes the clients' prefix to the edges, and each edge passes it on to both
+//!   path routers, which send the VM's replies back over the edges by ECMP too. An edge that
+//!   loses its uplink loses that prefix and stops attracting replies.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::netns::{Netns, unique, veth};
+
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// The failover target `web` behind [`VIP`]: the VM's addresses on nn1 and nn2.
+pub const NN1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 70);
+pub const NN2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+/// The active/active target `spread` behind [`VIP_SPREAD`]: the VM's second addresses.
+pub const NN1_SPREAD: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 71);
+pub const NN2_SPREAD: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
+pub const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const VIP_SPREAD: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+/// The table and protocol of `lb`'s routes (its defaults, which the BIRD configurations name).
+pub const TABLE: u32 = 200;
+pub const PROTOCOL: u8 = 250;
+/// BFD's detection time in the BIRD configurations: interval 100 ms × multiplier 3.
+pub const BFD_DETECTION: Duration = Duration::from_millis(300);
+
+/// Each edge's address toward the upstream, and the upstream's toward it.
+const UPLINKS: [(Ipv4Addr, Ipv4Addr); 2] = [
+    (
+        Ipv4Addr::new(198, 51, 100, 130),
+        Ipv4Addr::new(198, 51, 100, 129),
+    ),
+    (
+        Ipv4Addr::new(198, 51, 100, 134),
+        Ipv4Addr::new(198, 51, 100, 133),
+    ),
+];
+/// Per edge, per path router: (the edge's address, the router's address) on their /30.
+const PATH_LINKS: [[(&str, &str); 2]; 2] = [
+    [
+        ("198.51.100.65", "198.51.100.66"),
+        ("198.51.100.69", "198.51.100.70"),
+    ],
+    [
+        ("198.51.100.73", "198.51.100.74"),
+        ("198.51.100.77", "198.51.100.78"),
+    ],
+];
+/// The VM's networks behind nn1 and nn2.
+const VM_NETS: [&str; 2] = ["192.0.2.64/26", "192.0.2.96/27"];
+const CLIENT_NET: &str = "198.51.100.0/26";
+
+/// The edge's interfaces, the same on both (one configuration serves both).
+pub const EDGE_UPLINK: &str = "up0";
+pub const EDGE_PATHS: [&str; 2] = ["p1", "p2"];
+
+/// Ways an edge fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EdgeFailure {
+    /// Its link toward the upstream goes down; it still reaches the paths.
+    Uplink,
+    /// The host dies: every link of its namespace goes down.
+    Host,
+}
+
+impl EdgeFailure {
+    pub const ALL: [EdgeFailure; 2] = [EdgeFailure::Uplink, EdgeFailure::Host];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EdgeFailure::Uplink => "uplink",
+            EdgeFailure::Host => "host",
+        }
+    }
+
+    fn links(self) -> &'static [&'static str] {
+        match self {
+            EdgeFailure::Uplink => &[EDGE_UPLINK],
+            EdgeFailure::Host => &[EDGE_UPLINK, EDGE_PATHS[0], EDGE_PATHS[1]],
+        }
+    }
+}
+
+/// A BIRD instance in a namespace, stopped on drop.
+pub struct Bird {
+    child: Child,
+    pub ctl: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Bird {
+    /// Starts `bird -f` in `ns` with `config` (written to `dir`).
+    pub fn start(ns: &Netns, dir: &Path, config: &str) -> anyhow::Result<Bird> {
+        std::fs::create_dir_all(dir)?;
+        let conf = dir.join("bird.conf");
+        std::fs::write(&conf, config)?;
+        let ctl = dir.join("bird.ctl");
+        let log = dir.join("bird.log");
+        let out = std::fs::File::create(&log)?;
+        let child = ns
+            .command("bird")
+            .arg("-f")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-s")
+            .arg(&ctl)
+            .arg("-P")
+            .arg(dir.join("bird.pid"))
+            .stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .context("starting bird (`cargo xtask setup` installs bird2)")?;
+        Ok(Bird { child, ctl, log })
+    }
+
+    /// `birdc show protocols`, for failure reports.
+    pub fn protocols(&self) -> String {
+        Command::new("birdc")
+            .arg("-s")
+            .arg(&self.ctl)
+            .args(["show", "protocols"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("birdc: {e}"))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Bird {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The topology. Fields drop in order: the routing daemons before the namespaces.
+pub struct Edges {
+    birds: Vec<(String, Bird)>,
+    pub client: Netns,
+    pub upstream: Netns,
+    /// Edge 1 and edge 2.
+    pub edges: [Netns; 2],
+    /// nn1 and nn2.
+    pub routers: [Netns; 2],
+    pub vm: Netns,
+    dir: PathBuf,
+    keep_dir: bool,
+}
+
+impl Edges {
+    /// Namespaces with unique names (tests run side by side), BIRD started everywhere.
+    pub fn new() -> anyhow::Result<Edges> {
+        Self::named(|role| unique(&role[..1]))
+    }
+
+    /// Namespaces `<prefix>-client`, `<prefix>-upstream`, `<prefix>-edge1`, ... (the lab).
+    pub fn with_prefix(prefix: &str) -> anyhow::Result<Edges> {
+        Self::named(|role| format!("{prefix}-{role}"))
+    }
+
+    fn named(name: impl Fn(&str) -> String) -> anyhow::Result<Edges> {
+        let client = Netns::new(&name("client"))?;
+        let dir = std::env::temp_dir().join(format!("{}-bgp", client.name()));
+        let e = Edges {
+            birds: Vec::new(),
+            upstream: Netns::new(&name("upstream"))?,
+            edges: [Netns::new(&name("edge1"))?, Netns::new(&name("edge2"))?],
+            routers: [Netns::new(&name("nn1"))?, Netns::new(&name("nn2"))?],
+            vm: Netns::new(&name("vm"))?,
+            client,
+            dir,
+            keep_dir: false,
+        };
+        e.wire()?;
+        let mut e = e;
+        e.start_birds()?;
+        Ok(e)
+    }
+
+    fn wire(&self) -> anyhow::Result<()> {
+        let Self {
+            client,
+            upstream,
+            edges,
+            routers,
+            vm,
+            ..
+        } = self;
+        veth(upstream, "u0", client, "c0")?;
+        client.ip("addr add 198.51.100.10/26 dev c0")?;
+        client.ip("route add 203.0.113.0/24 via 198.51.100.1")?;
+        upstream.ip("addr add 198.51.100.1/26 dev u0")?;
+        for (i, edge) in edges.iter().enumerate() {
+            let (mine, theirs) = UPLINKS[i];
+            veth(upstream, &format!("u{}", i + 1), edge, EDGE_UPLINK)?;
+            upstream.ip(&format!("addr add {theirs}/30 dev u{}", i + 1))?;
+            edge.ip(&format!("addr add {mine}/30 dev {EDGE_UPLINK}"))?;
+            for (j, router) in routers.iter().enumerate() {
+                let (e_addr, r_addr) = PATH_LINKS[i][j];
+                veth(edge, EDGE_PATHS[j], router, &format!("e{}", i + 1))?;
+                router.ip(&format!("addr add {r_addr}/30 dev e{}", i + 1))?;
+                edge.ip(&format!("addr add {e_addr}/30 dev {}", EDGE_PATHS[j]))?;
+            }
+            self.edge_routes(i + 1)?;
+        }
+        for (j, router) in routers.iter().enumerate() {
+            veth(router, "down0", vm, &format!("eth{j}"))?;
+        }
+        routers[0].ip("addr add 192.0.2.65/26 dev down0")?;
+        routers[1].ip("addr add 192.0.2.97/27 dev down0")?;
+        vm.ip("addr add 192.0.2.70/26 dev eth0")?;
+        vm.ip("addr add 192.0.2.71/26 dev eth0")?;
+        vm.ip("addr add 192.0.2.100/27 dev eth1")?;
+        vm.ip("addr add 192.0.2.101/27 dev eth1")?;
+        // A reply leaves by the interface its request came in on.
+        for (from, table) in [
+            ("192.0.2.70", 101),
+            ("192.0.2.71", 101),
+            ("192.0.2.100", 102),
+            ("192.0.2.101", 102),
+        ] {
+            vm.ip(&format!("rule add from {from} lookup {table}"))?;
+        }
+        vm.ip("route add default via 192.0.2.65 dev eth0 table 101")?;
+        vm.ip("route add default via 192.0.2.97 dev eth1 table 102")?;
+        for key in ["all", "default", "eth0", "eth1"] {
+            vm.exec(
+                "sysctl",
+                &["-qw", &format!("net.ipv4.conf.{key}.rp_filter=0")],
+            )?;
+        }
+        for ns in [upstream, &edges[0], &edges[1], &routers[0], &routers[1]] {
+            ns.exec("sysctl", &["-qw", "net.ipv4.conf.all.forwarding=1"])?;
+        }
+        // ECMP by the 5-tuple, so the flows of one client spread.
+        for ns in [upstream, &routers[0], &routers[1]] {
+            ns.exec("sysctl", &["-qw", "net.ipv4.fib_multipath_hash_policy=1"])?;
+        }
+        Ok(())
+    }
+
+    /// Edge `n`'s static routes: the VM's networks through the path routers, the clients
+    /// through the upstream. (A link that goes down takes its routes with it.)
+    fn edge_routes(&self, n: usize) -> anyhow::Result<()> {
+        let edge = &self.edges[n - 1];
+        for j in 0..2 {
+            let (_, r_addr) = PATH_LINKS[n - 1][j];
+            edge.ip(&format!("route replace {} via {r_addr}", VM_NETS[j]))?;
+        }
+        edge.ip(&format!(
+            "route replace {CLIENT_NET} via {}",
+            UPLINKS[n - 1].1
+        ))
+    }
+
+    fn start_birds(&mut self) -> anyhow::Result<()> {
+        let routers: Vec<(String, &Netns, String)> = vec![
+            ("upstream".into(), &self.upstream, upstream_bird()),
+            ("edge1".into(), &self.edges[0], edge_bird(1)),
+            ("edge2".into(), &self.edges[1], edge_bird(2)),
+            ("nn1".into(), &self.routers[0], path_router_bird(1)),
+            ("nn2".into(), &self.routers[1], path_router_bird(2)),
+        ];
+        let mut birds = Vec::new();
+        for (name, ns, config) in routers {
+            birds.push((
+                name.clone(),
+                Bird::start(ns, &self.dir.join(&name), &config)?,
+            ));
+        }
+        self.birds = birds;
+        Ok(())
+    }
+
+    /// Keeps the namespaces and BIRD's files after the guard drops (`lab up`); the BIRD
+    /// processes are left running.
+    pub fn keep(&mut self) {
+        let [e1, e2] = &mut self.edges;
+        let [n1, n2] = &mut self.routers;
+        for ns in [
+            &mut self.client,
+            &mut self.upstream,
+            e1,
+            e2,
+            n1,
+            n2,
+            &mut self.vm,
+        ] {
+            ns.keep();
+        }
+        self.keep_dir = true;
+        for (_, b) in std::mem::take(&mut self.birds) {
+            std::mem::forget(b);
+        }
+    }
+
+    /// Every router's BGP sessions and the last lines of its log, for a failure's report.
+    pub fn routing_report(&self) -> String {
+        let mut out = String::new();
+        for (name, b) in &self.birds {
+            let log = b.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            out.push_str(&format!(
+                "--- {name}\n{}\n{}\n",
+                b.protocols(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
+        }
+        out
+    }
+
+    /// The next hops of the upstream's route to `vip` (the edges its flows spread over).
+    pub fn nexthops(&self, vip: Ipv4Addr) -> anyhow::Result<Vec<Ipv4Addr>> {
+        let out = self
+            .upstream
+            .command("ip")
+            .args(["-j", "-4", "route", "show"])
+            .arg(format!("{vip}/32"))
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let routes: Vec<serde_json::Value> = if text.trim().is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_str(&text).with_context(|| format!("parsing {text}"))?
+        };
+        let mut hops: Vec<Ipv4Addr> = Vec::new();
+        for r in &routes {
+            let one = r["gateway"].as_str().into_iter();
+            let many = r["nexthops"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|h| h["gateway"].as_str());
+            hops.extend(one.chain(many).filter_map(|g| g.parse::<Ipv4Addr>().ok()));
+        }
+        hops.sort();
+        Ok(hops)
+    }
+
+    /// The upstream's address of edge `n` (its next hop toward that edge).
+    pub fn edge_address(n: usize) -> Ipv4Addr {
+        UPLINKS[n - 1].0
+    }
+
+    /// Waits (bounded) until the upstream's route to `vip` goes through exactly the edges
+    /// `edges` (1-based); how long it took.
+    pub fn wait_edges(
+        &self,
+        vip: Ipv4Addr,
+        edges: &[usize],
+        within: Duration,
+    ) -> anyhow::Result<Duration> {
+        let want: Vec<Ipv4Addr> = edges.iter().map(|n| Self::edge_address(*n)).collect();
+        let start = Instant::now();
+        loop {
+            let have = self.nexthops(vip)?;
+            if have == want {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > within {
+                bail!(
+                    "the upstream routes {vip} via {have:?}, not {want:?} (edges {edges:?}), \
+                     after {within:?}\n{}",
+                    self.routing_report()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Injects `failure` on edge `n` (1 or 2).
+    pub fn fail(&self, n: usize, failure: EdgeFailure) -> anyhow::Result<()> {
+        let edge = &self.edges[n - 1];
+        for link in failure.links() {
+            edge.ip(&format!("link set {link} down"))?;
+        }
+        Ok(())
+    }
+
+    /// Undoes `failure` on edge `n`: the links come up, and the routes they took with them are
+    /// put back.
+    pub fn heal(&self, n: usize, failure: EdgeFailure) -> anyhow::Result<()> {
+        let edge = &self.edges[n - 1];
+        for link in failure.links() {
+            edge.ip(&format!("link set {link} up"))?;
+        }
+        self.edge_routes(n)
+    }
+}
+
+impl Drop for Edges {
+    fn drop(&mut self) {
+        self.birds.clear();
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The `lb` configuration both edges run: failover target `web` (nn1 preferred) behind
+/// [`VIP`], active/active target `spread` behind [`VIP_SPREAD`], TCP probes on the HTTP port,
+/// announcements on (table 200, protocol 250).
+pub fn config(http_port: u16) -> String {
+    let probe = format!(
+        r#"{{ "type": "tcp", "port": {http_port}, "interval_ms": 100, "rise": 2, "fall": 5 }}"#
+    );
+    format!(
+        r#"{{
+  "interfaces": {{ "clients": ["{EDGE_UPLINK}"], "paths": ["{}", "{}"] }},
+  "announce": {{ "table": {TABLE}, "protocol": {PROTOCOL} }},
+  "targets": [
+    {{ "name": "web", "mode": "failover", "paths": [
+        {{ "name": "nn1", "address": "{NN1}" }},
+        {{ "name": "nn2", "address": "{NN2}" }} ],
+      "probe": {probe} }},
+    {{ "name": "spread", "mode": "active-active", "paths": [
+        {{ "name": "nn1", "address": "{NN1_SPREAD}" }},
+        {{ "name": "nn2", "address": "{NN2_SPREAD}" }} ],
+      "probe": {probe} }}
+  ],
+  "vips": [
+    {{ "address": "{VIP}", "target": "web" }},
+    {{ "address": "{VIP_SPREAD}", "target": "spread" }}
+  ]
+}}"#,
+        EDGE_PATHS[0], EDGE_PATHS[1]
+    )
+}
+
+// ---- BIRD's configurations: `examples/bird/`, as documented. ----
+
+const EDGE_BIRD: &str = include_str!("../../examples/bird/edge.conf");
+const UPSTREAM_BIRD: &str = include_str!("../../examples/bird/upstream.conf");
+const PATH_ROUTER_BIRD: &str = include_str!("../../examples/bird/path-router.conf");
+
+/// `text` with every address (or number) token that `map` names replaced, token by token (so
+/// one replacement never feeds another).
+fn rewrite(text: &str, map: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut token = String::new();
+    let flush = |token: &mut String, out: &mut String| {
+        let to = map
+            .iter()
+            .find(|(from, _)| *from == token.as_str())
+            .map_or(token.as_str(), |(_, to)| *to);
+        out.push_str(to);
+        token.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() || c == '.' {
+            token.push(c);
+        } else {
+            flush(&mut token, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut token, &mut out);
+    out
+}
+
+fn upstream_bird() -> String {
+    UPSTREAM_BIRD.to_owned()
+}
+
+/// Edge `n`'s: the example is edge 1's.
+fn edge_bird(n: usize) -> String {
+    if n == 1 {
+        return EDGE_BIRD.to_owned();
+    }
+    rewrite(
+        EDGE_BIRD,
+        &[
+            ("198.51.100.130", "198.51.100.134"),
+            ("198.51.100.129", "198.51.100.133"),
+            ("198.51.100.65", "198.51.100.73"),
+            ("198.51.100.66", "198.51.100.74"),
+            ("198.51.100.69", "198.51.100.77"),
+            ("198.51.100.70", "198.51.100.78"),
+        ],
+    )
+}
+
+/// nn`n`'s: the example is nn1's.
+fn path_router_bird(n: usize) -> String {
+    if n == 1 {
+        return PATH_ROUTER_BIRD.to_owned();
+    }
+    rewrite(
+        PATH_ROUTER_BIRD,
+        &[
+            ("198.51.100.66", "198.51.100.70"),
+            ("65011", "65012"),
+            ("198.51.100.65", "198.51.100.69"),
+            ("198.51.100.73", "198.51.100.77"),
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrite_replaces_whole_tokens_once() {
+        let text = "local 198.51.100.65 as 65011; neighbor 198.51.100.650;";
+        assert_eq!(
+            rewrite(
+                text,
+                &[("198.51.100.65", "198.51.100.69"), ("198.51.100.69", "x")]
+            ),
+            "local 198.51.100.69 as 65011; neighbor 198.51.100.650;"
+        );
+    }
+
+    #[test]
+    fn edge2_and_nn2_configurations_name_their_own_addresses() {
+        let e2 = edge_bird(2);
+        for gone in ["198.51.100.130", "198.51.100.65", "198.51.100.66"] {
+            assert!(!e2.contains(&format!("{gone};")), "{gone} in:\n{e2}");
+            assert!(!e2.contains(&format!("{gone} ")), "{gone} in:\n{e2}");
+        }
+        assert!(e2.contains("router id 198.51.100.134;"));
+        let nn2 = path_router_bird(2);
+        assert!(nn2.contains("local as 65012;") && nn2.contains("router id 198.51.100.70;"));
+        assert!(nn2.contains("neighbor 198.51.100.69 as 65001;"));
+        assert!(nn2.contains("neighbor 198.51.100.77 as 65001;"));
+    }
+}
