@@ -85,22 +85,32 @@ pub enum EdgeFailure {
     Uplink,
     /// The host dies: every link of its namespace goes down.
     Host,
+    /// The host freezes: its links stay up (carrier and all) but nothing passes them, as with
+    /// a hung kernel or a dead switch port that keeps its link. Only BFD can tell.
+    Silent,
 }
 
 impl EdgeFailure {
-    pub const ALL: [EdgeFailure; 2] = [EdgeFailure::Uplink, EdgeFailure::Host];
+    pub const ALL: [EdgeFailure; 3] = [
+        EdgeFailure::Uplink,
+        EdgeFailure::Host,
+        EdgeFailure::Silent,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             EdgeFailure::Uplink => "uplink",
             EdgeFailure::Host => "host",
+            EdgeFailure::Silent => "silent",
         }
     }
 
+    /// The edge's links that go down.
     fn links(self) -> &'static [&'static str] {
         match self {
             EdgeFailure::Uplink => &[EDGE_UPLINK],
             EdgeFailure::Host => &[EDGE_UPLINK, EDGE_PATHS[0], EDGE_PATHS[1]],
+            EdgeFailure::Silent => &[],
         }
     }
 }
@@ -401,6 +411,23 @@ impl Edges {
         for link in failure.links() {
             edge.ip(&format!("link set {link} down"))?;
         }
+        if failure == EdgeFailure::Silent {
+            // The neighbours' ends of its links drop everything, both ways: the edge's own
+            // programs run before any filter of its own, so its side cannot be the one.
+            for (ns, dev) in self.neighbours(n) {
+                let rule = format!(
+                    "table inet lab_silent {{\n\
+                     chain i {{ type filter hook input priority -300; iifname \"{dev}\" drop; }}\n\
+                     chain f {{ type filter hook forward priority -300; iifname \"{dev}\" drop; oifname \"{dev}\" drop; }}\n\
+                     chain o {{ type filter hook output priority -300; oifname \"{dev}\" drop; }}\n}}\n"
+                );
+                let file = std::env::temp_dir().join(format!("{}-silent.nft", ns.name()));
+                std::fs::write(&file, rule)?;
+                let r = ns.exec("nft", &["-f", &file.to_string_lossy()]);
+                let _ = std::fs::remove_file(&file);
+                r?;
+            }
+        }
         Ok(())
     }
 
@@ -411,7 +438,21 @@ impl Edges {
         for link in failure.links() {
             edge.ip(&format!("link set {link} up"))?;
         }
+        if failure == EdgeFailure::Silent {
+            for (ns, _) in self.neighbours(n) {
+                ns.exec("nft", &["delete", "table", "inet", "lab_silent"])?;
+            }
+        }
         self.edge_routes(n)
+    }
+
+    /// The namespaces at the other end of edge `n`'s links, with their interface toward it.
+    fn neighbours(&self, n: usize) -> [(&Netns, String); 3] {
+        [
+            (&self.upstream, format!("u{n}")),
+            (&self.routers[0], format!("e{n}")),
+            (&self.routers[1], format!("e{n}")),
+        ]
     }
 }
 

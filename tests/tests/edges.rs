@@ -2,7 +2,8 @@
 //! BIRD, announce the VIPs they can serve over BGP with BFD, and the upstream spreads flows over
 //! them by ECMP. Veths as a user builds them, `lb run`'s default hook.
 //!
-//! - Both edges carry flows; when one fails (its uplink, or the whole host), its flows move to
+//! - Both edges carry flows; when one fails (its uplink, the whole host, or the host frozen with
+//!   its links up, which only BFD detects), its flows move to
 //!   the other, whose datapath makes the same choice: no established TCP connection is reset
 //!   (to the failover and to the active/active target), a UDP stream's outage stays within BFD's
 //!   detection time plus a margin; the edge comes back and the connections still live.
@@ -184,6 +185,10 @@ fn host_failure_resets_no_connection() -> anyhow::Result<()> {
     edge_failure(EdgeFailure::Host)
 }
 
+fn silent_failure_resets_no_connection() -> anyhow::Result<()> {
+    edge_failure(EdgeFailure::Silent)
+}
+
 /// On edge 1 only, the probes of every path fail (its own packets to the VM are dropped on
 /// the way out; forwarded traffic is untouched): edge 1 withdraws the VIPs, edge 2 does not,
 /// and the VIPs keep answering through edge 2. Then a daemon restart on edge 2 withdraws
@@ -283,6 +288,10 @@ fn main() {
                 host_failure_resets_no_connection,
             ),
             (
+                "silent_failure_resets_no_connection",
+                silent_failure_resets_no_connection,
+            ),
+            (
                 "a_target_down_on_one_edge_is_withdrawn_there_only",
                 a_target_down_on_one_edge_is_withdrawn_there_only,
             ),
@@ -291,6 +300,7 @@ fn main() {
         &[
             "uplink_failure_resets_no_connection",
             "host_failure_resets_no_connection",
+            "silent_failure_resets_no_connection",
         ],
     );
 }
