@@ -1186,3 +1186,81 @@ fn a_failed_undo_reads_back_what_the_maps_hold() {
     apply(&mut store, &holds, &to).expect("writes");
     assert_eq!(store.read(), to);
 }
+
+// ---- Several edges: the same choice everywhere. ----
+
+/// What a target's current decision sends new flows to, by path name, as the maps hold it:
+/// the active path, or the ring slot by slot.
+fn choice_by_name(m: &Model, t: &Tables, target: &str) -> (u8, Vec<String>) {
+    let tid = target_id(m, target);
+    let v = t.targets[&tid];
+    let name = |id: u32| {
+        m.path_name(id)
+            .map_or(format!("?{id}"), |(_, p)| p.to_string())
+    };
+    let slots = match v.mode {
+        TARGET_MODE_RING => t.rings[&(tid, v.ring_half)]
+            .iter()
+            .map(|id| name(*id))
+            .collect(),
+        TARGET_MODE_NONE => Vec::new(),
+        _ => vec![name(v.active)],
+    };
+    (v.mode, slots)
+}
+
+/// Two edges run one configuration but have lived different lives: edge B was started on
+/// another configuration and reloaded (so its ids differ), and its paths came up in another
+/// order. Given the same path states, their maps send every new flow to the same path: the
+/// failover choice by name, and the consistent-hash table slot by slot (Maglev hashes path
+/// names, never ids or anything of the host; the flow hash has a fixed seed, its vectors are
+/// `lb_common::hash`'s tests).
+#[test]
+fn two_edges_with_one_configuration_make_the_same_choice_slot_by_slot() {
+    let a = {
+        let mut m = fresh(&config_a());
+        set_health(&mut m, Some(Health::Up), &[("web", "nn1"), ("web", "nn2")]);
+        set_health(
+            &mut m,
+            Some(Health::Up),
+            &[("api", "a1"), ("api", "a2"), ("api", "a3")],
+        );
+        m
+    };
+    let b = {
+        let mut m = fresh(&config_b());
+        set_health(&mut m, Some(Health::Up), &[("db", "d1"), ("api", "a3")]);
+        let mut m = Model::new(config_a().config(), &m).expect("fits");
+        // Another order: nn2 first, then nn1 (a failback on this edge only); a3 before a1, a2.
+        set_health(&mut m, Some(Health::Up), &[("web", "nn2")]);
+        set_health(&mut m, Some(Health::Up), &[("web", "nn1")]);
+        set_health(&mut m, Some(Health::Up), &[("api", "a1")]);
+        set_health(&mut m, Some(Health::Up), &[("api", "a2")]);
+        m
+    };
+    assert_ne!(a.ids, b.ids, "the edges' ids differ (the test's premise)");
+    let (ta, tb) = (a.tables(), b.tables());
+    for target in ["web", "api"] {
+        let (ca, cb) = (choice_by_name(&a, &ta, target), choice_by_name(&b, &tb, target));
+        assert_eq!(ca.0, cb.0, "{target}: mode");
+        assert_eq!(ca.1.len(), cb.1.len(), "{target}: slots");
+        let differ = ca.1.iter().zip(&cb.1).filter(|(x, y)| x != y).count();
+        assert_eq!(differ, 0, "{target}: {differ} slots differ between the edges");
+    }
+    assert_eq!(choice_by_name(&a, &ta, "web").1, ["nn1"]);
+    assert_eq!(choice_by_name(&a, &ta, "api").1.len(), RING_SIZE as usize);
+
+    // The same after a path fails on both edges.
+    let (mut a, mut b) = (a, b);
+    for m in [&mut a, &mut b] {
+        set_health(m, Some(Health::Down), &[("api", "a2"), ("web", "nn1")]);
+    }
+    let (ta, tb) = (a.tables(), b.tables());
+    for target in ["web", "api"] {
+        assert_eq!(
+            choice_by_name(&a, &ta, target),
+            choice_by_name(&b, &tb, target),
+            "{target} after a2 and nn1 failed"
+        );
+    }
+}

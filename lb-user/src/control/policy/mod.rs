@@ -46,7 +46,8 @@ pub enum Decision {
 /// The decision for one target, given its paths and the decision in force (`previous`, which
 /// [`Mode::Failover`] without `preempt` and [`AllDown::LastKnown`] keep when they may).
 ///
-/// - Failover: the usable path with the lowest priority (ties: lowest id). Without `preempt`, a
+/// - Failover: the usable path with the lowest priority (ties: the first name; never the id,
+///   which differs between edges). Without `preempt`, a
 ///   previous `Single` path that is still usable keeps the traffic even when a preferred path
 ///   has come back.
 /// - Active/active: a [`maglev`] table over the usable paths with a positive weight, by weight
@@ -78,7 +79,7 @@ pub fn decide(
             let best = paths
                 .iter()
                 .filter(|p| p.usable())
-                .min_by_key(|p| (p.priority, p.id));
+                .min_by_key(|p| (p.priority, p.name.as_str()));
             match (best, all_down) {
                 (Some(p), _) => Decision::Single(p.id),
                 (None, AllDown::Drop) => Decision::None,

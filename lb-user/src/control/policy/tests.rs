@@ -52,11 +52,18 @@ fn failover_picks_the_usable_path_with_the_lowest_priority() {
     }
 }
 
+/// Equal priorities are broken by name, never by id: ids differ between edges that lived
+/// different lives, and every edge must make the same choice.
 #[test]
-fn failover_ties_go_to_the_lowest_id() {
-    let paths = [path(5, "e", 1, 1, UP), path(3, "c", 1, 1, UP)];
+fn failover_ties_go_to_the_first_name_not_the_lowest_id() {
+    let paths = [path(5, "c", 1, 1, UP), path(3, "e", 1, 1, UP)];
     assert_eq!(
         failover(true, AllDown::Drop, &paths, &Decision::None),
+        Decision::Single(5)
+    );
+    let swapped = [path(3, "c", 1, 1, UP), path(5, "e", 1, 1, UP)];
+    assert_eq!(
+        failover(true, AllDown::Drop, &swapped, &Decision::None),
         Decision::Single(3)
     );
 }
