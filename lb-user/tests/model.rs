@@ -1241,11 +1241,17 @@ fn two_edges_with_one_configuration_make_the_same_choice_slot_by_slot() {
     assert_ne!(a.ids, b.ids, "the edges' ids differ (the test's premise)");
     let (ta, tb) = (a.tables(), b.tables());
     for target in ["web", "api"] {
-        let (ca, cb) = (choice_by_name(&a, &ta, target), choice_by_name(&b, &tb, target));
+        let (ca, cb) = (
+            choice_by_name(&a, &ta, target),
+            choice_by_name(&b, &tb, target),
+        );
         assert_eq!(ca.0, cb.0, "{target}: mode");
         assert_eq!(ca.1.len(), cb.1.len(), "{target}: slots");
         let differ = ca.1.iter().zip(&cb.1).filter(|(x, y)| x != y).count();
-        assert_eq!(differ, 0, "{target}: {differ} slots differ between the edges");
+        assert_eq!(
+            differ, 0,
+            "{target}: {differ} slots differ between the edges"
+        );
     }
     assert_eq!(choice_by_name(&a, &ta, "web").1, ["nn1"]);
     assert_eq!(choice_by_name(&a, &ta, "api").1.len(), RING_SIZE as usize);

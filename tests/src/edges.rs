@@ -91,11 +91,7 @@ pub enum EdgeFailure {
 }
 
 impl EdgeFailure {
-    pub const ALL: [EdgeFailure; 3] = [
-        EdgeFailure::Uplink,
-        EdgeFailure::Host,
-        EdgeFailure::Silent,
-    ];
+    pub const ALL: [EdgeFailure; 3] = [EdgeFailure::Uplink, EdgeFailure::Host, EdgeFailure::Silent];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -374,6 +370,32 @@ impl Edges {
         Ok(hops)
     }
 
+    /// The edge (1 or 2) the upstream sends a client's UDP flow from `sport` to `vip:dport`
+    /// to, as its FIB answers for that 5-tuple (`ip route get … ipproto udp sport … dport …`).
+    pub fn edge_of_udp_flow(
+        &self,
+        vip: Ipv4Addr,
+        sport: u16,
+        dport: u16,
+    ) -> anyhow::Result<Option<usize>> {
+        let out = self
+            .upstream
+            .command("ip")
+            .args(["-j", "route", "get"])
+            .arg(vip.to_string())
+            .args(["from", &CLIENT.to_string(), "iif", "u0", "ipproto", "udp"])
+            .args(["sport", &sport.to_string(), "dport", &dport.to_string()])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let routes: Vec<serde_json::Value> =
+            serde_json::from_str(&text).with_context(|| format!("ip route get: {text}"))?;
+        let via = routes
+            .first()
+            .and_then(|r| r["gateway"].as_str())
+            .and_then(|g| g.parse::<Ipv4Addr>().ok());
+        Ok((1..=2).find(|n| Some(Self::edge_address(*n)) == via))
+    }
+
     /// The upstream's address of edge `n` (its next hop toward that edge).
     pub fn edge_address(n: usize) -> Ipv4Addr {
         UPLINKS[n - 1].0
@@ -493,6 +515,168 @@ pub fn config(http_port: u16) -> String {
 }}"#,
         EDGE_PATHS[0], EDGE_PATHS[1]
     )
+}
+
+// ---- The whole rig: the topology, the VM's servers, `lb` on both edges. ----
+
+/// How long the BGP sessions, BFD and the first announcements may take after a start.
+pub const CONVERGE: Duration = Duration::from_secs(20);
+
+/// [`Edges`] with the VM's servers and `lb` on both edges, both announcing both VIPs. Fields
+/// drop in order: the daemons, the servers, then the namespaces.
+pub struct ScaleOut {
+    pub lbs: [crate::lb::Daemon; 2],
+    pub srv: crate::servers::Server,
+    pub net: Edges,
+}
+
+/// One edge failure and its heal, under traffic ([`ScaleOut::failure_round`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Round {
+    pub failure: &'static str,
+    /// From the failure until the upstream's route no longer names the edge.
+    pub left_ms: f64,
+    /// The longest outage of any of the UDP flows (one datagram a millisecond each).
+    pub udp_worst_outage_ms: f64,
+    pub udp_flows: usize,
+    /// Flows the upstream sent through edge 1 (as its FIB answers for their 5-tuples).
+    pub udp_flows_via_edge1: usize,
+    /// Flows that lost anything at all.
+    pub udp_flows_lossy: usize,
+    /// From the heal until the upstream's route names the edge again.
+    pub back_ms: f64,
+    /// Both edges translated packets before the failure, as their `lb stats` say.
+    pub translated_before: [u64; 2],
+    /// Established TCP connections kept busy through the failure and the return.
+    pub tcp_connections: usize,
+    /// Those that failed (reset, closed, no echo): index and how.
+    pub tcp_failed: Vec<(usize, String)>,
+    pub tcp_rounds: u64,
+    /// Edge 1 translated packets again after it came back.
+    pub edge1_carries_again: bool,
+}
+
+impl ScaleOut {
+    /// Starts everything on `net` and waits (bounded) until both edges announce both VIPs.
+    pub fn start(net: Edges) -> anyhow::Result<ScaleOut> {
+        let srv = crate::servers::start(&net.vm, crate::lab::PORTS, [NN1, NN2])?;
+        let cfg = config(crate::lab::HTTP_PORT);
+        let lbs = [
+            crate::lb::Daemon::start(&net.edges[0], &cfg, &[])?,
+            crate::lb::Daemon::start(&net.edges[1], &cfg, &[])?,
+        ];
+        let rig = ScaleOut { lbs, srv, net };
+        for vip in [VIP, VIP_SPREAD] {
+            rig.net
+                .wait_edges(vip, &[1, 2], CONVERGE)
+                .with_context(|| rig.logs())?;
+        }
+        Ok(rig)
+    }
+
+    /// Packets edge `n`'s datapath translated toward the VM so far.
+    pub fn translated(&self, n: usize) -> anyhow::Result<u64> {
+        let s = self.lbs[n - 1].json(&["stats"])?;
+        s["counters"]["nat_ingress"]
+            .as_u64()
+            .context("nat_ingress in lb stats")
+    }
+
+    /// Both daemons' logs and the routers' sessions, for a failure's report.
+    pub fn logs(&self) -> String {
+        format!(
+            "edge1 lb:\n{}\nedge2 lb:\n{}\n{}",
+            self.lbs[0].log_text(),
+            self.lbs[1].log_text(),
+            self.net.routing_report()
+        )
+    }
+
+    /// Edge 1 fails as `kind` says while `connections` TCP connections (half to each VIP's
+    /// echo port) are busy and `flows` UDP flows stream to [`VIP`]; then it comes back. Fails
+    /// only when the topology does not do what it should (a route that never changes); what
+    /// the traffic saw is in the [`Round`], for the caller to judge.
+    pub fn failure_round(
+        &self,
+        kind: EdgeFailure,
+        connections: usize,
+        flows: usize,
+    ) -> anyhow::Result<Round> {
+        use crate::traffic::{TcpChatter, udp_streams};
+        let echo = crate::lab::ECHO_PORT;
+        let chatter = TcpChatter::start(
+            &self.net.client,
+            vec![
+                std::net::SocketAddr::from((VIP, echo)),
+                std::net::SocketAddr::from((VIP_SPREAD, echo)),
+            ],
+            connections,
+            Duration::from_millis(50),
+        )?;
+        // One datagram a millisecond per flow, for 4 s: the failure comes after 1 s.
+        let udp = udp_streams(
+            &self.net.client,
+            VIP,
+            crate::lab::UDP_PORT,
+            flows,
+            4000,
+            Duration::from_millis(1),
+            Duration::from_millis(500),
+        );
+        std::thread::sleep(Duration::from_millis(1000));
+        let translated_before = [self.translated(1)?, self.translated(2)?];
+        let failed_at = Instant::now();
+        self.net.fail(1, kind)?;
+        self.net
+            .wait_edges(VIP, &[2], Duration::from_secs(3))
+            .with_context(|| self.logs())?;
+        let left = failed_at.elapsed();
+        let reports = udp
+            .join()
+            .map_err(|_| anyhow::anyhow!("the stream thread panicked"))??;
+        let healed_at = Instant::now();
+        self.net.heal(1, kind)?;
+        for vip in [VIP, VIP_SPREAD] {
+            self.net
+                .wait_edges(vip, &[1, 2], CONVERGE)
+                .with_context(|| self.logs())?;
+        }
+        let back = healed_at.elapsed();
+        // The same two next hops as before the failure: the same choice per flow.
+        let mut via_edge1 = 0;
+        for r in &reports {
+            if self
+                .net
+                .edge_of_udp_flow(VIP, r.local_port, crate::lab::UDP_PORT)?
+                == Some(1)
+            {
+                via_edge1 += 1;
+            }
+        }
+        let again = self.translated(1)?;
+        std::thread::sleep(Duration::from_millis(1000));
+        let edge1_carries_again = self.translated(1)? > again;
+        let report = chatter.finish()?;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        Ok(Round {
+            failure: kind.name(),
+            left_ms: ms(left),
+            udp_worst_outage_ms: ms(reports
+                .iter()
+                .map(|r| r.longest_gap)
+                .max()
+                .unwrap_or_default()),
+            udp_flows: flows,
+            udp_flows_via_edge1: via_edge1,
+            udp_flows_lossy: reports.iter().filter(|r| !r.lost.is_empty()).count(),
+            back_ms: ms(back),
+            translated_before,
+            tcp_connections: report.connections,
+            tcp_failed: report.failed,
+            tcp_rounds: report.rounds,
+            edge1_carries_again,
+        })
+    }
 }
 
 // ---- BIRD's configurations: `examples/bird/`, as documented. ----

@@ -68,6 +68,8 @@ pub struct StreamReport {
     pub lost: Vec<u64>,
     /// The longest run of consecutive lost datagrams, in milliseconds of sending time.
     pub longest_gap: Duration,
+    /// The stream's source port (its flow).
+    pub local_port: u16,
 }
 
 /// Sends `count` datagrams to `addr:port`, one every `every`, and counts the echoes (waiting up
@@ -140,7 +142,8 @@ pub fn udp_streams(
         }
         Ok(got
             .iter()
-            .map(|got| {
+            .zip(&sockets)
+            .map(|(got, socket)| {
                 let lost: Vec<u64> = (0..count).filter(|s| !got.contains(s)).collect();
                 let mut longest = 0u64;
                 let mut run = 0u64;
@@ -159,6 +162,7 @@ pub fn udp_streams(
                     received: got.len() as u64,
                     lost,
                     longest_gap: every * longest as u32,
+                    local_port: socket.local_addr().map_or(0, |a| a.port()),
                 }
             })
             .collect())

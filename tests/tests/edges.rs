@@ -12,168 +12,52 @@
 //!
 //! Run one: `cargo test -p lb-tests --test edges -- uplink`.
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use lb_tests::{
-    edges::{BFD_DETECTION, EdgeFailure, Edges, NN1, NN2, VIP, VIP_SPREAD, config},
-    lab::{ECHO_PORT, HTTP_PORT, PORTS, UDP_PORT},
-    lb::Daemon,
-    servers,
-    traffic::{TcpChatter, http_get, udp_streams},
+    edges::{BFD_DETECTION, CONVERGE, EdgeFailure, Edges, ScaleOut, VIP, VIP_SPREAD},
+    lab::HTTP_PORT,
+    traffic::http_get,
 };
 
-/// How long the BGP sessions, BFD and the first announcements may take after a start.
-const CONVERGE: Duration = Duration::from_secs(20);
 /// What a UDP stream's outage may exceed BFD's detection time by: the routers' reaction (BIRD
 /// rewrites the ECMP route; the path routers their return route) and a loaded CI machine.
 const OUTAGE_MARGIN: Duration = Duration::from_millis(300);
 
-/// The topology with `lb` on both edges, both edges announcing both VIPs. Fields drop in
-/// order: the daemons, the VM's servers, then the namespaces.
-struct Rig {
-    lbs: [Daemon; 2],
-    _srv: servers::Server,
-    net: Edges,
-}
-
-impl Rig {
-    fn new() -> anyhow::Result<Rig> {
-        let net = Edges::new()?;
-        let srv = servers::start(&net.vm, PORTS, [NN1, NN2])?;
-        let cfg = config(HTTP_PORT);
-        let lbs = [
-            Daemon::start(&net.edges[0], &cfg, &[])?,
-            Daemon::start(&net.edges[1], &cfg, &[])?,
-        ];
-        let rig = Rig {
-            lbs,
-            _srv: srv,
-            net,
-        };
-        for vip in [VIP, VIP_SPREAD] {
-            rig.net
-                .wait_edges(vip, &[1, 2], CONVERGE)
-                .with_context(|| rig.logs())?;
-        }
-        Ok(rig)
-    }
-
-    /// Packets edge `n`'s datapath translated toward the VM so far.
-    fn translated(&self, n: usize) -> anyhow::Result<u64> {
-        let s = self.lbs[n - 1].json(&["stats"])?;
-        s["counters"]["nat_ingress"]
-            .as_u64()
-            .context("nat_ingress in lb stats")
-    }
-
-    /// Both daemons' logs and the routers' sessions, for a failure's report.
-    fn logs(&self) -> String {
-        format!(
-            "edge1 lb:\n{}\nedge2 lb:\n{}\n{}",
-            self.lbs[0].log_text(),
-            self.lbs[1].log_text(),
-            self.net.routing_report()
-        )
-    }
-}
-
-/// Connections to both VIPs' echo port.
-fn echo_addrs() -> Vec<SocketAddr> {
-    vec![
-        SocketAddr::from((VIP, ECHO_PORT)),
-        SocketAddr::from((VIP_SPREAD, ECHO_PORT)),
-    ]
-}
-
 /// Edge 1 fails as `kind` says while 64 TCP connections (half to each target) are busy and 16
 /// UDP flows stream; then it comes back.
 fn edge_failure(kind: EdgeFailure) -> anyhow::Result<()> {
-    let rig = Rig::new()?;
-    let chatter = TcpChatter::start(&rig.net.client, echo_addrs(), 64, Duration::from_millis(50))?;
-    // 16 flows, one datagram a millisecond each, for 4 s.
-    let udp = udp_streams(
-        &rig.net.client,
-        VIP,
-        UDP_PORT,
-        16,
-        4000,
-        Duration::from_millis(1),
-        Duration::from_millis(500),
-    );
-    std::thread::sleep(Duration::from_millis(1000));
-    let before = [rig.translated(1)?, rig.translated(2)?];
+    let rig = ScaleOut::start(Edges::new()?)?;
+    let r = rig.failure_round(kind, 64, 16)?;
+    eprintln!("{r:?}");
     ensure!(
-        before[0] > 0 && before[1] > 0,
-        "both edges carry flows: translated {before:?}"
-    );
-
-    let failed_at = Instant::now();
-    rig.net.fail(1, kind)?;
-    let took = rig
-        .net
-        .wait_edges(VIP, &[2], Duration::from_secs(3))
-        .with_context(|| rig.logs())?;
-    eprintln!(
-        "edge 1 ({}) left the ECMP group after {took:?}",
-        kind.name()
-    );
-    let reports = udp
-        .join()
-        .map_err(|_| anyhow::anyhow!("the stream thread panicked"))??;
-    let worst = reports
-        .iter()
-        .map(|r| r.longest_gap)
-        .max()
-        .unwrap_or_default();
-    let moved = reports.iter().filter(|r| !r.lost.is_empty()).count();
-    eprintln!(
-        "UDP: worst outage {worst:?} over 16 flows, {moved} of them through edge 1 (lost something)"
+        r.translated_before[0] > 0 && r.translated_before[1] > 0,
+        "both edges carry flows: translated {:?}",
+        r.translated_before
     );
     ensure!(
-        worst <= BFD_DETECTION + OUTAGE_MARGIN,
-        "a UDP flow's outage was {worst:?} (BFD detects in {BFD_DETECTION:?}): {reports:?}\n{}",
+        r.udp_worst_outage_ms <= (BFD_DETECTION + OUTAGE_MARGIN).as_secs_f64() * 1000.0,
+        "a UDP flow's outage was {} ms (BFD detects in {BFD_DETECTION:?}): {r:?}\n{}",
+        r.udp_worst_outage_ms,
         rig.logs()
     );
     ensure!(
-        moved > 0,
-        "no UDP flow went through edge 1 (16 flows, ECMP by 5-tuple): {reports:?}"
+        r.udp_flows_via_edge1 > 0,
+        "no UDP flow went through edge 1 ({} flows, ECMP by 5-tuple): {r:?}",
+        r.udp_flows
     );
-    ensure!(rig.translated(2)? > before[1], "edge 2 took over the flows");
-
-    // Edge 1 comes back; the flows spread again, and the connections still live.
-    rig.net.heal(1, kind)?;
-    let back = rig
-        .net
-        .wait_edges(VIP, &[1, 2], CONVERGE)
-        .with_context(|| rig.logs())?;
-    rig.net
-        .wait_edges(VIP_SPREAD, &[1, 2], CONVERGE)
-        .with_context(|| rig.logs())?;
-    eprintln!(
-        "edge 1 back in the ECMP group {back:?} after the heal ({:?} since the failure)",
-        failed_at.elapsed()
-    );
-    let again = rig.translated(1)?;
-    std::thread::sleep(Duration::from_millis(1000));
+    ensure!(r.edge1_carries_again, "edge 1 carries flows again: {r:?}");
     ensure!(
-        rig.translated(1)? > again,
-        "edge 1 carries flows again after it came back"
-    );
-    let report = chatter.finish()?;
-    ensure!(
-        report.failed.is_empty(),
+        r.tcp_failed.is_empty(),
         "{} of {} established TCP connections failed across the {} failure and the return: {:?}\n{}",
-        report.failed.len(),
-        report.connections,
-        kind.name(),
-        report.failed,
+        r.tcp_failed.len(),
+        r.tcp_connections,
+        r.failure,
+        r.tcp_failed,
         rig.logs()
     );
-    ensure!(report.rounds > 10, "the connections were busy: {report:?}");
+    ensure!(r.tcp_rounds > 10, "the connections were busy: {r:?}");
     Ok(())
 }
 
@@ -194,7 +78,7 @@ fn silent_failure_resets_no_connection() -> anyhow::Result<()> {
 /// and the VIPs keep answering through edge 2. Then a daemon restart on edge 2 withdraws
 /// nothing: the upstream's route keeps edge 2 throughout.
 fn a_target_down_on_one_edge_is_withdrawn_there_only() -> anyhow::Result<()> {
-    let rig = Rig::new()?;
+    let rig = ScaleOut::start(Edges::new()?)?;
     let drop_probes = "table inet probes {\n chain out { type filter hook output priority 0; \
                        ip daddr 192.0.2.0/24 drop; }\n}\n";
     let file = std::env::temp_dir().join(format!("{}-probes.nft", rig.net.edges[0].name()));
@@ -248,16 +132,11 @@ fn a_target_down_on_one_edge_is_withdrawn_there_only() -> anyhow::Result<()> {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let mut lb2 = rig.lbs;
-    lb2[1].restart(&[])?;
+    let mut rig = rig;
+    rig.lbs[1].restart(&[])?;
     let gaps = watch
         .join()
         .map_err(|_| anyhow::anyhow!("the watch thread panicked"))??;
-    let rig = Rig {
-        lbs: lb2,
-        _srv: rig._srv,
-        net: rig.net,
-    };
     ensure!(
         gaps == 0,
         "the upstream lost its route to {VIP} {gaps} times while edge 2's daemon restarted\n{}",

@@ -9,12 +9,15 @@
 //! - [`bulk`]: bulk TCP (iperf3) through the VIP on plain veths, per hook, against nftables
 //!   DNAT and plain kernel forwarding;
 //! - [`scale`]: decision → map write with 1,000 paths in 256 targets, and transitions of a path
-//!   with 5 % loss.
+//!   with 5 % loss;
+//! - [`scale_out`]: an edge failing under traffic on the two-edge BGP topology: outage and
+//!   connections reset.
 
 pub mod bulk;
 pub mod cost;
 pub mod outage;
 pub mod scale;
+pub mod scale_out;
 pub mod throughput;
 
 /// Median, minimum and maximum of some samples.

@@ -1,6 +1,6 @@
 //! `lb-bench`: the measurements behind `cargo xtask bench` (which builds and runs it as root).
 //!
-//! `lb-bench [--quick] [--json FILE] [--svg FILE] [--only cost|throughput|bulk|outage|scale]`
+//! `lb-bench [--quick] [--json FILE] [--svg FILE] [--only cost|throughput|bulk|outage|scale|scale-out]`
 //!
 //! Prints a table per part and the headline ratios; `--json` writes every figure, with the
 //! keys under `ratios`, `failover` and `loss` that runs are compared on. Targets (not
@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use lb_tests::bench::{bulk, cost, outage, scale, throughput};
+use lb_tests::bench::{bulk, cost, outage, scale, scale_out, throughput};
 use serde_json::json;
 
 struct Args {
@@ -35,7 +35,7 @@ fn args() -> anyhow::Result<Args> {
             "--only" => {
                 a.only = Some(
                     it.next()
-                        .context("--only cost|throughput|bulk|outage|scale")?,
+                        .context("--only cost|throughput|bulk|outage|scale|scale-out")?,
                 )
             }
             other => bail!("unknown argument {other:?}"),
@@ -61,7 +61,9 @@ fn run() -> anyhow::Result<()> {
         bail!("needs root (BPF, network namespaces); run it through `cargo xtask bench`");
     }
     let wants = |part: &str| a.only.as_deref().is_none_or(|o| o == part);
-    let mut out = json!({ "quick": a.quick, "ratios": {}, "failover": {}, "loss": {} });
+    let mut out = json!({
+        "quick": a.quick, "ratios": {}, "failover": {}, "loss": {}, "scale_out": {}
+    });
 
     if wants("cost") {
         println!("== per-packet cost (BPF_PROG_TEST_RUN) ==");
@@ -296,6 +298,36 @@ fn run() -> anyhow::Result<()> {
                 json!(l.lag_p99_us);
         }
         out["scale"] = serde_json::to_value(&sc)?;
+    }
+    if wants("scale-out") {
+        println!(
+            "\n== several edges: an edge failing under traffic (BGP, BFD 100 ms × 3, ECMP) =="
+        );
+        let so = scale_out::run(a.quick).context("scale-out")?;
+        for r in &so.rounds {
+            println!(
+                "edge 1 {:<6} left the ECMP group in {:>6.1} ms; UDP worst outage {:>5.1} ms ({} of {} flows went through edge 1, {} lost anything); TCP: {} of {} connections reset; back {:>6.0} ms after the heal",
+                r.failure,
+                r.left_ms,
+                r.udp_worst_outage_ms,
+                r.udp_flows_via_edge1,
+                r.udp_flows,
+                r.udp_flows_lossy,
+                r.tcp_failed.len(),
+                r.tcp_connections,
+                r.back_ms
+            );
+        }
+        for kind in lb_tests::edges::EdgeFailure::ALL {
+            let worst = so
+                .of(kind)
+                .map(|r| r.udp_worst_outage_ms)
+                .fold(0.0, f64::max);
+            let reset: usize = so.of(kind).map(|r| r.tcp_failed.len()).sum();
+            out["scale_out"]["edge_outage_ms"][kind.name()] = json!(worst);
+            out["scale_out"]["tcp_reset"][kind.name()] = json!(reset);
+        }
+        out["scale_out"]["rounds"] = serde_json::to_value(&so.rounds)?;
     }
     println!("\nratios: {}", serde_json::to_string(&out["ratios"])?);
     if let Some(path) = &a.json {
