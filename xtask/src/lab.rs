@@ -1,5 +1,6 @@
-//! `cargo xtask lab [story|up|down]`: the dual-path lab in network namespaces. Builds `lb` and
-//! the `lb-lab` driver (tests crate), then runs the driver as root (through sudo when needed).
+//! `cargo xtask lab [story|scale-out|up|down]`: the dual-path lab in network namespaces, and
+//! the two-edge one. Builds `lb` and the `lb-lab` driver (tests crate), then runs the driver as
+//! root (through sudo when needed).
 
 use anyhow::{Context as _, Result};
 
@@ -8,8 +9,10 @@ use crate::{setup, util};
 #[derive(clap::Parser)]
 pub struct Options {
     /// `story` (default): bring the lab up, walk through a failure and its heal with timed
-    /// output, tear it down. `up`: keep the lab running for exploring. `down`: remove it.
-    #[arg(value_parser = ["story", "up", "down"], default_value = "story")]
+    /// output, tear it down. `scale-out`: two edges with BIRD behind an ECMP router, one edge
+    /// failing three ways under traffic. `up`: keep the lab running for exploring. `down`:
+    /// remove it.
+    #[arg(value_parser = ["story", "scale-out", "up", "down"], default_value = "story")]
     action: String,
 }
 

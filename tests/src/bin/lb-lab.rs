@@ -3,6 +3,9 @@
 //!
 //! - `lb-lab story`: builds the dual-path topology, runs `lb`, and walks through a failure and
 //!   its heal with timed output, then tears everything down (also on failure or Ctrl-C).
+//! - `lb-lab scale-out`: two edges running `lb` and BIRD behind an upstream router (BGP, BFD,
+//!   ECMP): flows over both, edge 1 failing three ways and coming back while TCP connections
+//!   stay busy, then everything torn down.
 //! - `lb-lab up` / `lb-lab down`: keep the topology (namespaces `lbl-*`), the VM's servers and
 //!   the daemon running for exploring, and remove them.
 //! - `lb-lab serve --netns NS`: the VM's servers (HTTP, TCP echo, UDP echo), until SIGTERM.
@@ -59,11 +62,12 @@ fn main() -> std::process::ExitCode {
     catch_signals();
     let result = match args.first().map(String::as_str) {
         None | Some("story") => story(),
+        Some("scale-out") => scale_out(),
         Some("up") => up(),
         Some("down") => down(),
         Some("serve") => serve(args.get(1..).unwrap_or_default()),
         Some(other) => Err(anyhow::anyhow!(
-            "unknown command {other:?}: story | up | down | serve --netns NS"
+            "unknown command {other:?}: story | scale-out | up | down | serve --netns NS"
         )),
     };
     match result {
@@ -201,6 +205,66 @@ fn story() -> anyhow::Result<()> {
         println!("  {line}");
     }
     // The guards (daemon, servers, namespaces) tear down as they drop, in reverse order.
+    println!(
+        "[{:7.3}s] tearing the lab down",
+        t.0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn scale_out() -> anyhow::Result<()> {
+    use lb_tests::edges::{self, EdgeFailure, Edges, ScaleOut};
+    const SO_PREFIX: &str = "lbs";
+    if Path::new(&format!("/run/netns/{SO_PREFIX}-edge1")).exists() {
+        bail!("namespaces {SO_PREFIX}-* exist: an earlier run was interrupted; `ip netns del` them");
+    }
+    let t = Clock(Instant::now());
+    t.say(format!(
+        "building the scale-out lab: namespaces {SO_PREFIX}-client, -upstream, -edge1, -edge2, -nn1, -nn2, -vm (see tests/src/edges.rs); BIRD in the five routers (examples/bird/)"
+    ))?;
+    let net = Edges::with_prefix(SO_PREFIX)?;
+    t.say("lb starts on both edges with one configuration: VIP 203.0.113.10 → web (failover), 203.0.113.20 → spread (active/active), announce: table 200")?;
+    let rig = ScaleOut::start(net)?;
+    t.say(format!(
+        "both edges announce both VIPs; the upstream's ECMP route: {}",
+        rig.net
+            .nexthops(edges::VIP)?
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" and ")
+    ))?;
+    println!("\n$ lb status   (edge 1, announcements)");
+    let status = rig.lbs[0].lb(&["status"])?;
+    for line in status.lines().skip_while(|l| !l.starts_with("announcements")) {
+        println!("  {line}");
+    }
+    println!();
+    for kind in EdgeFailure::ALL {
+        interrupted()?;
+        let what = match kind {
+            EdgeFailure::Uplink => "its uplink goes down",
+            EdgeFailure::Host => "the host dies: every link down",
+            EdgeFailure::Silent => "the host freezes: links up, nothing passes (only BFD can tell)",
+        };
+        t.say(format!(
+            "64 TCP connections busy (half to each VIP), 16 UDP flows to {}; edge 1 fails: {what}",
+            edges::VIP
+        ))?;
+        let r = rig.failure_round(kind, 64, 16)?;
+        t.say(format!(
+            "before: edge 1 translated {} packets, edge 2 {}; edge 1 left the ECMP group after {:.0} ms; UDP worst outage {:.0} ms ({} of 16 flows went through edge 1)",
+            r.translated_before[0], r.translated_before[1], r.left_ms, r.udp_worst_outage_ms, r.udp_flows_via_edge1
+        ))?;
+        t.say(format!(
+            "edge 1 healed, back in the group after {:.0} ms (BGP up again; its paths risen and settled when they were down too); TCP: {} of {} connections reset, {} rounds of echoes",
+            r.back_ms,
+            r.tcp_failed.len(),
+            r.tcp_connections,
+            r.tcp_rounds
+        ))?;
+        ensure!(r.tcp_failed.is_empty(), "connections failed: {:?}", r.tcp_failed);
+    }
     println!(
         "[{:7.3}s] tearing the lab down",
         t.0.elapsed().as_secs_f64()
