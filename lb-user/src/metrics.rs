@@ -52,6 +52,9 @@ pub struct Snapshot {
     /// Exceptions per target id as the last sweep left them (`docs/DATAPATH.md`, "Stateless by
     /// default"); a target without an entry has none.
     pub exceptions: BTreeMap<u32, usize>,
+    /// With `announce`: every address with a VIP whose state counts, and whether the daemon
+    /// wants it announced.
+    pub announced: Option<BTreeMap<std::net::Ipv4Addr, bool>>,
 }
 
 /// The daemon's side: it stores, the scrape loads, neither waits.
@@ -143,6 +146,11 @@ const TARGET_TRANSITION: Family = family(
     "1 while the target keeps its previous decision for connections older than its last change.",
     MetricType::Gauge,
 );
+const VIP_ANNOUNCED: Family = family(
+    "lb_vip_announced",
+    "1 while the daemon keeps the VIP address's host route for the routing daemon to announce (announce), 0 while it is withdrawn.",
+    MetricType::Gauge,
+);
 const RELOADS: Family = family(
     "lb_reloads",
     "Configuration reloads by result (ok, rejected).",
@@ -166,6 +174,7 @@ pub const FAMILIES: &[Family] = &[
     PATH_BYTES,
     TARGET_EXCEPTIONS,
     TARGET_TRANSITION,
+    VIP_ANNOUNCED,
     RELOADS,
 ];
 
@@ -491,6 +500,13 @@ fn encode_all(
     }
     gauge(encoder, &TARGET_EXCEPTIONS, &exceptions)?;
     gauge(encoder, &TARGET_TRANSITION, &transition)?;
+    if let Some(announced) = &snap.announced {
+        let rows: Vec<(Labels, i64)> = announced
+            .iter()
+            .map(|(a, on)| (vec![("vip", a.to_string())], i64::from(*on)))
+            .collect();
+        gauge(encoder, &VIP_ANNOUNCED, &rows)?;
+    }
     counter(
         encoder,
         &RELOADS,

@@ -1524,6 +1524,22 @@ fn announces_servable_vips() -> anyhow::Result<()> {
     let out = d.lb(&["down"])?;
     ensure!(out.contains("withdrew 203.0.113.10 (table 201)"), "{out}");
     ensure!(topo.edge.host_routes(201, 250)?.is_empty());
+
+    // `--detach-on-exit`: the routes go with the datapath, before it.
+    d.restart(&["--detach-on-exit"])?;
+    wait_routes(&topo, &d, 201, &[VIP], Duration::from_secs(3))?;
+    d.stop()?;
+    ensure!(
+        topo.edge.host_routes(201, 250)?.is_empty(),
+        "withdrawn on exit:\n{}",
+        d.log_text()
+    );
+    ensure!(
+        d.log_text()
+            .contains("withdrew 203.0.113.10 (--detach-on-exit)"),
+        "{}",
+        d.log_text()
+    );
     Ok(())
 }
 

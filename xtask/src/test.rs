@@ -392,6 +392,7 @@ test result: ok. 0 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; fini
                 "robustness: no test ran",
                 "daemon: no test ran",
                 "lab: no test ran",
+                "edges: no test ran",
             ]
         );
         // A narrowed run (`cargo xtask test -- -p lb-common`) need not run every tier.

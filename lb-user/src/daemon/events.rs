@@ -146,7 +146,7 @@ impl Daemon {
         let _ = self.dp.maps.remove_tx_port(ifindex);
         self.ifindexes.remove(name);
         self.redirects.remove(name);
-        self.announce();
+        self.publish();
     }
 
     pub(super) fn describe(&self, d: &Decision) -> String {
@@ -373,8 +373,8 @@ impl Daemon {
     /// daemon for it).
     pub(super) fn publish(&mut self) {
         self.snap.model = Some(Arc::new(self.model.clone()));
-        self.shared.store(Arc::new(self.snap.clone()));
         self.announce();
+        self.shared.store(Arc::new(self.snap.clone()));
     }
 
     /// Ends the settling of the targets that came back (see `Model::settle`): their addresses
@@ -418,9 +418,18 @@ impl Daemon {
                 .iter()
                 .any(|(role, _, i)| *role == Role::Ingress && i == iface)
         });
+        let addresses = crate::control::announce::addresses(&self.model, attached);
+        self.snap.announced = self
+            .model
+            .config
+            .announce
+            .map(|_| addresses.iter().map(|(a, r)| (*a, r.is_ok())).collect());
         self.announcer.want(crate::announce::Wanted {
             announce: self.model.config.announce,
-            addresses: crate::control::announce::announced(&self.model, attached),
+            addresses: addresses
+                .into_iter()
+                .filter_map(|(a, r)| r.is_ok().then_some(a))
+                .collect(),
         });
     }
 }

@@ -216,7 +216,9 @@ fn scale_out() -> anyhow::Result<()> {
     use lb_tests::edges::{self, EdgeFailure, Edges, ScaleOut};
     const SO_PREFIX: &str = "lbs";
     if Path::new(&format!("/run/netns/{SO_PREFIX}-edge1")).exists() {
-        bail!("namespaces {SO_PREFIX}-* exist: an earlier run was interrupted; `ip netns del` them");
+        bail!(
+            "namespaces {SO_PREFIX}-* exist: an earlier run was interrupted; `ip netns del` them"
+        );
     }
     let t = Clock(Instant::now());
     t.say(format!(
@@ -236,7 +238,10 @@ fn scale_out() -> anyhow::Result<()> {
     ))?;
     println!("\n$ lb status   (edge 1, announcements)");
     let status = rig.lbs[0].lb(&["status"])?;
-    for line in status.lines().skip_while(|l| !l.starts_with("announcements")) {
+    for line in status
+        .lines()
+        .skip_while(|l| !l.starts_with("announcements"))
+    {
         println!("  {line}");
     }
     println!();
@@ -263,7 +268,11 @@ fn scale_out() -> anyhow::Result<()> {
             r.tcp_connections,
             r.tcp_rounds
         ))?;
-        ensure!(r.tcp_failed.is_empty(), "connections failed: {:?}", r.tcp_failed);
+        ensure!(
+            r.tcp_failed.is_empty(),
+            "connections failed: {:?}",
+            r.tcp_failed
+        );
     }
     println!(
         "[{:7.3}s] tearing the lab down",
