@@ -174,6 +174,9 @@ pub struct VipStatus {
     pub target_port: Option<u16>,
     /// The VIP's state decides its address's announcement (`announce` in the configuration).
     pub announce: bool,
+    /// Its address's host route is in the table (`null`: announcements are off, or the VIP
+    /// does not count).
+    pub announced: Option<bool>,
 }
 
 fn rfc3339(t: SystemTime) -> Option<String> {
@@ -299,8 +302,9 @@ pub fn status(pin: &std::path::Path, maps: &Maps) -> anyhow::Result<Status> {
             target: v.target.clone(),
             target_port: v.service.and_then(|s| s.target_port),
             announce: v.announce,
+            announced: None,
         })
-        .collect();
+        .collect::<Vec<_>>();
     let daemon = daemon(pin, maps)?;
     let meta = maps.meta()?;
     let announce = match (meta.announce_protocol, meta.announce_table) {
@@ -311,6 +315,16 @@ pub fn status(pin: &std::path::Path, maps: &Maps) -> anyhow::Result<Status> {
             daemon.running,
         )?),
     };
+    let mut vips = vips;
+    if let Some(a) = &announce {
+        for v in vips.iter_mut().filter(|v| v.announce) {
+            v.announced = a
+                .addresses
+                .iter()
+                .find(|x| x.address == v.address)
+                .map(|x| x.announced);
+        }
+    }
     Ok(Status {
         daemon,
         interfaces: Vec::new(),

@@ -1331,17 +1331,19 @@ fn announce_warns_of_history_dependent_choices_and_shared_addresses() {
         "{w:?}"
     );
 
-    let config = accepts(&edited(|v| {
-        v["announce"] = json!({});
-        push(
-            &mut v["targets"],
-            json!({ "name": "db", "paths": [{ "name": "a", "address": "192.0.2.9" }] }),
-        );
-        push(
-            &mut v["vips"],
-            json!({ "address": "203.0.113.11", "protocol": "udp", "port": 53, "target": "db" }),
-        );
-    }));
+    // The example with target `db` and a UDP service of its on 203.0.113.11, beside web-vm's.
+    let shared = |db_vip: Value| {
+        accepts(&edited(|v| {
+            v["announce"] = json!({});
+            push(
+                &mut v["targets"],
+                json!({ "name": "db", "paths": [{ "name": "a", "address": "192.0.2.9" }] }),
+            );
+            push(&mut v["vips"], db_vip);
+        }))
+    };
+    let config =
+        shared(json!({ "address": "203.0.113.11", "protocol": "udp", "port": 53, "target": "db" }));
     let w = config.warnings();
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(
@@ -1349,17 +1351,9 @@ fn announce_warns_of_history_dependent_choices_and_shared_addresses() {
         "{w:?}"
     );
     // Opting the other target's VIP out removes the coupling.
-    let config = accepts(&edited(|v| {
-        v["announce"] = json!({});
-        push(
-            &mut v["targets"],
-            json!({ "name": "db", "paths": [{ "name": "a", "address": "192.0.2.9" }] }),
-        );
-        push(
-            &mut v["vips"],
-            json!({ "address": "203.0.113.11", "protocol": "udp", "port": 53, "target": "db",
-                    "announce": false }),
-        );
-    }));
+    let config = shared(
+        json!({ "address": "203.0.113.11", "protocol": "udp", "port": 53,
+                                "target": "db", "announce": false }),
+    );
     assert!(config.warnings().is_empty());
 }

@@ -437,17 +437,12 @@ impl Edges {
             // The neighbours' ends of its links drop everything, both ways: the edge's own
             // programs run before any filter of its own, so its side cannot be the one.
             for (ns, dev) in self.neighbours(n) {
-                let rule = format!(
+                ns.nft(&format!(
                     "table inet lab_silent {{\n\
                      chain i {{ type filter hook input priority -300; iifname \"{dev}\" drop; }}\n\
                      chain f {{ type filter hook forward priority -300; iifname \"{dev}\" drop; oifname \"{dev}\" drop; }}\n\
                      chain o {{ type filter hook output priority -300; oifname \"{dev}\" drop; }}\n}}\n"
-                );
-                let file = std::env::temp_dir().join(format!("{}-silent.nft", ns.name()));
-                std::fs::write(&file, rule)?;
-                let r = ns.exec("nft", &["-f", &file.to_string_lossy()]);
-                let _ = std::fs::remove_file(&file);
-                r?;
+                ))?;
             }
         }
         Ok(())

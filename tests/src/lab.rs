@@ -284,14 +284,9 @@ impl Lab {
 
 /// A filter table `table` in `ns` that applies `rule` to everything forwarded.
 fn nft(ns: &Netns, table: &str, rule: &str) -> anyhow::Result<()> {
-    let text = format!(
+    ns.nft(&format!(
         "table inet {table} {{\n chain lab {{ type filter hook forward priority -300; {rule}; }}\n}}\n"
-    );
-    let file = std::env::temp_dir().join(format!("{}-{table}.nft", ns.name()));
-    std::fs::write(&file, text)?;
-    let r = ns.exec("nft", &["-f", &file.to_string_lossy()]).map(drop);
-    let _ = std::fs::remove_file(&file);
-    r
+    ))
 }
 
 /// The lab's `lb` configuration: failover target `web-vm` (nn1 preferred) behind the

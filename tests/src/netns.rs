@@ -106,6 +106,20 @@ impl Netns {
         Ok(out)
     }
 
+    /// Loads the nftables ruleset `text` in the namespace (`nft -f`, through a file).
+    pub fn nft(&self, text: &str) -> anyhow::Result<()> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let file = std::env::temp_dir().join(format!(
+            "{}-{}.nft",
+            self.name,
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&file, text)?;
+        let r = self.exec("nft", &["-f", &file.to_string_lossy()]).map(drop);
+        let _ = std::fs::remove_file(&file);
+        r
+    }
+
     /// Runs `cmd args` inside the namespace (`ip netns exec`), failing with its stderr.
     pub fn exec(&self, cmd: &str, args: &[&str]) -> anyhow::Result<Output> {
         output(

@@ -1456,7 +1456,12 @@ fn announces_servable_vips() -> anyhow::Result<()> {
                                     "servable": true, "why": null }]),
         "{a}"
     );
-    ensure!(s["vips"][1]["announce"] == false, "{s}");
+    ensure!(
+        s["vips"][0]["announced"] == true
+            && s["vips"][1]["announce"] == false
+            && s["vips"][1]["announced"].is_null(),
+        "{s}"
+    );
 
     // Both paths down: nothing serves the VIP here, the route goes.
     topo.fail(1, Failure::Blackhole)?;

@@ -79,12 +79,10 @@ fn silent_failure_resets_no_connection() -> anyhow::Result<()> {
 /// nothing: the upstream's route keeps edge 2 throughout.
 fn a_target_down_on_one_edge_is_withdrawn_there_only() -> anyhow::Result<()> {
     let rig = ScaleOut::start(Edges::new()?)?;
-    let drop_probes = "table inet probes {\n chain out { type filter hook output priority 0; \
-                       ip daddr 192.0.2.0/24 drop; }\n}\n";
-    let file = std::env::temp_dir().join(format!("{}-probes.nft", rig.net.edges[0].name()));
-    std::fs::write(&file, drop_probes)?;
-    rig.net.edges[0].exec("nft", &["-f", &file.to_string_lossy()])?;
-    let _ = std::fs::remove_file(&file);
+    rig.net.edges[0].nft(
+        "table inet probes {\n chain out { type filter hook output priority 0; \
+         ip daddr 192.0.2.0/24 drop; }\n}\n",
+    )?;
     for vip in [VIP, VIP_SPREAD] {
         rig.net
             .wait_edges(vip, &[2], Duration::from_secs(5))

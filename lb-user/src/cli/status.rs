@@ -100,7 +100,12 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
         let to = v
             .target_port
             .map_or(String::new(), |p| format!(" port {p}"));
-        let counts = if v.announce { "" } else { " (announce: false)" };
+        let counts = match (v.announce, v.announced) {
+            (false, _) => " (announce: false)",
+            (true, Some(true)) => " [announced]",
+            (true, Some(false)) => " [withdrawn]",
+            (true, None) => "",
+        };
         println!("vip {} {service} → {}{to}{counts}", v.address, v.target);
     }
     match &s.announce {

@@ -13,7 +13,6 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::{
-    bench::throughput::nft_file,
     lab::{self, Lab, NN1, NN2, PORTS, VIP, Veths},
     lb::Daemon,
     servers,
@@ -66,8 +65,7 @@ pub fn run(quick: bool) -> anyhow::Result<Bulk> {
             Edge::LbAuto => (Some(Daemon::start(&lab.edge, &config, &[])?), VIP),
             Edge::LbXdp => (Some(Daemon::start(&lab.edge, &config, lab::XDP_HOOK)?), VIP),
             Edge::Nft => {
-                nft_file(
-                    &lab.edge,
+                lab.edge.nft(
                     "table ip lbbulk {\n chain pre { type nat hook prerouting priority -100; \
                      ip daddr 203.0.113.10 dnat to 192.0.2.70; }\n}\n",
                 )?;

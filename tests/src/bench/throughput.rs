@@ -188,14 +188,11 @@ fn measure_all(packets: u32, rounds: u32) -> anyhow::Result<Throughput> {
     let nft = {
         lab.edge
             .exec("ethtool", &["-K", EDGE_CLIENTS, "gro", "on"])?;
-        nft_file(
-            &lab.edge,
-            &format!(
-                "table ip lb_bench {{\n chain pre {{ type nat hook prerouting priority dstnat; ip daddr {} dnat to {}; }}\n}}\n",
-                lab::VIP,
-                lab::NN1
-            ),
-        )?;
+        lab.edge.nft(&format!(
+            "table ip lb_bench {{\n chain pre {{ type nat hook prerouting priority dstnat; ip daddr {} dnat to {}; }}\n}}\n",
+            lab::VIP,
+            lab::NN1
+        ))?;
         let m = rig.rounds(&lab, "nftables")?;
         lab.edge
             .exec("nft", &["delete", "table", "ip", "lb_bench"])?;
@@ -435,15 +432,6 @@ fn link(ns: &Netns, dev: &str) -> anyhow::Result<(u32, [u8; 6])> {
 
 fn mac_text(m: [u8; 6]) -> String {
     m.map(|b| format!("{b:02x}")).join(":")
-}
-
-/// Loads an nftables file `text` in `ns`.
-pub fn nft_file(ns: &Netns, text: &str) -> anyhow::Result<()> {
-    let file = std::env::temp_dir().join(format!("{}-bench.nft", ns.name()));
-    std::fs::write(&file, text)?;
-    let r = ns.exec("nft", &["-f", &file.to_string_lossy()]).map(drop);
-    let _ = std::fs::remove_file(&file);
-    r
 }
 
 /// Keeps the calling thread on `cpu`.
