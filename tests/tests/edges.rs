@@ -23,7 +23,7 @@ use lb_tests::{
 
 /// What a UDP stream's outage may exceed BFD's detection time by: the routers' reaction (BIRD
 /// rewrites the ECMP route; the path routers their return route) and a loaded CI machine.
-const OUTAGE_MARGIN: Duration = Duration::from_millis(300);
+const OUTAGE_MARGIN: Duration = Duration::from_millis(200);
 
 /// Edge 1 fails as `kind` says while 64 TCP connections (half to each target) are busy and 16
 /// UDP flows stream; then it comes back.
