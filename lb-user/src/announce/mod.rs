@@ -22,7 +22,8 @@ pub use routes::{Error, Routes};
 
 /// How often the table is checked against what is wanted when nothing changes.
 pub const RESYNC: Duration = Duration::from_secs(10);
-/// How long a failed change waits before it is tried again.
+/// How long a failed change first waits before it is tried again; each failure in a row
+/// doubles the wait, up to [`RESYNC`].
 const RETRY: Duration = Duration::from_secs(1);
 
 /// What the daemon wants the table to hold.
@@ -67,14 +68,23 @@ impl Announcer {
 
 async fn keep(routes: Routes, recorded: Option<Announce>, mut rx: watch::Receiver<Option<Wanted>>) {
     let mut applied = recorded;
+    let mut retry = RETRY;
     loop {
         let wanted = rx.borrow_and_update().clone();
         let next = match wanted {
             Some(wanted) => match reconcile(&routes, &mut applied, &wanted).await {
-                Ok(()) => RESYNC,
+                Ok(()) => {
+                    if retry > RETRY {
+                        info!("announcements: the routes are as wanted again");
+                    }
+                    retry = RETRY;
+                    RESYNC
+                }
                 Err(e) => {
-                    warn!("announcements: {e}; trying again in {RETRY:?}");
-                    RETRY
+                    warn!("announcements: {}; trying again in {retry:?}", chain(&e));
+                    let wait = retry;
+                    retry = (retry * 2).min(RESYNC);
+                    wait
                 }
             },
             None => RESYNC,
@@ -84,6 +94,18 @@ async fn keep(routes: Routes, recorded: Option<Announce>, mut rx: watch::Receive
             () = tokio::time::sleep(next) => {}
         }
     }
+}
+
+/// `e` and its causes, `: `-separated (the netlink error names what the kernel refused).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// Brings the routes to `wanted`: the wanted table first, then the table of `applied` when
