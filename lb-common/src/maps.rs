@@ -658,6 +658,10 @@ pub const FLOW_F_FROM_PATH: u32 = 1 << 0;
 pub const FLOW_F_REPLIED: u32 = 1 << 1;
 /// A TCP FIN or RST was seen: the connection is closing, its exception expires soon.
 pub const FLOW_F_CLOSING: u32 = 1 << 2;
+/// Pinned by the client's SYN during a transition (the flow's previous path differs from its
+/// current one): the client's next segment, which it sends only after the VM's SYN-ACK, marks
+/// it replied.
+pub const FLOW_F_FROM_SYN: u32 = 1 << 3;
 
 /// An exception: where flow `key` goes instead of its target's decision ([`FLOWS`],
 /// [`OUTBOUND`], [`SHADOWED`]).

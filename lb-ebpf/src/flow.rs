@@ -7,7 +7,10 @@
 //! - during a transition (the control plane keeps the previous decision beside the current
 //!   one), a TCP packet that is not a SYN belongs to a connection older than the change: it
 //!   follows the previous decision while that path is up, and pins itself there (`LB_FLOWS`,
-//!   rate-limited per CPU) so that a later change does not move it;
+//!   rate-limited per CPU) so that a later change does not move it; a SYN whose flow's
+//!   previous path differs pins the new connection to the current path (the client's next
+//!   segment marks that pin answered), since with several edges the VM's SYN-ACK may come back
+//!   through another edge than its SYN;
 //! - a packet of the VM's that leaves by a path the rules would not send its flow's next
 //!   packets to pins the flow there (`LB_OUTBOUND`, see `reverse`): a connection the VM opened
 //!   over a standby path, a connection accepted (SYN-ACK) on the current path of a flow whose
@@ -29,7 +32,7 @@ use lb_common::{
     hash::ring_slot,
     maps::{
         DEFAULT_PIN_BURST, DEFAULT_PIN_PER_SEC, FILTER_PATH_SERVICE, FLOW_F_CLOSING,
-        FLOW_F_REPLIED, FlowKey, FlowValue, NO_ID, PATH_UP, REV_F_SHADOWS_WHOLE,
+        FLOW_F_FROM_SYN, FLOW_F_REPLIED, FlowKey, FlowValue, NO_ID, PATH_UP, REV_F_SHADOWS_WHOLE,
         SEEN_GRANULARITY_NS, TARGET_MODE_RING, TARGET_MODE_SINGLE, TargetValue, VipValue,
         ring_index,
     },
@@ -205,6 +208,10 @@ fn exception(
         count(Counter::ExceptionStale);
         return None;
     };
+    // A client's segment after its SYN was pinned: it has seen the VM's SYN-ACK (which may
+    // have come back through another edge, where this pin is not).
+    let answered = answered
+        || (e.flags & FLOW_F_FROM_SYN != 0 && matches!(segment, Segment::Established { .. }));
     touch(e, segment, answered);
     Some(p)
 }
@@ -243,7 +250,8 @@ fn pin_allowed() -> bool {
 }
 
 /// Pins flow `key` (of VIP `vip`, target `target`) to path `path` in `map`; `Ok` when it is
-/// in. An entry already there (another CPU's) is left as it is.
+/// in. An entry already there (another CPU's, or an earlier connection's) is left as it is: a
+/// packet never repoints a pin, so a spoofed SYN cannot move an established connection.
 #[inline(always)]
 fn pin(
     map: &HashMap<FlowKey, FlowValue>,
@@ -281,16 +289,27 @@ pub fn choose(key: &FlowKey, vip: &Vip, segment: Segment) -> Result<Chosen, Coun
             return Ok(p);
         }
     }
-    let (p, previous) = by_rules(t, target, key, segment)?;
-    if previous {
+    let (p, on_previous) = by_rules(t, target, key, segment)?;
+    if on_previous {
         count(Counter::FlowPrevious);
         if !pin_allowed() {
             count(Counter::ExceptionRateLimited);
         } else if pin(&LB_FLOWS, key, vip.id, target, p.id, 0) {
             count(Counter::ExceptionPinned);
         }
-    } else {
-        count(Counter::FlowDecided);
+        return Ok(p);
+    }
+    count(Counter::FlowDecided);
+    // A new connection during a transition, on a flow whose previous path differs: pinned to
+    // the current path by its SYN, so that its next segments (without SYN) are not taken for
+    // an older connection's. The VM's SYN-ACK pins it too, but only on the edge it comes back
+    // through, which with several edges is often not this one.
+    if segment == Segment::Syn && previous(t, target, key, p.id).is_some() {
+        if !pin_allowed() {
+            count(Counter::ExceptionRateLimited);
+        } else if pin(&LB_FLOWS, key, vip.id, target, p.id, FLOW_F_FROM_SYN) {
+            count(Counter::ExceptionPinned);
+        }
     }
     Ok(p)
 }

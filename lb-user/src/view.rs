@@ -485,8 +485,11 @@ pub struct Flow {
     pub target: Option<String>,
     pub path: Option<String>,
     /// Pinned by a packet of the VM's (a connection it opened, or a SYN-ACK during a
-    /// transition); otherwise by the client's first packet after a decision change.
+    /// transition); otherwise by the client: its first packet after a decision change, or
+    /// (`from_syn`) the SYN of a connection opened during a transition.
     pub from_vm: bool,
+    /// Pinned by the client's SYN during a transition (its flow's previous path differs).
+    pub from_syn: bool,
     /// The other side has answered since the pin.
     pub replied: bool,
     /// A FIN or RST went by: the exception expires soon.
@@ -519,6 +522,7 @@ pub fn flows(maps: &Maps, limit: usize) -> Result<Vec<Flow>, Error> {
                 target: names.map(|(t, _)| t.to_string()),
                 path: names.map(|(_, p)| p.to_string()),
                 from_vm: v.flags & FLOW_F_FROM_PATH != 0,
+                from_syn: v.flags & lb_common::maps::FLOW_F_FROM_SYN != 0,
                 replied: v.flags & lb_common::maps::FLOW_F_REPLIED != 0,
                 closing: v.flags & lb_common::maps::FLOW_F_CLOSING != 0,
             }

@@ -152,6 +152,84 @@ fn a_target_down_on_one_edge_is_withdrawn_there_only() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A failback on both edges leaves a transition (new flows → nn1, older connections keep
+/// nn2). New connections opened then must not be reset, although the VM's SYN-ACK comes back
+/// through whichever edge nn1's ECMP picks, often not the one that carried the SYN: the SYN's
+/// pin on its own edge keeps the client's next segments on nn1.
+fn new_connections_during_a_transition_are_not_reset() -> anyhow::Result<()> {
+    let rig = ScaleOut::start(Edges::new()?)?;
+    // Transitions that last (the rig's configuration ends them after 1 s).
+    for d in &rig.lbs {
+        d.write_config(
+            &lb_tests::edges::config(HTTP_PORT)
+                .replace(r#""tcp_idle_s": 1"#, r#""tcp_idle_s": 600"#),
+        )?;
+        let before = d.log_text().matches("configuration applied").count();
+        d.lb(&["reload"])?;
+        let end = Instant::now() + Duration::from_secs(5);
+        while d.log_text().matches("configuration applied").count() <= before {
+            ensure!(
+                Instant::now() < end,
+                "reload not applied:\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    // nn1's router drops what goes to web's nn1 address: both edges fail web over to nn2.
+    rig.net.routers[0].nft(
+        "table inet t {\n chain f { type filter hook forward priority -300; \
+         ip daddr 192.0.2.70 drop; }\n}\n",
+    )?;
+    let active = |s: &serde_json::Value, want: &str, transition: bool| {
+        lb_tests::lb::active(s, "web").as_deref() == Some(want)
+            && s["targets"].as_array().is_some_and(|ts| {
+                ts.iter()
+                    .any(|t| t["name"] == "web" && t["transition"].is_null() != transition)
+            })
+    };
+    for d in &rig.lbs {
+        d.wait_status(Duration::from_secs(5), |s| {
+            lb_tests::lb::active(s, "web").as_deref() == Some("nn2")
+        })?;
+    }
+    // Healed: both fail back to nn1 and keep nn2 for older connections.
+    rig.net.routers[0].exec("nft", &["delete", "table", "inet", "t"])?;
+    for d in &rig.lbs {
+        d.wait_status(Duration::from_secs(5), |s| active(s, "nn1", true))?;
+    }
+    let chatter = lb_tests::traffic::TcpChatter::start(
+        &rig.net.client,
+        vec![std::net::SocketAddr::from((VIP, lb_tests::lab::ECHO_PORT))],
+        64,
+        Duration::from_millis(50),
+    )?;
+    std::thread::sleep(Duration::from_millis(1000));
+    let r = chatter.finish()?;
+    let pins: Vec<u64> = rig
+        .lbs
+        .iter()
+        .map(|d| {
+            d.json(&["stats"])
+                .map(|s| s["counters"]["exception_pinned"].as_u64().unwrap_or(0))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    ensure!(
+        r.failed.is_empty(),
+        "{} of {} connections opened during the transition failed: {:?} (pins per edge {pins:?})\n{}",
+        r.failed.len(),
+        r.connections,
+        r.failed,
+        rig.logs()
+    );
+    ensure!(
+        pins.iter().sum::<u64>() >= 64,
+        "every connection's SYN pinned it on its edge: {pins:?}"
+    );
+    ensure!(r.rounds > 5, "the connections were busy: {r:?}");
+    Ok(())
+}
+
 fn main() {
     lb_tests::run_suite(
         "edges",
@@ -171,6 +249,10 @@ fn main() {
             (
                 "a_target_down_on_one_edge_is_withdrawn_there_only",
                 a_target_down_on_one_edge_is_withdrawn_there_only,
+            ),
+            (
+                "new_connections_during_a_transition_are_not_reset",
+                new_connections_during_a_transition_are_not_reset,
             ),
         ],
         // Timing (BFD, outages) that a neighbour's load would distort.

@@ -10,8 +10,8 @@ use etherparse::{Icmpv4Type, icmpv4::DestUnreachableHeader};
 use lb_common::{
     Counter::{self, *},
     maps::{
-        FlowKey, FlowValue, PASSIVE_SILENCE, PASSIVE_SYN, PATH_DISABLED, PATH_DOWN, PATH_UP,
-        PassiveEvent, PathSeen, TargetValue,
+        FLOW_F_FROM_SYN, FLOW_F_REPLIED, FlowKey, FlowValue, PASSIVE_SILENCE, PASSIVE_SYN,
+        PATH_DISABLED, PATH_DOWN, PATH_UP, PassiveEvent, PathSeen, TargetValue,
     },
     net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -408,7 +408,7 @@ const CASES: &[(&str, &str, Case)] = &[
     ),
     (
         "ingress_failback_keeps_old_connections",
-        "failback with preempt (nn2 → nn1, nn2 still up): an established connection stays on nn2, pinning itself once; a SYN follows the new decision to nn1 and creates nothing",
+        "failback with preempt (nn2 → nn1, nn2 still up): an established connection stays on nn2, pinning itself once; a SYN follows the new decision to nn1 and pins its new connection there (its flow's previous path differs)",
         |fx| {
             fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
             let p = to_vip(addr::VIP, 40000, 22);
@@ -423,11 +423,20 @@ const CASES: &[(&str, &str, Case)] = &[
             let syn =
                 Pkt::tcp_syn(addr::CLIENT, 40001, addr::VIP, 22).eth(macs::CLIENT, macs::CLI0);
             ingress(fx, &syn, Redirect(&toward(&syn, addr::NN1, macs::NN1)))?;
-            assert_eq!(fx.dp.maps.flows(10)?.len(), 1, "a SYN creates no state");
+            let new = flow(addr::CLIENT, addr::VIP, 40001, 22, IPPROTO_TCP);
+            let syn_pin = fx
+                .dp
+                .maps
+                .flow(&new)?
+                .expect("the new connection is pinned");
+            assert_eq!(
+                (syn_pin.path, syn_pin.flags),
+                (ids::PATH_NN1, FLOW_F_FROM_SYN)
+            );
             fx.counters(&[
                 (FlowDecided, 2),
                 (FlowPrevious, 1),
-                (ExceptionPinned, 1),
+                (ExceptionPinned, 2),
                 (ExceptionHit, 2),
                 (NatIngress, 5),
                 (XdpRedirect, 5),
@@ -441,13 +450,18 @@ const CASES: &[(&str, &str, Case)] = &[
     ),
     (
         "ingress_new_connection_during_a_transition",
-        "during a transition a connection accepted on the new path (its SYN-ACK from nn1, the previous decision nn2) is pinned there by the VM's SYN-ACK, so its next packets do not follow the previous decision",
+        "during a transition a new connection on a flow whose previous path differs (the previous decision nn2, the current nn1) is pinned to nn1 by its SYN; the VM's SYN-ACK confirms that pin instead of making one of its own, and the client's next packets follow it",
         |fx| {
             fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
             fx.change_single(ids::TARGET_WEB, ids::PATH_NN1)?;
             let syn =
                 Pkt::tcp_syn(addr::CLIENT, 40001, addr::VIP, 22).eth(macs::CLIENT, macs::CLI0);
             ingress(fx, &syn, Redirect(&toward(&syn, addr::NN1, macs::NN1)))?;
+            let key = flow(addr::CLIENT, addr::VIP, 40001, 22, IPPROTO_TCP);
+            let pin = fx.dp.maps.flows(10)?;
+            assert_eq!(pin.len(), 1);
+            assert_eq!((pin[0].0, pin[0].1.path), (key, ids::PATH_NN1));
+            assert_eq!(pin[0].1.flags, FLOW_F_FROM_SYN, "unanswered yet");
             let synack = from_path(
                 Pkt::tcp_syn_ack(addr::NN1, 22, addr::CLIENT, 40001),
                 macs::NN1,
@@ -457,36 +471,50 @@ const CASES: &[(&str, &str, Case)] = &[
                 &synack,
                 Redirect(&toward_client(&synack, addr::VIP, macs::CLIENT)),
             )?;
-            let key = flow(addr::CLIENT, addr::VIP, 40001, 22, IPPROTO_TCP);
-            let pin = fx.dp.maps.outbound(10)?;
-            assert_eq!(pin.len(), 1);
-            assert_eq!((pin[0].0, pin[0].1.path), (key, ids::PATH_NN1));
+            assert!(fx.dp.maps.outbound(10)?.is_empty(), "the SYN's pin serves");
+            let pin = fx.dp.maps.flows(10)?;
+            assert_eq!(pin[0].1.flags, FLOW_F_FROM_SYN | FLOW_F_REPLIED);
             let ack = to_vip(addr::VIP, 40001, 22);
             ingress(fx, &ack, Redirect(&toward(&ack, addr::NN1, macs::NN1)))?;
-            assert!(
-                fx.dp.maps.flows(10)?.is_empty(),
-                "nothing pinned by the client"
-            );
             fx.counters(&[
                 (FlowDecided, 1),
-                (ExceptionFromVm, 1),
+                (ExceptionPinned, 1),
                 (ExceptionHit, 1),
                 (NatIngress, 2),
                 (NatReturn, 1),
                 (XdpRedirect, 3),
             ])?;
-            // Without a transition the same SYN-ACK pins nothing.
+            // Without a transition a SYN pins nothing.
             fx.target_single(ids::TARGET_WEB, ids::PATH_NN1)?;
-            let synack = from_path(
-                Pkt::tcp_syn_ack(addr::NN1, 22, addr::CLIENT, 40002),
-                macs::NN1,
-            );
-            returning(
-                fx,
-                &synack,
-                Redirect(&toward_client(&synack, addr::VIP, macs::CLIENT)),
-            )?;
-            assert_eq!(fx.dp.maps.outbound(10)?.len(), 1);
+            let syn =
+                Pkt::tcp_syn(addr::CLIENT, 40002, addr::VIP, 22).eth(macs::CLIENT, macs::CLI0);
+            ingress(fx, &syn, Redirect(&toward(&syn, addr::NN1, macs::NN1)))?;
+            assert_eq!(fx.dp.maps.flows(10)?.len(), 1);
+            Ok(())
+        },
+    ),
+    (
+        "ingress_new_connection_during_a_transition_answered_through_another_edge",
+        "with several edges the VM's SYN-ACK may come back through another edge: the client's next packet, which it sends only after that SYN-ACK, finds its SYN's pin, follows the current decision (not the previous one, which would reset the connection) and marks the pin answered",
+        |fx| {
+            fx.target_single(ids::TARGET_WEB, ids::PATH_NN2)?;
+            fx.change_single(ids::TARGET_WEB, ids::PATH_NN1)?;
+            let syn =
+                Pkt::tcp_syn(addr::CLIENT, 40003, addr::VIP, 22).eth(macs::CLIENT, macs::CLI0);
+            ingress(fx, &syn, Redirect(&toward(&syn, addr::NN1, macs::NN1)))?;
+            let ack = to_vip(addr::VIP, 40003, 22);
+            ingress(fx, &ack, Redirect(&toward(&ack, addr::NN1, macs::NN1)))?;
+            let pin = fx.dp.maps.flows(10)?;
+            assert_eq!(pin.len(), 1);
+            assert_eq!(pin[0].1.path, ids::PATH_NN1);
+            assert_eq!(pin[0].1.flags, FLOW_F_FROM_SYN | FLOW_F_REPLIED);
+            fx.counters(&[
+                (FlowDecided, 1),
+                (ExceptionPinned, 1),
+                (ExceptionHit, 1),
+                (NatIngress, 2),
+                (XdpRedirect, 2),
+            ])?;
             Ok(())
         },
     ),

@@ -30,10 +30,10 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
             (Some(t), Some(p)) => format!("{t}/{p}"),
             _ => "(path gone)".into(),
         };
-        let origin = if f.from_vm {
-            "pinned by the VM"
-        } else {
-            "pinned by the client"
+        let origin = match (f.from_vm, f.from_syn) {
+            (true, _) => "pinned by the VM",
+            (false, true) => "pinned by the client's SYN",
+            (false, false) => "pinned by the client",
         };
         let state = match (f.closing, f.replied) {
             (true, _) => ", closing",
