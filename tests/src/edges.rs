@@ -570,10 +570,10 @@ impl ScaleOut {
         }
         // From a steady state: every path up on both edges and no transition in force. A path
         // that rose after its target settled leaves a transition (the ring grew, or a failback),
-        // and with several edges a transition resets new connections whose SYN-ACK returns
-        // through the other edge (an open bug: docs/DATAPATH.md, "Several edges"). The rounds
-        // measure edge failures, so they start where none is in force; `flows.tcp_idle_s` 1
-        // (the configuration below) ends a start-up transition within the next sweep.
+        // during which new connections live on their SYN's pin (tested on its own:
+        // `new_connections_during_a_transition_are_not_reset`). The rounds measure edge failures
+        // alone, so they start where none is in force; `flows.tcp_idle_s` 1 (the configuration
+        // below) ends a start-up transition within the next sweep.
         for d in &rig.lbs {
             d.wait_status(CONVERGE, |s| {
                 s["targets"].as_array().is_some_and(|ts| {
