@@ -225,6 +225,21 @@ impl Daemon {
         self.spawn(&args, None)
     }
 
+    /// `lb reload`, then waits (bounded) until the daemon has applied a configuration again.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let applied = |d: &Daemon| d.log_text().matches("configuration applied").count();
+        let before = applied(self);
+        self.lb(&["reload"])?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while applied(self) <= before {
+            if Instant::now() > deadline {
+                bail!("reload not applied within 5 s:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
     /// Rewrites the configuration file (for a reload).
     pub fn write_config(&self, config: &str) -> anyhow::Result<()> {
         Ok(std::fs::write(&self.config, config)?)

@@ -272,22 +272,6 @@ fn signals_during_startup_are_handled() -> anyhow::Result<()> {
 }
 
 /// `lb reload`, then waits (bounded) until the daemon has applied the file.
-fn reload_and_wait(d: &Daemon) -> anyhow::Result<()> {
-    let applied = |d: &Daemon| d.log_text().matches("configuration applied").count();
-    let before = applied(d);
-    d.lb(&["reload"])?;
-    let deadline = std::time::Instant::now() + T;
-    while applied(d) <= before {
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "reload not applied:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(())
-}
-
 /// Guards `flow_table_size`: a map's size is fixed when it is created, so a reload that changes
 /// it says that it is not applied (it used to be silent), a restart with `--replace` applies it
 /// (a new datapath), and a restart after that adopts the new size without a word.
@@ -303,7 +287,7 @@ fn flow_table_size_reload_says_so_and_replace_applies_it() -> anyhow::Result<()>
         "the test's configuration names its flow_table_size"
     );
     d.write_config(&large)?;
-    reload_and_wait(&d)?;
+    d.reload()?;
     let log = d.log_text();
     ensure!(
         log.contains("flow_table_size 131072 is not applied by a reload: the exception table keeps its size 65536"),
@@ -345,7 +329,7 @@ fn reload_applies_new_rise_and_fall() -> anyhow::Result<()> {
     };
     let (topo, _srv, d) = setup(&config(&probe(100), "", WHOLE_VIP))?;
     d.write_config(&config(&probe(2), "", WHOLE_VIP))?;
-    reload_and_wait(&d)?;
+    d.reload()?;
     topo.fail(1, Failure::Blackhole)?;
     let took = d.wait_status(Duration::from_secs(3), |s| {
         active(s, "web").as_deref() == Some("nn2")
@@ -1520,7 +1504,7 @@ fn announces_servable_vips() -> anyhow::Result<()> {
 
     // A reload to another table moves the route.
     d.write_config(&cfg(201))?;
-    reload_and_wait(&d)?;
+    d.reload()?;
     wait_routes(&topo, &d, 201, &[VIP], T)?;
     wait_routes(&topo, &d, 200, &[], T)?;
     ensure!(d.json(&["status"])?["announce"]["table"] == 201);

@@ -164,17 +164,7 @@ fn new_connections_during_a_transition_are_not_reset() -> anyhow::Result<()> {
             &lb_tests::edges::config(HTTP_PORT)
                 .replace(r#""tcp_idle_s": 1"#, r#""tcp_idle_s": 600"#),
         )?;
-        let before = d.log_text().matches("configuration applied").count();
-        d.lb(&["reload"])?;
-        let end = Instant::now() + Duration::from_secs(5);
-        while d.log_text().matches("configuration applied").count() <= before {
-            ensure!(
-                Instant::now() < end,
-                "reload not applied:\n{}",
-                d.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        d.reload()?;
     }
     // nn1's router drops what goes to web's nn1 address: both edges fail web over to nn2.
     rig.net.routers[0].nft(
