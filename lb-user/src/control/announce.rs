@@ -83,20 +83,20 @@ pub fn addresses(model: &Model, attached: bool) -> BTreeMap<Ipv4Addr, Result<(),
     out
 }
 
-/// The addresses to announce.
-pub fn announced(model: &Model, attached: bool) -> std::collections::BTreeSet<Ipv4Addr> {
-    addresses(model, attached)
-        .into_iter()
-        .filter_map(|(a, r)| r.is_ok().then_some(a))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
     use crate::{config::Config, control::health::Health};
+
+    /// The addresses [`addresses`] says to announce.
+    fn announced(model: &Model, attached: bool) -> std::collections::BTreeSet<Ipv4Addr> {
+        addresses(model, attached)
+            .into_iter()
+            .filter_map(|(a, r)| r.is_ok().then_some(a))
+            .collect()
+    }
 
     const A: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
     const B: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
