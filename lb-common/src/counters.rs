@@ -40,8 +40,8 @@ counters! {
     XdpRedirect = "xdp_redirect",
 
     // ---- Passed to the kernel untouched: not ours, or not forwardable here. ----
-    /// Not IPv4 (ARP, IPv6, ...), or an Ethernet frame too short to say.
-    PassNotIpv4 = "pass_not_ipv4",
+    /// Neither IPv4 nor IPv6 (ARP, LLDP, ...), or an Ethernet frame too short to say.
+    PassNotIp = "pass_not_ip",
     /// An IPv4 header too short or of the wrong version to read addresses from.
     PassBadIpv4 = "pass_bad_ipv4",
     /// The destination is no VIP (ingress) / the source no path (return); for a later
@@ -58,6 +58,16 @@ counters! {
     PassForwardingOff = "pass_forwarding_off",
     /// Arrived with two VLAN tags (802.1ad): left to the kernel's VLAN devices untranslated.
     PassVlan = "pass_vlan",
+    /// An IPv6 header too short or of the wrong version to read addresses from.
+    PassBadIpv6 = "pass_bad_ipv6",
+    /// IPv6 extension headers the datapath does not translate across: authentication (it
+    /// covers the addresses) or ESP, no next header, an unknown header, hop-by-hop options
+    /// that are not first, a routing header with segments left (the destination is not the
+    /// final one), a jumbogram, or more headers or bytes than the walk's bound.
+    PassIpv6Ext = "pass_ipv6_ext",
+    /// ICMPv6 of the link or the host (neighbour discovery, router advertisements, MLD):
+    /// never translated, whatever its addresses.
+    PassIcmp6Control = "pass_icmp6_control",
 
     // ---- Translated, then handed to the kernel to forward. ----
     /// The FIB has no neighbour entry for the next hop yet.
@@ -72,6 +82,10 @@ counters! {
     // ---- Dropped. ----
     /// IPv4 header inconsistent: IHL < 5, total length beyond the frame or below the header.
     DropBadIpv4 = "drop_bad_ipv4",
+    /// IPv6 payload length beyond the frame, or an extension header cut short.
+    DropBadIpv6 = "drop_bad_ipv6",
+    /// UDP over IPv6 without a checksum (0), which IPv6 forbids (RFC 8200 §8.1).
+    DropUdp6ZeroChecksum = "drop_udp6_zero_checksum",
     /// For a VIP or from a path, but the TCP/UDP/ICMP header is truncated.
     DropShortL4 = "drop_short_l4",
     /// For a whole-address VIP, but neither TCP, UDP nor ICMP.
@@ -161,7 +175,7 @@ impl Counter {
     /// For a pass/drop reason, what happens to the packet; `None` for verdicts and events.
     pub const fn disposition(self) -> Option<Disposition> {
         let i = self as u32;
-        if i >= Counter::PassNotIpv4 as u32 && i <= Counter::PassNoTxPort as u32 {
+        if i >= Counter::PassNotIp as u32 && i <= Counter::PassNoTxPort as u32 {
             Some(Disposition::Pass)
         } else if i >= Counter::DropBadIpv4 as u32 && i <= Counter::DropWrongInterface as u32 {
             Some(Disposition::Drop)

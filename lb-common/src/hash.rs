@@ -1,7 +1,7 @@
 //! Hashes shared by the datapath and the control plane: the flow hash that indexes a target's
 //! consistent-hash table, and the slot of the address pre-filter.
 
-use crate::maps::{ADDR_FILTER_BITS, FlowKey, RING_SIZE};
+use crate::maps::{ADDR_FILTER_BITS, Addr4, Addr6, FlowKey, RING_SIZE};
 
 /// The murmur3 32-bit finaliser: cheap (two multiplies) and well mixed.
 #[inline(always)]
@@ -16,21 +16,68 @@ pub const fn mix32(mut h: u32) -> u32 {
 
 const FLOW_SEED: u32 = 0x6c62_5f31; // "lb_1"
 
-/// The hash of a flow's 5-tuple.
+/// An address the hashes take: IPv4 or IPv6, in network byte order.
+pub trait HashAddr: Copy {
+    /// Chains the address into hash state `h`: one [`mix32`] round per 32-bit word.
+    fn mix_into(&self, h: u32) -> u32;
+    /// The [`crate::maps::ADDR_FILTER`] index of the address.
+    fn filter_slot(&self) -> u32;
+}
+
+impl HashAddr for Addr4 {
+    #[inline(always)]
+    fn mix_into(&self, h: u32) -> u32 {
+        mix32(h ^ u32::from_be_bytes(*self))
+    }
+    #[inline(always)]
+    fn filter_slot(&self) -> u32 {
+        addr_slot(*self)
+    }
+}
+
+impl HashAddr for Addr6 {
+    #[inline(always)]
+    fn mix_into(&self, h: u32) -> u32 {
+        let [w0, w1, w2, w3] = words6(self);
+        let mut h = mix32(h ^ w0);
+        h = mix32(h ^ w1);
+        h = mix32(h ^ w2);
+        mix32(h ^ w3)
+    }
+    #[inline(always)]
+    fn filter_slot(&self) -> u32 {
+        addr_slot6(*self)
+    }
+}
+
+/// An IPv6 address as four big-endian words.
 #[inline(always)]
-pub fn flow_hash(key: &FlowKey) -> u32 {
+const fn words6(a: &Addr6) -> [u32; 4] {
+    let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15] = *a;
+    [
+        u32::from_be_bytes([a0, a1, a2, a3]),
+        u32::from_be_bytes([a4, a5, a6, a7]),
+        u32::from_be_bytes([a8, a9, a10, a11]),
+        u32::from_be_bytes([a12, a13, a14, a15]),
+    ]
+}
+
+/// The hash of a flow's 5-tuple: [`mix32`] chained over the seed, each address word (one for
+/// IPv4, four for IPv6), the ports as one big-endian word, and the protocol.
+#[inline(always)]
+pub fn flow_hash<A: HashAddr>(key: &FlowKey<A>) -> u32 {
     let [s0, s1] = key.sport;
     let [d0, d1] = key.dport;
     let ports = u32::from_be_bytes([s0, s1, d0, d1]);
-    let mut h = mix32(FLOW_SEED ^ u32::from_be_bytes(key.src));
-    h = mix32(h ^ u32::from_be_bytes(key.dst));
+    let mut h = key.src.mix_into(FLOW_SEED);
+    h = key.dst.mix_into(h);
     h = mix32(h ^ ports);
     mix32(h ^ u32::from(key.proto))
 }
 
 /// The slot of a target's consistent-hash table a flow lands in.
 #[inline(always)]
-pub fn ring_slot(key: &FlowKey) -> u32 {
+pub fn ring_slot<A: HashAddr>(key: &FlowKey<A>) -> u32 {
     flow_hash(key) % RING_SIZE
 }
 
@@ -38,6 +85,14 @@ pub fn ring_slot(key: &FlowKey) -> u32 {
 #[inline(always)]
 pub const fn addr_slot(addr: [u8; 4]) -> u32 {
     u32::from_be_bytes(addr).wrapping_mul(0x9e37_79b1) >> (32 - ADDR_FILTER_BITS)
+}
+
+/// [`addr_slot`] of an IPv6 address: its four words folded by exclusive or, then the same
+/// Fibonacci hash. Both families share the filter: a slot's bits are a superset for both.
+#[inline(always)]
+pub const fn addr_slot6(addr: Addr6) -> u32 {
+    let [w0, w1, w2, w3] = words6(&addr);
+    addr_slot((w0 ^ w1 ^ w2 ^ w3).to_be_bytes())
 }
 
 #[cfg(test)]

@@ -5,7 +5,10 @@
 //! order as byte arrays, no `bool`/`enum`/`Option` (small integers with named constants
 //! instead; the user side converts with checked `TryFrom`).
 
-use core::{mem::size_of, net::Ipv4Addr};
+use core::{
+    mem::size_of,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 // ---- Map names: identical to the eBPF statics, at most 15 bytes (the kernel truncates). ----
 
@@ -71,6 +74,31 @@ pub const SHADOWED: &str = "LB_SHADOWED";
 /// [`FragKey`] → [`FragValue`]: the fragment-tracking LRU. A datagram's first fragment carries
 /// its ports and decides where the datagram goes; later ones carry none and follow the entry.
 pub const FRAGS: &str = "LB_FRAGS";
+
+// ---- The IPv6 twins: the same tables keyed by IPv6 addresses (see `docs/DATAPATH.md`,
+// "IPv6"). Each holds what its IPv4 twin holds, for VIPs and path addresses of that family;
+// the maps keyed by ids (targets, paths, ring, counters, stats) serve both families. ----
+
+/// [`EndpointKey6`] → [`VipValue`]: [`VIPS`] for IPv6 VIPs.
+pub const VIPS6: &str = "LB_VIPS6";
+/// [`EndpointKey6`] → [`RevValue6`]: [`REV_NAT`] for IPv6 path addresses.
+pub const REV_NAT6: &str = "LB_REV_NAT6";
+/// [`FlowKey6`] → [`FlowValue`]: [`FLOWS`] for IPv6 flows. Allocated as entries are pinned
+/// (`BPF_F_NO_PREALLOC`), so an IPv4-only edge spends no memory on it.
+pub const FLOWS6: &str = "LB_FLOWS6";
+/// [`FlowKey6`] → [`FlowValue`]: [`OUTBOUND`] for IPv6 flows, allocated as [`FLOWS6`].
+pub const OUTBOUND6: &str = "LB_OUTBOUND6";
+/// [`FlowKey6`] → [`FlowValue`]: [`SHADOWED`] for IPv6 flows.
+pub const SHADOWED6: &str = "LB_SHADOWED6";
+/// [`FragKey6`] → [`FragValue6`]: [`FRAGS`] for IPv6 datagrams.
+pub const FRAGS6: &str = "LB_FRAGS6";
+/// IPv6 address → `ADDR_*` bits: [`ADDRS`] for IPv6 addresses.
+pub const ADDRS6: &str = "LB_ADDRS6";
+/// [`NextHop6`]s, per CPU: [`NEXTHOPS`] for IPv6 destinations, the same slots.
+pub const NEXTHOPS6: &str = "LB_NEXTHOPS6";
+/// Slot 0 → `[u32; 4]`, per CPU: the IPv6 extension-header walk's result passes through it, so
+/// that the verifier checks what follows the walk once, not once for every way through it.
+pub const SCRATCH: &str = "LB_SCRATCH";
 
 // ---- Control-plane state, pinned beside the datapath's maps. The programs never read these;
 // they live in the object so that one load creates (and one pin directory keeps) everything the
@@ -194,7 +222,7 @@ pub const RETURN_NEXTHOPS: u32 = 1024;
 
 /// Every map of lb's own, for the test that checks them against the built object (which also
 /// has [`AYA_LOGS`]).
-pub const ALL: [&str; 28] = [
+pub const ALL: [&str; 37] = [
     VIPS,
     VIP_INFO,
     REV_NAT,
@@ -223,6 +251,15 @@ pub const ALL: [&str; 28] = [
     SHADOWED,
     EXC_SEQ,
     PIN_BUCKET,
+    VIPS6,
+    REV_NAT6,
+    FLOWS6,
+    OUTBOUND6,
+    SHADOWED6,
+    FRAGS6,
+    ADDRS6,
+    NEXTHOPS6,
+    SCRATCH,
 ];
 
 /// Program (function) names in the object.
@@ -380,21 +417,74 @@ impl TokenBucket {
     }
 }
 
+/// An IPv4 address as the maps hold it: network byte order.
+pub type Addr4 = [u8; 4];
+/// An IPv6 address as the maps hold it: network byte order.
+pub type Addr6 = [u8; 16];
+
+/// `addr` as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, RFC 4291 §2.5.5.2): the form the
+/// maps shared by both families ([`PathValue`], [`VipInfo`]) hold an IPv4 address in. No
+/// IPv6 VIP or path address may lie in `::ffff:0:0/96` (the configuration refuses them), so
+/// the form also says the family.
+#[inline(always)]
+pub const fn mapped(addr: Addr4) -> Addr6 {
+    let [a, b, c, d] = addr;
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d]
+}
+
+/// The IPv4 address of an IPv4-mapped `addr` ([`mapped`]); `None` for an IPv6 address.
+#[inline(always)]
+pub const fn unmapped(addr: &Addr6) -> Option<Addr4> {
+    match addr {
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d] => Some([*a, *b, *c, *d]),
+        _ => None,
+    }
+}
+
+/// The last 4 bytes of `addr`: its IPv4 address when it is IPv4-mapped ([`mapped`]). For the
+/// datapath, which knows the family from the packet and must not branch again.
+#[inline(always)]
+pub const fn low32(addr: &Addr6) -> Addr4 {
+    let [.., a, b, c, d] = *addr;
+    [a, b, c, d]
+}
+
+/// An address of either family in the form the shared maps hold it ([`mapped`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addr6Of(pub Addr6);
+
+impl From<Addr4> for Addr6Of {
+    fn from(a: Addr4) -> Self {
+        Addr6Of(mapped(a))
+    }
+}
+
+impl From<Addr6> for Addr6Of {
+    fn from(a: Addr6) -> Self {
+        Addr6Of(a)
+    }
+}
+
 /// An address with an optional protocol and port: keys [`VIPS`] (a VIP) and [`REV_NAT`] (a
-/// path address). `proto == 0 && port == [0, 0]` is the whole-address entry.
+/// path address), and with an IPv6 address ([`EndpointKey6`]) their twins [`VIPS6`] and
+/// [`REV_NAT6`]. `proto == 0 && port == [0, 0]` is the whole-address entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EndpointKey {
-    pub addr: [u8; 4],
+pub struct EndpointKey<A = Addr4> {
+    pub addr: A,
     pub port: [u8; 2],
     pub proto: u8,
     pub _pad: u8,
 }
 
-impl EndpointKey {
+/// [`EndpointKey`] of an IPv6 address; also the control plane's key of a VIP of either family
+/// (an IPv4 address [`mapped`]).
+pub type EndpointKey6 = EndpointKey<Addr6>;
+
+impl<A: Copy> EndpointKey<A> {
     /// The key of a whole-address entry.
     #[inline(always)]
-    pub const fn addr(addr: [u8; 4]) -> Self {
+    pub const fn addr(addr: A) -> Self {
         Self {
             addr,
             port: [0; 2],
@@ -403,7 +493,7 @@ impl EndpointKey {
         }
     }
     #[inline(always)]
-    pub const fn service(addr: [u8; 4], proto: u8, port: [u8; 2]) -> Self {
+    pub const fn service(addr: A, proto: u8, port: [u8; 2]) -> Self {
         Self {
             addr,
             port,
@@ -411,14 +501,12 @@ impl EndpointKey {
             _pad: 0,
         }
     }
-    pub fn new(addr: Ipv4Addr, service: Option<(u8, u16)>) -> Self {
+    /// A key of `addr`, whole-address or for `service` (protocol, port).
+    pub fn with(addr: A, service: Option<(u8, u16)>) -> Self {
         match service {
-            None => Self::addr(addr.octets()),
-            Some((proto, port)) => Self::service(addr.octets(), proto, port.to_be_bytes()),
+            None => Self::addr(addr),
+            Some((proto, port)) => Self::service(addr, proto, port.to_be_bytes()),
         }
-    }
-    pub fn ip(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.addr)
     }
     pub fn port(&self) -> u16 {
         u16::from_be_bytes(self.port)
@@ -428,12 +516,59 @@ impl EndpointKey {
     }
 }
 
+impl EndpointKey {
+    pub fn new(addr: Ipv4Addr, service: Option<(u8, u16)>) -> Self {
+        Self::with(addr.octets(), service)
+    }
+    pub fn ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.addr)
+    }
+    /// The same key in the form both families share ([`mapped`]).
+    pub fn widened(&self) -> EndpointKey6 {
+        EndpointKey6 {
+            addr: mapped(self.addr),
+            port: self.port,
+            proto: self.proto,
+            _pad: 0,
+        }
+    }
+}
+
+impl EndpointKey6 {
+    /// The key of `addr` of either family (an IPv4 address [`mapped`]).
+    pub fn of(addr: IpAddr, service: Option<(u8, u16)>) -> Self {
+        let addr = match addr {
+            IpAddr::V4(a) => mapped(a.octets()),
+            IpAddr::V6(a) => a.octets(),
+        };
+        Self::with(addr, service)
+    }
+    /// The address, in its own family ([`unmapped`]).
+    pub fn ip(&self) -> IpAddr {
+        match unmapped(&self.addr) {
+            Some(a) => IpAddr::V4(Ipv4Addr::from(a)),
+            None => IpAddr::V6(Ipv6Addr::from(self.addr)),
+        }
+    }
+    /// The IPv4 key of an IPv4-mapped key (its entry lives in the IPv4 maps); `None` for an
+    /// IPv6 one.
+    pub fn narrowed(&self) -> Option<EndpointKey> {
+        unmapped(&self.addr).map(|addr| EndpointKey {
+            addr,
+            port: self.port,
+            proto: self.proto,
+            _pad: 0,
+        })
+    }
+}
+
 /// A VIP, by id (also its index into [`VIP_STATS`]). An all-zero entry is a free id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipInfo {
-    /// The VIP's own key in [`VIPS`].
-    pub key: EndpointKey,
+    /// The VIP's own key: in [`VIPS`] for an IPv4 VIP (held here [`mapped`]), in [`VIPS6`]
+    /// for an IPv6 one.
+    pub key: EndpointKey6,
     /// Index into [`TARGETS`].
     pub target: u32,
     /// Destination port after translation; `[0, 0]` keeps the client's port.
@@ -493,8 +628,9 @@ impl VipInfo {
     /// and destination port. A flow whose VIP id no longer serves it (removed, or the id given
     /// to another VIP) is treated as a new flow.
     #[inline(always)]
-    pub fn serves(&self, key: &FlowKey) -> bool {
-        self.key.addr == key.dst
+    pub fn serves<A: Copy + Into<Addr6Of>>(&self, key: &FlowKey<A>) -> bool {
+        let Addr6Of(dst) = key.dst.into();
+        self.key.addr == dst
             && (self.key.proto == 0 || (self.key.proto == key.proto && self.key.port == key.dport))
     }
 }
@@ -580,7 +716,10 @@ pub const PATH_DISABLED: u8 = 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PathValue {
-    pub addr: [u8; 4],
+    /// The VM's address on the path: IPv6, or IPv4 [`mapped`]. A target's VIPs of one family
+    /// only ever use its paths of the same family (the control plane gives each family of a
+    /// target its own target id).
+    pub addr: Addr6,
     /// One of `PATH_*`.
     pub state: u8,
     pub _pad: [u8; 3],
@@ -592,11 +731,21 @@ pub struct PathValue {
     pub passive_us: u32,
 }
 
+impl PathValue {
+    /// The path's address in its own family ([`unmapped`]).
+    pub fn ip(&self) -> IpAddr {
+        match unmapped(&self.addr) {
+            Some(a) => IpAddr::V4(Ipv4Addr::from(a)),
+            None => IpAddr::V6(Ipv6Addr::from(self.addr)),
+        }
+    }
+}
+
 /// How a reply from a path address is translated back.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RevValue {
-    pub vip_addr: [u8; 4],
+pub struct RevValue<A = Addr4> {
+    pub vip_addr: A,
     /// Source port to restore; `[0, 0]` keeps the VM's port (whole-address VIPs).
     pub vip_port: [u8; 2],
     /// `REV_F_*` bits.
@@ -606,6 +755,9 @@ pub struct RevValue {
     pub vip_id: u32,
     pub path: u32,
 }
+
+/// [`RevValue`] of an IPv6 VIP ([`REV_NAT6`]).
+pub type RevValue6 = RevValue<Addr6>;
 
 /// On a service entry: the same path address also has a whole-address VIP, so a reply from
 /// this port may belong to either. The return program asks `LB_SHADOWED`: an entry of the
@@ -620,9 +772,9 @@ pub const REV_F_SHADOWS_WHOLE: u8 = 1 << 0;
 /// byte-wise `memset` on every packet (measured: `llvm-objdump -d` of `bench_ingress`).
 #[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FlowKey {
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+pub struct FlowKey<A = Addr4> {
+    pub src: A,
+    pub dst: A,
     pub sport: [u8; 2],
     pub dport: [u8; 2],
     pub proto: u8,
@@ -630,11 +782,14 @@ pub struct FlowKey {
     pub _pad2: u16,
 }
 
-impl FlowKey {
+/// [`FlowKey`] of an IPv6 flow ([`FLOWS6`], [`OUTBOUND6`], [`SHADOWED6`]).
+pub type FlowKey6 = FlowKey<Addr6>;
+
+impl<A: Copy> FlowKey<A> {
     #[inline(always)]
     pub const fn new(
-        src: [u8; 4],
-        dst: [u8; 4],
+        src: A,
+        dst: A,
         sport: [u8; 2],
         dport: [u8; 2],
         proto: u8,
@@ -708,6 +863,20 @@ pub struct FragKey {
     pub dir: u8,
 }
 
+/// An IPv6 datagram in one direction: RFC 8200's (source, destination, identification), and
+/// the fragmentable part's first header (redundant, as in [`FragKey`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey6 {
+    pub src: Addr6,
+    pub dst: Addr6,
+    pub id: [u8; 4],
+    pub proto: u8,
+    /// `FRAG_DIR_*`.
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+
 /// A datagram seen by the ingress program (toward a VIP).
 pub const FRAG_DIR_IN: u8 = 0;
 /// A datagram seen by the return program (from a path address).
@@ -721,8 +890,8 @@ pub const FRAG_F_PASS: u8 = 1 << 0;
 /// the source (return); `path` and `vip_rank` are the traffic slot it is counted in.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FragValue {
-    pub addr: [u8; 4],
+pub struct FragValue<A = Addr4> {
+    pub addr: A,
     pub path: u32,
     /// `FRAG_F_*` bits.
     pub flags: u8,
@@ -730,6 +899,9 @@ pub struct FragValue {
     pub vip_rank: u8,
     pub _pad: [u8; 2],
 }
+
+/// [`FragValue`] of an IPv6 datagram ([`FRAGS6`]).
+pub type FragValue6 = FragValue<Addr6>;
 
 /// Per VIP or per path traffic. "in" is toward the VM, "out" is toward the clients.
 #[repr(C)]
@@ -753,16 +925,21 @@ impl TrafficStats {
 
 const _: () = {
     assert!(size_of::<EndpointKey>() == 8);
-    assert!(size_of::<VipInfo>() == 16);
+    assert!(size_of::<EndpointKey6>() == 20);
+    assert!(size_of::<VipInfo>() == 28);
     assert!(size_of::<VipValue>() == 12);
     assert!(size_of::<TargetValue>() == 24);
-    assert!(size_of::<PathValue>() == 16);
+    assert!(size_of::<PathValue>() == 28);
     assert!(size_of::<RevValue>() == 16);
+    assert!(size_of::<RevValue6>() == 28);
     assert!(size_of::<FlowKey>() == 16);
+    assert!(size_of::<FlowKey6>() == 40);
     assert!(size_of::<FlowValue>() == 24);
     assert!(size_of::<TrafficStats>() == 32);
     assert!(size_of::<FragKey>() == 12);
     assert!(size_of::<FragValue>() == 12);
+    assert!(size_of::<FragKey6>() == 40);
+    assert!(size_of::<FragValue6>() == 24);
     let mut names: &[&str] = &ALL;
     while let [name, rest @ ..] = names {
         assert!(name.len() <= 15, "map names are at most 15 bytes");
@@ -776,7 +953,7 @@ pub const NAME_LEN: usize = 32;
 /// The version of everything pinned: bump it with any change of a map's name, type, key, value
 /// or capacity. A daemon refuses to adopt pinned state of another layout (unless told to
 /// replace it).
-pub const LAYOUT_VERSION: u32 = 9;
+pub const LAYOUT_VERSION: u32 = 10;
 
 /// A fingerprint of the layout: the version, and every map's name with the sizes of the types
 /// it holds. Computed at compile time, so a change that forgets the version still changes it.
@@ -814,6 +991,12 @@ pub const LAYOUT: u64 = {
         size_of::<PassiveEvent>(),
         size_of::<FragKey>(),
         size_of::<FragValue>(),
+        size_of::<EndpointKey6>(),
+        size_of::<RevValue6>(),
+        size_of::<FlowKey6>(),
+        size_of::<FragKey6>(),
+        size_of::<FragValue6>(),
+        size_of::<NextHop6>(),
         size_of::<IfaceKey>(),
         size_of::<IfaceMeta>(),
         FRAG_TABLE_SIZE as usize,
@@ -862,10 +1045,11 @@ pub struct ControlMeta {
 /// FIB again: a route or neighbour change reaches packets of that path within this time.
 pub const NEXTHOP_TTL_NS: u64 = 50_000_000;
 
-/// A path's next hop as `bpf_fib_lookup` last answered (ingress), per CPU.
+/// A path's next hop as `bpf_fib_lookup` last answered (ingress), per CPU. `P` pads the
+/// struct to a multiple of 8 bytes for the address size: see [`NextHop6`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NextHop {
+pub struct NextHop<A = Addr4, P = [u8; 4]> {
     /// `bpf_ktime_get_coarse_ns` after which the entry is stale (0: empty).
     pub expires_ns: u64,
     /// The egress interface.
@@ -873,15 +1057,18 @@ pub struct NextHop {
     /// The ingress interface the answer was for (forwarding and policy depend on it).
     pub in_ifindex: u32,
     /// The destination the answer was for.
-    pub dst: [u8; 4],
-    /// The largest IPv4 total length the FIB accepted for this path (MTU checks: larger
-    /// packets ask the FIB again).
+    pub dst: A,
+    /// The largest IP total length (IPv6: 40 + payload length) the FIB accepted for this
+    /// path (MTU checks: larger packets ask the FIB again).
     pub max_len: u16,
     pub _pad: u16,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
-    pub _pad2: [u8; 4],
+    pub _pad2: P,
 }
+
+/// [`NextHop`] of an IPv6 destination ([`NEXTHOPS6`]): 48 bytes, no padding at the end.
+pub type NextHop6 = NextHop<Addr6, [u8; 0]>;
 
 /// Target modes as configured (not the datapath's `TARGET_MODE_*`).
 pub const CONFIG_MODE_FAILOVER: u8 = 0;
@@ -1055,6 +1242,7 @@ const _: () = {
     assert!(size_of::<BenchTemplate>() == 16 + BENCH_FRAME);
     assert!(size_of::<ControlMeta>() == 32);
     assert!(size_of::<NextHop>() == 40);
+    assert!(size_of::<NextHop6>() == 48);
     assert!(size_of::<TargetMeta>() == 48);
     assert!(size_of::<PathMeta>() == 56);
     assert!(size_of::<PathSeen>() == 40);
@@ -1087,6 +1275,12 @@ mod pod {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
     unsafe impl aya::Pod for IfaceMeta {}
+    unsafe impl aya::Pod for EndpointKey6 {}
+    unsafe impl aya::Pod for RevValue6 {}
+    unsafe impl aya::Pod for FlowKey6 {}
+    unsafe impl aya::Pod for FragKey6 {}
+    unsafe impl aya::Pod for FragValue6 {}
+    unsafe impl aya::Pod for NextHop6 {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for TokenBucket {}
 }

@@ -4,7 +4,7 @@
 
 use crate::{
     csum,
-    net::{IPPROTO_TCP, IPPROTO_UDP, IcmpHdr, Ipv4Hdr, L4Quote, TcpHdr, UdpHdr},
+    net::{IPPROTO_TCP, IPPROTO_UDP, IcmpHdr, Ipv4Hdr, Ipv6Hdr, L4Quote, TcpHdr, UdpHdr},
 };
 
 /// Which end of a header a rewrite changes.
@@ -19,8 +19,92 @@ pub enum Side {
 pub enum L4<'a> {
     Tcp(&'a mut TcpHdr),
     Udp(&'a mut UdpHdr),
-    /// ICMP: its checksum covers no pseudo-header, and echo identifiers are not translated.
+    /// ICMP (or no transport header: a later fragment): its checksum covers no
+    /// pseudo-header, and echo identifiers are not translated.
     Icmp,
+    /// ICMPv6: its checksum covers the pseudo-header (RFC 4443 §2.3), so it follows the
+    /// address; echo identifiers are not translated.
+    Icmp6(&'a mut IcmpHdr),
+}
+
+/// An IP header the NAT rewrites: IPv4 or IPv6.
+pub trait IpHeader {
+    /// The address, in network byte order.
+    type Addr: Copy + PartialEq;
+    fn src(&self) -> Self::Addr;
+    fn dst(&self) -> Self::Addr;
+    /// The TTL (IPv4) or hop limit (IPv6).
+    fn hop_limit(&self) -> u8;
+    /// Replaces the address on `side`, keeping the header's own checksum right (IPv4 has one);
+    /// returns the old one.
+    fn set_addr(&mut self, side: Side, new: Self::Addr) -> Self::Addr;
+    /// Decrements the TTL (IPv4) or hop limit (IPv6). The caller made sure it is above 1.
+    fn decrement_ttl(&mut self);
+    /// A checksum whose pseudo-header holds an address that changed from `old` to `new`.
+    fn replace_addr(check: [u8; 2], old: Self::Addr, new: Self::Addr) -> [u8; 2];
+}
+
+impl IpHeader for Ipv4Hdr {
+    type Addr = [u8; 4];
+    #[inline(always)]
+    fn src(&self) -> [u8; 4] {
+        self.src
+    }
+    #[inline(always)]
+    fn dst(&self) -> [u8; 4] {
+        self.dst
+    }
+    #[inline(always)]
+    fn hop_limit(&self) -> u8 {
+        self.ttl
+    }
+    #[inline(always)]
+    fn set_addr(&mut self, side: Side, new: [u8; 4]) -> [u8; 4] {
+        set_addr(self, side, new)
+    }
+    #[inline(always)]
+    fn decrement_ttl(&mut self) {
+        decrement_ttl(self)
+    }
+    #[inline(always)]
+    fn replace_addr(check: [u8; 2], old: [u8; 4], new: [u8; 4]) -> [u8; 2] {
+        csum::replace32(check, old, new)
+    }
+}
+
+impl IpHeader for Ipv6Hdr {
+    type Addr = [u8; 16];
+    #[inline(always)]
+    fn src(&self) -> [u8; 16] {
+        self.src
+    }
+    #[inline(always)]
+    fn dst(&self) -> [u8; 16] {
+        self.dst
+    }
+    #[inline(always)]
+    fn hop_limit(&self) -> u8 {
+        self.hop_limit
+    }
+    /// IPv6 has no header checksum.
+    #[inline(always)]
+    fn set_addr(&mut self, side: Side, new: [u8; 16]) -> [u8; 16] {
+        let field = match side {
+            Side::Src => &mut self.src,
+            Side::Dst => &mut self.dst,
+        };
+        let old = *field;
+        *field = new;
+        old
+    }
+    #[inline(always)]
+    fn decrement_ttl(&mut self) {
+        self.hop_limit = self.hop_limit.wrapping_sub(1);
+    }
+    #[inline(always)]
+    fn replace_addr(check: [u8; 2], old: [u8; 16], new: [u8; 16]) -> [u8; 2] {
+        csum::replace128(check, old, new)
+    }
 }
 
 /// UDP over IPv4 sends 0 for "no checksum", so a computed 0 is sent as its other
@@ -59,22 +143,29 @@ fn port_field<'a>(sport: &'a mut [u8; 2], dport: &'a mut [u8; 2], side: Side) ->
     }
 }
 
-/// What a rewrite changed among the fields a TCP or UDP checksum covers: the address (in the
-/// pseudo-header) and the port, each as (old, new).
+/// What a rewrite changed among the fields a TCP, UDP or ICMPv6 checksum covers: the address
+/// (in the pseudo-header) and the port, each as (old, new).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Changed {
-    pub addr: ([u8; 4], [u8; 4]),
+pub struct Changed<A = [u8; 4]> {
+    pub addr: (A, A),
     pub port: Option<([u8; 2], [u8; 2])>,
 }
 
 /// Translates one packet: the address on `side` becomes `addr` and, with `port`, the port on
-/// the same side becomes `port`. The IPv4 checksum and the TCP/UDP checksum (whose
-/// pseudo-header covers the address) are patched; a UDP checksum of 0 ("none") stays 0.
+/// the same side becomes `port`. The IPv4 checksum and the TCP/UDP/ICMPv6 checksum (whose
+/// pseudo-header covers the address) are patched; a UDP checksum of 0 ("none", IPv4 only: the
+/// datapath drops such IPv6 datagrams before) stays 0.
 #[inline(always)]
-pub fn rewrite(ip: &mut Ipv4Hdr, l4: L4<'_>, side: Side, addr: [u8; 4], port: Option<[u8; 2]>) {
+pub fn rewrite<H: IpHeader>(
+    ip: &mut H,
+    l4: L4<'_>,
+    side: Side,
+    addr: H::Addr,
+    port: Option<[u8; 2]>,
+) {
     let (l4, changed) = rewrite_fields(ip, l4, side, addr, port);
     let follow = |check: [u8; 2]| {
-        let check = csum::replace32(check, changed.addr.0, changed.addr.1);
+        let check = H::replace_addr(check, changed.addr.0, changed.addr.1);
         match changed.port {
             Some((old, new)) => csum::replace16(check, old, new),
             None => check,
@@ -84,6 +175,7 @@ pub fn rewrite(ip: &mut Ipv4Hdr, l4: L4<'_>, side: Side, addr: [u8; 4], port: Op
         L4::Tcp(tcp) => tcp.check = follow(tcp.check),
         // A UDP checksum of 0 means none: it stays 0.
         L4::Udp(udp) if udp.check != [0, 0] => udp.check = udp_nonzero(follow(udp.check)),
+        L4::Icmp6(icmp) => icmp.check = follow(icmp.check),
         L4::Udp(_) | L4::Icmp => {}
     }
 }
@@ -93,14 +185,14 @@ pub fn rewrite(ip: &mut Ipv4Hdr, l4: L4<'_>, side: Side, addr: [u8; 4], port: Op
 /// an skb may carry a partial checksum, the pseudo-header sum a device completes, which an
 /// incremental update of the finished form would move the wrong way).
 #[inline(always)]
-pub fn rewrite_fields<'a>(
-    ip: &mut Ipv4Hdr,
+pub fn rewrite_fields<'a, H: IpHeader>(
+    ip: &mut H,
     l4: L4<'a>,
     side: Side,
-    addr: [u8; 4],
+    addr: H::Addr,
     port: Option<[u8; 2]>,
-) -> (L4<'a>, Changed) {
-    let old = set_addr(ip, side, addr);
+) -> (L4<'a>, Changed<H::Addr>) {
+    let old = ip.set_addr(side, addr);
     let mut changed = Changed {
         addr: (old, addr),
         port: None,
@@ -123,6 +215,7 @@ pub fn rewrite_fields<'a>(
             L4::Udp(udp)
         }
         L4::Icmp => L4::Icmp,
+        L4::Icmp6(icmp) => L4::Icmp6(icmp),
     };
     (l4, changed)
 }

@@ -49,6 +49,21 @@ pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
 /// Code of `ICMP_DEST_UNREACH` meaning "fragmentation needed and DF set" (RFC 1191).
 pub const ICMP_FRAG_NEEDED: u8 = 4;
 
+// ICMPv6 (RFC 4443): errors below 128, informational messages from 128.
+pub const ICMP6_DEST_UNREACH: u8 = 1;
+pub const ICMP6_PACKET_TOO_BIG: u8 = 2;
+pub const ICMP6_TIME_EXCEEDED: u8 = 3;
+pub const ICMP6_PARAMETER_PROBLEM: u8 = 4;
+pub const ICMP6_ECHO_REQUEST: u8 = 128;
+pub const ICMP6_ECHO_REPLY: u8 = 129;
+/// From here on, informational messages that belong to the link and the host: MLD (130–132,
+/// 143), neighbour discovery (133 router solicitation, 134 router advertisement, 135
+/// neighbour solicitation, 136 neighbour advertisement, 137 redirect) and the rest. The
+/// datapath never touches them.
+pub const ICMP6_CONTROL_FIRST: u8 = 130;
+pub const ICMP6_NEIGHBOR_SOLICIT: u8 = 135;
+pub const ICMP6_NEIGHBOR_ADVERT: u8 = 136;
+
 /// IPv4 flags/fragment-offset word: "more fragments" bit.
 pub const IP_MF: u16 = 0x2000;
 /// IPv4 flags/fragment-offset word: "don't fragment" bit.
@@ -266,6 +281,30 @@ impl IcmpHdr {
             self.ty,
             ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
         )
+    }
+}
+
+impl IcmpHdr {
+    /// ICMPv6 echo request or reply.
+    #[inline(always)]
+    pub fn is_echo6(&self) -> bool {
+        self.ty == ICMP6_ECHO_REQUEST || self.ty == ICMP6_ECHO_REPLY
+    }
+    /// The ICMPv6 errors that quote the offending datagram and that lb translates.
+    #[inline(always)]
+    pub fn is_error6(&self) -> bool {
+        matches!(
+            self.ty,
+            ICMP6_DEST_UNREACH
+                | ICMP6_PACKET_TOO_BIG
+                | ICMP6_TIME_EXCEEDED
+                | ICMP6_PARAMETER_PROBLEM
+        )
+    }
+    /// An ICMPv6 message of the link or the host (neighbour discovery, MLD, ...).
+    #[inline(always)]
+    pub fn is_control6(&self) -> bool {
+        self.ty >= ICMP6_CONTROL_FIRST
     }
 }
 

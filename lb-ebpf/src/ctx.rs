@@ -13,18 +13,22 @@ use aya_ebpf::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action,
     },
     helpers::{
-        bpf_l4_csum_replace, bpf_redirect, bpf_skb_change_head, bpf_skb_change_tail,
-        bpf_skb_pull_data, bpf_skb_vlan_pop, bpf_xdp_adjust_head, bpf_xdp_adjust_meta,
-        bpf_xdp_adjust_tail,
+        bpf_csum_update, bpf_l4_csum_replace, bpf_redirect, bpf_skb_change_head,
+        bpf_skb_change_tail, bpf_skb_pull_data, bpf_skb_vlan_pop, bpf_xdp_adjust_head,
+        bpf_xdp_adjust_meta, bpf_xdp_adjust_tail,
     },
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
-    nat::{self, Changed, L4, Side},
-    net::{EthHdr, Ipv4Hdr, TcpHdr, UdpHdr, VLAN_HDR_LEN},
+    nat::{self, L4, Side},
+    net::{EthHdr, IcmpHdr, TcpHdr, UdpHdr, VLAN_HDR_LEN},
 };
 
-use crate::{maps::LB_TX_PORTS, parse::L2};
+use crate::{
+    family::{AddrFix, Family},
+    maps::LB_TX_PORTS,
+    parse::L2,
+};
 
 /// A packet at one of the hooks.
 pub trait Packet: EbpfContext {
@@ -44,7 +48,7 @@ pub trait Packet: EbpfContext {
     fn len(&self) -> usize;
     fn ingress_ifindex(&self) -> u32;
 
-    /// The `tot_len` bpf_fib_lookup checks against the route's MTU, for a packet whose IPv4
+    /// The `tot_len` bpf_fib_lookup checks against the route's MTU, for a packet whose IP
     /// total length is `ip_tot_len`.
     #[inline(always)]
     fn fib_tot_len(&self, ip_tot_len: u16) -> u16 {
@@ -59,13 +63,13 @@ pub trait Packet: EbpfContext {
 
     /// Translates the outer header (see [`nat::rewrite`]); the transport header starts at
     /// `l4_off`.
-    fn rewrite(
+    fn rewrite<F: Family>(
         &self,
-        ip: &mut Ipv4Hdr,
+        ip: &mut F::Hdr,
         l4: L4<'_>,
         l4_off: usize,
         side: Side,
-        addr: [u8; 4],
+        addr: F::Addr,
         port: Option<[u8; 2]>,
     );
 
@@ -99,6 +103,36 @@ pub trait Packet: EbpfContext {
     }
 }
 
+/// What a translation writes: the address on `side` and, with `port`, the port there; the
+/// transport header starts at `l4_off`.
+pub struct Nat<A> {
+    pub side: Side,
+    pub addr: A,
+    pub port: Option<[u8; 2]>,
+    pub l4_off: usize,
+}
+
+/// Translates the packet ([`Packet::rewrite`]); for IPv6 as a BPF function of its own (see
+/// `Family::OUTLINE`).
+#[inline(always)]
+pub fn translate<C: Packet, F: Family>(ctx: &C, ip: &mut F::Hdr, l4: L4<'_>, nat: &Nat<F::Addr>) {
+    if F::OUTLINE {
+        translate_outlined::<C, F>(ctx, ip, l4, nat);
+    } else {
+        ctx.rewrite::<F>(ip, l4, nat.l4_off, nat.side, nat.addr, nat.port);
+    }
+}
+
+#[inline(never)]
+fn translate_outlined<C: Packet, F: Family>(
+    ctx: &C,
+    ip: &mut F::Hdr,
+    l4: L4<'_>,
+    nat: &Nat<F::Addr>,
+) {
+    ctx.rewrite::<F>(ip, l4, nat.l4_off, nat.side, nat.addr, nat.port);
+}
+
 impl Packet for XdpContext {
     const PASS: u32 = xdp_action::XDP_PASS;
     const DROP: u32 = xdp_action::XDP_DROP;
@@ -124,13 +158,13 @@ impl Packet for XdpContext {
     }
     /// A frame's checksums are always complete: the incremental update is right.
     #[inline(always)]
-    fn rewrite(
+    fn rewrite<F: Family>(
         &self,
-        ip: &mut Ipv4Hdr,
+        ip: &mut F::Hdr,
         l4: L4<'_>,
         _l4_off: usize,
         side: Side,
-        addr: [u8; 4],
+        addr: F::Addr,
         port: Option<[u8; 2]>,
     ) {
         nat::rewrite(ip, l4, side, addr, port);
@@ -166,14 +200,14 @@ impl Packet for XdpContext {
     }
 
     /// The tag is in the frame (XDP sees frames as they arrived): the MACs move 4 bytes
-    /// toward the IPv4 header, over the tag, and the frame starts there.
+    /// toward the IP header, over the tag, and the frame starts there.
     #[inline(always)]
     fn untag(&self, l2: &L2, dmac: [u8; 6], smac: [u8; 6]) -> bool {
         if !l2.vlan {
             return true;
         }
         // The Ethernet header the frame will have: MACs over the tag, then the tag's inner
-        // EtherType (IPv4), which already lies where the new header's type goes.
+        // EtherType, which already lies where the new header's type goes.
         let Some(inner) = crate::parse::ptr_at::<EthHdr, _>(self, VLAN_HDR_LEN) else {
             return false;
         };
@@ -199,13 +233,14 @@ impl Packet for XdpContext {
     }
 }
 
-/// A TCP/UDP checksum update the TC hook leaves to the kernel until the end.
+/// A TCP/UDP/ICMPv6 checksum update the TC hook leaves to the kernel until the end.
 #[derive(Clone, Copy)]
 struct L4Fix {
     /// Offset of the checksum field in the packet.
     off: u32,
     udp: bool,
-    changed: Changed,
+    addr: AddrFix,
+    port: Option<([u8; 2], [u8; 2])>,
 }
 
 /// An skb at TC (clsact ingress), with what must be done to it before it leaves.
@@ -215,7 +250,8 @@ pub struct Tc {
 }
 
 /// Bytes of headers made directly accessible at the start: Ethernet, a VLAN tag, IPv4 with
-/// options, TCP with options, and an ICMP error's quote.
+/// options or IPv6 with extension headers (up to `parse::MAX_L4_OFF`), TCP with options, and
+/// an ICMP error's quote.
 const TC_PULL: u32 = 256;
 
 impl Tc {
@@ -304,30 +340,32 @@ impl Packet for Tc {
         self.skb().vlan_present != 0
     }
 
-    /// Addresses, ports and the IPv4 checksum directly; the TCP/UDP checksum later, by the
-    /// kernel ([`Packet::commit`]), which updates a partial checksum (the pseudo-header sum a
-    /// local sender leaves for the device) and the skb's complete checksum correctly.
+    /// Addresses, ports and the IPv4 checksum directly; the TCP/UDP/ICMPv6 checksum later,
+    /// by the kernel ([`Packet::commit`]), which updates a partial checksum (the pseudo-header
+    /// sum a local sender leaves for the device) and the skb's complete checksum correctly.
     #[inline(always)]
-    fn rewrite(
+    fn rewrite<F: Family>(
         &self,
-        ip: &mut Ipv4Hdr,
+        ip: &mut F::Hdr,
         l4: L4<'_>,
         l4_off: usize,
         side: Side,
-        addr: [u8; 4],
+        addr: F::Addr,
         port: Option<[u8; 2]>,
     ) {
         let (l4, changed) = nat::rewrite_fields(ip, l4, side, addr, port);
         let fix = match l4 {
             L4::Tcp(_) => Some((offset_of!(TcpHdr, check), false)),
             L4::Udp(_) => Some((offset_of!(UdpHdr, check), true)),
+            L4::Icmp6(_) => Some((offset_of!(IcmpHdr, check), false)),
             L4::Icmp => None,
         };
         if let Some((check, udp)) = fix {
             self.pending.set(Some(L4Fix {
                 off: (l4_off + check) as u32,
                 udp,
-                changed,
+                addr: F::addr_fix(&changed.addr.0, &changed.addr.1),
+                port: changed.port,
             }));
         }
     }
@@ -349,10 +387,14 @@ impl Packet for Tc {
     /// goes first: its offset counts a tag in the frame.
     #[inline(always)]
     fn untag(&self, l2: &L2, dmac: [u8; 6], smac: [u8; 6]) -> bool {
-        // SAFETY: the parser bounds-checked the Ethernet header.
+        let _ = l2;
+        let Some(eth) = crate::parse::ptr_at::<EthHdr, _>(self, 0) else {
+            return false;
+        };
+        // SAFETY: bounds-checked just above.
         unsafe {
-            (*l2.eth).dst = dmac;
-            (*l2.eth).src = smac;
+            (*eth).dst = dmac;
+            (*eth).src = smac;
         }
         // SAFETY: the program's own skb.
         self.commit() && unsafe { bpf_skb_vlan_pop(self.ctx.skb.skb) == 0 }
@@ -380,19 +422,38 @@ impl Packet for Tc {
         } else {
             0
         };
-        let (old, new) = fix.changed.addr;
-        // SAFETY: the program's own skb; the helper checks the offset against it. Values are
-        // the fields' bytes as they lie in the packet, as the helper expects.
-        let addr = unsafe {
-            bpf_l4_csum_replace(
-                skb,
-                fix.off,
-                u64::from(u32::from_ne_bytes(old)),
-                u64::from(u32::from_ne_bytes(new)),
-                u64::from(BPF_F_PSEUDO_HDR) | zero | 4,
-            )
+        let addr = match fix.addr {
+            // SAFETY: the program's own skb; the helper checks the offset against it. Values
+            // are the fields' bytes as they lie in the packet, as the helper expects.
+            AddrFix::Word(old, new) => unsafe {
+                bpf_l4_csum_replace(
+                    skb,
+                    fix.off,
+                    u64::from(old),
+                    u64::from(new),
+                    u64::from(BPF_F_PSEUDO_HDR) | zero | 4,
+                )
+            },
+            // A 16-byte address, as a difference (field size 0). With a pseudo-header change
+            // the kernel also moves a complete checksum (`skb->csum`) by the difference, right
+            // for IPv4, whose header checksum changed with the address, wrong for IPv6, whose
+            // packet sum did not change; `bpf_csum_update` moves it back (it does nothing
+            // unless the checksum is complete). Kernels from 6.16 offer `BPF_F_IPV6` instead;
+            // this works on every kernel the TC hook supports.
+            // SAFETY: as above.
+            AddrFix::Diff(diff) => unsafe {
+                let rc = bpf_l4_csum_replace(
+                    skb,
+                    fix.off,
+                    0,
+                    u64::from(diff),
+                    u64::from(BPF_F_PSEUDO_HDR) | zero,
+                );
+                let _ = bpf_csum_update(skb, diff);
+                rc
+            },
         };
-        let port = match fix.changed.port {
+        let port = match fix.port {
             // SAFETY: as above.
             Some((old, new)) => unsafe {
                 bpf_l4_csum_replace(

@@ -40,10 +40,8 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{
-        LB_EXC_SEQ, LB_FLOWS, LB_OUTBOUND, LB_PATHS, LB_PIN_BUCKET, LB_REV_NAT, LB_RING,
-        LB_SETTINGS, LB_SHADOWED, LB_TARGETS,
-    },
+    family::{Family, filter},
+    maps::{LB_EXC_SEQ, LB_PATHS, LB_PIN_BUCKET, LB_RING, LB_SETTINGS, LB_TARGETS},
     stats::count,
 };
 
@@ -52,9 +50,9 @@ pub type Vip = VipValue;
 
 /// A path chosen for a packet.
 #[derive(Clone, Copy)]
-pub struct Chosen {
+pub struct Chosen<A> {
     pub id: u32,
-    pub addr: [u8; 4],
+    pub addr: A,
     /// The path's passive-trigger threshold (`PathValue::passive_us`).
     pub passive_us: u32,
 }
@@ -115,18 +113,24 @@ fn note_pin(target: u32) {
 
 /// Path `id` when it can carry a flow of target `target`: up, and still that target's.
 #[inline(always)]
-fn usable(id: u32, target: u32) -> Option<Chosen> {
+fn usable<F: Family>(id: u32, target: u32) -> Option<Chosen<F::Addr>> {
     let path = LB_PATHS.get(id)?;
-    (path.state == PATH_UP && path.target == target).then_some(Chosen {
+    (path.state == PATH_UP && path.target == target).then(|| Chosen {
         id,
-        addr: path.addr,
+        addr: F::path_addr(&path.addr),
         passive_us: path.passive_us,
     })
 }
 
 /// The path id a decision (`mode`, `active`, ring `half`) of target `target` gives flow `key`.
 #[inline(always)]
-fn pick(mode: u8, active: u32, half: u8, target: u32, key: &FlowKey) -> Option<u32> {
+fn pick<F: Family>(
+    mode: u8,
+    active: u32,
+    half: u8,
+    target: u32,
+    key: &FlowKey<F::Addr>,
+) -> Option<u32> {
     if mode == TARGET_MODE_SINGLE {
         Some(active)
     } else if mode == TARGET_MODE_RING {
@@ -141,12 +145,16 @@ fn pick(mode: u8, active: u32, half: u8, target: u32, key: &FlowKey) -> Option<u
 /// The current decision's path for `key` (no state check: `last-known` keeps naming a path
 /// that is down).
 #[inline(always)]
-fn current(t: &TargetValue, target: u32, key: &FlowKey) -> Result<Chosen, Counter> {
-    let id = pick(t.mode, t.active, t.ring_half, target, key).ok_or(Counter::DropNoPath)?;
+fn current<F: Family>(
+    t: &TargetValue,
+    target: u32,
+    key: &FlowKey<F::Addr>,
+) -> Result<Chosen<F::Addr>, Counter> {
+    let id = pick::<F>(t.mode, t.active, t.ring_half, target, key).ok_or(Counter::DropNoPath)?;
     let path = LB_PATHS.get(id).ok_or(Counter::DropNoPath)?;
     Ok(Chosen {
         id,
-        addr: path.addr,
+        addr: F::path_addr(&path.addr),
         passive_us: path.passive_us,
     })
 }
@@ -154,15 +162,20 @@ fn current(t: &TargetValue, target: u32, key: &FlowKey) -> Result<Chosen, Counte
 /// The previous decision's path for `key` while a transition is in force, when it differs
 /// from the current one's (`current`) and is still usable.
 #[inline(always)]
-fn previous(t: &TargetValue, target: u32, key: &FlowKey, current: u32) -> Option<Chosen> {
+fn previous<F: Family>(
+    t: &TargetValue,
+    target: u32,
+    key: &FlowKey<F::Addr>,
+    current: u32,
+) -> Option<Chosen<F::Addr>> {
     if !t.in_transition() {
         return None;
     }
-    let id = pick(t.prev_mode, t.prev_active, t.ring_half ^ 1, target, key)?;
+    let id = pick::<F>(t.prev_mode, t.prev_active, t.ring_half ^ 1, target, key)?;
     if id == current || id == NO_ID {
         return None;
     }
-    usable(id, target)
+    usable::<F>(id, target)
 }
 
 /// Where the decision rules send packets of flow `key` (target `target`, decision `t`) that
@@ -170,15 +183,15 @@ fn previous(t: &TargetValue, target: u32, key: &FlowKey, current: u32) -> Option
 /// differs and is up, anything else to the current decision's. `Err` when the target has no
 /// path at all.
 #[inline(always)]
-pub fn by_rules(
+pub fn by_rules<F: Family>(
     t: &TargetValue,
     target: u32,
-    key: &FlowKey,
+    key: &FlowKey<F::Addr>,
     segment: Segment,
-) -> Result<(Chosen, bool), Counter> {
-    let cur = current(t, target, key)?;
+) -> Result<(Chosen<F::Addr>, bool), Counter> {
+    let cur = current::<F>(t, target, key)?;
     if let Segment::Established { .. } = segment
-        && let Some(p) = previous(t, target, key, cur.id)
+        && let Some(p) = previous::<F>(t, target, key, cur.id)
     {
         return Ok((p, true));
     }
@@ -188,14 +201,14 @@ pub fn by_rules(
 /// An exception of flow `key` to `vip` in `map` while its path is usable: refreshed (last
 /// seen, closing, `answered` marks it replied). One whose path is no longer usable is removed.
 #[inline(always)]
-fn exception(
-    map: &HashMap<FlowKey, FlowValue>,
-    key: &FlowKey,
+fn exception<F: Family>(
+    map: &HashMap<FlowKey<F::Addr>, FlowValue>,
+    key: &FlowKey<F::Addr>,
     vip: u32,
     target: u32,
     segment: Segment,
     answered: bool,
-) -> Option<Chosen> {
+) -> Option<Chosen<F::Addr>> {
     let e = map.get_ptr_mut(key)?;
     // SAFETY: a hash map value, valid during the program's run. Another CPU may refresh it at
     // the same time: a lost update only shifts a timestamp or a flag by one packet.
@@ -203,7 +216,7 @@ fn exception(
     if e.vip != vip {
         return None;
     }
-    let Some(p) = usable(e.path, target) else {
+    let Some(p) = usable::<F>(e.path, target) else {
         let _ = map.remove(key);
         count(Counter::ExceptionStale);
         return None;
@@ -253,9 +266,9 @@ fn pin_allowed() -> bool {
 /// in. An entry already there (another CPU's, or an earlier connection's) is left as it is: a
 /// packet never repoints a pin, so a spoofed SYN cannot move an established connection.
 #[inline(always)]
-fn pin(
-    map: &HashMap<FlowKey, FlowValue>,
-    key: &FlowKey,
+fn pin<A>(
+    map: &HashMap<FlowKey<A>, FlowValue>,
+    key: &FlowKey<A>,
     vip: u32,
     target: u32,
     path: u32,
@@ -276,25 +289,29 @@ fn pin(
 /// connection: it follows the current decision without looking at the exceptions (an
 /// exception of its 5-tuple belongs to an earlier connection; the VM's SYN-ACK replaces it).
 #[inline(always)]
-pub fn choose(key: &FlowKey, vip: &Vip, segment: Segment) -> Result<Chosen, Counter> {
+pub fn choose<F: Family>(
+    key: &FlowKey<F::Addr>,
+    vip: &Vip,
+    segment: Segment,
+) -> Result<Chosen<F::Addr>, Counter> {
     let target = vip.target;
     let t = LB_TARGETS.get(target).ok_or(Counter::DropNoPath)?;
     if segment != Segment::Syn && exceptions_may_exist(target, t) {
-        let found = match exception(&LB_FLOWS, key, vip.id, target, segment, false) {
+        let found = match exception::<F>(F::flows(), key, vip.id, target, segment, false) {
             Some(p) => Some(p),
-            None => exception(&LB_OUTBOUND, key, vip.id, target, segment, true),
+            None => exception::<F>(F::outbound(), key, vip.id, target, segment, true),
         };
         if let Some(p) = found {
             count(Counter::ExceptionHit);
             return Ok(p);
         }
     }
-    let (p, on_previous) = by_rules(t, target, key, segment)?;
+    let (p, on_previous) = by_rules::<F>(t, target, key, segment)?;
     if on_previous {
         count(Counter::FlowPrevious);
         if !pin_allowed() {
             count(Counter::ExceptionRateLimited);
-        } else if pin(&LB_FLOWS, key, vip.id, target, p.id, 0) {
+        } else if pin(F::flows(), key, vip.id, target, p.id, 0) {
             count(Counter::ExceptionPinned);
         }
         return Ok(p);
@@ -304,20 +321,30 @@ pub fn choose(key: &FlowKey, vip: &Vip, segment: Segment) -> Result<Chosen, Coun
     // the current path by its SYN, so that its next segments (without SYN) are not taken for
     // an older connection's. The VM's SYN-ACK pins it too, but only on the edge it comes back
     // through, which with several edges is often not this one.
-    if segment == Segment::Syn && previous(t, target, key, p.id).is_some() {
+    if segment == Segment::Syn && previous::<F>(t, target, key, p.id).is_some() {
         if !pin_allowed() {
             count(Counter::ExceptionRateLimited);
-        } else if pin(&LB_FLOWS, key, vip.id, target, p.id, FLOW_F_FROM_SYN) {
+        } else if pin(F::flows(), key, vip.id, target, p.id, FLOW_F_FROM_SYN) {
             count(Counter::ExceptionPinned);
         }
     }
     Ok(p)
 }
 
+/// [`choose`] as a BPF function of its own (see `Family::OUTLINE`).
+#[inline(never)]
+pub fn choose_outlined<F: Family>(
+    key: &FlowKey<F::Addr>,
+    vip: &Vip,
+    segment: Segment,
+) -> Result<Chosen<F::Addr>, Counter> {
+    choose::<F>(key, vip, segment)
+}
+
 /// The path of an existing flow for a packet that must not create state (an ICMP error):
 /// its exception, else the decision rules for an established flow.
 #[inline(always)]
-pub fn peek(key: &FlowKey, vip: &Vip) -> Result<Chosen, Counter> {
+pub fn peek<F: Family>(key: &FlowKey<F::Addr>, vip: &Vip) -> Result<Chosen<F::Addr>, Counter> {
     let target = vip.target;
     let t = LB_TARGETS.get(target).ok_or(Counter::DropNoPath)?;
     let segment = if key.proto == lb_common::net::IPPROTO_TCP {
@@ -326,25 +353,25 @@ pub fn peek(key: &FlowKey, vip: &Vip) -> Result<Chosen, Counter> {
         Segment::NotTcp
     };
     if exceptions_may_exist(target, t) {
-        for map in [&LB_FLOWS, &LB_OUTBOUND] {
+        for map in [F::flows(), F::outbound()] {
             if let Some(e) = map.get_ptr(key) {
                 // SAFETY: a hash map value, read once while the program runs.
                 let e = unsafe { *e };
                 if e.vip == vip.id
-                    && let Some(p) = usable(e.path, target)
+                    && let Some(p) = usable::<F>(e.path, target)
                 {
                     return Ok(p);
                 }
             }
         }
     }
-    by_rules(t, target, key, segment).map(|(p, _)| p)
+    by_rules::<F>(t, target, key, segment).map(|(p, _)| p)
 }
 
 /// The path of a packet that has no flow key (a fragment, without ports): the target's active
 /// path in failover; an active/active target cannot place it (`not_placeable`).
 #[inline(always)]
-pub fn unkeyed(target: u32, not_placeable: Counter) -> Result<Chosen, Counter> {
+pub fn unkeyed<F: Family>(target: u32, not_placeable: Counter) -> Result<Chosen<F::Addr>, Counter> {
     let t = LB_TARGETS.get(target).ok_or(Counter::DropNoPath)?;
     if t.mode == TARGET_MODE_RING {
         return Err(not_placeable);
@@ -355,7 +382,7 @@ pub fn unkeyed(target: u32, not_placeable: Counter) -> Result<Chosen, Counter> {
     let path = LB_PATHS.get(t.active).ok_or(Counter::DropNoPath)?;
     Ok(Chosen {
         id: t.active,
-        addr: path.addr,
+        addr: F::path_addr(&path.addr),
         passive_us: path.passive_us,
     })
 }
@@ -366,7 +393,13 @@ pub fn unkeyed(target: u32, not_placeable: Counter) -> Result<Chosen, Counter> {
 /// when there is one; otherwise pins the flow to `path` when it opens and the decision rules
 /// would send its next packets elsewhere.
 #[inline(always)]
-pub fn from_vm(key: &FlowKey, vip: u32, path: u32, segment: Segment, opens: bool) {
+pub fn from_vm<F: Family>(
+    key: &FlowKey<F::Addr>,
+    vip: u32,
+    path: u32,
+    segment: Segment,
+    opens: bool,
+) {
     let Some(p) = LB_PATHS.get(path) else {
         return;
     };
@@ -379,7 +412,7 @@ pub fn from_vm(key: &FlowKey, vip: u32, path: u32, segment: Segment, opens: bool
         // A reply confirms (or closes) the client's pin and the VM's own. A SYN-ACK from
         // another path than an exception's: the VM accepted a new connection on this 5-tuple,
         // the exception belonged to an earlier one.
-        for (map, answered) in [(&LB_FLOWS, true), (&LB_OUTBOUND, false)] {
+        for (map, answered) in [(F::flows(), true), (F::outbound(), false)] {
             if let Some(e) = map.get_ptr_mut(key) {
                 // SAFETY: a hash map value, valid during the program's run; see `exception`.
                 let e = unsafe { &mut *e };
@@ -405,24 +438,24 @@ pub fn from_vm(key: &FlowKey, vip: u32, path: u32, segment: Segment, opens: bool
         Segment::NotTcp => Segment::NotTcp,
         _ => Segment::Established { closing: false },
     };
-    let Ok((rule, _)) = by_rules(t, target, key, rules_segment) else {
+    let Ok((rule, _)) = by_rules::<F>(t, target, key, rules_segment) else {
         return;
     };
     if rule.id == path {
         return;
     }
     if segment == Segment::NotTcp
-        && let Ok(cur) = current(t, target, key)
-        && previous(t, target, key, cur.id).is_some_and(|p| p.id == path)
+        && let Ok(cur) = current::<F>(t, target, key)
+        && previous::<F>(t, target, key, cur.id).is_some_and(|p| p.id == path)
     {
         return;
     }
-    if consult && (LB_FLOWS.get_ptr(key).is_some() || LB_OUTBOUND.get_ptr(key).is_some()) {
+    if consult && (F::flows().get_ptr(key).is_some() || F::outbound().get_ptr(key).is_some()) {
         // The client's own exception, or one pinned already: never overwritten.
         return;
     }
     if pin(
-        &LB_OUTBOUND,
+        F::outbound(),
         key,
         vip,
         target,
@@ -438,12 +471,27 @@ pub fn from_vm(key: &FlowKey, vip: u32, path: u32, segment: Segment, opens: bool
 /// return program asks there whose reply it is. A cheap filter test first; a hash lookup only
 /// for addresses that have services.
 #[inline(always)]
-pub fn note_shadowed(key: &FlowKey, vip: &Vip, path: &Chosen) {
-    if !vip.is_whole_address() || crate::ingress::filter(path.addr) & FILTER_PATH_SERVICE == 0 {
+pub fn note_shadowed<F: Family>(key: &FlowKey<F::Addr>, vip: &Vip, path: &Chosen<F::Addr>) {
+    if !vip.is_whole_address() || filter(&path.addr) & FILTER_PATH_SERVICE == 0 {
         return;
     }
+    if F::OUTLINE {
+        shadow_outlined::<F>(key, vip, path);
+    } else {
+        shadow::<F>(key, vip, path);
+    }
+}
+
+/// [`shadow`] as a BPF function of its own (see `Family::OUTLINE`).
+#[inline(never)]
+fn shadow_outlined<F: Family>(key: &FlowKey<F::Addr>, vip: &Vip, path: &Chosen<F::Addr>) {
+    shadow::<F>(key, vip, path)
+}
+
+#[inline(always)]
+fn shadow<F: Family>(key: &FlowKey<F::Addr>, vip: &Vip, path: &Chosen<F::Addr>) {
     let service = lb_common::maps::EndpointKey::service(path.addr, key.proto, key.dport);
-    let Some(rev) = LB_REV_NAT.get_ptr(service) else {
+    let Some(rev) = F::rev_nat().get_ptr(&service) else {
         return;
     };
     // SAFETY: a hash map value, read once while the program runs.
@@ -451,13 +499,13 @@ pub fn note_shadowed(key: &FlowKey, vip: &Vip, path: &Chosen) {
         return;
     }
     // SAFETY: as above.
-    if let Some(e) = LB_SHADOWED.get_ptr(key)
+    if let Some(e) = F::shadowed().get_ptr(key)
         && unsafe { (*e).vip == vip.id && (*e).path == path.id }
     {
         return;
     }
     let value = FlowValue::new(path.id, vip.id, 0, now_ns());
-    if LB_SHADOWED.insert(key, value, u64::from(BPF_ANY)).is_ok() {
+    if F::shadowed().insert(key, value, u64::from(BPF_ANY)).is_ok() {
         count(Counter::FlowShadowed);
     } else {
         count(Counter::ExceptionInsertFailed);

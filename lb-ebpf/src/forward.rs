@@ -14,15 +14,18 @@ use aya_ebpf::{
 };
 use lb_common::{
     Counter,
-    hash::addr_slot,
+    hash::HashAddr,
     maps::{MAX_PATHS, NEXTHOP_TTL_NS, NextHop, RETURN_NEXTHOPS},
-    nat,
-    net::{EthHdr, Ipv4Hdr},
+    nat::IpHeader,
+    net::EthHdr,
 };
 
-use crate::{ctx::Packet, maps::LB_NEXTHOPS, parse::L2, stats::Verdict};
-
-const AF_INET: u8 = 2;
+use crate::{
+    ctx::Packet,
+    family::Family,
+    parse::{Datagram, L2},
+    stats::Verdict,
+};
 
 /// Where the FIB says a packet goes.
 pub struct Route {
@@ -35,15 +38,16 @@ pub struct Route {
 pub enum Next {
     Send(Route),
     Kernel(Counter),
-    /// Larger than the egress MTU (the value) with DF set: answer with an ICMP "fragmentation
-    /// needed" instead of translating. Never returned for a packet that is an ICMP error.
+    /// Larger than the egress MTU (the value) with DF set (or IPv6): answer with an ICMP
+    /// "fragmentation needed" (ICMPv6 "packet too big") instead of translating. Never returned
+    /// for a packet that is an ICMP error.
     TooBig(u16),
 }
 
 /// The addresses and ports a packet will carry once translated: what the FIB is asked about.
-pub struct Flow {
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+pub struct Flow<A> {
+    pub src: A,
+    pub dst: A,
     pub sport: [u8; 2],
     pub dport: [u8; 2],
 }
@@ -51,34 +55,55 @@ pub struct Flow {
 /// Looks the translated packet up in the FIB, before anything is rewritten, so a packet that
 /// cannot be forwarded leaves untouched.
 #[inline(always)]
-pub fn route<C: Packet>(ctx: &C, ip: &Ipv4Hdr, flow: &Flow) -> Result<Next, Counter> {
-    route_with(ctx, ip, flow, true)
+pub fn route<C: Packet, F: Family>(
+    ctx: &C,
+    d: &Datagram,
+    flow: &Flow<F::Addr>,
+) -> Result<Next, Counter> {
+    if F::OUTLINE {
+        route_outlined::<C, F>(ctx, d, flow)
+    } else {
+        route_with::<C, F>(ctx, d, flow)
+    }
+}
+
+/// [`route`] as a BPF function of its own (see `Family::OUTLINE`).
+#[inline(never)]
+fn route_outlined<C: Packet, F: Family>(
+    ctx: &C,
+    d: &Datagram,
+    flow: &Flow<F::Addr>,
+) -> Result<Next, Counter> {
+    route_with::<C, F>(ctx, d, flow)
 }
 
 /// [`route`] for a packet that must not be answered with an ICMP error (it is one): too big
 /// with DF is a counted drop.
 #[inline(always)]
-pub fn route_quiet<C: Packet>(ctx: &C, ip: &Ipv4Hdr, flow: &Flow) -> Result<Next, Counter> {
-    route_with(ctx, ip, flow, false)
+pub fn route_quiet<C: Packet, F: Family>(
+    ctx: &C,
+    d: &Datagram,
+    flow: &Flow<F::Addr>,
+) -> Result<Next, Counter> {
+    match route::<C, F>(ctx, d, flow)? {
+        Next::TooBig(_) => Err(Counter::DropFragmentNeeded),
+        next => Ok(next),
+    }
 }
 
 #[inline(always)]
-fn route_with<C: Packet>(
+fn route_with<C: Packet, F: Family>(
     ctx: &C,
-    ip: &Ipv4Hdr,
-    flow: &Flow,
-    answer: bool,
+    d: &Datagram,
+    flow: &Flow<F::Addr>,
 ) -> Result<Next, Counter> {
     // SAFETY: a plain C struct; all-zero is its "unset" state.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    p.family = AF_INET;
-    p.l4_protocol = ip.proto;
+    p.l4_protocol = d.proto;
     p.sport = u16::from_ne_bytes(flow.sport);
     p.dport = u16::from_ne_bytes(flow.dport);
-    p.__bindgen_anon_1.tot_len = ctx.fib_tot_len(ip.tot_len());
-    p.__bindgen_anon_2.tos = ip.tos;
-    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(flow.src);
-    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(flow.dst);
+    p.__bindgen_anon_1.tot_len = ctx.fib_tot_len(d.tot_len);
+    F::fib(&mut p, d, &flow.src, &flow.dst);
     // A tagged packet is looked up as arriving on the interface that carries the tag, not on
     // its VLAN device: routes and forwarding are the same unless policy rules name the VLAN
     // device as the input interface (documented).
@@ -98,11 +123,10 @@ fn route_with<C: Packet>(
         // Left untranslated: the kernel answers as a host that does not forward.
         BPF_FIB_LKUP_RET_FWD_DISABLED => Err(Counter::PassForwardingOff),
         BPF_FIB_LKUP_RET_UNSUPP_LWT => Ok(Next::Kernel(Counter::PassFibUnsupported)),
-        BPF_FIB_LKUP_RET_FRAG_NEEDED if ip.dont_fragment() && answer => {
+        BPF_FIB_LKUP_RET_FRAG_NEEDED if d.df => {
             // SAFETY: on FRAG_NEEDED the kernel wrote the MTU into this union member.
             Ok(Next::TooBig(unsafe { p.__bindgen_anon_1.mtu_result }))
         }
-        BPF_FIB_LKUP_RET_FRAG_NEEDED if ip.dont_fragment() => Err(Counter::DropFragmentNeeded),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Ok(Next::Kernel(Counter::PassFragmentNeeded)),
         _ => Err(Counter::DropNoRoute),
     }
@@ -116,8 +140,8 @@ pub fn path_slot(path: u32) -> u32 {
 
 /// The next-hop cache slot of a packet toward client `addr` (return).
 #[inline(always)]
-pub fn client_slot(addr: [u8; 4]) -> u32 {
-    MAX_PATHS + (addr_slot(addr) & (RETURN_NEXTHOPS - 1))
+pub fn client_slot<A: HashAddr>(addr: &A) -> u32 {
+    MAX_PATHS + (addr.filter_slot() & (RETURN_NEXTHOPS - 1))
 }
 
 /// [`route`], through a per-CPU cache of FIB answers (`LB_NEXTHOPS`, slot from [`path_slot`]
@@ -127,17 +151,42 @@ pub fn client_slot(addr: [u8; 4]) -> u32 {
 /// of the per-packet cost; a route or neighbour change reaches packets within the TTL. The
 /// cache assumes the route does not depend on the packet's source address.
 #[inline(always)]
-pub fn route_cached<C: Packet>(
+pub fn route_cached<C: Packet, F: Family>(
     ctx: &C,
-    ip: &Ipv4Hdr,
-    flow: &Flow,
+    d: &Datagram,
+    flow: &Flow<F::Addr>,
     slot: u32,
 ) -> Result<Next, Counter> {
-    let tot_len = ip.tot_len();
+    if F::OUTLINE {
+        route_cached_outlined::<C, F>(ctx, d, flow, slot)
+    } else {
+        route_cached_inline::<C, F>(ctx, d, flow, slot)
+    }
+}
+
+/// [`route_cached`] as a BPF function of its own (see `Family::OUTLINE`).
+#[inline(never)]
+fn route_cached_outlined<C: Packet, F: Family>(
+    ctx: &C,
+    d: &Datagram,
+    flow: &Flow<F::Addr>,
+    slot: u32,
+) -> Result<Next, Counter> {
+    route_cached_inline::<C, F>(ctx, d, flow, slot)
+}
+
+#[inline(always)]
+fn route_cached_inline<C: Packet, F: Family>(
+    ctx: &C,
+    d: &Datagram,
+    flow: &Flow<F::Addr>,
+    slot: u32,
+) -> Result<Next, Counter> {
+    let tot_len = d.tot_len;
     let in_ifindex = ctx.ingress_ifindex();
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let cached = LB_NEXTHOPS.get_ptr_mut(slot);
+    let cached = F::nexthops().get_ptr_mut(slot);
     if let Some(c) = cached {
         // SAFETY: a per-CPU slot, valid for the run and touched by no other CPU.
         let c = unsafe { &*c };
@@ -153,7 +202,7 @@ pub fn route_cached<C: Packet>(
             }));
         }
     }
-    let next = route(ctx, ip, flow)?;
+    let next = route::<C, F>(ctx, d, flow)?;
     if let (Next::Send(r), Some(c)) = (&next, cached) {
         // SAFETY: as above.
         let c = unsafe { &mut *c };
@@ -175,7 +224,7 @@ pub fn route_cached<C: Packet>(
             _pad: 0,
             smac: r.smac,
             dmac: r.dmac,
-            _pad2: [0; 4],
+            _pad2: Default::default(),
         };
     }
     Ok(next)
@@ -185,7 +234,7 @@ pub fn route_cached<C: Packet>(
 /// VLAN tag it arrived with removed); nothing more for one the kernel forwards (it decrements
 /// the TTL, needs our MAC as destination, and its VLAN device takes the tag).
 #[inline(always)]
-pub fn finish<C: Packet>(ctx: &C, l2: &L2, ip: &mut Ipv4Hdr, next: Next) -> Verdict {
+pub fn finish<C: Packet, F: Family>(ctx: &C, l2: &L2, ip: &mut F::Hdr, next: Next) -> Verdict {
     let route = match next {
         Next::Send(route) => route,
         Next::Kernel(reason) => {
@@ -204,15 +253,17 @@ pub fn finish<C: Packet>(ctx: &C, l2: &L2, ip: &mut Ipv4Hdr, next: Next) -> Verd
         ctx.hand_off();
         return Verdict::Kernel(Counter::PassNoTxPort);
     };
-    nat::decrement_ttl(ip);
+    ip.decrement_ttl();
     if l2.vlan || ctx.vlan_outside() {
         if !ctx.untag(l2, route.dmac, route.smac) {
             return Verdict::Fault;
         }
         return verdict;
     }
-    let eth: *mut EthHdr = l2.eth;
-    // SAFETY: `eth` was bounds-checked by the Ethernet parser.
+    let Some(eth) = crate::parse::ptr_at::<EthHdr, C>(ctx, 0) else {
+        return Verdict::Fault;
+    };
+    // SAFETY: bounds-checked just above.
     unsafe {
         (*eth).dst = route.dmac;
         (*eth).src = route.smac;

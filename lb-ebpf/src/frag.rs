@@ -1,64 +1,72 @@
-//! Fragment tracking (`LB_FRAGS`), as Cilium does it: a datagram's first fragment carries the
-//! ports, goes through the datapath like any packet, and records where it went under the
-//! datagram's (source, destination, protocol, identification); later fragments carry no ports
-//! and follow that record. One LRU shared by all CPUs, since receive hashing may put a
-//! datagram's fragments on different CPUs.
+//! Fragment tracking (`LB_FRAGS`, `LB_FRAGS6`), as Cilium does it: a datagram's first fragment
+//! carries the ports, goes through the datapath like any packet, and records where it went
+//! under the datagram's (source, destination, protocol, identification); later fragments carry
+//! no ports and follow that record. One LRU per family shared by all CPUs, since receive
+//! hashing may put a datagram's fragments on different CPUs.
 
 use aya_ebpf::bindings::BPF_ANY;
 use lb_common::{
     Counter,
-    maps::{FRAG_F_PASS, FragKey, FragValue},
-    net::Ipv4Hdr,
+    maps::{FRAG_F_PASS, FragValue},
 };
 
-use crate::{maps::LB_FRAGS, stats::count};
+use crate::{family::Family, parse::Datagram, stats::count};
 
-/// The tracking key of `ip`'s datagram in direction `dir` (`FRAG_DIR_*`).
+/// Records where datagram `d` (header `ip`, a first fragment) went: `addr` for later
+/// fragments to write, `path` and the VIP's rank `vip_rank` to count them under.
 #[inline(always)]
-pub fn key(ip: &Ipv4Hdr, dir: u8) -> FragKey {
-    FragKey {
-        src: ip.src,
-        dst: ip.dst,
-        id: ip.id,
-        proto: ip.proto,
-        dir,
-    }
-}
-
-/// Records where the datagram of first fragment `ip` went: `addr` for later fragments to
-/// write, `path` and the VIP's rank `vip_rank` to count them under.
-#[inline(always)]
-pub fn track(ip: &Ipv4Hdr, dir: u8, addr: [u8; 4], vip_rank: u8, path: u32) {
-    insert(
+pub fn track<F: Family>(
+    ip: &F::Hdr,
+    d: &Datagram,
+    dir: u8,
+    addr: F::Addr,
+    vip_rank: u8,
+    path: u32,
+) {
+    insert::<F>(
         ip,
+        d,
         dir,
         FragValue {
             addr,
             path,
+            flags: 0,
             vip_rank,
-            ..FragValue::default()
+            _pad: [0; 2],
         },
     );
 }
 
-/// Records that the datagram of first fragment `ip` is not ours: its later fragments pass
+/// Records that datagram `d` (a first fragment) is not ours: its later fragments pass
 /// untouched too.
 #[inline(always)]
-pub fn pass(ip: &Ipv4Hdr, dir: u8) {
-    insert(
-        ip,
-        dir,
-        FragValue {
-            flags: FRAG_F_PASS,
-            ..FragValue::default()
-        },
-    );
+pub fn pass<F: Family>(ip: &F::Hdr, d: &Datagram, dir: u8) {
+    let value = FragValue {
+        flags: FRAG_F_PASS,
+        ..FragValue::default()
+    };
+    insert::<F>(ip, d, dir, value);
 }
 
 #[inline(always)]
-fn insert(ip: &Ipv4Hdr, dir: u8, value: FragValue) {
-    if LB_FRAGS
-        .insert(key(ip, dir), value, u64::from(BPF_ANY))
+fn insert<F: Family>(ip: &F::Hdr, d: &Datagram, dir: u8, value: FragValue<F::Addr>) {
+    if F::OUTLINE {
+        insert_outlined::<F>(ip, d, dir, &value);
+    } else {
+        insert_inline::<F>(ip, d, dir, &value);
+    }
+}
+
+/// [`insert`] as a BPF function of its own (see `Family::OUTLINE`).
+#[inline(never)]
+fn insert_outlined<F: Family>(ip: &F::Hdr, d: &Datagram, dir: u8, value: &FragValue<F::Addr>) {
+    insert_inline::<F>(ip, d, dir, value);
+}
+
+#[inline(always)]
+fn insert_inline<F: Family>(ip: &F::Hdr, d: &Datagram, dir: u8, value: &FragValue<F::Addr>) {
+    if F::frags()
+        .insert(&F::frag_key(ip, d, dir), value, u64::from(BPF_ANY))
         .is_ok()
     {
         count(Counter::FragTracked);
@@ -70,8 +78,12 @@ fn insert(ip: &Ipv4Hdr, dir: u8, value: FragValue) {
 /// Where a later fragment goes: `Ok(None)` when its datagram was not tracked (its first
 /// fragment not seen, or evicted); `Err(PassNotForUs)` when the datagram is not ours.
 #[inline(always)]
-pub fn follow(ip: &Ipv4Hdr, dir: u8) -> Result<Option<FragValue>, Counter> {
-    let Some(v) = LB_FRAGS.get_ptr(key(ip, dir)) else {
+pub fn follow<F: Family>(
+    ip: &F::Hdr,
+    d: &Datagram,
+    dir: u8,
+) -> Result<Option<FragValue<F::Addr>>, Counter> {
+    let Some(v) = F::frags().get_ptr(&F::frag_key(ip, d, dir)) else {
         return Ok(None);
     };
     // SAFETY: an LRU hash map value, read once while the program runs.

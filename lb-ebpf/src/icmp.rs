@@ -8,7 +8,7 @@ use lb_common::{
     icmp::{QUOTE_PAYLOAD, TOO_BIG_OVERHEAD, icmp_checksum_add, too_big_headers},
     maps::{
         DEFAULT_TOO_BIG_BURST, DEFAULT_TOO_BIG_PER_SEC, FILTER_PATH_ADDR, FILTER_PATH_SERVICE,
-        FlowKey,
+        FlowKey, REV_F_SHADOWS_WHOLE,
     },
     nat::{self, Side},
     net::{
@@ -19,11 +19,12 @@ use lb_common::{
 
 use crate::{
     ctx::Packet,
+    family::{V4, filter},
     flow,
     forward::{self, Flow},
-    ingress::{filter, lookup_vip},
+    ingress::lookup_vip,
     maps::{LB_SETTINGS, LB_TOO_BIG},
-    parse::{self, L2, ptr_at},
+    parse::{self, Datagram, L2, ptr_at},
     reverse::{disambiguate, lookup_rev},
     stats::Verdict,
     stats::{self, Dir, Outcome, count},
@@ -56,16 +57,15 @@ pub fn ingress_error<C: Packet>(
     l2: &L2,
     ip: &mut Ipv4Hdr,
     icmp: &mut IcmpHdr,
-    l4: usize,
-    end: usize,
+    d: &Datagram,
     bits: u32,
 ) -> Outcome {
-    let q = parse::icmp_quote(ctx, l4, end).ok_or(Counter::DropBadIcmpQuote)?;
+    let q = parse::icmp_quote(ctx, d.l4, d.end).ok_or(Counter::DropBadIcmpQuote)?;
     if q.ip.src != ip.dst {
         return Err(Counter::PassIcmpNotOurs);
     }
     let (qsport, qdport) = quoted_ports(q.ip.proto, q.l4).ok_or(Counter::PassIcmpNotOurs)?;
-    let vip = lookup_vip(q.ip.src, q.ip.proto, service_port(q.ip.proto, qsport), bits)
+    let vip = lookup_vip::<V4>(q.ip.src, q.ip.proto, service_port(q.ip.proto, qsport), bits)
         .ok_or(Counter::PassIcmpNotOurs)?;
     if ip.ttl <= 1 {
         return Err(Counter::PassTtlExpired);
@@ -77,13 +77,13 @@ pub fn ingress_error<C: Packet>(
         (qdport, qsport)
     };
     let key = FlowKey::new(q.ip.dst, q.ip.src, ksport, kdport, q.ip.proto);
-    let path = flow::peek(&key, &vip)?;
+    let path = flow::peek::<V4>(&key, &vip)?;
     let target_port = vip.target_port;
     let new_port = (service_port(q.ip.proto, qsport).is_some() && target_port != [0, 0])
         .then_some(target_port);
-    let next = forward::route_quiet(
+    let next = forward::route_quiet::<C, V4>(
         ctx,
-        ip,
+        d,
         &Flow {
             src: ip.src,
             dst: path.addr,
@@ -103,7 +103,7 @@ pub fn ingress_error<C: Packet>(
         new_port,
     );
     stats::translated(ctx, Counter::IcmpErrorIngress, vip.rank, path.id, Dir::In);
-    Ok(forward::finish(ctx, l2, ip, next))
+    Ok(forward::finish::<C, V4>(ctx, l2, ip, next))
 }
 
 /// An ICMP error from the path side (the VM, or a router on the path) about a datagram a client
@@ -115,18 +115,20 @@ pub fn return_error<C: Packet>(
     l2: &L2,
     ip: &mut Ipv4Hdr,
     icmp: &mut IcmpHdr,
-    l4: usize,
-    end: usize,
+    d: &Datagram,
 ) -> Outcome {
-    let q = parse::icmp_quote(ctx, l4, end).ok_or(Counter::PassIcmpNotOurs)?;
-    let bits = filter(q.ip.dst);
+    let q = parse::icmp_quote(ctx, d.l4, d.end).ok_or(Counter::PassIcmpNotOurs)?;
+    let bits = filter(&q.ip.dst);
     if bits & (FILTER_PATH_ADDR | FILTER_PATH_SERVICE) == 0 || q.ip.src != ip.dst {
         return Err(Counter::PassIcmpNotOurs);
     }
     let (qsport, qdport) = quoted_ports(q.ip.proto, q.l4).ok_or(Counter::PassIcmpNotOurs)?;
-    let rev = lookup_rev(q.ip.dst, q.ip.proto, service_port(q.ip.proto, qdport), bits)
+    let mut rev = lookup_rev::<V4>(q.ip.dst, q.ip.proto, service_port(q.ip.proto, qdport), bits)
         .ok_or(Counter::PassIcmpNotOurs)?;
-    let rev = disambiguate(rev, q.ip.dst, q.ip.src, qsport, qdport, q.ip.proto);
+    if rev.flags & REV_F_SHADOWS_WHOLE != 0 {
+        let reply = FlowKey::new(q.ip.dst, q.ip.src, qdport, qsport, q.ip.proto);
+        disambiguate::<V4>(&mut rev, &reply);
+    }
     // From the VM or a router on its path: either way it comes over the path's interface.
     crate::reverse::check_arrival(rev.path, ctx.ingress_ifindex())?;
     if ip.ttl <= 1 {
@@ -136,9 +138,9 @@ pub fn return_error<C: Packet>(
     let src = if from_vm { rev.vip_addr } else { ip.src };
     let new_port = (service_port(q.ip.proto, qdport).is_some() && rev.vip_port != [0, 0])
         .then_some(rev.vip_port);
-    let next = forward::route_quiet(
+    let next = forward::route_quiet::<C, V4>(
         ctx,
-        ip,
+        d,
         &Flow {
             src,
             dst: ip.dst,
@@ -166,7 +168,7 @@ pub fn return_error<C: Packet>(
         rev.path,
         Dir::Out,
     );
-    Ok(forward::finish(ctx, l2, ip, next))
+    Ok(forward::finish::<C, V4>(ctx, l2, ip, next))
 }
 
 /// Takes a token from this CPU's budget of "fragmentation needed" answers (`LB_TOO_BIG`, at

@@ -2,46 +2,39 @@
 
 use lb_common::{
     Counter,
-    hash::addr_slot,
     maps::{
         ADDR_EXPOSED, ADDR_PATH, ADDR_VIP, EndpointKey, FILTER_ADDR, FILTER_VIP_ADDR,
         FILTER_VIP_SERVICE, FRAG_DIR_IN, FlowKey,
     },
-    nat::{L4, Side},
-    net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    nat::{IpHeader, L4, Side},
+    net::{IPPROTO_TCP, IPPROTO_UDP},
 };
 
 use crate::{
-    ctx::Packet,
+    ctx::{self, Nat, Packet},
+    family::{Family, IcmpKind, V4, V6, filter},
     flow::{self, Segment, Vip},
     forward::{self, Flow, Next},
-    frag, icmp,
-    maps::{LB_ADDR_FILTER, LB_ADDRS, LB_VIPS},
-    parse::{self, Transport},
+    frag,
+    parse::{self, Datagram, Frag, Transport},
     stats::{self, Dir, Outcome},
 };
 
-/// The address pre-filter: which kinds of entries may exist for `addr` (a superset).
-#[inline(always)]
-pub fn filter(addr: [u8; 4]) -> u32 {
-    LB_ADDR_FILTER.get(addr_slot(addr)).copied().unwrap_or(0)
-}
-
 /// The `ADDR_*` bits of `addr` when it is a VIP or path address (`bits`: its filter slot).
 #[inline(always)]
-fn ours(addr: [u8; 4], bits: u32) -> u32 {
+fn ours<F: Family>(addr: &F::Addr, bits: u32) -> u32 {
     if bits & FILTER_ADDR == 0 {
         return 0;
     }
     // SAFETY: a hash map value, read once while the program runs.
-    LB_ADDRS.get_ptr(addr).map_or(0, |b| unsafe { *b })
+    F::addrs().get_ptr(addr).map_or(0, |b| unsafe { *b })
 }
 
 /// Why a client packet to `dst` (filter slot `bits`) that no VIP covers is not translated: a
 /// path address its target does not expose is dropped; anything else is not ours.
 #[inline(always)]
-fn not_a_vip(dst: [u8; 4], bits: u32) -> Counter {
-    let kind = ours(dst, bits);
+fn not_a_vip<F: Family>(dst: &F::Addr, bits: u32) -> Counter {
+    let kind = ours::<F>(dst, bits);
     if kind & ADDR_PATH != 0 && kind & ADDR_EXPOSED == 0 {
         Counter::DropToPath
     } else {
@@ -52,16 +45,21 @@ fn not_a_vip(dst: [u8; 4], bits: u32) -> Counter {
 /// The VIP a packet to `addr` belongs to, from the VIP table: the service (`proto`, `port`)
 /// first, then the whole address. `port` is `None` for protocols without services.
 #[inline(always)]
-pub fn lookup_vip(addr: [u8; 4], proto: u8, port: Option<[u8; 2]>, bits: u32) -> Option<Vip> {
+pub fn lookup_vip<F: Family>(
+    addr: F::Addr,
+    proto: u8,
+    port: Option<[u8; 2]>,
+    bits: u32,
+) -> Option<Vip> {
     if bits & FILTER_VIP_SERVICE != 0
         && let Some(port) = port
-        && let Some(v) = LB_VIPS.get_ptr(EndpointKey::service(addr, proto, port))
+        && let Some(v) = F::vips().get_ptr(&EndpointKey::service(addr, proto, port))
     {
         // SAFETY: a hash map value, read once while the program runs.
         return Some(unsafe { *v });
     }
     if bits & FILTER_VIP_ADDR != 0
-        && let Some(v) = LB_VIPS.get_ptr(EndpointKey::addr(addr))
+        && let Some(v) = F::vips().get_ptr(&EndpointKey::addr(addr))
     {
         // SAFETY: as above.
         return Some(unsafe { *v });
@@ -69,37 +67,55 @@ pub fn lookup_vip(addr: [u8; 4], proto: u8, port: Option<[u8; 2]>, bits: u32) ->
     None
 }
 
+/// Whether `proto` is one the datapath translates for a whole-address VIP.
+#[inline(always)]
+pub fn translatable<F: Family>(proto: u8) -> bool {
+    proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == F::ICMP
+}
+
 /// A later fragment to a VIP (it carries no ports): it follows its datagram's first fragment
 /// (`frag`). Untracked (its first fragment not seen yet, or evicted), only a whole-address
 /// VIP of a failover target can place it (the active path, as the first fragment would go
 /// unless its flow is pinned elsewhere); any other is dropped, counted.
-#[inline(always)]
-fn later_fragment<C: Packet>(
+/// [`later_fragment`] as a BPF function of its own (see `Family::OUTLINE`).
+#[inline(never)]
+fn later_fragment_outlined<C: Packet, F: Family>(
     ctx: &C,
     l2: &parse::L2,
-    ip: &'static mut lb_common::net::Ipv4Hdr,
-    bits: u32,
+    ip: &'static mut F::Hdr,
+    d: &Datagram,
 ) -> Outcome {
-    let (addr, rank, path) = match frag::follow(ip, FRAG_DIR_IN)? {
+    later_fragment::<C, F>(ctx, l2, ip, d)
+}
+
+#[inline(always)]
+fn later_fragment<C: Packet, F: Family>(
+    ctx: &C,
+    l2: &parse::L2,
+    ip: &'static mut F::Hdr,
+    d: &Datagram,
+) -> Outcome {
+    let bits = filter(&ip.dst());
+    let (addr, rank, path) = match frag::follow::<F>(ip, d, FRAG_DIR_IN)? {
         Some(v) => (v.addr, v.vip_rank, v.path),
         None => {
-            if !matches!(ip.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP) {
+            if !translatable::<F>(d.proto) {
                 return Err(Counter::DropUnsupportedProto);
             }
-            let vip =
-                lookup_vip(ip.dst, ip.proto, None, bits).ok_or(Counter::DropFragmentUntracked)?;
-            let path = flow::unkeyed(vip.target, Counter::DropFragmentUntracked)?;
+            let vip = lookup_vip::<F>(ip.dst(), d.proto, None, bits)
+                .ok_or(Counter::DropFragmentUntracked)?;
+            let path = flow::unkeyed::<F>(vip.target, Counter::DropFragmentUntracked)?;
             (path.addr, vip.rank, path.id)
         }
     };
-    if ip.ttl <= 1 {
+    if ip.hop_limit() <= 1 {
         return Err(Counter::PassTtlExpired);
     }
-    let next = forward::route_cached(
+    let next = forward::route_cached::<C, F>(
         ctx,
-        ip,
+        d,
         &Flow {
-            src: ip.src,
+            src: ip.src(),
             dst: addr,
             sport: [0, 0],
             dport: [0, 0],
@@ -107,85 +123,126 @@ fn later_fragment<C: Packet>(
         forward::path_slot(path),
     )?;
     if let Next::TooBig(mtu) = next {
-        return icmp::too_big(ctx, l2, mtu);
+        return F::too_big(ctx, l2, mtu);
     }
-    ctx.rewrite(ip, L4::Icmp, 0, Side::Dst, addr, None);
+    ctx::translate::<C, F>(
+        ctx,
+        ip,
+        L4::Icmp,
+        &Nat {
+            side: Side::Dst,
+            addr: addr,
+            port: None,
+            l4_off: 0,
+        },
+    );
     stats::translated(ctx, Counter::NatIngress, rank, path, Dir::In);
-    Ok(forward::finish(ctx, l2, ip, next))
+    Ok(forward::finish::<C, F>(ctx, l2, ip, next))
 }
 
 #[inline(always)]
 pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     let l2 = parse::ethernet(ctx)?;
-    let ip = parse::ipv4(ctx, l2.l3)?;
+    if l2.ipv6 {
+        handle_ip::<C, V6>(ctx, l2)
+    } else {
+        handle_ip::<C, V4>(ctx, l2)
+    }
+}
+
+/// One family's handler. Not inlined: each family's instantiation is a BPF function of its
+/// own, with its own stack frame (inlined side by side, the two would share one frame and
+/// exceed the 512-byte stack).
+#[inline(never)]
+fn handle_ip<C: Packet, F: Family>(ctx: &C, l2: parse::L2) -> Outcome {
+    let ip = F::header(ctx, l2.l3)?;
+    let (src, dst) = (ip.src(), ip.dst());
     // Nothing from the client side comes from one of our addresses: spoofed, or looping.
-    if ours(ip.src, filter(ip.src)) & (ADDR_VIP | ADDR_PATH) != 0 {
+    if ours::<F>(&src, filter(&src)) & (ADDR_VIP | ADDR_PATH) != 0 {
         return Err(Counter::DropMartian);
     }
-    let bits = filter(ip.dst);
+    let bits = filter(&dst);
     if bits & (FILTER_VIP_ADDR | FILTER_VIP_SERVICE) == 0 {
-        return Err(not_a_vip(ip.dst, bits));
+        return Err(not_a_vip::<F>(&dst, bits));
     }
-    let (l4, end) = parse::ipv4_payload(ctx, l2.l3, ip)?;
-    if ip.is_later_fragment() {
-        return later_fragment(ctx, &l2, ip, bits);
+    let d = F::payload(ctx, l2.l3, ip)?;
+    if d.frag == Frag::Later {
+        return if F::OUTLINE {
+            later_fragment_outlined::<C, F>(ctx, &l2, ip, &d)
+        } else {
+            later_fragment::<C, F>(ctx, &l2, ip, &d)
+        };
     }
     // An unfragmented datagram, or a first fragment: it carries the ports, and goes through
     // like any packet (recorded, so its later fragments follow).
-    let first_fragment = ip.is_fragment();
-    let transport = match parse::transport(ctx, ip.proto, l4, end)? {
-        Transport::Icmp(h) if h.is_error() => {
-            return icmp::ingress_error(ctx, &l2, ip, h, l4, end, bits);
-        }
+    let proto = d.proto;
+    let transport = match parse::transport(ctx, proto, d.l4, d.end)? {
+        Transport::Icmp(h) => match F::icmp_kind(h) {
+            IcmpKind::Error => return F::ingress_error(ctx, &l2, ip, h, &d, bits),
+            IcmpKind::Control => return Err(Counter::PassIcmp6Control),
+            _ => Transport::Icmp(h),
+        },
         t => t,
     };
     // Ports of the flow; `None` for what has no flow (other protocols, other ICMP).
     let ports = match &transport {
         Transport::Tcp(h) => Some((h.sport, h.dport)),
         Transport::Udp(h) => Some((h.sport, h.dport)),
-        Transport::Icmp(h) if h.is_echo() => Some((h.echo_id(), [0, 0])),
-        Transport::Icmp(_) | Transport::Other => None,
+        Transport::Icmp(h) => match F::icmp_kind(h) {
+            IcmpKind::EchoRequest | IcmpKind::EchoReply => Some((h.echo_id(), [0, 0])),
+            _ => None,
+        },
+        Transport::Other => None,
     };
-    let service_port = match ip.proto {
+    let service_port = match proto {
         IPPROTO_TCP | IPPROTO_UDP => ports.map(|(_, dport)| dport),
         _ => None,
     };
-    let Some(vip) = lookup_vip(ip.dst, ip.proto, service_port, bits) else {
-        let reason = not_a_vip(ip.dst, bits);
-        if first_fragment && reason == Counter::PassNotForUs {
-            frag::pass(ip, FRAG_DIR_IN);
+    let Some(vip) = lookup_vip::<F>(dst, proto, service_port, bits) else {
+        let reason = not_a_vip::<F>(&dst, bits);
+        if d.frag == Frag::First && reason == Counter::PassNotForUs {
+            frag::pass::<F>(ip, &d, FRAG_DIR_IN);
         }
         return Err(reason);
     };
-    let key = ports.map(|(sport, dport)| FlowKey::new(ip.src, ip.dst, sport, dport, ip.proto));
-    let Some(key) = key else {
-        return Err(if ip.proto == IPPROTO_ICMP {
+    let Some((sport, dport)) = ports else {
+        return Err(if proto == F::ICMP {
             Counter::DropUnsupportedIcmp
         } else {
             Counter::DropUnsupportedProto
         });
     };
-    if ip.ttl <= 1 {
+    if let Transport::Udp(h) = &transport
+        && F::UDP_ZERO_INVALID
+        && h.check == [0, 0]
+    {
+        return Err(Counter::DropUdp6ZeroChecksum);
+    }
+    if ip.hop_limit() <= 1 {
         // Untranslated, so the kernel's "time exceeded" quotes what the client sent.
         return Err(Counter::PassTtlExpired);
     }
+    let key = FlowKey::new(src, dst, sport, dport, proto);
 
-    let (sport, dport) = (key.sport, key.dport);
     let segment = match &transport {
         Transport::Tcp(h) => Segment::tcp(h.flags),
         _ => Segment::NotTcp,
     };
     // The target's decision, or the flow's exception; a whole-address flow on a shadowed port
     // is noted for the return side.
-    let path = flow::choose(&key, &vip, segment)?;
-    flow::note_shadowed(&key, &vip, &path);
+    let path = if F::OUTLINE {
+        flow::choose_outlined::<F>(&key, &vip, segment)?
+    } else {
+        flow::choose::<F>(&key, &vip, segment)?
+    };
+    flow::note_shadowed::<F>(&key, &vip, &path);
     let target_port = vip.target_port;
     let new_port = (service_port.is_some() && target_port != [0, 0]).then_some(target_port);
-    let next = forward::route_cached(
+    let next = forward::route_cached::<C, F>(
         ctx,
-        ip,
+        &d,
         &Flow {
-            src: ip.src,
+            src,
             dst: path.addr,
             sport,
             dport: new_port.unwrap_or(dport),
@@ -193,18 +250,28 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
         forward::path_slot(path.id),
     )?;
     if let Next::TooBig(mtu) = next {
-        return icmp::too_big(ctx, &l2, mtu);
+        return F::too_big(ctx, &l2, mtu);
     }
 
-    if first_fragment {
-        frag::track(ip, FRAG_DIR_IN, path.addr, vip.rank, path.id);
+    if d.frag == Frag::First {
+        frag::track::<F>(ip, &d, FRAG_DIR_IN, path.addr, vip.rank, path.id);
     }
     let tcp_flags = match &transport {
         Transport::Tcp(h) => Some(h.flags),
         _ => None,
     };
     stats::path_seen(path.id, tcp_flags, Dir::In, path.passive_us);
-    ctx.rewrite(ip, transport.into_l4(), l4, Side::Dst, path.addr, new_port);
+    ctx::translate::<C, F>(
+        ctx,
+        ip,
+        transport.into_l4(F::ICMP_PSEUDO),
+        &Nat {
+            side: Side::Dst,
+            addr: path.addr,
+            port: new_port,
+            l4_off: d.l4,
+        },
+    );
     stats::translated(ctx, Counter::NatIngress, vip.rank, path.id, Dir::In);
-    Ok(forward::finish(ctx, &l2, ip, next))
+    Ok(forward::finish::<C, F>(ctx, &l2, ip, next))
 }

@@ -11,6 +11,7 @@
 
 mod bench;
 mod ctx;
+mod family;
 mod flow;
 mod forward;
 mod frag;

@@ -2,6 +2,7 @@
 //! the same definitions.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -12,6 +13,7 @@ use lb_common::maps::{
     PathMeta, PathSeen, PathValue, RING_ENTRIES, RevValue, SHADOWED_TABLE_SIZE, Settings,
     TargetMeta, TargetValue, TokenBucket, TrafficStats, VipInfo, VipValue,
 };
+use lb_common::maps::{Addr6, EndpointKey6, FlowKey6, FragKey6, FragValue6, NextHop6, RevValue6};
 
 #[map]
 pub static LB_VIPS: HashMap<EndpointKey, VipValue> = HashMap::with_max_entries(MAX_VIPS, 0);
@@ -84,6 +86,43 @@ pub static LB_PAIR_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entr
 /// Per CPU: see `forward::route_cached`.
 #[map]
 pub static LB_NEXTHOPS: PerCpuArray<NextHop> =
+    PerCpuArray::with_max_entries(MAX_PATHS + lb_common::maps::RETURN_NEXTHOPS, 0);
+
+// ---- The IPv6 twins (see `family`). ----
+
+#[map]
+pub static LB_VIPS6: HashMap<EndpointKey6, VipValue> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+#[map]
+pub static LB_REV_NAT6: HashMap<EndpointKey6, RevValue6> =
+    HashMap::with_max_entries(MAX_REV_NAT, 0);
+
+/// Allocated as exceptions are pinned: an IPv4-only edge spends no memory on it.
+#[map]
+pub static LB_FLOWS6: HashMap<FlowKey6, FlowValue> =
+    HashMap::with_max_entries(FLOW_TABLE_SIZE, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static LB_OUTBOUND6: HashMap<FlowKey6, FlowValue> =
+    HashMap::with_max_entries(OUTBOUND_TABLE_SIZE, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static LB_SHADOWED6: LruHashMap<FlowKey6, FlowValue> =
+    LruHashMap::with_max_entries(SHADOWED_TABLE_SIZE, 0);
+
+#[map]
+pub static LB_FRAGS6: LruHashMap<FragKey6, FragValue6> =
+    LruHashMap::with_max_entries(FRAG_TABLE_SIZE, 0);
+
+#[map]
+pub static LB_ADDRS6: HashMap<Addr6, u32> = HashMap::with_max_entries(MAX_ADDRS, 0);
+
+/// See `parse::forget`.
+#[map]
+pub static LB_SCRATCH: PerCpuArray<[u32; 4]> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static LB_NEXTHOPS6: PerCpuArray<NextHop6> =
     PerCpuArray::with_max_entries(MAX_PATHS + lb_common::maps::RETURN_NEXTHOPS, 0);
 
 // ---- Control-plane state: never read by the programs (see `lb_common::maps::META`). ----

@@ -9,34 +9,64 @@ use lb_common::{
         EndpointKey, FILTER_PATH_ADDR, FILTER_PATH_SERVICE, FRAG_DIR_OUT, FlowKey,
         REV_F_SHADOWS_WHOLE, RevValue,
     },
-    nat::{L4, Side},
-    net::{ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_SYN},
+    nat::{IpHeader, L4, Side},
+    net::{IPPROTO_TCP, IPPROTO_UDP, TCP_SYN},
 };
 
 use crate::{
-    ctx::Packet,
+    ctx::{self, Nat, Packet},
+    family::{Family, IcmpKind, V4, V6, filter},
     flow::{self, Segment},
     forward::{self, Flow, Next},
-    frag, icmp,
-    ingress::filter,
-    maps::{LB_PATH_IFACES, LB_REV_NAT, LB_SHADOWED},
-    parse::{self, Transport},
+    frag,
+    maps::LB_PATH_IFACES,
+    parse::{self, Datagram, Frag, Transport},
     stats::{self, Dir, Outcome},
 };
 
 /// How to translate a packet from path address `addr`: the service (`proto`, source `port`)
 /// first, then the whole address.
 #[inline(always)]
-pub fn lookup_rev(addr: [u8; 4], proto: u8, port: Option<[u8; 2]>, bits: u32) -> Option<RevValue> {
+pub fn lookup_rev<F: Family>(
+    addr: F::Addr,
+    proto: u8,
+    port: Option<[u8; 2]>,
+    bits: u32,
+) -> Option<RevValue<F::Addr>> {
+    if F::OUTLINE {
+        lookup_rev_outlined::<F>(&addr, proto, port, bits)
+    } else {
+        lookup_rev_inline::<F>(addr, proto, port, bits)
+    }
+}
+
+/// [`lookup_rev`] as a BPF function of its own (see `Family::OUTLINE`).
+#[inline(never)]
+fn lookup_rev_outlined<F: Family>(
+    addr: &F::Addr,
+    proto: u8,
+    port: Option<[u8; 2]>,
+    bits: u32,
+) -> Option<RevValue<F::Addr>> {
+    lookup_rev_inline::<F>(*addr, proto, port, bits)
+}
+
+#[inline(always)]
+fn lookup_rev_inline<F: Family>(
+    addr: F::Addr,
+    proto: u8,
+    port: Option<[u8; 2]>,
+    bits: u32,
+) -> Option<RevValue<F::Addr>> {
     if bits & FILTER_PATH_SERVICE != 0
         && let Some(port) = port
-        && let Some(v) = LB_REV_NAT.get_ptr(EndpointKey::service(addr, proto, port))
+        && let Some(v) = F::rev_nat().get_ptr(&EndpointKey::service(addr, proto, port))
     {
         // SAFETY: a hash map value, read once while the program runs.
         return Some(unsafe { *v });
     }
     if bits & FILTER_PATH_ADDR != 0
-        && let Some(v) = LB_REV_NAT.get_ptr(EndpointKey::addr(addr))
+        && let Some(v) = F::rev_nat().get_ptr(&EndpointKey::addr(addr))
     {
         // SAFETY: as above.
         return Some(unsafe { *v });
@@ -49,29 +79,37 @@ pub fn lookup_rev(addr: [u8; 4], proto: u8, port: Option<[u8; 2]>, bits: u32) ->
 /// these ports (the ingress program notes them): the client reached the whole address on the
 /// service's target port. Otherwise it is the service's. Costs two lookups, only for such
 /// entries.
+///
+/// `reply`: the reply's own flow (path address and port → client address and port).
+/// The caller checks `REV_F_SHADOWS_WHOLE` first, so that other packets build no key.
 #[inline(always)]
-pub fn disambiguate(
-    rev: RevValue,
-    path: [u8; 4],
-    client: [u8; 4],
-    client_port: [u8; 2],
-    path_port: [u8; 2],
-    proto: u8,
-) -> RevValue {
-    if rev.flags & REV_F_SHADOWS_WHOLE == 0 {
-        return rev;
-    }
-    let Some(whole) = LB_REV_NAT.get_ptr(EndpointKey::addr(path)) else {
-        return rev;
+pub fn disambiguate<F: Family>(rev: &mut RevValue<F::Addr>, reply: &FlowKey<F::Addr>) {
+    let whole = if F::OUTLINE {
+        shadowing_outlined::<F>(reply)
+    } else {
+        shadowing::<F>(reply)
     };
+    if let Some(whole) = whole {
+        *rev = whole;
+    }
+}
+
+/// The whole-address VIP's reverse entry when the reply's flow is one of its shadowed flows.
+#[inline(always)]
+fn shadowing<F: Family>(reply: &FlowKey<F::Addr>) -> Option<RevValue<F::Addr>> {
+    let whole = F::rev_nat().get_ptr(&EndpointKey::addr(reply.src))?;
     // SAFETY: a hash map value, read once while the program runs.
     let whole = unsafe { *whole };
-    let key = FlowKey::new(client, whole.vip_addr, client_port, path_port, proto);
-    match LB_SHADOWED.get_ptr(key) {
-        // SAFETY: as above.
-        Some(flow) if unsafe { (*flow).vip } == whole.vip_id => whole,
-        _ => rev,
-    }
+    let key = FlowKey::new(reply.dst, whole.vip_addr, reply.dport, reply.sport, reply.proto);
+    let flow = F::shadowed().get_ptr(&key)?;
+    // SAFETY: as above.
+    (unsafe { (*flow).vip } == whole.vip_id).then_some(whole)
+}
+
+/// [`shadowing`] as a BPF function of its own (see `Family::OUTLINE`).
+#[inline(never)]
+fn shadowing_outlined<F: Family>(reply: &FlowKey<F::Addr>) -> Option<RevValue<F::Addr>> {
+    shadowing::<F>(reply)
 }
 
 /// Whether a packet from path `path` may arrive on `ifindex`: the interface its address is
@@ -88,68 +126,111 @@ pub fn check_arrival(path: u32, ifindex: u32) -> Result<(), Counter> {
 /// first fragment (`frag`). Untracked, a whole-address VIP's reverse entry (the address alone)
 /// still translates it; one that only service VIPs cover cannot be placed and is dropped,
 /// counted: a fragment never leaves with the path address.
-#[inline(always)]
-fn later_fragment<C: Packet>(
+/// [`later_fragment`] as a BPF function of its own (see `Family::OUTLINE`).
+#[inline(never)]
+fn later_fragment_outlined<C: Packet, F: Family>(
     ctx: &C,
     l2: &parse::L2,
-    ip: &'static mut lb_common::net::Ipv4Hdr,
-    bits: u32,
+    ip: &'static mut F::Hdr,
+    d: &Datagram,
 ) -> Outcome {
-    let (vip_addr, rank, path) = match frag::follow(ip, FRAG_DIR_OUT)? {
+    later_fragment::<C, F>(ctx, l2, ip, d)
+}
+
+#[inline(always)]
+fn later_fragment<C: Packet, F: Family>(
+    ctx: &C,
+    l2: &parse::L2,
+    ip: &'static mut F::Hdr,
+    d: &Datagram,
+) -> Outcome {
+    let bits = filter(&ip.src());
+    let (vip_addr, rank, path) = match frag::follow::<F>(ip, d, FRAG_DIR_OUT)? {
         Some(v) => (v.addr, v.vip_rank, v.path),
         None => {
-            let rev =
-                lookup_rev(ip.src, ip.proto, None, bits).ok_or(Counter::DropFragmentUntracked)?;
+            let rev = lookup_rev::<F>(ip.src(), d.proto, None, bits)
+                .ok_or(Counter::DropFragmentUntracked)?;
             (rev.vip_addr, rev.vip_rank, rev.path)
         }
     };
     check_arrival(path, ctx.ingress_ifindex())?;
-    if ip.ttl <= 1 {
+    if ip.hop_limit() <= 1 {
         return Err(Counter::PassTtlExpired);
     }
-    let next = forward::route_cached(
+    let dst = ip.dst();
+    let next = forward::route_cached::<C, F>(
         ctx,
-        ip,
+        d,
         &Flow {
             src: vip_addr,
-            dst: ip.dst,
+            dst,
             sport: [0, 0],
             dport: [0, 0],
         },
-        forward::client_slot(ip.dst),
+        forward::client_slot(&dst),
     )?;
     if let Next::TooBig(mtu) = next {
-        return icmp::too_big(ctx, l2, mtu);
+        return F::too_big(ctx, l2, mtu);
     }
-    ctx.rewrite(ip, L4::Icmp, 0, Side::Src, vip_addr, None);
+    ctx::translate::<C, F>(
+        ctx,
+        ip,
+        L4::Icmp,
+        &Nat {
+            side: Side::Src,
+            addr: vip_addr,
+            port: None,
+            l4_off: 0,
+        },
+    );
     stats::translated(ctx, Counter::NatReturn, rank, path, Dir::Out);
-    Ok(forward::finish(ctx, l2, ip, next))
+    Ok(forward::finish::<C, F>(ctx, l2, ip, next))
 }
 
 #[inline(always)]
 pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     let l2 = parse::ethernet(ctx)?;
-    let ip = parse::ipv4(ctx, l2.l3)?;
-    let bits = filter(ip.src);
+    if l2.ipv6 {
+        handle_ip::<C, V6>(ctx, l2)
+    } else {
+        handle_ip::<C, V4>(ctx, l2)
+    }
+}
+
+/// One family's handler. Not inlined: each family's instantiation is a BPF function of its
+/// own, with its own stack frame (inlined side by side, the two would share one frame and
+/// exceed the 512-byte stack).
+#[inline(never)]
+fn handle_ip<C: Packet, F: Family>(ctx: &C, l2: parse::L2) -> Outcome {
+    let ip = F::header(ctx, l2.l3)?;
+    let (src, dst) = (ip.src(), ip.dst());
+    let bits = filter(&src);
     let ours = bits & (FILTER_PATH_ADDR | FILTER_PATH_SERVICE) != 0;
     // ICMP errors come from routers too: they are matched on the datagram they quote.
-    if !ours && ip.proto != IPPROTO_ICMP {
+    if !ours && F::header_proto(ip).is_some_and(|p| p != F::ICMP) {
         return Err(Counter::PassNotForUs);
     }
-    let (l4, end) = parse::ipv4_payload(ctx, l2.l3, ip)
-        .map_err(|reason| if ours { reason } else { Counter::PassBadIpv4 })?;
-    if ip.is_later_fragment() {
+    let d = F::payload(ctx, l2.l3, ip)
+        .map_err(|reason| if ours { reason } else { F::PASS_BAD })?;
+    if !ours && d.proto != F::ICMP {
+        return Err(Counter::PassNotForUs);
+    }
+    if d.frag == Frag::Later {
         if !ours {
             return Err(Counter::PassNotForUs);
         }
-        return later_fragment(ctx, &l2, ip, bits);
+        return if F::OUTLINE {
+            later_fragment_outlined::<C, F>(ctx, &l2, ip, &d)
+        } else {
+            later_fragment::<C, F>(ctx, &l2, ip, &d)
+        };
     }
     // An unfragmented datagram, or a first fragment: it carries the ports, and goes through
     // like any packet (recorded, so its later fragments follow).
-    let first_fragment = ip.is_fragment();
-    let transport = match parse::transport(ctx, ip.proto, l4, end) {
-        Ok(Transport::Icmp(h)) if h.is_error() => {
-            return icmp::return_error(ctx, &l2, ip, h, l4, end);
+    let proto = d.proto;
+    let transport = match parse::transport(ctx, proto, d.l4, d.end) {
+        Ok(Transport::Icmp(h)) if F::icmp_kind(h) == IcmpKind::Error => {
+            return F::return_error(ctx, &l2, ip, h, &d);
         }
         Ok(t) if ours => t,
         Ok(_) => return Err(Counter::PassNotForUs),
@@ -164,84 +245,156 @@ pub fn handle<C: Packet>(ctx: &C) -> Outcome {
             h.flags & TCP_SYN != 0,
         ),
         Transport::Udp(h) => (Some((h.sport, h.dport)), Segment::NotTcp, true),
-        Transport::Icmp(h) if h.is_echo() => (
-            Some((h.echo_id(), [0, 0])),
-            Segment::NotTcp,
-            h.ty == ICMP_ECHO_REQUEST,
-        ),
-        Transport::Icmp(_) | Transport::Other => (None, Segment::NotTcp, false),
+        Transport::Icmp(h) => match F::icmp_kind(h) {
+            IcmpKind::EchoRequest => (Some((h.echo_id(), [0, 0])), Segment::NotTcp, true),
+            IcmpKind::EchoReply => (Some((h.echo_id(), [0, 0])), Segment::NotTcp, false),
+            IcmpKind::Control => return Err(Counter::PassIcmp6Control),
+            IcmpKind::Error | IcmpKind::Other => (None, Segment::NotTcp, false),
+        },
+        Transport::Other => (None, Segment::NotTcp, false),
     };
-    let service_port = match ip.proto {
+    let service_port = match proto {
         IPPROTO_TCP | IPPROTO_UDP => ports.map(|(sport, _)| sport),
         _ => None,
     };
-    let Some(rev) = lookup_rev(ip.src, ip.proto, service_port, bits) else {
-        if first_fragment {
-            frag::pass(ip, FRAG_DIR_OUT);
+    let Some(rev) = lookup_rev::<F>(src, proto, service_port, bits) else {
+        if d.frag == Frag::First {
+            frag::pass::<F>(ip, &d, FRAG_DIR_OUT);
         }
         return Err(Counter::PassNotForUs);
     };
     let Some((sport, dport)) = ports else {
-        return Err(if ip.proto == IPPROTO_ICMP {
+        return Err(if proto == F::ICMP {
             Counter::DropUnsupportedIcmp
         } else {
             Counter::DropUnsupportedProto
         });
     };
-    let rev = disambiguate(rev, ip.src, ip.dst, dport, sport, ip.proto);
+    if let Transport::Udp(h) = &transport
+        && F::UDP_ZERO_INVALID
+        && h.check == [0, 0]
+    {
+        return Err(Counter::DropUdp6ZeroChecksum);
+    }
+    let mut r = Reply {
+        rev,
+        key: FlowKey::new(src, dst, sport, dport, proto),
+        d,
+        transport,
+        segment,
+        opens,
+        service: service_port.is_some(),
+    };
+    if F::OUTLINE {
+        reply_outlined::<C, F>(ctx, &l2, ip, &mut r)
+    } else {
+        reply::<C, F>(ctx, &l2, ip, &mut r)
+    }
+}
+
+/// A packet from a path address that its reverse entry covers, halfway through the handler.
+struct Reply<A> {
+    rev: RevValue<A>,
+    /// The reply's own flow (path → client); becomes the flow as the client's packets key it.
+    key: FlowKey<A>,
+    d: Datagram,
+    transport: Transport,
+    segment: Segment,
+    /// The packet may open a flow of the VM's (see `handle_ip`).
+    opens: bool,
+    /// The entry is a service's (the port is translated).
+    service: bool,
+}
+
+/// [`reply`] as a BPF function of its own (see `Family::OUTLINE`).
+#[inline(never)]
+fn reply_outlined<C: Packet, F: Family>(
+    ctx: &C,
+    l2: &parse::L2,
+    ip: &'static mut F::Hdr,
+    r: &mut Reply<F::Addr>,
+) -> Outcome {
+    reply::<C, F>(ctx, l2, ip, r)
+}
+
+/// The second half of the return handler: which VIP, the checks, the route, the pins, the
+/// translation.
+#[inline(always)]
+fn reply<C: Packet, F: Family>(
+    ctx: &C,
+    l2: &parse::L2,
+    ip: &'static mut F::Hdr,
+    r: &mut Reply<F::Addr>,
+) -> Outcome {
+    if r.rev.flags & REV_F_SHADOWS_WHOLE != 0 {
+        disambiguate::<F>(&mut r.rev, &r.key);
+    }
+    let rev = &r.rev;
+    let FlowKey {
+        src: _,
+        dst,
+        sport,
+        dport,
+        proto,
+        ..
+    } = r.key;
     check_arrival(rev.path, ctx.ingress_ifindex())?;
-    if ip.ttl <= 1 {
+    if ip.hop_limit() <= 1 {
         return Err(Counter::PassTtlExpired);
     }
-    let new_port = (service_port.is_some() && rev.vip_port != [0, 0]).then_some(rev.vip_port);
-    let next = forward::route_cached(
+    let new_port = (r.service && rev.vip_port != [0, 0]).then_some(rev.vip_port);
+    let next = forward::route_cached::<C, F>(
         ctx,
-        ip,
+        &r.d,
         &Flow {
             src: rev.vip_addr,
-            dst: ip.dst,
+            dst,
             sport: new_port.unwrap_or(sport),
             dport,
         },
-        forward::client_slot(ip.dst),
+        forward::client_slot(&dst),
     )?;
     if let Next::TooBig(mtu) = next {
-        return icmp::too_big(ctx, &l2, mtu);
+        return F::too_big(ctx, l2, mtu);
     }
     {
         // The flow as the client's packets key it: ports swapped (the VIP's port for a
         // service), except ICMP echo, keyed (identifier, 0) both ways.
-        let (rsport, rdport) = if ip.proto == IPPROTO_ICMP {
+        let (rsport, rdport) = if proto == F::ICMP {
             (sport, dport)
         } else {
             (dport, new_port.unwrap_or(sport))
         };
-        let opens = opens && (segment != Segment::NotTcp || rev.vip_port == [0, 0]);
-        flow::from_vm(
-            &FlowKey::new(ip.dst, rev.vip_addr, rsport, rdport, ip.proto),
-            rev.vip_id,
-            rev.path,
-            segment,
-            opens,
-        );
+        let segment = r.segment;
+        let opens = r.opens && (segment != Segment::NotTcp || rev.vip_port == [0, 0]);
+        let key = &mut r.key;
+        key.src = dst;
+        key.dst = rev.vip_addr;
+        key.sport = rsport;
+        key.dport = rdport;
+        flow::from_vm::<F>(key, rev.vip_id, rev.path, segment, opens);
     }
-    if first_fragment {
-        frag::track(ip, FRAG_DIR_OUT, rev.vip_addr, rev.vip_rank, rev.path);
+    if r.d.frag == Frag::First {
+        frag::track::<F>(ip, &r.d, FRAG_DIR_OUT, rev.vip_addr, rev.vip_rank, rev.path);
     }
-    let tcp_flags = match &transport {
+    let tcp_flags = match &r.transport {
         Transport::Tcp(h) => Some(h.flags),
         _ => None,
     };
     stats::path_seen(rev.path, tcp_flags, Dir::Out, 0);
-
-    ctx.rewrite(
+    let (vip_addr, vip_rank, path) = (rev.vip_addr, rev.vip_rank, rev.path);
+    let transport = core::mem::replace(&mut r.transport, Transport::Other);
+    ctx::translate::<C, F>(
+        ctx,
         ip,
-        transport.into_l4(),
-        l4,
-        Side::Src,
-        rev.vip_addr,
-        new_port,
+        transport.into_l4(F::ICMP_PSEUDO),
+        &Nat {
+            side: Side::Src,
+            addr: vip_addr,
+            port: new_port,
+            l4_off: r.d.l4,
+        },
     );
-    stats::translated(ctx, Counter::NatReturn, rev.vip_rank, rev.path, Dir::Out);
-    Ok(forward::finish(ctx, &l2, ip, next))
+    stats::translated(ctx, Counter::NatReturn, vip_rank, path, Dir::Out);
+    Ok(forward::finish::<C, F>(ctx, l2, ip, next))
 }

@@ -11,7 +11,7 @@ use std::{
 
 use lb_common::{
     maps::{
-        EndpointKey, HEALTH_UNKNOWN, NO_ID, PATH_DISABLED, PATH_DOWN, PATH_UP, PathValue,
+        EndpointKey, EndpointKey6, HEALTH_UNKNOWN, NO_ID, PATH_DISABLED, PATH_DOWN, PATH_UP, PathValue,
         RING_SIZE, RevValue, TARGET_MODE_NONE, TARGET_MODE_RING, TargetValue,
     },
     net::{IPPROTO_TCP, IPPROTO_UDP},
@@ -205,8 +205,8 @@ fn path_id(m: &Model, target: &str, path: &str) -> u32 {
 /// A VIP's (protocol, port); `None`: the whole address.
 type Service = Option<(u8, u16)>;
 
-fn key(address: &str, service: Service) -> EndpointKey {
-    EndpointKey::new(address.parse().expect("an address"), service)
+fn key(address: &str, service: Service) -> EndpointKey6 {
+    EndpointKey6::of(address.parse().expect("an address"), service)
 }
 
 #[track_caller]
@@ -337,7 +337,7 @@ fn apply_from_empty_writes_everything_once_then_nothing() {
     assert_eq!(n, entries);
     assert_eq!(store.log.iter().filter(|e| *e != "filter").count(), entries);
     assert_eq!(store.read(), desired);
-    let keys: BTreeSet<EndpointKey> = desired.vips.values().map(|v| v.key).collect();
+    let keys: BTreeSet<EndpointKey6> = desired.vips.values().map(|v| v.key).collect();
     assert_eq!(store.vip_keys, keys);
 
     let written = store.log.len();
@@ -606,7 +606,7 @@ fn ids_are_kept_across_a_reload_and_freed_ids_reused() {
     let mut store = store_holding(&a.tables());
     apply(&mut store, &a.tables(), &b.tables()).expect("writes");
     assert_eq!(store.read(), b.tables());
-    let keys: BTreeSet<EndpointKey> = b.tables().vips.values().map(|v| v.key).collect();
+    let keys: BTreeSet<EndpointKey6> = b.tables().vips.values().map(|v| v.key).collect();
     assert_eq!(store.vip_keys, keys);
 
     // A generation later, the freed ids are the lowest free ones again.
@@ -850,7 +850,9 @@ fn reverse_nat_entries() {
         assert_eq!(info.target_port, target_port.unwrap_or(0).to_be_bytes());
         for path in ["nn1", "nn2"] {
             let pid = path_id(&m, "web", path);
-            let addr: Ipv4Addr = t.paths[&pid].addr.into();
+            let std::net::IpAddr::V4(addr) = t.paths[&pid].ip() else {
+                panic!("an IPv4 path");
+            };
             let reply = service.map(|(proto, port)| (proto, target_port.unwrap_or(port)));
             expected.insert(
                 EndpointKey::new(addr, reply),
@@ -913,7 +915,7 @@ fn a_changed_address_starts_unknown_but_stays_drained() {
             "the other path keeps"
         );
         let t = b.tables();
-        assert_eq!(t.paths[&nn1].addr, [192, 0, 2, 101]);
+        assert_eq!(t.paths[&nn1].addr, lb_common::maps::mapped([192, 0, 2, 101]));
         assert_eq!(t.paths[&nn1].state, PATH_DISABLED);
         assert_eq!(t.path_meta[&nn1].health, HEALTH_UNKNOWN);
         assert_eq!(t.path_meta[&nn1].rtt_us, 0);

@@ -346,7 +346,7 @@ impl Fx {
         self.dp.maps.set_path(
             id,
             PathValue {
-                addr: a.octets(),
+                addr: lb_common::maps::mapped(a.octets()),
                 state,
                 _pad: [0; 3],
                 target,
@@ -453,7 +453,7 @@ impl Fx {
         maps.set_vip(
             id,
             VipInfo {
-                key: EndpointKey::new(vip, service),
+                key: EndpointKey::new(vip, service).widened(),
                 target,
                 target_port: target_port.unwrap_or(0).to_be_bytes(),
                 rank: Self::rank(id),

@@ -279,12 +279,12 @@ const CASES: &[(&str, &str, Case)] = &[
         "ARP is not IPv4: passed untouched",
         |fx| {
             fx.expect(Ingress, fx.env.cli0, &raw_frame(0x0806, 28), XDP_PASS, None)?;
-            fx.counters(&[(PassNotIpv4, 1), (XdpPass, 1)])
+            fx.counters(&[(PassNotIp, 1), (XdpPass, 1)])
         },
     ),
     ("ingress_ipv6_passes", "IPv6 is passed untouched", |fx| {
         fx.expect(Ingress, fx.env.cli0, &raw_frame(0x86dd, 60), XDP_PASS, None)?;
-        fx.counters(&[(PassNotIpv4, 1), (XdpPass, 1)])
+        fx.counters(&[(PassNotIp, 1), (XdpPass, 1)])
     }),
     (
         "ingress_udp_zero_checksum",
@@ -1531,7 +1531,7 @@ const CASES: &[(&str, &str, Case)] = &[
         "a VLAN tag cut short: passed",
         |fx| {
             fx.expect(Ingress, fx.env.cli0, &raw_frame(0x8100, 2), XDP_PASS, None)?;
-            fx.counters(&[(PassNotIpv4, 1), (XdpPass, 1)])
+            fx.counters(&[(PassNotIp, 1), (XdpPass, 1)])
         },
     ),
     // ---------------------------------------------------------------- ingress: what is not ours

@@ -10,12 +10,12 @@ use aya::{
 };
 use lb_common::{
     Counter,
-    hash::addr_slot,
+    hash::{addr_slot, addr_slot6},
     maps::{
-        self as m, ADDR_FILTER_SIZE, ControlMeta, EndpointKey, FILTER_ADDR, FILTER_PATH_ADDR,
-        FILTER_PATH_SERVICE, FILTER_VIP_ADDR, FILTER_VIP_SERVICE, FlowKey, FlowValue, IfaceKey,
-        IfaceMeta, PathMeta, PathSeen, PathValue, RING_SIZE, RevValue, Settings, TargetMeta,
-        TargetValue, TrafficStats, VipInfo, VipValue,
+        self as m, ADDR_FILTER_SIZE, Addr6, ControlMeta, EndpointKey, EndpointKey6, FILTER_ADDR,
+        FILTER_PATH_ADDR, FILTER_PATH_SERVICE, FILTER_VIP_ADDR, FILTER_VIP_SERVICE, FlowKey,
+        FlowKey6, FlowValue, IfaceKey, IfaceMeta, PathMeta, PathSeen, PathValue, RING_SIZE,
+        RevValue, RevValue6, Settings, TargetMeta, TargetValue, TrafficStats, VipInfo, VipValue,
     },
 };
 
@@ -88,6 +88,11 @@ pub struct Maps {
     settings: Array<MapData, Settings>,
     outbound: HashMap<MapData, FlowKey, FlowValue>,
     exc_seq: Array<MapData, u64>,
+    vips6: HashMap<MapData, EndpointKey6, VipValue>,
+    rev_nat6: HashMap<MapData, EndpointKey6, RevValue6>,
+    addrs6: HashMap<MapData, Addr6, u32>,
+    flows6: HashMap<MapData, FlowKey6, FlowValue>,
+    outbound6: HashMap<MapData, FlowKey6, FlowValue>,
     /// What `addr_filter` holds, so a refresh writes only the slots that change.
     filter_shadow: Vec<u32>,
     /// Whether `filter_shadow` was read (maps opened from pins skip its 65,536 reads until a
@@ -138,6 +143,11 @@ impl Maps {
             settings: src.get(m::SETTINGS)?,
             outbound: src.get(m::OUTBOUND)?,
             exc_seq: src.get(m::EXC_SEQ)?,
+            vips6: src.get(m::VIPS6)?,
+            rev_nat6: src.get(m::REV_NAT6)?,
+            addrs6: src.get(m::ADDRS6)?,
+            flows6: src.get(m::FLOWS6)?,
+            outbound6: src.get(m::OUTBOUND6)?,
             filter_shadow: vec![0; ADDR_FILTER_SIZE as usize],
             filter_known: fresh,
         };
@@ -225,6 +235,22 @@ impl Maps {
             .collect()
     }
 
+    pub fn set_addr6(&mut self, addr: Addr6, kind: u32) -> Result<(), Error> {
+        op(m::ADDRS6, "set", self.addrs6.insert(addr, kind, 0))
+    }
+
+    pub fn remove_addr6(&mut self, addr: Addr6) -> Result<(), Error> {
+        op_absent(m::ADDRS6, "remove", self.addrs6.remove(&addr)).map(drop)
+    }
+
+    /// Every IPv6 VIP and path address with its `ADDR_*` bits.
+    pub fn addrs6(&self) -> Result<Vec<(Addr6, u32)>, Error> {
+        self.addrs6
+            .iter()
+            .map(|r| op(m::ADDRS6, "iterate", r))
+            .collect()
+    }
+
     pub fn settings(&self) -> Result<Settings, Error> {
         op(m::SETTINGS, "get", self.settings.get(&0, 0))
     }
@@ -281,21 +307,25 @@ impl Maps {
 
     // ---- Configuration tables. ----
 
-    /// Adds or replaces VIP `id`: its description first, then its key, so the datapath never
-    /// finds an id without one. Call [`Maps::refresh_filter`] once a batch of changes is in.
+    /// Adds or replaces VIP `id`: its description first, then its key (in `LB_VIPS` or
+    /// `LB_VIPS6` by its family), so the datapath never finds an id without one. Call
+    /// [`Maps::refresh_filter`] once a batch of changes is in.
     pub fn set_vip(&mut self, id: u32, info: VipInfo) -> Result<(), Error> {
         op(m::VIP_INFO, "set", self.vip_info.set(id, info, 0))?;
-        op(
-            m::VIPS,
-            "insert",
-            self.vips.insert(info.key, VipValue::of(id, &info), 0),
-        )
+        let value = VipValue::of(id, &info);
+        match info.key.narrowed() {
+            Some(key) => op(m::VIPS, "insert", self.vips.insert(key, value, 0)),
+            None => op(m::VIPS6, "insert", self.vips6.insert(info.key, value, 0)),
+        }
     }
 
     /// Removes VIP `id`: its key first, then its description (its flows stop matching it).
     pub fn remove_vip(&mut self, id: u32) -> Result<(), Error> {
         let info = self.vip(id)?;
-        op_absent(m::VIPS, "remove", self.vips.remove(&info.key))?;
+        match info.key.narrowed() {
+            Some(key) => op_absent(m::VIPS, "remove", self.vips.remove(&key))?,
+            None => op_absent(m::VIPS6, "remove", self.vips6.remove(&info.key))?,
+        };
         op(
             m::VIP_INFO,
             "set",
@@ -308,11 +338,16 @@ impl Maps {
     }
 
     /// Every VIP key and its id.
-    pub fn vips(&self) -> Result<Vec<(EndpointKey, u32)>, Error> {
-        self.vips
+    pub fn vips(&self) -> Result<Vec<(EndpointKey6, u32)>, Error> {
+        let v4 = self
+            .vips
             .iter()
-            .map(|r| op(m::VIPS, "iterate", r).map(|(k, v)| (k, v.id)))
-            .collect()
+            .map(|r| op(m::VIPS, "iterate", r).map(|(k, v)| (k.widened(), v.id)));
+        let v6 = self
+            .vips6
+            .iter()
+            .map(|r| op(m::VIPS6, "iterate", r).map(|(k, v)| (k, v.id)));
+        v4.chain(v6).collect()
     }
 
     /// Adds or replaces a reverse-NAT entry. Call [`Maps::refresh_filter`] afterwards.
@@ -326,6 +361,19 @@ impl Maps {
 
     pub fn rev_nat(&self) -> Result<Vec<(EndpointKey, RevValue)>, Error> {
         op(m::REV_NAT, "iterate", self.rev_nat.iter().collect())
+    }
+
+    /// Adds or replaces an IPv6 reverse-NAT entry. Call [`Maps::refresh_filter`] afterwards.
+    pub fn set_rev_nat6(&mut self, key: EndpointKey6, value: RevValue6) -> Result<(), Error> {
+        op(m::REV_NAT6, "insert", self.rev_nat6.insert(key, value, 0))
+    }
+
+    pub fn remove_rev_nat6(&mut self, key: &EndpointKey6) -> Result<(), Error> {
+        op_absent(m::REV_NAT6, "remove", self.rev_nat6.remove(key)).map(drop)
+    }
+
+    pub fn rev_nat6(&self) -> Result<Vec<(EndpointKey6, RevValue6)>, Error> {
+        op(m::REV_NAT6, "iterate", self.rev_nat6.iter().collect())
     }
 
     pub fn set_target(&mut self, id: u32, value: TargetValue) -> Result<(), Error> {
@@ -416,6 +464,28 @@ impl Maps {
             let addr = op(m::ADDRS, "iterate", key)?;
             want[addr_slot(addr) as usize] |= FILTER_ADDR;
         }
+        for key in self.vips6.keys() {
+            let key = op(m::VIPS6, "iterate", key)?;
+            let bit = if key.is_whole_address() {
+                FILTER_VIP_ADDR
+            } else {
+                FILTER_VIP_SERVICE
+            };
+            want[addr_slot6(key.addr) as usize] |= bit;
+        }
+        for key in self.rev_nat6.keys() {
+            let key = op(m::REV_NAT6, "iterate", key)?;
+            let bit = if key.is_whole_address() {
+                FILTER_PATH_ADDR
+            } else {
+                FILTER_PATH_SERVICE
+            };
+            want[addr_slot6(key.addr) as usize] |= bit;
+        }
+        for key in self.addrs6.keys() {
+            let addr = op(m::ADDRS6, "iterate", key)?;
+            want[addr_slot6(addr) as usize] |= FILTER_ADDR;
+        }
         for (slot, (bits, old)) in want.iter().zip(self.filter_shadow.iter_mut()).enumerate() {
             if bits != old {
                 op(
@@ -442,6 +512,28 @@ impl Maps {
     /// Every exception client packets pinned (`LB_FLOWS`), up to `limit`.
     pub fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowValue)>, Error> {
         op(m::FLOWS, "iterate", self.flows.iter().take(limit).collect())
+    }
+
+    pub fn flow6(&self, key: &FlowKey6) -> Result<Option<FlowValue>, Error> {
+        op_absent(m::FLOWS6, "get", self.flows6.get(key, 0))
+    }
+
+    pub fn set_flow6(&mut self, key: FlowKey6, value: FlowValue) -> Result<(), Error> {
+        op(m::FLOWS6, "insert", self.flows6.insert(key, value, 0))
+    }
+
+    /// Every IPv6 exception client packets pinned (`LB_FLOWS6`), up to `limit`.
+    pub fn flows6(&self, limit: usize) -> Result<Vec<(FlowKey6, FlowValue)>, Error> {
+        op(m::FLOWS6, "iterate", self.flows6.iter().take(limit).collect())
+    }
+
+    /// IPv6 exceptions the VM's packets pinned (`LB_OUTBOUND6`), at most `limit` of them.
+    pub fn outbound6(&self, limit: usize) -> Result<Vec<(FlowKey6, FlowValue)>, Error> {
+        self.outbound6
+            .iter()
+            .take(limit)
+            .map(|r| op(m::OUTBOUND6, "iterate", r))
+            .collect()
     }
 
     /// Removes an exception from `LB_FLOWS` (`outbound`: from `LB_OUTBOUND`); absent is fine.

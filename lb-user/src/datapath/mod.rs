@@ -95,6 +95,7 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         if let Some(size) = opts.flow_table_size {
             loader.map_max_entries(FLOWS, size);
+            loader.map_max_entries(m::FLOWS6, size);
         }
         let mut ebpf = loader.load(object()?).map_err(Error::Load)?;
         load_programs(&mut ebpf)?;
@@ -146,6 +147,7 @@ impl Dataplane {
         }
         if let Some(size) = opts.flow_table_size {
             loader.map_max_entries(FLOWS, size);
+            loader.map_max_entries(m::FLOWS6, size);
         }
         let mut ebpf = loader.load(object).map_err(Error::Load)?;
         load_programs(&mut ebpf)?;

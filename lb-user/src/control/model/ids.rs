@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::maps::{
-    EndpointKey, MAX_PATHS, MAX_TARGETS, MAX_VIPS, MAX_VIPS_PER_TARGET, decode_name,
+    EndpointKey6, MAX_PATHS, MAX_TARGETS, MAX_VIPS, MAX_VIPS_PER_TARGET, decode_name,
 };
 
 use crate::{config::Config, control::model::vip_key, datapath::tables::Tables};
@@ -14,9 +14,9 @@ use crate::{config::Config, control::model::vip_key, datapath::tables::Tables};
 pub struct Ids {
     pub targets: BTreeMap<String, u32>,
     pub paths: BTreeMap<(String, String), u32>,
-    pub vips: BTreeMap<EndpointKey, u32>,
+    pub vips: BTreeMap<EndpointKey6, u32>,
     /// Each VIP's rank among its target's VIPs: its column in `LB_PAIR_STATS`.
-    pub vip_ranks: BTreeMap<EndpointKey, u8>,
+    pub vip_ranks: BTreeMap<EndpointKey6, u8>,
 }
 
 /// Ids for `keys`: what `previous` gave a key it keeps; new keys get the lowest id neither a
@@ -67,10 +67,10 @@ impl Ids {
             .iter()
             .flat_map(|t| t.paths.iter().map(|p| (t.name.clone(), p.name.clone())))
             .collect();
-        let vips: Vec<EndpointKey> = config.vips.iter().map(vip_key).collect();
+        let vips: Vec<EndpointKey6> = config.vips.iter().map(vip_key).collect();
         let mut vip_ranks = BTreeMap::new();
         for t in &config.targets {
-            let keys: Vec<EndpointKey> = config
+            let keys: Vec<EndpointKey6> = config
                 .vips
                 .iter()
                 .filter(|v| v.target == t.name)

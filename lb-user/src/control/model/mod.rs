@@ -9,7 +9,7 @@ use std::{
 };
 
 use lb_common::{
-    maps::{EndpointKey, HEALTH_DOWN, HEALTH_UP, PathMeta},
+    maps::{EndpointKey6, HEALTH_DOWN, HEALTH_UP, PathMeta},
     net::{IPPROTO_TCP, IPPROTO_UDP},
 };
 
@@ -21,9 +21,12 @@ use crate::{
     },
 };
 
-/// The key of a configured VIP in `LB_VIPS`.
-pub fn vip_key(v: &Vip) -> EndpointKey {
-    EndpointKey::new(v.address, v.service.map(|s| (proto(s.protocol), s.port)))
+/// The key of a configured VIP, in the form both families share (`VipInfo::key`).
+pub fn vip_key(v: &Vip) -> EndpointKey6 {
+    EndpointKey6::of(
+        std::net::IpAddr::V4(v.address),
+        v.service.map(|s| (proto(s.protocol), s.port)),
+    )
 }
 
 pub(crate) fn proto(p: Protocol) -> u8 {

@@ -59,7 +59,7 @@ impl Model {
                     let pm = t.path_meta.get(pid)?;
                     Some(crate::config::Path {
                         name: decode_name(&pm.name).to_string(),
-                        address: Ipv4Addr::from(p.addr),
+                        address: ipv4(p.ip()),
                         priority: pm.priority,
                         weight: pm.weight,
                         // The threshold as written, so the tables come out the same.
@@ -117,7 +117,7 @@ impl Model {
                 }
             });
             m.config.vips.push(Vip {
-                address: info.key.ip(),
+                address: ipv4(info.key.ip()),
                 service,
                 target: decode_name(&target.name).to_string(),
                 announce: info.flags & lb_common::maps::VIP_INFO_F_NO_ANNOUNCE == 0,
@@ -155,7 +155,7 @@ impl Model {
         m.pinned_addresses = t
             .paths
             .iter()
-            .map(|(id, p)| (*id, Ipv4Addr::from(p.addr)))
+            .map(|(id, p)| (*id, ipv4(p.ip())))
             .collect();
         m
     }
@@ -240,7 +240,7 @@ impl Model {
                 out.paths.insert(
                     pid,
                     PathValue {
-                        addr: p.address.octets(),
+                        addr: lb_common::maps::mapped(p.address.octets()),
                         state,
                         _pad: [0; 3],
                         target: tid,
@@ -337,5 +337,15 @@ impl Model {
             }
         }
         out
+    }
+}
+
+/// An address the daemon wrote, read back from the pinned tables. The configuration is IPv4
+/// only so far, so every one is; an IPv6 one (another build's) reads as `0.0.0.0`, a path or
+/// VIP the next reload replaces.
+fn ipv4(addr: std::net::IpAddr) -> Ipv4Addr {
+    match addr {
+        std::net::IpAddr::V4(a) => a,
+        std::net::IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use lb_common::maps::{
-    EndpointKey, PathMeta, PathValue, RevValue, Settings, TARGET_MODE_RING, TargetMeta,
+    EndpointKey, EndpointKey6, PathMeta, PathValue, RevValue, Settings, TARGET_MODE_RING, TargetMeta,
     TargetValue, VipInfo,
 };
 
@@ -20,7 +20,7 @@ pub struct MemStore {
     /// Every write, in order, as a short description ("path 3", "vip 1", "filter", ...).
     pub log: Vec<String>,
     /// VIP keys as the hash map holds them.
-    pub vip_keys: BTreeSet<EndpointKey>,
+    pub vip_keys: BTreeSet<EndpointKey6>,
     /// Writes made or tried so far.
     pub calls: usize,
     /// The writes (by their number in `calls`, from 0) that fail, leaving nothing written.
