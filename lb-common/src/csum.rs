@@ -47,8 +47,42 @@ pub fn replace128(check: [u8; 2], old: [u8; 16], new: [u8; 16]) -> [u8; 2] {
 /// helpers, which sum the bytes as they lie in memory). Below 2^20.
 #[inline(always)]
 pub fn diff128(old: &[u8; 16], new: &[u8; 16], word: fn([u8; 2]) -> u16) -> u32 {
-    let [o0, o1, o2, o3, o4, o5, o6, o7, o8, o9, o10, o11, o12, o13, o14, o15] = *old;
-    let [n0, n1, n2, n3, n4, n5, n6, n7, n8, n9, n10, n11, n12, n13, n14, n15] = *new;
+    let [
+        o0,
+        o1,
+        o2,
+        o3,
+        o4,
+        o5,
+        o6,
+        o7,
+        o8,
+        o9,
+        o10,
+        o11,
+        o12,
+        o13,
+        o14,
+        o15,
+    ] = *old;
+    let [
+        n0,
+        n1,
+        n2,
+        n3,
+        n4,
+        n5,
+        n6,
+        n7,
+        n8,
+        n9,
+        n10,
+        n11,
+        n12,
+        n13,
+        n14,
+        n15,
+    ] = *new;
     let pairs = [
         ([o0, o1], [n0, n1]),
         ([o2, o3], [n2, n3]),
@@ -110,10 +144,18 @@ mod tests {
     #[test]
     fn replace128_matches_recompute() {
         // An IPv6 pseudo-header sum and a TCP header, then the destination changed.
-        let src = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
-        let dst = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0xab, 0xcd];
-        let new = [0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0x12, 0x34, 0, 0x70];
-        let l4 = [0x9c, 0x40, 0, 80, 1, 2, 3, 4, 5, 6, 7, 8, 0x50, 0x10, 0xff, 0xff];
+        let src = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let dst = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0xab, 0xcd,
+        ];
+        let new = [
+            0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0x12, 0x34, 0, 0x70,
+        ];
+        let l4 = [
+            0x9c, 0x40, 0, 80, 1, 2, 3, 4, 5, 6, 7, 8, 0x50, 0x10, 0xff, 0xff,
+        ];
         let sum = |dst: &[u8; 16]| {
             let mut pseudo = [0u8; 40];
             pseudo[..16].copy_from_slice(&src);

@@ -787,13 +787,7 @@ pub type FlowKey6 = FlowKey<Addr6>;
 
 impl<A: Copy> FlowKey<A> {
     #[inline(always)]
-    pub const fn new(
-        src: A,
-        dst: A,
-        sport: [u8; 2],
-        dport: [u8; 2],
-        proto: u8,
-    ) -> Self {
+    pub const fn new(src: A, dst: A, sport: [u8; 2], dport: [u8; 2], proto: u8) -> Self {
         Self {
             src,
             dst,
@@ -1283,4 +1277,82 @@ mod pod {
     unsafe impl aya::Pod for NextHop6 {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for TokenBucket {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_addresses_are_held_mapped_and_come_back() {
+        let v4 = [192, 0, 2, 70];
+        let m = mapped(v4);
+        assert_eq!(
+            Ipv6Addr::from(m),
+            "::ffff:192.0.2.70".parse::<Ipv6Addr>().expect("an address")
+        );
+        assert_eq!(unmapped(&m), Some(v4));
+        assert_eq!(low32(&m), v4);
+        let v6 = "2001:db8::70".parse::<Ipv6Addr>().expect("an address");
+        assert_eq!(unmapped(&v6.octets()), None);
+        // An IPv4-compatible (deprecated) address is not IPv4-mapped.
+        assert_eq!(unmapped(&mapped(v4).map(|_| 0)), None);
+    }
+
+    #[test]
+    fn a_vip_key_of_either_family_says_its_family() {
+        let svc = Some((6, 443));
+        let k4 = EndpointKey6::of("203.0.113.10".parse().expect("an address"), svc);
+        assert_eq!(
+            k4.ip(),
+            "203.0.113.10".parse::<IpAddr>().expect("an address")
+        );
+        assert_eq!(
+            k4.narrowed(),
+            Some(EndpointKey::new(Ipv4Addr::new(203, 0, 113, 10), svc))
+        );
+        assert_eq!(k4.narrowed().map(|k| k.widened()), Some(k4));
+        let k6 = EndpointKey6::of("2001:db8::10".parse().expect("an address"), None);
+        assert_eq!(
+            k6.ip(),
+            "2001:db8::10".parse::<IpAddr>().expect("an address")
+        );
+        assert_eq!(k6.narrowed(), None);
+        assert!(k6.is_whole_address());
+        let p = PathValue {
+            addr: mapped([192, 0, 2, 70]),
+            ..PathValue::default()
+        };
+        assert_eq!(p.ip(), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 70)));
+    }
+
+    #[test]
+    fn a_vip_serves_flows_of_its_family_only() {
+        let info = VipInfo {
+            key: EndpointKey::new(Ipv4Addr::new(203, 0, 113, 10), Some((6, 443))).widened(),
+            ..VipInfo::default()
+        };
+        let flow = |dst, dport: u16, proto| {
+            FlowKey::new([198, 51, 100, 1], dst, [1, 2], dport.to_be_bytes(), proto)
+        };
+        assert!(info.serves(&flow([203, 0, 113, 10], 443, 6)));
+        assert!(!info.serves(&flow([203, 0, 113, 10], 443, 17)));
+        assert!(!info.serves(&flow([203, 0, 113, 11], 443, 6)));
+        let info6 = VipInfo {
+            key: EndpointKey6::of("2001:db8::10".parse().expect("an address"), None),
+            ..VipInfo::default()
+        };
+        let f6 = FlowKey6::new(
+            [0; 16],
+            "2001:db8::10"
+                .parse::<Ipv6Addr>()
+                .expect("an address")
+                .octets(),
+            [1, 2],
+            [0, 80],
+            6,
+        );
+        assert!(info6.serves(&f6));
+        assert!(!info.serves(&f6));
+    }
 }

@@ -13,8 +13,8 @@ use lb_common::{
     Counter,
     hash::HashAddr,
     maps::{
-        Addr4, Addr6, EndpointKey, FlowKey, FlowValue, FragKey, FragKey6, FragValue,
-        NextHop, RevValue, VipValue, low32,
+        Addr4, Addr6, EndpointKey, FlowKey, FlowValue, FragKey, FragKey6, FragValue, NextHop,
+        RevValue, VipValue, low32,
     },
     nat::IpHeader,
     net::{IPPROTO_ICMP, IPPROTO_ICMPV6, IcmpHdr, Ipv4Hdr, Ipv6Hdr},
@@ -389,7 +389,24 @@ impl Family for V6 {
 /// An IPv6 address as `bpf_fib_lookup` takes it: four words as they lie in memory.
 #[inline(always)]
 fn words(a: &Addr6) -> [u32; 4] {
-    let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15] = *a;
+    let [
+        a0,
+        a1,
+        a2,
+        a3,
+        a4,
+        a5,
+        a6,
+        a7,
+        a8,
+        a9,
+        a10,
+        a11,
+        a12,
+        a13,
+        a14,
+        a15,
+    ] = *a;
     [
         u32::from_ne_bytes([a0, a1, a2, a3]),
         u32::from_ne_bytes([a4, a5, a6, a7]),

@@ -491,7 +491,7 @@ fn shadow_outlined<F: Family>(key: &FlowKey<F::Addr>, vip: &Vip, path: &Chosen<F
 #[inline(always)]
 fn shadow<F: Family>(key: &FlowKey<F::Addr>, vip: &Vip, path: &Chosen<F::Addr>) {
     let service = lb_common::maps::EndpointKey::service(path.addr, key.proto, key.dport);
-    let Some(rev) = F::rev_nat().get_ptr(&service) else {
+    let Some(rev) = F::rev_nat().get_ptr(service) else {
         return;
     };
     // SAFETY: a hash map value, read once while the program runs.

@@ -66,7 +66,7 @@ fn insert_outlined<F: Family>(ip: &F::Hdr, d: &Datagram, dir: u8, value: &FragVa
 #[inline(always)]
 fn insert_inline<F: Family>(ip: &F::Hdr, d: &Datagram, dir: u8, value: &FragValue<F::Addr>) {
     if F::frags()
-        .insert(&F::frag_key(ip, d, dir), value, u64::from(BPF_ANY))
+        .insert(F::frag_key(ip, d, dir), value, u64::from(BPF_ANY))
         .is_ok()
     {
         count(Counter::FragTracked);
@@ -83,7 +83,7 @@ pub fn follow<F: Family>(
     d: &Datagram,
     dir: u8,
 ) -> Result<Option<FragValue<F::Addr>>, Counter> {
-    let Some(v) = F::frags().get_ptr(&F::frag_key(ip, d, dir)) else {
+    let Some(v) = F::frags().get_ptr(F::frag_key(ip, d, dir)) else {
         return Ok(None);
     };
     // SAFETY: an LRU hash map value, read once while the program runs.

@@ -53,13 +53,13 @@ pub fn lookup_vip<F: Family>(
 ) -> Option<Vip> {
     if bits & FILTER_VIP_SERVICE != 0
         && let Some(port) = port
-        && let Some(v) = F::vips().get_ptr(&EndpointKey::service(addr, proto, port))
+        && let Some(v) = F::vips().get_ptr(EndpointKey::service(addr, proto, port))
     {
         // SAFETY: a hash map value, read once while the program runs.
         return Some(unsafe { *v });
     }
     if bits & FILTER_VIP_ADDR != 0
-        && let Some(v) = F::vips().get_ptr(&EndpointKey::addr(addr))
+        && let Some(v) = F::vips().get_ptr(EndpointKey::addr(addr))
     {
         // SAFETY: as above.
         return Some(unsafe { *v });
@@ -131,7 +131,7 @@ fn later_fragment<C: Packet, F: Family>(
         L4::Icmp,
         &Nat {
             side: Side::Dst,
-            addr: addr,
+            addr,
             port: None,
             l4_off: 0,
         },
@@ -144,10 +144,14 @@ fn later_fragment<C: Packet, F: Family>(
 pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     let l2 = parse::ethernet(ctx)?;
     if l2.ipv6 {
-        handle_ip::<C, V6>(ctx, l2)
-    } else {
-        handle_ip::<C, V4>(ctx, l2)
+        // The IPv6 handler (`handle_ip::<C, V6>`) is written but not switched on yet: the
+        // verifier's cost of its extension-header walk is still too high (docs/research/
+        // issue14-ipv6.md). No IPv6 VIP can be configured meanwhile, so IPv6 is not ours: the
+        // fixed header is read so that neighbour discovery is told apart, and it all passes.
+        V6::header(ctx, l2.l3)?;
+        return Err(Counter::PassNotForUs);
     }
+    handle_ip::<C, V4>(ctx, l2)
 }
 
 /// One family's handler. Not inlined: each family's instantiation is a BPF function of its

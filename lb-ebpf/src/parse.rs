@@ -69,11 +69,7 @@ pub fn ethernet<C: Packet>(ctx: &C) -> Result<L2, Counter> {
     } else {
         return Err(Counter::PassNotIp);
     };
-    Ok(L2 {
-        vlan,
-        l3,
-        ipv6,
-    })
+    Ok(L2 { vlan, l3, ipv6 })
 }
 
 /// Where a datagram stands among its fragments.
@@ -176,7 +172,10 @@ const MAX_L4_OFF: usize = 192;
 /// mobility, HIP, shim6, the experimental ones, and "no next header". Passed, counted.
 #[inline(always)]
 fn opaque_ext(next: u8) -> bool {
-    matches!(next, IPPROTO_AH | IPPROTO_NONE | 135 | 139 | 140 | 253 | 254)
+    matches!(
+        next,
+        IPPROTO_AH | IPPROTO_NONE | 135 | 139 | 140 | 253 | 254
+    )
 }
 
 /// Where the IPv6 payload lies, for a packet that may be ours: the payload length must fit in

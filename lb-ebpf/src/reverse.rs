@@ -60,13 +60,13 @@ fn lookup_rev_inline<F: Family>(
 ) -> Option<RevValue<F::Addr>> {
     if bits & FILTER_PATH_SERVICE != 0
         && let Some(port) = port
-        && let Some(v) = F::rev_nat().get_ptr(&EndpointKey::service(addr, proto, port))
+        && let Some(v) = F::rev_nat().get_ptr(EndpointKey::service(addr, proto, port))
     {
         // SAFETY: a hash map value, read once while the program runs.
         return Some(unsafe { *v });
     }
     if bits & FILTER_PATH_ADDR != 0
-        && let Some(v) = F::rev_nat().get_ptr(&EndpointKey::addr(addr))
+        && let Some(v) = F::rev_nat().get_ptr(EndpointKey::addr(addr))
     {
         // SAFETY: as above.
         return Some(unsafe { *v });
@@ -97,11 +97,17 @@ pub fn disambiguate<F: Family>(rev: &mut RevValue<F::Addr>, reply: &FlowKey<F::A
 /// The whole-address VIP's reverse entry when the reply's flow is one of its shadowed flows.
 #[inline(always)]
 fn shadowing<F: Family>(reply: &FlowKey<F::Addr>) -> Option<RevValue<F::Addr>> {
-    let whole = F::rev_nat().get_ptr(&EndpointKey::addr(reply.src))?;
+    let whole = F::rev_nat().get_ptr(EndpointKey::addr(reply.src))?;
     // SAFETY: a hash map value, read once while the program runs.
     let whole = unsafe { *whole };
-    let key = FlowKey::new(reply.dst, whole.vip_addr, reply.dport, reply.sport, reply.proto);
-    let flow = F::shadowed().get_ptr(&key)?;
+    let key = FlowKey::new(
+        reply.dst,
+        whole.vip_addr,
+        reply.dport,
+        reply.sport,
+        reply.proto,
+    );
+    let flow = F::shadowed().get_ptr(key)?;
     // SAFETY: as above.
     (unsafe { (*flow).vip } == whole.vip_id).then_some(whole)
 }
@@ -191,10 +197,14 @@ fn later_fragment<C: Packet, F: Family>(
 pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     let l2 = parse::ethernet(ctx)?;
     if l2.ipv6 {
-        handle_ip::<C, V6>(ctx, l2)
-    } else {
-        handle_ip::<C, V4>(ctx, l2)
+        // The IPv6 handler (`handle_ip::<C, V6>`) is written but not switched on yet: the
+        // verifier's cost of its extension-header walk is still too high (docs/research/
+        // issue14-ipv6.md). No IPv6 VIP can be configured meanwhile, so IPv6 is not ours: the
+        // fixed header is read so that neighbour discovery is told apart, and it all passes.
+        V6::header(ctx, l2.l3)?;
+        return Err(Counter::PassNotForUs);
     }
+    handle_ip::<C, V4>(ctx, l2)
 }
 
 /// One family's handler. Not inlined: each family's instantiation is a BPF function of its
@@ -210,8 +220,7 @@ fn handle_ip<C: Packet, F: Family>(ctx: &C, l2: parse::L2) -> Outcome {
     if !ours && F::header_proto(ip).is_some_and(|p| p != F::ICMP) {
         return Err(Counter::PassNotForUs);
     }
-    let d = F::payload(ctx, l2.l3, ip)
-        .map_err(|reason| if ours { reason } else { F::PASS_BAD })?;
+    let d = F::payload(ctx, l2.l3, ip).map_err(|reason| if ours { reason } else { F::PASS_BAD })?;
     if !ours && d.proto != F::ICMP {
         return Err(Counter::PassNotForUs);
     }

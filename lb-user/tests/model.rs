@@ -11,8 +11,8 @@ use std::{
 
 use lb_common::{
     maps::{
-        EndpointKey, EndpointKey6, HEALTH_UNKNOWN, NO_ID, PATH_DISABLED, PATH_DOWN, PATH_UP, PathValue,
-        RING_SIZE, RevValue, TARGET_MODE_NONE, TARGET_MODE_RING, TargetValue,
+        EndpointKey, EndpointKey6, HEALTH_UNKNOWN, NO_ID, PATH_DISABLED, PATH_DOWN, PATH_UP,
+        PathValue, RING_SIZE, RevValue, TARGET_MODE_NONE, TARGET_MODE_RING, TargetValue,
     },
     net::{IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -915,7 +915,10 @@ fn a_changed_address_starts_unknown_but_stays_drained() {
             "the other path keeps"
         );
         let t = b.tables();
-        assert_eq!(t.paths[&nn1].addr, lb_common::maps::mapped([192, 0, 2, 101]));
+        assert_eq!(
+            t.paths[&nn1].addr,
+            lb_common::maps::mapped([192, 0, 2, 101])
+        );
         assert_eq!(t.paths[&nn1].state, PATH_DISABLED);
         assert_eq!(t.path_meta[&nn1].health, HEALTH_UNKNOWN);
         assert_eq!(t.path_meta[&nn1].rtt_us, 0);

@@ -282,10 +282,14 @@ const CASES: &[(&str, &str, Case)] = &[
             fx.counters(&[(PassNotIp, 1), (XdpPass, 1)])
         },
     ),
-    ("ingress_ipv6_passes", "IPv6 is passed untouched", |fx| {
-        fx.expect(Ingress, fx.env.cli0, &raw_frame(0x86dd, 60), XDP_PASS, None)?;
-        fx.counters(&[(PassNotIp, 1), (XdpPass, 1)])
-    }),
+    (
+        "ingress_other_ethertypes_pass",
+        "neither IPv4 nor IPv6 (LLDP here) is passed untouched",
+        |fx| {
+            fx.expect(Ingress, fx.env.cli0, &raw_frame(0x88cc, 60), XDP_PASS, None)?;
+            fx.counters(&[(PassNotIp, 1), (XdpPass, 1)])
+        },
+    ),
     (
         "ingress_udp_zero_checksum",
         "a UDP checksum of 0 (none) stays 0",
@@ -2258,6 +2262,47 @@ const CASES: &[(&str, &str, Case)] = &[
             fx.counters(&[(PassIcmpNotOurs, 1), (XdpPass, 1)])
         },
     ),
+    // ------------------------------------------- IPv6: passed until its handler is switched on
+    (
+        "ipv6_neighbour_discovery_untouched",
+        "neighbour solicitations and advertisements, router advertisements and MLD pass untouched, counted as the link's own ICMPv6, from either side",
+        |fx| {
+            let frames = [
+                // A unicast neighbour solicitation (NUD), a router advertisement, an MLD
+                // report (hop limit 1), a neighbour advertisement from the path side.
+                ipv6_icmp(V6_CLIENT, V6_VIP, 255, 135, [0; 4]),
+                ipv6_icmp(V6_ROUTER_LL, V6_ALL_NODES, 255, 134, [64, 0, 7, 8]),
+                ipv6_icmp(V6_CLIENT, V6_ALL_NODES, 1, 131, [0; 4]),
+            ];
+            for f in &frames {
+                fx.expect(Ingress, fx.env.cli0, f, XDP_PASS, None)?;
+            }
+            let na = ipv6_icmp(V6_PATH, V6_CLIENT, 255, 136, [0x60, 0, 0, 0]);
+            fx.expect(Return, fx.env.path0, &na, XDP_PASS, None)?;
+            fx.counters(&[(PassIcmp6Control, 4), (XdpPass, 4)])
+        },
+    ),
+    (
+        "ipv6_traffic_passes_untouched",
+        "IPv6 TCP, UDP and echo pass untouched (no IPv6 VIP can be configured yet), a short or wrong-version header too",
+        |fx| {
+            let tcp = ipv6_builder(V6_CLIENT, V6_VIP, 64).tcp(40000, 443, 1, 1000);
+            let mut f = Vec::new();
+            tcp.write(&mut f, b"hello").expect("a frame");
+            fx.expect(Ingress, fx.env.cli0, &f, XDP_PASS, None)?;
+            let udp = ipv6_builder(V6_PATH, V6_CLIENT, 64).udp(53, 40000);
+            let mut g = Vec::new();
+            udp.write(&mut g, b"answer").expect("a frame");
+            fx.expect(Return, fx.env.path0, &g, XDP_PASS, None)?;
+            let ping = ipv6_icmp(V6_CLIENT, V6_VIP, 64, 128, [0, 7, 0, 1]);
+            fx.expect(Ingress, fx.env.cli0, &ping, XDP_PASS, None)?;
+            // Version 4 in an IPv6 EtherType.
+            let mut bad = f.clone();
+            bad[14] = 0x40;
+            fx.expect(Ingress, fx.env.cli0, &bad, XDP_PASS, None)?;
+            fx.counters(&[(PassNotForUs, 3), (PassBadIpv6, 1), (XdpPass, 4)])
+        },
+    ),
 ];
 
 /// Cases of the XDP hook alone, each saying why.
@@ -2336,6 +2381,37 @@ const XDP_ONLY: &[(&str, &str, Case)] = &[
         },
     ),
 ];
+
+const V6_CLIENT: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0x51, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+const V6_VIP: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0x71, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+const V6_PATH: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x70,
+];
+const V6_ROUTER_LL: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const V6_ALL_NODES: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// An Ethernet + IPv6 builder, client side to this host.
+fn ipv6_builder(
+    src: [u8; 16],
+    dst: [u8; 16],
+    hop_limit: u8,
+) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    etherparse::PacketBuilder::ethernet2(macs::CLIENT, macs::CLI0).ipv6(src, dst, hop_limit)
+}
+
+/// An ICMPv6 message of type `ty` (bytes 4–7 `rest`), with 8 bytes of body.
+fn ipv6_icmp(src: [u8; 16], dst: [u8; 16], hop_limit: u8, ty: u8, rest: [u8; 4]) -> Vec<u8> {
+    let mut f = Vec::new();
+    ipv6_builder(src, dst, hop_limit)
+        .icmpv6_raw(ty, 0, rest)
+        .write(&mut f, &[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1])
+        .expect("a frame");
+    f
+}
 
 /// Cases of the TC hook alone.
 const TC_ONLY: &[(&str, &str, Case)] = &[

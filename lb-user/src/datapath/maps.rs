@@ -524,7 +524,11 @@ impl Maps {
 
     /// Every IPv6 exception client packets pinned (`LB_FLOWS6`), up to `limit`.
     pub fn flows6(&self, limit: usize) -> Result<Vec<(FlowKey6, FlowValue)>, Error> {
-        op(m::FLOWS6, "iterate", self.flows6.iter().take(limit).collect())
+        op(
+            m::FLOWS6,
+            "iterate",
+            self.flows6.iter().take(limit).collect(),
+        )
     }
 
     /// IPv6 exceptions the VM's packets pinned (`LB_OUTBOUND6`), at most `limit` of them.

@@ -152,11 +152,7 @@ impl Model {
                 );
             }
         }
-        m.pinned_addresses = t
-            .paths
-            .iter()
-            .map(|(id, p)| (*id, ipv4(p.ip())))
-            .collect();
+        m.pinned_addresses = t.paths.iter().map(|(id, p)| (*id, ipv4(p.ip()))).collect();
         m
     }
 

@@ -3,8 +3,8 @@
 use std::collections::BTreeSet;
 
 use lb_common::maps::{
-    EndpointKey, EndpointKey6, PathMeta, PathValue, RevValue, Settings, TARGET_MODE_RING, TargetMeta,
-    TargetValue, VipInfo,
+    EndpointKey, EndpointKey6, PathMeta, PathValue, RevValue, Settings, TARGET_MODE_RING,
+    TargetMeta, TargetValue, VipInfo,
 };
 
 use crate::datapath::{
