@@ -1,7 +1,7 @@
 //! Hashes shared by the datapath and the control plane: the flow hash that indexes a target's
 //! consistent-hash table, and the slot of the address pre-filter.
 
-use crate::maps::{ADDR_FILTER_BITS, Addr4, Addr6, FlowKey, RING_SIZE};
+use crate::maps::{ADDR_FILTER_BITS, Addr4, Addr6, FlowKey, RING_SIZE, addr6_words};
 
 /// The murmur3 32-bit finaliser: cheap (two multiplies) and well mixed.
 #[inline(always)]
@@ -38,7 +38,7 @@ impl HashAddr for Addr4 {
 impl HashAddr for Addr6 {
     #[inline(always)]
     fn mix_into(&self, h: u32) -> u32 {
-        let [w0, w1, w2, w3] = words6(self);
+        let [w0, w1, w2, w3] = addr6_words(self, u32::from_be_bytes);
         let mut h = mix32(h ^ w0);
         h = mix32(h ^ w1);
         h = mix32(h ^ w2);
@@ -48,35 +48,6 @@ impl HashAddr for Addr6 {
     fn filter_slot(&self) -> u32 {
         addr_slot6(*self)
     }
-}
-
-/// An IPv6 address as four big-endian words.
-#[inline(always)]
-const fn words6(a: &Addr6) -> [u32; 4] {
-    let [
-        a0,
-        a1,
-        a2,
-        a3,
-        a4,
-        a5,
-        a6,
-        a7,
-        a8,
-        a9,
-        a10,
-        a11,
-        a12,
-        a13,
-        a14,
-        a15,
-    ] = *a;
-    [
-        u32::from_be_bytes([a0, a1, a2, a3]),
-        u32::from_be_bytes([a4, a5, a6, a7]),
-        u32::from_be_bytes([a8, a9, a10, a11]),
-        u32::from_be_bytes([a12, a13, a14, a15]),
-    ]
 }
 
 /// The hash of a flow's 5-tuple: [`mix32`] chained over the seed, each address word (one for
@@ -107,8 +78,8 @@ pub const fn addr_slot(addr: [u8; 4]) -> u32 {
 /// [`addr_slot`] of an IPv6 address: its four words folded by exclusive or, then the same
 /// Fibonacci hash. Both families share the filter: a slot's bits are a superset for both.
 #[inline(always)]
-pub const fn addr_slot6(addr: Addr6) -> u32 {
-    let [w0, w1, w2, w3] = words6(&addr);
+pub fn addr_slot6(addr: Addr6) -> u32 {
+    let [w0, w1, w2, w3] = addr6_words(&addr, u32::from_be_bytes);
     addr_slot((w0 ^ w1 ^ w2 ^ w3).to_be_bytes())
 }
 

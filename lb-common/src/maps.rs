@@ -465,6 +465,36 @@ impl From<Addr6> for Addr6Of {
     }
 }
 
+/// An IPv6 address as four 32-bit words, each read by `word` (`u32::from_be_bytes` for the
+/// hashes, `u32::from_ne_bytes` for the kernel, which takes the words as they lie in memory).
+#[inline(always)]
+pub fn addr6_words(a: &Addr6, word: fn([u8; 4]) -> u32) -> [u32; 4] {
+    let [
+        a0,
+        a1,
+        a2,
+        a3,
+        a4,
+        a5,
+        a6,
+        a7,
+        a8,
+        a9,
+        a10,
+        a11,
+        a12,
+        a13,
+        a14,
+        a15,
+    ] = *a;
+    [
+        word([a0, a1, a2, a3]),
+        word([a4, a5, a6, a7]),
+        word([a8, a9, a10, a11]),
+        word([a12, a13, a14, a15]),
+    ]
+}
+
 /// An address with an optional protocol and port: keys [`VIPS`] (a VIP) and [`REV_NAT`] (a
 /// path address), and with an IPv6 address ([`EndpointKey6`]) their twins [`VIPS6`] and
 /// [`REV_NAT6`]. `proto == 0 && port == [0, 0]` is the whole-address entry.

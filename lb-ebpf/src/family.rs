@@ -14,7 +14,7 @@ use lb_common::{
     hash::HashAddr,
     maps::{
         Addr4, Addr6, EndpointKey, FlowKey, FlowValue, FragKey, FragKey6, FragValue, NextHop,
-        RevValue, VipValue, low32,
+        RevValue, VipValue, addr6_words, low32,
     },
     nat::IpHeader,
     net::{IPPROTO_ICMP, IPPROTO_ICMPV6, IcmpHdr, Ipv4Hdr, Ipv6Hdr},
@@ -349,8 +349,9 @@ impl Family for V6 {
         p.family = AF_INET6;
         // Traffic class and flow label, as the kernel's own IPv6 route lookup sees them.
         p.__bindgen_anon_2.flowinfo = d.tos;
-        p.__bindgen_anon_3.ipv6_src = words(src);
-        p.__bindgen_anon_4.ipv6_dst = words(dst);
+        // Four words as they lie in memory.
+        p.__bindgen_anon_3.ipv6_src = addr6_words(src, u32::from_ne_bytes);
+        p.__bindgen_anon_4.ipv6_dst = addr6_words(dst, u32::from_ne_bytes);
     }
     #[inline(always)]
     fn addr_fix(old: &Addr6, new: &Addr6) -> AddrFix {
@@ -384,35 +385,6 @@ impl Family for V6 {
     fn too_big<C: Packet>(_ctx: &C, _l2: &L2, _mtu: u16) -> Outcome {
         Err(Counter::DropFragmentNeeded)
     }
-}
-
-/// An IPv6 address as `bpf_fib_lookup` takes it: four words as they lie in memory.
-#[inline(always)]
-fn words(a: &Addr6) -> [u32; 4] {
-    let [
-        a0,
-        a1,
-        a2,
-        a3,
-        a4,
-        a5,
-        a6,
-        a7,
-        a8,
-        a9,
-        a10,
-        a11,
-        a12,
-        a13,
-        a14,
-        a15,
-    ] = *a;
-    [
-        u32::from_ne_bytes([a0, a1, a2, a3]),
-        u32::from_ne_bytes([a4, a5, a6, a7]),
-        u32::from_ne_bytes([a8, a9, a10, a11]),
-        u32::from_ne_bytes([a12, a13, a14, a15]),
-    ]
 }
 
 /// The address pre-filter: which kinds of entries may exist for `addr` (a superset).
