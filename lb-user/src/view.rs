@@ -352,7 +352,8 @@ pub fn announcements(
                 (Err(w), false) => Some(w.to_string()),
                 (Ok(()), false) if daemon_running => Some(
                     "servable, but not announced: a client interface lacks the datapath, or a \
-                     target came back and settles ((rise + 1) × interval)"
+                     target came back and settles ((rise + 1) × interval, then until \
+                     every path is up, at most announce.settle_max_s)"
                         .into(),
                 ),
                 (Ok(()), false) => Some("servable, but no daemon runs to announce it".into()),

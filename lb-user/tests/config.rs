@@ -171,6 +171,7 @@ fn example_parses_into_the_model() {
         icmp_too_big_burst: 50,
         flows: lb_user::config::Flows::default(),
         announce: None,
+        settle_max: Duration::from_secs(10),
     };
     assert_eq!(config, want);
     assert_eq!(config.target("web-vm"), Some(&want.targets[0]));
@@ -1257,8 +1258,9 @@ fn announce_is_off_without_its_section_and_defaults_to_table_200_protocol_250() 
             protocol: 250
         })
     );
+    assert_eq!(config.settle_max, Duration::from_secs(10));
     let config = accepts(&edited(|v| {
-        v["announce"] = json!({ "table": 4_000_000_000u64, "protocol": 99 });
+        v["announce"] = json!({ "table": 4_000_000_000u64, "protocol": 99, "settle_max_s": 0 });
         v["vips"][1]["announce"] = json!(false);
     }));
     assert_eq!(
@@ -1268,6 +1270,7 @@ fn announce_is_off_without_its_section_and_defaults_to_table_200_protocol_250() 
             protocol: 99
         })
     );
+    assert_eq!(config.settle_max, Duration::ZERO);
     assert!(config.vips[0].announce && !config.vips[1].announce);
 }
 
@@ -1302,6 +1305,11 @@ fn announce_refuses_tables_and_protocols_others_own() {
             phrase,
         );
     }
+    rejects_edit(
+        |v| v["announce"] = json!({ "settle_max_s": 3601 }),
+        "announce.settle_max_s",
+        "longer than 3600 s",
+    );
     rejects_edit(
         |v| v["announce"] = json!({ "tabel": 200 }),
         "announce",

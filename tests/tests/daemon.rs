@@ -1414,7 +1414,7 @@ fn wait_routes(
 
 /// The `announce` section end to end: a host route for each servable VIP address in the
 /// table (not for an opted-out one, nor before a path has risen); withdrawn when every path of
-/// the target is down, announced again when one is back; a daemon stop and restart leave it in
+/// the target is down, announced again once all are back (not when the first is); a daemon stop and restart leave it in
 /// place (watched with `ip monitor`: never deleted); a reload to another table moves it; `lb
 /// down` removes it. `lb status` says each address's state and why.
 fn announces_servable_vips() -> anyhow::Result<()> {
@@ -1462,10 +1462,36 @@ fn announces_servable_vips() -> anyhow::Result<()> {
         "{}",
         d.log_text()
     );
-    // One back (after rise): announced again.
+    // One back: still withdrawn past its settle time ((rise + 1) × interval, 300 ms), waiting
+    // for the other (at most `announce.settle_max_s`, 10 s by default); announced once both
+    // have risen.
     topo.heal(2, Failure::Blackhole)?;
-    wait_routes(&topo, &d, 200, &[VIP], Duration::from_secs(3))?;
+    d.wait_status(T, |s| {
+        s["targets"][0]["paths"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p["state"] == "up"))
+    })?;
+    std::thread::sleep(Duration::from_millis(900));
+    let s = d.json(&["status"])?;
+    let addr = &s["announce"]["addresses"][0];
+    ensure!(
+        addr["announced"] == false
+            && addr["servable"] == true
+            && addr["why"]
+                .as_str()
+                .is_some_and(|w| w.contains("until every path is up")),
+        "{addr}\n{}",
+        d.log_text()
+    );
+    ensure!(topo.edge.host_routes(200, 250)?.is_empty());
     topo.heal(1, Failure::Blackhole)?;
+    wait_routes(&topo, &d, 200, &[VIP], Duration::from_secs(3))?;
+    ensure!(
+        d.log_text()
+            .contains("web: settled after coming back (every path up)"),
+        "{}",
+        d.log_text()
+    );
 
     // Stop and restart: the route never leaves the table.
     let mut monitor = topo

@@ -36,6 +36,11 @@ pub struct Config {
     /// Where the servable VIPs' host routes go, for a routing daemon to announce (`None`: no
     /// routes are kept).
     pub announce: Option<Announce>,
+    /// `announce.settle_max_s`: with `announce`, a target coming back from no usable path waits
+    /// for every one of its enabled paths to rise before its addresses are announced, at most
+    /// this long after it came back (see `Model::settle`). Zero: it waits only
+    /// `(rise + 1) × interval`. Kept apart from [`Announce`], which names `lb`'s routes.
+    pub settle_max: Duration,
 }
 
 /// The `announce` section: `lb` keeps a host route (`/32`, type blackhole) for each servable VIP
@@ -61,6 +66,12 @@ impl Default for Announce {
 pub const DEFAULT_ANNOUNCE_TABLE: u32 = 200;
 /// Unassigned in the kernel's list (`/etc/iproute2/rt_protos`); neither BIRD's nor FRR's own.
 pub const DEFAULT_ANNOUNCE_PROTOCOL: u8 = 250;
+/// Long enough for an edge's paths to come back together when its links do (their routes
+/// relearned over BGP, their probes rising), short enough that a path down on this edge alone
+/// keeps its targets withdrawn only briefly.
+pub const DEFAULT_SETTLE_MAX: Duration = Duration::from_secs(10);
+/// The longest `announce.settle_max_s` taken.
+pub const MAX_SETTLE_MAX: Duration = Duration::from_secs(3600);
 
 /// The `flows` section: the lifetimes of exceptions (flows that must not follow their target's
 /// current decision) and the budget of pins client packets may make.

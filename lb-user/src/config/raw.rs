@@ -53,6 +53,7 @@ pub(crate) struct RawFlows {
 pub(crate) struct RawAnnounce {
     pub(super) table: Option<u64>,
     pub(super) protocol: Option<u64>,
+    pub(super) settle_max_s: Option<u64>,
 }
 
 #[derive(Deserialize)]

@@ -9,9 +9,9 @@ use std::{
 use lb_common::maps::{MAX_PATHS, MAX_TARGETS, MAX_VIPS, MAX_VIPS_PER_TARGET};
 
 use crate::config::{
-    AllDown, Announce, Config, ConfigError, DEFAULT_DATAPATH_SUSPECT, Flows, HookSetting,
-    Interfaces, MAX_FLOW_TABLE_SIZE, MAX_IFNAME, MAX_WEIGHT, Mode, Path, Probe, Protocol, Service,
-    Target, Vip, check_name,
+    AllDown, Announce, Config, ConfigError, DEFAULT_DATAPATH_SUSPECT, DEFAULT_SETTLE_MAX, Flows,
+    HookSetting, Interfaces, MAX_FLOW_TABLE_SIZE, MAX_IFNAME, MAX_SETTLE_MAX, MAX_WEIGHT, Mode,
+    Path, Probe, Protocol, Service, Target, Vip, check_name,
     probe::check_probe,
     raw::{RawAnnounce, RawConfig, RawFlows, RawInterfaces, RawPath, RawTarget, RawVip},
 };
@@ -47,7 +47,10 @@ impl Validator {
             vips: raw_vips,
         } = raw;
         let flows = check_flows(flows)?;
-        let announce = announce.map(check_announce).transpose()?;
+        let (announce, settle_max) = match announce.map(check_announce).transpose()? {
+            Some((a, max)) => (Some(a), max),
+            None => (None, DEFAULT_SETTLE_MAX),
+        };
         let icmp_too_big_per_sec = in_range(
             "icmp_too_big_per_sec",
             icmp_too_big_per_sec,
@@ -91,6 +94,7 @@ impl Validator {
             icmp_too_big_burst,
             flows,
             announce,
+            settle_max,
         })
     }
 
@@ -481,10 +485,14 @@ fn in_range(
     }
 }
 
-/// The `announce` section; both fields optional. Refuses the tables and route protocols that
+/// The `announce` section; every field optional. Refuses the tables and route protocols that
 /// others own: a route there would be deleted, overwritten or used for forwarding.
-fn check_announce(raw: RawAnnounce) -> Result<Announce, ConfigError> {
-    let RawAnnounce { table, protocol } = raw;
+fn check_announce(raw: RawAnnounce) -> Result<(Announce, Duration), ConfigError> {
+    let RawAnnounce {
+        table,
+        protocol,
+        settle_max_s,
+    } = raw;
     let d = Announce::default();
     let table = match table {
         None => d.table,
@@ -539,7 +547,21 @@ fn check_announce(raw: RawAnnounce) -> Result<Announce, ConfigError> {
             )
         })?,
     };
-    Ok(Announce { table, protocol })
+    let settle_max = match settle_max_s {
+        None => DEFAULT_SETTLE_MAX,
+        Some(s) if Duration::from_secs(s) > MAX_SETTLE_MAX => {
+            return Err(invalid(
+                "announce.settle_max_s",
+                format!(
+                    "{s} is longer than {} s (an edge would stay withdrawn that long for a path \
+                     down here alone)",
+                    MAX_SETTLE_MAX.as_secs()
+                ),
+            ));
+        }
+        Some(s) => Duration::from_secs(s),
+    };
+    Ok((Announce { table, protocol }, settle_max))
 }
 
 /// The `flows` section; every field optional.

@@ -184,6 +184,59 @@ mod tests {
         assert!(announced(&m, true).contains(&A));
     }
 
+    /// Paths that come back together rise with skew (each path's route relearned on its own
+    /// schedule): a target waits for every enabled path, at most `announce.settle_max_s`.
+    /// Announced with one missing, this edge would send the connections another edge keeps on
+    /// it to the other path, where the VM resets them.
+    #[test]
+    fn a_target_coming_back_waits_for_every_enabled_path_within_settle_max() {
+        let mut m = model();
+        let web = m.ids.targets["web"];
+        assert_eq!(m.config.settle_max, Duration::from_secs(10), "the default");
+        let settling_at = |m: &mut Model, t: SystemTime| {
+            m.settle(t);
+            m.settling.contains_key(&web)
+        };
+        // n1 rises; n2 is still down well past the settle time: withdrawn.
+        let t0 = SystemTime::now();
+        set_only(&mut m, "web", "n2", Health::Down);
+        set_only(&mut m, "web", "n1", Health::Up);
+        assert!(settling_at(&mut m, t0 + Duration::from_secs(4)));
+        assert_eq!(
+            addresses(&m, true)[&A],
+            Err(Withdrawn::Settling(vec!["web".into()]))
+        );
+        // n2 rises: settled at the next check.
+        set_only(&mut m, "web", "n2", Health::Up);
+        assert!(!settling_at(&mut m, t0 + Duration::from_secs(5)));
+        assert!(announced(&m, true).contains(&A));
+
+        // n2 never rises: announced once settle_max has passed since the target came back.
+        set_only(&mut m, "web", "n1", Health::Down);
+        set_only(&mut m, "web", "n2", Health::Down);
+        let t1 = SystemTime::now();
+        set_only(&mut m, "web", "n1", Health::Up);
+        assert!(settling_at(&mut m, t1 + Duration::from_secs(9)));
+        assert!(!settling_at(&mut m, t1 + Duration::from_secs(11)));
+
+        // A disabled path is not waited for.
+        set_only(&mut m, "web", "n1", Health::Down);
+        let t2 = SystemTime::now();
+        set_only(&mut m, "web", "n1", Health::Up);
+        let n2 = m.ids.paths[&("web".to_string(), "n2".to_string())];
+        m.paths.get_mut(&n2).unwrap().disabled = true;
+        assert!(settling_at(&mut m, t2 + Duration::from_millis(2900)));
+        assert!(!settling_at(&mut m, t2 + Duration::from_secs(4)));
+
+        // `settle_max_s: 0`: only the settle time.
+        m.paths.get_mut(&n2).unwrap().disabled = false;
+        m.config.settle_max = Duration::ZERO;
+        set_only(&mut m, "web", "n1", Health::Down);
+        let t3 = SystemTime::now();
+        set_only(&mut m, "web", "n1", Health::Up);
+        assert!(!settling_at(&mut m, t3 + Duration::from_secs(4)));
+    }
+
     #[test]
     fn without_announcements_nothing_settles() {
         let mut m = model();

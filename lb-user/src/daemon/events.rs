@@ -404,7 +404,14 @@ impl Daemon {
             } else {
                 ""
             };
-            info!("{name}: settled after coming back; its VIPs may be announced{transition}");
+            let paths = if self.model.all_paths_up(*tid) {
+                "every path up"
+            } else {
+                "not every path up within announce.settle_max_s"
+            };
+            info!(
+                "{name}: settled after coming back ({paths}); its VIPs may be announced{transition}"
+            );
         }
         self.publish();
     }

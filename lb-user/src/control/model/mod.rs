@@ -203,6 +203,7 @@ impl Model {
                 icmp_too_big_burst: lb_common::maps::DEFAULT_TOO_BIG_BURST,
                 flows: crate::config::Flows::default(),
                 announce: None,
+                settle_max: crate::config::DEFAULT_SETTLE_MAX,
             },
             ids: Ids::default(),
             paths: BTreeMap::new(),
@@ -315,8 +316,39 @@ impl Model {
             .unwrap_or_default()
     }
 
-    /// Ends the settling of the targets that have settled by `now`: their addresses may be
-    /// announced. A transition that began while a target settled is dropped: no client
+    /// Whether every enabled path of target `tid` is up (what a target coming back waits for,
+    /// within `announce.settle_max_s`).
+    pub fn all_paths_up(&self, tid: u32) -> bool {
+        let Some(t) = self
+            .target_name(tid)
+            .and_then(|name| self.config.target(name))
+        else {
+            return true;
+        };
+        t.paths.iter().all(|p| {
+            self.ids
+                .paths
+                .get(&(t.name.clone(), p.name.clone()))
+                .and_then(|pid| self.paths.get(pid))
+                .is_some_and(|s| s.disabled || s.health == Some(Health::Up))
+        })
+    }
+
+    /// Whether target `tid`, settling since `since`, has settled by `now`: its decision has
+    /// held [`Model::settle_time`], and every enabled path has risen or `announce.settle_max_s`
+    /// has passed. Paths that come back together (an edge's links) rise with skew: each
+    /// path's route may be relearned over BGP on its own schedule, and a probe may fail once
+    /// more. Announced with a path missing, this edge would send the connections that another
+    /// edge keeps on that path elsewhere, and the VM would reset them.
+    fn settled(&self, tid: u32, since: SystemTime, now: SystemTime) -> bool {
+        let Ok(d) = now.duration_since(since) else {
+            return false;
+        };
+        d >= self.settle_time(tid) && (d >= self.config.settle_max || self.all_paths_up(tid))
+    }
+
+    /// Ends the settling of the targets that have settled by `now` ([`Model::settled`]): their
+    /// addresses may be announced. A transition that began while a target settled is dropped: no client
     /// reached this edge under its previous decision (the address was not announced), and a
     /// connection that moves here from another edge must follow the decision every edge
     /// makes, not this edge's history. Returns the targets whose transition was dropped (their
@@ -325,10 +357,7 @@ impl Model {
         let settled: Vec<u32> = self
             .settling
             .iter()
-            .filter(|(tid, since)| {
-                now.duration_since(**since)
-                    .is_ok_and(|d| d >= self.settle_time(**tid))
-            })
+            .filter(|(tid, since)| self.settled(**tid, **since, now))
             .map(|(tid, _)| *tid)
             .collect();
         let mut changed = Vec::new();
