@@ -68,6 +68,9 @@ counters! {
     /// ICMPv6 of the link or the host (neighbour discovery, router advertisements, MLD):
     /// never translated, whatever its addresses.
     PassIcmp6Control = "pass_icmp6_control",
+    /// IPv6 reached a program whose IPv6 twin is not in its program array (a datapath loaded
+    /// without it): passed untouched. Never happens in a datapath the daemon loaded.
+    PassNoIpv6Program = "pass_no_ipv6_program",
 
     // ---- Translated, then handed to the kernel to forward. ----
     /// The FIB has no neighbour entry for the next hop yet.

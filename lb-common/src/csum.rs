@@ -100,6 +100,14 @@ pub fn diff128(old: &[u8; 16], new: &[u8; 16], word: fn([u8; 2]) -> u16) -> u32 
     sum
 }
 
+/// The sum of the eight big-endian 16-bit words of a 16-byte field (an IPv6 address in a
+/// pseudo-header). Below 2^19.
+#[inline(always)]
+pub fn sum128(a: &[u8; 16]) -> u32 {
+    // `!0xffff` is 0: the old words add nothing.
+    diff128(&[0xff; 16], a, u16::from_be_bytes)
+}
+
 /// The one's-complement sum of `data` as 16-bit big-endian words (an odd last byte is padded
 /// with zero), added to `initial`. Host side only: the datapath never walks a payload.
 pub fn sum_words(initial: u32, data: &[u8]) -> u32 {

@@ -1,12 +1,13 @@
-//! The ICMP "fragmentation needed" the datapath sends when a packet does not fit the egress MTU
-//! and may not be fragmented (RFC 1191). It quotes the packet untranslated, as the sender sent
-//! it, so the sender's stack finds its socket: PMTU discovery works through the NAT.
+//! The ICMP "fragmentation needed" (RFC 1191) and ICMPv6 "packet too big" (RFC 8201) the
+//! datapath sends when a packet does not fit the egress MTU and may not be fragmented (IPv6:
+//! never). It quotes the packet untranslated, as the sender sent it, so the sender's stack
+//! finds its socket: PMTU discovery works through the NAT.
 
 use crate::{
     csum,
     net::{
-        ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_HDR_LEN, IPPROTO_ICMP, IPV4_HDR_LEN, IcmpHdr,
-        Ipv4Hdr,
+        ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_HDR_LEN, ICMP6_PACKET_TOO_BIG, IPPROTO_ICMP,
+        IPPROTO_ICMPV6, IPV4_HDR_LEN, IPV6_HDR_LEN, IcmpHdr, Ipv4Hdr, Ipv6Hdr,
     },
 };
 
@@ -75,6 +76,42 @@ pub fn ipv4_header_checksum(ip: &Ipv4Hdr) -> [u8; 2] {
     (!csum::fold(sum)).to_be_bytes()
 }
 
+/// Bytes of the invoking packet a Packet Too Big quotes: as much as keeps the message within the
+/// minimum IPv6 MTU (RFC 4443 §3.2), 1280 − 40 − 8. A packet too big for an IPv6 link is
+/// longer than that, so the quote is always this long.
+pub const PTB6_QUOTE: usize = 1232;
+/// Bytes the Packet Too Big adds in front of the quote.
+pub const PTB6_OVERHEAD: usize = IPV6_HDR_LEN + ICMP_HDR_LEN;
+
+/// The IPv6 and ICMPv6 headers of a Packet Too Big answering a packet from `src` to `dst` (sent
+/// from `dst` back to `src`), quoting [`PTB6_QUOTE`] bytes of it, announcing `mtu`.
+///
+/// The ICMPv6 checksum covers the pseudo-header and the ICMPv6 header: the caller adds the
+/// quoted bytes with [`icmp_checksum_add`].
+pub fn ptb6_headers(src: [u8; 16], dst: [u8; 16], mtu: u32) -> (Ipv6Hdr, IcmpHdr) {
+    let len = (ICMP_HDR_LEN + PTB6_QUOTE) as u16;
+    let ip = Ipv6Hdr {
+        // Version 6, traffic class 0, flow label 0.
+        vtc_flow: [0x60, 0, 0, 0],
+        payload_len: len.to_be_bytes(),
+        next_hdr: IPPROTO_ICMPV6,
+        hop_limit: REPLY_TTL,
+        src: dst,
+        dst: src,
+    };
+    let mut icmp = IcmpHdr {
+        ty: ICMP6_PACKET_TOO_BIG,
+        code: 0,
+        check: [0; 2],
+        rest: mtu.to_be_bytes(),
+    };
+    // Pseudo-header (RFC 8200 §8.1): source, destination, upper-layer length, next header.
+    let pseudo =
+        csum::sum128(&ip.src) + csum::sum128(&ip.dst) + u32::from(len) + u32::from(IPPROTO_ICMPV6);
+    icmp.check = (!csum::fold(pseudo + icmp_words(&icmp))).to_be_bytes();
+    (ip, icmp)
+}
+
 /// Adds one 32-bit word of covered data to an ICMP checksum.
 #[inline(always)]
 pub fn icmp_checksum_add(check: [u8; 2], word: [u8; 4]) -> [u8; 2] {
@@ -120,5 +157,35 @@ mod tests {
         msg[8..].copy_from_slice(&quote);
         assert_eq!(csum::fold(csum::sum_words(0, &msg)), 0xffff);
         assert_eq!(icmp.rest, [0, 0, 0x05, 0x78]);
+    }
+
+    #[test]
+    fn packet_too_big_checksums_with_the_quote() {
+        let client = [
+            0x20, 1, 0x0d, 0xb8, 0, 0x51, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let vip = [
+            0x20, 1, 0x0d, 0xb8, 0, 0x71, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let quote: Vec<u8> = (0..PTB6_QUOTE).map(|i| (i * 7 + 3) as u8).collect();
+        let (ip, mut icmp) = ptb6_headers(client, vip, 1280);
+        assert_eq!((ip.src, ip.dst), (vip, client));
+        assert_eq!(u16::from_be_bytes(ip.payload_len), 1240);
+        assert_eq!((ip.next_hdr, ip.version()), (IPPROTO_ICMPV6, 6));
+        for w in quote.chunks_exact(4) {
+            icmp.check = icmp_checksum_add(icmp.check, [w[0], w[1], w[2], w[3]]);
+        }
+        // An independent sum: pseudo-header, then the whole message.
+        let mut pseudo = Vec::new();
+        pseudo.extend(ip.src);
+        pseudo.extend(ip.dst);
+        pseudo.extend(1240u32.to_be_bytes());
+        pseudo.extend([0, 0, 0, IPPROTO_ICMPV6]);
+        let mut msg = vec![icmp.ty, icmp.code, icmp.check[0], icmp.check[1]];
+        msg.extend(icmp.rest);
+        msg.extend(&quote);
+        let sum = csum::sum_words(csum::sum_words(0, &pseudo), &msg);
+        assert_eq!(csum::fold(sum), 0xffff);
+        assert_eq!(icmp.rest, 1280u32.to_be_bytes());
     }
 }

@@ -97,8 +97,34 @@ pub const ADDRS6: &str = "LB_ADDRS6";
 /// [`NextHop6`]s, per CPU: [`NEXTHOPS`] for IPv6 destinations, the same slots.
 pub const NEXTHOPS6: &str = "LB_NEXTHOPS6";
 /// Slot 0 → `[u32; 4]`, per CPU: the IPv6 extension-header walk's result passes through it, so
-/// that the verifier checks what follows the walk once, not once for every way through it.
+/// that the verifier checks what follows the walk once, not once for every way through it; and
+/// the MTU handed to the Packet Too Big program ([`CALL_TOO_BIG6`]).
 pub const SCRATCH: &str = "LB_SCRATCH";
+/// The program array through which the XDP programs hand an IPv6 packet to their IPv6 twin
+/// (slots `CALL_*`, a tail call): each family is verified as a program of its own. One array
+/// per hook, as a program array holds programs of one type.
+pub const CALLS: &str = "LB_CALLS";
+/// [`CALLS`] of the TC programs.
+pub const CALLS_TC: &str = "LB_CALLS_TC";
+/// [`CALLS`] slot of the ingress program's IPv6 twin.
+pub const CALL_INGRESS6: u32 = 0;
+/// [`CALLS`] slot of the return program's IPv6 twin.
+pub const CALL_RETURN6: u32 = 1;
+/// [`CALLS`] slots of the IPv6 twins' second half (routing and translating): ingress, return.
+pub const CALL_DELIVER6_IN: u32 = 2;
+pub const CALL_DELIVER6_OUT: u32 = 3;
+/// [`CALLS`] slots of the IPv6 twins' ICMPv6 error programs: to a VIP, from a path.
+pub const CALL_ERROR6_IN: u32 = 4;
+pub const CALL_ERROR6_OUT: u32 = 5;
+/// [`CALLS`] slot of the IPv6 twins' Packet Too Big program (the MTU in [`SCRATCH`]).
+pub const CALL_TOO_BIG6: u32 = 6;
+/// Slots in [`CALLS`] and [`CALLS_TC`].
+pub const CALL_SLOTS: u32 = 7;
+/// Slot 0 → the plan the IPv6 twins hand to their second half, per CPU (`lb-ebpf`'s `deliver`):
+/// [`PLAN6_BYTES`] bytes that live only from the tail call to the second half's start.
+pub const PLAN6: &str = "LB_PLAN6";
+/// The size of [`PLAN6`]'s value (checked against the datapath's type when it is built).
+pub const PLAN6_BYTES: usize = 128;
 
 // ---- Control-plane state, pinned beside the datapath's maps. The programs never read these;
 // they live in the object so that one load creates (and one pin directory keeps) everything the
@@ -222,7 +248,7 @@ pub const RETURN_NEXTHOPS: u32 = 1024;
 
 /// Every map of lb's own, for the test that checks them against the built object (which also
 /// has [`AYA_LOGS`]).
-pub const ALL: [&str; 37] = [
+pub const ALL: [&str; 40] = [
     VIPS,
     VIP_INFO,
     REV_NAT,
@@ -260,6 +286,9 @@ pub const ALL: [&str; 37] = [
     ADDRS6,
     NEXTHOPS6,
     SCRATCH,
+    CALLS,
+    CALLS_TC,
+    PLAN6,
 ];
 
 /// Program (function) names in the object.
@@ -268,6 +297,25 @@ pub const PROG_RETURN: &str = "lb_return";
 /// The same two programs at the TC hook (sched_cls on clsact ingress).
 pub const PROG_INGRESS_TC: &str = "lb_ingress_tc";
 pub const PROG_RETURN_TC: &str = "lb_return_tc";
+/// The IPv6 twins of the four programs, reached only by a tail call from them ([`CALLS`],
+/// [`CALLS_TC`]), never attached.
+pub const PROG_INGRESS6: &str = "lb_ingress6";
+pub const PROG_RETURN6: &str = "lb_return6";
+pub const PROG_INGRESS6_TC: &str = "lb_ingress6_tc";
+pub const PROG_RETURN6_TC: &str = "lb_return6_tc";
+/// The IPv6 twins' second halves ([`CALL_DELIVER6_IN`], [`CALL_DELIVER6_OUT`]), at each hook.
+pub const PROG_DELIVER6_IN: &str = "lb_deliver6_in";
+pub const PROG_DELIVER6_OUT: &str = "lb_deliver6_out";
+pub const PROG_DELIVER6_IN_TC: &str = "lb_deliver6_in_tc";
+pub const PROG_DELIVER6_OUT_TC: &str = "lb_deliver6_out_tc";
+/// The IPv6 twins' ICMPv6 error programs ([`CALL_ERROR6_IN`], [`CALL_ERROR6_OUT`]).
+pub const PROG_ERROR6_IN: &str = "lb_error6_in";
+pub const PROG_ERROR6_OUT: &str = "lb_error6_out";
+pub const PROG_ERROR6_IN_TC: &str = "lb_error6_in_tc";
+pub const PROG_ERROR6_OUT_TC: &str = "lb_error6_out_tc";
+/// The IPv6 twins' Packet Too Big program ([`CALL_TOO_BIG6`]).
+pub const PROG_TOO_BIG6: &str = "lb_too_big6";
+pub const PROG_TOO_BIG6_TC: &str = "lb_too_big6_tc";
 
 // ---- Capacities. ----
 
@@ -977,7 +1025,7 @@ pub const NAME_LEN: usize = 32;
 /// The version of everything pinned: bump it with any change of a map's name, type, key, value
 /// or capacity. A daemon refuses to adopt pinned state of another layout (unless told to
 /// replace it).
-pub const LAYOUT_VERSION: u32 = 10;
+pub const LAYOUT_VERSION: u32 = 11;
 
 /// A fingerprint of the layout: the version, and every map's name with the sizes of the types
 /// it holds. Computed at compile time, so a change that forgets the version still changes it.
@@ -1038,6 +1086,7 @@ pub const LAYOUT: u64 = {
         ADDR_FILTER_SIZE as usize,
         MAX_TX_PORTS as usize,
         crate::Counter::COUNT as usize,
+        PLAN6_BYTES,
     ];
     let mut sizes: &[usize] = &sizes;
     while let [n, rest @ ..] = sizes {

@@ -4,7 +4,10 @@
 
 use crate::{
     csum,
-    net::{IPPROTO_TCP, IPPROTO_UDP, IcmpHdr, Ipv4Hdr, Ipv6Hdr, L4Quote, TcpHdr, UdpHdr},
+    net::{
+        IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr, Ipv4Hdr, Ipv6Hdr, L4Quote, TcpHdr,
+        UdpHdr,
+    },
 };
 
 /// Which end of a header a rewrite changes.
@@ -270,4 +273,71 @@ pub fn rewrite_icmp_quote(
         *field = port;
     }
     icmp.check = outer;
+}
+
+/// [`rewrite_icmp_quote`] for an ICMPv6 error quoting an IPv6 datagram (its transport header
+/// right behind the fixed header). Unlike ICMP's, the ICMPv6 checksum covers the outer
+/// pseudo-header: `outer` is the outer address the caller changed (old, new), if any.
+///
+/// Kept right: the quoted UDP checksum (non-zero ones: a zero one, invalid over IPv6, is left
+/// alone), the quoted TCP checksum when `tcp_check` points at it, the quoted ICMPv6 echo's
+/// checksum (it covers the quoted pseudo-header), and the ICMPv6 checksum.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn rewrite_icmp6_quote(
+    icmp: &mut IcmpHdr,
+    outer: Option<([u8; 16], [u8; 16])>,
+    inner: &mut Ipv6Hdr,
+    quote: &mut L4Quote,
+    tcp_check: Option<&mut [u8; 2]>,
+    side: Side,
+    addr: [u8; 16],
+    port: Option<[u8; 2]>,
+) {
+    let mut check = icmp.check;
+    if let Some((old, new)) = outer {
+        check = csum::replace128(check, old, new);
+    }
+    let old = inner.set_addr(side, addr);
+    check = csum::replace128(check, old, addr);
+    let old_port = *port_field(&mut quote.sport, &mut quote.dport, side);
+    let l4_check = |c: [u8; 2]| {
+        let c = csum::replace128(c, old, addr);
+        match port {
+            Some(port) => csum::replace16(c, old_port, port),
+            None => c,
+        }
+    };
+    match inner.next_hdr {
+        IPPROTO_UDP => {
+            let [a, b, c0, c1] = quote.rest;
+            if [c0, c1] != [0, 0] {
+                let new = udp_nonzero(l4_check([c0, c1]));
+                check = csum::replace16(check, [c0, c1], new);
+                quote.rest = [a, b, new[0], new[1]];
+            }
+        }
+        IPPROTO_TCP => {
+            if let Some(field) = tcp_check {
+                let new = l4_check(*field);
+                check = csum::replace16(check, *field, new);
+                *field = new;
+            }
+        }
+        IPPROTO_ICMPV6 => {
+            // Type and code, then the checksum, where a port would be.
+            let new = csum::replace128(quote.dport, old, addr);
+            check = csum::replace16(check, quote.dport, new);
+            quote.dport = new;
+        }
+        _ => {}
+    }
+    if let Some(port) = port
+        && inner.next_hdr != IPPROTO_ICMPV6
+    {
+        let field = port_field(&mut quote.sport, &mut quote.dport, side);
+        check = csum::replace16(check, *field, port);
+        *field = port;
+    }
+    icmp.check = check;
 }

@@ -95,6 +95,10 @@ pub trait Packet: EbpfContext {
     /// longer than it was). Every packet pointer is invalid afterwards.
     fn reshape(&self, head: usize, len: usize) -> bool;
 
+    /// Hands the packet to the hook's program in `slot` of its program array
+    /// (`lb_common::maps::CALL_*`), never to come back; returns only when the slot is empty.
+    fn tail_call(&self, slot: u32);
+
     /// Completes what the hook deferred, once the packet's fate is decided: `false` when that
     /// failed (an internal fault). Every packet pointer is invalid afterwards.
     #[inline(always)]
@@ -105,6 +109,7 @@ pub trait Packet: EbpfContext {
 
 /// What a translation writes: the address on `side` and, with `port`, the port there; the
 /// transport header starts at `l4_off`.
+#[derive(Clone, Copy)]
 pub struct Nat<A> {
     pub side: Side,
     pub addr: A,
@@ -112,24 +117,9 @@ pub struct Nat<A> {
     pub l4_off: usize,
 }
 
-/// Translates the packet ([`Packet::rewrite`]); for IPv6 as a BPF function of its own (see
-/// `Family::OUTLINE`).
+/// Translates the packet ([`Packet::rewrite`]).
 #[inline(always)]
 pub fn translate<C: Packet, F: Family>(ctx: &C, ip: &mut F::Hdr, l4: L4<'_>, nat: &Nat<F::Addr>) {
-    if F::OUTLINE {
-        translate_outlined::<C, F>(ctx, ip, l4, nat);
-    } else {
-        ctx.rewrite::<F>(ip, l4, nat.l4_off, nat.side, nat.addr, nat.port);
-    }
-}
-
-#[inline(never)]
-fn translate_outlined<C: Packet, F: Family>(
-    ctx: &C,
-    ip: &mut F::Hdr,
-    l4: L4<'_>,
-    nat: &Nat<F::Addr>,
-) {
     ctx.rewrite::<F>(ip, l4, nat.l4_off, nat.side, nat.addr, nat.port);
 }
 
@@ -181,6 +171,12 @@ impl Packet for XdpContext {
 
     #[inline(always)]
     fn bounce(&self) {}
+
+    #[inline(always)]
+    fn tail_call(&self, slot: u32) {
+        // SAFETY: the program's own context; on success the call does not return.
+        unsafe { crate::maps::LB_CALLS.tail_call(self, slot) }
+    }
 
     /// In the metadata area in front of the frame, which the kernel keeps with the skb it
     /// builds for `XDP_PASS` (veth and most native drivers). Best effort: a driver without
@@ -382,6 +378,12 @@ impl Packet for Tc {
         unsafe { bpf_redirect(self.skb().ingress_ifindex, 0) };
     }
 
+    #[inline(always)]
+    fn tail_call(&self, slot: u32) {
+        // SAFETY: the program's own context; on success the call does not return.
+        unsafe { crate::maps::LB_CALLS_TC.tail_call(self, slot) }
+    }
+
     /// The kernel keeps an arriving skb's tag in its metadata (and a test run's in the frame);
     /// `bpf_skb_vlan_pop` removes either, moving the MACs itself. The deferred checksum update
     /// goes first: its offset counts a tag in the frame.
@@ -407,6 +409,8 @@ impl Packet for Tc {
         unsafe {
             bpf_skb_change_head(skb, head as u32, 0) == 0
                 && bpf_skb_change_tail(skb, len as u32, 0) == 0
+                // All of it directly accessible: an IPv6 Packet Too Big quotes 1232 bytes.
+                && bpf_skb_pull_data(skb, len as u32) == 0
         }
     }
 

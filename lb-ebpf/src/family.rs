@@ -22,11 +22,12 @@ use lb_common::{
 
 use crate::{
     ctx::Packet,
+    deliver::Plan,
     icmp,
     maps::{
         LB_ADDRS, LB_ADDRS6, LB_FLOWS, LB_FLOWS6, LB_FRAGS, LB_FRAGS6, LB_NEXTHOPS, LB_NEXTHOPS6,
-        LB_OUTBOUND, LB_OUTBOUND6, LB_REV_NAT, LB_REV_NAT6, LB_SHADOWED, LB_SHADOWED6, LB_VIPS,
-        LB_VIPS6,
+        LB_OUTBOUND, LB_OUTBOUND6, LB_PLAN6, LB_REV_NAT, LB_REV_NAT6, LB_SHADOWED, LB_SHADOWED6,
+        LB_VIPS, LB_VIPS6,
     },
     parse::{self, Datagram, L2},
     stats::Outcome,
@@ -72,10 +73,10 @@ pub trait Family: 'static {
     const UDP_ZERO_INVALID: bool;
     /// Why a packet that is not ours, with an IP header that does not hold together, passes.
     const PASS_BAD: Counter;
-    /// Run the heavier steps (path choice, NAT) as BPF functions of their own, each with its
-    /// own stack frame: IPv6's keys and addresses are too large for one 512-byte frame. The
-    /// IPv4 handlers keep everything inline.
-    const OUTLINE: bool;
+    /// The handlers' second half (`deliver`) runs as a program of its own, reached by a tail
+    /// call with the plan in [`Family::plan`]: IPv6's keys and addresses make both halves
+    /// together too large for one 512-byte stack. IPv4 runs both inline.
+    const SPLIT: bool;
 
     fn vips() -> &'static HashMap<EndpointKey<Self::Addr>, VipValue>;
     fn rev_nat() -> &'static HashMap<EndpointKey<Self::Addr>, RevValue<Self::Addr>>;
@@ -85,6 +86,8 @@ pub trait Family: 'static {
     fn shadowed() -> &'static LruHashMap<FlowKey<Self::Addr>, FlowValue>;
     fn frags() -> &'static LruHashMap<Self::FragKey, FragValue<Self::Addr>>;
     fn nexthops() -> &'static PerCpuArray<NextHop<Self::Addr, Self::NextHopPad>>;
+    /// This CPU's slot for the plan handed to the second half (see [`Family::SPLIT`]).
+    fn plan() -> Option<*mut Plan<Self::Addr>>;
 
     /// A path's address (`PathValue::addr`, both families' form) in this family.
     fn path_addr(addr: &Addr6) -> Self::Addr;
@@ -144,7 +147,7 @@ impl Family for V4 {
     const ICMP_PSEUDO: bool = false;
     const UDP_ZERO_INVALID: bool = false;
     const PASS_BAD: Counter = Counter::PassBadIpv4;
-    const OUTLINE: bool = false;
+    const SPLIT: bool = false;
 
     #[inline(always)]
     fn vips() -> &'static HashMap<EndpointKey<Addr4>, VipValue> {
@@ -177,6 +180,10 @@ impl Family for V4 {
     #[inline(always)]
     fn nexthops() -> &'static PerCpuArray<NextHop<Addr4, [u8; 4]>> {
         &LB_NEXTHOPS
+    }
+    #[inline(always)]
+    fn plan() -> Option<*mut Plan<Addr4>> {
+        None
     }
     #[inline(always)]
     fn path_addr(addr: &Addr6) -> Addr4 {
@@ -261,7 +268,7 @@ impl Family for V6 {
     const ICMP_PSEUDO: bool = true;
     const UDP_ZERO_INVALID: bool = true;
     const PASS_BAD: Counter = Counter::PassBadIpv6;
-    const OUTLINE: bool = true;
+    const SPLIT: bool = true;
 
     #[inline(always)]
     fn vips() -> &'static HashMap<EndpointKey<Addr6>, VipValue> {
@@ -294,6 +301,10 @@ impl Family for V6 {
     #[inline(always)]
     fn nexthops() -> &'static PerCpuArray<NextHop<Addr6, [u8; 0]>> {
         &LB_NEXTHOPS6
+    }
+    #[inline(always)]
+    fn plan() -> Option<*mut Plan<Addr6>> {
+        LB_PLAN6.get_ptr_mut(0)
     }
     #[inline(always)]
     fn path_addr(addr: &Addr6) -> Addr6 {
@@ -357,44 +368,35 @@ impl Family for V6 {
     fn addr_fix(old: &Addr6, new: &Addr6) -> AddrFix {
         AddrFix::Diff(lb_common::csum::diff128(old, new, u16::from_ne_bytes))
     }
-    /// Not translated yet: passed, counted as not ours.
+    /// In a program of its own (`icmp6`).
     #[inline(always)]
     fn ingress_error<C: Packet>(
-        _ctx: &C,
+        ctx: &C,
         _l2: &L2,
         _ip: &mut Ipv6Hdr,
         _icmp: &mut IcmpHdr,
         _d: &Datagram,
         _bits: u32,
     ) -> Outcome {
-        Err(Counter::PassIcmpNotOurs)
+        ctx.tail_call(lb_common::maps::CALL_ERROR6_IN);
+        Err(Counter::PassNoIpv6Program)
     }
-    /// Not translated yet: passed, counted as not ours.
+    /// In a program of its own (`icmp6`).
     #[inline(always)]
     fn return_error<C: Packet>(
-        _ctx: &C,
+        ctx: &C,
         _l2: &L2,
         _ip: &mut Ipv6Hdr,
         _icmp: &mut IcmpHdr,
         _d: &Datagram,
     ) -> Outcome {
-        Err(Counter::PassIcmpNotOurs)
+        ctx.tail_call(lb_common::maps::CALL_ERROR6_OUT);
+        Err(Counter::PassNoIpv6Program)
     }
-    /// No Packet Too Big is sent yet: dropped, counted.
     #[inline(always)]
-    fn too_big<C: Packet>(_ctx: &C, _l2: &L2, _mtu: u16) -> Outcome {
-        Err(Counter::DropFragmentNeeded)
+    fn too_big<C: Packet>(ctx: &C, _l2: &L2, mtu: u16) -> Outcome {
+        crate::icmp6::hand_to_too_big(ctx, mtu)
     }
-}
-
-/// What both programs do with IPv6 until its handler (`handle_ip::<C, V6>`) is switched on:
-/// the verifier's cost of that handler is still too high (docs/research/issue14-ipv6.md). No
-/// IPv6 VIP can be configured meanwhile, so IPv6 is not ours: the fixed header is read so that
-/// neighbour discovery is told apart (`V6::header`), and it all passes.
-#[inline(always)]
-pub fn ipv6_interim<C: Packet>(ctx: &C, l2: &L2) -> Outcome {
-    V6::header(ctx, l2.l3)?;
-    Err(Counter::PassNotForUs)
 }
 
 /// The address pre-filter: which kinds of entries may exist for `addr` (a superset).

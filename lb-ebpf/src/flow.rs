@@ -331,16 +331,6 @@ pub fn choose<F: Family>(
     Ok(p)
 }
 
-/// [`choose`] as a BPF function of its own (see `Family::OUTLINE`).
-#[inline(never)]
-pub fn choose_outlined<F: Family>(
-    key: &FlowKey<F::Addr>,
-    vip: &Vip,
-    segment: Segment,
-) -> Result<Chosen<F::Addr>, Counter> {
-    choose::<F>(key, vip, segment)
-}
-
 /// The path of an existing flow for a packet that must not create state (an ICMP error):
 /// its exception, else the decision rules for an established flow.
 #[inline(always)]
@@ -475,17 +465,7 @@ pub fn note_shadowed<F: Family>(key: &FlowKey<F::Addr>, vip: &Vip, path: &Chosen
     if !vip.is_whole_address() || filter(&path.addr) & FILTER_PATH_SERVICE == 0 {
         return;
     }
-    if F::OUTLINE {
-        shadow_outlined::<F>(key, vip, path);
-    } else {
-        shadow::<F>(key, vip, path);
-    }
-}
-
-/// [`shadow`] as a BPF function of its own (see `Family::OUTLINE`).
-#[inline(never)]
-fn shadow_outlined<F: Family>(key: &FlowKey<F::Addr>, vip: &Vip, path: &Chosen<F::Addr>) {
-    shadow::<F>(key, vip, path)
+    shadow::<F>(key, vip, path);
 }
 
 #[inline(always)]

@@ -45,6 +45,7 @@ pub enum Next {
 }
 
 /// The addresses and ports a packet will carry once translated: what the FIB is asked about.
+#[derive(Clone, Copy)]
 pub struct Flow<A> {
     pub src: A,
     pub dst: A,
@@ -56,20 +57,6 @@ pub struct Flow<A> {
 /// cannot be forwarded leaves untouched.
 #[inline(always)]
 pub fn route<C: Packet, F: Family>(
-    ctx: &C,
-    d: &Datagram,
-    flow: &Flow<F::Addr>,
-) -> Result<Next, Counter> {
-    if F::OUTLINE {
-        route_outlined::<C, F>(ctx, d, flow)
-    } else {
-        route_with::<C, F>(ctx, d, flow)
-    }
-}
-
-/// [`route`] as a BPF function of its own (see `Family::OUTLINE`).
-#[inline(never)]
-fn route_outlined<C: Packet, F: Family>(
     ctx: &C,
     d: &Datagram,
     flow: &Flow<F::Addr>,
@@ -152,21 +139,6 @@ pub fn client_slot<A: HashAddr>(addr: &A) -> u32 {
 /// cache assumes the route does not depend on the packet's source address.
 #[inline(always)]
 pub fn route_cached<C: Packet, F: Family>(
-    ctx: &C,
-    d: &Datagram,
-    flow: &Flow<F::Addr>,
-    slot: u32,
-) -> Result<Next, Counter> {
-    if F::OUTLINE {
-        route_cached_outlined::<C, F>(ctx, d, flow, slot)
-    } else {
-        route_cached_inline::<C, F>(ctx, d, flow, slot)
-    }
-}
-
-/// [`route_cached`] as a BPF function of its own (see `Family::OUTLINE`).
-#[inline(never)]
-fn route_cached_outlined<C: Packet, F: Family>(
     ctx: &C,
     d: &Datagram,
     flow: &Flow<F::Addr>,

@@ -50,17 +50,7 @@ pub fn pass<F: Family>(ip: &F::Hdr, d: &Datagram, dir: u8) {
 
 #[inline(always)]
 fn insert<F: Family>(ip: &F::Hdr, d: &Datagram, dir: u8, value: FragValue<F::Addr>) {
-    if F::OUTLINE {
-        insert_outlined::<F>(ip, d, dir, &value);
-    } else {
-        insert_inline::<F>(ip, d, dir, &value);
-    }
-}
-
-/// [`insert`] as a BPF function of its own (see `Family::OUTLINE`).
-#[inline(never)]
-fn insert_outlined<F: Family>(ip: &F::Hdr, d: &Datagram, dir: u8, value: &FragValue<F::Addr>) {
-    insert_inline::<F>(ip, d, dir, value);
+    insert_inline::<F>(ip, d, dir, &value);
 }
 
 #[inline(always)]

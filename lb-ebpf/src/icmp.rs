@@ -175,7 +175,7 @@ pub fn return_error<C: Packet>(
 /// the rate in `LB_SETTINGS`): the kernel's ICMP rate limit does not see what XDP and TC send,
 /// so without one the datapath would answer spoofed sources 1:1 at line rate.
 #[inline(always)]
-fn too_big_allowed() -> bool {
+pub fn too_big_allowed() -> bool {
     let (per_sec, burst) = match LB_SETTINGS.get(0) {
         Some(s) if s.too_big_per_sec != 0 => (s.too_big_per_sec, s.too_big_burst),
         _ => (DEFAULT_TOO_BIG_PER_SEC, DEFAULT_TOO_BIG_BURST),

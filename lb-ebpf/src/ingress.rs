@@ -6,18 +6,19 @@ use lb_common::{
         ADDR_EXPOSED, ADDR_PATH, ADDR_VIP, EndpointKey, FILTER_ADDR, FILTER_VIP_ADDR,
         FILTER_VIP_SERVICE, FRAG_DIR_IN, FlowKey,
     },
-    nat::{IpHeader, L4, Side},
+    nat::{IpHeader, Side},
     net::{IPPROTO_TCP, IPPROTO_UDP},
 };
 
 use crate::{
-    ctx::{self, Nat, Packet},
-    family::{Family, IcmpKind, V4, filter},
+    ctx::{Nat, Packet},
+    deliver::{self, Plan},
+    family::{Family, IcmpKind, V4, V6, filter},
     flow::{self, Segment, Vip},
-    forward::{self, Flow, Next},
+    forward::{self, Flow},
     frag,
     parse::{self, Datagram, Frag, Transport},
-    stats::{self, Dir, Outcome},
+    stats::{Dir, Outcome},
 };
 
 /// The `ADDR_*` bits of `addr` when it is a VIP or path address (`bits`: its filter slot).
@@ -77,17 +78,6 @@ pub fn translatable<F: Family>(proto: u8) -> bool {
 /// (`frag`). Untracked (its first fragment not seen yet, or evicted), only a whole-address
 /// VIP of a failover target can place it (the active path, as the first fragment would go
 /// unless its flow is pinned elsewhere); any other is dropped, counted.
-/// [`later_fragment`] as a BPF function of its own (see `Family::OUTLINE`).
-#[inline(never)]
-fn later_fragment_outlined<C: Packet, F: Family>(
-    ctx: &C,
-    l2: &parse::L2,
-    ip: &'static mut F::Hdr,
-    d: &Datagram,
-) -> Outcome {
-    later_fragment::<C, F>(ctx, l2, ip, d)
-}
-
 #[inline(always)]
 fn later_fragment<C: Packet, F: Family>(
     ctx: &C,
@@ -111,46 +101,51 @@ fn later_fragment<C: Packet, F: Family>(
     if ip.hop_limit() <= 1 {
         return Err(Counter::PassTtlExpired);
     }
-    let next = forward::route_cached::<C, F>(
-        ctx,
-        d,
-        &Flow {
+    let plan = Plan {
+        d: *d,
+        flow: Flow {
             src: ip.src(),
             dst: addr,
             sport: [0, 0],
             dport: [0, 0],
         },
-        forward::path_slot(path),
-    )?;
-    if let Next::TooBig(mtu) = next {
-        return F::too_big(ctx, l2, mtu);
-    }
-    ctx::translate::<C, F>(
-        ctx,
-        ip,
-        L4::Icmp,
-        &Nat {
+        nat: Nat {
             side: Side::Dst,
             addr,
             port: None,
             l4_off: 0,
         },
-    );
-    stats::translated(ctx, Counter::NatIngress, rank, path, Dir::In);
-    Ok(forward::finish::<C, F>(ctx, l2, ip, next))
+        slot: forward::path_slot(path),
+        vip_rank: rank,
+        path,
+        passive_us: 0,
+        pin: None,
+    };
+    deliver::hand_on::<C, F>(ctx, l2, ip, Transport::Other, &plan, Dir::In)
 }
 
 #[inline(always)]
 pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     let l2 = parse::ethernet(ctx)?;
     if l2.ipv6 {
-        return crate::family::ipv6_interim(ctx, &l2);
+        // To the IPv6 twin (`main`), which starts over with [`handle6`].
+        ctx.tail_call(lb_common::maps::CALL_INGRESS6);
+        return Err(Counter::PassNoIpv6Program);
     }
     handle_ip::<C, V4>(ctx, l2)
 }
 
-/// One family's handler (only IPv4's is instantiated for now: see
-/// `family::ipv6_interim`).
+/// The IPv6 twin's handler.
+#[inline(always)]
+pub fn handle6<C: Packet>(ctx: &C) -> Outcome {
+    let l2 = parse::ethernet(ctx)?;
+    if !l2.ipv6 {
+        return Err(Counter::PassNotIp);
+    }
+    handle_ip::<C, V6>(ctx, l2)
+}
+
+/// One family's handler.
 #[inline(always)]
 fn handle_ip<C: Packet, F: Family>(ctx: &C, l2: parse::L2) -> Outcome {
     let ip = F::header(ctx, l2.l3)?;
@@ -165,11 +160,7 @@ fn handle_ip<C: Packet, F: Family>(ctx: &C, l2: parse::L2) -> Outcome {
     }
     let d = F::payload(ctx, l2.l3, ip)?;
     if d.frag == Frag::Later {
-        return if F::OUTLINE {
-            later_fragment_outlined::<C, F>(ctx, &l2, ip, &d)
-        } else {
-            later_fragment::<C, F>(ctx, &l2, ip, &d)
-        };
+        return later_fragment::<C, F>(ctx, &l2, ip, &d);
     }
     // An unfragmented datagram, or a first fragment: it carries the ports, and goes through
     // like any packet (recorded, so its later fragments follow).
@@ -228,48 +219,29 @@ fn handle_ip<C: Packet, F: Family>(ctx: &C, l2: parse::L2) -> Outcome {
     };
     // The target's decision, or the flow's exception; a whole-address flow on a shadowed port
     // is noted for the return side.
-    let path = if F::OUTLINE {
-        flow::choose_outlined::<F>(&key, &vip, segment)?
-    } else {
-        flow::choose::<F>(&key, &vip, segment)?
-    };
+    let path = flow::choose::<F>(&key, &vip, segment)?;
     flow::note_shadowed::<F>(&key, &vip, &path);
     let target_port = vip.target_port;
     let new_port = (service_port.is_some() && target_port != [0, 0]).then_some(target_port);
-    let next = forward::route_cached::<C, F>(
-        ctx,
-        &d,
-        &Flow {
+    let plan = Plan {
+        d,
+        flow: Flow {
             src,
             dst: path.addr,
             sport,
             dport: new_port.unwrap_or(dport),
         },
-        forward::path_slot(path.id),
-    )?;
-    if let Next::TooBig(mtu) = next {
-        return F::too_big(ctx, &l2, mtu);
-    }
-
-    if d.frag == Frag::First {
-        frag::track::<F>(ip, &d, FRAG_DIR_IN, path.addr, vip.rank, path.id);
-    }
-    let tcp_flags = match &transport {
-        Transport::Tcp(h) => Some(h.flags),
-        _ => None,
-    };
-    stats::path_seen(path.id, tcp_flags, Dir::In, path.passive_us);
-    ctx::translate::<C, F>(
-        ctx,
-        ip,
-        transport.into_l4(F::ICMP_PSEUDO),
-        &Nat {
+        nat: Nat {
             side: Side::Dst,
             addr: path.addr,
             port: new_port,
             l4_off: d.l4,
         },
-    );
-    stats::translated(ctx, Counter::NatIngress, vip.rank, path.id, Dir::In);
-    Ok(forward::finish::<C, F>(ctx, &l2, ip, next))
+        slot: forward::path_slot(path.id),
+        vip_rank: vip.rank,
+        path: path.id,
+        passive_us: path.passive_us,
+        pin: None,
+    };
+    deliver::hand_on::<C, F>(ctx, &l2, ip, transport, &plan, Dir::In)
 }

@@ -11,11 +11,13 @@
 
 mod bench;
 mod ctx;
+mod deliver;
 mod family;
 mod flow;
 mod forward;
 mod frag;
 mod icmp;
+mod icmp6;
 mod ingress;
 mod maps;
 mod parse;
@@ -27,7 +29,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-use crate::ctx::Tc;
+use crate::{ctx::Tc, stats::Dir};
 
 /// Client-facing interface: packets for a VIP are translated to the chosen path's address.
 #[xdp]
@@ -59,6 +61,91 @@ pub fn lb_return_tc(ctx: TcContext) -> i32 {
         return aya_ebpf::bindings::TC_ACT_OK;
     }
     stats::record(&ctx, reverse::handle(&ctx)) as i32
+}
+
+// ---- The IPv6 twins: the programs above hand every IPv6 packet to these with a tail call
+// (`LB_CALLS`, `LB_CALLS_TC`), so that each family is verified as a program of its own, with a
+// stack of its own; the IPv4 path pays nothing for IPv6. Never attached.
+
+#[xdp]
+pub fn lb_ingress6(ctx: XdpContext) -> u32 {
+    stats::record(&ctx, ingress::handle6(&ctx))
+}
+
+#[xdp]
+pub fn lb_return6(ctx: XdpContext) -> u32 {
+    stats::record(&ctx, reverse::handle6(&ctx))
+}
+
+/// The caller already passed what our XDP program handed off (`Tc::handed_off`).
+#[classifier]
+pub fn lb_ingress6_tc(ctx: TcContext) -> i32 {
+    let ctx = Tc::new(ctx);
+    stats::record(&ctx, ingress::handle6(&ctx)) as i32
+}
+
+#[classifier]
+pub fn lb_return6_tc(ctx: TcContext) -> i32 {
+    let ctx = Tc::new(ctx);
+    stats::record(&ctx, reverse::handle6(&ctx)) as i32
+}
+
+/// The IPv6 twins' second halves, one per direction (see `deliver`).
+#[xdp]
+pub fn lb_deliver6_in(ctx: XdpContext) -> u32 {
+    stats::record(&ctx, deliver::resume::<_, family::V6>(&ctx, Dir::In))
+}
+
+#[xdp]
+pub fn lb_deliver6_out(ctx: XdpContext) -> u32 {
+    stats::record(&ctx, deliver::resume::<_, family::V6>(&ctx, Dir::Out))
+}
+
+#[classifier]
+pub fn lb_deliver6_in_tc(ctx: TcContext) -> i32 {
+    let ctx = Tc::new(ctx);
+    stats::record(&ctx, deliver::resume::<_, family::V6>(&ctx, Dir::In)) as i32
+}
+
+#[classifier]
+pub fn lb_deliver6_out_tc(ctx: TcContext) -> i32 {
+    let ctx = Tc::new(ctx);
+    stats::record(&ctx, deliver::resume::<_, family::V6>(&ctx, Dir::Out)) as i32
+}
+
+/// The IPv6 twins' ICMPv6 error programs (see `icmp6`).
+#[xdp]
+pub fn lb_error6_in(ctx: XdpContext) -> u32 {
+    stats::record(&ctx, icmp6::error_in(&ctx))
+}
+
+#[xdp]
+pub fn lb_error6_out(ctx: XdpContext) -> u32 {
+    stats::record(&ctx, icmp6::error_out(&ctx))
+}
+
+#[classifier]
+pub fn lb_error6_in_tc(ctx: TcContext) -> i32 {
+    let ctx = Tc::new(ctx);
+    stats::record(&ctx, icmp6::error_in(&ctx)) as i32
+}
+
+#[classifier]
+pub fn lb_error6_out_tc(ctx: TcContext) -> i32 {
+    let ctx = Tc::new(ctx);
+    stats::record(&ctx, icmp6::error_out(&ctx)) as i32
+}
+
+/// The IPv6 twins' Packet Too Big (see `icmp6`).
+#[xdp]
+pub fn lb_too_big6(ctx: XdpContext) -> u32 {
+    stats::record(&ctx, icmp6::too_big_program(&ctx))
+}
+
+#[classifier]
+pub fn lb_too_big6_tc(ctx: TcContext) -> i32 {
+    let ctx = Tc::new(ctx);
+    stats::record(&ctx, icmp6::too_big_program(&ctx)) as i32
 }
 
 // ---- Benchmark entry points (`cargo xtask bench`; see bench.rs). Never loaded by the daemon.

@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use lb_common::maps::{
     ADDR_FILTER_SIZE, ControlMeta, EVENTS_BYTES, EndpointKey, FLOW_TABLE_SIZE, FRAG_TABLE_SIZE,
@@ -120,6 +120,24 @@ pub static LB_ADDRS6: HashMap<Addr6, u32> = HashMap::with_max_entries(MAX_ADDRS,
 /// See `parse::forget`.
 #[map]
 pub static LB_SCRATCH: PerCpuArray<[u32; 4]> = PerCpuArray::with_max_entries(1, 0);
+
+/// See `main` (the IPv6 twins).
+#[map]
+pub static LB_CALLS: ProgramArray = ProgramArray::with_max_entries(lb_common::maps::CALL_SLOTS, 0);
+
+/// [`LB_CALLS`] of the TC programs.
+#[map]
+pub static LB_CALLS_TC: ProgramArray =
+    ProgramArray::with_max_entries(lb_common::maps::CALL_SLOTS, 0);
+
+/// See `deliver`.
+#[map]
+pub static LB_PLAN6: PerCpuArray<crate::deliver::Plan<Addr6>> = PerCpuArray::with_max_entries(1, 0);
+
+const _: () = assert!(
+    size_of::<crate::deliver::Plan<Addr6>>() == lb_common::maps::PLAN6_BYTES,
+    "lb_common::maps::PLAN6_BYTES is the size of the plan"
+);
 
 #[map]
 pub static LB_NEXTHOPS6: PerCpuArray<NextHop6> =

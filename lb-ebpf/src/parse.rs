@@ -85,6 +85,7 @@ pub enum Frag {
 
 /// The datagram of a packet that may be ours, once its IP header is read: its transport
 /// protocol and where its payload lies.
+#[derive(Clone, Copy)]
 pub struct Datagram {
     /// The transport protocol (IPv6: the last extension header's next header).
     pub proto: u8,
@@ -166,7 +167,7 @@ pub fn ipv6<C: Packet>(ctx: &C, l3: usize) -> Result<&'static mut Ipv6Hdr, Count
 /// walk stays inside what both hooks see directly (`ctx::TC_PULL`) and its offsets have a
 /// bound the verifier can check: 134 bytes of extension headers behind Ethernet, a VLAN tag
 /// and the fixed header. Longer chains are passed, counted.
-const MAX_L4_OFF: usize = 192;
+pub const MAX_L4_OFF: usize = 192;
 
 /// Extension headers the walk does not cross: authentication (it covers the addresses),
 /// mobility, HIP, shim6, the experimental ones, and "no next header". Passed, counted.
@@ -342,7 +343,7 @@ fn is_ext(next: u8) -> bool {
 
 /// A pointer to a `T` at `off` that also lies inside the IP datagram ending at `end`.
 #[inline(always)]
-fn in_datagram<T, C: Packet>(ctx: &C, off: usize, end: usize) -> Option<*mut T> {
+pub fn in_datagram<T, C: Packet>(ctx: &C, off: usize, end: usize) -> Option<*mut T> {
     if off + size_of::<T>() > end {
         return None;
     }

@@ -9,50 +9,26 @@ use lb_common::{
         EndpointKey, FILTER_PATH_ADDR, FILTER_PATH_SERVICE, FRAG_DIR_OUT, FlowKey,
         REV_F_SHADOWS_WHOLE, RevValue,
     },
-    nat::{IpHeader, L4, Side},
+    nat::{IpHeader, Side},
     net::{IPPROTO_TCP, IPPROTO_UDP, TCP_SYN},
 };
 
 use crate::{
-    ctx::{self, Nat, Packet},
-    family::{Family, IcmpKind, V4, filter},
-    flow::{self, Segment},
-    forward::{self, Flow, Next},
+    ctx::{Nat, Packet},
+    deliver::{self, Pin, Plan},
+    family::{Family, IcmpKind, V4, V6, filter},
+    flow::Segment,
+    forward::{self, Flow},
     frag,
     maps::LB_PATH_IFACES,
     parse::{self, Datagram, Frag, Transport},
-    stats::{self, Dir, Outcome},
+    stats::{Dir, Outcome},
 };
 
 /// How to translate a packet from path address `addr`: the service (`proto`, source `port`)
 /// first, then the whole address.
 #[inline(always)]
 pub fn lookup_rev<F: Family>(
-    addr: F::Addr,
-    proto: u8,
-    port: Option<[u8; 2]>,
-    bits: u32,
-) -> Option<RevValue<F::Addr>> {
-    if F::OUTLINE {
-        lookup_rev_outlined::<F>(&addr, proto, port, bits)
-    } else {
-        lookup_rev_inline::<F>(addr, proto, port, bits)
-    }
-}
-
-/// [`lookup_rev`] as a BPF function of its own (see `Family::OUTLINE`).
-#[inline(never)]
-fn lookup_rev_outlined<F: Family>(
-    addr: &F::Addr,
-    proto: u8,
-    port: Option<[u8; 2]>,
-    bits: u32,
-) -> Option<RevValue<F::Addr>> {
-    lookup_rev_inline::<F>(*addr, proto, port, bits)
-}
-
-#[inline(always)]
-fn lookup_rev_inline<F: Family>(
     addr: F::Addr,
     proto: u8,
     port: Option<[u8; 2]>,
@@ -84,12 +60,7 @@ fn lookup_rev_inline<F: Family>(
 /// The caller checks `REV_F_SHADOWS_WHOLE` first, so that other packets build no key.
 #[inline(always)]
 pub fn disambiguate<F: Family>(rev: &mut RevValue<F::Addr>, reply: &FlowKey<F::Addr>) {
-    let whole = if F::OUTLINE {
-        shadowing_outlined::<F>(reply)
-    } else {
-        shadowing::<F>(reply)
-    };
-    if let Some(whole) = whole {
+    if let Some(whole) = shadowing::<F>(reply) {
         *rev = whole;
     }
 }
@@ -112,12 +83,6 @@ fn shadowing<F: Family>(reply: &FlowKey<F::Addr>) -> Option<RevValue<F::Addr>> {
     (unsafe { (*flow).vip } == whole.vip_id).then_some(whole)
 }
 
-/// [`shadowing`] as a BPF function of its own (see `Family::OUTLINE`).
-#[inline(never)]
-fn shadowing_outlined<F: Family>(reply: &FlowKey<F::Addr>) -> Option<RevValue<F::Addr>> {
-    shadowing::<F>(reply)
-}
-
 /// Whether a packet from path `path` may arrive on `ifindex`: the interface its address is
 /// routed through, as the control plane wrote it (0: not known, any).
 #[inline(always)]
@@ -132,17 +97,6 @@ pub fn check_arrival(path: u32, ifindex: u32) -> Result<(), Counter> {
 /// first fragment (`frag`). Untracked, a whole-address VIP's reverse entry (the address alone)
 /// still translates it; one that only service VIPs cover cannot be placed and is dropped,
 /// counted: a fragment never leaves with the path address.
-/// [`later_fragment`] as a BPF function of its own (see `Family::OUTLINE`).
-#[inline(never)]
-fn later_fragment_outlined<C: Packet, F: Family>(
-    ctx: &C,
-    l2: &parse::L2,
-    ip: &'static mut F::Hdr,
-    d: &Datagram,
-) -> Outcome {
-    later_fragment::<C, F>(ctx, l2, ip, d)
-}
-
 #[inline(always)]
 fn later_fragment<C: Packet, F: Family>(
     ctx: &C,
@@ -164,46 +118,51 @@ fn later_fragment<C: Packet, F: Family>(
         return Err(Counter::PassTtlExpired);
     }
     let dst = ip.dst();
-    let next = forward::route_cached::<C, F>(
-        ctx,
-        d,
-        &Flow {
+    let plan = Plan {
+        d: *d,
+        flow: Flow {
             src: vip_addr,
             dst,
             sport: [0, 0],
             dport: [0, 0],
         },
-        forward::client_slot(&dst),
-    )?;
-    if let Next::TooBig(mtu) = next {
-        return F::too_big(ctx, l2, mtu);
-    }
-    ctx::translate::<C, F>(
-        ctx,
-        ip,
-        L4::Icmp,
-        &Nat {
+        nat: Nat {
             side: Side::Src,
             addr: vip_addr,
             port: None,
             l4_off: 0,
         },
-    );
-    stats::translated(ctx, Counter::NatReturn, rank, path, Dir::Out);
-    Ok(forward::finish::<C, F>(ctx, l2, ip, next))
+        slot: forward::client_slot(&dst),
+        vip_rank: rank,
+        path,
+        passive_us: 0,
+        pin: None,
+    };
+    deliver::hand_on::<C, F>(ctx, l2, ip, Transport::Other, &plan, Dir::Out)
 }
 
 #[inline(always)]
 pub fn handle<C: Packet>(ctx: &C) -> Outcome {
     let l2 = parse::ethernet(ctx)?;
     if l2.ipv6 {
-        return crate::family::ipv6_interim(ctx, &l2);
+        // To the IPv6 twin (`main`), which starts over with [`handle6`].
+        ctx.tail_call(lb_common::maps::CALL_RETURN6);
+        return Err(Counter::PassNoIpv6Program);
     }
     handle_ip::<C, V4>(ctx, l2)
 }
 
-/// One family's handler (only IPv4's is instantiated for now: see
-/// `family::ipv6_interim`).
+/// The IPv6 twin's handler.
+#[inline(always)]
+pub fn handle6<C: Packet>(ctx: &C) -> Outcome {
+    let l2 = parse::ethernet(ctx)?;
+    if !l2.ipv6 {
+        return Err(Counter::PassNotIp);
+    }
+    handle_ip::<C, V6>(ctx, l2)
+}
+
+/// One family's handler.
 #[inline(always)]
 fn handle_ip<C: Packet, F: Family>(ctx: &C, l2: parse::L2) -> Outcome {
     let ip = F::header(ctx, l2.l3)?;
@@ -222,11 +181,7 @@ fn handle_ip<C: Packet, F: Family>(ctx: &C, l2: parse::L2) -> Outcome {
         if !ours {
             return Err(Counter::PassNotForUs);
         }
-        return if F::OUTLINE {
-            later_fragment_outlined::<C, F>(ctx, &l2, ip, &d)
-        } else {
-            later_fragment::<C, F>(ctx, &l2, ip, &d)
-        };
+        return later_fragment::<C, F>(ctx, &l2, ip, &d);
     }
     // An unfragmented datagram, or a first fragment: it carries the ports, and goes through
     // like any packet (recorded, so its later fragments follow).
@@ -279,125 +234,47 @@ fn handle_ip<C: Packet, F: Family>(ctx: &C, l2: parse::L2) -> Outcome {
     {
         return Err(Counter::DropUdp6ZeroChecksum);
     }
-    let mut r = Reply {
-        rev,
-        key: FlowKey::new(src, dst, sport, dport, proto),
-        d,
-        transport,
-        segment,
-        opens,
-        service: service_port.is_some(),
-    };
-    if F::OUTLINE {
-        reply_outlined::<C, F>(ctx, &l2, ip, &mut r)
-    } else {
-        reply::<C, F>(ctx, &l2, ip, &mut r)
+    let mut rev = rev;
+    if rev.flags & REV_F_SHADOWS_WHOLE != 0 {
+        disambiguate::<F>(&mut rev, &FlowKey::new(src, dst, sport, dport, proto));
     }
-}
-
-/// A packet from a path address that its reverse entry covers, halfway through the handler.
-struct Reply<A> {
-    rev: RevValue<A>,
-    /// The reply's own flow (path → client); becomes the flow as the client's packets key it.
-    key: FlowKey<A>,
-    d: Datagram,
-    transport: Transport,
-    segment: Segment,
-    /// The packet may open a flow of the VM's (see `handle_ip`).
-    opens: bool,
-    /// The entry is a service's (the port is translated).
-    service: bool,
-}
-
-/// [`reply`] as a BPF function of its own (see `Family::OUTLINE`).
-#[inline(never)]
-fn reply_outlined<C: Packet, F: Family>(
-    ctx: &C,
-    l2: &parse::L2,
-    ip: &'static mut F::Hdr,
-    r: &mut Reply<F::Addr>,
-) -> Outcome {
-    reply::<C, F>(ctx, l2, ip, r)
-}
-
-/// The second half of the return handler: which VIP, the checks, the route, the pins, the
-/// translation.
-#[inline(always)]
-fn reply<C: Packet, F: Family>(
-    ctx: &C,
-    l2: &parse::L2,
-    ip: &'static mut F::Hdr,
-    r: &mut Reply<F::Addr>,
-) -> Outcome {
-    if r.rev.flags & REV_F_SHADOWS_WHOLE != 0 {
-        disambiguate::<F>(&mut r.rev, &r.key);
-    }
-    let rev = &r.rev;
-    let FlowKey {
-        src: _,
-        dst,
-        sport,
-        dport,
-        proto,
-        ..
-    } = r.key;
     check_arrival(rev.path, ctx.ingress_ifindex())?;
     if ip.hop_limit() <= 1 {
         return Err(Counter::PassTtlExpired);
     }
-    let new_port = (r.service && rev.vip_port != [0, 0]).then_some(rev.vip_port);
-    let next = forward::route_cached::<C, F>(
-        ctx,
-        &r.d,
-        &Flow {
+    let new_port = (service_port.is_some() && rev.vip_port != [0, 0]).then_some(rev.vip_port);
+    // The flow as the client's packets key it: ports swapped (the VIP's port for a service),
+    // except ICMP echo, keyed (identifier, 0) both ways.
+    let (csport, cdport) = if proto == F::ICMP {
+        (sport, dport)
+    } else {
+        (dport, new_port.unwrap_or(sport))
+    };
+    let plan = Plan {
+        d,
+        flow: Flow {
             src: rev.vip_addr,
             dst,
             sport: new_port.unwrap_or(sport),
             dport,
         },
-        forward::client_slot(&dst),
-    )?;
-    if let Next::TooBig(mtu) = next {
-        return F::too_big(ctx, l2, mtu);
-    }
-    {
-        // The flow as the client's packets key it: ports swapped (the VIP's port for a
-        // service), except ICMP echo, keyed (identifier, 0) both ways.
-        let (rsport, rdport) = if proto == F::ICMP {
-            (sport, dport)
-        } else {
-            (dport, new_port.unwrap_or(sport))
-        };
-        let segment = r.segment;
-        let opens = r.opens && (segment != Segment::NotTcp || rev.vip_port == [0, 0]);
-        let key = &mut r.key;
-        key.src = dst;
-        key.dst = rev.vip_addr;
-        key.sport = rsport;
-        key.dport = rdport;
-        flow::from_vm::<F>(key, rev.vip_id, rev.path, segment, opens);
-    }
-    if r.d.frag == Frag::First {
-        frag::track::<F>(ip, &r.d, FRAG_DIR_OUT, rev.vip_addr, rev.vip_rank, rev.path);
-    }
-    let tcp_flags = match &r.transport {
-        Transport::Tcp(h) => Some(h.flags),
-        _ => None,
-    };
-    stats::path_seen(rev.path, tcp_flags, Dir::Out, 0);
-    let (vip_addr, vip_rank, path) = (rev.vip_addr, rev.vip_rank, rev.path);
-    let transport = core::mem::replace(&mut r.transport, Transport::Other);
-    ctx::translate::<C, F>(
-        ctx,
-        ip,
-        transport.into_l4(F::ICMP_PSEUDO),
-        &Nat {
+        nat: Nat {
             side: Side::Src,
-            addr: vip_addr,
+            addr: rev.vip_addr,
             port: new_port,
-            l4_off: r.d.l4,
+            l4_off: d.l4,
         },
-    );
-    stats::translated(ctx, Counter::NatReturn, vip_rank, path, Dir::Out);
-    Ok(forward::finish::<C, F>(ctx, l2, ip, next))
+        slot: forward::client_slot(&dst),
+        vip_rank: rev.vip_rank,
+        path: rev.path,
+        passive_us: 0,
+        pin: Some(Pin {
+            vip: rev.vip_id,
+            sport: csport,
+            dport: cdport,
+            segment,
+            opens: opens && (segment != Segment::NotTcp || rev.vip_port == [0, 0]),
+        }),
+    };
+    deliver::hand_on::<C, F>(ctx, &l2, ip, transport, &plan, Dir::Out)
 }

@@ -5,8 +5,10 @@
 use std::collections::BTreeSet;
 
 use lb_common::maps::{
-    ALL, AYA_LOGS, BENCH_MAPS, BENCH_PROGRAMS, PROG_INGRESS, PROG_INGRESS_TC, PROG_RETURN,
-    PROG_RETURN_TC,
+    ALL, AYA_LOGS, BENCH_MAPS, BENCH_PROGRAMS, PROG_DELIVER6_IN, PROG_DELIVER6_IN_TC,
+    PROG_DELIVER6_OUT, PROG_DELIVER6_OUT_TC, PROG_ERROR6_IN, PROG_ERROR6_IN_TC, PROG_ERROR6_OUT,
+    PROG_ERROR6_OUT_TC, PROG_INGRESS, PROG_INGRESS_TC, PROG_INGRESS6, PROG_INGRESS6_TC,
+    PROG_RETURN, PROG_RETURN_TC, PROG_RETURN6, PROG_RETURN6_TC, PROG_TOO_BIG6, PROG_TOO_BIG6_TC,
 };
 
 #[test]
@@ -38,9 +40,36 @@ fn object_maps_and_programs_match_lb_common() {
         .collect();
     assert_eq!(maps, want, "maps in the object vs lb_common::maps::ALL");
     let progs: BTreeSet<&str> = obj.programs.keys().map(String::as_str).collect();
-    let want: BTreeSet<&str> = [PROG_INGRESS, PROG_RETURN, PROG_INGRESS_TC, PROG_RETURN_TC]
-        .into_iter()
-        .chain(BENCH_PROGRAMS)
-        .collect();
+    let want: BTreeSet<&str> = [
+        PROG_INGRESS,
+        PROG_RETURN,
+        PROG_INGRESS_TC,
+        PROG_RETURN_TC,
+        PROG_INGRESS6,
+        PROG_RETURN6,
+        PROG_INGRESS6_TC,
+        PROG_RETURN6_TC,
+        PROG_DELIVER6_IN,
+        PROG_DELIVER6_OUT,
+        PROG_DELIVER6_IN_TC,
+        PROG_DELIVER6_OUT_TC,
+        PROG_ERROR6_IN,
+        PROG_ERROR6_IN_TC,
+        PROG_ERROR6_OUT,
+        PROG_ERROR6_OUT_TC,
+        PROG_TOO_BIG6,
+        PROG_TOO_BIG6_TC,
+        PROG_ERROR6_IN,
+        PROG_ERROR6_OUT,
+        PROG_ERROR6_IN_TC,
+        PROG_ERROR6_OUT_TC,
+        PROG_TOO_BIG6,
+        PROG_TOO_BIG6_TC,
+        PROG_TOO_BIG6,
+        PROG_TOO_BIG6_TC,
+    ]
+    .into_iter()
+    .chain(BENCH_PROGRAMS)
+    .collect();
     assert_eq!(progs, want);
 }

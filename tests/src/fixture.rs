@@ -14,17 +14,26 @@
 //!   nofwd0 203.0.113.254/32 forwarding disabled
 //! ```
 //!
+//! and the same for IPv6 (see [`addr6`]):
+//!
+//! ```text
+//!   cli0  2001:db8:51::1/64 clients 2001:db8:51::10/::11 (permanent neighbours),
+//!                           default via 2001:db8:51::7e
+//!   path0 2001:db8:2::1/64  VM path addresses ::70 ::a0 (permanent neighbours); ::5a has
+//!                           MTU 1280
+//! ```
+//!
 //! [`Fx`] is one loaded datapath (fresh maps and counters) with the standard configuration.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, bail};
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
     Counter,
     maps::{
-        EndpointKey, PATH_UP, PathValue, REV_F_SHADOWS_WHOLE, RING_SIZE, RevValue, TargetValue,
-        TrafficStats, VipInfo,
+        EndpointKey, EndpointKey6, PATH_UP, PathValue, REV_F_SHADOWS_WHOLE, RING_SIZE, RevValue,
+        RevValue6, TargetValue, TrafficStats, VipInfo,
     },
     net::{IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -97,6 +106,28 @@ pub mod macs {
     pub const NOFWD0: [u8; 6] = [0x02, 0, 0, 0, 0x04, 0x01];
 }
 
+/// The IPv6 addresses of the fixture namespace (2001:db8::/32).
+pub mod addr6 {
+    use std::net::Ipv6Addr;
+
+    const fn a(net: u16, host: u16) -> Ipv6Addr {
+        Ipv6Addr::new(0x2001, 0xdb8, net, 0, 0, 0, 0, host)
+    }
+    pub const CLIENT: Ipv6Addr = a(0x51, 0x10);
+    pub const CLIENT2: Ipv6Addr = a(0x51, 0x11);
+    pub const INET_ROUTER: Ipv6Addr = a(0x51, 0x7e);
+    /// A client beyond the default router.
+    pub const FAR_CLIENT: Ipv6Addr = a(0x52, 0x10);
+    pub const VIP: Ipv6Addr = a(0x71, 0x10);
+    /// A TCP service VIP (443 → 8443).
+    pub const VIP_SVC: Ipv6Addr = a(0x71, 0x11);
+    pub const NOT_VIP: Ipv6Addr = a(0x71, 0x99);
+    pub const NN1: Ipv6Addr = a(2, 0x70);
+    pub const NN2: Ipv6Addr = a(2, 0xa0);
+    /// A path whose route has MTU 1280.
+    pub const SMALL_MTU: Ipv6Addr = a(2, 0x5a);
+}
+
 /// An interface of the fixture namespace.
 #[derive(Clone, Copy, Debug)]
 pub struct Iface {
@@ -156,6 +187,24 @@ impl Env {
                 fmt_mac(m)
             ))?;
         }
+        ip("-6 addr add 2001:db8:51::1/64 dev cli0 nodad")?;
+        ip("-6 addr add 2001:db8:2::1/64 dev path0 nodad")?;
+        ip("-6 route add default via 2001:db8:51::7e dev cli0")?;
+        ip("-6 route add 2001:db8:2::5a/128 dev path0 mtu lock 1280")?;
+        for (addr, dev, m) in [
+            (addr6::CLIENT, "cli0", macs::CLIENT),
+            (addr6::CLIENT2, "cli0", macs::CLIENT2),
+            (addr6::INET_ROUTER, "cli0", macs::GATEWAY),
+            (addr6::NN1, "path0", macs::NN1),
+            (addr6::NN2, "path0", macs::NN2),
+            (addr6::SMALL_MTU, "path0", macs::SMALL_MTU),
+        ] {
+            ip(&format!(
+                "-6 neigh replace {addr} lladdr {} dev {dev} nud permanent",
+                fmt_mac(m)
+            ))?;
+        }
+        sysctl("net.ipv6.conf.all.forwarding", "1")?;
         sysctl("net.ipv4.conf.all.forwarding", "1")?;
         sysctl("net.ipv4.conf.nofwd0.forwarding", "0")?;
         let iface = |name: &str, mac: [u8; 6]| -> anyhow::Result<Iface> {
@@ -220,6 +269,12 @@ pub mod ids {
     pub const VIP_DNS: u32 = 2;
     pub const VIP_SPREAD: u32 = 3;
     pub const VIP_SPARE: u32 = 4;
+    /// [`super::Fx::standard6`]: an IPv6 target with two paths and two VIPs.
+    pub const TARGET_WEB6: u32 = 3;
+    pub const PATH6_NN1: u32 = 5;
+    pub const PATH6_NN2: u32 = 6;
+    pub const VIP6: u32 = 5;
+    pub const VIP6_SVC: u32 = 6;
 }
 
 /// The result of one program run.
@@ -340,6 +395,100 @@ impl Fx {
         self.dp.maps.add_tx_port(self.env.cli0.ifindex)?;
         self.dp.maps.add_tx_port(self.env.path0.ifindex)?;
         Ok(())
+    }
+
+    /// The IPv6 configuration, beside the standard one: target `TARGET_WEB6` (failover, on
+    /// `PATH6_NN1`) with paths [`addr6::NN1`] and [`addr6::NN2`], whole-address VIP
+    /// [`addr6::VIP`] and TCP service [`addr6::VIP_SVC`] 443 → 8443.
+    pub fn standard6(&mut self) -> anyhow::Result<()> {
+        use ids::*;
+        self.path6(PATH6_NN1, addr6::NN1, TARGET_WEB6, PATH_UP)?;
+        self.path6(PATH6_NN2, addr6::NN2, TARGET_WEB6, PATH_UP)?;
+        self.target_single(TARGET_WEB6, PATH6_NN1)?;
+        let web = [(PATH6_NN1, addr6::NN1), (PATH6_NN2, addr6::NN2)];
+        self.expose6(VIP6, addr6::VIP, None, TARGET_WEB6, None, &web)?;
+        self.expose6(
+            VIP6_SVC,
+            addr6::VIP_SVC,
+            Some((IPPROTO_TCP, 443)),
+            TARGET_WEB6,
+            Some(8443),
+            &web,
+        )
+    }
+
+    pub fn path6(&mut self, id: u32, a: Ipv6Addr, target: u32, state: u8) -> anyhow::Result<()> {
+        self.dp.maps.set_path(
+            id,
+            PathValue {
+                addr: a.octets(),
+                state,
+                _pad: [0; 3],
+                target,
+                passive_us: 0,
+            },
+        )?;
+        self.add_addr6(a, lb_common::maps::ADDR_PATH)
+    }
+
+    pub fn add_addr6(&mut self, a: Ipv6Addr, kind: u32) -> anyhow::Result<()> {
+        let had = self
+            .dp
+            .maps
+            .addrs6()?
+            .into_iter()
+            .find(|(k, _)| *k == a.octets())
+            .map_or(0, |(_, v)| v);
+        self.dp.maps.set_addr6(a.octets(), had | kind)?;
+        self.dp.maps.refresh_filter()?;
+        Ok(())
+    }
+
+    /// [`Fx::expose`] for an IPv6 VIP and paths.
+    pub fn expose6(
+        &mut self,
+        id: u32,
+        vip: Ipv6Addr,
+        service: Option<(u8, u16)>,
+        target: u32,
+        target_port: Option<u16>,
+        paths: &[(u32, Ipv6Addr)],
+    ) -> anyhow::Result<()> {
+        let maps = &mut self.dp.maps;
+        let whole: Vec<EndpointKey6> = maps
+            .rev_nat6()?
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.is_whole_address())
+            .collect();
+        for (path, a) in paths {
+            let rev_service = service.map(|(proto, port)| (proto, target_port.unwrap_or(port)));
+            let vip_port = service.map_or([0; 2], |(_, port)| port.to_be_bytes());
+            let shadows =
+                service.is_some() && whole.contains(&EndpointKey6::with(a.octets(), None));
+            maps.set_rev_nat6(
+                EndpointKey6::with(a.octets(), rev_service),
+                RevValue6 {
+                    vip_addr: vip.octets(),
+                    vip_port,
+                    flags: if shadows { REV_F_SHADOWS_WHOLE } else { 0 },
+                    vip_rank: Self::rank(id),
+                    vip_id: id,
+                    path: *path,
+                },
+            )?;
+        }
+        maps.set_vip(
+            id,
+            VipInfo {
+                key: EndpointKey6::with(vip.octets(), service),
+                target,
+                target_port: target_port.unwrap_or(0).to_be_bytes(),
+                rank: Self::rank(id),
+                flags: 0,
+            },
+        )?;
+        self.add_addr6(vip, lb_common::maps::ADDR_VIP)
     }
 
     pub fn path(&mut self, id: u32, a: Ipv4Addr, target: u32, state: u8) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@
 //!
 //! Run one case: `cargo test -p lb-tests --test fixtures -- <name>`.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use etherparse::{Icmpv4Type, icmpv4::DestUnreachableHeader};
 use lb_common::{
@@ -19,7 +19,7 @@ use lb_tests::{
     fixture::{
         Env, Fx, Hook, Iface, Prog,
         Prog::{Ingress, Return},
-        XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, addr, ids, macs,
+        XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, addr, addr6, ids, macs,
     },
     packet::{L4, Pkt},
 };
@@ -2262,7 +2262,7 @@ const CASES: &[(&str, &str, Case)] = &[
             fx.counters(&[(PassIcmpNotOurs, 1), (XdpPass, 1)])
         },
     ),
-    // ------------------------------------------- IPv6: passed until its handler is switched on
+    // ------------------------------------------------------------ IPv6: never touched
     (
         "ipv6_neighbour_discovery_untouched",
         "neighbour solicitations and advertisements, router advertisements and MLD pass untouched, counted as the link's own ICMPv6, from either side",
@@ -2301,6 +2301,391 @@ const CASES: &[(&str, &str, Case)] = &[
             bad[14] = 0x40;
             fx.expect(Ingress, fx.env.cli0, &bad, XDP_PASS, None)?;
             fx.counters(&[(PassNotForUs, 3), (PassBadIpv6, 1), (XdpPass, 4)])
+        },
+    ),
+    // ------------------------------------------------------------------- IPv6 translation
+    (
+        "ipv6_tcp_to_whole_address_vip",
+        "IPv6 TCP to a whole-address VIP goes to the active path: destination rewritten, hop limit decremented, TCP checksum (pseudo-header) follows",
+        |fx| {
+            fx.standard6()?;
+            let p = to_vip6(addr6::VIP, 40000, 22);
+            ingress6(fx, &p, Redirect6(&toward6(&p, addr6::NN1, macs::NN1)))?;
+            fx.counters(NEW_FLOW_REDIRECT)
+        },
+    ),
+    (
+        "ipv6_udp_and_echo_to_whole_address_vip",
+        "IPv6 UDP and an ICMPv6 echo request to a whole-address VIP: both translated, the ICMPv6 checksum follows the address (it covers the pseudo-header, unlike ICMP's)",
+        |fx| {
+            fx.standard6()?;
+            let u = to_vip6(addr6::VIP, 5000, 53).l4(L6::Udp);
+            ingress6(fx, &u, Redirect6(&toward6(&u, addr6::NN1, macs::NN1)))?;
+            let e = to_vip6(addr6::VIP, 7, 0).l4(L6::EchoRequest);
+            ingress6(fx, &e, Redirect6(&toward6(&e, addr6::NN1, macs::NN1)))?;
+            fx.counters(&[(FlowDecided, 2), (NatIngress, 2), (XdpRedirect, 2)])
+        },
+    ),
+    (
+        "ipv6_service_port_translated_both_ways",
+        "an IPv6 TCP service (443 → 8443): the client's segment gets the path and port 8443, the VM's reply from 8443 gets the VIP and 443 back",
+        |fx| {
+            fx.standard6()?;
+            let p = to_vip6(addr6::VIP_SVC, 40000, 443);
+            let out = toward6(&p, addr6::NN1, macs::NN1).ports(40000, 8443);
+            ingress6(fx, &p, Redirect6(&out))?;
+            let reply = from_path6(P6::tcp(addr6::NN1, 8443, addr6::CLIENT, 40000), macs::NN1);
+            let back = toward_client6(&reply, addr6::VIP_SVC, macs::CLIENT).ports(443, 40000);
+            returning6(fx, &reply, Redirect6(&back))?;
+            fx.counters(&[
+                (FlowDecided, 1),
+                (NatIngress, 1),
+                (NatReturn, 1),
+                (XdpRedirect, 2),
+            ])
+        },
+    ),
+    (
+        "ipv6_reply_gets_the_vip_back",
+        "an IPv6 reply from a path address leaves with the VIP as source, toward the client's MAC",
+        |fx| {
+            fx.standard6()?;
+            let reply = from_path6(P6::tcp(addr6::NN1, 22, addr6::CLIENT, 40000), macs::NN1);
+            let back = toward_client6(&reply, addr6::VIP, macs::CLIENT);
+            returning6(fx, &reply, Redirect6(&back))?;
+            let far = from_path6(P6::tcp(addr6::NN2, 22, addr6::FAR_CLIENT, 40001), macs::NN2);
+            let back = toward_client6(&far, addr6::VIP, macs::GATEWAY);
+            returning6(fx, &far, Redirect6(&back))?;
+            fx.counters(&[(NatReturn, 2), (XdpRedirect, 2)])
+        },
+    ),
+    (
+        "ipv6_failover_follows_the_decision",
+        "the IPv6 target's decision moves to the second path: new IPv6 flows go there",
+        |fx| {
+            fx.standard6()?;
+            fx.target_single(ids::TARGET_WEB6, ids::PATH6_NN2)?;
+            let p = to_vip6(addr6::VIP, 40000, 22);
+            ingress6(fx, &p, Redirect6(&toward6(&p, addr6::NN2, macs::NN2)))?;
+            fx.counters(NEW_FLOW_REDIRECT)
+        },
+    ),
+    (
+        "ipv6_udp_without_checksum_dropped",
+        "UDP over IPv6 with a zero checksum (invalid over IPv6) to a VIP: dropped, counted",
+        |fx| {
+            fx.standard6()?;
+            let mut f = to_vip6(addr6::VIP, 5000, 53).l4(L6::Udp).bytes();
+            f[14 + 40 + 6..14 + 40 + 8].copy_from_slice(&[0, 0]);
+            fx.expect(Ingress, fx.env.cli0, &f, XDP_DROP, None)?;
+            fx.counters(&[(DropUdp6ZeroChecksum, 1), (XdpDrop, 1)])
+        },
+    ),
+    (
+        "ipv6_hop_limit_expiring_passes_untranslated",
+        "hop limit 1 to an IPv6 VIP: passed untouched, so the kernel's time-exceeded quotes what the client sent",
+        |fx| {
+            fx.standard6()?;
+            let p = to_vip6(addr6::VIP, 40000, 22).hop(1);
+            ingress6(fx, &p, Pass6)?;
+            fx.counters(&[(PassTtlExpired, 1), (XdpPass, 1)])
+        },
+    ),
+    (
+        "ipv6_martians_and_path_addresses",
+        "from the client side, a source that is a path address is dropped (spoofed or looping), a path address as destination is dropped, an address that is no VIP passes",
+        |fx| {
+            fx.standard6()?;
+            let spoofed = to_vip6(addr6::VIP, 40000, 22).src(addr6::NN2);
+            ingress6(fx, &spoofed, Dropped6)?;
+            let to_path = to_vip6(addr6::NN1, 40000, 22);
+            ingress6(fx, &to_path, Dropped6)?;
+            let other = to_vip6(addr6::NOT_VIP, 40000, 22);
+            ingress6(fx, &other, Pass6)?;
+            fx.counters(&[
+                (DropMartian, 1),
+                (DropToPath, 1),
+                (PassNotForUs, 1),
+                (XdpDrop, 2),
+                (XdpPass, 1),
+            ])
+        },
+    ),
+    (
+        "ipv6_extension_headers_are_crossed",
+        "hop-by-hop options then destination options in front of TCP: walked over, the packet translated with its extension headers kept",
+        |fx| {
+            fx.standard6()?;
+            let p = to_vip6(addr6::VIP, 40000, 22);
+            let out = toward6(&p, addr6::NN1, macs::NN1);
+            let ext = |f: Vec<u8>| with_ext(with_ext(f, IPPROTO_DSTOPTS6, &PADN6), 0, &PADN6);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &ext(p.bytes()),
+                XDP_REDIRECT,
+                Some(&ext(out.bytes())),
+            )?;
+            fx.counters(NEW_FLOW_REDIRECT)
+        },
+    ),
+    (
+        "ipv6_extension_headers_not_crossed_pass",
+        "a routing header with segments left (the destination is not the final one), an authentication header, hop-by-hop options not first: passed untouched, counted",
+        |fx| {
+            fx.standard6()?;
+            let p = to_vip6(addr6::VIP, 40000, 22).bytes();
+            // Routing type 4 (segment routing), 1 segment left, one 16-byte segment.
+            let mut routing = vec![0u8; 24];
+            routing[1] = 2;
+            routing[2] = 4;
+            routing[3] = 1;
+            let frames = [
+                with_ext(p.clone(), IPPROTO_ROUTING6, &routing),
+                with_ext(
+                    p.clone(),
+                    IPPROTO_AH6,
+                    &[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                ),
+                with_ext(with_ext(p, 0, &PADN6), IPPROTO_DSTOPTS6, &PADN6),
+            ];
+            for f in &frames {
+                fx.expect(Ingress, fx.env.cli0, f, XDP_PASS, None)?;
+            }
+            fx.counters(&[(PassIpv6Ext, 3), (XdpPass, 3)])
+        },
+    ),
+    (
+        "ipv6_truncated_headers",
+        "an IPv6 payload length beyond the frame, an extension header cut short, a TCP header cut short, each to a VIP: dropped, counted",
+        |fx| {
+            fx.standard6()?;
+            let p = to_vip6(addr6::VIP, 40000, 22).bytes();
+            let mut long = p.clone();
+            long[18..20].copy_from_slice(&200u16.to_be_bytes());
+            fx.expect(Ingress, fx.env.cli0, &long, XDP_DROP, None)?;
+            // Destination options claiming 16 bytes where the datagram has 8 left.
+            let mut ext = with_ext(p.clone(), IPPROTO_DSTOPTS6, &PADN6);
+            ext[14 + 41] = 1;
+            let cut = 14 + 40 + 8;
+            ext.truncate(cut);
+            ext[18..20].copy_from_slice(&8u16.to_be_bytes());
+            fx.expect(Ingress, fx.env.cli0, &ext, XDP_DROP, None)?;
+            // 10 bytes of TCP.
+            let mut short = p[..14 + 40 + 10].to_vec();
+            short[18..20].copy_from_slice(&10u16.to_be_bytes());
+            fx.expect(Ingress, fx.env.cli0, &short, XDP_DROP, None)?;
+            fx.counters(&[(DropBadIpv6, 2), (DropShortL4, 1), (XdpDrop, 3)])
+        },
+    ),
+    (
+        "ipv6_fragments_follow_their_first",
+        "an IPv6 datagram in fragments: the first (with the ports) goes to the active path and is tracked; after a failover its later fragment still follows it, translated without touching its payload",
+        |fx| {
+            fx.standard6()?;
+            let p = to_vip6(addr6::VIP, 5000, 53).l4(L6::Udp).body(&[9; 40]);
+            let out = toward6(&p, addr6::NN1, macs::NN1);
+            // The first fragment: the fixed header, a fragment header (offset 0, more), the
+            // UDP header and the first 16 bytes of the payload.
+            let first = |f: Vec<u8>| fragment(f, 0x0102_0304, 0, true, 8 + 16);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &first(p.bytes()),
+                XDP_REDIRECT,
+                Some(&first(out.bytes())),
+            )?;
+            fx.target_single(ids::TARGET_WEB6, ids::PATH6_NN2)?;
+            let later = |f: Vec<u8>| later_fragment6(f, 0x0102_0304, 24, 24);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &later(p.bytes()),
+                XDP_REDIRECT,
+                Some(&later(out.bytes())),
+            )?;
+            fx.counters(&[
+                (FlowDecided, 1),
+                (FragTracked, 1),
+                (NatIngress, 2),
+                (XdpRedirect, 2),
+            ])
+        },
+    ),
+    (
+        "ipv6_packet_too_big_sent",
+        "an IPv6 packet larger than the path's route MTU (1280): answered with an ICMPv6 Packet Too Big from the VIP quoting the first 1232 bytes as the client sent them (IPv6 routers never fragment); one that fits goes through",
+        |fx| {
+            fx.standard6()?;
+            small_mtu_vip6(fx)?;
+            let p = to_vip6(addr6::NOT_VIP, 40000, 22).body(&[7; 1300]);
+            let input = p.bytes();
+            let mut reply = Vec::new();
+            etherparse::PacketBuilder::ethernet2(macs::CLI0, macs::CLIENT)
+                .ipv6(addr6::NOT_VIP.octets(), addr6::CLIENT.octets(), 64)
+                .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 })
+                .write(&mut reply, &input[14..14 + 1232])
+                .expect("a frame");
+            fx.expect(Ingress, fx.env.cli0, &input, XDP_TX, Some(&reply))?;
+            let small = to_vip6(addr6::NOT_VIP, 40001, 22).body(&[7; 1000]);
+            ingress6(
+                fx,
+                &small,
+                Redirect6(&toward6(&small, addr6::SMALL_MTU, macs::SMALL_MTU)),
+            )?;
+            fx.counters(&[
+                (FlowDecided, 2),
+                (IcmpTooBigSent, 1),
+                (NatIngress, 1),
+                (XdpTx, 1),
+                (XdpRedirect, 1),
+            ])
+        },
+    ),
+    (
+        "ipv6_packet_too_big_rate_limited",
+        "Packet Too Big answers share the rate limit of IPv4's: past the burst, a too-big IPv6 packet is dropped, counted",
+        |fx| {
+            fx.standard6()?;
+            small_mtu_vip6(fx)?;
+            fx.dp.maps.set_settings(lb_common::maps::Settings {
+                too_big_per_sec: 1,
+                too_big_burst: 1,
+                pin_per_sec: 0,
+                pin_burst: 0,
+            })?;
+            let p = to_vip6(addr6::NOT_VIP, 40000, 22).body(&[7; 1300]);
+            // One CPU's budget: the bucket is per CPU.
+            lb_tests::sys::on_one_cpu(|| {
+                let first = fx.run(Ingress, fx.env.cli0, &p.bytes())?;
+                let tx = if fx.hook == Hook::Tc {
+                    XDP_REDIRECT
+                } else {
+                    XDP_TX
+                };
+                anyhow::ensure!(first.action == tx, "the first is answered");
+                ingress6(fx, &p, Dropped6)
+            })?;
+            fx.counters(&[
+                (FlowDecided, 2),
+                (IcmpTooBigSent, 1),
+                (DropTooBigRateLimited, 1),
+                (XdpTx, 1),
+                (XdpDrop, 1),
+            ])
+        },
+    ),
+    (
+        "ipv6_icmp_error_to_vip_translated",
+        "an ICMPv6 Packet Too Big to the VIP about the VM's reply: outer destination and quoted source go back to the path, the quoted TCP checksum and the ICMPv6 checksum (outer pseudo-header included) follow",
+        |fx| {
+            fx.standard6()?;
+            let reply = P6::tcp(addr6::VIP, 22, addr6::CLIENT, 40000);
+            let quoted = |p: &P6| p.bytes()[14..].to_vec();
+            let err = icmp6_error(
+                (macs::GATEWAY, macs::CLI0),
+                addr6::INET_ROUTER,
+                addr6::VIP,
+                64,
+                etherparse::Icmpv6Type::PacketTooBig { mtu: 1400 },
+                &quoted(&reply),
+            );
+            let out = icmp6_error(
+                (macs::PATH0, macs::NN1),
+                addr6::INET_ROUTER,
+                addr6::NN1,
+                63,
+                etherparse::Icmpv6Type::PacketTooBig { mtu: 1400 },
+                &quoted(&reply.clone().src(addr6::NN1)),
+            );
+            fx.expect(Ingress, fx.env.cli0, &err, XDP_REDIRECT, Some(&out))?;
+            assert!(
+                fx.dp.maps.flows6(10)?.is_empty(),
+                "an error creates no flow"
+            );
+            fx.counters(&[(IcmpErrorIngress, 1), (XdpRedirect, 1)])
+        },
+    ),
+    (
+        "ipv6_icmp_error_from_vm_translated",
+        "the VM's ICMPv6 port unreachable about a client's UDP datagram to the service port: outer source and quoted destination go back to the VIP, the quoted port back to the VIP's; the quoted UDP checksum and the ICMPv6 checksum follow",
+        |fx| {
+            fx.standard6()?;
+            fx.expose6(
+                ids::VIP_SPARE,
+                addr6::NOT_VIP,
+                Some((IPPROTO_UDP, 53)),
+                ids::TARGET_WEB6,
+                Some(5353),
+                &[(ids::PATH6_NN1, addr6::NN1)],
+            )?;
+            let sent = P6::tcp(addr6::CLIENT, 5000, addr6::NN1, 5353).l4(L6::Udp);
+            let unreach = etherparse::Icmpv6Type::DestinationUnreachable(
+                etherparse::icmpv6::DestUnreachableCode::Port,
+            );
+            let err = icmp6_error(
+                (macs::NN1, macs::PATH0),
+                addr6::NN1,
+                addr6::CLIENT,
+                64,
+                unreach.clone(),
+                &sent.bytes()[14..],
+            );
+            let back = sent.clone().dst(addr6::NOT_VIP).ports(5000, 53);
+            let out = icmp6_error(
+                (macs::CLI0, macs::CLIENT),
+                addr6::NOT_VIP,
+                addr6::CLIENT,
+                63,
+                unreach,
+                &back.bytes()[14..],
+            );
+            fx.expect(Return, fx.env.path0, &err, XDP_REDIRECT, Some(&out))?;
+            fx.counters(&[(IcmpErrorReturn, 1), (XdpRedirect, 1)])
+        },
+    ),
+    (
+        "ipv6_icmp_errors_not_ours_pass",
+        "ICMPv6 errors to a VIP quoting another source, or quoting a datagram with extension headers: not ours, passed untouched; one whose quote is cut short: dropped",
+        |fx| {
+            fx.standard6()?;
+            let ty = etherparse::Icmpv6Type::PacketTooBig { mtu: 1400 };
+            let other = P6::tcp(addr6::CLIENT2, 22, addr6::CLIENT, 40000).bytes();
+            let err = icmp6_error(
+                (macs::GATEWAY, macs::CLI0),
+                addr6::INET_ROUTER,
+                addr6::VIP,
+                64,
+                ty.clone(),
+                &other[14..],
+            );
+            fx.expect(Ingress, fx.env.cli0, &err, XDP_PASS, None)?;
+            let reply = P6::tcp(addr6::VIP, 22, addr6::CLIENT, 40000).bytes();
+            let with_opts = with_ext(reply.clone(), IPPROTO_DSTOPTS6, &PADN6);
+            let err = icmp6_error(
+                (macs::GATEWAY, macs::CLI0),
+                addr6::INET_ROUTER,
+                addr6::VIP,
+                64,
+                ty.clone(),
+                &with_opts[14..],
+            );
+            fx.expect(Ingress, fx.env.cli0, &err, XDP_PASS, None)?;
+            let err = icmp6_error(
+                (macs::GATEWAY, macs::CLI0),
+                addr6::INET_ROUTER,
+                addr6::VIP,
+                64,
+                ty,
+                &reply[14..14 + 44],
+            );
+            fx.expect(Ingress, fx.env.cli0, &err, XDP_DROP, None)?;
+            fx.counters(&[
+                (PassIcmpNotOurs, 2),
+                (DropBadIcmpQuote, 1),
+                (XdpPass, 2),
+                (XdpDrop, 1),
+            ])
         },
     ),
 ];
@@ -2410,6 +2795,234 @@ fn ipv6_icmp(src: [u8; 16], dst: [u8; 16], hop_limit: u8, ty: u8, rest: [u8; 4])
         .icmpv6_raw(ty, 0, rest)
         .write(&mut f, &[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1])
         .expect("a frame");
+    f
+}
+
+/// The transport of a [`P6`].
+#[derive(Clone, Copy)]
+enum L6 {
+    /// An ACK (no SYN: an established connection).
+    Tcp,
+    Udp,
+    /// ICMPv6 echo request: `sport` is the identifier, `dport` the sequence number.
+    EchoRequest,
+}
+
+/// An Ethernet + IPv6 packet of the independent builder (etherparse computes every checksum).
+#[derive(Clone)]
+struct P6 {
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop: u8,
+    l4: L6,
+    sport: u16,
+    dport: u16,
+    body: Vec<u8>,
+}
+
+impl P6 {
+    fn tcp(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Self {
+        P6 {
+            smac: macs::CLIENT,
+            dmac: macs::CLI0,
+            src,
+            dst,
+            hop: 64,
+            l4: L6::Tcp,
+            sport,
+            dport,
+            body: b"hello".to_vec(),
+        }
+    }
+    fn l4(mut self, l4: L6) -> Self {
+        self.l4 = l4;
+        self
+    }
+    fn src(mut self, a: Ipv6Addr) -> Self {
+        self.src = a;
+        self
+    }
+    fn dst(mut self, a: Ipv6Addr) -> Self {
+        self.dst = a;
+        self
+    }
+    fn hop(mut self, h: u8) -> Self {
+        self.hop = h;
+        self
+    }
+    fn ports(mut self, sport: u16, dport: u16) -> Self {
+        self.sport = sport;
+        self.dport = dport;
+        self
+    }
+    fn body(mut self, b: &[u8]) -> Self {
+        self.body = b.to_vec();
+        self
+    }
+    fn eth(mut self, smac: [u8; 6], dmac: [u8; 6]) -> Self {
+        self.smac = smac;
+        self.dmac = dmac;
+        self
+    }
+    fn bytes(&self) -> Vec<u8> {
+        let b = etherparse::PacketBuilder::ethernet2(self.smac, self.dmac).ipv6(
+            self.src.octets(),
+            self.dst.octets(),
+            self.hop,
+        );
+        let mut f = Vec::new();
+        match self.l4 {
+            L6::Tcp => b
+                .tcp(self.sport, self.dport, 1000, 64240)
+                .ack(2000)
+                .write(&mut f, &self.body),
+            L6::Udp => b.udp(self.sport, self.dport).write(&mut f, &self.body),
+            L6::EchoRequest => b
+                .icmpv6_echo_request(self.sport, self.dport)
+                .write(&mut f, &self.body),
+        }
+        .expect("a frame");
+        f
+    }
+}
+
+/// A whole-address IPv6 VIP [`addr6::NOT_VIP`] whose one path has a route MTU of 1280.
+fn small_mtu_vip6(fx: &mut Fx) -> anyhow::Result<()> {
+    fx.path6(
+        ids::PATH_SPARE,
+        addr6::SMALL_MTU,
+        ids::TARGET_SPARE,
+        PATH_UP,
+    )?;
+    fx.target_single(ids::TARGET_SPARE, ids::PATH_SPARE)?;
+    fx.expose6(
+        ids::VIP_SPARE,
+        addr6::NOT_VIP,
+        None,
+        ids::TARGET_SPARE,
+        None,
+        &[(ids::PATH_SPARE, addr6::SMALL_MTU)],
+    )
+}
+
+/// An ICMPv6 error frame quoting `quote` (an IPv6 datagram), built by etherparse.
+fn icmp6_error(
+    (smac, dmac): ([u8; 6], [u8; 6]),
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop: u8,
+    ty: etherparse::Icmpv6Type,
+    quote: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::new();
+    etherparse::PacketBuilder::ethernet2(smac, dmac)
+        .ipv6(src.octets(), dst.octets(), hop)
+        .icmpv6(ty)
+        .write(&mut f, quote)
+        .expect("a frame");
+    f
+}
+
+/// Client → IPv6 VIP, as it arrives on cli0.
+fn to_vip6(dst: Ipv6Addr, sport: u16, dport: u16) -> P6 {
+    P6::tcp(addr6::CLIENT, sport, dst, dport)
+}
+
+/// `p` as the ingress program sends it to `path`.
+fn toward6(p: &P6, path: Ipv6Addr, path_mac: [u8; 6]) -> P6 {
+    p.clone()
+        .dst(path)
+        .hop(p.hop - 1)
+        .eth(macs::PATH0, path_mac)
+}
+
+/// A packet of the VM's as it arrives on path0 from `path_mac`.
+fn from_path6(p: P6, path_mac: [u8; 6]) -> P6 {
+    p.eth(path_mac, macs::PATH0)
+}
+
+/// `p` as the return program sends it to the client (`client_mac`: the next hop).
+fn toward_client6(p: &P6, vip: Ipv6Addr, client_mac: [u8; 6]) -> P6 {
+    p.clone()
+        .src(vip)
+        .hop(p.hop - 1)
+        .eth(macs::CLI0, client_mac)
+}
+
+enum Then6<'a> {
+    Redirect6(&'a P6),
+    Pass6,
+    Dropped6,
+}
+use Then6::*;
+
+fn expect6(fx: &Fx, prog: Prog, on: Iface, input: &P6, then: Then6<'_>) -> anyhow::Result<()> {
+    let (action, output) = match then {
+        Redirect6(p) => (XDP_REDIRECT, Some(p.bytes())),
+        Pass6 => (XDP_PASS, None),
+        Dropped6 => (XDP_DROP, None),
+    };
+    fx.expect(prog, on, &input.bytes(), action, output.as_deref())
+}
+
+fn ingress6(fx: &Fx, input: &P6, then: Then6<'_>) -> anyhow::Result<()> {
+    expect6(fx, Ingress, fx.env.cli0, input, then)
+}
+
+fn returning6(fx: &Fx, input: &P6, then: Then6<'_>) -> anyhow::Result<()> {
+    expect6(fx, Return, fx.env.path0, input, then)
+}
+
+const IPPROTO_DSTOPTS6: u8 = 60;
+const IPPROTO_ROUTING6: u8 = 43;
+const IPPROTO_AH6: u8 = 51;
+/// An 8-byte options header body (after next header and length): one PadN option.
+const PADN6: [u8; 8] = [0, 0, 1, 4, 0, 0, 0, 0];
+
+/// `frame` (untagged IPv6) with an extension header of type `kind` spliced in front of the
+/// headers after the fixed one: `ext`'s first byte becomes the next header, the payload length
+/// grows. Transport checksums do not cover extension headers: they stay right.
+fn with_ext(mut frame: Vec<u8>, kind: u8, ext: &[u8]) -> Vec<u8> {
+    let mut ext = ext.to_vec();
+    ext[0] = frame[20];
+    frame[20] = kind;
+    let plen = u16::from_be_bytes([frame[18], frame[19]]) + ext.len() as u16;
+    frame[18..20].copy_from_slice(&plen.to_be_bytes());
+    frame.splice(54..54, ext);
+    frame
+}
+
+/// A fragment header (built by hand: etherparse 0.19 encodes its offset and M flag at the
+/// wrong bits) for fragment `id` at `offset` bytes, `more` following.
+fn frag_header(next: u8, id: u32, offset: u16, more: bool) -> [u8; 8] {
+    let off = (offset / 8) << 3 | u16::from(more);
+    let [o1, o2] = off.to_be_bytes();
+    let [i1, i2, i3, i4] = id.to_be_bytes();
+    [next, 0, o1, o2, i1, i2, i3, i4]
+}
+
+/// The first fragment of `frame`'s datagram: its fragment header (offset 0, more) and the
+/// first `keep` bytes of the payload behind the fixed header.
+fn fragment(frame: Vec<u8>, id: u32, offset: u16, more: bool, keep: usize) -> Vec<u8> {
+    let mut f = frame[..54].to_vec();
+    f.extend(frag_header(frame[20], id, offset, more));
+    f.extend(&frame[54..54 + keep]);
+    f[20] = 44;
+    f[18..20].copy_from_slice(&((8 + keep) as u16).to_be_bytes());
+    f
+}
+
+/// A later fragment of `frame`'s datagram: the payload bytes from `offset`, `len` of them,
+/// the last.
+fn later_fragment6(frame: Vec<u8>, id: u32, offset: u16, len: usize) -> Vec<u8> {
+    let mut f = frame[..54].to_vec();
+    f.extend(frag_header(frame[20], id, offset, false));
+    let at = 54 + usize::from(offset);
+    f.extend(&frame[at..at + len]);
+    f[20] = 44;
+    f[18..20].copy_from_slice(&((8 + len) as u16).to_be_bytes());
     f
 }
 

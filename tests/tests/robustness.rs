@@ -1,6 +1,6 @@
-//! Robustness: hundreds of thousands of random, mutated and truncated frames through both
-//! programs. Never XDP_ABORTED; every rewritten frame whose input checksums were valid has valid
-//! IPv4 and transport checksums, the quoted datagram of a translated ICMP error included (a UDP
+//! Robustness: hundreds of thousands of random, mutated and truncated frames, IPv4 and IPv6,
+//! through both programs. Never XDP_ABORTED; every rewritten frame whose input checksums were
+//! valid has valid IPv4 and transport checksums (IPv6's over its pseudo-header, ICMPv6's too), the quoted datagram of a translated ICMP error included (a UDP
 //! checksum of 0 stays 0, a valid one never becomes 0); frames not for a VIP (ingress) or not
 //! from a path (return) leave byte-for-byte unchanged; over the whole run the counters hold one
 //! verdict a run and one reason for every pass and drop. Most rewritten frames must have had
@@ -9,14 +9,17 @@
 //! `LB_FUZZ_FRAMES` sets the number of frames (default 200000), `LB_FUZZ_SEED` the seed (printed
 //! first, and with every failure).
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use etherparse::{Icmpv4Type, icmpv4::DestUnreachableHeader};
 use lb_common::{Counter, counters::Disposition};
 use lb_tests::{
     fixture::{
         Env, Fx, Hook, Iface, Prog, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
-        action_name, addr, macs,
+        action_name, addr, addr6, macs,
     },
     packet::{L4, Pkt},
 };
@@ -25,6 +28,8 @@ use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 
 const VIPS: [Ipv4Addr; 4] = [addr::VIP, addr::VIP_SVC, addr::VIP_DNS, addr::VIP_SPREAD];
 const PATHS: [Ipv4Addr; 4] = [addr::NN1, addr::NN2, addr::SPREAD_A, addr::SPREAD_B];
+const VIPS6: [Ipv6Addr; 2] = [addr6::VIP, addr6::VIP_SVC];
+const PATHS6: [Ipv6Addr; 2] = [addr6::NN1, addr6::NN2];
 
 /// One's-complement sum of big-endian 16-bit words, written independently of lb's code.
 fn ones_sum(mut acc: u64, data: &[u8]) -> u64 {
@@ -41,11 +46,13 @@ fn folds_to_ffff(mut acc: u64) -> bool {
     acc == 0xffff
 }
 
-/// What can be said of a frame's IPv4 datagram.
+/// What can be said of a frame's IP datagram.
 struct Ip<'a> {
-    src: [u8; 4],
-    dst: [u8; 4],
+    /// 4 or 16 bytes.
+    src: &'a [u8],
+    dst: &'a [u8],
     proto: u8,
+    /// The IPv4 header; empty for IPv6, which has no header checksum.
     header: &'a [u8],
     /// The transport bytes (within the IP total length) of an unfragmented datagram.
     payload: Option<&'a [u8]>,
@@ -57,6 +64,9 @@ fn parse(frame: &[u8]) -> Option<Ip<'_>> {
     if ty == 0x8100 || ty == 0x88a8 {
         ty = u16::from_be_bytes([*frame.get(16)?, *frame.get(17)?]);
         l3 = 18;
+    }
+    if ty == 0x86dd {
+        return parse6(frame.get(l3..)?);
     }
     if ty != 0x0800 {
         return None;
@@ -71,10 +81,42 @@ fn parse(frame: &[u8]) -> Option<Ip<'_>> {
     let header = ip.get(..hlen.max(20))?;
     let payload = (hlen >= 20 && tot >= hlen && tot <= ip.len() && !frag).then(|| &ip[hlen..tot]);
     Some(Ip {
-        src: ip[12..16].try_into().ok()?,
-        dst: ip[16..20].try_into().ok()?,
+        src: &ip[12..16],
+        dst: &ip[16..20],
         proto: ip[9],
         header,
+        payload,
+    })
+}
+
+/// An IPv6 datagram: the fixed header, then hop-by-hop, destination options and routing
+/// headers walked over; a fragment header (or anything unknown) leaves the payload unjudged.
+fn parse6(ip: &[u8]) -> Option<Ip<'_>> {
+    if ip.len() < 40 || ip[0] >> 4 != 6 {
+        return None;
+    }
+    let end = 40 + usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    let (mut next, mut off) = (ip[6], 40);
+    let mut payload = None;
+    for _ in 0..8 {
+        match next {
+            0 | 60 | 43 => {
+                let h = ip.get(off..off + 2)?;
+                next = h[0];
+                off += (usize::from(h[1]) + 1) * 8;
+            }
+            6 | 17 | 58 => {
+                payload = ip.get(off..end.min(ip.len())).filter(|_| end <= ip.len());
+                break;
+            }
+            _ => break,
+        }
+    }
+    Some(Ip {
+        src: &ip[8..24],
+        dst: &ip[24..40],
+        proto: next,
+        header: &[],
         payload,
     })
 }
@@ -89,18 +131,21 @@ enum L4Sum {
 }
 
 /// The transport checksum of `payload` (a whole TCP, UDP or ICMP message), if it can be judged.
-fn l4_sum(src: [u8; 4], dst: [u8; 4], proto: u8, p: &[u8]) -> Option<L4Sum> {
+fn l4_sum(src: &[u8], dst: &[u8], proto: u8, p: &[u8]) -> Option<L4Sum> {
     let pseudo = || {
-        let mut acc = ones_sum(0, &src);
-        acc = ones_sum(acc, &dst);
+        let mut acc = ones_sum(0, src);
+        acc = ones_sum(acc, dst);
         acc + u64::from(proto) + p.len() as u64
     };
+    let v6 = src.len() == 16;
     let valid = |ok: bool| if ok { L4Sum::Valid } else { L4Sum::Invalid };
     match proto {
         6 if p.len() >= 20 => Some(valid(folds_to_ffff(ones_sum(pseudo(), p)))),
         17 if p.len() >= 8 && p[6..8] == [0, 0] => Some(L4Sum::Absent),
         17 if p.len() >= 8 => Some(valid(folds_to_ffff(ones_sum(pseudo(), p)))),
-        1 if p.len() >= 8 => Some(valid(folds_to_ffff(ones_sum(0, p)))),
+        1 if p.len() >= 8 && !v6 => Some(valid(folds_to_ffff(ones_sum(0, p)))),
+        // ICMPv6's checksum covers the pseudo-header.
+        58 if p.len() >= 8 && v6 => Some(valid(folds_to_ffff(ones_sum(pseudo(), p)))),
         _ => None,
     }
 }
@@ -117,11 +162,12 @@ struct Sums {
 }
 
 fn sums(ip: &Ip<'_>) -> Sums {
-    let header_ok = ip.header.len() >= 20 && folds_to_ffff(ones_sum(0, ip.header));
+    let v6 = ip.src.len() == 16;
+    let header_ok = v6 || (ip.header.len() >= 20 && folds_to_ffff(ones_sum(0, ip.header)));
     let l4 = ip.payload.and_then(|p| l4_sum(ip.src, ip.dst, ip.proto, p));
     let (mut inner_ip, mut inner_l4) = (None, None);
     // ICMP destination unreachable, time exceeded, parameter problem: 8 bytes, then the quote.
-    if let Some(p) = ip.payload.filter(|p| ip.proto == 1 && p.len() >= 28)
+    if let Some(p) = ip.payload.filter(|p| !v6 && ip.proto == 1 && p.len() >= 28)
         && matches!(p[0], 3 | 11 | 12)
     {
         let q = &p[8..];
@@ -131,10 +177,7 @@ fn sums(ip: &Ip<'_>) -> Sums {
             let tot = usize::from(u16::from_be_bytes([q[2], q[3]]));
             let frag = u16::from_be_bytes([q[6], q[7]]) & 0x3fff != 0;
             if tot >= hlen && tot <= q.len() && !frag {
-                let (src, dst) = (q[12..16].try_into(), q[16..20].try_into());
-                if let (Ok(src), Ok(dst)) = (src, dst) {
-                    inner_l4 = l4_sum(src, dst, q[9], &q[hlen..tot]);
-                }
+                inner_l4 = l4_sum(&q[12..16], &q[16..20], q[9], &q[hlen..tot]);
             }
         }
     }
@@ -236,6 +279,100 @@ fn valid_frame(rng: &mut StdRng, ingress: bool) -> Vec<u8> {
     p.bytes()
 }
 
+/// A well-formed IPv6 frame toward the ingress or the return side, fields at random, sometimes
+/// with extension headers (options, a routing header, a fragment header).
+fn valid_frame6(rng: &mut StdRng, ingress: bool) -> Vec<u8> {
+    let far = Ipv6Addr::new(
+        0x2001,
+        0xdb8,
+        0x51,
+        0,
+        0,
+        0,
+        0,
+        rng.random_range(1..=0xffff),
+    );
+    let random = |rng: &mut StdRng| Ipv6Addr::from(rng.random::<u128>());
+    let (src, dst) = if ingress {
+        let dst = if rng.random_bool(0.8) {
+            *VIPS6.choose(rng).unwrap()
+        } else {
+            random(rng)
+        };
+        (far, dst)
+    } else {
+        let src = if rng.random_bool(0.8) {
+            *PATHS6.choose(rng).unwrap()
+        } else {
+            random(rng)
+        };
+        (src, far)
+    };
+    let (smac, dmac) = if ingress {
+        (macs::CLIENT, macs::CLI0)
+    } else {
+        (macs::NN1, macs::PATH0)
+    };
+    let ports = [22, 53, 80, 443, 8443, rng.random::<u16>()];
+    let sport = *ports.choose(rng).unwrap();
+    let dport = *ports.choose(rng).unwrap();
+    let b = etherparse::PacketBuilder::ethernet2(smac, dmac).ipv6(
+        src.octets(),
+        dst.octets(),
+        rng.random_range(0..=255),
+    );
+    let payload: Vec<u8> = (0..rng.random_range(0..120))
+        .map(|_| rng.random())
+        .collect();
+    let mut f = Vec::new();
+    match rng.random_range(0..6) {
+        0 | 1 => b.tcp(sport, dport, rng.random(), 1000).ack(rng.random()),
+        2 => b.tcp(sport, dport, rng.random(), 1000).syn(),
+        _ => {
+            f.clear();
+            let w = match rng.random_range(0..3) {
+                0 => b.udp(sport, dport).write(&mut f, &payload),
+                1 => b.icmpv6_echo_request(sport, dport).write(&mut f, &payload),
+                _ => b
+                    .icmpv6_raw(rng.random_range(1..=4), 0, [0, 0, 5, 0x28])
+                    .write(&mut f, &payload),
+            };
+            w.expect("a frame");
+            return extend6(rng, f);
+        }
+    }
+    .write(&mut f, &payload)
+    .expect("a frame");
+    extend6(rng, f)
+}
+
+/// Sometimes splices an extension header behind `f`'s fixed IPv6 header (options, a routing
+/// header with or without segments left, a fragment header), or zeroes a UDP checksum.
+fn extend6(rng: &mut StdRng, mut f: Vec<u8>) -> Vec<u8> {
+    if rng.random_bool(0.1) && f[20] == 17 {
+        f[14 + 40 + 6..14 + 40 + 8].copy_from_slice(&[0, 0]);
+    }
+    if rng.random_bool(0.7) {
+        return f;
+    }
+    let (kind, mut ext) = match rng.random_range(0..4) {
+        0 => (0u8, vec![0, 0, 1, 4, 0, 0, 0, 0]),
+        1 => (60, vec![0, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        2 => (43, vec![0, 0, 4, rng.random_range(0..2), 0, 0, 0, 0]),
+        _ => {
+            let off: u16 = rng.random_range(0..4) * 8;
+            let [o1, o2] = (off << 3 | u16::from(rng.random_bool(0.5))).to_be_bytes();
+            (44, vec![0, 0, o1, o2, 1, 2, 3, rng.random()])
+        }
+    };
+    ext[0] = f[20];
+    f[20] = kind;
+    let plen = u16::from_be_bytes([f[18], f[19]]) + ext.len() as u16;
+    f[18..20].copy_from_slice(&plen.to_be_bytes());
+    f.splice(54..54, ext);
+    f
+}
+
 /// A UDP datagram to a VIP (ingress) or from NN1, the failover path (return), whose checksum
 /// once translated (to NN1, or from the VIP) computes to 0, which must be sent as 0xFFFF: the
 /// last two payload bytes are chosen for it. Random frames meet that case once in 65536 UDP
@@ -287,6 +424,8 @@ fn udp_checksum_edge(rng: &mut StdRng, ingress: bool) -> Vec<u8> {
 fn frame(rng: &mut StdRng, ingress: bool) -> Vec<u8> {
     let mut f = if rng.random_bool(0.05) {
         udp_checksum_edge(rng, ingress)
+    } else if rng.random_bool(0.3) {
+        valid_frame6(rng, ingress)
     } else {
         valid_frame(rng, ingress)
     };
@@ -304,10 +443,14 @@ fn frame(rng: &mut StdRng, ingress: bool) -> Vec<u8> {
             f = (0..rng.random_range(15..200))
                 .map(|_| rng.random())
                 .collect();
-            if rng.random_bool(0.5) {
+            if rng.random_bool(0.3) {
                 f[12] = 0x08;
                 f[13] = 0x00;
                 f[14] = 0x40 | (f[14] & 0x0f);
+            } else if rng.random_bool(0.3) {
+                f[12] = 0x86;
+                f[13] = 0xdd;
+                f[14] = 0x60 | (f[14] & 0x0f);
             }
         }
     }
@@ -363,9 +506,16 @@ fn check(fx: &Fx, prog: Prog, on: Iface, input: &[u8], tally: &mut Tally) -> any
     anyhow::ensure!(r.action != XDP_ABORTED, "{prog:?} aborted on {}", hex());
     let ip = parse(input);
     let ours = ip.as_ref().is_some_and(|ip| match prog {
-        Prog::Ingress => VIPS.iter().any(|v| v.octets() == ip.dst),
+        Prog::Ingress => {
+            VIPS.iter().any(|v| v.octets() == ip.dst) || VIPS6.iter().any(|v| v.octets() == ip.dst)
+        }
         // ICMP errors from routers are matched on their quote.
-        Prog::Return => PATHS.iter().any(|p| p.octets() == ip.src) || ip.proto == 1,
+        Prog::Return => {
+            PATHS.iter().any(|p| p.octets() == ip.src)
+                || PATHS6.iter().any(|p| p.octets() == ip.src)
+                || ip.proto == 1
+                || ip.proto == 58
+        }
     });
     if !ours {
         anyhow::ensure!(
@@ -406,8 +556,12 @@ fn check(fx: &Fx, prog: Prog, on: Iface, input: &[u8], tally: &mut Tally) -> any
             what()
         );
         tally.count(format!("{prog:?} rewritten"));
+        let v6 = ip.as_ref().is_some_and(|ip| ip.src.len() == 16);
         if before.ip && matches!(before.l4, Some(L4Sum::Valid | L4Sum::Absent)) {
             tally.verified += 1;
+            if v6 {
+                tally.count(format!("{prog:?} IPv6 verified"));
+            }
             if before.inner_ip == Some(true)
                 && matches!(before.inner_l4, Some(L4Sum::Valid | L4Sum::Absent))
             {
@@ -514,6 +668,7 @@ fn tc_counters_agree(fx: &Fx, tally: &Tally) -> anyhow::Result<()> {
 
 fn run(env: Env, hook: Hook, frames: u64, seed: u64) -> anyhow::Result<()> {
     let mut fx = Fx::new(env)?;
+    fx.standard6()?;
     fx.hook = hook;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut tally = Tally::default();
@@ -562,6 +717,8 @@ fn run(env: Env, hook: Hook, frames: u64, seed: u64) -> anyhow::Result<()> {
         "Return XDP_REDIRECT",
         "Ingress XDP_DROP",
         "Return XDP_PASS",
+        "Ingress IPv6 verified",
+        "Return IPv6 verified",
     ] {
         anyhow::ensure!(
             tally.get(needed) > 0,

@@ -438,7 +438,66 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), Error> {
         prog.load()
             .map_err(|source| Error::Program { name, source })?;
     }
+    // The IPv6 twins, each into its slot of its hook's program array (before any program is
+    // attached: an empty slot passes IPv6 untouched, `pass_no_ipv6_program`).
+    for (name, slot, array) in [
+        (m::PROG_INGRESS6, m::CALL_INGRESS6, m::CALLS),
+        (m::PROG_RETURN6, m::CALL_RETURN6, m::CALLS),
+        (m::PROG_DELIVER6_IN, m::CALL_DELIVER6_IN, m::CALLS),
+        (m::PROG_DELIVER6_OUT, m::CALL_DELIVER6_OUT, m::CALLS),
+        (m::PROG_ERROR6_IN, m::CALL_ERROR6_IN, m::CALLS),
+        (m::PROG_ERROR6_OUT, m::CALL_ERROR6_OUT, m::CALLS),
+        (m::PROG_TOO_BIG6, m::CALL_TOO_BIG6, m::CALLS),
+    ] {
+        let prog = xdp_mut(ebpf, name)?;
+        prog.load()
+            .map_err(|source| Error::Program { name, source })?;
+        let fd = prog
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(Into::into))
+            .map_err(|source| Error::Program { name, source })?;
+        set_call(ebpf, array, slot, &fd)?;
+    }
+    for (name, slot, array) in [
+        (m::PROG_INGRESS6_TC, m::CALL_INGRESS6, m::CALLS_TC),
+        (m::PROG_RETURN6_TC, m::CALL_RETURN6, m::CALLS_TC),
+        (m::PROG_DELIVER6_IN_TC, m::CALL_DELIVER6_IN, m::CALLS_TC),
+        (m::PROG_DELIVER6_OUT_TC, m::CALL_DELIVER6_OUT, m::CALLS_TC),
+        (m::PROG_ERROR6_IN_TC, m::CALL_ERROR6_IN, m::CALLS_TC),
+        (m::PROG_ERROR6_OUT_TC, m::CALL_ERROR6_OUT, m::CALLS_TC),
+        (m::PROG_TOO_BIG6_TC, m::CALL_TOO_BIG6, m::CALLS_TC),
+    ] {
+        let prog = tc_mut(ebpf, name)?;
+        prog.load()
+            .map_err(|source| Error::Program { name, source })?;
+        let fd = prog
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(Into::into))
+            .map_err(|source| Error::Program { name, source })?;
+        set_call(ebpf, array, slot, &fd)?;
+    }
     Ok(())
+}
+
+/// Puts a loaded program into `slot` of the program array `array`.
+fn set_call(
+    ebpf: &mut Ebpf,
+    array: &'static str,
+    slot: u32,
+    fd: &aya::programs::ProgramFd,
+) -> Result<(), Error> {
+    let map = ebpf
+        .map_mut(array)
+        .ok_or(Error::MissingMap { name: array })?;
+    let mut calls = aya::maps::ProgramArray::try_from(map).map_err(|source| Error::MapType {
+        name: array,
+        source,
+    })?;
+    calls.set(slot, fd, 0).map_err(|source| Error::MapOp {
+        map: array,
+        op: "setting a program slot",
+        source,
+    })
 }
 
 /// Whether an OS error `errno` is somewhere in `e`'s chain of causes.
