@@ -13,8 +13,21 @@
 //! VIPs live in 203.0.113.0/24, routed by the client to the edge. The routers' default route
 //! points back to the edge, and on the way to the VM the nn1 router can be given a smaller MTU
 //! (for PMTU discovery through the NAT).
+//!
+//! The lab is dual-stack: the same links carry IPv6 (2001:db8::/32, no duplicate address
+//! detection, so addresses are usable at once):
+//!
+//! ```text
+//!                    2001:db8:e1::/64            2001:db8:1::/64
+//!                 ┌─ e1 ::1 ───── ::2 nn1 ::1 ───────── ::70 eth0 ─┐
+//!  client ── edge ┤                                                ├─ vm (policy routing per
+//!  ::10   e0 ::1  └─ e2 ::1 ───── ::2 nn2 ::1 ───────── ::100 eth1 ┘   source address)
+//!  2001:db8:51::/64  2001:db8:e2::/64            2001:db8:2::/64
+//! ```
+//!
+//! IPv6 VIPs live in 2001:db8:71::/64.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::netns::{Netns, unique, veth};
 
@@ -24,6 +37,11 @@ pub const NN2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
 pub const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const VIP_SVC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
 pub const VIP_SPREAD: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x51, 0, 0, 0, 0, 0x10);
+pub const NN1_6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x70);
+pub const NN2_6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x100);
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x71, 0, 0, 0, 0, 0x10);
+pub const VIP6_SVC: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x71, 0, 0, 0, 0, 0x11);
 
 pub const EDGE_CLIENTS: &str = "e0";
 pub const EDGE_NN1: &str = "e1";
@@ -146,8 +164,29 @@ impl Lab {
         vm.ip("rule add from 192.0.2.100 lookup 102")?;
         vm.ip("route add default via 192.0.2.97 dev eth1 table 102")?;
 
+        client.ip("-6 addr add 2001:db8:51::10/64 dev c0 nodad")?;
+        client.ip("-6 route add 2001:db8:71::/64 via 2001:db8:51::1")?;
+        edge.ip("-6 addr add 2001:db8:51::1/64 dev e0 nodad")?;
+        edge.ip("-6 addr add 2001:db8:e1::1/64 dev e1 nodad")?;
+        edge.ip("-6 addr add 2001:db8:e2::1/64 dev e2 nodad")?;
+        edge.ip("-6 route add 2001:db8:1::/64 via 2001:db8:e1::2")?;
+        edge.ip("-6 route add 2001:db8:2::/64 via 2001:db8:e2::2")?;
+        nn1.ip("-6 addr add 2001:db8:e1::2/64 dev up0 nodad")?;
+        nn1.ip("-6 addr add 2001:db8:1::1/64 dev down0 nodad")?;
+        nn1.ip("-6 route add default via 2001:db8:e1::1")?;
+        nn2.ip("-6 addr add 2001:db8:e2::2/64 dev up0 nodad")?;
+        nn2.ip("-6 addr add 2001:db8:2::1/64 dev down0 nodad")?;
+        nn2.ip("-6 route add default via 2001:db8:e2::1")?;
+        vm.ip("-6 addr add 2001:db8:1::70/64 dev eth0 nodad")?;
+        vm.ip("-6 addr add 2001:db8:2::100/64 dev eth1 nodad")?;
+        vm.ip("-6 rule add from 2001:db8:1::70 lookup 101")?;
+        vm.ip("-6 route add default via 2001:db8:1::1 dev eth0 table 101")?;
+        vm.ip("-6 rule add from 2001:db8:2::100 lookup 102")?;
+        vm.ip("-6 route add default via 2001:db8:2::1 dev eth1 table 102")?;
+
         for ns in [edge, nn1, nn2] {
             ns.exec("sysctl", &["-qw", "net.ipv4.conf.all.forwarding=1"])?;
+            ns.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
         }
         for key in ["all", "default", "eth0", "eth1"] {
             vm.exec(
@@ -201,6 +240,11 @@ impl Lab {
         } else {
             (EDGE_NN2, "198.51.100.69", "198.51.100.70", "192.0.2.96/27")
         };
+        let (edge6, router6, vm_net6) = if nn == 1 {
+            ("2001:db8:e1::1", "2001:db8:e1::2", "2001:db8:1::/64")
+        } else {
+            ("2001:db8:e2::1", "2001:db8:e2::2", "2001:db8:2::/64")
+        };
         let r = self.router(nn);
         self.edge.ip(&format!("link del {dev}"))?;
         veth(&self.edge, dev, r, "up0")?;
@@ -210,6 +254,12 @@ impl Lab {
             .ip(&format!("route add {vm_net} via {router_addr}"))?;
         r.ip(&format!("addr add {router_addr}/30 dev up0"))?;
         r.ip(&format!("route add default via {edge_addr}"))?;
+        self.edge
+            .ip(&format!("-6 addr add {edge6}/64 dev {dev} nodad"))?;
+        self.edge
+            .ip(&format!("-6 route add {vm_net6} via {router6}"))?;
+        r.ip(&format!("-6 addr add {router6}/64 dev up0 nodad"))?;
+        r.ip(&format!("-6 route add default via {edge6}"))?;
         if self.veths == Veths::Tuned {
             r.exec("ethtool", &["-K", "up0", "tx", "off", "gro", "on"])?;
             self.edge.exec("ethtool", &["-K", dev, "tx", "off"])?;
@@ -229,8 +279,13 @@ impl Lab {
                 &format!("numgen random mod 100 < {pct} drop"),
             ),
             Failure::VmInterfaceDown => self.vm.ip(&format!("link set eth{} down", nn - 1)),
-            // The clients live in 198.51.100.0/26; the edge probes from its link addresses.
-            Failure::ClientsDropped => nft(r, "lab_fail", "ip saddr 198.51.100.0/26 drop"),
+            // The clients live in 198.51.100.0/26 and 2001:db8:51::/64; the edge probes from
+            // its link addresses.
+            Failure::ClientsDropped => nft(
+                r,
+                "lab_fail",
+                "ip saddr 198.51.100.0/26 drop; ip6 saddr 2001:db8:51::/64 drop",
+            ),
         }
     }
 
@@ -241,44 +296,68 @@ impl Lab {
             Failure::LinkDown => {
                 r.ip("link set up0 up")?;
                 // The router's default route (toward the edge) went with the link.
-                let edge = if nn == 1 {
-                    "198.51.100.65"
+                let (edge, edge6) = if nn == 1 {
+                    ("198.51.100.65", "2001:db8:e1::1")
                 } else {
-                    "198.51.100.69"
+                    ("198.51.100.69", "2001:db8:e2::1")
                 };
-                r.ip(&format!("route replace default via {edge}"))
+                r.ip(&format!("route replace default via {edge}"))?;
+                r.ip(&format!("-6 route replace default via {edge6}"))
             }
             Failure::Blackhole | Failure::Loss(_) | Failure::ClientsDropped => r
                 .exec("nft", &["delete", "table", "inet", "lab_fail"])
                 .map(drop),
             Failure::VmInterfaceDown => {
-                let (dev, via, table) = if nn == 1 {
-                    ("eth0", "192.0.2.65", 101)
+                let (dev, via, via6, table) = if nn == 1 {
+                    ("eth0", "192.0.2.65", "2001:db8:1::1", 101)
                 } else {
-                    ("eth1", "192.0.2.97", 102)
+                    ("eth1", "192.0.2.97", "2001:db8:2::1", 102)
                 };
                 self.vm.ip(&format!("link set {dev} up"))?;
                 // The default route of the path's table went with the link: put it back.
                 self.vm.ip(&format!(
                     "route replace default via {via} dev {dev} table {table}"
+                ))?;
+                self.vm.ip(&format!(
+                    "-6 route replace default via {via6} dev {dev} table {table}"
                 ))
             }
         }
     }
 
     /// Gives path `nn`'s router an MTU of `mtu` toward the VM and toward the edge (route MTUs,
-    /// so the router answers too-big packets with ICMP "fragmentation needed").
+    /// so the router answers too-big packets with ICMP "fragmentation needed", and for IPv6,
+    /// when `mtu` is at least IPv6's minimum of 1280, "packet too big").
     pub fn small_mtu(&self, nn: u8, mtu: u16) -> anyhow::Result<()> {
         let r = self.router(nn);
-        let (vm_net, edge_gw) = if nn == 1 {
-            ("192.0.2.64/26", "198.51.100.65")
+        let (vm_net, edge_gw, vm_net6, edge_gw6) = if nn == 1 {
+            (
+                "192.0.2.64/26",
+                "198.51.100.65",
+                "2001:db8:1::/64",
+                "2001:db8:e1::1",
+            )
         } else {
-            ("192.0.2.96/27", "198.51.100.69")
+            (
+                "192.0.2.96/27",
+                "198.51.100.69",
+                "2001:db8:2::/64",
+                "2001:db8:e2::1",
+            )
         };
         r.ip(&format!("route replace {vm_net} dev down0 mtu lock {mtu}"))?;
         r.ip(&format!(
             "route replace default via {edge_gw} mtu lock {mtu}"
-        ))
+        ))?;
+        if mtu >= 1280 {
+            r.ip(&format!(
+                "-6 route replace {vm_net6} dev down0 mtu lock {mtu}"
+            ))?;
+            r.ip(&format!(
+                "-6 route replace default via {edge_gw6} mtu lock {mtu}"
+            ))?;
+        }
+        Ok(())
     }
 }
 

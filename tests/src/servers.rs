@@ -1,11 +1,11 @@
 //! The VM's servers for the lab and the end-to-end tests: an HTTP server that answers with the
 //! address it was reached at (so a client sees which path carried a request), a TCP echo
-//! server, and a UDP echo server on each VM address (replies leave from the address the
-//! request came to, and end with it: 4 more bytes). They stop when their guard drops; every wait is bounded.
+//! server, both on IPv4 and IPv6, and a UDP echo server on each VM address (replies leave from
+//! the address the request came to, and end with it: 4 more bytes, 16 for IPv6). They stop when their guard drops; every wait is bounded.
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering},
@@ -43,15 +43,32 @@ impl Drop for Server {
     }
 }
 
-/// HTTP on `0.0.0.0:http`, TCP echo on `0.0.0.0:echo` and UDP echo on each of `addrs` port
-/// `udp`, in `ns`.
+/// HTTP on `[::]:http`, TCP echo on `[::]:echo` (both families) and UDP echo on each of
+/// `addrs` port `udp`, in `ns`.
 pub fn start(ns: &Netns, ports: Ports, addrs: [Ipv4Addr; 2]) -> anyhow::Result<Server> {
+    start_on(ns, ports, addrs.map(IpAddr::V4).to_vec())
+}
+
+/// [`start`] with UDP echo on the VM's IPv6 addresses `addrs6` too (counted with the IPv4
+/// address of the same index, its path).
+pub fn start_dual(
+    ns: &Netns,
+    ports: Ports,
+    addrs: [Ipv4Addr; 2],
+    addrs6: [Ipv6Addr; 2],
+) -> anyhow::Result<Server> {
+    let mut all = addrs.map(IpAddr::V4).to_vec();
+    all.extend(addrs6.map(IpAddr::V6));
+    start_on(ns, ports, all)
+}
+
+fn start_on(ns: &Netns, ports: Ports, udp_addrs: Vec<IpAddr>) -> anyhow::Result<Server> {
     let Ports {
         http: http_port,
         echo: echo_port,
         udp: udp_port,
     } = ports;
-    let udp_addrs = addrs;
+    let sockets = udp_addrs.len();
     let stop = Arc::new(AtomicBool::new(false));
     let health_status = Arc::new(AtomicU16::new(200));
     let udp_received: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
@@ -60,7 +77,9 @@ pub fn start(ns: &Netns, ports: Ports, addrs: [Ipv4Addr; 2]) -> anyhow::Result<S
     {
         let (stop, status, ready) = (stop.clone(), health_status.clone(), ready_tx.clone());
         threads.push(ns.spawn(move || {
-            let l = TcpListener::bind(("0.0.0.0", http_port))?;
+            // Both families (IPv4 arrives mapped): `net.ipv6.bindv6only` is 0 in a new
+            // namespace.
+            let l = TcpListener::bind(("::", http_port))?;
             l.set_nonblocking(true)?;
             let _ = ready.send(());
             let mut conns = Vec::new();
@@ -89,7 +108,7 @@ pub fn start(ns: &Netns, ports: Ports, addrs: [Ipv4Addr; 2]) -> anyhow::Result<S
     {
         let (stop, ready) = (stop.clone(), ready_tx.clone());
         threads.push(ns.spawn(move || {
-            let l = TcpListener::bind(("0.0.0.0", echo_port))?;
+            let l = TcpListener::bind(("::", echo_port))?;
             l.set_nonblocking(true)?;
             let _ = ready.send(());
             let mut conns = Vec::new();
@@ -121,17 +140,20 @@ pub fn start(ns: &Netns, ports: Ports, addrs: [Ipv4Addr; 2]) -> anyhow::Result<S
             let mut buf = vec![0u8; 65536];
             while !stop.load(Ordering::Relaxed) {
                 if let Ok((n, from)) = s.recv_from(&mut buf) {
-                    received[i].fetch_add(1, Ordering::Relaxed);
+                    received[i % 2].fetch_add(1, Ordering::Relaxed);
                     // The echo, then the address it was received on: a client sees its path.
                     let mut reply = buf[..n].to_vec();
-                    reply.extend_from_slice(&addr.octets());
+                    match addr {
+                        IpAddr::V4(a) => reply.extend_from_slice(&a.octets()),
+                        IpAddr::V6(a) => reply.extend_from_slice(&a.octets()),
+                    }
                     let _ = s.send_to(&reply, from);
                 }
             }
             Ok(())
         }));
     }
-    for _ in 0..4 {
+    for _ in 0..2 + sockets {
         ready_rx
             .recv_timeout(Duration::from_secs(5))
             .map_err(|_| anyhow::anyhow!("a test server did not start"))?;
@@ -162,9 +184,10 @@ fn http(mut s: std::net::TcpStream, status: &AtomicU16) {
         return;
     }
     let req = String::from_utf8_lossy(&buf[..n]);
+    // An IPv4 client's address is the IPv4 one, not its mapped form.
     let local = s
         .local_addr()
-        .map(|a| a.ip().to_string())
+        .map(|a| a.ip().to_canonical().to_string())
         .unwrap_or_default();
     let code = if req.starts_with("GET /health") {
         status.load(Ordering::Relaxed)

@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeSet,
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     time::{Duration, Instant},
 };
 
@@ -30,29 +30,32 @@ pub fn connect_failure(result: &anyhow::Result<String>) -> Option<std::io::Error
 
 pub fn http_get(
     ns: &Netns,
-    addr: Ipv4Addr,
+    addr: impl Into<IpAddr>,
     port: u16,
     path: &str,
     timeout: Duration,
 ) -> anyhow::Result<String> {
     let path = path.to_string();
+    let addr: IpAddr = addr.into();
     ns.spawn(move || {
-        let mut s = TcpStream::connect_timeout(&SocketAddr::from((addr, port)), timeout)
-            .with_context(|| format!("connecting to {addr}:{port}"))?;
+        let to = SocketAddr::from((addr, port));
+        let mut s = TcpStream::connect_timeout(&to, timeout)
+            .with_context(|| format!("connecting to {to}"))?;
         s.set_read_timeout(Some(timeout))?;
+        let host = match addr {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
         )
-        .with_context(|| format!("sending to {addr}:{port}"))?;
+        .with_context(|| format!("sending to {to}"))?;
         let mut out = String::new();
         s.read_to_string(&mut out)
-            .with_context(|| format!("reading from {addr}:{port}"))?;
+            .with_context(|| format!("reading from {to}"))?;
         let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-        anyhow::ensure!(
-            head.starts_with("HTTP/1.1 200"),
-            "{addr}:{port}{path}: {head}"
-        );
+        anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{to}{path}: {head}");
         Ok(body.trim().to_string())
     })
     .join()
@@ -76,7 +79,7 @@ pub struct StreamReport {
 /// to `grace` after the last send for late ones).
 pub fn udp_stream(
     ns: &Netns,
-    addr: Ipv4Addr,
+    addr: impl Into<IpAddr>,
     port: u16,
     count: u64,
     every: Duration,
@@ -96,17 +99,22 @@ pub fn udp_stream(
 /// `every`. A report per flow.
 pub fn udp_streams(
     ns: &Netns,
-    addr: Ipv4Addr,
+    addr: impl Into<IpAddr>,
     port: u16,
     flows: usize,
     count: u64,
     every: Duration,
     grace: Duration,
 ) -> std::thread::JoinHandle<anyhow::Result<Vec<StreamReport>>> {
+    let addr: IpAddr = addr.into();
     ns.spawn(move || {
         let mut sockets = Vec::with_capacity(flows);
         for _ in 0..flows {
-            let s = UdpSocket::bind("0.0.0.0:0")?;
+            let s = UdpSocket::bind(if addr.is_ipv6() {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            })?;
             s.connect((addr, port))?;
             s.set_nonblocking(true)?;
             sockets.push(s);

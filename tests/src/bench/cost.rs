@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use super::Spread;
 use crate::{
-    fixture::{Env, Fx, Iface, XDP_PASS, XDP_REDIRECT, addr, macs},
+    fixture::{Env, Fx, Iface, XDP_PASS, XDP_REDIRECT, addr, addr6, macs},
     packet::Pkt,
 };
 
@@ -60,6 +60,9 @@ pub struct Cost {
     pub ingress_new: Case,
     pub non_vip: Case,
     pub return_hit: Case,
+    /// The same two over IPv6 (the IPv6 twins, through their tail calls).
+    pub ingress_hit6: Case,
+    pub return_hit6: Case,
     /// Ingress packets spread over 1k, 100k (and 1M) flows in the steady state: no exception,
     /// every packet follows its target's decision.
     pub flow_scale: Vec<(u32, Case)>,
@@ -90,6 +93,7 @@ fn frame(p: Pkt) -> Vec<u8> {
 impl Bench {
     fn new(env: Env, flows: u32, repeat: u32, rounds: u32) -> anyhow::Result<Self> {
         let mut fx = Fx::with_flow_table(env, flows)?;
+        fx.standard6()?;
         for p in [
             PROG_BENCH_FLOOR,
             PROG_BENCH_RESTORE,
@@ -284,6 +288,31 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
         f
     };
     let reply = frame(Pkt::udp(addr::NN1, 5001, addr::CLIENT, 40000).eth(macs::NN1, macs::PATH0));
+    // IPv6/UDP, 72 bytes, with its checksum (IPv6 forbids none).
+    let udp6 = |smac, dmac, src: std::net::Ipv6Addr, sport, dst: std::net::Ipv6Addr, dport| {
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2(smac, dmac)
+            .ipv6(src.octets(), dst.octets(), 64)
+            .udp(sport, dport)
+            .write(&mut f, &[0x5a; 10])
+            .map(|()| f)
+    };
+    let to_vip6 = udp6(
+        macs::CLIENT,
+        macs::CLI0,
+        addr6::CLIENT,
+        40000,
+        addr6::VIP,
+        5001,
+    )?;
+    let reply6 = udp6(
+        macs::NN1,
+        macs::PATH0,
+        addr6::NN1,
+        5001,
+        addr6::CLIENT,
+        40000,
+    )?;
 
     let cli0 = b.fx.env.cli0;
     let path0 = b.fx.env.path0;
@@ -348,6 +377,26 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
             counter: Some(Counter::NatReturn),
             ..Spec::new("return", PROG_BENCH_RETURN, path0, &reply, XDP_REDIRECT)
         },
+        Spec {
+            counter: Some(Counter::FlowDecided),
+            ..Spec::new(
+                "IPv6 ingress, flow hit",
+                PROG_BENCH_INGRESS,
+                cli0,
+                &to_vip6,
+                XDP_REDIRECT,
+            )
+        },
+        Spec {
+            counter: Some(Counter::NatReturn),
+            ..Spec::new(
+                "IPv6 return",
+                PROG_BENCH_RETURN,
+                path0,
+                &reply6,
+                XDP_REDIRECT,
+            )
+        },
     ];
     // The steady state over N flows: no exceptions, every flow follows the target's decision.
     for &n in sizes {
@@ -381,6 +430,8 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
     let ingress_new = next()?;
     let non_vip = next()?;
     let return_hit = next()?;
+    let ingress_hit6 = next()?;
+    let return_hit6 = next()?;
     let mut flow_scale = Vec::new();
     for &n in sizes {
         flow_scale.push((n, next()?));
@@ -392,6 +443,10 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
         with_ref(ingress_new, nat_ref_ns),
         with_ref(non_vip, nat_ref_ns),
         with_ref(return_hit, nat_ref_ns),
+    );
+    let (ingress_hit6, return_hit6) = (
+        with_ref(ingress_hit6, nat_ref_ns),
+        with_ref(return_hit6, nat_ref_ns),
     );
     let flow_scale = flow_scale
         .into_iter()
@@ -444,6 +499,8 @@ pub fn run(quick: bool) -> anyhow::Result<Cost> {
         ingress_new,
         non_vip,
         return_hit,
+        ingress_hit6,
+        return_hit6,
         flow_scale,
         after_change,
     })

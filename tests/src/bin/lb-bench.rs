@@ -87,6 +87,8 @@ fn run() -> anyhow::Result<()> {
             &c.ingress_new,
             &c.non_vip,
             &c.return_hit,
+            &c.ingress_hit6,
+            &c.return_hit6,
         ]
         .into_iter()
         .chain(c.flow_scale.iter().map(|(_, c)| c))
@@ -116,6 +118,8 @@ fn run() -> anyhow::Result<()> {
         out["ratios"]["ingress_hit_vs_nat_ref"] = json!(c.ingress_hit.vs_nat_ref);
         out["ratios"]["ingress_new_vs_nat_ref"] = json!(c.ingress_new.vs_nat_ref);
         out["ratios"]["return_vs_nat_ref"] = json!(c.return_hit.vs_nat_ref);
+        out["ratios"]["ipv6_ingress_hit_vs_ipv4"] = json!(c.ingress_hit6.ns / c.ingress_hit.ns);
+        out["ratios"]["ipv6_return_vs_ipv4"] = json!(c.return_hit6.ns / c.return_hit.ns);
         if let (Some(first), Some((n, last))) = (first, last) {
             let key = if n >= 1_000_000 {
                 "flows_1m_vs_1k"
