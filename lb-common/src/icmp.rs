@@ -167,7 +167,10 @@ mod tests {
         let vip = [
             0x20, 1, 0x0d, 0xb8, 0, 0x71, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
         ];
-        let quote: Vec<u8> = (0..PTB6_QUOTE).map(|i| (i * 7 + 3) as u8).collect();
+        let mut quote = [0u8; PTB6_QUOTE];
+        for (i, b) in quote.iter_mut().enumerate() {
+            *b = (i * 7 + 3) as u8;
+        }
         let (ip, mut icmp) = ptb6_headers(client, vip, 1280);
         assert_eq!((ip.src, ip.dst), (vip, client));
         assert_eq!(u16::from_be_bytes(ip.payload_len), 1240);
@@ -176,14 +179,15 @@ mod tests {
             icmp.check = icmp_checksum_add(icmp.check, [w[0], w[1], w[2], w[3]]);
         }
         // An independent sum: pseudo-header, then the whole message.
-        let mut pseudo = Vec::new();
-        pseudo.extend(ip.src);
-        pseudo.extend(ip.dst);
-        pseudo.extend(1240u32.to_be_bytes());
-        pseudo.extend([0, 0, 0, IPPROTO_ICMPV6]);
-        let mut msg = vec![icmp.ty, icmp.code, icmp.check[0], icmp.check[1]];
-        msg.extend(icmp.rest);
-        msg.extend(&quote);
+        let mut pseudo = [0u8; 40];
+        pseudo[..16].copy_from_slice(&ip.src);
+        pseudo[16..32].copy_from_slice(&ip.dst);
+        pseudo[32..36].copy_from_slice(&1240u32.to_be_bytes());
+        pseudo[39] = IPPROTO_ICMPV6;
+        let mut msg = [0u8; 8 + PTB6_QUOTE];
+        msg[..4].copy_from_slice(&[icmp.ty, icmp.code, icmp.check[0], icmp.check[1]]);
+        msg[4..8].copy_from_slice(&icmp.rest);
+        msg[8..].copy_from_slice(&quote);
         let sum = csum::sum_words(csum::sum_words(0, &pseudo), &msg);
         assert_eq!(csum::fold(sum), 0xffff);
         assert_eq!(icmp.rest, 1280u32.to_be_bytes());

@@ -18,8 +18,9 @@ use lb_common::{
         BENCH_FRAME, BENCH_NAT_REF_DMAC, BENCH_NAT_REF_DST, BENCH_NAT_REF_SMAC, BENCH_VARY_NONE,
         BENCH_VARY_RANDOM, BENCH_VARY_SEQUENCE, BenchTemplate, bench_flow,
     },
+    csum,
     nat::{self, L4, Side},
-    net::{ETH_HDR_LEN, ETH_P_IP, EthHdr, IPPROTO_UDP, Ipv4Hdr, UdpHdr},
+    net::{ETH_HDR_LEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_UDP, Ipv4Hdr, UdpHdr},
 };
 
 use crate::{maps::LB_TX_PORTS, parse::ptr_at};
@@ -36,6 +37,11 @@ pub static LB_BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0)
 /// Offsets in an untagged, option-less IPv4/UDP frame.
 const SRC_ADDR: usize = 14 + 12;
 const SRC_PORT: usize = 14 + 20;
+/// The same in an untagged IPv6/UDP frame without extension headers: the source address's
+/// last four bytes, the source port, the UDP checksum.
+const SRC_ADDR6: usize = 14 + 8 + 12;
+const SRC_PORT6: usize = 14 + 40;
+const UDP_CHECK6: usize = 14 + 40 + 6;
 
 #[inline(always)]
 fn next_seq() -> u32 {
@@ -50,18 +56,43 @@ fn next_seq() -> u32 {
     }
 }
 
-/// Writes flow number `i`'s source address and port into the frame.
+/// Writes flow number `i`'s source address and port into the frame (IPv4 or IPv6 by its
+/// EtherType). An IPv6 frame's UDP checksum follows (IPv6 forbids none); an IPv4 template has
+/// none.
 #[inline(always)]
 fn set_flow(ctx: &XdpContext, i: u32, with_addr: bool) -> Option<()> {
     let (addr, port) = bench_flow(i);
-    if with_addr {
-        let a: *mut [u8; 4] = ptr_at(ctx, SRC_ADDR)?;
-        // SAFETY: bounds-checked.
-        unsafe { *a = addr };
-    }
-    let p: *mut [u8; 2] = ptr_at(ctx, SRC_PORT)?;
+    let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: bounds-checked.
-    unsafe { *p = port };
+    let v6 = unsafe { (*eth).proto } == ETH_P_IPV6.to_be_bytes();
+    let (addr_at, port_at) = if v6 {
+        (SRC_ADDR6, SRC_PORT6)
+    } else {
+        (SRC_ADDR, SRC_PORT)
+    };
+    let mut old_addr = [0u8; 4];
+    if with_addr {
+        let a: *mut [u8; 4] = ptr_at(ctx, addr_at)?;
+        // SAFETY: bounds-checked.
+        unsafe {
+            old_addr = *a;
+            *a = addr;
+        }
+    }
+    let p: *mut [u8; 2] = ptr_at(ctx, port_at)?;
+    // SAFETY: bounds-checked.
+    let old_port = unsafe { core::ptr::replace(p, port) };
+    if v6 {
+        let c: *mut [u8; 2] = ptr_at(ctx, UDP_CHECK6)?;
+        // SAFETY: bounds-checked.
+        unsafe {
+            let mut check = *c;
+            if with_addr {
+                check = csum::replace32(check, old_addr, addr);
+            }
+            *c = csum::replace16(check, old_port, port);
+        }
+    }
     Some(())
 }
 

@@ -252,7 +252,7 @@ pub fn too_big_program<C: Packet>(ctx: &C) -> Outcome {
 /// The Packet Too Big's quote is summed in this many pieces of this many bytes.
 const PTB6_CHUNKS: usize = 4;
 const PTB6_CHUNK: usize = PTB6_QUOTE / PTB6_CHUNKS;
-const _: () = assert!(PTB6_CHUNK * PTB6_CHUNKS == PTB6_QUOTE && PTB6_CHUNK % 4 == 0);
+const _: () = assert!(PTB6_CHUNK * PTB6_CHUNKS == PTB6_QUOTE && PTB6_CHUNK.is_multiple_of(4));
 
 /// Answers the packet in the frame (IPv6 at `l2.l3`, longer than the link's MTU) with an ICMPv6
 /// Packet Too Big announcing `mtu`, quoting its first [`PTB6_QUOTE`] bytes untranslated, sent

@@ -2628,7 +2628,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 addr6::NN1,
                 addr6::CLIENT,
                 64,
-                unreach.clone(),
+                unreach,
                 &sent.bytes()[14..],
             );
             let back = sent.clone().dst(addr6::NOT_VIP).ports(5000, 53);
@@ -2656,7 +2656,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 addr6::INET_ROUTER,
                 addr6::VIP,
                 64,
-                ty.clone(),
+                ty,
                 &other[14..],
             );
             fx.expect(Ingress, fx.env.cli0, &err, XDP_PASS, None)?;
@@ -2667,7 +2667,7 @@ const CASES: &[(&str, &str, Case)] = &[
                 addr6::INET_ROUTER,
                 addr6::VIP,
                 64,
-                ty.clone(),
+                ty,
                 &with_opts[14..],
             );
             fx.expect(Ingress, fx.env.cli0, &err, XDP_PASS, None)?;
