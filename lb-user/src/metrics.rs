@@ -54,7 +54,7 @@ pub struct Snapshot {
     pub exceptions: BTreeMap<u32, usize>,
     /// With `announce`: every address with a VIP whose state counts, and whether the daemon
     /// wants it announced.
-    pub announced: Option<BTreeMap<std::net::Ipv4Addr, bool>>,
+    pub announced: Option<BTreeMap<std::net::IpAddr, bool>>,
 }
 
 /// The daemon's side: it stores, the scrape loads, neither waits.

@@ -1,16 +1,20 @@
 //! What the read commands show (`lb status`, `lb stats`, `lb flows`), built from the pinned
 //! maps alone, so they work while the daemon is down. Serializable: `--json` prints these.
+//!
+//! Addresses are `IpAddr`s: an IPv4 address shows as IPv4 (never in the IPv4-mapped form the
+//! maps hold it in), an IPv6 one in its canonical text (RFC 5952, Rust's `Display`), both in
+//! the text and in the JSON.
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use lb_common::{
     Counter,
-    maps::{FLOW_F_FROM_PATH, FlowKey, TrafficStats},
-    net::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    maps::{FLOW_F_FROM_PATH, FlowKey, FlowValue, TrafficStats},
+    net::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
 };
 use serde::Serialize;
 
@@ -54,7 +58,7 @@ pub struct Announcements {
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct AddressAnnouncement {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     /// The table holds its route: the routing daemon announces it.
     pub announced: bool,
     /// Every target of its VIPs has a path for new flows (the rule the daemon follows).
@@ -141,7 +145,7 @@ pub struct TransitionStatus {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct PathStatus {
     pub name: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     /// `up`, `down` or `disabled`: what the datapath does with the path, as its path table
     /// says.
     pub state: &'static str,
@@ -165,7 +169,7 @@ pub struct PathStatus {
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct VipStatus {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     /// `tcp`, `udp`, or `null` for a whole-address VIP.
     pub protocol: Option<&'static str>,
     pub port: Option<u16>,
@@ -411,7 +415,7 @@ pub struct Stats {
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct VipTraffic {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub protocol: Option<&'static str>,
     pub port: Option<u16>,
     pub target: String,
@@ -477,11 +481,12 @@ pub fn stats(maps: &Maps) -> Result<Stats, Error> {
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Flow {
+    /// `tcp`, `udp`, `icmp` or `icmpv6`.
     pub protocol: &'static str,
-    pub client: Ipv4Addr,
+    pub client: IpAddr,
     /// Client port (ICMP echo: the identifier).
     pub client_port: u16,
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub vip_port: u16,
     pub target: Option<String>,
     pub path: Option<String>,
@@ -498,37 +503,60 @@ pub struct Flow {
 }
 
 /// Up to `limit` exceptions (flows pinned away from their target's decision): those client
-/// packets pinned, then those the VM's packets pinned, in the order the kernel lists them.
-/// Every other flow follows its target's decision and is stored nowhere.
+/// packets pinned (IPv4, then IPv6), then those the VM's packets pinned (likewise), in the
+/// order the kernel lists them. Every other flow follows its target's decision and is stored
+/// nowhere.
 pub fn flows(maps: &Maps, limit: usize) -> Result<Vec<Flow>, Error> {
     let (model, _) = model(maps)?;
-    let mut all = maps.flows(limit)?;
-    let rest = limit.saturating_sub(all.len());
-    all.extend(maps.outbound(rest)?);
-    Ok(all
+    let v4 = |k: FlowKey, v| flow(&model, &k, &v, |a| IpAddr::V4(Ipv4Addr::from(a)));
+    let v6 =
+        |k: lb_common::maps::FlowKey6, v| flow(&model, &k, &v, |a| IpAddr::V6(Ipv6Addr::from(a)));
+    let mut all: Vec<Flow> = maps
+        .flows(limit)?
         .into_iter()
-        .map(|(k, v): (FlowKey, _)| {
-            let names = model.path_name(v.path);
-            Flow {
-                protocol: match k.proto {
-                    IPPROTO_TCP => "tcp",
-                    IPPROTO_UDP => "udp",
-                    IPPROTO_ICMP => "icmp",
-                    _ => "?",
-                },
-                client: Ipv4Addr::from(k.src),
-                client_port: u16::from_be_bytes(k.sport),
-                vip: Ipv4Addr::from(k.dst),
-                vip_port: u16::from_be_bytes(k.dport),
-                target: names.map(|(t, _)| t.to_string()),
-                path: names.map(|(_, p)| p.to_string()),
-                from_vm: v.flags & FLOW_F_FROM_PATH != 0,
-                from_syn: v.flags & lb_common::maps::FLOW_F_FROM_SYN != 0,
-                replied: v.flags & lb_common::maps::FLOW_F_REPLIED != 0,
-                closing: v.flags & lb_common::maps::FLOW_F_CLOSING != 0,
-            }
-        })
-        .collect())
+        .map(|(k, v)| v4(k, v))
+        .collect();
+    let rest = limit.saturating_sub(all.len());
+    all.extend(maps.flows6(rest)?.into_iter().map(|(k, v)| v6(k, v)));
+    let rest = limit.saturating_sub(all.len());
+    all.extend(maps.outbound(rest)?.into_iter().map(|(k, v)| v4(k, v)));
+    let rest = limit.saturating_sub(all.len());
+    all.extend(maps.outbound6(rest)?.into_iter().map(|(k, v)| v6(k, v)));
+    Ok(all)
+}
+
+/// One exception of either family (`ip`: its addresses as `IpAddr`s).
+fn flow<A: Copy>(
+    model: &Model,
+    k: &lb_common::maps::FlowKey<A>,
+    v: &FlowValue,
+    ip: impl Fn(A) -> IpAddr,
+) -> Flow {
+    let names = model.path_name(v.path);
+    Flow {
+        protocol: match k.proto {
+            IPPROTO_TCP => "tcp",
+            IPPROTO_UDP => "udp",
+            IPPROTO_ICMP => "icmp",
+            IPPROTO_ICMPV6 => "icmpv6",
+            _ => "?",
+        },
+        client: ip(k.src),
+        client_port: u16::from_be_bytes(k.sport),
+        vip: ip(k.dst),
+        vip_port: u16::from_be_bytes(k.dport),
+        target: names.map(|(t, _)| t.to_string()),
+        path: names.map(|(_, p)| p.to_string()),
+        from_vm: v.flags & FLOW_F_FROM_PATH != 0,
+        from_syn: v.flags & lb_common::maps::FLOW_F_FROM_SYN != 0,
+        replied: v.flags & lb_common::maps::FLOW_F_REPLIED != 0,
+        closing: v.flags & lb_common::maps::FLOW_F_CLOSING != 0,
+    }
+}
+
+/// An address and port as text: `192.0.2.1:443`, `[2001:db8::1]:443` (RFC 5952 §6).
+pub fn endpoint(address: IpAddr, port: u16) -> String {
+    SocketAddr::new(address, port).to_string()
 }
 
 /// How a VIP's service reads: `tcp/443`, or `all` for a whole-address VIP.
@@ -542,4 +570,71 @@ pub fn service_label(protocol: Option<&str>, port: Option<u16>) -> String {
 /// `a - b` per second over `dt` (for `lb stats --watch`).
 pub fn rate(a: u64, b: u64, dt: Duration) -> f64 {
     a.saturating_sub(b) as f64 / dt.as_secs_f64().max(1e-9)
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::maps::{EndpointKey6, FLOW_F_REPLIED, FlowKey6, PathValue, mapped};
+
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("an address")
+    }
+
+    /// IPv4 shows as IPv4 although the maps hold it IPv4-mapped; IPv6 in its canonical text
+    /// (RFC 5952: lower case, the longest run of zeros as `::`), whatever the configuration's
+    /// spelling; with a port, IPv6 in brackets.
+    #[test]
+    fn addresses_show_in_their_own_family_and_canonical_form() {
+        let v4 = ip("203.0.113.10");
+        let v6 = ip("2001:0DB8:0000:0000:0000:0000:0000:0010");
+        assert_eq!(EndpointKey6::of(v4, None).ip().to_string(), "203.0.113.10");
+        let path = PathValue {
+            addr: mapped([192, 0, 2, 70]),
+            ..PathValue::default()
+        };
+        assert_eq!(path.ip().to_string(), "192.0.2.70");
+        assert_eq!(v6.to_string(), "2001:db8::10");
+        assert_eq!(endpoint(v4, 443), "203.0.113.10:443");
+        assert_eq!(endpoint(v6, 443), "[2001:db8::10]:443");
+
+        // `--json`: strings, the same text.
+        let vip = |address| VipStatus {
+            address,
+            protocol: Some("tcp"),
+            port: Some(443),
+            target: "web".into(),
+            target_port: None,
+            announce: true,
+            announced: None,
+        };
+        let json = |v: &VipStatus| serde_json::to_value(v).expect("serializes")["address"].clone();
+        assert_eq!(json(&vip(v4)), "203.0.113.10");
+        assert_eq!(json(&vip(v6)), "2001:db8::10");
+    }
+
+    /// An IPv6 exception (`LB_FLOWS6`, `LB_OUTBOUND6`) reads as one of IPv4, its addresses in
+    /// their family and ICMPv6 named.
+    #[test]
+    fn an_ipv6_exception_reads_like_an_ipv4_one() {
+        let client: std::net::Ipv6Addr = "2001:db8:c::1".parse().expect("an address");
+        let vip: std::net::Ipv6Addr = "2001:db8:ff::10".parse().expect("an address");
+        let key = FlowKey6::new(
+            client.octets(),
+            vip.octets(),
+            [0x12, 0x34],
+            [0, 0],
+            IPPROTO_ICMPV6,
+        );
+        let value = FlowValue::new(3, 1, FLOW_F_REPLIED, 0);
+        let f = flow(&Model::empty(), &key, &value, |a| {
+            IpAddr::V6(Ipv6Addr::from(a))
+        });
+        assert_eq!(f.protocol, "icmpv6");
+        assert_eq!((f.client, f.client_port), (IpAddr::V6(client), 0x1234));
+        assert_eq!((f.vip, f.vip_port), (IpAddr::V6(vip), 0));
+        assert!(f.replied && !f.from_vm && !f.closing);
+        assert_eq!(f.path, None, "no such path in an empty model");
+    }
 }

@@ -119,7 +119,7 @@ fn example_parses_into_the_model() {
             paths: vec![
                 Path {
                     name: "nn1".into(),
-                    address: Ipv4Addr::new(192, 0, 2, 70),
+                    address: Ipv4Addr::new(192, 0, 2, 70).into(),
                     priority: 10,
                     weight: 1,
                     probe: target_probe.clone(),
@@ -128,7 +128,7 @@ fn example_parses_into_the_model() {
                 },
                 Path {
                     name: "nn2".into(),
-                    address: Ipv4Addr::new(192, 0, 2, 100),
+                    address: Ipv4Addr::new(192, 0, 2, 100).into(),
                     priority: 20,
                     weight: 1,
                     // The type changes: the tcp port is not inherited. The interval is
@@ -142,20 +142,20 @@ fn example_parses_into_the_model() {
                         fall: 3,
                         passive: Passive::Auto,
                     },
-                    source: Some(Ipv4Addr::new(198, 51, 100, 1)),
+                    source: Some(Ipv4Addr::new(198, 51, 100, 1).into()),
                     interface: Some("eth2".into()),
                 },
             ],
         }],
         vips: vec![
             Vip {
-                address: Ipv4Addr::new(203, 0, 113, 10),
+                address: Ipv4Addr::new(203, 0, 113, 10).into(),
                 service: None,
                 target: "web-vm".into(),
                 announce: true,
             },
             Vip {
-                address: Ipv4Addr::new(203, 0, 113, 11),
+                address: Ipv4Addr::new(203, 0, 113, 11).into(),
                 service: Some(Service {
                     protocol: Protocol::Tcp,
                     port: 443,
@@ -787,9 +787,14 @@ fn two_services_answering_from_one_port_are_ambiguous() {
 #[test]
 fn bad_addresses() {
     let cases = [
-        ("192.0.2.300", r#""192.0.2.300" is not an IPv4 address"#),
-        ("2001:db8::1", r#""2001:db8::1" is not an IPv4 address"#),
-        ("web", r#""web" is not an IPv4 address"#),
+        (
+            "192.0.2.300",
+            r#""192.0.2.300" is not an IP address (IPv4 or IPv6)"#,
+        ),
+        ("2001:db8::1::2", r#""2001:db8::1::2" is not an IP address"#),
+        ("[2001:db8::1]", r#""[2001:db8::1]" is not an IP address"#),
+        ("fe80::1%eth0", r#""fe80::1%eth0" is not an IP address"#),
+        ("web", r#""web" is not an IP address (IPv4 or IPv6)"#),
         ("0.0.0.0", "0.0.0.0 is the unspecified address"),
         (
             "255.255.255.255",
@@ -797,6 +802,19 @@ fn bad_addresses() {
         ),
         ("224.0.0.1", "224.0.0.1 is a multicast address"),
         ("127.0.0.1", "127.0.0.1 is a loopback address"),
+        // The same rules for IPv6, and two of its own.
+        ("::", ":: is the unspecified address"),
+        ("ff02::1", "ff02::1 is a multicast address"),
+        ("ff0e::10", "ff0e::10 is a multicast address"),
+        ("::1", "::1 is the loopback address"),
+        (
+            "fe80::1",
+            "fe80::1 is a link-local address: it names a host only together with an interface",
+        ),
+        (
+            "::ffff:192.0.2.70",
+            "::ffff:192.0.2.70 is an IPv4-mapped IPv6 address: write it as 192.0.2.70",
+        ),
     ];
     for (address, phrase) in cases {
         rejects_edit(
@@ -1165,7 +1183,7 @@ fn the_first_problem_in_file_order_is_reported() {
             v["vips"][1]["target"] = json!("web");
         },
         "targets[0].paths[1].address",
-        "is not an IPv4 address",
+        "is not an IP address",
     );
 }
 
@@ -1364,4 +1382,140 @@ fn announce_warns_of_history_dependent_choices_and_shared_addresses() {
                                 "target": "db", "announce": false }),
     );
     assert!(config.warnings().is_empty());
+}
+
+// ---- IPv6. ----
+
+/// A configuration of both families: an IPv4 target and an IPv6 one, each with VIPs of its own
+/// family (the documentation ranges 192.0.2.0/24, 203.0.113.0/24 and 2001:db8::/32).
+fn dual() -> Value {
+    json!({
+        "interfaces": { "clients": ["eth0"], "paths": ["eth1"] },
+        "targets": [
+            { "name": "web", "paths": [
+                { "name": "nn1", "address": "192.0.2.70" },
+                { "name": "nn2", "address": "192.0.2.100" } ] },
+            { "name": "web6", "paths": [
+                { "name": "nn1", "address": "2001:db8:1::70", "source": "2001:db8:1::1" },
+                { "name": "nn2", "address": "2001:DB8:2:0:0:0:0:70", "interface": "eth1" } ] }
+        ],
+        "vips": [
+            { "address": "203.0.113.10", "target": "web" },
+            { "address": "2001:db8:ff::10", "target": "web6" },
+            { "address": "2001:db8:ff::11", "protocol": "tcp", "port": 443, "target": "web6",
+              "target_port": 8443 }
+        ]
+    })
+}
+
+fn dual_edited(edit: impl FnOnce(&mut Value)) -> String {
+    let mut v = dual();
+    edit(&mut v);
+    v.to_string()
+}
+
+#[test]
+fn ipv6_addresses_parse_into_the_model() {
+    let config = accepts(&dual().to_string());
+    let ip = |text: &str| text.parse::<std::net::IpAddr>().expect("an address");
+    let web6 = config.target("web6").expect("web6");
+    assert_eq!(web6.paths[0].address, ip("2001:db8:1::70"));
+    assert_eq!(web6.paths[0].source, Some(ip("2001:db8:1::1")));
+    // Any spelling, the one address (shown canonical).
+    assert_eq!(web6.paths[1].address, ip("2001:db8:2::70"));
+    assert_eq!(web6.paths[1].address.to_string(), "2001:db8:2::70");
+    assert_eq!(config.vips[1].address, ip("2001:db8:ff::10"));
+    assert_eq!(
+        config.vips[2].service,
+        Some(Service {
+            protocol: Protocol::Tcp,
+            port: 443,
+            target_port: Some(8443),
+        })
+    );
+    // IPv4 stays IPv4.
+    assert_eq!(config.vips[0].address, ip("203.0.113.10"));
+    assert!(config.vips[0].address.is_ipv4());
+    // Unique local addresses and addresses outside the documentation ranges are hosts' too.
+    accepts(&dual_edited(|v| {
+        v["targets"][1]["paths"][0]["address"] = json!("fd00::70");
+        v["targets"][1]["paths"][0]["source"] = json!("fd00::1");
+        v["vips"][1]["address"] = json!("2a01:4f8::10");
+    }));
+}
+
+/// The datapath writes the chosen path's address over the VIP's: a VIP whose target has a path
+/// of the other family is refused, naming the VIP, the path and both families.
+#[test]
+fn a_vip_and_its_paths_share_a_family() {
+    rejects(
+        &dual_edited(|v| v["vips"][1]["target"] = json!("web")),
+        "vips[1].address",
+        r#"2001:db8:ff::10 is an IPv6 VIP, but its target "web" has the IPv4 path "nn1" (targets[0].paths[0], 192.0.2.70): a VIP's paths must all be of its family"#,
+    );
+    rejects(
+        &dual_edited(|v| v["vips"][0]["target"] = json!("web6")),
+        "vips[0].address",
+        r#"203.0.113.10 is an IPv4 VIP, but its target "web6" has the IPv6 path "nn1" (targets[1].paths[0], 2001:db8:1::70)"#,
+    );
+    // A target with paths of both families: any VIP of it has a path of the other family.
+    let mixed = |v: &mut Value| {
+        push(
+            &mut v["targets"][0]["paths"],
+            json!({ "name": "nn3", "address": "2001:db8:3::70" }),
+        )
+    };
+    rejects(
+        &dual_edited(mixed),
+        "vips[0].address",
+        r#"has the IPv6 path "nn3" (targets[0].paths[2], 2001:db8:3::70)"#,
+    );
+    // Without VIPs it is valid (probed and shown, serving nothing).
+    accepts(&dual_edited(|v| {
+        mixed(v);
+        v["vips"].as_array_mut().expect("vips").remove(0);
+    }));
+}
+
+#[test]
+fn a_probe_source_is_of_its_paths_family() {
+    rejects(
+        &dual_edited(|v| v["targets"][1]["paths"][0]["source"] = json!("198.51.100.1")),
+        "targets[1].paths[0].source",
+        "198.51.100.1 is IPv4, the path's address 2001:db8:1::70 IPv6: the probes go from an address of the path's family",
+    );
+    rejects_edit(
+        |v| v["targets"][0]["paths"][1]["source"] = json!("2001:db8::1"),
+        "targets[0].paths[1].source",
+        "2001:db8::1 is IPv6, the path's address 192.0.2.100 IPv4",
+    );
+}
+
+/// Duplicates are found by address, not by spelling.
+#[test]
+fn ipv6_duplicates_whatever_the_spelling() {
+    rejects(
+        &dual_edited(|v| {
+            v["targets"][1]["paths"][1]["address"] =
+                json!("2001:0db8:0001:0000:0000:0000:0000:0070")
+        }),
+        "targets[1].paths[1].address",
+        "2001:db8:1::70 is already the address of targets[1].paths[0]",
+    );
+    rejects(
+        &dual_edited(|v| v["vips"][1]["address"] = json!("2001:db8:1:0::70")),
+        "vips[1].address",
+        "2001:db8:1::70 is also the address of targets[1].paths[0]",
+    );
+    rejects(
+        &dual_edited(|v| {
+            push(
+                &mut v["vips"],
+                json!({ "address": "2001:DB8:FF::11", "protocol": "tcp", "port": 443,
+                        "target": "web6" }),
+            )
+        }),
+        "vips[3]",
+        "duplicate of vips[2] (2001:db8:ff::11 tcp/443)",
+    );
 }

@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     time::{Duration, UNIX_EPOCH},
 };
 
@@ -215,7 +215,7 @@ fn vip_id(m: &Model, address: &str, service: Service) -> u32 {
 }
 
 #[track_caller]
-fn address(m: &Model, target: &str, path: &str) -> Ipv4Addr {
+fn address(m: &Model, target: &str, path: &str) -> IpAddr {
     let t = m.config.target(target).expect("the target exists");
     t.paths
         .iter()
@@ -1273,5 +1273,219 @@ fn two_edges_with_one_configuration_make_the_same_choice_slot_by_slot() {
             choice_by_name(&b, &tb, target),
             "{target} after a2 and nn1 failed"
         );
+    }
+}
+
+// ---- IPv6: dual stack. ----
+
+/// Configuration A plus an IPv6 target `web6` (active/active over two IPv6 paths) with an IPv6
+/// whole-address VIP and an IPv6 service translated 443 → 8443 on the same address.
+fn config_dual() -> Cfg {
+    config_a()
+        .target(
+            "web6",
+            active_active(),
+            &[("v1", "2001:db8:1::1", 0), ("v2", "2001:db8:2::1", 1)],
+        )
+        .vip("2001:db8:ff::10", "web6")
+        .service("2001:db8:ff::11", "tcp", 443, Some(8443), "web6")
+}
+
+fn model_dual() -> Model {
+    let mut m = Model::new(config_dual().config(), &model_a()).expect("fits");
+    set_health(&mut m, Some(Health::Up), &[("web6", "v1"), ("web6", "v2")]);
+    m
+}
+
+fn v6(text: &str) -> [u8; 16] {
+    text.parse::<std::net::Ipv6Addr>()
+        .expect("an IPv6 address")
+        .octets()
+}
+
+/// Guards the IPv6 half of `Model::tables`: an IPv6 VIP's reverse-NAT entries go to
+/// `LB_REV_NAT6` (keyed by the IPv6 path address, restoring the IPv6 VIP), its addresses to
+/// `LB_ADDRS6`, its paths hold their own 16 bytes (never IPv4-mapped), and nothing of it leaks
+/// into the IPv4 tables; the IPv4 half is what configuration A alone gives.
+#[test]
+fn an_ipv6_vip_fills_the_ipv6_tables() {
+    let m = model_dual();
+    let t = m.tables();
+    let a = model_a().tables();
+    assert_eq!(t.rev_nat, a.rev_nat, "the IPv4 reverse NAT is untouched");
+    assert_eq!(t.addrs, a.addrs, "the IPv4 addresses are untouched");
+
+    let web6 = target_id(&m, "web6");
+    let mut expected = BTreeMap::new();
+    let vips: [(&str, Service, Option<u16>); 2] = [
+        ("2001:db8:ff::10", None, None),
+        ("2001:db8:ff::11", Some((IPPROTO_TCP, 443)), Some(8443)),
+    ];
+    for (address, service, target_port) in vips {
+        let vid = vip_id(&m, address, service);
+        let info = t.vips[&vid];
+        assert_eq!(info.key, key(address, service));
+        assert_eq!(info.key.addr, v6(address), "held as is, not mapped");
+        assert_eq!(info.target, web6);
+        for (path, path_address) in [("v1", "2001:db8:1::1"), ("v2", "2001:db8:2::1")] {
+            let pid = path_id(&m, "web6", path);
+            assert_eq!(t.paths[&pid].addr, v6(path_address));
+            assert_eq!(t.paths[&pid].ip(), path_address.parse::<IpAddr>().unwrap());
+            let reply = service.map(|(proto, port)| (proto, target_port.unwrap_or(port)));
+            expected.insert(
+                EndpointKey6::with(v6(path_address), reply),
+                lb_common::maps::RevValue6 {
+                    vip_addr: v6(address),
+                    vip_port: service.map_or(0, |(_, port)| port).to_be_bytes(),
+                    // The service shares its path addresses with the whole-address VIP.
+                    flags: if service.is_some() {
+                        lb_common::maps::REV_F_SHADOWS_WHOLE
+                    } else {
+                        0
+                    },
+                    vip_rank: m.ids.vip_ranks[&key(address, service)],
+                    vip_id: vid,
+                    path: pid,
+                },
+            );
+        }
+    }
+    assert_eq!(t.rev_nat6, expected);
+    let addrs6: BTreeMap<[u8; 16], u32> = [
+        ("2001:db8:1::1", lb_common::maps::ADDR_PATH),
+        ("2001:db8:2::1", lb_common::maps::ADDR_PATH),
+        ("2001:db8:ff::10", lb_common::maps::ADDR_VIP),
+        ("2001:db8:ff::11", lb_common::maps::ADDR_VIP),
+    ]
+    .into_iter()
+    .map(|(a, k)| (v6(a), k))
+    .collect();
+    assert_eq!(t.addrs6, addrs6);
+    assert_eq!(
+        m.decisions[&web6],
+        Decision::Ring(t.rings[&(web6, t.targets[&web6].ring_half)].clone())
+    );
+}
+
+/// Guards the write order for IPv6 VIPs (the same rule as IPv4): added to maps holding A, each
+/// new IPv6 VIP is written after its target, paths and `LB_REV_NAT6` entries and before the
+/// pre-filter refresh, its addresses go to `LB_ADDRS6`, and nothing else is written; what the
+/// store holds reads back as the tables, and as the model the CLI rebuilds from them.
+#[test]
+fn a_new_ipv6_vip_is_written_after_everything_it_leads_to() {
+    let a = model_a();
+    let current = a.tables();
+    let next = model_dual();
+    let desired = next.tables();
+    let mut store = store_holding(&current);
+    apply(&mut store, &current, &desired).expect("writes");
+    let mut all = vec!["filter".to_string()];
+    for address in ["2001:db8:ff::10", "2001:db8:ff::11"] {
+        let service = (address == "2001:db8:ff::11").then_some((IPPROTO_TCP, 443));
+        let vid = vip_id(&next, address, service);
+        let entry = format!("vip {vid}");
+        let mut first = leads_to(&desired, vid);
+        for (k, rev) in &desired.rev_nat6 {
+            if rev.vip_id == vid {
+                first.push(format!("rev {}", k.ip()));
+            }
+        }
+        for f in &first {
+            assert_before(&store.log, f, &entry);
+        }
+        assert_before(&store.log, &entry, "filter");
+        all.extend(first);
+        all.push(entry);
+    }
+    for a in desired.addrs6.keys() {
+        let entry = format!("addr {}", std::net::Ipv6Addr::from(*a));
+        assert_before(&store.log, &entry, "filter");
+        all.push(entry);
+    }
+    all.sort();
+    all.dedup();
+    let mut log = sorted(store.log.clone());
+    log.dedup();
+    assert_eq!(log, all, "nothing else");
+    // One write per reverse-NAT entry (an address has one for each of its VIPs' services).
+    let revs = store.log.iter().filter(|e| e.starts_with("rev ")).count();
+    assert_eq!(revs, desired.rev_nat6.len());
+    assert_eq!(store.read(), desired);
+    assert!(store.vip_keys.contains(&key("2001:db8:ff::10", None)));
+
+    // `lb status` and `lb path` without a daemon: the IPv6 half survives the maps.
+    let rebuilt = Model::from_tables(&desired, |_| false);
+    assert_eq!(rebuilt.tables(), desired);
+    let web6 = rebuilt.config.target("web6").expect("web6 rebuilt");
+    assert_eq!(
+        web6.paths
+            .iter()
+            .map(|p| p.address.to_string())
+            .collect::<BTreeSet<_>>(),
+        BTreeSet::from(["2001:db8:1::1".to_string(), "2001:db8:2::1".to_string()])
+    );
+    assert!(
+        rebuilt
+            .config
+            .vips
+            .iter()
+            .any(|v| v.address.to_string() == "2001:db8:ff::10")
+    );
+}
+
+/// Guards removal on reload for IPv6: the VIP goes before its `LB_REV_NAT6` entries, both
+/// before its target and paths are zeroed, the IPv6 addresses leave `LB_ADDRS6`, and the
+/// pre-filter is refreshed once they are gone.
+#[test]
+fn a_removed_ipv6_vip_goes_before_what_it_led_to() {
+    let dual = model_dual();
+    let current = dual.tables();
+    let next = Model::new(config_a().config(), &dual).expect("fits");
+    let desired = next.tables();
+    assert!(desired.rev_nat6.is_empty() && desired.addrs6.is_empty());
+    let mut store = store_holding(&current);
+    apply(&mut store, &current, &desired).expect("writes");
+    let log = &store.log;
+    let web6 = target_id(&dual, "web6");
+    for (vip, service) in [
+        ("2001:db8:ff::10", None),
+        ("2001:db8:ff::11", Some((IPPROTO_TCP, 443))),
+    ] {
+        let gone = format!("-vip {}", vip_id(&dual, vip, service));
+        for p in ["v1", "v2"] {
+            let id = path_id(&dual, "web6", p);
+            let rev = format!("-rev {}", address(&dual, "web6", p));
+            assert_before(log, &gone, &rev);
+            assert_before(log, &rev, "filter");
+            assert_before(log, &rev, &format!("path {id}"));
+        }
+        assert_before(log, &gone, &format!("target {web6}"));
+        let addr = format!("-addr {vip}");
+        assert_before(log, &addr, "filter");
+    }
+    assert_eq!(store.read(), desired);
+}
+
+/// Guards the commit for dual stack: wherever a plan that adds the IPv6 half (and one that
+/// takes it away again) fails, what was written is undone and the maps hold what they held.
+#[test]
+fn a_failed_ipv6_write_is_undone_wherever_it_fails() {
+    let (a, dual) = (model_a().tables(), model_dual().tables());
+    for (from, to) in [(&a, &dual), (&dual, &a)] {
+        let plan = lb_user::datapath::tables::Plan::new(from, to);
+        assert!(
+            plan.writes
+                .iter()
+                .any(|w| w.to_string().contains("2001:db8")),
+            "{:?}",
+            plan.writes
+        );
+        for k in 0..plan.writes.len() {
+            let mut store = store_holding(from);
+            store.fail = BTreeSet::from([store.calls + k]);
+            let e = apply(&mut store, from, to).expect_err("the write fails");
+            assert!(e.undone.is_ok(), "write {k}: {e}");
+            assert_eq!(store.read(), *from, "write {k} ({}): undone", e.failed);
+        }
     }
 }

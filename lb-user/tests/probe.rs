@@ -1,10 +1,11 @@
-//! The health probes against local servers: TCP and HTTP on 127.0.0.1, ICMP echo to 127.0.0.0/8.
+//! The health probes against local servers: TCP and HTTP on 127.0.0.1 and ::1, ICMP echo to
+//! 127.0.0.0/8 and ICMPv6 echo to ::1.
 //!
 //! Nothing leaves the machine. The ICMP tests and those binding to an interface need
 //! `CAP_NET_RAW`: without it they print why and pass, unless `CI=true`, where they fail.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
 
@@ -24,7 +25,7 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 fn spec(kind: ProbeKind, timeout: Duration) -> ProbeSpec {
     ProbeSpec {
         kind,
-        address: LOCALHOST,
+        address: LOCALHOST.into(),
         source: None,
         interface: None,
         timeout,
@@ -75,7 +76,15 @@ async fn closed_port() -> u16 {
 async fn http_server(
     answer: Option<&'static [u8]>,
 ) -> (u16, mpsc::UnboundedReceiver<String>, JoinHandle<()>) {
-    let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    http_server_on(LOCALHOST.into(), answer).await
+}
+
+/// [`http_server`] on `address`.
+async fn http_server_on(
+    address: IpAddr,
+    answer: Option<&'static [u8]>,
+) -> (u16, mpsc::UnboundedReceiver<String>, JoinHandle<()>) {
+    let listener = TcpListener::bind((address, 0)).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = mpsc::unbounded_channel();
     let server = tokio::spawn(async move {
@@ -174,7 +183,7 @@ async fn tcp_from_a_source_address() {
     // 127.0.0.2 is local too (all of 127.0.0.0/8 is): the listener sees it as the peer.
     let source = Ipv4Addr::new(127, 0, 0, 2);
     let spec = ProbeSpec {
-        source: Some(source),
+        source: Some(source.into()),
         ..spec(ProbeKind::Tcp { port }, TIMEOUT)
     };
 
@@ -189,7 +198,7 @@ async fn tcp_from_a_foreign_source_address_fails_clearly() {
     let port = closed_port().await;
     // Not an address of this host (bind fails before anything is sent).
     let spec = ProbeSpec {
-        source: Some(Ipv4Addr::new(192, 0, 2, 1)),
+        source: Some(Ipv4Addr::new(192, 0, 2, 1).into()),
         ..spec(ProbeKind::Tcp { port }, TIMEOUT)
     };
     assert_failed(&prober.probe(&spec).await, "bind to source 192.0.2.1");
@@ -433,7 +442,7 @@ async fn icmp_concurrent_probes_each_get_their_reply() {
     let second = Prober::new().unwrap();
     let specs: Vec<ProbeSpec> = (1..=50)
         .map(|i| ProbeSpec {
-            address: Ipv4Addr::new(127, 0, 0, i),
+            address: Ipv4Addr::new(127, 0, 0, i).into(),
             ..spec(ProbeKind::Icmp, TIMEOUT)
         })
         .collect();
@@ -496,7 +505,7 @@ async fn icmp_from_a_source_on_an_interface() {
         (Some(Ipv4Addr::new(127, 0, 0, 3)), Some("lo")),
     ] {
         let spec = ProbeSpec {
-            source,
+            source: source.map(IpAddr::V4),
             interface: interface.map(str::to_owned),
             ..spec(ProbeKind::Icmp, TIMEOUT)
         };
@@ -516,6 +525,133 @@ async fn icmp_from_a_source_on_an_interface() {
         &prober.probe(&nowhere).await,
         "bind to interface lb-no-such0",
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// IPv6: the same probes to ::1
+
+/// Whether this host has IPv6 on its loopback (`::1` can be bound); if not, says why the test
+/// skips (or fails it under CI).
+fn ipv6_loopback(test: &str) -> bool {
+    match std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, 0)) {
+        Ok(_) => true,
+        Err(e) => {
+            lb_testkit::ci::skip(
+                lb_testkit::ci::Skip::Test { name: test.into() },
+                &format!("no IPv6 on lo: binding [::1] failed: {e}"),
+            );
+            false
+        }
+    }
+}
+
+fn spec6(kind: ProbeKind, timeout: Duration) -> ProbeSpec {
+    ProbeSpec {
+        address: Ipv6Addr::LOCALHOST.into(),
+        ..spec(kind, timeout)
+    }
+}
+
+#[tokio::test]
+async fn tcp_connects_over_ipv6() {
+    if !ipv6_loopback("tcp_connects_over_ipv6") {
+        return;
+    }
+    let prober = Prober::new().unwrap();
+    let listener = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let result = prober.probe(&spec6(ProbeKind::Tcp { port }, TIMEOUT)).await;
+    assert_ok(&result);
+    let (_, peer) = listener.accept().await.unwrap();
+    assert_eq!(peer.ip(), IpAddr::V6(Ipv6Addr::LOCALHOST));
+
+    // From a source address of the family (IP_BIND_ADDRESS_NO_PORT on an IPv6 socket).
+    let from = ProbeSpec {
+        source: Some(Ipv6Addr::LOCALHOST.into()),
+        ..spec6(ProbeKind::Tcp { port }, TIMEOUT)
+    };
+    assert_ok(&prober.probe(&from).await);
+    let (_, peer) = listener.accept().await.unwrap();
+    assert_eq!(peer.ip(), IpAddr::V6(Ipv6Addr::LOCALHOST));
+
+    let closed = closed_port().await;
+    let nobody = prober
+        .probe(&spec6(ProbeKind::Tcp { port: closed }, TIMEOUT))
+        .await;
+    assert_failed(&nobody, "connection refused");
+}
+
+/// The HTTP probe to an IPv6 address names it in brackets in `Host` (RFC 3986's IP-literal).
+#[tokio::test]
+async fn http_over_ipv6_sends_a_bracketed_host() {
+    if !ipv6_loopback("http_over_ipv6_sends_a_bracketed_host") {
+        return;
+    }
+    let prober = Prober::new().unwrap();
+    let (port, mut requests, _server) =
+        http_server_on(Ipv6Addr::LOCALHOST.into(), Some(b"HTTP/1.1 200 OK\r\n\r\n")).await;
+    let result = prober.probe(&spec6(http_kind(port, 200), TIMEOUT)).await;
+    assert_ok(&result);
+    let request = requests.recv().await.unwrap();
+    assert!(
+        request.contains(&format!("\r\nHost: [::1]:{port}\r\n")),
+        "{request:?}"
+    );
+}
+
+/// ICMPv6 echo to ::1 over the prober's ICMPv6 socket (opened on the first IPv6 probe), alone,
+/// side by side with IPv4 probes on the other socket, and bound to an interface and a source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn icmpv6_echo_to_loopback() {
+    let prober = Prober::new().unwrap();
+    if !privileged(&prober, "icmpv6_echo_to_loopback") || !ipv6_loopback("icmpv6_echo_to_loopback")
+    {
+        return;
+    }
+    let result = prober.probe(&spec6(ProbeKind::Icmp, TIMEOUT)).await;
+    assert_ok(&result);
+    assert_eq!(result.detail, "echo reply from ::1");
+
+    let v4 = spec(ProbeKind::Icmp, TIMEOUT);
+    let v6 = spec6(ProbeKind::Icmp, TIMEOUT);
+    let probes = (0..20).map(|i| {
+        if i % 2 == 0 {
+            prober.probe(&v4)
+        } else {
+            prober.probe(&v6)
+        }
+    });
+    for (i, result) in futures_join_all(probes).await.iter().enumerate() {
+        assert_ok(result);
+        let from = if i % 2 == 0 { "127.0.0.1" } else { "::1" };
+        assert_eq!(result.detail, format!("echo reply from {from}"));
+    }
+
+    for (source, interface) in [
+        (Some(Ipv6Addr::LOCALHOST), None),
+        (None, Some("lo")),
+        (Some(Ipv6Addr::LOCALHOST), Some("lo")),
+    ] {
+        let spec = ProbeSpec {
+            source: source.map(IpAddr::V6),
+            interface: interface.map(str::to_owned),
+            ..spec6(ProbeKind::Icmp, TIMEOUT)
+        };
+        for _ in 0..2 {
+            let result = prober.probe(&spec).await;
+            assert!(result.ok, "{source:?} on {interface:?}: {result:?}");
+        }
+    }
+    assert_eq!(prober.icmp_in_flight(), 0);
+
+    // Probes that time out leave nothing behind, and their late replies disturb nothing.
+    let hasty = spec6(ProbeKind::Icmp, Duration::from_micros(1));
+    for result in futures_join_all((0..10).map(|_| prober.probe(&hasty))).await {
+        assert!(result.timed_out, "{result:?}");
+    }
+    assert_eq!(prober.icmp_in_flight(), 0);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_ok(&prober.probe(&v6).await);
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@
 //! A daemon that stops leaves the routes where they are: the datapath keeps forwarding, so the
 //! edge still serves. `lb down` and `--detach-on-exit` remove them with the datapath.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
 use log::{info, warn};
 use tokio::{sync::watch, task::JoinHandle};
@@ -31,7 +31,8 @@ const RETRY: Duration = Duration::from_secs(1);
 pub struct Wanted {
     /// Where the routes go (`None`: announcements are off; none are kept).
     pub announce: Option<Announce>,
-    pub addresses: BTreeSet<Ipv4Addr>,
+    /// Of both families: `/32` routes for IPv4 addresses, `/128` for IPv6 ones.
+    pub addresses: BTreeSet<IpAddr>,
 }
 
 /// The task keeping the routes; see the module's documentation.
@@ -144,12 +145,12 @@ async fn reconcile(
 }
 
 /// The addresses `announce`'s table holds routes for, from a command (no runtime of its own).
-pub fn list_blocking(announce: Announce) -> Result<BTreeSet<Ipv4Addr>, Error> {
+pub fn list_blocking(announce: Announce) -> Result<BTreeSet<IpAddr>, Error> {
     block_on(async move { Routes::connect()?.list(announce).await })
 }
 
 /// Removes every route of `announce`'s table and protocol, from a command; returns them.
-pub fn remove_all_blocking(announce: Announce) -> Result<BTreeSet<Ipv4Addr>, Error> {
+pub fn remove_all_blocking(announce: Announce) -> Result<BTreeSet<IpAddr>, Error> {
     block_on(async move { Routes::connect()?.remove_all(announce).await })
 }
 

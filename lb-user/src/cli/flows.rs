@@ -41,8 +41,10 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
             (false, true) => "",
         };
         println!(
-            "{:<4} {}:{} → {}:{} via {path} ({origin}{state})",
-            f.protocol, f.client, f.client_port, f.vip, f.vip_port
+            "{:<4} {} → {} via {path} ({origin}{state})",
+            f.protocol,
+            view::endpoint(f.client, f.client_port),
+            view::endpoint(f.vip, f.vip_port)
         );
     }
     println!(

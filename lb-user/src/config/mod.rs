@@ -10,7 +10,7 @@
 //! location of each value in hand, building the model. Whether the named interfaces exist is
 //! a separate check ([`Config::check_interfaces`]): a file may be checked on another host.
 
-use std::{fmt, net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{fmt, net::IpAddr, path::PathBuf, time::Duration};
 
 use crate::config::{
     raw::{RawConfig, shape_error},
@@ -43,10 +43,10 @@ pub struct Config {
     pub settle_max: Duration,
 }
 
-/// The `announce` section: `lb` keeps a host route (`/32`, type blackhole) for each servable VIP
-/// address in routing table `table` with route protocol `protocol`, and a routing daemon (BIRD,
-/// FRR) announces that table over BGP. No rule selects the table, so its routes never forward
-/// anything on this host.
+/// The `announce` section: `lb` keeps a host route (`/32`, or `/128` for an IPv6 VIP, type
+/// blackhole) for each servable VIP address in routing table `table` with route protocol
+/// `protocol`, and a routing daemon (BIRD, FRR) announces that table over BGP. No rule selects
+/// the table, so its routes never forward anything on this host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Announce {
     pub table: u32,
@@ -162,8 +162,8 @@ pub struct Target {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Path {
     pub name: String,
-    /// The VM's address on this path.
-    pub address: Ipv4Addr,
+    /// The VM's address on this path, IPv4 or IPv6.
+    pub address: IpAddr,
     /// Failover preference: lower is preferred. Defaults to the path's index in its target's
     /// list, so the listed order is the preference.
     pub priority: u32,
@@ -171,8 +171,8 @@ pub struct Path {
     pub weight: u32,
     /// The effective probe: the target's, with this path's overrides applied.
     pub probe: Probe,
-    /// Source address the probes are sent from.
-    pub source: Option<Ipv4Addr>,
+    /// Source address the probes are sent from (of the path address's family).
+    pub source: Option<IpAddr>,
     /// Interface the probes are bound to.
     pub interface: Option<String>,
 }
@@ -249,7 +249,9 @@ pub enum Protocol {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vip {
-    pub address: Ipv4Addr,
+    /// IPv4 or IPv6; every path of its target is of the same family (lb translates addresses,
+    /// never families).
+    pub address: IpAddr,
     /// `None`: the whole address (every TCP/UDP port and ICMP echo).
     pub service: Option<Service>,
     /// Name of the target.
@@ -344,8 +346,7 @@ impl Config {
                     ));
                 }
             }
-            let mut targets_of: std::collections::BTreeMap<Ipv4Addr, Vec<&str>> =
-                Default::default();
+            let mut targets_of: std::collections::BTreeMap<IpAddr, Vec<&str>> = Default::default();
             for v in self.vips.iter().filter(|v| v.announce) {
                 let ts = targets_of.entry(v.address).or_default();
                 if !ts.contains(&v.target.as_str()) {

@@ -2,7 +2,7 @@
 
 use std::{
     collections::{HashMap, hash_map::Entry},
-    net::Ipv4Addr,
+    net::IpAddr,
     time::Duration,
 };
 
@@ -28,7 +28,7 @@ pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Co
 #[derive(Default)]
 pub(crate) struct Validator {
     /// Every path address so far, with the path's location.
-    path_addresses: HashMap<Ipv4Addr, String>,
+    path_addresses: HashMap<IpAddr, String>,
     /// Paths so far, over all targets (the datapath's capacity).
     paths: usize,
 }
@@ -213,6 +213,19 @@ impl Validator {
         let source = source
             .map(|s| unicast(&format!("{at}.source"), &s))
             .transpose()?;
+        if let Some(source) = source
+            && source.is_ipv4() != address.is_ipv4()
+        {
+            return Err(invalid(
+                format!("{at}.source"),
+                format!(
+                    "{source} is {}, the path's address {address} {}: the probes go from an \
+                     address of the path's family",
+                    family(source),
+                    family(address)
+                ),
+            ));
+        }
         if let Some(name) = &interface {
             check_interface_name(&format!("{at}.interface"), name)?;
         }
@@ -230,7 +243,7 @@ impl Validator {
 
     fn vips(&self, raw_vips: Vec<RawVip>, targets: &[Target]) -> Result<Vec<Vip>, ConfigError> {
         // What each key is, for duplicates and reverse-NAT ambiguity: the index of the VIP.
-        let mut by_key: HashMap<(Ipv4Addr, Option<(Protocol, u16)>), usize> = HashMap::new();
+        let mut by_key: HashMap<(IpAddr, Option<(Protocol, u16)>), usize> = HashMap::new();
         let mut whole_by_target: HashMap<&str, usize> = HashMap::new();
         // (target, protocol, port on the VM): the key replies are translated by.
         let mut service_by_reply: HashMap<(&str, Protocol, u16), usize> = HashMap::new();
@@ -350,16 +363,38 @@ impl Validator {
                 })
             }
         };
-        let Some(found) = targets.iter().find(|t| t.name == target) else {
+        let Some(t) = targets.iter().position(|t| t.name == target) else {
             return Err(invalid(
                 format!("{at}.target"),
                 format!("unknown target {target:?}"),
             ));
         };
+        let found = &targets[t];
         if let Some(path) = self.path_addresses.get(&address) {
             return Err(invalid(
                 format!("{at}.address"),
                 format!("{address} is also the address of {path}"),
+            ));
+        }
+        // The datapath writes the chosen path's address over the VIP's: a path of the other
+        // family could not stand in for it (no translation between the families).
+        if let Some((j, p)) = found
+            .paths
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.address.is_ipv4() != address.is_ipv4())
+        {
+            return Err(invalid(
+                format!("{at}.address"),
+                format!(
+                    "{address} is an {} VIP, but its target {target:?} has the {} path {:?} \
+                     (targets[{t}].paths[{j}], {}): a VIP's paths must all be of its family \
+                     (lb translates addresses, never between IPv4 and IPv6)",
+                    family(address),
+                    family(p.address),
+                    p.name,
+                    p.address,
+                ),
             ));
         }
         let vip = Vip {
@@ -627,23 +662,55 @@ fn at_most(at: &str, what: &str, count: usize, max: u32) -> Result<(), ConfigErr
     Ok(())
 }
 
-/// An address a host can have: IPv4, and not unspecified, broadcast, multicast or loopback.
-fn unicast(at: &str, text: &str) -> Result<Ipv4Addr, ConfigError> {
-    let address: Ipv4Addr = text
+/// An address a host can have, IPv4 or IPv6, the same rules for both families: not
+/// unspecified, broadcast, multicast or loopback. An IPv6 address may also not be link-local
+/// (`fe80::/10` names a host only together with an interface, which neither the datapath's
+/// maps nor its route lookup carry) nor IPv4-mapped (`::ffff:a.b.c.d` is the form the maps hold
+/// IPv4 addresses in: it would be taken for the IPv4 address).
+fn unicast(at: &str, text: &str) -> Result<IpAddr, ConfigError> {
+    let address: IpAddr = text
         .parse()
-        .map_err(|_| invalid(at, format!("{text:?} is not an IPv4 address")))?;
-    let what = if address.is_unspecified() {
-        "the unspecified address"
-    } else if address.is_broadcast() {
-        "the broadcast address"
-    } else if address.is_multicast() {
-        "a multicast address"
-    } else if address.is_loopback() {
-        "a loopback address"
-    } else {
-        return Ok(address);
+        .map_err(|_| invalid(at, format!("{text:?} is not an IP address (IPv4 or IPv6)")))?;
+    let what = match address {
+        IpAddr::V4(a) if a.is_unspecified() => "the unspecified address",
+        IpAddr::V4(a) if a.is_broadcast() => "the broadcast address",
+        IpAddr::V4(a) if a.is_multicast() => "a multicast address",
+        IpAddr::V4(a) if a.is_loopback() => "a loopback address",
+        IpAddr::V4(_) => return Ok(address),
+        IpAddr::V6(a) if a.is_unspecified() => "the unspecified address",
+        IpAddr::V6(a) if a.is_multicast() => "a multicast address",
+        IpAddr::V6(a) if a.is_loopback() => "the loopback address",
+        IpAddr::V6(a) if a.is_unicast_link_local() => {
+            return Err(invalid(
+                at,
+                format!(
+                    "{address} is a link-local address: it names a host only together with an \
+                     interface, which lb's maps and route lookups do not carry"
+                ),
+            ));
+        }
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => {
+                return Err(invalid(
+                    at,
+                    format!(
+                        "{address} is an IPv4-mapped IPv6 address: write it as {v4} (lb holds \
+                         IPv4 addresses in that form, so the two would be one)"
+                    ),
+                ));
+            }
+            None => return Ok(address),
+        },
     };
     Err(invalid(at, format!("{address} is {what}, not a host's")))
+}
+
+/// `IPv4` or `IPv6`, as the errors name a family.
+fn family(address: IpAddr) -> &'static str {
+    match address {
+        IpAddr::V4(_) => "IPv4",
+        IpAddr::V6(_) => "IPv6",
+    }
 }
 
 pub(crate) fn port_number(at: &str, port: u16) -> Result<u16, ConfigError> {

@@ -9,7 +9,7 @@
 //! targets is withdrawn when any of them cannot be served (the upstream then sends it to an
 //! edge that serves them all). An address none of whose VIPs count is never announced.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use crate::control::{model::Model, policy::Decision};
 
@@ -43,8 +43,9 @@ impl std::fmt::Display for Withdrawn {
 
 /// Every address with a VIP whose state counts: `Ok` when it is to be announced, else why not.
 /// `attached`: the datapath is attached on every client-facing interface.
-pub fn addresses(model: &Model, attached: bool) -> BTreeMap<Ipv4Addr, Result<(), Withdrawn>> {
-    let mut out: BTreeMap<Ipv4Addr, Result<(), Withdrawn>> = BTreeMap::new();
+/// Addresses of both families: an IPv6 VIP's address gets its `/128` as an IPv4 one its `/32`.
+pub fn addresses(model: &Model, attached: bool) -> BTreeMap<IpAddr, Result<(), Withdrawn>> {
+    let mut out: BTreeMap<IpAddr, Result<(), Withdrawn>> = BTreeMap::new();
     for vip in model.config.vips.iter().filter(|v| v.announce) {
         let entry = out.entry(vip.address).or_insert(Ok(()));
         if !attached {
@@ -85,22 +86,25 @@ pub fn addresses(model: &Model, attached: bool) -> BTreeMap<Ipv4Addr, Result<(),
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, SystemTime};
+    use std::{
+        net::Ipv4Addr,
+        time::{Duration, SystemTime},
+    };
 
     use super::*;
     use crate::{config::Config, control::health::Health};
 
     /// The addresses [`addresses`] says to announce.
-    fn announced(model: &Model, attached: bool) -> std::collections::BTreeSet<Ipv4Addr> {
+    fn announced(model: &Model, attached: bool) -> std::collections::BTreeSet<IpAddr> {
         addresses(model, attached)
             .into_iter()
             .filter_map(|(a, r)| r.is_ok().then_some(a))
             .collect()
     }
 
-    const A: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-    const B: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
-    const C: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 12);
+    const A: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10));
+    const B: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 11));
+    const C: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 12));
 
     /// Targets `web` (failover, drop), `db` (active/active, last-known); VIPs: A whole → web,
     /// B tcp/80 → web and udp/53 → db, C → db with `announce: false`.
@@ -314,5 +318,40 @@ mod tests {
         m.paths.get_mut(&id).unwrap().disabled = true;
         m.decide("web");
         assert!(!announced(&m, true).contains(&A));
+    }
+
+    /// An IPv6 VIP follows the same rule as an IPv4 one: its target (of IPv6 paths) decides,
+    /// and each address of a dual-stack service is announced on its own.
+    #[test]
+    fn ipv6_addresses_follow_the_same_rule() {
+        let config = Config::from_json(
+            r#"{
+              "interfaces": { "clients": ["c0"], "paths": ["p0"] },
+              "announce": {},
+              "targets": [
+                { "name": "web", "paths": [ { "name": "n1", "address": "192.0.2.1" } ] },
+                { "name": "web6", "paths": [
+                    { "name": "n1", "address": "2001:db8:1::1" },
+                    { "name": "n2", "address": "2001:db8:2::1" } ] }
+              ],
+              "vips": [
+                { "address": "203.0.113.10", "target": "web" },
+                { "address": "2001:db8:ff::10", "target": "web6" }
+              ]
+            }"#,
+        )
+        .unwrap();
+        let mut m = Model::new(config, &Model::empty()).unwrap();
+        let v6: IpAddr = "2001:db8:ff::10".parse().unwrap();
+        assert_eq!(
+            addresses(&m, true)[&v6],
+            Err(Withdrawn::NoUsablePath(vec!["web6".into()]))
+        );
+        set(&mut m, "web6", "n2", Health::Up);
+        assert_eq!(announced(&m, true), [v6].into());
+        set(&mut m, "web", "n1", Health::Up);
+        assert_eq!(announced(&m, true), [A, v6].into());
+        set(&mut m, "web6", "n2", Health::Down);
+        assert_eq!(announced(&m, true), [A].into());
     }
 }

@@ -166,7 +166,7 @@ impl Daemon {
             .filter(|(role, hook, iface)| self.attached.contains(&(*role, *hook, iface.clone())))
             .filter_map(|(_, _, iface)| Some((iface.clone(), crate::ifindex(iface)?)))
             .collect();
-        self.record_hooks(&new)?;
+        self.record_hooks(&new, &next.config.vips)?;
         self.redirects
             .retain(|iface, _| wanted.iter().any(|(_, _, w)| w == iface));
         self.sync_redirect_targets(wanted.iter().map(|(_, _, iface)| iface.clone()))?;
@@ -308,9 +308,17 @@ impl Daemon {
     /// Every configured interface is a redirect target when frames can be redirected into it
     /// (attached now or before), and kept out when they would be dropped; a change is logged.
     /// Records each interface's hook, mode and reason in `LB_IFACES` for `lb status`, and
-    /// warns about interfaces the kernel does not forward on (the datapath then hands their
-    /// VIP traffic to the kernel untranslated, which drops it).
-    pub(super) fn record_hooks(&mut self, new: &[crate::datapath::Attached]) -> anyhow::Result<()> {
+    /// warns about interfaces the kernel does not forward on, for each family of `vips` (the
+    /// datapath then hands their VIP traffic to the kernel untranslated, which drops it).
+    pub(super) fn record_hooks(
+        &mut self,
+        new: &[crate::datapath::Attached],
+        vips: &[crate::config::Vip],
+    ) -> anyhow::Result<()> {
+        // Each family's forwarding as far as VIPs of that family are configured (an edge with
+        // no VIPs yet is warned about IPv4, as before IPv6 VIPs existed).
+        let v6 = vips.iter().any(|v| v.address.is_ipv6());
+        let v4 = vips.iter().any(|v| v.address.is_ipv4()) || !v6;
         for (iface, (hook, why)) in &self.hooks {
             let fresh = new.iter().find(|a| &a.iface == iface);
             let mode = match (fresh.and_then(|a| a.mode), hook) {
@@ -331,11 +339,22 @@ impl Daemon {
                 .maps
                 .set_iface(iface, meta)
                 .with_context(|| format!("recording the hook of {iface}"))?;
-            if fresh.is_some() && crate::datapath::netdev::ipv4_forwarding(iface) == Some(false) {
+            if fresh.is_none() {
+                continue;
+            }
+            if v4 && crate::datapath::netdev::ipv4_forwarding(iface) == Some(false) {
                 warn!(
                     "{iface}: IPv4 forwarding is off, so the datapath hands its VIP traffic to \
                      the kernel untranslated, which does not forward it (counted \
                      pass_forwarding_off); `sysctl -w net.ipv4.conf.{iface}.forwarding=1`"
+                );
+            }
+            if v6 && crate::datapath::netdev::ipv6_forwarding(iface) == Some(false) {
+                warn!(
+                    "{iface}: IPv6 forwarding is off, so the datapath hands its IPv6 VIP \
+                     traffic to the kernel untranslated, which does not forward it (counted \
+                     pass_forwarding_off); `sysctl -w net.ipv6.conf.all.forwarding=1` (or \
+                     net.ipv6.conf.{iface}.forwarding)"
                 );
             }
         }

@@ -316,10 +316,11 @@ impl Daemon {
         let ids = model.ids.targets.clone();
         Some(tokio::task::spawn_blocking(move || {
             let t0 = Instant::now();
-            let swept = crate::datapath::exceptions::sweep(
+            let swept = crate::datapath::exceptions::sweep_all(
                 &mut maps,
                 ids.values().copied(),
                 |vip| vips.get(&vip).copied(),
+                |tid, key, value| model.rule_path(tid, key) == Some(value.path),
                 |tid, key, value| model.rule_path(tid, key) == Some(value.path),
                 monotonic_coarse_ns(),
                 &flows,

@@ -549,6 +549,15 @@ impl Maps {
         }
     }
 
+    /// Removes an exception from `LB_FLOWS6` (`outbound`: from `LB_OUTBOUND6`); absent is fine.
+    pub fn remove_exception6(&mut self, outbound: bool, key: &FlowKey6) -> Result<(), Error> {
+        if outbound {
+            op_absent(m::OUTBOUND6, "remove", self.outbound6.remove(key)).map(drop)
+        } else {
+            op_absent(m::FLOWS6, "remove", self.flows6.remove(key)).map(drop)
+        }
+    }
+
     /// Sets target `id`'s pin count (`LB_EXC_SEQ`, the datapath's): for tests that place
     /// exceptions by hand.
     pub fn set_exc_seq(&mut self, id: u32, seq: u64) -> Result<(), Error> {

@@ -43,6 +43,8 @@ const CTRL_ATTR_FAMILY_NAME: u16 = 2;
 const NETDEV_CMD_DEV_GET: u8 = 1;
 const NETDEV_A_DEV_IFINDEX: u16 = 1;
 const NETDEV_A_DEV_XDP_FEATURES: u16 = 3;
+/// `struct rtmsg` (uapi/linux/rtnetlink.h).
+const RTMSG_LEN: usize = 12;
 
 /// The XDP features of device `ifindex` (in this thread's network namespace); `Ok(None)` on a
 /// kernel without the `netdev` family (before 6.3), where nothing can be said.
@@ -67,7 +69,18 @@ pub fn xdp_features(ifindex: u32) -> io::Result<Option<XdpFeatures>> {
 /// Whether IPv4 forwarding is on for `iface` (`net.ipv4.conf.<iface>.forwarding`, in this
 /// process's network namespace); `None` when it cannot be read.
 pub fn ipv4_forwarding(iface: &str) -> Option<bool> {
-    let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
+    forwarding(&format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"))
+}
+
+/// Whether IPv6 forwarding is on for `iface` (`net.ipv6.conf.<iface>.forwarding`, what the
+/// datapath's `bpf_fib_lookup` checks for the interface a packet came in on; setting
+/// `net.ipv6.conf.all.forwarding` sets it on every interface); `None` when it cannot be read
+/// (IPv6 disabled on the host or the interface).
+pub fn ipv6_forwarding(iface: &str) -> Option<bool> {
+    forwarding(&format!("/proc/sys/net/ipv6/conf/{iface}/forwarding"))
+}
+
+fn forwarding(path: &str) -> Option<bool> {
     let text = std::fs::read_to_string(path).ok()?;
     Some(text.trim() != "0")
 }
@@ -211,22 +224,12 @@ impl Socket {
     }
 }
 
-/// The interface the kernel routes `addr` through (`ip route get`: RTM_GETROUTE, its
-/// `RTA_OIF`), in this thread's network namespace; `Ok(None)` when there is no route.
-pub fn route_oif(addr: std::net::Ipv4Addr) -> io::Result<Option<u32>> {
-    const RTM_GETROUTE: u16 = 26;
-    const RTMSG_LEN: usize = 12;
-    const RTA_DST: u16 = 1;
+/// The interface the kernel routes `addr` through (`ip route get`, `ip -6 route get`:
+/// RTM_GETROUTE, its `RTA_OIF`), in this thread's network namespace; `Ok(None)` when there is
+/// no route.
+pub fn route_oif(addr: std::net::IpAddr) -> io::Result<Option<u32>> {
     const RTA_OIF: u16 = 4;
-    let len = NLMSG_HDR_LEN + RTMSG_LEN + 8;
-    let mut msg = Vec::with_capacity(len);
-    request_header(&mut msg, len, RTM_GETROUTE);
-    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type; flags.
-    msg.extend([libc::AF_INET as u8, 32, 0, 0, 0, 0, 0, 0]);
-    msg.extend(0u32.to_ne_bytes());
-    msg.extend(8u16.to_ne_bytes());
-    msg.extend(RTA_DST.to_ne_bytes());
-    msg.extend(addr.octets());
+    let msg = route_get(addr);
     let sock = Socket::open_protocol(libc::NETLINK_ROUTE)?;
     let reply = match sock.exchange(&msg) {
         Ok(r) => r,
@@ -246,6 +249,29 @@ pub fn route_oif(addr: std::net::Ipv4Addr) -> io::Result<Option<u32>> {
     Ok(attr(attrs, RTA_OIF)
         .and_then(|v| v.try_into().ok())
         .map(u32::from_ne_bytes))
+}
+
+/// The RTM_GETROUTE request for `addr`: an `rtmsg` of its family with a host prefix, and one
+/// `RTA_DST` attribute holding the address.
+fn route_get(addr: std::net::IpAddr) -> Vec<u8> {
+    const RTM_GETROUTE: u16 = 26;
+    const RTA_DST: u16 = 1;
+    let (family, prefix, octets) = match addr {
+        std::net::IpAddr::V4(a) => (libc::AF_INET, 32, a.octets().to_vec()),
+        std::net::IpAddr::V6(a) => (libc::AF_INET6, 128, a.octets().to_vec()),
+    };
+    let attr_len = 4 + octets.len();
+    let len = NLMSG_HDR_LEN + RTMSG_LEN + align4(attr_len);
+    let mut msg = Vec::with_capacity(len);
+    request_header(&mut msg, len, RTM_GETROUTE);
+    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type; flags.
+    msg.extend([family as u8, prefix, 0, 0, 0, 0, 0, 0]);
+    msg.extend(0u32.to_ne_bytes());
+    msg.extend((attr_len as u16).to_ne_bytes());
+    msg.extend(RTA_DST.to_ne_bytes());
+    msg.extend(octets);
+    msg.resize(len, 0);
+    msg
 }
 
 /// A request's netlink header: total length `len`, message type `ty`.
@@ -286,8 +312,57 @@ mod tests {
     fn the_loopback_address_is_routed_through_lo() {
         let lo = crate::ifindex("lo").expect("every namespace has lo");
         assert_eq!(
-            route_oif(std::net::Ipv4Addr::LOCALHOST).expect("rtnetlink answers"),
+            route_oif(std::net::Ipv4Addr::LOCALHOST.into()).expect("rtnetlink answers"),
             Some(lo)
+        );
+    }
+
+    #[test]
+    fn the_ipv6_loopback_address_is_routed_through_lo() {
+        // A host (or namespace) without IPv6 on lo has no IPv6 route to ask about.
+        let disabled = std::fs::read_to_string("/proc/sys/net/ipv6/conf/lo/disable_ipv6");
+        if disabled.as_deref().map(str::trim).ok() != Some("0") {
+            lb_testkit::ci::skip(
+                lb_testkit::ci::Skip::Test {
+                    name: "netdev::tests::the_ipv6_loopback_address_is_routed_through_lo".into(),
+                },
+                "IPv6 is disabled on lo",
+            );
+            return;
+        }
+        let lo = crate::ifindex("lo").expect("every namespace has lo");
+        assert_eq!(
+            route_oif(std::net::Ipv6Addr::LOCALHOST.into()).expect("rtnetlink answers"),
+            Some(lo)
+        );
+    }
+
+    #[test]
+    fn route_requests_carry_the_address_of_its_family() {
+        let v4 = route_get("192.0.2.70".parse().expect("an address"));
+        assert_eq!(v4.len(), NLMSG_HDR_LEN + RTMSG_LEN + 8);
+        assert_eq!(
+            v4[NLMSG_HDR_LEN..NLMSG_HDR_LEN + 2],
+            [libc::AF_INET as u8, 32]
+        );
+        assert_eq!(
+            attr(&v4[NLMSG_HDR_LEN + RTMSG_LEN..], 1),
+            Some(&[192, 0, 2, 70][..])
+        );
+        let v6 = route_get("2001:db8::70".parse().expect("an address"));
+        assert_eq!(v6.len(), NLMSG_HDR_LEN + RTMSG_LEN + 20);
+        assert_eq!(
+            u32::from_ne_bytes(v6[..4].try_into().expect("4 bytes")) as usize,
+            v6.len()
+        );
+        assert_eq!(
+            v6[NLMSG_HDR_LEN..NLMSG_HDR_LEN + 2],
+            [libc::AF_INET6 as u8, 128]
+        );
+        let dst: std::net::Ipv6Addr = "2001:db8::70".parse().expect("an address");
+        assert_eq!(
+            attr(&v6[NLMSG_HDR_LEN + RTMSG_LEN..], 1),
+            Some(&dst.octets()[..])
         );
     }
 

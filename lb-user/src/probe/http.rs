@@ -30,12 +30,7 @@ pub(crate) async fn http(
         Ok((stream, _)) => stream,
         Err(detail) => return failed(detail),
     };
-    // RFC 9110 7.2: the port is part of Host unless it is the scheme's default.
-    let host = if port == 80 {
-        spec.address.to_string()
-    } else {
-        format!("{}:{port}", spec.address)
-    };
+    let host = host(spec.address, port);
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lb-probe\r\nConnection: close\r\n\r\n"
     );
@@ -53,6 +48,16 @@ pub(crate) async fn http(
         Some(status) if status == expect_status => succeeded(rtt, format!("status {status}")),
         Some(status) => failed(format!("status {status}, expected {expect_status}")),
         None => failed(format!("malformed status line \"{}\"", quote(line))),
+    }
+}
+
+/// The `Host` header's value: RFC 9110 7.2, the port is part of it unless it is the scheme's
+/// default; an IPv6 address in brackets (RFC 3986's IP-literal).
+pub(crate) fn host(address: std::net::IpAddr, port: u16) -> String {
+    match (address, port) {
+        (std::net::IpAddr::V4(a), 80) => a.to_string(),
+        (std::net::IpAddr::V6(a), 80) => format!("[{a}]"),
+        (a, port) => std::net::SocketAddr::new(a, port).to_string(),
     }
 }
 

@@ -12,15 +12,16 @@
 //!   connection in its logs at worst. With a source address the socket also sets
 //!   `IP_BIND_ADDRESS_NO_PORT`, so the port is chosen at `connect` per destination.
 //! - **ICMP** shares one raw socket (`SOCK_RAW`/`IPPROTO_ICMP`, needs `CAP_NET_RAW`) and one
-//!   receive task. Each echo request carries the prober's identifier, a sequence number and a
+//!   receive task; IPv6 paths share another (`IPPROTO_ICMPV6`, ICMPv6 echo), opened on the
+//!   first probe of an IPv6 path. Each echo request carries the prober's identifier, a sequence number and a
 //!   token (the prober's random nonce plus the probe's number) in its payload; the receive task
 //!   hands a reply to the probe waiting for that sequence number only when the identifier, the
 //!   replying address and the token all match, and ignores everything else: other processes'
 //!   pings, replies to probes that timed out (their waiter is removed when the probe future is
 //!   dropped), echo requests and other ICMP (the kernel filters those out with `ICMP_FILTER`
 //!   already; the parser checks again). A probe with a `source` or an `interface` needs a socket
-//!   bound accordingly; those sockets are opened on first use and kept, one per (source,
-//!   interface).
+//!   bound accordingly; those sockets are opened on first use and kept, one per (family,
+//!   source, interface).
 //!
 //! Without `CAP_NET_RAW` the prober still works for TCP and HTTP; ICMP probes then fail with a
 //! detail saying why ([`Prober::icmp_unavailable`]).
@@ -41,7 +42,7 @@
 use std::{
     hash::BuildHasher,
     io,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     os::fd::{AsFd, AsRawFd},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
@@ -53,7 +54,7 @@ use std::{
 use socket2::SockAddr;
 use tokio::io::Interest;
 
-use self::icmp::{BoundChannel, IcmpChannel, echo_request};
+use self::icmp::{BoundChannel, Family, IcmpChannel};
 use crate::{
     config::{Path, Probe, ProbeKind},
     control::monitor::Cause,
@@ -73,10 +74,11 @@ pub const BURST_TIMEOUT_FLOOR: Duration = Duration::from_millis(3);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeSpec {
     pub kind: ProbeKind,
-    /// The address probed (the VM's address on the path).
-    pub address: Ipv4Addr,
-    /// Source address the probe is sent from (`None`: chosen by routing).
-    pub source: Option<Ipv4Addr>,
+    /// The address probed (the VM's address on the path), IPv4 or IPv6.
+    pub address: IpAddr,
+    /// Source address the probe is sent from, of `address`'s family (`None`: chosen by
+    /// routing).
+    pub source: Option<IpAddr>,
     /// Interface the probe is bound to (`SO_BINDTODEVICE`, needs `CAP_NET_RAW`).
     pub interface: Option<String>,
     /// The whole probe (connection, request, answer) must complete within this.
@@ -223,9 +225,11 @@ impl PathProbe {
 /// What the probes share: the ICMP sockets and their receive tasks. Create one per daemon,
 /// inside a tokio runtime with I/O and time enabled; dropping it stops its receive tasks.
 pub struct Prober {
-    /// The shared ICMP socket for probes without source or interface, or why there is none.
+    /// The shared ICMP socket for IPv4 probes without source or interface, or why there is
+    /// none.
     icmp: Result<Arc<IcmpChannel>, String>,
-    /// Sockets bound to a source address and/or an interface, opened on first use.
+    /// The other sockets: the shared ICMPv6 one, and those bound to a source address and/or an
+    /// interface; opened on first use.
     bound: Mutex<Vec<BoundChannel>>,
     /// The ICMP identifier of this prober's echo requests.
     ident: u16,
@@ -259,7 +263,7 @@ impl Prober {
             (std::process::id() as u16).wrapping_add(PROBERS.fetch_add(1, Ordering::Relaxed));
         // SipHash with fresh random keys: random enough to tell probers and restarts apart.
         let nonce = std::collections::hash_map::RandomState::new().hash_one(ident);
-        let icmp = match IcmpChannel::open(ident, None, None) {
+        let icmp = match IcmpChannel::open(ident, Family::V4, None, None) {
             Ok(channel) => Ok(Arc::new(channel)),
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(icmp_open_detail(&e)),
             Err(e) => return Err(io::Error::new(e.kind(), format!("icmp probe socket: {e}"))),
@@ -273,7 +277,8 @@ impl Prober {
         })
     }
 
-    /// Why ICMP probes cannot run (`None`: they can). For a warning at start-up.
+    /// Why ICMP probes cannot run (`None`: they can). For a warning at start-up. (Said of the
+    /// IPv4 socket; an ICMPv6 socket needs the same privilege.)
     pub fn icmp_unavailable(&self) -> Option<&str> {
         self.icmp.as_ref().err().map(String::as_str)
     }
@@ -315,7 +320,8 @@ impl Prober {
     }
 
     async fn icmp(&self, spec: &ProbeSpec) -> ProbeResult {
-        let channel = match self.icmp_channel(spec.source, spec.interface.as_deref()) {
+        let family = Family::of(spec.address);
+        let channel = match self.icmp_channel(family, spec.source, spec.interface.as_deref()) {
             Ok(channel) => channel,
             Err(detail) => return failed(detail),
         };
@@ -329,8 +335,8 @@ impl Prober {
         let stamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let request = echo_request(self.ident, registration.seq, registration.token, stamp);
-        let to = SockAddr::from(SocketAddrV4::new(spec.address, 0));
+        let request = family.request(self.ident, registration.seq, registration.token, stamp);
+        let to = SockAddr::from(SocketAddr::new(spec.address, 0));
         let sent = Instant::now();
         let send = channel
             .socket
@@ -364,29 +370,31 @@ impl Prober {
         // is left behind.
     }
 
-    /// The socket for an ICMP probe from `source` on `interface`.
+    /// The socket for an ICMP probe of `family` from `source` on `interface`.
     fn icmp_channel(
         &self,
-        source: Option<Ipv4Addr>,
+        family: Family,
+        source: Option<IpAddr>,
         interface: Option<&str>,
     ) -> Result<Arc<IcmpChannel>, String> {
-        if source.is_none() && interface.is_none() {
+        if family == Family::V4 && source.is_none() && interface.is_none() {
             return self.icmp.clone();
         }
-        // A few entries at most (one per distinct source/interface in the configuration): a
-        // linear search, and no key to allocate per probe.
+        // A few entries at most (one per distinct family/source/interface in the
+        // configuration): a linear search, and no key to allocate per probe.
         let mut bound = lock(&self.bound);
-        if let Some(b) = bound
-            .iter()
-            .find(|b| b.source == source && b.interface.as_deref() == interface)
-        {
+        if let Some(b) = bound.iter().find(|b| {
+            b.family == family && b.source == source && b.interface.as_deref() == interface
+        }) {
             return Ok(Arc::clone(&b.channel));
         }
-        // Not cached on failure: a missing interface may appear later.
-        let channel = IcmpChannel::open(self.ident, source, interface)
+        // Not cached on failure: a missing interface may appear later (and a host's IPv6 be
+        // switched on).
+        let channel = IcmpChannel::open(self.ident, family, source, interface)
             .map(Arc::new)
             .map_err(|e| icmp_open_detail(&e))?;
         bound.push(BoundChannel {
+            family,
             source,
             interface: interface.map(str::to_owned),
             channel: Arc::clone(&channel),
@@ -449,16 +457,26 @@ pub(crate) fn setsockopt_u32(
     name: libc::c_int,
     value: u32,
 ) -> io::Result<()> {
+    setsockopt(socket, level, name, &value)
+}
+
+/// `setsockopt` with an option value of plain old data (integers, arrays of them).
+pub(crate) fn setsockopt<T: Copy>(
+    socket: &impl AsFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
     let fd = socket.as_fd();
     // SAFETY: `fd` is an open socket borrowed for the duration of the call, and the option value
-    // points to a live `u32` whose exact size is passed along.
+    // points to a live `T` whose exact size is passed along.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             level,
             name,
-            (&raw const value).cast(),
-            size_of::<u32>() as libc::socklen_t,
+            (&raw const *value).cast(),
+            size_of::<T>() as libc::socklen_t,
         )
     };
     if rc == 0 {

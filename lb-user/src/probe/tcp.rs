@@ -22,7 +22,11 @@ pub(super) async fn tcp(spec: &ProbeSpec, port: u16) -> ProbeResult {
 /// A connection to `spec.address:port` from `spec.source` on `spec.interface`, and the time the
 /// handshake took.
 pub(super) async fn connect(spec: &ProbeSpec, port: u16) -> Result<(TcpStream, Duration), String> {
-    let socket = TcpSocket::new_v4().map_err(|e| format!("tcp socket: {e}"))?;
+    let socket = match spec.address {
+        std::net::IpAddr::V4(_) => TcpSocket::new_v4(),
+        std::net::IpAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| format!("tcp socket: {e}"))?;
     socket
         .set_zero_linger()
         .map_err(|e| format!("set SO_LINGER: {e}"))?;
@@ -33,7 +37,8 @@ pub(super) async fn connect(spec: &ProbeSpec, port: u16) -> Result<(TcpStream, D
     }
     if let Some(source) = spec.source {
         // The port is then picked at connect time for this destination, not at bind time
-        // among all ports free for every destination.
+        // among all ports free for every destination. An `IPPROTO_IP` option, which the
+        // kernel takes on IPv6 sockets too (`ipv6_setsockopt` hands `SOL_IP` on).
         setsockopt_u32(&socket, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)
             .map_err(|e| format!("set IP_BIND_ADDRESS_NO_PORT: {e}"))?;
         socket

@@ -1,15 +1,19 @@
+use std::net::{Ipv4Addr, Ipv6Addr};
+
 use lb_common::csum;
 
 use super::*;
 use crate::probe::{
-    http::{QUOTE_MAX, parse_status_line, quote},
+    http::{QUOTE_MAX, host, parse_status_line, quote},
     icmp::{
-        ECHO_LEN, EchoReply, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, Registration, Waiters,
-        echo_request,
+        ECHO_LEN, EchoReply, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP6_ECHO_REPLY,
+        ICMP6_ECHO_REQUEST, Registration, Waiters, echo_request, echo_request6, icmp6_filter,
     },
 };
 
-const PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 7);
+const PEER4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 7);
+const PEER: IpAddr = IpAddr::V4(PEER4);
+const PEER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7);
 const IDENT: u16 = 0x1234;
 const NONCE: u64 = 0xdead_beef_0000_0000;
 
@@ -150,7 +154,7 @@ fn echo_request_checksum_verifies() {
 #[test]
 fn parses_a_reply_and_ignores_the_rest() {
     let request = echo_request(IDENT, 7, 42, 99);
-    let reply = reply_datagram(&request, PEER);
+    let reply = reply_datagram(&request, PEER4);
     assert_eq!(
         EchoReply::parse(&reply),
         Some(EchoReply {
@@ -161,7 +165,7 @@ fn parses_a_reply_and_ignores_the_rest() {
         })
     );
     // The request itself, as the raw socket sees it on loopback.
-    assert_eq!(EchoReply::parse(&datagram(&request, PEER)), None);
+    assert_eq!(EchoReply::parse(&datagram(&request, PEER4)), None);
     // A corrupted reply.
     let mut bad = reply.clone();
     *bad.last_mut().unwrap() ^= 1;
@@ -174,7 +178,12 @@ fn parses_a_reply_and_ignores_the_rest() {
     let mut unreachable = vec![3, 1, 0, 0, 0, 0, 0, 0];
     let check = csum::checksum(0, &unreachable);
     unreachable[2..4].copy_from_slice(&check);
-    assert_eq!(EchoReply::parse(&datagram(&unreachable, PEER)), None);
+    assert_eq!(EchoReply::parse(&datagram(&unreachable, PEER4)), None);
+}
+
+/// Hands an IPv4 datagram to `waiters` as the receive task does.
+fn deliver4(waiters: &Waiters, packet: &[u8], at: Instant) -> bool {
+    waiters.deliver(IDENT, EchoReply::parse(packet).as_ref(), at)
 }
 
 /// The request a registered probe would send.
@@ -193,19 +202,31 @@ fn delivers_only_the_matching_reply() {
 
     // Another process's ping, another address, another token: all ignored.
     let other_ident = echo_request(IDENT + 1, first.seq, first.token, 0);
-    assert!(!waiters.deliver(IDENT, &reply_datagram(&other_ident, PEER), now));
+    assert!(!deliver4(
+        &waiters,
+        &reply_datagram(&other_ident, PEER4),
+        now
+    ));
     let elsewhere = reply_datagram(&request_for(&first), Ipv4Addr::new(10, 0, 0, 8));
-    assert!(!waiters.deliver(IDENT, &elsewhere, now));
+    assert!(!deliver4(&waiters, &elsewhere, now));
     let stale = echo_request(IDENT, first.seq, first.token ^ 1, 0);
-    assert!(!waiters.deliver(IDENT, &reply_datagram(&stale, PEER), now));
+    assert!(!deliver4(&waiters, &reply_datagram(&stale, PEER4), now));
     assert_eq!(waiters.len(), 2);
 
     // The second probe's reply goes to the second probe only.
-    assert!(waiters.deliver(IDENT, &reply_datagram(&request_for(&second), PEER), now));
+    assert!(deliver4(
+        &waiters,
+        &reply_datagram(&request_for(&second), PEER4),
+        now
+    ));
     assert_eq!(second_rx.try_recv().unwrap(), now);
     assert!(first_rx.try_recv().is_err());
     // A duplicate reply finds nobody.
-    assert!(!waiters.deliver(IDENT, &reply_datagram(&request_for(&second), PEER), now));
+    assert!(!deliver4(
+        &waiters,
+        &reply_datagram(&request_for(&second), PEER4),
+        now
+    ));
     drop(second);
     assert_eq!(waiters.len(), 1);
     drop(first);
@@ -217,11 +238,11 @@ fn a_late_reply_is_ignored() {
     let waiters = Waiters::default();
     let counter = AtomicU64::new(0);
     let (registration, _rx) = waiters.register(&counter, NONCE, PEER).unwrap();
-    let late = reply_datagram(&request_for(&registration), PEER);
+    let late = reply_datagram(&request_for(&registration), PEER4);
     // The probe times out: its future, and so its registration, is dropped.
     drop(registration);
     assert_eq!(waiters.len(), 0);
-    assert!(!waiters.deliver(IDENT, &late, Instant::now()));
+    assert!(!deliver4(&waiters, &late, Instant::now()));
     assert_eq!(waiters.len(), 0);
 }
 
@@ -230,10 +251,10 @@ fn a_reply_racing_the_timeout_is_harmless() {
     let waiters = Waiters::default();
     let counter = AtomicU64::new(0);
     let (registration, rx) = waiters.register(&counter, NONCE, PEER).unwrap();
-    let reply = reply_datagram(&request_for(&registration), PEER);
+    let reply = reply_datagram(&request_for(&registration), PEER4);
     // The receiver is gone (the probe future is being dropped) but the registration not yet.
     drop(rx);
-    assert!(!waiters.deliver(IDENT, &reply, Instant::now()));
+    assert!(!deliver4(&waiters, &reply, Instant::now()));
     drop(registration);
     assert_eq!(waiters.len(), 0);
 }
@@ -249,4 +270,113 @@ fn sequence_numbers_in_use_are_skipped() {
     assert_eq!(old.seq, 0);
     assert_eq!(new.seq, 1);
     assert_ne!(old.token, new.token);
+}
+
+/// The ICMPv6 echo reply a host sends to `request`: the same message, type 129. A raw ICMPv6
+/// socket delivers the message alone; its checksum is the kernel's to check.
+fn reply6(request: &[u8]) -> Vec<u8> {
+    let mut icmp = request.to_vec();
+    icmp[0] = ICMP6_ECHO_REPLY;
+    icmp
+}
+
+#[test]
+fn icmpv6_echo_request_leaves_the_checksum_to_the_kernel() {
+    let request = echo_request6(IDENT, 7, 42, 99);
+    assert_eq!(request[0], ICMP6_ECHO_REQUEST);
+    assert_eq!(request[1], 0, "code");
+    assert_eq!(request[2..4], [0, 0], "the kernel fills the checksum in");
+    assert_eq!(request[4..8], [0x12, 0x34, 0, 7]);
+    assert_eq!(request[8..16], 42u64.to_be_bytes());
+    // The same layout as the IPv4 request, but for its type and checksum.
+    let v4 = echo_request(IDENT, 7, 42, 99);
+    assert_eq!(request[4..], v4[4..]);
+    assert_eq!(icmp::Family::V6.request(IDENT, 7, 42, 99), request);
+    assert_eq!(icmp::Family::V4.request(IDENT, 7, 42, 99), v4);
+}
+
+#[test]
+fn parses_an_icmpv6_reply_and_ignores_the_rest() {
+    let request = echo_request6(IDENT, 7, 42, 99);
+    let reply = reply6(&request);
+    let want = EchoReply {
+        source: IpAddr::V6(PEER6),
+        ident: IDENT,
+        seq: 7,
+        token: Some(42),
+    };
+    assert_eq!(EchoReply::parse6(&reply, PEER6), Some(want));
+    let v6 = icmp::Family::V6;
+    assert_eq!(
+        v6.parse(&reply, Some(IpAddr::V6(PEER6))),
+        EchoReply::parse6(&reply, PEER6)
+    );
+    // Without a sender, or with an IPv4 one, nothing is matched.
+    assert_eq!(v6.parse(&reply, None), None);
+    assert_eq!(v6.parse(&reply, Some(PEER)), None);
+    // The request itself (our own on loopback).
+    assert_eq!(EchoReply::parse6(&request, PEER6), None);
+    // A neighbour advertisement, an echo reply with another code.
+    let mut na = reply.clone();
+    na[0] = 136;
+    assert_eq!(EchoReply::parse6(&na, PEER6), None);
+    let mut code = reply.clone();
+    code[1] = 1;
+    assert_eq!(EchoReply::parse6(&code, PEER6), None);
+    // Truncated below the echo header; a payload too short for a token.
+    for len in 0..8 {
+        assert_eq!(EchoReply::parse6(&reply[..len], PEER6), None, "{len} bytes");
+    }
+    assert_eq!(
+        EchoReply::parse6(&reply[..12], PEER6).map(|r| r.token),
+        Some(None)
+    );
+    // An IPv4 datagram is not read as ICMPv6, nor the reverse.
+    assert_eq!(EchoReply::parse(&reply), None);
+}
+
+#[test]
+fn delivers_only_the_matching_icmpv6_reply() {
+    let waiters = Waiters::default();
+    let counter = AtomicU64::new(0);
+    let peer = IpAddr::V6(PEER6);
+    let (probe, mut rx) = waiters.register(&counter, NONCE, peer).unwrap();
+    let now = Instant::now();
+    let message = reply6(&echo_request6(IDENT, probe.seq, probe.token, 0));
+    let deliver = |from: Ipv6Addr| {
+        let reply = icmp::Family::V6.parse(&message, Some(IpAddr::V6(from)));
+        waiters.deliver(IDENT, reply.as_ref(), now)
+    };
+    // Another address, and the same echo from the IPv4 peer: ignored.
+    assert!(!deliver(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 8)));
+    let v4 = reply_datagram(&echo_request(IDENT, probe.seq, probe.token, 0), PEER4);
+    assert!(!deliver4(&waiters, &v4, now));
+    assert_eq!(waiters.len(), 1);
+    assert!(deliver(PEER6));
+    assert_eq!(rx.try_recv().unwrap(), now);
+    drop(probe);
+    assert_eq!(waiters.len(), 0);
+}
+
+/// The kernel copies every ICMPv6 message (neighbour discovery included) to every raw ICMPv6
+/// socket unless its filter blocks the type: only echo replies pass.
+#[test]
+fn the_icmpv6_filter_passes_echo_replies_only() {
+    let filter = icmp6_filter(ICMP6_ECHO_REPLY);
+    let blocks = |t: u8| filter[usize::from(t >> 5)] & (1 << (t & 31)) != 0;
+    assert!(!blocks(ICMP6_ECHO_REPLY));
+    for t in (0..=255u8).filter(|t| *t != ICMP6_ECHO_REPLY) {
+        assert!(blocks(t), "type {t} passes");
+    }
+    assert_eq!(filter[4], !(1 << 1), "129 is bit 1 of word 4");
+}
+
+/// RFC 9110 7.2 and RFC 3986: the port only when it is not 80, an IPv6 address in brackets.
+#[test]
+fn http_host_header() {
+    let v6 = IpAddr::V6(PEER6);
+    assert_eq!(host(PEER, 80), "10.0.0.7");
+    assert_eq!(host(PEER, 8080), "10.0.0.7:8080");
+    assert_eq!(host(v6, 80), "[2001:db8::7]");
+    assert_eq!(host(v6, 8080), "[2001:db8::7]:8080");
 }

@@ -250,7 +250,7 @@ fn probe_lag(quick: bool, interval: Duration) -> anyhow::Result<ProbeLag> {
         for id in 0..PATHS {
             let spec = ProbeSpec {
                 kind: ProbeKind::Icmp,
-                address: addresses[id % addresses.len()],
+                address: std::net::IpAddr::V4(addresses[id % addresses.len()]),
                 source: None,
                 interface: None,
                 timeout: interval,

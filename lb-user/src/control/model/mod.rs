@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -23,10 +23,7 @@ use crate::{
 
 /// The key of a configured VIP, in the form both families share (`VipInfo::key`).
 pub fn vip_key(v: &Vip) -> EndpointKey6 {
-    EndpointKey6::of(
-        std::net::IpAddr::V4(v.address),
-        v.service.map(|s| (proto(s.protocol), s.port)),
-    )
+    EndpointKey6::of(v.address, v.service.map(|s| (proto(s.protocol), s.port)))
 }
 
 pub(crate) fn proto(p: Protocol) -> u8 {
@@ -113,7 +110,7 @@ pub struct Model {
     pub exc_clear: BTreeMap<u32, u64>,
     /// Path addresses as pinned state had them (restart: a path whose address changed in the
     /// new configuration starts unknown).
-    pub pinned_addresses: BTreeMap<u32, Ipv4Addr>,
+    pub pinned_addresses: BTreeMap<u32, IpAddr>,
 }
 
 impl Model {
@@ -216,7 +213,7 @@ impl Model {
         }
     }
 
-    fn address_of(&self, path: u32) -> Option<Ipv4Addr> {
+    fn address_of(&self, path: u32) -> Option<IpAddr> {
         self.config
             .targets
             .iter()
@@ -388,7 +385,11 @@ impl Model {
 
     /// The path the decision rules give flow `key` of target `tid` when no transition is in
     /// force (an exception to it is redundant); `None` during a transition or without a path.
-    pub fn rule_path(&self, tid: u32, key: &lb_common::maps::FlowKey) -> Option<u32> {
+    pub fn rule_path<A: lb_common::hash::HashAddr>(
+        &self,
+        tid: u32,
+        key: &lb_common::maps::FlowKey<A>,
+    ) -> Option<u32> {
         if self.transitions.contains_key(&tid) {
             return None;
         }

@@ -1,17 +1,17 @@
 //! A model to the tables the maps must hold, and back (a restarted daemon adopts them).
 
 use std::{
-    collections::BTreeSet,
-    net::Ipv4Addr,
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     time::{Duration, UNIX_EPOCH},
 };
 
 use lb_common::{
     maps::{
         ALL_DOWN_DROP, ALL_DOWN_LAST_KNOWN, CONFIG_MODE_ACTIVE_ACTIVE, CONFIG_MODE_FAILOVER,
-        EndpointKey, HEALTH_DOWN, HEALTH_UNKNOWN, HEALTH_UP, PATH_DISABLED, PATH_DOWN, PATH_UP,
-        PathMeta, PathValue, REV_F_SHADOWS_WHOLE, RevValue, TARGET_MODE_RING, TARGET_MODE_SINGLE,
-        TargetMeta, TargetValue, VipInfo, decode_name, encode_name,
+        EndpointKey, EndpointKey6, HEALTH_DOWN, HEALTH_UNKNOWN, HEALTH_UP, PATH_DISABLED,
+        PATH_DOWN, PATH_UP, PathMeta, PathValue, REV_F_SHADOWS_WHOLE, RevValue, TARGET_MODE_RING,
+        TARGET_MODE_SINGLE, TargetMeta, TargetValue, VipInfo, decode_name, encode_name,
     },
     net::IPPROTO_UDP,
 };
@@ -59,7 +59,7 @@ impl Model {
                     let pm = t.path_meta.get(pid)?;
                     Some(crate::config::Path {
                         name: decode_name(&pm.name).to_string(),
-                        address: ipv4(p.ip()),
+                        address: p.ip(),
                         priority: pm.priority,
                         weight: pm.weight,
                         // The threshold as written, so the tables come out the same.
@@ -78,9 +78,11 @@ impl Model {
                 })
                 .collect::<Vec<crate::config::Path>>();
             let expose_paths = paths.iter().any(|p| {
-                t.addrs
-                    .get(&p.address.octets())
-                    .is_some_and(|k| k & lb_common::maps::ADDR_EXPOSED != 0)
+                let kind = match p.address {
+                    IpAddr::V4(a) => t.addrs.get(&a.octets()),
+                    IpAddr::V6(a) => t.addrs6.get(&a.octets()),
+                };
+                kind.is_some_and(|k| k & lb_common::maps::ADDR_EXPOSED != 0)
             });
             m.config.targets.push(Target {
                 expose_paths,
@@ -117,7 +119,7 @@ impl Model {
                 }
             });
             m.config.vips.push(Vip {
-                address: ipv4(info.key.ip()),
+                address: info.key.ip(),
                 service,
                 target: decode_name(&target.name).to_string(),
                 announce: info.flags & lb_common::maps::VIP_INFO_F_NO_ANNOUNCE == 0,
@@ -152,7 +154,7 @@ impl Model {
                 );
             }
         }
-        m.pinned_addresses = t.paths.iter().map(|(id, p)| (*id, ipv4(p.ip()))).collect();
+        m.pinned_addresses = t.paths.iter().map(|(id, p)| (*id, p.ip())).collect();
         m
     }
 
@@ -167,8 +169,12 @@ impl Model {
             },
             ..Tables::default()
         };
+        let mut mark = |address: IpAddr, kind: u32| match address {
+            IpAddr::V4(a) => *out.addrs.entry(a.octets()).or_default() |= kind,
+            IpAddr::V6(a) => *out.addrs6.entry(a.octets()).or_default() |= kind,
+        };
         for v in &self.config.vips {
-            *out.addrs.entry(v.address.octets()).or_default() |= lb_common::maps::ADDR_VIP;
+            mark(v.address, lb_common::maps::ADDR_VIP);
         }
         for t in &self.config.targets {
             let kind = if t.expose_paths {
@@ -177,7 +183,7 @@ impl Model {
                 lb_common::maps::ADDR_PATH
             };
             for p in &t.paths {
-                *out.addrs.entry(p.address.octets()).or_default() |= kind;
+                mark(p.address, kind);
             }
         }
         for t in &self.config.targets {
@@ -236,7 +242,7 @@ impl Model {
                 out.paths.insert(
                     pid,
                     PathValue {
-                        addr: lb_common::maps::mapped(p.address.octets()),
+                        addr: EndpointKey6::of(p.address, None).addr,
                         state,
                         _pad: [0; 3],
                         target: tid,
@@ -297,51 +303,69 @@ impl Model {
                     },
                 },
             );
+            let service = v
+                .service
+                .map(|s| (proto(s.protocol), s.target_port.unwrap_or(s.port)));
+            let vip_port = v.service.map_or(0, |s| s.port).to_be_bytes();
             for p in &t.paths {
                 let Some(&pid) = self.ids.paths.get(&(t.name.clone(), p.name.clone())) else {
                     continue;
                 };
-                let rev_key = EndpointKey::new(
-                    p.address,
-                    v.service
-                        .map(|s| (proto(s.protocol), s.target_port.unwrap_or(s.port))),
-                );
-                out.rev_nat.insert(
-                    rev_key,
-                    RevValue {
-                        vip_addr: v.address.octets(),
-                        vip_port: v.service.map_or(0, |s| s.port).to_be_bytes(),
-                        flags: 0,
-                        vip_rank: rank,
-                        vip_id: vid,
-                        path: pid,
-                    },
-                );
+                // Each family in its own table; the configuration refuses a VIP with a path of
+                // the other family, which no entry could translate.
+                match (p.address, v.address) {
+                    (IpAddr::V4(path), IpAddr::V4(vip)) => {
+                        out.rev_nat.insert(
+                            EndpointKey::new(path, service),
+                            rev_value(vip.octets(), vip_port, rank, vid, pid),
+                        );
+                    }
+                    (IpAddr::V6(path), IpAddr::V6(vip)) => {
+                        out.rev_nat6.insert(
+                            EndpointKey6::with(path.octets(), service),
+                            rev_value(vip.octets(), vip_port, rank, vid, pid),
+                        );
+                    }
+                    _ => {}
+                }
             }
         }
-        // A service answered from an address that also has a whole-address VIP: replies from
-        // its port need `LB_SHADOWED` to tell the two apart.
-        let whole: BTreeSet<[u8; 4]> = out
-            .rev_nat
-            .keys()
-            .filter(|k| k.is_whole_address())
-            .map(|k| k.addr)
-            .collect();
-        for (key, rev) in out.rev_nat.iter_mut() {
-            if !key.is_whole_address() && whole.contains(&key.addr) {
-                rev.flags |= REV_F_SHADOWS_WHOLE;
-            }
-        }
+        shadow(&mut out.rev_nat);
+        shadow(&mut out.rev_nat6);
         out
     }
 }
 
-/// An address the daemon wrote, read back from the pinned tables. The configuration is IPv4
-/// only so far, so every one is; an IPv6 one (another build's) reads as `0.0.0.0`, a path or
-/// VIP the next reload replaces.
-fn ipv4(addr: std::net::IpAddr) -> Ipv4Addr {
-    match addr {
-        std::net::IpAddr::V4(a) => a,
-        std::net::IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+/// What a reply from path `path` is translated back with: VIP `vip_id`'s address (of either
+/// family) and port (`[0, 0]`: the VM's port is kept), its rank.
+fn rev_value<A>(
+    vip_addr: A,
+    vip_port: [u8; 2],
+    vip_rank: u8,
+    vip_id: u32,
+    path: u32,
+) -> RevValue<A> {
+    RevValue {
+        vip_addr,
+        vip_port,
+        flags: 0,
+        vip_rank,
+        vip_id,
+        path,
+    }
+}
+
+/// A service answered from an address that also has a whole-address VIP: replies from its port
+/// need `LB_SHADOWED` (`LB_SHADOWED6`) to tell the two apart.
+fn shadow<A: Copy + Ord, V>(rev_nat: &mut BTreeMap<EndpointKey<A>, RevValue<V>>) {
+    let whole: BTreeSet<A> = rev_nat
+        .keys()
+        .filter(|k| k.is_whole_address())
+        .map(|k| k.addr)
+        .collect();
+    for (key, rev) in rev_nat.iter_mut() {
+        if !key.is_whole_address() && whole.contains(&key.addr) {
+            rev.flags |= REV_F_SHADOWS_WHOLE;
+        }
     }
 }

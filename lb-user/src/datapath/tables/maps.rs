@@ -1,8 +1,8 @@
 //! The real maps as a [`Store`].
 
 use lb_common::maps::{
-    EndpointKey, PathMeta, PathValue, RING_SIZE, RevValue, Settings, TARGET_MODE_RING, TargetMeta,
-    TargetValue, VipInfo,
+    Addr6, EndpointKey, EndpointKey6, PathMeta, PathValue, RING_SIZE, RevValue, RevValue6,
+    Settings, TARGET_MODE_RING, TargetMeta, TargetValue, VipInfo,
 };
 
 use crate::datapath::{
@@ -23,6 +23,12 @@ impl Store for Maps {
     }
     fn remove_rev_nat(&mut self, key: &EndpointKey) -> Result<(), Error> {
         Maps::remove_rev_nat(self, key)
+    }
+    fn set_rev_nat6(&mut self, key: EndpointKey6, value: RevValue6) -> Result<(), Error> {
+        Maps::set_rev_nat6(self, key, value)
+    }
+    fn remove_rev_nat6(&mut self, key: &EndpointKey6) -> Result<(), Error> {
+        Maps::remove_rev_nat6(self, key)
     }
     fn set_target(&mut self, id: u32, value: TargetValue) -> Result<(), Error> {
         Maps::set_target(self, id, value)
@@ -45,6 +51,12 @@ impl Store for Maps {
     fn remove_addr(&mut self, addr: [u8; 4]) -> Result<(), Error> {
         Maps::remove_addr(self, addr)
     }
+    fn set_addr6(&mut self, addr: Addr6, kind: u32) -> Result<(), Error> {
+        Maps::set_addr6(self, addr, kind)
+    }
+    fn remove_addr6(&mut self, addr: Addr6) -> Result<(), Error> {
+        Maps::remove_addr6(self, addr)
+    }
     fn set_settings(&mut self, value: Settings) -> Result<(), Error> {
         Maps::set_settings(self, value)
     }
@@ -58,8 +70,8 @@ impl Store for Maps {
 
 impl Maps {
     /// Reads the control plane's part of the maps back: targets and paths whose meta says they
-    /// are in use, every VIP id with a description, every reverse-NAT entry, and the rings of
-    /// ring-mode targets.
+    /// are in use, every VIP id with a description, every reverse-NAT entry and address of both
+    /// families, and the rings of ring-mode targets.
     pub fn read_tables(&self) -> Result<Tables, Error> {
         let mut t = Tables::default();
         for id in 0..lb_common::maps::MAX_TARGETS {
@@ -98,7 +110,9 @@ impl Maps {
             }
         }
         t.rev_nat = self.rev_nat()?.into_iter().collect();
+        t.rev_nat6 = self.rev_nat6()?.into_iter().collect();
         t.addrs = self.addrs()?.into_iter().collect();
+        t.addrs6 = self.addrs6()?.into_iter().collect();
         t.settings = self.settings()?;
         Ok(t)
     }

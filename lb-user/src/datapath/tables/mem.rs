@@ -3,8 +3,8 @@
 use std::collections::BTreeSet;
 
 use lb_common::maps::{
-    EndpointKey, EndpointKey6, PathMeta, PathValue, RevValue, Settings, TARGET_MODE_RING,
-    TargetMeta, TargetValue, VipInfo,
+    Addr6, EndpointKey, EndpointKey6, PathMeta, PathValue, RevValue, RevValue6, Settings,
+    TARGET_MODE_RING, TargetMeta, TargetValue, VipInfo,
 };
 
 use crate::datapath::{
@@ -64,6 +64,7 @@ impl MemStore {
                 .map(|(k, v)| (*k, *v))
                 .collect(),
             rev_nat: t.rev_nat.clone(),
+            rev_nat6: t.rev_nat6.clone(),
             targets: t
                 .targets
                 .iter()
@@ -101,6 +102,7 @@ impl MemStore {
                 .map(|(k, v)| (*k, *v))
                 .collect(),
             addrs: t.addrs.clone(),
+            addrs6: t.addrs6.clone(),
             settings: t.settings,
         }
     }
@@ -131,6 +133,18 @@ impl Store for MemStore {
     fn remove_rev_nat(&mut self, key: &EndpointKey) -> Result<(), Error> {
         self.call()?;
         self.tables.rev_nat.remove(key);
+        self.log.push(format!("-rev {}", key.ip()));
+        Ok(())
+    }
+    fn set_rev_nat6(&mut self, key: EndpointKey6, value: RevValue6) -> Result<(), Error> {
+        self.call()?;
+        self.tables.rev_nat6.insert(key, value);
+        self.log.push(format!("rev {}", key.ip()));
+        Ok(())
+    }
+    fn remove_rev_nat6(&mut self, key: &EndpointKey6) -> Result<(), Error> {
+        self.call()?;
+        self.tables.rev_nat6.remove(key);
         self.log.push(format!("-rev {}", key.ip()));
         Ok(())
     }
@@ -176,6 +190,20 @@ impl Store for MemStore {
         self.tables.addrs.remove(&addr);
         self.log
             .push(format!("-addr {}", std::net::Ipv4Addr::from(addr)));
+        Ok(())
+    }
+    fn set_addr6(&mut self, addr: Addr6, kind: u32) -> Result<(), Error> {
+        self.call()?;
+        self.tables.addrs6.insert(addr, kind);
+        self.log
+            .push(format!("addr {}", std::net::Ipv6Addr::from(addr)));
+        Ok(())
+    }
+    fn remove_addr6(&mut self, addr: Addr6) -> Result<(), Error> {
+        self.call()?;
+        self.tables.addrs6.remove(&addr);
+        self.log
+            .push(format!("-addr {}", std::net::Ipv6Addr::from(addr)));
         Ok(())
     }
     fn set_settings(&mut self, value: Settings) -> Result<(), Error> {

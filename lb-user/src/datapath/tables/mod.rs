@@ -7,17 +7,22 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use lb_common::maps::{
-    EndpointKey, NO_ID, PathMeta, PathValue, RevValue, Settings, TARGET_MODE_NONE,
-    TARGET_MODE_RING, TargetMeta, TargetValue, VipInfo,
+    Addr6, EndpointKey, EndpointKey6, NO_ID, PathMeta, PathValue, RevValue, RevValue6, Settings,
+    TARGET_MODE_NONE, TARGET_MODE_RING, TargetMeta, TargetValue, VipInfo,
 };
 
 use crate::datapath::Error;
 
-/// The control plane's part of the maps, by id.
+/// The control plane's part of the maps, by id. The tables keyed by an address come in twins,
+/// one per family, as the maps do (`LB_REV_NAT` and `LB_REV_NAT6`, `LB_ADDRS` and `LB_ADDRS6`);
+/// a VIP's key says its family (`LB_VIPS` or `LB_VIPS6`, `Maps::set_vip`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tables {
     pub vips: BTreeMap<u32, VipInfo>,
+    /// Reverse NAT of IPv4 path addresses (to IPv4 VIPs).
     pub rev_nat: BTreeMap<EndpointKey, RevValue>,
+    /// Reverse NAT of IPv6 path addresses (to IPv6 VIPs).
+    pub rev_nat6: BTreeMap<EndpointKey6, RevValue6>,
     pub targets: BTreeMap<u32, TargetValue>,
     /// Consistent-hash tables by (target, half): the current ring of the targets in
     /// `TARGET_MODE_RING`, and the previous one of those in a transition from a ring.
@@ -25,8 +30,10 @@ pub struct Tables {
     pub paths: BTreeMap<u32, PathValue>,
     pub target_meta: BTreeMap<u32, TargetMeta>,
     pub path_meta: BTreeMap<u32, PathMeta>,
-    /// Every VIP and path address → `ADDR_*` bits.
+    /// Every IPv4 VIP and path address → `ADDR_*` bits.
     pub addrs: BTreeMap<[u8; 4], u32>,
+    /// Every IPv6 VIP and path address → `ADDR_*` bits.
+    pub addrs6: BTreeMap<Addr6, u32>,
     pub settings: Settings,
 }
 
@@ -36,6 +43,8 @@ pub trait Store {
     fn remove_vip(&mut self, id: u32) -> Result<(), Error>;
     fn set_rev_nat(&mut self, key: EndpointKey, value: RevValue) -> Result<(), Error>;
     fn remove_rev_nat(&mut self, key: &EndpointKey) -> Result<(), Error>;
+    fn set_rev_nat6(&mut self, key: EndpointKey6, value: RevValue6) -> Result<(), Error>;
+    fn remove_rev_nat6(&mut self, key: &EndpointKey6) -> Result<(), Error>;
     fn set_target(&mut self, id: u32, value: TargetValue) -> Result<(), Error>;
     fn set_ring(&mut self, target: u32, half: u8, slots: &[u32]) -> Result<(), Error>;
     fn set_path(&mut self, id: u32, value: PathValue) -> Result<(), Error>;
@@ -43,6 +52,8 @@ pub trait Store {
     fn set_path_meta(&mut self, id: u32, value: PathMeta) -> Result<(), Error>;
     fn set_addr(&mut self, addr: [u8; 4], kind: u32) -> Result<(), Error>;
     fn remove_addr(&mut self, addr: [u8; 4]) -> Result<(), Error>;
+    fn set_addr6(&mut self, addr: Addr6, kind: u32) -> Result<(), Error>;
+    fn remove_addr6(&mut self, addr: Addr6) -> Result<(), Error>;
     fn set_settings(&mut self, value: Settings) -> Result<(), Error>;
     fn refresh_filter(&mut self) -> Result<(), Error>;
     /// What the store holds, read back (after a failed undo).
@@ -60,8 +71,12 @@ pub enum Write {
     Target(u32, TargetValue),
     Addr([u8; 4], u32),
     RemoveAddr([u8; 4]),
+    Addr6(Addr6, u32),
+    RemoveAddr6(Addr6),
     RevNat(EndpointKey, RevValue),
     RemoveRevNat(EndpointKey),
+    RevNat6(EndpointKey6, RevValue6),
+    RemoveRevNat6(EndpointKey6),
     Vip(u32, VipInfo),
     RemoveVip(u32),
     /// Rebuild the address pre-filter from what the maps hold.
@@ -79,8 +94,12 @@ impl Write {
             Write::Target(id, v) => store.set_target(*id, *v),
             Write::Addr(addr, kind) => store.set_addr(*addr, *kind),
             Write::RemoveAddr(addr) => store.remove_addr(*addr),
+            Write::Addr6(addr, kind) => store.set_addr6(*addr, *kind),
+            Write::RemoveAddr6(addr) => store.remove_addr6(*addr),
             Write::RevNat(key, v) => store.set_rev_nat(*key, *v),
             Write::RemoveRevNat(key) => store.remove_rev_nat(key),
+            Write::RevNat6(key, v) => store.set_rev_nat6(*key, *v),
+            Write::RemoveRevNat6(key) => store.remove_rev_nat6(key),
             Write::Vip(id, v) => store.set_vip(*id, *v),
             Write::RemoveVip(id) => store.remove_vip(*id),
             Write::RefreshFilter => store.refresh_filter(),
@@ -125,11 +144,23 @@ impl Write {
             Write::RemoveAddr(addr) => {
                 t.addrs.remove(addr);
             }
+            Write::Addr6(addr, kind) => {
+                t.addrs6.insert(*addr, *kind);
+            }
+            Write::RemoveAddr6(addr) => {
+                t.addrs6.remove(addr);
+            }
             Write::RevNat(key, v) => {
                 t.rev_nat.insert(*key, *v);
             }
             Write::RemoveRevNat(key) => {
                 t.rev_nat.remove(key);
+            }
+            Write::RevNat6(key, v) => {
+                t.rev_nat6.insert(*key, *v);
+            }
+            Write::RemoveRevNat6(key) => {
+                t.rev_nat6.remove(key);
             }
             Write::Vip(id, v) => {
                 t.vips.insert(*id, *v);
@@ -144,7 +175,7 @@ impl Write {
 
 impl std::fmt::Display for Write {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use std::net::Ipv4Addr;
+        use std::net::{Ipv4Addr, Ipv6Addr};
         match self {
             Write::Settings(_) => write!(f, "settings"),
             Write::PathMeta(id, _) => write!(f, "path {id}'s description"),
@@ -158,8 +189,12 @@ impl std::fmt::Display for Write {
             Write::Target(id, _) => write!(f, "target {id}'s decision"),
             Write::Addr(addr, _) => write!(f, "address {}", Ipv4Addr::from(*addr)),
             Write::RemoveAddr(addr) => write!(f, "address {} (removal)", Ipv4Addr::from(*addr)),
+            Write::Addr6(addr, _) => write!(f, "address {}", Ipv6Addr::from(*addr)),
+            Write::RemoveAddr6(addr) => write!(f, "address {} (removal)", Ipv6Addr::from(*addr)),
             Write::RevNat(key, _) => write!(f, "reverse NAT of {}", key.ip()),
             Write::RemoveRevNat(key) => write!(f, "reverse NAT of {} (removal)", key.ip()),
+            Write::RevNat6(key, _) => write!(f, "reverse NAT of {}", key.ip()),
+            Write::RemoveRevNat6(key) => write!(f, "reverse NAT of {} (removal)", key.ip()),
             Write::Vip(id, v) => write!(f, "VIP {id} ({})", v.key.ip()),
             Write::RemoveVip(id) => write!(f, "VIP {id} (removal)"),
             Write::RefreshFilter => write!(f, "the address pre-filter"),
@@ -176,6 +211,9 @@ impl std::fmt::Display for Write {
 ///    then reverse NAT, then VIPs, then the address pre-filter: everything a new or changed
 ///    VIP leads to exists before the VIP does;
 /// 2. then removals, the other way round: VIPs, reverse NAT, pre-filter, targets, paths.
+///
+/// Each table keyed by an address is written beside its twin of the other family, in the same
+/// place of that order (IPv4 first).
 ///
 /// A removed path's slot is written down (state 0), so exceptions still naming it go stale.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -236,9 +274,21 @@ impl Plan {
                 filter = true;
             }
         }
+        for (addr, kind) in &desired.addrs6 {
+            if changed(current.addrs6.get(addr), kind) {
+                w.push(Write::Addr6(*addr, *kind));
+                filter = true;
+            }
+        }
         for (key, rev) in &desired.rev_nat {
             if changed(current.rev_nat.get(key), rev) {
                 w.push(Write::RevNat(*key, *rev));
+                filter = true;
+            }
+        }
+        for (key, rev) in &desired.rev_nat6 {
+            if changed(current.rev_nat6.get(key), rev) {
+                w.push(Write::RevNat6(*key, *rev));
                 filter = true;
             }
         }
@@ -276,12 +326,28 @@ impl Plan {
             w.push(Write::RemoveRevNat(*key));
             removed = true;
         }
+        for key in current
+            .rev_nat6
+            .keys()
+            .filter(|k| !desired.rev_nat6.contains_key(k))
+        {
+            w.push(Write::RemoveRevNat6(*key));
+            removed = true;
+        }
         for addr in current
             .addrs
             .keys()
             .filter(|a| !desired.addrs.contains_key(*a))
         {
             w.push(Write::RemoveAddr(*addr));
+            removed = true;
+        }
+        for addr in current
+            .addrs6
+            .keys()
+            .filter(|a| !desired.addrs6.contains_key(*a))
+        {
+            w.push(Write::RemoveAddr6(*addr));
             removed = true;
         }
         if removed {
