@@ -2513,6 +2513,322 @@ const CASES: &[(&str, &str, Case)] = &[
         },
     ),
     (
+        "ipv6_udp_service_translated_both_ways",
+        "an IPv6 UDP service (53 → 5353): the client's datagram gets the path and port 5353, the VM's answer from 5353 the VIP and 53 back; the UDP checksum follows both ways",
+        |fx| {
+            fx.standard6()?;
+            fx.expose6(
+                ids::VIP_SPARE,
+                addr6::NOT_VIP,
+                Some((IPPROTO_UDP, 53)),
+                ids::TARGET_WEB6,
+                Some(5353),
+                &[(ids::PATH6_NN1, addr6::NN1), (ids::PATH6_NN2, addr6::NN2)],
+            )?;
+            let q = to_vip6(addr6::NOT_VIP, 5000, 53).l4(L6::Udp);
+            let out = toward6(&q, addr6::NN1, macs::NN1).ports(5000, 5353);
+            ingress6(fx, &q, Redirect6(&out))?;
+            let a = from_path6(
+                P6::tcp(addr6::NN1, 5353, addr6::CLIENT, 5000).l4(L6::Udp),
+                macs::NN1,
+            );
+            let back = toward_client6(&a, addr6::NOT_VIP, macs::CLIENT).ports(53, 5000);
+            returning6(fx, &a, Redirect6(&back))?;
+            fx.counters(&[
+                (FlowDecided, 1),
+                (NatIngress, 1),
+                (NatReturn, 1),
+                (XdpRedirect, 2),
+            ])
+        },
+    ),
+    (
+        "ipv6_echo_both_ways",
+        "the VM's ICMPv6 echo reply leaves with the VIP as source (its checksum follows, pseudo-header), and the VM's own echo request is translated the same way",
+        |fx| {
+            fx.standard6()?;
+            let reply = from_path6(
+                P6::tcp(addr6::NN1, 7, addr6::CLIENT, 1).l4(L6::EchoReply),
+                macs::NN1,
+            );
+            let back = toward_client6(&reply, addr6::VIP, macs::CLIENT);
+            returning6(fx, &reply, Redirect6(&back))?;
+            let ping = from_path6(
+                P6::tcp(addr6::NN1, 9, addr6::CLIENT, 1).l4(L6::EchoRequest),
+                macs::NN1,
+            );
+            let out = toward_client6(&ping, addr6::VIP, macs::CLIENT);
+            returning6(fx, &ping, Redirect6(&out))?;
+            fx.counters(&[(NatReturn, 2), (XdpRedirect, 2)])
+        },
+    ),
+    (
+        "ipv6_active_active_follows_the_ring",
+        "an IPv6 target in active/active: each flow goes to the path its ring slot names (the IPv6 flow hash), the same flow always to the same path, and both paths get flows",
+        |fx| {
+            fx.standard6()?;
+            let ring: Vec<u32> = (0..lb_common::maps::RING_SIZE)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        ids::PATH6_NN1
+                    } else {
+                        ids::PATH6_NN2
+                    }
+                })
+                .collect();
+            fx.dp.maps.set_ring(ids::TARGET_WEB6, 0, &ring)?;
+            fx.dp
+                .maps
+                .set_target(ids::TARGET_WEB6, TargetValue::ring(0))?;
+            let mut seen = [0u32; 2];
+            for sport in 41000..41016u16 {
+                let key = FlowKey::new(
+                    addr6::CLIENT.octets(),
+                    addr6::VIP.octets(),
+                    sport.to_be_bytes(),
+                    80u16.to_be_bytes(),
+                    IPPROTO_TCP,
+                );
+                let slot = lb_common::hash::ring_slot(&key);
+                let (path, m, i) = if slot % 2 == 0 {
+                    (addr6::NN1, macs::NN1, 0)
+                } else {
+                    (addr6::NN2, macs::NN2, 1)
+                };
+                seen[i] += 1;
+                let p = to_vip6(addr6::VIP, sport, 80);
+                for _ in 0..2 {
+                    ingress6(fx, &p, Redirect6(&toward6(&p, path, m)))?;
+                }
+            }
+            assert!(seen[0] > 0 && seen[1] > 0, "both paths get flows: {seen:?}");
+            fx.counters(&[(FlowDecided, 32), (NatIngress, 32), (XdpRedirect, 32)])
+        },
+    ),
+    (
+        "ipv6_transition_keeps_established_flows",
+        "an IPv6 target moves from nn1 to nn2 while nn1 is up: an established connection's segment stays on nn1 and pins its flow (LB_FLOWS6), a SYN goes to nn2 and is pinned there (its flow's previous path differs)",
+        |fx| {
+            fx.standard6()?;
+            fx.change_single(ids::TARGET_WEB6, ids::PATH6_NN2)?;
+            let est = to_vip6(addr6::VIP, 40000, 22);
+            ingress6(fx, &est, Redirect6(&toward6(&est, addr6::NN1, macs::NN1)))?;
+            let pins = fx.dp.maps.flows6(10)?;
+            assert_eq!(pins.len(), 1, "the established flow is pinned");
+            assert_eq!(
+                pins[0].0,
+                FlowKey::new(
+                    addr6::CLIENT.octets(),
+                    addr6::VIP.octets(),
+                    40000u16.to_be_bytes(),
+                    22u16.to_be_bytes(),
+                    IPPROTO_TCP
+                )
+            );
+            assert_eq!(pins[0].1.path, ids::PATH6_NN1);
+            ingress6(fx, &est, Redirect6(&toward6(&est, addr6::NN1, macs::NN1)))?;
+            let syn = to_vip6(addr6::VIP, 40001, 22).l4(L6::Syn);
+            ingress6(fx, &syn, Redirect6(&toward6(&syn, addr6::NN2, macs::NN2)))?;
+            fx.counters(&[
+                (FlowPrevious, 1),
+                (ExceptionPinned, 2),
+                (ExceptionHit, 1),
+                (FlowDecided, 1),
+                (NatIngress, 3),
+                (XdpRedirect, 3),
+            ])
+        },
+    ),
+    (
+        "ipv6_syn_ack_from_the_standby_path_pins",
+        "the VM answers an IPv6 SYN over nn2 while nn1 is the decision: the SYN-ACK leaves with the VIP and pins the flow (LB_OUTBOUND6), so the client's next segments go to nn2",
+        |fx| {
+            fx.standard6()?;
+            let synack = from_path6(
+                P6::tcp(addr6::NN2, 22, addr6::CLIENT, 40000).l4(L6::SynAck),
+                macs::NN2,
+            );
+            let back = toward_client6(&synack, addr6::VIP, macs::CLIENT);
+            returning6(fx, &synack, Redirect6(&back))?;
+            assert_eq!(
+                fx.dp.maps.outbound6(10)?.len(),
+                1,
+                "the VM's flow is pinned"
+            );
+            let next = to_vip6(addr6::VIP, 40000, 22);
+            ingress6(fx, &next, Redirect6(&toward6(&next, addr6::NN2, macs::NN2)))?;
+            fx.counters(&[
+                (ExceptionFromVm, 1),
+                (ExceptionHit, 1),
+                (NatReturn, 1),
+                (NatIngress, 1),
+                (XdpRedirect, 2),
+            ])
+        },
+    ),
+    (
+        "ipv6_reply_on_the_wrong_interface_dropped",
+        "an IPv6 reply from a path address arriving on an interface its address is not routed through: dropped, counted",
+        |fx| {
+            fx.standard6()?;
+            fx.dp
+                .maps
+                .set_path_iface(ids::PATH6_NN1, fx.env.cli0.ifindex)?;
+            let reply = from_path6(P6::tcp(addr6::NN1, 22, addr6::CLIENT, 40000), macs::NN1);
+            returning6(fx, &reply, Dropped6)?;
+            let expiring = reply.clone().hop(1);
+            fx.dp.maps.set_path_iface(ids::PATH6_NN1, 0)?;
+            returning6(fx, &expiring, Pass6)?;
+            fx.counters(&[
+                (DropWrongInterface, 1),
+                (PassTtlExpired, 1),
+                (XdpDrop, 1),
+                (XdpPass, 1),
+            ])
+        },
+    ),
+    (
+        "ipv6_reply_fragments_follow_their_first",
+        "the VM's IPv6 answer in fragments: the first is translated and tracked, the later one follows it with the VIP as source, its payload untouched",
+        |fx| {
+            fx.standard6()?;
+            let a = from_path6(
+                P6::tcp(addr6::NN1, 53, addr6::CLIENT, 5000)
+                    .l4(L6::Udp)
+                    .body(&[3; 40]),
+                macs::NN1,
+            );
+            let back = toward_client6(&a, addr6::VIP, macs::CLIENT);
+            let first = |f: Vec<u8>| fragment(f, 77, 0, true, 8 + 16);
+            fx.expect(
+                Return,
+                fx.env.path0,
+                &first(a.bytes()),
+                XDP_REDIRECT,
+                Some(&first(back.bytes())),
+            )?;
+            let later = |f: Vec<u8>| later_fragment6(f, 77, 24, 24);
+            fx.expect(
+                Return,
+                fx.env.path0,
+                &later(a.bytes()),
+                XDP_REDIRECT,
+                Some(&later(back.bytes())),
+            )?;
+            fx.counters(&[(FragTracked, 1), (NatReturn, 2), (XdpRedirect, 2)])
+        },
+    ),
+    (
+        "ipv6_untracked_later_fragments",
+        "an IPv6 later fragment whose first was not seen: to a whole-address failover VIP it goes to the active path; to a service-only address it cannot be placed: dropped, counted",
+        |fx| {
+            fx.standard6()?;
+            let p = to_vip6(addr6::VIP, 5000, 53).l4(L6::Udp).body(&[9; 40]);
+            let later = |f: Vec<u8>| later_fragment6(f, 99, 24, 24);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &later(p.bytes()),
+                XDP_REDIRECT,
+                Some(&later(toward6(&p, addr6::NN1, macs::NN1).bytes())),
+            )?;
+            let svc = to_vip6(addr6::VIP_SVC, 5000, 443).body(&[9; 40]);
+            fx.expect(Ingress, fx.env.cli0, &later(svc.bytes()), XDP_DROP, None)?;
+            fx.counters(&[
+                (NatIngress, 1),
+                (DropFragmentUntracked, 1),
+                (XdpRedirect, 1),
+                (XdpDrop, 1),
+            ])
+        },
+    ),
+    (
+        "ipv6_time_exceeded_from_a_router_on_the_path",
+        "a router on the path reports an ICMPv6 time exceeded about a client's datagram: its own source stays, the quoted destination goes back to the VIP",
+        |fx| {
+            fx.standard6()?;
+            let router: Ipv6Addr = "2001:db8:2::fe".parse()?;
+            let sent = P6::tcp(addr6::CLIENT, 40000, addr6::NN1, 22).hop(1);
+            let te = etherparse::Icmpv6Type::TimeExceeded(
+                etherparse::icmpv6::TimeExceededCode::HopLimitExceeded,
+            );
+            let err = icmp6_error(
+                (macs::NN1, macs::PATH0),
+                router,
+                addr6::CLIENT,
+                64,
+                te,
+                &sent.bytes()[14..],
+            );
+            let back = sent.clone().dst(addr6::VIP);
+            let out = icmp6_error(
+                (macs::CLI0, macs::CLIENT),
+                router,
+                addr6::CLIENT,
+                63,
+                te,
+                &back.bytes()[14..],
+            );
+            fx.expect(Return, fx.env.path0, &err, XDP_REDIRECT, Some(&out))?;
+            fx.counters(&[(IcmpErrorReturn, 1), (XdpRedirect, 1)])
+        },
+    ),
+    (
+        "ipv6_walk_bounds",
+        "seven destination options headers (the walk stops at six), no next header (59), a jumbogram (payload length 0): passed untouched, counted",
+        |fx| {
+            fx.standard6()?;
+            let p = to_vip6(addr6::VIP, 40000, 22).bytes();
+            let mut seven = p.clone();
+            for _ in 0..7 {
+                seven = with_ext(seven, IPPROTO_DSTOPTS6, &PADN6);
+            }
+            let mut none = p.clone();
+            none[20] = 59;
+            let mut jumbo = p;
+            jumbo[18..20].copy_from_slice(&[0, 0]);
+            for f in [&seven, &none, &jumbo] {
+                fx.expect(Ingress, fx.env.cli0, f, XDP_PASS, None)?;
+            }
+            fx.counters(&[(PassIpv6Ext, 3), (XdpPass, 3)])
+        },
+    ),
+    (
+        "ipv6_vlan_translated_and_untagged",
+        "an 802.1Q-tagged IPv6 packet to a VIP: translated and forwarded, leaving untagged toward the path",
+        |fx| {
+            fx.standard6()?;
+            let p = to_vip6(addr6::VIP, 40000, 22);
+            let mut tagged = p.bytes();
+            tagged.splice(12..12, [0x81, 0x00, 0x00, 100]);
+            fx.expect(
+                Ingress,
+                fx.env.cli0,
+                &tagged,
+                XDP_REDIRECT,
+                Some(&toward6(&p, addr6::NN1, macs::NN1).bytes()),
+            )?;
+            fx.counters(NEW_FLOW_REDIRECT)
+        },
+    ),
+    (
+        "ipv6_other_protocols_to_a_vip",
+        "to an IPv6 whole-address VIP, a protocol lb does not translate (SCTP) and an ICMPv6 message that is neither echo nor error: dropped, counted",
+        |fx| {
+            fx.standard6()?;
+            let mut sctp = to_vip6(addr6::VIP, 40000, 22).bytes();
+            sctp[20] = 132;
+            fx.expect(Ingress, fx.env.cli0, &sctp, XDP_DROP, None)?;
+            let other = ipv6_icmp(addr6::CLIENT.octets(), addr6::VIP.octets(), 64, 100, [0; 4]);
+            fx.expect(Ingress, fx.env.cli0, &other, XDP_DROP, None)?;
+            fx.counters(&[
+                (DropUnsupportedProto, 1),
+                (DropUnsupportedIcmp, 1),
+                (XdpDrop, 2),
+            ])
+        },
+    ),
+    (
         "ipv6_packet_too_big_sent",
         "an IPv6 packet larger than the path's route MTU (1280): answered with an ICMPv6 Packet Too Big from the VIP quoting the first 1232 bytes as the client sent them (IPv6 routers never fragment); one that fits goes through",
         |fx| {
@@ -2806,6 +3122,12 @@ enum L6 {
     Udp,
     /// ICMPv6 echo request: `sport` is the identifier, `dport` the sequence number.
     EchoRequest,
+    /// ICMPv6 echo reply: as a request.
+    EchoReply,
+    /// A SYN without ACK.
+    Syn,
+    /// A SYN-ACK.
+    SynAck,
 }
 
 /// An Ethernet + IPv6 packet of the independent builder (etherparse computes every checksum).
@@ -2882,6 +3204,18 @@ impl P6 {
             L6::EchoRequest => b
                 .icmpv6_echo_request(self.sport, self.dport)
                 .write(&mut f, &self.body),
+            L6::EchoReply => b
+                .icmpv6_echo_reply(self.sport, self.dport)
+                .write(&mut f, &self.body),
+            L6::Syn => b
+                .tcp(self.sport, self.dport, 1000, 64240)
+                .syn()
+                .write(&mut f, &[]),
+            L6::SynAck => b
+                .tcp(self.sport, self.dport, 1000, 64240)
+                .syn()
+                .ack(1001)
+                .write(&mut f, &[]),
         }
         .expect("a frame");
         f
