@@ -350,8 +350,9 @@ impl Lab {
             "route replace default via {edge_gw} mtu lock {mtu}"
         ))?;
         if mtu >= 1280 {
+            // The connected route's metric (256), or a second route would sit beside it.
             r.ip(&format!(
-                "-6 route replace {vm_net6} dev down0 mtu lock {mtu}"
+                "-6 route replace {vm_net6} dev down0 metric 256 mtu lock {mtu}"
             ))?;
             r.ip(&format!(
                 "-6 route replace default via {edge_gw6} mtu lock {mtu}"
@@ -366,6 +367,44 @@ fn nft(ns: &Netns, table: &str, rule: &str) -> anyhow::Result<()> {
     ns.nft(&format!(
         "table inet {table} {{\n chain lab {{ type filter hook forward priority -300; {rule}; }}\n}}\n"
     ))
+}
+
+/// [`config`] and, beside it, the IPv6 twin: failover target `web-vm6` over the VM's IPv6
+/// addresses (nn1 preferred), whole-address VIP [`VIP6`] and the same services on [`VIP6_SVC`].
+pub fn config_dual(
+    interval_ms: u32,
+    timeout_ms: u32,
+    rise: u32,
+    fall: u32,
+    preempt: bool,
+) -> String {
+    let v4 = config(interval_ms, timeout_ms, rise, fall, preempt);
+    let target6 = format!(
+        r#",
+    {{
+      "name": "web-vm6", "mode": "failover", "preempt": {preempt}, "all_down": "drop",
+      "paths": [
+        {{ "name": "nn1", "address": "{NN1_6}", "priority": 10 }},
+        {{ "name": "nn2", "address": "{NN2_6}", "priority": 20 }}
+      ],
+      "probe": {{ "type": "tcp", "port": {HTTP_PORT}, "interval_ms": {interval_ms}, "timeout_ms": {timeout_ms}, "rise": {rise}, "fall": {fall} }}
+    }}
+  ],
+  "vips": ["#
+    );
+    let vips6 = format!(
+        r#",
+    {{ "address": "{VIP6}", "target": "web-vm6" }},
+    {{ "address": "{VIP6_SVC}", "protocol": "tcp", "port": 80, "target": "web-vm6", "target_port": {HTTP_PORT} }},
+    {{ "address": "{VIP6_SVC}", "protocol": "udp", "port": 53, "target": "web-vm6", "target_port": {UDP_PORT} }}
+  ]
+}}"#
+    );
+    let v4 = v4.replacen("\n  ],\n  \"vips\": [", &target6, 1);
+    let end = v4
+        .rfind("\n  ]\n}")
+        .expect("the VIP list ends the configuration");
+    format!("{}{vips6}", &v4[..end])
 }
 
 /// The lab's `lb` configuration: failover target `web-vm` (nn1 preferred) behind the
@@ -394,4 +433,25 @@ pub fn config(interval_ms: u32, timeout_ms: u32, rise: u32, fall: u32, preempt: 
   ]
 }}"#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configurations_are_valid() {
+        for text in [config(50, 40, 2, 3, true), config_dual(50, 40, 2, 3, true)] {
+            lb_user::config::Config::from_json(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        }
+        let dual =
+            lb_user::config::Config::from_json(&config_dual(50, 40, 2, 3, false)).expect("valid");
+        assert_eq!(dual.targets.len(), 2);
+        assert_eq!(dual.vips.len(), 6);
+        assert!(
+            dual.vips
+                .iter()
+                .any(|v| v.address == std::net::IpAddr::V6(VIP6))
+        );
+    }
 }

@@ -320,6 +320,32 @@ pub fn udp_flows(
     Ok(out)
 }
 
+/// Sends one datagram from `ns` to `[addr]:port` and returns the IPv6 VM address that answered
+/// (the lab's echo server appends it), or `None` for no answer within `timeout`.
+pub fn udp_path6(
+    ns: &Netns,
+    addr: std::net::Ipv6Addr,
+    port: u16,
+    timeout: Duration,
+) -> anyhow::Result<Option<std::net::Ipv6Addr>> {
+    ns.spawn(move || {
+        let s = UdpSocket::bind("[::]:0")?;
+        s.set_read_timeout(Some(timeout))?;
+        s.send_to(b"lab6", (addr, port))?;
+        let mut buf = [0u8; 64];
+        Ok(match s.recv(&mut buf) {
+            Ok(n) if n >= 4 + 16 => {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&buf[n - 16..n]);
+                Some(std::net::Ipv6Addr::from(a))
+            }
+            _ => None,
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the client thread panicked"))?
+}
+
 /// `n` non-blocking UDP sockets bound in `ns` (each its own source port: its own flow).
 pub fn udp_sockets(ns: &Netns, n: usize) -> anyhow::Result<std::sync::Arc<Vec<UdpSocket>>> {
     ns.spawn(move || {

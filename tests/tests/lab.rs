@@ -8,19 +8,19 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail, ensure};
 use lb_tests::{
     lab::{
-        self, ECHO_PORT, EDGE_CLIENTS, Failure, HTTP_PORT, Lab, NN1, NN2, PORTS, UDP_PORT, VIP,
-        VIP_SPREAD, VIP_SVC, Veths,
+        self, ECHO_PORT, EDGE_CLIENTS, Failure, HTTP_PORT, Lab, NN1, NN1_6, NN2, NN2_6, PORTS,
+        UDP_PORT, VIP, VIP_SPREAD, VIP_SVC, VIP6, VIP6_SVC, Veths,
     },
     lb::{Daemon, active},
     servers,
-    traffic::{connect_failure, http_get, iperf3, udp_flows, udp_sockets, udp_stream},
+    traffic::{connect_failure, http_get, iperf3, udp_flows, udp_path6, udp_sockets, udp_stream},
 };
 const T: Duration = Duration::from_secs(2);
 /// Aggressive probes: fall × interval = 150 ms.
@@ -58,6 +58,17 @@ fn tcp_echo(
     data: Vec<u8>,
     timeout: Duration,
 ) -> anyhow::Result<Vec<u8>> {
+    tcp_echo_to(lab, addr.into(), port, data, timeout)
+}
+
+/// [`tcp_echo`] to an address of either family.
+fn tcp_echo_to(
+    lab: &Lab,
+    addr: IpAddr,
+    port: u16,
+    data: Vec<u8>,
+    timeout: Duration,
+) -> anyhow::Result<Vec<u8>> {
     lab.client
         .spawn(move || {
             let mut s = TcpStream::connect_timeout(&SocketAddr::from((addr, port)), timeout)?;
@@ -72,6 +83,178 @@ fn tcp_echo(
         })
         .join()
         .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+}
+
+/// The dual-stack lab: the IPv4 configuration and its IPv6 twin (`web-vm6`), servers on both
+/// families.
+fn up6_on(veths: Veths) -> anyhow::Result<(Lab, servers::Server, Daemon)> {
+    let lab = Lab::with_veths(veths)?;
+    let srv = servers::start_dual(&lab.vm, PORTS, [NN1, NN2], [NN1_6, NN2_6])?;
+    let hook: &[&str] = match veths {
+        Veths::Tuned => lab::XDP_HOOK,
+        Veths::Plain => &[],
+    };
+    let d = Daemon::start(
+        &lab.edge,
+        &lab::config_dual(INTERVAL_MS, INTERVAL_MS - 10, 2, FALL, true),
+        hook,
+    )?;
+    d.wait_status(T, |s| {
+        active(s, "web-vm").as_deref() == Some("nn1")
+            && active(s, "web-vm6").as_deref() == Some("nn1")
+    })?;
+    let first = http_get(&lab.client, VIP6, HTTP_PORT, "/", T).context("the first request")?;
+    ensure!(
+        first == NN1_6.to_string(),
+        "first request served by {first}"
+    );
+    Ok((lab, srv, d))
+}
+
+fn ipv6_through_both_vip_kinds() -> anyhow::Result<()> {
+    ipv6_through_both_vip_kinds_on(Veths::Tuned)
+}
+
+/// On plain veths the TC hook translates IPv6 from local senders, whose TCP/UDP checksums are
+/// partial (the kernel completes them after lb changed the addresses under them).
+fn plain_ipv6_through_both_vip_kinds() -> anyhow::Result<()> {
+    ipv6_through_both_vip_kinds_on(Veths::Plain)
+}
+
+fn ipv6_through_both_vip_kinds_on(veths: Veths) -> anyhow::Result<()> {
+    let (lab, _srv, d) = up6_on(veths)?;
+    // Whole address: HTTP, TCP echo of 200 kB, UDP echo; IPv4 still beside it.
+    ensure!(http_get(&lab.client, VIP6, HTTP_PORT, "/", T)? == NN1_6.to_string());
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    ensure!(
+        tcp_echo_to(&lab, VIP6.into(), ECHO_PORT, data.clone(), T)? == data,
+        "TCP echo through the IPv6 whole-address VIP"
+    );
+    ensure!(
+        udp_path6(&lab.client, VIP6, UDP_PORT, T)? == Some(NN1_6),
+        "UDP through the IPv6 whole-address VIP"
+    );
+    ensure!(http_get(&lab.client, VIP, HTTP_PORT, "/", T)? == NN1.to_string());
+    // Service VIP with port translation: tcp/80 → 8080 and udp/53 → 9000.
+    ensure!(
+        http_get(&lab.client, VIP6_SVC, 80, "/", T)? == NN1_6.to_string(),
+        "HTTP through the IPv6 service VIP"
+    );
+    ensure!(
+        udp_path6(&lab.client, VIP6_SVC, 53, T)? == Some(NN1_6),
+        "UDP through the IPv6 service VIP"
+    );
+    // Ping6 the VIP: ICMPv6 echo, its checksum following the addresses both ways.
+    lab.client
+        .exec(
+            "ping",
+            &["-6", "-c", "2", "-i", "0.2", "-W", "1", &VIP6.to_string()],
+        )
+        .context("ping -6 the VIP")?;
+    let counters = d.json(&["stats"])?["counters"].clone();
+    let count = |name: &str| counters[name].as_u64().unwrap_or(0);
+    ensure!(
+        count("nat_ingress") > 0 && count("nat_return") > 0 && count("pass_no_ipv6_program") == 0,
+        "translated both ways by the datapath: {counters}"
+    );
+    Ok(())
+}
+
+/// An IPv6 failover story: nn1's router blackholes, new connections to the IPv6 VIP go over
+/// nn2 within the detection budget, the UDP stream's outage stays within it; healed, back to
+/// nn1. The IPv4 target fails over too (the same router), each on its own decision.
+fn ipv6_failover_and_failback() -> anyhow::Result<()> {
+    let (lab, _srv, d) = up6_on(Veths::Tuned)?;
+    let budget = Duration::from_millis(u64::from(FALL * INTERVAL_MS));
+    let bound = budget + Duration::from_millis(450);
+    let stream = udp_stream(
+        &lab.client,
+        VIP6,
+        UDP_PORT,
+        2500,
+        Duration::from_millis(1),
+        Duration::from_millis(500),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    lab.fail(1, Failure::Blackhole)?;
+    let start = Instant::now();
+    let recovered = loop {
+        if let Ok(body) = http_get(
+            &lab.client,
+            VIP6,
+            HTTP_PORT,
+            "/",
+            Duration::from_millis(100),
+        ) && body == NN2_6.to_string()
+        {
+            break start.elapsed();
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            bail!(
+                "no new IPv6 connection over nn2 within 5 s\n{}",
+                d.log_text()
+            );
+        }
+    };
+    let report = stream
+        .join()
+        .map_err(|_| anyhow::anyhow!("stream thread"))??;
+    eprintln!(
+        "IPv6 blackhole: new connections over nn2 after {recovered:?}; UDP outage {:?} (budget {budget:?})",
+        report.longest_gap
+    );
+    ensure!(
+        recovered <= bound,
+        "recovered after {recovered:?} (bound {bound:?})"
+    );
+    ensure!(
+        report.longest_gap <= bound,
+        "UDP outage {:?} (bound {bound:?})",
+        report.longest_gap
+    );
+    ensure!(http_get(&lab.client, VIP, HTTP_PORT, "/", T)? == NN2.to_string());
+    lab.heal(1, Failure::Blackhole)?;
+    d.wait_status(Duration::from_secs(3), |s| {
+        active(s, "web-vm6").as_deref() == Some("nn1")
+    })
+    .context("IPv6 failback")?;
+    ensure!(http_get(&lab.client, VIP6, HTTP_PORT, "/", T)? == NN1_6.to_string());
+    Ok(())
+}
+
+fn ipv6_pmtu_through_the_nat() -> anyhow::Result<()> {
+    ipv6_pmtu_through_the_nat_on(Veths::Tuned)
+}
+
+fn plain_ipv6_pmtu_through_the_nat() -> anyhow::Result<()> {
+    ipv6_pmtu_through_the_nat_on(Veths::Plain)
+}
+
+/// 300 kB each way over nn1, whose router passes only 1280-byte IPv6 packets: the client
+/// learns the MTU from the router's Packet Too Big, which crosses the NAT translated (its
+/// quote's destination back to the VIP); IPv6 routers never fragment, so without it nothing
+/// large would pass.
+fn ipv6_pmtu_through_the_nat_on(veths: Veths) -> anyhow::Result<()> {
+    let (lab, _srv, d) = up6_on(veths)?;
+    lab.small_mtu(1, 1280)?;
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    ensure!(
+        tcp_echo_to(
+            &lab,
+            VIP6.into(),
+            ECHO_PORT,
+            data.clone(),
+            Duration::from_secs(10)
+        )? == data,
+        "transfer through the small MTU"
+    );
+    let stats = d.json(&["stats"])?;
+    ensure!(
+        stats["counters"]["icmp_error_return"].as_u64().unwrap_or(0) >= 1,
+        "the Packet Too Big crossed the NAT: {}",
+        stats["counters"]
+    );
+    Ok(())
 }
 
 fn through_both_vip_kinds() -> anyhow::Result<()> {
@@ -734,6 +917,17 @@ fn main() {
         "lab",
         &[
             ("through_both_vip_kinds", through_both_vip_kinds),
+            ("ipv6_through_both_vip_kinds", ipv6_through_both_vip_kinds),
+            (
+                "plain_ipv6_through_both_vip_kinds",
+                plain_ipv6_through_both_vip_kinds,
+            ),
+            ("ipv6_failover_and_failback", ipv6_failover_and_failback),
+            ("ipv6_pmtu_through_the_nat", ipv6_pmtu_through_the_nat),
+            (
+                "plain_ipv6_pmtu_through_the_nat",
+                plain_ipv6_pmtu_through_the_nat,
+            ),
             (
                 "failover_on_each_failure_kind",
                 failover_on_each_failure_kind,
