@@ -222,6 +222,42 @@ fn ipv6_failover_and_failback() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A restart with IPv6 traffic flowing: the pinned program arrays keep the IPv6 programs in
+/// place while no daemon runs, and the new daemon swaps in its own without a datagram lost.
+fn ipv6_restart_without_loss() -> anyhow::Result<()> {
+    let (lab, _srv, mut d) = up6_on(Veths::Tuned)?;
+    let stream = udp_stream(
+        &lab.client,
+        VIP6,
+        UDP_PORT,
+        3000,
+        Duration::from_millis(1),
+        Duration::from_millis(500),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    d.stop()?;
+    std::thread::sleep(Duration::from_millis(500));
+    d.restart(&[])?;
+    let s = d.json(&["status"])?;
+    ensure!(active(&s, "web-vm6").as_deref() == Some("nn1"), "{s}");
+    let report = stream
+        .join()
+        .map_err(|_| anyhow::anyhow!("stream thread"))??;
+    ensure!(
+        report.lost.is_empty(),
+        "lost {} of {} IPv6 datagrams across the restart: {:?}",
+        report.lost.len(),
+        report.sent,
+        &report.lost[..report.lost.len().min(20)]
+    );
+    ensure!(
+        d.log_text().contains("adopted the datapath pinned"),
+        "{}",
+        d.log_text()
+    );
+    Ok(())
+}
+
 fn ipv6_pmtu_through_the_nat() -> anyhow::Result<()> {
     ipv6_pmtu_through_the_nat_on(Veths::Tuned)
 }
@@ -923,6 +959,7 @@ fn main() {
                 plain_ipv6_through_both_vip_kinds,
             ),
             ("ipv6_failover_and_failback", ipv6_failover_and_failback),
+            ("ipv6_restart_without_loss", ipv6_restart_without_loss),
             ("ipv6_pmtu_through_the_nat", ipv6_pmtu_through_the_nat),
             (
                 "plain_ipv6_pmtu_through_the_nat",
