@@ -795,8 +795,8 @@ pub const PATH_DISABLED: u8 = 2;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PathValue {
     /// The VM's address on the path: IPv6, or IPv4 [`mapped`]. A target's VIPs of one family
-    /// only ever use its paths of the same family (the control plane gives each family of a
-    /// target its own target id).
+    /// only ever use its paths of the same family: the control plane gives a target with paths
+    /// of both families one target id per family, each with that family's paths and VIPs.
     pub addr: Addr6,
     /// One of `PATH_*`.
     pub state: u8,

@@ -14,11 +14,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
+    csum,
     maps::{
         BENCH_FRAME, BENCH_NAT_REF_DMAC, BENCH_NAT_REF_DST, BENCH_NAT_REF_SMAC, BENCH_VARY_NONE,
         BENCH_VARY_RANDOM, BENCH_VARY_SEQUENCE, BenchTemplate, bench_flow,
     },
-    csum,
     nat::{self, L4, Side},
     net::{ETH_HDR_LEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_UDP, Ipv4Hdr, UdpHdr},
 };

@@ -492,11 +492,25 @@ fn encode_all(
         .unwrap_or_default();
     gauge(encoder, &PROBE_LAG, &lag)?;
     let (mut exceptions, mut transition) = (Vec::new(), Vec::new());
-    for (name, id) in &model.ids.targets {
-        let labels = vec![("target", name.clone())];
-        let n = snap.exceptions.get(id).copied().unwrap_or(0);
+    // By target: the two ids of a target with paths of both families (one per family) count
+    // as one, their exceptions summed, in transition while either is.
+    let mut names: Vec<&str> = model
+        .ids
+        .targets
+        .iter()
+        .map(|((n, _), _)| n.as_str())
+        .collect();
+    names.dedup();
+    for name in names {
+        let ids: Vec<u32> = model.ids.targets.of(name).map(|(_, id)| id).collect();
+        let labels = vec![("target", name.to_owned())];
+        let n: usize = ids
+            .iter()
+            .map(|id| snap.exceptions.get(id).copied().unwrap_or(0))
+            .sum();
+        let moving = ids.iter().any(|id| model.transitions.contains_key(id));
         exceptions.push((labels.clone(), n as i64));
-        transition.push((labels, i64::from(model.transitions.contains_key(id))));
+        transition.push((labels, i64::from(moving)));
     }
     gauge(encoder, &TARGET_EXCEPTIONS, &exceptions)?;
     gauge(encoder, &TARGET_TRANSITION, &transition)?;

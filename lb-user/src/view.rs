@@ -124,14 +124,28 @@ pub struct TargetStatus {
     pub preempt: bool,
     /// `drop` or `last-known`.
     pub all_down: &'static str,
-    /// Failover: the path new flows go to; `null` when none (or active/active).
+    /// Failover: the path new flows go to; `null` when none (or active/active, or a target
+    /// with paths of both families: see `families`).
     pub active: Option<String>,
     /// Active/active: each path's share of new flows, in percent.
     pub shares: BTreeMap<String, f64>,
     /// The transition in force: the previous decision, which established TCP connections older
     /// than the last change keep following while its paths are up (docs/DATAPATH.md).
     pub transition: Option<TransitionStatus>,
+    /// Only for a target with paths of both families, which has a decision per family (each
+    /// over that family's paths, for that family's VIPs): `ipv4` and `ipv6`, each with the
+    /// three fields above, which are then empty. Absent for a target of one family.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub families: BTreeMap<&'static str, DecisionStatus>,
     pub paths: Vec<PathStatus>,
+}
+
+/// One decision of a target: [`TargetStatus`]'s `active`, `shares` and `transition`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct DecisionStatus {
+    pub active: Option<String>,
+    pub shares: BTreeMap<String, f64>,
+    pub transition: Option<TransitionStatus>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -212,34 +226,70 @@ pub fn model(maps: &Maps) -> Result<(Model, Tables), Error> {
     Ok((model, tables))
 }
 
-pub fn status(pin: &std::path::Path, maps: &Maps) -> anyhow::Result<Status> {
-    let (model, tables) = model(maps)?;
+/// Target id `tid`'s decision as `lb status` shows it.
+fn decision_status(model: &Model, tid: u32) -> DecisionStatus {
+    let name_of = |id: u32| model.path_name(id).map(|(_, p)| p.to_string());
+    let decision = model.decisions.get(&tid).cloned().unwrap_or(Decision::None);
+    let (active, shares) = match &decision {
+        Decision::Single(p) => (name_of(*p), BTreeMap::new()),
+        Decision::Ring(ring) => {
+            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+            for p in ring.iter() {
+                *counts
+                    .entry(name_of(*p).unwrap_or_else(|| p.to_string()))
+                    .or_default() += 1;
+            }
+            let total = ring.len().max(1) as f64;
+            (
+                None,
+                counts
+                    .into_iter()
+                    .map(|(k, n)| (k, (n as f64 * 1000.0 / total).round() / 10.0))
+                    .collect(),
+            )
+        }
+        Decision::None => (None, BTreeMap::new()),
+    };
+    let transition = model.transitions.get(&tid).map(|tr| TransitionStatus {
+        previous: match &tr.previous {
+            Decision::Single(p) => name_of(*p).unwrap_or_else(|| p.to_string()),
+            Decision::Ring(_) => "ring".into(),
+            Decision::None => "none".into(),
+        },
+        since: rfc3339(tr.since),
+    });
+    DecisionStatus {
+        active,
+        shares,
+        transition,
+    }
+}
+
+/// Every target of `model` as `lb status` shows it, `tables` being what the maps hold and
+/// `replies_on` naming the interface a path's replies are accepted on. A target with paths of
+/// both families shows once, with each family's decision.
+pub fn targets(
+    model: &Model,
+    tables: &Tables,
+    replies_on: impl Fn(u32) -> Option<String>,
+) -> Vec<TargetStatus> {
     let mut targets = Vec::new();
     for t in &model.config.targets {
-        let Some(tid) = model.ids.targets.get(&t.name) else {
-            continue;
-        };
-        let name_of = |id: u32| model.path_name(id).map(|(_, p)| p.to_string());
-        let decision = model.decisions.get(tid).cloned().unwrap_or(Decision::None);
-        let (active, shares) = match &decision {
-            Decision::Single(p) => (name_of(*p), BTreeMap::new()),
-            Decision::Ring(ring) => {
-                let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-                for p in ring.iter() {
-                    *counts
-                        .entry(name_of(*p).unwrap_or_else(|| p.to_string()))
-                        .or_default() += 1;
-                }
-                let total = ring.len().max(1) as f64;
-                (
-                    None,
-                    counts
-                        .into_iter()
-                        .map(|(k, n)| (k, (n as f64 * 1000.0 / total).round() / 10.0))
-                        .collect(),
-                )
-            }
-            Decision::None => (None, BTreeMap::new()),
+        let tids: Vec<(Option<crate::config::Family>, u32)> =
+            model.ids.targets.of(&t.name).collect();
+        let (decision, families) = match tids[..] {
+            [] => continue,
+            [(None, tid)] => (decision_status(model, tid), BTreeMap::new()),
+            _ => (
+                DecisionStatus {
+                    active: None,
+                    shares: BTreeMap::new(),
+                    transition: None,
+                },
+                tids.iter()
+                    .filter_map(|(f, tid)| Some((f.as_ref()?.key(), decision_status(model, *tid))))
+                    .collect(),
+            ),
         };
         let paths = t
             .paths
@@ -262,22 +312,15 @@ pub fn status(pin: &std::path::Path, maps: &Maps) -> anyhow::Result<Status> {
                     changed: rfc3339(s.changed),
                     rtt_ms: s.rtt.map(|r| r.as_secs_f64() * 1000.0),
                     datapath_suspect: s.suspect,
-                    replies_on: maps
-                        .path_iface(*pid)
-                        .ok()
-                        .filter(|i| *i != 0)
-                        .map(|i| crate::ifname(i).unwrap_or_else(|| format!("ifindex {i}"))),
+                    replies_on: replies_on(*pid),
                 })
             })
             .collect();
-        let transition = model.transitions.get(tid).map(|tr| TransitionStatus {
-            previous: match &tr.previous {
-                Decision::Single(p) => name_of(*p).unwrap_or_else(|| p.to_string()),
-                Decision::Ring(_) => "ring".into(),
-                Decision::None => "none".into(),
-            },
-            since: rfc3339(tr.since),
-        });
+        let DecisionStatus {
+            active,
+            shares,
+            transition,
+        } = decision;
         targets.push(TargetStatus {
             name: t.name.clone(),
             mode: match t.mode {
@@ -292,9 +335,21 @@ pub fn status(pin: &std::path::Path, maps: &Maps) -> anyhow::Result<Status> {
             active,
             shares,
             transition,
+            families,
             paths,
         });
     }
+    targets
+}
+
+pub fn status(pin: &std::path::Path, maps: &Maps) -> anyhow::Result<Status> {
+    let (model, tables) = model(maps)?;
+    let targets = targets(&model, &tables, |pid| {
+        maps.path_iface(pid)
+            .ok()
+            .filter(|i| *i != 0)
+            .map(|i| crate::ifname(i).unwrap_or_else(|| format!("ifindex {i}")))
+    });
     let vips = model
         .config
         .vips

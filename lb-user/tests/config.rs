@@ -1444,37 +1444,110 @@ fn ipv6_addresses_parse_into_the_model() {
     }));
 }
 
-/// The datapath writes the chosen path's address over the VIP's: a VIP whose target has a path
-/// of the other family is refused, naming the VIP, the path and both families.
+/// The datapath writes the chosen path's address over the VIP's, so a VIP is served by its
+/// target's paths of its family: a VIP whose target has none is refused, naming the VIP, the
+/// target and the family. A target may hold paths of both families and VIPs of both.
 #[test]
-fn a_vip_and_its_paths_share_a_family() {
+fn a_vip_needs_a_path_of_its_family() {
     rejects(
         &dual_edited(|v| v["vips"][1]["target"] = json!("web")),
         "vips[1].address",
-        r#"2001:db8:ff::10 is an IPv6 VIP, but its target "web" has the IPv4 path "nn1" (targets[0].paths[0], 192.0.2.70): a VIP's paths must all be of its family"#,
+        r#"2001:db8:ff::10 is an IPv6 VIP, but its target "web" (targets[0]) has no IPv6 path: a VIP is served by its target's paths of its family"#,
     );
     rejects(
         &dual_edited(|v| v["vips"][0]["target"] = json!("web6")),
         "vips[0].address",
-        r#"203.0.113.10 is an IPv4 VIP, but its target "web6" has the IPv6 path "nn1" (targets[1].paths[0], 2001:db8:1::70)"#,
+        r#"203.0.113.10 is an IPv4 VIP, but its target "web6" (targets[1]) has no IPv4 path"#,
     );
-    // A target with paths of both families: any VIP of it has a path of the other family.
+    // A target with paths of both families serves VIPs of both.
     let mixed = |v: &mut Value| {
         push(
             &mut v["targets"][0]["paths"],
             json!({ "name": "nn3", "address": "2001:db8:3::70" }),
         )
     };
-    rejects(
-        &dual_edited(mixed),
-        "vips[0].address",
-        r#"has the IPv6 path "nn3" (targets[0].paths[2], 2001:db8:3::70)"#,
+    let config = accepts(&dual_edited(|v| {
+        mixed(v);
+        v["vips"][1]["target"] = json!("web");
+    }));
+    assert_eq!(config.vips[0].target, "web");
+    assert_eq!(config.vips[1].target, "web");
+    let web = config.target("web").expect("web");
+    assert_eq!(
+        web.families(),
+        [lb_user::config::Family::V4, lb_user::config::Family::V6]
     );
-    // Without VIPs it is valid (probed and shown, serving nothing).
+    // And one of its families without VIPs is valid too (probed, decided and shown).
+    accepts(&dual_edited(mixed));
+}
+
+/// Replies from a target's paths of one family are translated back to its VIPs of that family
+/// only: a whole-address VIP of each family (or the same service in both) is no ambiguity,
+/// two of one family still are.
+#[test]
+fn reply_ambiguity_is_judged_per_family() {
+    let mixed = |v: &mut Value| {
+        push(
+            &mut v["targets"][0]["paths"],
+            json!({ "name": "nn3", "address": "2001:db8:3::70" }),
+        );
+        v["vips"][1]["target"] = json!("web");
+        v["vips"][2]["target"] = json!("web");
+    };
+    // 203.0.113.10 and 2001:db8:ff::10 whole, 2001:db8:ff::11 tcp/443 → 8443: all on web.
+    accepts(&dual_edited(mixed));
     accepts(&dual_edited(|v| {
         mixed(v);
-        v["vips"].as_array_mut().expect("vips").remove(0);
+        push(
+            &mut v["vips"],
+            json!({ "address": "203.0.113.11", "protocol": "tcp", "port": 443, "target": "web",
+                    "target_port": 8443 }),
+        );
     }));
+    rejects(
+        &dual_edited(|v| {
+            mixed(v);
+            push(
+                &mut v["vips"],
+                json!({ "address": "2001:db8:ff::12", "target": "web" }),
+            );
+        }),
+        "vips[3]",
+        r#"target "web" already has the whole-address VIP vips[1] (2001:db8:ff::10)"#,
+    );
+}
+
+/// The datapath has 256 target ids; a target with paths of both families takes two.
+#[test]
+fn a_target_of_both_families_takes_two_target_ids() {
+    let target = |i: usize, dual: bool| {
+        let mut paths =
+            vec![json!({ "name": "p", "address": format!("10.0.{}.{}", i / 250, i % 250 + 1) })];
+        if dual {
+            paths.push(json!({ "name": "q", "address": format!("2001:db8::{:x}", i + 1) }));
+        }
+        json!({ "name": format!("t{i}"), "paths": paths })
+    };
+    // `all` targets, the first `dual` of them with paths of both families.
+    let config = |all: usize, dual: usize| {
+        let targets: Vec<Value> = (0..all).map(|i| target(i, i < dual)).collect();
+        json!({
+            "interfaces": { "clients": ["eth0"], "paths": ["eth1"] },
+            "targets": targets,
+            "vips": [],
+        })
+        .to_string()
+    };
+    // 128 targets of both families and one more: 257 ids.
+    let (field, reason) = invalid(&config(129, 128));
+    assert_eq!(field, "targets[128]");
+    assert!(
+        reason.contains("more than 256 target ids in all (the datapath's capacity): a target with paths of both families takes one per family"),
+        "{reason}"
+    );
+    // 128 of both: 256; 1 of both and 254 of one: 256.
+    accepts(&config(128, 128));
+    accepts(&config(255, 1));
 }
 
 #[test]

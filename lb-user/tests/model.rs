@@ -1489,3 +1489,529 @@ fn a_failed_ipv6_write_is_undone_wherever_it_fails() {
         }
     }
 }
+
+// ---- Dual stack: one target with paths and VIPs of both families. ----
+
+use lb_user::config::Family;
+
+/// Configuration A with IPv6 paths and VIPs added to its targets: `web` (failover) gains v1 and
+/// v2 and an IPv6 whole-address VIP and service (the same service as its IPv4 one), `api`
+/// (active/active) gains b1 and b2 and an IPv6 service.
+fn config_mixed() -> Cfg {
+    config_a()
+        .add_path("web", ("v1", "2001:db8:1::1", 10))
+        .add_path("web", ("v2", "2001:db8:2::1", 20))
+        .add_path("api", ("b1", "2001:db8:11::1", 0))
+        .add_path("api", ("b2", "2001:db8:12::1", 1))
+        .vip("2001:db8:ff::10", "web")
+        .service("2001:db8:ff::11", "tcp", 443, Some(8443), "web")
+        .service("2001:db8:ff::20", "udp", 53, None, "api")
+}
+
+/// A reloaded to the mixed configuration, its IPv6 paths up.
+fn model_mixed() -> Model {
+    let mut m = Model::new(config_mixed().config(), &model_a()).expect("fits");
+    set_health(
+        &mut m,
+        Some(Health::Up),
+        &[("web", "v1"), ("web", "v2"), ("api", "b1"), ("api", "b2")],
+    );
+    m
+}
+
+/// The target id serving `target`'s paths and VIPs of `family`.
+#[track_caller]
+fn family_id(m: &Model, target: &str, family: Family) -> u32 {
+    m.ids
+        .targets
+        .serving(target, family)
+        .expect("the target has an id for the family")
+}
+
+/// Path names of target id `tid`, as the model chooses among them.
+fn path_names(m: &Model, tid: u32) -> Vec<String> {
+    m.paths_of(tid).iter().map(|p| p.name.clone()).collect()
+}
+
+/// Guards the ids of a target with paths of both families: one target id per family, each
+/// holding that family's paths (their `target` in `LB_PATHS`) and the same name and policy in
+/// its meta; the IPv4 half keeps the id the target had, a target of one family keeps its one
+/// id, and a path keeps its one id.
+#[test]
+fn a_target_of_both_families_gets_an_id_per_family() {
+    let a = model_a();
+    let m = model_mixed();
+    let (web4, web6) = (
+        family_id(&m, "web", Family::V4),
+        family_id(&m, "web", Family::V6),
+    );
+    assert_ne!(web4, web6);
+    assert_eq!(
+        m.ids.targets.of("web").collect::<Vec<_>>(),
+        [(Some(Family::V4), web4), (Some(Family::V6), web6)]
+    );
+    assert_eq!(
+        web4,
+        target_id(&a, "web"),
+        "the IPv4 half keeps the target's id"
+    );
+    assert!(!a.ids.targets.values().any(|id| id == web6), "a new id");
+    assert_eq!(m.ids.targets.len(), 4, "web and api, two each");
+    assert_eq!(path_names(&m, web4), ["nn1", "nn2"]);
+    assert_eq!(path_names(&m, web6), ["v1", "v2"]);
+    assert_eq!(m.target_name(web6), Some("web"));
+    assert_eq!(m.target_label(web6), "web (IPv6)");
+    for (target, path) in [("web", "nn1"), ("web", "nn2"), ("api", "a1")] {
+        assert_eq!(path_id(&m, target, path), path_id(&a, target, path));
+    }
+
+    let t = m.tables();
+    for (path, tid) in [("nn1", web4), ("nn2", web4), ("v1", web6), ("v2", web6)] {
+        assert_eq!(t.paths[&path_id(&m, "web", path)].target, tid, "{path}");
+    }
+    let api6 = family_id(&m, "api", Family::V6);
+    for (path, family) in [("a1", Family::V4), ("b1", Family::V6), ("b2", Family::V6)] {
+        assert_eq!(
+            t.paths[&path_id(&m, "api", path)].target,
+            family_id(&m, "api", family),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        t.target_meta[&web4], t.target_meta[&web6],
+        "one name, one policy"
+    );
+    assert_eq!(t.target_meta[&api6], t.target_meta[&target_id(&a, "api")]);
+
+    // A target of one family keeps its one id, whatever the family.
+    let single = fresh(&config_dual());
+    assert_eq!(
+        single.ids.targets.of("web6").collect::<Vec<_>>(),
+        [(None, target_id(&single, "web6"))]
+    );
+}
+
+/// Guards what each VIP leads to: its family's target id, and reverse NAT only from its
+/// family's paths. The IPv4 half of the maps is exactly what configuration A alone gives.
+#[test]
+fn each_vip_points_at_its_familys_target_id() {
+    let m = model_mixed();
+    let t = m.tables();
+    let a = model_a().tables();
+    let vips: [(&str, Service, &str, Family); 5] = [
+        ("203.0.113.10", None, "web", Family::V4),
+        ("203.0.113.11", Some((IPPROTO_TCP, 443)), "web", Family::V4),
+        ("203.0.113.20", Some((IPPROTO_UDP, 53)), "api", Family::V4),
+        ("2001:db8:ff::10", None, "web", Family::V6),
+        (
+            "2001:db8:ff::11",
+            Some((IPPROTO_TCP, 443)),
+            "web",
+            Family::V6,
+        ),
+    ];
+    for (address, service, target, family) in vips {
+        let vid = vip_id(&m, address, service);
+        assert_eq!(
+            t.vips[&vid].target,
+            family_id(&m, target, family),
+            "{address}"
+        );
+    }
+    let api6 = family_id(&m, "api", Family::V6);
+    assert_eq!(
+        t.vips[&vip_id(&m, "2001:db8:ff::20", Some((IPPROTO_UDP, 53)))].target,
+        api6
+    );
+    // IPv4: untouched. IPv6: each IPv6 path answers for its target's IPv6 VIPs only.
+    assert_eq!(t.rev_nat, a.rev_nat);
+    for (id, v) in &a.vips {
+        assert_eq!(t.vips[id], *v, "IPv4 VIP {id}");
+    }
+    assert_eq!(t.rev_nat6.len(), 2 * 2 + 2);
+    for (k, rev) in &t.rev_nat6 {
+        let (target, path) = m.path_name(rev.path).expect("a path");
+        let family = Family::of(k.ip());
+        assert_eq!(family, Family::V6);
+        assert_eq!(t.paths[&rev.path].target, family_id(&m, target, family));
+        assert_eq!(
+            t.vips[&rev.vip_id].target, t.paths[&rev.path].target,
+            "{path}"
+        );
+    }
+}
+
+/// Guards failover per family: each family's id follows priority and preempt among its own
+/// paths; an IPv4 path going down moves the IPv4 decision and leaves the IPv6 one (and its
+/// map entry) alone, and the reverse; every IPv4 path down drops IPv4 (`all_down: drop`) while
+/// IPv6 is served, and only the IPv6 address stays announceable.
+#[test]
+fn failover_is_decided_per_family() {
+    let mut m = model_mixed();
+    let (web4, web6) = (
+        family_id(&m, "web", Family::V4),
+        family_id(&m, "web", Family::V6),
+    );
+    let id = |m: &Model, p: &str| path_id(m, "web", p);
+    set_health(&mut m, Some(Health::Up), &[("web", "nn2")]);
+    assert_eq!(m.decisions[&web4], Decision::Single(id(&m, "nn1")));
+    assert_eq!(m.decisions[&web6], Decision::Single(id(&m, "v1")));
+    let before = m.tables();
+
+    state(&mut m, "web", "nn1").health = Some(Health::Down);
+    assert_eq!(m.decide("web"), [web4], "only the IPv4 decision changed");
+    assert_eq!(m.decisions[&web4], Decision::Single(id(&m, "nn2")));
+    assert_eq!(m.decisions[&web6], Decision::Single(id(&m, "v1")));
+    assert!(!m.transitions.contains_key(&web6));
+    let t = m.tables();
+    assert_eq!(t.targets[&web4], TargetValue::single(id(&m, "nn2")));
+    assert_eq!(t.targets[&web6], before.targets[&web6]);
+
+    state(&mut m, "web", "v1").health = Some(Health::Down);
+    assert_eq!(m.decide("web"), [web6]);
+    assert_eq!(m.decisions[&web4], Decision::Single(id(&m, "nn2")));
+    assert_eq!(m.decisions[&web6], Decision::Single(id(&m, "v2")));
+
+    // nn1 back: preempt, within IPv4 only.
+    state(&mut m, "web", "nn1").health = Some(Health::Up);
+    assert_eq!(m.decide("web"), [web4]);
+    assert_eq!(m.decisions[&web4], Decision::Single(id(&m, "nn1")));
+    assert!(
+        m.transitions.contains_key(&web4),
+        "nn2 is up: its connections stay"
+    );
+    assert!(!m.transitions.contains_key(&web6));
+
+    // Every IPv4 path down: IPv4 dropped, IPv6 served; per address, per family.
+    set_health(
+        &mut m,
+        Some(Health::Down),
+        &[("web", "nn1"), ("web", "nn2")],
+    );
+    assert_eq!(m.decisions[&web4], Decision::None);
+    assert_eq!(m.decisions[&web6], Decision::Single(id(&m, "v2")));
+    assert_eq!(m.tables().targets[&web4], TargetValue::none());
+    let addresses = lb_user::control::announce::addresses(&m, true);
+    let ip = |s: &str| s.parse::<IpAddr>().expect("an address");
+    assert!(addresses[&ip("203.0.113.10")].is_err());
+    assert_eq!(addresses[&ip("2001:db8:ff::10")], Ok(()));
+}
+
+/// Guards active/active per family: each family's id has a consistent-hash table of its own
+/// paths only, the one a target of that family alone would have (Maglev hashes path names); a
+/// path of one family leaving changes that family's table alone (and starts its transition),
+/// never the other's.
+#[test]
+fn a_ring_per_family() {
+    let mut m = model_mixed();
+    let (api4, api6) = (
+        family_id(&m, "api", Family::V4),
+        family_id(&m, "api", Family::V6),
+    );
+    let ring = |m: &Model, t: &Tables, tid: u32| -> Vec<String> {
+        t.rings[&(tid, t.targets[&tid].ring_half)]
+            .iter()
+            .map(|p| m.path_name(*p).expect("a path").1.to_string())
+            .collect()
+    };
+    let t = m.tables();
+    assert_eq!(t.targets[&api4].mode, TARGET_MODE_RING);
+    assert_eq!(t.targets[&api6].mode, TARGET_MODE_RING);
+    let (ring4, ring6) = (ring(&m, &t, api4), ring(&m, &t, api6));
+    assert_eq!(ring4.len(), RING_SIZE as usize);
+    assert!(ring4.iter().all(|p| p == "a1" || p == "a3"), "a2 unknown");
+    assert!(ring6.iter().all(|p| p == "b1" || p == "b2"));
+    assert!(ring6.iter().any(|p| p == "b1") && ring6.iter().any(|p| p == "b2"));
+    // What `api` had before it had IPv6 paths, and what an IPv6-only `api` would have.
+    let a = model_a();
+    assert_eq!(ring4, ring(&a, &a.tables(), target_id(&a, "api")));
+    let mut alone = fresh(&Cfg::new().target(
+        "api",
+        active_active(),
+        &[("b1", "2001:db8:11::1", 0), ("b2", "2001:db8:12::1", 1)],
+    ));
+    set_health(
+        &mut alone,
+        Some(Health::Up),
+        &[("api", "b1"), ("api", "b2")],
+    );
+    assert_eq!(
+        ring6,
+        ring(&alone, &alone.tables(), target_id(&alone, "api"))
+    );
+
+    state(&mut m, "api", "b1").health = Some(Health::Down);
+    assert_eq!(m.decide("api"), [api6]);
+    let after = m.tables();
+    assert!(ring(&m, &after, api6).iter().all(|p| p == "b2"));
+    assert!(
+        m.transitions.contains_key(&api6),
+        "the previous ring is kept"
+    );
+    assert_eq!(after.targets[&api4], t.targets[&api4]);
+    assert_eq!(ring(&m, &after, api4), ring4);
+    assert!(!m.transitions.contains_key(&api4));
+}
+
+/// Guards a reload that gives a target of one family paths and VIPs of the other, and the one
+/// that takes them away again: the IPv4 half keeps its id, decision and map entries (nothing of
+/// IPv4 is written), the IPv6 half gets a new id whose target, paths and reverse NAT exist
+/// before its VIPs; wherever a write fails, the maps go back to what they held; the way back
+/// removes the IPv6 VIPs before what they led to and leaves exactly configuration A's tables.
+/// A restart in between recovers both ids. The same for a target of IPv6 paths gaining IPv4
+/// ones: it keeps its id for IPv6.
+#[test]
+fn a_reload_makes_a_target_dual_stack_and_back() {
+    let a = model_a();
+    let web = target_id(&a, "web");
+    let mut b = Model::new(config_mixed().config(), &a).expect("fits");
+    let (web4, web6) = (
+        family_id(&b, "web", Family::V4),
+        family_id(&b, "web", Family::V6),
+    );
+    assert_eq!(web4, web);
+    assert_eq!(b.decisions[&web4], a.decisions[&web], "kept");
+    assert!(!b.transitions.contains_key(&web4) && b.settling.is_empty());
+    set_health(&mut b, Some(Health::Up), &[("web", "v1"), ("api", "b2")]);
+    let (current, desired) = (a.tables(), b.tables());
+
+    let mut store = store_holding(&current);
+    apply(&mut store, &current, &desired).expect("writes");
+    assert_eq!(store.read(), desired);
+    let log = store.log.clone();
+    for (address, service) in [
+        ("2001:db8:ff::10", None),
+        ("2001:db8:ff::11", Some((IPPROTO_TCP, 443))),
+        ("2001:db8:ff::20", Some((IPPROTO_UDP, 53))),
+    ] {
+        let vid = vip_id(&b, address, service);
+        let entry = format!("vip {vid}");
+        let mut first = leads_to(&desired, vid);
+        first.extend(
+            desired
+                .rev_nat6
+                .iter()
+                .filter(|(_, rev)| rev.vip_id == vid)
+                .map(|(k, _)| format!("rev {}", k.ip())),
+        );
+        for f in &first {
+            assert_before(&log, f, &entry);
+        }
+        assert_before(&log, &entry, "filter");
+    }
+    let ipv4: Vec<String> = [format!("target {web4}"), format!("target-meta {web4}")]
+        .into_iter()
+        .chain(current.vips.keys().map(|v| format!("vip {v}")))
+        .chain(current.paths.keys().map(|p| format!("path {p}")))
+        .chain(current.rev_nat.keys().map(|k| format!("rev {}", k.ip())))
+        .collect();
+    for entry in &ipv4 {
+        assert!(!log.contains(entry), "{entry} rewritten: {log:?}");
+    }
+    assert!(log.contains(&format!("target {web6}")));
+
+    // A restart while dual stack: both ids, the one target, the same tables.
+    let rebuilt = Model::from_tables(&desired, |_| false);
+    assert_eq!(rebuilt.ids, b.ids);
+    assert_eq!(rebuilt.tables(), desired);
+    assert_eq!(rebuilt.config.targets.len(), 2);
+    assert_eq!(rebuilt.config.target("web").expect("web").paths.len(), 4);
+    let restarted = Model::new(config_mixed().config(), &rebuilt).expect("fits");
+    assert_eq!(restarted.ids, b.ids);
+    assert_eq!(restarted.decisions, b.decisions);
+
+    // Back to IPv4 only.
+    let c = Model::new(config_a().config(), &b).expect("fits");
+    assert_eq!(c.ids, a.ids);
+    assert_eq!(c.decisions[&web], b.decisions[&web4]);
+    assert!(!c.decisions.contains_key(&web6));
+    assert_eq!(c.tables(), current);
+    let mut store = store_holding(&desired);
+    apply(&mut store, &desired, &current).expect("writes");
+    assert_eq!(store.read(), current);
+    for (vip, service) in [
+        ("2001:db8:ff::10", None),
+        ("2001:db8:ff::11", Some((IPPROTO_TCP, 443))),
+    ] {
+        let gone = format!("-vip {}", vip_id(&b, vip, service));
+        for p in ["v1", "v2"] {
+            let rev = format!("-rev {}", address(&b, "web", p));
+            assert_before(&store.log, &gone, &rev);
+            assert_before(&store.log, &rev, &format!("path {}", path_id(&b, "web", p)));
+        }
+        assert_before(&store.log, &gone, &format!("target {web6}"));
+    }
+
+    // Nothing half-applied, either way, wherever a write fails.
+    for (from, to) in [(&current, &desired), (&desired, &current)] {
+        let plan = lb_user::datapath::tables::Plan::new(from, to);
+        for k in 0..plan.writes.len() {
+            let mut store = store_holding(from);
+            store.fail = BTreeSet::from([store.calls + k]);
+            let e = apply(&mut store, from, to).expect_err("the write fails");
+            assert!(e.undone.is_ok(), "write {k}: {e}");
+            assert_eq!(store.read(), *from, "write {k} ({}): undone", e.failed);
+        }
+    }
+
+    // IPv6 first: `web6` of configuration "dual" gains an IPv4 path and VIP.
+    let d = fresh(&config_dual());
+    let only = target_id(&d, "web6");
+    let e = Model::new(
+        config_dual()
+            .add_path("web6", ("n4", "192.0.2.99", 5))
+            .vip("203.0.113.99", "web6")
+            .config(),
+        &d,
+    )
+    .expect("fits");
+    assert_eq!(family_id(&e, "web6", Family::V6), only);
+    assert_ne!(family_id(&e, "web6", Family::V4), only);
+    assert_eq!(
+        Model::new(config_dual().config(), &e).expect("fits").ids,
+        d.ids
+    );
+}
+
+/// Guards `lb status` (and `--json`) for a target with paths of both families: shown once,
+/// under its name, with each family's decision under `families` (the target-wide fields then
+/// empty) and all its paths; a target of one family reads exactly as before, without
+/// `families`.
+#[test]
+fn status_shows_a_dual_stack_target_once_with_each_familys_decision() {
+    // v1 fails and comes back: IPv6 fails back to it, keeping v2's connections there.
+    let mut m = model_mixed();
+    set_health(&mut m, Some(Health::Down), &[("web", "v1")]);
+    set_health(&mut m, Some(Health::Up), &[("web", "v1")]);
+    let t = m.tables();
+    let targets = lb_user::view::targets(&m, &t, |_| None);
+    let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["web", "api"]);
+    let web = &targets[0];
+    assert_eq!(
+        (&web.active, web.shares.is_empty(), &web.transition),
+        (&None, true, &None)
+    );
+    assert_eq!(web.paths.len(), 4);
+    let json = serde_json::to_value(web).expect("serializes");
+    assert_eq!(json["families"]["ipv4"]["active"], "nn1");
+    assert_eq!(json["families"]["ipv6"]["active"], "v1");
+    assert_eq!(json["families"]["ipv6"]["transition"]["previous"], "v2");
+    assert_eq!(json["families"]["ipv4"]["transition"], Value::Null);
+    let api = serde_json::to_value(&targets[1]).expect("serializes");
+    let shares = &api["families"]["ipv6"]["shares"];
+    assert_eq!(shares.as_object().expect("shares").len(), 2, "{api}");
+
+    // One family: the fields as before, and no `families`.
+    let a = model_a();
+    let single = lb_user::view::targets(&a, &a.tables(), |_| None);
+    let web = serde_json::to_value(&single[0]).expect("serializes");
+    let keys: Vec<&str> = web
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        sorted(keys.iter().map(|k| k.to_string()).collect()),
+        sorted(
+            [
+                "name",
+                "mode",
+                "preempt",
+                "all_down",
+                "active",
+                "shares",
+                "transition",
+                "paths"
+            ]
+            .map(String::from)
+            .to_vec()
+        )
+    );
+    assert_eq!(web["active"], "nn1");
+    assert!(
+        !serde_json::to_string(&single)
+            .expect("serializes")
+            .contains("families")
+    );
+}
+
+/// Guards a path of a dual-stack target whose address changes family (it keeps its id, and
+/// moves to the other family's target id): the decision of its old id stops naming it before
+/// it takes its new address (the datapath follows a current decision without checking the
+/// path's target, and would write that address into packets of the other family), and a
+/// decision of its new id names it only after; wherever a write fails, it is undone.
+#[test]
+fn a_path_changing_family_leaves_its_old_target_id_first() {
+    let mut a = model_mixed();
+    set_health(&mut a, Some(Health::Up), &[("web", "nn2")]);
+    set_health(&mut a, Some(Health::Down), &[("web", "nn1")]);
+    let (web4, web6) = (
+        family_id(&a, "web", Family::V4),
+        family_id(&a, "web", Family::V6),
+    );
+    let nn2 = path_id(&a, "web", "nn2");
+    assert_eq!(a.decisions[&web4], Decision::Single(nn2));
+
+    let moved = config_mixed().edit_path("web", "nn2", |p| {
+        p["address"] = json!("2001:db8:3::1");
+        p["priority"] = json!(5);
+    });
+    let mut b = Model::new(moved.config(), &a).expect("fits");
+    assert_eq!(path_id(&b, "web", "nn2"), nn2, "one path, one id");
+    assert_eq!(family_id(&b, "web", Family::V4), web4);
+    assert_eq!(family_id(&b, "web", Family::V6), web6);
+    assert_eq!(path_names(&b, web6), ["nn2", "v1", "v2"]);
+    assert_eq!(b.decisions[&web4], Decision::None, "nn1 is down");
+    // nn2 rises at its new address, and is preferred: IPv6 moves to it.
+    set_health(&mut b, Some(Health::Up), &[("web", "nn2")]);
+    assert_eq!(b.decisions[&web6], Decision::Single(nn2));
+    let (current, desired) = (a.tables(), b.tables());
+    assert_eq!(desired.paths[&nn2].target, web6);
+
+    let mut store = store_holding(&current);
+    apply(&mut store, &current, &desired).expect("writes");
+    assert_eq!(store.read(), desired);
+    assert_before(
+        &store.log,
+        &format!("target {web4}"),
+        &format!("path {nn2}"),
+    );
+    assert_before(
+        &store.log,
+        &format!("path {nn2}"),
+        &format!("target {web6}"),
+    );
+
+    // Back: nn2 returns to IPv4, where web4 chooses it (nn1 is down): after it is there.
+    let mut c = Model::new(config_mixed().config(), &b).expect("fits");
+    state(&mut c, "web", "nn2").health = Some(Health::Up);
+    c.decide_all();
+    assert_eq!(c.decisions[&web4], Decision::Single(nn2));
+    let back = c.tables();
+    let mut store = store_holding(&desired);
+    apply(&mut store, &desired, &back).expect("writes");
+    assert_eq!(store.read(), back);
+    assert_before(
+        &store.log,
+        &format!("target {web6}"),
+        &format!("path {nn2}"),
+    );
+    assert_before(
+        &store.log,
+        &format!("path {nn2}"),
+        &format!("target {web4}"),
+    );
+
+    for (from, to) in [(&current, &desired), (&desired, &back)] {
+        let plan = lb_user::datapath::tables::Plan::new(from, to);
+        for k in 0..plan.writes.len() {
+            let mut store = store_holding(from);
+            store.fail = BTreeSet::from([store.calls + k]);
+            let e = apply(&mut store, from, to).expect_err("the write fails");
+            assert!(e.undone.is_ok(), "write {k}: {e}");
+            assert_eq!(store.read(), *from, "write {k} ({}): undone", e.failed);
+        }
+    }
+}

@@ -164,6 +164,11 @@ impl Lab {
         vm.ip("rule add from 192.0.2.100 lookup 102")?;
         vm.ip("route add default via 192.0.2.97 dev eth1 table 102")?;
 
+        // Static IPv6 addresses survive a link going down (as IPv4's do): the failures take
+        // links down and up again.
+        for ns in [client, edge, nn1, nn2, vm] {
+            ns.exec("sysctl", &["-qw", "net.ipv6.conf.all.keep_addr_on_down=1"])?;
+        }
         client.ip("-6 addr add 2001:db8:51::10/64 dev c0 nodad")?;
         client.ip("-6 route add 2001:db8:71::/64 via 2001:db8:51::1")?;
         edge.ip("-6 addr add 2001:db8:51::1/64 dev e0 nodad")?;

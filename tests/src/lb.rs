@@ -326,6 +326,17 @@ pub fn active(status: &serde_json::Value, target: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The active path of family `family` (`ipv4`, `ipv6`) of a target with paths of both
+/// families, in a status JSON.
+pub fn active_of(status: &serde_json::Value, target: &str, family: &str) -> Option<String> {
+    status["targets"]
+        .as_array()?
+        .iter()
+        .find(|t| t["name"] == target)?["families"][family]["active"]
+        .as_str()
+        .map(str::to_string)
+}
+
 /// The state of path `path` of target `target` in a status JSON.
 pub fn path_state(status: &serde_json::Value, target: &str, path: &str) -> Option<String> {
     let t = status["targets"]

@@ -106,6 +106,36 @@ impl Netns {
         Ok(out)
     }
 
+    /// [`Netns::host_routes`] of IPv6: the `/128` routes' addresses.
+    pub fn host_routes6(&self, table: u32, proto: u8) -> anyhow::Result<Vec<std::net::Ipv6Addr>> {
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "-j", "-6", "route", "show", "table"])
+            .arg(table.to_string())
+            .args(["proto", &proto.to_string()])
+            .output()
+            .context("running ip route show")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            // A table that was never made.
+            if err.contains("does not exist") || err.contains("No such file") {
+                return Ok(Vec::new());
+            }
+            anyhow::bail!("ip route show table {table}: {err}");
+        }
+        let routes: Vec<serde_json::Value> = if text.trim().is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_str(&text).with_context(|| format!("parsing {text}"))?
+        };
+        let mut out: Vec<std::net::Ipv6Addr> = routes
+            .iter()
+            .filter_map(|r| r["dst"].as_str()?.parse().ok())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     /// Loads the nftables ruleset `text` in the namespace (`nft -f`, through a file).
     pub fn nft(&self, text: &str) -> anyhow::Result<()> {
         static N: AtomicU32 = AtomicU32::new(0);

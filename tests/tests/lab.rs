@@ -18,7 +18,7 @@ use lb_tests::{
         self, ECHO_PORT, EDGE_CLIENTS, Failure, HTTP_PORT, Lab, NN1, NN1_6, NN2, NN2_6, PORTS,
         UDP_PORT, VIP, VIP_SPREAD, VIP_SVC, VIP6, VIP6_SVC, Veths,
     },
-    lb::{Daemon, active},
+    lb::{Daemon, active, active_of},
     servers,
     traffic::{connect_failure, http_get, iperf3, udp_flows, udp_path6, udp_sockets, udp_stream},
 };
@@ -255,6 +255,81 @@ fn ipv6_restart_without_loss() -> anyhow::Result<()> {
         "{}",
         d.log_text()
     );
+    Ok(())
+}
+
+/// One target with paths and VIPs of both families: each family is decided on its own paths
+/// (IPv6 lost on nn1's router moves only the IPv6 VIP), and each VIP address is announced
+/// (`/32`, `/128`) while its own family can serve it.
+fn dual_stack_target_decides_each_family() -> anyhow::Result<()> {
+    let lab = Lab::new()?;
+    let _srv = servers::start_dual(&lab.vm, PORTS, [NN1, NN2], [NN1_6, NN2_6])?;
+    let probe = format!(
+        r#"{{ "type": "tcp", "port": {HTTP_PORT}, "interval_ms": {INTERVAL_MS}, "timeout_ms": {}, "rise": 2, "fall": {FALL} }}"#,
+        INTERVAL_MS - 10
+    );
+    let config = format!(
+        r#"{{
+  "interfaces": {{ "clients": ["{EDGE_CLIENTS}"], "paths": ["e1", "e2"] }},
+  "announce": {{ "table": 200, "protocol": 250, "settle_max_s": 0 }},
+  "targets": [
+    {{ "name": "web", "mode": "failover", "preempt": true,
+      "paths": [
+        {{ "name": "nn1", "address": "{NN1}", "priority": 10 }},
+        {{ "name": "nn2", "address": "{NN2}", "priority": 20 }},
+        {{ "name": "nn1-v6", "address": "{NN1_6}", "priority": 10 }},
+        {{ "name": "nn2-v6", "address": "{NN2_6}", "priority": 20 }}
+      ],
+      "probe": {probe} }}
+  ],
+  "vips": [
+    {{ "address": "{VIP}", "target": "web" }},
+    {{ "address": "{VIP6}", "target": "web" }}
+  ]
+}}"#
+    );
+    let d = Daemon::start(&lab.edge, &config, lab::XDP_HOOK)?;
+    let families =
+        |s: &serde_json::Value| (active_of(s, "web", "ipv4"), active_of(s, "web", "ipv6"));
+    let want = |v4: &str, v6: &str| (Some(v4.to_string()), Some(v6.to_string()));
+    d.wait_status(T, |s| families(s) == want("nn1", "nn1-v6"))?;
+    ensure!(http_get(&lab.client, VIP, HTTP_PORT, "/", T)? == NN1.to_string());
+    ensure!(http_get(&lab.client, VIP6, HTTP_PORT, "/", T)? == NN1_6.to_string());
+    let announced = |v4: &[Ipv4Addr], v6: &[std::net::Ipv6Addr]| -> anyhow::Result<bool> {
+        Ok(lab.edge.host_routes(200, 250)? == v4 && lab.edge.host_routes6(200, 250)? == v6)
+    };
+    let deadline = Instant::now() + T;
+    while !announced(&[VIP], &[VIP6])? {
+        ensure!(
+            Instant::now() < deadline,
+            "both VIP routes announced\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // IPv6 lost on nn1's router: only the IPv6 decision moves.
+    let drop6 = |r: &lb_tests::netns::Netns| {
+        r.nft("table inet drop6 {\n chain f { type filter hook forward priority -300; meta nfproto ipv6 drop; }\n}\n")
+    };
+    drop6(&lab.nn1)?;
+    d.wait_status(Duration::from_secs(3), |s| {
+        families(s) == want("nn1", "nn2-v6")
+    })
+    .with_context(|| d.log_text())?;
+    ensure!(http_get(&lab.client, VIP, HTTP_PORT, "/", T)? == NN1.to_string());
+    ensure!(http_get(&lab.client, VIP6, HTTP_PORT, "/", T)? == NN2_6.to_string());
+    // IPv6 lost on both: the IPv6 VIP's route is withdrawn, the IPv4 one stays.
+    drop6(&lab.nn2)?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !announced(&[VIP], &[])? {
+        ensure!(
+            Instant::now() < deadline,
+            "the IPv6 VIP withdrawn alone\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ensure!(http_get(&lab.client, VIP, HTTP_PORT, "/", T)? == NN1.to_string());
     Ok(())
 }
 
@@ -960,6 +1035,10 @@ fn main() {
             ),
             ("ipv6_failover_and_failback", ipv6_failover_and_failback),
             ("ipv6_restart_without_loss", ipv6_restart_without_loss),
+            (
+                "dual_stack_target_decides_each_family",
+                dual_stack_target_decides_each_family,
+            ),
             ("ipv6_pmtu_through_the_nat", ipv6_pmtu_through_the_nat),
             (
                 "plain_ipv6_pmtu_through_the_nat",

@@ -1,6 +1,6 @@
 //! `lb status`: targets, paths and VIPs, from the pinned maps.
 
-use lb_user::view;
+use lb_user::{config::Family, view};
 
 use super::{PinArgs, print_json};
 
@@ -25,26 +25,7 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
         _ => println!("daemon: not running (the datapath forwards with the last decisions)"),
     }
     for t in &s.targets {
-        let choice = match (&t.active, t.shares.is_empty()) {
-            (Some(a), _) => format!("new flows → {a}"),
-            (None, false) => {
-                let shares: Vec<String> =
-                    t.shares.iter().map(|(p, s)| format!("{p} {s}%")).collect();
-                format!("new flows → {}", shares.join(", "))
-            }
-            (None, true) => "no usable path: new flows dropped".into(),
-        };
-        println!(
-            "\ntarget {} ({}, all_down {}): {choice}",
-            t.name, t.mode, t.all_down
-        );
-        if let Some(tr) = &t.transition {
-            println!(
-                "  connections older than {} stay on the previous decision ({}) while it is up",
-                tr.since.as_deref().unwrap_or("the last change"),
-                tr.previous
-            );
-        }
+        print!("{}", target_text(t));
         for p in &t.paths {
             let rtt = p.rtt_ms.map_or("-".into(), |r| format!("{r:.2} ms"));
             let pending = match (p.drain_requested, p.state == "disabled") {
@@ -129,4 +110,137 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A target's heading and transition lines, each ending in a newline: where its new flows go
+/// and which connections stay on a previous decision. A target with paths of both families
+/// shows each family's decision, IPv4 first.
+fn target_text(t: &view::TargetStatus) -> String {
+    let choice = |active: &Option<String>, shares: &std::collections::BTreeMap<String, f64>| match (
+        active,
+        shares.is_empty(),
+    ) {
+        (Some(a), _) => format!("new flows → {a}"),
+        (None, false) => {
+            let shares: Vec<String> = shares.iter().map(|(p, s)| format!("{p} {s}%")).collect();
+            format!("new flows → {}", shares.join(", "))
+        }
+        (None, true) => "no usable path: new flows dropped".into(),
+    };
+    let kept = |prefix: &str, tr: &view::TransitionStatus| {
+        format!(
+            "  {prefix}connections older than {} stay on the previous decision ({}) while it is up\n",
+            tr.since.as_deref().unwrap_or("the last change"),
+            tr.previous
+        )
+    };
+    let heading = format!("\ntarget {} ({}, all_down {})", t.name, t.mode, t.all_down);
+    if t.families.is_empty() {
+        let mut out = format!("{heading}: {}\n", choice(&t.active, &t.shares));
+        if let Some(tr) = &t.transition {
+            out.push_str(&kept("", tr));
+        }
+        return out;
+    }
+    // `families` is keyed by `Family::key`.
+    let families: Vec<(Family, &view::DecisionStatus)> = [Family::V4, Family::V6]
+        .into_iter()
+        .filter_map(|f| Some((f, t.families.get(f.key())?)))
+        .collect();
+    let choices: Vec<String> = families
+        .iter()
+        .map(|(f, d)| format!("{f} {}", choice(&d.active, &d.shares)))
+        .collect();
+    let mut out = format!("{heading}: {}\n", choices.join("; "));
+    for (f, d) in &families {
+        if let Some(tr) = &d.transition {
+            out.push_str(&kept(&format!("{f} "), tr));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_user::{
+        config::Config,
+        control::{health::Health, model::Model},
+        view,
+    };
+
+    use super::target_text;
+
+    /// `web`: nn1 and nn2 (IPv4), v1 and v2 (IPv6), failover; `solo`: one IPv4 path.
+    fn model() -> Model {
+        let config = Config::from_json(
+            r#"{
+              "interfaces": { "clients": ["c0"], "paths": ["p0"] },
+              "targets": [
+                { "name": "web", "paths": [
+                    { "name": "nn1", "address": "192.0.2.1" },
+                    { "name": "nn2", "address": "192.0.2.2" },
+                    { "name": "v1", "address": "2001:db8:1::1" },
+                    { "name": "v2", "address": "2001:db8:2::1" } ] },
+                { "name": "solo", "paths": [ { "name": "n1", "address": "192.0.2.11" } ] }
+              ],
+              "vips": [
+                { "address": "203.0.113.10", "target": "web" },
+                { "address": "2001:db8:ff::10", "target": "web" },
+                { "address": "203.0.113.11", "target": "solo" }
+              ]
+            }"#,
+        )
+        .expect("valid");
+        Model::new(config, &Model::empty()).expect("fits")
+    }
+
+    fn set(m: &mut Model, target: &str, path: &str, health: Health) {
+        let id = m.ids.paths[&(target.to_string(), path.to_string())];
+        m.paths.get_mut(&id).expect("a path").health = Some(health);
+        m.decide(target);
+    }
+
+    fn texts(m: &Model) -> Vec<String> {
+        view::targets(m, &m.tables(), |_| None)
+            .iter()
+            .map(target_text)
+            .collect()
+    }
+
+    /// A target with paths of both families shows each family's decision on its heading line,
+    /// and each family's transition on a line of its own; one of one family reads as before.
+    #[test]
+    fn a_dual_stack_target_shows_each_familys_decision() {
+        let mut m = model();
+        assert_eq!(
+            texts(&m),
+            [
+                "\ntarget web (failover, all_down drop): IPv4 no usable path: new flows dropped; \
+                 IPv6 no usable path: new flows dropped\n",
+                "\ntarget solo (failover, all_down drop): no usable path: new flows dropped\n",
+            ]
+        );
+        set(&mut m, "web", "nn2", Health::Up);
+        set(&mut m, "web", "nn1", Health::Up);
+        set(&mut m, "web", "v2", Health::Up);
+        set(&mut m, "solo", "n1", Health::Up);
+        let text = texts(&m);
+        let (web, solo) = (&text[0], &text[1]);
+        assert!(
+            web.starts_with(
+                "\ntarget web (failover, all_down drop): IPv4 new flows → nn1; IPv6 new flows → v2\n"
+            ),
+            "{web}"
+        );
+        assert!(
+            web.contains("\n  IPv4 connections older than ")
+                && web.ends_with(" stay on the previous decision (nn2) while it is up\n"),
+            "{web}"
+        );
+        assert!(!web.contains("IPv6 connections"), "{web}");
+        assert_eq!(
+            solo,
+            "\ntarget solo (failover, all_down drop): new flows → n1\n"
+        );
+    }
 }

@@ -146,6 +146,46 @@ pub enum AllDown {
     LastKnown,
 }
 
+/// An address family. A target's paths of one family serve its VIPs of that family (`lb`
+/// translates addresses, never between the families).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The family of `address`.
+    pub const fn of(address: IpAddr) -> Family {
+        match address {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// `IPv4` or `IPv6`, as messages name it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    /// `ipv4` or `ipv6`, as `--json` names it.
+    pub const fn key(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub name: String,
@@ -249,8 +289,8 @@ pub enum Protocol {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vip {
-    /// IPv4 or IPv6; every path of its target is of the same family (lb translates addresses,
-    /// never families).
+    /// IPv4 or IPv6. Its target's paths of its family serve it, and it has at least one (lb
+    /// translates addresses, never families).
     pub address: IpAddr,
     /// `None`: the whole address (every TCP/UDP port and ICMP echo).
     pub service: Option<Service>,
@@ -401,6 +441,25 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Target {
+    /// The families of the target's paths, IPv4 first: one, or both for a target with paths of
+    /// both families (each family is decided on its own paths and has its own datapath target
+    /// id; `control::model::Ids`).
+    pub fn families(&self) -> Vec<Family> {
+        let mut out: Vec<Family> = self.paths.iter().map(|p| Family::of(p.address)).collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The target's paths of `family`.
+    pub fn paths_of(&self, family: Family) -> impl Iterator<Item = &Path> {
+        self.paths
+            .iter()
+            .filter(move |p| Family::of(p.address) == family)
     }
 }
 

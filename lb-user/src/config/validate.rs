@@ -9,9 +9,9 @@ use std::{
 use lb_common::maps::{MAX_PATHS, MAX_TARGETS, MAX_VIPS, MAX_VIPS_PER_TARGET};
 
 use crate::config::{
-    AllDown, Announce, Config, ConfigError, DEFAULT_DATAPATH_SUSPECT, DEFAULT_SETTLE_MAX, Flows,
-    HookSetting, Interfaces, MAX_FLOW_TABLE_SIZE, MAX_IFNAME, MAX_SETTLE_MAX, MAX_WEIGHT, Mode,
-    Path, Probe, Protocol, Service, Target, Vip, check_name,
+    AllDown, Announce, Config, ConfigError, DEFAULT_DATAPATH_SUSPECT, DEFAULT_SETTLE_MAX, Family,
+    Flows, HookSetting, Interfaces, MAX_FLOW_TABLE_SIZE, MAX_IFNAME, MAX_SETTLE_MAX, MAX_WEIGHT,
+    Mode, Path, Probe, Protocol, Service, Target, Vip, check_name,
     probe::check_probe,
     raw::{RawAnnounce, RawConfig, RawFlows, RawInterfaces, RawPath, RawTarget, RawVip},
 };
@@ -79,8 +79,21 @@ impl Validator {
         at_most("vips", "VIPs", raw_vips.len(), MAX_VIPS)?;
 
         let mut targets: Vec<Target> = Vec::with_capacity(raw_targets.len());
+        // The datapath's target ids: one per family of a target (`control::model::Ids`).
+        let mut target_ids = 0;
         for (i, raw) in raw_targets.into_iter().enumerate() {
-            let target = self.target(&format!("targets[{i}]"), raw, &targets)?;
+            let at = format!("targets[{i}]");
+            let target = self.target(&at, raw, &targets)?;
+            target_ids += target.families().len();
+            if target_ids > MAX_TARGETS as usize {
+                return Err(invalid(
+                    at,
+                    format!(
+                        "more than {MAX_TARGETS} target ids in all (the datapath's capacity): a \
+                         target with paths of both families takes one per family"
+                    ),
+                ));
+            }
             targets.push(target);
         }
         let vips = self.vips(raw_vips, &targets)?;
@@ -244,15 +257,18 @@ impl Validator {
     fn vips(&self, raw_vips: Vec<RawVip>, targets: &[Target]) -> Result<Vec<Vip>, ConfigError> {
         // What each key is, for duplicates and reverse-NAT ambiguity: the index of the VIP.
         let mut by_key: HashMap<(IpAddr, Option<(Protocol, u16)>), usize> = HashMap::new();
-        let mut whole_by_target: HashMap<&str, usize> = HashMap::new();
-        // (target, protocol, port on the VM): the key replies are translated by.
-        let mut service_by_reply: HashMap<(&str, Protocol, u16), usize> = HashMap::new();
+        // By target and family: replies from a target's paths of one family are translated back
+        // to its VIPs of that family only.
+        let mut whole_by_target: HashMap<(&str, Family), usize> = HashMap::new();
+        // (target, family, protocol, port on the VM): the key replies are translated by.
+        let mut service_by_reply: HashMap<(&str, Family, Protocol, u16), usize> = HashMap::new();
         let mut per_target: HashMap<&str, usize> = HashMap::new();
         let mut vips: Vec<Vip> = Vec::with_capacity(raw_vips.len());
         for (i, raw) in raw_vips.into_iter().enumerate() {
             let at = format!("vips[{i}]");
             let (vip, target) = self.vip(&at, raw, targets)?;
             let key = (vip.address, vip.service.map(|s| (s.protocol, s.port)));
+            let family = Family::of(vip.address);
             if let Some(&k) = by_key.get(&key) {
                 return Err(invalid(
                     at,
@@ -261,7 +277,7 @@ impl Validator {
             }
             match vip.service {
                 None => {
-                    if let Some(&k) = whole_by_target.get(target.name.as_str()) {
+                    if let Some(&k) = whole_by_target.get(&(target.name.as_str(), family)) {
                         return Err(invalid(
                             at,
                             format!(
@@ -272,11 +288,11 @@ impl Validator {
                             ),
                         ));
                     }
-                    whole_by_target.insert(&target.name, i);
+                    whole_by_target.insert((&target.name, family), i);
                 }
                 Some(service) => {
                     let port = service.target_port.unwrap_or(service.port);
-                    let reply = (target.name.as_str(), service.protocol, port);
+                    let reply = (target.name.as_str(), family, service.protocol, port);
                     if let Some(&k) = service_by_reply.get(&reply) {
                         return Err(invalid(
                             at,
@@ -376,24 +392,16 @@ impl Validator {
                 format!("{address} is also the address of {path}"),
             ));
         }
-        // The datapath writes the chosen path's address over the VIP's: a path of the other
-        // family could not stand in for it (no translation between the families).
-        if let Some((j, p)) = found
-            .paths
-            .iter()
-            .enumerate()
-            .find(|(_, p)| p.address.is_ipv4() != address.is_ipv4())
-        {
+        // The datapath writes the chosen path's address over the VIP's: only the target's
+        // paths of the VIP's family serve it (no translation between the families).
+        let family = Family::of(address);
+        if found.paths_of(family).next().is_none() {
             return Err(invalid(
                 format!("{at}.address"),
                 format!(
-                    "{address} is an {} VIP, but its target {target:?} has the {} path {:?} \
-                     (targets[{t}].paths[{j}], {}): a VIP's paths must all be of its family \
-                     (lb translates addresses, never between IPv4 and IPv6)",
-                    family(address),
-                    family(p.address),
-                    p.name,
-                    p.address,
+                    "{address} is an {family} VIP, but its target {target:?} (targets[{t}]) has \
+                     no {family} path: a VIP is served by its target's paths of its family (lb \
+                     translates addresses, never between IPv4 and IPv6)",
                 ),
             ));
         }
@@ -707,10 +715,7 @@ fn unicast(at: &str, text: &str) -> Result<IpAddr, ConfigError> {
 
 /// `IPv4` or `IPv6`, as the errors name a family.
 fn family(address: IpAddr) -> &'static str {
-    match address {
-        IpAddr::V4(_) => "IPv4",
-        IpAddr::V6(_) => "IPv6",
-    }
+    Family::of(address).name()
 }
 
 pub(crate) fn port_number(at: &str, port: u16) -> Result<u16, ConfigError> {

@@ -5,7 +5,7 @@
 //! An address is **servable** when the datapath is attached on every client-facing interface
 //! and every VIP on it whose state counts (`announce` not `false`) has a target with a decision
 //! to send new flows somewhere: at least one path up, or `all_down: last-known` keeping the last
-//! one. A route covers an address, not a service: an address whose services belong to several
+//! one. Of a target with paths of both families, the decision of the VIP's family counts. A route covers an address, not a service: an address whose services belong to several
 //! targets is withdrawn when any of them cannot be served (the upstream then sends it to an
 //! edge that serves them all). An address none of whose VIPs count is never announced.
 
@@ -52,11 +52,13 @@ pub fn addresses(model: &Model, attached: bool) -> BTreeMap<IpAddr, Result<(), W
             *entry = Err(Withdrawn::NotAttached);
             continue;
         }
-        let tid = model.ids.targets.get(&vip.target);
+        // The target's decision for the VIP's family: of a target with paths of both, each
+        // family is servable on its own paths.
+        let tid = model.target_of(vip);
         let usable = tid
-            .and_then(|id| model.decisions.get(id))
+            .and_then(|id| model.decisions.get(&id))
             .is_some_and(|d| *d != Decision::None);
-        let settling = tid.is_some_and(|id| model.settling.contains_key(id));
+        let settling = tid.is_some_and(|id| model.settling.contains_key(&id));
         let target = vip.target.clone();
         if usable && !settling {
             continue;
@@ -353,5 +355,67 @@ mod tests {
         assert_eq!(announced(&m, true), [A, v6].into());
         set(&mut m, "web6", "n2", Health::Down);
         assert_eq!(announced(&m, true), [A].into());
+    }
+
+    /// A target with paths of both families: each family's address is servable, and settles,
+    /// on that family's paths alone (the other family's paths down are neither waited for nor
+    /// a reason to withdraw).
+    #[test]
+    fn a_dual_stack_target_is_servable_per_family() {
+        let config = Config::from_json(
+            r#"{
+              "interfaces": { "clients": ["c0"], "paths": ["p0"] },
+              "announce": {},
+              "targets": [
+                { "name": "web", "paths": [
+                    { "name": "n1", "address": "192.0.2.1" },
+                    { "name": "n2", "address": "192.0.2.2" },
+                    { "name": "v1", "address": "2001:db8:1::1" },
+                    { "name": "v2", "address": "2001:db8:2::1" } ] }
+              ],
+              "vips": [
+                { "address": "203.0.113.10", "target": "web" },
+                { "address": "2001:db8:ff::10", "target": "web" }
+              ]
+            }"#,
+        )
+        .unwrap();
+        let mut m = Model::new(config, &Model::empty()).unwrap();
+        let v6: IpAddr = "2001:db8:ff::10".parse().unwrap();
+        let web4 = m
+            .ids
+            .targets
+            .serving("web", crate::config::Family::V4)
+            .unwrap();
+        let web6 = m
+            .ids
+            .targets
+            .serving("web", crate::config::Family::V6)
+            .unwrap();
+        assert_ne!(web4, web6);
+        let t0 = SystemTime::now();
+        set_only(&mut m, "web", "v1", Health::Up);
+        assert!(m.settling.contains_key(&web6) && !m.settling.contains_key(&web4));
+        assert_eq!(
+            addresses(&m, true)[&A],
+            Err(Withdrawn::NoUsablePath(vec!["web".into()]))
+        );
+        assert_eq!(
+            addresses(&m, true)[&v6],
+            Err(Withdrawn::Settling(vec!["web".into()]))
+        );
+        // v2 rises: every IPv6 path is up, whatever the IPv4 ones do.
+        assert!(!m.all_paths_up(web6));
+        set_only(&mut m, "web", "v2", Health::Up);
+        assert!(m.all_paths_up(web6) && !m.all_paths_up(web4));
+        assert_eq!(m.settle(t0 + Duration::from_secs(4)), Vec::<u32>::new());
+        assert_eq!(announced(&m, true), [v6].into());
+        // IPv4 comes back: it settles on its own; IPv6 stays announced.
+        set_only(&mut m, "web", "n1", Health::Up);
+        assert!(m.settling.contains_key(&web4) && !m.settling.contains_key(&web6));
+        assert_eq!(announced(&m, true), [v6].into());
+        set_only(&mut m, "web", "n2", Health::Up);
+        m.settle(SystemTime::now() + Duration::from_secs(4));
+        assert_eq!(announced(&m, true), [A, v6].into());
     }
 }

@@ -66,10 +66,18 @@ impl Daemon {
         let from = transition
             .from
             .map_or("unknown".to_string(), |h| h.to_string());
-        let decision = match changed.and_then(|id| self.model.decisions.get(&id)) {
-            Some(d) => format!("; {target}: new flows → {}", self.describe(d)),
-            None => String::new(),
-        };
+        // One id at most: a path's change moves only its family's decision.
+        let decision: String = changed
+            .iter()
+            .filter_map(|id| {
+                let d = self.model.decisions.get(id)?;
+                Some(format!(
+                    "; {}: new flows → {}",
+                    self.model.target_label(*id),
+                    self.describe(d)
+                ))
+            })
+            .collect();
         info!(
             "{target}/{path}: {from} → {} ({}; probe: {}; history {history}){decision}; decision to map write {written:?}",
             transition.to,
@@ -201,10 +209,9 @@ impl Daemon {
             }
             for id in ids {
                 if let Some(d) = self.model.decisions.get(&id) {
-                    let name = self.model.target_name(id).map(str::to_string);
                     info!(
                         "{}: new flows → {} (operator change)",
-                        name.unwrap_or_default(),
+                        self.model.target_label(id),
                         self.describe(d)
                     );
                 }
@@ -286,10 +293,7 @@ impl Daemon {
             .model
             .end_transitions(SystemTime::now(), flows.tcp_idle);
         for id in ended {
-            let name = self
-                .model
-                .target_name(id)
-                .map_or(id.to_string(), str::to_string);
+            let name = self.model.target_label(id);
             info!(
                 "{name}: transition ended ({:?} after the change): the previous decision is dropped",
                 flows.tcp_idle
@@ -318,7 +322,7 @@ impl Daemon {
             let t0 = Instant::now();
             let swept = crate::datapath::exceptions::sweep_all(
                 &mut maps,
-                ids.values().copied(),
+                ids.values(),
                 |vip| vips.get(&vip).copied(),
                 |tid, key, value| model.rule_path(tid, key) == Some(value.path),
                 |tid, key, value| model.rule_path(tid, key) == Some(value.path),
@@ -360,9 +364,8 @@ impl Daemon {
             self.publish();
         }
         for (id, clear) in swept.clear {
-            let same = ids
-                .iter()
-                .any(|(name, v)| *v == id && self.model.ids.targets.get(name) == Some(&id));
+            let same =
+                ids.key_of(id).is_some() && ids.key_of(id) == self.model.ids.targets.key_of(id);
             if same && self.model.exc_clear.get(&id) != Some(&clear) {
                 self.model.exc_clear.insert(id, clear);
                 self.dirty = true;
@@ -399,7 +402,7 @@ impl Daemon {
             .iter()
             .filter(|t| !self.model.settling.contains_key(t))
         {
-            let name = self.model.target_name(*tid).unwrap_or("?").to_string();
+            let name = self.model.target_label(*tid);
             let transition = if dropped.contains(tid) {
                 " (the transition of its paths' rising dropped: no client came here under it)"
             } else {

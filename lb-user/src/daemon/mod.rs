@@ -109,7 +109,7 @@ struct Daemon {
 /// entry; the daemon's loop (probes, map writes) never waits for it.
 pub(crate) type Sweep = tokio::task::JoinHandle<(
     crate::datapath::maps::Maps,
-    BTreeMap<String, u32>,
+    crate::control::model::TargetIds,
     Result<crate::datapath::exceptions::Swept, crate::datapath::Error>,
     Duration,
 )>;
@@ -161,7 +161,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         Origin::Adopted => info!(
             "adopted the datapath pinned in {} ({} targets, {} paths, {} VIPs): nothing detached",
             pin.root().display(),
-            current.targets.len(),
+            pinned.config.targets.len(),
             current.paths.len(),
             current.vips.len()
         ),

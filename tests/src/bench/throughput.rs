@@ -13,7 +13,10 @@
 //!   redirected into a veth need a NAPI context on the receiving end: GRO is switched on on
 //!   `e0` (rather than an XDP_PASS program, which would put XDP on the nftables edge);
 //! - **redirect**: `bench_redirect` on `e0`, every frame to `e1` through the devmap: the rig's
-//!   ceiling, the cost of the veth hops with no work at the edge.
+//!   ceiling, the cost of the veth hops with no work at the edge;
+//! - **lb, IPv6**: the daemon on the dual-stack configuration ([`lab::config_dual`]), the same
+//!   traffic as 72-byte IPv6/UDP frames from 2001:db8:51::10 to the IPv6 VIP (the
+//!   UDP checksum kept right as the generator varies the port: IPv6 forbids none).
 //!
 //! Traffic: `bench_gen` run with `BPF_PROG_TEST_RUN` in live-frames mode (batches of
 //! [`BATCH`]) as if received on the client's `c0`: each frame gets the next of [`FLOWS`]
@@ -90,6 +93,7 @@ pub const CPU: usize = 0;
 const DPORT: u16 = 5001;
 /// nn1's address on its link to the edge (the next hop for 192.0.2.64/26).
 const NN1_UP: &str = "198.51.100.66";
+const NN1_UP6: &str = "2001:db8:e1::2";
 
 /// Packets per second where they leave the edge, per edge configuration.
 #[derive(Clone, Debug, Serialize)]
@@ -105,6 +109,8 @@ pub struct Throughput {
     pub nft_pps: f64,
     /// Median pps of the bare redirect.
     pub redirect_pps: f64,
+    /// Median pps of lb forwarding IPv6 (XDP hook).
+    pub xdp6_pps: f64,
     /// Counted rounds per configuration (after one warm-up round).
     pub rounds: u32,
     /// pps over the rounds, per configuration.
@@ -112,6 +118,7 @@ pub struct Throughput {
     pub tc: Spread,
     pub nft: Spread,
     pub redirect: Spread,
+    pub xdp6: Spread,
     /// The smallest share of the frames sent that the sink counted in a round, per
     /// configuration (lb, nftables, redirect).
     pub delivered: [f64; 3],
@@ -133,6 +140,8 @@ struct Rig {
     template: Array<MapData, BenchTemplate>,
     sink: PerCpuArray<MapData, u64>,
     frame: Vec<u8>,
+    /// The IPv6 frame the IPv6 rounds send instead.
+    frame6: Vec<u8>,
     /// `ifindex` of `c0` in the client namespace, `e1` in the edge namespace.
     c0: u32,
     e1: u32,
@@ -177,6 +186,14 @@ fn measure_all(packets: u32, rounds: u32) -> anyhow::Result<Throughput> {
     };
 
     let xdp = lb_rounds(&lab, &mut rig, lab::XDP_HOOK, "lb")?;
+    let xdp6 = {
+        std::mem::swap(&mut rig.frame, &mut rig.frame6);
+        rig.set_template()?;
+        let m = lb_rounds(&lab, &mut rig, lab::XDP_HOOK, "lb, IPv6");
+        std::mem::swap(&mut rig.frame, &mut rig.frame6);
+        rig.set_template()?;
+        m?
+    };
     // TC on e0 leaves e0 without XDP: frames the generator sends into it need GRO there, as for
     // nftables below.
     lab.edge
@@ -207,11 +224,13 @@ fn measure_all(packets: u32, rounds: u32) -> anyhow::Result<Throughput> {
         tc_pps: spread(&tc).median,
         nft_pps: spread(&nft).median,
         redirect_pps: spread(&redirect).median,
+        xdp6_pps: spread(&xdp6).median,
         rounds,
         xdp: spread(&xdp),
         tc: spread(&tc),
         nft: spread(&nft),
         redirect: spread(&redirect),
+        xdp6: spread(&xdp6),
         delivered: [xdp.min_share, nft.min_share, redirect.min_share],
         cpu: CPU,
     })
@@ -220,16 +239,22 @@ fn measure_all(packets: u32, rounds: u32) -> anyhow::Result<Throughput> {
 /// lb's rounds with the daemon run with `hook`: the frames must have been translated and
 /// redirected by lb (its counters grew by what the sink counted).
 fn lb_rounds(lab: &Lab, rig: &mut Rig, hook: &[&str], name: &str) -> anyhow::Result<Measured> {
-    let _server = servers::start(&lab.vm, lab::PORTS, [lab::NN1, lab::NN2])?;
+    let _server = servers::start_dual(
+        &lab.vm,
+        lab::PORTS,
+        [lab::NN1, lab::NN2],
+        [lab::NN1_6, lab::NN2_6],
+    )?;
     // Probes that never change anything during a round (fall 100 at 1 s), and no passive
     // trigger: the generator's one-way flood goes unanswered by design and saturates nn1's
     // link, so a trigger's burst would lose its probes and take nn1 down mid-round.
-    let config = lab::config(1000, 500, 1, 100, true);
-    let quiet = config.replacen("\"fall\": 100 }", "\"fall\": 100, \"passive_ms\": 0 }", 1);
+    let config = lab::config_dual(1000, 500, 1, 100, true);
+    let quiet = config.replace("\"fall\": 100 }", "\"fall\": 100, \"passive_ms\": 0 }");
     ensure!(quiet != config, "no probe in the lab's configuration");
     let daemon = Daemon::start(&lab.edge, &quiet, hook)?;
     daemon.wait_status(Duration::from_secs(10), |s| {
         active(s, "web-vm").as_deref() == Some("nn1")
+            && active(s, "web-vm6").as_deref() == Some("nn1")
     })?;
     let before = daemon.json(&["stats"])?;
     let m = rig.rounds(lab, name);
@@ -282,6 +307,10 @@ impl Rig {
             "neigh replace {NN1_UP} lladdr {} dev {EDGE_NN1} nud permanent",
             mac_text(up0_mac)
         ))?;
+        lab.edge.ip(&format!(
+            "-6 neigh replace {NN1_UP6} lladdr {} dev {EDGE_NN1} nud permanent",
+            mac_text(up0_mac)
+        ))?;
 
         let mut dp = Dataplane::load(&LoadOptions::default()).context("loading the object")?;
         for p in [PROG_BENCH_GEN, PROG_BENCH_REDIRECT, PROG_BENCH_SINK] {
@@ -297,11 +326,18 @@ impl Rig {
             .payload(&[0x5a; 22])
             .bytes();
         f.resize(64, 0);
+        // 72 bytes (the template is copied 8 at a time), a checksum of its own.
+        let mut frame6 = Vec::new();
+        etherparse::PacketBuilder::ethernet2(c0_mac, e0_mac)
+            .ipv6(lab::CLIENT6.octets(), lab::VIP6.octets(), 64)
+            .udp(0, DPORT)
+            .write(&mut frame6, &[0x5a; 10])?;
         let mut rig = Self {
             dp,
             template,
             sink,
             frame: f,
+            frame6,
             c0,
             e1,
             packets,

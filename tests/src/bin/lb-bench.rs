@@ -162,12 +162,18 @@ fn run() -> anyhow::Result<()> {
         );
         println!(
             "{:<40} {:>12.3}",
+            "lb, IPv6 (XDP, 72-byte frames)",
+            t.xdp6_pps / 1e6
+        );
+        println!(
+            "{:<40} {:>12.3}",
             "kernel forwarding + nftables DNAT",
             t.nft_pps / 1e6
         );
         out["ratios"]["xdp_vs_nft_throughput"] = json!(t.xdp_pps / t.nft_pps);
         out["ratios"]["xdp_vs_redirect_ceiling"] = json!(t.xdp_pps / t.redirect_pps);
         out["ratios"]["tc_vs_nft_throughput"] = json!(t.tc_pps / t.nft_pps);
+        out["ratios"]["ipv6_vs_ipv4_throughput"] = json!(t.xdp6_pps / t.xdp_pps);
         out["throughput"] = serde_json::to_value(&t)?;
     }
     if wants("bulk") {

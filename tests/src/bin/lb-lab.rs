@@ -297,7 +297,7 @@ fn up() -> anyhow::Result<()> {
         .context("starting the vm's servers")?;
     std::fs::write(run.join("serve.pid"), serve.id().to_string())?;
     let config = run.join("lb.json");
-    std::fs::write(&config, lab::config(100, 80, 2, 3, true))?;
+    std::fs::write(&config, lab::config_dual(100, 80, 2, 3, true))?;
     let lb = std::env::var("LB_BIN")
         .map(PathBuf::from)
         .or_else(|_| lb_tests::lb::lb_bin())?;
@@ -332,12 +332,14 @@ try:
   {lbs} --pin-dir {pins} stats --watch
   ip netns exec {PREFIX}-client curl http://{VIP}:{http}/          # which path answers
   ip netns exec {PREFIX}-client curl http://{svc}:80/              # a port-translated service
+  ip netns exec {PREFIX}-client curl http://[{vip6}]:{http}/     # the same over IPv6
   ip netns exec {PREFIX}-nn1 ip link set up0 down                  # fail nn1 (back: ... up)
   ip netns exec {PREFIX}-edge curl -s http://127.0.0.1:9109/metrics
 logs: {RUN_DIR}/lb.log (daemon), {RUN_DIR}/serve.log
 remove it: cargo xtask lab down",
         http = lab::HTTP_PORT,
         svc = lab::VIP_SVC,
+        vip6 = lab::VIP6,
     );
     Ok(())
 }
@@ -388,13 +390,15 @@ fn serve(args: &[String]) -> anyhow::Result<()> {
         [flag, name] if flag == "--netns" => Netns::existing(name),
         _ => bail!("usage: lb-lab serve --netns NS"),
     };
-    let _srv = servers::start(&ns, lab::PORTS, [NN1, NN2])?;
+    let _srv = servers::start_dual(&ns, lab::PORTS, [NN1, NN2], [lab::NN1_6, lab::NN2_6])?;
     println!(
-        "serving in {}: HTTP :{}, TCP echo :{}, UDP echo :{} on {NN1} and {NN2}",
+        "serving in {}: HTTP :{}, TCP echo :{}, UDP echo :{} on {NN1}, {NN2}, {} and {}",
         ns.name(),
         lab::HTTP_PORT,
         lab::ECHO_PORT,
-        lab::UDP_PORT
+        lab::UDP_PORT,
+        lab::NN1_6,
+        lab::NN2_6
     );
     while !STOP.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));

@@ -1,6 +1,10 @@
 //! The control plane's view of the world: the configuration, the ids it is given in the maps,
 //! what the probes and the operator said of each path, and the decision in force for each
-//! target. [`Model::tables`] turns it into what the maps must hold; pure, no I/O.
+//! target id. [`Model::tables`] turns it into what the maps must hold; pure, no I/O.
+//!
+//! A target whose paths are of one family has one target id; a target with paths of both
+//! families has one per family ([`TargetIds`]), each decided on that family's paths alone, with
+//! the target's policy, and serving the target's VIPs of that family.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -14,7 +18,7 @@ use lb_common::{
 };
 
 use crate::{
-    config::{Config, Protocol, Vip},
+    config::{Config, Family, Path, Protocol, Vip},
     control::{
         health::Health,
         policy::{self, Decision, PathView},
@@ -97,7 +101,7 @@ pub struct Model {
     pub ids: Ids,
     /// By path id.
     pub paths: BTreeMap<u32, PathState>,
-    /// By target id.
+    /// By target id (one per family of a target with paths of both, see [`TargetIds`]).
     pub decisions: BTreeMap<u32, Decision>,
     /// By target id: the transition in force, if any.
     pub transitions: BTreeMap<u32, Transition>,
@@ -117,7 +121,7 @@ impl Model {
     /// A model for `config`, keeping the ids, path states and decisions `previous` has for the
     /// same names (a path whose address changed starts unknown). Decisions are then recomputed.
     pub fn new(config: Config, previous: &Model) -> Option<Model> {
-        let ids = Ids::assign(&config, &previous.ids)?;
+        let ids = Ids::assign(&config, &previous.ids, &previous.config)?;
         let mut paths = BTreeMap::new();
         for t in &config.targets {
             for p in &t.paths {
@@ -141,25 +145,19 @@ impl Model {
                 paths.insert(*id, state);
             }
         }
-        // A target keeps its decision, transition and ring half only under the same name: an id
-        // freed and given to another target starts afresh.
-        let kept: BTreeSet<u32> = config
-            .targets
-            .iter()
-            .filter_map(|t| {
-                let id = *ids.targets.get(&t.name)?;
-                (previous.ids.targets.get(&t.name) == Some(&id)).then_some(id)
-            })
-            .collect();
+        // A target keeps its decision, transition and ring half only under the same name (and
+        // the same family, for one with paths of both): an id freed and given to another
+        // target, or to another family, starts afresh.
+        let kept: BTreeSet<u32> = ids.kept_targets(&previous.ids, &config, &previous.config);
         let decisions = ids
             .targets
             .values()
             .map(|id| {
                 let d = kept
-                    .contains(id)
-                    .then(|| previous.decisions.get(id).cloned())
+                    .contains(&id)
+                    .then(|| previous.decisions.get(&id).cloned())
                     .flatten();
-                (*id, d.unwrap_or(Decision::None))
+                (id, d.unwrap_or(Decision::None))
             })
             .collect();
         fn keep<T: Clone>(m: &BTreeMap<u32, T>, kept: &BTreeSet<u32>) -> BTreeMap<u32, T> {
@@ -223,20 +221,31 @@ impl Model {
             .or_else(|| self.pinned_addresses.get(&path).copied())
     }
 
-    /// Recomputes every target's decision; returns the ids of the targets whose decision
-    /// changed.
+    /// Recomputes every target's decision; returns the target ids whose decision changed.
     pub fn decide_all(&mut self) -> Vec<u32> {
         let names: Vec<String> = self.config.targets.iter().map(|t| t.name.clone()).collect();
-        names.iter().filter_map(|n| self.decide(n)).collect()
+        names.iter().flat_map(|n| self.decide(n)).collect()
     }
 
-    /// Recomputes the decision of target `name`; `Some(id)` when it changed.
-    pub fn decide(&mut self, name: &str) -> Option<u32> {
-        let t = self.config.targets.iter().find(|t| t.name == name)?;
-        let id = *self.ids.targets.get(name)?;
-        let views: Vec<PathView> = t
-            .paths
-            .iter()
+    /// Recomputes the decisions of target `name` (one, or one per family); returns the target
+    /// ids whose decision changed.
+    pub fn decide(&mut self, name: &str) -> Vec<u32> {
+        let ids: Vec<u32> = self.ids.targets.of(name).map(|(_, id)| id).collect();
+        ids.into_iter().filter(|id| self.decide_id(*id)).collect()
+    }
+
+    /// Recomputes the decision of target id `id` from its paths ([`Model::paths_of`]) with its
+    /// target's policy; whether it changed.
+    fn decide_id(&mut self, id: u32) -> bool {
+        let Some((name, _)) = self.ids.targets.key_of(id) else {
+            return false;
+        };
+        let Some(t) = self.config.target(name) else {
+            return false;
+        };
+        let views: Vec<PathView> = self
+            .paths_of(id)
+            .into_iter()
             .filter_map(|p| {
                 let pid = *self.ids.paths.get(&(t.name.clone(), p.name.clone()))?;
                 let s = self.paths.get(&pid).cloned().unwrap_or_default();
@@ -253,7 +262,7 @@ impl Model {
         let previous = self.decisions.get(&id).cloned().unwrap_or(Decision::None);
         let next = policy::decide(t.mode, t.preempt, t.all_down, &views, &previous);
         if next == previous {
-            return None;
+            return false;
         }
         // Announced, a target that comes back from no usable path settles first (`settle`).
         match (&previous, &next) {
@@ -292,7 +301,29 @@ impl Model {
             self.transitions.remove(&id);
         }
         self.decisions.insert(id, next);
-        Some(id)
+        true
+    }
+
+    /// The configured paths target id `tid` chooses from: all of its target's, or those of its
+    /// family for a target with paths of both.
+    pub fn paths_of(&self, tid: u32) -> Vec<&Path> {
+        let Some((name, family)) = self.ids.targets.key_of(tid) else {
+            return Vec::new();
+        };
+        let Some(t) = self.config.target(name) else {
+            return Vec::new();
+        };
+        t.paths
+            .iter()
+            .filter(|p| family.is_none_or(|f| Family::of(p.address) == f))
+            .collect()
+    }
+
+    /// The target id that serves VIP `vip`: its target's id for the VIP's family.
+    pub fn target_of(&self, vip: &Vip) -> Option<u32> {
+        self.ids
+            .targets
+            .serving(&vip.target, Family::of(vip.address))
     }
 
     /// How long a target that came back from no usable path settles before its addresses are
@@ -300,13 +331,7 @@ impl Model {
     /// together (an edge's links coming back) have all risen and its decision is the one
     /// every edge makes.
     pub fn settle_time(&self, tid: u32) -> Duration {
-        let Some(t) = self
-            .target_name(tid)
-            .and_then(|name| self.config.target(name))
-        else {
-            return Duration::ZERO;
-        };
-        t.paths
+        self.paths_of(tid)
             .iter()
             .map(|p| p.probe.interval * (p.probe.rise + 1))
             .max()
@@ -314,18 +339,16 @@ impl Model {
     }
 
     /// Whether every enabled path of target `tid` is up (what a target coming back waits for,
-    /// within `announce.settle_max_s`).
+    /// within `announce.settle_max_s`); of a target with paths of both families, every one of
+    /// the id's family: each family settles on its own.
     pub fn all_paths_up(&self, tid: u32) -> bool {
-        let Some(t) = self
-            .target_name(tid)
-            .and_then(|name| self.config.target(name))
-        else {
+        let Some(name) = self.target_name(tid) else {
             return true;
         };
-        t.paths.iter().all(|p| {
+        self.paths_of(tid).iter().all(|p| {
             self.ids
                 .paths
-                .get(&(t.name.clone(), p.name.clone()))
+                .get(&(name.to_owned(), p.name.clone()))
                 .and_then(|pid| self.paths.get(pid))
                 .is_some_and(|s| s.disabled || s.health == Some(Health::Up))
         })
@@ -400,13 +423,19 @@ impl Model {
         }
     }
 
-    /// The name of target `id`.
+    /// The name of target id `id`.
     pub fn target_name(&self, id: u32) -> Option<&str> {
-        self.ids
-            .targets
-            .iter()
-            .find(|(_, v)| **v == id)
-            .map(|(n, _)| n.as_str())
+        self.ids.targets.key_of(id).map(|(n, _)| n)
+    }
+
+    /// Target id `id` as the log names it: the target's name, and the family for one of the
+    /// two ids of a target with paths of both (`web (IPv6)`).
+    pub fn target_label(&self, id: u32) -> String {
+        match self.ids.targets.key_of(id) {
+            Some((name, None)) => name.to_owned(),
+            Some((name, Some(family))) => format!("{name} ({family})"),
+            None => format!("target {id}"),
+        }
     }
 
     /// The (target name, path name) of path `id`.
@@ -422,4 +451,4 @@ impl Model {
 mod ids;
 mod tables;
 
-pub use ids::Ids;
+pub use ids::{Ids, TargetIds, TargetKey};

@@ -17,7 +17,7 @@ use lb_common::{
 };
 
 use crate::{
-    config::{AllDown, Mode, Protocol, Target, Vip},
+    config::{AllDown, Family, Mode, Protocol, Target, Vip},
     control::{
         health::Health,
         model::{Model, Transition, ids::Ids, path_state_from, proto, unix_ns, vip_key},
@@ -30,7 +30,8 @@ impl Model {
     /// What pinned maps say: ids, path states (health as last seen, operator drains), the
     /// decisions in force, and the configuration as far as the maps record it (targets, paths
     /// and VIPs; not the probes, nor the interfaces): enough for `lb status` and for `lb path`
-    /// to decide while no daemon runs.
+    /// to decide while no daemon runs. The target ids that share a name (a target with paths
+    /// of both families, one id per family) are one target again.
     pub fn from_tables(t: &Tables, admin_disabled: impl Fn(u32) -> bool) -> Model {
         let mut m = Model::empty();
         m.ids = Ids::from_tables(t);
@@ -50,11 +51,19 @@ impl Model {
             fall: 3,
             passive: crate::config::Passive::Auto,
         };
+        // By name, in the order of their first id: the meta and the ids.
+        let mut targets: Vec<(&TargetMeta, Vec<u32>)> = Vec::new();
         for (tid, meta) in &t.target_meta {
+            match targets.iter_mut().find(|(m, _)| m.name == meta.name) {
+                Some((_, tids)) => tids.push(*tid),
+                None => targets.push((meta, vec![*tid])),
+            }
+        }
+        for (meta, tids) in targets {
             let paths = t
                 .paths
                 .iter()
-                .filter(|(_, p)| p.target == *tid)
+                .filter(|(_, p)| tids.contains(&p.target))
                 .filter_map(|(pid, p)| {
                     let pm = t.path_meta.get(pid)?;
                     Some(crate::config::Path {
@@ -187,48 +196,14 @@ impl Model {
             }
         }
         for t in &self.config.targets {
-            let Some(&tid) = self.ids.targets.get(&t.name) else {
-                continue;
-            };
-            out.target_meta.insert(
-                tid,
-                TargetMeta {
-                    name: encode_name(&t.name),
-                    mode: match t.mode {
-                        Mode::Failover => CONFIG_MODE_FAILOVER,
-                        Mode::ActiveActive => CONFIG_MODE_ACTIVE_ACTIVE,
-                    },
-                    preempt: u8::from(t.preempt),
-                    all_down: match t.all_down {
-                        AllDown::Drop => ALL_DOWN_DROP,
-                        AllDown::LastKnown => ALL_DOWN_LAST_KNOWN,
-                    },
-                    used: 1,
-                    _pad: [0; 4],
-                    transition_ns: self
-                        .transitions
-                        .get(&tid)
-                        .map_or(0, |t| unix_ns(t.since).max(1)),
-                },
-            );
-            let half = self.ring_half.get(&tid).copied().unwrap_or(0);
-            let mut encode = |d: Option<&Decision>, half: u8| match d {
-                Some(Decision::Single(p)) => TargetValue::single(*p),
-                Some(Decision::Ring(ring)) => {
-                    out.rings.insert((tid, half), ring.clone());
-                    TargetValue::ring(half)
-                }
-                Some(Decision::None) | None => TargetValue::none(),
-            };
-            let mut value = encode(self.decisions.get(&tid), half);
-            if let Some(t) = self.transitions.get(&tid) {
-                value = value.with_previous(&encode(Some(&t.previous), half ^ 1));
+            for (_, tid) in self.ids.targets.of(&t.name) {
+                self.target_tables(t, tid, &mut out);
             }
-            value.ring_half = half;
-            value.exc_clear = self.exc_clear.get(&tid).copied().unwrap_or(0);
-            out.targets.insert(tid, value);
             for p in &t.paths {
-                let Some(&pid) = self.ids.paths.get(&(t.name.clone(), p.name.clone())) else {
+                let (Some(&pid), Some(tid)) = (
+                    self.ids.paths.get(&(t.name.clone(), p.name.clone())),
+                    self.ids.targets.serving(&t.name, Family::of(p.address)),
+                ) else {
                     continue;
                 };
                 let s = self.paths.get(&pid).cloned().unwrap_or_default();
@@ -278,10 +253,10 @@ impl Model {
         }
         for v in &self.config.vips {
             let key = vip_key(v);
-            let (Some(&vid), Some(&tid), Some(t)) = (
+            let (Some(&vid), Some(tid), Some(t)) = (
                 self.ids.vips.get(&key),
-                self.ids.targets.get(&v.target),
-                self.config.targets.iter().find(|t| t.name == v.target),
+                self.target_of(v),
+                self.config.target(&v.target),
             ) else {
                 continue;
             };
@@ -311,8 +286,8 @@ impl Model {
                 let Some(&pid) = self.ids.paths.get(&(t.name.clone(), p.name.clone())) else {
                     continue;
                 };
-                // Each family in its own table; the configuration refuses a VIP with a path of
-                // the other family, which no entry could translate.
+                // Each family in its own table: a VIP is served by its target's paths of its
+                // family only (its target id's), and replies from those are its to translate.
                 match (p.address, v.address) {
                     (IpAddr::V4(path), IpAddr::V4(vip)) => {
                         out.rev_nat.insert(
@@ -333,6 +308,49 @@ impl Model {
         shadow(&mut out.rev_nat);
         shadow(&mut out.rev_nat6);
         out
+    }
+
+    /// Target id `tid` of target `t` into `out`: its meta (the target's name and policy; the
+    /// two ids of a target with paths of both families carry the same) and its decision, with
+    /// the rings it uses.
+    fn target_tables(&self, t: &Target, tid: u32, out: &mut Tables) {
+        out.target_meta.insert(
+            tid,
+            TargetMeta {
+                name: encode_name(&t.name),
+                mode: match t.mode {
+                    Mode::Failover => CONFIG_MODE_FAILOVER,
+                    Mode::ActiveActive => CONFIG_MODE_ACTIVE_ACTIVE,
+                },
+                preempt: u8::from(t.preempt),
+                all_down: match t.all_down {
+                    AllDown::Drop => ALL_DOWN_DROP,
+                    AllDown::LastKnown => ALL_DOWN_LAST_KNOWN,
+                },
+                used: 1,
+                _pad: [0; 4],
+                transition_ns: self
+                    .transitions
+                    .get(&tid)
+                    .map_or(0, |t| unix_ns(t.since).max(1)),
+            },
+        );
+        let half = self.ring_half.get(&tid).copied().unwrap_or(0);
+        let mut encode = |d: Option<&Decision>, half: u8| match d {
+            Some(Decision::Single(p)) => TargetValue::single(*p),
+            Some(Decision::Ring(ring)) => {
+                out.rings.insert((tid, half), ring.clone());
+                TargetValue::ring(half)
+            }
+            Some(Decision::None) | None => TargetValue::none(),
+        };
+        let mut value = encode(self.decisions.get(&tid), half);
+        if let Some(t) = self.transitions.get(&tid) {
+            value = value.with_previous(&encode(Some(&t.previous), half ^ 1));
+        }
+        value.ring_half = half;
+        value.exc_clear = self.exc_clear.get(&tid).copied().unwrap_or(0);
+        out.targets.insert(tid, value);
     }
 }
 

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use lb_common::maps::{
     Addr6, EndpointKey, EndpointKey6, NO_ID, PathMeta, PathValue, RevValue, RevValue6, Settings,
-    TARGET_MODE_NONE, TARGET_MODE_RING, TargetMeta, TargetValue, VipInfo,
+    TARGET_MODE_NONE, TARGET_MODE_RING, TARGET_MODE_SINGLE, TargetMeta, TargetValue, VipInfo,
 };
 
 use crate::datapath::Error;
@@ -35,6 +35,22 @@ pub struct Tables {
     /// Every IPv6 VIP and path address → `ADDR_*` bits.
     pub addrs6: BTreeMap<Addr6, u32>,
     pub settings: Settings,
+}
+
+impl Tables {
+    /// Whether the current decision of `value`, target `id`'s (its ring as these tables hold
+    /// it), may send a flow to path `path`. Not the previous decision: the datapath follows
+    /// that only to a path that is up and still the target's.
+    fn target_uses(&self, id: u32, value: &TargetValue, path: u32) -> bool {
+        match value.mode {
+            TARGET_MODE_SINGLE => value.active == path,
+            TARGET_MODE_RING => self
+                .rings
+                .get(&(id, value.ring_half))
+                .is_some_and(|r| r.contains(&path)),
+            _ => false,
+        }
+    }
 }
 
 /// Where [`apply`] writes. Removing an entry means writing its zero value for arrays.
@@ -215,6 +231,13 @@ impl std::fmt::Display for Write {
 /// Each table keyed by an address is written beside its twin of the other family, in the same
 /// place of that order (IPv4 first).
 ///
+/// A path that moves to another target id (a path of a target with both families whose address
+/// changed family: each family has its own id) is written after the other decisions and before
+/// those that choose it: its old id's current decision (the datapath follows that without
+/// checking the path's target) stops naming it before it takes an address of the other family.
+/// A previous decision may still name it: the datapath follows one only to a path that is up
+/// and still the target's.
+///
 /// A removed path's slot is written down (state 0), so exceptions still naming it go stale.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -236,8 +259,15 @@ impl Plan {
                 w.push(Write::PathMeta(*id, *meta));
             }
         }
+        // Paths that change target id: written after the decisions that stop using them.
+        let moving: Vec<u32> = desired
+            .paths
+            .iter()
+            .filter(|(id, p)| current.paths.get(id).is_some_and(|c| c.target != p.target))
+            .map(|(id, _)| *id)
+            .collect();
         for (id, path) in &desired.paths {
-            if changed(current.paths.get(id), path) {
+            if changed(current.paths.get(id), path) && !moving.contains(id) {
                 w.push(Write::Path(*id, *path));
             }
         }
@@ -262,11 +292,19 @@ impl Plan {
                 w.push(Write::Ring(*id, *half, ring.clone()));
             }
         }
+        let (mut early, mut late) = (Vec::new(), Vec::new());
         for (id, target) in &desired.targets {
             if changed(current.targets.get(id), target) {
-                w.push(Write::Target(*id, *target));
+                let uses_moving = moving.iter().any(|p| desired.target_uses(*id, target, *p));
+                let to = if uses_moving { &mut late } else { &mut early };
+                to.push(Write::Target(*id, *target));
             }
         }
+        w.extend(early);
+        for id in &moving {
+            w.push(Write::Path(*id, desired.paths[id]));
+        }
+        w.extend(late);
         let mut filter = false;
         for (addr, kind) in &desired.addrs {
             if changed(current.addrs.get(addr), kind) {
