@@ -79,8 +79,11 @@ pub const FLOWS: u32 = 65536;
 /// Frames per live-frames batch (the kernel's default, `NAPI_POLL_WEIGHT`): a batch is flushed
 /// into a veth ring of 256 frames.
 pub const BATCH: u32 = 64;
-/// The share of the frames sent that the sink must count in every round.
-pub const MIN_DELIVERED: f64 = 0.5;
+/// The share of the frames sent that the sink must count in every round: enough to tell a
+/// working rig from a broken one. The generator outruns an edge that takes skbs (TC, the
+/// kernel), whose backlog then drops what it cannot take: on a slow day (2026-12-04: the empty
+/// program at 25 ns), lb at TC delivered 45 % of 1 M frames in a round.
+pub const MIN_DELIVERED: f64 = 0.25;
 /// The CPU the generator (and with it the whole chain) runs on.
 pub const CPU: usize = 0;
 
