@@ -78,8 +78,18 @@ impl Netns {
     /// The `/32` destinations of routing table `table` with route protocol `proto` (lb's
     /// announcements), sorted; an absent table is empty.
     pub fn host_routes(&self, table: u32, proto: u8) -> anyhow::Result<Vec<std::net::Ipv4Addr>> {
+        self.host_routes_of("-4", table, proto)
+    }
+
+    /// The destinations of family `family` (`-4`, `-6`) in `table` of protocol `proto`.
+    fn host_routes_of<A: std::str::FromStr + Ord>(
+        &self,
+        family: &str,
+        table: u32,
+        proto: u8,
+    ) -> anyhow::Result<Vec<A>> {
         let out = Command::new("ip")
-            .args(["-n", &self.name, "-j", "-4", "route", "show", "table"])
+            .args(["-n", &self.name, "-j", family, "route", "show", "table"])
             .arg(table.to_string())
             .args(["proto", &proto.to_string()])
             .output()
@@ -98,7 +108,7 @@ impl Netns {
         } else {
             serde_json::from_str(&text).with_context(|| format!("parsing {text}"))?
         };
-        let mut out: Vec<std::net::Ipv4Addr> = routes
+        let mut out: Vec<A> = routes
             .iter()
             .filter_map(|r| r["dst"].as_str()?.parse().ok())
             .collect();
@@ -108,32 +118,7 @@ impl Netns {
 
     /// [`Netns::host_routes`] of IPv6: the `/128` routes' addresses.
     pub fn host_routes6(&self, table: u32, proto: u8) -> anyhow::Result<Vec<std::net::Ipv6Addr>> {
-        let out = Command::new("ip")
-            .args(["-n", &self.name, "-j", "-6", "route", "show", "table"])
-            .arg(table.to_string())
-            .args(["proto", &proto.to_string()])
-            .output()
-            .context("running ip route show")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            // A table that was never made.
-            if err.contains("does not exist") || err.contains("No such file") {
-                return Ok(Vec::new());
-            }
-            anyhow::bail!("ip route show table {table}: {err}");
-        }
-        let routes: Vec<serde_json::Value> = if text.trim().is_empty() {
-            Vec::new()
-        } else {
-            serde_json::from_str(&text).with_context(|| format!("parsing {text}"))?
-        };
-        let mut out: Vec<std::net::Ipv6Addr> = routes
-            .iter()
-            .filter_map(|r| r["dst"].as_str()?.parse().ok())
-            .collect();
-        out.sort();
-        Ok(out)
+        self.host_routes_of("-6", table, proto)
     }
 
     /// Loads the nftables ruleset `text` in the namespace (`nft -f`, through a file).

@@ -440,52 +440,52 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), Error> {
     }
     // The IPv6 twins, each into its slot of its hook's program array (before any program is
     // attached: an empty slot passes IPv6 untouched, `pass_no_ipv6_program`).
-    for (name, slot, array) in [
-        (m::PROG_INGRESS6, m::CALL_INGRESS6, m::CALLS),
-        (m::PROG_RETURN6, m::CALL_RETURN6, m::CALLS),
-        (m::PROG_DELIVER6_IN, m::CALL_DELIVER6_IN, m::CALLS),
-        (m::PROG_DELIVER6_OUT, m::CALL_DELIVER6_OUT, m::CALLS),
-        (m::PROG_ERROR6_IN, m::CALL_ERROR6_IN, m::CALLS),
-        (m::PROG_ERROR6_OUT, m::CALL_ERROR6_OUT, m::CALLS),
-        (m::PROG_TOO_BIG6, m::CALL_TOO_BIG6, m::CALLS),
+    for (xdp, tc, slot) in [
+        (m::PROG_INGRESS6, m::PROG_INGRESS6_TC, m::CALL_INGRESS6),
+        (m::PROG_RETURN6, m::PROG_RETURN6_TC, m::CALL_RETURN6),
+        (
+            m::PROG_DELIVER6_IN,
+            m::PROG_DELIVER6_IN_TC,
+            m::CALL_DELIVER6_IN,
+        ),
+        (
+            m::PROG_DELIVER6_OUT,
+            m::PROG_DELIVER6_OUT_TC,
+            m::CALL_DELIVER6_OUT,
+        ),
+        (m::PROG_ERROR6_IN, m::PROG_ERROR6_IN_TC, m::CALL_ERROR6_IN),
+        (
+            m::PROG_ERROR6_OUT,
+            m::PROG_ERROR6_OUT_TC,
+            m::CALL_ERROR6_OUT,
+        ),
+        (m::PROG_TOO_BIG6, m::PROG_TOO_BIG6_TC, m::CALL_TOO_BIG6),
     ] {
-        let prog = xdp_mut(ebpf, name)?;
-        prog.load()
-            .map_err(|source| Error::Program { name, source })?;
-        let fd = prog
-            .fd()
-            .and_then(|fd| fd.try_clone().map_err(Into::into))
-            .map_err(|source| Error::Program { name, source })?;
-        set_call(ebpf, array, slot, &fd)?;
-    }
-    for (name, slot, array) in [
-        (m::PROG_INGRESS6_TC, m::CALL_INGRESS6, m::CALLS_TC),
-        (m::PROG_RETURN6_TC, m::CALL_RETURN6, m::CALLS_TC),
-        (m::PROG_DELIVER6_IN_TC, m::CALL_DELIVER6_IN, m::CALLS_TC),
-        (m::PROG_DELIVER6_OUT_TC, m::CALL_DELIVER6_OUT, m::CALLS_TC),
-        (m::PROG_ERROR6_IN_TC, m::CALL_ERROR6_IN, m::CALLS_TC),
-        (m::PROG_ERROR6_OUT_TC, m::CALL_ERROR6_OUT, m::CALLS_TC),
-        (m::PROG_TOO_BIG6_TC, m::CALL_TOO_BIG6, m::CALLS_TC),
-    ] {
-        let prog = tc_mut(ebpf, name)?;
-        prog.load()
-            .map_err(|source| Error::Program { name, source })?;
-        let fd = prog
-            .fd()
-            .and_then(|fd| fd.try_clone().map_err(Into::into))
-            .map_err(|source| Error::Program { name, source })?;
-        set_call(ebpf, array, slot, &fd)?;
+        xdp_mut(ebpf, xdp)?
+            .load()
+            .map_err(|source| Error::Program { name: xdp, source })?;
+        tc_mut(ebpf, tc)?
+            .load()
+            .map_err(|source| Error::Program { name: tc, source })?;
+        set_call(ebpf, m::CALLS, slot, xdp)?;
+        set_call(ebpf, m::CALLS_TC, slot, tc)?;
     }
     Ok(())
 }
 
-/// Puts a loaded program into `slot` of the program array `array`.
+/// Puts loaded program `name` into `slot` of the program array `array`.
 fn set_call(
     ebpf: &mut Ebpf,
     array: &'static str,
     slot: u32,
-    fd: &aya::programs::ProgramFd,
+    name: &'static str,
 ) -> Result<(), Error> {
+    let fd = ebpf
+        .program(name)
+        .ok_or(Error::MissingProgram { name })?
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(Into::into))
+        .map_err(|source| Error::Program { name, source })?;
     let map = ebpf
         .map_mut(array)
         .ok_or(Error::MissingMap { name: array })?;
@@ -493,7 +493,7 @@ fn set_call(
         name: array,
         source,
     })?;
-    calls.set(slot, fd, 0).map_err(|source| Error::MapOp {
+    calls.set(slot, &fd, 0).map_err(|source| Error::MapOp {
         map: array,
         op: "setting a program slot",
         source,
