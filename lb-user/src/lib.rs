@@ -16,6 +16,8 @@
 //!   BGP (depends on `config`);
 //! - [`view`]: what the CLI and the metrics read from the pinned maps; [`metrics`]: the
 //!   Prometheus endpoint (depend on the layers above);
+//! - [`rpc`]: the running daemon's control socket, its protocol and client (what `lb reload`,
+//!   `lb events` and `lb status` ask the daemon itself; depends on `config`, `datapath`);
 //! - [`daemon`]: wires everything together; nothing below it reaches back up.
 
 pub mod announce;
@@ -25,6 +27,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod metrics;
 pub mod probe;
+pub mod rpc;
 pub mod view;
 
 /// The index of interface `name`, if it exists (in this network namespace).

@@ -45,6 +45,11 @@ pub struct Status {
     pub interfaces: Vec<Interface>,
     /// The VIP addresses' host routes for the routing daemon (`null`: announcements are off).
     pub announce: Option<Announcements>,
+    /// Whether the paths' `health` is current: `live` when the running daemon answered (its
+    /// probes run, and each path's `probe` says what they last found), `stale` when no
+    /// daemon runs or it did not answer (no probe runs: `health` is what the last daemon
+    /// decided, at `changed`).
+    pub health_is: &'static str,
 }
 
 /// Where the daemon keeps the servable VIPs' host routes, and each address's state.
@@ -179,6 +184,9 @@ pub struct PathStatus {
     /// The interface the path's replies are accepted on (`null`: any, while its address has
     /// no route; replies arriving elsewhere are dropped, `drop_wrong_interface`).
     pub replies_on: Option<String>,
+    /// What the running daemon's probes last found, and the settings in force (`null` unless
+    /// `health_is` is `live`).
+    pub probe: Option<crate::rpc::ProbeState>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -313,6 +321,7 @@ pub fn targets(
                     rtt_ms: s.rtt.map(|r| r.as_secs_f64() * 1000.0),
                     datapath_suspect: s.suspect,
                     replies_on: replies_on(*pid),
+                    probe: None,
                 })
             })
             .collect();
@@ -390,6 +399,7 @@ pub fn status(pin: &std::path::Path, maps: &Maps) -> anyhow::Result<Status> {
         targets,
         vips,
         announce,
+        health_is: "stale",
     })
 }
 

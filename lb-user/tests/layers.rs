@@ -16,7 +16,11 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("control", &["config", "datapath"][..]),
         ("probe", &["config", "control"][..]),
         ("announce", &["config"][..]),
-        ("view", &["config", "control", "datapath", "announce"][..]),
+        ("rpc", &["config", "datapath"][..]),
+        (
+            "view",
+            &["config", "control", "datapath", "announce", "rpc"][..],
+        ),
         (
             "metrics",
             &["config", "control", "datapath", "probe", "view"][..],
@@ -24,7 +28,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         (
             "daemon",
             &[
-                "config", "control", "datapath", "probe", "announce", "view", "metrics",
+                "config", "control", "datapath", "probe", "announce", "rpc", "view", "metrics",
             ][..],
         ),
     ])

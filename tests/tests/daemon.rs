@@ -347,6 +347,218 @@ fn reload_applies_new_rise_and_fall() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `lb reload` waits for the daemon's answer: what it changed, or why it refused the file
+/// (exit 1, the running configuration untouched); `--dry-run` says the same without applying,
+/// and the events keep both.
+fn reload_reports_its_changes_and_refusals() -> anyhow::Result<()> {
+    let cfg = config(TCP_PROBE, "", WHOLE_VIP);
+    let (topo, _srv, d) = setup(&cfg)?;
+    let vip2 = format!(
+        r#"{WHOLE_VIP}, {{ "address": "{VIP2}", "protocol": "tcp", "port": 80, "target": "web", "target_port": {HTTP} }}"#
+    );
+    let changed = config(
+        &TCP_PROBE.replace(r#""fall": 5"#, r#""fall": 4"#),
+        "",
+        &vip2,
+    );
+    d.write_config(&changed)?;
+    let dry = d.json(&["reload", "--dry-run"])?;
+    let items = |r: &serde_json::Value| -> Vec<(String, String)> {
+        r["changes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                (
+                    c["item"].as_str().unwrap_or_default().to_string(),
+                    c["change"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let expected = [
+        ("probe web/nn1", "changed"),
+        ("probe web/nn2", "changed"),
+        ("vip 203.0.113.11 tcp/80", "added"),
+    ]
+    .map(|(a, b)| (a.to_string(), b.to_string()));
+    ensure!(
+        dry["ok"] == true && dry["dry_run"] == true && items(&dry) == expected,
+        "{dry:#}"
+    );
+    ensure!(dry["map_writes"].as_u64() > Some(0), "{dry:#}");
+    let vips = |d: &Daemon| -> anyhow::Result<usize> {
+        Ok(d.json(&["status"])?["vips"].as_array().map_or(0, Vec::len))
+    };
+    ensure!(vips(&d)? == 1, "a dry run applies nothing");
+
+    let out = d.lb(&["reload"])?;
+    ensure!(
+        out.contains("~ probe web/nn1: tcp port 8080")
+            && out.contains("+ vip 203.0.113.11 tcp/80: → web port 8080")
+            && out.contains("reloaded: 3 changes"),
+        "{out}"
+    );
+    ensure!(vips(&d)? == 2, "the reload applied the new VIP");
+    ensure!(
+        d.json(&["reload", "--dry-run"])?["changes"] == serde_json::json!([]),
+        "the applied file is the running one"
+    );
+    ensure!(get(&topo, &d, VIP2, 80)? == NN1.to_string());
+
+    // A file the daemon refuses: exit 1 with its reason, nothing changed, still serving.
+    d.write_config(&changed.replace(r#""priority": 20"#, r#""priority": "first""#))?;
+    for args in [&["reload", "--dry-run"][..], &["reload"][..]] {
+        let out = d.output(args)?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(1) && err.contains("targets[0].paths[1]"),
+            "lb {args:?}: {out:?}"
+        );
+    }
+    let err = String::from_utf8_lossy(&d.output(&["reload"])?.stderr).into_owned();
+    ensure!(
+        err.contains("reload rejected, the daemon keeps its running configuration"),
+        "{err}"
+    );
+    ensure!(vips(&d)? == 2);
+    ensure!(get(&topo, &d, VIP2, 80)? == NN1.to_string());
+
+    let past = d.lb(&["events", "--since", "1m", "--no-follow", "--json"])?;
+    let kinds: Vec<String> = past
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).map(|e| e["kind"].to_string()))
+        .collect::<Result<_, _>>()?;
+    ensure!(
+        kinds.first().map(String::as_str) == Some("\"started\"")
+            && kinds.iter().filter(|k| *k == "\"reload\"").count() == 1
+            && kinds.iter().filter(|k| *k == "\"reload_rejected\"").count() == 2,
+        "{past}"
+    );
+    Ok(())
+}
+
+/// `lb events` follows a failover as it happens, and `lb status` says why a path is down:
+/// the last probe's result, the streak toward `fall`, the settings in force; once the daemon
+/// stops, the health it shows is marked stale.
+fn events_and_status_say_why() -> anyhow::Result<()> {
+    let (topo, _srv, mut d) = setup(&config(TCP_PROBE, "", WHOLE_VIP))?;
+    let mut follower = d
+        .command(&["events", "--json"])?
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = follower.stdout.take().context("piped")?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The follower is connected once its request is in: give it a moment, bounded.
+    std::thread::sleep(Duration::from_millis(300));
+
+    // nn1's VM refuses the probes' connections: explicit failures, each counted toward fall.
+    topo.vm.nft(&format!(
+        "table ip lab_refuse {{\n chain input {{ type filter hook input priority 0; \
+         ip daddr {NN1} tcp dport 8080 reject with tcp reset; }}\n}}\n"
+    ))?;
+    let path = |s: &serde_json::Value, name: &str| -> serde_json::Value {
+        s["targets"][0]["paths"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    // On the way down (fall 5 at 100 ms): up, the last probe refused, 1..4 of 5 failures.
+    d.wait_status(Duration::from_secs(3), |s| {
+        let p = path(s, "nn1");
+        p["health"] == "up" && p["probe"]["streak"]["of"] == "failures"
+    })?;
+    let s = d.json(&["status"])?;
+    let nn1 = path(&s, "nn1");
+    ensure!(s["health_is"] == "live", "{s:#}");
+    let probe = &nn1["probe"];
+    ensure!(
+        probe["last"]["ok"] == false
+            && probe["last"]["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("refused"))
+            && probe["streak"]["needed"] == 5
+            && probe["probe"]["type"] == "tcp"
+            && probe["probe"]["port"] == 8080
+            && probe["probe"]["interval_ms"] == 100
+            && probe["probe"]["fall"] == 5,
+        "{nn1:#}"
+    );
+    d.wait_status(T, |s| active(s, "web").as_deref() == Some("nn2"))?;
+    let text = d.lb(&["status"])?;
+    ensure!(
+        text.contains("last probe failed") && text.contains("refused"),
+        "{text}"
+    );
+
+    // The follower saw the transition and the decision, in that order.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|e: &serde_json::Value| e["kind"] == "decision")
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .map_err(|_| anyhow::anyhow!("no decision event within 5 s: {seen:?}"))?;
+        seen.push(serde_json::from_str(&line)?);
+    }
+    let transition = seen
+        .iter()
+        .position(|e| {
+            e["kind"] == "transition"
+                && e["target"] == "web"
+                && e["path"] == "nn1"
+                && e["from"] == "up"
+                && e["to"] == "down"
+        })
+        .with_context(|| format!("{seen:#?}"))?;
+    let decision = seen
+        .iter()
+        .position(|e| e["kind"] == "decision" && e["message"] == "web: new flows → nn2")
+        .with_context(|| format!("{seen:#?}"))?;
+    ensure!(transition < decision, "{seen:#?}");
+
+    // A stopped daemon's health is not shown as current.
+    d.stop()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = follower.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = follower.kill();
+            anyhow::bail!("lb events did not end within 5 s of the daemon's stop");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    ensure!(status.success(), "lb events after a clean stop: {status}");
+    let s = d.json(&["status"])?;
+    ensure!(
+        s["health_is"] == "stale" && path(&s, "nn1")["probe"].is_null(),
+        "{s:#}"
+    );
+    let text = d.lb(&["status"])?;
+    ensure!(text.contains("not current"), "{text}");
+    Ok(())
+}
+
 fn reload_adds_and_removes_vips_without_loss() -> anyhow::Result<()> {
     let svc = |addr: &str, port: u16| {
         format!(
@@ -369,18 +581,8 @@ fn reload_adds_and_removes_vips_without_loss() -> anyhow::Result<()> {
     // Remove 203.0.113.11 tcp/80, add 203.0.113.12 tcp/81.
     let after = format!("{WHOLE_VIP}, {}", svc("203.0.113.12", 81));
     d.write_config(&config(TCP_PROBE, "", &after))?;
+    // It returns once the daemon has applied the file.
     d.lb(&["reload"])?;
-    let deadline = std::time::Instant::now() + T;
-    while !d.log_text().contains("reloading")
-        || d.log_text().matches("configuration applied").count() < 2
-    {
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "reload not applied:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
     ensure!(
         http_get(&topo.client, VIP3, 81, "/", T)? == NN1.to_string(),
         "the added VIP answers"
@@ -394,16 +596,12 @@ fn reload_adds_and_removes_vips_without_loss() -> anyhow::Result<()> {
 
     // An invalid file is rejected; the running state stays.
     d.write_config("{ \"interfaces\": ")?;
-    d.lb(&["reload"])?;
-    let deadline = std::time::Instant::now() + T;
-    while !d.log_text().contains("reload rejected") {
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "no rejection logged:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let out = d.output(&["reload"])?;
+    ensure!(
+        out.status.code() == Some(1)
+            && String::from_utf8_lossy(&out.stderr).contains("EOF while parsing"),
+        "the rejection and its reason: {out:?}"
+    );
     ensure!(
         http_get(&topo.client, VIP3, 81, "/", T)? == NN1.to_string(),
         "still serving after a rejected reload"
@@ -1291,7 +1489,6 @@ fn clear_errors_and_nothing_applied() -> anyhow::Result<()> {
             (&["stats"][..], "CAP_BPF"),
             (&["flows"][..], "CAP_BPF"),
             (&["path", "disable", "web", "nn1"][..], "CAP_BPF"),
-            (&["reload"][..], "CAP_BPF"),
             (&["down"][..], "CAP_BPF, CAP_NET_ADMIN"),
             (&["run", "--config", cfg_path][..], "CAP_BPF, CAP_NET_ADMIN"),
         ] {
@@ -1590,6 +1787,11 @@ fn main() {
                 "reload_applies_new_rise_and_fall",
                 reload_applies_new_rise_and_fall,
             ),
+            (
+                "reload_reports_its_changes_and_refusals",
+                reload_reports_its_changes_and_refusals,
+            ),
+            ("events_and_status_say_why", events_and_status_say_why),
             (
                 "flow_table_size_reload_says_so_and_replace_applies_it",
                 flow_table_size_reload_says_so_and_replace_applies_it,

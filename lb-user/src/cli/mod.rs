@@ -3,6 +3,7 @@
 
 mod check;
 mod down;
+mod events;
 mod flows;
 mod path;
 mod reload;
@@ -34,6 +35,7 @@ enum Command {
     Flows(flows::Options),
     Path(path::Options),
     Reload(reload::Options),
+    Events(events::Options),
     Down(down::Options),
 }
 
@@ -83,11 +85,8 @@ pub fn main() -> ExitCode {
         Command::Stats(_) => Some(("stats", "read the pinned maps", &[Cap::Bpf])),
         Command::Flows(_) => Some(("flows", "read the pinned maps", &[Cap::Bpf])),
         Command::Path(_) => Some(("path", "write the pinned maps", &[Cap::Bpf])),
-        Command::Reload(_) => Some((
-            "reload",
-            "find the daemon through the pinned maps",
-            &[Cap::Bpf],
-        )),
+        // The control socket is root's (and the daemon's user's): its own error says so.
+        Command::Reload(_) | Command::Events(_) => None,
         Command::Down(_) => Some((
             "down",
             "detach the programs and remove the pinned state",
@@ -108,6 +107,7 @@ pub fn main() -> ExitCode {
         Command::Flows(o) => flows::run(o, pin),
         Command::Path(o) => path::run(o, pin),
         Command::Reload(o) => reload::run(o, pin),
+        Command::Events(o) => events::run(o, pin),
         Command::Down(o) => down::run(o, pin),
     };
     match result {

@@ -1,6 +1,10 @@
 //! `lb status`: targets, paths and VIPs, from the pinned maps.
 
-use lb_user::{config::Family, view};
+use lb_user::{
+    config::Family,
+    rpc::{Client, ProbeState, Reply, Request},
+    view,
+};
 
 use super::{PinArgs, print_json};
 
@@ -17,12 +21,25 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
     let maps = pin.open()?;
     let mut s = view::status(&pin.pin_dir, &maps)?;
     s.interfaces = view::interfaces(&pin.dir(), &maps)?;
+    // The probes' own state is the daemon's alone: asked over its socket.
+    let unanswered = match s.daemon.running {
+        true => live_health(&mut s, &pin).err(),
+        false => None,
+    };
     if json {
         return print_json(&s);
     }
-    match (s.daemon.pid, s.daemon.running) {
-        (Some(pid), true) => println!("daemon: running (pid {pid})"),
-        _ => println!("daemon: not running (the datapath forwards with the last decisions)"),
+    match (s.daemon.pid, s.daemon.running, &unanswered) {
+        (Some(pid), true, None) => println!("daemon: running (pid {pid})"),
+        (pid, true, Some(e)) => println!(
+            "daemon: running (pid {}), but did not answer ({e:#}): path health below is as \
+             last written to the maps, and may be stale",
+            pid.map_or("?".into(), |p| p.to_string())
+        ),
+        _ => println!(
+            "daemon: not running (the datapath forwards with the last decisions); no probe \
+             runs: path health below is what the last daemon decided, not current"
+        ),
     }
     for t in &s.targets {
         print!("{}", target_text(t));
@@ -46,6 +63,9 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
             );
             if !pending.is_empty() {
                 println!("  {:<12}{pending}", "");
+            }
+            if let Some(probe) = &p.probe {
+                println!("  {:<12} {}", "", probe_text(probe));
             }
             if p.datapath_suspect {
                 println!(
@@ -110,6 +130,51 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Fills each path's `probe` from the running daemon, and marks the health live.
+fn live_health(s: &mut view::Status, pin: &PinArgs) -> anyhow::Result<()> {
+    let reply = Client::ask(
+        &pin.pin_dir,
+        &Request::Health {},
+        std::time::Duration::from_secs(5),
+    )?;
+    let Reply::Health(h) = reply else {
+        anyhow::bail!("the daemon answered something else: {reply:?}");
+    };
+    for t in &mut s.targets {
+        for p in &mut t.paths {
+            p.probe = h
+                .paths
+                .iter()
+                .find(|x| x.target == t.name && x.path == p.name)
+                .map(|x| x.state.clone());
+        }
+    }
+    s.health_is = "live";
+    Ok(())
+}
+
+/// A path's probe line: the last result and how long ago, the streak, and the settings.
+fn probe_text(p: &ProbeState) -> String {
+    let last = match &p.last {
+        None => "no probe has ended yet".to_string(),
+        Some(l) => {
+            let outcome = if l.ok { "ok" } else { "failed" };
+            let rtt = l
+                .rtt_ms
+                .map_or(String::new(), |r| format!(", rtt {r:.2} ms"));
+            format!(
+                "last probe {outcome} {:.1} s ago ({}{rtt})",
+                l.age_ms as f64 / 1000.0,
+                l.detail
+            )
+        }
+    };
+    let streak = p.streak.as_ref().map_or(String::new(), |s| {
+        format!("; {} of {} {}", s.count, s.needed, s.of)
+    });
+    format!("{last}{streak}; probe {}", p.probe)
 }
 
 /// A target's heading and transition lines, each ending in a newline: where its new flows go

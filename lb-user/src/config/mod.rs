@@ -533,6 +533,7 @@ pub(crate) const DEFAULT_HTTP_PATH: &str = "/";
 pub(crate) const DEFAULT_EXPECT_STATUS: u16 = 200;
 pub(crate) const TOP_LEVEL: &str = "top level";
 
+pub mod diff;
 mod probe;
 mod raw;
 mod validate;

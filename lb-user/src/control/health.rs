@@ -85,6 +85,12 @@ impl HealthTracker {
         self.fall
     }
 
+    /// Results in a row that contradict the state (toward `fall` while up, `rise` while
+    /// down); 0 when the last one agreed.
+    pub fn streak(&self) -> u32 {
+        self.streak
+    }
+
     /// No probe has succeeded for the hold time (BFD's detection time): an up path goes down,
     /// with `reason`. Anything else is left as it is.
     pub fn hold_expired(&mut self, reason: String) -> Option<Transition> {
@@ -194,6 +200,8 @@ pub enum Event {
         transition: Option<Transition>,
         /// [`HealthTracker::history`] after this result.
         history: String,
+        /// [`HealthTracker::streak`] after this result.
+        streak: u32,
         /// How late this probe was sent after its place on the grid: the probe scheduling
         /// lag. `None` for the hold timer's expiry and for probes sent at once on a
         /// [`Trigger`] (off the grid).
@@ -398,6 +406,7 @@ mod tests {
             state,
             transition,
             history: String::new(),
+            streak: 0,
             lag: None,
         }
     }

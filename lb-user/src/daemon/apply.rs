@@ -272,37 +272,87 @@ impl Daemon {
         }
     }
 
-    pub(super) fn reload(&mut self) {
-        info!("reloading {}", self.opts.config.display());
+    /// Re-reads the configuration file and applies it (`dry_run`: only says what would
+    /// change). A file that is not taken changes nothing; the reply says why.
+    pub(super) fn reload(&mut self, dry_run: bool) -> crate::rpc::ReloadReply {
+        let file = self.opts.config.display().to_string();
+        if !dry_run {
+            info!("reloading {file}");
+        }
+        let mut reply = crate::rpc::ReloadReply {
+            ok: false,
+            error: None,
+            dry_run,
+            changes: Vec::new(),
+            map_writes: 0,
+            notes: Vec::new(),
+        };
         let result = load_config(&self.opts.config).and_then(|config| {
+            reply.notes = config.warnings();
             let size = config
                 .flow_table_size
                 .unwrap_or(lb_common::maps::FLOW_TABLE_SIZE);
             if let Ok(pinned) = self.dp.maps.flow_capacity()
                 && pinned != size
             {
-                warn!(
+                let note = format!(
                     "flow_table_size {size} is not applied by a reload: the exception table keeps its size {pinned} (a map's size is fixed when it is created; restart with --replace to apply it)"
                 );
+                if !dry_run {
+                    warn!("{note}");
+                }
+                reply.notes.push(note);
             }
             let next = Model::new(config, &self.model)
                 .ok_or_else(|| anyhow!("the configuration does not fit the maps"))?;
+            // The same comparison and the same table plan the switch below applies.
+            reply.changes = crate::config::diff::diff(&self.model.config, &next.config);
+            reply.map_writes = crate::datapath::tables::Plan::new(&self.current, &next.tables())
+                .entries();
+            if dry_run {
+                return Ok(());
+            }
             self.switch_to(next)
         });
         match result {
-            Ok(()) => {
+            Ok(()) => reply.ok = true,
+            Err(e) => reply.error = Some(format!("{e:#}")),
+        }
+        if dry_run {
+            return reply;
+        }
+        match &reply.error {
+            None => {
                 self.snap.reloads += 1;
                 // Where the routes are kept may have changed: `lb status` and `lb down` read it.
                 if let Err(e) = self.write_meta(std::process::id()) {
                     error!("{e:#}");
                 }
+                for c in &reply.changes {
+                    info!("reload: {c}");
+                }
+                self.log.emit(
+                    "reload",
+                    Default::default(),
+                    format!(
+                        "{file} applied: {} changes, {} map writes",
+                        reply.changes.len(),
+                        reply.map_writes
+                    ),
+                );
             }
-            Err(e) => {
+            Some(e) => {
                 self.snap.reload_failures += 1;
-                error!("reload rejected, the running configuration stays: {e:#}");
+                error!("reload rejected, the running configuration stays: {e}");
+                self.log.emit(
+                    "reload_rejected",
+                    Default::default(),
+                    format!("{file} rejected, the running configuration stays: {e}"),
+                );
             }
         }
         self.publish();
+        reply
     }
 
     /// Every configured interface is a redirect target when frames can be redirected into it

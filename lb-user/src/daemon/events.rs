@@ -14,7 +14,7 @@ use crate::{
         health::{Event, Health, Verdict},
         policy::Decision,
     },
-    daemon::{Daemon, Sweep},
+    daemon::{Daemon, Sweep, rpc::Subject},
     datapath::{Hook, PinDir, Role, monotonic_coarse_ns},
 };
 
@@ -28,6 +28,7 @@ impl Daemon {
             result,
             lag,
             history,
+            streak,
             ..
         } = ev;
         if verdict == Verdict::Stale {
@@ -37,6 +38,15 @@ impl Daemon {
         if result.is_some() {
             self.probe_stats.record(path_id, lag, Instant::now());
         }
+        self.last.insert(
+            path_id,
+            super::LastReport {
+                result: result.clone(),
+                at: SystemTime::now(),
+                history: history.clone(),
+                streak,
+            },
+        );
         let Some(s) = self.model.paths.get_mut(&path_id) else {
             return;
         };
@@ -86,6 +96,36 @@ impl Daemon {
                 .as_ref()
                 .map_or("none answered", |r| r.detail.as_str())
         );
+        let probe = result
+            .as_ref()
+            .map_or("none answered", |r| r.detail.as_str());
+        self.log.emit(
+            "transition",
+            Subject {
+                target: Some(&target),
+                path: Some(&path),
+                from: Some(&from),
+                to: Some(&transition.to.to_string()),
+            },
+            format!(
+                "{target}/{path}: {from} → {} ({}; probe: {probe})",
+                transition.to, transition.reason
+            ),
+        );
+        for id in &changed {
+            if let Some(d) = self.model.decisions.get(id) {
+                let label = self.model.target_label(*id);
+                let message = format!("{label}: new flows → {}", self.describe(d));
+                self.log.emit(
+                    "decision",
+                    Subject {
+                        target: Some(&target),
+                        ..Default::default()
+                    },
+                    message,
+                );
+            }
+        }
         *self.snap.transitions.entry(path_id).or_default() += 1;
         self.publish();
     }
@@ -108,9 +148,11 @@ impl Daemon {
                 if self.ifindexes.get(&name) != Some(&ifindex) {
                     return;
                 }
-                warn!(
+                let message = format!(
                     "{name} is gone (ifindex {ifindex}): its programs went with it; they are attached again when it comes back"
                 );
+                warn!("{message}");
+                self.log.emit("interface", Default::default(), message);
                 self.forget_iface(&name, ifindex);
             }
             LinkEvent::New { name, ifindex } if configured(&name) => {
@@ -122,6 +164,11 @@ impl Daemon {
                     None => {}
                 }
                 info!("{name} is here (ifindex {ifindex}): attaching");
+                self.log.emit(
+                    "interface",
+                    Default::default(),
+                    format!("{name} is here (ifindex {ifindex}): attaching"),
+                );
                 let model = self.model.clone();
                 match self.switch_to(model) {
                     Ok(()) => self.sync_arrivals(),
@@ -189,15 +236,23 @@ impl Daemon {
 
     /// Picks up drains written by `lb path disable/enable`.
     pub(super) fn refresh_admin(&mut self) {
-        let mut changed = false;
+        let mut drains = Vec::new();
         for (id, s) in self.model.paths.iter_mut() {
             let disabled = self.dp.maps.admin_disabled(*id).unwrap_or(s.disabled);
             if disabled != s.disabled {
                 s.disabled = disabled;
                 s.changed = SystemTime::now();
-                changed = true;
+                drains.push((*id, disabled));
             }
         }
+        let changed = !drains.is_empty();
+        let drains: Vec<(String, String, bool)> = drains
+            .into_iter()
+            .filter_map(|(id, disabled)| {
+                let (t, p) = self.model.path_name(id)?;
+                Some((t.to_string(), p.to_string(), disabled))
+            })
+            .collect();
         if changed {
             let ids = self.model.decide_all();
             let desired = self.model.tables();
@@ -207,12 +262,39 @@ impl Daemon {
                 );
                 self.dirty = true;
             }
+            for (target, path, disabled) in &drains {
+                let verb = if *disabled { "disabled" } else { "enabled" };
+                self.log.emit(
+                    "drain",
+                    Subject {
+                        target: Some(target),
+                        path: Some(path),
+                        ..Default::default()
+                    },
+                    format!("{target}/{path} {verb} by the operator"),
+                );
+            }
             for id in ids {
                 if let Some(d) = self.model.decisions.get(&id) {
-                    info!(
+                    let message = format!(
                         "{}: new flows → {} (operator change)",
                         self.model.target_label(id),
                         self.describe(d)
+                    );
+                    info!("{message}");
+                    let target = self
+                        .model
+                        .ids
+                        .targets
+                        .key_of(id)
+                        .map(|(n, _)| n.to_string());
+                    self.log.emit(
+                        "decision",
+                        Subject {
+                            target: target.as_deref(),
+                            ..Default::default()
+                        },
+                        message,
                     );
                 }
             }
@@ -251,16 +333,29 @@ impl Daemon {
                 continue;
             }
             let (target, path) = names.get(id).cloned().unwrap_or_default();
-            if suspect {
-                warn!(
+            let message = if suspect {
+                let m = format!(
                     "{target}/{path}: datapath suspect: probes succeed, but a client's TCP \
                      handshake toward it has gone unanswered for {:?} (datapath_suspect_ms {})",
                     waited.unwrap_or_default(),
                     window.as_millis()
                 );
+                warn!("{m}");
+                m
             } else {
-                info!("{target}/{path}: datapath suspect cleared");
-            }
+                let m = format!("{target}/{path}: datapath suspect cleared");
+                info!("{m}");
+                m
+            };
+            self.log.emit(
+                "suspect",
+                Subject {
+                    target: Some(&target),
+                    path: Some(&path),
+                    ..Default::default()
+                },
+                message,
+            );
             state.suspect = suspect;
             self.dirty = true;
         }
@@ -413,9 +508,11 @@ impl Daemon {
             } else {
                 "not every path up within announce.settle_max_s"
             };
-            info!(
+            let message = format!(
                 "{name}: settled after coming back ({paths}); its VIPs may be announced{transition}"
             );
+            info!("{message}");
+            self.log.emit("settled", Default::default(), message);
         }
         self.publish();
     }

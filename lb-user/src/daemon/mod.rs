@@ -51,6 +51,16 @@ pub struct Options {
     pub detach_on_exit: bool,
 }
 
+/// A path's last probe report, as the daemon took it.
+#[derive(Clone, Debug)]
+pub(crate) struct LastReport {
+    /// `None`: the hold timer expired (no probe result came with the report).
+    result: Option<crate::control::health::ProbeResult>,
+    at: std::time::SystemTime,
+    history: String,
+    streak: u32,
+}
+
 pub(crate) struct ProbeTask {
     spec: ProbeSpec,
     interval: Duration,
@@ -100,6 +110,10 @@ struct Daemon {
     next_epoch: u64,
     /// Keeps the servable VIPs' host routes (`announce`).
     announcer: crate::announce::Announcer,
+    /// What `lb events` follows.
+    log: rpc::EventLog,
+    /// Each path's last probe report, for `lb status`.
+    last: BTreeMap<u32, LastReport>,
     /// Where the probe tasks run (last: it stops them when the daemon is dropped).
     probe_thread: ProbeThread,
 }
@@ -213,6 +227,8 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         sweep_maps: None,
         next_epoch: 1,
         announcer,
+        log: rpc::EventLog::default(),
+        last: BTreeMap::new(),
         probe_thread,
     };
     if let Err(e) = d.switch_to(model) {
@@ -224,6 +240,18 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         return Err(e.context("applying the configuration"));
     }
     d.write_meta(std::process::id())?;
+    // Once the configuration is applied: a reload asked before then would find none.
+    let (asked_tx, mut asked) = mpsc::channel(16);
+    let socket = rpc::listen(&opts.pin_dir, asked_tx).context("opening the control socket")?;
+    d.log.emit(
+        "started",
+        Default::default(),
+        format!(
+            "daemon started (pid {}), {} applied",
+            std::process::id(),
+            opts.config.display()
+        ),
+    );
 
     if let Some(addr) = opts.metrics {
         metrics::start(addr, pin.clone(), shared.clone(), probe_stats)
@@ -239,7 +267,10 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         tokio::select! {
             Some(ev) = rx.recv() => d.on_event(ev),
             Some(link) = links.recv() => d.on_link(link),
-            _ = hup.recv() => d.reload(),
+            _ = hup.recv() => {
+                d.reload(false);
+            }
+            Some(a) = asked.recv() => d.answer(a),
             _ = usr1.recv() => d.refresh_admin(),
             _ = settle.tick() => d.settle(),
             _ = flush.tick() => {
@@ -261,6 +292,11 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         task.handle.abort();
     }
     d.flush();
+    d.log
+        .emit("stopping", Default::default(), "daemon stopping".into());
+    // The followers get the events left, then the end of the stream.
+    drop(std::mem::take(&mut d.log));
+    socket.drain(Duration::from_secs(1)).await;
     let announce = d.model.config.announce;
     // The routes stay with the datapath: a stopped daemon's edge still forwards.
     d.announcer.stop();
@@ -332,5 +368,6 @@ fn spawn_ebpf_logger(dp: &mut Dataplane) {
 mod apply;
 mod caps;
 mod events;
+mod rpc;
 
 pub use caps::{Cap, require};

@@ -79,6 +79,14 @@ pub struct PinLock {
 
 /// The lock file of pin directory `pin`, in `dir`.
 pub fn lock_path(dir: &Path, pin: &Path) -> PathBuf {
+    dir.join(format!("{}.lock", instance_name(pin)))
+}
+
+/// The name of the instance of pin directory `pin` in the files kept for it outside the
+/// bpffs (its lock, its control socket): the directory's canonical path, its components
+/// joined by `-` and every byte but `[A-Za-z0-9_.]` escaped as `%XX`, so different
+/// directories never share a name and spellings of one directory always do.
+pub fn instance_name(pin: &Path) -> String {
     let pin = fs::canonicalize(pin).unwrap_or_else(|_| normalize(pin));
     let mut name = String::new();
     for c in pin.components() {
@@ -93,7 +101,7 @@ pub fn lock_path(dir: &Path, pin: &Path) -> PathBuf {
             }
         }
     }
-    dir.join(format!("{name}.lock"))
+    name
 }
 
 /// `pin` made absolute with `.`, `..` and repeated separators resolved by name (for a path that
@@ -274,7 +282,7 @@ fn read_holder(file: &mut File) -> Option<Holder> {
 
 /// Creates `dir` (root's alone) or checks that it is: a lock directory another user can write
 /// to would let them block the daemon or name a process for `lb path` to signal.
-fn secure_dir(dir: &Path) -> Result<(), Error> {
+pub(crate) fn secure_dir(dir: &Path) -> Result<(), Error> {
     use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
     fs::DirBuilder::new()
         .recursive(true)

@@ -240,6 +240,7 @@ pub async fn monitor<F, Fut>(
                 state,
                 transition,
                 history: tracker.history(),
+                streak: tracker.streak(),
                 lag,
             };
             if tx.send(event).is_err() {

@@ -107,9 +107,11 @@ async fn monitor_probes_at_once_then_every_interval() {
         state,
         transition,
         history,
+        streak,
         lag,
     } = first;
     assert_eq!((*path_id, *epoch), (7, 0));
+    assert_eq!(*streak, 0, "the first result decides: nothing against it");
     let result = result.as_ref().expect("a probe's result");
     assert!(!result.ok);
     assert_eq!(result.detail, "timed out");
