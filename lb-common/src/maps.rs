@@ -143,8 +143,14 @@ pub const PATH_SEEN: &str = "LB_PATH_SEEN";
 /// A ring buffer of [`PassiveEvent`]s: the datapath's word that a path's client traffic goes
 /// unanswered (the passive trigger). The daemon probes the path at once.
 pub const EVENTS: &str = "LB_EVENTS";
-/// Path id → `u32`, 1 when an operator disabled (drained) the path. Written by `lb path`.
+/// Path id → `u32`: what an operator said of the path ([`ADMIN_ENABLED`], [`ADMIN_DISABLED`],
+/// or any other value: draining until that Unix second). Written by `lb path`; read by the
+/// control plane only.
 pub const ADMIN: &str = "LB_ADMIN";
+/// [`ADMIN`]: nothing said, or enabled again.
+pub const ADMIN_ENABLED: u32 = 0;
+/// [`ADMIN`]: disabled: the path takes no new flows and its flows move (as if down).
+pub const ADMIN_DISABLED: u32 = 1;
 /// Interface name ([`IfaceKey`]) → [`IfaceMeta`]: the hook the daemon attached the interface's
 /// program at, and why (for `lb status`).
 pub const IFACES: &str = "LB_IFACES";

@@ -93,7 +93,12 @@ const PATH_UP: Family = family(
 );
 const PATH_DISABLED: Family = family(
     "lb_path_disabled",
-    "1 when an operator disabled (drained) the path.",
+    "1 when an operator disabled the path (or its drain ended).",
+    MetricType::Gauge,
+);
+const PATH_DRAINING: Family = family(
+    "lb_path_draining",
+    "1 while an operator's drain runs: no new flows, established TCP connections stay.",
     MetricType::Gauge,
 );
 const PATH_SUSPECT: Family = family(
@@ -164,6 +169,7 @@ pub const FAMILIES: &[Family] = &[
     VIP_BYTES,
     PATH_UP,
     PATH_DISABLED,
+    PATH_DRAINING,
     PATH_SUSPECT,
     PATH_RTT,
     PATH_TRANSITIONS,
@@ -440,6 +446,7 @@ fn encode_all(
         };
         g(&PATH_UP, up);
         g(&PATH_DISABLED, s.disabled);
+        g(&PATH_DRAINING, s.draining.is_some());
         g(&PATH_SUSPECT, s.suspect);
         if let Some(rtt) = s.rtt {
             rtts.push((labels.clone(), rtt.as_secs_f64()));
@@ -468,7 +475,7 @@ fn encode_all(
         c(&PATH_BYTES, with_dir("in"), t.in_bytes);
         c(&PATH_BYTES, with_dir("out"), t.out_bytes);
     }
-    for f in [&PATH_UP, &PATH_DISABLED, &PATH_SUSPECT] {
+    for f in [&PATH_UP, &PATH_DISABLED, &PATH_DRAINING, &PATH_SUSPECT] {
         gauge(encoder, f, flags.get(f.name).map_or(&[], Vec::as_slice))?;
     }
     gauge(encoder, &PATH_RTT, &rtts)?;

@@ -168,9 +168,13 @@ pub struct PathStatus {
     /// `up`, `down` or `disabled`: what the datapath does with the path, as its path table
     /// says.
     pub state: &'static str,
-    /// An operator's drain (`lb path disable`) is recorded. It differs from `state ==
-    /// "disabled"` while no daemon has applied it yet (a daemon that is stuck, or busy).
+    /// An operator's disable (`lb path disable`, or a drain that ended) is recorded. It
+    /// differs from `state == "disabled"` while no daemon has applied it yet (a daemon that is
+    /// stuck, or busy).
     pub drain_requested: bool,
+    /// An operator's drain runs until then (RFC 3339): the path takes no new flows, its state
+    /// stays `up` so that established TCP connections keep it; then it is disabled.
+    pub draining_until: Option<String>,
     /// What the probes last said: `up`, `down` or `unknown`.
     pub health: &'static str,
     pub priority: u32,
@@ -230,7 +234,10 @@ pub fn daemon(pin: &std::path::Path, maps: &Maps) -> anyhow::Result<Daemon> {
 /// The pinned state as a [`Model`] (configuration as recorded in the maps) and its tables.
 pub fn model(maps: &Maps) -> Result<(Model, Tables), Error> {
     let tables = maps.read_tables()?;
-    let model = Model::from_tables(&tables, |id| maps.admin_disabled(id).unwrap_or(false));
+    let model = Model::from_tables(&tables, |id| {
+        maps.admin(id)
+            .unwrap_or(crate::datapath::maps::Admin::Enabled)
+    });
     Ok((model, tables))
 }
 
@@ -314,6 +321,7 @@ pub fn targets(
                         _ => "down",
                     },
                     drain_requested: s.disabled,
+                    draining_until: s.draining.and_then(rfc3339),
                     health: crate::control::health::health_name(s.health),
                     priority: p.priority,
                     weight: p.weight,

@@ -21,8 +21,18 @@ use lb_user::{
     control::health::Health,
     control::model::{Ids, Model, PathState},
     control::policy::Decision,
+    datapath::maps::Admin,
     datapath::tables::{MemStore, Tables, apply},
 };
+
+/// Disabled when `disabled`, else enabled: an operator's word as `LB_ADMIN` holds it.
+fn admin(disabled: bool) -> Admin {
+    if disabled {
+        Admin::Disabled
+    } else {
+        Admin::Enabled
+    }
+}
 use serde_json::{Value, json};
 
 // ---- Configurations: the JSON an operator writes, built up a piece at a time. ----
@@ -695,7 +705,7 @@ fn a_restart_recovers_ids_states_and_decisions() {
     assert_eq!(m.paths[&path_id(&m, "api", "a2")].health, None);
 
     let pinned = m.tables();
-    let recovered = Model::from_tables(&pinned, |id| id == nn2);
+    let recovered = Model::from_tables(&pinned, |id| admin(id == nn2));
     assert_eq!(recovered.ids, m.ids);
     assert_eq!(
         recovered.paths.keys().collect::<Vec<_>>(),
@@ -903,7 +913,7 @@ fn a_changed_address_starts_unknown_but_stays_drained() {
     set_health(&mut a, Some(Health::Up), &[("web", "nn2")]);
     let moved = config_a().edit_path("web", "nn1", |p| p["address"] = json!("192.0.2.101"));
 
-    let restarted_from = Model::from_tables(&a.tables(), |id| id == nn1);
+    let restarted_from = Model::from_tables(&a.tables(), |id| admin(id == nn1));
     for previous in [&a, &restarted_from] {
         let b = Model::new(moved.config(), previous).expect("fits");
         assert_eq!(b.ids, a.ids);
@@ -936,7 +946,7 @@ fn a_changed_address_starts_unknown_but_stays_drained() {
 fn the_model_rebuilt_from_the_maps_gives_the_same_tables() {
     let m = rich_model();
     let pinned = m.tables();
-    let rebuilt = Model::from_tables(&pinned, |id| m.paths[&id].disabled);
+    let rebuilt = Model::from_tables(&pinned, |id| m.paths[&id].admin());
     assert_eq!(rebuilt.tables(), pinned);
 
     // What the maps record of the configuration: everything but probes and interfaces.
@@ -1047,7 +1057,7 @@ fn names_of_the_full_length_survive_the_maps() {
     let config = Config::from_json(&cfg.0.to_string()).expect("32-byte names are valid");
     let m = Model::new(config, &Model::empty()).expect("fits");
     assert_eq!(m.ids.targets.len(), 2);
-    let rebuilt = Model::from_tables(&m.tables(), |_| false);
+    let rebuilt = Model::from_tables(&m.tables(), |_| Admin::Enabled);
     assert_eq!(rebuilt.ids, m.ids);
     assert_eq!(rebuilt.tables(), m.tables());
     assert!(rebuilt.ids.targets.contains_key(one) && rebuilt.ids.targets.contains_key(two));
@@ -1127,9 +1137,79 @@ fn decision_changes_keep_the_previous_decision_while_its_path_is_up() {
     assert!(t.rings[&(aa, v.ring_half ^ 1)].iter().all(|p| *p == p1));
     assert!(t.rings[&(aa, v.ring_half)].iter().any(|p| *p != p1));
     // The model read back from the maps has the same transition.
-    let back = Model::from_tables(&t, |_| false);
+    let back = Model::from_tables(&t, |_| Admin::Enabled);
     assert_eq!(back.tables().targets[&aa], v);
     assert_eq!(back.tables().rings, t.rings);
+}
+
+/// Guards the graceful drain: a draining path takes no new flows, but stays up in the path
+/// table and becomes the previous decision, so established TCP connections keep it; the
+/// drain survives a restart (through `LB_ADMIN`) and ends as a disable, which moves them.
+#[test]
+fn a_drain_keeps_established_connections_and_ends_as_a_disable() {
+    let cfg = Cfg::new()
+        .target(
+            "vm",
+            failover(),
+            &[("nn1", "192.0.2.1", 10), ("nn2", "192.0.2.2", 20)],
+        )
+        .vip("203.0.113.10", "vm");
+    let mut m = fresh(&cfg);
+    let (vm, nn1, nn2) = (
+        target_id(&m, "vm"),
+        path_id(&m, "vm", "nn1"),
+        path_id(&m, "vm", "nn2"),
+    );
+    set_health(&mut m, Some(Health::Up), &[("vm", "nn1"), ("vm", "nn2")]);
+    assert_eq!(m.decisions[&vm], Decision::Single(nn1));
+
+    let until = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+    m.paths
+        .get_mut(&nn1)
+        .expect("nn1")
+        .apply_admin(Admin::Draining { until });
+    m.decide("vm");
+    let t = m.tables();
+    assert_eq!(
+        t.targets[&vm],
+        TargetValue::single(nn2).with_previous(&TargetValue::single(nn1)),
+        "new flows to nn2, established ones keep nn1"
+    );
+    assert_eq!(
+        t.paths[&nn1].state, PATH_UP,
+        "the datapath still sends to nn1"
+    );
+
+    // A restart reads the drain back from `LB_ADMIN`.
+    let raw = m.paths[&nn1].admin().raw();
+    assert_eq!(raw, 2_000_000_000);
+    let back = Model::from_tables(&t, |id| {
+        if id == nn1 {
+            Admin::from_raw(raw)
+        } else {
+            Admin::Enabled
+        }
+    });
+    assert_eq!(back.paths[&nn1].draining, Some(until));
+    assert_eq!(back.tables().targets[&vm], t.targets[&vm]);
+
+    // Ended: disabled, so its connections move; the previous decision had no other path.
+    m.paths
+        .get_mut(&nn1)
+        .expect("nn1")
+        .apply_admin(Admin::Disabled);
+    m.decide("vm");
+    let t = m.tables();
+    assert_eq!(t.paths[&nn1].state, PATH_DISABLED);
+    assert_eq!(t.targets[&vm].mode, TargetValue::single(nn2).mode);
+    assert_eq!(t.targets[&vm].active, nn2);
+    // Enabled again: preempt takes new flows back to nn1.
+    m.paths
+        .get_mut(&nn1)
+        .expect("nn1")
+        .apply_admin(Admin::Enabled);
+    m.decide("vm");
+    assert_eq!(m.decisions[&vm], Decision::Single(nn1));
 }
 
 // ---- Failed writes: planned, committed, undone. ----
@@ -1414,7 +1494,7 @@ fn a_new_ipv6_vip_is_written_after_everything_it_leads_to() {
     assert!(store.vip_keys.contains(&key("2001:db8:ff::10", None)));
 
     // `lb status` and `lb path` without a daemon: the IPv6 half survives the maps.
-    let rebuilt = Model::from_tables(&desired, |_| false);
+    let rebuilt = Model::from_tables(&desired, |_| Admin::Enabled);
     assert_eq!(rebuilt.tables(), desired);
     let web6 = rebuilt.config.target("web6").expect("web6 rebuilt");
     assert_eq!(
@@ -1811,7 +1891,7 @@ fn a_reload_makes_a_target_dual_stack_and_back() {
     assert!(log.contains(&format!("target {web6}")));
 
     // A restart while dual stack: both ids, the one target, the same tables.
-    let rebuilt = Model::from_tables(&desired, |_| false);
+    let rebuilt = Model::from_tables(&desired, |_| Admin::Enabled);
     assert_eq!(rebuilt.ids, b.ids);
     assert_eq!(rebuilt.tables(), desired);
     assert_eq!(rebuilt.config.targets.len(), 2);

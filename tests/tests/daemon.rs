@@ -11,7 +11,7 @@ use lb_tests::{
     lab::{EDGE_CLIENTS, EDGE_NN1, EDGE_NN2, Failure, Lab, NN1, NN2, PORTS, VIP, Veths, XDP_HOOK},
     lb::{Daemon, active, lb, path_state},
     servers,
-    traffic::{connect_failure, http_get, udp_stream},
+    traffic::{TcpChatter, connect_failure, http_get, udp_stream},
 };
 
 const HTTP: u16 = lb_tests::lab::HTTP_PORT;
@@ -897,6 +897,76 @@ fn drain_survives_restart() -> anyhow::Result<()> {
     let s = d.json(&["status"])?;
     ensure!(active(&s, "web").as_deref() == Some("nn1"), "{s}");
     ensure!(http_get(&topo.client, VIP, HTTP, "/", T)? == NN1.to_string());
+    Ok(())
+}
+
+/// Guards the graceful drain: established TCP connections keep the drained path while new
+/// ones go to the other; at the timeout the path is disabled and the connections still on it
+/// move (and are reset by the VM). A restart during the drain keeps it.
+fn drain_keeps_established_connections_until_its_timeout() -> anyhow::Result<()> {
+    drain_test(Veths::Tuned)
+}
+
+/// [`drain_keeps_established_connections_until_its_timeout`] on veths as a user makes them
+/// (`--hook auto`: TC).
+fn plain_drain_keeps_established_connections_until_its_timeout() -> anyhow::Result<()> {
+    drain_test(Veths::Plain)
+}
+
+fn drain_test(veths: Veths) -> anyhow::Result<()> {
+    let topo = Lab::with_veths(veths)?;
+    let _srv = servers::start(&topo.vm, PORTS, [NN1, NN2])?;
+    let hook = match veths {
+        Veths::Tuned => XDP_HOOK,
+        Veths::Plain => &[],
+    };
+    let mut d = Daemon::start(&topo.edge, &config(TCP_PROBE, "", WHOLE_VIP), hook)?;
+    d.wait_status(T, |s| active(s, "web").as_deref() == Some("nn1"))?;
+    let echo = std::net::SocketAddr::new(VIP.into(), PORTS.echo);
+    let every = Duration::from_millis(50);
+    let kept = TcpChatter::start(&topo.client, vec![echo], 4, every)?;
+    let cut = TcpChatter::start(&topo.client, vec![echo], 4, every)?;
+    let out = d.lb(&["path", "drain", "web", "nn1", "--timeout", "4s"])?;
+    ensure!(out.contains("web/nn1 draining until"), "{out}");
+    d.wait_status(T, |s| active(s, "web").as_deref() == Some("nn2"))?;
+    let s = d.json(&["status"])?;
+    let nn1 = &s["targets"][0]["paths"][0];
+    ensure!(
+        nn1["name"] == "nn1" && nn1["state"] == "up" && nn1["draining_until"].is_string(),
+        "draining, still up in the datapath: {nn1:#}"
+    );
+    ensure!(
+        get(&topo, &d, VIP, HTTP)? == NN2.to_string(),
+        "a new connection goes to nn2"
+    );
+    // A restart in the middle keeps the drain and the connections.
+    d.restart(&[])?;
+    ensure!(get(&topo, &d, VIP, HTTP)? == NN2.to_string());
+    std::thread::sleep(Duration::from_millis(500));
+    let r = kept.finish()?;
+    ensure!(
+        r.failed.is_empty() && r.rounds > 5,
+        "established connections keep nn1 during the drain: {r:?}\n{}",
+        d.log_text()
+    );
+
+    // The timeout: nn1 disabled, the connections left on it cut.
+    d.wait_status(Duration::from_secs(8), |s| {
+        path_state(s, "web", "nn1").as_deref() == Some("disabled")
+    })?;
+    std::thread::sleep(Duration::from_millis(300));
+    let r = cut.finish()?;
+    ensure!(
+        r.failed.len() == 4,
+        "after the drain, the path is disabled and its connections moved: {r:?}"
+    );
+    let past = d.lb(&["events", "--since", "1m", "--no-follow"])?;
+    ensure!(
+        past.contains("web/nn1 disabled at the end of its drain"),
+        "{past}"
+    );
+    d.lb(&["path", "enable", "web", "nn1"])?;
+    d.wait_status(T, |s| active(s, "web").as_deref() == Some("nn1"))?;
     Ok(())
 }
 
@@ -1802,6 +1872,14 @@ fn main() {
             ),
             ("cli_json_matches_the_traffic", cli_json_matches_the_traffic),
             ("drain_survives_restart", drain_survives_restart),
+            (
+                "drain_keeps_established_connections_until_its_timeout",
+                drain_keeps_established_connections_until_its_timeout,
+            ),
+            (
+                "plain_drain_keeps_established_connections_until_its_timeout",
+                plain_drain_keeps_established_connections_until_its_timeout,
+            ),
             (
                 "passive_trigger_fails_over_under_traffic",
                 passive_trigger_fails_over_under_traffic,

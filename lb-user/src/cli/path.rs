@@ -1,18 +1,19 @@
-//! `lb path disable|enable`: administrative drain of a path.
+//! `lb path drain|disable|enable`: an operator's say over a path.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, anyhow};
 use lb_user::{
     datapath::lock::{self, PinLock, Role},
+    datapath::maps::Admin,
     datapath::tables::apply,
     view,
 };
 
 use super::PinArgs;
 
-/// Drain a path (it takes no new flows and its flows move, as if down) or bring it back. The
-/// state is pinned: it survives a daemon restart.
+/// Take a path out of service gracefully (drain), at once (disable), or bring it back
+/// (enable). The state is pinned: it survives a daemon restart.
 #[derive(clap::Args)]
 pub struct Options {
     #[command(subcommand)]
@@ -21,19 +22,52 @@ pub struct Options {
 
 #[derive(clap::Subcommand)]
 enum Action {
-    /// Drain the path.
+    /// Graceful: the path takes no new flows, but established TCP connections keep it until
+    /// they end or the timeout passes; then the path is disabled. UDP flows move at once
+    /// (there is no handshake to tell old from new).
+    Drain {
+        target: String,
+        path: String,
+        /// How long established connections may keep the path (e.g. `30s`, `10m`).
+        #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// The hard switch: the path takes no new flows and its flows move (as if down).
     Disable { target: String, path: String },
-    /// Undo a drain.
+    /// Undo a drain or a disable.
     Enable { target: String, path: String },
 }
 
 pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
     let Options { action } = opts;
-    let (disabled, target, path) = match action {
-        Action::Disable { target, path } => (true, target, path),
-        Action::Enable { target, path } => (false, target, path),
+    let (admin, target, path) = match action {
+        Action::Drain {
+            target,
+            path,
+            timeout,
+        } => {
+            let until = SystemTime::now()
+                .checked_add(timeout)
+                .filter(|_| timeout <= MAX_DRAIN)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "--timeout {timeout:?}: at most {}",
+                        humantime::format_duration(MAX_DRAIN)
+                    )
+                })?;
+            (Admin::Draining { until }, target, path)
+        }
+        Action::Disable { target, path } => (Admin::Disabled, target, path),
+        Action::Enable { target, path } => (Admin::Enabled, target, path),
     };
-    let verb = if disabled { "disabled" } else { "enabled" };
+    let verb = match admin {
+        Admin::Draining { until } => format!(
+            "draining until {} (then disabled)",
+            humantime::format_rfc3339_seconds(until)
+        ),
+        Admin::Disabled => "disabled".into(),
+        Admin::Enabled => "enabled".into(),
+    };
     let mut maps = pin.open()?;
     // Who decides is who holds the pin directory's lock: the daemon, or this command when no
     // daemon runs (a daemon starting meanwhile waits for it, then adopts the change).
@@ -43,7 +77,7 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
             Ok(lock) => lock,
             Err(lock::Error::HeldByDaemon { holder, .. }) if holder.pid != 0 => {
                 let id = path_id(&maps, &target, &path)?;
-                maps.set_admin_disabled(id, disabled)
+                maps.set_admin(id, admin)
                     .context("writing the drain state")?;
                 // The daemon owns the decisions while it runs: tell it to pick the change up.
                 // SAFETY: kill has no memory-safety preconditions.
@@ -67,19 +101,28 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
         // No daemon: decide here, with the same policy code, from what the maps record.
         let (mut model, tables) = view::model(&maps)?;
         let id = path_id(&maps, &target, &path)?;
-        maps.set_admin_disabled(id, disabled)
+        maps.set_admin(id, admin)
             .context("writing the drain state")?;
         if let Some(s) = model.paths.get_mut(&id) {
-            s.disabled = disabled;
-            s.changed = std::time::SystemTime::now();
+            s.apply_admin(admin);
+            s.changed = SystemTime::now();
         }
         model.decide(&target);
         apply(&mut maps, &tables, &model.tables()).context("writing the maps")?;
         drop(lock);
         println!("{target}/{path} {verb} (no daemon running: applied directly)");
+        if matches!(admin, Admin::Draining { .. }) {
+            println!(
+                "note: a drain ends (the path is disabled) by a running daemon: with none, the \
+                 path stays draining until one runs"
+            );
+        }
         return Ok(());
     }
 }
+
+/// The longest drain taken: a day.
+const MAX_DRAIN: Duration = Duration::from_secs(86_400);
 
 /// How long a command waits for another command that holds the pin directory.
 const WAIT: Duration = Duration::from_secs(5);

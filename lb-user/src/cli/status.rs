@@ -64,6 +64,13 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
             if !pending.is_empty() {
                 println!("  {:<12}{pending}", "");
             }
+            if let Some(until) = &p.draining_until {
+                println!(
+                    "  {:<12} DRAINING until {until}: no new flows; established TCP connections \
+                     stay until they end or then (then disabled)",
+                    ""
+                );
+            }
             if let Some(probe) = &p.probe {
                 println!("  {:<12} {}", "", probe_text(probe));
             }

@@ -135,7 +135,7 @@ impl Daemon {
         for id in removed_paths {
             self.dp
                 .maps
-                .set_admin_disabled(id, false)
+                .set_admin(id, crate::datapath::maps::Admin::Enabled)
                 .context("clearing a removed path's drain")?;
             self.dp
                 .maps

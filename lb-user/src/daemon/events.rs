@@ -15,7 +15,7 @@ use crate::{
         policy::Decision,
     },
     daemon::{Daemon, Sweep, rpc::Subject},
-    datapath::{Hook, PinDir, Role, monotonic_coarse_ns},
+    datapath::{Hook, PinDir, Role, maps::Admin, monotonic_coarse_ns},
 };
 
 impl Daemon {
@@ -234,26 +234,53 @@ impl Daemon {
         }
     }
 
-    /// Picks up drains written by `lb path disable/enable`.
+    /// Picks up what `lb path drain|disable|enable` wrote.
     pub(super) fn refresh_admin(&mut self) {
-        let mut drains = Vec::new();
+        let now = SystemTime::now();
+        let mut changes = Vec::new();
         for (id, s) in self.model.paths.iter_mut() {
-            let disabled = self.dp.maps.admin_disabled(*id).unwrap_or(s.disabled);
-            if disabled != s.disabled {
-                s.disabled = disabled;
-                s.changed = SystemTime::now();
-                drains.push((*id, disabled));
+            let admin = self.dp.maps.admin(*id).unwrap_or(s.admin());
+            if admin != s.admin() {
+                s.apply_admin(admin);
+                s.changed = now;
+                changes.push((*id, admin));
             }
         }
-        let changed = !drains.is_empty();
-        let drains: Vec<(String, String, bool)> = drains
+        self.admin_changed(changes, "by the operator");
+    }
+
+    /// Ends the drains whose time is up: their paths are disabled (their connections move).
+    pub(super) fn end_drains(&mut self) {
+        let now = SystemTime::now();
+        let mut changes = Vec::new();
+        for (id, s) in self.model.paths.iter_mut() {
+            if s.draining.is_some_and(|until| until <= now) {
+                if let Err(e) = self.dp.maps.set_admin(*id, Admin::Disabled) {
+                    error!("ending the drain of path {id}: {e:#}; retrying in a second");
+                    continue;
+                }
+                s.apply_admin(Admin::Disabled);
+                s.changed = now;
+                changes.push((*id, Admin::Disabled));
+            }
+        }
+        self.admin_changed(changes, "at the end of its drain");
+    }
+
+    /// Decides again after the operator's word on some paths changed (`changes`), and says
+    /// so, `how`.
+    fn admin_changed(&mut self, changes: Vec<(u32, Admin)>, how: &str) {
+        if changes.is_empty() {
+            return;
+        }
+        let drains: Vec<(String, String, Admin)> = changes
             .into_iter()
-            .filter_map(|(id, disabled)| {
+            .filter_map(|(id, admin)| {
                 let (t, p) = self.model.path_name(id)?;
-                Some((t.to_string(), p.to_string(), disabled))
+                Some((t.to_string(), p.to_string(), admin))
             })
             .collect();
-        if changed {
+        {
             let ids = self.model.decide_all();
             let desired = self.model.tables();
             if let Err(e) = self.write_tables(desired) {
@@ -262,8 +289,17 @@ impl Daemon {
                 );
                 self.dirty = true;
             }
-            for (target, path, disabled) in &drains {
-                let verb = if *disabled { "disabled" } else { "enabled" };
+            for (target, path, admin) in &drains {
+                let verb = match admin {
+                    Admin::Enabled => "enabled".to_string(),
+                    Admin::Disabled => "disabled".to_string(),
+                    Admin::Draining { until } => format!(
+                        "draining until {} (no new flows; established TCP connections stay)",
+                        humantime::format_rfc3339_seconds(*until)
+                    ),
+                };
+                let message = format!("{target}/{path} {verb} {how}");
+                info!("{message}");
                 self.log.emit(
                     "drain",
                     Subject {
@@ -271,7 +307,7 @@ impl Daemon {
                         path: Some(path),
                         ..Default::default()
                     },
-                    format!("{target}/{path} {verb} by the operator"),
+                    message,
                 );
             }
             for id in ids {
@@ -368,6 +404,7 @@ impl Daemon {
             error!("{e:#}");
         }
         self.sync_arrivals();
+        self.end_drains();
         self.check_datapath();
         if !self.dirty {
             return;

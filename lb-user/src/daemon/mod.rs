@@ -168,7 +168,11 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         Origin::Adopted => dp.maps.meta().ok().and_then(|m| recorded_announce(&m)),
         Origin::Fresh => None,
     };
-    let pinned = Model::from_tables(&current, |id| dp.maps.admin_disabled(id).unwrap_or(false));
+    let pinned = Model::from_tables(&current, |id| {
+        dp.maps
+            .admin(id)
+            .unwrap_or(crate::datapath::maps::Admin::Enabled)
+    });
     let model = Model::new(config, &pinned)
         .ok_or_else(|| anyhow!("the configuration does not fit the maps"))?;
     match origin {

@@ -208,13 +208,17 @@ impl Maps {
         op(m::PATH_META, "set", self.path_meta.set(id, value, 0))
     }
 
-    /// Whether an operator disabled path `id`.
-    pub fn admin_disabled(&self, id: u32) -> Result<bool, Error> {
-        Ok(op(m::ADMIN, "get", self.admin.get(&id, 0))? != 0)
+    /// What an operator said of path `id`.
+    pub fn admin(&self, id: u32) -> Result<Admin, Error> {
+        Ok(Admin::from_raw(op(
+            m::ADMIN,
+            "get",
+            self.admin.get(&id, 0),
+        )?))
     }
 
-    pub fn set_admin_disabled(&mut self, id: u32, disabled: bool) -> Result<(), Error> {
-        op(m::ADMIN, "set", self.admin.set(id, u32::from(disabled), 0))
+    pub fn set_admin(&mut self, id: u32, admin: Admin) -> Result<(), Error> {
+        op(m::ADMIN, "set", self.admin.set(id, admin.raw(), 0))
     }
 
     // ---- Addresses, settings, arrival interfaces. ----
@@ -618,4 +622,72 @@ fn sum<'a>(values: impl Iterator<Item = &'a TrafficStats>) -> Result<TrafficStat
         acc.add(v);
         acc
     }))
+}
+
+/// What an operator said of a path (`lb path`), as `LB_ADMIN` keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admin {
+    /// Nothing, or enabled again.
+    Enabled,
+    /// No new flows, and its flows move (as if down).
+    Disabled,
+    /// No new flows; established TCP connections keep the path until `until` (whole
+    /// seconds), when it is disabled.
+    Draining { until: std::time::SystemTime },
+}
+
+impl Admin {
+    pub fn from_raw(raw: u32) -> Self {
+        match raw {
+            lb_common::maps::ADMIN_ENABLED => Admin::Enabled,
+            lb_common::maps::ADMIN_DISABLED => Admin::Disabled,
+            s => Admin::Draining {
+                until: std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(s)),
+            },
+        }
+    }
+
+    /// The `LB_ADMIN` value: a drain's end in Unix seconds, rounded up (at least 2, which is
+    /// 1970: such a drain has ended).
+    pub fn raw(self) -> u32 {
+        match self {
+            Admin::Enabled => lb_common::maps::ADMIN_ENABLED,
+            Admin::Disabled => lb_common::maps::ADMIN_DISABLED,
+            Admin::Draining { until } => {
+                let d = until
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+                u32::try_from(s).unwrap_or(u32::MAX).max(2)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::Admin;
+
+    #[test]
+    fn admin_values_round_trip_and_drains_round_up() {
+        for a in [Admin::Enabled, Admin::Disabled] {
+            assert_eq!(Admin::from_raw(a.raw()), a);
+        }
+        let until = UNIX_EPOCH + Duration::from_millis(1_800_000_000_250);
+        assert_eq!(Admin::Draining { until }.raw(), 1_800_000_001);
+        assert_eq!(
+            Admin::from_raw(1_800_000_001),
+            Admin::Draining {
+                until: UNIX_EPOCH + Duration::from_secs(1_800_000_001)
+            }
+        );
+        // A drain that ended before the values it could be confused with is still a drain.
+        assert_eq!(
+            Admin::Draining { until: UNIX_EPOCH }.raw(),
+            2,
+            "never read back as enabled or disabled"
+        );
+    }
 }

@@ -23,6 +23,7 @@ use crate::{
         health::Health,
         policy::{self, Decision, PathView},
     },
+    datapath::maps::Admin,
 };
 
 /// The key of a configured VIP, in the form both families share (`VipInfo::key`).
@@ -42,8 +43,12 @@ pub(crate) fn proto(p: Protocol) -> u8 {
 pub struct PathState {
     /// `None`: no probe result yet (and none inherited from pinned state).
     pub health: Option<Health>,
-    /// Disabled (drained) by an operator.
+    /// Disabled by an operator: no new flows, and its flows move.
     pub disabled: bool,
+    /// Drained by an operator until then: no new flows, but the path stays up in the datapath,
+    /// so established TCP connections keep it (the transition the drain makes); disabled at
+    /// that time. Never set beside `disabled`.
+    pub draining: Option<SystemTime>,
     /// Round-trip time of the last successful probe.
     pub rtt: Option<Duration>,
     /// When `health` or `disabled` last changed.
@@ -53,11 +58,32 @@ pub struct PathState {
     pub suspect: bool,
 }
 
+impl PathState {
+    /// Takes what an operator said of the path.
+    pub fn apply_admin(&mut self, admin: Admin) {
+        self.disabled = admin == Admin::Disabled;
+        self.draining = match admin {
+            Admin::Draining { until } => Some(until),
+            _ => None,
+        };
+    }
+
+    /// What an operator said of the path, as `LB_ADMIN` keeps it.
+    pub fn admin(&self) -> Admin {
+        match (self.disabled, self.draining) {
+            (true, _) => Admin::Disabled,
+            (false, Some(until)) => Admin::Draining { until },
+            (false, None) => Admin::Enabled,
+        }
+    }
+}
+
 impl Default for PathState {
     fn default() -> Self {
         Self {
             health: None,
             disabled: false,
+            draining: None,
             rtt: None,
             changed: UNIX_EPOCH,
             suspect: false,
@@ -71,14 +97,18 @@ pub(crate) fn unix_ns(t: SystemTime) -> u64 {
 }
 
 /// Decode a path's state from pinned meta (restart: never "unknown means down").
-pub fn path_state_from(meta: &PathMeta, admin_disabled: bool) -> PathState {
+pub fn path_state_from(meta: &PathMeta, admin: Admin) -> PathState {
     PathState {
         health: match meta.health {
             HEALTH_UP => Some(Health::Up),
             HEALTH_DOWN => Some(Health::Down),
             _ => None,
         },
-        disabled: admin_disabled,
+        disabled: admin == Admin::Disabled,
+        draining: match admin {
+            Admin::Draining { until } => Some(until),
+            Admin::Enabled | Admin::Disabled => None,
+        },
         rtt: (meta.rtt_us != 0).then(|| Duration::from_micros(u64::from(meta.rtt_us))),
         changed: UNIX_EPOCH + Duration::from_nanos(meta.changed_ns),
         suspect: meta.suspect != 0,
@@ -138,6 +168,7 @@ impl Model {
                     // An operator's drain survives an address change.
                     Some(s) => PathState {
                         disabled: s.disabled,
+                        draining: s.draining,
                         ..PathState::default()
                     },
                     None => PathState::default(),
@@ -255,7 +286,8 @@ impl Model {
                     priority: p.priority,
                     weight: p.weight,
                     health: s.health,
-                    disabled: s.disabled,
+                    // A draining path takes no new flows: to the policy, it is disabled.
+                    disabled: s.disabled || s.draining.is_some(),
                 })
             })
             .collect();
@@ -276,12 +308,14 @@ impl Model {
         }
         // The decision in force becomes the previous one when some of its flows may still be
         // on a usable path: a ring (the datapath checks each path), or a single path that is up
-        // and not disabled. Otherwise no connection could be kept: no transition.
+        // and not disabled (a draining one is: that is what keeps its connections). Otherwise
+        // no connection could be kept: no transition.
         let keeps_flows = match &previous {
             Decision::Ring(_) => true,
-            Decision::Single(p) => views
-                .iter()
-                .any(|v| v.id == *p && v.health == Some(Health::Up) && !v.disabled),
+            Decision::Single(p) => self
+                .paths
+                .get(p)
+                .is_some_and(|s| s.health == Some(Health::Up) && !s.disabled),
             Decision::None => false,
         };
         let half = self.ring_half.get(&id).copied().unwrap_or(0);
@@ -350,7 +384,7 @@ impl Model {
                 .paths
                 .get(&(name.to_owned(), p.name.clone()))
                 .and_then(|pid| self.paths.get(pid))
-                .is_some_and(|s| s.disabled || s.health == Some(Health::Up))
+                .is_some_and(|s| s.disabled || s.draining.is_some() || s.health == Some(Health::Up))
         })
     }
 

@@ -32,7 +32,7 @@ impl Model {
     /// and VIPs; not the probes, nor the interfaces): enough for `lb status` and for `lb path`
     /// to decide while no daemon runs. The target ids that share a name (a target with paths
     /// of both families, one id per family) are one target again.
-    pub fn from_tables(t: &Tables, admin_disabled: impl Fn(u32) -> bool) -> Model {
+    pub fn from_tables(t: &Tables, admin: impl Fn(u32) -> crate::datapath::maps::Admin) -> Model {
         let mut m = Model::empty();
         m.ids = Ids::from_tables(t);
         if t.settings.too_big_per_sec != 0 {
@@ -135,8 +135,7 @@ impl Model {
             });
         }
         for (id, meta) in &t.path_meta {
-            m.paths
-                .insert(*id, path_state_from(meta, admin_disabled(*id)));
+            m.paths.insert(*id, path_state_from(meta, admin(*id)));
         }
         for (id, value) in &t.targets {
             let decision = |mode: u8, active: u32, half: u8| match mode {
