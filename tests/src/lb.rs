@@ -70,6 +70,8 @@ pub struct Daemon {
     hook: Vec<String>,
     /// The file-mode mask the daemon runs under (`None`: the test process's).
     pub umask: Option<u32>,
+    /// Environment variables the daemon gets beside `RUST_LOG=info` (every start).
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -77,6 +79,22 @@ impl Daemon {
     /// the configuration.
     pub fn start(edge: &Netns, config: &str, extra: &[&str]) -> anyhow::Result<Daemon> {
         Self::start_signalled(edge, config, extra, None)
+    }
+
+    /// [`Daemon::start`] with environment variables `env` (kept for restarts).
+    pub fn start_with_env(
+        edge: &Netns,
+        config: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Daemon> {
+        let mut d = Self::prepare(edge, config, extra)?;
+        d.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        d.spawn(extra, None)?;
+        Ok(d)
     }
 
     /// [`Daemon::start`], sending `signal` to the daemon as soon as its log shows `marker`, while
@@ -87,6 +105,13 @@ impl Daemon {
         extra: &[&str],
         at: Option<(&str, i32)>,
     ) -> anyhow::Result<Daemon> {
+        let mut d = Self::prepare(edge, config, extra)?;
+        d.spawn(extra, at)?;
+        Ok(d)
+    }
+
+    /// The daemon's files (its configuration written), not started.
+    fn prepare(edge: &Netns, config: &str, extra: &[&str]) -> anyhow::Result<Daemon> {
         let dir = std::env::temp_dir().join(format!("{}-lb", edge.name()));
         std::fs::create_dir_all(&dir)?;
         let d = Daemon {
@@ -102,10 +127,9 @@ impl Daemon {
                 .map(|w| vec![w[0].to_owned(), w[1].to_owned()])
                 .unwrap_or_default(),
             umask: None,
+            env: Vec::new(),
         };
         std::fs::write(&d.config, config)?;
-        let mut d = d;
-        d.spawn(extra, at)?;
         Ok(d)
     }
 
@@ -151,6 +175,7 @@ impl Daemon {
             .arg(&self.pin)
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));
         if let Some(mask) = self.umask {

@@ -438,6 +438,88 @@ fn reload_reports_its_changes_and_refusals() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Under systemd (`Type=notify`): READY once serving, RELOADING and READY around a reload,
+/// the watchdog's keep-alive, STOPPING at the end; and the log as JSON lines, the daemon's
+/// events with their fields.
+fn systemd_notifications_and_json_logs() -> anyhow::Result<()> {
+    let topo = Lab::new()?;
+    let _srv = servers::start(&topo.vm, PORTS, [NN1, NN2])?;
+    let dir = std::env::temp_dir().join(format!("{}-notify", topo.edge.name()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let socket = dir.join("notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&socket)?;
+    listener.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let socket_text = socket.to_string_lossy().into_owned();
+    let mut args = XDP_HOOK.to_vec();
+    args.extend(["--log-format", "json"]);
+    let mut d = Daemon::start_with_env(
+        &topo.edge,
+        &config(TCP_PROBE, "", WHOLE_VIP),
+        &args,
+        &[
+            ("NOTIFY_SOCKET", socket_text.as_str()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    )?;
+    // Every datagram until one holds `wanted` (bounded by the socket's timeout).
+    let until = |wanted: &str| -> anyhow::Result<Vec<String>> {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = listener
+                .recv(&mut buf)
+                .with_context(|| format!("waiting for {wanted}; got {seen:?}"))?;
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let done = text.lines().any(|l| l == wanted);
+            seen.push(text);
+            if done {
+                return Ok(seen);
+            }
+        }
+    };
+    let ready = until("READY=1")?;
+    let status = ready.last().cloned().unwrap_or_default();
+    ensure!(
+        status.contains("STATUS=1 VIPs, 1 targets, "),
+        "READY comes with a status line: {ready:?}"
+    );
+    let beats = until("WATCHDOG=1")?;
+    ensure!(!beats.is_empty());
+    until("WATCHDOG=1").context("the watchdog is kept alive")?;
+
+    d.reload()?;
+    let around = until("READY=1")?;
+    let reloading = around
+        .iter()
+        .position(|m| m.lines().any(|l| l == "RELOADING=1"))
+        .with_context(|| format!("RELOADING before READY: {around:?}"))?;
+    ensure!(around[reloading].contains("MONOTONIC_USEC="), "{around:?}");
+    d.stop()?;
+    until("STOPPING=1")?;
+
+    let log = d.log_text();
+    let records: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("every line is JSON:\n{log}"))?;
+    ensure!(
+        records.iter().any(|r| r["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("configuration applied"))),
+        "the log crate's records come through: {log}"
+    );
+    let reload = records
+        .iter()
+        .find(|r| r["fields"]["kind"] == "reload")
+        .with_context(|| format!("a reload record with its kind: {log}"))?;
+    ensure!(reload["level"] == "INFO", "{reload}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 /// `lb events` follows a failover as it happens, and `lb status` says why a path is down:
 /// the last probe's result, the streak toward `fall`, the settings in force; once the daemon
 /// stops, the health it shows is marked stale.
@@ -1862,6 +1944,10 @@ fn main() {
                 reload_reports_its_changes_and_refusals,
             ),
             ("events_and_status_say_why", events_and_status_say_why),
+            (
+                "systemd_notifications_and_json_logs",
+                systemd_notifications_and_json_logs,
+            ),
             (
                 "flow_table_size_reload_says_so_and_replace_applies_it",
                 flow_table_size_reload_says_so_and_replace_applies_it,

@@ -31,6 +31,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     // The routing daemon of the multi-edge lab and tests (BGP, BFD, ECMP upstream).
     "bird2",
+    // `systemd-analyze verify` checks the packaged units (lb-user/tests/packaging.rs).
+    "systemd",
 ];
 
 // ---- The toolchains the build needs: this is the one place that names them. ----

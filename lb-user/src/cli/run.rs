@@ -2,7 +2,10 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use lb_user::datapath::{AttachMode, HookChoice};
+use lb_user::{
+    daemon::logs::LogFormat,
+    datapath::{AttachMode, HookChoice},
+};
 
 use super::PinArgs;
 
@@ -32,6 +35,10 @@ pub struct Options {
     /// Remove the programs and pinned maps on exit (default: leave the datapath forwarding).
     #[arg(long)]
     detach_on_exit: bool,
+    /// How to log: auto (journald when stderr is the journal, else human), human, json, or
+    /// journald. `RUST_LOG` filters (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
 }
 
 pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
@@ -42,8 +49,9 @@ pub fn run(opts: Options, pin: PinArgs) -> anyhow::Result<()> {
         metrics,
         replace,
         detach_on_exit,
+        log_format,
     } = opts;
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    lb_user::daemon::logs::init(log_format)?;
     let opts = lb_user::daemon::Options {
         config,
         pin_dir: pin.pin_dir,

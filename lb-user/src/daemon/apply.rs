@@ -278,6 +278,7 @@ impl Daemon {
         let file = self.opts.config.display().to_string();
         if !dry_run {
             info!("reloading {file}");
+            super::notify::reloading();
         }
         let mut reply = crate::rpc::ReloadReply {
             ok: false,
@@ -332,6 +333,7 @@ impl Daemon {
                     info!("reload: {c}");
                 }
                 self.log.emit(
+                    Some(tracing::Level::INFO),
                     "reload",
                     Default::default(),
                     format!(
@@ -343,16 +345,43 @@ impl Daemon {
             }
             Some(e) => {
                 self.snap.reload_failures += 1;
-                error!("reload rejected, the running configuration stays: {e}");
                 self.log.emit(
+                    Some(tracing::Level::ERROR),
                     "reload_rejected",
                     Default::default(),
-                    format!("{file} rejected, the running configuration stays: {e}"),
+                    format!("reload of {file} rejected, the running configuration stays: {e}"),
                 );
             }
         }
         self.publish();
+        super::notify::ready(&self.summary());
         reply
+    }
+
+    /// One line on what the daemon serves, for systemd's status (`systemctl status`).
+    pub(super) fn summary(&self) -> String {
+        let m = &self.model;
+        let up = m
+            .paths
+            .values()
+            .filter(|s| s.health == Some(crate::control::health::Health::Up) && !s.disabled)
+            .count();
+        let dark: Vec<String> = m
+            .decisions
+            .iter()
+            .filter(|(_, d)| **d == crate::control::policy::Decision::None)
+            .map(|(id, _)| m.target_label(*id))
+            .collect();
+        let mut line = format!(
+            "{} VIPs, {} targets, {up} of {} paths up",
+            m.config.vips.len(),
+            m.config.targets.len(),
+            m.paths.len()
+        );
+        if !dark.is_empty() {
+            line.push_str(&format!("; no usable path: {}", dark.join(", ")));
+        }
+        line
     }
 
     /// Every configured interface is a redirect target when frames can be redirected into it

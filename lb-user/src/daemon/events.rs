@@ -88,18 +88,25 @@ impl Daemon {
                 ))
             })
             .collect();
-        info!(
-            "{target}/{path}: {from} → {} ({}; probe: {}; history {history}){decision}; decision to map write {written:?}",
-            transition.to,
-            transition.reason,
-            result
-                .as_ref()
-                .map_or("none answered", |r| r.detail.as_str())
-        );
         let probe = result
             .as_ref()
             .map_or("none answered", |r| r.detail.as_str());
+        tracing::info!(
+            kind = "transition",
+            target_name = %target,
+            path = %path,
+            from = %from,
+            to = %transition.to,
+            reason = %transition.reason,
+            probe,
+            history = %history,
+            write_us = written.as_micros() as u64,
+            "{target}/{path}: {from} → {} ({}; probe: {probe}; history {history}){decision}; decision to map write {written:?}",
+            transition.to,
+            transition.reason,
+        );
         self.log.emit(
+            None,
             "transition",
             Subject {
                 target: Some(&target),
@@ -117,6 +124,7 @@ impl Daemon {
                 let label = self.model.target_label(*id);
                 let message = format!("{label}: new flows → {}", self.describe(d));
                 self.log.emit(
+                    None,
                     "decision",
                     Subject {
                         target: Some(&target),
@@ -127,6 +135,7 @@ impl Daemon {
             }
         }
         *self.snap.transitions.entry(path_id).or_default() += 1;
+        super::notify::status(&self.summary());
         self.publish();
     }
 
@@ -151,8 +160,12 @@ impl Daemon {
                 let message = format!(
                     "{name} is gone (ifindex {ifindex}): its programs went with it; they are attached again when it comes back"
                 );
-                warn!("{message}");
-                self.log.emit("interface", Default::default(), message);
+                self.log.emit(
+                    Some(tracing::Level::WARN),
+                    "interface",
+                    Default::default(),
+                    message,
+                );
                 self.forget_iface(&name, ifindex);
             }
             LinkEvent::New { name, ifindex } if configured(&name) => {
@@ -163,8 +176,8 @@ impl Daemon {
                     Some(old) => self.forget_iface(&name, old),
                     None => {}
                 }
-                info!("{name} is here (ifindex {ifindex}): attaching");
                 self.log.emit(
+                    Some(tracing::Level::INFO),
                     "interface",
                     Default::default(),
                     format!("{name} is here (ifindex {ifindex}): attaching"),
@@ -299,8 +312,8 @@ impl Daemon {
                     ),
                 };
                 let message = format!("{target}/{path} {verb} {how}");
-                info!("{message}");
                 self.log.emit(
+                    Some(tracing::Level::INFO),
                     "drain",
                     Subject {
                         target: Some(target),
@@ -317,7 +330,6 @@ impl Daemon {
                         self.model.target_label(id),
                         self.describe(d)
                     );
-                    info!("{message}");
                     let target = self
                         .model
                         .ids
@@ -325,6 +337,7 @@ impl Daemon {
                         .key_of(id)
                         .map(|(n, _)| n.to_string());
                     self.log.emit(
+                        Some(tracing::Level::INFO),
                         "decision",
                         Subject {
                             target: target.as_deref(),
@@ -369,21 +382,20 @@ impl Daemon {
                 continue;
             }
             let (target, path) = names.get(id).cloned().unwrap_or_default();
-            let message = if suspect {
+            let (level, message) = if suspect {
                 let m = format!(
                     "{target}/{path}: datapath suspect: probes succeed, but a client's TCP \
                      handshake toward it has gone unanswered for {:?} (datapath_suspect_ms {})",
                     waited.unwrap_or_default(),
                     window.as_millis()
                 );
-                warn!("{m}");
-                m
+                (tracing::Level::WARN, m)
             } else {
                 let m = format!("{target}/{path}: datapath suspect cleared");
-                info!("{m}");
-                m
+                (tracing::Level::INFO, m)
             };
             self.log.emit(
+                Some(level),
                 "suspect",
                 Subject {
                     target: Some(&target),
@@ -548,8 +560,12 @@ impl Daemon {
             let message = format!(
                 "{name}: settled after coming back ({paths}); its VIPs may be announced{transition}"
             );
-            info!("{message}");
-            self.log.emit("settled", Default::default(), message);
+            self.log.emit(
+                Some(tracing::Level::INFO),
+                "settled",
+                Default::default(),
+                message,
+            );
         }
         self.publish();
     }

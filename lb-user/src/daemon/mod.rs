@@ -248,6 +248,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
     let (asked_tx, mut asked) = mpsc::channel(16);
     let socket = rpc::listen(&opts.pin_dir, asked_tx).context("opening the control socket")?;
     d.log.emit(
+        None,
         "started",
         Default::default(),
         format!(
@@ -256,6 +257,9 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
             opts.config.display()
         ),
     );
+    notify::ready(&d.summary());
+    let watchdog_every = notify::watchdog_every();
+    let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
 
     if let Some(addr) = opts.metrics {
         metrics::start(addr, pin.clone(), shared.clone(), probe_stats)
@@ -277,6 +281,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
             Some(a) = asked.recv() => d.answer(a),
             _ = usr1.recv() => d.refresh_admin(),
             _ = settle.tick() => d.settle(),
+            _ = watchdog.tick(), if watchdog_every.is_some() => notify::watchdog(),
             _ = flush.tick() => {
                 d.flush();
                 if sweeping.is_none() && d.swept.elapsed() >= SWEEP_EVERY {
@@ -292,12 +297,17 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         }
     }
 
+    notify::stopping();
     for task in d.probes.values() {
         task.handle.abort();
     }
     d.flush();
-    d.log
-        .emit("stopping", Default::default(), "daemon stopping".into());
+    d.log.emit(
+        None,
+        "stopping",
+        Default::default(),
+        "daemon stopping".into(),
+    );
     // The followers get the events left, then the end of the stream.
     drop(std::mem::take(&mut d.log));
     socket.drain(Duration::from_secs(1)).await;
@@ -372,6 +382,8 @@ fn spawn_ebpf_logger(dp: &mut Dataplane) {
 mod apply;
 mod caps;
 mod events;
+pub mod logs;
+mod notify;
 mod rpc;
 
 pub use caps::{Cap, require};

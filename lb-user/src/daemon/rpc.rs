@@ -259,8 +259,32 @@ pub(crate) struct Subject<'a> {
 }
 
 impl EventLog {
-    /// Records an event of `kind` and sends it to the followers.
-    pub(crate) fn emit(&mut self, kind: &str, subject: Subject<'_>, message: String) {
+    /// Records an event of `kind` and sends it to the followers; logs it at `level` with its
+    /// fields (`None`: the caller logged it already, in more words).
+    pub(crate) fn emit(
+        &mut self,
+        level: Option<tracing::Level>,
+        kind: &str,
+        subject: Subject<'_>,
+        message: String,
+    ) {
+        let Subject {
+            target,
+            path,
+            from,
+            to,
+        } = subject;
+        macro_rules! log_at {
+            ($mac:ident) => {
+                tracing::$mac!(kind, target_name = target, path, from, to, "{message}")
+            };
+        }
+        match level {
+            Some(tracing::Level::ERROR) => log_at!(error),
+            Some(tracing::Level::WARN) => log_at!(warn),
+            Some(_) => log_at!(info),
+            None => {}
+        }
         let now = SystemTime::now();
         self.seq += 1;
         let event = Event {
