@@ -55,6 +55,21 @@ pub struct Snapshot {
     /// With `announce`: every address with a VIP whose state counts, and whether the daemon
     /// wants it announced.
     pub announced: Option<BTreeMap<std::net::IpAddr, bool>>,
+    /// What became of the notify hooks.
+    pub hooks: HookCounts,
+}
+
+/// What became of the notify hooks (`lb_notify_total{result}`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HookCounts {
+    /// Ran and exited 0.
+    pub ok: u64,
+    /// Could not start, or exited non-zero.
+    pub failed: u64,
+    /// Killed at `notify.timeout_ms`.
+    pub timed_out: u64,
+    /// Not run: the target's queue was full.
+    pub dropped: u64,
 }
 
 /// The daemon's side: it stores, the scrape loads, neither waits.
@@ -161,6 +176,11 @@ const RELOADS: Family = family(
     "Configuration reloads by result (ok, rejected).",
     MetricType::Counter,
 );
+const NOTIFY: Family = family(
+    "lb_notify",
+    "Notify hooks by result (ok, failed, timeout, dropped).",
+    MetricType::Counter,
+);
 
 /// Every family exported (README lists each).
 pub const FAMILIES: &[Family] = &[
@@ -182,6 +202,7 @@ pub const FAMILIES: &[Family] = &[
     TARGET_TRANSITION,
     VIP_ANNOUNCED,
     RELOADS,
+    NOTIFY,
 ];
 
 /// `--metrics`' value: `PORT` (on 127.0.0.1) or `ADDR:PORT`.
@@ -537,6 +558,18 @@ fn encode_all(
                 vec![("result", "rejected".to_owned())],
                 snap.reload_failures,
             ),
+        ],
+    )?;
+    let h = snap.hooks;
+    let result = |r: &str| vec![("result", r.to_owned())];
+    counter(
+        encoder,
+        &NOTIFY,
+        &[
+            (result("ok"), h.ok),
+            (result("failed"), h.failed),
+            (result("timeout"), h.timed_out),
+            (result("dropped"), h.dropped),
         ],
     )?;
     Ok(())

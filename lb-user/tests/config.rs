@@ -116,6 +116,7 @@ fn example_parses_into_the_model() {
             preempt: true,
             all_down: AllDown::Drop,
             expose_paths: false,
+            notify: None,
             paths: vec![
                 Path {
                     name: "nn1".into(),
@@ -1591,4 +1592,53 @@ fn ipv6_duplicates_whatever_the_spelling() {
         "vips[3]",
         "duplicate of vips[2] (2001:db8:ff::11 tcp/443)",
     );
+}
+
+#[test]
+fn notify_hooks_take_an_absolute_command_and_a_bounded_timeout() {
+    let with = |notify: &str| {
+        format!(
+            r#"{{ "interfaces": {{ "clients": ["c0"], "paths": ["p0"] }},
+              "targets": [ {{ "name": "web", "notify": {notify},
+                "paths": [ {{ "name": "nn1", "address": "192.0.2.1" }} ] }} ],
+              "vips": [] }}"#
+        )
+    };
+    let c =
+        Config::from_json(&with(r#"{ "command": ["/usr/local/bin/n", "-v"] }"#)).expect("valid");
+    let n = c.targets[0].notify.as_ref().expect("a hook");
+    assert_eq!(n.command, ["/usr/local/bin/n", "-v"]);
+    assert_eq!(n.timeout, lb_user::config::DEFAULT_NOTIFY_TIMEOUT);
+    for (notify, field, says) in [
+        (
+            r#"{ "command": [] }"#,
+            "targets[0].notify.command",
+            "needs a program",
+        ),
+        (
+            r#"{ "command": ["notify.sh"] }"#,
+            "targets[0].notify.command[0]",
+            "not an absolute path",
+        ),
+        (
+            r#"{ "command": ["/x"], "timeout_ms": 0 }"#,
+            "targets[0].notify.timeout_ms",
+            "not within",
+        ),
+        (
+            r#"{ "command": ["/x"], "timeout_ms": 600001 }"#,
+            "targets[0].notify.timeout_ms",
+            "not within",
+        ),
+        (
+            r#"{ "command": ["/x"], "every": 1 }"#,
+            "targets[0]",
+            "unknown field `every`",
+        ),
+    ] {
+        let e = Config::from_json(&with(notify))
+            .expect_err(notify)
+            .to_string();
+        assert!(e.contains(field) && e.contains(says), "{notify}: {e}");
+    }
 }

@@ -520,6 +520,113 @@ fn systemd_notifications_and_json_logs() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A target's notify hook runs on a transition and on a drain with the details in `LB_*`
+/// variables; a hook that outlives its timeout is killed, and never holds the daemon up.
+fn notify_hooks_run_with_the_details() -> anyhow::Result<()> {
+    let topo = Lab::new()?;
+    let _srv = servers::start(&topo.vm, PORTS, [NN1, NN2])?;
+    let dir = std::env::temp_dir().join(format!("{}-hook", topo.edge.name()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join("calls");
+    let hook = |script: &str, timeout_ms: u32| {
+        format!(
+            r#", "notify": {{ "command": ["/bin/sh", "-c", "{script}"], "timeout_ms": {timeout_ms} }}"#
+        )
+    };
+    let record = format!(
+        "env | grep ^LB_ | sort >> {0}; echo --- >> {0}",
+        out.display()
+    );
+    let cfg = config(FAST_TCP_PROBE, "", WHOLE_VIP);
+    let with_hook = |h: &str| {
+        cfg.replace(
+            r#""all_down": "drop","#,
+            &format!(r#""all_down": "drop"{h},"#),
+        )
+    };
+    let d = Daemon::start(&topo.edge, &with_hook(&hook(&record, 5000)), XDP_HOOK)?;
+    d.wait_status(T, |s| active(s, "web").as_deref() == Some("nn1"))?;
+    // Each call's variables, once `want` calls are recorded (bounded).
+    let calls = |want: usize| -> anyhow::Result<Vec<std::collections::BTreeMap<String, String>>> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            let calls: Vec<_> = text
+                .split("---\n")
+                .filter(|c| !c.trim().is_empty())
+                .map(|c| {
+                    c.lines()
+                        .filter_map(|l| l.split_once('='))
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect()
+                })
+                .collect();
+            if calls.len() >= want {
+                return Ok(calls);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{want} hook calls expected, got: {text}\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // The first probes' transitions (unknown → up) come first.
+    let before = calls(2)?.len();
+    topo.fail(1, Failure::Blackhole)?;
+    d.wait_status(T, |s| active(s, "web").as_deref() == Some("nn2"))?;
+    let all = calls(before + 1)?;
+    let down = all
+        .iter()
+        .find(|c| c.get("LB_TO").map(String::as_str) == Some("down"))
+        .with_context(|| format!("{all:#?}"))?;
+    let get = |k: &str| down.get(k).map(String::as_str);
+    ensure!(
+        get("LB_EVENT") == Some("transition")
+            && get("LB_TARGET") == Some("web")
+            && get("LB_PATH") == Some("nn1")
+            && get("LB_PATH_ADDRESS") == Some(NN1.to_string().as_str())
+            && get("LB_FROM") == Some("up")
+            && get("LB_NEW_FLOWS") == Some("nn2")
+            && get("LB_REASON").is_some_and(|r| r.contains("fall 3"))
+            && get("LB_TIME").is_some()
+            && get("LB_PID").is_some(),
+        "{down:#?}"
+    );
+    d.lb(&["path", "drain", "web", "nn2", "--timeout", "1m"])?;
+    let n = all.len();
+    let all = calls(n + 1)?;
+    let drain = all.last().context("a call")?;
+    ensure!(
+        drain.get("LB_EVENT").map(String::as_str) == Some("drain")
+            && drain.get("LB_ADMIN").map(String::as_str) == Some("draining")
+            && drain.get("LB_DRAIN_UNTIL").is_some(),
+        "{drain:#?}"
+    );
+    d.lb(&["path", "enable", "web", "nn2"])?;
+
+    // A hook that hangs: killed at its timeout; the daemon decides on regardless.
+    d.write_config(&with_hook(&hook("sleep 30", 200)))?;
+    d.reload()?;
+    topo.heal(1, Failure::Blackhole)?;
+    d.wait_status(Duration::from_secs(3), |s| {
+        active(s, "web").as_deref() == Some("nn1")
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !d.log_text().contains("still running after 200ms: killed") {
+        ensure!(
+            Instant::now() < deadline,
+            "no kill logged:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 /// `lb events` follows a failover as it happens, and `lb status` says why a path is down:
 /// the last probe's result, the streak toward `fall`, the settings in force; once the daemon
 /// stops, the health it shows is marked stale.
@@ -1947,6 +2054,10 @@ fn main() {
             (
                 "systemd_notifications_and_json_logs",
                 systemd_notifications_and_json_logs,
+            ),
+            (
+                "notify_hooks_run_with_the_details",
+                notify_hooks_run_with_the_details,
             ),
             (
                 "flow_table_size_reload_says_so_and_replace_applies_it",

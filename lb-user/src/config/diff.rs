@@ -109,6 +109,12 @@ fn items(c: &Config) -> BTreeMap<Key, String> {
                 t.preempt, t.expose_paths
             ),
         );
+        if let Some(n) = &t.notify {
+            out.insert(
+                (1, format!("notify {}", t.name)),
+                format!("{:?}, timeout {}", n.command, secs(n.timeout)),
+            );
+        }
         for p in &t.paths {
             let mut line = format!(
                 "address {}, priority {}, weight {}",
@@ -327,7 +333,7 @@ mod tests {
         let new = BASE
             .replace(
                 r#""name": "web","#,
-                r#""name": "web", "mode": "active-active","#,
+                r#""name": "web", "mode": "active-active", "notify": { "command": ["/bin/true", "x"] },"#,
             )
             .replace(
                 r#""vips""#,
@@ -337,13 +343,22 @@ mod tests {
         let items: Vec<&str> = changes.iter().map(|c| c.item.as_str()).collect();
         assert_eq!(
             items,
-            ["target web", "setting announce", "setting flow_table_size"]
+            [
+                "notify web",
+                "target web",
+                "setting announce",
+                "setting flow_table_size"
+            ]
         );
         assert_eq!(
             changes[0].to.as_deref(),
+            Some(r#"["/bin/true", "x"], timeout 10s"#)
+        );
+        assert_eq!(
+            changes[1].to.as_deref(),
             Some("active-active, preempt true, all_down drop, expose_paths false")
         );
-        assert_eq!(changes[2].from.as_deref(), Some("default"));
-        assert_eq!(changes[2].to.as_deref(), Some("4096"));
+        assert_eq!(changes[3].from.as_deref(), Some("default"));
+        assert_eq!(changes[3].to.as_deref(), Some("4096"));
     }
 }

@@ -197,7 +197,23 @@ pub struct Target {
     /// dropped on the client side).
     pub expose_paths: bool,
     pub paths: Vec<Path>,
+    /// A command run on each transition of the target's paths (`notify`).
+    pub notify: Option<Notify>,
 }
+
+/// A target's notify hook: `command` (an absolute program path, then its arguments) runs on
+/// each transition of the target's paths and each drain, with the details in `LB_*`
+/// environment variables; killed after `timeout`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notify {
+    pub command: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// The default of `notify.timeout_ms`.
+pub const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest `notify.timeout_ms` taken (10 minutes).
+pub const MAX_NOTIFY_TIMEOUT_MS: u64 = 600_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Path {

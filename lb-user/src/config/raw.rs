@@ -68,6 +68,15 @@ pub(crate) struct RawTarget {
     pub(super) paths: Vec<RawPath>,
     #[serde(default)]
     pub(super) probe: RawProbe,
+    pub(super) notify: Option<RawNotify>,
+}
+
+/// A target's notify hook.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a notify object")]
+pub(crate) struct RawNotify {
+    pub(super) command: Vec<String>,
+    pub(super) timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]

@@ -9,9 +9,10 @@ use std::{
 use lb_common::maps::{MAX_PATHS, MAX_TARGETS, MAX_VIPS, MAX_VIPS_PER_TARGET};
 
 use crate::config::{
-    AllDown, Announce, Config, ConfigError, DEFAULT_DATAPATH_SUSPECT, DEFAULT_SETTLE_MAX, Family,
-    Flows, HookSetting, Interfaces, MAX_FLOW_TABLE_SIZE, MAX_IFNAME, MAX_SETTLE_MAX, MAX_WEIGHT,
-    Mode, Path, Probe, Protocol, Service, Target, Vip, check_name,
+    AllDown, Announce, Config, ConfigError, DEFAULT_DATAPATH_SUSPECT, DEFAULT_NOTIFY_TIMEOUT,
+    DEFAULT_SETTLE_MAX, Family, Flows, HookSetting, Interfaces, MAX_FLOW_TABLE_SIZE, MAX_IFNAME,
+    MAX_NOTIFY_TIMEOUT_MS, MAX_SETTLE_MAX, MAX_WEIGHT, Mode, Notify, Path, Probe, Protocol,
+    Service, Target, Vip, check_name,
     probe::check_probe,
     raw::{RawAnnounce, RawConfig, RawFlows, RawInterfaces, RawPath, RawTarget, RawVip},
 };
@@ -125,6 +126,7 @@ impl Validator {
             expose_paths,
             paths: raw_paths,
             probe,
+            notify,
         } = raw;
         if name.is_empty() {
             return Err(invalid(format!("{at}.name"), "a target needs a name"));
@@ -156,6 +158,9 @@ impl Validator {
             all_down: all_down.map_or(AllDown::Drop, AllDown::from),
             expose_paths: expose_paths.unwrap_or(false),
             paths,
+            notify: notify
+                .map(|n| check_notify(&format!("{at}.notify"), n))
+                .transpose()?,
         })
     }
 
@@ -731,4 +736,39 @@ fn describe(vip: &Vip) -> String {
         None => vip.address.to_string(),
         Some(s) => format!("{} {}/{}", vip.address, s.protocol, s.port),
     }
+}
+
+/// A target's `notify` section: an absolute program path (the daemon runs as root: no `PATH`
+/// lookup decides what it runs) and its arguments, and a timeout.
+fn check_notify(at: &str, raw: super::raw::RawNotify) -> Result<Notify, ConfigError> {
+    let super::raw::RawNotify {
+        command,
+        timeout_ms,
+    } = raw;
+    let Some(program) = command.first() else {
+        return Err(invalid(
+            format!("{at}.command"),
+            "a command needs a program: [\"/usr/local/bin/notify\", \"arg\", …]",
+        ));
+    };
+    if !program.starts_with('/') {
+        return Err(invalid(
+            format!("{at}.command[0]"),
+            format!("{program:?} is not an absolute path (the daemon looks up no PATH)"),
+        ));
+    }
+    if let Some(i) = command.iter().position(|a| a.contains('\0')) {
+        return Err(invalid(format!("{at}.command[{i}]"), "contains a NUL byte"));
+    }
+    let timeout = match timeout_ms {
+        None => DEFAULT_NOTIFY_TIMEOUT,
+        Some(ms) if (1..=MAX_NOTIFY_TIMEOUT_MS).contains(&ms) => Duration::from_millis(ms),
+        Some(ms) => {
+            return Err(invalid(
+                format!("{at}.timeout_ms"),
+                format!("{ms} is not within 1–{MAX_NOTIFY_TIMEOUT_MS}"),
+            ));
+        }
+    };
+    Ok(Notify { command, timeout })
 }

@@ -183,6 +183,13 @@ impl Daemon {
         );
 
         self.restart_probes(&next);
+        self.notifiers.configure(
+            next.config
+                .targets
+                .iter()
+                .map(|t| (t.name.as_str(), t.notify.as_ref())),
+            &tokio::runtime::Handle::current(),
+        );
         self.model = next;
         self.publish();
         Ok(())

@@ -134,6 +134,26 @@ impl Daemon {
                 );
             }
         }
+        let mut vars = super::hooks::base("transition", &target);
+        let address = self
+            .model
+            .address_of(path_id)
+            .map_or(String::new(), |a| a.to_string());
+        let new_flows: Vec<String> = changed
+            .iter()
+            .filter_map(|id| Some(self.describe(self.model.decisions.get(id)?)))
+            .collect();
+        vars.extend([
+            ("LB_PATH", path.clone()),
+            ("LB_PATH_ADDRESS", address),
+            ("LB_FROM", from.clone()),
+            ("LB_TO", transition.to.to_string()),
+            ("LB_REASON", transition.reason.clone()),
+            ("LB_PROBE", probe.to_string()),
+            // Empty when the transition moved no new flows (a standby path).
+            ("LB_NEW_FLOWS", new_flows.join("; ")),
+        ]);
+        self.notifiers.notify(&target, vars);
         *self.snap.transitions.entry(path_id).or_default() += 1;
         super::notify::status(&self.summary());
         self.publish();
@@ -312,6 +332,27 @@ impl Daemon {
                     ),
                 };
                 let message = format!("{target}/{path} {verb} {how}");
+                let mut vars = super::hooks::base("drain", target);
+                vars.extend([
+                    ("LB_PATH", path.clone()),
+                    (
+                        "LB_ADMIN",
+                        match admin {
+                            Admin::Enabled => "enabled",
+                            Admin::Disabled => "disabled",
+                            Admin::Draining { .. } => "draining",
+                        }
+                        .to_string(),
+                    ),
+                    ("LB_REASON", how.to_string()),
+                ]);
+                if let Admin::Draining { until } = admin {
+                    vars.push((
+                        "LB_DRAIN_UNTIL",
+                        humantime::format_rfc3339_seconds(*until).to_string(),
+                    ));
+                }
+                self.notifiers.notify(target, vars);
                 self.log.emit(
                     Some(tracing::Level::INFO),
                     "drain",
@@ -521,6 +562,11 @@ impl Daemon {
     /// daemon for it).
     pub(super) fn publish(&mut self) {
         self.snap.model = Some(Arc::new(self.model.clone()));
+        self.snap.hooks = *self
+            .notifiers
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         self.announce();
         self.shared.store(Arc::new(self.snap.clone()));
     }

@@ -114,6 +114,8 @@ struct Daemon {
     log: rpc::EventLog,
     /// Each path's last probe report, for `lb status`.
     last: BTreeMap<u32, LastReport>,
+    /// The targets' notify hooks.
+    notifiers: hooks::Hooks,
     /// Where the probe tasks run (last: it stops them when the daemon is dropped).
     probe_thread: ProbeThread,
 }
@@ -233,6 +235,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> anyhow::R
         announcer,
         log: rpc::EventLog::default(),
         last: BTreeMap::new(),
+        notifiers: Default::default(),
         probe_thread,
     };
     if let Err(e) = d.switch_to(model) {
@@ -382,6 +385,7 @@ fn spawn_ebpf_logger(dp: &mut Dataplane) {
 mod apply;
 mod caps;
 mod events;
+mod hooks;
 pub mod logs;
 mod notify;
 mod rpc;

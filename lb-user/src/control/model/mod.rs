@@ -242,7 +242,7 @@ impl Model {
         }
     }
 
-    fn address_of(&self, path: u32) -> Option<IpAddr> {
+    pub fn address_of(&self, path: u32) -> Option<IpAddr> {
         self.config
             .targets
             .iter()

@@ -108,6 +108,8 @@ impl Model {
                     AllDown::Drop
                 },
                 paths,
+                // The maps do not record it: a hook is the daemon's, from its file.
+                notify: None,
             });
         }
         for info in t.vips.values() {
