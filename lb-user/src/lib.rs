@@ -10,7 +10,7 @@
 //! - [`control`]: the model built from a configuration, the failover and consistent-hash
 //!   policy, per-path health and the probe loop that decides it (depends on `config`,
 //!   `datapath`'s tables);
-//! - [`probe`]: the probes themselves (TCP, HTTP, ICMP), the thread they run on and the
+//! - [`probe`]: the probes themselves (TCP, HTTP, HTTPS, ICMP), the thread they run on and the
 //!   passive trigger's listener (depends on `config`, `control`);
 //! - [`announce`]: the host routes of the servable VIPs, for a routing daemon to export over
 //!   BGP (depends on `config`);

@@ -129,7 +129,7 @@ pub struct ProbeState {
 /// A probe's settings, as configured (after inheritance).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProbeSettings {
-    /// `icmp`, `tcp` or `http`.
+    /// `icmp`, `tcp`, `http` or `https`.
     #[serde(rename = "type")]
     pub kind: String,
     pub port: Option<u16>,
@@ -175,6 +175,17 @@ impl ProbeSettings {
                 expect_status,
             } => (
                 "http",
+                Some(*port),
+                Some(path.clone()),
+                Some(*expect_status),
+            ),
+            ProbeKind::Https {
+                port,
+                path,
+                expect_status,
+                ..
+            } => (
+                "https",
                 Some(*port),
                 Some(path.clone()),
                 Some(*expect_status),

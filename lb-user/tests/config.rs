@@ -5,8 +5,8 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use lb_user::config::{
-    AllDown, Announce, Config, ConfigError, HookSetting, Interfaces, Mode, Passive, Path, Probe,
-    ProbeKind, Protocol, Service, Target, Vip, interface_exists,
+    AllDown, Announce, CaCertificates, Config, ConfigError, HookSetting, Interfaces, Mode, Passive,
+    Path, Probe, ProbeKind, Protocol, Service, Target, TlsTrust, Vip, interface_exists,
 };
 use serde_json::{Value, json};
 
@@ -994,28 +994,354 @@ fn fields_that_do_not_apply_to_the_probe_type() {
     rejects_edit(
         |v| v["targets"][0]["probe"]["path"] = json!("/"),
         "targets[0].probe.path",
-        "applies only to http probes, not tcp",
+        "applies only to http and https probes, not tcp",
     );
     rejects_edit(
         |v| v["targets"][0]["probe"]["expect_status"] = json!(200),
         "targets[0].probe.expect_status",
-        "applies only to http probes, not tcp",
+        "applies only to http and https probes, not tcp",
     );
     rejects_edit(
         |v| v["targets"][0]["probe"] = json!({ "type": "icmp", "port": 22 }),
         "targets[0].probe.port",
-        "applies only to tcp and http probes, not icmp",
+        "applies only to tcp, http and https probes, not icmp",
     );
     // An override without a type is checked against the target's type.
     rejects_edit(
         |v| v["targets"][0]["paths"][0]["probe"] = json!({ "path": "/health" }),
         "targets[0].paths[0].probe.path",
-        "applies only to http probes, not tcp",
+        "applies only to http and https probes, not tcp",
     );
     rejects_edit(
         |v| v["targets"][0]["paths"][1]["probe"]["port"] = json!(22),
         "targets[0].paths[1].probe.port",
-        "applies only to tcp and http probes, not icmp",
+        "applies only to tcp, http and https probes, not icmp",
+    );
+}
+
+// ---- https probes. ----
+
+/// A CA certificate (PEM) made for the test.
+fn ca_pem() -> String {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let key = KeyPair::generate().expect("a key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.self_signed(&key).expect("a certificate").pem()
+}
+
+/// A file of its own for each test under the temporary directory, removed on drop.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str, contents: &[u8]) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("lb-config-test-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).expect("writing the temporary file");
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temporary path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The example with the target's probe replaced by `probe`.
+fn with_target_probe(probe: Value) -> String {
+    edited(|v| v["targets"][0]["probe"] = probe)
+}
+
+#[test]
+fn https_probe_defaults() {
+    let config = accepts(&with_target_probe(json!({ "type": "https" })));
+    assert_eq!(
+        config.targets[0].paths[0].probe.kind,
+        ProbeKind::Https {
+            port: 443,
+            path: "/".into(),
+            expect_status: 200,
+            sni: None,
+            trust: TlsTrust::System,
+        }
+    );
+    assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+}
+
+#[test]
+fn https_probe_fields_and_their_inheritance() {
+    let pem = ca_pem();
+    let ca = TempFile::new("https-fields-ca.pem", pem.as_bytes());
+    let text = edited(|v| {
+        v["targets"][0]["probe"] = json!({ "type": "https", "port": 8443, "path": "/up",
+            "expect_status": 204, "sni": "vm.test", "ca_file": ca.path() });
+        // Same type: everything inherited, one field overridden.
+        v["targets"][0]["paths"][0]["probe"] = json!({ "sni": "nn1.vm.test" });
+        // Another type: nothing type-specific inherited.
+        v["targets"][0]["paths"][1]["probe"] = json!({ "type": "http" });
+    });
+    let config = accepts(&text);
+    let paths = &config.targets[0].paths;
+    let certs = CaCertificates::from_pem(pem.as_bytes()).expect("the CA");
+    assert_eq!(
+        paths[0].probe.kind,
+        ProbeKind::Https {
+            port: 8443,
+            path: "/up".into(),
+            expect_status: 204,
+            sni: Some("nn1.vm.test".into()),
+            trust: TlsTrust::CaFile {
+                path: ca.0.clone(),
+                certs: certs.clone(),
+            },
+        }
+    );
+    assert_eq!(
+        paths[1].probe.kind,
+        ProbeKind::Http {
+            port: 80,
+            path: "/".into(),
+            expect_status: 200
+        }
+    );
+
+    // insecure on a path of a ca_file target; `insecure: false` on its own turns verification
+    // back on: the host's roots, since nothing else is inherited.
+    let text = edited(|v| {
+        v["targets"][0]["probe"] = json!({ "type": "https", "ca_file": ca.path() });
+        v["targets"][0]["paths"][0]["probe"] = json!({ "insecure": true });
+        v["targets"][0]["paths"][1]["probe"] = json!({ "insecure": false });
+    });
+    let config = accepts(&text);
+    let trust = |j: usize| match &config.targets[0].paths[j].probe.kind {
+        ProbeKind::Https { trust, .. } => trust.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(trust(0), TlsTrust::Insecure);
+    assert_eq!(
+        trust(1),
+        TlsTrust::CaFile {
+            path: ca.0.clone(),
+            certs: certs.clone(),
+        },
+        "insecure: false keeps the inherited ca_file"
+    );
+    let w = config.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("\"web-vm\"") && w[0].contains("\"nn1\"") && w[0].contains("does not verify"),
+        "{w:?}"
+    );
+    let text = edited(|v| {
+        v["targets"][0]["probe"] = json!({ "type": "https", "insecure": true });
+        v["targets"][0]["paths"][1]["probe"] = json!({ "insecure": false });
+    });
+    let config = accepts(&text);
+    assert!(matches!(
+        config.targets[0].paths[1].probe.kind,
+        ProbeKind::Https {
+            trust: TlsTrust::System,
+            ..
+        }
+    ));
+
+    // A path switching an https target to tcp inherits none of its fields, and may give none.
+    let text = edited(|v| {
+        v["targets"][0]["probe"] = json!({ "type": "https", "sni": "vm.test", "insecure": true });
+        v["targets"][0]["paths"][0]["probe"] = json!({ "type": "tcp", "port": 22 });
+    });
+    assert_eq!(
+        accepts(&text).targets[0].paths[0].probe.kind,
+        ProbeKind::Tcp { port: 22 }
+    );
+    rejects_edit(
+        |v| {
+            v["targets"][0]["probe"] = json!({ "type": "https", "insecure": true });
+            v["targets"][0]["paths"][0]["probe"] = json!({ "type": "tcp", "port": 22, "sni": "x" });
+        },
+        "targets[0].paths[0].probe.sni",
+        "applies only to https probes, not tcp",
+    );
+    // And switching back to https starts from https's defaults, not the target's.
+    let text = edited(|v| {
+        v["targets"][0]["probe"] = json!({ "type": "tcp", "port": 22 });
+        v["targets"][0]["paths"][0]["probe"] = json!({ "type": "https" });
+    });
+    assert_eq!(
+        accepts(&text).targets[0].paths[0].probe.kind,
+        ProbeKind::Https {
+            port: 443,
+            path: "/".into(),
+            expect_status: 200,
+            sni: None,
+            trust: TlsTrust::System,
+        }
+    );
+}
+
+#[test]
+fn https_fields_do_not_apply_to_other_probes() {
+    for (field, value) in [
+        ("sni", json!("vm.test")),
+        ("ca_file", json!("/etc/lb/ca.pem")),
+        ("insecure", json!(true)),
+    ] {
+        for ty in ["tcp", "http", "icmp"] {
+            let mut probe = json!({ "type": ty });
+            if ty == "tcp" {
+                probe["port"] = json!(22);
+            }
+            probe[field] = value.clone();
+            rejects(
+                &with_target_probe(probe),
+                &format!("targets[0].probe.{field}"),
+                &format!("applies only to https probes, not {ty}"),
+            );
+        }
+        // An override without a type is checked against the target's (tcp in the example).
+        rejects_edit(
+            |v| v["targets"][0]["paths"][0]["probe"][field] = value.clone(),
+            &format!("targets[0].paths[0].probe.{field}"),
+            "applies only to https probes, not tcp",
+        );
+    }
+}
+
+#[test]
+fn https_probe_field_errors() {
+    let at = "targets[0].probe";
+    let https = |extra: Value| {
+        let mut probe = json!({ "type": "https" });
+        for (k, v) in extra.as_object().expect("an object") {
+            probe[k] = v.clone();
+        }
+        with_target_probe(probe)
+    };
+    let pem = ca_pem();
+    let ca = TempFile::new("https-errors-ca.pem", pem.as_bytes());
+    rejects(
+        &https(json!({ "ca_file": ca.path(), "insecure": true })),
+        &format!("{at}.insecure"),
+        "true together with ca_file",
+    );
+    // `insecure: false` beside a ca_file says nothing more.
+    accepts(&https(json!({ "ca_file": ca.path(), "insecure": false })));
+    rejects(
+        &https(json!({ "ca_file": "/nonexistent/lb-ca.pem" })),
+        &format!("{at}.ca_file"),
+        "cannot read /nonexistent/lb-ca.pem: No such file or directory",
+    );
+    rejects(
+        &https(json!({ "ca_file": "ca.pem" })),
+        &format!("{at}.ca_file"),
+        "\"ca.pem\" is not an absolute path",
+    );
+    let dir = std::env::temp_dir();
+    rejects(
+        &https(json!({ "ca_file": dir.to_str().expect("UTF-8") })),
+        &format!("{at}.ca_file"),
+        "is not a regular file",
+    );
+    let text = TempFile::new("https-errors-text.pem", b"just some text\n");
+    rejects(
+        &https(json!({ "ca_file": text.path() })),
+        &format!("{at}.ca_file"),
+        &format!("{}: no certificate in it", text.path()),
+    );
+    let bad = TempFile::new(
+        "https-errors-bad.pem",
+        b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+    );
+    rejects(
+        &https(json!({ "ca_file": bad.path() })),
+        &format!("{at}.ca_file"),
+        &format!("{}: not PEM", bad.path()),
+    );
+    let not_a_cert = TempFile::new(
+        "https-errors-notcert.pem",
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
+    rejects(
+        &https(json!({ "ca_file": not_a_cert.path() })),
+        &format!("{at}.ca_file"),
+        "certificate 1 of 1 is not one a TLS client can trust",
+    );
+    let open = TempFile::new("https-errors-open.pem", pem.as_bytes());
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&open.0, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    }
+    rejects(
+        &https(json!({ "ca_file": open.path() })),
+        &format!("{at}.ca_file"),
+        "is writable by every user (mode 666)",
+    );
+    rejects(
+        &https(json!({ "sni": "not a name" })),
+        &format!("{at}.sni"),
+        "\"not a name\" is neither a DNS name nor an IP address",
+    );
+    // An address is taken: verified as an IP SAN, no SNI sent.
+    accepts(&https(json!({ "sni": "192.0.2.70" })));
+    rejects(
+        &https(json!({ "port": 0 })),
+        &format!("{at}.port"),
+        "0 is not a port",
+    );
+    rejects(
+        &https(json!({ "path": "health" })),
+        &format!("{at}.path"),
+        "does not start with '/'",
+    );
+    rejects(
+        &https(json!({ "expect_status": 600 })),
+        &format!("{at}.expect_status"),
+        "600 is not an HTTP status",
+    );
+    rejects(
+        &https(json!({ "insecure": "yes" })),
+        at,
+        "invalid type: string \"yes\", expected a boolean",
+    );
+}
+
+#[test]
+fn https_probe_text_names_sni_and_trust() {
+    use lb_user::config::diff::probe_text;
+    let pem = ca_pem();
+    let ca = TempFile::new("https-text-ca.pem", pem.as_bytes());
+    let probe = |p: Value| {
+        accepts(&with_target_probe(p)).targets[0].paths[0]
+            .probe
+            .clone()
+    };
+    let text = probe_text(&probe(
+        json!({ "type": "https", "sni": "vm.test", "ca_file": ca.path() }),
+    ));
+    let digest = CaCertificates::from_pem(pem.as_bytes())
+        .expect("the CA")
+        .digest();
+    assert!(
+        text.starts_with(&format!(
+            "https port 443 GET / expect 200 sni vm.test ca_file {} (1 certificates, {digest}),",
+            ca.path()
+        )),
+        "{text}"
+    );
+    let text = probe_text(&probe(json!({ "type": "https", "insecure": true })));
+    assert!(
+        text.starts_with("https port 443 GET / expect 200 insecure,"),
+        "{text}"
+    );
+    let text = probe_text(&probe(json!({ "type": "https", "port": 8443 })));
+    assert!(
+        text.starts_with("https port 8443 GET / expect 200,"),
+        "{text}"
     );
 }
 

@@ -1,19 +1,23 @@
-//! The health probes against local servers: TCP and HTTP on 127.0.0.1 and ::1, ICMP echo to
-//! 127.0.0.0/8 and ICMPv6 echo to ::1.
+//! The health probes against local servers: TCP and HTTP on 127.0.0.1 and ::1, HTTPS on
+//! 127.0.0.1 (a rustls server with certificates made here by rcgen: a CA's, and self-signed),
+//! ICMP echo to 127.0.0.0/8 and ICMPv6 echo to ::1.
 //!
 //! Nothing leaves the machine. The ICMP tests and those binding to an interface need
 //! `CAP_NET_RAW`: without it they print why and pass, unless `CI=true`, where they fail.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use lb_user::{
-    config::ProbeKind,
+    config::{CaCertificates, ProbeKind, TlsTrust},
     probe::{ProbeResult, ProbeSpec, Prober},
 };
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     sync::mpsc,
     task::JoinHandle,
@@ -355,6 +359,351 @@ async fn http_path_cannot_inject_headers() {
         &prober.probe(&spec(kind, TIMEOUT)).await,
         "not printable ascii",
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTPS
+
+/// The name the test server's certificates are for (with the address 127.0.0.1).
+const SERVER_NAME: &str = "vm.test";
+
+/// A server's certificate chain and key.
+struct Identity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+/// A CA made for the test, and a certificate it signed for [`SERVER_NAME`] and 127.0.0.1.
+struct Pki {
+    ca_pem: String,
+    server: Identity,
+}
+
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "lb probe test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec![SERVER_NAME.to_owned(), "127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    Pki {
+        ca_pem: ca_cert.pem(),
+        server: Identity {
+            chain: vec![server.der().clone()],
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        },
+    }
+}
+
+/// A self-signed certificate for [`SERVER_NAME`] and 127.0.0.1 (no CA anywhere trusts it).
+fn self_signed() -> Identity {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![SERVER_NAME.to_owned(), "127.0.0.1".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    Identity {
+        chain: vec![cert.der().clone()],
+        key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+    }
+}
+
+fn https_kind(port: u16, expect_status: u16, sni: Option<&str>, trust: TlsTrust) -> ProbeKind {
+    ProbeKind::Https {
+        port,
+        path: "/healthz".into(),
+        expect_status,
+        sni: sni.map(str::to_owned),
+        trust,
+    }
+}
+
+fn ca_trust(pki: &Pki) -> TlsTrust {
+    TlsTrust::CaFile {
+        path: "/test/ca.pem".into(),
+        certs: CaCertificates::from_pem(pki.ca_pem.as_bytes()).unwrap(),
+    }
+}
+
+/// What the HTTPS server saw of one probe: the SNI it was sent and the request.
+#[derive(Debug)]
+struct Seen {
+    sni: Option<String>,
+    request: String,
+}
+
+/// A rustls server on 127.0.0.1 with `identity` that reads each request (up to its blank line),
+/// writes `answer` and closes (with TLS's close_notify). What it saw of each completed handshake
+/// goes to the channel; a client that gave up on the handshake is ignored.
+async fn https_server(
+    identity: Identity,
+    answer: &'static [u8],
+) -> (u16, mpsc::UnboundedReceiver<Seen>, JoinHandle<()>) {
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(identity.chain, identity.key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let sni = tls.get_ref().1.server_name().map(str::to_owned);
+                let mut request = Vec::new();
+                let mut buf = [0u8; 512];
+                while !request.ends_with(b"\r\n\r\n") && request.len() < 4096 {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let request = String::from_utf8_lossy(&request).into_owned();
+                let _ = tx.send(Seen { sni, request });
+                let _ = tls.write_all(answer).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (port, rx, server)
+}
+
+const OK_200: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+/// (1) Verified against the probe's CA for its `sni`: sent as SNI, and as the `Host` header.
+#[tokio::test]
+async fn https_with_a_ca_file_and_sni() {
+    let prober = Prober::new().unwrap();
+    let pki = pki();
+    let trust = ca_trust(&pki);
+    let (port, mut seen, _server) = https_server(pki.server, OK_200).await;
+    let result = prober
+        .probe(&spec(
+            https_kind(port, 200, Some(SERVER_NAME), trust),
+            TIMEOUT,
+        ))
+        .await;
+    assert_ok(&result);
+    assert_eq!(result.detail, "status 200");
+    let seen = seen.recv().await.unwrap();
+    assert_eq!(seen.sni.as_deref(), Some(SERVER_NAME));
+    assert_eq!(
+        seen.request,
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: vm.test:{port}\r\nUser-Agent: lb-probe\r\n\
+             Connection: close\r\n\r\n"
+        )
+    );
+}
+
+/// (2) Without `sni`: the certificate is verified for the path's address (its IP SAN), and no
+/// SNI is sent.
+#[tokio::test]
+async fn https_without_sni_verifies_the_address() {
+    let prober = Prober::new().unwrap();
+    let pki = pki();
+    let trust = ca_trust(&pki);
+    let (port, mut seen, _server) = https_server(pki.server, OK_200).await;
+    let result = prober
+        .probe(&spec(https_kind(port, 200, None, trust), TIMEOUT))
+        .await;
+    assert_ok(&result);
+    let seen = seen.recv().await.unwrap();
+    assert_eq!(seen.sni, None);
+    assert!(
+        seen.request
+            .contains(&format!("\r\nHost: 127.0.0.1:{port}\r\n")),
+        "{seen:?}"
+    );
+}
+
+/// (3) The host's roots do not know the test's CA: the detail names the certificate problem.
+#[tokio::test]
+async fn https_with_the_system_roots_refuses_an_unknown_ca() {
+    let prober = Prober::new().unwrap();
+    let (port, _seen, _server) = https_server(pki().server, OK_200).await;
+    let result = prober
+        .probe(&spec(
+            https_kind(port, 200, Some(SERVER_NAME), TlsTrust::System),
+            TIMEOUT,
+        ))
+        .await;
+    assert!(!result.ok, "{result:?}");
+    assert!(!result.timed_out, "{result:?}");
+    // A host without any roots says that instead (and the probe fails all the same).
+    assert!(
+        result.detail == "TLS handshake failed: invalid peer certificate: UnknownIssuer"
+            || result
+                .detail
+                .starts_with("no trusted root certificates on this host"),
+        "{result:?}"
+    );
+}
+
+/// (4) `insecure`: a self-signed certificate passes, with or without `sni`; verified, it fails.
+#[tokio::test]
+async fn https_insecure_takes_a_self_signed_certificate() {
+    let prober = Prober::new().unwrap();
+    let (port, mut seen, _server) = https_server(self_signed(), OK_200).await;
+    for sni in [None, Some("anything.test")] {
+        let result = prober
+            .probe(&spec(
+                https_kind(port, 200, sni, TlsTrust::Insecure),
+                TIMEOUT,
+            ))
+            .await;
+        assert_ok(&result);
+        assert_eq!(result.detail, "status 200");
+        assert_eq!(seen.recv().await.unwrap().sni.as_deref(), sni);
+    }
+    // The same server against a CA it was not signed by.
+    let result = prober
+        .probe(&spec(
+            https_kind(port, 200, Some(SERVER_NAME), ca_trust(&pki())),
+            TIMEOUT,
+        ))
+        .await;
+    assert_failed(&result, "invalid peer certificate: UnknownIssuer");
+}
+
+/// (5) A name the certificate is not for: the detail names it, and those it is for.
+#[tokio::test]
+async fn https_wrong_sni_names_the_mismatch() {
+    let prober = Prober::new().unwrap();
+    let pki = pki();
+    let trust = ca_trust(&pki);
+    let (port, _seen, _server) = https_server(pki.server, OK_200).await;
+    let result = prober
+        .probe(&spec(
+            https_kind(port, 200, Some("other.test"), trust),
+            TIMEOUT,
+        ))
+        .await;
+    assert_failed(
+        &result,
+        "TLS handshake failed: invalid peer certificate: certificate not valid for name \
+         \"other.test\"; certificate is only valid for DnsName(\"vm.test\") or \
+         IpAddress(127.0.0.1)",
+    );
+}
+
+/// (6) The status is judged as the http probe judges it, with its words.
+#[tokio::test]
+async fn https_unexpected_status() {
+    let prober = Prober::new().unwrap();
+    let pki = pki();
+    let trust = ca_trust(&pki);
+    let (port, _seen, _server) =
+        https_server(pki.server, b"HTTP/1.1 503 Service Unavailable\r\n\r\n").await;
+    let result = prober
+        .probe(&spec(
+            https_kind(port, 200, Some(SERVER_NAME), trust.clone()),
+            TIMEOUT,
+        ))
+        .await;
+    assert_failed(&result, "503");
+    assert_eq!(result.detail, "status 503, expected 200");
+    let result = prober
+        .probe(&spec(
+            https_kind(port, 503, Some(SERVER_NAME), trust),
+            TIMEOUT,
+        ))
+        .await;
+    assert_ok(&result);
+    assert_eq!(result.detail, "status 503");
+}
+
+/// (7) Plain HTTP on the port: the handshake fails, saying the answer is not TLS.
+#[tokio::test]
+async fn https_against_plain_http() {
+    let prober = Prober::new().unwrap();
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // What an HTTP server does with a TLS ClientHello: a 400, then it closes.
+    let _server = tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 512];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+                .await;
+        }
+    });
+    let result = prober
+        .probe(&spec(
+            https_kind(port, 200, None, TlsTrust::Insecure),
+            TIMEOUT,
+        ))
+        .await;
+    assert_failed(&result, "TLS handshake failed");
+    assert_failed(&result, "not TLS");
+}
+
+/// (8) Nothing listening.
+#[tokio::test]
+async fn https_refused() {
+    let prober = Prober::new().unwrap();
+    let port = closed_port().await;
+    let result = prober
+        .probe(&spec(
+            https_kind(port, 200, None, TlsTrust::Insecure),
+            TIMEOUT,
+        ))
+        .await;
+    assert_failed(&result, "connection refused");
+}
+
+/// A server that takes the connection and never answers the handshake: the probe's timeout,
+/// as for http.
+#[tokio::test]
+async fn https_silent_server_times_out() {
+    let prober = Prober::new().unwrap();
+    let (port, _requests, _server) = http_server(None).await;
+    let timeout = Duration::from_millis(200);
+    let started = Instant::now();
+    let result = prober
+        .probe(&spec(
+            https_kind(port, 200, None, TlsTrust::Insecure),
+            timeout,
+        ))
+        .await;
+    assert!(result.timed_out, "{result:?}");
+    assert_eq!(result.detail, "timeout after 200 ms");
+    assert!(started.elapsed() < timeout + Duration::from_millis(150));
+}
+
+/// The https probe goes from the path's source address too (the same connection as tcp's).
+#[tokio::test]
+async fn https_from_a_source_address() {
+    let prober = Prober::new().unwrap();
+    let pki = pki();
+    let trust = ca_trust(&pki);
+    let (port, _seen, _server) = https_server(pki.server, OK_200).await;
+    let from = ProbeSpec {
+        source: Some(Ipv4Addr::new(127, 0, 0, 2).into()),
+        ..spec(https_kind(port, 200, Some(SERVER_NAME), trust), TIMEOUT)
+    };
+    assert_ok(&prober.probe(&from).await);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AllDown, Config, HookSetting, Mode, Passive, Probe, ProbeKind, Protocol};
+use crate::config::{
+    AllDown, Config, HookSetting, Mode, Passive, Probe, ProbeKind, Protocol, TlsTrust,
+};
 
 /// One difference between two configurations.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -217,6 +219,26 @@ pub fn probe_text(p: &Probe) -> String {
             path,
             expect_status,
         } => format!("http port {port} GET {path} expect {expect_status}"),
+        ProbeKind::Https {
+            port,
+            path,
+            expect_status,
+            sni,
+            trust,
+        } => {
+            let sni = sni.as_ref().map_or(String::new(), |n| format!(" sni {n}"));
+            let trust = match trust {
+                TlsTrust::System => String::new(),
+                TlsTrust::CaFile { path, certs } => format!(
+                    " ca_file {} ({} certificates, {})",
+                    path.display(),
+                    certs.certs().len(),
+                    certs.digest()
+                ),
+                TlsTrust::Insecure => " insecure".into(),
+            };
+            format!("https port {port} GET {path} expect {expect_status}{sni}{trust}")
+        }
     };
     let timeout = p.timeout.map_or("adaptive".into(), secs);
     let passive = match p.passive {

@@ -295,6 +295,16 @@ pub enum ProbeKind {
         path: String,
         expect_status: u16,
     },
+    /// As `Http`, over TLS: the server's certificate verified as `trust` says, for `sni`.
+    Https {
+        port: u16,
+        path: String,
+        expect_status: u16,
+        /// The server name sent (SNI) and verified. `None`: no SNI, and the certificate must
+        /// be valid for the path's address (an IP SAN).
+        sni: Option<String>,
+        trust: TlsTrust,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -385,8 +395,9 @@ impl Config {
         Config::from_json(&text)
     }
 
-    /// What is valid but likely not what an operator of several edges wants; `lb check` prints
-    /// these and the daemon logs them.
+    /// What is valid but likely not what an operator of several edges wants, or not what it
+    /// seems (an https probe that verifies nothing); `lb check` prints these and the daemon
+    /// logs them.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.announce.is_some() {
@@ -415,6 +426,22 @@ impl Config {
                      so it is withdrawn when any of them has no usable path",
                     ts.join(", ")
                 ));
+            }
+        }
+        for t in &self.targets {
+            for p in &t.paths {
+                if let ProbeKind::Https {
+                    trust: TlsTrust::Insecure,
+                    ..
+                } = p.probe.kind
+                {
+                    out.push(format!(
+                        "target {:?} path {:?}: its https probe does not verify the server's \
+                         certificate (`insecure: true`): whatever answers TLS on the port passes \
+                         it (`ca_file` names the CA to verify against)",
+                        t.name, p.name
+                    ));
+                }
             }
         }
         out
@@ -545,6 +572,7 @@ pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_millis(1000);
 pub(crate) const DEFAULT_RISE: u32 = 2;
 pub(crate) const DEFAULT_FALL: u32 = 3;
 pub(crate) const DEFAULT_HTTP_PORT: u16 = 80;
+pub(crate) const DEFAULT_HTTPS_PORT: u16 = 443;
 pub(crate) const DEFAULT_HTTP_PATH: &str = "/";
 pub(crate) const DEFAULT_EXPECT_STATUS: u16 = 200;
 pub(crate) const TOP_LEVEL: &str = "top level";
@@ -553,6 +581,8 @@ pub mod diff;
 mod probe;
 mod raw;
 mod validate;
+
+pub use probe::{CaCertificates, TlsTrust};
 
 #[cfg(test)]
 mod tests;

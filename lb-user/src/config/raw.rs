@@ -102,6 +102,12 @@ pub(crate) struct RawProbe {
     pub(super) port: Option<u16>,
     pub(super) path: Option<String>,
     pub(super) expect_status: Option<u16>,
+    /// https only: the server name to send and verify.
+    pub(super) sni: Option<String>,
+    /// https only: a PEM file of the CA certificates to trust (read at load).
+    pub(super) ca_file: Option<String>,
+    /// https only: no verification of the server's certificate.
+    pub(super) insecure: Option<bool>,
     pub(super) interval_ms: Option<u64>,
     pub(super) timeout_ms: Option<u64>,
     pub(super) rise: Option<u32>,
@@ -140,6 +146,7 @@ pub(crate) enum RawProbeType {
     Tcp,
     Icmp,
     Http,
+    Https,
 }
 
 #[derive(Clone, Copy, Deserialize)]
@@ -182,6 +189,7 @@ impl RawProbeType {
             ProbeKind::Tcp { .. } => RawProbeType::Tcp,
             ProbeKind::Icmp => RawProbeType::Icmp,
             ProbeKind::Http { .. } => RawProbeType::Http,
+            ProbeKind::Https { .. } => RawProbeType::Https,
         }
     }
 
@@ -190,6 +198,7 @@ impl RawProbeType {
             RawProbeType::Tcp => "tcp",
             RawProbeType::Icmp => "icmp",
             RawProbeType::Http => "http",
+            RawProbeType::Https => "https",
         }
     }
 }

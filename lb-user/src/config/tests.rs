@@ -80,6 +80,53 @@ fn override_keeps_type_specific_fields_only_for_the_same_type() {
     );
 }
 
+/// https's own fields (`sni`, the trust) follow the same rule as `port` and `path`.
+#[test]
+fn https_fields_are_inherited_only_by_https() {
+    let base = probe(
+        r#"{"type": "https", "sni": "vm.test", "insecure": true}"#,
+        None,
+    )
+    .expect("valid");
+    let same = probe(r#"{"port": 8443}"#, Some(&base)).expect("valid");
+    assert_eq!(
+        same.kind,
+        ProbeKind::Https {
+            port: 8443,
+            path: "/".into(),
+            expect_status: 200,
+            sni: Some("vm.test".into()),
+            trust: TlsTrust::Insecure,
+        }
+    );
+    let http = probe(r#"{"type": "http"}"#, Some(&base)).expect("valid");
+    assert_eq!(
+        http.kind,
+        ProbeKind::Http {
+            port: 80,
+            path: "/".into(),
+            expect_status: 200
+        }
+    );
+    let refused = probe(r#"{"type": "http", "insecure": true}"#, Some(&base));
+    assert!(
+        matches!(refused, Err(ConfigError::Invalid { ref field, ref reason })
+            if field == "p.insecure" && reason == "applies only to https probes, not http"),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn ca_certificates_from_pem() {
+    let e = CaCertificates::from_pem(b"").expect_err("empty");
+    assert!(e.starts_with("no certificate in it"), "{e}");
+    // Other sections (a key) are skipped, not errors; with no certificate beside them, none.
+    let e =
+        CaCertificates::from_pem(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+            .expect_err("a key only");
+    assert!(e.starts_with("no certificate in it"), "{e}");
+}
+
 #[test]
 fn bare_message_drops_the_position() {
     let e = serde_json::from_str::<Value>("{").expect_err("not JSON");

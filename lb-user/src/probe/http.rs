@@ -1,8 +1,9 @@
-//! HTTP status probes: a GET over a TCP connection, judged by the status line.
+//! HTTP status probes: a GET over a TCP connection, judged by the status line. The exchange
+//! itself ([`exchange`]) is the https probe's too, over its TLS stream.
 
 use std::{io, time::Instant};
 
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use crate::probe::{ProbeResult, ProbeSpec, failed, succeeded, tcp::connect};
 
@@ -11,6 +12,8 @@ const STATUS_LINE_MAX: usize = 1024;
 /// How much of a bad status line goes into the detail.
 pub(crate) const QUOTE_MAX: usize = 64;
 const HTTP_PREFIX: &[u8] = b"HTTP/1.";
+/// The port the `Host` header leaves out for plain HTTP.
+pub(crate) const HTTP_PORT: u16 = 80;
 
 pub(crate) async fn http(
     spec: &ProbeSpec,
@@ -18,32 +21,58 @@ pub(crate) async fn http(
     path: &str,
     expect_status: u16,
 ) -> ProbeResult {
-    // The path goes verbatim into the request line: nothing that could end it or add a header.
-    if path.is_empty() || !path.bytes().all(|b| b.is_ascii_graphic()) {
-        return failed(format!(
-            "http path {:?} is not printable ascii without spaces",
-            path
-        ));
+    if let Err(detail) = check_path(path) {
+        return failed(detail);
     }
     let start = Instant::now();
-    let stream = match connect(spec, port).await {
+    let mut stream = match connect(spec, port).await {
         Ok((stream, _)) => stream,
         Err(detail) => return failed(detail),
     };
-    let host = host(spec.address, port);
-    let request = format!(
+    let request = request(path, &host(spec.address, port, HTTP_PORT));
+    exchange(&mut stream, start, &request, expect_status).await
+    // The rest of the answer stays unread: dropping the stream resets the connection.
+}
+
+/// The path goes verbatim into the request line: nothing that could end it or add a header.
+pub(crate) fn check_path(path: &str) -> Result<(), String> {
+    if path.is_empty() || !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "http path {path:?} is not printable ascii without spaces"
+        ));
+    }
+    Ok(())
+}
+
+/// The request of a probe: `GET path` for `host` (the `Host` header's value).
+pub(crate) fn request(path: &str, host: &str) -> String {
+    format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lb-probe\r\nConnection: close\r\n\r\n"
-    );
-    if let Err(e) = write_all(&stream, request.as_bytes()).await {
+    )
+}
+
+/// Sends `request` on `stream` (connected at `start`) and judges the answer's status line:
+/// the probe's result, its RTT from `start` to the complete status line.
+pub(crate) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    start: Instant,
+    request: &str,
+    expect_status: u16,
+) -> ProbeResult {
+    let sent = async {
+        stream.write_all(request.as_bytes()).await?;
+        // A TLS stream holds what it was given until flushed.
+        stream.flush().await
+    };
+    if let Err(e) = sent.await {
         return failed(format!("send request: {e}"));
     }
     let mut buf = [0u8; STATUS_LINE_MAX];
-    let line = match read_status_line(&stream, &mut buf).await {
+    let line = match read_status_line(stream, &mut buf).await {
         Ok(line) => line,
         Err(detail) => return failed(detail),
     };
     let rtt = start.elapsed();
-    // The rest of the answer stays unread: dropping the stream resets the connection.
     match parse_status_line(line) {
         Some(status) if status == expect_status => succeeded(rtt, format!("status {status}")),
         Some(status) => failed(format!("status {status}, expected {expect_status}")),
@@ -52,32 +81,20 @@ pub(crate) async fn http(
 }
 
 /// The `Host` header's value: RFC 9110 7.2, the port is part of it unless it is the scheme's
-/// default; an IPv6 address in brackets (RFC 3986's IP-literal).
-pub(crate) fn host(address: std::net::IpAddr, port: u16) -> String {
-    match (address, port) {
-        (std::net::IpAddr::V4(a), 80) => a.to_string(),
-        (std::net::IpAddr::V6(a), 80) => format!("[{a}]"),
-        (a, port) => std::net::SocketAddr::new(a, port).to_string(),
+/// default (`default_port`: 80 for http, 443 for https); an IPv6 address in brackets (RFC
+/// 3986's IP-literal).
+pub(crate) fn host(address: std::net::IpAddr, port: u16, default_port: u16) -> String {
+    match address {
+        _ if port != default_port => std::net::SocketAddr::new(address, port).to_string(),
+        std::net::IpAddr::V4(a) => a.to_string(),
+        std::net::IpAddr::V6(a) => format!("[{a}]"),
     }
-}
-
-async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(data) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => data = data.get(n..).unwrap_or_default(),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Reads until the first line of the answer is complete; returns it without its line end.
 /// Gives up early when the answer cannot be HTTP/1.x.
-async fn read_status_line<'b>(
-    stream: &TcpStream,
+async fn read_status_line<'b, S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &'b mut [u8; STATUS_LINE_MAX],
 ) -> Result<&'b [u8], String> {
     let mut len = 0;
@@ -95,26 +112,27 @@ async fn read_status_line<'b>(
                 "no status line in the first {STATUS_LINE_MAX} bytes"
             ));
         }
-        stream
-            .readable()
-            .await
-            .map_err(|e| format!("read answer: {e}"))?;
-        match stream.try_read(buf.get_mut(len..).unwrap_or_default()) {
-            Ok(0) if len == 0 => return Err("connection closed before the status line".into()),
-            Ok(0) => {
-                let got = buf.get(..len).unwrap_or_default();
-                return Err(format!(
-                    "connection closed inside the status line \"{}\"",
-                    quote(got)
-                ));
-            }
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        let n = match stream.read(buf.get_mut(len..).unwrap_or_default()).await {
+            Ok(n) => n,
+            // A TLS stream says so when the connection ends without TLS's own close
+            // (`close_notify`): closed all the same.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
                 return Err("connection reset before the status line".into());
             }
             Err(e) => return Err(format!("read answer: {e}")),
+        };
+        if n == 0 {
+            if len == 0 {
+                return Err("connection closed before the status line".into());
+            }
+            let got = buf.get(..len).unwrap_or_default();
+            return Err(format!(
+                "connection closed inside the status line \"{}\"",
+                quote(got)
+            ));
         }
+        len += n;
     };
     let line = buf.get(..end).unwrap_or_default();
     Ok(line.strip_suffix(b"\r").unwrap_or(line))

@@ -1,16 +1,19 @@
-//! The health probes (TCP connect, HTTP status, ICMP echo): async, cheap, each bounded by its
-//! timeout.
+//! The health probes (TCP connect, HTTP and HTTPS status, ICMP echo): async, cheap, each
+//! bounded by its timeout.
 //!
 //! One [`Prober`] serves the whole daemon. Probes run every few milliseconds on dozens of paths,
 //! so none of them costs a thread or a socket of its own beyond what it must:
 //!
-//! - **TCP and HTTP** open one connection each (that is the probe) and close it with a reset:
-//!   `SO_LINGER` 0. HAProxy closes its health checks the same way. The prober closes first, so an
-//!   orderly close would leave a `TIME_WAIT` socket on this host for 60 s per probe: at a 10 ms
-//!   interval that is 6000 sockets per path, and with a bound source address (which takes the
-//!   ephemeral port at `bind` time) the ports run out. The reset costs the backend an aborted
-//!   connection in its logs at worst. With a source address the socket also sets
+//! - **TCP, HTTP and HTTPS** open one connection each (that is the probe) and close it with a
+//!   reset: `SO_LINGER` 0. HAProxy closes its health checks the same way. The prober closes
+//!   first, so an orderly close would leave a `TIME_WAIT` socket on this host for 60 s per probe:
+//!   at a 10 ms interval that is 6000 sockets per path, and with a bound source address (which
+//!   takes the ephemeral port at `bind` time) the ports run out. The reset costs the backend an
+//!   aborted connection in its logs at worst. With a source address the socket also sets
 //!   `IP_BIND_ADDRESS_NO_PORT`, so the port is chosen at `connect` per destination.
+//! - **HTTPS** is HTTP over TLS (rustls, the ring provider) on that connection; the prober keeps
+//!   one TLS client configuration per trust (the host's roots, read once; a `ca_file`'s
+//!   certificates; none), made on first use, outside the probe's timeout (`https` module).
 //! - **ICMP** shares one raw socket (`SOCK_RAW`/`IPPROTO_ICMP`, needs `CAP_NET_RAW`) and one
 //!   receive task; IPv6 paths share another (`IPPROTO_ICMPV6`, ICMPv6 echo), opened on the
 //!   first probe of an IPv6 path. Each echo request carries the prober's identifier, a sequence number and a
@@ -23,8 +26,8 @@
 //!   bound accordingly; those sockets are opened on first use and kept, one per (family,
 //!   source, interface).
 //!
-//! Without `CAP_NET_RAW` the prober still works for TCP and HTTP; ICMP probes then fail with a
-//! detail saying why ([`Prober::icmp_unavailable`]).
+//! Without `CAP_NET_RAW` the prober still works for TCP, HTTP and HTTPS; ICMP probes then fail
+//! with a detail saying why ([`Prober::icmp_unavailable`]).
 //!
 //! A result that arrives after the timeout is a timeout even when tokio's timer (1 ms
 //! granularity) had not fired yet: `ok` implies `rtt <= timeout`.
@@ -237,6 +240,8 @@ pub struct Prober {
     nonce: u64,
     /// Numbers the ICMP probes (the low 16 bits are the sequence number).
     counter: AtomicU64,
+    /// The https probes' TLS client configurations.
+    tls: https::TlsConfigs,
 }
 
 impl std::fmt::Debug for Prober {
@@ -274,6 +279,7 @@ impl Prober {
             ident,
             nonce,
             counter: AtomicU64::new(0),
+            tls: https::TlsConfigs::default(),
         })
     }
 
@@ -296,8 +302,19 @@ impl Prober {
     /// Runs one probe; never takes (much) longer than `spec.timeout`.
     ///
     /// The RTT (on success only) is the TCP handshake for TCP, from the start of the connection
-    /// to the complete status line for HTTP, and the echo round trip for ICMP.
+    /// to the complete status line for HTTP and HTTPS (the TLS handshake included), and the echo
+    /// round trip for ICMP.
+    ///
+    /// An https probe's TLS configuration is made before its timeout starts, the first time
+    /// (reading the host's roots is no fault of the path's).
     pub async fn probe(&self, spec: &ProbeSpec) -> ProbeResult {
+        let tls = match &spec.kind {
+            ProbeKind::Https { trust, .. } => match self.tls.get(trust).await {
+                Ok(config) => Some(config),
+                Err(detail) => return failed(detail),
+            },
+            _ => None,
+        };
         let run = async {
             match &spec.kind {
                 ProbeKind::Tcp { port } => tcp::tcp(spec, *port).await,
@@ -306,6 +323,18 @@ impl Prober {
                     path,
                     expect_status,
                 } => http::http(spec, *port, path, *expect_status).await,
+                ProbeKind::Https {
+                    port,
+                    path,
+                    expect_status,
+                    sni,
+                    trust: _,
+                } => match tls {
+                    Some(tls) => {
+                        https::https(spec, tls, *port, path, *expect_status, sni.as_deref()).await
+                    }
+                    None => failed("https probe without its TLS configuration"),
+                },
                 ProbeKind::Icmp => self.icmp(spec).await,
             }
         };
@@ -487,6 +516,7 @@ pub(crate) fn setsockopt<T: Copy>(
 }
 
 mod http;
+mod https;
 mod icmp;
 pub mod passive;
 mod tcp;

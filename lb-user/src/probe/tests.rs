@@ -4,7 +4,8 @@ use lb_common::csum;
 
 use super::*;
 use crate::probe::{
-    http::{QUOTE_MAX, host, parse_status_line, quote},
+    http::{HTTP_PORT, QUOTE_MAX, host, parse_status_line, quote},
+    https::{HTTPS_PORT, handshake_detail},
     icmp::{
         ECHO_LEN, EchoReply, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP6_ECHO_REPLY,
         ICMP6_ECHO_REQUEST, Registration, Waiters, echo_request, echo_request6, icmp6_filter,
@@ -371,12 +372,53 @@ fn the_icmpv6_filter_passes_echo_replies_only() {
     assert_eq!(filter[4], !(1 << 1), "129 is bit 1 of word 4");
 }
 
-/// RFC 9110 7.2 and RFC 3986: the port only when it is not 80, an IPv6 address in brackets.
+/// RFC 9110 7.2 and RFC 3986: the port only when it is not the scheme's (80, or 443 for
+/// https), an IPv6 address in brackets.
 #[test]
 fn http_host_header() {
     let v6 = IpAddr::V6(PEER6);
-    assert_eq!(host(PEER, 80), "10.0.0.7");
-    assert_eq!(host(PEER, 8080), "10.0.0.7:8080");
-    assert_eq!(host(v6, 80), "[2001:db8::7]");
-    assert_eq!(host(v6, 8080), "[2001:db8::7]:8080");
+    assert_eq!(host(PEER, 80, HTTP_PORT), "10.0.0.7");
+    assert_eq!(host(PEER, 8080, HTTP_PORT), "10.0.0.7:8080");
+    assert_eq!(host(v6, 80, HTTP_PORT), "[2001:db8::7]");
+    assert_eq!(host(v6, 8080, HTTP_PORT), "[2001:db8::7]:8080");
+    assert_eq!(host(PEER, 443, HTTPS_PORT), "10.0.0.7");
+    assert_eq!(host(PEER, 80, HTTPS_PORT), "10.0.0.7:80");
+    assert_eq!(host(v6, 443, HTTPS_PORT), "[2001:db8::7]");
+}
+
+/// What an operator reads when a TLS handshake fails: rustls's reason as it says it, a hint
+/// for the commonest mistake (plain HTTP on the port), or what the connection did.
+#[test]
+fn tls_handshake_details() {
+    let tls = |e: rustls::Error| handshake_detail(&io::Error::new(io::ErrorKind::InvalidData, e));
+    assert_eq!(
+        tls(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer
+        )),
+        "TLS handshake failed: invalid peer certificate: UnknownIssuer"
+    );
+    assert_eq!(
+        tls(rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType
+        )),
+        "TLS handshake failed: received corrupt message of type InvalidContentType (the answer \
+         is not TLS: plain HTTP on this port?)"
+    );
+    assert_eq!(
+        tls(rustls::Error::AlertReceived(
+            rustls::AlertDescription::HandshakeFailure
+        )),
+        "TLS handshake failed: received fatal alert: HandshakeFailure"
+    );
+    assert_eq!(
+        handshake_detail(&io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "tls handshake eof"
+        )),
+        "TLS handshake failed: the server closed the connection"
+    );
+    assert_eq!(
+        handshake_detail(&io::ErrorKind::ConnectionReset.into()),
+        "TLS handshake failed: the server reset the connection"
+    );
 }
