@@ -6,6 +6,7 @@
 mod bench;
 mod build_cmd;
 mod clippy;
+mod dist;
 mod fmt;
 mod fuzz;
 mod lab;
@@ -67,6 +68,9 @@ enum Command {
     /// Measure: per-packet cost, flow-table scale, throughput against nftables DNAT and a bare
     /// redirect, failover outage, restart and reload losses (docs/BENCHMARKS.md).
     Bench(bench::Options),
+    /// The installable tree and tarball: release `lb`, man pages, shell completions, the
+    /// configuration's JSON Schema, the systemd units, README and examples (`target/dist/`).
+    Dist(dist::Options),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
         Command::Lab(opts) => lab::run(opts),
         Command::Run(opts) => run::run(opts),
         Command::Bench(opts) => bench::run(opts),
+        Command::Dist(opts) => dist::run(opts),
         Command::Fuzz(opts) => fuzz::run(opts),
     };
     match result {

@@ -105,6 +105,11 @@ impl Toolchain {
     pub fn cargo(&self) -> Command {
         let mut cmd = Command::new("cargo");
         cmd.current_dir(util::workspace_root());
+        // `lb --version` names the revision it was built from (read with `option_env!`, so a
+        // new revision recompiles lb-user, not the XDP object).
+        if let Some(rev) = git_revision() {
+            cmd.env("LB_GIT_REV", rev);
+        }
         if let Some(dir) = &self.bpf_linker_dir {
             cmd.env("PATH", path_with_first(dir));
         }
@@ -650,6 +655,24 @@ pub fn ensure_apt() -> Result<Vec<String>> {
         );
     }
     Ok(missing.into_iter().map(str::to_owned).collect())
+}
+
+/// The workspace's git revision (`abc1234`, with `-dirty` when the tree has changes), if it
+/// is a git checkout.
+pub fn git_revision() -> Option<String> {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(util::workspace_root())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+    };
+    let rev = git(&["rev-parse", "--short=10", "HEAD"])?;
+    let rev = String::from_utf8_lossy(&rev.stdout).trim().to_string();
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+        .is_some_and(|o| !o.stdout.is_empty());
+    Some(if dirty { format!("{rev}-dirty") } else { rev })
 }
 
 #[cfg(test)]

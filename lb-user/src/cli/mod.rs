@@ -5,6 +5,7 @@ mod check;
 mod down;
 mod events;
 mod flows;
+mod generate;
 mod path;
 mod reload;
 mod run;
@@ -17,8 +18,11 @@ use clap::{Parser, Subcommand};
 use lb_user::{datapath::PinDir, datapath::maps::Maps};
 
 /// XDP edge load balancer: one stable VIP for VMs reachable over redundant network paths.
+///
+/// Exit status: 0 done; 1 failed, with the reason on stderr (a rejected reload, a `guest check`
+/// that found problems, no daemon, no pinned state, missing privileges); 2 a usage error.
 #[derive(Parser)]
-#[command(name = "lb", version)]
+#[command(name = "lb", version = VERSION.as_str())]
 struct Cli {
     #[command(flatten)]
     pin: PinArgs,
@@ -37,7 +41,20 @@ enum Command {
     Reload(reload::Options),
     Events(events::Options),
     Down(down::Options),
+    #[command(hide = true)]
+    Generate(generate::Options),
 }
+
+/// `lb --version`: the package version, the revision it was built from (`cargo xtask` builds
+/// pass `LB_GIT_REV`), and the datapath layout its pins must have.
+static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} (git {}, datapath layout {})",
+        env!("CARGO_PKG_VERSION"),
+        option_env!("LB_GIT_REV").unwrap_or("unknown"),
+        lb_common::maps::LAYOUT_VERSION
+    )
+});
 
 /// Where an instance keeps its pinned state.
 #[derive(clap::Args, Clone, Debug)]
@@ -46,6 +63,7 @@ pub struct PinArgs {
     #[arg(
         long,
         global = true,
+        env = "LB_PIN_DIR",
         default_value = "/sys/fs/bpf/lb",
         value_name = "DIR"
     )]
@@ -80,7 +98,7 @@ pub fn main() -> ExitCode {
             "load and attach the programs and keep their maps",
             &[Cap::Bpf, Cap::NetAdmin],
         )),
-        Command::Check(_) => None,
+        Command::Check(_) | Command::Generate(_) => None,
         Command::Status(_) => Some(("status", "read the pinned maps", &[Cap::Bpf])),
         Command::Stats(_) => Some(("stats", "read the pinned maps", &[Cap::Bpf])),
         Command::Flows(_) => Some(("flows", "read the pinned maps", &[Cap::Bpf])),
@@ -109,6 +127,7 @@ pub fn main() -> ExitCode {
         Command::Reload(o) => reload::run(o, pin),
         Command::Events(o) => events::run(o, pin),
         Command::Down(o) => down::run(o, pin),
+        Command::Generate(o) => generate::run(o),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -577,6 +577,14 @@ pub(crate) const DEFAULT_HTTP_PATH: &str = "/";
 pub(crate) const DEFAULT_EXPECT_STATUS: u16 = 200;
 pub(crate) const TOP_LEVEL: &str = "top level";
 
+/// The JSON Schema of the configuration file (draft 2020-12), made from the types that parse
+/// it: what editors complete and check against (`lb generate schema`,
+/// `docs/lb.schema.json`). The ranges and cross-field rules are the validator's (README,
+/// "Configuration").
+pub fn schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(raw::RawConfig)).unwrap_or_default()
+}
+
 pub mod diff;
 mod probe;
 mod raw;

@@ -1,13 +1,21 @@
 //! The raw shape: the JSON exactly as written, and where a JSON of the wrong shape went wrong.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::config::{AllDown, ConfigError, Mode, ProbeKind, Protocol, TOP_LEVEL};
 
-#[derive(Deserialize)]
+/// The lb configuration file. Every field is documented in README.md, "Configuration".
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a configuration object")]
+#[schemars(title = "lb configuration")]
 pub(crate) struct RawConfig {
+    /// The schema this file follows, for editors (e.g. `/usr/share/lb/lb.schema.json`);
+    /// ignored by lb.
+    #[serde(rename = "$schema")]
+    #[expect(dead_code, reason = "for editors only: lb never reads it")]
+    pub(super) schema: Option<String>,
     pub(super) interfaces: RawInterfaces,
     pub(super) flow_table_size: Option<u64>,
     pub(super) datapath_suspect_ms: Option<u64>,
@@ -21,7 +29,7 @@ pub(crate) struct RawConfig {
     pub(super) vips: Vec<RawVip>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "an object with the lists clients and paths"
@@ -36,7 +44,7 @@ pub(crate) struct RawInterfaces {
     pub(super) hooks: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a flows object")]
 pub(crate) struct RawFlows {
     pub(super) tcp_idle_s: Option<u64>,
@@ -48,7 +56,7 @@ pub(crate) struct RawFlows {
     pub(super) pins_burst: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "an announce object")]
 pub(crate) struct RawAnnounce {
     pub(super) table: Option<u64>,
@@ -56,7 +64,7 @@ pub(crate) struct RawAnnounce {
     pub(super) settle_max_s: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a target object")]
 pub(crate) struct RawTarget {
     pub(super) name: String,
@@ -72,14 +80,14 @@ pub(crate) struct RawTarget {
 }
 
 /// A target's notify hook.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a notify object")]
 pub(crate) struct RawNotify {
     pub(super) command: Vec<String>,
     pub(super) timeout_ms: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a path object")]
 pub(crate) struct RawPath {
     pub(super) name: String,
@@ -94,7 +102,7 @@ pub(crate) struct RawPath {
 }
 
 /// A target's probe, or a path's overrides of it: every field optional.
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a probe object")]
 pub(crate) struct RawProbe {
     #[serde(rename = "type")]
@@ -115,7 +123,7 @@ pub(crate) struct RawProbe {
     pub(super) passive_ms: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a VIP object")]
 pub(crate) struct RawVip {
     pub(super) address: String,
@@ -126,21 +134,21 @@ pub(crate) struct RawVip {
     pub(super) announce: Option<bool>,
 }
 
-#[derive(Clone, Copy, Deserialize)]
+#[derive(Clone, Copy, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub(super) enum RawMode {
     Failover,
     ActiveActive,
 }
 
-#[derive(Clone, Copy, Deserialize)]
+#[derive(Clone, Copy, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub(super) enum RawAllDown {
     Drop,
     LastKnown,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum RawProbeType {
     Tcp,
@@ -149,7 +157,7 @@ pub(crate) enum RawProbeType {
     Https,
 }
 
-#[derive(Clone, Copy, Deserialize)]
+#[derive(Clone, Copy, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub(super) enum RawProtocol {
     Tcp,

@@ -37,6 +37,8 @@ pub(crate) struct Validator {
 impl Validator {
     pub(crate) fn config(mut self, raw: RawConfig) -> Result<Config, ConfigError> {
         let RawConfig {
+            // For editors only.
+            schema: _,
             interfaces,
             flow_table_size,
             datapath_suspect_ms,
