@@ -18,6 +18,8 @@
 //!   Prometheus endpoint (depend on the layers above);
 //! - [`rpc`]: the running daemon's control socket, its protocol and client (what `lb reload`,
 //!   `lb events` and `lb status` ask the daemon itself; depends on `config`, `datapath`);
+//! - [`guest`]: what the VM behind the edge needs (policy routing), planned and checked
+//!   (depends on `config`);
 //! - [`daemon`]: wires everything together; nothing below it reaches back up.
 
 pub mod announce;
@@ -25,6 +27,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod guest;
 pub mod metrics;
 pub mod probe;
 pub mod rpc;

@@ -16,6 +16,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("control", &["config", "datapath"][..]),
         ("probe", &["config", "control"][..]),
         ("announce", &["config"][..]),
+        ("guest", &["config"][..]),
         ("rpc", &["config", "datapath"][..]),
         (
             "view",

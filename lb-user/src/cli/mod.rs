@@ -6,6 +6,7 @@ mod down;
 mod events;
 mod flows;
 mod generate;
+mod guest;
 mod path;
 mod reload;
 mod run;
@@ -41,6 +42,7 @@ enum Command {
     Reload(reload::Options),
     Events(events::Options),
     Down(down::Options),
+    Guest(guest::Options),
     #[command(hide = true)]
     Generate(generate::Options),
 }
@@ -110,6 +112,8 @@ pub fn main() -> ExitCode {
             "detach the programs and remove the pinned state",
             &[Cap::Bpf, Cap::NetAdmin],
         )),
+        // Prints a plan, or reads addresses, rules and routes: nothing privileged.
+        Command::Guest(_) => None,
     };
     if let Some((name, what, caps)) = needs
         && let Err(e) = require(name, what, caps)
@@ -128,6 +132,7 @@ pub fn main() -> ExitCode {
         Command::Events(o) => events::run(o, pin),
         Command::Down(o) => down::run(o, pin),
         Command::Generate(o) => generate::run(o),
+        Command::Guest(o) => guest::run(o),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
