@@ -158,11 +158,6 @@ impl Lab {
         nn2.ip("route add default via 198.51.100.69")?;
         vm.ip("addr add 192.0.2.70/26 dev eth0")?;
         vm.ip("addr add 192.0.2.100/27 dev eth1")?;
-        // A reply leaves by the interface its request came in on.
-        vm.ip("rule add from 192.0.2.70 lookup 101")?;
-        vm.ip("route add default via 192.0.2.65 dev eth0 table 101")?;
-        vm.ip("rule add from 192.0.2.100 lookup 102")?;
-        vm.ip("route add default via 192.0.2.97 dev eth1 table 102")?;
 
         // Static IPv6 addresses survive a link going down (as IPv4's do): the failures take
         // links down and up again.
@@ -184,20 +179,13 @@ impl Lab {
         nn2.ip("-6 route add default via 2001:db8:e2::1")?;
         vm.ip("-6 addr add 2001:db8:1::70/64 dev eth0 nodad")?;
         vm.ip("-6 addr add 2001:db8:2::100/64 dev eth1 nodad")?;
-        vm.ip("-6 rule add from 2001:db8:1::70 lookup 101")?;
-        vm.ip("-6 route add default via 2001:db8:1::1 dev eth0 table 101")?;
-        vm.ip("-6 rule add from 2001:db8:2::100 lookup 102")?;
-        vm.ip("-6 route add default via 2001:db8:2::1 dev eth1 table 102")?;
+        // A reply leaves by the interface its request came in on: the VM's policy routing (and
+        // its loose rp_filter) is what `lb guest plan` prints, run as a user would run it.
+        vm.exec("sh", &["-c", vm_plan()?])?;
 
         for ns in [edge, nn1, nn2] {
             ns.exec("sysctl", &["-qw", "net.ipv4.conf.all.forwarding=1"])?;
             ns.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
-        }
-        for key in ["all", "default", "eth0", "eth1"] {
-            vm.exec(
-                "sysctl",
-                &["-qw", &format!("net.ipv4.conf.{key}.rp_filter=0")],
-            )?;
         }
         if veths == Veths::Plain {
             return Ok(());
@@ -313,19 +301,10 @@ impl Lab {
                 .exec("nft", &["delete", "table", "inet", "lab_fail"])
                 .map(drop),
             Failure::VmInterfaceDown => {
-                let (dev, via, via6, table) = if nn == 1 {
-                    ("eth0", "192.0.2.65", "2001:db8:1::1", 101)
-                } else {
-                    ("eth1", "192.0.2.97", "2001:db8:2::1", 102)
-                };
-                self.vm.ip(&format!("link set {dev} up"))?;
-                // The default route of the path's table went with the link: put it back.
-                self.vm.ip(&format!(
-                    "route replace default via {via} dev {dev} table {table}"
-                ))?;
-                self.vm.ip(&format!(
-                    "-6 route replace default via {via6} dev {dev} table {table}"
-                ))
+                self.vm.ip(&format!("link set eth{} up", nn - 1))?;
+                // The default routes of the path's tables went with the link: the plan, run
+                // again (it is idempotent), puts them back.
+                self.vm.exec("sh", &["-c", vm_plan()?]).map(drop)
             }
         }
     }
@@ -459,4 +438,57 @@ mod tests {
                 .any(|v| v.address == std::net::IpAddr::V6(VIP6))
         );
     }
+}
+
+/// The VM's paths as `lb guest plan` knows them: one target with the lab's four path
+/// addresses (`VM_PATHS`: name, address, the VM's interface, the router on that path).
+pub const VM_PATHS: [(&str, &str, &str, &str); 4] = [
+    ("nn1", "192.0.2.70", "eth0", "192.0.2.65"),
+    ("nn2", "192.0.2.100", "eth1", "192.0.2.97"),
+    ("nn1-v6", "2001:db8:1::70", "eth0", "2001:db8:1::1"),
+    ("nn2-v6", "2001:db8:2::100", "eth1", "2001:db8:2::1"),
+];
+
+/// The first routing table of the VM's plan: the paths' tables are 101 to 104, in
+/// [`VM_PATHS`]' order.
+pub const VM_TABLE_BASE: u32 = 101;
+
+/// The shell script `lb guest plan --format ip` prints for the lab's VM (made once per
+/// process, with the `lb` binary the tests use).
+pub fn vm_plan() -> anyhow::Result<&'static str> {
+    static PLAN: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    PLAN.get_or_init(|| make_vm_plan().map_err(|e| format!("{e:#}")))
+        .as_deref()
+        .map_err(|e| anyhow::anyhow!("lb guest plan for the lab's VM: {e}"))
+}
+
+fn make_vm_plan() -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let paths: Vec<String> = VM_PATHS
+        .iter()
+        .map(|(name, address, _, _)| format!(r#"{{ "name": "{name}", "address": "{address}" }}"#))
+        .collect();
+    let config = format!(
+        r#"{{ "interfaces": {{ "clients": ["e0"], "paths": ["e1", "e2"] }},
+  "targets": [ {{ "name": "vm", "paths": [ {} ] }} ], "vips": [] }}"#,
+        paths.join(", ")
+    );
+    let file = std::env::temp_dir().join(format!("lb-lab-vm-{}.json", std::process::id()));
+    std::fs::write(&file, config)?;
+    let mut cmd = std::process::Command::new(crate::lb::lb_bin()?);
+    cmd.args(["guest", "plan", "--config"])
+        .arg(&file)
+        .args(["--target", "vm", "--format", "ip", "--table-base"])
+        .arg(VM_TABLE_BASE.to_string());
+    for (name, _, iface, via) in VM_PATHS {
+        cmd.arg("--path").arg(format!("{name}={iface},{via}"));
+    }
+    let out = cmd.output().context("running lb guest plan")?;
+    let _ = std::fs::remove_file(&file);
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
 }

@@ -1023,11 +1023,76 @@ fn iperf3_through_the_vip_on_each_hook() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The lab's VM runs the policy routing `lb guest plan` printed (see `Lab::wire`), and `lb
+/// guest check` inside it passes; broken the way VMs are (a rule missing, strict rp_filter, a
+/// table's default route gone), it fails, naming each problem and its fix; repaired by the
+/// plan again, it passes. Traffic over both paths and both families shows the plan works.
+fn guest_plan_configures_the_vm_and_guest_check_judges_it() -> anyhow::Result<()> {
+    let (lab, _srv, _d) = up(true)?;
+    let addresses: Vec<&str> = lab::VM_PATHS.iter().map(|(_, a, _, _)| *a).collect();
+    let addresses = addresses.join(",");
+    let check = || -> anyhow::Result<std::process::Output> {
+        Ok(lab
+            .vm
+            .command(&lb_tests::lb::lb_bin()?.to_string_lossy())
+            .args(["guest", "check", "--addresses", &addresses])
+            .output()?)
+    };
+    let out = check()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(out.status.success(), "the planned VM passes: {out:?}");
+    ensure!(
+        text.contains("192.0.2.100") && text.contains("2001:db8:2::100"),
+        "{text}"
+    );
+    // Both paths of both families answer (the plan's tables and rules route each reply).
+    ensure!(http_get(&lab.client, VIP, HTTP_PORT, "/", T)? == NN1.to_string());
+
+    // Broken: nn2's rule gone, strict rp_filter on eth1, nn1-v6's table emptied.
+    lab.vm.ip("rule del from 192.0.2.100")?;
+    lab.vm
+        .exec("sysctl", &["-qw", "net.ipv4.conf.all.rp_filter=1"])?;
+    lab.vm
+        .exec("sysctl", &["-qw", "net.ipv4.conf.eth1.rp_filter=1"])?;
+    lab.vm
+        .ip(&format!("-6 route flush table {}", lab::VM_TABLE_BASE + 2))?;
+    let out = check()?;
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(out.status.code() == Some(1), "a broken VM fails: {all}");
+    for needle in [
+        // Three broken things; a missing rule or route also fails `ip route get`.
+        "5 problems found",
+        "problem: 192.0.2.100: no rule `from 192.0.2.100`",
+        "fix: ip rule add from 192.0.2.100 lookup",
+        "fix: sysctl -w net.ipv4.conf.eth1.rp_filter=2",
+        "problem: 2001:db8:1::70: table 103 has no default route",
+    ] {
+        ensure!(all.contains(needle), "{needle:?} not in:\n{all}");
+    }
+    ensure!(
+        !all.contains("problem: 192.0.2.70") && !all.contains("problem: 2001:db8:2::100"),
+        "the paths left alone pass: {all}"
+    );
+    // The plan again repairs it.
+    lab.vm.exec("sh", &["-c", lab::vm_plan()?])?;
+    let out = check()?;
+    ensure!(out.status.success(), "repaired by the plan: {out:?}");
+    Ok(())
+}
+
 fn main() {
     lb_tests::run_suite(
         "lab",
         &[
             ("through_both_vip_kinds", through_both_vip_kinds),
+            (
+                "guest_plan_configures_the_vm_and_guest_check_judges_it",
+                guest_plan_configures_the_vm_and_guest_check_judges_it,
+            ),
             ("ipv6_through_both_vip_kinds", ipv6_through_both_vip_kinds),
             (
                 "plain_ipv6_through_both_vip_kinds",
