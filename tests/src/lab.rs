@@ -419,27 +419,6 @@ pub fn config(interval_ms: u32, timeout_ms: u32, rise: u32, fall: u32, preempt: 
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_configurations_are_valid() {
-        for text in [config(50, 40, 2, 3, true), config_dual(50, 40, 2, 3, true)] {
-            lb_user::config::Config::from_json(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        }
-        let dual =
-            lb_user::config::Config::from_json(&config_dual(50, 40, 2, 3, false)).expect("valid");
-        assert_eq!(dual.targets.len(), 2);
-        assert_eq!(dual.vips.len(), 6);
-        assert!(
-            dual.vips
-                .iter()
-                .any(|v| v.address == std::net::IpAddr::V6(VIP6))
-        );
-    }
-}
-
 /// The VM's paths as `lb guest plan` knows them: one target with the lab's four path
 /// addresses (`VM_PATHS`: name, address, the VM's interface, the router on that path).
 pub const VM_PATHS: [(&str, &str, &str, &str); 4] = [
@@ -491,4 +470,25 @@ fn make_vm_plan() -> anyhow::Result<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8(out.stdout)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configurations_are_valid() {
+        for text in [config(50, 40, 2, 3, true), config_dual(50, 40, 2, 3, true)] {
+            lb_user::config::Config::from_json(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        }
+        let dual =
+            lb_user::config::Config::from_json(&config_dual(50, 40, 2, 3, false)).expect("valid");
+        assert_eq!(dual.targets.len(), 2);
+        assert_eq!(dual.vips.len(), 6);
+        assert!(
+            dual.vips
+                .iter()
+                .any(|v| v.address == std::net::IpAddr::V6(VIP6))
+        );
+    }
 }
