@@ -520,6 +520,214 @@ fn systemd_notifications_and_json_logs() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Under systemd with stderr connected to the journal (`JOURNAL_STREAM` names stderr),
+/// `--log-format auto` speaks the journal's native protocol: each record a datagram with its
+/// MESSAGE, PRIORITY, SYSLOG_IDENTIFIER=lb and the events' fields as `LB_*` journal fields.
+/// The journal here is a socket of the test's, bound where the daemon's private mount
+/// namespace has `/run/systemd` (this machine runs no journald).
+fn journald_records_carry_the_event_fields() -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let topo = Lab::new()?;
+    let _srv = servers::start(&topo.vm, PORTS, [NN1, NN2])?;
+    let dir = std::env::temp_dir().join(format!("{}-journal", topo.edge.name()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("systemd/journal"))?;
+    let journal = std::os::unix::net::UnixDatagram::bind(dir.join("systemd/journal/socket"))?;
+    journal.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let config = dir.join("lb.json");
+    std::fs::write(&config, self::config(TCP_PROBE, "", WHOLE_VIP))?;
+    let stderr = std::fs::File::create(dir.join("stderr"))?;
+    let meta = stderr.metadata()?;
+    let mut child = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(r#"mount --bind "$0" /run/systemd && exec "$@""#)
+        .arg(dir.join("systemd"))
+        .arg("nsenter")
+        .arg(format!("--net={}", topo.edge.path()))
+        .arg("--")
+        .arg(lb_tests::lb::lb_bin()?)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--pin-dir")
+        .arg(dir.join("pins"))
+        .args(XDP_HOOK)
+        .env("RUST_LOG", "info")
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()?;
+    let result = (|| -> anyhow::Result<()> {
+        // Each datagram's `KEY=value` lines, until one satisfies `done`.
+        let mut records: Vec<std::collections::BTreeMap<String, String>> = Vec::new();
+        let mut until = |done: &dyn Fn(&std::collections::BTreeMap<String, String>) -> bool| {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let n = journal.recv(&mut buf).with_context(|| {
+                    format!(
+                        "waiting for a journal record; had {records:?}; stderr: {}",
+                        std::fs::read_to_string(dir.join("stderr")).unwrap_or_default()
+                    )
+                })?;
+                let record = journal_fields(&buf[..n]);
+                let hit = done(&record);
+                records.push(record);
+                if hit {
+                    return anyhow::Ok(records.last().cloned().unwrap_or_default());
+                }
+            }
+        };
+        let applied = until(&|r| {
+            r.get("MESSAGE")
+                .is_some_and(|m| m.contains("configuration applied"))
+        })?;
+        ensure!(
+            applied.get("SYSLOG_IDENTIFIER").map(String::as_str) == Some("lb")
+                && applied.get("PRIORITY").map(String::as_str) == Some("6"),
+            "{applied:?}"
+        );
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+        let reload = until(&|r| r.get("LB_KIND").map(String::as_str) == Some("reload"))?;
+        ensure!(
+            reload
+                .get("MESSAGE")
+                .is_some_and(|m| m.contains("applied: 0 changes")),
+            "{reload:?}"
+        );
+        ensure!(
+            std::fs::read_to_string(dir.join("stderr"))?.is_empty(),
+            "nothing went to stderr once the journal was chosen"
+        );
+        Ok(())
+    })();
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// The fields of a datagram of the journal's native protocol: `KEY=value\n`, or, for a value
+/// that may hold a newline, `KEY\n`, its length (8 bytes, little-endian), the value and `\n`.
+fn journal_fields(mut data: &[u8]) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    while let Some(nl) = data.iter().position(|b| *b == b'\n') {
+        let line = &data[..nl];
+        data = &data[nl + 1..];
+        if let Some(eq) = line.iter().position(|b| *b == b'=') {
+            out.insert(
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                String::from_utf8_lossy(&line[eq + 1..]).into_owned(),
+            );
+            continue;
+        }
+        let Some((len, rest)) = data.split_first_chunk::<8>() else {
+            break;
+        };
+        let len = u64::from_le_bytes(*len) as usize;
+        let Some(value) = rest.get(..len) else { break };
+        out.insert(
+            String::from_utf8_lossy(line).into_owned(),
+            String::from_utf8_lossy(value).into_owned(),
+        );
+        data = rest.get(len + 1..).unwrap_or_default();
+    }
+    out
+}
+
+/// https probes end to end: the VM serves TLS (`openssl s_server`) with a certificate for
+/// its path addresses; with that certificate as `ca_file` the paths are up; reloaded to trust
+/// the host's roots instead, the handshake fails, the paths go down, and `lb status` says
+/// why.
+fn https_probes_verify_the_vms_certificate() -> anyhow::Result<()> {
+    let topo = Lab::new()?;
+    let _srv = servers::start(&topo.vm, PORTS, [NN1, NN2])?;
+    let dir = std::env::temp_dir().join(format!("{}-tls", topo.edge.name()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=vm.test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args(["-addext", &format!("subjectAltName=IP:{NN1},IP:{NN2}")])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .output()?;
+    ensure!(out.status.success(), "openssl req: {out:?}");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(
+        topo.vm
+            .command("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept", "8443", "-cert"])
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let probe = |trust: &str| {
+        format!(
+            r#"{{ "type": "https", "port": 8443{trust}, "interval_ms": 200, "timeout_ms": 190, "rise": 1, "fall": 2 }}"#
+        )
+    };
+    let with_ca = probe(&format!(r#", "ca_file": "{}""#, cert.display()));
+    let d = Daemon::start(&topo.edge, &config(&with_ca, "", WHOLE_VIP), XDP_HOOK)?;
+    d.wait_status(Duration::from_secs(5), |s| {
+        active(s, "web").as_deref() == Some("nn1")
+    })?;
+    let s = d.json(&["status"])?;
+    let nn1 = &s["targets"][0]["paths"][0]["probe"];
+    ensure!(
+        nn1["probe"]["type"] == "https" && nn1["last"]["ok"] == true,
+        "{nn1:#}"
+    );
+    ensure!(get(&topo, &d, VIP, HTTP)? == NN1.to_string());
+
+    // The host's roots do not know the VM's certificate: both paths fail their handshake.
+    d.write_config(&config(&probe(""), "", WHOLE_VIP))?;
+    let out = d.lb(&["reload"])?;
+    ensure!(out.contains("~ probe web/nn1"), "{out}");
+    d.wait_status(Duration::from_secs(5), |s| {
+        s["targets"][0]["paths"].as_array().is_some_and(|paths| {
+            paths.iter().all(|p| {
+                p["health"] == "down"
+                    && p["probe"]["last"]["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.contains("invalid peer certificate: UnknownIssuer"))
+            })
+        })
+    })?;
+    let text = d.lb(&["status"])?;
+    ensure!(text.contains("TLS handshake failed"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 /// A target's notify hook runs on a transition and on a drain with the details in `LB_*`
 /// variables; a hook that outlives its timeout is killed, and never holds the daemon up.
 fn notify_hooks_run_with_the_details() -> anyhow::Result<()> {
@@ -2058,6 +2266,14 @@ fn main() {
             (
                 "notify_hooks_run_with_the_details",
                 notify_hooks_run_with_the_details,
+            ),
+            (
+                "journald_records_carry_the_event_fields",
+                journald_records_carry_the_event_fields,
+            ),
+            (
+                "https_probes_verify_the_vms_certificate",
+                https_probes_verify_the_vms_certificate,
             ),
             (
                 "flow_table_size_reload_says_so_and_replace_applies_it",

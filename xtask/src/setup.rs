@@ -33,6 +33,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "bird2",
     // `systemd-analyze verify` checks the packaged units (lb-user/tests/packaging.rs).
     "systemd",
+    // The VM's TLS server and its certificate in the https probe's end-to-end test.
+    "openssl",
 ];
 
 // ---- The toolchains the build needs: this is the one place that names them. ----

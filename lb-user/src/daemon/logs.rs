@@ -20,7 +20,7 @@ pub enum LogFormat {
     /// One JSON object per line: `timestamp`, `level`, `target`, `fields` (with `message`).
     Json,
     /// The journal's native protocol: the message, the priority, and each field as a journal
-    /// field (`KIND=transition`, `TARGET_NAME=web`, …).
+    /// field (`LB_KIND=transition`, `LB_TARGET_NAME=web`, …), identifier `lb`.
     Journald,
 }
 
@@ -35,7 +35,17 @@ pub fn init(format: LogFormat) -> anyhow::Result<LogFormat> {
     let registry = tracing_subscriber::registry().with(filter());
     match format {
         LogFormat::Journald => {
-            let journal = tracing_journald::layer().context("connecting to the journal")?;
+            let journal = tracing_journald::layer()
+                .context("connecting to the journal")?
+                // `LB_KIND=transition`, `LB_TARGET_NAME=web`, … (the notify hooks' prefix).
+                .with_field_prefix(Some("LB".into()))
+                .with_syslog_identifier("lb".into())
+                // syslog's meaning of each level (the crate maps info to notice).
+                .with_priority_mappings(tracing_journald::PriorityMappings {
+                    info: tracing_journald::Priority::Informational,
+                    debug: tracing_journald::Priority::Debug,
+                    ..tracing_journald::PriorityMappings::new()
+                });
             registry.with(journal).try_init()
         }
         LogFormat::Json => registry
