@@ -14,6 +14,30 @@ pub mod servers;
 pub mod sys;
 pub mod traffic;
 
+/// A scratch directory under the temp dir, emptied when made and removed when dropped, also
+/// when the test using it fails.
+pub struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    /// `<temp>/<name>`, empty.
+    pub fn new(name: &str) -> anyhow::Result<Scratch> {
+        let dir = std::env::temp_dir().join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Scratch(dir))
+    }
+
+    pub fn join(&self, path: impl AsRef<std::path::Path>) -> std::path::PathBuf {
+        self.0.join(path)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Whether privileged tests can run here (as root). Without root the `tests` tests of `suite`
 /// are skipped with a line `cargo xtask test` counts, except under CI, where that is a failure
 /// (see [`lb_testkit::ci::skip`]): CI must run them.

@@ -444,9 +444,7 @@ fn reload_reports_its_changes_and_refusals() -> anyhow::Result<()> {
 fn systemd_notifications_and_json_logs() -> anyhow::Result<()> {
     let topo = Lab::new()?;
     let _srv = servers::start(&topo.vm, PORTS, [NN1, NN2])?;
-    let dir = std::env::temp_dir().join(format!("{}-notify", topo.edge.name()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
+    let dir = lb_tests::Scratch::new(&format!("{}-notify", topo.edge.name()))?;
     let socket = dir.join("notify.sock");
     let listener = std::os::unix::net::UnixDatagram::bind(&socket)?;
     listener.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -516,7 +514,6 @@ fn systemd_notifications_and_json_logs() -> anyhow::Result<()> {
         .find(|r| r["fields"]["kind"] == "reload")
         .with_context(|| format!("a reload record with its kind: {log}"))?;
     ensure!(reload["level"] == "INFO", "{reload}");
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -529,8 +526,7 @@ fn journald_records_carry_the_event_fields() -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt as _;
     let topo = Lab::new()?;
     let _srv = servers::start(&topo.vm, PORTS, [NN1, NN2])?;
-    let dir = std::env::temp_dir().join(format!("{}-journal", topo.edge.name()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = lb_tests::Scratch::new(&format!("{}-journal", topo.edge.name()))?;
     std::fs::create_dir_all(dir.join("systemd/journal"))?;
     let journal = std::os::unix::net::UnixDatagram::bind(dir.join("systemd/journal/socket"))?;
     journal.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -611,7 +607,6 @@ fn journald_records_carry_the_event_fields() -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
@@ -650,9 +645,7 @@ fn journal_fields(mut data: &[u8]) -> std::collections::BTreeMap<String, String>
 fn https_probes_verify_the_vms_certificate() -> anyhow::Result<()> {
     let topo = Lab::new()?;
     let _srv = servers::start(&topo.vm, PORTS, [NN1, NN2])?;
-    let dir = std::env::temp_dir().join(format!("{}-tls", topo.edge.name()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
+    let dir = lb_tests::Scratch::new(&format!("{}-tls", topo.edge.name()))?;
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let out = std::process::Command::new("openssl")
         .args([
@@ -724,7 +717,6 @@ fn https_probes_verify_the_vms_certificate() -> anyhow::Result<()> {
     })?;
     let text = d.lb(&["status"])?;
     ensure!(text.contains("TLS handshake failed"), "{text}");
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -733,9 +725,7 @@ fn https_probes_verify_the_vms_certificate() -> anyhow::Result<()> {
 fn notify_hooks_run_with_the_details() -> anyhow::Result<()> {
     let topo = Lab::new()?;
     let _srv = servers::start(&topo.vm, PORTS, [NN1, NN2])?;
-    let dir = std::env::temp_dir().join(format!("{}-hook", topo.edge.name()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
+    let dir = lb_tests::Scratch::new(&format!("{}-hook", topo.edge.name()))?;
     let out = dir.join("calls");
     let hook = |script: &str, timeout_ms: u32| {
         format!(
@@ -831,7 +821,6 @@ fn notify_hooks_run_with_the_details() -> anyhow::Result<()> {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
