@@ -1,5 +1,6 @@
 //! Builds the XDP object (`lb-ebpf`, for the bpf target, with the nightly toolchain and
-//! bpf-linker) into `OUT_DIR/lb`, which `lb_user::datapath::object` embeds.
+//! bpf-linker) into `OUT_DIR/lb`, which `lb_user::datapath::object` embeds, and the guest agent's
+//! (`OUT_DIR/lb-guest`, `lb_user::guest::agent::object`).
 //!
 //! Without bpf-linker (or with `LB_SKIP_EBPF=1`) the host crates still build, for clippy and
 //! docs: an empty object is embedded, and everything that needs the datapath says to run
@@ -23,6 +24,7 @@ fn main() -> anyhow::Result<()> {
         };
         println!("cargo:warning={why}: building without the XDP object; run `cargo xtask setup`");
         fs::write(&object, []).context("writing the empty eBPF object")?;
+        fs::write(out.join("lb-guest"), []).context("writing the empty eBPF object")?;
         return Ok(());
     }
     if let Ok(path) = linker {

@@ -11,6 +11,7 @@
 
 pub mod counters;
 pub mod csum;
+pub mod guest;
 pub mod hash;
 pub mod icmp;
 pub mod maps;

@@ -1,12 +1,14 @@
 //! `lb guest plan|check`: what the VM behind the edge needs, made from the edge's
 //! configuration (`plan`), and checked inside the VM (`check`).
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
 use lb_user::{
     config::Config,
+    daemon::logs::LogFormat,
     guest::{
+        agent,
         check::Report,
         facts,
         plan::{self, DEFAULT_PRIORITY_BASE, DEFAULT_TABLE_BASE, Numbering, PathSpec},
@@ -28,6 +30,7 @@ pub struct Options {
 enum Action {
     Plan(PlanOptions),
     Check(CheckOptions),
+    Run(RunOptions),
 }
 
 /// Print what a target's VM needs, as `ip` commands, networkd or netplan files, or a
@@ -78,12 +81,117 @@ pub struct CheckOptions {
     json: bool,
 }
 
+/// Inside the VM: keep each connection on its socket when the edge moves it to another path,
+/// until SIGTERM or SIGINT.
+///
+/// Attaches TC programs (clsact ingress and egress) to the interfaces of the given addresses.
+/// A TCP segment or UDP datagram that arrives at address B with no socket of its own there,
+/// while a connection for the same client and ports is open on another given address A, is
+/// rewritten to A; the connection's replies are rewritten from A to B and leave by B's
+/// interface. New connections to B stay B's. Needs the policy routing of `lb guest plan`, loose
+/// reverse-path filtering, and CAP_BPF with CAP_NET_ADMIN.
+#[derive(clap::Args)]
+pub struct RunOptions {
+    /// The VM's path addresses (IPv4, two at least, each on one interface).
+    #[arg(long, required = true, value_delimiter = ',', value_name = "A,B,...")]
+    addresses: Vec<IpAddr>,
+    /// A moved TCP flow's records go after this long without a packet (the next packet makes
+    /// them again).
+    #[arg(long, default_value = "2h", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    tcp_idle: Duration,
+    /// A moved UDP flow's records go after this long without a packet.
+    #[arg(long, default_value = "2m", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    udp_idle: Duration,
+    /// A TCP flow that saw a FIN or a RST: its records go after this long without a packet.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    closing: Duration,
+    /// How often the counters are logged (when they changed).
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    report_every: Duration,
+    /// How to log: auto (journald when stderr is the journal, else human), human, json, or
+    /// journald. `RUST_LOG` filters (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
+}
+
+impl Options {
+    /// Whether the command loads programs (and needs privileges for it).
+    pub fn loads_programs(&self) -> bool {
+        matches!(self.action, Action::Run(_))
+    }
+}
+
 pub fn run(opts: Options) -> anyhow::Result<()> {
     let Options { action } = opts;
     match action {
         Action::Plan(o) => run_plan(o),
         Action::Check(o) => run_check(o),
+        Action::Run(o) => run_agent(o),
     }
+}
+
+fn run_agent(opts: RunOptions) -> anyhow::Result<()> {
+    let RunOptions {
+        addresses,
+        tcp_idle,
+        udp_idle,
+        closing,
+        report_every,
+        log_format,
+    } = opts;
+    lb_user::daemon::logs::init(log_format)?;
+    for (what, d) in [
+        ("--tcp-idle", tcp_idle),
+        ("--udp-idle", udp_idle),
+        ("--closing", closing),
+        ("--report-every", report_every),
+    ] {
+        if d < Duration::from_secs(1) {
+            bail!(
+                "{what} {}: one second at least",
+                humantime::format_duration(d)
+            );
+        }
+    }
+    let (facts, _) =
+        facts::gather(&addresses).context("gathering this host's addresses, rules and routes")?;
+    let served = agent::resolve(&facts, &addresses)?;
+    // What `lb guest check` would say: the moved packets need the same routing.
+    let report = Report::new(&facts, addresses.clone(), false);
+    for f in report.findings.iter().filter(|f| !f.ok) {
+        let fix = if f.fix.is_empty() {
+            String::new()
+        } else {
+            format!(" (fix: {})", f.fix.join("; "))
+        };
+        tracing::warn!(kind = "check", address = %f.address, "{}: {}{fix}", f.address, f.message);
+    }
+    let agent = agent::Agent::start(&served)?;
+    let opts = agent::ServeOptions {
+        timeouts: agent::Timeouts {
+            tcp_idle,
+            udp_idle,
+            closing,
+        },
+        sweep_every: Duration::from_secs(1),
+        report_every,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listening for SIGTERM")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        agent::serve(agent, opts, shutdown).await;
+        anyhow::Ok(())
+    })
 }
 
 fn run_plan(opts: PlanOptions) -> anyhow::Result<()> {

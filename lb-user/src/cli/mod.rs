@@ -112,6 +112,11 @@ pub fn main() -> ExitCode {
             "detach the programs and remove the pinned state",
             &[Cap::Bpf, Cap::NetAdmin],
         )),
+        Command::Guest(o) if o.loads_programs() => Some((
+            "guest run",
+            "load and attach the agent's programs",
+            &[Cap::Bpf, Cap::NetAdmin],
+        )),
         // Prints a plan, or reads addresses, rules and routes: nothing privileged.
         Command::Guest(_) => None,
     };

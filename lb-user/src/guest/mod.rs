@@ -18,6 +18,7 @@
 //!
 //! Nothing here runs on the edge's datapath or touches the VM: `plan` prints, `check` reads.
 
+pub mod agent;
 pub mod check;
 pub mod facts;
 pub mod plan;
