@@ -4,7 +4,7 @@
 //! The agent runs inside the VM. When the edge moves a flow from path A to path B, the client's
 //! packets arrive at the VM's address B, where the connection's socket (bound to A) does not
 //! live. The ingress program finds the socket on A (`bpf_skc_lookup_tcp`/`bpf_sk_lookup_udp`),
-//! rewrites the destination B → A and records the flow twice in [`GUEST_FLOWS`]:
+//! rewrites the destination B → A and records the flow twice in [`FLOWS`]:
 //!
 //! - the `IN` record, keyed by the arriving packet (`local` = B), whose value names A;
 //! - the `OUT` record, keyed by the socket's replies (`local` = A), whose value names B and
@@ -144,6 +144,9 @@ guest_counters! {
     /// A SYN met an old record of its ports (the client reused them): the record was removed
     /// and the SYN passed to its own address.
     StaleRemoved = "stale_removed",
+    /// A moved flow's packet arrived at its socket's own address again (the edge moved it
+    /// back): its records were removed, and its replies leave from that address again.
+    Returned = "returned",
     /// Packets for a given address with no socket on it and none on another given address:
     /// passed unchanged.
     NoSocket = "no_socket",

@@ -372,3 +372,101 @@ pub fn path_state(status: &serde_json::Value, target: &str, path: &str) -> Optio
         .as_str()
         .map(str::to_string)
 }
+
+/// `lb guest run` started by a test in the VM's namespace (`nsenter --net`: the agent pins
+/// nothing, but keeps the test's mounts), its log (JSON lines) in a file; stopped on drop.
+pub struct GuestAgent {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl GuestAgent {
+    /// Starts the agent for `addresses` in `vm` with `extra` arguments, waiting (bounded) until
+    /// its log says it serves.
+    pub fn start(
+        vm: &Netns,
+        addresses: &[std::net::Ipv4Addr],
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let log = std::env::temp_dir().join(format!("{}-guest-agent.log", vm.name()));
+        let file = std::fs::File::create(&log)?;
+        let list: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", vm.path()))
+            .arg(lb_bin()?)
+            .args(["guest", "run", "--log-format", "json", "--addresses"])
+            .arg(list.join(","))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("starting lb guest run")?;
+        let mut agent = GuestAgent {
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if agent.log_text().contains("\"kind\":\"started\"") {
+                return Ok(agent);
+            }
+            if let Some(status) = agent
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("lb guest run exited ({status}):\n{}", agent.log_text());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "lb guest run did not start within 10 s:\n{}",
+                    agent.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the agent (SIGTERM, bounded) and returns the counters of its last log line
+    /// (`kind: stopping`).
+    pub fn stop(&mut self) -> anyhow::Result<serde_json::Value> {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("lb guest run did not stop within 10 s");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let text = self.log_text();
+        let line = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["fields"]["kind"] == "stopping")
+            .with_context(|| format!("no `stopping` line in the agent's log:\n{text}"))?;
+        let counters = line["fields"]["counters"]
+            .as_str()
+            .context("counters in the stopping line")?;
+        serde_json::from_str(counters).context("the counters' JSON")
+    }
+}
+
+impl Drop for GuestAgent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

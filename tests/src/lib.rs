@@ -10,6 +10,7 @@ pub mod lab;
 pub mod lb;
 pub mod netns;
 pub mod packet;
+pub mod seamless;
 pub mod servers;
 pub mod sys;
 pub mod traffic;

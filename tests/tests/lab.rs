@@ -19,7 +19,7 @@ use lb_tests::{
         UDP_PORT, VIP, VIP_SPREAD, VIP_SVC, VIP6, VIP6_SVC, Veths,
     },
     lb::{Daemon, active, active_of},
-    servers,
+    seamless, servers,
     traffic::{connect_failure, http_get, iperf3, udp_flows, udp_path6, udp_sockets, udp_stream},
 };
 const T: Duration = Duration::from_secs(2);
@@ -767,6 +767,71 @@ fn orphaned_tcp_connection_is_reset() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Issue 16: with the guest agent in the VM, a path failure resets no established TCP
+/// connection (`lb_tests::seamless`: 40 chatty, 10 idle, a paced transfer checked byte by byte,
+/// an iperf3 transfer), through the failover and the failback, with and without preempt.
+fn guest_agent_keeps_connections_across_failover() -> anyhow::Result<()> {
+    guest_agent_keeps_connections_on(Veths::Tuned)
+}
+
+fn plain_guest_agent_keeps_connections_across_failover() -> anyhow::Result<()> {
+    guest_agent_keeps_connections_on(Veths::Plain)
+}
+
+fn guest_agent_keeps_connections_on(veths: Veths) -> anyhow::Result<()> {
+    for preempt in [true, false] {
+        let r = seamless::run(seamless::Options::new(veths, preempt, true))?;
+        let what = seamless::describe(&r);
+        eprintln!("{what}");
+        ensure!(
+            r.reset.is_empty(),
+            "{what}
+reset: {:#?}",
+            r.reset
+        );
+        ensure!(
+            r.transfer.echoed == r.options.transfer_bytes && r.transfer.sent == r.transfer.echoed,
+            "the transfer: {what}"
+        );
+        let iperf = r.iperf.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(iperf.bytes > 0, "iperf3: {what}");
+        let c = r.agent_counters.as_ref().context("the agent's counters")?;
+        let n = |k: &str| c[k].as_u64().unwrap_or(0);
+        // Every watched connection moved (iperf3's control connection too).
+        ensure!(
+            n("flows_recorded") >= r.connections as u64,
+            "flows recorded: {what}"
+        );
+        for k in ["in_moved", "out_moved", "out_redirected"] {
+            ensure!(n(k) > 0, "{k}: {what}");
+        }
+        for k in ["table_full", "redirect_failed", "rewrite_failed"] {
+            ensure!(n(k) == 0, "{k}: {what}");
+        }
+        let want = if preempt { NN1 } else { NN2 };
+        ensure!(
+            r.new_after_failback == want.to_string(),
+            "a new connection after the failback: {what}"
+        );
+    }
+    Ok(())
+}
+
+/// The control: the same scenario without the agent resets every connection (today's
+/// behaviour for a VM that runs none).
+fn without_the_guest_agent_every_connection_is_reset() -> anyhow::Result<()> {
+    let r = seamless::run(seamless::Options::new(Veths::Tuned, true, false))?;
+    let what = seamless::describe(&r);
+    eprintln!("{what}");
+    ensure!(
+        r.reset.len() == r.connections,
+        "{what}
+reset: {:#?}",
+        r.reset
+    );
+    Ok(())
+}
+
 fn pmtu_through_the_nat() -> anyhow::Result<()> {
     pmtu_through_the_nat_on(Veths::Tuned)
 }
@@ -1129,6 +1194,18 @@ fn main() {
                 "orphaned_tcp_connection_is_reset",
                 orphaned_tcp_connection_is_reset,
             ),
+            (
+                "guest_agent_keeps_connections_across_failover",
+                guest_agent_keeps_connections_across_failover,
+            ),
+            (
+                "plain_guest_agent_keeps_connections_across_failover",
+                plain_guest_agent_keeps_connections_across_failover,
+            ),
+            (
+                "without_the_guest_agent_every_connection_is_reset",
+                without_the_guest_agent_every_connection_is_reset,
+            ),
             ("pmtu_through_the_nat", pmtu_through_the_nat),
             ("plain_through_both_vip_kinds", plain_through_both_vip_kinds),
             (
@@ -1157,7 +1234,13 @@ fn main() {
                 plain_veths_under_hook_xdp_take_the_kernel_way,
             ),
         ],
-        // Bulk TCP takes both cores: beside it, the failover tests' probes fall behind.
-        &["iperf3_through_the_vip_on_each_hook"],
+        // Bulk TCP takes both cores: beside it, the failover tests' probes fall behind (and
+        // the seamless scenarios' transfers stall behind the others' traffic).
+        &[
+            "iperf3_through_the_vip_on_each_hook",
+            "guest_agent_keeps_connections_across_failover",
+            "plain_guest_agent_keeps_connections_across_failover",
+            "without_the_guest_agent_every_connection_is_reset",
+        ],
     );
 }

@@ -199,7 +199,19 @@ fn ingress(ctx: &TcContext) -> Result<i32, GuestCounter> {
     }
     // The flow's own address first: its ordinary traffic costs one lookup.
     match socket(ctx, &flow, flow.dst) {
-        Socket::Open => return Ok(TC_ACT_OK),
+        Socket::Open => {
+            // A flow moved away from here that the edge brought back: its replies must leave
+            // from here again, by this path.
+            let out = key.twin(flow.dst);
+            if let Some(moved) = LBG_FLOWS.get_ptr(out) {
+                // SAFETY: a pointer into the map's value, read at once.
+                let there = unsafe { (*moved).addr };
+                let _ = LBG_FLOWS.remove(out.twin(there));
+                let _ = LBG_FLOWS.remove(out);
+                count(GuestCounter::Returned);
+            }
+            return Ok(TC_ACT_OK);
+        }
         Socket::Bound => return Ok(TC_ACT_OK),
         Socket::None => {}
     }

@@ -138,8 +138,8 @@ pub struct Swept {
 
 /// The loaded and attached agent. Dropping it detaches the programs.
 pub struct Agent {
-    // Owns the programs and their links.
-    _ebpf: Ebpf,
+    /// Owns the programs and their links.
+    ebpf: Ebpf,
     served: Vec<Served>,
     flows: HashMap<MapData, GuestFlowKey, GuestFlow>,
     counters: PerCpuArray<MapData, u64>,
@@ -150,6 +150,14 @@ impl Agent {
     /// Loads the object, fills the address maps and attaches both programs to every interface
     /// of `addresses` (ingress first, then egress). On an error nothing stays attached.
     pub fn start(addresses: &[(Ipv4Addr, String)]) -> anyhow::Result<Agent> {
+        let mut agent = Agent::load(addresses)?;
+        agent.attach()?;
+        Ok(agent)
+    }
+
+    /// Loads the object and both programs and fills the address maps, attaching nothing (the
+    /// fixtures run the programs with `BPF_PROG_TEST_RUN`).
+    pub fn load(addresses: &[(Ipv4Addr, String)]) -> anyhow::Result<Agent> {
         use anyhow::Context as _;
         let mut ebpf = EbpfLoader::new()
             .load(object()?)
@@ -185,29 +193,18 @@ impl Agent {
                 list.set(i as u32, entry, 0)?;
             }
         }
-        let mut interfaces: Vec<&str> = served.iter().map(|s| s.interface.as_str()).collect();
-        interfaces.dedup();
-        for (name, kind) in [
-            (g::PROG_IN, TcAttachType::Ingress),
-            (g::PROG_OUT, TcAttachType::Egress),
-        ] {
+        for name in [g::PROG_IN, g::PROG_OUT] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .with_context(|| format!("no program {name} in the agent's object"))?
                 .try_into()?;
             prog.load()
                 .with_context(|| format!("loading {name} (the kernel's verifier refused it)"))?;
-            for iface in &interfaces {
-                // TCX (Linux 6.6+) or a netlink filter on clsact before it; the link is owned
-                // by the program and detached with it.
-                prog.attach(iface, kind)
-                    .with_context(|| format!("attaching {name} to {iface}"))?;
-            }
         }
         let flows = HashMap::try_from(ebpf.take_map(g::FLOWS).context("no flow map")?)?;
         let counters = PerCpuArray::try_from(ebpf.take_map(g::COUNTERS).context("no counters")?)?;
         Ok(Agent {
-            _ebpf: ebpf,
+            ebpf,
             served,
             flows,
             counters,
@@ -215,8 +212,54 @@ impl Agent {
         })
     }
 
+    /// Attaches both programs to every served interface: ingress first, then egress (a reply
+    /// rewritten before its flow's arrivals are would go nowhere).
+    pub fn attach(&mut self) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let mut interfaces: Vec<String> = self.served.iter().map(|s| s.interface.clone()).collect();
+        interfaces.sort();
+        interfaces.dedup();
+        for (name, kind) in [
+            (g::PROG_IN, TcAttachType::Ingress),
+            (g::PROG_OUT, TcAttachType::Egress),
+        ] {
+            let prog = self.program_mut(name)?;
+            for iface in &interfaces {
+                // TCX (Linux 6.6+) or a netlink filter on clsact before it; the link is owned
+                // by the program and detached with it (or with the agent, on an error here).
+                prog.attach(iface, kind)
+                    .with_context(|| format!("attaching {name} to {iface}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn program_mut(&mut self, name: &str) -> anyhow::Result<&mut SchedClassifier> {
+        use anyhow::Context as _;
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name} in the agent's object"))?
+            .try_into()?)
+    }
+
+    /// The loaded program `name` ([`g::PROG_IN`] or [`g::PROG_OUT`]).
+    pub fn program(&self, name: &str) -> anyhow::Result<&SchedClassifier> {
+        use anyhow::Context as _;
+        Ok(self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("no program {name} in the agent's object"))?
+            .try_into()?)
+    }
+
     pub fn served(&self) -> &[Served] {
         &self.served
+    }
+
+    /// Every flow record, as the table holds it now.
+    pub fn records(&self) -> Vec<(GuestFlowKey, GuestFlow)> {
+        self.flows.iter().filter_map(Result::ok).collect()
     }
 
     /// Removes the records of flows that expired at `now_ns` ([`expired`]), and OUT records
