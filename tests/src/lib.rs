@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod edges;
 pub mod fixture;
+pub mod guest;
 pub mod lab;
 pub mod lb;
 pub mod netns;

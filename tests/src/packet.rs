@@ -17,6 +17,7 @@ pub enum L4 {
         syn: bool,
         ack: bool,
         rst: bool,
+        fin: bool,
     },
     /// `zero_csum`: sent without a checksum (0), as UDP over IPv4 allows.
     Udp {
@@ -89,6 +90,7 @@ impl Pkt {
                 syn: false,
                 ack: true,
                 rst: false,
+                fin: false,
             },
         )
     }
@@ -103,6 +105,7 @@ impl Pkt {
                 syn: true,
                 ack: false,
                 rst: false,
+                fin: false,
             },
         )
     }
@@ -114,6 +117,14 @@ impl Pkt {
             *ack = true;
         }
         p
+    }
+
+    /// A TCP segment with FIN set (beside its other flags).
+    pub fn with_fin(mut self) -> Self {
+        if let L4::Tcp { fin, .. } = &mut self.l4 {
+            *fin = true;
+        }
+        self
     }
 
     pub fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Self {
@@ -270,6 +281,7 @@ impl Pkt {
                 syn,
                 ack,
                 rst,
+                fin,
             } => {
                 let mut b = step.tcp(*sport, *dport, 1000, 64240);
                 if *syn {
@@ -280,6 +292,9 @@ impl Pkt {
                 }
                 if *rst {
                     b = b.rst();
+                }
+                if *fin {
+                    b = b.fin();
                 }
                 b.write(&mut out, payload)
             }

@@ -25,6 +25,9 @@ use lb_tests::{
 };
 use libtest_mimic::{Arguments, Failed, Trial};
 
+#[path = "fixtures/guest.rs"]
+mod guest;
+
 type Case = fn(&mut Fx) -> anyhow::Result<()>;
 
 /// Client → whole-address VIP, as it arrives on cli0.
@@ -3403,12 +3406,23 @@ fn readme_counts_every_case() -> Result<(), Failed> {
         .and_then(|l| l.split(" described cases").next())
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|n| n.parse::<usize>().ok());
-    match said {
-        Some(n) if n == CASES.len() + XDP_ONLY.len() + TC_ONLY.len() => Ok(()),
+    let guest = README
+        .lines()
+        .find(|l| l.contains("`tests/tests/fixtures.rs`"))
+        .and_then(|l| l.split(" cases of the guest agent").next())
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<usize>().ok());
+    match (said, guest) {
+        (Some(n), Some(g))
+            if n == CASES.len() + XDP_ONLY.len() + TC_ONLY.len() && g == guest::GUEST.len() =>
+        {
+            Ok(())
+        }
         said => Err(format!(
-            "README.md's tests table says {said:?} described cases for tests/tests/fixtures.rs; \
-             there are {}",
-            CASES.len() + XDP_ONLY.len() + TC_ONLY.len()
+            "README.md's tests table says {said:?} (described cases, cases of the guest agent) \
+             for tests/tests/fixtures.rs; there are {} and {}",
+            CASES.len() + XDP_ONLY.len() + TC_ONLY.len(),
+            guest::GUEST.len()
         )
         .into()),
     }
@@ -3418,7 +3432,10 @@ fn main() {
     let args = Arguments::from_args();
     // Needs no privileges: runs wherever the binary runs.
     let readme = Trial::test("readme_counts_every_case", readme_counts_every_case);
-    if !lb_tests::privileged("fixtures", 2 * CASES.len() + XDP_ONLY.len() + TC_ONLY.len()) {
+    if !lb_tests::privileged(
+        "fixtures",
+        2 * CASES.len() + XDP_ONLY.len() + TC_ONLY.len() + guest::GUEST.len(),
+    ) {
         libtest_mimic::run(&args, vec![readme]).exit();
     }
     let env = Env::create().expect("building the fixture namespace");
@@ -3445,6 +3462,13 @@ fn main() {
                 })
             }),
         )
+        .chain(guest::GUEST.iter().map(|(name, about, case)| {
+            let (case, about) = (*case, *about);
+            Trial::test(*name, move || {
+                lb_tests::guest::GuestFx::run_case(case)
+                    .map_err(|e| Failed::from(format!("{about}\n{e:#}")))
+            })
+        }))
         .collect();
     libtest_mimic::run(&args, trials).exit();
 }

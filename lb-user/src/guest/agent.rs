@@ -257,6 +257,11 @@ impl Agent {
         &self.served
     }
 
+    /// The flow table itself, to write (tests fill it; the agent only reads and deletes).
+    pub fn flow_table_mut(&mut self) -> &mut HashMap<MapData, GuestFlowKey, GuestFlow> {
+        &mut self.flows
+    }
+
     /// Every flow record, as the table holds it now.
     pub fn records(&self) -> Vec<(GuestFlowKey, GuestFlow)> {
         self.flows.iter().filter_map(Result::ok).collect()
@@ -317,11 +322,7 @@ impl Agent {
 }
 
 fn ifindex(iface: &str) -> anyhow::Result<u32> {
-    let name = std::ffi::CString::new(iface)?;
-    // SAFETY: a NUL-terminated name; the call only reads it.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    anyhow::ensure!(index != 0, "no interface {iface}");
-    Ok(index)
+    crate::ifindex(iface).ok_or_else(|| anyhow::anyhow!("no interface {iface}"))
 }
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`, in nanoseconds.
