@@ -64,7 +64,9 @@ pub enum Dir {
 impl GuestFx {
     /// Builds the namespace, loads the agent for A and B in it and runs `case` on a thread
     /// inside it; the namespace goes when the case ends.
-    pub fn run_case(case: fn(&mut GuestFx) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    pub fn run_case(
+        case: impl FnOnce(&mut GuestFx) -> anyhow::Result<()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let ns = Netns::new(&unique("g"))?;
         for (dev, peer) in [("a0", "a1"), ("b0", "b1")] {
             ns.ip(&format!("link add {dev} type veth peer name {peer}"))?;

@@ -742,13 +742,202 @@ fn run(env: Env, hook: Hook, frames: u64, seed: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The guest agent's programs (`lb guest run`) on random, mutated and truncated frames, with
+/// real connections behind them (`lb_tests::guest`): never a drop, a frame rewritten only in
+/// the address the agent moves (the destination arriving, the source leaving, from one given
+/// address to another) and its checksums, every checksum that was valid still valid, a frame for an address not given
+/// unchanged, a redirect only on the way out, and the counters agreeing with the runs.
+fn guest_run(frames: u64, seed: u64) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use lb_tests::guest::{
+        A, B, CLIENT, Dir, GuestFx, NOT_GIVEN, TC_ACT_OK, TC_ACT_REDIRECT, connect, listen, udp,
+    };
+    GuestFx::run_case(move |fx| {
+        let mut rng = StdRng::seed_from_u64(seed);
+        // Connections whose segments the generator aims at: on A (moved when they arrive at
+        // B), on B (B's own), connected UDP on A, and a listener with no connection.
+        let l = listen()?;
+        let port = l.local_addr()?.port();
+        let mut keep = Vec::new();
+        let mut tcp_ports = Vec::new();
+        for local in [A, A, A, B] {
+            let (c, s, cport) = connect(local, &l)?;
+            tcp_ports.push(cport);
+            keep.push((c, s));
+        }
+        let u = udp(A, 0, Some(40_300))?;
+        let uport = u.local_addr()?.port();
+        let addrs = [A, B, NOT_GIVEN, CLIENT];
+        let (mut moved_in, mut moved_out, mut redirected, mut runs) = (0u64, 0u64, 0u64, 0u64);
+        let (mut verified, mut refused) = (0u64, 0u64);
+        for i in 0..frames {
+            let valid = if rng.random_bool(0.3) {
+                let (sport, dport) = (40_300, uport);
+                let (to, from) = (*addrs.choose(&mut rng).unwrap_or(&B), CLIENT);
+                Pkt::udp(from, sport, to, dport)
+            } else {
+                let cport = *tcp_ports.choose(&mut rng).unwrap_or(&1);
+                let cport = if rng.random_bool(0.9) {
+                    cport
+                } else {
+                    rng.random()
+                };
+                let to = *addrs.choose(&mut rng).unwrap_or(&B);
+                let mut p = match rng.random_range(0..10) {
+                    0 => Pkt::tcp_syn(CLIENT, cport, to, port),
+                    _ => Pkt::tcp(CLIENT, cport, to, port),
+                };
+                if rng.random_bool(0.05) {
+                    p = p.with_fin();
+                }
+                p
+            };
+            let mut valid = valid.payload(&vec![0x5a; rng.random_range(0..300)]);
+            if rng.random_bool(0.05) {
+                valid = valid.fragment(rng.random(), rng.random_range(0..200));
+            }
+            // Half the frames as the socket's replies (from A or B toward the client).
+            let out = rng.random_bool(0.5);
+            if out {
+                let (src, dst) = (valid.dst, valid.src);
+                valid = valid.src(src).dst(dst);
+                let (sp, dp) = match valid.l4 {
+                    L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport, .. } => (dport, sport),
+                    _ => (0, 0),
+                };
+                valid = valid.sport(sp).dport(dp);
+            }
+            let mut f = valid.bytes();
+            match rng.random_range(0..10) {
+                0..=4 => {}
+                5..=6 => {
+                    for _ in 0..rng.random_range(1..=4) {
+                        let j = rng.random_range(0..f.len());
+                        f[j] = rng.random();
+                    }
+                }
+                7 | 8 => f.truncate(rng.random_range(14..=f.len())),
+                _ => {
+                    f = (0..rng.random_range(15..120))
+                        .map(|_| rng.random())
+                        .collect()
+                }
+            }
+            let dir = if out { Dir::Out } else { Dir::In };
+            let on = if rng.random_bool(0.5) {
+                fx.a_if
+            } else {
+                fx.b_if
+            };
+            let hex = || f.iter().map(|b| format!("{b:02x}")).collect::<String>();
+            let r = match fx.run(dir, on, &f) {
+                Ok(r) => r,
+                // No skb of an IPv4 ethertype without an IPv4 header (see `check`).
+                Err(e) if einval(&e) => {
+                    refused += 1;
+                    continue;
+                }
+                Err(e) => return Err(e.context(format!("frame {i}, {}", reproduce(seed)))),
+            };
+            runs += 1;
+            let ctx = || format!("frame {i} {dir:?} on {on}, {}: {}", reproduce(seed), hex());
+            anyhow::ensure!(
+                r.verdict == TC_ACT_OK || (dir == Dir::Out && r.verdict == TC_ACT_REDIRECT),
+                "verdict {}: {}",
+                r.verdict,
+                ctx()
+            );
+            if r.verdict == TC_ACT_REDIRECT {
+                redirected += 1;
+            }
+            if r.frame == f {
+                anyhow::ensure!(r.verdict == TC_ACT_OK, "redirected unchanged: {}", ctx());
+                continue;
+            }
+            anyhow::ensure!(r.frame.len() == f.len(), "length changed: {}", ctx());
+            // Only the moved address (one given address to another: the destination arriving,
+            // the source leaving) and the two checksums may differ.
+            let addr_at = match dir {
+                Dir::In => 30,
+                Dir::Out => 26,
+            };
+            let given = |b: &[u8]| [A, B].iter().any(|g| g.octets() == b);
+            let (was, now) = (&f[addr_at..addr_at + 4], &r.frame[addr_at..addr_at + 4]);
+            anyhow::ensure!(
+                given(was) && given(now) && was != now,
+                "rewrote another address: {}",
+                ctx()
+            );
+            let before = parse(&f).context("rewrote what it could not have parsed")?;
+            let l4_check =
+                14 + usize::from(f[14] & 0xf) * 4 + if before.proto == 6 { 16 } else { 6 };
+            for (j, (x, y)) in f.iter().zip(&r.frame).enumerate() {
+                let allowed = (24..26).contains(&j)
+                    || (addr_at..addr_at + 4).contains(&j)
+                    || (l4_check..l4_check + 2).contains(&j);
+                anyhow::ensure!(x == y || allowed, "byte {j} changed: {}", ctx());
+            }
+            let (b, a) = (
+                sums(&before),
+                parse(&r.frame).map(|ip| sums(&ip)).context("parse")?,
+            );
+            anyhow::ensure!(!b.ip || a.ip, "broke the IPv4 checksum: {}", ctx());
+            anyhow::ensure!(
+                kept(b.l4, a.l4),
+                "broke the transport checksum ({b:?} -> {a:?}): {}",
+                ctx()
+            );
+            if b.ip && matches!(b.l4, Some(L4Sum::Valid | L4Sum::Absent)) {
+                verified += 1;
+            }
+            match dir {
+                Dir::In => moved_in += 1,
+                Dir::Out => moved_out += 1,
+            }
+        }
+        let c = fx.agent.counters();
+        let n = |k: &str| c.get(k).copied().unwrap_or(0);
+        eprintln!(
+            "guest robustness: {frames} frames, {}: {moved_in} moved in, {moved_out} moved out \
+             ({redirected} redirected), {verified} with every checksum verified, {refused} \
+             refused by the test run; counters {c:?}",
+            reproduce(seed)
+        );
+        anyhow::ensure!(
+            n("in_moved") == moved_in
+                && n("out_moved") == moved_out
+                && n("out_redirected") == redirected,
+            "the counters disagree with the runs: {c:?}"
+        );
+        anyhow::ensure!(
+            n("rewrite_failed") == 0 && n("redirect_failed") == 0,
+            "{c:?}"
+        );
+        anyhow::ensure!(
+            moved_in > 0 && moved_out > 0 && redirected > 0 && n("no_socket") > 0,
+            "the generator never moved a flow both ways: {c:?}"
+        );
+        anyhow::ensure!(
+            verified * 2 >= moved_in + moved_out,
+            "only {verified} of {} rewritten frames had verifiable checksums",
+            moved_in + moved_out
+        );
+        anyhow::ensure!(
+            refused * 10 <= runs,
+            "the test run refused {refused} of {runs}"
+        );
+        drop(keep);
+        Ok(())
+    })
+}
+
 fn reproduce(seed: u64) -> String {
     format!("seed {seed} (LB_FUZZ_SEED={seed} reproduces it)")
 }
 
 fn main() {
     let args = Arguments::from_args();
-    if !lb_tests::privileged("robustness", 2) {
+    if !lb_tests::privileged("robustness", 3) {
         return;
     }
     let frames = std::env::var("LB_FUZZ_FRAMES")
@@ -774,6 +963,13 @@ fn main() {
                 move || run(env, hook, frames, seed).map_err(|e| Failed::from(format!("{e:#}"))),
             )
         })
+        .chain(std::iter::once(Trial::test(
+            "guest::random_mutated_truncated_frames",
+            move || {
+                // The agent's programs are smaller: a quarter of the frames says as much.
+                guest_run(frames / 4, seed).map_err(|e| Failed::from(format!("{e:#}")))
+            },
+        )))
         .collect();
     libtest_mimic::run(&args, trials).exit();
 }

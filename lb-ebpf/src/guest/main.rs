@@ -139,6 +139,15 @@ fn parse(ctx: &TcContext) -> Parsed {
     } else {
         0
     };
+    // A header cut before its checksum is no segment to move: the rewrite could not fix it.
+    let check = if ip.proto == IPPROTO_TCP {
+        offset_of!(TcpHdr, check)
+    } else {
+        offset_of!(UdpHdr, check)
+    };
+    if ctx.load::<[u8; 2]>(l4 + check).is_err() {
+        return Parsed::Other;
+    }
     let [s0, s1, d0, d1] = ports;
     Parsed::Flow(Flow {
         src: ip.src,
