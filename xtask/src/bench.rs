@@ -20,7 +20,7 @@ pub struct Options {
     #[arg(long, value_name = "FILE", default_value = "docs/failover.svg")]
     svg: PathBuf,
     /// Run one part only.
-    #[arg(long, value_parser = ["cost", "throughput", "bulk", "outage", "scale", "scale-out"])]
+    #[arg(long, value_parser = ["cost", "throughput", "bulk", "outage", "scale", "scale-out", "seamless"])]
     only: Option<String>,
 }
 

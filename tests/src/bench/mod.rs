@@ -11,13 +11,16 @@
 //! - [`scale`]: decision → map write with 1,000 paths in 256 targets, and transitions of a path
 //!   with 5 % loss;
 //! - [`scale_out`]: an edge failing under traffic on the two-edge BGP topology: outage and
-//!   connections reset.
+//!   connections reset;
+//! - [`seamless`]: a path failing under established TCP connections, with and without the guest
+//!   agent in the VM: connections reset, and a transfer's stall.
 
 pub mod bulk;
 pub mod cost;
 pub mod outage;
 pub mod scale;
 pub mod scale_out;
+pub mod seamless;
 pub mod throughput;
 
 /// Median, minimum and maximum of some samples.

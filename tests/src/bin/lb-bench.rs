@@ -1,15 +1,15 @@
 //! `lb-bench`: the measurements behind `cargo xtask bench` (which builds and runs it as root).
 //!
-//! `lb-bench [--quick] [--json FILE] [--svg FILE] [--only cost|throughput|bulk|outage|scale|scale-out]`
+//! `lb-bench [--quick] [--json FILE] [--svg FILE] [--only cost|throughput|bulk|outage|scale|scale-out|seamless]`
 //!
 //! Prints a table per part and the headline ratios; `--json` writes every figure, with the
-//! keys under `ratios`, `failover` and `loss` that runs are compared on. Targets (not
+//! keys under `ratios`, `failover`, `loss`, `scale_out` and `seamless` that runs are compared on. Targets (not
 //! assertions): see docs/BENCHMARKS.md.
 
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use lb_tests::bench::{bulk, cost, outage, scale, scale_out, throughput};
+use lb_tests::bench::{Spread, bulk, cost, outage, scale, scale_out, seamless, throughput};
 use serde_json::json;
 
 struct Args {
@@ -35,7 +35,7 @@ fn args() -> anyhow::Result<Args> {
             "--only" => {
                 a.only = Some(
                     it.next()
-                        .context("--only cost|throughput|bulk|outage|scale|scale-out")?,
+                        .context("--only cost|throughput|bulk|outage|scale|scale-out|seamless")?,
                 )
             }
             other => bail!("unknown argument {other:?}"),
@@ -62,7 +62,7 @@ fn run() -> anyhow::Result<()> {
     }
     let wants = |part: &str| a.only.as_deref().is_none_or(|o| o == part);
     let mut out = json!({
-        "quick": a.quick, "ratios": {}, "failover": {}, "loss": {}, "scale_out": {}
+        "quick": a.quick, "ratios": {}, "failover": {}, "loss": {}, "scale_out": {}, "seamless": {}
     });
 
     if wants("cost") {
@@ -338,6 +338,40 @@ fn run() -> anyhow::Result<()> {
             out["scale_out"]["tcp_reset"][kind.name()] = json!(reset);
         }
         out["scale_out"]["rounds"] = serde_json::to_value(&so.rounds)?;
+    }
+    if wants("seamless") {
+        println!(
+            "\n== a path failing under established TCP connections, with and without the guest agent (plain veths) =="
+        );
+        let sm = seamless::run(a.quick).context("seamless")?;
+        for r in &sm.rounds {
+            println!(
+                "agent {:<5} preempt {:<5}: {:>2} of {} connections reset; paced transfer {}, longest stall {:>6.1} ms",
+                r.agent,
+                r.preempt,
+                r.reset,
+                r.connections,
+                if r.transfer_intact {
+                    "intact"
+                } else {
+                    "failed"
+                },
+                r.longest_stall_ms
+            );
+        }
+        let (with, of_with) = sm.reset(true);
+        let (without, of_without) = sm.reset(false);
+        let stall = Spread::of(&sm.stalls_ms());
+        println!(
+            "reset with the agent {with} of {of_with}, without {without} of {of_without}; stall with the agent median {:.1} ms (min {:.1}, max {:.1})",
+            stall.median, stall.min, stall.max
+        );
+        out["seamless"]["tcp_reset_with_agent"] = json!(with);
+        out["seamless"]["tcp_reset_without_agent"] = json!(without);
+        out["seamless"]["connections_with_agent"] = json!(of_with);
+        out["seamless"]["connections_without_agent"] = json!(of_without);
+        out["seamless"]["stall_ms"] = serde_json::to_value(stall)?;
+        out["seamless"]["rounds"] = serde_json::to_value(&sm.rounds)?;
     }
     println!("\nratios: {}", serde_json::to_string(&out["ratios"])?);
     if let Some(path) = &a.json {
