@@ -19,3 +19,17 @@ fn every_metric_is_in_the_readme() {
         );
     }
 }
+
+#[test]
+fn every_guest_agent_counter_is_in_the_readme() {
+    let counters = lb_common::guest::GuestCounter::ALL
+        .iter()
+        .map(|c| c.name())
+        .chain(["flows_expired"]);
+    for name in counters {
+        assert!(
+            README.contains(&format!("`{name}`")),
+            "README.md does not name the guest agent's counter {name}"
+        );
+    }
+}

@@ -47,6 +47,29 @@ fn the_systemd_units_verify_without_a_warning() {
         std::fs::write(dir.join(as_name), text).expect("writing the copy");
         units.push(dir.join(as_name));
     }
+    // The guest agent's unit: its environment file, as the unit's comment says to write it.
+    {
+        let file = "lb-guest.service";
+        let text = std::fs::read_to_string(root.join("packaging").join(file)).expect("the unit");
+        for key in [
+            "Type=notify",
+            "ExecStart=/usr/local/bin/lb guest run --addresses ${LB_GUEST_ADDRESSES}",
+            "EnvironmentFile=/etc/default/lb-guest",
+            "CapabilityBoundingSet=",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+        ] {
+            assert!(text.contains(key), "{file} lacks {key}");
+        }
+        let env = dir.join("lb-guest.env");
+        std::fs::write(&env, "LB_GUEST_ADDRESSES=192.0.2.70,192.0.2.100\n").expect("env file");
+        let text = text
+            .replace("/usr/local/bin/lb", env!("CARGO_BIN_EXE_lb"))
+            .replace("/etc/default/lb-guest", &env.display().to_string());
+        let as_name = file;
+        std::fs::write(dir.join(as_name), text).expect("writing the copy");
+        units.push(dir.join(as_name));
+    }
     let out = Command::new(analyze)
         .args(["verify", "--man=no"])
         .args(&units)

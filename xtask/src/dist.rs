@@ -68,7 +68,7 @@ pub fn run(opts: Options) -> Result<()> {
         Some(&dir("usr/share/lb")?.join("lb.schema.json")),
     )?;
     let units = dir("etc/systemd/system")?;
-    for unit in ["lb.service", "lb@.service"] {
+    for unit in ["lb.service", "lb@.service", "lb-guest.service"] {
         copy(&root.join("packaging").join(unit), &units.join(unit))?;
     }
     let doc = dir("usr/share/doc/lb")?;
