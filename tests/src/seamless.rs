@@ -11,7 +11,11 @@
 //! - one paced transfer: [`Options::transfer_bytes`] bytes written in 16 KiB chunks every 5 ms
 //!   to the echo server and read back, every byte compared with what was sent; the longest
 //!   time the echo made no progress is the transfer's **stall**;
-//! - one bulk iperf3 transfer (client → VM, [`Options::iperf_secs`]) through the VIP.
+//! - one bulk iperf3 transfer (client → VM, [`Options::iperf_secs`]) through the VIP;
+//! - one connected UDP socket in the VM (bound to nn1's address, connected to the client's
+//!   socket, as a QUIC server's per-connection sockets are), echoing what the client sends it
+//!   through the VIP: one exchange before the failure, after the failover and after the
+//!   failback.
 //!
 //! Then nn1 is blackholed ([`Failure::Blackhole`]), the daemon moves the VIP to nn2, every idle
 //! connection echoes once; nn1 heals, the daemon sees it up (with `preempt`, new connections go
@@ -70,9 +74,10 @@ impl Options {
         }
     }
 
-    /// Established connections the scenario watches (iperf3's two counted as one transfer).
+    /// Established connections the scenario watches (iperf3's two counted as one transfer, the
+    /// connected UDP socket as one).
     pub fn connections(&self) -> usize {
-        self.chatty + self.idle + 2
+        self.chatty + self.idle + 3
     }
 }
 
@@ -152,6 +157,10 @@ pub fn run(opts: Options) -> anyhow::Result<Report> {
         std::thread::spawn(move || iperf3(&client, &vm, VIP, IPERF_PORT, false, secs))
     };
     let transfer = paced_transfer(&lab, echo, opts.transfer_bytes);
+    let udp = ConnectedUdp::start(&lab)?;
+    let mut udp_ok = udp
+        .exchange("before the failure")
+        .context("the connected UDP socket")?;
     // Traffic flows over nn1 for a moment before the failure.
     std::thread::sleep(Duration::from_millis(700));
 
@@ -161,6 +170,7 @@ pub fn run(opts: Options) -> anyhow::Result<Report> {
         .context("the failover")?;
     std::thread::sleep(Duration::from_millis(300));
     idle_round(&mut idle, "after the failover", &mut reset);
+    udp_round(&udp, &mut udp_ok, "after the failover", &mut reset);
 
     lab.heal(1, Failure::Blackhole)?;
     d.wait_status(T, |s| {
@@ -170,6 +180,8 @@ pub fn run(opts: Options) -> anyhow::Result<Report> {
     // Time for a preempting daemon to move new flows back.
     std::thread::sleep(Duration::from_millis(300));
     idle_round(&mut idle, "after the failback", &mut reset);
+    udp_round(&udp, &mut udp_ok, "after the failback", &mut reset);
+    drop(udp);
     let new_after_failback = http_get(&lab.client, VIP, HTTP_PORT, "/", T)
         .context("a new connection after the failback")?;
 
@@ -234,6 +246,103 @@ fn idle_round(idle: &mut [Option<TcpStream>], when: &str, reset: &mut Vec<String
             reset.push(format!("idle connection {i} {when}: {e:#}"));
             *slot = None;
         }
+    }
+}
+
+/// The UDP port of the VM's connected socket, and the client's.
+const UDP_VM_PORT: u16 = 9100;
+const UDP_CLIENT_PORT: u16 = 40_999;
+
+/// A connected UDP socket in the VM on nn1's address echoing the client's datagrams, and the
+/// client's socket connected to the VIP. Stopped on drop.
+struct ConnectedUdp {
+    client: std::net::UdpSocket,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    server: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl ConnectedUdp {
+    fn start(lab: &Lab) -> anyhow::Result<ConnectedUdp> {
+        use std::sync::{Arc, atomic::AtomicBool};
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let server = lab.vm.spawn(move || {
+            let s = std::net::UdpSocket::bind((NN1, UDP_VM_PORT))?;
+            s.connect((lab::CLIENT, UDP_CLIENT_PORT))?;
+            s.set_read_timeout(Some(Duration::from_millis(20)))?;
+            let _ = ready_tx.send(());
+            let mut buf = [0u8; 512];
+            // Bounded: the guard stops it; two minutes at most regardless.
+            let end = Instant::now() + Duration::from_secs(120);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < end {
+                match s.recv(&mut buf) {
+                    Ok(n) => {
+                        let _ = s.send(&buf[..n]);
+                    }
+                    // Timeouts, and the port unreachable of an echo that found no client.
+                    Err(_) => continue,
+                }
+            }
+            Ok(())
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .context("the VM's connected UDP socket")?;
+        let client = lab
+            .client
+            .spawn(|| {
+                let c = std::net::UdpSocket::bind((lab::CLIENT, UDP_CLIENT_PORT))?;
+                c.connect((VIP, UDP_VM_PORT))?;
+                c.set_read_timeout(Some(Duration::from_millis(500)))?;
+                Ok(c)
+            })
+            .join()
+            .map_err(|_| anyhow!("client thread"))??;
+        Ok(ConnectedUdp {
+            client,
+            stop,
+            server: Some(server),
+        })
+    }
+
+    /// One datagram echoed back, in up to 4 tries of 500 ms (a datagram may be lost while the
+    /// path fails): the error of the last try otherwise.
+    fn exchange(&self, when: &str) -> anyhow::Result<bool> {
+        let msg = format!("connected udp {when}");
+        let mut last = None;
+        for _ in 0..4 {
+            let mut buf = [0u8; 512];
+            let r = self
+                .client
+                .send(msg.as_bytes())
+                .and_then(|_| self.client.recv(&mut buf));
+            match r {
+                Ok(n) if &buf[..n] == msg.as_bytes() => return Ok(true),
+                Ok(n) => last = Some(format!("echo {:?}", String::from_utf8_lossy(&buf[..n]))),
+                Err(e) => last = Some(format!("{:?}: {e}", e.kind())),
+            }
+        }
+        anyhow::bail!("no echo {when}: {}", last.unwrap_or_default())
+    }
+}
+
+impl Drop for ConnectedUdp {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.server.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn udp_round(udp: &ConnectedUdp, ok: &mut bool, when: &str, reset: &mut Vec<String>) {
+    if !*ok {
+        return;
+    }
+    if let Err(e) = udp.exchange(when) {
+        reset.push(format!("the connected UDP socket: {e:#}"));
+        *ok = false;
     }
 }
 
