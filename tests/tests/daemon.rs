@@ -2211,6 +2211,117 @@ fn announces_servable_vips() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `lb guest run`: bad addresses and durations are refused with what is wrong, exit 1, before
+/// anything loads; a good start serves, and SIGTERM stops it (exit 0) with its programs gone
+/// from the kernel.
+fn guest_run_refuses_bad_input_and_stops_clean() -> anyhow::Result<()> {
+    let ns = lb_tests::netns::Netns::new(&lb_tests::netns::unique("gr"))?;
+    ns.ip("link add a0 type veth peer name a1")?;
+    ns.ip("link add b0 type veth peer name b1")?;
+    for dev in ["a0", "a1", "b0", "b1"] {
+        ns.ip(&format!("link set {dev} up"))?;
+    }
+    ns.ip("addr add 192.0.2.70/24 dev a0")?;
+    ns.ip("addr add 198.51.100.100/24 dev b0")?;
+    // The same address on two interfaces.
+    ns.ip("addr add 198.51.100.200/32 dev a0")?;
+    ns.ip("addr add 198.51.100.200/32 dev b0")?;
+    let run = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(std::process::Command::new("nsenter")
+            .arg(format!("--net={}", ns.path()))
+            .arg(lb_tests::lb::lb_bin()?)
+            .args(["guest", "run"])
+            .args(args)
+            .output()?)
+    };
+    for (args, says) in [
+        (
+            &["--addresses", "192.0.2.70"][..],
+            "give two addresses at least",
+        ),
+        (
+            &["--addresses", "192.0.2.70,2001:db8::70"][..],
+            "2001:db8::70: the agent serves IPv4 addresses only",
+        ),
+        (
+            &["--addresses", "192.0.2.70,192.0.2.99"][..],
+            "192.0.2.99 is no address of this host",
+        ),
+        (
+            &["--addresses", "192.0.2.70,192.0.2.70"][..],
+            "192.0.2.70 is given twice",
+        ),
+        (
+            &["--addresses", "192.0.2.70,198.51.100.200"][..],
+            "198.51.100.200 is on 2 interfaces (a0, b0)",
+        ),
+        (
+            &[
+                "--addresses",
+                "192.0.2.70,198.51.100.100",
+                "--tcp-idle",
+                "500ms",
+            ][..],
+            "--tcp-idle 500ms: one second at least",
+        ),
+    ] {
+        let out = run(args)?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(1) && err.contains(says),
+            "{args:?}: want exit 1 saying {says:?}, got {:?}: {err}",
+            out.status.code()
+        );
+    }
+    ensure!(
+        !guest_programs_loaded()?,
+        "a refused start left programs loaded"
+    );
+    let mut agent = lb_tests::lb::GuestAgent::start(
+        &ns,
+        &[
+            std::net::Ipv4Addr::new(192, 0, 2, 70),
+            std::net::Ipv4Addr::new(198, 51, 100, 100),
+        ],
+        &[],
+    )?;
+    ensure!(guest_programs_loaded()?, "the agent's programs are loaded");
+    let counters = agent.stop()?;
+    ensure!(
+        counters["flows_recorded"] == 0 && counters["in_moved"] == 0,
+        "{counters}"
+    );
+    let log = agent.log_text();
+    ensure!(
+        log.contains("guest agent stopped: programs detached"),
+        "{log}"
+    );
+    // The programs go with the process (their links and file descriptors); the kernel frees
+    // them a moment later.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while guest_programs_loaded()? {
+        ensure!(
+            Instant::now() < deadline,
+            "the agent's programs outlived it"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Whether the kernel holds a program named like the guest agent's (the kernel keeps 15
+/// characters of a name).
+fn guest_programs_loaded() -> anyhow::Result<bool> {
+    for p in aya::programs::loaded_programs() {
+        let p = p?;
+        let name = p.name_as_str().unwrap_or_default();
+        if name == lb_common::guest::PROG_IN || name == lb_common::guest::PROG_OUT {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 fn main() {
     lb_tests::run_suite(
         "daemon",
@@ -2220,6 +2331,10 @@ fn main() {
                 restart_refuses_another_layout_unless_replace,
             ),
             ("dozens_of_paths_at_10ms", dozens_of_paths_at_10ms),
+            (
+                "guest_run_refuses_bad_input_and_stops_clean",
+                guest_run_refuses_bad_input_and_stops_clean,
+            ),
             ("failover_on_blackhole", failover_on_blackhole),
             ("announces_servable_vips", announces_servable_vips),
             (
