@@ -133,6 +133,9 @@ macro_rules! guest_counters {
 guest_counters! {
     /// Packets rewritten from the address they arrived at to their socket's address.
     InMoved = "in_moved",
+    /// ICMP errors (destination unreachable, time exceeded) about a moved flow's reply, sent to
+    /// the socket's address with the quoted packet as the socket sent it (PMTU discovery).
+    IcmpMoved = "icmp_moved",
     /// Replies rewritten to the address their flow arrives at.
     OutMoved = "out_moved",
     /// Of those, the replies sent out of another interface (`bpf_redirect_neigh`).

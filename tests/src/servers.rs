@@ -211,6 +211,9 @@ fn http(mut s: std::net::TcpStream, status: &AtomicU16) {
 fn echo(mut s: std::net::TcpStream, stop: &AtomicBool) {
     let _ = s.set_nonblocking(false);
     let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+    // A peer that stops reading (or a path that swallows the echo) must not hold the thread,
+    // and with it the guard's drop, forever.
+    let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
     let mut buf = vec![0u8; 65536];
     let mut idle = Duration::ZERO;
     while !stop.load(Ordering::Relaxed) && idle < Duration::from_secs(5) {

@@ -817,6 +817,48 @@ reset: {:#?}",
     Ok(())
 }
 
+/// A moved connection learns the MTU of its new path: nn2 passes only 1280-byte packets, the
+/// VM's large replies (sent as nn2's address by the agent) meet its router's "fragmentation
+/// needed", which the agent sends on to the socket's address, quoting the packet as the socket
+/// sent it. Without that the connection would stall in a PMTU black hole.
+fn guest_agent_moved_connection_learns_the_path_mtu() -> anyhow::Result<()> {
+    guest_agent_pmtu_on(Veths::Tuned)
+}
+
+fn plain_guest_agent_moved_connection_learns_the_path_mtu() -> anyhow::Result<()> {
+    guest_agent_pmtu_on(Veths::Plain)
+}
+
+fn guest_agent_pmtu_on(veths: Veths) -> anyhow::Result<()> {
+    let (lab, _srv, d) = up_on(veths, true)?;
+    let mut agent = lb_tests::lb::GuestAgent::start(&lab.vm, &[NN1, NN2], &[])?;
+    let mut conn = echo_conn(&lab)?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    echo_once(&mut conn, b"over nn1")?;
+    lab.small_mtu(2, 1280)?;
+    lab.fail(1, Failure::Blackhole)?;
+    d.wait_status(T, |s| active(s, "web-vm").as_deref() == Some("nn2"))?;
+    // 300 kB each way over the moved connection, through nn2's small MTU.
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let mut w = conn.try_clone()?;
+    w.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || w.write_all(&sent));
+    let mut back = vec![0u8; data.len()];
+    conn.read_exact(&mut back)
+        .with_context(|| format!("the echo through nn2's MTU\n{}", agent.log_text()))?;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer thread"))??;
+    ensure!(back == data, "the echo differs");
+    let c = agent.stop()?;
+    ensure!(
+        c["icmp_moved"].as_u64().unwrap_or(0) >= 1 && c["in_moved"].as_u64().unwrap_or(0) >= 1,
+        "the fragmentation-needed reached the socket through the agent: {c}"
+    );
+    Ok(())
+}
+
 /// The control: the same scenario without the agent resets every connection (today's
 /// behaviour for a VM that runs none).
 fn without_the_guest_agent_every_connection_is_reset() -> anyhow::Result<()> {
@@ -1201,6 +1243,14 @@ fn main() {
             (
                 "plain_guest_agent_keeps_connections_across_failover",
                 plain_guest_agent_keeps_connections_across_failover,
+            ),
+            (
+                "guest_agent_moved_connection_learns_the_path_mtu",
+                guest_agent_moved_connection_learns_the_path_mtu,
+            ),
+            (
+                "plain_guest_agent_moved_connection_learns_the_path_mtu",
+                plain_guest_agent_moved_connection_learns_the_path_mtu,
             ),
             (
                 "without_the_guest_agent_every_connection_is_reset",

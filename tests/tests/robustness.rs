@@ -769,7 +769,7 @@ fn guest_run(frames: u64, seed: u64) -> anyhow::Result<()> {
         let uport = u.local_addr()?.port();
         let addrs = [A, B, NOT_GIVEN, CLIENT];
         let (mut moved_in, mut moved_out, mut redirected, mut runs) = (0u64, 0u64, 0u64, 0u64);
-        let (mut verified, mut refused) = (0u64, 0u64);
+        let (mut verified, mut refused, mut moved_icmp) = (0u64, 0u64, 0u64);
         for i in 0..frames {
             let valid = if rng.random_bool(0.3) {
                 let (sport, dport) = (40_300, uport);
@@ -796,9 +796,11 @@ fn guest_run(frames: u64, seed: u64) -> anyhow::Result<()> {
             if rng.random_bool(0.05) {
                 valid = valid.fragment(rng.random(), rng.random_range(0..200));
             }
-            // Half the frames as the socket's replies (from A or B toward the client).
+            // Half the frames as the socket's replies (from A or B toward the client), and one
+            // in ten arriving ones as an ICMP error quoting such a reply.
             let out = rng.random_bool(0.5);
-            if out {
+            let icmp = !out && rng.random_bool(0.2);
+            if out || icmp {
                 let (src, dst) = (valid.dst, valid.src);
                 valid = valid.src(src).dst(dst);
                 let (sp, dp) = match valid.l4 {
@@ -806,6 +808,29 @@ fn guest_run(frames: u64, seed: u64) -> anyhow::Result<()> {
                     _ => (0, 0),
                 };
                 valid = valid.sport(sp).dport(dp);
+            }
+            if icmp {
+                let ty = etherparse::Icmpv4Type::DestinationUnreachable(
+                    DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+                );
+                let whole = valid.ip_datagram().len();
+                let len = if rng.random_bool(0.5) {
+                    28.min(whole)
+                } else {
+                    whole
+                };
+                let to = if rng.random_bool(0.9) {
+                    valid.src
+                } else {
+                    *addrs.choose(&mut rng).unwrap_or(&B)
+                };
+                valid = Pkt::icmp_error(
+                    std::net::Ipv4Addr::new(198, 51, 100, 1),
+                    to,
+                    ty,
+                    &valid,
+                    len,
+                );
             }
             let mut f = valid.bytes();
             match rng.random_range(0..10) {
@@ -855,6 +880,62 @@ fn guest_run(frames: u64, seed: u64) -> anyhow::Result<()> {
                 continue;
             }
             anyhow::ensure!(r.frame.len() == f.len(), "length changed: {}", ctx());
+            let before = parse(&f).context("rewrote what it could not have parsed")?;
+            if before.proto == 1 {
+                // An ICMP error moved to the socket's address: the outer destination and the
+                // quoted source, one given address to the other, and the checksums (outer IP,
+                // ICMP, the quote's IP and UDP).
+                anyhow::ensure!(dir == Dir::In, "{}", ctx());
+                // The ICMP header's offset; the quote's header is a plain 20 bytes.
+                let o = 14 + usize::from(f[14] & 0xf) * 4;
+                let given = |b: &[u8]| [A, B].iter().any(|g| g.octets() == b);
+                let qsrc = o + 8 + 12..o + 8 + 16;
+                let (was, now) = (&f[30..34], &r.frame[30..34]);
+                anyhow::ensure!(
+                    given(was)
+                        && f[qsrc.clone()] == *was
+                        && given(now)
+                        && r.frame[qsrc.clone()] == *now
+                        && now != was,
+                    "moved an ICMP error wrongly: {}",
+                    ctx()
+                );
+                let allowed = [
+                    24..26,
+                    30..34,
+                    o + 2..o + 4,
+                    o + 8 + 10..o + 8 + 12,
+                    qsrc,
+                    // The quoted UDP or TCP checksum.
+                    o + 8 + 20 + 6..o + 8 + 20 + 8,
+                    o + 8 + 20 + 16..o + 8 + 20 + 18,
+                ];
+                for (j, (x, y)) in f.iter().zip(&r.frame).enumerate() {
+                    let ok = allowed.iter().any(|r| r.contains(&j));
+                    anyhow::ensure!(x == y || ok, "byte {j} changed: {}", ctx());
+                }
+                let (b, a) = (
+                    sums(&before),
+                    parse(&r.frame).map(|ip| sums(&ip)).context("parse")?,
+                );
+                anyhow::ensure!(!b.ip || a.ip, "broke the IPv4 checksum: {}", ctx());
+                anyhow::ensure!(kept(b.l4, a.l4), "broke the ICMP checksum: {}", ctx());
+                anyhow::ensure!(
+                    b.inner_ip != Some(true) || a.inner_ip == Some(true),
+                    "broke the quoted IPv4 checksum: {}",
+                    ctx()
+                );
+                anyhow::ensure!(
+                    kept(b.inner_l4, a.inner_l4),
+                    "broke the quoted checksum: {}",
+                    ctx()
+                );
+                if b.ip && b.l4 == Some(L4Sum::Valid) {
+                    verified += 1;
+                }
+                moved_icmp += 1;
+                continue;
+            }
             // Only the moved address (one given address to another: the destination arriving,
             // the source leaving) and the two checksums may differ.
             let addr_at = match dir {
@@ -868,7 +949,6 @@ fn guest_run(frames: u64, seed: u64) -> anyhow::Result<()> {
                 "rewrote another address: {}",
                 ctx()
             );
-            let before = parse(&f).context("rewrote what it could not have parsed")?;
             let l4_check =
                 14 + usize::from(f[14] & 0xf) * 4 + if before.proto == 6 { 16 } else { 6 };
             for (j, (x, y)) in f.iter().zip(&r.frame).enumerate() {
@@ -905,6 +985,7 @@ fn guest_run(frames: u64, seed: u64) -> anyhow::Result<()> {
         );
         anyhow::ensure!(
             n("in_moved") == moved_in
+                && n("icmp_moved") == moved_icmp
                 && n("out_moved") == moved_out
                 && n("out_redirected") == redirected,
             "the counters disagree with the runs: {c:?}"
@@ -914,13 +995,13 @@ fn guest_run(frames: u64, seed: u64) -> anyhow::Result<()> {
             "{c:?}"
         );
         anyhow::ensure!(
-            moved_in > 0 && moved_out > 0 && redirected > 0 && n("no_socket") > 0,
+            moved_in > 0 && moved_out > 0 && redirected > 0 && moved_icmp > 0 && n("no_socket") > 0,
             "the generator never moved a flow both ways: {c:?}"
         );
         anyhow::ensure!(
-            verified * 2 >= moved_in + moved_out,
+            verified * 2 >= moved_in + moved_out + moved_icmp,
             "only {verified} of {} rewritten frames had verifiable checksums",
-            moved_in + moved_out
+            moved_in + moved_out + moved_icmp
         );
         anyhow::ensure!(
             refused * 10 <= runs,

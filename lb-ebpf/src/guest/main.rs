@@ -37,8 +37,8 @@ use lb_common::{
         GuestFlowKey, MAX_ADDRS,
     },
     net::{
-        ETH_P_IP, EthHdr, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
-        TcpHdr, UdpHdr,
+        ETH_P_IP, EthHdr, ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_TCP,
+        IPPROTO_UDP, IcmpHdr, Ipv4Hdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr, UdpHdr,
     },
 };
 
@@ -100,9 +100,65 @@ struct Flow {
 /// What the programs leave alone: not IPv4, not TCP/UDP, or not readable as such.
 enum Parsed {
     Flow(Flow),
+    /// An ICMP error quoting a TCP segment or UDP datagram that left from `quoted.src`.
+    IcmpError(Quote),
     /// A fragment, for this destination.
     Fragment([u8; 4]),
     Other,
+}
+
+/// An ICMP error (destination unreachable, time exceeded) to one of our addresses, about a
+/// packet this host sent: `flow` is the quoted packet's (`src` the VM's address), `l4` the ICMP
+/// header's offset.
+struct Quote {
+    /// The outer destination (the address the error came to).
+    dst: [u8; 4],
+    flow: Flow,
+    /// Offset of the ICMP header.
+    icmp: usize,
+    /// Offset of the quoted IPv4 header.
+    inner: usize,
+}
+
+/// Reads the ICMP error at `l4` (IPv4 header `ip` before it), if it quotes a TCP segment or UDP
+/// datagram with a plain 20-byte header and its ports.
+#[inline(always)]
+fn parse_icmp(ctx: &TcContext, ip: &Ipv4Hdr, l4: usize) -> Parsed {
+    let Ok([ty, _code]) = ctx.load::<[u8; 2]>(l4) else {
+        return Parsed::Other;
+    };
+    if ty != ICMP_DEST_UNREACH && ty != ICMP_TIME_EXCEEDED {
+        return Parsed::Other;
+    }
+    let inner = l4 + 8;
+    let Ok(q) = ctx.load::<Ipv4Hdr>(inner) else {
+        return Parsed::Other;
+    };
+    if q.version() != 4
+        || usize::from(q.ihl()) * 4 != size_of::<Ipv4Hdr>()
+        || (q.proto != IPPROTO_TCP && q.proto != IPPROTO_UDP)
+        || q.is_fragment()
+    {
+        return Parsed::Other;
+    }
+    let ql4 = inner + size_of::<Ipv4Hdr>();
+    let Ok([s0, s1, d0, d1]) = ctx.load::<[u8; 4]>(ql4) else {
+        return Parsed::Other;
+    };
+    Parsed::IcmpError(Quote {
+        dst: ip.dst,
+        flow: Flow {
+            src: q.src,
+            dst: q.dst,
+            sport: [s0, s1],
+            dport: [d0, d1],
+            proto: q.proto,
+            flags: 0,
+            l4: ql4,
+        },
+        icmp: l4,
+        inner,
+    })
 }
 
 #[inline(always)]
@@ -120,7 +176,7 @@ fn parse(ctx: &TcContext) -> Parsed {
     if ip.version() != 4 || ihl < size_of::<Ipv4Hdr>() {
         return Parsed::Other;
     }
-    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
+    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP && ip.proto != IPPROTO_ICMP {
         return Parsed::Other;
     }
     // More fragments, or an offset: the datagram's other fragments carry no ports.
@@ -128,6 +184,9 @@ fn parse(ctx: &TcContext) -> Parsed {
         return Parsed::Fragment(ip.dst);
     }
     let l4 = L3 + ihl;
+    if ip.proto == IPPROTO_ICMP {
+        return parse_icmp(ctx, &ip, l4);
+    }
     let Ok(ports) = ctx.load::<[u8; 4]>(l4) else {
         return Parsed::Other;
     };
@@ -164,6 +223,7 @@ fn parse(ctx: &TcContext) -> Parsed {
 fn ingress(ctx: &TcContext) -> Result<i32, GuestCounter> {
     let flow = match parse(ctx) {
         Parsed::Flow(flow) => flow,
+        Parsed::IcmpError(quote) => return icmp_error(ctx, &quote),
         Parsed::Fragment(dst) => {
             // SAFETY: a lookup of a map value that is only read.
             if unsafe { LBG_ADDRS.get(dst) }.is_some() {
@@ -257,6 +317,73 @@ fn ingress(ctx: &TcContext) -> Result<i32, GuestCounter> {
     count(GuestCounter::FlowsRecorded);
     rewrite(ctx, &flow, DADDR, flow.dst, home.addr)?;
     count(GuestCounter::InMoved);
+    Ok(TC_ACT_OK)
+}
+
+/// An ICMP error about a moved flow's reply (sent as B by the egress program; a router on B's
+/// path answered it, or the edge translated one from beyond): it goes to A, quoting the packet
+/// as A's socket sent it, so that the socket learns it (a smaller path MTU above all: without
+/// this a moved connection would stall in a PMTU black hole).
+#[inline(always)]
+fn icmp_error(ctx: &TcContext, quote: &Quote) -> Result<i32, GuestCounter> {
+    let q = &quote.flow;
+    // The error came to the address its quoted packet left from, one of ours.
+    if quote.dst != q.src {
+        return Ok(TC_ACT_OK);
+    }
+    let key = GuestFlowKey {
+        local: q.src,
+        client: q.dst,
+        client_port: q.dport,
+        local_port: q.sport,
+        proto: q.proto,
+        dir: DIR_IN,
+        _pad: [0; 2],
+    };
+    let Some(record) = LBG_FLOWS.get_ptr(key) else {
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: a pointer into the map's value, read at once.
+    let to = unsafe { (*record).addr };
+    let (old, new) = (
+        u64::from(u32::from_ne_bytes(q.src)),
+        u64::from(u32::from_ne_bytes(to)),
+    );
+    let inner_check = quote.inner + offset_of!(Ipv4Hdr, check);
+    let inner_src = quote.inner + offset_of!(Ipv4Hdr, src);
+    // The quoted header's checksum balances its address within the ICMP message. The quoted
+    // transport checksum, when the quote holds it (RFC 792 asks for 8 bytes: UDP's, not TCP's;
+    // Linux quotes more), covers the address through its pseudo-header: its change is the ICMP
+    // checksum's to balance. A UDP datagram sent without a checksum (0) keeps none.
+    ctx.l3_csum_replace(inner_check, old, new, 4)
+        .map_err(|_| GuestCounter::RewriteFailed)?;
+    let l4_check = q.l4
+        + if q.proto == IPPROTO_TCP {
+            offset_of!(TcpHdr, check)
+        } else {
+            offset_of!(UdpHdr, check)
+        };
+    if let Ok(before) = ctx.load::<u16>(l4_check)
+        && (before != 0 || q.proto == IPPROTO_TCP)
+    {
+        ctx.l3_csum_replace(l4_check, old, new, 4)
+            .map_err(|_| GuestCounter::RewriteFailed)?;
+        let after = ctx
+            .load::<u16>(l4_check)
+            .map_err(|_| GuestCounter::RewriteFailed)?;
+        ctx.l3_csum_replace(
+            quote.icmp + offset_of!(IcmpHdr, check),
+            u64::from(before),
+            u64::from(after),
+            2,
+        )
+        .map_err(|_| GuestCounter::RewriteFailed)?;
+    }
+    ctx.store(inner_src, &(new as u32), 0)
+        .and_then(|()| ctx.l3_csum_replace(IP_CHECK, old, new, 4))
+        .and_then(|()| ctx.store(DADDR, &(new as u32), 0))
+        .map_err(|_| GuestCounter::RewriteFailed)?;
+    count(GuestCounter::IcmpMoved);
     Ok(TC_ACT_OK)
 }
 

@@ -335,11 +335,15 @@ try:
   ip netns exec {PREFIX}-client curl http://[{vip6}]:{http}/     # the same over IPv6
   ip netns exec {PREFIX}-nn1 ip link set up0 down                  # fail nn1 (back: ... up)
   ip netns exec {PREFIX}-edge curl -s http://127.0.0.1:9109/metrics
+  nsenter --net=/run/netns/{PREFIX}-vm {lbs} guest run --addresses {nn1},{nn2}
+                                    # the guest agent: connections survive failing nn1
 logs: {RUN_DIR}/lb.log (daemon), {RUN_DIR}/serve.log
 remove it: cargo xtask lab down",
         http = lab::HTTP_PORT,
         svc = lab::VIP_SVC,
         vip6 = lab::VIP6,
+        nn1 = NN1,
+        nn2 = NN2,
     );
     Ok(())
 }
