@@ -244,9 +244,9 @@ pub enum Hook {
 }
 
 /// `sizeof(struct __sk_buff)` and the offsets of the fields a test run may set.
-const SKB_CTX_LEN: usize = 192;
-const SKB_INGRESS_IFINDEX: usize = 36;
-const SKB_IFINDEX: usize = 40;
+pub const SKB_CTX_LEN: usize = 192;
+pub const SKB_INGRESS_IFINDEX: usize = 36;
+pub const SKB_IFINDEX: usize = 40;
 const SKB_GSO_SEGS: usize = 164;
 const SKB_GSO_SIZE: usize = 176;
 /// TC's verdicts (uapi/linux/pkt_cls.h).

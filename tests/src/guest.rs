@@ -23,7 +23,10 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::guest::{GuestFlow, GuestFlowKey, PROG_IN, PROG_OUT};
 use lb_user::guest::agent::Agent;
 
-use crate::netns::{Netns, unique};
+use crate::{
+    fixture::{self, SKB_CTX_LEN, SKB_IFINDEX, SKB_INGRESS_IFINDEX},
+    netns::{Netns, unique},
+};
 
 pub const A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 70);
 pub const B: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 100);
@@ -31,13 +34,10 @@ pub const B: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 100);
 pub const NOT_GIVEN: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 71);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 50);
 
-/// `sizeof(struct __sk_buff)` and the offsets of the fields a run sets.
-const SKB_CTX_LEN: usize = 192;
-const SKB_INGRESS_IFINDEX: usize = 36;
-const SKB_IFINDEX: usize = 40;
-pub const TC_ACT_OK: i32 = 0;
-pub const TC_ACT_SHOT: i32 = 2;
-pub const TC_ACT_REDIRECT: i32 = 7;
+/// TC's verdicts as the programs return them (`crate::fixture`'s, signed).
+pub const TC_ACT_OK: i32 = fixture::TC_ACT_OK as i32;
+pub const TC_ACT_SHOT: i32 = fixture::TC_ACT_SHOT as i32;
+pub const TC_ACT_REDIRECT: i32 = fixture::TC_ACT_REDIRECT as i32;
 
 /// The agent loaded (not attached) in a case's namespace.
 pub struct GuestFx {

@@ -447,10 +447,11 @@ fn socket(ctx: &TcContext, flow: &Flow, local: [u8; 4]) -> Socket {
     }
     // The size is a literal at each call: the verifier wants a constant it can see.
     let netns = BPF_F_CURRENT_NETNS as u64;
-    if flow.proto == IPPROTO_TCP {
-        // SAFETY: the program's context and a tuple on the stack; a non-null result holds a
-        // reference, released below on the only path that follows.
-        let sk = unsafe {
+    let tcp = flow.proto == IPPROTO_TCP;
+    // SAFETY: the program's context and a tuple on the stack; a non-null result holds a
+    // reference, released below on the only path that follows.
+    let sk = unsafe {
+        if tcp {
             bpf_skc_lookup_tcp(
                 ctx.as_ptr(),
                 &mut tuple,
@@ -458,22 +459,7 @@ fn socket(ctx: &TcContext, flow: &Flow, local: [u8; 4]) -> Socket {
                 netns,
                 0,
             )
-        };
-        if sk.is_null() {
-            return Socket::None;
-        }
-        // SAFETY: non-null, held; `state` is readable on every socket kind.
-        let state = unsafe { (*sk).state };
-        // SAFETY: released once, the reference the lookup took.
-        unsafe { bpf_sk_release(sk.cast::<c_void>()) };
-        if state == BPF_TCP_LISTEN || state == BPF_TCP_CLOSE {
-            Socket::None
         } else {
-            Socket::Open
-        }
-    } else {
-        // SAFETY: as above.
-        let sk = unsafe {
             bpf_sk_lookup_udp(
                 ctx.as_ptr(),
                 &mut tuple,
@@ -481,19 +467,19 @@ fn socket(ctx: &TcContext, flow: &Flow, local: [u8; 4]) -> Socket {
                 netns,
                 0,
             )
-        };
-        if sk.is_null() {
-            return Socket::None;
         }
-        // SAFETY: as above.
-        let state = unsafe { (*sk).state };
-        // SAFETY: as above.
-        unsafe { bpf_sk_release(sk.cast::<c_void>()) };
-        if state == BPF_TCP_ESTABLISHED {
-            Socket::Open
-        } else {
-            Socket::Bound
-        }
+    };
+    if sk.is_null() {
+        return Socket::None;
+    }
+    // SAFETY: non-null, held; `state` is readable on every socket kind.
+    let state = unsafe { (*sk).state };
+    // SAFETY: released once, the reference the lookup took.
+    unsafe { bpf_sk_release(sk.cast::<c_void>()) };
+    match (tcp, state) {
+        (true, BPF_TCP_LISTEN | BPF_TCP_CLOSE) => Socket::None,
+        (true, _) | (false, BPF_TCP_ESTABLISHED) => Socket::Open,
+        (false, _) => Socket::Bound,
     }
 }
 
