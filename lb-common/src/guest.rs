@@ -98,6 +98,27 @@ const _: () = {
 };
 
 impl GuestFlowKey {
+    /// The key of one side of a flow: `local` the VM's address on that side (network byte
+    /// order, ports too).
+    pub const fn new(
+        local: [u8; 4],
+        client: [u8; 4],
+        local_port: [u8; 2],
+        client_port: [u8; 2],
+        proto: u8,
+        dir: u8,
+    ) -> GuestFlowKey {
+        GuestFlowKey {
+            local,
+            client,
+            client_port,
+            local_port,
+            proto,
+            dir,
+            _pad: [0; 2],
+        }
+    }
+
     /// The other side's key of the same flow: `local` becomes `other`.
     pub const fn twin(&self, other: [u8; 4]) -> GuestFlowKey {
         GuestFlowKey {

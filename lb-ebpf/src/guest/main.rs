@@ -237,15 +237,9 @@ fn ingress(ctx: &TcContext) -> Result<i32, GuestCounter> {
     let Some(here) = (unsafe { LBG_ADDRS.get(flow.dst) }).copied() else {
         return Ok(TC_ACT_OK);
     };
-    let key = GuestFlowKey {
-        local: flow.dst,
-        client: flow.src,
-        client_port: flow.sport,
-        local_port: flow.dport,
-        proto: flow.proto,
-        dir: DIR_IN,
-        _pad: [0; 2],
-    };
+    let key = GuestFlowKey::new(
+        flow.dst, flow.src, flow.dport, flow.sport, flow.proto, DIR_IN,
+    );
     let syn = flow.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if let Some(record) = LBG_FLOWS.get_ptr_mut(key) {
         // SAFETY: a pointer into the map's value, valid for this run.
@@ -331,15 +325,8 @@ fn icmp_error(ctx: &TcContext, quote: &Quote) -> Result<i32, GuestCounter> {
     if quote.dst != q.src {
         return Ok(TC_ACT_OK);
     }
-    let key = GuestFlowKey {
-        local: q.src,
-        client: q.dst,
-        client_port: q.dport,
-        local_port: q.sport,
-        proto: q.proto,
-        dir: DIR_IN,
-        _pad: [0; 2],
-    };
+    // The reply left as B: its flow's IN record (keyed as the client's packets arrive at B).
+    let key = GuestFlowKey::new(q.src, q.dst, q.sport, q.dport, q.proto, DIR_IN);
     let Some(record) = LBG_FLOWS.get_ptr(key) else {
         return Ok(TC_ACT_OK);
     };
@@ -392,15 +379,9 @@ fn egress(ctx: &TcContext) -> Result<i32, GuestCounter> {
     let Parsed::Flow(flow) = parse(ctx) else {
         return Ok(TC_ACT_OK);
     };
-    let key = GuestFlowKey {
-        local: flow.src,
-        client: flow.dst,
-        client_port: flow.dport,
-        local_port: flow.sport,
-        proto: flow.proto,
-        dir: DIR_OUT,
-        _pad: [0; 2],
-    };
+    let key = GuestFlowKey::new(
+        flow.src, flow.dst, flow.sport, flow.dport, flow.proto, DIR_OUT,
+    );
     let Some(record) = LBG_FLOWS.get_ptr_mut(key) else {
         return Ok(TC_ACT_OK);
     };
